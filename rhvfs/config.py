@@ -1,0 +1,185 @@
+"""Configuration: ovirt-img.conf-style INI sections plus command-line flags, validated once.
+
+A section looks like the one ``ovirt-img`` reads (and ``rhvfs sim serve`` writes)::
+
+    [sim]
+    engine_url = https://localhost:8443
+    username = admin@internal
+    password = secret          ; or password_file = /path, or $RHVFS_PASSWORD, or a prompt
+    cafile = /path/ca.pem
+    secure = yes               ; "no" disables TLS verification (not recommended)
+
+rhvfs-specific keys (all optional) tune the mount; see ``Config`` for units.
+This module owns parsing and validation only: it never connects anywhere, and it
+never logs or prints the password.
+"""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import getpass
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rhvfs.errors import ConfigError
+
+PASSWORD_ENV = "RHVFS_PASSWORD"
+
+
+def default_config_file() -> Path:
+    """``$XDG_CONFIG_HOME/ovirt-img.conf`` (``~/.config`` when unset), as ovirt-img uses."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "ovirt-img.conf"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Config:
+    """Everything a mount needs. Sizes are bytes, times seconds."""
+
+    engine_url: str
+    username: str
+    password: str
+    cafile: str | None = None
+    secure: bool = True
+    # Retries of transient engine/imageio errors (the system_* knobs of other products).
+    system_tries: int = 5
+    system_interval: float = 1.0
+    system_timeout: float = 300.0
+    # Backup sessions.
+    grace_period: float = 10.0
+    memory_state: bool = False
+    inactivity_timeout: int = 60
+    prefetch_memory: int = 128 * 1024 * 1024
+    prefetch_streams: int = 4
+    readahead_kb: int = 4096
+    listing_ttl: float = 5.0
+    # Restore staging.
+    staging_dir: str | None = None
+    staging_limit: int = 8 * 1024 * 1024 * 1024
+    # Mount-level restore defaults (names as in other RHV backup products).
+    restore_defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        """The REST API root, ``<engine_url>/ovirt-engine/api``."""
+        return self.engine_url.rstrip("/") + "/ovirt-engine/api"
+
+    def __repr__(self) -> str:  # never show the password
+        return f"Config(engine_url={self.engine_url!r}, username={self.username!r}, cafile={self.cafile!r}, secure={self.secure})"
+
+
+_BOOL = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+_INT_KEYS = {"system_tries", "inactivity_timeout", "prefetch_memory", "prefetch_streams", "readahead_kb", "staging_limit"}
+_FLOAT_KEYS = {"system_interval", "system_timeout", "grace_period", "listing_ttl"}
+_BOOL_KEYS = {"secure", "memory_state"}
+_STR_KEYS = {"engine_url", "username", "password", "cafile", "staging_dir"}
+RESTORE_PREFIX = "restore_"
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def _convert(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in _BOOL_KEYS:
+        if isinstance(value, bool):
+            return value
+        try:
+            return _BOOL[str(value).strip().lower()]
+        except KeyError:
+            raise ConfigError(f"{key} must be yes or no, not {value!r}") from None
+    try:
+        if key in _INT_KEYS:
+            return value if isinstance(value, int) else _parse_size(str(value))
+        if key in _FLOAT_KEYS:
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, not {value!r}") from None
+    return str(value)
+
+
+def read_section(path: Path, section: str) -> dict[str, str]:
+    """Return the raw key/value pairs of ``section`` in the INI file ``path``."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, configparser.Error) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    if not parser.has_section(section):
+        raise ConfigError(f"no section [{section}] in {path}")
+    return dict(parser.items(section))
+
+
+def load_config(
+    *,
+    section: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    password_file: str | os.PathLike[str] | None = None,
+    interactive: bool | None = None,
+) -> Config:
+    """Build a validated ``Config`` from a section and/or explicit overrides.
+
+    Password precedence: ``password_file`` argument, the section's ``password_file``,
+    the section's ``password``, ``$RHVFS_PASSWORD``, then a prompt when stdin is a tty.
+    """
+    values: dict[str, Any] = {}
+    restore: dict[str, str] = {}
+    if section is not None:
+        path = Path(config_file) if config_file else default_config_file()
+        for key, raw in read_section(path, section).items():
+            if key.startswith(RESTORE_PREFIX):
+                restore[key.removeprefix(RESTORE_PREFIX)] = raw
+            else:
+                values[key] = raw
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+
+    pw_file = password_file or values.pop("password_file", None)
+    if pw_file:
+        try:
+            values["password"] = Path(pw_file).read_text(encoding="utf-8").rstrip("\n")
+        except OSError as e:
+            raise ConfigError(f"cannot read password file {pw_file}: {e.strerror}") from None
+    if not values.get("password") and os.environ.get(PASSWORD_ENV):
+        values["password"] = os.environ[PASSWORD_ENV]
+    if not values.get("password"):
+        if interactive is None:
+            interactive = sys.stdin is not None and sys.stdin.isatty()
+        if not interactive:
+            raise ConfigError("no password: use password_file, the config section, or $" + PASSWORD_ENV)
+        values["password"] = getpass.getpass(f"Password for {values.get('username', '?')}: ")
+
+    known = {f.name for f in dataclasses.fields(Config)} - {"restore_defaults"}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    for key in ("engine_url", "username"):
+        if not values.get(key):
+            raise ConfigError(f"{key} is required (in the config section or on the command line)")
+    converted = {k: _convert(k, v) for k, v in values.items()}
+    url = converted["engine_url"]
+    if not (url.startswith("https://") or url.startswith("http://")):
+        raise ConfigError(f"engine_url must start with https:// or http://, not {url!r}")
+    if converted.get("secure", True) and url.startswith("https://"):
+        cafile = converted.get("cafile")
+        if cafile and not Path(cafile).is_file():
+            raise ConfigError(f"cafile {cafile} does not exist")
+    for key in ("system_tries", "prefetch_streams"):
+        if key in converted and converted[key] < 1:
+            raise ConfigError(f"{key} must be at least 1")
+    return Config(**converted, restore_defaults=restore)
