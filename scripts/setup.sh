@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what rhvfs needs on a Debian 12 machine (as root) and creates .venv
+# with the project and its test tools. Safe to run again: it only installs
+# what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev gcc pkg-config
+  fuse3 libfuse3-dev            # pyfuse3 builds against libfuse3
+  libxml2-dev libcurl4-openssl-dev libssl-dev   # ovirt-engine-sdk-python (libxml2, pycurl)
+  qemu-utils                    # qemu-img, qemu-nbd, qemu-io: the simulator's storage
+  fdisk e2fsprogs               # sfdisk + mke2fs -d: deterministic guest disks
+  tar rsync restic              # the backup tools the tests drive
+  procps psmisc
+)
+if [ "${RHVFS_GUESTFS:-0}" = 1 ]; then
+  APT_PACKAGES+=(libguestfs-tools linux-image-amd64)
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# FUSE needs the device; in containers it may exist without the module loaded.
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c 'import pyfuse3, trio, httpx, ovirtsdk4, ovirt_imageio' \
+  || { echo "setup: the venv is incomplete" >&2; exit 1; }
+echo "setup: ready ($(.venv/bin/python --version))"

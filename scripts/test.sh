@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): set up, lint, type-check, run every tier.
+# Extra arguments go to pytest (e.g. scripts/test.sh -m 'not slow').
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "== ruff"
+.venv/bin/ruff check rhvfs tests bench
+.venv/bin/ruff format --check rhvfs tests bench
+echo "== mypy"
+.venv/bin/mypy rhvfs
+echo "== pytest"
+# Exit status 5 (no tests collected) is a failure too: set -e propagates it.
+.venv/bin/pytest -p no:cacheprovider -ra --durations=15 "$@"

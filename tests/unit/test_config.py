@@ -1,0 +1,101 @@
+"""Config loading: ovirt-img.conf sections, password sources, validation."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rhvfs.config import PASSWORD_ENV, Config, default_config_file, load_config
+from rhvfs.errors import ConfigError
+
+
+def write_conf(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "ovirt-img.conf"
+    path.write_text(body)
+    return path
+
+
+def test_section_like_ovirt_img(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    conf = write_conf(
+        tmp_path,
+        f"[sim]\nengine_url = https://localhost:8443\nusername = admin@internal\n"
+        f"password = s3cret\ncafile = {ca}\n",
+    )
+    cfg = load_config(section="sim", config_file=conf)
+    assert cfg.engine_url == "https://localhost:8443"
+    assert cfg.api_url == "https://localhost:8443/ovirt-engine/api"
+    assert cfg.username == "admin@internal"
+    assert cfg.password == "s3cret"
+    assert cfg.cafile == str(ca)
+    assert cfg.secure is True
+    assert "s3cret" not in repr(cfg)
+
+
+def test_rhvfs_keys_are_typed(tmp_path: Path) -> None:
+    conf = write_conf(
+        tmp_path,
+        "[e]\nengine_url = http://e\nusername = u\npassword = p\n"
+        "grace_period = 2.5\nprefetch_memory = 64M\nsecure = no\nsystem_tries = 3\n"
+        "restore_cluster = Default\n",
+    )
+    cfg = load_config(section="e", config_file=conf)
+    assert cfg.grace_period == 2.5
+    assert cfg.prefetch_memory == 64 * 1024 * 1024
+    assert cfg.secure is False
+    assert cfg.system_tries == 3
+    assert dict(cfg.restore_defaults) == {"cluster": "Default"}
+
+
+def test_password_file_wins_and_env_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("fromfile\n")
+    conf = write_conf(tmp_path, "[e]\nengine_url = http://e\nusername = u\npassword = inconf\n")
+    assert load_config(section="e", config_file=conf, password_file=pw).password == "fromfile"
+    conf2 = write_conf(tmp_path, "[e]\nengine_url = http://e\nusername = u\n")
+    monkeypatch.setenv(PASSWORD_ENV, "fromenv")
+    assert load_config(section="e", config_file=conf2).password == "fromenv"
+    monkeypatch.delenv(PASSWORD_ENV)
+    with pytest.raises(ConfigError, match="no password"):
+        load_config(section="e", config_file=conf2, interactive=False)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("[e]\nusername = u\npassword = p\n", "engine_url is required"),
+        ("[e]\nengine_url = ftp://x\nusername = u\npassword = p\n", "must start with https"),
+        ("[e]\nengine_url = http://x\nusername = u\npassword = p\nbogus = 1\n", "unknown setting"),
+        ("[e]\nengine_url = http://x\nusername = u\npassword = p\nsecure = maybe\n", "yes or no"),
+        ("[e]\nengine_url = https://x\nusername = u\npassword = p\ncafile = /nonexistent\n", "does not exist"),
+        ("[e]\nengine_url = http://x\nusername = u\npassword = p\ngrace_period = soon\n", "number"),
+    ],
+)
+def test_invalid_input_gets_one_clear_error(tmp_path: Path, body: str, message: str) -> None:
+    conf = write_conf(tmp_path, body)
+    with pytest.raises(ConfigError, match=message):
+        load_config(section="e", config_file=conf)
+
+
+def test_missing_file_and_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(section="e", config_file=tmp_path / "nope.conf")
+    conf = write_conf(tmp_path, "[other]\n")
+    with pytest.raises(ConfigError, match=r"no section \[e\]"):
+        load_config(section="e", config_file=conf)
+
+
+def test_overrides_without_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(overrides={"engine_url": "http://h", "username": "u", "password": "p", "cafile": None})
+    assert isinstance(cfg, Config)
+    assert cfg.cafile is None
+
+
+def test_default_config_file_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert default_config_file() == tmp_path / "ovirt-img.conf"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    assert default_config_file() == Path(os.path.expanduser("~")) / ".config" / "ovirt-img.conf"
