@@ -1,0 +1,144 @@
+"""Storage: qcow2 chains, guest writes, bitmaps and backward merges, checked by content."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from rhvfs.sim.guestdata import make_guest_image
+from rhvfs.sim.storage import BitmapError, Storage, StorageError
+
+MiB = 1024 * 1024
+SD = "sd-1"
+DISK = "disk-1"
+SIZE = 32 * MiB
+
+
+def _sha(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def guest(tmp_path: Path) -> tuple[Storage, bytearray]:
+    """A storage with a cow base volume "base" seeded from a guest image, and its bytes."""
+    img = tmp_path / "guest.img"
+    make_guest_image(img, size=SIZE, hostname="vm1", seed=3, files_mib=1)
+    storage = Storage(tmp_path / "storage")
+    storage.import_raw(SD, DISK, "base", img, fmt="cow")
+    return storage, bytearray(img.read_bytes())
+
+
+def test_create_raw_and_cow(tmp_path: Path) -> None:
+    s = Storage(tmp_path)
+    s.create_volume(SD, DISK, "r", fmt="raw", size=4 * MiB)
+    s.create_volume(SD, DISK, "p", fmt="raw", size=4 * MiB, sparse=False)
+    s.create_volume(SD, DISK, "c", fmt="cow", size=4 * MiB)
+    r, p, c = (s.volume_info(SD, DISK, v) for v in ("r", "p", "c"))
+    assert (r.fmt, r.virtual_size, r.file_size) == ("raw", 4 * MiB, 4 * MiB)
+    assert r.actual_size <= 4096  # qemu-img writes the first block against format probing
+    assert (p.fmt, p.virtual_size, p.actual_size) == ("raw", 4 * MiB, 4 * MiB)
+    assert (c.fmt, c.virtual_size, c.backing_vol_id) == ("cow", 4 * MiB, None)
+    assert c.file_size < MiB
+    zero = _sha(bytes(4 * MiB))
+    assert [s.content_sha256(SD, DISK, v) for v in ("r", "p", "c")] == [zero] * 3
+    assert s.volume_path(SD, DISK, "c") == tmp_path / SD / DISK / "c"
+    assert s.volume_path(SD, DISK, "c").read_bytes()[:4] == b"QFI\xfb"
+    with pytest.raises(StorageError):
+        s.create_volume(SD, DISK, "c", fmt="cow", size=MiB)
+    s.resize(SD, DISK, "c", 8 * MiB)
+    assert s.volume_info(SD, DISK, "c").virtual_size == 8 * MiB
+    with pytest.raises(StorageError):
+        s.resize(SD, DISK, "c", MiB)
+    s.delete_disk(SD, DISK)
+    assert not (tmp_path / SD / DISK).exists()
+    assert s.list_volumes(SD, DISK) == []
+
+
+def test_import_keeps_content_and_holes(guest: tuple[Storage, bytearray], tmp_path: Path) -> None:
+    s, expected = guest
+    assert s.content_sha256(SD, DISK, "base") == _sha(expected)
+    img = tmp_path / "guest.img"
+    s.import_raw(SD, "raw-disk", "v", img, fmt="raw")
+    assert s.content_sha256(SD, "raw-disk", "v") == _sha(expected)
+    raw_path = s.volume_path(SD, "raw-disk", "v")
+    assert raw_path.stat().st_blocks * 512 <= img.stat().st_blocks * 512 + MiB
+
+
+def test_snapshot_write_merge(guest: tuple[Storage, bytearray]) -> None:
+    s, expected = guest
+    base_sha = _sha(expected)
+    s.add_bitmap(SD, DISK, "base", "cp1")
+    s.snapshot(SD, DISK, "base", "top")
+    info = s.volume_info(SD, DISK, "top")
+    assert (info.fmt, info.backing_vol_id, info.virtual_size) == ("cow", "base", SIZE)
+    bms = s.list_bitmaps(SD, DISK, "top")
+    assert [(b.name, b.granularity, b.enabled, b.in_use) for b in bms] == [
+        ("cp1", 65536, True, False)
+    ]
+
+    s.guest_write(SD, DISK, "top", offset=20 * MiB, pattern=0xAB, size=3 * 65536)
+    s.guest_write(SD, DISK, "top", offset=1000, data=b"guest was here")
+    s.guest_write(SD, DISK, "top", offset=2 * MiB, pattern=0, size=MiB)
+    expected[20 * MiB : 20 * MiB + 3 * 65536] = b"\xab" * (3 * 65536)
+    expected[1000:1014] = b"guest was here"
+    expected[2 * MiB : 3 * MiB] = bytes(MiB)
+    top_sha = _sha(expected)
+    assert top_sha != base_sha
+    assert s.content_sha256(SD, DISK, "top") == top_sha
+    assert s.content_sha256(SD, DISK, "base") == base_sha
+
+    # A third volume, so the merge must rebase a child.
+    s.add_bitmap(SD, DISK, "top", "cp2")
+    s.snapshot(SD, DISK, "top", "active")
+    s.guest_write(SD, DISK, "active", offset=30 * MiB, pattern=0x11, size=4096)
+    expected[30 * MiB : 30 * MiB + 4096] = b"\x11" * 4096
+    active_sha = _sha(expected)
+    assert s.chain(SD, DISK, "active") == ["active", "top", "base"]
+
+    s.merge(SD, DISK, "base", "top")
+    assert s.list_volumes(SD, DISK) == ["active", "base"]
+    assert s.chain(SD, DISK, "active") == ["active", "base"]
+    assert s.content_sha256(SD, DISK, "base") == top_sha
+    assert s.content_sha256(SD, DISK, "active") == active_sha
+    assert sorted(b.name for b in s.list_bitmaps(SD, DISK, "base")) == ["cp1", "cp2"]
+
+    s.merge(SD, DISK, "base", "active")
+    assert s.list_volumes(SD, DISK) == ["base"]
+    assert s.content_sha256(SD, DISK, "base") == active_sha
+
+
+def test_guest_write_bounds(guest: tuple[Storage, bytearray]) -> None:
+    s, _ = guest
+    with pytest.raises(StorageError):
+        s.guest_write(SD, DISK, "base", offset=SIZE - 10, data=b"x" * 11)
+    with pytest.raises(StorageError):
+        s.guest_write(SD, DISK, "base", offset=0, data=b"x", pattern=1, size=1)
+
+
+def test_dirty_overlay_chain_rules(guest: tuple[Storage, bytearray], tmp_path: Path) -> None:
+    s, _ = guest
+    work = tmp_path / "work"
+    with pytest.raises(BitmapError):
+        s.prepare_dirty_overlay(SD, DISK, "base", "cp1", work)
+    s.add_bitmap(SD, DISK, "base", "cp1")
+    s.snapshot(SD, DISK, "base", "mid")
+    s.snapshot(SD, DISK, "mid", "top")
+    overlay = s.prepare_dirty_overlay(SD, DISK, "top", "cp1", work)
+    assert overlay.parent == work
+    # The overlay carries the bitmap and shows the chain's data.
+    info = s._info(overlay, "cow")
+    assert [b["name"] for b in info["format-specific"]["data"]["bitmaps"]] == ["cp1"]
+    assert info["backing-filename"] == str(s.volume_path(SD, DISK, "top").resolve())
+    overlay.unlink()
+
+    # A gap (bitmap removed from the middle volume) is inconsistent.
+    s.remove_bitmap(SD, DISK, "mid", "cp1")
+    with pytest.raises(BitmapError):
+        s.prepare_dirty_overlay(SD, DISK, "top", "cp1", work)
+    # Missing on the top volume.
+    s.remove_bitmap(SD, DISK, "top", "cp1")
+    with pytest.raises(BitmapError):
+        s.prepare_dirty_overlay(SD, DISK, "top", "cp1", work)
+    assert list(work.iterdir()) == []
