@@ -1,1 +1,47 @@
-"""See CONTRACT.md / module docstrings."""
+"""rhvfs.engine — the only package that imports ovirtsdk4 (see CONTRACT.md).
+
+Public surface: ``open_engine``, ``Engine``, the retry/poll policies, and the
+value types of ``rhvfs.engine.types``.
+"""
+
+from rhvfs.engine._engine import Engine, open_engine
+from rhvfs.engine._retry import PollPolicy, RetryPolicy
+from rhvfs.engine.types import (
+    Backup,
+    Checkpoint,
+    Cluster,
+    DataCenter,
+    Disk,
+    DiskAttachment,
+    Host,
+    ImageTransfer,
+    Nic,
+    Snapshot,
+    StorageDomain,
+    Tag,
+    Template,
+    Vm,
+    VnicProfile,
+)
+
+__all__ = [
+    "Backup",
+    "Checkpoint",
+    "Cluster",
+    "DataCenter",
+    "Disk",
+    "DiskAttachment",
+    "Engine",
+    "Host",
+    "ImageTransfer",
+    "Nic",
+    "PollPolicy",
+    "RetryPolicy",
+    "Snapshot",
+    "StorageDomain",
+    "Tag",
+    "Template",
+    "Vm",
+    "VnicProfile",
+    "open_engine",
+]

@@ -1,0 +1,125 @@
+"""The engine facade's plumbing: run SDK calls in threads, translate, retry, poll.
+
+``EngineCore`` owns the connection pool, the capacity limiter and the retry and
+poll policies. The feature mixins (inventory, snapshots, transfers, backups,
+restore) build on ``call`` / ``call_once`` / ``wait``; they never touch threads
+or SDK exceptions directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import ovirtsdk4
+import trio
+
+from rhvfs.config import Config
+from rhvfs.engine._pool import ConnectionPool
+from rhvfs.engine._retry import PollPolicy, RetryPolicy, retry_transient, wait_until
+from rhvfs.engine._translate import translate_errors
+from rhvfs.errors import EngineUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SdkCall = Callable[[ovirtsdk4.Connection], T]
+
+
+class EngineCore:
+    """Threads, translation, retries and waits shared by every facade method."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        connections: int = 2,
+        poll: PollPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        request_timeout_s: float | None = None,
+    ) -> None:
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
+        self.config = config
+        self.retry_policy = retry or RetryPolicy(
+            tries=config.system_tries,
+            interval_s=config.system_interval,
+            timeout_s=config.system_timeout,
+        )
+        self.poll_policy = poll or PollPolicy(timeout_s=config.system_timeout)
+        timeout = (
+            request_timeout_s
+            if request_timeout_s is not None
+            else min(config.system_timeout, 120.0)
+        )
+        self._pool = ConnectionPool(config, size=connections, request_timeout_s=timeout)
+        self._limiter = trio.CapacityLimiter(connections)
+        self.requests = 0  # statistics: SDK calls made
+        # transfer id -> disk id, learned when transfers are created or read, so a
+        # finalize that meets 404 can still check the disk.
+        self.transfer_disks: dict[str, str] = {}
+
+    def _run(self, fn: SdkCall[T], what: str) -> T:
+        """Worker-thread body: check out a connection, call, translate, check in."""
+        broken = False
+        with translate_errors(what):
+            conn = self._pool.acquire()
+        try:
+            with translate_errors(what):
+                return fn(conn)
+        except EngineUnavailable:
+            broken = True
+            raise
+        finally:
+            self._pool.release(conn, broken=broken)
+
+    async def call_once(self, fn: SdkCall[T], what: str) -> T:
+        """Run one blocking SDK call in a worker thread; errors arrive as ``rhvfs.errors``.
+
+        On cancellation the thread is abandoned: it finishes its request, puts
+        its connection back and keeps its limiter token until then.
+        """
+        self.requests += 1
+        return await trio.to_thread.run_sync(
+            self._run, fn, what, limiter=self._limiter, abandon_on_cancel=True
+        )
+
+    async def call(self, fn: SdkCall[T], what: str) -> T:
+        """``call_once`` with transient failures retried (only for idempotent requests)."""
+
+        async def attempt(_n: int) -> T:
+            return await self.call_once(fn, what)
+
+        return await retry_transient(attempt, policy=self.retry_policy, what=what)
+
+    async def retried(self, fn: Callable[[int], Awaitable[T]], what: str) -> T:
+        """Retry an async ``fn(attempt)`` built from several calls (idempotent creates)."""
+        return await retry_transient(fn, policy=self.retry_policy, what=what)
+
+    async def wait(
+        self, probe: Callable[[], Awaitable[T | None]], what: str, *, timeout_s: float | None = None
+    ) -> T:
+        """Poll ``probe`` per the poll policy until it returns a value (see ``wait_until``)."""
+        policy = self.poll_policy
+        if timeout_s is not None:
+            policy = PollPolicy(
+                first_s=policy.first_s,
+                max_s=policy.max_s,
+                factor=policy.factor,
+                timeout_s=timeout_s,
+            )
+        return await wait_until(probe, policy=policy, what=what)
+
+    async def aclose(self) -> None:
+        """Log out of the engine and close every SDK connection."""
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._pool.close)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "connections_opened": self._pool.created,
+            "threads_busy": self._limiter.borrowed_tokens,
+        }

@@ -1,0 +1,286 @@
+"""Inventory reads: data centers, clusters, hosts, storage domains, tags, VMs, templates, disks, NICs.
+
+Bounded: one list call per collection, never one call per VM (per-disk GETs
+only for the disks of one VM or template). Read-only; all calls are retried on
+transient failures. The root tag and the Blank template are filtered out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ovirtsdk4
+import ovirtsdk4.http
+
+from rhvfs.engine import _convert as convert
+from rhvfs.engine import types as t
+from rhvfs.engine._core import EngineCore
+from rhvfs.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+ROOT_TAG_ID = "00000000-0000-0000-0000-000000000000"
+BLANK_TEMPLATE_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def search_value(text: str) -> str:
+    """Quote a value for the engine search language when it holds spaces or quotes."""
+    if text and all(c.isalnum() or c in "-_.@:" for c in text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def raw_get(conn: ovirtsdk4.Connection, path: str, query: dict[str, str] | None = None) -> bytes:
+    """GET ``path`` (relative to the API root) and return the body exactly as the engine sent it."""
+    request = ovirtsdk4.http.Request(method="GET", path=path, query=query or {})
+    context = conn.send(request)
+    response = conn.wait(context)
+    code = response.code
+    if code == 200:
+        body = response.body
+        return body if isinstance(body, bytes) else str(body).encode()
+    msg = f"HTTP response code is {code}."
+    cls: type[ovirtsdk4.Error] = ovirtsdk4.Error
+    if code in (401, 403):
+        cls = ovirtsdk4.AuthError
+    elif code == 404:
+        cls = ovirtsdk4.NotFoundError
+    err = cls(msg)
+    err.code = code
+    raise err
+
+
+class InventoryMixin(EngineCore):
+    async def list_datacenters(self) -> list[t.DataCenter]:
+        items = await self.call(
+            lambda c: c.system_service().data_centers_service().list(), "list data centers"
+        )
+        return [convert.datacenter(x) for x in items]
+
+    async def list_clusters(self) -> list[t.Cluster]:
+        items = await self.call(
+            lambda c: c.system_service().clusters_service().list(), "list clusters"
+        )
+        return [convert.cluster(x) for x in items]
+
+    async def list_hosts(self) -> list[t.Host]:
+        items = await self.call(lambda c: c.system_service().hosts_service().list(), "list hosts")
+        return [convert.host(x) for x in items]
+
+    async def list_storage_domains(self) -> list[t.StorageDomain]:
+        items = await self.call(
+            lambda c: c.system_service().storage_domains_service().list(), "list storage domains"
+        )
+        return [convert.storage_domain(x) for x in items]
+
+    async def list_tags(self) -> list[t.Tag]:
+        items = await self.call(lambda c: c.system_service().tags_service().list(), "list tags")
+        return [convert.tag(x) for x in items if x.id != ROOT_TAG_ID]
+
+    async def get_tag(self, tag_id: str) -> t.Tag:
+        item = await self.call(
+            lambda c: c.system_service().tags_service().tag_service(tag_id).get(),
+            f"get tag {tag_id}",
+        )
+        return convert.tag(item)
+
+    async def list_vms(self) -> list[t.Vm]:
+        items = await self.call(lambda c: c.system_service().vms_service().list(), "list vms")
+        return [convert.vm(x) for x in items]
+
+    async def get_vm(self, vm_id: str) -> t.Vm:
+        item = await self.call(
+            lambda c: c.system_service().vms_service().vm_service(vm_id).get(), f"get vm {vm_id}"
+        )
+        return convert.vm(item)
+
+    async def find_vm(self, name: str) -> t.Vm | None:
+        query = f"name={search_value(name)}"
+        items = await self.call(
+            lambda c: c.system_service().vms_service().list(search=query, case_sensitive=True),
+            f"find vm {name!r}",
+        )
+        for x in items:
+            if x.name == name:
+                return convert.vm(x)
+        return None
+
+    async def vms_by_tag(self, tag_id: str) -> list[t.Vm]:
+        """VMs carrying the tag: one ``search=tag=<name>`` list, filtered by each VM's tag links when inlined."""
+        tag = await self.get_tag(tag_id)
+        query = f"tag={search_value(tag.name)}"
+        try:
+            items = await self.call(
+                lambda c: c.system_service().vms_service().list(search=query),
+                f"list vms with tag {tag.name!r}",
+            )
+        except EngineError as exc:
+            if exc.code != 400:
+                raise
+            log.info("engine rejected search %r (%s); listing each VM's tags instead", query, exc)
+            return await self._vms_by_tag_slow(tag_id)
+        return [convert.vm(x, tag_ids=(tag_id,)) for x in items]
+
+    async def _vms_by_tag_slow(self, tag_id: str) -> list[t.Vm]:
+        vms = await self.list_vms()
+        result: list[t.Vm] = []
+        for vm in vms:
+            tags = await self.vm_tags(vm.id)
+            if any(x.id == tag_id for x in tags):
+                result.append(vm)
+        return result
+
+    async def vm_tags(self, vm_id: str) -> list[t.Tag]:
+        items = await self.call(
+            lambda c: c.system_service().vms_service().vm_service(vm_id).tags_service().list(),
+            f"list tags of vm {vm_id}",
+        )
+        return [convert.tag(x) for x in items]
+
+    async def list_templates(self) -> list[t.Template]:
+        items = await self.call(
+            lambda c: c.system_service().templates_service().list(), "list templates"
+        )
+        return [convert.template(x) for x in items if x.id != BLANK_TEMPLATE_ID]
+
+    async def get_template(self, template_id: str) -> t.Template:
+        item = await self.call(
+            lambda c: c.system_service().templates_service().template_service(template_id).get(),
+            f"get template {template_id}",
+        )
+        return convert.template(item)
+
+    async def get_disk(self, disk_id: str) -> t.Disk:
+        item = await self.call(
+            lambda c: c.system_service().disks_service().disk_service(disk_id).get(),
+            f"get disk {disk_id}",
+        )
+        return convert.disk(item)
+
+    async def _attachments_with_disks(self, items: list[Any]) -> list[t.DiskAttachment]:
+        result = []
+        for att in items:
+            ref = att.disk
+            if ref is not None and ref.provisioned_size is not None:
+                full = convert.disk(ref)  # the engine inlined the disk (follow=disk)
+            else:
+                full = await self.get_disk(ref.id if ref is not None else att.id)
+            result.append(convert.disk_attachment(att, full))
+        return result
+
+    async def disk_attachments(self, vm_id: str) -> list[t.DiskAttachment]:
+        items = await self.call(
+            lambda c: (
+                c.system_service().vms_service().vm_service(vm_id).disk_attachments_service().list()
+            ),
+            f"list disk attachments of vm {vm_id}",
+        )
+        return await self._attachments_with_disks(list(items))
+
+    async def template_disk_attachments(self, template_id: str) -> list[t.DiskAttachment]:
+        items = await self.call(
+            lambda c: (
+                c.system_service()
+                .templates_service()
+                .template_service(template_id)
+                .disk_attachments_service()
+                .list()
+            ),
+            f"list disk attachments of template {template_id}",
+        )
+        return await self._attachments_with_disks(list(items))
+
+    async def storage_domain_disks(self, sd_id: str) -> list[t.Disk]:
+        items = await self.call(
+            lambda c: (
+                c.system_service()
+                .storage_domains_service()
+                .storage_domain_service(sd_id)
+                .disks_service()
+                .list()
+            ),
+            f"list disks of storage domain {sd_id}",
+        )
+        return [convert.disk(x) for x in items]
+
+    async def list_disks(self) -> list[t.Disk]:
+        items = await self.call(lambda c: c.system_service().disks_service().list(), "list disks")
+        return [convert.disk(x) for x in items]
+
+    async def list_vnic_profiles(self) -> list[t.VnicProfile]:
+        profiles = await self.call(
+            lambda c: c.system_service().vnic_profiles_service().list(), "list vnic profiles"
+        )
+        networks: dict[str, str] = {}
+        if any(p.network is not None and not p.network.name for p in profiles):
+            nets = await self.call(
+                lambda c: c.system_service().networks_service().list(), "list networks"
+            )
+            networks = {n.id: n.name for n in nets}
+        return [convert.vnic_profile(p, network_names=networks) for p in profiles]
+
+    async def _nics(self, items: list[Any]) -> list[t.Nic]:
+        profiles: dict[str, t.VnicProfile] = {}
+        if any(x.vnic_profile is not None for x in items):
+            profiles = {p.id: p for p in await self.list_vnic_profiles()}
+        return [convert.nic(x, profiles=profiles) for x in items]
+
+    async def vm_nics(self, vm_id: str) -> list[t.Nic]:
+        items = await self.call(
+            lambda c: c.system_service().vms_service().vm_service(vm_id).nics_service().list(),
+            f"list nics of vm {vm_id}",
+        )
+        return await self._nics(list(items))
+
+    async def template_nics(self, template_id: str) -> list[t.Nic]:
+        items = await self.call(
+            lambda c: (
+                c.system_service()
+                .templates_service()
+                .template_service(template_id)
+                .nics_service()
+                .list()
+            ),
+            f"list nics of template {template_id}",
+        )
+        return await self._nics(list(items))
+
+    @staticmethod
+    def _ovf_of(obj: Any, what: str) -> str:
+        init = obj.initialization
+        conf = init.configuration if init is not None else None
+        if conf is None or not conf.data:
+            raise EngineError(f"{what}: the engine returned no OVF configuration")
+        return str(conf.data)
+
+    async def vm_ovf(self, vm_id: str) -> str:
+        what = f"get ovf of vm {vm_id}"
+        item = await self.call(
+            lambda c: c.system_service().vms_service().vm_service(vm_id).get(all_content=True), what
+        )
+        return self._ovf_of(item, what)
+
+    async def template_ovf(self, template_id: str) -> str:
+        what = f"get ovf of template {template_id}"
+        item = await self.call(
+            lambda c: (
+                c.system_service()
+                .templates_service()
+                .template_service(template_id)
+                .get(all_content=True)
+            ),
+            what,
+        )
+        return self._ovf_of(item, what)
+
+    async def vm_xml(self, vm_id: str) -> bytes:
+        return await self.call(
+            lambda c: raw_get(c, f"/vms/{vm_id}", {"all_content": "true"}), f"get xml of vm {vm_id}"
+        )
+
+    async def template_xml(self, template_id: str) -> bytes:
+        return await self.call(
+            lambda c: raw_get(c, f"/templates/{template_id}", {"all_content": "true"}),
+            f"get xml of template {template_id}",
+        )
