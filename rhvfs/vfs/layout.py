@@ -1,0 +1,471 @@
+"""What is in each directory of the tree (design.md §3).
+
+Each directory is a ``lister``: an async function returning its children as
+``Node`` values, computed from the cached inventory (``Inventory``) and, for
+``@rhv/`` and ``disks/``, from ``BackupSets`` listings. Inode numbers come from
+the ``InodeTable`` keyed by engine ids, never by names or discovery order.
+
+Symlinks are relative (``../../vms/<vm>``) so they resolve under any mountpoint.
+
+Must not: start backup sessions (listing never opens), cache anything itself
+(``Inventory`` and the tree do), or know about FUSE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import rhvfs
+from rhvfs.engine.types import Cluster, DataCenter, Host, StorageDomain, Tag, Template, Vm
+from rhvfs.vfs.backend import BackupSets, LocalOwner, OwnerFactory, OwnerKind
+from rhvfs.vfs.inventory import Inventory
+from rhvfs.vfs.names import ROOT_INODE, InodeTable, escape
+from rhvfs.vfs.nodes import FIXED_MTIME_NS, DataRef, Kind, Node, render_json, time_ns
+
+Lister = Callable[[], Awaitable[list[Node]]]
+
+TOP_DIRS = (
+    "datacenters",
+    "clusters",
+    "hosts",
+    "storagedomains",
+    "tags",
+    "templates",
+    "vms",
+    "restore",
+)
+CONTROL_DIR = ".rhvfs"
+STATUS_FILE = "status.json"
+
+
+def unique_names(items: Iterable[tuple[str, str]], *, suffix: str = "") -> dict[str, str]:
+    """File names for ``(id, engine_name)`` pairs: escaped, and ``--<id>`` added on clashes."""
+    pairs = list(items)
+    first = {eid: escape(name + suffix) for eid, name in pairs}
+    clashes = Counter(first.values())
+    out: dict[str, str] = {}
+    for eid, name in pairs:
+        out[eid] = first[eid] if clashes[first[eid]] == 1 else escape(f"{name}--{eid}{suffix}")
+    return out
+
+
+def _asdict(value: Any) -> dict[str, Any]:
+    return dataclasses.asdict(value)
+
+
+class Layout:
+    """Builds the nodes of every directory. One per mount (or per ``rhvfs ls``)."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        backups: BackupSets,
+        table: InodeTable,
+        *,
+        owner_factory: OwnerFactory = LocalOwner,
+        status_info: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.inv = inventory
+        self.backups = backups
+        self.table = table
+        self._owner_factory = owner_factory
+        self._status_info = status_info or (lambda: {})
+
+    # -- node builders -------------------------------------------------------
+
+    def _dir(
+        self, ident: tuple[str, str, str], name: str, lister: Lister, mtime_ns: int = FIXED_MTIME_NS
+    ) -> Node:
+        return Node(self.table.inode(*ident), Kind.DIR, name, mtime_ns=mtime_ns, lister=lister)
+
+    def _file(
+        self,
+        ident: tuple[str, str, str],
+        name: str,
+        content: bytes,
+        base_mtime_ns: int = FIXED_MTIME_NS,
+    ) -> Node:
+        node = Node(self.table.inode(*ident), Kind.FILE, name)
+        node.set_content(content, base_mtime_ns=base_mtime_ns)
+        return node
+
+    def _link(self, ident: tuple[str, str, str], name: str, target: str, mtime_ns: int) -> Node:
+        return Node(
+            self.table.inode(*ident),
+            Kind.LINK,
+            name,
+            mtime_ns=mtime_ns,
+            target=target,
+            size=len(target.encode("utf-8")),
+        )
+
+    @staticmethod
+    def _static(path: str) -> tuple[str, str, str]:
+        return ("static", "", path)
+
+    # -- root -----------------------------------------------------------------
+
+    def root(self) -> Node:
+        return Node(ROOT_INODE, Kind.DIR, "", lister=self._root)
+
+    async def _root(self) -> list[Node]:
+        listers: dict[str, Lister] = {
+            "datacenters": self._datacenters,
+            "clusters": self._clusters,
+            "hosts": self._hosts,
+            "storagedomains": self._storage_domains,
+            "tags": self._tags,
+            "templates": self._templates,
+            "vms": self._vms,
+            "restore": self._restore,
+        }
+        nodes = [self._dir(self._static(f"/{name}"), name, listers[name]) for name in TOP_DIRS]
+        nodes.append(self._dir(self._static(f"/{CONTROL_DIR}"), CONTROL_DIR, self._control))
+        return sorted(nodes, key=lambda n: n.name)
+
+    async def _restore(self) -> list[Node]:
+        return []
+
+    async def _control(self) -> list[Node]:
+        node = Node(
+            self.table.inode(*self._static(f"/{CONTROL_DIR}/{STATUS_FILE}")), Kind.FILE, STATUS_FILE
+        )
+        node.refresh = self._status_content
+        node.set_content(self._status_content(), base_mtime_ns=FIXED_MTIME_NS)
+        return [node]
+
+    def _status_content(self) -> bytes:
+        info: dict[str, Any] = {"rhvfs_version": rhvfs.__version__, "pid": os.getpid()}
+        info.update(self._status_info())
+        info["sessions"] = self.backups.status()
+        info["engine_calls"] = self.inv.calls
+        return render_json(info)
+
+    # -- VMs --------------------------------------------------------------------
+
+    async def vm_names(self) -> dict[str, str]:
+        return unique_names((vm.id, vm.name) for vm in await self.inv.vms())
+
+    async def _vms(self) -> list[Node]:
+        vms = await self.inv.vms()
+        names = await self.vm_names()
+        nodes = [
+            self._dir(
+                ("vm", vm.id, ""), names[vm.id], self._vm_lister(vm.id), time_ns(vm.creation_time)
+            )
+            for vm in vms
+        ]
+        return sorted(nodes, key=lambda n: n.name)
+
+    def _vm_lister(self, vm_id: str) -> Lister:
+        async def lister() -> list[Node]:
+            vm = next((v for v in await self.inv.vms() if v.id == vm_id), None)
+            if vm is None:
+                return []
+            owner = self._owner("vm", vm.id, vm.name)
+            mtime = time_ns(vm.creation_time)
+            return [
+                self._dir(
+                    ("vm", vm.id, "@rhv"), "@rhv", self._set_lister("vm", owner, vm.id), mtime
+                ),
+                self._dir(
+                    ("vm", vm.id, "disks"), "disks", self._disks_lister("vm", owner, vm.id), mtime
+                ),
+                self._file(("vm", vm.id, "vm.json"), "vm.json", await self._vm_json(vm), mtime),
+            ]
+
+        return lister
+
+    async def _vm_json(self, vm: Vm) -> bytes:
+        clusters = {c.id: c for c in await self.inv.clusters()}
+        hosts = {h.id: h for h in await self.inv.hosts()}
+        attachments = await self.inv.disk_attachments(vm.id)
+        nics = await self.inv.vm_nics(vm.id)
+        cluster = clusters.get(vm.cluster_id or "")
+        host = hosts.get(vm.host_id or "")
+        summary = {
+            "id": vm.id,
+            "name": vm.name,
+            "status": vm.status,
+            "description": vm.description,
+            "comment": vm.comment,
+            "cluster": {"id": vm.cluster_id, "name": cluster.name if cluster else None},
+            "host": {"id": vm.host_id, "name": host.name if host else None} if vm.host_id else None,
+            "template_id": vm.template_id,
+            "memory": vm.memory,
+            "cpu": {"sockets": vm.cpu_sockets, "cores": vm.cpu_cores, "threads": vm.cpu_threads},
+            "os_type": vm.os_type,
+            "type": vm.type,
+            "creation_time": vm.creation_time.isoformat() if vm.creation_time else None,
+            "disks": [
+                {
+                    "id": a.disk.id,
+                    "alias": a.disk.alias,
+                    "provisioned_size": a.disk.provisioned_size,
+                    "actual_size": a.disk.actual_size,
+                    "format": a.disk.format,
+                    "sparse": a.disk.sparse,
+                    "status": a.disk.status,
+                    "storage_domain_id": a.disk.storage_domain_id,
+                    "interface": a.interface,
+                    "bootable": a.bootable,
+                    "active": a.active,
+                }
+                for a in attachments
+            ],
+            "nics": [_asdict(nic) for nic in nics],
+        }
+        return render_json(summary)
+
+    def _owner(self, kind: OwnerKind, eid: str, name: str) -> Any:
+        return self._owner_factory(kind, eid, name)
+
+    def _set_lister(self, kind: OwnerKind, owner: Any, eid: str) -> Lister:
+        async def lister() -> list[Node]:
+            return self._entries(kind, eid, "set", owner, await self.backups.list_set(owner))
+
+        return lister
+
+    def _disks_lister(self, kind: OwnerKind, owner: Any, eid: str) -> Lister:
+        async def lister() -> list[Node]:
+            entries = await self.backups.list_disk_files(owner)
+            return self._entries(kind, eid, "disk", owner, entries)
+
+        return lister
+
+    def _entries(
+        self, kind: str, eid: str, set_kind: str, owner: Any, entries: list[Any]
+    ) -> list[Node]:
+        return [
+            Node(
+                self.table.inode(kind, eid, f"{set_kind}:{e.key}"),
+                Kind.FILE,
+                e.name,
+                mtime_ns=e.mtime_ns,
+                size=e.size,
+                blocks=e.blocks,
+                data=DataRef(owner, e.key),
+            )
+            for e in entries
+        ]
+
+    async def _vm_links(
+        self, vms: Iterable[Vm], *, up: int, ident_kind: str, ident_sub: str
+    ) -> list[Node]:
+        names = await self.vm_names()
+        prefix = "../" * up + "vms/"
+        nodes = []
+        for vm in vms:
+            name = names.get(vm.id) or escape(vm.name)
+            nodes.append(
+                self._link(
+                    (ident_kind, vm.id, ident_sub), name, prefix + name, time_ns(vm.creation_time)
+                )
+            )
+        return sorted(nodes, key=lambda n: n.name)
+
+    # -- templates ------------------------------------------------------------
+
+    async def _templates(self) -> list[Node]:
+        templates = await self.inv.templates()
+        names = unique_names((t.id, t.name) for t in templates)
+        return sorted(
+            (
+                self._dir(
+                    ("template", t.id, ""),
+                    names[t.id],
+                    self._template_lister(t),
+                    time_ns(t.creation_time),
+                )
+                for t in templates
+            ),
+            key=lambda n: n.name,
+        )
+
+    def _template_lister(self, t: Template) -> Lister:
+        async def lister() -> list[Node]:
+            owner = self._owner("template", t.id, t.name)
+            mtime = time_ns(t.creation_time)
+            return [
+                self._dir(
+                    ("template", t.id, "@rhv"),
+                    "@rhv",
+                    self._set_lister("template", owner, t.id),
+                    mtime,
+                ),
+                self._dir(
+                    ("template", t.id, "disks"),
+                    "disks",
+                    self._disks_lister("template", owner, t.id),
+                    mtime,
+                ),
+                self._file(
+                    ("template", t.id, "json"), "template.json", render_json(_asdict(t)), mtime
+                ),
+            ]
+
+        return lister
+
+    # -- datacenters and clusters ------------------------------------------
+
+    async def _datacenters(self) -> list[Node]:
+        dcs = await self.inv.datacenters()
+        names = unique_names((dc.id, dc.name) for dc in dcs)
+        return sorted(
+            (self._dir(("dc", dc.id, ""), names[dc.id], self._dc_lister(dc)) for dc in dcs),
+            key=lambda n: n.name,
+        )
+
+    def _dc_lister(self, dc: DataCenter) -> Lister:
+        async def lister() -> list[Node]:
+            return [
+                self._dir(("dc", dc.id, "clusters"), "clusters", self._dc_clusters_lister(dc)),
+                self._file(("dc", dc.id, "json"), "datacenter.json", render_json(_asdict(dc))),
+                self._dir(
+                    ("dc", dc.id, "storagedomains"), "storagedomains", self._dc_sds_lister(dc)
+                ),
+            ]
+
+        return lister
+
+    def _dc_clusters_lister(self, dc: DataCenter) -> Lister:
+        async def lister() -> list[Node]:
+            clusters = [c for c in await self.inv.clusters() if c.datacenter_id == dc.id]
+            names = unique_names((c.id, c.name) for c in clusters)
+            return sorted(
+                (
+                    self._dir(
+                        ("cluster", c.id, "dc"),
+                        names[c.id],
+                        self._cluster_lister(c, up=5, sub="dc"),
+                    )
+                    for c in clusters
+                ),
+                key=lambda n: n.name,
+            )
+
+        return lister
+
+    def _dc_sds_lister(self, dc: DataCenter) -> Lister:
+        async def lister() -> list[Node]:
+            sds = await self.inv.storage_domains()
+            names = unique_names((sd.id, sd.name) for sd in sds)
+            return sorted(
+                (
+                    self._link(
+                        ("sd-link", sd.id, dc.id),
+                        names[sd.id],
+                        f"../../../storagedomains/{names[sd.id]}",
+                        FIXED_MTIME_NS,
+                    )
+                    for sd in sds
+                    if dc.id in sd.datacenter_ids
+                ),
+                key=lambda n: n.name,
+            )
+
+        return lister
+
+    async def _clusters(self) -> list[Node]:
+        clusters = await self.inv.clusters()
+        names = unique_names((c.id, c.name) for c in clusters)
+        return sorted(
+            (
+                self._dir(("cluster", c.id, ""), names[c.id], self._cluster_lister(c, up=3, sub=""))
+                for c in clusters
+            ),
+            key=lambda n: n.name,
+        )
+
+    def _cluster_lister(self, cluster: Cluster, *, up: int, sub: str) -> Lister:
+        async def vms_lister() -> list[Node]:
+            vms = [vm for vm in await self.inv.vms() if vm.cluster_id == cluster.id]
+            return await self._vm_links(
+                vms, up=up, ident_kind="vm-link", ident_sub=f"cluster{sub}:{cluster.id}"
+            )
+
+        async def lister() -> list[Node]:
+            return [
+                self._file(
+                    ("cluster", cluster.id, f"json{sub}"),
+                    "cluster.json",
+                    render_json(_asdict(cluster)),
+                ),
+                self._dir(("cluster", cluster.id, f"vms{sub}"), "vms", vms_lister),
+            ]
+
+        return lister
+
+    # -- hosts, storage domains, tags ----------------------------------------
+
+    async def _hosts(self) -> list[Node]:
+        hosts = await self.inv.hosts()
+        names = unique_names((h.id, h.name) for h in hosts)
+        return sorted(
+            (self._dir(("host", h.id, ""), names[h.id], self._host_lister(h)) for h in hosts),
+            key=lambda n: n.name,
+        )
+
+    def _host_lister(self, host: Host) -> Lister:
+        async def vms_lister() -> list[Node]:
+            vms = [vm for vm in await self.inv.vms() if vm.host_id == host.id]
+            return await self._vm_links(
+                vms, up=3, ident_kind="vm-link", ident_sub=f"host:{host.id}"
+            )
+
+        async def lister() -> list[Node]:
+            return [
+                self._file(("host", host.id, "json"), "host.json", render_json(_asdict(host))),
+                self._dir(("host", host.id, "vms"), "vms", vms_lister),
+            ]
+
+        return lister
+
+    async def _storage_domains(self) -> list[Node]:
+        sds = await self.inv.storage_domains()
+        names = unique_names((sd.id, sd.name) for sd in sds)
+        return sorted(
+            (self._dir(("sd", sd.id, ""), names[sd.id], self._sd_lister(sd)) for sd in sds),
+            key=lambda n: n.name,
+        )
+
+    def _sd_lister(self, sd: StorageDomain) -> Lister:
+        async def disks_lister() -> list[Node]:
+            disks = await self.inv.storage_domain_disks(sd.id)
+            names = unique_names(((d.id, d.alias) for d in disks), suffix=".json")
+            return sorted(
+                (
+                    self._file(("sd-disk", d.id, sd.id), names[d.id], render_json(_asdict(d)))
+                    for d in disks
+                ),
+                key=lambda n: n.name,
+            )
+
+        async def lister() -> list[Node]:
+            free = f"{sd.available}\n" if sd.available is not None else "unknown\n"
+            return [
+                self._dir(("sd", sd.id, "disks"), "disks", disks_lister),
+                self._file(("sd", sd.id, "free_space"), "free_space", free.encode()),
+                self._file(("sd", sd.id, "json"), "storagedomain.json", render_json(_asdict(sd))),
+            ]
+
+        return lister
+
+    async def _tags(self) -> list[Node]:
+        tags = await self.inv.tags()
+        names = unique_names((t.id, t.name) for t in tags)
+        return sorted(
+            (self._dir(("tag", t.id, ""), names[t.id], self._tag_lister(t)) for t in tags),
+            key=lambda n: n.name,
+        )
+
+    def _tag_lister(self, tag: Tag) -> Lister:
+        async def lister() -> list[Node]:
+            vms = await self.inv.vms_by_tag(tag.id)
+            return await self._vm_links(vms, up=2, ident_kind="vm-link", ident_sub=f"tag:{tag.id}")
+
+        return lister

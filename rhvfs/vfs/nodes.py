@@ -1,0 +1,87 @@
+"""Nodes of the tree: plain values the FUSE adapter turns into attributes.
+
+A ``Node`` is a directory (``lister`` produces its children), a symlink
+(``target``), a generated file (``content`` made when the node was listed and
+kept with its attributes until the listing expires; an open handle keeps its
+own snapshot) or a backup-set file (``data`` names the owner and set key; the
+bytes come from the sessions layer).
+
+Must not: call the engine or know about FUSE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+#: mtime of entities without an engine timestamp: fixed, so stable across mounts.
+FIXED_MTIME_NS = 1_577_836_800 * 1_000_000_000  # 2020-01-01T00:00:00Z
+
+
+class Kind(Enum):
+    DIR = "dir"
+    FILE = "file"
+    LINK = "link"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataRef:
+    """Where a backup-set file's bytes come from: ``BackupSets.open(owner, key)``."""
+
+    owner: Any
+    key: str
+
+
+@dataclasses.dataclass(eq=False)
+class Node:
+    ino: int
+    kind: Kind
+    name: str
+    mtime_ns: int = FIXED_MTIME_NS
+    size: int = 0
+    blocks: int = 0
+    target: str | None = None
+    content: bytes | None = None
+    data: DataRef | None = None
+    lister: Callable[[], Awaitable[list[Node]]] | None = None
+    #: Regenerated at every lookup/getattr (``/.rhvfs/status.json``): no attribute caching.
+    refresh: Callable[[], bytes] | None = None
+    parent_ino: int = 0
+
+    @property
+    def volatile(self) -> bool:
+        return self.refresh is not None
+
+    def set_content(self, content: bytes, *, base_mtime_ns: int) -> None:
+        self.content = content
+        self.size = len(content)
+        self.blocks = (len(content) + 511) // 512
+        self.mtime_ns = content_mtime_ns(content, base_mtime_ns=base_mtime_ns)
+
+
+def content_mtime_ns(content: bytes, *, base_mtime_ns: int) -> int:
+    """A stable mtime that still changes when the content does.
+
+    Generated files have no modification time of their own; tools that skip
+    unchanged files (restic, rsync) compare mtime and size. Keeping the
+    second of the entity's engine timestamp and deriving the nanoseconds
+    from the content makes both properties hold.
+    """
+    second = base_mtime_ns - base_mtime_ns % 1_000_000_000
+    nanos = int.from_bytes(hashlib.sha256(content).digest()[:4], "big") % 1_000_000_000
+    return second + nanos
+
+
+def time_ns(when: datetime | None) -> int:
+    if when is None:
+        return FIXED_MTIME_NS
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+def render_json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
