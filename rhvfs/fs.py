@@ -1,0 +1,288 @@
+"""The thin pyfuse3 adapter: ``Operations`` over ``rhvfs.vfs.tree.Vfs``.
+
+Owns exactly two things: turning ``Node`` values into ``EntryAttributes``, and
+the ONE table mapping rhvfs errors to errno (``errno_for``). Anything not in
+the table is logged with its traceback and becomes EIO. The tree is read-only
+here: every modifying call answers EROFS (``restore/`` will take writes later).
+
+Must not: hold logic of its own (names, caching, sessions live in ``rhvfs.vfs``
+and ``rhvfs.sessions``), or let an exception other than ``FUSEError`` reach
+pyfuse3.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from rhvfs import errors
+from rhvfs.vfs.nodes import Kind, Node
+from rhvfs.vfs.tree import Vfs
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Checked in order: the first matching class wins (subclasses before their bases).
+ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (errors.NotFound, errno.ENOENT),
+    (errors.AuthenticationError, errno.EACCES),
+    (errors.VmStateError, errno.EBUSY),
+    (errors.Conflict, errno.EBUSY),
+    (errors.SessionClosed, errno.EBADF),
+    (errors.ConfigError, errno.EINVAL),
+    (errors.EngineError, errno.EIO),
+    (errors.ImageioError, errno.EIO),
+    (errors.SessionError, errno.EIO),
+    (errors.DataIntegrityError, errno.EIO),
+    (errors.RestoreError, errno.EIO),
+)
+#: Expected in normal operation: no log line for these.
+_QUIET = (errors.NotFound,)
+
+READ_BLOCK_SIZE = 128 * 1024  # st_blksize: what cp/tar size their reads by
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno a failed filesystem call returns for ``exc`` (EIO when unknown)."""
+    for cls, number in ERRNO_TABLE:
+        if isinstance(exc, cls):
+            return number
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            number = errno_for(exc)
+            if isinstance(exc, _QUIET) or (
+                isinstance(exc, OSError) and not isinstance(exc, errors.RhvfsError)
+            ):
+                log.debug("%s: %s -> %s", fn.__name__, exc, errno.errorcode.get(number, number))
+            elif number == errno.EIO and not isinstance(exc, errors.RhvfsError):
+                log.exception("%s failed unexpectedly", fn.__name__)
+            else:
+                log.warning("%s: %s -> %s", fn.__name__, exc, errno.errorcode.get(number, number))
+            raise pyfuse3.FUSEError(number) from exc
+
+    return wrapper
+
+
+def _erofs() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.EROFS)
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 request handlers; every one delegates to ``Vfs``."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, vfs: Vfs, *, uid: int | None = None, gid: int | None = None) -> None:
+        super().__init__()
+        self.vfs = vfs
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self._dir_handles: dict[int, list[Node]] = {}
+        self._next_dir_fh = 1
+
+    # -- attributes ---------------------------------------------------------
+
+    def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.ino
+        attr.generation = 0
+        timeout = 0.0 if node.volatile else self.vfs.listing_ttl_s
+        attr.entry_timeout = timeout
+        attr.attr_timeout = timeout
+        if node.kind is Kind.DIR:
+            attr.st_mode = stat.S_IFDIR | 0o555
+            attr.st_nlink = 2
+        elif node.kind is Kind.LINK:
+            attr.st_mode = stat.S_IFLNK | 0o777
+            attr.st_nlink = 1
+        else:
+            attr.st_mode = stat.S_IFREG | 0o444
+            attr.st_nlink = 1
+        attr.st_uid = self.uid
+        attr.st_gid = self.gid
+        attr.st_rdev = 0
+        attr.st_size = node.size
+        attr.st_blocks = node.blocks
+        attr.st_blksize = READ_BLOCK_SIZE
+        attr.st_atime_ns = node.mtime_ns
+        attr.st_mtime_ns = node.mtime_ns
+        attr.st_ctime_ns = node.mtime_ns
+        return attr
+
+    # -- lookups --------------------------------------------------------------
+
+    @_translate
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self.vfs.lookup(parent_inode, os.fsdecode(name)))
+
+    @_translate
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self.vfs.getattr(inode))
+
+    @_translate
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.fsencode(await self.vfs.readlink(inode))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # Inode numbers are derived from engine ids and nodes are small: keep them all.
+        pass
+
+    @_translate
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        self.vfs.node(inode)
+        return not (mode & os.W_OK)
+
+    # -- directories ------------------------------------------------------------
+
+    @_translate
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        children = await self.vfs.listdir(inode)
+        fh = self._next_dir_fh
+        self._next_dir_fh += 1
+        self._dir_handles[fh] = children
+        return fh
+
+    @_translate
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        children = self._dir_handles.get(fh, [])
+        for index in range(start_id, len(children)):
+            node = children[index]
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(node.name), self.attributes(node), index + 1
+            ):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self._dir_handles.pop(fh, None)
+
+    # -- files ------------------------------------------------------------------
+
+    @_translate
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise _erofs()
+        fh = await self.vfs.open(inode)
+        node = self.vfs.handle_node(fh)
+        # Volatile files (status.json) bypass the page cache: their size changes.
+        return pyfuse3.FileInfo(fh=fh, direct_io=node.volatile, keep_cache=False)
+
+    @_translate
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.vfs.read(fh, off, size)
+
+    async def release(self, fh: int) -> None:
+        try:
+            await self.vfs.release(fh)
+        except Exception:
+            log.exception("release of handle %d failed", fh)
+
+    async def flush(self, fh: int) -> None:
+        pass
+
+    @_translate
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = READ_BLOCK_SIZE
+        data.f_frsize = 512
+        data.f_blocks = 0
+        data.f_bfree = 0
+        data.f_bavail = 0
+        data.f_files = len(self.vfs.table) + 1
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    @_translate
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        self.vfs.node(inode)
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_translate
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        self.vfs.node(inode)
+        return []
+
+    # -- everything that would modify the tree: read-only -----------------------
+
+    async def setattr(
+        self, inode: int, attr: Any, fields: Any, fh: Any, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise _erofs()
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise _erofs()
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        raise _erofs()
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        raise _erofs()
+
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise _erofs()
+
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise _erofs()
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise _erofs()
