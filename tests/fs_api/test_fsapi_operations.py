@@ -49,6 +49,13 @@ async def test_attributes_of_dirs_files_links() -> None:
         image.st_mtime_ns,
     )
     dot = await ops.lookup((await walk(ops, "/vms/myvm")).st_ino, b"..", CTX)
+    assert dot.st_ino == (await walk(ops, "/vms")).st_ino
+
+
+async def test_open_read_release() -> None:
+    ops, backups = make_ops()
+    attr = await walk(ops, "/vms/runvm/@rhv/data--vm-2-d2.raw")
+    info = await ops.open(attr.st_ino, os.O_RDONLY, CTX)
     assert not info.direct_io
     data = b""
     while chunk := await ops.read(info.fh, len(data), 131072):
