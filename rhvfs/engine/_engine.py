@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from rhvfs.config import Config
+from rhvfs.engine._restore import RestoreMixin
 from rhvfs.engine._retry import PollPolicy, RetryPolicy
 from rhvfs.engine._snapshots import SnapshotsMixin
 from rhvfs.engine._transfers import TransfersMixin
@@ -18,7 +19,7 @@ from rhvfs.engine._transfers import TransfersMixin
 log = logging.getLogger(__name__)
 
 
-class Engine(TransfersMixin, SnapshotsMixin):
+class Engine(TransfersMixin, SnapshotsMixin, RestoreMixin):
     """Async access to one oVirt engine; every method returns ``rhvfs.engine.types`` values."""
 
 

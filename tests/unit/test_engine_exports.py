@@ -32,6 +32,9 @@ def test_contract_methods_exist_and_are_async() -> None:
         "create_snapshot", "list_snapshots", "snapshot_disks", "remove_snapshot",
         "start_transfer", "get_transfer", "finalize_transfer", "cancel_transfer", "list_transfers",
         "list_all_snapshots_with_description_prefix",
+        "start_backup", "backup_disks", "finalize_backup", "list_backups", "list_checkpoints", "remove_checkpoint",
+        "create_disk", "remove_disk", "create_vm_from_ovf", "create_vm", "attach_disk", "add_nic",
+        "remove_vm", "start_vm", "stop_vm", "create_template_from_ovf",
     ]  # fmt: skip
     for name in names:
         assert inspect.iscoroutinefunction(getattr(rhvfs.engine.Engine, name)), name
