@@ -1,0 +1,598 @@
+"""The simulator's data plane: the real ovirt-imageio daemon plus qemu-nbd exports.
+
+Owns the daemon process (its generated configuration, log and control socket in
+``run_dir``), every qemu-nbd process it starts, and optionally a ``FaultProxy``
+on the public port. Tickets are installed through the daemon's control socket
+exactly as vdsm does. Every process it starts is killed by ``stop()`` (also run
+at interpreter exit). It must not decide which volume a transfer uses or when a
+ticket ends: the engine does. Must not import client-side rhvfs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from rhvfs.sim import _proc
+from rhvfs.sim.faultproxy import FaultProxy
+from rhvfs.sim.pki import Pki
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 10.0
+_NBD_TIMEOUT_S = 10.0
+_CONTROL_TIMEOUT_S = 90.0
+# sun_path holds 108 bytes including the terminating NUL.
+_MAX_UNIX_PATH = 100
+
+
+class DataPlaneError(Exception):
+    """The daemon or a qemu-nbd failed to start, or the control service refused a request."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """A running qemu-nbd export; ``nbd_url`` (``nbd:unix:<socket>``) goes in a ticket."""
+
+    id: str
+    socket_path: Path
+    nbd_url: str
+
+
+@dataclass
+class _NbdProc:
+    proc: subprocess.Popen[bytes]
+    socket_path: Path
+    image: Path
+    stderr_path: Path
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+class DataPlane:
+    """The ovirt-imageio daemon serving ``/images/<ticket>`` on ``host:port``.
+
+    ``port=0`` picks a free port. TLS is on when ``pki`` is given. With
+    ``proxy=True`` a ``FaultProxy`` owns the public port and forwards to the
+    daemon on an internal port (``fault_proxy`` is then set).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        host: str = "localhost",
+        port: int = 0,
+        pki: Pki | None,
+        proxy: bool = False,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.host = host
+        self._requested_port = port
+        self.pki = pki
+        self._want_proxy = proxy
+        self.fault_proxy: FaultProxy | None = None
+        self._daemon: subprocess.Popen[bytes] | None = None
+        self._daemon_port = 0
+        self._public_port = 0
+        self._exports: dict[str, _NbdProc] = {}
+        self._lock = threading.Lock()
+        self._sock_dir: Path | None = None
+        self._own_sock_dir = False
+        self._qemu_nbd = _proc.find_tool("qemu-nbd")
+        self._imageio = _proc.find_tool("ovirt-imageio")
+        self._direct_io_ok: bool | None = None
+
+    # --- addresses -----------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The public port clients connect to (the proxy's when proxied)."""
+        return self._public_port
+
+    @property
+    def daemon_port(self) -> int:
+        """The daemon's own port (equals ``port`` unless proxied)."""
+        return self._daemon_port
+
+    @property
+    def url_base(self) -> str:
+        scheme = "https" if self.pki else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    def image_url(self, ticket_id: str) -> str:
+        """The transfer URL of a ticket, e.g. ``https://localhost:54322/images/<id>``."""
+        return f"{self.url_base}/images/{ticket_id}"
+
+    @property
+    def control_socket(self) -> Path:
+        assert self._sock_dir is not None, "not started"
+        return self._sock_dir / "control.sock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "imageio-daemon.log"
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the daemon (and the proxy) and wait until both answer."""
+        if self._daemon is not None:
+            raise DataPlaneError("data plane already started")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._sock_dir = self._choose_sock_dir()
+        atexit.register(self.stop)
+        try:
+            if self._want_proxy:
+                self._daemon_port = _free_port(self.host)
+                self.fault_proxy = FaultProxy(
+                    host=self.host,
+                    port=self._requested_port,
+                    target_host=self.host,
+                    target_port=self._daemon_port,
+                )
+                self._public_port = self.fault_proxy.port
+            else:
+                self._daemon_port = self._requested_port or _free_port(self.host)
+                self._public_port = self._daemon_port
+            self._start_daemon()
+            if self.fault_proxy is not None:
+                self.fault_proxy.start()
+        except BaseException:
+            self.stop()
+            raise
+        log.info(
+            "data plane ready at %s (daemon port %d, pid %d)",
+            self.url_base,
+            self._daemon_port,
+            self._daemon.pid if self._daemon else -1,
+        )
+
+    def _choose_sock_dir(self) -> Path:
+        d = self.run_dir / "sock"
+        # Room for "<12 hex>.sock" and "control.sock".
+        if len(str(d.resolve())) + 20 <= _MAX_UNIX_PATH:
+            d.mkdir(parents=True, exist_ok=True)
+            self._own_sock_dir = False
+            return d
+        self._own_sock_dir = True
+        return Path(tempfile.mkdtemp(prefix="rhvfs-sim-"))
+
+    def _write_conf(self) -> Path:
+        conf_dir = self.run_dir / "imageio-conf"
+        (conf_dir / "conf.d").mkdir(parents=True, exist_ok=True)
+        daemon_run = self.run_dir / "imageio-run"
+        daemon_run.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "[daemon]",
+            "drop_privileges = false",
+            f"run_dir = {daemon_run}",
+            "systemd_enable = false",
+            "",
+            "[tls]",
+        ]
+        if self.pki is not None:
+            lines += [
+                "enable = true",
+                f"key_file = {self.pki.key_file}",
+                f"cert_file = {self.pki.cert_file}",
+                f"ca_file = {self.pki.ca_file}",
+            ]
+        else:
+            lines += ["enable = false"]
+        lines += [
+            "",
+            "[remote]",
+            f"host = {self.host}",
+            f"port = {self._daemon_port}",
+            "",
+            "[local]",
+            "enable = false",
+            "",
+            "[control]",
+            "transport = unix",
+            f"socket = {self.control_socket}",
+            "remove_timeout = 30",
+            "",
+            "[profile]",
+            f"filename = {daemon_run / 'profile'}",
+            "",
+            "[handlers]",
+            "keys = logfile",
+            "",
+            "[logger_root]",
+            "level = DEBUG",
+            "handlers = logfile",
+            "",
+            "[handler_logfile]",
+            # The vendor default is a RotatingFileHandler with rotation kwargs;
+            # only its path changes here.
+            f"args = ({str(self.log_file)!r},)",
+            "level = DEBUG",
+            "formatter = long",
+            "",
+        ]
+        (conf_dir / "conf.d" / "50-sim.conf").write_text("\n".join(lines))
+        return conf_dir
+
+    def _start_daemon(self) -> None:
+        conf_dir = self._write_conf()
+        self.control_socket.unlink(missing_ok=True)
+        stderr_path = self.run_dir / "imageio-daemon.stderr"
+        with open(stderr_path, "ab") as err:
+            self._daemon = subprocess.Popen(
+                [self._imageio, "-c", str(conf_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            rc = self._daemon.poll()
+            if rc is not None:
+                raise DataPlaneError(
+                    f"ovirt-imageio exited with {rc} while starting: "
+                    f"{_tail(stderr_path)} {_tail(self.log_file)}"
+                )
+            if self._control_answers() and _tcp_answers(self.host, self._daemon_port):
+                return
+            if time.monotonic() > deadline:
+                raise DataPlaneError(
+                    f"ovirt-imageio not ready after {_START_TIMEOUT_S} s: {_tail(self.log_file)}"
+                )
+            time.sleep(0.05)
+
+    def _control_answers(self) -> bool:
+        if not self.control_socket.exists():
+            return False
+        try:
+            status, _ = self._control("GET", "/tickets/", timeout_s=2.0)
+        except OSError:
+            return False
+        return status < 500
+
+    def stop(self) -> None:
+        """Remove all tickets, kill every qemu-nbd, stop the proxy and the daemon (idempotent)."""
+        atexit.unregister(self.stop)
+        daemon = self._daemon
+        if daemon is not None and daemon.poll() is None:
+            try:
+                self._control("DELETE", "/tickets/", timeout_s=5.0)
+            except (OSError, DataPlaneError) as e:
+                log.warning("removing all tickets failed: %s", e)
+        with self._lock:
+            export_ids = list(self._exports)
+        for export_id in export_ids:
+            self.unexport(export_id)
+        if self.fault_proxy is not None:
+            self.fault_proxy.close()
+        if daemon is not None:
+            _terminate(daemon, "ovirt-imageio")
+            self._daemon = None
+        if self._sock_dir is not None:
+            try:
+                self.control_socket.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if self._own_sock_dir:
+                try:
+                    os.rmdir(self._sock_dir)
+                except OSError:
+                    pass
+
+    @property
+    def daemon_pid(self) -> int | None:
+        return self._daemon.pid if self._daemon is not None else None
+
+    def running_pids(self) -> list[int]:
+        """Pids of the daemon and all qemu-nbd processes still owned (for tests)."""
+        pids = [e.proc.pid for e in self._exports.values() if e.proc.poll() is None]
+        if self._daemon is not None and self._daemon.poll() is None:
+            pids.append(self._daemon.pid)
+        return pids
+
+    # --- qemu-nbd exports ------------------------------------------------------
+
+    def export_nbd(
+        self,
+        image: Path,
+        *,
+        fmt: Literal["raw", "cow"],
+        read_only: bool,
+        shallow: bool = False,
+        bitmap: str | None = None,
+        discard: bool = False,
+        remove_image_on_open: bool = False,
+    ) -> Export:
+        """Export ``image`` with qemu-nbd on a unix socket the way vdsm does.
+
+        ``shallow`` exports a qcow2 layer without its backing chain (holes
+        report ``hole: true``); ``bitmap`` exposes that dirty bitmap
+        (read-only, not shallow); ``discard`` lets zero writes punch holes.
+        ``remove_image_on_open`` unlinks ``image`` once qemu-nbd holds it open
+        (for temporary dirty-bitmap overlays).
+        """
+        if self._sock_dir is None:
+            raise DataPlaneError("data plane not started")
+        if bitmap is not None and (shallow or not read_only):
+            raise DataPlaneError("a bitmap is exported only read-only with the backing chain")
+        if shallow and fmt != "cow":
+            raise DataPlaneError("shallow exports need a qcow2 image")
+        export_id = uuid.uuid4().hex[:12]
+        sock = self._sock_dir / f"{export_id}.sock"
+        qemu_fmt = "qcow2" if fmt == "cow" else "raw"
+        spec: dict[str, Any] = {
+            "driver": qemu_fmt,
+            "file": {"driver": "file", "filename": str(Path(image).resolve())},
+        }
+        if shallow:
+            spec["backing"] = None
+        cache, aio = ("none", "native") if self._direct_io(image) else ("writeback", "threads")
+        argv = [
+            self._qemu_nbd,
+            f"--socket={sock}",
+            "--persistent",
+            "--shared=8",
+            "--export-name=",
+            f"--cache={cache}",
+            f"--aio={aio}",
+        ]
+        if fmt == "cow":
+            argv.append("--allocation-depth")
+        if read_only:
+            argv.append("--read-only")
+        if discard and not read_only:
+            argv += ["--discard=unmap", "--detect-zeroes=unmap"]
+        if bitmap is not None:
+            argv.append(f"--bitmap={bitmap}")
+        argv.append("json:" + json.dumps(spec))
+        stderr_path = self._sock_dir / f"{export_id}.stderr"
+        with open(stderr_path, "wb") as err:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        entry = _NbdProc(proc=proc, socket_path=sock, image=Path(image), stderr_path=stderr_path)
+        with self._lock:
+            self._exports[export_id] = entry
+        deadline = time.monotonic() + _NBD_TIMEOUT_S
+        while not _unix_answers(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                message = _tail(stderr_path)
+                self.unexport(export_id)
+                raise DataPlaneError(f"qemu-nbd failed for {image}: {message}")
+            time.sleep(0.01)
+        if remove_image_on_open:
+            Path(image).unlink(missing_ok=True)
+        log.info(
+            "export %s: %s fmt=%s ro=%s shallow=%s bitmap=%s pid=%d",
+            export_id,
+            image,
+            fmt,
+            read_only,
+            shallow,
+            bitmap,
+            proc.pid,
+        )
+        return Export(id=export_id, socket_path=sock, nbd_url=f"nbd:unix:{sock}")
+
+    def _direct_io(self, image: Path) -> bool:
+        if self._direct_io_ok is None:
+            try:
+                fd = os.open(image, os.O_RDONLY | os.O_DIRECT)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise DataPlaneError(f"cannot open {image}: {e}") from e
+                self._direct_io_ok = False
+                log.warning("%s: no O_DIRECT; qemu-nbd uses cache=writeback", image.parent)
+            else:
+                os.close(fd)
+                self._direct_io_ok = True
+        return self._direct_io_ok
+
+    def unexport(self, export_id: str) -> None:
+        """Kill that qemu-nbd and remove its socket (idempotent)."""
+        with self._lock:
+            entry = self._exports.pop(export_id, None)
+        if entry is None:
+            return
+        _terminate(entry.proc, "qemu-nbd")
+        entry.socket_path.unlink(missing_ok=True)
+        entry.stderr_path.unlink(missing_ok=True)
+        log.info("unexported %s", export_id)
+
+    def exports(self) -> list[Export]:
+        with self._lock:
+            return [
+                Export(id=i, socket_path=e.socket_path, nbd_url=f"nbd:unix:{e.socket_path}")
+                for i, e in self._exports.items()
+            ]
+
+    # --- tickets ---------------------------------------------------------------
+
+    def _control(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        timeout_s: float = _CONTROL_TIMEOUT_S,
+    ) -> tuple[int, bytes]:
+        conn = _UnixHTTPConnection(str(self.control_socket), timeout=timeout_s)
+        try:
+            headers = {}
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def _control_ok(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[int, bytes]:
+        try:
+            status, data = self._control(method, path, body)
+        except OSError as e:
+            raise DataPlaneError(f"control {method} {path}: {e}") from e
+        if status >= 400 and status != 404:
+            raise DataPlaneError(
+                f"control {method} {path}: {status} {data.decode(errors='replace').strip()}"
+            )
+        return status, data
+
+    def add_ticket(
+        self,
+        *,
+        ticket_id: str,
+        url: str,
+        size: int,
+        ops: list[str],
+        timeout: int = 300,
+        inactivity_timeout: int = 60,
+        sparse: bool = False,
+        dirty: bool = False,
+        transfer_id: str | None = None,
+        filename: str | None = None,
+    ) -> None:
+        """Install (or replace) a ticket; ``timeout`` and ``inactivity_timeout`` in seconds."""
+        ticket: dict[str, Any] = {
+            "uuid": ticket_id,
+            "url": url,
+            "size": size,
+            "ops": list(ops),
+            "timeout": timeout,
+            "inactivity_timeout": inactivity_timeout,
+            "sparse": sparse,
+            "dirty": dirty,
+        }
+        if transfer_id is not None:
+            ticket["transfer_id"] = transfer_id
+        if filename is not None:
+            ticket["filename"] = filename
+        status, data = self._control_ok("PUT", f"/tickets/{ticket_id}", ticket)
+        if status != 200:
+            raise DataPlaneError(f"add ticket {ticket_id}: {status} {data!r}")
+        log.info(
+            "ticket %s added: ops=%s size=%d url=%s transfer=%s",
+            ticket_id,
+            ops,
+            size,
+            url,
+            transfer_id,
+        )
+
+    def ticket_status(self, ticket_id: str) -> dict[str, Any] | None:
+        """The daemon's JSON status of a ticket, or None if it has no such ticket."""
+        status, data = self._control_ok("GET", f"/tickets/{ticket_id}")
+        if status == 404:
+            return None
+        result: dict[str, Any] = json.loads(data)
+        return result
+
+    def extend_ticket(self, ticket_id: str, timeout: int) -> None:
+        """Set the ticket to expire ``timeout`` seconds from now."""
+        status, data = self._control_ok("PATCH", f"/tickets/{ticket_id}", {"timeout": timeout})
+        if status == 404:
+            raise DataPlaneError(f"extend ticket {ticket_id}: no such ticket")
+
+    def remove_ticket(self, ticket_id: str) -> None:
+        """Remove a ticket, cancelling its operations (idempotent)."""
+        self._control_ok("DELETE", f"/tickets/{ticket_id}")
+        log.info("ticket %s removed", ticket_id)
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def _free_port(host: str) -> int:
+    family, _, _, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind(addr)
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tcp_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _unix_answers(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
+def _terminate(proc: subprocess.Popen[bytes], what: str) -> None:
+    """SIGTERM the process group, then SIGKILL it if it does not exit in time."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=_STOP_TIMEOUT_S)
+        return
+    except subprocess.TimeoutExpired:
+        log.warning("%s pid %d ignored SIGTERM; killing it", what, proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=_STOP_TIMEOUT_S)
+
+
+def _tail(path: Path, nbytes: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - nbytes))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""

@@ -1,0 +1,196 @@
+"""A byte-forwarding TCP proxy in front of the imageio daemon, for fault injection.
+
+Owns a listening socket on the data plane's public port and one pair of pump
+threads per client connection, forwarding to the daemon's internal port. TLS
+passes through untouched (the client still verifies the daemon's certificate).
+Faults apply to the next N accepted connections: ``drop_after`` cuts a
+connection after that many daemon-to-client bytes; ``delay`` holds back the
+first daemon-to-client bytes. It must not parse or alter the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_BUF_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class _ConnFault:
+    drop_after_bytes: int | None = None
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ProxyStats:
+    """Counters since start: connections accepted, connections cut by a fault."""
+
+    accepted: int
+    dropped: int
+
+
+class FaultProxy:
+    """Listen on ``(host, port)`` (port 0 picks one) and forward to ``(target_host, target_port)``."""
+
+    def __init__(self, *, host: str, port: int, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(addr)
+        self._listener.listen(64)
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._pending: list[_ConnFault] = []
+        self._conns: set[socket.socket] = set()
+        self._accepted = 0
+        self._dropped = 0
+        self._closed = False
+        self._thread = threading.Thread(
+            target=self._accept_loop, name=f"faultproxy-{self.port}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("fault proxy on port %d -> %s:%d", self.port, *self._target)
+
+    def close(self) -> None:
+        """Stop accepting and cut every open connection (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            conns = list(self._conns)
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+        for s in conns:
+            _abort(s)
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+    # --- faults --------------------------------------------------------------
+
+    def drop_after(self, bytes_count: int, times: int = 1) -> None:
+        """Cut each of the next ``times`` connections after ``bytes_count`` bytes to the client."""
+        with self._lock:
+            self._pending.extend([_ConnFault(drop_after_bytes=bytes_count)] * times)
+
+    def delay(self, seconds: float, times: int = 1) -> None:
+        """Hold back the first response bytes of the next ``times`` connections by ``seconds``."""
+        with self._lock:
+            self._pending.extend([_ConnFault(delay_s=seconds)] * times)
+
+    def clear(self) -> None:
+        """Forget faults not yet applied to a connection."""
+        with self._lock:
+            self._pending.clear()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def stats(self) -> ProxyStats:
+        with self._lock:
+            return ProxyStats(accepted=self._accepted, dropped=self._dropped)
+
+    # --- forwarding ------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._closed:
+                    _abort(client)
+                    return
+                self._accepted += 1
+                fault = self._pending.pop(0) if self._pending else _ConnFault()
+            threading.Thread(
+                target=self._serve, args=(client, fault), name="faultproxy-conn", daemon=True
+            ).start()
+
+    def _serve(self, client: socket.socket, fault: _ConnFault) -> None:
+        try:
+            upstream = socket.create_connection(self._target, timeout=10)
+        except OSError as e:
+            log.warning("fault proxy: cannot reach %s:%d: %s", *self._target, e)
+            _abort(client)
+            return
+        upstream.settimeout(None)
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            if self._closed:
+                _abort(client)
+                _abort(upstream)
+                return
+            self._conns.update((client, upstream))
+        up = threading.Thread(
+            target=self._pump, args=(client, upstream, None, 0.0), name="faultproxy-up", daemon=True
+        )
+        up.start()
+        self._pump(upstream, client, fault.drop_after_bytes, fault.delay_s)
+        up.join()
+        with self._lock:
+            self._conns.discard(client)
+            self._conns.discard(upstream)
+        client.close()
+        upstream.close()
+
+    def _pump(
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        limit: int | None,
+        delay_s: float,
+    ) -> None:
+        sent = 0
+        try:
+            while True:
+                data = src.recv(_BUF_SIZE)
+                if not data:
+                    try:
+                        dst.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+                    return
+                if delay_s:
+                    time.sleep(delay_s)
+                    delay_s = 0.0
+                if limit is not None and sent + len(data) >= limit:
+                    dst.sendall(data[: limit - sent])
+                    with self._lock:
+                        self._dropped += 1
+                    log.info("fault proxy: dropping connection after %d bytes", limit)
+                    _abort(dst)
+                    _abort(src)
+                    return
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            _abort(dst)
+            _abort(src)
+
+
+def _abort(s: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), waking any thread blocked on the socket."""
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
