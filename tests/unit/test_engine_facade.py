@@ -1,0 +1,329 @@
+"""Facade behaviour against a scripted fake SDK: idempotent creates, phase walks, cleanup.
+
+The fake stands in for ``ovirtsdk4.Connection``'s service tree and raises real
+SDK exception types, so translation and retries run exactly as in production.
+Time is a MockClock: polls and backoffs cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import ovirtsdk4
+import ovirtsdk4.types as sdk
+import pytest
+import trio
+import trio.testing
+
+from rhvfs.config import Config
+from rhvfs.engine import Engine
+from rhvfs.engine._retry import PollPolicy
+from rhvfs.errors import EngineError, EngineUnavailable
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+def _err(cls: type[ovirtsdk4.Error], code: int | None) -> ovirtsdk4.Error:
+    e = cls(
+        f"HTTP response code is {code}."
+        if code
+        else "Error while sending HTTP request: (56, 'Recv failure')"
+    )
+    e.code = code
+    return e
+
+
+def not_found() -> ovirtsdk4.Error:
+    return _err(ovirtsdk4.NotFoundError, 404)
+
+
+def lost() -> ovirtsdk4.Error:
+    return _err(ovirtsdk4.Error, None)
+
+
+class Node:
+    """Any attribute is a method returning a child node or calling a handler."""
+
+    def __init__(self, api: FakeApi, path: tuple[str, ...]) -> None:
+        self._api = api
+        self._path = path
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def method(*args: Any, **kwargs: Any) -> Any:
+            if name.endswith("_service"):
+                return Node(self._api, (*self._path, name.removesuffix("_service")))
+            return self._api.handle((*self._path, name), args, kwargs)
+
+        return method
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.handlers: dict[str, Callable[..., Any]] = {}
+
+    def on(self, key: str, fn: Callable[..., Any]) -> None:
+        self.handlers[key] = fn
+
+    def handle(self, path: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # key: service names (ids dropped) + verb, e.g. "vms.vm.snapshots.add"
+        key = ".".join(path)
+        self.calls.append(key)
+        return self.handlers[key](args, kwargs)
+
+
+class FakeConn:
+    def __init__(self, api: FakeApi) -> None:
+        self.api = api
+
+    def system_service(self) -> Node:
+        return Node(self.api, ())
+
+
+class FakePool:
+    def __init__(self, api: FakeApi) -> None:
+        self.api = api
+
+    def acquire(self) -> FakeConn:
+        return FakeConn(self.api)
+
+    def release(self, conn: object, *, broken: bool = False) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def engine_api() -> tuple[Engine, FakeApi]:
+    config = Config(
+        engine_url="https://engine.invalid",
+        username="admin@internal",
+        password="x",
+        system_tries=3,
+        system_interval=1.0,
+        system_timeout=60.0,
+    )
+    engine = Engine(config, poll=PollPolicy(first_s=0.1, max_s=1.0, timeout_s=30.0))
+    api = FakeApi()
+    engine._pool = FakePool(api)  # type: ignore[assignment]
+    return engine, api
+
+
+async def test_create_snapshot_after_lost_response_finds_it_instead_of_duplicating(
+    autojump_clock, engine_api
+) -> None:
+    engine, api = engine_api
+    snaps: list[sdk.Snapshot] = [
+        sdk.Snapshot(
+            id="active",
+            description="Active VM",
+            snapshot_type=sdk.SnapshotType.ACTIVE,
+            snapshot_status=sdk.SnapshotStatus.OK,
+        )
+    ]
+    polls = {"n": 0}
+
+    def add(path: Any, kw: Any) -> Any:
+        snaps.append(
+            sdk.Snapshot(
+                id="S1",
+                description="rhvfs-1",
+                snapshot_status=sdk.SnapshotStatus.LOCKED,
+                snapshot_type=sdk.SnapshotType.REGULAR,
+            )
+        )
+        raise lost()  # created, but the answer never arrived
+
+    def get(path: Any, kw: Any) -> Any:
+        polls["n"] += 1
+        if polls["n"] >= 3:
+            snaps[1].snapshot_status = sdk.SnapshotStatus.OK
+        return snaps[1]
+
+    api.on("vms.vm.snapshots.add", add)
+    api.on("vms.vm.snapshots.list", lambda p, k: list(snaps))
+    api.on("vms.vm.snapshots.snapshot.get", get)
+    snap = await engine.create_snapshot("V1", description="rhvfs-1")
+    assert (snap.id, snap.status, snap.vm_id) == ("S1", "ok", "V1")
+    assert api.calls.count("vms.vm.snapshots.add") == 1
+    assert len(snaps) == 2
+
+
+async def test_start_transfer_walks_initializing_to_transferring(
+    autojump_clock, engine_api
+) -> None:
+    engine, api = engine_api
+    phases = iter(["initializing", "initializing", "transferring"])
+    sent: list[sdk.ImageTransfer] = []
+
+    def add(args: Any, kw: Any) -> Any:
+        sent.append(args[0])
+        return sdk.ImageTransfer(id="T1", phase=sdk.ImageTransferPhase.INITIALIZING)
+
+    def get(path: Any, kw: Any) -> Any:
+        phase = next(phases)
+        url = "https://h:54322/images/tk" if phase == "transferring" else None
+        return sdk.ImageTransfer(
+            id="T1", phase=sdk.ImageTransferPhase(phase), transfer_url=url, image=sdk.Image(id="D1")
+        )
+
+    api.on("image_transfers.add", add)
+    api.on("image_transfers.image_transfer.get", get)
+    start = trio.current_time()
+    transfer = await engine.start_transfer(snapshot_image_id="I1", transfer_id="T1")
+    assert (transfer.phase, transfer.transfer_url, transfer.disk_id) == (
+        "transferring",
+        "https://h:54322/images/tk",
+        "D1",
+    )
+    assert trio.current_time() - start == pytest.approx(0.1 + 0.15)
+    assert "image_transfers.image_transfer.cancel" not in api.calls
+    body = sent[0]
+    assert (body.id, body.snapshot.id, body.disk, body.direction, body.format) == (
+        "T1",
+        "I1",
+        None,
+        sdk.ImageTransferDirection.DOWNLOAD,
+        sdk.DiskFormat.RAW,
+    )
+
+
+async def test_start_transfer_that_fails_is_cancelled(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    api.on(
+        "image_transfers.add",
+        lambda p, k: sdk.ImageTransfer(id="T2", phase=sdk.ImageTransferPhase.INITIALIZING),
+    )
+    api.on(
+        "image_transfers.image_transfer.get",
+        lambda p, k: sdk.ImageTransfer(id="T2", phase=sdk.ImageTransferPhase.FINISHED_FAILURE),
+    )
+    api.on("image_transfers.image_transfer.cancel", lambda p, k: None)
+    with pytest.raises(EngineError, match="finished_failure, not transferring"):
+        await engine.start_transfer(disk_id="D1")
+    assert api.calls[-1] == "image_transfers.image_transfer.cancel"
+
+
+async def test_start_transfer_that_never_starts_times_out_and_is_cancelled(
+    autojump_clock, engine_api
+) -> None:
+    engine, api = engine_api
+    api.on(
+        "image_transfers.add",
+        lambda p, k: sdk.ImageTransfer(id="T3", phase=sdk.ImageTransferPhase.INITIALIZING),
+    )
+    api.on(
+        "image_transfers.image_transfer.get",
+        lambda p, k: sdk.ImageTransfer(id="T3", phase=sdk.ImageTransferPhase.INITIALIZING),
+    )
+    api.on("image_transfers.image_transfer.cancel", lambda p, k: None)
+    start = trio.current_time()
+    with pytest.raises(EngineUnavailable, match="timed out after 30s"):
+        await engine.start_transfer(disk_id="D1")
+    assert trio.current_time() - start == pytest.approx(30.0)
+    assert api.calls[-1] == "image_transfers.image_transfer.cancel"
+
+
+async def test_finalize_accepts_404_when_the_disk_is_ok(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    engine.transfer_disks["T4"] = "D1"
+    api.on("image_transfers.image_transfer.finalize", lambda p, k: None)
+
+    def get(path: Any, kw: Any) -> Any:
+        raise not_found()
+
+    disk_states = iter([sdk.DiskStatus.LOCKED, sdk.DiskStatus.OK])
+    api.on("image_transfers.image_transfer.get", get)
+    api.on("disks.disk.get", lambda p, k: sdk.Disk(id="D1", status=next(disk_states)))
+    await engine.finalize_transfer("T4")
+    assert api.calls.count("disks.disk.get") == 2
+
+
+async def test_finalize_raises_on_finished_failure(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    phases = iter(["finalizing_success", "finalizing_failure", "finished_failure"])
+    api.on("image_transfers.image_transfer.finalize", lambda p, k: None)
+    api.on(
+        "image_transfers.image_transfer.get",
+        lambda p, k: sdk.ImageTransfer(
+            id="T5",
+            phase=sdk.ImageTransferPhase(next(phases, "finished_failure")),
+            image=sdk.Image(id="D1"),
+        ),
+    )
+    with pytest.raises(EngineError, match="finished_failure"):
+        await engine.finalize_transfer("T5")
+
+
+async def test_remove_snapshot_waits_for_404(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    answers: list[Any] = [
+        sdk.Snapshot(id="S1", snapshot_status=sdk.SnapshotStatus.LOCKED),
+        sdk.Snapshot(id="S1", snapshot_status=sdk.SnapshotStatus.LOCKED),
+        not_found(),
+    ]
+
+    def get(path: Any, kw: Any) -> Any:
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    api.on("vms.vm.snapshots.snapshot.remove", lambda p, k: None)
+    api.on("vms.vm.snapshots.snapshot.get", get)
+    await engine.remove_snapshot("V1", "S1")
+    assert answers == []
+
+
+async def test_start_backup_failing_is_stopped(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    phases = iter(["initializing", "starting", "failed"])
+    api.on(
+        "vms.vm.backups.add",
+        lambda p, k: sdk.Backup(id="B1", phase=sdk.BackupPhase.INITIALIZING, vm=sdk.Vm(id="V1")),
+    )
+    api.on(
+        "vms.vm.backups.backup.get",
+        lambda p, k: sdk.Backup(id="B1", phase=sdk.BackupPhase(next(phases))),
+    )
+    api.on("vms.vm.backups.backup.finalize", lambda p, k: None)
+    with pytest.raises(EngineError, match="backup is failed"):
+        await engine.start_backup("V1", ["D1"], backup_id="B1")
+    assert api.calls[-1] == "vms.vm.backups.backup.finalize"
+
+
+async def test_create_disk_retry_adopts_the_disk_with_our_id(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    created: dict[str, sdk.Disk] = {}
+
+    def add(path: Any, kw: Any) -> Any:
+        created["D9"] = sdk.Disk(
+            id="D9", name="x", provisioned_size=1 << 20, status=sdk.DiskStatus.LOCKED
+        )
+        raise _err(ovirtsdk4.Error, 503)
+
+    def get(path: Any, kw: Any) -> Any:
+        if "D9" not in created:
+            raise not_found()
+        d = created["D9"]
+        if api.calls.count("disks.disk.get") > 2:
+            d.status = sdk.DiskStatus.OK
+        return d
+
+    api.on("disks.add", add)
+    api.on("disks.disk.get", get)
+    disk = await engine.create_disk(
+        alias="x",
+        provisioned_size=1 << 20,
+        format="raw",
+        sparse=True,
+        storage_domain="mydata",
+        disk_id="D9",
+    )
+    assert (disk.id, disk.status) == ("D9", "ok")
+    assert api.calls.count("disks.add") == 1
