@@ -12,6 +12,7 @@ from typing import Any
 
 import ovirtsdk4
 import ovirtsdk4.http
+import trio
 
 from rhvfs.engine import _convert as convert
 from rhvfs.engine import types as t
@@ -159,15 +160,28 @@ class InventoryMixin(EngineCore):
         return convert.disk(item)
 
     async def _attachments_with_disks(self, items: list[Any]) -> list[t.DiskAttachment]:
-        result = []
-        for att in items:
-            ref = att.disk
-            if ref is not None and ref.provisioned_size is not None:
-                full = convert.disk(ref)  # the engine inlined the disk (follow=disk)
-            else:
-                full = await self.get_disk(ref.id if ref is not None else att.id)
-            result.append(convert.disk_attachment(att, full))
-        return result
+        """Fill each attachment's disk: inlined when the engine followed the link, else one GET per disk (concurrent)."""
+        disks: dict[int, t.Disk] = {}
+        errors: list[EngineError] = []
+
+        async def fetch(i: int, disk_id: str) -> None:
+            # Errors are collected, not raised, so callers see a plain rhvfs error
+            # (e.g. NotFound) instead of an ExceptionGroup.
+            try:
+                disks[i] = await self.get_disk(disk_id)
+            except EngineError as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i, att in enumerate(items):
+                ref = att.disk
+                if ref is not None and ref.provisioned_size is not None:
+                    disks[i] = convert.disk(ref)
+                else:
+                    nursery.start_soon(fetch, i, ref.id if ref is not None else att.id)
+        if errors:
+            raise errors[0]
+        return [convert.disk_attachment(att, disks[i]) for i, att in enumerate(items)]
 
     async def disk_attachments(self, vm_id: str) -> list[t.DiskAttachment]:
         items = await self.call(
