@@ -36,6 +36,7 @@ Format = Literal["raw", "cow"]
 
 _QEMU_FMT: dict[str, str] = {"raw": "raw", "cow": "qcow2"}
 _HASH_CHUNK = 4 * 1024 * 1024
+_IO_CHUNK = 32 * 1024 * 1024
 _ZEROES = bytes(_HASH_CHUNK)
 _META_SUFFIX = ".meta"
 
@@ -516,23 +517,33 @@ class Storage:
                 raise StorageError(
                     f"write {offset}+{length} beyond the end of {vol_id} ({vsize} bytes)"
                 )
-            with tempfile.TemporaryDirectory(dir=self.root, prefix=".guest-write-") as tmp:
-                if data is not None:
-                    src = Path(tmp) / "data"
-                    src.write_bytes(data)
-                    cmd = f"write -q -s {src} {offset} {length}"
-                elif pattern == 0:
-                    cmd = f"write -q -z {offset} {length}"
-                else:
-                    assert pattern is not None
-                    if not 0 <= pattern <= 255:
-                        raise StorageError(f"pattern {pattern} is not a byte value")
-                    cmd = f"write -q -P {pattern} {offset} {length}"
-                out = self._run([self._qemu_io, "-f", _QEMU_FMT[fmt], "-c", cmd, str(path)])
-            # qemu-io reports command errors on stdout and still exits 0.
+            if pattern is not None and not 0 <= pattern <= 255:
+                raise StorageError(f"pattern {pattern} is not a byte value")
+            # qemu-io splits commands on whitespace, so the data file must not
+            # live under a path with spaces.
+            tmp_parent = None if any(c.isspace() for c in str(self.root)) else self.root
+            with tempfile.TemporaryDirectory(dir=tmp_parent, prefix=".guest-write-") as tmp:
+                cmds: list[str] = []
+                # qemu-io allocates a buffer per command: keep each one bounded.
+                for start in range(0, length, _IO_CHUNK):
+                    n = min(_IO_CHUNK, length - start)
+                    off = offset + start
+                    if data is not None:
+                        src = Path(tmp) / f"data-{start}"
+                        src.write_bytes(data[start : start + n])
+                        cmds.append(f"write -q -s {src} {off} {n}")
+                    elif pattern == 0:
+                        cmds.append(f"write -q -z {off} {n}")
+                    else:
+                        cmds.append(f"write -q -P {pattern} {off} {n}")
+                argv = [self._qemu_io, "-f", _QEMU_FMT[fmt]]
+                for cmd in cmds:
+                    argv += ["-c", cmd]
+                out = self._run([*argv, str(path)])
+            # Old qemu-io versions report command errors on stdout and exit 0.
             text = out.decode(errors="replace")
             if "error" in text.lower() or "failed" in text.lower():
-                raise StorageError(f"qemu-io {cmd!r} on {vol_id}: {text.strip()}")
+                raise StorageError(f"qemu-io write on {vol_id}: {text.strip()}")
         log.info("guest write %s/%s/%s offset=%d size=%d", sd_id, disk_id, vol_id, offset, length)
 
     def content_sha256(self, sd_id: str, disk_id: str, vol_id: str) -> str:

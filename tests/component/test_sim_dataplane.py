@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,6 +249,13 @@ def test_fault_proxy_drop_and_clean_stop(tmp_path: Path) -> None:
         # The next connection is clean and returns the right bytes.
         code, _, body = env.get("/images/fp-1", {"Range": f"bytes=0-{MiB - 1}"})
         assert (code, body) == (206, env.guest_bytes[:MiB])
+
+        plane.fault_proxy.delay(0.4, times=1)
+        start = time.monotonic()
+        code, _, body = env.get("/images/fp-1", {"Range": "bytes=0-4095"})
+        assert (code, body) == (206, env.guest_bytes[:4096])
+        assert time.monotonic() - start >= 0.4
+        assert plane.fault_proxy.pending() == 0
 
         pids = plane.running_pids()
         assert len(pids) == 3  # the daemon and two qemu-nbd

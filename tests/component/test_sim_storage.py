@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,15 @@ def test_dirty_overlay_chain_rules(guest: tuple[Storage, bytearray], tmp_path: P
     with pytest.raises(BitmapError):
         s.prepare_dirty_overlay(SD, DISK, "top", "cp1", work)
     assert list(work.iterdir()) == []
+
+
+def test_guest_write_larger_than_one_qemu_io_buffer(tmp_path: Path) -> None:
+    s = Storage(tmp_path / "storage with space")
+    s.create_volume(SD, DISK, "v", fmt="cow", size=80 * MiB)
+    data = random.Random(5).randbytes(40 * MiB + 123)
+    s.guest_write(SD, DISK, "v", offset=3 * MiB + 7, data=data)
+    s.guest_write(SD, DISK, "v", offset=45 * MiB, pattern=0x33, size=34 * MiB)
+    expected = bytearray(80 * MiB)
+    expected[3 * MiB + 7 : 3 * MiB + 7 + len(data)] = data
+    expected[45 * MiB : 79 * MiB] = b"\x33" * (34 * MiB)
+    assert s.content_sha256(SD, DISK, "v") == _sha(expected)
