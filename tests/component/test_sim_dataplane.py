@@ -209,6 +209,57 @@ def test_upload_ranges_then_guest_lock(env: Env) -> None:
     assert s.content_sha256(SD, disk, "v") == _sha(expected)
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_upload_with_upstream_client(env: Env) -> None:
+    s, disk = env.storage, "up-client"
+    s.create_volume(SD, disk, "v", fmt="cow", size=SIZE)
+    export = env.plane.export_nbd(
+        s.volume_path(SD, disk, "v"), fmt="cow", read_only=False, discard=True
+    )
+    env.plane.add_ticket(ticket_id="upc-1", url=export.nbd_url, size=SIZE, ops=["write"])
+    code, headers, body = _options(env, "/images/upc-1")
+    assert code == 200
+    assert json.loads(body) == {
+        "features": ["checksum", "extents", "flush", "zero"],
+        "max_readers": 8,
+        "max_writers": 8,
+    }
+    client.upload(str(env.guest), env.plane.image_url("upc-1"), str(env.pki.ca_file))
+    gc.collect()
+    env.plane.remove_ticket("upc-1")
+    env.plane.unexport(export.id)
+    assert s.content_sha256(SD, disk, "v") == _sha(env.guest_bytes)
+    # Zero extents were sent as zeroes, not data: the volume stays small.
+    assert s.volume_info(SD, disk, "v").actual_size < 8 * MiB
+
+
+def test_cow_download_over_file_backend(env: Env) -> None:
+    s, disk = env.storage, "cow-dl"
+    s.import_raw(SD, disk, "v", env.guest, fmt="cow")
+    path = s.volume_path(SD, disk, "v")
+    size = s.volume_info(SD, disk, "v").file_size
+    env.plane.add_ticket(ticket_id="cow-1", url=f"file://{path}", size=size, ops=["read"])
+    code, _, body = _options(env, "/images/cow-1")
+    assert code == 200
+    assert json.loads(body)["features"] == ["checksum", "extents"]
+    code, headers, body = env.get("/images/cow-1", {"Range": f"bytes=0-{size - 1}"})
+    assert code == 206
+    assert headers["content-range"] == f"bytes 0-{size - 1}/{size}"
+    assert _sha(body) == _sha(path.read_bytes())
+    env.plane.remove_ticket("cow-1")
+
+
+def _options(env: Env, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = env.https()
+    try:
+        conn.request("OPTIONS", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
 def test_bitmap_export_must_be_read_only(env: Env) -> None:
     with pytest.raises(DataPlaneError):
         env.plane.export_nbd(env.guest, fmt="raw", read_only=False, bitmap="x")
