@@ -15,6 +15,11 @@ from rhvfs.errors import RhvfsError
 USAGE = """usage: rhvfs [--debug] COMMAND [ARGS...]
 
 commands:
+  mount     mount an engine (rhvfs mount -c SECTION MOUNTPOINT)
+  umount    finish a mount's sessions and unmount it
+  status    show a mount's sessions (rhvfs status MOUNTPOINT)
+  ls        print the tree without mounting (rhvfs ls -c SECTION [-R] [PATH])
+  gc        remove leftovers of crashed rhvfs sessions (rhvfs gc -c SECTION [--dry-run])
   sim       run the engine simulator (rhvfs sim --help)
 """
 
@@ -25,7 +30,42 @@ def _sim(argv: Sequence[str]) -> int:
     return sim_main(list(argv))
 
 
+def _mount(argv: Sequence[str]) -> int:
+    from rhvfs.commands.mount import cmd_mount
+
+    return cmd_mount(argv)
+
+
+def _umount(argv: Sequence[str]) -> int:
+    from rhvfs.commands.mount import cmd_umount
+
+    return cmd_umount(argv)
+
+
+def _status(argv: Sequence[str]) -> int:
+    from rhvfs.commands.mount import cmd_status
+
+    return cmd_status(argv)
+
+
+def _ls(argv: Sequence[str]) -> int:
+    from rhvfs.commands.ls import cmd_ls
+
+    return cmd_ls(argv)
+
+
+def _gc(argv: Sequence[str]) -> int:
+    from rhvfs.commands.gc import cmd_gc
+
+    return cmd_gc(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "mount": _mount,
+    "umount": _umount,
+    "status": _status,
+    "ls": _ls,
+    "gc": _gc,
     "sim": _sim,
 }
 
@@ -45,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args[1:])
     except RhvfsError as e:
-        if debug:
+        if debug or "--debug" in args:
             raise
         print(f"rhvfs: {e}", file=sys.stderr)
         return 1

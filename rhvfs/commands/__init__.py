@@ -1,0 +1,1 @@
+"""Subcommands of ``rhvfs`` (mount, umount, status, ls, gc); ``rhvfs.cli`` dispatches to them."""

@@ -1,0 +1,68 @@
+"""Options shared by the subcommands that talk to an engine, and logging setup.
+
+Connection settings come from an ovirt-img.conf-style section (``-c``) and/or
+flags; passwords come from a file, the section, ``$RHVFS_PASSWORD`` or a
+prompt, never from the command line (``rhvfs.config.load_config``).
+
+Must not: connect anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from rhvfs.config import Config, load_config
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine connection")
+    group.add_argument("-c", "--section", help="config section (as ovirt-img -c)")
+    group.add_argument(
+        "--config-file", help="config file (default $XDG_CONFIG_HOME/ovirt-img.conf)"
+    )
+    group.add_argument("--engine-url", help="engine URL, e.g. https://engine.example.com")
+    group.add_argument("--username", help="user, e.g. admin@internal")
+    group.add_argument("--password-file", help="file holding the password (never pass it in argv)")
+    tls = group.add_mutually_exclusive_group()
+    tls.add_argument("--cafile", help="engine CA certificate (PEM)")
+    tls.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    parser.add_argument(
+        "--state-dir", help="where the session journal lives (default $XDG_STATE_HOME/rhvfs)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="verbose logging, tracebacks on errors"
+    )
+
+
+def config_from_args(args: argparse.Namespace, **extra: object) -> Config:
+    overrides: dict[str, object] = {
+        "engine_url": args.engine_url,
+        "username": args.username,
+        "cafile": args.cafile,
+        "secure": False if args.insecure else None,
+    }
+    overrides.update(extra)
+    return load_config(
+        section=args.section,
+        config_file=args.config_file,
+        overrides=overrides,
+        password_file=args.password_file,
+    )
+
+
+def setup_logging(*, debug: bool, filename: str | None = None) -> None:
+    level = logging.DEBUG if debug else logging.INFO
+    handler: logging.Handler
+    handler = logging.FileHandler(filename) if filename else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    if not debug:
+        # The SDK and http stacks are chatty at INFO.
+        for name in ("httpx", "httpcore", "pyfuse3"):
+            logging.getLogger(name).setLevel(logging.WARNING)

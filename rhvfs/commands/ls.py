@@ -1,0 +1,88 @@
+"""``rhvfs ls [PATH]``: print the mount's tree without mounting (same VFS code).
+
+Listing never starts a backup session. Output, one entry per line (for scripts):
+``<path>/`` for directories, ``<path> -> <target>`` for symlinks, ``<path>``
+for files; ``-l`` adds size and mtime columns; ``-R`` recurses (not through
+symlinks).
+
+Must not: mount anything or read image data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import trio
+
+from rhvfs.commands.common import add_connection_args, config_from_args, setup_logging
+from rhvfs.config import Config
+from rhvfs.vfs.nodes import Kind, Node
+from rhvfs.vfs.tree import Vfs
+
+
+def format_node(path: str, node: Node, *, long: bool) -> str:
+    if node.kind is Kind.DIR:
+        text = path.rstrip("/") + "/"
+    elif node.kind is Kind.LINK:
+        text = f"{path} -> {node.target}"
+    else:
+        text = path
+    if long:
+        when = datetime.fromtimestamp(node.mtime_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        kind = {Kind.DIR: "d", Kind.LINK: "l", Kind.FILE: "-"}[node.kind]
+        text = f"{kind} {node.size:>14} {when} {text}"
+    return text
+
+
+async def list_tree(vfs: Vfs, path: str, *, recursive: bool, long: bool, out: list[str]) -> None:
+    node = await vfs.resolve(path)
+    base = "/" + path.strip("/")
+    if node.kind is not Kind.DIR:
+        out.append(format_node(base, node, long=long))
+        return
+    pending = [(base, node)]
+    while pending:
+        dir_path, dir_node = pending.pop(0)
+        for child in await vfs.listdir(dir_node.ino):
+            child_path = f"{dir_path.rstrip('/')}/{child.name}"
+            out.append(format_node(child_path, child, long=long))
+            if recursive and child.kind is Kind.DIR:
+                pending.append((child_path, child))
+
+
+async def _run(config: Config, args: argparse.Namespace, out: list[str]) -> None:
+    from rhvfs.mount import MountOptions, open_backend
+
+    options = MountOptions(mountpoint="", state_dir=args.state_dir)
+    async with open_backend(config, options, gc_on_start=False) as backend:
+        vfs = Vfs(
+            backend.engine,
+            backend.backups,
+            listing_ttl_s=config.listing_ttl,
+            owner_factory=backend.owner_factory,
+        )
+        await list_tree(vfs, args.path, recursive=args.recursive, long=args.long, out=out)
+
+
+def cmd_ls(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="rhvfs ls", description="Print the rhvfs tree without mounting."
+    )
+    add_connection_args(p)
+    p.add_argument("-R", "--recursive", action="store_true")
+    p.add_argument("-l", "--long", action="store_true")
+    p.add_argument("path", nargs="?", default="/")
+    args = p.parse_args(list(argv))
+    setup_logging(debug=args.debug)
+    if not args.debug:
+        import logging
+
+        logging.getLogger().setLevel(logging.WARNING)
+    config = config_from_args(args)
+    out: list[str] = []
+    trio.run(_run, config, args, out)
+    sys.stdout.write("".join(line + "\n" for line in out))
+    return 0

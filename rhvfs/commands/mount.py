@@ -1,0 +1,222 @@
+"""``rhvfs mount``, ``rhvfs umount`` and ``rhvfs status``.
+
+``mount`` without ``--foreground`` re-runs itself with ``--foreground`` in a
+new session (a daemon), hands it the password through a pipe (never argv),
+and returns 0 only once the child reports over a readiness pipe that the
+mount answers; otherwise it prints the child's error and exits 1.
+
+``umount`` asks the mount process (pid from ``/.rhvfs/status.json``) to stop
+with SIGTERM, which finishes every session (transfers finalized, snapshots
+removed) before the kernel mount goes away, and waits for that; a mount whose
+process is gone is detached with ``fusermount3 -u``.
+
+Must not: contain mount lifecycle logic (``rhvfs.mount``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from rhvfs.commands.common import add_connection_args, config_from_args, setup_logging
+from rhvfs.errors import ConfigError, RhvfsError
+
+STATUS_PATH = ".rhvfs/status.json"
+_KNOWN_O = {"allow_other", "debug"}
+
+
+def _mount_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rhvfs mount", description="Mount an oVirt/RHV engine.")
+    add_connection_args(p)
+    p.add_argument("mountpoint")
+    p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument("-o", dest="fuse_options", default="", help="mount options: allow_other, debug")
+    p.add_argument(
+        "--grace-period", type=float, help="seconds a session lives after the last close"
+    )
+    p.add_argument("--memory-state", action="store_true", help="include memory state in snapshots")
+    p.add_argument(
+        "--log",
+        help="log file (default: stderr in the foreground, a file under the state dir otherwise)",
+    )
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    return p
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir:
+        return Path(args.state_dir)
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "rhvfs"
+
+
+def _default_log(args: argparse.Namespace) -> str:
+    name = os.path.abspath(args.mountpoint).strip("/").replace("/", "_") or "root"
+    directory = _state_dir(args)
+    directory.mkdir(parents=True, exist_ok=True)
+    return str(directory / f"mount-{name}.log")
+
+
+def cmd_mount(argv: Sequence[str]) -> int:
+    args = _mount_parser().parse_args(list(argv))
+    opts = {o.strip() for o in args.fuse_options.split(",") if o.strip()}
+    unknown = opts - _KNOWN_O
+    if unknown:
+        raise ConfigError(f"unknown mount option(s): {', '.join(sorted(unknown))}")
+    extra: dict[str, object] = {}
+    if args.grace_period is not None:
+        extra["grace_period"] = args.grace_period
+    if args.memory_state:
+        extra["memory_state"] = True
+    config = config_from_args(args, **extra)  # validates and prompts before forking
+    if not os.path.isdir(args.mountpoint):
+        raise ConfigError(f"mountpoint {args.mountpoint} is not a directory")
+    if not args.foreground:
+        return _spawn_daemon(list(argv), args, config.password)
+
+    from rhvfs.mount import MountOptions, serve
+
+    setup_logging(debug=args.debug, filename=args.log)
+    options = MountOptions(
+        mountpoint=args.mountpoint,
+        allow_other="allow_other" in opts,
+        state_dir=args.state_dir,
+        debug_fuse="debug" in opts,
+    )
+    ready_fd: int | None = args.ready_fd
+
+    def ready() -> None:
+        nonlocal ready_fd
+        if ready_fd is not None:
+            os.write(ready_fd, b"READY\n")
+            os.close(ready_fd)
+            ready_fd = None
+
+    try:
+        trio.run(lambda: serve(config, options, ready=ready))
+    except BaseException as e:
+        if ready_fd is not None:
+            text = str(e) if isinstance(e, RhvfsError) else f"{type(e).__name__}: {e}"
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, f"ERROR {text}\n".encode())
+        raise
+    return 0
+
+
+def _spawn_daemon(argv: list[str], args: argparse.Namespace, password: str) -> int:
+    log_file = args.log or _default_log(args)
+    ready_r, ready_w = os.pipe()
+    pw_r, pw_w = os.pipe()
+    child_argv = [
+        sys.executable, "-m", "rhvfs.cli", "mount", *argv,
+        "--foreground", "--log", log_file,
+        "--ready-fd", str(ready_w),
+        "--password-file", f"/dev/fd/{pw_r}",
+    ]  # fmt: skip
+    with open(log_file, "ab") as log_out:
+        child = subprocess.Popen(
+            child_argv,
+            pass_fds=(ready_w, pw_r),
+            stdin=subprocess.DEVNULL,
+            stdout=log_out,
+            stderr=log_out,
+            start_new_session=True,
+        )
+    os.close(ready_w)
+    os.close(pw_r)
+    with os.fdopen(pw_w, "w") as f:
+        f.write(password)
+    with os.fdopen(ready_r, "rb") as f:
+        answer = f.read().decode(errors="replace").strip()
+    if answer.startswith("READY"):
+        return 0
+    code = child.wait()
+    message = answer.removeprefix("ERROR ").strip() or f"mount process exited with status {code}"
+    print(f"rhvfs: mount failed: {message} (log: {log_file})", file=sys.stderr)
+    return 1
+
+
+def _read_status(mountpoint: str) -> dict[str, Any]:
+    path = os.path.join(mountpoint, STATUS_PATH)
+    with open(path, "rb") as f:
+        return json.loads(f.read())  # type: ignore[no-any-return]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait(predicate: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()  # type: ignore[no-any-return]
+
+
+def cmd_umount(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="rhvfs umount", description="Finish sessions and unmount.")
+    p.add_argument("mountpoint")
+    p.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds to wait for sessions to clean up"
+    )
+    args = p.parse_args(list(argv))
+    mnt = os.path.abspath(args.mountpoint)
+    if not os.path.ismount(mnt):
+        raise ConfigError(f"{mnt} is not mounted")
+    pid: int | None = None
+    try:
+        pid = int(_read_status(mnt)["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = None
+    if pid is not None and _alive(pid):
+        try:
+            os.kill(pid, 15)
+        except OSError as e:
+            raise ConfigError(f"cannot signal the mount process {pid}: {e.strerror}") from None
+        if not _wait(lambda: not _alive(pid), args.timeout):
+            raise RhvfsError(f"mount process {pid} still cleaning up after {args.timeout:.0f} s")
+    if os.path.ismount(mnt):  # crashed process, or one in another pid namespace
+        result = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RhvfsError(f"fusermount3 -u {mnt}: {result.stderr.strip()}")
+        _wait(lambda: not os.path.ismount(mnt), 10.0)
+    return 0
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="rhvfs status", description="Show a mount's sessions.")
+    p.add_argument("mountpoint")
+    p.add_argument("--json", action="store_true", help="print the raw status.json")
+    args = p.parse_args(list(argv))
+    try:
+        status = _read_status(args.mountpoint)
+    except OSError as e:
+        raise ConfigError(f"{args.mountpoint} is not a live rhvfs mount: {e.strerror}") from None
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(
+        f"mountpoint: {status.get('mountpoint')}  engine: {status.get('engine_url')}  pid: {status.get('pid')}"
+    )
+    print(f"open files: {status.get('open_files')}  uptime: {status.get('uptime_s')} s")
+    print("sessions:", json.dumps(status.get("sessions"), indent=2, sort_keys=True))
+    return 0
