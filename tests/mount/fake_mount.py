@@ -35,7 +35,9 @@ def main() -> int:
         print("READY", flush=True)
 
     config = Config(engine_url="http://fake.invalid", username="u", password="p", listing_ttl=2.0)
-    trio.run(lambda: serve(config, MountOptions(mountpoint=sys.argv[1]), ready=ready, backend=backend))
+    trio.run(
+        lambda: serve(config, MountOptions(mountpoint=sys.argv[1]), ready=ready, backend=backend)
+    )
     print(json.dumps({"opened": len(backups.opened), "released": backups.released}), flush=True)
     return 0
 

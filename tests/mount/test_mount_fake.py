@@ -1,0 +1,177 @@
+"""Real FUSE mounts of the fake backend: the tree, attributes and data through the kernel.
+
+The mount runs in a subprocess (tests/mount/fake_mount.py -> rhvfs.mount.serve)
+and is stopped with ``rhvfs umount``, exactly as an admin would.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs_api"))
+from vfs_fakes import DISK_SIZE, image_bytes  # noqa: E402
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+RHVFS = [sys.executable, "-m", "rhvfs.cli"]
+
+
+class FakeMount:
+    def __init__(self, mnt: Path) -> None:
+        self.mnt = mnt
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "fake_mount.py"), str(mnt)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            self.proc.kill()
+            raise AssertionError(f"mount did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
+        self.counts: dict[str, int] = {}
+
+    def umount(self) -> None:
+        if self.proc.poll() is None:
+            subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=60)
+            out, _ = self.proc.communicate(timeout=30)
+            self.counts = json.loads(out.strip().splitlines()[-1])
+        assert not os.path.ismount(self.mnt)
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[FakeMount]:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = FakeMount(mnt)
+    try:
+        yield m
+    finally:
+        if m.proc.poll() is None:
+            m.umount()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def snapshot_stats(root: Path) -> dict[str, tuple[int, int, int, int, int]]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if "status.json" in path:
+                continue
+            st = os.lstat(path)
+            out[os.path.relpath(path, root)] = (
+                st.st_ino,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                st.st_mode,
+            )
+    return out
+
+
+def test_tree_symlinks_and_config(mount: FakeMount) -> None:
+    mnt = mount.mnt
+    assert sorted(os.listdir(mnt)) == [
+        ".rhvfs", "clusters", "datacenters", "hosts", "restore", "storagedomains", "tags", "templates", "vms",
+    ]  # fmt: skip
+    # readdir order: configuration before images (tar and restic store in this order)
+    assert os.listdir(mnt / "vms/myvm/@rhv")[:3] == ["vm.ovf", "vm.xml", "manifest.json"]
+    found = subprocess.run(
+        ["find", str(mnt), "-name", "*.raw"], capture_output=True, text=True, check=True
+    )
+    assert (
+        len(found.stdout.splitlines()) == 4 * 3 * 2 + 3 * 2
+    )  # 4 VMs + 1 template, @rhv and disks/
+    assert os.path.realpath(mnt / "tags/bkup/myvm") == str(mnt / "vms/myvm")
+    assert os.path.realpath(mnt / "datacenters/Default/clusters/mycluster/vms/runvm") == str(
+        mnt / "vms/runvm"
+    )
+    assert sorted(os.listdir(mnt / "tags/bkup")) == ["myvm", "odd%2Fname"]
+    doc = json.loads((mnt / "tags/bkup/myvm/vm.json").read_bytes())
+    assert (doc["name"], doc["status"]) == ("myvm", "down")
+    assert os.stat(mnt / "vms/myvm/vm.json").st_size == len((mnt / "vms/myvm/vm.json").read_bytes())
+    assert (mnt / "storagedomains/mydata/free_space").read_text() == f"{5 << 30}\n"
+    status = json.loads((mnt / ".rhvfs/status.json").read_bytes())
+    assert status["mountpoint"] == str(mnt) and status["pid"] == mount.proc.pid
+
+
+def test_read_only_and_errors(mount: FakeMount) -> None:
+    mnt = mount.mnt
+    for action in (
+        lambda: open(mnt / "vms/myvm/vm.json", "w"),
+        lambda: os.mkdir(mnt / "vms/new"),
+        lambda: (mnt / "newfile").write_bytes(b"x"),
+        lambda: os.unlink(mnt / "vms/myvm/vm.json"),
+    ):
+        with pytest.raises(OSError) as e:
+            action()
+        assert e.value.errno == errno.EROFS
+    with pytest.raises(OSError) as e:
+        (mnt / "vms/sleepy/@rhv/disk--vm-4-d0.raw").read_bytes()
+    assert e.value.errno == errno.EBUSY  # suspended VM: clear errno, no hang
+    assert not (mnt / "vms/nosuch").exists()
+
+
+def test_tar_cp_rsync_give_exact_images(mount: FakeMount, tmp_path: Path) -> None:
+    src = mount.mnt / "vms/runvm/@rhv"
+    want = {
+        f"{n}--vm-2-d{i}.raw": sha(image_bytes("vm-2", f"disk:vm-2-d{i}", DISK_SIZE))
+        for i, n in enumerate(["disk", "disk", "data"])
+    }
+    tar_out = tmp_path / "tar"
+    tar_out.mkdir()
+    subprocess.run(
+        ["tar", "-cSf", str(tmp_path / "set.tar"), "-C", str(src.parent), "@rhv"], check=True
+    )
+    subprocess.run(["tar", "-xf", str(tmp_path / "set.tar"), "-C", str(tar_out)], check=True)
+    listing = subprocess.run(
+        ["tar", "-tf", str(tmp_path / "set.tar")], capture_output=True, text=True, check=True
+    )
+    assert listing.stdout.splitlines()[1:4] == ["@rhv/vm.ovf", "@rhv/vm.xml", "@rhv/manifest.json"]
+    subprocess.run(["cp", "-a", str(src), str(tmp_path / "cp")], check=True)
+    subprocess.run(["rsync", "-a", f"{src}/", str(tmp_path / "rsync")], check=True)
+    for copy in (tar_out / "@rhv", tmp_path / "cp", tmp_path / "rsync"):
+        got = {name: sha((copy / name).read_bytes()) for name in want}
+        assert got == want, copy
+        assert (copy / "vm.ovf").read_text() == "config:vm.ovf of vm runvm\n"
+        assert os.stat(copy / "vm.ovf").st_mtime_ns == os.stat(src / "vm.ovf").st_mtime_ns
+    mount.umount()
+    assert mount.counts["opened"] > 0 and mount.counts["opened"] == mount.counts["released"]
+
+
+def test_attributes_are_stable_across_mounts(tmp_path: Path) -> None:
+    stats = []
+    for _ in range(2):
+        mnt = tmp_path / "mnt"
+        mnt.mkdir(exist_ok=True)
+        m = FakeMount(mnt)
+        try:
+            stats.append(snapshot_stats(mnt))
+        finally:
+            m.umount()
+    assert stats[0] == stats[1]
+    assert len(stats[0]) > 80
+    inodes = [v[0] for v in stats[0].values()]
+    assert len(set(inodes)) == len(inodes)
+
+
+def test_umount_waits_and_refuses_unmounted(tmp_path: Path) -> None:
+    result = subprocess.run([*RHVFS, "umount", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("is not mounted") and "Traceback" not in result.stderr
+    assert shutil.which("fusermount3")
