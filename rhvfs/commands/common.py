@@ -12,9 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
 
 from rhvfs.config import Config, load_config
 
+T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -66,3 +71,24 @@ def setup_logging(*, debug: bool, filename: str | None = None) -> None:
         # The SDK and http stacks are chatty at INFO.
         for name in ("httpx", "httpcore", "pyfuse3"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def run_trio(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run``, but a nursery's group holding one error re-raises that error.
+
+    Nested nurseries wrap a plain ``EngineUnavailable`` in exception groups; the
+    CLI prints user errors as one line, so it needs the error itself.
+    """
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from group
+        raise

@@ -13,9 +13,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-import trio
-
-from rhvfs.commands.common import add_connection_args, config_from_args, setup_logging
+from rhvfs.commands.common import add_connection_args, config_from_args, run_trio, setup_logging
 
 
 def cmd_gc(argv: Sequence[str]) -> int:
@@ -39,7 +37,7 @@ def cmd_gc(argv: Sequence[str]) -> int:
             manager = BackupManager(engine, config, journal=journal, gc_on_start=False)
             return await manager.collect_garbage(dry_run=args.dry_run)
 
-    lines = trio.run(run)
+    lines = run_trio(run)
     for line in lines:
         print(line)
     if not lines:

@@ -15,9 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import trio
-
-from rhvfs.commands.common import add_connection_args, config_from_args, setup_logging
+from rhvfs.commands.common import add_connection_args, config_from_args, run_trio, setup_logging
 from rhvfs.config import Config
 from rhvfs.vfs.nodes import Kind, Node
 from rhvfs.vfs.tree import Vfs
@@ -83,6 +81,6 @@ def cmd_ls(argv: Sequence[str]) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     config = config_from_args(args)
     out: list[str] = []
-    trio.run(_run, config, args, out)
+    run_trio(_run, config, args, out)
     sys.stdout.write("".join(line + "\n" for line in out))
     return 0

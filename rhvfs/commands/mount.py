@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -26,9 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import trio
-
-from rhvfs.commands.common import add_connection_args, config_from_args, setup_logging
+from rhvfs.commands.common import add_connection_args, config_from_args, run_trio, setup_logging
 from rhvfs.errors import ConfigError, RhvfsError
 
 STATUS_PATH = ".rhvfs/status.json"
@@ -105,8 +105,9 @@ def cmd_mount(argv: Sequence[str]) -> int:
             ready_fd = None
 
     try:
-        trio.run(lambda: serve(config, options, ready=ready))
+        run_trio(functools.partial(serve, config, options, ready=ready))
     except BaseException as e:
+        logging.getLogger(__name__).error("mount failed: %s", e, exc_info=args.debug)
         if ready_fd is not None:
             text = str(e) if isinstance(e, RhvfsError) else f"{type(e).__name__}: {e}"
             with contextlib.suppress(OSError):
