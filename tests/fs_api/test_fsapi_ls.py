@@ -1,0 +1,46 @@
+"""``rhvfs ls`` output, produced by the same VFS code as the mount (fakes below it)."""
+
+from __future__ import annotations
+
+from vfs_fakes import DISK_SIZE, FakeBackups, FakeEngine
+
+from rhvfs.commands.ls import list_tree
+from rhvfs.vfs.tree import Vfs
+
+
+async def run_ls(
+    path: str, *, recursive: bool = False, long: bool = False
+) -> tuple[list[str], FakeBackups]:
+    backups = FakeBackups()
+    vfs = Vfs(FakeEngine(), backups, listing_ttl_s=5.0)
+    out: list[str] = []
+    await list_tree(vfs, path, recursive=recursive, long=long, out=out)
+    return out, backups
+
+
+async def test_ls_lists_a_directory() -> None:
+    out, _ = await run_ls("/tags/bkup")
+    assert out == [
+        "/tags/bkup/myvm -> ../../vms/myvm",
+        "/tags/bkup/odd%2Fname -> ../../vms/odd%2Fname",
+    ]
+    out, _ = await run_ls("/vms")
+    assert out == ["/vms/myvm/", "/vms/odd%2Fname/", "/vms/runvm/", "/vms/sleepy/"]
+
+
+async def test_ls_follows_links_in_the_path_and_never_opens_sets() -> None:
+    out, backups = await run_ls("/tags/bkup/myvm/@rhv", long=True)
+    assert out[0].split() == ["-", "25", "2023-11-14T22:13:20Z", "/tags/bkup/myvm/@rhv/vm.ovf"]
+    assert out[3].split()[:2] == ["-", str(DISK_SIZE)]
+    assert len(out) == 6
+    assert backups.opened == []
+
+
+async def test_ls_recursive_covers_the_tree() -> None:
+    out, backups = await run_ls("/", recursive=True)
+    assert "/vms/runvm/@rhv/manifest.json" in out
+    assert "/datacenters/Default/clusters/mycluster/vms/runvm -> ../../../../../vms/runvm" in out
+    assert "/storagedomains/mydata/disks/disk--vm-1-d0.json" in out
+    assert "/.rhvfs/status.json" in out
+    assert len(out) == len(set(out)) > 100
+    assert backups.opened == []
