@@ -175,3 +175,34 @@ def test_umount_waits_and_refuses_unmounted(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().endswith("is not mounted") and "Traceback" not in result.stderr
     assert shutil.which("fusermount3")
+
+
+def restic_summary(repo: Path, path: Path) -> dict[str, int]:
+    env = {**os.environ, "RESTIC_PASSWORD": "test", "RESTIC_CACHE_DIR": str(repo.parent / "cache")}
+    result = subprocess.run(
+        ["restic", "-r", str(repo), "--json", "backup", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return next(doc for doc in lines if doc.get("message_type") == "summary")
+
+
+def test_restic_second_run_over_a_new_mount_sees_files_unchanged(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    env = {**os.environ, "RESTIC_PASSWORD": "test"}
+    subprocess.run(["restic", "init", "-r", str(repo)], check=True, capture_output=True, env=env)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    summaries = []
+    for _ in range(2):  # two separate mounts: inode numbers and times must not change
+        m = FakeMount(mnt)
+        try:
+            summaries.append(restic_summary(repo, mnt / "vms/myvm/@rhv"))
+        finally:
+            m.umount()
+    assert summaries[0]["files_new"] == 6
+    assert summaries[1]["files_new"] == 0 and summaries[1]["files_changed"] == 0
+    assert summaries[1]["files_unmodified"] == 6
