@@ -150,6 +150,7 @@ class DataPlane:
         if self._daemon is not None:
             raise DataPlaneError("data plane already started")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._reap_stale()
         self._sock_dir = self._choose_sock_dir()
         atexit.register(self.stop)
         try:
@@ -198,6 +199,8 @@ class DataPlane:
             "drop_privileges = false",
             f"run_dir = {daemon_run}",
             "systemd_enable = false",
+            # serve_forever wakes this often; stop() waits for it per service.
+            "poll_interval = 0.1",
             "",
             "[tls]",
         ]
@@ -238,6 +241,7 @@ class DataPlane:
             # The vendor default is a RotatingFileHandler with rotation kwargs;
             # only its path changes here.
             f"args = ({str(self.log_file)!r},)",
+            'kwargs = {"maxBytes": 10485760, "backupCount": 1}',
             "level = DEBUG",
             "formatter = long",
             "",
@@ -249,14 +253,7 @@ class DataPlane:
         conf_dir = self._write_conf()
         self.control_socket.unlink(missing_ok=True)
         stderr_path = self.run_dir / "imageio-daemon.stderr"
-        with open(stderr_path, "ab") as err:
-            self._daemon = subprocess.Popen(
-                [self._imageio, "-c", str(conf_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                start_new_session=True,
-            )
+        self._daemon = self._spawn([self._imageio, "-c", str(conf_dir)], stderr_path, append=True)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
             rc = self._daemon.poll()
@@ -298,7 +295,7 @@ class DataPlane:
         if self.fault_proxy is not None:
             self.fault_proxy.close()
         if daemon is not None:
-            _terminate(daemon, "ovirt-imageio")
+            self._terminate(daemon, "ovirt-imageio")
             self._daemon = None
         if self._sock_dir is not None:
             try:
@@ -321,6 +318,72 @@ class DataPlane:
         if self._daemon is not None and self._daemon.poll() is None:
             pids.append(self._daemon.pid)
         return pids
+
+    # --- child processes -------------------------------------------------------
+
+    @property
+    def _pid_dir(self) -> Path:
+        return self.run_dir / "pids"
+
+    def _spawn(
+        self, argv: list[str], stderr_path: Path, *, append: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """Start a child in its own session and record it, so a later start can reap it."""
+        self._pid_dir.mkdir(parents=True, exist_ok=True)
+        with open(stderr_path, "ab" if append else "wb") as err:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                start_new_session=True,
+            )
+        # The arguments, not the program: a script runs as "<python> <script> args".
+        (self._pid_dir / str(proc.pid)).write_bytes(_cmdline_bytes(argv[1:]))
+        return proc
+
+    def _terminate(self, proc: subprocess.Popen[bytes], what: str) -> None:
+        """SIGTERM the child's process group, then SIGKILL it if it does not exit in time."""
+        try:
+            if proc.poll() is not None:
+                return
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=_STOP_TIMEOUT_S)
+                return
+            except subprocess.TimeoutExpired:
+                log.warning("%s pid %d ignored SIGTERM; killing it", what, proc.pid)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=_STOP_TIMEOUT_S)
+        finally:
+            (self._pid_dir / str(proc.pid)).unlink(missing_ok=True)
+
+    def _reap_stale(self) -> None:
+        """Kill children left behind by a previous run that died without stop()."""
+        if not self._pid_dir.is_dir():
+            return
+        for entry in self._pid_dir.iterdir():
+            try:
+                pid = int(entry.name)
+                recorded = entry.read_bytes()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    alive = f.read()
+            except (ValueError, OSError):
+                entry.unlink(missing_ok=True)
+                continue
+            if recorded and alive.endswith(b"\0" + recorded):
+                log.warning("killing stale child %d of a previous run: %r", pid, recorded[:200])
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            entry.unlink(missing_ok=True)
 
     # --- qemu-nbd exports ------------------------------------------------------
 
@@ -378,14 +441,7 @@ class DataPlane:
             argv.append(f"--bitmap={bitmap}")
         argv.append("json:" + json.dumps(spec))
         stderr_path = self._sock_dir / f"{export_id}.stderr"
-        with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
+        proc = self._spawn(argv, stderr_path)
         entry = _NbdProc(proc=proc, socket_path=sock, image=Path(image), stderr_path=stderr_path)
         with self._lock:
             self._exports[export_id] = entry
@@ -430,7 +486,7 @@ class DataPlane:
             entry = self._exports.pop(export_id, None)
         if entry is None:
             return
-        _terminate(entry.proc, "qemu-nbd")
+        self._terminate(entry.proc, "qemu-nbd")
         entry.socket_path.unlink(missing_ok=True)
         entry.stderr_path.unlink(missing_ok=True)
         log.info("unexported %s", export_id)
@@ -569,24 +625,8 @@ def _unix_answers(path: Path) -> bool:
             return False
 
 
-def _terminate(proc: subprocess.Popen[bytes], what: str) -> None:
-    """SIGTERM the process group, then SIGKILL it if it does not exit in time."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=_STOP_TIMEOUT_S)
-        return
-    except subprocess.TimeoutExpired:
-        log.warning("%s pid %d ignored SIGTERM; killing it", what, proc.pid)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=_STOP_TIMEOUT_S)
+def _cmdline_bytes(argv: list[str]) -> bytes:
+    return b"".join(os.fsencode(a) + b"\0" for a in argv)
 
 
 def _tail(path: Path, nbytes: int = 2000) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import hashlib
 import http.client
@@ -325,3 +326,37 @@ def test_fault_proxy_drop_and_clean_stop(tmp_path: Path) -> None:
             continue
         assert run_dir not in cmdline, cmdline
     env.plane.stop()  # idempotent
+
+
+def test_start_reaps_children_of_a_crashed_run(tmp_path: Path) -> None:
+    pki = ensure_pki(tmp_path / "pki", [])
+    image = tmp_path / "disk.raw"
+    image.write_bytes(bytes(MiB))
+    crashed = DataPlane(tmp_path / "run", pki=pki)
+    crashed.start()
+    crashed.export_nbd(image, fmt="raw", read_only=True)
+    orphans = crashed.running_pids()
+    assert len(orphans) == 2
+    # Simulate a crash: the processes stay, nothing calls stop().
+    procs = [e.proc for e in crashed._exports.values()]
+    assert crashed._daemon is not None
+    procs.append(crashed._daemon)
+    crashed._daemon = None
+    crashed._exports.clear()
+    atexit.unregister(crashed.stop)
+
+    restarted = DataPlane(tmp_path / "run", pki=pki)
+    try:
+        restarted.start()
+        deadline = time.monotonic() + 10
+        while any(_is_running(p) for p in orphans) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_is_running(p) for p in orphans)
+        assert [p.wait(timeout=5) for p in procs] == [-9, -9]
+        assert restarted.ticket_status("nope") is None
+    finally:
+        restarted.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
