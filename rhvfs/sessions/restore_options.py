@@ -1,0 +1,273 @@
+"""Restore options: the knobs of a restore, from the options file and mount defaults.
+
+The options file is ``restore/<name>/rhvfs-restore.conf`` (``OPTIONS_FILE``),
+written by the admin next to the backup set, before the set's data arrives.
+It holds ``key = value`` lines; ``#`` and ``;`` start comments; an optional
+``[restore]`` header line is ignored. Mount-level defaults are the
+``restore_<key>`` settings of the config section (``Config.restore_defaults``);
+the file overrides them key by key. Keys (names as in other RHV backup
+products)::
+
+    vm_name            = NAME        name of the restored VM (default: the directory's name)
+    cluster            = NAME|ID     target cluster (default: the set's cluster)
+    storage_domain     = NAME        one for all disks, and/or per disk: ID:NAME, ID:NAME
+    vm_force_overwrite = yes|no      replace an existing VM of that name (only if it is down)
+    vm_switchon        = yes|no      start the VM once restored
+    disk_interface     = IFACE       virtio|virtio_scsi|sata|ide, for all and/or per disk ID:IFACE
+    disk_active        = yes|no      for all and/or per disk ID:yes
+    disk_boot          = yes|no      bootable flag, for all and/or per disk ID:yes
+    disk_names         = ID:ALIAS, … new disk aliases (a bare ALIAS applies to a one-disk set)
+    nics               = original|new|NIC:MAC, …   MAC addresses: the set's, engine-allocated,
+                                     or explicit per NIC (by name or id; unlisted NICs keep theirs)
+    vm_disks           = ID, …|all|none   restore only these disks; none = configuration only
+    vm_exclude_disks   = ID, …       skip these disks
+    template_name      = NAME        template sets: the template's name; VM sets: also make a
+                                     template of this name from the restored VM
+    remove_base_vm     = yes|no      with template_name: remove the VM the template was made
+                                     from (default yes for template sets, no for VM sets)
+
+A disk may be named by its id or its alias in every per-disk value. Options
+are frozen when the set's first data arrives; see ``rhvfs.sessions.restore``.
+
+Must not: talk to the engine or touch files (callers pass text in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Generic, TypeVar
+
+from rhvfs.errors import RestoreError
+
+OPTIONS_FILE = "rhvfs-restore.conf"
+#: Options file size limit (bytes); anything larger is not an options file.
+OPTIONS_MAX_BYTES = 64 * 1024
+
+INTERFACES = frozenset({"virtio", "virtio_scsi", "sata", "ide", "spapr_vscsi"})
+KEYS = frozenset(
+    {
+        "vm_name",
+        "cluster",
+        "storage_domain",
+        "vm_force_overwrite",
+        "vm_switchon",
+        "disk_interface",
+        "disk_active",
+        "disk_boot",
+        "disk_names",
+        "nics",
+        "vm_disks",
+        "vm_exclude_disks",
+        "template_name",
+        "remove_base_vm",
+    }
+)
+_BOOL = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "1": True,
+    "no": False,
+    "false": False,
+    "off": False,
+    "0": False,
+}
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class PerDisk(Generic[T]):
+    """A value for all disks (``default``) with per-disk overrides keyed by disk id or alias."""
+
+    default: T | None = None
+    by_disk: Mapping[str, T] = dataclasses.field(default_factory=dict)
+
+    def get(self, disk_id: str, alias: str) -> T | None:
+        if disk_id in self.by_disk:
+            return self.by_disk[disk_id]
+        if alias in self.by_disk:
+            return self.by_disk[alias]
+        return self.default
+
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.by_disk)
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoreOptions:
+    """Effective options of one restore; ``None`` means "as in the set"."""
+
+    vm_name: str | None = None
+    cluster: str | None = None
+    storage_domain: PerDisk[str] = dataclasses.field(default_factory=PerDisk)
+    vm_force_overwrite: bool = False
+    vm_switchon: bool = False
+    disk_interface: PerDisk[str] = dataclasses.field(default_factory=PerDisk)
+    disk_active: PerDisk[bool] = dataclasses.field(default_factory=PerDisk)
+    disk_boot: PerDisk[bool] = dataclasses.field(default_factory=PerDisk)
+    disk_names: PerDisk[str] = dataclasses.field(default_factory=PerDisk)
+    #: "original", "new", or "explicit" (then ``nic_macs`` holds NIC name/id -> MAC).
+    nics: str = "original"
+    nic_macs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: None = all disks; an empty set = none (configuration-only restore).
+    vm_disks: frozenset[str] | None = None
+    vm_exclude_disks: frozenset[str] = frozenset()
+    template_name: str | None = None
+    remove_base_vm: bool | None = None
+
+    def selects(self, disk_id: str, alias: str) -> bool:
+        """True when the disk ``disk_id`` (alias ``alias``) is to be restored."""
+        if disk_id in self.vm_exclude_disks or alias in self.vm_exclude_disks:
+            return False
+        if self.vm_disks is None:
+            return True
+        return disk_id in self.vm_disks or alias in self.vm_disks
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-friendly view for ``.status``."""
+        out: dict[str, object] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, PerDisk):
+                v = {"default": v.default, "by_disk": dict(v.by_disk)}
+            elif isinstance(v, frozenset):
+                v = sorted(v)
+            elif isinstance(v, Mapping):
+                v = dict(v)
+            out[f.name] = v
+        return out
+
+
+def parse_lines(text: str, *, source: str) -> dict[str, str]:
+    """The ``key = value`` pairs of an options file; raises ``RestoreError`` on junk."""
+    out: dict[str, str] = {}
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line[0] in "#;" or line.lower() == "[restore]":
+            continue
+        key, sep, value = line.partition("=")
+        if not sep:
+            key, sep, value = line.partition(":")
+        if not sep:
+            raise RestoreError(f"{source} line {lineno}: expected 'key = value', got {line!r}")
+        key = key.strip().lower().removeprefix("restore_")
+        if key not in KEYS:
+            raise RestoreError(f"{source} line {lineno}: unknown option {key!r}")
+        out[key] = value.strip()
+    return out
+
+
+def _bool(key: str, value: str) -> bool:
+    try:
+        return _BOOL[value.strip().lower()]
+    except KeyError:
+        raise RestoreError(f"option {key} must be yes or no, not {value!r}") from None
+
+
+def _items(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _per_disk(key: str, value: str, convert: type[str] | type[bool]) -> PerDisk[object]:
+    default: object | None = None
+    by_disk: dict[str, object] = {}
+    for item in _items(value):
+        left, sep, right = item.partition(":")
+        if sep and left.strip() and right.strip():
+            target: object = right.strip()
+            if convert is bool:
+                target = _bool(key, right)
+            by_disk[left.strip()] = target
+        else:
+            if default is not None:
+                raise RestoreError(f"option {key} has two values for all disks: {value!r}")
+            default = _bool(key, item) if convert is bool else item
+    return PerDisk(default=default, by_disk=by_disk)
+
+
+def _check_interfaces(p: PerDisk[str]) -> None:
+    for v in ([p.default] if p.default else []) + list(p.by_disk.values()):
+        if v not in INTERFACES:
+            raise RestoreError(
+                f"option disk_interface: {v!r} is not one of {', '.join(sorted(INTERFACES))}"
+            )
+
+
+def _disk_set(value: str) -> frozenset[str]:
+    return frozenset(_items(value))
+
+
+def build_options(
+    *,
+    defaults: Mapping[str, str],
+    file_values: Mapping[str, str] | None = None,
+) -> RestoreOptions:
+    """Merge mount defaults with the options file (the file wins) and validate."""
+    merged: dict[str, str] = {}
+    for source, values in (("mount defaults", defaults), (OPTIONS_FILE, file_values or {})):
+        for key, value in values.items():
+            k = key.lower().removeprefix("restore_")
+            if k not in KEYS:
+                raise RestoreError(f"{source}: unknown restore option {key!r}")
+            merged[k] = value
+    kw: dict[str, object] = {}
+    for key, value in merged.items():
+        if key in ("vm_name", "cluster", "template_name"):
+            kw[key] = value.strip() or None
+        elif key in ("vm_force_overwrite", "vm_switchon", "remove_base_vm"):
+            kw[key] = _bool(key, value)
+        elif key in ("storage_domain", "disk_interface", "disk_names"):
+            kw[key] = _per_disk(key, value, str)
+        elif key in ("disk_active", "disk_boot"):
+            kw[key] = _per_disk(key, value, bool)
+        elif key == "nics":
+            v = value.strip().lower()
+            if v in ("original", "new", ""):
+                kw["nics"] = v or "original"
+            else:
+                macs: dict[str, str] = {}
+                for item in _items(value):
+                    name, sep, mac = item.partition(":")
+                    if not sep or not _is_mac(mac.strip()):
+                        raise RestoreError(
+                            f"option nics: expected original, new or NIC:MAC, …; got {item!r}"
+                        )
+                    macs[name.strip()] = mac.strip().lower()
+                kw["nics"] = "explicit"
+                kw["nic_macs"] = macs
+        elif key == "vm_disks":
+            v = value.strip().lower()
+            kw[key] = None if v in ("", "all") else frozenset() if v == "none" else _disk_set(value)
+        elif key == "vm_exclude_disks":
+            kw[key] = _disk_set(value)
+    opts = RestoreOptions(**kw)  # type: ignore[arg-type]
+    _check_interfaces(opts.disk_interface)
+    return opts
+
+
+def _is_mac(text: str) -> bool:
+    parts = text.split(":")
+    return len(parts) == 6 and all(len(p) == 2 and _is_hex(p) for p in parts)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def unknown_disk_keys(opts: RestoreOptions, known: Iterable[str]) -> list[str]:
+    """Per-disk keys and disk selections that name no disk of the set (ids or aliases)."""
+    names = set(known)
+    used: set[str] = set()
+    for p in (
+        opts.storage_domain,
+        opts.disk_interface,
+        opts.disk_active,
+        opts.disk_boot,
+        opts.disk_names,
+    ):
+        used |= p.keys()
+    used |= opts.vm_disks or frozenset()
+    used |= opts.vm_exclude_disks
+    return sorted(used - names)

@@ -1,0 +1,135 @@
+"""Bounded local staging for restore data that cannot be streamed yet.
+
+Used only when a file's bytes arrive before the disk they belong to can be
+created: the image comes before ``manifest.json``, or under a name the
+manifest does not (yet) explain. Each staged file is a sparse temporary file
+in ``staging_dir`` plus the list of byte ranges written to it; the whole
+area holds at most ``limit_bytes`` of distinct written bytes, beyond which a
+write raises ``StagingFull`` (the FUSE layer answers ENOSPC and ``.status``
+says why). When the disk becomes known, the staged ranges are replayed into
+its upload stream in offset order and the file is deleted.
+
+Must not: talk to the engine or imageio.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from rhvfs.errors import RestoreError
+
+log = logging.getLogger(__name__)
+
+
+class StagingFull(RestoreError):
+    """Raised when a write would exceed the staging limit (``errno`` ENOSPC)."""
+
+    errno = errno.ENOSPC
+    message = "restore staging full: {detail}"
+
+
+class StagingArea:
+    """All staged files of one mount; owns the byte budget and the directory."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None, *, limit_bytes: int) -> None:
+        self._dir = Path(directory) if directory else None
+        self._own_dir = directory is None
+        self.limit_bytes = limit_bytes
+        self.used_bytes = 0
+
+    def _directory(self) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="rhvfs-staging-"))
+        self._dir.mkdir(parents=True, exist_ok=True)
+        return self._dir
+
+    def open_file(self, label: str) -> StagedFile:
+        fd, path = tempfile.mkstemp(prefix="restore-", suffix=".staged", dir=self._directory())
+        os.unlink(path)  # anonymous: nothing to clean up after a crash
+        log.debug("staging %s in %s", label, self._dir)
+        return StagedFile(self, fd, label)
+
+    def _charge(self, nbytes: int, label: str) -> None:
+        if self.used_bytes + nbytes > self.limit_bytes:
+            raise StagingFull(
+                f"{label}: {self.used_bytes + nbytes} bytes would exceed staging_limit "
+                f"{self.limit_bytes} (data arrived before manifest.json described it; copy "
+                "manifest.json first, or raise staging_limit / set staging_dir)"
+            )
+        self.used_bytes += nbytes
+
+    def close(self) -> None:
+        if self._own_dir and self._dir is not None:
+            try:
+                self._dir.rmdir()
+            except OSError:
+                pass
+
+
+class StagedFile:
+    """One file's staged bytes; ``ranges`` are sorted, disjoint ``[start, end)``."""
+
+    def __init__(self, area: StagingArea, fd: int, label: str) -> None:
+        self._area = area
+        self._fd: int | None = fd
+        self.label = label
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self.charged_bytes = 0
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return list(zip(self._starts, self._ends, strict=True))
+
+    @property
+    def end(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def _covered(self, start: int, end: int) -> int:
+        i = bisect.bisect_right(self._ends, start)
+        covered = 0
+        while i < len(self._starts) and self._starts[i] < end:
+            covered += min(end, self._ends[i]) - max(start, self._starts[i])
+            i += 1
+        return covered
+
+    def _add_range(self, start: int, end: int) -> None:
+        i = bisect.bisect_left(self._ends, start)
+        j = i
+        while j < len(self._starts) and self._starts[j] <= end:
+            start = min(start, self._starts[j])
+            end = max(end, self._ends[j])
+            j += 1
+        self._starts[i:j] = [start]
+        self._ends[i:j] = [end]
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        if self._fd is None:
+            raise RestoreError(f"{self.label}: staged file already closed")
+        end = offset + len(data)
+        new = len(data) - self._covered(offset, end)
+        self._area._charge(new, self.label)
+        self.charged_bytes += new
+        try:
+            os.pwrite(self._fd, data, offset)
+        except OSError as e:
+            self._area.used_bytes -= new
+            self.charged_bytes -= new
+            raise RestoreError(f"{self.label}: cannot write staging file: {e.strerror}") from None
+        self._add_range(offset, end)
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self._fd is None:
+            raise RestoreError(f"{self.label}: staged file already closed")
+        return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._area.used_bytes -= self.charged_bytes
+            self.charged_bytes = 0

@@ -1,0 +1,93 @@
+"""Restore options: the options file, mount defaults, per-disk values, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from rhvfs.errors import RestoreError
+from rhvfs.sessions.restore_options import (
+    PerDisk,
+    build_options,
+    parse_lines,
+    unknown_disk_keys,
+)
+
+D1 = "11111111-1111-1111-1111-111111111111"
+D2 = "22222222-2222-2222-2222-222222222222"
+
+
+def test_file_overrides_mount_defaults_key_by_key() -> None:
+    text = "[restore]\n# comment\nvm_name = copy1\nvm_switchon = yes\n; other\n"
+    opts = build_options(
+        defaults={"vm_name": "x", "cluster": "mycluster"},
+        file_values=parse_lines(text, source="f"),
+    )
+    assert opts.vm_name == "copy1"
+    assert opts.cluster == "mycluster"
+    assert opts.vm_switchon is True
+    assert opts.vm_force_overwrite is False
+
+
+def test_storage_domain_for_all_and_per_disk() -> None:
+    opts = build_options(defaults={}, file_values={"storage_domain": f"mydata, {D2}:other"})
+    assert opts.storage_domain == PerDisk(default="mydata", by_disk={D2: "other"})
+    assert opts.storage_domain.get(D1, "a") == "mydata"
+    assert opts.storage_domain.get(D2, "b") == "other"
+
+
+def test_per_disk_by_alias_and_bools() -> None:
+    opts = build_options(
+        defaults={},
+        file_values={"disk_boot": "no, boot:yes", "disk_active": "false", "disk_interface": "sata"},
+    )
+    assert opts.disk_boot.get(D1, "boot") is True
+    assert opts.disk_boot.get(D2, "data") is False
+    assert opts.disk_active.get(D1, "x") is False
+    assert opts.disk_interface.get(D1, "x") == "sata"
+
+
+def test_nics_modes() -> None:
+    assert build_options(defaults={}, file_values={"nics": "new"}).nics == "new"
+    assert build_options(defaults={}).nics == "original"
+    opts = build_options(defaults={}, file_values={"nics": "nic1:56:6F:00:00:00:01"})
+    assert opts.nics == "explicit"
+    assert dict(opts.nic_macs) == {"nic1": "56:6f:00:00:00:01"}
+    with pytest.raises(RestoreError, match="nics"):
+        build_options(defaults={}, file_values={"nics": "nic1:zz"})
+
+
+def test_disk_selection() -> None:
+    opts = build_options(defaults={}, file_values={"vm_exclude_disks": D2})
+    assert opts.selects(D1, "a") and not opts.selects(D2, "b")
+    opts = build_options(defaults={}, file_values={"vm_disks": "a"})
+    assert opts.selects(D1, "a") and not opts.selects(D2, "b")
+    opts = build_options(defaults={}, file_values={"vm_disks": "none"})
+    assert not opts.selects(D1, "a") and opts.vm_disks == frozenset()
+    assert build_options(defaults={}, file_values={"vm_disks": "all"}).vm_disks is None
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("bogus = 1", "unknown option 'bogus'"),
+        ("just words", "expected 'key = value'"),
+    ],
+)
+def test_bad_lines(text: str, match: str) -> None:
+    with pytest.raises(RestoreError, match=match):
+        parse_lines(text, source="rhvfs-restore.conf")
+
+
+def test_bad_values() -> None:
+    with pytest.raises(RestoreError, match="yes or no"):
+        build_options(defaults={}, file_values={"vm_switchon": "maybe"})
+    with pytest.raises(RestoreError, match="disk_interface"):
+        build_options(defaults={}, file_values={"disk_interface": "scsi"})
+    with pytest.raises(RestoreError, match="unknown restore option"):
+        build_options(defaults={"colour": "red"})
+
+
+def test_unknown_disk_keys() -> None:
+    opts = build_options(defaults={}, file_values={"disk_names": f"{D1}:new, nope:x"})
+    assert unknown_disk_keys(opts, [D1, "a"]) == ["nope"]
+    assert opts.as_dict()["disk_names"] == {"default": None, "by_disk": {D1: "new", "nope": "x"}}
