@@ -579,7 +579,7 @@ class Storage:
 
         The bitmap is merged from every volume of the chain that has it; it must
         be present on ``vol_id`` and on a contiguous run of volumes below it,
-        and not in use. Raises ``BitmapError`` otherwise. The caller deletes the
+        enabled and not in use. Raises ``BitmapError`` otherwise. The caller deletes the
         overlay file (once qemu-nbd has opened it, or on unexport).
         """
         with self._disk_lock(sd_id, disk_id):
@@ -598,6 +598,8 @@ class Storage:
                     )
                 if found.in_use:
                     raise BitmapError(f"bitmap {checkpoint} on {v} is in use (inconsistent)")
+                if not found.enabled:
+                    raise BitmapError(f"bitmap {checkpoint} on {v} is disabled")
                 run.append((v, found))
             if not run:
                 raise BitmapError(f"bitmap {checkpoint} is missing on volume {vol_id}")

@@ -153,6 +153,39 @@ def test_dirty_extents_cover_guest_writes(env: Env) -> None:
     env.plane.unexport(export.id)
 
 
+def test_bitmaps_survive_backward_merge(env: Env) -> None:
+    s, disk = env.storage, "merge-inc"
+    s.import_raw(SD, disk, "base", env.guest, fmt="cow")
+    s.add_bitmap(SD, disk, "base", "cp1")
+    s.guest_write(SD, disk, "base", offset=4 * MiB, pattern=0x01, size=64 * KiB)
+    s.snapshot(SD, disk, "base", "top")
+    s.add_bitmap(SD, disk, "top", "cp2")
+    s.guest_write(SD, disk, "top", offset=12 * MiB, pattern=0x02, size=64 * KiB)
+    before = s.content_sha256(SD, disk, "top")
+    s.merge(SD, disk, "base", "top")
+    assert s.content_sha256(SD, disk, "base") == before
+
+    def dirty_ranges(checkpoint: str) -> list[tuple[int, int]]:
+        overlay = s.prepare_dirty_overlay(SD, disk, "base", checkpoint, env.root / "work")
+        export = env.plane.export_nbd(
+            overlay, fmt="cow", read_only=True, bitmap=checkpoint, remove_image_on_open=True
+        )
+        env.plane.add_ticket(
+            ticket_id="mi-1", url=export.nbd_url, size=SIZE, ops=["read"], dirty=True
+        )
+        try:
+            code, _, body = env.get("/images/mi-1/extents?context=dirty")
+            assert code == 200
+            return [(e["start"], e["length"]) for e in json.loads(body) if e["dirty"]]
+        finally:
+            env.plane.remove_ticket("mi-1")
+            env.plane.unexport(export.id)
+
+    # cp1 saw both writes; cp2 (created on the removed top volume) only the second.
+    assert dirty_ranges("cp1") == [(4 * MiB, 64 * KiB), (12 * MiB, 64 * KiB)]
+    assert dirty_ranges("cp2") == [(12 * MiB, 64 * KiB)]
+
+
 def test_shallow_export_reports_holes(env: Env) -> None:
     s, disk = env.storage, "shallow"
     s.import_raw(SD, disk, "base", env.guest, fmt="cow")
