@@ -1,0 +1,162 @@
+"""Admin endpoints of the simulator (not part of oVirt), under `/rhvfs-sim/`.
+
+Owns what tests and `rhvfs sim guest-write|fault` do to a running engine:
+guest writes into a disk's active volume (serialized with snapshots and
+merges by the state lock), sha256 of a volume's guest-visible content, and
+fault injection (engine 5xx/delay, imageio connection drops through the data
+plane's FaultProxy, a transfer forced to `paused_system`, an expired ticket).
+Authenticated by the admin token of `serve.json` (checked in `httpd`).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+from rhvfs.sim import api_transfers
+from rhvfs.sim.api_base import Engine, get_or_404
+from rhvfs.sim.faults import EngineFault
+from rhvfs.sim.httpd import (
+    HttpError,
+    Request,
+    Response,
+    Router,
+    bad_request,
+    conflict,
+    json_response,
+)
+from rhvfs.sim.state import Disk, Vm
+
+log = logging.getLogger(__name__)
+
+
+def _find_vm(e: Engine, name_or_id: str) -> Vm:
+    st = e.state
+    vm = st.vms.get(name_or_id) or next((v for v in st.vms.values() if v.name == name_or_id), None)
+    if vm is None:
+        raise HttpError(404, "Not Found", f"no VM {name_or_id!r}")
+    return vm
+
+
+def _find_disk(e: Engine, vm: Vm | None, alias_or_id: str) -> Disk:
+    st = e.state
+    candidates = (
+        [st.disks[a.disk_id] for a in vm.attachments if a.disk_id in st.disks]
+        if vm
+        else list(st.disks.values())
+    )
+    matches = [d for d in candidates if d.id == alias_or_id] or [
+        d for d in candidates if d.alias == alias_or_id
+    ]
+    if not matches:
+        raise HttpError(404, "Not Found", f"no disk {alias_or_id!r}")
+    if len(matches) > 1:
+        raise bad_request(
+            f"disk alias {alias_or_id!r} is ambiguous; use the id", reason="Invalid value"
+        )
+    return matches[0]
+
+
+def register(router: Router, e: Engine) -> None:
+    st = e.state
+
+    def guest_write(req: Request) -> Response:
+        doc = req.json()
+        offset = int(doc.get("offset", -1))
+        if offset < 0:
+            raise bad_request("offset required")
+        data = base64.b64decode(doc["data"]) if doc.get("data") is not None else None
+        pattern = doc.get("pattern")
+        size = doc.get("size")
+        if (data is None) == (pattern is None):
+            raise bad_request("exactly one of data or pattern+size")
+        with st.lock:
+            vm = _find_vm(e, doc["vm"]) if doc.get("vm") else None
+            d = _find_disk(e, vm, str(doc["disk"]))
+            if d.status == "locked" and d.lock_reason in ("snapshot", "creation", "copy"):
+                raise conflict(f"disk {d.alias} is locked ({d.lock_reason})")
+            vol = d.active
+            try:
+                e.storage.guest_write(
+                    d.sd_id,
+                    d.id,
+                    vol.id,
+                    offset=offset,
+                    data=data,
+                    pattern=None if pattern is None else int(pattern),
+                    size=None if size is None else int(size),
+                )
+            except Exception as err:
+                raise conflict(f"guest write failed: {err}") from err
+            return json_response({"disk_id": d.id, "image_id": vol.id})
+
+    def volume_sha256(req: Request) -> Response:
+        disk_id = req.query.get("disk")
+        if not disk_id:
+            raise bad_request("disk required")
+        with st.lock:
+            d = get_or_404(st.disks, disk_id)
+            image = req.query.get("image") or d.active.id
+            if d.volume(image) is None:
+                raise HttpError(404, "Not Found", f"no volume {image} in disk {disk_id}")
+            digest = e.storage.content_sha256(d.sd_id, d.id, image)
+            return json_response({"disk_id": d.id, "image_id": image, "sha256": digest})
+
+    def add_fault(req: Request) -> Response:
+        doc = req.json()
+        kind = doc.get("kind")
+        times = int(doc.get("times", 1))
+        if kind in ("engine-error", "engine-delay"):
+            fault = EngineFault(
+                method=str(doc.get("method", "*")),
+                path_glob=str(doc["path"]),
+                status=int(doc.get("status", 500)) if kind == "engine-error" else 0,
+                delay_s=float(doc.get("delay", 0)) if kind == "engine-delay" else 0.0,
+                times=times,
+            )
+            e.faults.add(fault)
+            return json_response({"added": kind})
+        if kind == "drop-imageio":
+            proxy = e.dataplane.fault_proxy
+            if proxy is None:
+                raise conflict("the data plane runs without a fault proxy")
+            proxy.drop_after(int(doc.get("after_bytes", 0)), times=times)
+            return json_response({"added": kind})
+        if kind in ("pause-transfer", "expire-ticket"):
+            with st.lock:
+                t = get_or_404(st.transfers, str(doc["transfer"]))
+                if kind == "pause-transfer":
+                    api_transfers.pause_system(e, t)
+                else:
+                    api_transfers.expire_ticket(e, t)
+            return json_response({"added": kind})
+        if kind == "revoke-tokens":
+            if e.auth is not None:
+                e.auth.revoke_all()
+            return json_response({"added": kind})
+        raise bad_request(f"unknown fault kind {kind!r}", reason="Invalid value")
+
+    def clear_faults(req: Request) -> Response:
+        e.faults.clear()
+        if e.dataplane.fault_proxy is not None:
+            e.dataplane.fault_proxy.clear()
+        return json_response({"cleared": True})
+
+    def list_faults(req: Request) -> Response:
+        return json_response({"engine": e.faults.list()})
+
+    def transfers(req: Request) -> Response:
+        with st.lock:
+            return json_response(
+                [
+                    {"id": t.id, "phase": t.phase, "disk_id": t.disk_id, "ticket_id": t.ticket_id}
+                    for t in st.transfers.values()
+                ]
+            )
+
+    router.add("POST", "/guest-write", guest_write)
+    router.add("GET", "/volume-sha256", volume_sha256)
+    router.add("POST", "/faults", add_fault)
+    router.add("DELETE", "/faults", clear_faults)
+    router.add("GET", "/faults", list_faults)
+    router.add("GET", "/transfers", transfers)

@@ -1,0 +1,255 @@
+"""What every resource module shares: the `Engine` context, lookups, search, refs.
+
+Owns the glue between the state records and the REST handlers: finding
+records or answering 404, resolving inbound references given by id or by
+name, the engine's search subset (`name=x and status=up`, `*`, `page N`), the
+409 rules about locked disks, and hrefs of nested references. It performs no
+storage operation itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ovirtsdk4 import types
+
+from rhvfs.sim import xmlio
+from rhvfs.sim.dataplane import DataPlane
+from rhvfs.sim.faults import Faults
+from rhvfs.sim.httpd import Auth, HttpError, Request, bad_request, conflict, not_found
+from rhvfs.sim.state import Disk, State, Vm
+from rhvfs.sim.storage import Storage
+from rhvfs.sim.tasks import Tasks
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+href = xmlio.href
+
+
+@dataclasses.dataclass
+class Engine:
+    """Everything a handler or a background step needs."""
+
+    state: State
+    storage: Storage
+    dataplane: DataPlane
+    tasks: Tasks
+    faults: Faults
+    run_dir: Path
+    # Host name put into transfer URLs (must match the imageio certificate).
+    imageio_host: str = "localhost"
+    auth: Auth | None = None
+
+    def save(self) -> None:
+        self.state.save()
+
+
+def get_or_404(table: dict[str, T], record_id: str) -> T:
+    record = table.get(record_id)
+    if record is None:
+        raise not_found(record_id)
+    return record
+
+
+def by_id_or_name(table: dict[str, T], ref: Any, what: str) -> T:
+    """Resolve `<x id="..."/>` or `<x><name>...</name></x>` from a request body."""
+    if ref is None:
+        raise bad_request(f"{what} required")
+    ref_id = getattr(ref, "id", None)
+    if ref_id:
+        record = table.get(ref_id)
+        if record is None:
+            raise bad_request(f"{what} {ref_id} not found", reason="Entity not found")
+        return record
+    name = getattr(ref, "name", None)
+    if name:
+        for record in table.values():
+            if getattr(record, "name", None) == name:
+                return record
+        raise bad_request(f"{what} {name!r} not found", reason="Entity not found")
+    raise bad_request(f"{what} id or name required")
+
+
+# search
+
+
+_PAGE = re.compile(r"(?:^|\s+and\s+|\s+)page\s+(\d+)\s*$", re.IGNORECASE)
+
+
+def search(
+    req: Request,
+    records: Sequence[T],
+    fields: dict[str, Callable[[T], str | None]],
+) -> list[T]:
+    """Filter by the `search` query (conjunction of field=value) and `max`."""
+    query = req.query.get("search", "").strip()
+    case_sensitive = req.query.get("case_sensitive", "false").lower() == "true"
+    result = list(records)
+    page = 0
+    m = _PAGE.search(query)
+    if m:
+        page = int(m.group(1))
+        query = query[: m.start()].strip()
+    if query:
+        lowered = {k.lower(): v for k, v in fields.items()}
+        for term in re.split(r"\s+and\s+", query, flags=re.IGNORECASE):
+            field, sep, value = term.partition("=")
+            if not sep:
+                raise bad_request(f"Cannot parse search {query!r}", reason="Invalid value")
+            getter = lowered.get(field.strip().lower())
+            if getter is None:
+                raise bad_request(
+                    f"Unknown search field {field.strip()!r}", reason="Invalid search"
+                )
+            pattern = value.strip().strip("\"'")
+            result = [r for r in result if _match(getter(r), pattern, case_sensitive)]
+    limit = int(req.query["max"]) if req.query.get("max", "").lstrip("-").isdigit() else -1
+    if page:
+        size = limit if limit > 0 else len(result) or 1
+        result = result[(page - 1) * size : page * size]
+    elif limit >= 0:
+        result = result[:limit]
+    return result
+
+
+def _match(value: str | None, pattern: str, case_sensitive: bool) -> bool:
+    if value is None:
+        return False
+    if not case_sensitive:
+        value, pattern = value.lower(), pattern.lower()
+    return fnmatch.fnmatchcase(value, pattern)
+
+
+# locks and 409 rules
+
+
+def check_disk_unlocked(disk: Disk) -> None:
+    if disk.status == "locked":
+        raise conflict(
+            f"Cannot proceed. Disk {disk.alias} is locked. Please try again in a few minutes."
+        )
+    if disk.status == "illegal":
+        raise conflict(f"Cannot proceed. Disk {disk.alias} status is illegal.")
+
+
+def vm_busy(e: Engine, vm: Vm) -> str | None:
+    """Why the VM cannot start another snapshot/backup now, or None."""
+    for sid in vm.snapshot_ids:
+        snap = e.state.snapshots.get(sid)
+        if snap is not None and snap.status == "locked":
+            return "Snapshot is currently being created or removed for VM " + vm.name
+    for b in e.state.backups.values():
+        if b.vm_id == vm.id and b.phase not in ("succeeded", "failed"):
+            return f"VM {vm.name} is locked: backup {b.id} is in progress"
+    return None
+
+
+def volume_file(e: Engine, disk: Disk, vol_id: str) -> Path:
+    return e.storage.volume_path(disk.sd_id, disk.id, vol_id)
+
+
+def allocated_bytes(e: Engine, disk: Disk, vol_ids: Sequence[str] | None = None) -> int:
+    total = 0
+    for vol in disk.volumes:
+        if vol_ids is not None and vol.id not in vol_ids:
+            continue
+        try:
+            total += os.stat(volume_file(e, disk, vol.id)).st_blocks * 512
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def sd_used_bytes(e: Engine, sd_id: str) -> int:
+    return sum(allocated_bytes(e, d) for d in e.state.disks.values() if d.sd_id == sd_id)
+
+
+def sd_committed_bytes(e: Engine, sd_id: str) -> int:
+    return sum(d.provisioned_size for d in e.state.disks.values() if d.sd_id == sd_id)
+
+
+# nested references with hrefs
+
+
+def with_href(obj: T, target: str) -> T:
+    """SDK types take `href` as an attribute, not as a constructor argument."""
+    obj.href = target  # type: ignore[attr-defined]
+    return obj
+
+
+def ref_vm(vm_id: str) -> types.Vm:
+    return with_href(types.Vm(id=vm_id), href("vms", vm_id))
+
+
+def ref_cluster(cluster_id: str) -> types.Cluster:
+    return with_href(types.Cluster(id=cluster_id), href("clusters", cluster_id))
+
+
+def ref_dc(dc_id: str) -> types.DataCenter:
+    return with_href(types.DataCenter(id=dc_id), href("datacenters", dc_id))
+
+
+def ref_host(host_id: str) -> types.Host:
+    return with_href(types.Host(id=host_id), href("hosts", host_id))
+
+
+def ref_sd(sd_id: str) -> types.StorageDomain:
+    return with_href(types.StorageDomain(id=sd_id), href("storagedomains", sd_id))
+
+
+def ref_disk(disk_id: str) -> types.Disk:
+    return with_href(types.Disk(id=disk_id), href("disks", disk_id))
+
+
+def ref_template(template_id: str) -> types.Template:
+    return with_href(types.Template(id=template_id), href("templates", template_id))
+
+
+def ref_snapshot(vm_id: str, snapshot_id: str) -> types.Snapshot:
+    return with_href(types.Snapshot(id=snapshot_id), href("vms", vm_id, "snapshots", snapshot_id))
+
+
+def ref_tag(tag_id: str) -> types.Tag:
+    return with_href(types.Tag(id=tag_id), href("tags", tag_id))
+
+
+def ref_vnic_profile(profile_id: str) -> types.VnicProfile:
+    return with_href(types.VnicProfile(id=profile_id), href("vnicprofiles", profile_id))
+
+
+def ref_network(network_id: str) -> types.Network:
+    return with_href(types.Network(id=network_id), href("networks", network_id))
+
+
+def enum(cls: type, value: str | None) -> Any:
+    return None if value is None else cls(value)
+
+
+def raise_for(status: int, reason: str, detail: str) -> HttpError:
+    return HttpError(status, reason, detail)
+
+
+def parse_body(req: Request, cls: type) -> Any:
+    """The request body as an SDK object of `cls` (400 otherwise)."""
+    try:
+        obj = xmlio.parse(req.body)
+    except ValueError as err:
+        raise bad_request(str(err), reason="Invalid value") from err
+    if not isinstance(obj, cls):
+        raise bad_request(
+            f"Expected {cls.__name__}, got {type(obj).__name__}", reason="Invalid value"
+        )
+    return obj
+
+
+def action_done(**fields: Any) -> bytes:
+    return xmlio.render(types.Action(status="complete", **fields))

@@ -1,0 +1,308 @@
+"""VM snapshots: create (qcow2 overlays), remove (backward merge), list, disks.
+
+Owns the snapshot phase machines: create marks the snapshot and its disks
+`locked`, then a background step takes `Storage.snapshot` of every included
+disk (the old top volume now belongs to the snapshot, a new active volume
+goes on top) and unlocks; remove locks, then merges each disk's child volume
+into the snapshot's volume (`Storage.merge`, the older id survives and takes
+the child's role) and drops the record. Hybrid backups reuse both through
+`create_snapshot()` / `remove_snapshot()`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ovirtsdk4 import types
+
+from rhvfs.sim import api_types as conv
+from rhvfs.sim import xmlio
+from rhvfs.sim.api_base import (
+    Engine,
+    action_done,
+    check_disk_unlocked,
+    get_or_404,
+    href,
+    parse_body,
+    vm_busy,
+)
+from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.state import Disk, Snapshot, Vm, Volume, new_id, now_iso
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[bool], None]
+
+
+def create_snapshot(
+    e: Engine,
+    vm: Vm,
+    *,
+    description: str,
+    persist_memorystate: bool = False,
+    disks: list[tuple[str, str | None]] | None = None,
+    on_done: Done | None = None,
+    internal: bool = False,
+) -> Snapshot:
+    """Start a snapshot of `disks` ((disk id, new active image id or None); all
+    attached disks when None). Caller holds the lock."""
+    from rhvfs.sim import api_ovf
+
+    st = e.state
+    if not internal:
+        why = vm_busy(e, vm)
+        if why:
+            raise conflict(f"Cannot create Snapshot. {why}.")
+    if vm.status == "image_locked":
+        raise conflict(f"Cannot create Snapshot. VM {vm.name} is locked.")
+    if disks is None:
+        disks = [(a.disk_id, None) for a in vm.attachments]
+    targets: list[tuple[Disk, str | None]] = []
+    for disk_id, image_id in disks:
+        d = st.disks.get(disk_id)
+        if d is None or vm.attachment(disk_id) is None:
+            raise bad_request(
+                f"Disk {disk_id} is not attached to VM {vm.name}", reason="Invalid value"
+            )
+        check_disk_unlocked(d)
+        if image_id and st.disk_of_volume(image_id) is not None:
+            raise conflict(f"Cannot create Snapshot. Image id {image_id} is already in use.")
+        targets.append((d, image_id))
+    snap = Snapshot(
+        id=new_id(),
+        vm_id=vm.id,
+        description=description,
+        date=now_iso(),
+        status="locked",
+        type="regular",
+        persist_memorystate=persist_memorystate,
+        ovf=api_ovf.make_ovf(e, vm),
+    )
+    st.snapshots[snap.id] = snap
+    pos = vm.snapshot_ids.index(vm.active_snapshot_id)
+    vm.snapshot_ids.insert(pos, snap.id)
+    for d, _ in targets:
+        d.status = "locked"
+        d.lock_reason = "snapshot"
+    e.save()
+    log.info("vm %s: creating snapshot %s (%s)", vm.id, snap.id, description)
+    plan = [(d.id, image_id or new_id()) for d, image_id in targets]
+    e.tasks.step(_finish_create, e, vm.id, snap.id, plan, on_done)
+    return snap
+
+
+def _finish_create(
+    e: Engine, vm_id: str, snap_id: str, plan: list[tuple[str, str]], on_done: Done | None
+) -> None:
+    st = e.state
+    ok = True
+    with st.lock:
+        vm = st.vms[vm_id]
+        snap = st.snapshots[snap_id]
+        for disk_id, new_vol_id in plan:
+            d = st.disks[disk_id]
+            top = d.active
+            try:
+                e.storage.snapshot(d.sd_id, d.id, top.id, new_vol_id)
+            except Exception:
+                log.exception("snapshot of disk %s failed", d.id)
+                ok = False
+                continue
+            top.snapshot_id = snap.id
+            d.volumes.append(
+                Volume(
+                    id=new_vol_id, fmt="cow", parent_id=top.id, snapshot_id=vm.active_snapshot_id
+                )
+            )
+        for disk_id, _ in plan:
+            d = st.disks[disk_id]
+            if d.lock_reason == "snapshot":
+                d.status = "ok"
+                d.lock_reason = ""
+        snap.status = "ok"
+        st.add_event(
+            f"Snapshot '{snap.description}' creation for VM '{vm.name}' has been completed.",
+            code=68,
+            vm_id=vm.id,
+        )
+        e.save()
+        log.info("vm %s: snapshot %s ready", vm_id, snap_id)
+    if on_done is not None:
+        on_done(ok)
+
+
+def remove_snapshot(
+    e: Engine, vm: Vm, snap: Snapshot, *, on_done: Done | None = None, internal: bool = False
+) -> None:
+    """Start merging `snap` away. Caller holds the lock."""
+    st = e.state
+    if snap.type == "active":
+        raise conflict("Cannot remove Snapshot. The Active VM snapshot cannot be removed.")
+    if snap.status == "locked":
+        raise conflict("Cannot remove Snapshot. Snapshot is currently being created or removed.")
+    if not internal:
+        why = vm_busy(e, vm)
+        if why:
+            raise conflict(f"Cannot remove Snapshot. {why}.")
+    involved = [d for d in st.disks.values() if any(v.snapshot_id == snap.id for v in d.volumes)]
+    for d in involved:
+        check_disk_unlocked(d)
+        for t in st.transfers.values():
+            if t.disk_id == d.id and not t.phase.startswith("finished"):
+                raise conflict(f"Cannot remove Snapshot. Disk {d.alias} is being transferred.")
+    snap.status = "locked"
+    for d in involved:
+        d.status = "locked"
+        d.lock_reason = "snapshot"
+    e.save()
+    log.info("vm %s: removing snapshot %s", vm.id, snap.id)
+    e.tasks.step(_finish_remove, e, vm.id, snap.id, [d.id for d in involved], on_done)
+
+
+def _finish_remove(
+    e: Engine, vm_id: str, snap_id: str, disk_ids: list[str], on_done: Done | None
+) -> None:
+    st = e.state
+    ok = True
+    with st.lock:
+        vm = st.vms.get(vm_id)
+        snap = st.snapshots[snap_id]
+        for disk_id in disk_ids:
+            d = st.disks.get(disk_id)
+            if d is None:
+                continue
+            vol = next((v for v in d.volumes if v.snapshot_id == snap_id), None)
+            child = d.child_of(vol.id) if vol is not None else None
+            if vol is None or child is None:
+                continue
+            try:
+                e.storage.merge(d.sd_id, d.id, vol.id, child.id)
+            except Exception:
+                log.exception("merge of %s into %s failed", child.id, vol.id)
+                ok = False
+                continue
+            vol.snapshot_id = child.snapshot_id
+            # Base-first order holds: the survivor already sits where the child's parent was.
+            d.volumes.remove(child)
+            for v in d.volumes:
+                if v.parent_id == child.id:
+                    v.parent_id = vol.id
+        for disk_id in disk_ids:
+            d = st.disks.get(disk_id)
+            if d is not None and d.lock_reason == "snapshot":
+                d.status = "ok" if ok else "illegal"
+                d.lock_reason = ""
+        if ok:
+            del st.snapshots[snap_id]
+            if vm is not None and snap_id in vm.snapshot_ids:
+                vm.snapshot_ids.remove(snap_id)
+        else:
+            snap.status = "ok"
+        if vm is not None:
+            st.add_event(
+                f"Snapshot '{snap.description}' deletion for VM '{vm.name}' has been completed.",
+                code=356,
+                vm_id=vm.id,
+            )
+        e.save()
+        log.info("vm %s: snapshot %s removed (ok=%s)", vm_id, snap_id, ok)
+    if on_done is not None:
+        on_done(ok)
+
+
+def snapshot_disks(e: Engine, vm: Vm, snap: Snapshot) -> list[types.Disk]:
+    result = []
+    for a in vm.attachments:
+        d = e.state.disks.get(a.disk_id)
+        if d is None:
+            continue
+        vol = next((v for v in d.volumes if v.snapshot_id == snap.id), None)
+        if vol is not None:
+            result.append(conv.disk(e, d, volume=vol))
+    return result
+
+
+def register(router: Router, e: Engine) -> None:
+    st = e.state
+
+    def _vm_snap(vm: str, snapshot: str) -> tuple[Vm, Snapshot]:
+        v = get_or_404(st.vms, vm)
+        s = get_or_404(st.snapshots, snapshot)
+        if s.vm_id != v.id:
+            raise get_or_404({}, snapshot)
+        return v, s
+
+    def snapshots_list(req: Request, vm: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            all_content = req.flag("all_content") or req.headers.get("all-content") == "true"
+            items = [
+                conv.snapshot(e, st.snapshots[sid], all_content=all_content)
+                for sid in v.snapshot_ids
+                if sid in st.snapshots
+            ]
+            return xml(xmlio.render_list(items, "snapshots"))
+
+    def snapshot_add(req: Request, vm: str) -> Response:
+        body = parse_body(req, types.Snapshot)
+        if not body.description:
+            raise bad_request("Snapshot [description] required for add")
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            disks = None
+            if body.disk_attachments is not None:
+                disks = []
+                for a in body.disk_attachments:
+                    disk_ref = a.disk
+                    disk_id = (disk_ref.id if disk_ref is not None else None) or a.id
+                    if not disk_id:
+                        raise bad_request("disk_attachment [disk.id] required")
+                    disks.append((disk_id, disk_ref.image_id if disk_ref is not None else None))
+            persist = body.persist_memorystate
+            if persist is None:
+                persist = v.status == "up"
+            snap = create_snapshot(
+                e, v, description=body.description, persist_memorystate=bool(persist), disks=disks
+            )
+            return xml(
+                xmlio.render(conv.snapshot(e, snap)),
+                status=202,
+                Location=href("vms", v.id, "snapshots", snap.id),
+            )
+
+    def snapshot_get(req: Request, vm: str, snapshot: str) -> Response:
+        with st.lock:
+            _, s = _vm_snap(vm, snapshot)
+            all_content = req.flag("all_content") or req.headers.get("all-content") == "true"
+            return xml(xmlio.render(conv.snapshot(e, s, all_content=all_content)))
+
+    def snapshot_delete(req: Request, vm: str, snapshot: str) -> Response:
+        with st.lock:
+            v, s = _vm_snap(vm, snapshot)
+            remove_snapshot(e, v, s)
+        return xml(action_done())
+
+    def snapshot_disks_list(req: Request, vm: str, snapshot: str) -> Response:
+        with st.lock:
+            v, s = _vm_snap(vm, snapshot)
+            return xml(xmlio.render_list(snapshot_disks(e, v, s), "disks"))
+
+    def snapshot_nics(req: Request, vm: str, snapshot: str) -> Response:
+        with st.lock:
+            v, _ = _vm_snap(vm, snapshot)
+            items = [conv.nic(e, "vms", v.id, n) for n in v.nics]
+            return xml(xmlio.render_list(items, "nics"))
+
+    def snapshot_restore(req: Request, vm: str, snapshot: str) -> Response:
+        with st.lock:
+            _vm_snap(vm, snapshot)
+        raise conflict("Cannot restore Snapshot. Not supported by the simulator.")
+
+    router.add("GET", "/vms/{vm}/snapshots", snapshots_list)
+    router.add("POST", "/vms/{vm}/snapshots", snapshot_add)
+    router.add("GET", "/vms/{vm}/snapshots/{snapshot}", snapshot_get)
+    router.add("DELETE", "/vms/{vm}/snapshots/{snapshot}", snapshot_delete)
+    router.add("GET", "/vms/{vm}/snapshots/{snapshot}/disks", snapshot_disks_list)
+    router.add("GET", "/vms/{vm}/snapshots/{snapshot}/nics", snapshot_nics)
+    router.add("POST", "/vms/{vm}/snapshots/{snapshot}/restore", snapshot_restore)

@@ -1,0 +1,709 @@
+"""REST resources for VMs and what hangs off them: disk attachments, NICs, tags.
+
+Owns VM create (plain, from a template, from an OVF configuration), update,
+remove, the power actions with their status machine, and the sub-collections
+`diskattachments`, `nics`, `tags` (plus empty `permissions`, `statistics`,
+`reporteddevices`). Snapshots, backups and checkpoints live in their own
+modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Literal
+
+from ovirtsdk4 import types
+
+from rhvfs.sim import api_disks, api_ovf, xmlio
+from rhvfs.sim import api_types as conv
+from rhvfs.sim.api_base import (
+    Engine,
+    action_done,
+    by_id_or_name,
+    check_disk_unlocked,
+    get_or_404,
+    href,
+    parse_body,
+    search,
+    volume_file,
+)
+from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.state import (
+    ZERO_ID,
+    Attachment,
+    Disk,
+    Nic,
+    Snapshot,
+    Vm,
+    Volume,
+    new_id,
+    now_iso,
+)
+
+log = logging.getLogger(__name__)
+
+# action -> (allowed from, intermediate statuses, final status)
+_POWER: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    "start": (("down", "suspended", "paused"), ("wait_for_launch", "powering_up"), "up"),
+    "stop": (
+        (
+            "up",
+            "paused",
+            "suspended",
+            "powering_up",
+            "wait_for_launch",
+            "reboot_in_progress",
+            "powering_down",
+        ),
+        (),
+        "down",
+    ),
+    "shutdown": (("up", "paused", "powering_up", "reboot_in_progress"), ("powering_down",), "down"),
+    "suspend": (("up",), ("saving_state",), "suspended"),
+    "reboot": (("up",), ("reboot_in_progress",), "up"),
+}
+
+
+def new_mac(e: Engine) -> str:
+    used = {n.mac for v in e.state.vms.values() for n in v.nics}
+    rng = random.Random()
+    while True:
+        mac = "56:6f:" + ":".join(f"{rng.randrange(256):02x}" for _ in range(4))
+        if mac not in used:
+            return mac
+
+
+def make_vm(
+    e: Engine, *, name: str, cluster_id: str, vm_id: str | None = None, **fields: object
+) -> Vm:
+    """Add a VM record with its `Active VM` snapshot (caller holds the lock)."""
+    st = e.state
+    vm_id = vm_id or new_id()
+    active = Snapshot(
+        id=new_id(),
+        vm_id=vm_id,
+        description="Active VM",
+        date=now_iso(),
+        status="ok",
+        type="active",
+    )
+    vm = Vm(
+        id=vm_id,
+        name=name,
+        cluster_id=cluster_id,
+        active_snapshot_id=active.id,
+        creation_time=now_iso(),
+        snapshot_ids=[active.id],
+        **fields,  # type: ignore[arg-type]
+    )
+    st.snapshots[active.id] = active
+    st.vms[vm.id] = vm
+    return vm
+
+
+def attach_disk(e: Engine, vm: Vm, disk: Disk, att: Attachment) -> None:
+    other = e.state.vm_of_disk(disk.id)
+    if other is not None and not disk.shareable:
+        raise conflict(
+            f"Cannot attach Virtual Disk. Disk {disk.alias} is attached to VM {other.name}."
+        )
+    vm.attachments.append(att)
+    disk.active.snapshot_id = vm.active_snapshot_id
+
+
+def _host_for(e: Engine, vm: Vm) -> str | None:
+    dc_id = e.state.clusters[vm.cluster_id].dc_id
+    for h in e.state.hosts.values():
+        if h.status == "up" and e.state.clusters[h.cluster_id].dc_id == dc_id:
+            return h.id
+    return next(iter(e.state.hosts), None)
+
+
+def _power_step(e: Engine, vm_id: str, statuses: list[str]) -> None:
+    with e.state.lock:
+        vm = e.state.vms.get(vm_id)
+        if vm is None:
+            return
+        _set_status(e, vm, statuses[0])
+        if len(statuses) > 1:
+            e.tasks.step(_power_step, e, vm_id, statuses[1:])
+        e.save()
+
+
+def _set_status(e: Engine, vm: Vm, status: str) -> None:
+    vm.status = status
+    if status == "up":
+        vm.start_time = vm.start_time or now_iso()
+        vm.host_id = vm.host_id or _host_for(e, vm)
+    elif status == "down":
+        vm.stop_time = now_iso()
+        vm.start_time = None
+        vm.host_id = None
+
+
+def power_action(e: Engine, vm: Vm, name: str) -> None:
+    allowed, steps, final = _POWER[name]
+    if vm.status not in allowed:
+        raise conflict(f"Cannot {name} VM. VM {vm.name} is {vm.status}.")
+    if name == "start" and vm.status == "down":
+        vm.start_time = None
+    e.tasks.step(_power_step, e, vm.id, [*steps, final], delay_s=0)
+    log.info("vm %s: %s", vm.id, name)
+
+
+def _copy_template_disks(e: Engine, vm: Vm, template_id: str) -> None:
+    st = e.state
+    t = st.templates.get(template_id)
+    if t is None:
+        return
+    for a in t.attachments:
+        src = st.disks.get(a.disk_id)
+        if src is None:
+            continue
+        d = Disk(
+            id=new_id(),
+            alias=f"{src.alias}",
+            sd_id=src.sd_id,
+            provisioned_size=src.provisioned_size,
+            sparse=src.sparse,
+            backup=src.backup,
+            status="locked",
+            description=src.description,
+            volumes=[Volume(id=new_id(), fmt=src.active.fmt, snapshot_id=vm.active_snapshot_id)],
+            lock_reason="copy",
+        )
+        st.disks[d.id] = d
+        vm.attachments.append(
+            Attachment(disk_id=d.id, interface=a.interface, bootable=a.bootable, active=True)
+        )
+        e.tasks.step(_copy_disk_step, e, src.id, d.id, vm.id)
+    if t.attachments:
+        vm.status = "image_locked"
+
+
+def _copy_disk_step(e: Engine, src_id: str, dst_id: str, vm_id: str) -> None:
+    st = e.state
+    with st.lock:
+        src = st.disks.get(src_id)
+        dst = st.disks.get(dst_id)
+        if src is None or dst is None:
+            return
+        try:
+            if src.active.fmt == "raw" and len(src.volumes) == 1:
+                e.storage.import_raw(
+                    dst.sd_id,
+                    dst.id,
+                    dst.active.id,
+                    volume_file(e, src, src.active.id),
+                    fmt=_fmt(dst.active.fmt),
+                    sparse=dst.sparse,
+                )
+            else:
+                e.storage.create_volume(
+                    dst.sd_id,
+                    dst.id,
+                    dst.active.id,
+                    fmt=_fmt(dst.active.fmt),
+                    size=dst.provisioned_size,
+                )
+            dst.status = "ok"
+        except Exception:
+            log.exception("copying disk %s to %s failed", src_id, dst_id)
+            dst.status = "illegal"
+        dst.lock_reason = ""
+        vm = st.vms.get(vm_id)
+        if vm is not None and vm.status == "image_locked":
+            pending = [
+                a
+                for a in vm.attachments
+                if st.disks.get(a.disk_id) and st.disks[a.disk_id].lock_reason == "copy"
+            ]
+            if not pending:
+                vm.status = "down"
+        e.save()
+
+
+def _fmt(fmt: str) -> Literal["raw", "cow"]:
+    return "cow" if fmt == "cow" else "raw"
+
+
+def _import_configuration(e: Engine, body: types.Vm, req: Request) -> Vm:
+    st = e.state
+    config = body.initialization.configuration
+    if config.data is None:
+        raise bad_request("Vm [initialization.configuration.data] required")
+    try:
+        ovf = api_ovf.parse_ovf(config.data)
+    except ValueError as err:
+        raise bad_request(f"Cannot parse the OVF: {err}", reason="Invalid value") from err
+    regenerate = bool(body.initialization.regenerate_ids)
+    vm_id = None if regenerate or not ovf.vm_id else ovf.vm_id
+    if vm_id is not None and vm_id in st.vms:
+        raise conflict(f"Cannot import VM. VM id {vm_id} already exists.")
+    name = body.name or ovf.name
+    if not name:
+        raise bad_request("Vm [name] required for add")
+    if any(v.name == name for v in st.vms.values()):
+        raise conflict("Cannot add VM. The VM name is already in use.")
+    cluster = by_id_or_name(st.clusters, body.cluster, "cluster")
+    vm = make_vm(
+        e,
+        name=name,
+        cluster_id=cluster.id,
+        vm_id=vm_id,
+        description=body.description if body.description is not None else ovf.description,
+        memory_bytes=body.memory or ovf.memory_bytes or 1024**3,
+        cpu_sockets=ovf.cpu_sockets or 1,
+        cpu_cores=ovf.cpu_cores or 1,
+        os_type=ovf.os_type or "other_linux",
+    )
+    for od in ovf.disks:
+        d = st.disks.get(od.disk_id)
+        if d is None:
+            st.add_event(
+                f"VM {name}: disk {od.disk_id} of the configuration does not exist, skipped.",
+                severity="warning",
+                vm_id=vm.id,
+            )
+            continue
+        if st.vm_of_disk(d.id) is not None and st.vm_of_disk(d.id) is not vm:
+            st.add_event(
+                f"VM {name}: disk {d.id} is attached elsewhere, skipped.",
+                severity="warning",
+                vm_id=vm.id,
+            )
+            continue
+        attach_disk(
+            e,
+            vm,
+            d,
+            Attachment(
+                disk_id=d.id,
+                interface=od.interface,
+                bootable=od.bootable,
+                active=od.active,
+                read_only=od.read_only,
+            ),
+        )
+    used = {n.mac for v in st.vms.values() for n in v.nics}
+    for on in ovf.nics:
+        profile = next((p for p in st.vnic_profiles.values() if p.name == on.network), None)
+        mac = on.mac if on.mac and on.mac not in used else new_mac(e)
+        vm.nics.append(
+            Nic(
+                id=new_id(),
+                name=on.name,
+                mac=mac,
+                vnic_profile_id=profile.id if profile else None,
+                interface=on.interface,
+            )
+        )
+        used.add(mac)
+    st.add_event(f"VM {name} was imported from a configuration.", vm_id=vm.id)
+    return vm
+
+
+def register(router: Router, e: Engine) -> None:
+    st = e.state
+
+    def _all_content(req: Request) -> bool:
+        return req.flag("all_content") or req.headers.get("all-content", "").lower() == "true"
+
+    def vms_list(req: Request) -> Response:
+        with st.lock:
+            fields = {
+                "name": lambda v: v.name,
+                "id": lambda v: v.id,
+                "status": lambda v: v.status,
+                "description": lambda v: v.description,
+                "cluster": lambda v: st.clusters[v.cluster_id].name,
+                "host": lambda v: st.hosts[v.host_id].name if v.host_id in st.hosts else None,
+                "tag": lambda v: next(
+                    (
+                        st.tags[t].name
+                        for t in v.tag_ids
+                        if t in st.tags and _tag_match(st.tags[t].name, req)
+                    ),
+                    None,
+                ),
+            }
+            found = search(req, sorted(st.vms.values(), key=lambda v: v.name), fields)
+            ac = _all_content(req)
+            return xml(xmlio.render_list([conv.vm(e, v, all_content=ac) for v in found], "vms"))
+
+    def vm_get(req: Request, vm: str) -> Response:
+        with st.lock:
+            return xml(
+                xmlio.render(conv.vm(e, get_or_404(st.vms, vm), all_content=_all_content(req)))
+            )
+
+    def vm_add(req: Request) -> Response:
+        body = parse_body(req, types.Vm)
+        with st.lock:
+            if (
+                body.initialization is not None
+                and body.initialization.configuration is not None
+                and body.initialization.configuration.data
+            ):
+                vm = _import_configuration(e, body, req)
+                e.save()
+                return xml(xmlio.render(conv.vm(e, vm)), status=201, Location=href("vms", vm.id))
+            if not body.name or body.cluster is None:
+                raise bad_request("Vm [name, cluster] required for add")
+            if body.snapshots:
+                raise conflict(
+                    "Cannot add VM. Cloning from a snapshot is not supported by the simulator."
+                )
+            if any(v.name == body.name for v in st.vms.values()):
+                raise conflict("Cannot add VM. The VM name is already in use.")
+            cluster = by_id_or_name(st.clusters, body.cluster, "cluster")
+            template_id = ZERO_ID
+            if body.template is not None and (body.template.id or body.template.name):
+                if body.template.id == ZERO_ID or body.template.name == "Blank":
+                    template_id = ZERO_ID
+                else:
+                    template_id = by_id_or_name(st.templates, body.template, "template").id
+            elif body.template is None:
+                raise bad_request("Vm [template] required for add")
+            topo = (
+                body.cpu.topology
+                if body.cpu is not None and body.cpu.topology is not None
+                else None
+            )
+            vm = make_vm(
+                e,
+                name=body.name,
+                cluster_id=cluster.id,
+                description=body.description or "",
+                comment=body.comment or "",
+                template_id=template_id,
+                memory_bytes=body.memory or 1024**3,
+                cpu_sockets=(topo.sockets if topo and topo.sockets else 1),
+                cpu_cores=(topo.cores if topo and topo.cores else 1),
+                os_type=(body.os.type if body.os is not None and body.os.type else "other_linux"),
+                vm_type=(body.type.value if body.type is not None else "server"),
+            )
+            if template_id != ZERO_ID:
+                _copy_template_disks(e, vm, template_id)
+                t = st.templates[template_id]
+                for n in t.nics:
+                    vm.nics.append(
+                        Nic(
+                            id=new_id(),
+                            name=n.name,
+                            mac=new_mac(e),
+                            vnic_profile_id=n.vnic_profile_id,
+                        )
+                    )
+            e.save()
+            status = 202 if vm.status == "image_locked" else 201
+            return xml(xmlio.render(conv.vm(e, vm)), status=status, Location=href("vms", vm.id))
+
+    def vm_update(req: Request, vm: str) -> Response:
+        body = parse_body(req, types.Vm)
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            if body.name and body.name != v.name:
+                if any(o.name == body.name for o in st.vms.values()):
+                    raise conflict("Cannot edit VM. The VM name is already in use.")
+                v.name = body.name
+            if body.description is not None:
+                v.description = body.description
+            if body.comment is not None:
+                v.comment = body.comment
+            if body.memory:
+                v.memory_bytes = body.memory
+            if body.cpu is not None and body.cpu.topology is not None:
+                v.cpu_sockets = body.cpu.topology.sockets or v.cpu_sockets
+                v.cpu_cores = body.cpu.topology.cores or v.cpu_cores
+            e.save()
+            return xml(xmlio.render(conv.vm(e, v)))
+
+    def vm_delete(req: Request, vm: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            if v.status != "down":
+                raise conflict(f"Cannot remove VM. VM {v.name} is running.")
+            for b in st.backups.values():
+                if b.vm_id == v.id and b.phase not in ("succeeded", "failed"):
+                    raise conflict(f"Cannot remove VM. Backup {b.id} is in progress.")
+            disks = [st.disks[a.disk_id] for a in v.attachments if a.disk_id in st.disks]
+            for d in disks:
+                check_disk_unlocked(d)
+            detach_only = req.flag("detach_only")
+            for sid in v.snapshot_ids:
+                st.snapshots.pop(sid, None)
+            for c in [c for c in st.checkpoints.values() if c.vm_id == v.id]:
+                del st.checkpoints[c.id]
+            del st.vms[v.id]
+            for d in disks:
+                if detach_only:
+                    for vol in d.volumes:
+                        vol.snapshot_id = None
+                else:
+                    api_disks.drop_disk(e, d)
+            e.save()
+        return xml(action_done())
+
+    def power(name: str) -> None:
+        def handler(req: Request, vm: str) -> Response:
+            with st.lock:
+                v = get_or_404(st.vms, vm)
+                power_action(e, v, name)
+                e.save()
+            return xml(action_done())
+
+        router.add("POST", f"/vms/{{vm}}/{name}", handler)
+
+    def noop(name: str) -> None:
+        def handler(req: Request, vm: str) -> Response:
+            with st.lock:
+                get_or_404(st.vms, vm)
+            return xml(action_done())
+
+        router.add("POST", f"/vms/{{vm}}/{name}", handler)
+
+    router.add("GET", "/vms", vms_list)
+    router.add("POST", "/vms", vm_add)
+    router.add("GET", "/vms/{vm}", vm_get)
+    router.add("PUT", "/vms/{vm}", vm_update)
+    router.add("DELETE", "/vms/{vm}", vm_delete)
+    for name in _POWER:
+        power(name)
+    for name in ("freezefilesystems", "thawfilesystems"):
+        noop(name)
+
+    # disk attachments
+
+    def atts_list(req: Request, vm: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            items = [conv.attachment(e, "vms", v.id, a) for a in v.attachments]
+            return xml(xmlio.render_list(items, "disk_attachments"))
+
+    def att_get(req: Request, vm: str, att: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            a = v.attachment(att)
+            if a is None:
+                raise get_or_404({}, att)
+            return xml(xmlio.render(conv.attachment(e, "vms", v.id, a)))
+
+    def att_add(req: Request, vm: str) -> Response:
+        body = parse_body(req, types.DiskAttachment)
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            if body.interface is None:
+                raise bad_request("DiskAttachment [interface] required for add")
+            if body.disk is None:
+                raise bad_request("DiskAttachment [disk] required for add")
+            att = Attachment(
+                disk_id="",
+                interface=body.interface.value,
+                bootable=bool(body.bootable),
+                active=True if body.active is None else bool(body.active),
+                read_only=bool(body.read_only),
+                pass_discard=bool(body.pass_discard),
+            )
+            if body.disk.id and body.disk.id in st.disks:
+                if body.disk.snapshot is not None:
+                    raise conflict("Cannot attach a disk snapshot: not supported by the simulator.")
+                d = st.disks[body.disk.id]
+                att.disk_id = d.id
+                attach_disk(e, v, d, att)
+            else:
+                d = api_disks.create_disk(e, body.disk, vm_snapshot_id=v.active_snapshot_id)
+                att.disk_id = d.id
+                v.attachments.append(att)
+            e.save()
+            return xml(
+                xmlio.render(conv.attachment(e, "vms", v.id, att)),
+                status=201,
+                Location=href("vms", v.id, "diskattachments", d.id),
+            )
+
+    def att_update(req: Request, vm: str, att: str) -> Response:
+        body = parse_body(req, types.DiskAttachment)
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            a = v.attachment(att)
+            if a is None:
+                raise get_or_404({}, att)
+            if body.active is not None:
+                a.active = bool(body.active)
+            if body.bootable is not None:
+                a.bootable = bool(body.bootable)
+            if body.interface is not None:
+                a.interface = body.interface.value
+            if body.read_only is not None:
+                a.read_only = bool(body.read_only)
+            if body.pass_discard is not None:
+                a.pass_discard = bool(body.pass_discard)
+            if body.disk is not None:
+                api_disks.update_disk(e, st.disks[a.disk_id], body.disk)
+            e.save()
+            return xml(xmlio.render(conv.attachment(e, "vms", v.id, a)))
+
+    def att_delete(req: Request, vm: str, att: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            a = v.attachment(att)
+            if a is None:
+                raise get_or_404({}, att)
+            d = st.disks.get(a.disk_id)
+            if d is not None:
+                check_disk_unlocked(d)
+                if a.active and v.status != "down":
+                    raise conflict(
+                        f"Cannot detach Virtual Disk. Disk {d.alias} is plugged to a running VM."
+                    )
+                if any(vol.snapshot_id not in (None, v.active_snapshot_id) for vol in d.volumes):
+                    raise conflict(f"Cannot detach Virtual Disk. Disk {d.alias} has snapshots.")
+                d.active.snapshot_id = None
+            v.attachments.remove(a)
+            e.save()
+        return xml(action_done())
+
+    router.add("GET", "/vms/{vm}/diskattachments", atts_list)
+    router.add("POST", "/vms/{vm}/diskattachments", att_add)
+    router.add("GET", "/vms/{vm}/diskattachments/{att}", att_get)
+    router.add("PUT", "/vms/{vm}/diskattachments/{att}", att_update)
+    router.add("DELETE", "/vms/{vm}/diskattachments/{att}", att_delete)
+
+    # nics
+
+    def nics_list(req: Request, vm: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            return xml(xmlio.render_list([conv.nic(e, "vms", v.id, n) for n in v.nics], "nics"))
+
+    def _nic(v: Vm, nic_id: str) -> Nic:
+        n = next((n for n in v.nics if n.id == nic_id), None)
+        if n is None:
+            raise get_or_404({}, nic_id)
+        return n
+
+    def nic_get(req: Request, vm: str, nic: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            return xml(xmlio.render(conv.nic(e, "vms", v.id, _nic(v, nic))))
+
+    def nic_add(req: Request, vm: str) -> Response:
+        body = parse_body(req, types.Nic)
+        if not body.name:
+            raise bad_request("Nic [name] required for add")
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            mac = body.mac.address if body.mac is not None and body.mac.address else None
+            if mac is not None and any(n.mac == mac for o in st.vms.values() for n in o.nics):
+                raise conflict(f"Cannot add Interface. MAC Address {mac} is already in use.")
+            profile_id = None
+            if body.vnic_profile is not None and (body.vnic_profile.id or body.vnic_profile.name):
+                profile_id = by_id_or_name(st.vnic_profiles, body.vnic_profile, "vnic profile").id
+            n = Nic(
+                id=new_id(),
+                name=body.name,
+                mac=mac or new_mac(e),
+                vnic_profile_id=profile_id,
+                interface=body.interface.value if body.interface is not None else "virtio",
+                linked=True if body.linked is None else bool(body.linked),
+                plugged=True if body.plugged is None else bool(body.plugged),
+            )
+            v.nics.append(n)
+            e.save()
+            return xml(
+                xmlio.render(conv.nic(e, "vms", v.id, n)),
+                status=201,
+                Location=href("vms", v.id, "nics", n.id),
+            )
+
+    def nic_update(req: Request, vm: str, nic: str) -> Response:
+        body = parse_body(req, types.Nic)
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            n = _nic(v, nic)
+            if body.name:
+                n.name = body.name
+            if body.linked is not None:
+                n.linked = bool(body.linked)
+            if body.plugged is not None:
+                n.plugged = bool(body.plugged)
+            if body.mac is not None and body.mac.address:
+                n.mac = body.mac.address
+            e.save()
+            return xml(xmlio.render(conv.nic(e, "vms", v.id, n)))
+
+    def nic_delete(req: Request, vm: str, nic: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            v.nics.remove(_nic(v, nic))
+            e.save()
+        return xml(action_done())
+
+    router.add("GET", "/vms/{vm}/nics", nics_list)
+    router.add("POST", "/vms/{vm}/nics", nic_add)
+    router.add("GET", "/vms/{vm}/nics/{nic}", nic_get)
+    router.add("PUT", "/vms/{vm}/nics/{nic}", nic_update)
+    router.add("DELETE", "/vms/{vm}/nics/{nic}", nic_delete)
+
+    # tags of a VM
+
+    def vm_tags(req: Request, vm: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            items = [conv.tag(e, st.tags[t]) for t in v.tag_ids if t in st.tags]
+            return xml(xmlio.render_list(items, "tags"))
+
+    def vm_tag_add(req: Request, vm: str) -> Response:
+        body = parse_body(req, types.Tag)
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            t = by_id_or_name(st.tags, body, "tag")
+            if t.id not in v.tag_ids:
+                v.tag_ids.append(t.id)
+            e.save()
+            return xml(
+                xmlio.render(conv.tag(e, t)), status=201, Location=href("vms", v.id, "tags", t.id)
+            )
+
+    def vm_tag_get(req: Request, vm: str, tag: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            if tag not in v.tag_ids or tag not in st.tags:
+                raise get_or_404({}, tag)
+            return xml(xmlio.render(conv.tag(e, st.tags[tag])))
+
+    def vm_tag_delete(req: Request, vm: str, tag: str) -> Response:
+        with st.lock:
+            v = get_or_404(st.vms, vm)
+            if tag not in v.tag_ids:
+                raise get_or_404({}, tag)
+            v.tag_ids.remove(tag)
+            e.save()
+        return xml(action_done())
+
+    router.add("GET", "/vms/{vm}/tags", vm_tags)
+    router.add("POST", "/vms/{vm}/tags", vm_tag_add)
+    router.add("GET", "/vms/{vm}/tags/{tag}", vm_tag_get)
+    router.add("DELETE", "/vms/{vm}/tags/{tag}", vm_tag_delete)
+
+    def empty(root: str) -> None:
+        def handler(req: Request, vm: str) -> Response:
+            with st.lock:
+                get_or_404(st.vms, vm)
+            return xml(xmlio.render_list([], root))
+
+        router.add("GET", f"/vms/{{vm}}/{root.replace('_', '')}", handler)
+
+    for root in ("permissions", "statistics", "reported_devices", "cdroms", "graphics_consoles"):
+        empty(root)
+
+
+def _tag_match(name: str, req: Request) -> bool:
+    query = req.query.get("search", "")
+    for term in query.split(" and "):
+        k, _, v = term.partition("=")
+        if k.strip().lower() == "tag":
+            return name.lower() == v.strip().lower()
+    return False

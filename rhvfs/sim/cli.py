@@ -1,0 +1,170 @@
+"""`rhvfs sim ...`: the engine simulator's command line.
+
+Commands (the names are a contract that outside scripts use):
+
+``rhvfs sim serve --state-dir DIR [--sample] [--port N] [--imageio-port N] [--delay SECONDS] [--password-file F]``
+    Run a simulated oVirt engine (REST API v4 + SSO over HTTPS, CA per state
+    dir) with the real ovirt-imageio daemon as data plane, in the foreground
+    until SIGINT/SIGTERM; then stop everything it started (daemon, every
+    qemu-nbd) and leave DIR so that a restart serves the same inventory and
+    bytes. ``--sample`` seeds a fresh DIR with the sample inventory (ignored
+    when DIR already holds one). Port 0 (the default) picks free ports.
+    ``--delay`` is the time every step of every phase machine takes (default
+    0.2 s; tests use 0). The password is generated once per DIR
+    (``DIR/password``, mode 0600) unless ``--password-file`` is given; it is
+    never printed. When ready it writes ``DIR/ovirt-img.conf`` with section
+    ``[sim]`` (``engine_url``, ``username`` = admin@internal, ``password``,
+    ``cafile`` = DIR/pki/ca.pem; mode 0600) and ``DIR/serve.json`` (pid,
+    ports, admin token), and prints exactly one line:
+    ``rhvfs-sim ready: DIR/ovirt-img.conf (engine https://localhost:PORT)``.
+    So ``XDG_CONFIG_HOME=DIR ovirt-img download-disk -c sim DISK_ID FILE`` just
+    works. Logs go to stderr and ``DIR/run/sim.log``. The engine's CA is also
+    served at ``/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA``.
+
+``rhvfs sim guest-write --state-dir DIR --vm NAME --disk ALIAS_OR_ID --offset BYTES (--size BYTES --pattern BYTE | --from-file F)``
+    Write into the VM disk's current (active) volume as its guest would
+    (qemu-io, so checkpoints' dirty bitmaps record it), through the running
+    ``serve``. Snapshots and backups keep their point in time. ``--pattern 0``
+    writes zeroes.
+
+``rhvfs sim fault --state-dir DIR KIND [options]``
+    Inject a fault into the running ``serve``:
+      ``engine-error --path GLOB [--method M] [--status 500] [--times N]``
+          answer calls matching ``METHOD GLOB`` (glob on the request path, e.g.
+          ``/ovirt-engine/api/imagetransfers/*``) with that status, N times
+          (-1: until cleared);
+      ``engine-delay --path GLOB [--method M] --seconds S [--times N]``
+          delay those calls;
+      ``drop-imageio [--after-bytes B] [--times N]``
+          cut the next N imageio connections after B response bytes;
+      ``pause-transfer --transfer ID``   force the transfer to ``paused_system``;
+      ``expire-ticket --transfer ID``    remove its imageio ticket while the
+          transfer stays ``transferring`` (clients get 403);
+      ``clear``                          remove every fault.
+
+Python API for the same: ``rhvfs.sim.client.SimAdmin(state_dir)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rhvfs sim", description="oVirt engine simulator")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the simulator in the foreground")
+    s.add_argument("--state-dir", type=Path, required=True)
+    s.add_argument(
+        "--sample", action="store_true", help="seed a fresh state dir with the sample inventory"
+    )
+    s.add_argument("--port", type=int, default=0, help="engine HTTPS port (0: pick a free one)")
+    s.add_argument("--imageio-port", type=int, default=0, help="imageio port (0: pick a free one)")
+    s.add_argument("--delay", type=float, default=0.2, help="seconds per phase step (default 0.2)")
+    s.add_argument("--password-file", type=Path, help="file holding the admin@internal password")
+
+    g = sub.add_parser("guest-write", help="write into a VM disk as its guest would")
+    g.add_argument("--state-dir", type=Path, required=True)
+    g.add_argument("--vm", required=True)
+    g.add_argument("--disk", required=True, help="disk alias or id")
+    g.add_argument("--offset", type=int, required=True, help="bytes")
+    g.add_argument("--size", type=int, help="bytes (with --pattern)")
+    g.add_argument(
+        "--pattern", type=lambda v: int(v, 0), help="byte value, e.g. 0xab (0 writes zeroes)"
+    )
+    g.add_argument("--from-file", type=Path, help="write this file's bytes")
+
+    f = sub.add_parser("fault", help="inject a fault into a running simulator")
+    f.add_argument("--state-dir", type=Path, required=True)
+    kinds = f.add_subparsers(dest="kind", required=True)
+    for kind in ("engine-error", "engine-delay"):
+        k = kinds.add_parser(kind)
+        k.add_argument("--path", required=True, help="glob on the request path")
+        k.add_argument("--method", default="*")
+        k.add_argument("--times", type=int, default=1)
+        if kind == "engine-error":
+            k.add_argument("--status", type=int, default=500)
+        else:
+            k.add_argument("--seconds", type=float, required=True)
+    k = kinds.add_parser("drop-imageio")
+    k.add_argument("--after-bytes", type=int, default=0)
+    k.add_argument("--times", type=int, default=1)
+    for kind in ("pause-transfer", "expire-ticket"):
+        k = kinds.add_parser(kind)
+        k.add_argument("--transfer", required=True)
+    kinds.add_parser("clear")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from rhvfs.sim.serve import ServeOptions, serve
+
+        return serve(
+            ServeOptions(
+                state_dir=args.state_dir,
+                sample=args.sample,
+                port=args.port,
+                imageio_port=args.imageio_port,
+                delay_s=args.delay,
+                password_file=args.password_file,
+            )
+        )
+
+    from rhvfs.sim.client import SimAdmin, SimAdminError
+
+    try:
+        admin = SimAdmin(args.state_dir)
+    except FileNotFoundError:
+        print(
+            f"rhvfs sim: no simulator is running on {args.state_dir} (no serve.json)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        if args.command == "guest-write":
+            if args.from_file is not None:
+                image = admin.guest_write(
+                    vm=args.vm, disk=args.disk, offset=args.offset, data=args.from_file.read_bytes()
+                )
+            else:
+                if args.size is None or args.pattern is None:
+                    print(
+                        "rhvfs sim guest-write: give --size and --pattern, or --from-file",
+                        file=sys.stderr,
+                    )
+                    return 2
+                image = admin.guest_write(
+                    vm=args.vm,
+                    disk=args.disk,
+                    offset=args.offset,
+                    size=args.size,
+                    pattern=args.pattern,
+                )
+            print(f"wrote to volume {image}")
+            return 0
+        if args.kind == "clear":
+            admin.clear_faults()
+        elif args.kind == "engine-error":
+            admin.add_fault(
+                args.kind, method=args.method, path=args.path, status=args.status, times=args.times
+            )
+        elif args.kind == "engine-delay":
+            admin.add_fault(
+                args.kind, method=args.method, path=args.path, delay=args.seconds, times=args.times
+            )
+        elif args.kind == "drop-imageio":
+            admin.add_fault(args.kind, after_bytes=args.after_bytes, times=args.times)
+        else:
+            admin.add_fault(args.kind, transfer=args.transfer)
+        return 0
+    except SimAdminError as err:
+        print(f"rhvfs sim: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"rhvfs sim: cannot reach the simulator: {err}", file=sys.stderr)
+        return 1

@@ -1,0 +1,399 @@
+"""The simulated engine's HTTPS front end: TLS, keep-alive, auth, routing, faults.
+
+Owns the socket side of the engine: a `ThreadingHTTPServer` (one thread per
+connection, HTTP/1.1 keep-alive, TLS handshake in the connection's thread),
+the SSO token/logout endpoints, Bearer and Basic authentication with the
+engine's 401 rules, the CA download URL, the admin endpoints' token check,
+and engine fault injection (5xx / delay on matching calls). Resources are
+plain handler functions registered on the `Router` by the `api_*` modules;
+this module knows nothing about them and never touches storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import fnmatch
+import hmac
+import json
+import logging
+import re
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from rhvfs.sim import xmlio
+from rhvfs.sim.faults import Faults
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = xmlio.API
+SSO_TOKEN = "/ovirt-engine/sso/oauth/token"
+SSO_LOGOUT = "/ovirt-engine/services/sso-logout"
+PKI_RESOURCE = "/ovirt-engine/services/pki-resource"
+ADMIN_PREFIX = "/rhvfs-sim"
+XML = "application/xml;charset=UTF-8"
+JSON = "application/json;charset=UTF-8"
+
+
+class HttpError(Exception):
+    """Raised by handlers: becomes an HTTP error answer with a `<fault>` body.
+
+    `reason=None` sends an empty body (the engine's usual 404).
+    """
+
+    def __init__(self, status: int, reason: str | None = None, detail: str = "") -> None:
+        super().__init__(f"{status} {reason or ''} {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+def not_found(what: str = "") -> HttpError:
+    return HttpError(404, None, what)
+
+
+def conflict(detail: str) -> HttpError:
+    return HttpError(409, "Operation Failed", f"[{detail}]")
+
+
+def bad_request(detail: str, reason: str = "Incomplete parameters") -> HttpError:
+    return HttpError(400, reason, detail)
+
+
+@dataclasses.dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def flag(self, name: str, default: bool = False) -> bool:
+        value = self.query.get(name)
+        if value is None:
+            return default
+        return value.lower() in ("true", "1", "yes", "")
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"{}")
+
+
+@dataclasses.dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = XML
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def xml(body: bytes, status: int = 200, **headers: str) -> Response:
+    return Response(status=status, body=body, content_type=XML, headers=dict(headers))
+
+
+def json_response(obj: Any, status: int = 200) -> Response:
+    return Response(status=status, body=json.dumps(obj).encode(), content_type=JSON)
+
+
+Handler = Callable[..., Response]
+
+
+class Router:
+    """Path templates like `/vms/{vm}/snapshots/{snap}` relative to the API root."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.rstrip("/"))
+        self._routes.append((method, re.compile(f"^{pattern}/?$"), handler))
+
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        allowed = False
+        for route_method, pattern, handler in self._routes:
+            m = pattern.match(path)
+            if m is None:
+                continue
+            if route_method != method:
+                allowed = True
+                continue
+            return handler, m.groupdict()
+        if allowed:
+            raise HttpError(405, "Method Not Allowed", f"{method} {path}")
+        raise not_found(path)
+
+
+class Auth:
+    """One user (`admin@internal`), SSO tokens, and the admin endpoints' token."""
+
+    def __init__(self, *, username: str, password: str, admin_token: str) -> None:
+        self.username = username
+        self._password = password
+        self.admin_token = admin_token
+        self._tokens: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def check_password(self, username: str, password: str) -> bool:
+        user_ok = username.lower() == self.username.lower()
+        return user_ok and hmac.compare_digest(password.encode(), self._password.encode())
+
+    def new_token(self) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self._tokens[token] = time.time()
+        return token
+
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self._tokens.pop(token, None)
+
+    def valid_token(self, token: str) -> bool:
+        with self._lock:
+            return token in self._tokens
+
+    def revoke_all(self) -> None:
+        """Forget every SSO token (tests: forces the SDK's re-login path)."""
+        with self._lock:
+            self._tokens.clear()
+
+
+class App:
+    """Dispatch one request: special endpoints, auth, faults, then the router."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        admin_router: Router,
+        auth: Auth,
+        faults: Faults,
+        ca_file: Path,
+    ) -> None:
+        self.router = router
+        self.admin_router = admin_router
+        self.auth = auth
+        self.faults = faults
+        self.ca_file = ca_file
+
+    def handle(self, req: Request) -> Response:
+        try:
+            if req.path.startswith(ADMIN_PREFIX + "/"):
+                return self._admin(req)
+            fault = self.faults.match(req.method, req.path)
+            if fault is not None:
+                if fault.delay_s:
+                    time.sleep(fault.delay_s)
+                if fault.status:
+                    raise HttpError(fault.status, "Operation Failed", "injected fault")
+            if req.path == SSO_TOKEN or req.path == SSO_TOKEN + "-http-auth":
+                return self._sso_token(req)
+            if req.path == SSO_LOGOUT:
+                return self._sso_logout(req)
+            if req.path == PKI_RESOURCE:
+                return self._pki(req)
+            if req.path == API_PREFIX or req.path.startswith(API_PREFIX + "/"):
+                return self._api(req)
+            raise not_found(req.path)
+        except HttpError as e:
+            return self._error(e)
+        except Exception as e:
+            log.exception("%s %s failed", req.method, req.path)
+            return self._error(HttpError(500, "Operation Failed", str(e)))
+
+    @staticmethod
+    def _error(e: HttpError) -> Response:
+        if e.reason is None:
+            return Response(status=e.status, body=b"")
+        return xml(xmlio.fault(e.reason, e.detail), status=e.status)
+
+    def _sso_token(self, req: Request) -> Response:
+        form = dict(parse_qsl(req.body.decode(errors="replace")))
+        if form.get("grant_type") != "password":
+            return json_response(
+                {"error": "unsupported_grant_type", "error_description": "Unsupported grant type"},
+                status=400,
+            )
+        if form.get("scope", "ovirt-app-api") != "ovirt-app-api":
+            return json_response(
+                {"error": "invalid_scope", "error_description": "The scope is not valid"},
+                status=400,
+            )
+        username = form.get("username", "")
+        if not self.auth.check_password(username, form.get("password", "")):
+            log.info("SSO login failed for %s", username)
+            return json_response(
+                {
+                    "error_code": "access_denied",
+                    "error": f"Cannot authenticate user '{username}': "
+                    "The username or password is incorrect..",
+                },
+                status=400,
+            )
+        token = self.auth.new_token()
+        exp = int((time.time() + 10 * 3600) * 1000)
+        return json_response(
+            {
+                "access_token": token,
+                "scope": "ovirt-app-api",
+                "exp": str(exp),
+                "token_type": "bearer",
+            }
+        )
+
+    def _sso_logout(self, req: Request) -> Response:
+        form = dict(parse_qsl(req.body.decode(errors="replace")))
+        token = form.get("token")
+        if token:
+            self.auth.revoke(token)
+        return json_response({})
+
+    def _pki(self, req: Request) -> Response:
+        if req.query.get("resource") != "ca-certificate":
+            raise not_found("unknown resource")
+        return Response(body=self.ca_file.read_bytes(), content_type="application/x-x509-ca-cert")
+
+    def _authenticated(self, req: Request) -> bool:
+        value = req.headers.get("authorization", "")
+        scheme, _, cred = value.partition(" ")
+        if scheme.lower() == "bearer":
+            return self.auth.valid_token(cred.strip())
+        if scheme.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(cred.strip()).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            return self.auth.check_password(user, password)
+        return False
+
+    def _api(self, req: Request) -> Response:
+        if not self._authenticated(req):
+            return Response(
+                status=401, body=b"", headers={"WWW-Authenticate": 'Bearer realm="oVirt"'}
+            )
+        sub = req.path[len(API_PREFIX) :] or "/"
+        handler, params = self.router.resolve(req.method, sub)
+        req.params = params
+        return handler(req, **params)
+
+    def _admin(self, req: Request) -> Response:
+        value = req.headers.get("authorization", "")
+        scheme, _, cred = value.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            cred.strip().encode(), self.auth.admin_token.encode()
+        ):
+            return Response(status=401, body=b"")
+        handler, params = self.admin_router.resolve(req.method, req.path[len(ADMIN_PREFIX) :])
+        req.params = params
+        return handler(req, **params)
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: EngineServer
+    timeout = 600
+
+    def setup(self) -> None:
+        sock = self.request
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(30)
+            sock.do_handshake()
+        super().setup()
+
+    def _dispatch(self) -> None:
+        start = time.monotonic()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        url = urlsplit(self.path)
+        req = Request(
+            method=self.command,
+            path=url.path.rstrip("/") or "/",
+            query=dict(parse_qsl(url.query, keep_blank_values=True)),
+            headers={k.lower(): v for k, v in self.headers.items()},
+            body=body,
+        )
+        resp = self.server.app.handle(req)
+        self.send_response(resp.status)
+        if resp.body or resp.status not in (204, 304):
+            self.send_header("Content-Type", resp.content_type)
+        self.send_header("Content-Length", str(len(resp.body)))
+        for name, value in resp.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if resp.body and self.command != "HEAD":
+            self.wfile.write(resp.body)
+        log.debug(
+            "%s %s -> %d (%.3f s)",
+            self.command,
+            url.path,
+            resp.status,
+            time.monotonic() - start,
+        )
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _dispatch
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http: " + format, *args)
+
+
+class EngineServer(ThreadingHTTPServer):
+    """HTTPS (or plain HTTP when `ssl_context` is None) server for one `App`."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: App,
+        *,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        self.app = app
+        super().__init__(address, _RequestHandler)
+        if ssl_context is not None:
+            self.socket = ssl_context.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("connection from %s ended with an error", client_address, exc_info=True)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="engine-http", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def make_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert_file), str(key_file))
+    return ctx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    return fnmatch.fnmatchcase(path, pattern)
