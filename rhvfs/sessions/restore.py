@@ -165,6 +165,12 @@ def default_upload_opener(config: Config) -> UploadOpener:
     return opener
 
 
+def _base_name(name: str) -> str:
+    """``name`` without rsync's temporary-file decoration (``.<name>.XXXXXX``)."""
+    m = _RSYNC_TEMP.match(name)
+    return m.group(1) if m else name
+
+
 def _err(detail: str, code: int = errno.EIO) -> RestoreError:
     return RestoreError(detail, errno=code)
 
@@ -327,7 +333,7 @@ class RestoreSession:
         """Mark the session failed and roll back in the background. Idempotent."""
         if self.phase in ("failed", "done"):
             return
-        text = str(exc)
+        text = exc.detail if isinstance(exc, RhvfsError) and exc.detail else str(exc)
         self.error = text
         self.errno = errno_of(exc) if isinstance(exc, BaseException) else errno.EIO
         self.phase = "failed"
@@ -382,6 +388,8 @@ class RestoreSession:
     def new_file(self, name: str) -> RestoreFile:
         self._raise_if_failed()
         f = RestoreFile(name)
+        if _base_name(name) not in _CONFIG_NAMES:
+            f.mem = None  # anything but configuration is streamed or staged, never held in memory
         self.files[f.id] = f
         self._identify(f)
         return f
@@ -405,6 +413,7 @@ class RestoreSession:
                 )
             disk.file = f
             f.disk = disk
+            f.closed_done = False  # closing it again now means "image complete"
             if not disk.selected:
                 f.dropped = True
             if f.mem is not None and len(f.mem) == 0:
@@ -430,10 +439,15 @@ class RestoreSession:
                 )
             return
         self._identify(f)
+        f.closed_done = False
         if f.disk is not None:
             await self._replay_staged(f)
         if f.opens == 0:
-            await self._closed(f)
+            try:
+                await self._closed(f)
+            except RhvfsError as e:
+                self.fail(e)
+                raise
 
     def remove_file(self, f: RestoreFile) -> None:
         """Unlink: a disk image already streaming cannot be taken back."""
@@ -478,7 +492,7 @@ class RestoreSession:
             self._freeze_options()
         if f.disk is not None:
             await self._disk_write(f, offset, data)
-        elif f.mem is not None and (end <= CONFIG_MAX_BYTES or f.name in _CONFIG_NAMES):
+        elif f.mem is not None and _base_name(f.name) in _CONFIG_NAMES:
             if end > CONFIG_MAX_BYTES:
                 raise _err(
                     f"{f.name!r} is larger than {CONFIG_MAX_BYTES} bytes: not a configuration file",
@@ -580,10 +594,13 @@ class RestoreSession:
                 await self._manifest_closed(f)
             elif f.name == (self.manifest.ovf_file if self.manifest else OVF_NAME):
                 self.ovf = bytes(f.mem)
-                self.ovf_info = parse_ovf(self.ovf)
+                try:
+                    self.ovf_info = parse_ovf(self.ovf)
+                    if self.manifest is not None:
+                        check_consistent(self.manifest, self.ovf_info)
+                except RestoreError as e:
+                    raise _err(e.detail, errno.EINVAL) from None
                 self.note(f"vm.ovf read: {self.ovf_info.name} ({self.ovf_info.vm_id})")
-                if self.manifest is not None:
-                    check_consistent(self.manifest, self.ovf_info)
             await self._maybe_complete()
             return
         d = f.disk
@@ -621,7 +638,7 @@ class RestoreSession:
                 defaults=self.manager.config.restore_defaults, file_values=file_values
             )
         except RestoreError as e:
-            raise _err(str(e), errno.EINVAL) from None
+            raise _err(e.detail, errno.EINVAL) from None
         self.note("options frozen")
 
     async def _manifest_closed(self, f: RestoreFile) -> None:
@@ -634,7 +651,7 @@ class RestoreSession:
                 if self.ovf_info is not None:
                     check_consistent(manifest, self.ovf_info)
             except RestoreError as e:
-                raise _err(str(e), errno.EINVAL) from None
+                raise _err(e.detail, errno.EINVAL) from None
             self._freeze_options()
             opts = self.options
             assert opts is not None

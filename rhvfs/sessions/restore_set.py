@@ -213,6 +213,10 @@ def parse_manifest(data: bytes) -> SetManifest:
     )
 
 
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
 def _attr(el: ET.Element, name: str) -> str | None:
     return el.get(f"{{{OVF_NS}}}{name}")
 
@@ -228,23 +232,21 @@ def parse_ovf(data: bytes) -> OvfInfo:
         ) from None
     if root.tag != f"{{{OVF_NS}}}Envelope":
         raise RestoreError(f"vm.ovf is not an OVF envelope (root element {root.tag!r})")
-    content = root.find(f"{{{OVF_NS}}}Content")
-    if content is None:
-        content = root.find(f"{{{OVF_NS}}}VirtualSystem")
+    content = next((el for el in root if _local(el.tag) in ("Content", "VirtualSystem")), None)
     if content is None:
         raise RestoreError("vm.ovf has no Content section: not an oVirt VM or template OVF")
     xsi_type = content.get(f"{{{XSI_NS}}}type", "")
     is_template = "Template" in xsi_type
-    name_el = content.find("Name")
+    name_el = next((el for el in content if _local(el.tag) == "Name"), None)
     vm_id: str | None = None
-    for section in content.iter(f"{{{OVF_NS}}}Section"):
-        if section.get(f"{{{XSI_NS}}}type", "").endswith("OperatingSystemSection_Type"):
+    for section in content.iter():
+        if _local(section.tag) == "Section" and section.get(f"{{{XSI_NS}}}type", "").endswith(
+            "OperatingSystemSection_Type"
+        ):
             vm_id = _attr(section, "id")
-    if vm_id is None:
-        vm_id = _attr(content, "id") if _attr(content, "id") not in (None, "out") else None
     disk_ids: set[str] = set()
     for el in root.iter():
-        if el.tag == "Disk" or el.tag == f"{{{OVF_NS}}}Disk":
+        if _local(el.tag) == "Disk":
             ref = _attr(el, "fileRef")
             if ref:
                 disk_ids.add(ref.split("/")[0])
@@ -295,10 +297,10 @@ def strip_devices(data: bytes) -> str:
     root = ET.fromstring(data.rstrip())
     for parent in list(root.iter()):
         for child in list(parent):
-            tag = child.tag
-            if tag == f"{{{OVF_NS}}}File" or tag in ("Disk", f"{{{OVF_NS}}}Disk"):
+            tag = _local(child.tag)
+            if (tag == "File" and _local(parent.tag) == "References") or tag == "Disk":
                 parent.remove(child)
-            elif tag in ("Item", f"{{{OVF_NS}}}Item"):
+            elif tag == "Item":
                 rtype = child.find(f"{{{RASD_NS}}}ResourceType")
                 if rtype is not None and (rtype.text or "").strip() in _DEVICE_TYPES:
                     parent.remove(child)

@@ -1,0 +1,364 @@
+"""Restore sessions against the fake engine: completeness, options, refusals, rollback."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import trio
+from test_restore_fakes import (
+    CLUSTER_ID,
+    DISK_IDS,
+    SD2_ID,
+    VM_ID,
+    FakeEngine,
+    MiB,
+    SetFiles,
+    fake_opener,
+    make_set,
+    sha,
+)
+
+from rhvfs.config import Config
+from rhvfs.engine.types import Vm
+from rhvfs.errors import RestoreError
+from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
+from rhvfs.sessions.restore_staging import StagingArea
+
+CHUNK = 128 * 1024
+
+
+def config(**restore_defaults: str) -> Config:
+    return Config(
+        engine_url="http://fake.invalid",
+        username="u",
+        password="p",
+        restore_defaults=restore_defaults,
+    )
+
+
+class Harness:
+    def __init__(self, engine: FakeEngine, manager: RestoreManager) -> None:
+        self.engine = engine
+        self.manager = manager
+
+    async def write_file(
+        self,
+        session: RestoreSession,
+        name: str,
+        data: bytes,
+        *,
+        temp_name: str | None = None,
+        sparse: bool = False,
+        chunk: int = CHUNK,
+    ) -> RestoreFile:
+        f = session.new_file(temp_name or name)
+        session.open(f)
+        for off in range(0, len(data), chunk):
+            piece = data[off : off + chunk]
+            if sparse and piece == bytes(len(piece)):
+                continue
+            await session.write(f, off, piece)
+        if sparse:
+            await session.truncate(f, len(data))
+        await session.flush(f)
+        await session.release(f)
+        if temp_name:
+            await session.rename(f, name)
+        return f
+
+    async def copy(
+        self, session: RestoreSession, s: SetFiles, order: list[str] | None = None, **kw: object
+    ) -> None:
+        for name in order or list(s.files):
+            await self.write_file(session, name, s.files[name], **kw)  # type: ignore[arg-type]
+
+    async def settle(self, session: RestoreSession) -> dict:
+        with trio.fail_after(10):
+            await session.wait_finished()
+        return json.loads(session.status_json())
+
+
+@pytest.fixture
+async def h(nursery: trio.Nursery, tmp_path: Path) -> Harness:
+    engine = FakeEngine()
+    return await start(nursery, engine, tmp_path, config())
+
+
+async def start(
+    nursery: trio.Nursery, engine: FakeEngine, tmp_path: Path, cfg: Config, limit: int = 64 * MiB
+) -> Harness:
+    manager = RestoreManager(
+        engine, cfg, opener=fake_opener(engine), staging=StagingArea(tmp_path, limit_bytes=limit)
+    )
+    await nursery.start(manager.run)
+    return Harness(engine, manager)
+
+
+def check_restored(engine: FakeEngine, s: SetFiles, vm_name: str) -> Vm:
+    vm = next(v for v in engine.vms.values() if v.name == vm_name)
+    atts = {a.disk.alias: a for a in engine.attachments[vm.id]}
+    for d in s.manifest["disks"]:
+        att = atts[d["alias"]]
+        assert att.disk.provisioned_size == d["size"]
+        assert att.disk.format == d["format"]
+        assert att.interface == d["interface"]
+        assert att.bootable == d["bootable"]
+        assert sha(engine.content[att.disk.id]) == sha(s.files[d["file"]])
+    return vm
+
+
+async def test_tar_order_restores_vm_with_same_disks_and_nics(h: Harness) -> None:
+    s = make_set()
+    session = h.manager.create("myvm")
+    await h.copy(session, s, ["vm.ovf", "vm.xml", "manifest.json", *s.image_names()])
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    vm = check_restored(h.engine, s, "myvm")
+    assert status["vm_id"] == vm.id == VM_ID  # the original id was free
+    assert set(h.engine.disks) == set(DISK_IDS[:2])  # original disk ids were free
+    assert [(n.name, n.mac) for n in h.engine.nics[vm.id]] == [("nic1", "56:6f:00:00:00:01")]
+    ovf, name, regen = h.engine.ovfs[0]
+    assert name == "myvm" and not regen
+    assert "HostResource" not in ovf and "MACAddress" not in ovf and "OperatingSystemSection" in ovf
+    assert [d["bytes_written"] for d in status["disks"]] == [2 * MiB, 1 * MiB]
+    assert status["disks"][0]["bytes_uploaded"] == 512 * 1024  # only the data quarter
+    with pytest.raises(RestoreError) as e:
+        session.new_file("late")
+    assert e.value.errno == errno.EROFS
+
+
+async def test_images_before_manifest_are_staged_then_streamed(h: Harness) -> None:
+    s = make_set()
+    session = h.manager.create("r1")
+    await h.copy(session, s, [*s.image_names(), "vm.ovf", "manifest.json"])
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    check_restored(h.engine, s, "r1")
+    assert h.manager.staging.used_bytes == 0
+
+
+async def test_rsync_temp_names_and_sparse_writes(h: Harness) -> None:
+    s = make_set()
+    session = h.manager.create("r2")
+    for name in ["vm.ovf", "manifest.json", *s.image_names()]:
+        await h.write_file(session, name, s.files[name], temp_name=f".{name}.Ab12Cd", sparse=True)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    check_restored(h.engine, s, "r2")
+
+
+async def test_staging_limit_gives_enospc(nursery: trio.Nursery, tmp_path: Path) -> None:
+    h = await start(nursery, FakeEngine(), tmp_path, config(), limit=1 * MiB)
+    s = make_set()
+    session = h.manager.create("r3")
+    with pytest.raises(RestoreError) as e:
+        await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
+    assert e.value.errno == errno.ENOSPC
+    status = await h.settle(session)
+    assert status["phase"] == "failed" and "staging_limit" in status["error"]
+    assert h.engine.disks == {}
+
+
+async def test_name_clash_refused_before_any_engine_change(h: Harness) -> None:
+    h.engine.vms["other"] = Vm(id="other", name="myvm", status="down")
+    s = make_set()
+    session = h.manager.create("myvm")
+    await h.write_file(session, "vm.ovf", s.files["vm.ovf"])
+    with pytest.raises(RestoreError) as e:
+        await h.write_file(session, "manifest.json", s.files["manifest.json"])
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(RestoreError) as e:
+        await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
+    assert e.value.errno == errno.EEXIST
+    status = await h.settle(session)
+    assert "already exists" in status["error"]
+    assert h.engine.disks == {} and "create_disk" not in h.engine.calls
+
+
+async def test_copy_with_new_name_regenerates_ids_and_new_macs(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    engine = FakeEngine()
+    h = await start(nursery, engine, tmp_path, config(nics="new"))
+    s = make_set()
+    first = h.manager.create("myvm")
+    await h.copy(first, s)
+    assert (await h.settle(first))["phase"] == "done"
+    second = h.manager.create("copy")
+    await h.write_file(
+        second, "rhvfs-restore.conf", b"vm_name = copy2\ndisk_names = disk1:renamed\n"
+    )
+    await h.copy(second, s)
+    status = await h.settle(second)
+    assert status["phase"] == "done", status["error"]
+    copy = next(v for v in engine.vms.values() if v.name == "copy2")
+    assert copy.id != VM_ID and engine.ovfs[-1][2] is True
+    aliases = sorted(a.disk.alias for a in engine.attachments[copy.id])
+    assert aliases == ["disk0", "renamed"]
+    assert not set(a.disk.id for a in engine.attachments[copy.id]) & set(DISK_IDS)
+    assert engine.nics[copy.id][0].mac == "56:6f:99:99:99:99"
+    assert len(engine.vms) == 2  # the original is untouched
+
+
+async def test_options_interface_boot_active_sd_cluster_exclude_switchon(h: Harness) -> None:
+    s = make_set(sizes=(1 * MiB, 1 * MiB, 1 * MiB))
+    session = h.manager.create("opt")
+    opts = (
+        f"cluster = mycluster\nstorage_domain = mydata, {DISK_IDS[1]}:other\n"
+        "disk_interface = sata\ndisk_boot = no\n"
+        f"disk_active = {DISK_IDS[1]}:no\nvm_exclude_disks = disk2\nvm_switchon = yes\n"
+        "nics = nic1:56:6f:12:34:56:78\n"
+    )
+    await h.write_file(session, "rhvfs-restore.conf", opts.encode())
+    await h.copy(session, s)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    vm = h.engine.vms[status["vm_id"]]
+    assert vm.cluster_id == "c2" and vm.status == "up"
+    atts = {a.disk.alias: a for a in h.engine.attachments[vm.id]}
+    assert sorted(atts) == ["disk0", "disk1"]
+    assert {a.interface for a in atts.values()} == {"sata"}
+    assert not any(a.bootable for a in atts.values())
+    assert atts["disk0"].active and not atts["disk1"].active
+    assert atts["disk1"].disk.storage_domain_id == SD2_ID
+    assert h.engine.nics[vm.id][0].mac == "56:6f:12:34:56:78"
+    assert [d["state"] for d in status["disks"]] == ["uploaded", "uploaded", "skipped"]
+
+
+async def test_configuration_only(h: Harness) -> None:
+    s = make_set()
+    session = h.manager.create("cfg")
+    await h.write_file(session, "rhvfs-restore.conf", b"vm_disks = none\n")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    assert h.engine.attachments[status["vm_id"]] == [] and h.engine.disks == {}
+
+
+async def test_overwrite_replaces_down_vm_after_upload(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    engine = FakeEngine()
+    h = await start(nursery, engine, tmp_path, config(vm_force_overwrite="yes"))
+    s = make_set()
+    first = h.manager.create("myvm")
+    await h.copy(first, s)
+    assert (await h.settle(first))["phase"] == "done"
+    again = h.manager.create("myvm2")
+    await h.write_file(again, "rhvfs-restore.conf", b"vm_name = myvm\n")
+    await h.copy(again, s)
+    status = await h.settle(again)
+    assert status["phase"] == "done", status["error"]
+    assert [v.name for v in engine.vms.values()] == ["myvm"]
+    assert status["vm_id"] == VM_ID  # the old one was removed first, so its id is free
+    assert engine.calls.index("remove_vm") > max(
+        i for i, c in enumerate(engine.calls) if c == "finalize_transfer"
+    )
+    check_restored(engine, s, "myvm")
+
+
+async def test_overwrite_refuses_running_vm(nursery: trio.Nursery, tmp_path: Path) -> None:
+    engine = FakeEngine()
+    engine.vms["x"] = Vm(id="x", name="myvm", status="up")
+    h = await start(nursery, engine, tmp_path, config(vm_force_overwrite="yes"))
+    s = make_set()
+    session = h.manager.create("myvm")
+    await h.write_file(session, "vm.ovf", s.files["vm.ovf"])
+    with pytest.raises(RestoreError) as e:
+        await h.write_file(session, "manifest.json", s.files["manifest.json"])
+    assert e.value.errno == errno.EBUSY
+    assert engine.vms["x"].status == "up" and engine.disks == {}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match", "code"),
+    [
+        (lambda s: s.files.update({"manifest.json": b"{not json"}), "not valid JSON", errno.EINVAL),
+        (
+            lambda s: s.files.update({"manifest.json": b'{"format": "x"}'}),
+            "not an rhvfs",
+            errno.EINVAL,
+        ),
+        (lambda s: s.files.update({"vm.ovf": b"<html/>"}), "not an OVF", errno.EINVAL),
+        (
+            lambda s: s.files.update(
+                {
+                    "vm.ovf": s.files["vm.ovf"].replace(
+                        VM_ID.encode(), b"bbbbbbbb-0000-0000-0000-000000000009"
+                    )
+                }
+            ),
+            "two different sets",
+            errno.EINVAL,
+        ),
+    ],
+)
+async def test_bad_configuration_is_a_clear_error(
+    h: Harness, mutate, match: str, code: int
+) -> None:  # type: ignore[no-untyped-def]
+    s = make_set()
+    mutate(s)
+    session = h.manager.create("bad")
+    with pytest.raises(RestoreError) as e:
+        await h.copy(session, s, ["vm.ovf", "manifest.json", *s.image_names()])
+    assert e.value.errno == code
+    status = await h.settle(session)
+    assert status["phase"] == "failed" and match in status["error"]
+    assert h.engine.disks == {} and h.engine.vms == {}
+
+
+async def test_truncated_image_fails_and_rolls_back(h: Harness) -> None:
+    s = make_set()
+    session = h.manager.create("trunc")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
+    img = s.image_names()[1]
+    with pytest.raises(RestoreError, match="truncated"):
+        await h.write_file(session, img, s.files[img][: 512 * 1024])
+    status = await h.settle(session)
+    assert status["phase"] == "failed" and "truncated" in status["error"]
+    assert h.engine.disks == {} and h.engine.vms == {}
+
+
+async def test_no_room_on_storage_domain(nursery: trio.Nursery, tmp_path: Path) -> None:
+    engine = FakeEngine(sd_available=2 * MiB)
+    h = await start(nursery, engine, tmp_path, config())
+    s = make_set()
+    session = h.manager.create("big")
+    await h.write_file(session, "vm.ovf", s.files["vm.ovf"])
+    with pytest.raises(RestoreError) as e:
+        await h.write_file(session, "manifest.json", s.files["manifest.json"])
+    assert e.value.errno == errno.ENOSPC
+    assert "has 2097152 bytes free" in (await h.settle(session))["error"]
+
+
+async def test_engine_failure_while_creating_vm_rolls_back_everything(h: Harness) -> None:
+    h.engine.fail_on.add("add_nic")
+    s = make_set()
+    session = h.manager.create("boom")
+    await h.copy(session, s)
+    status = await h.settle(session)
+    assert status["phase"] == "failed" and "injected failure of add_nic" in status["error"]
+    assert h.engine.disks == {} and h.engine.vms == {}
+
+
+async def test_template_set_restores_as_template(h: Harness) -> None:
+    s = make_set(kind="template", name="tpl")
+    session = h.manager.create("tpl2")
+    await h.copy(session, s)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    assert [t.name for t in h.engine.templates.values()] == ["tpl2"]
+    assert status["template_id"] is not None and status["vm_id"] is None
+    assert h.engine.vms == {}  # the base VM was removed
+
+
+async def test_cluster_id_from_manifest(h: Harness) -> None:
+    s = make_set()
+    session = h.manager.create("cl")
+    await h.copy(session, s)
+    status = await h.settle(session)
+    assert h.engine.vms[status["vm_id"]].cluster_id == CLUSTER_ID
