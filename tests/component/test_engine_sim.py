@@ -8,6 +8,7 @@ URLs the engine handed out with the simulator's own sha256 of the volume.
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -484,3 +485,59 @@ async def test_incremental_backup_after_a_guest_write(sim: Any, engine: Engine) 
     for cp in (incr.to_checkpoint_id, base):
         await engine.remove_checkpoint(vm.id, cp or "")
     assert not {base, incr.to_checkpoint_id} & {c.id for c in await engine.list_checkpoints(vm.id)}
+
+
+async def test_upload_transfer_into_a_new_disk(sim: Any, engine: Engine) -> None:
+    size = 1 << 20
+    data = bytes(range(256)) * (size // 256 // 2) + b"\0" * (size // 2)
+    disk_id = str(uuid.uuid4())
+    await engine.create_disk(
+        alias="rhvfs-test-upload",
+        provisioned_size=size,
+        format="raw",
+        sparse=True,
+        storage_domain="mydata",
+        disk_id=disk_id,
+    )
+    try:
+        transfer = await engine.start_transfer(
+            disk_id=disk_id, direction="upload", timeout_policy="cancel"
+        )
+        assert (
+            transfer.phase == "transferring"
+            and transfer.direction == "upload"
+            and transfer.disk_id == disk_id
+        )
+        try:
+            async with httpx.AsyncClient(verify=_tls(sim.cafile), timeout=60) as client:
+                r = await client.put(
+                    transfer.transfer_url or "",
+                    content=data[: size // 2],
+                    headers={"Content-Range": f"bytes 0-{size // 2 - 1}/*"},
+                )
+                assert r.status_code == 200
+                r = await client.patch(transfer.transfer_url or "", json={"op": "flush"})
+                assert r.status_code == 200
+        except BaseException:
+            await engine.cancel_transfer(transfer.id)
+            raise
+        await engine.finalize_transfer(transfer.id)
+        assert (await engine.get_disk(disk_id)).status == "ok"
+        assert (
+            await trio.to_thread.run_sync(sim.admin.disk_sha256, disk_id)
+            == hashlib.sha256(data).hexdigest()
+        )
+    finally:
+        await engine.remove_disk(disk_id)
+
+
+async def test_no_credential_in_logs(sim: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with open_engine(_config(sim), poll=FAST_POLL) as eng:
+        vm = await _vm_named(eng, "myvm")
+        await eng.get_vm(vm.id)
+    async with open_engine(_config(sim, password="wrong-" + sim.password), poll=FAST_POLL) as eng:
+        with pytest.raises(AuthenticationError):
+            await eng.list_clusters()
+    assert any(r.name.startswith("rhvfs.engine") for r in caplog.records)
+    assert sim.password not in caplog.text
