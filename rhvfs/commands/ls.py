@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from rhvfs.commands.common import add_connection_args, config_from_args, run_trio, setup_logging
 from rhvfs.config import Config
+from rhvfs.errors import RhvfsError
 from rhvfs.vfs.nodes import Kind, Node
 from rhvfs.vfs.tree import Vfs
 
@@ -35,7 +36,17 @@ def format_node(path: str, node: Node, *, long: bool) -> str:
     return text
 
 
-async def list_tree(vfs: Vfs, path: str, *, recursive: bool, long: bool, out: list[str]) -> None:
+async def list_tree(
+    vfs: Vfs,
+    path: str,
+    *,
+    recursive: bool,
+    long: bool,
+    out: list[str],
+    errors: list[str] | None = None,
+) -> None:
+    """Append the listing of ``path`` to ``out``; with ``errors``, a directory that
+    fails to list is reported there and skipped (as ``ls -R`` does) instead of raising."""
     node = await vfs.resolve(path)
     base = "/" + path.strip("/")
     if node.kind is not Kind.DIR:
@@ -44,14 +55,21 @@ async def list_tree(vfs: Vfs, path: str, *, recursive: bool, long: bool, out: li
     pending = [(base, node)]
     while pending:
         dir_path, dir_node = pending.pop(0)
-        for child in await vfs.listdir(dir_node.ino):
+        try:
+            children = await vfs.listdir(dir_node.ino)
+        except RhvfsError as e:
+            if errors is None or dir_path == base:
+                raise
+            errors.append(f"rhvfs: cannot list {dir_path}: {e}")
+            continue
+        for child in children:
             child_path = f"{dir_path.rstrip('/')}/{child.name}"
             out.append(format_node(child_path, child, long=long))
             if recursive and child.kind is Kind.DIR:
                 pending.append((child_path, child))
 
 
-async def _run(config: Config, args: argparse.Namespace, out: list[str]) -> None:
+async def _run(config: Config, args: argparse.Namespace, out: list[str], errors: list[str]) -> None:
     from rhvfs.mount import MountOptions, open_backend
 
     options = MountOptions(mountpoint="", state_dir=args.state_dir)
@@ -62,7 +80,9 @@ async def _run(config: Config, args: argparse.Namespace, out: list[str]) -> None
             listing_ttl_s=config.listing_ttl,
             owner_factory=backend.owner_factory,
         )
-        await list_tree(vfs, args.path, recursive=args.recursive, long=args.long, out=out)
+        await list_tree(
+            vfs, args.path, recursive=args.recursive, long=args.long, out=out, errors=errors
+        )
 
 
 def cmd_ls(argv: Sequence[str]) -> int:
@@ -81,6 +101,8 @@ def cmd_ls(argv: Sequence[str]) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     config = config_from_args(args)
     out: list[str] = []
-    run_trio(_run, config, args, out)
+    errors: list[str] = []
+    run_trio(_run, config, args, out, errors)
     sys.stdout.write("".join(line + "\n" for line in out))
-    return 0
+    sys.stderr.write("".join(line + "\n" for line in errors))
+    return 1 if errors else 0
