@@ -18,6 +18,7 @@ import trio
 from rhvfs.engine import _convert as convert
 from rhvfs.engine import types as t
 from rhvfs.engine._core import EngineCore
+from rhvfs.engine._transfers import CLEANUP_TIMEOUT_S
 from rhvfs.errors import Conflict, EngineError, NotFound
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ class BackupsMixin(EngineCore):
         try:
             return await self.wait(probe, f"wait for backup {backup.id} to be ready")
         except BaseException:
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
+                scope.shield = True
                 try:
                     await self.call_once(
                         lambda c: (

@@ -60,6 +60,9 @@ class EngineCore:
         # transfer id -> disk id, learned when transfers are created or read, so a
         # finalize that meets 404 can still check the disk.
         self.transfer_disks: dict[str, str] = {}
+        # Test seam: run SDK calls in the trio thread (for fakes under a MockClock,
+        # where waiting on a worker thread would let the clock jump past deadlines).
+        self.run_inline = False
 
     def _run(self, fn: SdkCall[T], what: str) -> T:
         """Worker-thread body: check out a connection, call, translate, check in."""
@@ -82,6 +85,9 @@ class EngineCore:
         its connection back and keeps its limiter token until then.
         """
         self.requests += 1
+        if self.run_inline:
+            await trio.lowlevel.checkpoint()
+            return self._run(fn, what)
         return await trio.to_thread.run_sync(
             self._run, fn, what, limiter=self._limiter, abandon_on_cancel=True
         )

@@ -22,6 +22,7 @@ from rhvfs.errors import EngineError, NotFound
 
 log = logging.getLogger(__name__)
 
+CLEANUP_TIMEOUT_S = 30.0  # bound on best-effort cleanup calls made while failing
 _STARTING = frozenset({"initializing", "resuming", "unknown", None})
 _FINISHED = frozenset({"finished_success", "finished_failure", "finished_cleanup"})
 
@@ -97,10 +98,9 @@ class TransfersMixin(InventoryMixin):
 
         async def attempt(n: int) -> t.ImageTransfer:
             if n > 0:
+                # The engine may have honoured our id and the answer got lost.
                 try:
-                    return await self.get_transfer(
-                        tid
-                    )  # the engine honoured our id and the answer got lost
+                    return await self.get_transfer(tid)
                 except NotFound:
                     pass
             created = await self.call_once(lambda c: _transfers(c).add(body), what)
@@ -112,7 +112,8 @@ class TransfersMixin(InventoryMixin):
         try:
             return await self._wait_transferring(transfer, what)
         except BaseException:
-            with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
+                scope.shield = True
                 await self._cancel_quietly(transfer.id)
             raise
 

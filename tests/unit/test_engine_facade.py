@@ -111,6 +111,7 @@ def engine_api() -> tuple[Engine, FakeApi]:
     engine = Engine(config, poll=PollPolicy(first_s=0.1, max_s=1.0, timeout_s=30.0))
     api = FakeApi()
     engine._pool = FakePool(api)  # type: ignore[assignment]
+    engine.run_inline = True
     return engine, api
 
 

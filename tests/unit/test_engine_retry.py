@@ -141,6 +141,7 @@ async def test_engine_call_translates_retries_and_drops_broken_connections(autoj
     core = EngineCore(_config(), connections=2)
     pool = FakePool()
     core._pool = pool  # type: ignore[assignment]
+    core.run_inline = True
     failures = [
         ovirtsdk4.Error("Error while sending HTTP request: (56, 'Recv failure')"),
         ovirtsdk4.Error("HTTP response code is 503."),
@@ -163,6 +164,7 @@ async def test_engine_call_does_not_retry_not_found(autojump_clock) -> None:
     core = EngineCore(_config())
     pool = FakePool()
     core._pool = pool  # type: ignore[assignment]
+    core.run_inline = False  # this one goes through a real worker thread
 
     def sdk_call(conn: object) -> str:
         err = ovirtsdk4.NotFoundError("HTTP response code is 404.")
@@ -180,6 +182,7 @@ async def test_config_repr_and_errors_never_show_the_password(autojump_clock) ->
     core = EngineCore(_config())
     pool = FakePool()
     core._pool = pool  # type: ignore[assignment]
+    core.run_inline = True
 
     def sdk_call(conn: object) -> str:
         raise ovirtsdk4.AuthError(
