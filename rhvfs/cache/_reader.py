@@ -1,0 +1,518 @@
+"""ImageReader: serves reads of one image from zero extents, a chunk cache and prefetch.
+
+Owns the chunk cache of one transfer: which chunks are held or in flight,
+per-handle sequential detection, the read-ahead window, the memory budget and
+retries of transient fetch errors. It does not know about the engine or HTTP:
+bytes come from a ``BlockSource`` (the imageio client, wrapped by the backup
+session). It never returns bytes it did not receive in full.
+
+Design note — invariants that hold between ``await``s:
+
+- ``_chunks`` maps a chunk index to a ``_Chunk`` that is either in flight
+  (``done`` not set) or ready (``done`` set, ``buf`` complete). A failed or
+  aborted chunk is removed from ``_chunks`` before ``done`` is set, so it is
+  never served and the next reader starts a fresh fetch.
+- ``_reserved`` is the sum of the buffer sizes of the chunks in ``_chunks``
+  and never exceeds ``memory_budget``: a reservation is taken before a chunk
+  is inserted and given back when it is evicted or fails. Only ready chunks
+  are evicted (consumed first, then least recently used); demand reads wait
+  for space, prefetches are skipped when there is none (backpressure).
+- A chunk index is fetched by at most one task at a time: the lookup and the
+  insert happen without an ``await`` in between, and readers of an in-flight
+  chunk wait on its ``done`` event.
+- Only data parts of a chunk go over HTTP (one ranged GET per data range);
+  the rest of the buffer stays zero-filled. ``bytes_fetched`` counts exactly
+  the bytes of successful GETs.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from rhvfs.cache._extents import ExtentMap
+from rhvfs.cache._retry import RetryPolicy, retry_transient
+from rhvfs.errors import SessionClosed, TicketGone
+from rhvfs.imageio.types import Extent
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+_MAX_HANDLES = 4096
+_ZERO_SCAN_LIMIT = 256  # chunks of zeroes the prefetcher looks across for the next data
+
+
+class BlockSource(Protocol):
+    """Where image bytes come from: one ranged read filling all of ``buf``, or raise."""
+
+    async def read_into(self, offset: int, buf: memoryview) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderStats:
+    """Counters of one reader. Bytes are image bytes."""
+
+    bytes_fetched: int  # payload of successful GETs
+    requests: int  # GET attempts, failed ones included
+    cache_hits: int  # chunk lookups served from a ready chunk
+    cache_waits: int  # chunk lookups that waited for an in-flight fetch
+    zero_bytes_served: int  # bytes read that lie in zero/hole extents
+    chunks_fetched: int
+    chunks_prefetched: int
+    evictions: int
+    retries: int
+    failures: int  # chunk fetches that failed for good
+    memory_reserved: int  # bytes held or being fetched right now
+
+
+class _Aborted(Exception):
+    """The task fetching a chunk was cancelled; a waiter starts the fetch again."""
+
+
+class _Chunk:
+    __slots__ = (
+        "index",
+        "start",
+        "end",
+        "buf",
+        "done",
+        "error",
+        "last_used",
+        "consumed",
+        "scope",
+        "started",
+    )
+
+    def __init__(self, index: int, start: int, end: int) -> None:
+        self.index = index
+        self.start = start
+        self.end = end
+        self.buf = bytearray(end - start)
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+        self.last_used = 0
+        self.consumed = False
+        self.scope = trio.CancelScope()
+        self.started = False
+
+
+@dataclasses.dataclass
+class _Handle:
+    next_offset: int
+    ahead: int = 0  # read-ahead window in chunks
+    last_used: int = 0
+
+
+class ImageReader:
+    """Reads of one image (``size`` bytes) through a bounded chunk cache with prefetch."""
+
+    def __init__(
+        self,
+        source: BlockSource,
+        *,
+        size: int,
+        extents: Sequence[Extent],
+        memory_budget: int,
+        streams: int,
+        chunk_size: int = 8 * MiB,
+        retry: RetryPolicy,
+    ) -> None:
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        if memory_budget < chunk_size:
+            raise ValueError(
+                f"memory_budget ({memory_budget}) must hold at least one chunk ({chunk_size})"
+            )
+        if streams < 1:
+            raise ValueError("streams must be at least 1")
+        self._source = source
+        self._size = size
+        self._map = ExtentMap(extents, size=size)
+        self._budget = memory_budget
+        self._chunk_size = chunk_size
+        self._retry = retry
+        self._limiter = trio.CapacityLimiter(streams)
+        self._max_ahead = max(0, min(2 * streams, memory_budget // chunk_size - 1))
+        nchunks = -(-size // chunk_size)
+        self._has_data = bytearray(nchunks)
+        for i in range(nchunks):
+            s = i * chunk_size
+            self._has_data[i] = not self._map.is_zero(s, s + chunk_size)
+        self._chunks: dict[int, _Chunk] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._reserved = 0
+        self._space = trio.Event()
+        self._tick = itertools.count(1)
+        self._nursery: trio.Nursery | None = None
+        self._own_scope: trio.CancelScope | None = None
+        self._closed = False
+        # statistics
+        self._bytes_fetched = 0
+        self._requests = 0
+        self._hits = 0
+        self._waits = 0
+        self._zero_served = 0
+        self._chunks_fetched = 0
+        self._chunks_prefetched = 0
+        self._evictions = 0
+        self._retries = 0
+        self._failures = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def run(
+        self,
+        nursery: trio.Nursery | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Give the reader a nursery for its fetch workers.
+
+        ``await reader.run(nursery)`` registers the caller's nursery and returns;
+        ``await nursery.start(reader.run)`` runs a nursery of its own until
+        ``aclose()`` or cancellation. Without either, reads fetch inline and
+        nothing is prefetched.
+        """
+        if nursery is not None:
+            self._nursery = nursery
+            task_status.started()
+            return
+        async with trio.open_nursery() as own:
+            self._nursery = own
+            self._own_scope = own.cancel_scope
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        """Cancel fetches in flight, drop every buffer; later reads raise ``SessionClosed``."""
+        self._closed = True
+        for chunk in list(self._chunks.values()):
+            chunk.scope.cancel()
+        if self._own_scope is not None:
+            self._own_scope.cancel()
+        self._nursery = None
+        self._chunks.clear()
+        self._reserved = 0
+        self._handles.clear()
+        self._space.set()
+        await trio.lowlevel.checkpoint()
+
+    def replace_source(self, source: BlockSource) -> None:
+        """Use ``source`` for every later GET (the transfer was recreated; the image is the same)."""
+        self._source = source
+
+    def forget_handle(self, handle_id: int) -> None:
+        """Drop the sequential-access state of a released handle."""
+        self._handles.pop(handle_id, None)
+
+    def statistics(self) -> ReaderStats:
+        return ReaderStats(
+            bytes_fetched=self._bytes_fetched,
+            requests=self._requests,
+            cache_hits=self._hits,
+            cache_waits=self._waits,
+            zero_bytes_served=self._zero_served,
+            chunks_fetched=self._chunks_fetched,
+            chunks_prefetched=self._chunks_prefetched,
+            evictions=self._evictions,
+            retries=self._retries,
+            failures=self._failures,
+            memory_reserved=self._reserved,
+        )
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def read(self, offset: int, size: int, *, handle_id: int) -> bytes:
+        """The bytes at ``[offset, offset+size)``; short only at the end of the image."""
+        if self._closed:
+            raise SessionClosed("image reader is closed")
+        if offset < 0 or size < 0:
+            raise ValueError("offset and size must not be negative")
+        end = min(offset + size, self._size)
+        if offset >= end:
+            await trio.lowlevel.checkpoint()
+            return b""
+        cs = self._chunk_size
+        first, last = offset // cs, (end - 1) // cs
+        ahead = self._track(handle_id, offset, end)
+
+        # Which chunks this read needs (zero-only parts are served without them).
+        needed: list[int] = []
+        for i in range(first, last + 1):
+            s, e = max(offset, i * cs), min(end, (i + 1) * cs)
+            for seg_s, seg_e, zero in self._map.segments(s, e):
+                if zero:
+                    self._zero_served += seg_e - seg_s
+            if self._has_data[i] and not self._map.is_zero(s, e):
+                needed.append(i)
+        if not needed:
+            await trio.lowlevel.checkpoint()
+            if ahead:
+                self._prefetch(last + 1, ahead)
+            return bytes(end - offset)
+
+        if len(needed) == 1 and first == last:
+            chunk = await self._demand(first)
+            if ahead:
+                self._prefetch(last + 1, ahead)
+            chunk = await self._wait_ready(chunk)
+            return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
+
+        # Several chunks: start as many as the budget allows without waiting, then the
+        # read-ahead; copy each out as it becomes ready, which frees room for the rest
+        # (so a read larger than the budget still completes).
+        out = bytearray(end - offset)
+        pending = collections.deque(needed)
+        started: collections.deque[_Chunk] = collections.deque()
+        prefetched = False
+        while pending or started:
+            while pending:
+                chunk_or_none = self._demand_nowait(pending[0])
+                if chunk_or_none is None:
+                    break
+                pending.popleft()
+                started.append(chunk_or_none)
+            if not started:
+                started.append(await self._demand(pending.popleft()))
+            if ahead and not prefetched:
+                prefetched = True
+                self._prefetch(last + 1, ahead)
+            chunk = await self._wait_ready(started.popleft())
+            s, e = max(offset, chunk.start), min(end, chunk.end)
+            out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
+        return bytes(out)
+
+    def _track(self, handle_id: int, offset: int, end: int) -> int:
+        """Update ``handle_id``'s access pattern; return its read-ahead window in chunks."""
+        tick = next(self._tick)
+        st = self._handles.get(handle_id)
+        if st is None:
+            if len(self._handles) >= _MAX_HANDLES:
+                oldest = min(self._handles, key=lambda h: self._handles[h].last_used)
+                del self._handles[oldest]
+            self._handles[handle_id] = _Handle(next_offset=end, last_used=tick)
+            return 0
+        st.last_used = tick
+        # Kernel read-ahead and concurrent FUSE requests arrive slightly out of order.
+        if st.next_offset - self._chunk_size <= offset <= st.next_offset + self._chunk_size:
+            st.ahead = min(max(1, st.ahead * 2), self._max_ahead)
+            done_until = min(offset, st.next_offset)
+            st.next_offset = max(st.next_offset, end)
+            for i in range(
+                max(0, done_until // self._chunk_size - 2), done_until // self._chunk_size
+            ):
+                chunk = self._chunks.get(i)
+                if chunk is not None and chunk.end <= done_until:
+                    chunk.consumed = True
+        else:
+            st.ahead = 0
+            st.next_offset = end
+        return st.ahead
+
+    def _prefetch(self, start_index: int, ahead: int) -> None:
+        """Start fetches of up to ``ahead`` data chunks from ``start_index``, as budget allows."""
+        if self._nursery is None:
+            return
+        nchunks = len(self._has_data)
+        wanted = 0
+        i = start_index
+        limit = start_index + ahead + _ZERO_SCAN_LIMIT
+        while wanted < ahead and i < nchunks and i < limit:
+            if self._has_data[i]:
+                wanted += 1
+                if i not in self._chunks:
+                    if not self._reserve_nowait(self._chunk_len(i)):
+                        return
+                    self._chunks_prefetched += 1
+                    self._spawn(self._insert(i))
+            i += 1
+
+    def _chunk_len(self, index: int) -> int:
+        start = index * self._chunk_size
+        return min(self._chunk_size, self._size - start)
+
+    def _insert(self, index: int) -> _Chunk:
+        start = index * self._chunk_size
+        chunk = _Chunk(index, start, start + self._chunk_len(index))
+        chunk.last_used = next(self._tick)
+        self._chunks[index] = chunk
+        return chunk
+
+    def _lookup(self, index: int) -> _Chunk | None:
+        chunk = self._chunks.get(index)
+        if chunk is not None:
+            chunk.last_used = next(self._tick)
+            if chunk.done.is_set():
+                self._hits += 1
+            else:
+                self._waits += 1
+        return chunk
+
+    def _demand_nowait(self, index: int) -> _Chunk | None:
+        """Like ``_demand`` but returns None instead of waiting for memory."""
+        chunk = self._lookup(index)
+        if chunk is not None:
+            return chunk
+        if not self._reserve_nowait(self._chunk_len(index)):
+            return None
+        chunk = self._insert(index)
+        if self._nursery is not None:
+            self._spawn(chunk)
+        return chunk
+
+    async def _demand(self, index: int) -> _Chunk:
+        """The chunk ``index``, ready or in flight; starts its fetch when nobody has."""
+        while True:
+            chunk = self._lookup(index)
+            if chunk is not None:
+                return chunk
+            await self._reserve(self._chunk_len(index))
+            if self._closed:
+                raise SessionClosed("image reader is closed")
+            if index in self._chunks:  # someone started it while we waited for space
+                self._release(self._chunk_len(index))
+                continue
+            chunk = self._insert(index)
+            if self._nursery is not None:
+                self._spawn(chunk)
+            return chunk
+
+    async def _wait_ready(self, chunk: _Chunk) -> _Chunk:
+        while True:
+            if not chunk.started:
+                # No workers: the first reader of a chunk fetches it in its own task.
+                await self._fetch_task(chunk)
+            await chunk.done.wait()
+            if chunk.error is None:
+                return chunk
+            if isinstance(chunk.error, _Aborted):
+                if self._closed:
+                    raise SessionClosed("image reader is closed")
+                chunk = await self._demand(chunk.index)
+                continue
+            raise chunk.error
+
+    def _spawn(self, chunk: _Chunk) -> None:
+        assert self._nursery is not None
+        chunk.started = True
+        self._nursery.start_soon(self._fetch_task, chunk, name=f"fetch-chunk-{chunk.index}")
+
+    async def _fetch_task(self, chunk: _Chunk) -> None:
+        """Fetch ``chunk``'s data ranges; on any outcome set ``done`` (never raises Exception)."""
+        chunk.started = True
+        failed: BaseException | None = _Aborted("fetch cancelled")
+        try:
+            with chunk.scope:
+                await self._fetch(chunk)
+                failed = None
+        except Exception as exc:
+            failed = _leaf_error(exc)
+            self._failures += 1
+            log.warning(
+                "chunk %d (%d+%d): %s", chunk.index, chunk.start, chunk.end - chunk.start, exc
+            )
+        finally:
+            if failed is not None:
+                chunk.error = failed
+                if self._chunks.get(chunk.index) is chunk:
+                    del self._chunks[chunk.index]
+                    self._release(len(chunk.buf))
+            else:
+                self._chunks_fetched += 1
+                self._space.set()
+            chunk.done.set()
+
+    async def _fetch(self, chunk: _Chunk) -> None:
+        ranges = self._map.data_ranges(chunk.start, chunk.end, max_length=self._chunk_size)
+        view = memoryview(chunk.buf)
+        if len(ranges) == 1:
+            off, length = ranges[0]
+            await self._get(off, view[off - chunk.start : off - chunk.start + length])
+            return
+        async with trio.open_nursery() as nursery:
+            for off, length in ranges:
+                nursery.start_soon(
+                    self._get, off, view[off - chunk.start : off - chunk.start + length]
+                )
+
+    async def _get(self, offset: int, buf: memoryview) -> None:
+        async def attempt() -> None:
+            async with self._limiter:
+                self._requests += 1
+                await self._source.read_into(offset, buf)
+
+        def count_retry(_: BaseException) -> None:
+            self._retries += 1
+
+        await retry_transient(
+            attempt, policy=self._retry, what=f"read {offset}+{len(buf)}", on_retry=count_retry
+        )
+        self._bytes_fetched += len(buf)
+
+    # -- memory budget ---------------------------------------------------------------
+
+    def _reserve_nowait(self, nbytes: int) -> bool:
+        while self._reserved + nbytes > self._budget:
+            if not self._evict_one():
+                return False
+        self._reserved += nbytes
+        return True
+
+    async def _reserve(self, nbytes: int) -> None:
+        while not self._reserve_nowait(nbytes):
+            if self._closed:
+                return
+            if self._space.is_set():
+                self._space = trio.Event()
+            await self._space.wait()
+
+    def _release(self, nbytes: int) -> None:
+        self._reserved -= nbytes
+        self._space.set()
+
+    def _evict_one(self) -> bool:
+        victim: _Chunk | None = None
+        for chunk in self._chunks.values():
+            if not chunk.done.is_set():
+                continue
+            if victim is None or (not chunk.consumed, chunk.last_used) < (
+                not victim.consumed,
+                victim.last_used,
+            ):
+                victim = chunk
+        if victim is None:
+            return False
+        del self._chunks[victim.index]
+        self._reserved -= len(victim.buf)
+        self._evictions += 1
+        return True
+
+
+def _leaf_error(exc: Exception) -> Exception:
+    """The error to give readers: a ``TicketGone`` if any, else the first leaf of a group."""
+    if not isinstance(exc, ExceptionGroup):
+        return exc
+    leaves: list[Exception] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for sub in e.exceptions:
+                walk(sub)
+        elif isinstance(e, Exception):
+            leaves.append(e)
+
+    walk(exc)
+    for leaf in leaves:
+        if isinstance(leaf, TicketGone):
+            return leaf
+    return leaves[0] if leaves else exc
