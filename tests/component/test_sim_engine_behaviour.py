@@ -1,0 +1,466 @@
+"""Engine behaviours beyond the happy path: auth wire format, transfer phases and
+policies, fault injection, VM lifecycle, OVF import, tags, checkpoints.
+
+Destructive tests run on their own simulator (`sim_factory`); the rest clean up.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import json
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ovirtsdk4 as sdk
+import pytest
+from ovirt_imageio import client as imageio
+from ovirtsdk4 import types
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+MiB = 1024**2
+P = types.ImageTransferPhase
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _https(
+    sim: Any,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    ctx = ssl.create_default_context(cafile=sim.cafile)
+    port = urllib.parse.urlsplit(sim.engine_url).port
+    conn = http.client.HTTPSConnection("localhost", port, context=ctx, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def _transfers(conn: Any) -> Any:
+    return conn.system_service().image_transfers_service()
+
+
+def _start(conn: Any, **kwargs: Any) -> types.ImageTransfer:
+    t = _transfers(conn).add(types.ImageTransfer(**kwargs))
+    ts = _transfers(conn).image_transfer_service(t.id)
+    return wait_for("transferring", lambda: (x := ts.get()).phase == P.TRANSFERRING and x)
+
+
+def _vm(conn: Any, name: str) -> types.Vm:
+    return conn.system_service().vms_service().list(search=f"name={name}", case_sensitive=True)[0]
+
+
+def _disk(conn: Any, vm: types.Vm, alias: str) -> types.Disk:
+    for att in conn.follow_link(vm.disk_attachments):
+        d = conn.follow_link(att.disk)
+        if d.alias == alias:
+            return d
+    raise AssertionError(alias)
+
+
+def test_auth_wire_format(sim: Any) -> None:
+    # SSO: token JSON, errors as JSON with an "error" key.
+    form = urllib.parse.urlencode(
+        {
+            "grant_type": "password",
+            "scope": "ovirt-app-api",
+            "username": sim.username,
+            "password": sim.password,
+        }
+    ).encode()
+    hdrs = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
+    status, headers, body = _https(sim, "POST", "/ovirt-engine/sso/oauth/token", form, hdrs)
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    token = json.loads(body)
+    assert token["token_type"] == "bearer" and token["access_token"] and int(token["exp"]) > 0
+    bad = form.replace(urllib.parse.quote(sim.password).encode(), b"nope")
+    status, _, body = _https(sim, "POST", "/ovirt-engine/sso/oauth/token", bad, hdrs)
+    assert status == 400 and json.loads(body)["error_code"] == "access_denied"
+    # API: Bearer and Basic work; nothing or bad credentials -> 401, empty body.
+    status, _, body = _https(
+        sim,
+        "GET",
+        "/ovirt-engine/api",
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+    )
+    assert status == 200 and body.lstrip().startswith(b"<?xml")
+    basic = base64.b64encode(f"{sim.username}:{sim.password}".encode()).decode()
+    status, _, _ = _https(
+        sim, "GET", "/ovirt-engine/api/vms", headers={"Authorization": f"Basic {basic}"}
+    )
+    assert status == 200
+    status, headers, body = _https(
+        sim, "GET", "/ovirt-engine/api/vms", headers={"Authorization": "Bearer nope"}
+    )
+    assert (status, body) == (401, b"") and "www-authenticate" in headers
+    # Logout answers JSON and revokes the token.
+    logout = urllib.parse.urlencode(
+        {"scope": "ovirt-app-api", "token": token["access_token"]}
+    ).encode()
+    status, headers, body = _https(sim, "POST", "/ovirt-engine/services/sso-logout", logout, hdrs)
+    assert status == 200 and json.loads(body) == {}
+    status, _, _ = _https(
+        sim,
+        "GET",
+        "/ovirt-engine/api",
+        headers={"Authorization": f"Bearer {token['access_token']}"},
+    )
+    assert status == 401
+    # The CA is served without auth at the engine's pki-resource URL.
+    status, headers, body = _https(
+        sim, "GET", "/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA"
+    )
+    assert status == 200 and body == Path(sim.cafile).read_bytes()
+    # The SDK logs in again after its token is revoked.
+    conn = sim.sdk_connection()
+    try:
+        conn.system_service().get()
+        sim.admin.add_fault("revoke-tokens")
+        assert conn.system_service().vms_service().list(search="name=myvm")[0].name == "myvm"
+    finally:
+        conn.close()
+
+
+def test_cow_download_is_the_volume_file_and_shallow_shows_holes(sim: Any, tmp_path: Path) -> None:
+    conn = sim.sdk_connection()
+    try:
+        disk = _disk(conn, _vm(conn, "myvm"), "mydisk")
+        chain = (
+            conn.system_service()
+            .disks_service()
+            .disk_service(disk.id)
+            .disk_snapshots_service()
+            .list()
+        )
+        assert len(chain) == 1 and chain[0].disk.id == disk.id and chain[0].parent is None
+        base = chain[0].id
+        volume_file = sim.state_dir / "storage" / disk.storage_domains[0].id / disk.id / base
+        t = _start(
+            conn,
+            snapshot=types.DiskSnapshot(id=base),
+            direction=types.ImageTransferDirection.DOWNLOAD,
+            format=types.DiskFormat.COW,
+        )
+        try:
+            c = imageio.ImageioClient(t.transfer_url, cafile=sim.cafile)
+            try:
+                size = c.size()
+                buf = bytearray(size)
+                c.read(0, memoryview(buf))
+            finally:
+                c.close()
+        finally:
+            _transfers(conn).image_transfer_service(t.id).finalize()
+        assert size == volume_file.stat().st_size
+        assert (
+            hashlib.sha256(buf).hexdigest() == hashlib.sha256(volume_file.read_bytes()).hexdigest()
+        )
+        # Shallow raw download of the active layer: everything not written since mysnap is a hole.
+        wait_for(
+            "disk unlocked",
+            lambda: (
+                conn.system_service().disks_service().disk_service(disk.id).get().status
+                == types.DiskStatus.OK
+            ),
+        )
+        t = _start(
+            conn,
+            disk=types.Disk(id=disk.id),
+            direction=types.ImageTransferDirection.DOWNLOAD,
+            format=types.DiskFormat.RAW,
+            shallow=True,
+        )
+        try:
+            c = imageio.ImageioClient(t.transfer_url, cafile=sim.cafile)
+            try:
+                extents = list(c.extents("zero"))
+            finally:
+                c.close()
+        finally:
+            _transfers(conn).image_transfer_service(t.id).finalize()
+        assert extents[-1].start + extents[-1].length == disk.provisioned_size
+        assert all(e.hole for e in extents)
+        wait_for(
+            "disk unlocked",
+            lambda: (
+                conn.system_service().disks_service().disk_service(disk.id).get().status
+                == types.DiskStatus.OK
+            ),
+        )
+    finally:
+        conn.close()
+
+
+def test_transfer_policies_and_faults(sim_factory: Callable[..., Any]) -> None:
+    s = sim_factory()
+    conn = s.sdk_connection()
+    try:
+        disks = conn.system_service().disks_service()
+        sd = conn.system_service().storage_domains_service().list(search="name=mydata")[0]
+
+        def new_disk(name: str) -> types.Disk:
+            d = disks.add(
+                types.Disk(
+                    name=name,
+                    format=types.DiskFormat.COW,
+                    provisioned_size=16 * MiB,
+                    storage_domains=[types.StorageDomain(name="mydata")],
+                )
+            )
+            ds = disks.disk_service(d.id)
+            wait_for("disk ok", lambda: ds.get().status == types.DiskStatus.OK)
+            assert ds.get().storage_domains[0].id == sd.id
+            return d
+
+        # Cancelled upload: the disk goes away.
+        d = new_disk("cancelled")
+        t = _start(conn, disk=types.Disk(id=d.id))  # direction defaults to upload
+        assert t.direction == types.ImageTransferDirection.UPLOAD
+        assert disks.disk_service(d.id).get().status == types.DiskStatus.LOCKED
+        _transfers(conn).image_transfer_service(t.id).cancel()
+        ts = _transfers(conn).image_transfer_service(t.id)
+        wait_for("finished_failure", lambda: ts.get().phase == P.FINISHED_FAILURE)
+        assert d.id not in {x.id for x in disks.list()}
+
+        # Inactivity with policy cancel on a download: cancelled by the system, disk unlocked.
+        d = new_disk("idle")
+        t = _start(
+            conn,
+            disk=types.Disk(id=d.id),
+            direction=types.ImageTransferDirection.DOWNLOAD,
+            inactivity_timeout=1,
+            timeout_policy=types.ImageTransferTimeoutPolicy.CANCEL,
+        )
+        ts = _transfers(conn).image_transfer_service(t.id)
+        phases = set()
+        wait_for(
+            "idle cancel",
+            lambda: phases.add(ts.get().phase) or ts.get().phase == P.FINISHED_FAILURE,
+            timeout_s=20,
+        )
+        assert disks.disk_service(d.id).get().status == types.DiskStatus.OK
+
+        # Inactivity with policy pause on an upload: paused_system; resume; finalize.
+        t = _start(
+            conn,
+            disk=types.Disk(id=d.id),
+            format=types.DiskFormat.RAW,
+            inactivity_timeout=1,
+            timeout_policy=types.ImageTransferTimeoutPolicy.PAUSE,
+        )
+        ts = _transfers(conn).image_transfer_service(t.id)
+        wait_for("paused_system", lambda: ts.get().phase == P.PAUSED_SYSTEM, timeout_s=20)
+        ts.resume()
+        wait_for("transferring again", lambda: ts.get().phase == P.TRANSFERRING)
+        c = imageio.ImageioClient(ts.get().transfer_url, cafile=s.cafile)
+        try:
+            c.write(0, b"\x42" * 65536)
+            c.flush()
+        finally:
+            c.close()
+        ts.finalize()
+        wait_for("finished_success", lambda: ts.get().phase == P.FINISHED_SUCCESS)
+        content = s.admin.disk_sha256(d.id)
+        expected = hashlib.sha256(b"\x42" * 65536 + bytes(16 * MiB - 65536)).hexdigest()
+        assert content == expected
+
+        # Faults: pause-transfer, expire-ticket (403 while still transferring), engine 5xx and delay.
+        t = _start(conn, disk=types.Disk(id=d.id), direction=types.ImageTransferDirection.DOWNLOAD)
+        ts = _transfers(conn).image_transfer_service(t.id)
+        s.admin.add_fault("expire-ticket", transfer=t.id)
+        with pytest.raises(Exception, match="not allowed to access"):
+            imageio.ImageioClient(t.transfer_url, cafile=s.cafile)
+        assert ts.get().phase == P.TRANSFERRING
+        ts.finalize()
+        wait_for("finished_success", lambda: ts.get().phase == P.FINISHED_SUCCESS)
+        t = _start(conn, disk=types.Disk(id=d.id), direction=types.ImageTransferDirection.DOWNLOAD)
+        ts = _transfers(conn).image_transfer_service(t.id)
+        s.admin.add_fault("pause-transfer", transfer=t.id)
+        assert ts.get().phase == P.PAUSED_SYSTEM
+        ts.cancel()
+        wait_for("finished", lambda: ts.get().phase == P.FINISHED_FAILURE)
+        assert disks.disk_service(d.id).get().status == types.DiskStatus.OK
+
+        s.admin.add_fault(
+            "engine-error", method="GET", path="/ovirt-engine/api/disks/*", status=503, times=1
+        )
+        with pytest.raises(sdk.Error) as err:
+            disks.disk_service(d.id).get()
+        assert err.value.code == 503
+        assert disks.disk_service(d.id).get().id == d.id
+        s.admin.add_fault("engine-delay", path="/ovirt-engine/api/disks/*", delay=0.5, times=1)
+        start = time.monotonic()
+        disks.disk_service(d.id).get()
+        assert time.monotonic() - start >= 0.5
+
+        # A dropped imageio connection: the proxy cuts the stream after 1 MiB.
+        t = _start(
+            conn,
+            disk=types.Disk(id=d.id),
+            direction=types.ImageTransferDirection.DOWNLOAD,
+            format=types.DiskFormat.RAW,
+        )
+        ts = _transfers(conn).image_transfer_service(t.id)
+        c = imageio.ImageioClient(t.transfer_url, cafile=s.cafile)
+        try:
+            s.admin.add_fault("drop-imageio", after_bytes=MiB, times=1)
+            c2 = imageio.ImageioClient(t.transfer_url, cafile=s.cafile)
+            try:
+                with pytest.raises((OSError, http.client.HTTPException, RuntimeError)) as cut:
+                    buf = bytearray(8 * MiB)
+                    c2.read(0, memoryview(buf))
+            finally:
+                c2.close()
+            assert "out of image bounds" not in str(cut.value), repr(cut.value)
+            # The next connection is not cut: the whole disk reads fine.
+            buf = bytearray(8 * MiB)
+            c.read(0, memoryview(buf))
+            assert bytes(buf[:65536]) == b"\x42" * 65536
+        finally:
+            c.close()
+        s.admin.clear_faults()
+        ts.finalize()
+        wait_for("finished_success", lambda: ts.get().phase == P.FINISHED_SUCCESS)
+    finally:
+        conn.close()
+
+
+def test_vm_lifecycle_ovf_import_tags_and_checkpoints(sim_factory: Callable[..., Any]) -> None:
+    s = sim_factory()
+    conn = s.sdk_connection()
+    try:
+        vms = conn.system_service().vms_service()
+        vm = vms.add(
+            types.Vm(
+                name="newvm",
+                cluster=types.Cluster(name="Default"),
+                template=types.Template(name="Blank"),
+                memory=512 * MiB,
+            )
+        )
+        assert vm.status == types.VmStatus.DOWN
+        vs = vms.vm_service(vm.id)
+        att = vs.disk_attachments_service().add(
+            types.DiskAttachment(
+                disk=types.Disk(
+                    name="newvm_disk",
+                    format=types.DiskFormat.COW,
+                    provisioned_size=32 * MiB,
+                    backup=types.DiskBackup.INCREMENTAL,
+                    storage_domains=[types.StorageDomain(name="mydata")],
+                ),
+                interface=types.DiskInterface.VIRTIO_SCSI,
+                bootable=True,
+                active=True,
+            )
+        )
+        ds = conn.system_service().disks_service().disk_service(att.disk.id)
+        wait_for("disk ok", lambda: ds.get().status == types.DiskStatus.OK)
+        vs.nics_service().add(
+            types.Nic(
+                name="nic1",
+                vnic_profile=types.VnicProfile(
+                    id=conn.system_service().vnic_profiles_service().list()[0].id
+                ),
+            )
+        )
+        vs.tags_service().add(types.Tag(name="mytag"))
+        assert [t.name for t in vs.tags_service().list()] == ["mytag"]
+        assert "newvm" in [v.name for v in vms.list(search="tag=mytag")]
+        vs.start()
+        wait_for("up", lambda: vs.get().status == types.VmStatus.UP)
+        assert vs.get().host is not None
+        with pytest.raises(sdk.Error) as err:
+            vs.remove()
+        assert err.value.code == 409
+        vs.stop()
+        wait_for("down", lambda: vs.get().status == types.VmStatus.DOWN)
+
+        # A backup creates a checkpoint; removing it drops it (404 afterwards).
+        backups = vs.backups_service()
+        b = backups.add(types.Backup(disks=[types.Disk(id=att.disk.id)]))
+        bs = backups.backup_service(b.id)
+        cp = wait_for(
+            "ready", lambda: (x := bs.get()).phase == types.BackupPhase.READY and x
+        ).to_checkpoint_id
+        bs.finalize()
+        wait_for("succeeded", lambda: bs.get().phase == types.BackupPhase.SUCCEEDED)
+        cps = vs.checkpoints_service()
+        assert [d.id for d in cps.checkpoint_service(cp).disks_service().list()] == [att.disk.id]
+        cps.checkpoint_service(cp).remove()
+        with pytest.raises(sdk.NotFoundError):
+            cps.checkpoint_service(cp).get()
+
+        # Export the configuration, remove the VM keeping its disk, import it back (201, same ids).
+        ovf = vms.list(search="name=newvm", all_content=True)[0].initialization.configuration.data
+        assert vm.id in ovf and att.disk.id in ovf
+        vs.remove(detach_only=True)
+        with pytest.raises(sdk.NotFoundError):
+            vs.get()
+        restored = vms.add(
+            types.Vm(
+                cluster=types.Cluster(name="Default"),
+                initialization=types.Initialization(
+                    configuration=types.Configuration(type=types.ConfigurationType.OVF, data=ovf)
+                ),
+            )
+        )
+        assert (restored.id, restored.name) == (vm.id, "newvm")
+        rs = vms.vm_service(restored.id)
+        atts = rs.disk_attachments_service().list()
+        assert [(a.id, a.bootable, a.interface) for a in atts] == [
+            (att.disk.id, True, types.DiskInterface.VIRTIO_SCSI)
+        ]
+        assert [n.name for n in rs.nics_service().list()] == ["nic1"]
+        # A second import clashes (409); as a copy it gets a new id and no disks.
+        with pytest.raises(sdk.Error) as err:
+            vms.add(
+                types.Vm(
+                    cluster=types.Cluster(name="Default"),
+                    initialization=types.Initialization(
+                        configuration=types.Configuration(
+                            type=types.ConfigurationType.OVF, data=ovf
+                        )
+                    ),
+                )
+            )
+        assert err.value.code == 409
+        copy = vms.add(
+            types.Vm(
+                name="newvm-copy",
+                cluster=types.Cluster(name="Default"),
+                initialization=types.Initialization(
+                    regenerate_ids=True,
+                    configuration=types.Configuration(type=types.ConfigurationType.OVF, data=ovf),
+                ),
+            )
+        )
+        assert copy.id != vm.id and vms.vm_service(copy.id).disk_attachments_service().list() == []
+        rs.remove()
+        assert att.disk.id not in {d.id for d in conn.system_service().disks_service().list()}
+    finally:
+        conn.close()
