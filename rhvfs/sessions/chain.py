@@ -1,0 +1,244 @@
+"""Chain state: which backup sets of each VM were completed, persisted locally.
+
+A small JSON file per engine next to the session journal
+(``<state_dir or $XDG_STATE_HOME/rhvfs>/<host>_<port>.chain.json``). It records,
+per VM, the completed sets (full, incremental, differential) oldest first with
+their checkpoint ids and per-disk file names, so the next incremental knows
+its ``from_checkpoint_id`` and which file each delta's backing file names; and
+the engine backups a live rhvfs process has started (``pending``), so a later
+mount can finalize the leftovers of a killed one.
+
+A set is recorded only once every file of it was read to the end and closed
+and its engine backup was finalized: a tool that fails mid-set does not
+advance the chain (the checkpoint it created stays on the engine, unused; the
+next set starts from the last completed one, which is still valid because
+checkpoint bitmaps stay enabled).
+
+Several mounts may share the file: every update is a locked
+read-modify-write followed by an atomic rename.
+
+Must not: talk to the engine, decide what a set contains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from rhvfs.sessions.journal import default_journal_path
+from rhvfs.sessions.procid import ProcessIdentity
+
+log = logging.getLogger(__name__)
+
+_VERSION = 1
+#: Completed sets kept per VM (older ones are forgotten; their files stay valid).
+MAX_SETS_PER_OWNER = 64
+
+SetType = Literal["full", "incremental", "differential"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainDisk:
+    """One disk's file in a completed set.
+
+    ``file_format`` is the file's own format (``raw`` for full data, ``qcow2``
+    for a delta); ``mode`` is ``full`` or ``incremental``; ``backing_file``
+    names the previous set's file of this disk (deltas only).
+    """
+
+    disk_id: str
+    file: str
+    file_format: str
+    mode: str
+    backing_file: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainSet:
+    """A completed set. ``checkpoint_id`` is the engine checkpoint it ends at (None for
+    raw-only sets, which cannot be a base); ``full_set_id`` is the full set its chain starts at."""
+
+    set_id: str
+    owner_id: str
+    set_type: SetType
+    checkpoint_id: str | None
+    from_checkpoint_id: str | None
+    parent_set_id: str | None
+    full_set_id: str
+    manifest_file: str
+    completed: str  # ISO 8601 UTC
+    disks: tuple[ChainDisk, ...] = ()
+
+    def disk(self, disk_id: str) -> ChainDisk | None:
+        return next((d for d in self.disks if d.disk_id == disk_id), None)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["disks"] = [dataclasses.asdict(x) for x in self.disks]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ChainSet:
+        return cls(
+            set_id=str(d["set_id"]),
+            owner_id=str(d["owner_id"]),
+            set_type=d["set_type"],
+            checkpoint_id=d.get("checkpoint_id"),
+            from_checkpoint_id=d.get("from_checkpoint_id"),
+            parent_set_id=d.get("parent_set_id"),
+            full_set_id=str(d["full_set_id"]),
+            manifest_file=str(d.get("manifest_file", "")),
+            completed=str(d.get("completed", "")),
+            disks=tuple(ChainDisk(**x) for x in d.get("disks", ())),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingBackup:
+    """An engine backup a live process started (removed once finalized)."""
+
+    backup_id: str
+    vm_id: str
+    process: ProcessIdentity
+    started: str  # ISO 8601 UTC
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PendingBackup:
+        return cls(
+            backup_id=str(d["backup_id"]),
+            vm_id=str(d["vm_id"]),
+            process=ProcessIdentity(**d["process"]),
+            started=str(d.get("started", "")),
+        )
+
+
+def default_chain_path(engine_url: str, *, state_dir: str | os.PathLike[str] | None = None) -> Path:
+    journal = default_journal_path(engine_url, state_dir=state_dir)
+    return journal.with_name(journal.stem + ".chain.json")
+
+
+class ChainState:
+    """The chain file. Methods are synchronous and quick; safe across threads and processes."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._tlock = threading.Lock()
+
+    @classmethod
+    def for_engine(
+        cls, engine_url: str, *, state_dir: str | os.PathLike[str] | None = None
+    ) -> ChainState:
+        return cls(default_chain_path(engine_url, state_dir=state_dir))
+
+    # -- queries --------------------------------------------------------------
+
+    def sets(self, owner_id: str) -> list[ChainSet]:
+        """Completed sets of ``owner_id``, oldest first."""
+        with self._locked():
+            return list(self._load()[0].get(owner_id, []))
+
+    def newest(self, owner_id: str) -> ChainSet | None:
+        """The newest completed set that can be a base (it ends at a checkpoint)."""
+        usable = [s for s in self.sets(owner_id) if s.checkpoint_id]
+        return usable[-1] if usable else None
+
+    def newest_full(self, owner_id: str) -> ChainSet | None:
+        fulls = [s for s in self.sets(owner_id) if s.set_type == "full" and s.checkpoint_id]
+        return fulls[-1] if fulls else None
+
+    def by_checkpoint(self, owner_id: str, checkpoint_id: str) -> ChainSet | None:
+        """The newest completed set ending at ``checkpoint_id`` (a checkpoint rhvfs recorded)."""
+        found = [s for s in self.sets(owner_id) if s.checkpoint_id == checkpoint_id]
+        return found[-1] if found else None
+
+    def pending(self) -> list[PendingBackup]:
+        with self._locked():
+            return list(self._load()[1].values())
+
+    # -- updates --------------------------------------------------------------
+
+    def record(self, chain_set: ChainSet) -> None:
+        """Append a completed set (replacing one with the same id)."""
+        with self._locked():
+            sets, pending = self._load()
+            mine = [s for s in sets.get(chain_set.owner_id, []) if s.set_id != chain_set.set_id]
+            mine.append(chain_set)
+            sets[chain_set.owner_id] = mine[-MAX_SETS_PER_OWNER:]
+            self._store(sets, pending)
+        log.info(
+            "chain of %s: %s set %s completed (checkpoint %s, parent %s)",
+            chain_set.owner_id,
+            chain_set.set_type,
+            chain_set.set_id,
+            chain_set.checkpoint_id,
+            chain_set.parent_set_id,
+        )
+
+    def add_pending(self, item: PendingBackup) -> None:
+        with self._locked():
+            sets, pending = self._load()
+            pending[item.backup_id] = item
+            self._store(sets, pending)
+
+    def remove_pending(self, backup_id: str) -> None:
+        with self._locked():
+            sets, pending = self._load()
+            if pending.pop(backup_id, None) is not None:
+                self._store(sets, pending)
+
+    # -- file handling --------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._tlock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(
+                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing releases the flock
+
+    def _load(self) -> tuple[dict[str, list[ChainSet]], dict[str, PendingBackup]]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}, {}
+        try:
+            raw = json.loads(text)
+            sets = {
+                owner: [ChainSet.from_json(x) for x in items]
+                for owner, items in dict(raw.get("sets", {})).items()
+            }
+            pending = {
+                bid: PendingBackup.from_json(d) for bid, d in dict(raw.get("pending", {})).items()
+            }
+            return sets, pending
+        except (ValueError, TypeError, KeyError) as e:
+            # Losing the chain only makes the next set a full one; keep a copy for a human.
+            log.warning("chain state %s is unreadable (%s); starting a new one", self.path, e)
+            os.replace(self.path, self.path.with_name(self.path.name + ".corrupt"))
+            return {}, {}
+
+    def _store(self, sets: dict[str, list[ChainSet]], pending: dict[str, PendingBackup]) -> None:
+        doc = {
+            "version": _VERSION,
+            "sets": {o: [s.to_json() for s in items] for o, items in sets.items()},
+            "pending": {b: p.to_json() for b, p in pending.items()},
+        }
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.path)

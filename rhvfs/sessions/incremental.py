@@ -1,0 +1,1221 @@
+"""Incremental, differential and since-checkpoint backup sets of VMs (issue 5).
+
+``IncrementalManager`` serves ``/vms/<vm>/@rhv-incremental/``,
+``@rhv-differential/`` and ``@rhv-since/<checkpoint>/``. Listing such a
+directory starts (or joins) the VM's ``IncrementalSession``: one engine VM
+backup (``from_checkpoint_id`` = the base set's checkpoint, from the local
+``ChainState``), one image transfer per disk, the dirty extents of each
+incremental disk, and from them a qcow2 delta layout (``Qcow2Delta``) whose
+size is known before anything is read. The listing has to start the backup:
+the file sizes are the dirty extents. The set holds:
+
+- ``vm--<set>.ovf``, ``vm--<set>.xml``, ``manifest--<set>.json`` (configuration
+  and a manifest with from/to checkpoint ids, parent set and per-disk mode),
+- ``<alias>--<diskid>--<set>.qcow2`` per incremental disk: a delta whose backing
+  file names the base set's file of that disk,
+- ``<alias>--<diskid>--<set>.raw`` per disk read in full (raw or backup=none
+  disks, disks new since the base, a broken chain), marked in the manifest.
+
+``<set>`` is the backup's to-checkpoint id (the backup id for raw-only sets),
+so names never collide between sets. A set counts as completed only when every
+file of it was read to the end and closed and the engine backup was finalized;
+only then is it recorded in the chain. A missing or invalid base checkpoint
+makes the set a full one, with a warning in the log and status.
+
+Disks without incremental support in a set with a base cannot be part of an
+incremental engine backup (the engine refuses them), so they are read from a
+snapshot of just those disks, taken before the backup starts.
+
+Invariants between awaits: at most one session per VM in ``_sessions`` (the
+engine allows one backup per VM); a session's ``entries`` never change once
+it is ready; a handle maps to exactly one session, which counts it.
+
+Must not: know about inodes or pyfuse3; write anything but its own chain state
+and journal entries.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import trio
+
+from rhvfs import ARTIFACT_MARKER
+from rhvfs.config import Config
+from rhvfs.engine.types import Backup, Checkpoint, Disk, ImageTransfer, Snapshot
+from rhvfs.errors import (
+    Conflict,
+    EngineError,
+    ImageioError,
+    NotFound,
+    RhvfsError,
+    SessionBroken,
+    SessionClosed,
+    SessionError,
+    TicketGone,
+    VmStateError,
+)
+from rhvfs.sessions import procid
+from rhvfs.sessions.chain import ChainDisk, ChainSet, ChainState, PendingBackup, SetType
+from rhvfs.sessions.journal import Journal, JournalEntry
+from rhvfs.sessions.model import Owner, SetEntry, blocks_for, escape_name
+from rhvfs.sessions.ports import (
+    EngineLike,
+    ImageioOpener,
+    ReaderFactory,
+    ReaderLike,
+    default_imageio_opener,
+    default_reader_factory,
+)
+from rhvfs.sessions.qcow2delta import Change, Qcow2Delta
+from rhvfs.sessions.setfiles import OwnerData, build_manifest
+
+log = logging.getLogger(__name__)
+
+SetKind = Literal["incremental", "differential", "since"]
+SET_KINDS: tuple[SetKind, ...] = ("incremental", "differential", "since")
+#: Directory name of each set kind under ``/vms/<vm>/``.
+SET_DIRS: dict[SetKind, str] = {
+    "incremental": "@rhv-incremental",
+    "differential": "@rhv-differential",
+    "since": "@rhv-since",
+}
+KEY_SEP = "|"
+BACKUP_OK_STATES = frozenset({"up", "down", "paused"})
+KEEPALIVE_BYTES = 4096
+MAX_TICKET_RECREATIONS = 3
+MAX_NOTES = 50
+
+
+class EngineWithBackups(EngineLike, Protocol):
+    async def start_backup(
+        self,
+        vm_id: str,
+        disk_ids: list[str],
+        *,
+        from_checkpoint_id: str | None = None,
+        description: str = "",
+        backup_id: str | None = None,
+        require_consistency: bool = False,
+    ) -> Backup: ...
+    async def backup_disks(self, vm_id: str, backup_id: str) -> list[Disk]: ...
+    async def finalize_backup(self, vm_id: str, backup_id: str) -> None: ...
+    async def list_checkpoints(self, vm_id: str) -> list[Checkpoint]: ...
+
+
+class DirtyClient(Protocol):
+    """The imageio client calls a set needs (``rhvfs.imageio.ImageioClient``)."""
+
+    @property
+    def capabilities(self) -> Any: ...
+    async def extents(self, context: Literal["zero", "dirty"] = "zero") -> Sequence[Any]: ...
+    async def read_into(self, offset: int, buf: memoryview) -> None: ...
+
+
+def set_key(set_id: str, inner: str) -> str:
+    """The key of a file of an incremental set: ``<set_id>|config:vm.ovf`` / ``<set_id>|disk:<id>``."""
+    return f"{set_id}{KEY_SEP}{inner}"
+
+
+def is_incremental_key(key: str) -> bool:
+    return KEY_SEP in key
+
+
+def set_of_key(key: str) -> str:
+    return key.split(KEY_SEP, 1)[0]
+
+
+def config_names(set_id: str) -> dict[str, str]:
+    """Unique config file names of a set: ``{"ovf": vm--<set>.ovf, "xml": ..., "manifest": ...}``."""
+    return {
+        "ovf": escape_name(f"vm--{set_id}.ovf"),
+        "xml": escape_name(f"vm--{set_id}.xml"),
+        "manifest": escape_name(f"manifest--{set_id}.json"),
+    }
+
+
+def disk_file_name(alias: str, disk_id: str, set_id: str, *, delta: bool) -> str:
+    return escape_name(f"{alias}--{disk_id}--{set_id}.{'qcow2' if delta else 'raw'}")
+
+
+def changes_from_dirty(extents: Sequence[Any]) -> list[Change]:
+    """The dirty extents of ``context=dirty`` as changes (dirty zero extents stay zero)."""
+    return [Change(e.start, e.length, zero=bool(e.zero)) for e in extents if e.dirty]
+
+
+def _merge_into(intervals: list[tuple[int, int]], start: int, end: int) -> None:
+    """Add [start, end) to a sorted list of disjoint intervals, merging neighbours."""
+    if end <= start:
+        return
+    out: list[tuple[int, int]] = []
+    placed = False
+    for s, e in intervals:
+        if e < start or s > end:
+            if s > end and not placed:
+                out.append((start, end))
+                placed = True
+            out.append((s, e))
+        else:
+            start, end = min(s, start), max(e, end)
+    if not placed:
+        out.append((start, end))
+    out.sort()
+    intervals[:] = out
+
+
+@dataclasses.dataclass
+class DiskPlan:
+    """How one disk appears in a set."""
+
+    disk: Disk
+    mode: Literal["full", "incremental"]
+    file: str
+    key: str
+    reason: str | None = None  # why full
+    delta: Qcow2Delta | None = None
+    backing_file: str | None = None
+    snapshot_image_id: str | None = None  # read through the fallback snapshot
+    dirty_bytes: int = 0
+
+
+class DiskChannel:
+    """One disk's image transfer inside an incremental session; the reader's ``BlockSource``."""
+
+    def __init__(self, session: IncrementalSession, plan: DiskPlan) -> None:
+        self.session = session
+        self.plan = plan
+        self.transfer: ImageTransfer | None = None
+        self.client: DirtyClient | None = None
+        self.reader: ReaderLike | None = None
+        self.generation = 0
+        self.inflight = 0
+        self.keepalives = 0
+        self.last_activity = trio.current_time()
+        self._stack: AsyncExitStack | None = None
+        self._lock = trio.Lock()
+
+    async def open(self) -> DirtyClient:
+        await self._recreate(self.generation)
+        assert self.client is not None
+        return self.client
+
+    async def start_reader(self, zero_extents: Sequence[Any], *, nursery: trio.Nursery) -> None:
+        assert self.client is not None
+        deps = self.session.deps
+        caps = self.client.capabilities
+        streams = max(
+            1, min(deps.config.prefetch_streams, int(getattr(caps, "max_readers", 1) or 1))
+        )
+        self.reader = await deps.reader_factory(
+            self,
+            size=self.plan.disk.provisioned_size,
+            extents=list(zero_extents),
+            memory_budget=self.session.disk_budget(),
+            streams=streams,
+            nursery=nursery,
+        )
+        if deps.config.inactivity_timeout > 0:
+            nursery.start_soon(self._keepalive)
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        attempts = 0
+        while True:
+            if self.session.state != "ready":
+                raise SessionClosed(f"set {self.session.set_id} is {self.session.state}")
+            client, gen = self.client, self.generation
+            if client is None:
+                await self._recreate(gen)
+                continue
+            self.inflight += 1
+            try:
+                await client.read_into(offset, buf)
+                return
+            except TicketGone as e:
+                attempts += 1
+                if attempts > MAX_TICKET_RECREATIONS:
+                    raise
+                log.info(
+                    "transfer of disk %s lost its ticket (%s); recreating", self.plan.disk.id, e
+                )
+                await self._recreate(gen)
+            finally:
+                self.inflight -= 1
+                self.last_activity = trio.current_time()
+
+    async def _recreate(self, seen_generation: int) -> None:
+        async with self._lock:
+            if self.generation != seen_generation:
+                return
+            await self.close(cancel=True)
+            s = self.session
+            cfg = s.deps.config
+            tid = str(uuid.uuid4())
+            s.deps.journal.add_transfer(s.session_id, tid)
+            target: dict[str, Any] = (
+                {"snapshot_image_id": self.plan.snapshot_image_id}
+                if self.plan.snapshot_image_id
+                else {"disk_id": self.plan.disk.id, "backup_id": s.backup_id}
+            )
+            started = time.monotonic()
+            try:
+                transfer = await s.deps.engine.start_transfer(
+                    **target,
+                    direction="download",
+                    format="raw",
+                    inactivity_timeout=cfg.inactivity_timeout,
+                    transfer_id=tid,
+                )
+            except EngineError:
+                s.deps.journal.remove_transfer(s.session_id, tid)
+                raise
+            if transfer.id != tid:
+                s.deps.journal.add_transfer(s.session_id, transfer.id)
+            self.transfer = transfer
+            log.info(
+                "transfer %s of disk %s (set %s) ready in %.2fs",
+                transfer.id,
+                self.plan.disk.id,
+                s.set_id or s.backup_id,
+                time.monotonic() - started,
+            )
+            url = transfer.transfer_url or transfer.proxy_url
+            if not url:
+                raise EngineError(f"transfer {transfer.id} has no transfer_url")
+            stack = AsyncExitStack()
+            try:
+                client: Any = await stack.enter_async_context(s.deps.imageio_opener(url))
+            except BaseException:
+                await stack.aclose()
+                raise
+            self.client = client
+            self._stack = stack
+            self.generation += 1
+            self.last_activity = trio.current_time()
+
+    async def close(self, *, cancel: bool = False) -> None:
+        """Close the client and end the transfer (finalize; cancel when replacing it)."""
+        stack, self._stack, self.client = self._stack, None, None
+        if stack is not None:
+            try:
+                await stack.aclose()
+            except Exception as e:
+                log.debug("closing imageio client of disk %s: %s", self.plan.disk.id, e)
+        transfer, self.transfer = self.transfer, None
+        if transfer is None:
+            return
+        s = self.session
+        engine = s.deps.engine
+        try:
+            if cancel:
+                await engine.cancel_transfer(transfer.id)
+            else:
+                try:
+                    await engine.finalize_transfer(transfer.id)
+                except NotFound:
+                    raise
+                except EngineError as e:
+                    log.warning("finalizing transfer %s failed (%s); cancelling it", transfer.id, e)
+                    await engine.cancel_transfer(transfer.id)
+        except NotFound:
+            pass
+        except EngineError as e:
+            s.note(f"ending transfer {transfer.id} of disk {self.plan.disk.id}: {e}", error=True)
+            return
+        s.deps.journal.remove_transfer(s.session_id, transfer.id)
+
+    async def aclose(self) -> None:
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            try:
+                await reader.aclose()
+            except Exception as e:
+                log.debug("closing reader of disk %s: %s", self.plan.disk.id, e)
+        await self.close(cancel=False)
+
+    async def _keepalive(self) -> None:
+        interval = self.session.deps.config.inactivity_timeout / 3
+        buf = memoryview(bytearray(min(KEEPALIVE_BYTES, max(1, self.plan.disk.provisioned_size))))
+        while True:
+            await trio.sleep_until(self.last_activity + interval)
+            if self.inflight or trio.current_time() - self.last_activity < interval:
+                continue
+            try:
+                await self.read_into(0, buf)
+                self.keepalives += 1
+            except SessionClosed:
+                return
+            except RhvfsError as e:
+                log.info("keep-alive of disk %s failed: %s", self.plan.disk.id, e)
+                self.last_activity = trio.current_time()
+
+    def statistics(self) -> dict[str, Any]:
+        stats = self.reader.statistics() if self.reader is not None else None
+        return {
+            "disk_id": self.plan.disk.id,
+            "mode": self.plan.mode,
+            "file": self.plan.file,
+            "transfer_id": self.transfer.id if self.transfer else None,
+            "dirty_bytes": self.plan.dirty_bytes,
+            "bytes_fetched": getattr(stats, "bytes_fetched", None),
+            "keepalives": self.keepalives,
+        }
+
+
+class SessionDeps:
+    def __init__(
+        self,
+        *,
+        engine: EngineWithBackups,
+        config: Config,
+        chain: ChainState,
+        journal: Journal,
+        process: procid.ProcessIdentity,
+        imageio_opener: ImageioOpener,
+        reader_factory: ReaderFactory,
+        on_closed: Any,
+        on_note: Any,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.chain = chain
+        self.journal = journal
+        self.process = process
+        self.imageio_opener = imageio_opener
+        self.reader_factory = reader_factory
+        self.on_closed = on_closed
+        self.on_note = on_note
+
+
+class IncrementalSession:
+    """One engine backup of a VM, served as one incremental/differential/full set."""
+
+    def __init__(self, owner: Owner, kind: SetKind, since: str | None, deps: SessionDeps) -> None:
+        self.owner = owner
+        self.kind = kind
+        self.since = since
+        self.deps = deps
+        self.session_id = uuid.uuid4().hex[:12]
+        self.backup_id = str(uuid.uuid4())
+        self.state: Literal["starting", "ready", "broken", "closing", "closed"] = "starting"
+        self.error: RhvfsError | None = None
+        self.ready = trio.Event()
+        self.closed = trio.Event()
+        self._close_requested = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._grace_scope: trio.CancelScope | None = None
+        self.started_wall = time.time()
+        self.started_ns = time.time_ns()
+        self.set_id = ""
+        self.set_type: SetType = "full"
+        self.base: ChainSet | None = None
+        self.backup: Backup | None = None
+        self.backup_started = False
+        self.snapshot: Snapshot | None = None
+        self.snapshot_description: str | None = None
+        self.plans: list[DiskPlan] = []
+        self.channels: dict[str, DiskChannel] = {}
+        self.entries: list[SetEntry] = []
+        self.entries_by_key: dict[str, SetEntry] = {}
+        self.contents: dict[str, bytes] = {}
+        self.manifest_name = ""
+        self.coverage: dict[str, list[tuple[int, int]]] = {}
+        self.handles: set[int] = set()
+        self.complete = False
+        self.recorded = False
+        self.warnings: list[str] = []
+        self.bytes_read = 0
+        self._journaled = False
+        self._snapshot_images: dict[str, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._start(nursery)
+                await self._close_requested.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            if self.state != "broken":
+                self.state = "closing"
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + max(self.deps.config.system_timeout, 1.0)
+                await self._cleanup()
+            if scope.cancelled_caught:
+                self.note("cleanup timed out; `rhvfs gc` will remove what is left", error=True)
+            self.state = "closed"
+            self.ready.set()
+            self.closed.set()
+            self.deps.on_closed(self)
+
+    def request_close(self) -> None:
+        self._close_requested.set()
+
+    def schedule_close(self, delay_s: float) -> None:
+        self.cancel_grace()
+        if self._nursery is None:
+            self.request_close()
+            return
+        scope = trio.CancelScope()
+        self._grace_scope = scope
+        self._nursery.start_soon(self._grace_timer, scope, delay_s)
+
+    def cancel_grace(self) -> None:
+        if self._grace_scope is not None:
+            self._grace_scope.cancel()
+            self._grace_scope = None
+
+    async def _grace_timer(self, scope: trio.CancelScope, delay_s: float) -> None:
+        with scope:
+            await trio.sleep(delay_s)
+            if not self.handles:
+                self.request_close()
+
+    def disk_budget(self) -> int:
+        return max(16 * 1024 * 1024, self.deps.config.prefetch_memory // max(1, len(self.plans)))
+
+    # -- start ----------------------------------------------------------------
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        try:
+            await self._start_backup(nursery)
+        except trio.Cancelled:
+            raise
+        except VmStateError as e:
+            self._fail(e)
+            self.request_close()
+            return
+        except RhvfsError as e:
+            self._fail(SessionBroken(f"{self.kind} set of VM {self.owner.name} failed: {e}"))
+            self.schedule_close(0)
+            return
+        except Exception as e:  # a bug must not hang every reader
+            log.exception("incremental session %s of %s failed", self.session_id, self.owner.name)
+            self._fail(SessionBroken(f"{self.kind} set of VM {self.owner.name} failed: {e!r}"))
+            self.schedule_close(0)
+            return
+        self.state = "ready"
+        self.ready.set()
+        log.info(
+            "%s set %s of VM %s ready: backup %s from checkpoint %s, %d disk(s), %d bytes, in %.2fs",
+            self.set_type,
+            self.set_id,
+            self.owner.name,
+            self.backup_id,
+            self.backup.from_checkpoint_id if self.backup else None,
+            len(self.plans),
+            sum(e.size for e in self.entries),
+            time.time() - self.started_wall,
+        )
+        # Nobody may open anything after a listing: end the backup after the grace period.
+        self.schedule_close(self.deps.config.grace_period)
+
+    def _fail(self, error: RhvfsError) -> None:
+        self.state = "broken"
+        self.error = error
+        self.note(str(error), error=True)
+        self.ready.set()
+
+    def _base(self, vm_id: str) -> ChainSet | None:
+        chain = self.deps.chain
+        if self.kind == "incremental":
+            return chain.newest(vm_id)
+        if self.kind == "differential":
+            return chain.newest_full(vm_id)
+        assert self.since is not None
+        found = chain.by_checkpoint(vm_id, self.since)
+        if found is None:
+            raise NotFound(
+                f"checkpoint {self.since} of VM {self.owner.name} was not recorded by rhvfs"
+            )
+        return found
+
+    async def _start_backup(self, nursery: trio.Nursery) -> None:
+        engine = self.deps.engine
+        vm = await engine.get_vm(self.owner.id)
+        if (vm.status or "unknown") not in BACKUP_OK_STATES:
+            raise VmStateError(f"VM {vm.name} is {vm.status}; it must be up, down or paused")
+        data = await self._owner_data(vm)
+        disks = [a.disk for a in data.attachments if not a.disk.shareable]
+        if not disks:
+            raise SessionError(f"VM {vm.name} has no disks to back up")
+
+        base = self._base(vm.id)
+        if base is None and self.kind != "since":
+            self.warn(
+                f"no completed set of VM {vm.name} to start from: this {self.kind} set is a full one"
+            )
+        if base is not None:
+            checkpoints = {c.id: c for c in await engine.list_checkpoints(vm.id)}
+            cp = checkpoints.get(base.checkpoint_id or "")
+            if cp is None or (cp.state or "created") != "created":
+                why = "is gone from the engine" if cp is None else f"is {cp.state}"
+                self.warn(
+                    f"chain of VM {vm.name} is broken: checkpoint {base.checkpoint_id} {why}; "
+                    f"this {self.kind} set is a full one"
+                )
+                base = None
+
+        capable = [d for d in disks if d.format == "cow" and d.backup == "incremental"]
+        others = [d for d in disks if d not in capable]
+        reasons = {d.id: ("raw disk" if d.format != "cow" else "backup mode none") for d in others}
+        backup_disks = disks if base is None else capable
+        if base is not None and others:
+            await self._snapshot_for(vm.id, others)
+        if base is not None and not capable:
+            base = None  # nothing can be incremental: a snapshot-only full set
+            backup_disks = []
+
+        self._journal()
+        if backup_disks:
+            self.backup = await self._begin_backup(vm.id, backup_disks, base)
+            if base is not None and self.backup.from_checkpoint_id is None:
+                base = None
+        self.base = base
+        self.set_type = (
+            "full"
+            if base is None
+            else ("differential" if self.kind == "differential" else "incremental")
+        )
+        cp_id = self.backup.to_checkpoint_id if self.backup else None
+        self.set_id = cp_id or self.backup_id
+        modes: dict[str, str] = {}
+        if self.backup is not None:
+            for d in await engine.backup_disks(vm.id, self.backup_id):
+                modes[d.id] = d.backup_mode or "full"
+
+        for d in disks:
+            mode = "full"
+            reason = reasons.get(d.id)
+            prev = base.disk(d.id) if base is not None else None
+            if base is not None and d.id not in reasons:
+                if modes.get(d.id) == "incremental" and prev is not None:
+                    mode = "incremental"
+                else:
+                    reason = (
+                        "new since the base set" if prev is None else "the engine reads it in full"
+                    )
+            if base is None and reason is None:
+                reason = "full set"
+            snap_image = None
+            if self.snapshot is not None and d.id in reasons:
+                snap_image = self._snapshot_images.get(d.id)
+            plan = DiskPlan(
+                disk=d,
+                mode="incremental" if mode == "incremental" else "full",
+                file="",
+                key=set_key(self.set_id, f"disk:{d.id}"),
+                reason=reason,
+                backing_file=prev.file if prev is not None and mode == "incremental" else None,
+                snapshot_image_id=snap_image,
+            )
+            self.plans.append(plan)
+
+        async with trio.open_nursery() as n:
+            for plan in self.plans:
+                n.start_soon(self._prepare_disk, plan, prev_format_of(base, plan.disk.id), nursery)
+        self._freeze(data)
+
+    async def _prepare_disk(
+        self, plan: DiskPlan, backing_format: str, nursery: trio.Nursery
+    ) -> None:
+        channel = DiskChannel(self, plan)
+        self.channels[plan.disk.id] = channel
+        client = await channel.open()
+        zero = await client.extents("zero")
+        size = sum(e.length for e in zero)
+        if size != plan.disk.provisioned_size:
+            raise EngineError(
+                f"disk {plan.disk.id}: imageio reports {size} bytes, the engine {plan.disk.provisioned_size}"
+            )
+        if plan.mode == "incremental":
+            try:
+                dirty = await client.extents("dirty")
+            except ImageioError as e:
+                self.warn(f"disk {plan.disk.id} has no dirty extents ({e}); reading it in full")
+                plan.mode, plan.reason, plan.backing_file = "full", "no dirty extents", None
+            else:
+                changes = changes_from_dirty(dirty)
+                plan.dirty_bytes = sum(c.length for c in changes)
+                plan.delta = Qcow2Delta(
+                    virtual_size=plan.disk.provisioned_size,
+                    changes=changes,
+                    backing_file=plan.backing_file,
+                    backing_format=backing_format,
+                )
+        plan.file = disk_file_name(
+            plan.disk.alias, plan.disk.id, self.set_id, delta=plan.delta is not None
+        )
+        if plan.delta is None:
+            plan.dirty_bytes = plan.disk.provisioned_size
+        await channel.start_reader(zero, nursery=nursery)
+
+    async def _snapshot_for(self, vm_id: str, disks: list[Disk]) -> None:
+        """A snapshot of the disks an incremental backup cannot include (read in full)."""
+        engine = self.deps.engine
+        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        proc = self.deps.process
+        desc = f"{ARTIFACT_MARKER} {self.session_id} host={proc.host} pid={proc.pid} {when}"
+        self.snapshot_description = desc
+        self._journal()
+        self.snapshot = await engine.create_snapshot(
+            vm_id, description=desc, persist_memorystate=False, disk_ids=[d.id for d in disks]
+        )
+        self._journal()
+        snap_disks = await engine.snapshot_disks(vm_id, self.snapshot.id)
+        self._snapshot_images = {d.id: d.image_id for d in snap_disks if d.image_id}
+
+    async def _begin_backup(self, vm_id: str, disks: list[Disk], base: ChainSet | None) -> Backup:
+        engine = self.deps.engine
+        from_cp = base.checkpoint_id if base is not None else None
+        desc = f"{ARTIFACT_MARKER} {self.session_id} {self.kind}"
+        self.deps.chain.add_pending(
+            PendingBackup(
+                backup_id=self.backup_id,
+                vm_id=vm_id,
+                process=self.deps.process,
+                started=datetime.now(UTC).isoformat(),
+            )
+        )
+        self.backup_started = True
+        started = time.monotonic()
+        try:
+            backup = await engine.start_backup(
+                vm_id,
+                [d.id for d in disks],
+                from_checkpoint_id=from_cp,
+                description=desc,
+                backup_id=self.backup_id,
+            )
+        except Conflict:
+            raise
+        except EngineError as e:
+            if from_cp is None:
+                raise
+            # The engine refused the checkpoint (gone, invalid, bitmap missing): full set.
+            self.warn(
+                f"chain of VM {self.owner.name} is broken: the engine refused checkpoint "
+                f"{from_cp} ({e}); this {self.kind} set is a full one"
+            )
+            self.deps.chain.remove_pending(self.backup_id)
+            self.backup_id = str(uuid.uuid4())
+            return await self._begin_backup(vm_id, disks, None)
+        log.info(
+            "backup %s of VM %s (from checkpoint %s) ready in %.2fs, to checkpoint %s",
+            backup.id,
+            self.owner.name,
+            from_cp,
+            time.monotonic() - started,
+            backup.to_checkpoint_id,
+        )
+        return backup
+
+    async def _owner_data(self, vm: Any) -> OwnerData:
+        engine = self.deps.engine
+        atts = await engine.disk_attachments(vm.id)
+        nics = await engine.vm_nics(vm.id)
+        ovf = await engine.vm_ovf(vm.id)
+        xml = await engine.vm_xml(vm.id)
+        clusters = {c.id: c.name for c in await engine.list_clusters()}
+        sds = {s.id: s.name for s in await engine.list_storage_domains()}
+        return OwnerData(
+            kind="vm",
+            entity=vm,
+            attachments=tuple(atts),
+            nics=tuple(nics),
+            ovf=ovf.encode("utf-8") if isinstance(ovf, str) else bytes(ovf),
+            xml=xml.encode("utf-8") if isinstance(xml, str) else bytes(xml),
+            cluster_names=clusters,
+            storage_domain_names=sds,
+        )
+
+    def _freeze(self, data: OwnerData) -> None:
+        names = config_names(self.set_id)
+        self.manifest_name = names["manifest"]
+        manifest = self._manifest(data, names)
+        mtime = self.started_ns
+        contents = {names["ovf"]: data.ovf, names["xml"]: data.xml, names["manifest"]: manifest}
+        entries = [
+            SetEntry(
+                name=n,
+                key=set_key(self.set_id, f"config:{n}"),
+                size=len(c),
+                blocks=blocks_for(len(c)),
+                mtime_ns=mtime,
+            )
+            for n, c in contents.items()
+        ]
+        self.contents = {set_key(self.set_id, f"config:{n}"): c for n, c in contents.items()}
+        for plan in self.plans:
+            size = plan.delta.size if plan.delta is not None else plan.disk.provisioned_size
+            allocated = plan.delta.size if plan.delta is not None else (plan.disk.actual_size or 0)
+            entries.append(
+                SetEntry(
+                    name=plan.file,
+                    key=plan.key,
+                    size=size,
+                    blocks=max(1, blocks_for(allocated)) if size else 0,
+                    mtime_ns=mtime,
+                    disk_id=plan.disk.id,
+                )
+            )
+        self.entries = entries
+        self.entries_by_key = {e.key: e for e in entries}
+        self.coverage = {e.key: [] for e in entries}
+
+    def _manifest(self, data: OwnerData, names: dict[str, str]) -> bytes:
+        disks = [p.disk for p in self.plans]
+        raw = build_manifest(
+            data,
+            disks=disks,
+            file_names={p.disk.id: p.file for p in self.plans},
+            snapshot_id=self.snapshot.id if self.snapshot else None,
+            backup_time=datetime.fromtimestamp(self.started_wall, UTC),
+            session_id=self.session_id,
+        )
+        doc = json.loads(raw)
+        base = self.base
+        doc["set_type"] = self.set_type
+        doc["set_id"] = self.set_id
+        doc["backup_id"] = self.backup.id if self.backup else None
+        doc["checkpoint_id"] = self.backup.to_checkpoint_id if self.backup else None
+        doc["from_checkpoint_id"] = base.checkpoint_id if base else None
+        doc["to_checkpoint_id"] = doc["checkpoint_id"]
+        doc["parent_set"] = (
+            {"set_id": base.set_id, "set_type": base.set_type, "manifest": base.manifest_file}
+            if base
+            else None
+        )
+        doc["full_set_id"] = base.full_set_id if base else self.set_id
+        doc["config_files"] = {
+            "ovf": names["ovf"],
+            "api_xml": names["xml"],
+            "manifest": names["manifest"],
+        }
+        doc["warnings"] = list(self.warnings)
+        by_id = {p.disk.id: p for p in self.plans}
+        for d in doc["disks"]:
+            p = by_id[d["id"]]
+            d["backup_mode"] = p.mode
+            d["file_format"] = "qcow2" if p.delta is not None else "raw"
+            d["backing_file"] = p.backing_file if p.delta is not None else None
+            d["full_reason"] = p.reason if p.mode == "full" else None
+            d["dirty_bytes"] = p.dirty_bytes
+        return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+    # -- reads ----------------------------------------------------------------
+
+    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes:
+        if self.state != "ready":
+            if self.error is not None:
+                raise self.error
+            raise SessionClosed(f"set {self.set_id} of {self.owner.name} is {self.state}")
+        entry = self.entries_by_key.get(key)
+        if entry is None:
+            raise NotFound(f"{key} is not part of set {self.set_id} of {self.owner.name}")
+        if offset >= entry.size or size <= 0:
+            return b""
+        size = min(size, entry.size - offset)
+        content = self.contents.get(key)
+        if content is not None:
+            data = content[offset : offset + size]
+        else:
+            assert entry.disk_id is not None
+            channel = self.channels[entry.disk_id]
+            reader = channel.reader
+            if reader is None:
+                raise SessionClosed(f"disk {entry.disk_id} of set {self.set_id} is closed")
+            try:
+                delta = channel.plan.delta
+                if delta is None:
+                    data = await reader.read(offset, size, handle_id=handle_id)
+                else:
+
+                    async def fetch(guest: int, length: int) -> bytes:
+                        return await reader.read(guest, length, handle_id=handle_id)
+
+                    data = await delta.read(offset, size, fetch)
+            except (trio.Cancelled, SessionClosed):
+                raise
+            except RhvfsError as e:
+                self.note(f"read of {entry.name} at {offset}+{size}: {e}", error=True)
+                raise
+            if len(data) != size:
+                raise EngineError(f"read {len(data)} bytes for {size} at {offset} of {entry.name}")
+        _merge_into(self.coverage[key], offset, offset + len(data))
+        self.bytes_read += len(data)
+        return data
+
+    def fully_read(self) -> bool:
+        """Every file of the set was read from its first to its last byte."""
+        return all(e.size == 0 or self.coverage.get(e.key) == [(0, e.size)] for e in self.entries)
+
+    def on_last_release(self) -> None:
+        if self.state == "ready" and self.fully_read():
+            if not self.complete:
+                log.info(
+                    "%s set %s of VM %s read completely",
+                    self.set_type,
+                    self.set_id,
+                    self.owner.name,
+                )
+            self.complete = True
+        self.schedule_close(self.deps.config.grace_period)
+
+    # -- cleanup --------------------------------------------------------------
+
+    async def _cleanup(self) -> None:
+        """Finalize transfers and the backup, remove the snapshot, record a complete set."""
+        channels = list(self.channels.values())
+        self.channels = {}
+        async with trio.open_nursery() as n:
+            for ch in channels:
+                n.start_soon(self._close_channel, ch)
+        finalized = True
+        if self.backup_started:
+            finalized = await self._finalize_backup()
+        if self.snapshot_description is not None:
+            await self._remove_snapshot()
+        if self._journaled:
+            mine = [e for e in self.deps.journal.entries() if e.session_id == self.session_id]
+            if not mine or (not mine[0].transfer_ids and self.snapshot_description is None):
+                self.deps.journal.remove(self.session_id)
+                self._journaled = False
+        if self.complete and not finalized:
+            self.note(
+                f"set {self.set_id} was read completely but its backup did not finalize: "
+                "the chain does not advance",
+                error=True,
+            )
+        if self.complete and finalized and not self.recorded:
+            self._record()
+
+    def _record(self) -> None:
+        base = self.base
+        self.deps.chain.record(
+            ChainSet(
+                set_id=self.set_id,
+                owner_id=self.owner.id,
+                set_type=self.set_type,
+                checkpoint_id=self.backup.to_checkpoint_id if self.backup else None,
+                from_checkpoint_id=base.checkpoint_id if base else None,
+                parent_set_id=base.set_id if base else None,
+                full_set_id=base.full_set_id if base else self.set_id,
+                manifest_file=self.manifest_name,
+                completed=datetime.now(UTC).isoformat(),
+                disks=tuple(
+                    ChainDisk(
+                        disk_id=p.disk.id,
+                        file=p.file,
+                        file_format="qcow2" if p.delta is not None else "raw",
+                        mode=p.mode,
+                        backing_file=p.backing_file if p.delta is not None else None,
+                    )
+                    for p in self.plans
+                ),
+            )
+        )
+        self.recorded = True
+
+    async def _close_channel(self, ch: DiskChannel) -> None:
+        try:
+            await ch.aclose()
+        except Exception as e:
+            self.note(f"closing transfer of disk {ch.plan.disk.id}: {e}", error=True)
+
+    async def _finalize_backup(self) -> bool:
+        cfg = self.deps.config
+        deadline = trio.current_time() + cfg.system_timeout
+        delay = max(cfg.system_interval, 0.05)
+        while True:
+            try:
+                await self.deps.engine.finalize_backup(self.owner.id, self.backup_id)
+                self.deps.chain.remove_pending(self.backup_id)
+                self.backup_started = False
+                return True
+            except NotFound:
+                self.deps.chain.remove_pending(self.backup_id)
+                self.backup_started = False
+                return self.backup is not None
+            except Conflict as e:
+                if trio.current_time() + delay > deadline:
+                    self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
+                    return False
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except EngineError as e:
+                self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
+                self.deps.chain.remove_pending(self.backup_id)
+                return False
+
+    async def _remove_snapshot(self) -> None:
+        engine = self.deps.engine
+        cfg = self.deps.config
+        snap_id = self.snapshot.id if self.snapshot else None
+        if snap_id is None:
+            return
+        deadline = trio.current_time() + cfg.system_timeout
+        delay = max(cfg.system_interval, 0.05)
+        while True:
+            try:
+                await engine.remove_snapshot(self.owner.id, snap_id)
+            except NotFound:
+                pass
+            except EngineError as e:
+                if trio.current_time() + delay > deadline:
+                    self.note(f"removing snapshot {snap_id} failed: {e}", error=True)
+                    return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.snapshot = None
+            self.snapshot_description = None
+            return
+
+    def _journal(self) -> None:
+        self.deps.journal.put(
+            JournalEntry(
+                session_id=self.session_id,
+                process=self.deps.process,
+                owner_kind=self.owner.kind,
+                owner_id=self.owner.id,
+                owner_name=self.owner.name,
+                started=datetime.fromtimestamp(self.started_wall, UTC).isoformat(),
+                snapshot_description=self.snapshot_description,
+                snapshot_id=self.snapshot.id if self.snapshot else None,
+                transfer_ids=tuple(c.transfer.id for c in self.channels.values() if c.transfer),
+            )
+        )
+        self._journaled = True
+
+    # -- reporting ------------------------------------------------------------
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.note(message, error=False)
+
+    def note(self, message: str, *, error: bool) -> None:
+        log.warning("%s set of %s: %s", self.kind, self.owner.name, message)
+        self.deps.on_note(self.owner, message, error)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "owner": {"kind": self.owner.kind, "id": self.owner.id, "name": self.owner.name},
+            "set_kind": self.kind,
+            "set_type": self.set_type,
+            "set_id": self.set_id,
+            "backup_id": self.backup_id if self.backup_started or self.backup else None,
+            "from_checkpoint_id": self.base.checkpoint_id if self.base else None,
+            "state": self.state,
+            "handles": len(self.handles),
+            "bytes_read": self.bytes_read,
+            "complete": self.complete,
+            "warnings": list(self.warnings),
+            "disks": [ch.statistics() for ch in self.channels.values()],
+        }
+
+
+def prev_format_of(base: ChainSet | None, disk_id: str) -> str:
+    prev = base.disk(disk_id) if base is not None else None
+    return "raw" if prev is None or prev.file_format == "raw" else "qcow2"
+
+
+class IncrementalManager:
+    """Incremental, differential and since-checkpoint sets of VMs, one session per VM."""
+
+    def __init__(
+        self,
+        engine: EngineWithBackups,
+        config: Config,
+        *,
+        chain: ChainState,
+        journal: Journal,
+        imageio_opener: ImageioOpener | None = None,
+        reader_factory: ReaderFactory | None = None,
+        cleanup_on_start: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.chain = chain
+        self.journal = journal
+        self._process = procid.current()
+        self._opener = imageio_opener or default_imageio_opener(config)
+        self._reader_factory = reader_factory or default_reader_factory(config)
+        self._cleanup_on_start = cleanup_on_start
+        self._nursery: trio.Nursery | None = None
+        self._sessions: dict[str, IncrementalSession] = {}
+        self._handles: dict[int, tuple[IncrementalSession, str]] = {}
+        self._handle_ids = itertools.count(1)
+        self._notes: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_NOTES)
+        self._started = 0
+        self._completed = 0
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._cleanup_on_start:
+                    nursery.start_soon(self.finalize_leftovers)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    async def finalize_leftovers(self) -> list[str]:
+        """Finalize engine backups started by rhvfs processes that are gone."""
+        done = []
+        for p in self.chain.pending():
+            if p.process == self._process or procid.is_alive(p.process) is not False:
+                continue
+            try:
+                await self.engine.finalize_backup(p.vm_id, p.backup_id)
+            except NotFound:
+                pass
+            except RhvfsError as e:
+                log.info("leftover backup %s of VM %s: %s", p.backup_id, p.vm_id, e)
+                continue
+            self.chain.remove_pending(p.backup_id)
+            done.append(f"finalized leftover backup {p.backup_id} of VM {p.vm_id}")
+            log.info("%s", done[-1])
+        return done
+
+    # -- listings -------------------------------------------------------------
+
+    def since_checkpoints(self, owner: Owner) -> list[str]:
+        """Checkpoints rhvfs recorded for ``owner`` (``@rhv-since/<id>/``), oldest first."""
+        if owner.kind != "vm":
+            return []
+        seen: list[str] = []
+        for s in self.chain.sets(owner.id):
+            if s.checkpoint_id and s.checkpoint_id not in seen:
+                seen.append(s.checkpoint_id)
+        return seen
+
+    async def list_set(
+        self, owner: Owner, kind: SetKind, since: str | None = None
+    ) -> list[SetEntry]:
+        """Start or join ``owner``'s set of ``kind``; its files (sizes exact)."""
+        session = await self._session(owner, kind, since)
+        return list(session.entries)
+
+    async def _session(self, owner: Owner, kind: SetKind, since: str | None) -> IncrementalSession:
+        if owner.kind != "vm":
+            raise NotFound(f"templates have no {kind} sets")
+        if kind == "since" and since not in self.since_checkpoints(owner):
+            raise NotFound(f"checkpoint {since} of {owner.name} was not recorded by rhvfs")
+        if self._nursery is None:
+            raise SessionError("the incremental manager is not running")
+        deadline = trio.current_time() + max(self.config.system_timeout, 1.0)
+        while True:
+            session = self._sessions.get(owner.id)
+            if session is None:
+                session = self._new_session(owner, kind, since)
+                await self._nursery.start(session.run)
+            await session.ready.wait()
+            if session.state == "ready" and (session.kind, session.since) == (kind, since):
+                if not session.handles:
+                    session.schedule_close(self.config.grace_period)
+                return session
+            if session.state == "broken" and (session.kind, session.since) == (kind, since):
+                assert session.error is not None
+                raise session.error
+            # Another kind of set (or a closing one) holds the VM's only backup: wait for it.
+            if trio.current_time() >= deadline:
+                raise SessionError(
+                    f"a {session.kind} set of VM {owner.name} is still being read; try again later"
+                )
+            if session.state == "ready" and not session.handles:
+                session.request_close()
+            with trio.move_on_at(deadline):
+                await session.closed.wait()
+
+    def _new_session(self, owner: Owner, kind: SetKind, since: str | None) -> IncrementalSession:
+        deps = SessionDeps(
+            engine=self.engine,
+            config=self.config,
+            chain=self.chain,
+            journal=self.journal,
+            process=self._process,
+            imageio_opener=self._opener,
+            reader_factory=self._reader_factory,
+            on_closed=self._closed,
+            on_note=self._note,
+        )
+        session = IncrementalSession(owner, kind, since, deps)
+        self._sessions[owner.id] = session
+        self._started += 1
+        return session
+
+    def _closed(self, session: IncrementalSession) -> None:
+        if self._sessions.get(session.owner.id) is session:
+            del self._sessions[session.owner.id]
+        for h in [h for h, (s, _) in self._handles.items() if s is session]:
+            del self._handles[h]
+        if session.recorded:
+            self._completed += 1
+
+    def _note(self, owner: Owner, message: str, error: bool) -> None:
+        self._notes.append(
+            {
+                "time": datetime.now(UTC).isoformat(),
+                "owner": owner.name,
+                "level": "error" if error else "warning",
+                "message": message,
+            }
+        )
+
+    # -- handles --------------------------------------------------------------
+
+    async def open(self, owner: Owner, key: str) -> int:
+        session = self._sessions.get(owner.id)
+        if session is None or session.state != "ready" or key not in session.entries_by_key:
+            raise NotFound(
+                f"{key} is not part of a live set of {owner.name} (list the set directory again)"
+            )
+        session.cancel_grace()
+        handle = next(self._handle_ids)
+        session.handles.add(handle)
+        self._handles[handle] = (session, key)
+        return handle
+
+    async def read(self, handle: int, offset: int, size: int) -> bytes:
+        try:
+            session, key = self._handles[handle]
+        except KeyError:
+            raise SessionClosed(f"handle {handle} is not open") from None
+        return await session.read(key, offset, size, handle_id=handle)
+
+    async def release(self, handle: int) -> None:
+        item = self._handles.pop(handle, None)
+        if item is None:
+            return
+        session = item[0]
+        session.handles.discard(handle)
+        if not session.handles:
+            session.on_last_release()
+
+    async def aclose_all(self) -> None:
+        for s in list(self._sessions.values()):
+            s.request_close()
+        for s in list(self._sessions.values()):
+            await s.closed.wait()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "sessions": [s.status() for s in self._sessions.values()],
+            "totals": {"sets_started": self._started, "sets_completed": self._completed},
+            "notes": list(self._notes),
+        }

@@ -1,0 +1,86 @@
+"""``SetRouter``: one ``BackupSets`` face over full sets and incremental sets.
+
+The VFS talks to one object (rhvfs/sessions/CONTRACT.md). This router passes
+``@rhv/`` and ``disks/`` calls to the ``BackupManager`` and the calls of
+``@rhv-incremental/``, ``@rhv-differential/`` and ``@rhv-since/<cp>/`` to the
+``IncrementalManager``, and keeps one handle namespace over both (keys of
+incremental sets contain ``|``, see ``incremental.set_key``).
+
+Must not: hold any session state of its own beyond the handle map.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Protocol
+
+from rhvfs.errors import SessionClosed
+from rhvfs.sessions.incremental import IncrementalManager, SetKind, is_incremental_key
+from rhvfs.sessions.model import Owner, SetEntry
+
+
+class FullSets(Protocol):
+    async def list_set(self, owner: Any) -> list[Any]: ...
+    async def list_disk_files(self, owner: Any) -> list[Any]: ...
+    async def open(self, owner: Any, key: str) -> int: ...
+    async def read(self, handle: int, offset: int, size: int) -> bytes: ...
+    async def release(self, handle: int) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class SetRouter:
+    """Full sets from ``full``, incremental/differential/since sets from ``incremental``."""
+
+    def __init__(self, full: FullSets, incremental: IncrementalManager) -> None:
+        self.full = full
+        self.incremental = incremental
+        self._handles: dict[int, tuple[Any, int]] = {}
+        self._ids = itertools.count(1)
+
+    async def list_set(self, owner: Any) -> list[Any]:
+        return await self.full.list_set(owner)
+
+    async def list_disk_files(self, owner: Any) -> list[Any]:
+        return await self.full.list_disk_files(owner)
+
+    async def list_incremental(
+        self, owner: Owner, kind: SetKind, since: str | None = None
+    ) -> list[SetEntry]:
+        """Files of ``@rhv-<kind>/`` (or ``@rhv-since/<since>/``); starts the set's backup."""
+        return await self.incremental.list_set(owner, kind, since)
+
+    async def since_checkpoints(self, owner: Owner) -> list[str]:
+        """Names under ``@rhv-since/``: checkpoints of completed sets rhvfs recorded."""
+        return self.incremental.since_checkpoints(owner)
+
+    async def open(self, owner: Any, key: str) -> int:
+        target: Any = self.incremental if is_incremental_key(key) else self.full
+        inner = await target.open(owner, key)
+        handle = next(self._ids)
+        self._handles[handle] = (target, inner)
+        return handle
+
+    async def read(self, handle: int, offset: int, size: int) -> bytes:
+        try:
+            target, inner = self._handles[handle]
+        except KeyError:
+            raise SessionClosed(f"handle {handle} is not open") from None
+        data: bytes = await target.read(inner, offset, size)
+        return data
+
+    async def release(self, handle: int) -> None:
+        item = self._handles.pop(handle, None)
+        if item is not None:
+            await item[0].release(item[1])
+
+    def status(self) -> dict[str, Any]:
+        status = dict(self.full.status())
+        status["incremental"] = self.incremental.status()
+        return status
+
+    async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
+        collect = getattr(self.full, "collect_garbage", None)
+        lines: list[str] = list(await collect(dry_run=dry_run)) if collect is not None else []
+        if not dry_run:
+            lines += await self.incremental.finalize_leftovers()
+        return lines
