@@ -328,3 +328,70 @@ async def test_create_disk_retry_adopts_the_disk_with_our_id(autojump_clock, eng
     )
     assert (disk.id, disk.status) == ("D9", "ok")
     assert api.calls.count("disks.add") == 1
+
+
+async def test_vms_by_tag_falls_back_when_the_search_is_rejected(
+    autojump_clock, engine_api
+) -> None:
+    engine, api = engine_api
+    api.on("tags.tag.get", lambda a, k: sdk.Tag(id="T1", name="my tag"))
+    searches: list[str] = []
+
+    def vm_list(args: Any, kw: Any) -> Any:
+        if kw.get("search"):
+            searches.append(kw["search"])
+            raise _err(ovirtsdk4.Error, 400)
+        return [sdk.Vm(id="V1", name="a"), sdk.Vm(id="V2", name="b")]
+
+    vm_tags = {"V1": [sdk.Tag(id="T1")], "V2": [sdk.Tag(id="T9")]}
+    calls = iter(["V1", "V2"])
+    api.on("vms.list", vm_list)
+    api.on("vms.vm.tags.list", lambda a, k: vm_tags[next(calls)])
+    vms = await engine.vms_by_tag("T1")
+    assert searches == ['tag="my tag"']
+    assert [v.id for v in vms] == ["V1"]
+
+
+async def test_disk_attachments_fill_disks_and_keep_order(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    api.on(
+        "vms.vm.disk_attachments.list",
+        lambda a, k: [
+            sdk.DiskAttachment(
+                id="D2", disk=sdk.Disk(id="D2"), interface=sdk.DiskInterface.VIRTIO, bootable=False
+            ),
+            sdk.DiskAttachment(
+                id="D1", disk=sdk.Disk(id="D1"), interface=sdk.DiskInterface.SATA, bootable=True
+            ),
+        ],
+    )
+    sizes = {"D1": 1 << 30, "D2": 2 << 30}
+    pending = ["D2", "D1"]
+    api.on(
+        "disks.disk.get",
+        lambda a, k: (lambda d: sdk.Disk(id=d, alias=d.lower(), provisioned_size=sizes[d]))(
+            pending.pop(0)
+        ),
+    )
+    atts = await engine.disk_attachments("V1")
+    assert [(a.disk.id, a.disk.provisioned_size, a.interface, a.bootable) for a in atts] == [
+        ("D2", 2 << 30, "virtio", False),
+        ("D1", 1 << 30, "sata", True),
+    ]
+
+
+async def test_disk_attachments_surface_not_found_plainly(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    api.on(
+        "vms.vm.disk_attachments.list",
+        lambda a, k: [sdk.DiskAttachment(id="D1", disk=sdk.Disk(id="D1"))],
+    )
+
+    def gone(a: Any, k: Any) -> Any:
+        raise not_found()
+
+    api.on("disks.disk.get", gone)
+    from rhvfs.errors import NotFound
+
+    with pytest.raises(NotFound):
+        await engine.disk_attachments("V1")
