@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import ssl
 import urllib.parse
+from typing import cast
 
 import trio
 
@@ -35,23 +36,88 @@ class _StaleConnection(Exception):
 
 
 class _Conn:
-    """One HTTP/1.1 connection: a trio stream plus bytes received past the last header block."""
+    """One plain HTTP/1.1 connection; bodies are received with ``recv_into``."""
 
-    def __init__(self, stream: trio.SocketStream | trio.SSLStream[trio.SocketStream]) -> None:
+    def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self.sock = stream.socket
         self.reused = False
 
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
     async def recv_into(self, view: memoryview) -> int:
-        if self.sock is not None:
-            return await self.sock.recv_into(view)
-        data = await self.stream.receive_some(len(view))
-        n = len(data)
-        view[:n] = data
-        return n
+        return await self.sock.recv_into(view)
 
     async def close(self) -> None:
         await trio.aclose_forcefully(self.stream)
+
+
+class _TlsConn(_Conn):
+    """One HTTPS connection driven through ``ssl.MemoryBIO``.
+
+    trio's SSLStream returns one TLS record (<= 16 KiB) per ``receive_some``
+    as new bytes; here ``SSLObject.read`` decrypts straight into the caller's
+    buffer and one receive feeds many records, which the bulk path needs.
+    Requests on a connection are strictly sequential, so no locking is needed.
+    """
+
+    _RECV_SIZE = 256 * 1024
+
+    def __init__(self, stream: trio.SocketStream, context: ssl.SSLContext, hostname: str) -> None:
+        super().__init__(stream)
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=hostname)
+        self._rbuf = bytearray(self._RECV_SIZE)
+
+    async def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data:
+            await self.stream.send_all(data)
+
+    async def _fill(self) -> bool:
+        n = await self.sock.recv_into(self._rbuf)
+        if n == 0:
+            self._incoming.write_eof()
+            return False
+        self._incoming.write(memoryview(self._rbuf)[:n])
+        return True
+
+    async def handshake(self) -> None:
+        while True:
+            try:
+                self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                if not await self._fill():
+                    raise ConnectionResetError("connection closed during TLS handshake") from None
+        await self._flush()
+
+    async def send_all(self, data: bytes) -> None:
+        self._tls.write(data)
+        await self._flush()
+
+    async def recv_into(self, view: memoryview) -> int:
+        want = len(view)
+        got = 0
+        while True:
+            try:
+                while got < want:
+                    n = cast(int, self._tls.read(want - got, view[got:]))  # with a buffer: a count
+                    if n == 0:
+                        return got
+                    got += n
+                return got
+            except ssl.SSLWantReadError:
+                if got:
+                    return got
+                await self._flush()
+                if not await self._fill():
+                    continue  # the next read reports EOF (or what is left)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return got
 
 
 class BulkPool:
@@ -89,15 +155,13 @@ class BulkPool:
         if not self._tls:
             return _Conn(stream)
         assert self._ssl_context is not None
-        tls = trio.SSLStream(
-            stream, self._ssl_context, server_hostname=self._host, https_compatible=True
-        )
+        conn = _TlsConn(stream, self._ssl_context, self._host)
         try:
-            await tls.do_handshake()
+            await conn.handshake()
         except BaseException:
-            await trio.aclose_forcefully(tls)
+            await conn.close()
             raise
-        return _Conn(tls)
+        return conn
 
     async def read_into(self, offset: int, buf: memoryview) -> None:
         """One ranged GET of ``len(buf)`` bytes at ``offset``; fills all of ``buf`` or raises."""
@@ -155,7 +219,7 @@ class BulkPool:
     ) -> bool:
         reused = conn.reused
         try:
-            await conn.stream.send_all(request)
+            await conn.send_all(request)
         except (trio.BrokenResourceError, OSError):
             if reused:
                 raise _StaleConnection() from None
