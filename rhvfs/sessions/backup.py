@@ -1,0 +1,710 @@
+"""One backup session: a snapshot of an owner, lazy per-disk transfers, keep-alive, cleanup.
+
+A ``BackupSession`` lives in its own task (``run``) inside the manager's
+nursery. It checks the owner's state, records intent in the journal, creates
+ONE snapshot for all disks (VMs; templates are read directly), reads the
+configuration as of that snapshot, and then serves reads. Each disk gets a
+``DiskChannel`` on first use: an image transfer of the snapshot volume, an
+imageio client, the extent map (once) and a prefetching reader. The channel is
+the reader's ``BlockSource``: a ``TicketGone`` recreates the transfer and the
+read is retried, and an idle transfer is kept alive with a 4 KiB read.
+
+When asked to close (grace timer, unmount) every transfer is finalized, the
+snapshot removed (retrying while the engine keeps it locked) and the journal
+entry cleared, shielded from cancellation under a deadline.
+
+Invariants that hold between awaits: ``state`` only moves forward
+(starting -> ready|broken -> closing -> closed); ``channels`` only grows while
+ready; a channel's ``generation`` changes only under its lock.
+
+Must not: know about inodes, handles' files or pyfuse3; decide set sizes
+(the manager's ``freeze`` callback does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from rhvfs import ARTIFACT_MARKER
+from rhvfs.config import Config
+from rhvfs.engine.types import Disk, ImageTransfer, Snapshot, Template, Vm
+from rhvfs.errors import (
+    Conflict,
+    DataIntegrityError,
+    EngineError,
+    NotFound,
+    RhvfsError,
+    SessionBroken,
+    SessionClosed,
+    TicketGone,
+    VmStateError,
+    is_transient,
+)
+from rhvfs.sessions.journal import Journal, JournalEntry
+from rhvfs.sessions.model import Owner, SetEntry, disk_id_of_key
+from rhvfs.sessions.ports import (
+    EngineLike,
+    ImageioClientLike,
+    ImageioOpener,
+    ReaderFactory,
+    ReaderLike,
+)
+from rhvfs.sessions.procid import ProcessIdentity
+from rhvfs.sessions.setfiles import OwnerData
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_BYTES = 4096
+#: VM states a backup can start from.
+BACKUP_OK_STATES = frozenset({"up", "down", "paused"})
+#: States that never resolve by waiting: error out at once.
+BACKUP_REFUSED_STATES = {
+    "suspended": "VM {name} is suspended; resume or power it off to back it up",
+    "not_responding": "VM {name} is not responding; fix it or power it off to back it up",
+    "unknown": "VM {name} is in an unknown state; fix it or power it off to back it up",
+}
+#: How long to wait for a VM in a transitional state (image_locked, migrating...).
+STATE_WAIT_S = 30.0
+MAX_TICKET_RECREATIONS = 3
+
+
+def snapshot_description(session_id: str, proc: ProcessIdentity, when: datetime) -> str:
+    """``rhvfs-session <id> host=<host> pid=<pid> <iso time>``: what gc recognises."""
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{ARTIFACT_MARKER} {session_id} host={proc.host} pid={proc.pid} {stamp}"
+
+
+class SessionDeps:
+    """What a session needs from its manager (one object, so sessions stay cheap to build)."""
+
+    def __init__(
+        self,
+        *,
+        engine: EngineLike,
+        config: Config,
+        journal: Journal,
+        process: ProcessIdentity,
+        imageio_opener: ImageioOpener,
+        reader_factory: ReaderFactory,
+        fetch_owner_data: Callable[[Owner, Vm | Template | None], Awaitable[OwnerData]],
+        freeze: Callable[[BackupSession], None],
+        on_closed: Callable[[BackupSession], None],
+        on_error: Callable[[Owner, str], None],
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.journal = journal
+        self.process = process
+        self.imageio_opener = imageio_opener
+        self.reader_factory = reader_factory
+        self.fetch_owner_data = fetch_owner_data
+        self.freeze = freeze
+        self.on_closed = on_closed
+        self.on_error = on_error
+
+
+class DiskChannel:
+    """One disk's transfer inside a session; the reader's ``BlockSource``."""
+
+    def __init__(self, session: BackupSession, disk: Disk) -> None:
+        self.session = session
+        self.disk = disk
+        self.transfer: ImageTransfer | None = None
+        self.client: ImageioClientLike | None = None
+        self.reader: ReaderLike | None = None
+        self.generation = 0
+        self.recreations = 0
+        self.keepalives = 0
+        self.inflight = 0
+        self.last_activity = trio.current_time()
+        self._stack: AsyncExitStack | None = None
+        self._lock = trio.Lock()
+        self._open_lock = trio.Lock()
+
+    # -- BlockSource ----------------------------------------------------------
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` from ``offset``; a gone ticket recreates the transfer and retries."""
+        attempts = 0
+        while True:
+            if self.session.state not in ("ready",):
+                raise SessionClosed(f"session of {self.session.owner.name} is {self.session.state}")
+            client = self.client
+            gen = self.generation
+            if client is None:
+                await self._recreate(gen)
+                continue
+            self.inflight += 1
+            try:
+                await client.read_into(offset, buf)
+                return
+            except TicketGone as e:
+                attempts += 1
+                if attempts > MAX_TICKET_RECREATIONS:
+                    raise
+                log.info(
+                    "transfer %s of disk %s lost its ticket (%s); recreating it",
+                    self.transfer.id if self.transfer else None,
+                    self.disk.id,
+                    e,
+                )
+                await self._recreate(gen)
+            finally:
+                self.inflight -= 1
+                self.last_activity = trio.current_time()
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def ensure_reader(self, nursery: trio.Nursery, *, memory_budget: int) -> ReaderLike:
+        if self.reader is not None:
+            return self.reader
+        async with self._open_lock:
+            if self.reader is not None:
+                return self.reader
+            await self._recreate(self.generation)
+            assert self.client is not None
+            extents = list(await self.client.extents())
+            size = sum(e.length for e in extents)
+            if size != self.disk.provisioned_size:
+                raise DataIntegrityError(
+                    f"disk {self.disk.id}: imageio reports {size} bytes, the engine {self.disk.provisioned_size}"
+                )
+            caps = self.client.capabilities
+            max_readers = int(getattr(caps, "max_readers", 1) or 1)
+            streams = max(1, min(self.session.deps.config.prefetch_streams, max_readers))
+            self.reader = await self.session.deps.reader_factory(
+                self,
+                size=size,
+                extents=extents,
+                memory_budget=memory_budget,
+                streams=streams,
+                nursery=nursery,
+            )
+            if self.session.deps.config.inactivity_timeout > 0:
+                nursery.start_soon(self._keepalive)
+            return self.reader
+
+    async def _recreate(self, seen_generation: int) -> None:
+        """Replace the transfer and client, unless another task already did since ``seen_generation``."""
+        async with self._lock:
+            if self.generation != seen_generation:
+                return
+            await self._drop_transfer(cancel=True)
+            engine = self.session.deps.engine
+            cfg = self.session.deps.config
+            started = time.monotonic()
+            # A client-chosen id is journaled BEFORE the engine call, so gc finds the
+            # transfer even if this process dies before the answer arrives.
+            tid = str(uuid.uuid4())
+            self.session.deps.journal.add_transfer(self.session.session_id, tid)
+            target: dict[str, Any] = (
+                {"disk_id": self.disk.id}
+                if self.session.owner.kind == "template"
+                else {"snapshot_image_id": self.disk.image_id}
+            )
+            try:
+                transfer = await engine.start_transfer(
+                    **target,
+                    direction="download",
+                    format="raw",
+                    inactivity_timeout=cfg.inactivity_timeout,
+                    transfer_id=tid,
+                )
+            except EngineError:
+                # The facade cancels a transfer that failed to start.
+                self.session.deps.journal.remove_transfer(self.session.session_id, tid)
+                raise
+            if transfer.id != tid:
+                self.session.deps.journal.add_transfer(self.session.session_id, transfer.id)
+            self.transfer = transfer
+            log.info(
+                "transfer %s of disk %s (volume %s) ready in %.2fs",
+                transfer.id,
+                self.disk.id,
+                self.disk.image_id,
+                time.monotonic() - started,
+            )
+            url = transfer.transfer_url or transfer.proxy_url
+            if not url:
+                raise EngineError(f"transfer {transfer.id} has no transfer_url")
+            stack = AsyncExitStack()
+            try:
+                self.client = await stack.enter_async_context(self.session.deps.imageio_opener(url))
+            except BaseException:
+                await stack.aclose()
+                raise
+            self._stack = stack
+            if self.generation > 0:
+                self.recreations += 1
+            self.generation += 1
+            self.last_activity = trio.current_time()
+
+    async def _drop_transfer(self, *, cancel: bool) -> None:
+        """Close the client and end the transfer (finalize, or cancel when it is being replaced)."""
+        stack, self._stack, self.client = self._stack, None, None
+        if stack is not None:
+            try:
+                await stack.aclose()
+            except Exception as e:  # a broken connection must not stop the cleanup
+                log.debug("closing imageio client of disk %s: %s", self.disk.id, e)
+        transfer, self.transfer = self.transfer, None
+        if transfer is None:
+            return
+        engine = self.session.deps.engine
+        try:
+            if cancel:
+                await engine.cancel_transfer(transfer.id)
+            else:
+                try:
+                    await engine.finalize_transfer(transfer.id)
+                except NotFound:
+                    raise
+                except EngineError as e:
+                    log.warning("finalizing transfer %s failed (%s); cancelling it", transfer.id, e)
+                    await engine.cancel_transfer(transfer.id)
+        except NotFound:
+            pass
+        except EngineError as e:
+            self.session.note_error(f"ending transfer {transfer.id} of disk {self.disk.id}: {e}")
+            return  # keep it in the journal: gc will retry
+        self.session.deps.journal.remove_transfer(self.session.session_id, transfer.id)
+
+    async def _keepalive(self) -> None:
+        interval = self.session.deps.config.inactivity_timeout / 3
+        buf = memoryview(bytearray(min(KEEPALIVE_BYTES, max(1, self.disk.provisioned_size))))
+        while True:
+            await trio.sleep_until(self.last_activity + interval)
+            if self.inflight:
+                # A request in flight keeps the ticket active; look again a bit later.
+                await trio.sleep(interval / 4)
+                continue
+            if trio.current_time() < self.last_activity + interval:  # same float as the deadline
+                continue
+            try:
+                await self.read_into(0, buf)
+                self.keepalives += 1
+                log.debug("kept transfer of disk %s alive", self.disk.id)
+            except SessionClosed:
+                return
+            except RhvfsError as e:
+                log.warning("keep-alive read of disk %s failed: %s", self.disk.id, e)
+                self.last_activity = trio.current_time()
+
+    async def aclose(self) -> None:
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            try:
+                await reader.aclose()
+            except Exception as e:
+                log.debug("closing reader of disk %s: %s", self.disk.id, e)
+        async with self._lock:
+            await self._drop_transfer(cancel=False)
+
+    def statistics(self) -> dict[str, Any]:
+        stats = self.reader.statistics() if self.reader is not None else None
+        return {
+            "disk_id": self.disk.id,
+            "transfer_id": self.transfer.id if self.transfer else None,
+            "recreated": self.recreations,
+            "keepalives": self.keepalives,
+            "bytes_fetched": getattr(stats, "bytes_fetched", None),
+            "requests": getattr(stats, "requests", None),
+        }
+
+
+class BackupSession:
+    """A point-in-time view of one owner's disks and configuration."""
+
+    def __init__(self, owner: Owner, deps: SessionDeps) -> None:
+        self.owner = owner
+        self.deps = deps
+        self.session_id = uuid.uuid4().hex[:12]
+        self.state = "starting"
+        self.error: RhvfsError | None = None
+        self.last_error: str | None = None
+        self.started_wall = time.time()
+        self.started_ns = time.time_ns()
+        self.ready_at: float | None = None
+        self.snapshot: Snapshot | None = None
+        self.snapshot_description: str | None = None
+        self.entity: Vm | Template | None = None
+        self.data: OwnerData | None = None
+        self.disks: list[Disk] = []
+        # Filled by the manager's freeze(): the frozen listing and config contents.
+        self.entries: list[SetEntry] = []
+        self.disk_entries: list[SetEntry] = []
+        self.entries_by_key: dict[str, SetEntry] = {}
+        self.contents: dict[str, bytes | RhvfsError] = {}
+        self.channels: dict[str, DiskChannel] = {}
+        self.handles: set[int] = set()
+        self.bytes_read = 0
+        self.ready = trio.Event()
+        self.closed = trio.Event()
+        self._close_requested = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._grace_scope: trio.CancelScope | None = None
+        self._journaled = False
+
+    # -- task -----------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._start()
+                await self._close_requested.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            if self.state != "broken":
+                self.state = "closing"
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + max(self.deps.config.system_timeout, 1.0)
+                await self._cleanup()
+            if scope.cancelled_caught:
+                self.note_error("cleanup timed out; `rhvfs gc` will remove what is left")
+            self.state = "closed"
+            self.ready.set()
+            self.closed.set()
+            self.deps.on_closed(self)
+
+    def request_close(self) -> None:
+        self._close_requested.set()
+
+    def schedule_close(self, delay_s: float) -> None:
+        """Close after ``delay_s`` unless a handle is opened meanwhile (the grace period)."""
+        self.cancel_grace()
+        if self._nursery is None:
+            self.request_close()
+            return
+        scope = trio.CancelScope()
+        self._grace_scope = scope
+        self._nursery.start_soon(self._grace_timer, scope, delay_s)
+
+    def cancel_grace(self) -> None:
+        if self._grace_scope is not None:
+            self._grace_scope.cancel()
+            self._grace_scope = None
+
+    async def _grace_timer(self, scope: trio.CancelScope, delay_s: float) -> None:
+        with scope:
+            await trio.sleep(delay_s)
+            if not self.handles:
+                log.info("session %s of %s: grace period over", self.session_id, self.owner.name)
+                self.request_close()
+
+    # -- start ----------------------------------------------------------------
+
+    async def _start(self) -> None:
+        try:
+            if self.owner.kind == "vm":
+                await self._start_vm()
+            else:
+                await self._start_template()
+            self.deps.freeze(self)
+        except trio.Cancelled:
+            raise
+        except VmStateError as e:
+            self._fail(e)
+            self.request_close()  # nothing to keep: the next open checks the state again
+            return
+        except RhvfsError as e:
+            await self._cleanup()  # before anyone sees the failure: nothing is left behind
+            self._fail(SessionBroken(f"backup of {self.owner.kind} {self.owner.name} failed: {e}"))
+            self.schedule_close(self.deps.config.grace_period)
+            return
+        except Exception as e:  # a bug must not hang every reader
+            log.exception("session %s of %s failed", self.session_id, self.owner.name)
+            await self._cleanup()
+            self._fail(SessionBroken(f"backup of {self.owner.name} failed: {e!r}"))
+            self.schedule_close(self.deps.config.grace_period)
+            return
+        self.state = "ready"
+        self.ready_at = time.time()
+        self.ready.set()
+        log.info(
+            "session %s of %s %s ready: snapshot %s, %d disk(s), in %.2fs",
+            self.session_id,
+            self.owner.kind,
+            self.owner.name,
+            self.snapshot.id if self.snapshot else None,
+            len(self.disks),
+            self.ready_at - self.started_wall,
+        )
+
+    def _fail(self, error: RhvfsError) -> None:
+        self.state = "broken"
+        self.error = error
+        self.note_error(str(error))
+        self.ready.set()
+
+    async def _wait_for_backup_state(self) -> Vm:
+        engine = self.deps.engine
+        deadline = trio.current_time() + min(STATE_WAIT_S, self.deps.config.system_timeout)
+        interval = max(0.1, min(self.deps.config.system_interval, 5.0))
+        while True:
+            vm = await engine.get_vm(self.owner.id)
+            status = vm.status or "unknown"
+            if status in BACKUP_OK_STATES:
+                return vm
+            if status in BACKUP_REFUSED_STATES:
+                raise VmStateError(BACKUP_REFUSED_STATES[status].format(name=vm.name))
+            if trio.current_time() >= deadline:
+                raise VmStateError(
+                    f"VM {vm.name} is {status}; wait until it is up, down or paused and try again"
+                )
+            log.info("VM %s is %s; waiting before backing it up", vm.name, status)
+            await trio.sleep(interval)
+
+    async def _start_vm(self) -> None:
+        engine = self.deps.engine
+        vm = await self._wait_for_backup_state()
+        self.entity = vm
+        now = datetime.now(UTC)
+        desc = snapshot_description(self.session_id, self.deps.process, now)
+        self.snapshot_description = desc
+        self._journal(snapshot_description=desc)
+        started = time.monotonic()
+        snap = await self._create_snapshot(vm, desc)
+        self.snapshot = snap
+        self._journal(snapshot_description=desc, snapshot_id=snap.id)
+        log.info(
+            "snapshot %s of VM %s created in %.2fs", snap.id, vm.name, time.monotonic() - started
+        )
+        disks = await engine.snapshot_disks(vm.id, snap.id)
+        data = await self.deps.fetch_owner_data(self.owner, vm)
+        try:
+            snap_ovf = await engine.snapshot_ovf(vm.id, snap.id)
+        except EngineError as e:
+            log.info("no OVF on snapshot %s (%s); using the VM's", snap.id, e)
+            snap_ovf = None
+        if snap_ovf:
+            data = dataclasses.replace(data, ovf=snap_ovf.encode("utf-8"))
+        self.data = data
+        att_ids = [a.disk.id for a in self.data.attachments]
+        order = {d: i for i, d in enumerate(att_ids)}
+        self.disks = sorted(disks, key=lambda d: order.get(d.id, len(order)))
+
+    async def _create_snapshot(self, vm: Vm, description: str) -> Snapshot:
+        engine = self.deps.engine
+        cfg = self.deps.config
+        deadline = trio.current_time() + cfg.system_timeout
+        delay = max(cfg.system_interval, 0.05)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await engine.create_snapshot(
+                    vm.id, description=description, persist_memorystate=cfg.memory_state
+                )
+            except Conflict as e:
+                # The VM or a disk is locked by another operation: wait for it.
+                if (
+                    trio.current_time() + delay > deadline
+                    or attempt >= max(cfg.system_tries, 1) * 4
+                ):
+                    raise
+                log.info("snapshot of VM %s refused (%s); retrying in %.1fs", vm.name, e, delay)
+            except EngineError as e:
+                if not is_transient(e) or trio.current_time() + delay > deadline:
+                    raise
+                log.info("snapshot of VM %s failed (%s); retrying in %.1fs", vm.name, e, delay)
+            # A lost answer may still have created it: look before creating another.
+            found = await self._find_snapshot_by_description(vm.id, description)
+            if found is not None:
+                return found
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _find_snapshot_by_description(self, vm_id: str, description: str) -> Snapshot | None:
+        try:
+            snaps = await self.deps.engine.list_snapshots(vm_id)
+        except EngineError:
+            return None
+        for s in snaps:
+            if s.description == description:
+                return s
+        return None
+
+    async def _start_template(self) -> None:
+        engine = self.deps.engine
+        tpl = await engine.get_template(self.owner.id)
+        deadline = trio.current_time() + min(STATE_WAIT_S, self.deps.config.system_timeout)
+        while tpl.status not in (None, "ok"):
+            if trio.current_time() >= deadline:
+                raise VmStateError(f"template {tpl.name} is {tpl.status}; try again later")
+            await trio.sleep(max(0.1, min(self.deps.config.system_interval, 5.0)))
+            tpl = await engine.get_template(self.owner.id)
+        self.entity = tpl
+        self._journal()
+        self.data = await self.deps.fetch_owner_data(self.owner, tpl)
+        self.disks = [a.disk for a in self.data.attachments if not a.disk.shareable]
+
+    def _journal(self, **fields: Any) -> None:
+        self.deps.journal.put(
+            JournalEntry(
+                session_id=self.session_id,
+                process=self.deps.process,
+                owner_kind=self.owner.kind,
+                owner_id=self.owner.id,
+                owner_name=self.owner.name,
+                started=datetime.fromtimestamp(self.started_wall, UTC).isoformat(),
+                transfer_ids=tuple(c.transfer.id for c in self.channels.values() if c.transfer),
+                **fields,
+            )
+        )
+        self._journaled = True
+
+    # -- reads ----------------------------------------------------------------
+
+    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes:
+        if self.state != "ready":
+            if self.error is not None:
+                raise self.error
+            raise SessionClosed(f"session of {self.owner.name} is {self.state}")
+        entry = self.entries_by_key.get(key)
+        if entry is None:
+            raise NotFound(f"{key} is not part of the backup set of {self.owner.name}")
+        if offset >= entry.size or size <= 0:
+            return b""
+        size = min(size, entry.size - offset)
+        disk_id = disk_id_of_key(key)
+        if disk_id is None:
+            content = self.contents.get(key)
+            if isinstance(content, RhvfsError):
+                raise content
+            if content is None:
+                raise NotFound(f"{key} has no content")
+            data = content[offset : offset + size]
+        else:
+            channel = self.channels.get(disk_id)
+            if channel is None:
+                disk = next(d for d in self.disks if d.id == disk_id)
+                channel = self.channels[disk_id] = DiskChannel(self, disk)
+            assert self._nursery is not None
+            try:
+                reader = await channel.ensure_reader(
+                    self._nursery, memory_budget=self._disk_budget()
+                )
+                data = await reader.read(offset, size, handle_id=handle_id)
+            except (trio.Cancelled, SessionClosed):
+                raise
+            except RhvfsError as e:
+                self.note_error(f"read of disk {disk_id} at {offset}+{size}: {e}")
+                raise
+            if len(data) != size:
+                raise DataIntegrityError(
+                    f"reader returned {len(data)} bytes for {size} at {offset} of disk {disk_id}"
+                )
+        self.bytes_read += len(data)
+        return data
+
+    def forget_handle(self, handle_id: int, key: str) -> None:
+        """Drop a released handle's sequential-access state in its disk's reader."""
+        disk_id = disk_id_of_key(key)
+        channel = self.channels.get(disk_id) if disk_id else None
+        if channel is not None and channel.reader is not None:
+            channel.reader.forget_handle(handle_id)
+
+    def _disk_budget(self) -> int:
+        """The session's prefetch memory, split between its disks (at least 16 MiB each)."""
+        n = max(1, len(self.disks))
+        return max(16 * 1024 * 1024, self.deps.config.prefetch_memory // n)
+
+    # -- cleanup --------------------------------------------------------------
+
+    async def _cleanup(self) -> None:
+        """Finalize transfers, remove the snapshot, clear the journal. Idempotent; never raises."""
+        channels = list(self.channels.values())
+        self.channels = {}
+        async with trio.open_nursery() as nursery:
+            for ch in channels:
+                nursery.start_soon(self._close_channel, ch)
+        if self.owner.kind == "vm" and self.snapshot_description is not None:
+            removed = await self._remove_snapshot()
+            if not removed:
+                return  # keep the journal entry so gc can finish the job
+        if self._journaled:
+            mine = [e for e in self.deps.journal.entries() if e.session_id == self.session_id]
+            if not mine or not mine[0].transfer_ids:
+                self.deps.journal.remove(self.session_id)
+                self._journaled = False
+
+    async def _close_channel(self, ch: DiskChannel) -> None:
+        try:
+            await ch.aclose()
+        except Exception as e:
+            self.note_error(f"closing transfer of disk {ch.disk.id}: {e}")
+
+    async def _remove_snapshot(self) -> bool:
+        engine = self.deps.engine
+        cfg = self.deps.config
+        snap_id = self.snapshot.id if self.snapshot else None
+        if snap_id is None:
+            assert self.snapshot_description is not None
+            found = await self._find_snapshot_by_description(
+                self.owner.id, self.snapshot_description
+            )
+            if found is None:
+                return True
+            snap_id = found.id
+        deadline = trio.current_time() + cfg.system_timeout
+        delay = max(cfg.system_interval, 0.05)
+        started = time.monotonic()
+        while True:
+            try:
+                await engine.remove_snapshot(self.owner.id, snap_id)
+                log.info(
+                    "snapshot %s of %s removed in %.2fs",
+                    snap_id,
+                    self.owner.name,
+                    time.monotonic() - started,
+                )
+                self.snapshot = None
+                self.snapshot_description = None
+                return True
+            except NotFound:
+                self.snapshot = None
+                self.snapshot_description = None
+                return True
+            except EngineError as e:
+                retry = isinstance(e, Conflict) or is_transient(e)
+                if not retry or trio.current_time() + delay > deadline:
+                    self.note_error(f"removing snapshot {snap_id} failed: {e}")
+                    return False
+                log.info("snapshot %s still busy (%s); retrying in %.1fs", snap_id, e, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # -- reporting ------------------------------------------------------------
+
+    def note_error(self, message: str) -> None:
+        self.last_error = message
+        log.warning("session %s of %s: %s", self.session_id, self.owner.name, message)
+        self.deps.on_error(self.owner, message)
+
+    def status(self) -> dict[str, Any]:
+        elapsed = max(time.time() - (self.ready_at or self.started_wall), 1e-6)
+        return {
+            "owner": {"kind": self.owner.kind, "id": self.owner.id, "name": self.owner.name},
+            "session_id": self.session_id,
+            "state": self.state,
+            "snapshot_id": self.snapshot.id if self.snapshot else None,
+            "started": datetime.fromtimestamp(self.started_wall, UTC).isoformat(),
+            "handles": len(self.handles),
+            "bytes_read": self.bytes_read,
+            "rate_bytes_per_s": math.floor(self.bytes_read / elapsed),
+            "disks": [ch.statistics() for ch in self.channels.values()],
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,159 @@
+"""The seams the backup sessions code against: the engine, imageio, the block reader.
+
+Structural ``Protocol``s of exactly what sessions use from ``rhvfs.engine``,
+``rhvfs.imageio`` and ``rhvfs.cache`` (see their CONTRACT.md), so tests can
+pass fakes and the packages stay decoupled. ``default_data_plane`` builds the
+real ones. Must not: implement any I/O itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from rhvfs.config import Config
+from rhvfs.engine.types import (
+    Cluster,
+    Disk,
+    DiskAttachment,
+    ImageTransfer,
+    Nic,
+    Snapshot,
+    StorageDomain,
+    Template,
+    Vm,
+)
+
+
+class EngineLike(Protocol):
+    async def get_vm(self, vm_id: str) -> Vm: ...
+    async def get_template(self, template_id: str) -> Template: ...
+    async def disk_attachments(self, vm_id: str) -> list[DiskAttachment]: ...
+    async def template_disk_attachments(self, template_id: str) -> list[DiskAttachment]: ...
+    async def vm_nics(self, vm_id: str) -> list[Nic]: ...
+    async def template_nics(self, template_id: str) -> list[Nic]: ...
+    async def list_clusters(self) -> list[Cluster]: ...
+    async def list_storage_domains(self) -> list[StorageDomain]: ...
+    async def vm_ovf(self, vm_id: str) -> str: ...
+    async def vm_xml(self, vm_id: str) -> bytes: ...
+    async def template_ovf(self, template_id: str) -> str: ...
+    async def template_xml(self, template_id: str) -> bytes: ...
+    async def create_snapshot(
+        self,
+        vm_id: str,
+        *,
+        description: str,
+        persist_memorystate: bool = False,
+        disk_ids: list[str] | None = None,
+    ) -> Snapshot: ...
+    async def list_snapshots(self, vm_id: str) -> list[Snapshot]: ...
+    async def snapshot_disks(self, vm_id: str, snapshot_id: str) -> list[Disk]: ...
+    async def snapshot_ovf(self, vm_id: str, snapshot_id: str) -> str | None: ...
+    async def remove_snapshot(self, vm_id: str, snapshot_id: str) -> None: ...
+    async def start_transfer(
+        self,
+        *,
+        disk_id: str | None = None,
+        snapshot_image_id: str | None = None,
+        backup_id: str | None = None,
+        direction: str = "download",
+        format: str = "raw",
+        inactivity_timeout: int = 60,
+        timeout_policy: str = "legacy",
+        shallow: bool = False,
+        transfer_id: str | None = None,
+    ) -> ImageTransfer: ...
+    async def get_transfer(self, transfer_id: str) -> ImageTransfer: ...
+    async def finalize_transfer(self, transfer_id: str) -> None: ...
+    async def cancel_transfer(self, transfer_id: str) -> None: ...
+    async def list_all_snapshots_with_description_prefix(
+        self, prefix: str
+    ) -> list[tuple[str, Snapshot]]: ...
+
+
+class ExtentLike(Protocol):
+    @property
+    def start(self) -> int: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def zero(self) -> bool: ...
+
+
+class ImageioClientLike(Protocol):
+    @property
+    def capabilities(self) -> Any: ...  # .max_readers
+    async def extents(self) -> Sequence[Any]: ...
+    async def read_into(self, offset: int, buf: memoryview) -> None: ...
+
+
+class BlockSource(Protocol):
+    async def read_into(self, offset: int, buf: memoryview) -> None: ...
+
+
+class ReaderLike(Protocol):
+    async def read(self, offset: int, size: int, *, handle_id: int) -> bytes: ...
+    def forget_handle(self, handle_id: int) -> None: ...
+    def statistics(self) -> Any: ...
+    async def aclose(self) -> None: ...
+
+
+#: ``open_imageio(transfer_url)`` -> async context manager of a client.
+ImageioOpener = Callable[[str], AbstractAsyncContextManager[ImageioClientLike]]
+
+
+class ReaderFactory(Protocol):
+    async def __call__(
+        self,
+        source: BlockSource,
+        *,
+        size: int,
+        extents: Sequence[Any],
+        memory_budget: int,
+        streams: int,
+        nursery: Any,
+    ) -> ReaderLike: ...
+
+
+def default_imageio_opener(config: Config) -> ImageioOpener:
+    def opener(url: str) -> AbstractAsyncContextManager[ImageioClientLike]:
+        from rhvfs.imageio import open_imageio
+
+        result: AbstractAsyncContextManager[ImageioClientLike] = open_imageio(
+            url, cafile=config.cafile, secure=config.secure
+        )
+        return result
+
+    return opener
+
+
+def default_reader_factory(config: Config) -> ReaderFactory:
+    async def factory(
+        source: BlockSource,
+        *,
+        size: int,
+        extents: Sequence[Any],
+        memory_budget: int,
+        streams: int,
+        nursery: Any,
+    ) -> ReaderLike:
+        from rhvfs.cache import ImageReader, RetryPolicy
+
+        reader = ImageReader(
+            source,
+            size=size,
+            extents=list(extents),
+            memory_budget=memory_budget,
+            streams=streams,
+            retry=RetryPolicy(
+                tries=config.system_tries,
+                interval_s=config.system_interval,
+                timeout_s=config.system_timeout,
+            ),
+        )
+        await reader.run(nursery)
+        result: ReaderLike = reader
+        return result
+
+    return factory

@@ -1,0 +1,384 @@
+"""BackupManager + BackupSession lifecycle against fakes (MockClock: timers run instantly)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from test_sessions_fakes import FakeDataPlane, FakeEngine, MiB, make_config, sha
+
+from rhvfs import ARTIFACT_MARKER
+from rhvfs.errors import EngineError, NotFound, SessionBroken, VmStateError
+from rhvfs.sessions import BackupManager, Journal, Owner
+from rhvfs.sessions.model import config_key, disk_key
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, **config: Any) -> None:
+        self.engine = FakeEngine()
+        self.plane = FakeDataPlane(self.engine)
+        self.journal = Journal(tmp_path / "journal.json")
+        self.config = make_config(**config)
+        self.manager = BackupManager(
+            self.engine,
+            self.config,
+            journal=self.journal,
+            imageio_opener=self.plane.opener,
+            reader_factory=self.plane.reader_factory,
+            gc_on_start=False,
+        )
+
+    async def read_all(self, owner: Owner, key: str, *, chunk: int = 256 * 1024) -> bytes:
+        h = await self.manager.open(owner, key)
+        try:
+            out = bytearray()
+            while True:
+                data = await self.manager.read(h, len(out), chunk)
+                if not data:
+                    return bytes(out)
+                out += data
+        finally:
+            await self.manager.release(h)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> Any:
+    r = Rig(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        yield r
+        nursery.cancel_scope.cancel()
+
+
+def vm_owner(engine: FakeEngine, name: str) -> Owner:
+    vm = next(v for v in engine.vms.values() if v.name == name)
+    return Owner(kind="vm", id=vm.id, name=vm.name)
+
+
+async def test_listing_order_sizes_and_no_session(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("web01", disks=[("root", 3 * MiB), ("data", 1 * MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    entries = await rig.manager.list_set(owner)
+    names = [e.name for e in entries]
+    ids = rig.engine.disk_ids(vm.id)
+    assert names == [
+        "vm.ovf",
+        "vm.xml",
+        "manifest.json",
+        f"root--{ids[0]}.raw",
+        f"data--{ids[1]}.raw",
+    ]
+    assert [e.size for e in entries[3:]] == [3 * MiB, 1 * MiB]
+    assert all(e.size % (64 * 1024) == 0 and e.size >= 64 * 1024 for e in entries[:3])
+    assert all(e.blocks >= 1 for e in entries)
+    assert entries[3].blocks == (3 * MiB // 2) // 512  # from actual_size
+    assert rig.engine.user_snapshots(vm.id) == []
+    assert "create_snapshot" not in rig.engine.calls
+    files = await rig.manager.list_disk_files(owner)
+    assert [f.name for f in files] == ["root.raw", "data.raw"]
+    assert [f.key for f in files] == [disk_key(i) for i in ids]
+
+
+async def test_full_session_reads_snapshot_data_and_cleans_up(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    eng = rig.engine
+    vm = eng.add_vm("web01", disks=[("a", 2 * MiB), ("b", 3 * MiB), ("c", 1 * MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    listed = await rig.manager.list_set(owner)
+    ids = eng.disk_ids(vm.id)
+    expected = {d: sha(bytes(eng.volumes[eng.active[d]])) for d in ids}
+
+    # Open all disks concurrently; the guest writes right after the first open.
+    results: dict[str, str] = {}
+
+    async def one(disk_id: str) -> None:
+        results[disk_id] = sha(await rig.read_all(owner, disk_key(disk_id)))
+
+    h = await rig.manager.open(owner, config_key("vm.ovf"))
+    for d in ids:
+        eng.guest_write(d, 0, b"\xee" * 4096)
+    async with trio.open_nursery() as n:
+        for d in ids:
+            n.start_soon(one, d)
+    assert results == expected
+    snaps = eng.user_snapshots(vm.id)
+    assert len(snaps) == 1
+    desc = snaps[0].description
+    assert desc.startswith(f"{ARTIFACT_MARKER} ")
+    assert f"host={socket.gethostname()} " in desc and " pid=" in desc
+    assert len(eng.open_transfers()) == 3
+    # Stat during the session equals the listing before it.
+    assert await rig.manager.list_set(owner) == listed
+    st = rig.manager.status()
+    assert st["sessions"][0]["snapshot_id"] == snaps[0].id
+    assert st["sessions"][0]["bytes_read"] == 6 * MiB
+    assert rig.journal.entries()[0].snapshot_id == snaps[0].id
+
+    await rig.manager.release(h)
+    await trio.sleep(rig.config.grace_period - 1)
+    assert len(eng.user_snapshots(vm.id)) == 1  # still in its grace period
+    await trio.sleep(30)
+    assert eng.user_snapshots(vm.id) == []
+    assert eng.open_transfers() == []
+    assert eng.calls.count("finalize_transfer") == 3
+    assert rig.journal.entries() == []
+    assert rig.manager.status()["sessions"] == []
+    assert all(c.closed for c in rig.plane.clients)
+    # The guest's write survived the merge.
+    assert all(bytes(eng.volumes[eng.active[d]])[:4096] == b"\xee" * 4096 for d in ids)
+
+
+async def test_reopen_within_grace_joins_the_session(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    await rig.manager.list_set(owner)
+    key = disk_key(rig.engine.disk_ids(vm.id)[0])
+    first = await rig.read_all(owner, key)
+    await trio.sleep(rig.config.grace_period / 2)
+    second = await rig.read_all(owner, key)
+    assert first == second
+    assert rig.engine.calls.count("create_snapshot") == 1
+    assert rig.engine.calls.count("start_transfer") == 1
+    await trio.sleep(rig.config.grace_period + 30)
+    assert rig.engine.user_snapshots(vm.id) == []
+    third = await rig.read_all(owner, key)
+    assert third == first
+    assert rig.engine.calls.count("create_snapshot") == 2
+
+
+async def test_config_files_are_padded_to_the_announced_size(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1", disks=[("root", 1 * MiB), ("root", 1 * MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    listed = {e.name: e for e in await rig.manager.list_set(owner)}
+    manifest = await rig.read_all(owner, config_key("manifest.json"))
+    ovf = await rig.read_all(owner, config_key("vm.ovf"))
+    xml = await rig.read_all(owner, config_key("vm.xml"))
+    assert len(manifest) == listed["manifest.json"].size
+    assert len(ovf) == listed["vm.ovf"].size
+    assert len(xml) == listed["vm.xml"].size
+    assert ovf.startswith(b"<?xml") and ovf.rstrip().endswith(b"</ovf:Envelope>")
+    assert xml.rstrip().endswith(b"</vm>")
+    doc = json.loads(manifest)
+    snap = rig.engine.user_snapshots(vm.id)[0]
+    assert doc["snapshot_id"] == snap.id
+    assert doc["kind"] == "vm" and doc["set_type"] == "full"
+    assert doc["vm"]["name"] == "v1" and doc["vm"]["cluster"]["name"] == "Default"
+    ids = rig.engine.disk_ids(vm.id)
+    assert [d["id"] for d in doc["disks"]] == ids
+    assert [d["file"] for d in doc["disks"]] == [e for e in listed if e.endswith(".raw")]
+    assert doc["disks"][0]["storage_domain"]["name"] == "mydata"
+    assert doc["disks"][0]["image_id"] == rig.engine.snapshot_volumes[snap.id][ids[0]]
+    assert doc["nics"][0]["mac"] == "56:6f:00:00:00:01"
+    # Two disks with the same alias get distinct names in disks/.
+    files = await rig.manager.list_disk_files(owner)
+    assert sorted(f.name for f in files) == sorted(f"root--{i}.raw" for i in ids)
+
+
+async def test_suspended_vm_is_refused_clearly(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("web01", status="suspended")
+    owner = Owner("vm", vm.id, vm.name)
+    await rig.manager.list_set(owner)
+    for _ in range(2):
+        with pytest.raises(VmStateError, match="VM web01 is suspended; resume or power it off"):
+            await rig.manager.open(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))
+    assert rig.engine.user_snapshots(vm.id) == []
+    assert "create_snapshot" not in rig.engine.calls
+    assert rig.journal.entries() == []
+    assert "suspended" in rig.manager.status()["errors"][-1]["message"]
+
+
+async def test_locked_vm_is_waited_for(rig: Rig, autojump_clock: trio.testing.MockClock) -> None:
+    vm = rig.engine.add_vm("v1", status="image_locked")
+    owner = Owner("vm", vm.id, vm.name)
+    await rig.manager.list_set(owner)
+    rig.engine.status_sequence[vm.id] = ["image_locked", "image_locked", "up"]
+    data = await rig.read_all(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))
+    assert len(data) == 2 * MiB
+    rig.engine.status_sequence[vm.id] = ["image_locked"] * 1000
+    await trio.sleep(100)  # first session ends
+    with pytest.raises(VmStateError, match="image_locked"):
+        await rig.manager.open(owner, config_key("vm.ovf"))
+
+
+async def test_failed_snapshot_breaks_the_session_until_the_grace_period_ends(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    await rig.manager.list_set(owner)
+    rig.engine.create_snapshot_errors = [EngineError("storage domain is full")]
+    key = disk_key(rig.engine.disk_ids(vm.id)[0])
+    with pytest.raises(SessionBroken, match="storage domain is full"):
+        await rig.manager.open(owner, key)
+    with pytest.raises(SessionBroken):
+        await rig.manager.open(owner, key)
+    assert rig.engine.calls.count("create_snapshot") == 1
+    assert rig.journal.entries() == []
+    await trio.sleep(rig.config.grace_period + 1)
+    assert len(await rig.read_all(owner, key)) == 2 * MiB
+
+
+async def test_transient_snapshot_errors_are_retried(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    from rhvfs.errors import EngineUnavailable
+
+    vm = rig.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    rig.engine.create_snapshot_errors = [EngineUnavailable("502"), EngineUnavailable("503")]
+    data = await rig.read_all(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))
+    assert len(data) == 2 * MiB
+    assert len(rig.engine.user_snapshots(vm.id)) == 1
+
+
+async def test_expired_ticket_is_recreated_transparently(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    eng = rig.engine
+    vm = eng.add_vm("v1", disks=[("a", 4 * MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    disk_id = eng.disk_ids(vm.id)[0]
+    expected = bytes(eng.volumes[eng.active[disk_id]])
+    h = await rig.manager.open(owner, disk_key(disk_id))
+    first = await rig.manager.read(h, 0, MiB)
+    (tid,) = [t.id for t in eng.open_transfers()]
+    eng.expire(tid)
+    rest = await rig.manager.read(h, MiB, 3 * MiB)
+    assert first + rest == expected
+    assert len(eng.open_transfers()) == 1 and eng.open_transfers()[0].id != tid
+    assert rig.manager.status()["sessions"][0]["disks"][0]["recreated"] == 1
+    assert [t.id for t in eng.open_transfers()] == list(rig.journal.entries()[0].transfer_ids)
+    await rig.manager.release(h)
+    await trio.sleep(60)
+    assert eng.open_transfers() == [] and eng.user_snapshots(vm.id) == []
+
+
+async def test_keepalive_keeps_a_paused_reader_transfer_alive(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    eng = rig.engine
+    vm = eng.add_vm("v1", disks=[("a", 1 * MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    disk_id = eng.disk_ids(vm.id)[0]
+    expected = bytes(eng.volumes[eng.active[disk_id]])
+    h = await rig.manager.open(owner, disk_key(disk_id))
+    a = await rig.manager.read(h, 0, 4096)
+    await trio.sleep(rig.config.inactivity_timeout * 5)  # the backup tool pauses
+    b = await rig.manager.read(h, 4096, MiB)
+    assert a + b == expected
+    assert rig.engine.calls.count("start_transfer") == 1  # never expired
+    keepalives = rig.manager.status()["sessions"][0]["disks"][0]["keepalives"]
+    assert keepalives >= 10
+    assert all(r == (0, 4096) for r in rig.plane.clients[0].reads[1:-1])
+    await rig.manager.release(h)
+
+
+async def test_unmount_ends_every_session(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    r = Rig(tmp_path)
+    vm1 = r.engine.add_vm("v1")
+    vm2 = r.engine.add_vm("v2", seed=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        handles = []
+        for vm in (vm1, vm2):
+            owner = Owner("vm", vm.id, vm.name)
+            h = await r.manager.open(owner, disk_key(r.engine.disk_ids(vm.id)[0]))
+            assert len(await r.manager.read(h, 0, 65536)) == 65536
+            handles.append(h)
+        assert len(r.engine.open_transfers()) == 2
+        nursery.cancel_scope.cancel()  # unmount with open handles
+    assert r.engine.open_transfers() == []
+    assert r.engine.user_snapshots(vm1.id) == [] and r.engine.user_snapshots(vm2.id) == []
+    assert r.journal.entries() == []
+
+
+async def test_snapshot_removal_retries_while_locked(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    await rig.read_all(owner, config_key("vm.ovf"))
+    rig.engine.remove_snapshot_conflicts = 3
+    await trio.sleep(rig.config.grace_period + 60)
+    assert rig.engine.user_snapshots(vm.id) == []
+    assert rig.engine.calls.count("remove_snapshot") == 4
+    assert rig.journal.entries() == []
+
+
+async def test_unknown_key_and_eof(rig: Rig, autojump_clock: trio.testing.MockClock) -> None:
+    vm = rig.engine.add_vm("v1", disks=[("a", 65536)])
+    owner = Owner("vm", vm.id, vm.name)
+    with pytest.raises(NotFound):
+        await rig.manager.open(owner, "disk:nope")
+    h = await rig.manager.open(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))
+    assert len(await rig.manager.read(h, 65536 - 100, 4096)) == 100
+    assert await rig.manager.read(h, 65536, 4096) == b""
+    await rig.manager.release(h)
+
+
+async def test_mtime_stable_for_down_vm_and_renewed_for_running(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    r = Rig(tmp_path)
+    down = r.engine.add_vm("down1", status="down")
+    up = r.engine.add_vm("up1", status="up", seed=3)
+    od, ou = Owner("vm", down.id, down.name), Owner("vm", up.id, up.name)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        d1 = await r.manager.list_set(od)
+        u1 = await r.manager.list_set(ou)
+        await r.read_all(od, d1[3].key)
+        await r.read_all(ou, u1[3].key)
+        assert await r.manager.list_set(od) == d1
+        assert await r.manager.list_set(ou) == u1  # frozen during the session
+        await trio.sleep(r.config.grace_period + 60)
+        d2 = await r.manager.list_set(od)
+        u2 = await r.manager.list_set(ou)
+        nursery.cancel_scope.cancel()
+    assert d2 == d1  # an unchanged down VM looks unchanged
+    assert [e.size for e in u2] == [e.size for e in u1]
+    assert u2[0].mtime_ns != u1[0].mtime_ns  # a running VM's data moved on
+    # A second mount announces the same for the down VM.
+    r2 = BackupManager(r.engine, r.config, journal=r.journal, gc_on_start=False)
+    assert await r2.list_set(od) == d1
+    # A changed down VM gets a new mtime.
+    r.engine.attachments[down.id][0] = r.engine.attachments[down.id][0].__class__(
+        disk=r.engine.attachments[down.id][0].disk.__class__(
+            **{**r.engine.attachments[down.id][0].disk.__dict__, "actual_size": 12345}
+        )
+    )
+    d3 = await r2.list_set(od)
+    assert d3[0].mtime_ns != d1[0].mtime_ns
+
+
+async def test_template_is_read_without_a_snapshot(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    tpl = rig.engine.add_template("tpl1")
+    owner = Owner("template", tpl.id, tpl.name)
+    entries = await rig.manager.list_set(owner)
+    assert [e.name for e in entries][:3] == ["vm.ovf", "vm.xml", "manifest.json"]
+    disk_id = rig.engine.disk_ids(tpl.id)[0]
+    data = await rig.read_all(owner, disk_key(disk_id))
+    assert data == bytes(rig.engine.volumes[rig.engine.active[disk_id]])
+    assert "create_snapshot" not in rig.engine.calls
+    doc = json.loads(await rig.read_all(owner, config_key("manifest.json")))
+    assert doc["kind"] == "template" and doc["snapshot_id"] is None
+    await trio.sleep(rig.config.grace_period + 30)
+    assert rig.engine.open_transfers() == [] and rig.journal.entries() == []
