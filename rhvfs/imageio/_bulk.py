@@ -248,6 +248,8 @@ class BulkPool:
         rest = hview[end + 4 : got]
         keep = headers.get("connection", "").lower() != "close"
         if status != 206:
+            if 200 <= status < 300:
+                raise DataIntegrityError(f"{what}: HTTP {status} instead of 206 Partial Content")
             body = await self._read_error_body(conn, headers, rest)
             raise status_error(status, body, what)
         size = len(buf)

@@ -128,6 +128,10 @@ class ImageioClient:
             async with self._http.stream(
                 "GET", self.url, headers={"Range": f"bytes={first}-{last}"}
             ) as resp:
+                if 200 <= resp.status_code < 300 and resp.status_code != 206:
+                    raise DataIntegrityError(
+                        f"{what}: HTTP {resp.status_code} instead of 206 Partial Content"
+                    )
                 if resp.status_code != 206:
                     await resp.aread()
                     raise status_error(resp.status_code, resp.text, what)
