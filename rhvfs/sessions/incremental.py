@@ -64,7 +64,9 @@ from rhvfs.errors import (
     SessionError,
     TicketGone,
     VmStateError,
+    is_transient,
 )
+from rhvfs.imageio.types import Extent
 from rhvfs.sessions import procid
 from rhvfs.sessions.chain import ChainDisk, ChainSet, ChainState, PendingBackup, SetType
 from rhvfs.sessions.journal import Journal, JournalEntry
@@ -75,7 +77,6 @@ from rhvfs.sessions.ports import (
     ReaderFactory,
     ReaderLike,
     default_imageio_opener,
-    default_reader_factory,
 )
 from rhvfs.sessions.qcow2delta import Change, Qcow2Delta
 from rhvfs.sessions.setfiles import OwnerData, build_manifest
@@ -94,6 +95,7 @@ KEY_SEP = "|"
 BACKUP_OK_STATES = frozenset({"up", "down", "paused"})
 KEEPALIVE_BYTES = 4096
 MAX_TICKET_RECREATIONS = 3
+OPEN_TRIES = 3
 MAX_NOTES = 50
 
 
@@ -153,6 +155,75 @@ def changes_from_dirty(extents: Sequence[Any]) -> list[Change]:
     return [Change(e.start, e.length, zero=bool(e.zero)) for e in extents if e.dirty]
 
 
+def reader_extents(
+    size: int, wanted: Sequence[tuple[int, int]], extents: Sequence[Any]
+) -> list[Extent]:
+    """A zero-context extent map for a delta's reader: data only where the delta reads.
+
+    ``wanted`` are the guest ranges of the delta's data clusters; ``extents``
+    the disk's real zero map. Everything else is marked zero, so the reader
+    never fetches (or prefetches) a byte the delta does not serve, and real
+    zero parts of dirty clusters are served from memory.
+    """
+    nonzero = [(e.start, e.start + e.length) for e in extents if not (e.zero or e.hole)]
+    data: list[tuple[int, int]] = []
+    i = 0
+    for ws, we in wanted:
+        while i < len(nonzero) and nonzero[i][1] <= ws:
+            i += 1
+        j = i
+        while j < len(nonzero) and nonzero[j][0] < we:
+            s, e = max(ws, nonzero[j][0]), min(we, nonzero[j][1])
+            if s < e:
+                if data and data[-1][1] == s:
+                    data[-1] = (data[-1][0], e)
+                else:
+                    data.append((s, e))
+            j += 1
+    out: list[Extent] = []
+    pos = 0
+    for s, e in data:
+        if s > pos:
+            out.append(Extent(pos, s - pos, zero=True))
+        out.append(Extent(s, e - s, zero=False))
+        pos = e
+    if pos < size:
+        out.append(Extent(pos, size - pos, zero=True))
+    return out
+
+
+def default_reader_factory(config: Config) -> ReaderFactory:
+    """The block cache's ``ImageReader`` over a channel (prefetching, zero extents from memory)."""
+
+    async def factory(
+        source: Any,
+        *,
+        size: int,
+        extents: Sequence[Any],
+        memory_budget: int,
+        streams: int,
+        nursery: Any,
+    ) -> ReaderLike:
+        from rhvfs.cache import ImageReader, RetryPolicy
+
+        reader = ImageReader(
+            source,
+            size=size,
+            extents=list(extents),
+            memory_budget=memory_budget,
+            streams=streams,
+            retry=RetryPolicy(
+                tries=config.system_tries,
+                interval_s=config.system_interval,
+                timeout_s=config.system_timeout,
+            ),
+        )
+        await reader.run(nursery)
+        return reader
+
+    return factory
+
+
 def _merge_into(intervals: list[tuple[int, int]], start: int, end: int) -> None:
     """Add [start, end) to a sorted list of disjoint intervals, merging neighbours."""
     if end <= start:
@@ -205,7 +276,23 @@ class DiskChannel:
         self._lock = trio.Lock()
 
     async def open(self) -> DirtyClient:
-        await self._recreate(self.generation)
+        """Start the transfer and open its imageio client; transient failures start a new one."""
+        delay = max(self.session.deps.config.system_interval, 0.05)
+        for attempt in range(1, OPEN_TRIES + 1):
+            try:
+                await self._recreate(self.generation)
+                break
+            except RhvfsError as e:
+                if not is_transient(e) or attempt == OPEN_TRIES:
+                    raise
+                log.info(
+                    "transfer of disk %s failed to open (%s); retrying in %.1fs",
+                    self.plan.disk.id,
+                    e,
+                    delay,
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         assert self.client is not None
         return self.client
 
@@ -624,9 +711,18 @@ class IncrementalSession:
             )
             self.plans.append(plan)
 
-        async with trio.open_nursery() as n:
-            for plan in self.plans:
-                n.start_soon(self._prepare_disk, plan, prev_format_of(base, plan.disk.id), nursery)
+        try:
+            async with trio.open_nursery() as n:
+                for plan in self.plans:
+                    n.start_soon(
+                        self._prepare_disk, plan, prev_format_of(base, plan.disk.id), nursery
+                    )
+        except BaseExceptionGroup as group:
+            # report the first disk's error as itself, so callers see an rhvfs error
+            for exc in group.exceptions:
+                if isinstance(exc, Exception):
+                    raise exc from None
+            raise
         self._freeze(data)
 
     async def _prepare_disk(
@@ -661,7 +757,15 @@ class IncrementalSession:
         )
         if plan.delta is None:
             plan.dirty_bytes = plan.disk.provisioned_size
-        await channel.start_reader(zero, nursery=nursery)
+            await channel.start_reader(zero, nursery=nursery)
+        else:
+            wanted = [
+                (a.start, a.start + a.length)
+                for a in plan.delta.changed_ranges()
+                if a.kind == "data"
+            ]
+            size = plan.disk.provisioned_size
+            await channel.start_reader(reader_extents(size, wanted, zero), nursery=nursery)
 
     async def _snapshot_for(self, vm_id: str, disks: list[Disk]) -> None:
         """A snapshot of the disks an incremental backup cannot include (read in full)."""
