@@ -71,14 +71,24 @@ async def open_backend(
     """
     from rhvfs.engine import open_engine
     from rhvfs.sessions import BackupManager, Journal, Owner
+    from rhvfs.sessions.chain import ChainState
+    from rhvfs.sessions.incremental import IncrementalManager
+    from rhvfs.sessions.incremental_sets import SetRouter
 
     async with open_engine(config) as engine:
         journal = Journal.for_engine(config.engine_url, state_dir=options.state_dir)
         manager = BackupManager(engine, config, journal=journal, gc_on_start=gc_on_start)
+        chain = ChainState.for_engine(config.engine_url, state_dir=options.state_dir)
+        incremental = IncrementalManager(
+            engine, config, chain=chain, journal=journal, cleanup_on_start=gc_on_start
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
+            await nursery.start(incremental.run)
             try:
-                yield Backend(engine=engine, backups=manager, owner_factory=Owner)
+                yield Backend(
+                    engine=engine, backups=SetRouter(manager, incremental), owner_factory=Owner
+                )
             finally:
                 nursery.cancel_scope.cancel()
 

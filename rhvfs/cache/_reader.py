@@ -85,6 +85,7 @@ class _Chunk:
         "error",
         "last_used",
         "consumed",
+        "read",
         "scope",
         "started",
     )
@@ -98,6 +99,7 @@ class _Chunk:
         self.error: BaseException | None = None
         self.last_used = 0
         self.consumed = False
+        self.read = False  # served a read at least once
         self.scope = trio.CancelScope()
         self.started = False
 
@@ -168,7 +170,13 @@ class ImageReader:
 
     @property
     def size(self) -> int:
+        """The image size in bytes."""
         return self._size
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Bytes outside zero/hole extents: what a full read fetches over HTTP."""
+        return self._map.data_bytes
 
     async def run(
         self,
@@ -331,7 +339,7 @@ class ImageReader:
             if self._has_data[i]:
                 wanted += 1
                 if i not in self._chunks:
-                    if not self._reserve_nowait(self._chunk_len(i)):
+                    if not self._reserve_nowait(self._chunk_len(i), for_prefetch=True):
                         return
                     self._chunks_prefetched += 1
                     self._spawn(self._insert(i))
@@ -394,6 +402,7 @@ class ImageReader:
                 await self._fetch_task(chunk)
             await chunk.done.wait()
             if chunk.error is None:
+                chunk.read = True
                 return chunk
             if isinstance(chunk.error, _Aborted):
                 if self._closed:
@@ -461,9 +470,9 @@ class ImageReader:
 
     # -- memory budget ---------------------------------------------------------------
 
-    def _reserve_nowait(self, nbytes: int) -> bool:
+    def _reserve_nowait(self, nbytes: int, *, for_prefetch: bool = False) -> bool:
         while self._reserved + nbytes > self._budget:
-            if not self._evict_one():
+            if not self._evict_one(for_prefetch=for_prefetch):
                 return False
         self._reserved += nbytes
         return True
@@ -480,10 +489,15 @@ class ImageReader:
         self._reserved -= nbytes
         self._space.set()
 
-    def _evict_one(self) -> bool:
+    def _evict_one(self, *, for_prefetch: bool) -> bool:
+        """Drop one ready chunk: consumed first, then least recently used.
+
+        Read-ahead never evicts a prefetched chunk nobody has read yet (that
+        would throw away work to do more of the same); demand reads may.
+        """
         victim: _Chunk | None = None
         for chunk in self._chunks.values():
-            if not chunk.done.is_set():
+            if not chunk.done.is_set() or (for_prefetch and not chunk.read and not chunk.consumed):
                 continue
             if victim is None or (not chunk.consumed, chunk.last_used) < (
                 not victim.consumed,

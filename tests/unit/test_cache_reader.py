@@ -37,6 +37,9 @@ class FakeSource:
         self.max_active = 0
         self.reader: ImageReader | None = None
         self.max_reserved = 0
+        self.in_flight: set[int] = set()
+        self.rnd = random.Random(len(data))
+        self.random_delay_s = 0.0
 
     async def read_into(self, offset: int, buf: memoryview) -> None:
         self.requests.append((offset, len(buf)))
@@ -45,10 +48,15 @@ class FakeSource:
         assert not any(z for _, _, z in self.map.segments(offset, offset + len(buf)))
         if self.reader is not None:
             self.max_reserved = max(self.max_reserved, self.reader.statistics().memory_reserved)
+        # never two GETs of the same range at once: readers share in-flight fetches
+        assert offset not in self.in_flight
+        self.in_flight.add(offset)
         self.active += 1
         self.max_active = max(self.max_active, self.active)
         try:
-            if self.delay_s:
+            if self.random_delay_s:
+                await trio.sleep(self.rnd.random() * self.random_delay_s)
+            elif self.delay_s:
                 await trio.sleep(self.delay_s)
             else:
                 await trio.lowlevel.checkpoint()
@@ -57,6 +65,7 @@ class FakeSource:
             buf[:] = self.data[offset : offset + len(buf)]
         finally:
             self.active -= 1
+            self.in_flight.discard(offset)
 
     @property
     def bytes_requested(self) -> int:
@@ -141,6 +150,49 @@ def test_any_read_returns_the_reference_bytes(
         assert size >= 0
 
     trio.run(main)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    layouts,
+    st.lists(reads, min_size=2, max_size=4),
+    st.sampled_from([512, 1000, 4096]),
+    st.integers(1, 4),
+)
+def test_concurrent_readers_get_the_reference_bytes(
+    layout: list[tuple[int, bool]],
+    per_reader_ops: list[list[tuple[int, int, int]]],
+    chunk_size: int,
+    budget_chunks: int,
+) -> None:
+    data, extents = make_image(layout)
+
+    async def main() -> None:
+        src = FakeSource(data, extents)
+        src.random_delay_s = 0.01
+        reader = make_reader(src, chunk_size=chunk_size, budget_chunks=budget_chunks, streams=3)
+
+        async def one(n: int, ops: list[tuple[int, int, int]]) -> None:
+            pos = 0
+            for k, (offset, length, _) in enumerate(ops):
+                if n % 2 == 0:  # even readers go sequentially, odd ones jump around
+                    offset = pos
+                    pos += length
+                got = await reader.read(offset, length, handle_id=n)
+                assert got == data[offset : offset + length], (n, k, offset, length)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(reader.run)
+                async with trio.open_nursery() as readers:
+                    for n, ops in enumerate(per_reader_ops):
+                        readers.start_soon(one, n, ops)
+                assert reader.statistics().memory_reserved <= budget_chunks * chunk_size
+                await reader.aclose()
+        assert src.max_reserved <= budget_chunks * chunk_size
+        assert src.max_active <= 3
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 # -- zero extents ----------------------------------------------------------------------
