@@ -176,6 +176,51 @@ class Layout:
                     ("vm", vm.id, "disks"), "disks", self._disks_lister("vm", owner, vm.id), mtime
                 ),
                 self._file(("vm", vm.id, "vm.json"), "vm.json", await self._vm_json(vm), mtime),
+                *self._incremental_dirs(owner, vm.id, mtime),
+            ]
+
+        return lister
+
+    # -- incremental sets (issue 5; rhvfs/sessions/incremental.py) -------------
+    # Listing one of these directories starts that set's engine backup: the
+    # file sizes are the dirty extents, known only once the backup is ready.
+
+    def _incremental_dirs(self, owner: Any, vm_id: str, mtime: int) -> list[Node]:
+        if not hasattr(self.backups, "list_incremental"):
+            return []
+        dirs = [
+            self._dir(
+                ("vm", vm_id, f"@rhv-{kind}"),
+                f"@rhv-{kind}",
+                self._incremental_lister(owner, vm_id, kind, None),
+                mtime,
+            )
+            for kind in ("incremental", "differential")
+        ]
+        dirs.append(
+            self._dir(("vm", vm_id, "@rhv-since"), "@rhv-since", self._since_lister(owner, vm_id))
+        )
+        return dirs
+
+    def _incremental_lister(self, owner: Any, vm_id: str, kind: str, since: str | None) -> Lister:
+        async def lister() -> list[Node]:
+            sets: Any = self.backups
+            entries = await sets.list_incremental(owner, kind, since)
+            set_kind = kind if since is None else f"since:{since}"
+            return self._entries("vm", vm_id, set_kind, owner, entries)
+
+        return lister
+
+    def _since_lister(self, owner: Any, vm_id: str) -> Lister:
+        async def lister() -> list[Node]:
+            sets: Any = self.backups
+            return [
+                self._dir(
+                    ("vm", vm_id, f"@rhv-since/{cp}"),
+                    escape(cp),
+                    self._incremental_lister(owner, vm_id, "since", cp),
+                )
+                for cp in await sets.since_checkpoints(owner)
             ]
 
         return lister
