@@ -16,6 +16,7 @@ know about tickets beyond the text it is given.
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 from collections.abc import Iterator
 
@@ -63,9 +64,17 @@ def translate_errors(what: str) -> Iterator[None]:
         raise ImageioError(f"{what}: {exc}") from exc
 
 
+# imageio names the ticket in some messages ("Ticket <uuid> not found"); a ticket id is a
+# bearer credential for the transfer, so it never reaches an exception text or a log.
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
 def status_error(status: int, body: str, what: str, *, dirty_context: bool = False) -> ImageioError:
     """The error to raise for an unexpected HTTP ``status`` (``body`` is the server's message)."""
     text = body.strip().splitlines()[0][:300] if body.strip() else f"HTTP {status}"
+    text = _UUID_RE.sub("<ticket>", text)
     detail = f"{what}: {text}"
     if status == 403:
         return TicketGone(detail, status=status)

@@ -64,6 +64,15 @@ def test_transport_errors(exc: Exception, cls: type[ImageioError], text: str) ->
     assert str(info.value).startswith("imageio unavailable: GET 0+10")
 
 
+def test_ticket_ids_are_redacted_from_server_messages() -> None:
+    body = "You are not allowed to access this resource: Ticket 0f3c2b1a-1111-4222-8333-944445555666 not found\n"
+    err = status_error(403, body, "GET 0+10")
+    assert (
+        str(err)
+        == "imageio ticket gone: GET 0+10: You are not allowed to access this resource: Ticket <ticket> not found"
+    )
+
+
 def test_certificate_errors_are_permanent() -> None:
     cert = ssl.SSLCertVerificationError(1, "certificate verify failed")
     cert.verify_message = "unable to get local issuer certificate"
