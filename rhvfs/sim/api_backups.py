@@ -11,6 +11,7 @@ checkpoint is a bitmap of that name on the volumes of its disks.
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 from ovirtsdk4 import types
@@ -19,7 +20,7 @@ from rhvfs.sim import api_snapshots, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import Engine, action_done, get_or_404, href, parse_body, vm_busy
 from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
-from rhvfs.sim.state import Backup, Checkpoint, Vm, new_id, now_iso
+from rhvfs.sim.state import Backup, Checkpoint, Vm, new_id, now_iso, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,19 @@ def remove_checkpoint(e: Engine, vm: Vm, cp: Checkpoint) -> None:
     log.info("checkpoint %s of vm %s removed", cp.id, vm.id)
 
 
+def sweep(e: Engine, *, now: datetime.datetime | None = None) -> None:
+    """Forget ended backups like the engine does (15 min after success, 30 after failure)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    with e.state.lock:
+        for b in list(e.state.backups.values()):
+            if b.phase not in ENDED or not b.modified_date:
+                continue
+            keep_s = 15 * 60 if b.phase == "succeeded" else 30 * 60
+            if (now - parse_iso(b.modified_date)).total_seconds() >= keep_s:
+                del e.state.backups[b.id]
+                e.save()
+
+
 def register(router: Router, e: Engine) -> None:
     st = e.state
 
@@ -339,3 +353,4 @@ def register(router: Router, e: Engine) -> None:
     router.add("GET", "/vms/{vm}/checkpoints/{checkpoint}", checkpoint_get)
     router.add("GET", "/vms/{vm}/checkpoints/{checkpoint}/disks", checkpoint_disks)
     router.add("DELETE", "/vms/{vm}/checkpoints/{checkpoint}", checkpoint_delete)
+    e.tasks.every(60.0, lambda: sweep(e))

@@ -11,6 +11,7 @@ cancelled upload deletes its disk. Idle transfers meet their
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from typing import Literal
@@ -30,7 +31,7 @@ from rhvfs.sim.api_base import (
     volume_file,
 )
 from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
-from rhvfs.sim.state import Disk, ImageTransfer, new_id, now_iso
+from rhvfs.sim.state import Disk, ImageTransfer, new_id, now_iso, parse_iso
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ RENEW_EVERY_S = 60.0
 POLL_INTERVAL_S = 0.5
 QCOW_OVERHEAD_FACTOR = 1.1
 QCOW_HEADER_BYTES = 64 * 1024**2
+
+KEEP_SUCCESS_S = 15 * 60
+KEEP_FAILURE_S = 30 * 60
+SWEEP_INTERVAL_S = 60.0
 
 TERMINAL = ("finished_success", "finished_failure", "finished_cleanup")
 _last_renewal: dict[str, float] = {}
@@ -424,6 +429,19 @@ def _resume_step(e: Engine, transfer_id: str) -> None:
         e.save()
 
 
+def sweep(e: Engine, *, now: datetime.datetime | None = None) -> None:
+    """Forget finished transfers like the engine does (15 min after success, 30 after failure)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    with e.state.lock:
+        for t in list(e.state.transfers.values()):
+            if not is_finished(t) or t.finish_time is None:
+                continue
+            keep_s = KEEP_SUCCESS_S if t.phase == "finished_success" else KEEP_FAILURE_S
+            if (now - parse_iso(t.finish_time)).total_seconds() >= keep_s:
+                del e.state.transfers[t.id]
+                e.save()
+
+
 def poll(e: Engine) -> None:
     """One inactivity/renewal pass over the transferring transfers."""
     st = e.state
@@ -523,3 +541,4 @@ def register(router: Router, e: Engine) -> None:
     for name in ("finalize", "cancel", "pause", "resume", "extend"):
         action(name)
     e.tasks.every(POLL_INTERVAL_S, lambda: poll(e))
+    e.tasks.every(SWEEP_INTERVAL_S, lambda: sweep(e))

@@ -28,8 +28,6 @@ class Tasks:
         self._cond = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="engine-tasks", daemon=True)
-        self._idle = threading.Event()
-        self._idle.set()
 
     def start(self) -> None:
         self._thread.start()
@@ -46,7 +44,6 @@ class Tasks:
         due = time.monotonic() + (self.delay_s if delay_s is None else delay_s)
         with self._cond:
             heapq.heappush(self._heap, (due, next(self._seq), fn, args))
-            self._idle.clear()
             self._cond.notify_all()
 
     def every(self, interval_s: float, fn: Callable[[], Any]) -> None:

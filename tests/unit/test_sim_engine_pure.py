@@ -212,3 +212,40 @@ def test_ovf_round_trip_keeps_ids_disks_and_nics(tmp_path: Path) -> None:
     assert ovf.memory_bytes == 1 << 30
     with pytest.raises(ValueError):
         api_ovf.parse_ovf("<notovf/>")
+
+
+def test_finished_transfers_and_backups_are_swept_after_the_engine_delays(tmp_path: Path) -> None:
+    import datetime
+
+    from rhvfs.sim import api_backups, api_transfers
+    from rhvfs.sim.state import Backup, ImageTransfer
+
+    state = State(tmp_path / "engine.json")
+    t0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    for tid, phase in (
+        ("ok", "finished_success"),
+        ("bad", "finished_failure"),
+        ("live", "transferring"),
+    ):
+        state.transfers[tid] = ImageTransfer(
+            id=tid,
+            disk_id="d",
+            vol_id="v",
+            direction="download",
+            format="raw",
+            host_id="h",
+            phase=phase,
+            finish_time=t0.isoformat() if phase.startswith("finished") else None,
+        )
+    state.backups["b"] = Backup(
+        id="b", vm_id="v", disk_ids=[], phase="succeeded", modified_date=t0.isoformat()
+    )
+    engine = pytypes.SimpleNamespace(state=state, save=lambda: None)
+    api_transfers.sweep(engine, now=t0 + datetime.timedelta(minutes=14))  # type: ignore[arg-type]
+    assert set(state.transfers) == {"ok", "bad", "live"}
+    api_transfers.sweep(engine, now=t0 + datetime.timedelta(minutes=15))  # type: ignore[arg-type]
+    assert set(state.transfers) == {"bad", "live"}
+    api_transfers.sweep(engine, now=t0 + datetime.timedelta(minutes=31))  # type: ignore[arg-type]
+    assert set(state.transfers) == {"live"}
+    api_backups.sweep(engine, now=t0 + datetime.timedelta(minutes=16))  # type: ignore[arg-type]
+    assert state.backups == {}
