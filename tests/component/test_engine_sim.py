@@ -541,3 +541,63 @@ async def test_no_credential_in_logs(sim: Any, caplog: pytest.LogCaptureFixture)
             await eng.list_clusters()
     assert any(r.name.startswith("rhvfs.engine") for r in caplog.records)
     assert sim.password not in caplog.text
+
+
+async def test_concurrent_calls_share_a_bounded_pool(sim: Any) -> None:
+    async with open_engine(_config(sim), connections=2, poll=FAST_POLL) as eng:
+        vms = await eng.list_vms()
+        results: dict[str, str] = {}
+
+        async def fetch(vm_id: str) -> None:
+            results[vm_id] = (await eng.get_vm(vm_id)).name
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                for vm in vms:
+                    nursery.start_soon(fetch, vm.id)
+        assert results == {vm.id: vm.name for vm in vms}
+        stats = eng.statistics()
+        assert stats["connections_opened"] == 2
+        assert stats["requests"] == 1 + 3 * len(vms)
+
+
+async def test_slow_answer_times_out_and_is_retried(sim: Any, flaky_engine: Engine) -> None:
+    async with open_engine(
+        _config(sim, system_interval=0.05), poll=FAST_POLL, request_timeout_s=1
+    ) as eng:
+        expected = {c.id for c in await eng.list_clusters()}
+        await trio.to_thread.run_sync(
+            lambda: sim.admin.add_fault(
+                "engine-delay", method="GET", path="/ovirt-engine/api/clusters", delay=3.0, times=1
+            )
+        )
+        start = trio.current_time()
+        assert {c.id for c in await eng.list_clusters()} == expected
+        assert 1.0 <= trio.current_time() - start < 3.0  # gave up on the slow answer after ~1 s
+
+
+async def test_transient_errors_while_polling_a_transfer_are_tolerated(
+    sim: Any, flaky_engine: Engine
+) -> None:
+    engine = flaky_engine
+    vm = await _vm_named(engine, "myvm")
+    snap = await engine.create_snapshot(vm.id, description=f"rhvfs-test-{uuid.uuid4()}")
+    try:
+        disk = (await engine.snapshot_disks(vm.id, snap.id))[0]
+        transfer = await engine.start_transfer(snapshot_image_id=disk.image_id)
+        await trio.to_thread.run_sync(
+            lambda: sim.admin.add_fault(
+                "engine-error",
+                method="GET",
+                path=f"/ovirt-engine/api/imagetransfers/{transfer.id}",
+                status=503,
+                times=3,
+            )
+        )
+        await engine.finalize_transfer(transfer.id)
+        try:
+            assert (await engine.get_transfer(transfer.id)).phase == "finished_success"
+        except NotFound:
+            pass
+    finally:
+        await engine.remove_snapshot(vm.id, snap.id)
