@@ -601,3 +601,42 @@ async def test_transient_errors_while_polling_a_transfer_are_tolerated(
             pass
     finally:
         await engine.remove_snapshot(vm.id, snap.id)
+
+
+async def test_vm_restored_from_its_ovf_keeps_ids_and_reattaches_disks(
+    sim: Any, engine: Engine
+) -> None:
+    name = f"rhvfs-test-{uuid.uuid4().hex[:8]}"
+    vm = await engine.create_vm(name=name, cluster="Default", memory=256 << 20)
+    disk_id = str(uuid.uuid4())
+    try:
+        await engine.create_disk(
+            alias=f"{name}-d",
+            provisioned_size=1 << 20,
+            format="cow",
+            sparse=True,
+            storage_domain="mydata",
+            disk_id=disk_id,
+        )
+        await engine.attach_disk(vm.id, disk_id, interface="virtio", bootable=True)
+        await engine.add_nic(vm.id, name="nic1", interface="virtio")
+        ovf = await engine.vm_ovf(vm.id)
+        assert disk_id in ovf
+        await engine.remove_vm(vm.id, detach_only=True)
+        assert (await engine.get_disk(disk_id)).status == "ok"  # the disk survived
+
+        restored = await engine.create_vm_from_ovf(ovf=ovf, cluster="Default")
+        assert (restored.id, restored.name, restored.status) == (vm.id, name, "down")
+        atts = await engine.disk_attachments(restored.id)
+        assert [(a.disk.id, a.interface, a.bootable) for a in atts] == [(disk_id, "virtio", True)]
+        assert [n.name for n in await engine.vm_nics(restored.id)] == ["nic1"]
+    finally:
+        try:
+            await engine.remove_vm(vm.id)
+        finally:
+            try:
+                await engine.remove_disk(disk_id)
+            except NotFound:
+                pass
+    with pytest.raises(NotFound):
+        await engine.get_disk(disk_id)
