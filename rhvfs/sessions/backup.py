@@ -224,8 +224,9 @@ class DiskChannel:
                 # The facade cancels a transfer that failed to start.
                 self.session.deps.journal.remove_transfer(self.session.session_id, tid)
                 raise
-            if transfer.id != tid:
+            if transfer.id != tid:  # the engine chose its own id
                 self.session.deps.journal.add_transfer(self.session.session_id, transfer.id)
+                self.session.deps.journal.remove_transfer(self.session.session_id, tid)
             self.transfer = transfer
             log.info(
                 "transfer %s of disk %s (volume %s) ready in %.2fs",

@@ -29,7 +29,14 @@ import trio
 
 from rhvfs.config import Config
 from rhvfs.engine.types import Disk, Template, Vm
-from rhvfs.errors import NotFound, RhvfsError, SessionClosed, SessionError
+from rhvfs.errors import (
+    EngineError,
+    NotFound,
+    RhvfsError,
+    SessionClosed,
+    SessionError,
+    is_transient,
+)
 from rhvfs.sessions import gc as gc_mod
 from rhvfs.sessions import procid
 from rhvfs.sessions.backup import BackupSession, SessionDeps
@@ -60,6 +67,7 @@ from rhvfs.sessions.setfiles import (
     announced_size,
     build_manifest,
     data_fingerprint,
+    missing_ovf,
     pad_to,
     shape_fingerprint,
     stable_mtime_ns,
@@ -300,7 +308,7 @@ class BackupManager:
                 (lambda: _const(entity)) if entity is not None else (lambda: engine.get_vm(vm_id)),
                 lambda: engine.disk_attachments(vm_id),
                 lambda: engine.vm_nics(vm_id),
-                lambda: engine.vm_ovf(vm_id),
+                lambda: self._ovf_or_none(engine.vm_ovf(vm_id), owner),
                 lambda: engine.vm_xml(vm_id),
                 self._names_maps,
             )
@@ -312,7 +320,7 @@ class BackupManager:
                 else (lambda: engine.get_template(tid)),
                 lambda: engine.template_disk_attachments(tid),
                 lambda: engine.template_nics(tid),
-                lambda: engine.template_ovf(tid),
+                lambda: self._ovf_or_none(engine.template_ovf(tid), owner),
                 lambda: engine.template_xml(tid),
                 self._names_maps,
             )
@@ -321,11 +329,24 @@ class BackupManager:
             entity=ent,
             attachments=tuple(atts),
             nics=tuple(nics),
-            ovf=ovf.encode("utf-8") if isinstance(ovf, str) else bytes(ovf),
+            ovf=ovf.encode("utf-8") if ovf is not None else missing_ovf(owner.kind, owner.name),
+            ovf_available=ovf is not None,
             xml=xml.encode("utf-8") if isinstance(xml, str) else bytes(xml),
             cluster_names=names[0],
             storage_domain_names=names[1],
         )
+
+    async def _ovf_or_none(self, call: Awaitable[str], owner: Owner) -> str | None:
+        """The OVF, or None when the engine has none (the set is still complete without it)."""
+        try:
+            return await call
+        except NotFound:
+            raise
+        except EngineError as e:
+            if is_transient(e):
+                raise
+            log.warning("no OVF for %s %s: %s", owner.kind, owner.name, e)
+            return None
 
     async def _names_maps(self) -> tuple[dict[str, str], dict[str, str]]:
         now = trio.current_time()

@@ -40,6 +40,20 @@ class OwnerData:
     xml: bytes
     cluster_names: Mapping[str, str]
     storage_domain_names: Mapping[str, str]
+    ovf_available: bool = True
+
+
+def missing_ovf(kind: str, name: str) -> bytes:
+    """A well-formed, empty OVF envelope for an owner the engine has no OVF for."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<!-- rhvfs: the engine returned no OVF for {kind} {_xml_comment(name)}; see vm.xml -->\n"
+        '<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" ovf:version="0.9"/>\n'
+    ).encode()
+
+
+def _xml_comment(text: str) -> str:
+    return text.replace("--", "- -")
 
 
 def announced_size(content_len: int) -> int:
@@ -165,7 +179,7 @@ def build_manifest(
             for d in disks
         ],
         "nics": [nic_summary(n) for n in data.nics],
-        "config_files": {"ovf": "vm.ovf", "api_xml": "vm.xml"},
+        "config_files": {"ovf": "vm.ovf" if data.ovf_available else None, "api_xml": "vm.xml"},
     }
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 

@@ -511,7 +511,7 @@ async def test_fake_engine_snapshot_freezes_volume() -> None:
     snap = await eng.create_snapshot(vm.id, description="x")
     eng.guest_write(disk_id, 0, b"\xff" * 16)
     (sdisk,) = await eng.snapshot_disks(vm.id, snap.id)
-    assert bytes(eng.volumes[sdisk.image_id]) == before
+    assert bytes(eng.volumes[sdisk.image_id or ""]) == before
     await eng.remove_snapshot(vm.id, snap.id)
     assert eng.active[disk_id] == sdisk.image_id
     assert bytes(eng.volumes[sdisk.image_id])[:16] == b"\xff" * 16

@@ -1,0 +1,223 @@
+"""Backup sessions against the simulator: snapshot point-in-time data, cleanup, faults, gc.
+
+Every test leaves the shared simulator as it found it: sessions end (snapshot
+removed, transfers finished), guest writes are undone, faults cleared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from rhvfs import ARTIFACT_MARKER
+from rhvfs.config import Config, load_config
+from rhvfs.engine import Engine, PollPolicy, open_engine
+from rhvfs.errors import VmStateError
+from rhvfs.sessions import BackupManager, Journal, Owner
+from rhvfs.sessions.model import config_key
+
+MiB = 1024 * 1024
+FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
+GRACE_S = 0.5
+
+
+class Rig:
+    def __init__(
+        self, sim: Any, engine: Engine, config: Config, manager: BackupManager, journal: Journal
+    ) -> None:
+        self.sim = sim
+        self.engine = engine
+        self.config = config
+        self.manager = manager
+        self.journal = journal
+
+    async def owner(self, name: str) -> Owner:
+        vm = await self.engine.find_vm(name)
+        assert vm is not None
+        return Owner(kind="vm", id=vm.id, name=vm.name)
+
+    async def sha_of(
+        self, handle: int, size: int, *, chunk: int = 4 * MiB, on_offset: Any = None
+    ) -> str:
+        digest = hashlib.sha256()
+        offset = 0
+        while offset < size:
+            if on_offset is not None:
+                await on_offset(offset)
+            data = await self.manager.read(handle, offset, chunk)
+            assert data, f"short read at {offset} of {size}"
+            digest.update(data)
+            offset += len(data)
+        assert await self.manager.read(handle, offset, chunk) == b""
+        return digest.hexdigest()
+
+    async def wait_session_end(self, owner: Owner) -> None:
+        for _ in range(600):  # polling the status report is the point
+            if not any(s["owner"]["id"] == owner.id for s in self.manager.status()["sessions"]):
+                return
+            await trio.sleep(0.1)
+        raise AssertionError(f"the session of {owner.name} did not end")
+
+    def open_transfers(self) -> list[dict[str, Any]]:
+        return [t for t in self.sim.admin.transfers() if not str(t["phase"]).startswith("finished")]
+
+
+@pytest.fixture
+async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
+    config = load_config(
+        section=sim.section,
+        config_file=sim.conf_file,
+        overrides={"grace_period": GRACE_S, "system_interval": 0.2, "system_timeout": 60.0},
+    )
+    journal = Journal(tmp_path / "journal.json")
+    async with open_engine(config, poll=FAST_POLL) as engine:
+        manager = BackupManager(engine, config, journal=journal, gc_on_start=False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manager.run)
+            yield Rig(sim, engine, config, manager, journal)
+            nursery.cancel_scope.cancel()
+    sim.admin.clear_faults()
+
+
+async def test_running_vm_disks_read_concurrently_match_the_snapshot(rig: Rig) -> None:
+    owner = await rig.owner("web01")
+    before = sorted(s.id for s in await rig.engine.list_snapshots(owner.id))
+    entries = await rig.manager.list_set(owner)
+    assert [e.name for e in entries[:3]] == ["vm.ovf", "vm.xml", "manifest.json"]
+    disks = [e for e in entries if e.disk_id]
+    assert len(disks) == 3
+    original = {e.disk_id: rig.sim.admin.disk_sha256(e.disk_id) for e in disks}
+
+    config_handle = await rig.manager.open(owner, config_key("manifest.json"))
+    manifest = await rig.manager.read(config_handle, 0, entries[2].size)
+    assert len(manifest) == entries[2].size
+    doc = json.loads(manifest)
+    snap_id = doc["snapshot_id"]
+    volumes = {d["id"]: d["image_id"] for d in doc["disks"]}
+    assert snap_id in [s.id for s in await rig.engine.list_snapshots(owner.id)]
+    snap = next(s for s in await rig.engine.list_snapshots(owner.id) if s.id == snap_id)
+    assert snap.description.startswith(f"{ARTIFACT_MARKER} ")
+    assert f"host={socket.gethostname()} pid={os.getpid()} " in snap.description
+
+    # The guest keeps writing while the backup runs: the set must not see it.
+    write_at = 3 * MiB
+    for e in disks:
+        rig.sim.admin.guest_write(disk=e.disk_id, offset=write_at, size=65536, pattern=0xA5)
+    expected = {
+        e.disk_id: rig.sim.admin.disk_sha256(e.disk_id, image_id=volumes[e.disk_id]) for e in disks
+    }
+    assert expected == original  # the snapshot volumes hold the data as of the snapshot
+
+    got: dict[str, str] = {}
+    saved: dict[str, bytes] = {}
+
+    async def one(entry: Any) -> None:
+        h = await rig.manager.open(owner, entry.key)
+        saved[entry.disk_id] = await rig.manager.read(h, write_at, 65536)
+        got[entry.disk_id] = await rig.sha_of(h, entry.size)
+        await rig.manager.release(h)
+
+    async with trio.open_nursery() as nursery:
+        for e in disks:
+            nursery.start_soon(one, e)
+    assert got == expected
+    assert await rig.manager.list_set(owner) == entries  # stat is stable during the session
+    status = rig.manager.status()
+    assert status["sessions"][0]["bytes_read"] >= sum(e.size for e in disks)
+    await rig.manager.release(config_handle)
+
+    await rig.wait_session_end(owner)
+    assert sorted(s.id for s in await rig.engine.list_snapshots(owner.id)) == before
+    assert rig.open_transfers() == []
+    assert rig.manager.status()["errors"] == []
+    assert rig.journal.entries() == []
+    # Undo the guest writes so the shared simulator is as we found it.
+    for e in disks:
+        assert e.disk_id is not None
+        rig.sim.admin.guest_write(disk=e.disk_id, offset=write_at, data=saved[e.disk_id])
+        assert rig.sim.admin.disk_sha256(e.disk_id) == original[e.disk_id]
+
+
+async def test_suspended_vm_gets_a_clear_error(rig: Rig) -> None:
+    owner = await rig.owner("app01")
+    before = await rig.engine.list_snapshots(owner.id)
+    entries = await rig.manager.list_set(owner)
+    with pytest.raises(VmStateError, match="VM app01 is suspended; resume or power it off"):
+        await rig.manager.open(owner, entries[-1].key)
+    assert await rig.engine.list_snapshots(owner.id) == before
+
+
+async def test_connection_drop_mid_read_still_yields_correct_bytes(rig: Rig) -> None:
+    owner = await rig.owner("myvm0")
+    entries = await rig.manager.list_set(owner)
+    disk = next(e for e in entries if e.disk_id)
+    expected = rig.sim.admin.disk_sha256(disk.disk_id)
+    h = await rig.manager.open(owner, disk.key)
+    rig.sim.admin.add_fault("drop-imageio", after_bytes=5 * MiB, times=2)
+    assert await rig.sha_of(h, disk.size) == expected
+    await rig.manager.release(h)
+    await rig.wait_session_end(owner)
+    assert rig.open_transfers() == []
+
+
+async def test_expired_ticket_mid_read_recovers(rig: Rig) -> None:
+    owner = await rig.owner("db01")  # paused VMs are backed up too
+    entries = await rig.manager.list_set(owner)
+    disk = next(e for e in entries if e.disk_id)
+    expected = rig.sim.admin.disk_sha256(disk.disk_id)
+    h = await rig.manager.open(owner, disk.key)
+    assert len(await rig.manager.read(h, 0, 4096)) == 4096  # the transfer exists now
+    (d,) = rig.manager.status()["sessions"][0]["disks"]
+    rig.sim.admin.add_fault("expire-ticket", transfer=d["transfer_id"])
+    assert await rig.sha_of(h, disk.size) == expected
+    (d,) = rig.manager.status()["sessions"][0]["disks"]
+    assert d["recreated"] == 1
+    await rig.manager.release(h)
+    await rig.wait_session_end(owner)
+    assert rig.open_transfers() == []
+    assert rig.journal.entries() == []
+
+
+async def test_gc_removes_leftovers_of_a_dead_process_and_nothing_else(rig: Rig) -> None:
+    owner = await rig.owner("myvm0")
+    proc = await trio.lowlevel.open_process(["true"])
+    await proc.wait()  # a pid that no longer runs
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    leftover = await rig.engine.create_snapshot(
+        owner.id,
+        description=f"{ARTIFACT_MARKER} deadbeef0001 host={socket.gethostname()} pid={proc.pid} {stamp}",
+    )
+    user = await rig.engine.create_snapshot(owner.id, description="before the upgrade")
+    try:
+        planned = await rig.manager.collect_garbage(dry_run=True)
+        assert any(leftover.id in line and line.startswith("would remove") for line in planned)
+        assert {leftover.id, user.id} <= {s.id for s in await rig.engine.list_snapshots(owner.id)}
+        done = await rig.manager.collect_garbage()
+        assert any(leftover.id in line and line.startswith("removed") for line in done)
+        ids = {s.id for s in await rig.engine.list_snapshots(owner.id)}
+        assert leftover.id not in ids and user.id in ids
+        assert not any(user.id in line for line in done)
+    finally:
+        await rig.engine.remove_snapshot(owner.id, user.id)
+
+
+async def test_template_set_reads_the_template_disk(rig: Rig) -> None:
+    templates = [t for t in await rig.engine.list_templates() if t.name == "mytemplate"]
+    owner = Owner(kind="template", id=templates[0].id, name="mytemplate")
+    entries = await rig.manager.list_set(owner)
+    disk = next(e for e in entries if e.disk_id)
+    expected = rig.sim.admin.disk_sha256(disk.disk_id)
+    h = await rig.manager.open(owner, disk.key)
+    assert await rig.sha_of(h, disk.size) == expected
+    await rig.manager.release(h)
+    await rig.wait_session_end(owner)
+    assert rig.open_transfers() == []
