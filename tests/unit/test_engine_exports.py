@@ -43,8 +43,8 @@ def test_contract_methods_exist_and_are_async() -> None:
 def test_value_types_are_frozen() -> None:
     for name in rhvfs.engine.__all__:
         obj = getattr(rhvfs.engine, name)
-        if dataclasses.is_dataclass(obj):
-            assert obj.__dataclass_params__.frozen, name  # type: ignore[attr-defined]
+        if inspect.isclass(obj) and dataclasses.is_dataclass(obj):
+            assert vars(obj)["__dataclass_params__"].frozen, name
 
 
 def test_only_the_engine_package_imports_the_sdk() -> None:
