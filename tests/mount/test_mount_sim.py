@@ -1,0 +1,285 @@
+"""Acceptance through real FUSE mounts of the simulator (issue 3).
+
+Each mount is made with the public contract ``rhvfs mount -c sim --config-file
+.../ovirt-img.conf MNT`` (the daemonizing path: it returns once the mount
+answers) and stopped with ``rhvfs umount``; data is checked against the
+simulator's own volumes (``SimAdmin.disk_sha256``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+RHVFS = [sys.executable, "-m", "rhvfs.cli"]
+MiB = 1024 * 1024
+
+
+class SimMount:
+    def __init__(self, sim: Any, mnt: Path, state_dir: Path, *extra: str) -> None:
+        self.sim, self.mnt = sim, mnt
+        mnt.mkdir(exist_ok=True)
+        argv = [
+            *RHVFS, "mount", "-c", sim.section, "--config-file", str(sim.conf_file),
+            "--state-dir", str(state_dir), *extra, str(mnt),
+        ]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(mnt)  # ready when `rhvfs mount` returned
+        self.pid = int(self.status()["pid"])
+
+    def status(self) -> dict[str, Any]:
+        return json.loads((self.mnt / ".rhvfs/status.json").read_bytes())  # type: ignore[no-any-return]
+
+    def umount(self) -> None:
+        if os.path.ismount(self.mnt):
+            subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=300)
+        assert not os.path.ismount(self.mnt)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def mounted(sim: Any, tmp_path: Path, state_dir: Path) -> Iterator[SimMount]:
+    m = SimMount(sim, tmp_path / "mnt", state_dir, "--grace-period", "1")
+    try:
+        yield m
+    finally:
+        m.umount()
+
+
+def file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sdk_vm(sim: Any, name: str) -> tuple[Any, Any]:
+    conn = sim.sdk_connection()
+    vms = conn.system_service().vms_service()
+    vm = vms.list(search=f"name={name}")[0]
+    return conn, vms.vm_service(vm.id)
+
+
+def snapshot_ids(sim: Any, vm_name: str) -> list[str]:
+    conn, vm_service = sdk_vm(sim, vm_name)
+    try:
+        return sorted(s.id for s in vm_service.snapshots_service().list())
+    finally:
+        conn.close()
+
+
+def disks_of(sim: Any, vm_name: str) -> dict[str, str]:
+    """disk id -> alias"""
+    conn, vm_service = sdk_vm(sim, vm_name)
+    try:
+        out = {}
+        for att in vm_service.disk_attachments_service().list():
+            disk = conn.follow_link(att.disk)
+            out[disk.id] = disk.alias
+        return out
+    finally:
+        conn.close()
+
+
+def live_transfers(sim: Any) -> list[dict[str, Any]]:
+    return [
+        t
+        for t in sim.admin.transfers()
+        if not str(t["phase"]).startswith(("finished", "cancelled"))
+    ]
+
+
+def wait_for(predicate: Any, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return bool(predicate())
+
+
+def set_images(set_dir: Path) -> dict[str, str]:
+    """image file name -> disk id, from the set's manifest"""
+    manifest = json.loads((set_dir / "manifest.json").read_bytes())
+    return {d["file"]: d["id"] for d in manifest["disks"]}
+
+
+def test_tree_of_the_sample_inventory(mounted: SimMount) -> None:
+    mnt = mounted.mnt
+    assert {"web01", "myvm", "app01", "db01"} <= set(os.listdir(mnt / "vms"))
+    assert sorted(os.listdir(mnt / "tags/production")) == ["db01", "web01"]
+    assert os.path.realpath(mnt / "clusters/mycluster/vms/web01") == str(mnt / "vms/web01")
+    assert os.path.realpath(mnt / "datacenters/Default/clusters/mycluster/vms/web01") == str(
+        mnt / "vms/web01"
+    )
+    doc = json.loads((mnt / "vms/web01/vm.json").read_bytes())
+    assert (doc["name"], doc["status"], len(doc["disks"])) == ("web01", "up", 3)
+    listing = os.listdir(mnt / "vms/web01/@rhv")
+    assert listing[:3] == ["vm.ovf", "vm.xml", "manifest.json"]
+    assert len(listing) == 6
+    for name in listing[3:]:
+        st = os.stat(mnt / "vms/web01/@rhv" / name)
+        assert st.st_size >= 256 * MiB and st.st_blocks > 0
+    with pytest.raises(OSError) as e:
+        (mnt / "vms/web01/vm.json").write_text("x")
+    assert e.value.errno == errno.EROFS
+
+
+def test_tar_of_running_vm_is_point_in_time_and_leaves_nothing(
+    sim: Any, mounted: SimMount, tmp_path: Path
+) -> None:
+    before = snapshot_ids(sim, "web01")
+    disks = disks_of(sim, "web01")
+    assert len(disks) == 3
+    want = {disk_id: sim.admin.disk_sha256(disk_id) for disk_id in disks}
+    set_dir = mounted.mnt / "vms/web01/@rhv"
+    with open(
+        set_dir / "manifest.json", "rb"
+    ) as hold:  # starts the session: the snapshot is taken now
+        hold.read()
+        # the guest keeps writing after the snapshot: the backup must not see it
+        data_disk = next(d for d, alias in disks.items() if alias == "web01_data")
+        sim.admin.guest_write(disk=data_disk, offset=5 * MiB, data=b"after the snapshot" * 1000)
+        try:
+            assert sim.admin.disk_sha256(data_disk) != want[data_disk]
+            subprocess.run(
+                ["tar", "-cSf", str(tmp_path / "set.tar"), "-C", str(set_dir.parent), "@rhv"],
+                check=True,
+            )
+        finally:
+            # undo the guest write on the shared simulator (the backed-up bytes hold the original)
+            out = tmp_path / "x"
+            out.mkdir()
+            subprocess.run(["tar", "-xf", str(tmp_path / "set.tar"), "-C", str(out)], check=True)
+            images = set_images(out / "@rhv")
+            original_file = next(f for f, d in images.items() if d == data_disk)
+            with open(out / "@rhv" / original_file, "rb") as f:
+                f.seek(5 * MiB)
+                original = f.read(len(b"after the snapshot" * 1000))
+            sim.admin.guest_write(disk=data_disk, offset=5 * MiB, data=original)
+    got = {disk_id: file_sha(out / "@rhv" / name) for name, disk_id in images.items()}
+    assert got == want
+    assert sim.admin.disk_sha256(data_disk) == want[data_disk]
+    mounted.umount()  # waits for the session to end
+    assert snapshot_ids(sim, "web01") == before
+    assert live_transfers(sim) == []
+
+
+def test_cp_and_rsync_give_the_simulators_images(
+    sim: Any, mounted: SimMount, tmp_path: Path
+) -> None:
+    set_dir = mounted.mnt / "vms/myvm0/@rhv"
+    images = set_images(set_dir)
+    want = {name: sim.admin.disk_sha256(disk_id) for name, disk_id in images.items()}
+    subprocess.run(["cp", "-a", str(set_dir), str(tmp_path / "cp")], check=True)
+    subprocess.run(["rsync", "-a", f"{set_dir}/", str(tmp_path / "rsync")], check=True)
+    for copy in (tmp_path / "cp", tmp_path / "rsync"):
+        assert {name: file_sha(copy / name) for name in images} == want
+        assert sorted(os.listdir(copy)) == sorted(os.listdir(set_dir))
+
+
+def test_tar_of_a_tag_backs_up_exactly_the_tagged_vms(mounted: SimMount, tmp_path: Path) -> None:
+    tags = mounted.mnt / "tags"
+    result = subprocess.run(
+        "tar -cSf %s mytag/*/@rhv" % (tmp_path / "tag.tar"),
+        shell=True,
+        cwd=tags,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    names = subprocess.run(
+        ["tar", "-tf", str(tmp_path / "tag.tar")], capture_output=True, text=True, check=True
+    )
+    vms = {line.split("/")[1] for line in names.stdout.splitlines()}
+    assert vms == {"myvm", "myvm0"}
+    assert sum(1 for line in names.stdout.splitlines() if line.endswith(".raw")) == 3
+
+
+def test_restic_twice_over_a_down_vm_reports_files_unchanged(
+    sim: Any, tmp_path: Path, state_dir: Path
+) -> None:
+    repo = tmp_path / "repo"
+    env = {**os.environ, "RESTIC_PASSWORD": "t", "RESTIC_CACHE_DIR": str(tmp_path / "cache")}
+    subprocess.run(["restic", "init", "-r", str(repo)], check=True, capture_output=True, env=env)
+    summaries = []
+    for _ in range(2):  # two mounts: inode numbers, mtime, ctime and size must not change
+        m = SimMount(sim, tmp_path / "mnt", state_dir, "--grace-period", "0")
+        try:
+            result = subprocess.run(
+                ["restic", "-r", str(repo), "--json", "backup", str(m.mnt / "vms/myvm0/@rhv")],
+                capture_output=True, text=True, env=env, check=True,
+            )  # fmt: skip
+        finally:
+            m.umount()
+        docs = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+        summaries.append(next(d for d in docs if d.get("message_type") == "summary"))
+    assert summaries[0]["files_new"] == 4
+    assert (
+        summaries[1]["files_new"],
+        summaries[1]["files_changed"],
+        summaries[1]["files_unmodified"],
+    ) == (0, 0, 4)
+
+
+def test_suspended_vm_gets_ebusy_and_a_status_entry(mounted: SimMount) -> None:
+    set_dir = mounted.mnt / "vms/app01/@rhv"
+    image = next(n for n in os.listdir(set_dir) if n.endswith(".raw"))
+    started = time.monotonic()
+    with pytest.raises(OSError) as e:
+        (set_dir / image).read_bytes()
+    assert e.value.errno == errno.EBUSY
+    assert time.monotonic() - started < 30
+    assert "suspended" in json.dumps(mounted.status()["sessions"])
+
+
+def test_sigkilled_mount_leftovers_are_removed_by_the_next_mount(
+    sim: Any, tmp_path: Path, state_dir: Path
+) -> None:
+    before = snapshot_ids(sim, "db01")
+    first = SimMount(sim, tmp_path / "mnt", state_dir)
+    try:
+        set_dir = first.mnt / "vms/db01/@rhv"
+        image = next(n for n in os.listdir(set_dir) if n.endswith(".raw"))
+        f = open(set_dir / image, "rb")  # noqa: SIM115 - closed after the kill, on a dead mount
+        f.read(MiB)  # session started, a transfer is live
+        assert len(snapshot_ids(sim, "db01")) == len(before) + 1
+        assert live_transfers(sim)
+        os.kill(first.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            f.close()  # ECONNABORTED: the mount stays visibly broken, as after any crash
+        assert wait_for(lambda: not os.path.exists(f"/proc/{first.pid}"), 10)
+        with pytest.raises(OSError) as e:
+            os.listdir(first.mnt)
+        assert e.value.errno == errno.ENOTCONN  # not unmounted: never an empty directory
+    finally:
+        if first.pid and os.path.exists(f"/proc/{first.pid}"):
+            os.kill(first.pid, signal.SIGKILL)
+        # `rhvfs umount` detaches a mount whose process is gone
+        subprocess.run([*RHVFS, "umount", str(first.mnt)], check=True, timeout=60)
+    second = SimMount(sim, tmp_path / "mnt", state_dir)
+    try:
+        assert wait_for(lambda: snapshot_ids(sim, "db01") == before and not live_transfers(sim), 60)
+    finally:
+        second.umount()
