@@ -14,11 +14,13 @@ import uuid
 from typing import Any
 
 import ovirtsdk4.types as sdk
+import trio
 
 from rhvfs.engine import _convert as convert
 from rhvfs.engine import types as t
 from rhvfs.engine._backups import BackupsMixin
 from rhvfs.engine._inventory import InventoryMixin
+from rhvfs.engine._transfers import CLEANUP_TIMEOUT_S
 from rhvfs.errors import Conflict, EngineError, NotFound
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,21 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
             await self.call_once(lambda c: c.system_service().disks_service().add(body), what)
 
         await self.retried(attempt, what)
-        return await self.wait_disk_ok(did)
+        try:
+            return await self.wait_disk_ok(did)
+        except BaseException:
+            # We created it (our id), so removing a disk that never became usable is safe.
+            with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
+                scope.shield = True
+                try:
+                    await self.call_once(
+                        lambda c: c.system_service().disks_service().disk_service(did).remove(),
+                        f"remove disk {did} after a failed create",
+                    )
+                    log.info("%s: removed the disk after the failed create", what)
+                except EngineError as exc:
+                    log.info("%s: could not remove the disk: %s", what, exc)
+            raise
 
     async def wait_disk_ok(self, disk_id: str) -> t.Disk:
         """Poll a disk until ``ok``; ``illegal`` or disappearance raise ``EngineError``."""

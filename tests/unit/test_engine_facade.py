@@ -395,3 +395,21 @@ async def test_disk_attachments_surface_not_found_plainly(autojump_clock, engine
 
     with pytest.raises(NotFound):
         await engine.disk_attachments("V1")
+
+
+async def test_create_disk_that_turns_illegal_is_removed(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    states = iter([sdk.DiskStatus.LOCKED, sdk.DiskStatus.ILLEGAL])
+    api.on("disks.add", lambda a, k: sdk.Disk(id="D7", status=sdk.DiskStatus.LOCKED))
+    api.on("disks.disk.get", lambda a, k: sdk.Disk(id="D7", status=next(states)))
+    api.on("disks.disk.remove", lambda a, k: None)
+    with pytest.raises(EngineError, match="disk D7 is illegal"):
+        await engine.create_disk(
+            alias="x",
+            provisioned_size=1 << 20,
+            format="cow",
+            sparse=True,
+            storage_domain="mydata",
+            disk_id="D7",
+        )
+    assert api.calls == ["disks.add", "disks.disk.get", "disks.disk.get", "disks.disk.remove"]
