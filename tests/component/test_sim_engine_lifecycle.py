@@ -15,6 +15,8 @@ from typing import Any
 
 from ovirtsdk4 import types
 
+from tests.conftest import _children, _cmdline
+
 
 def _inventory(conn: Any) -> dict[str, Any]:
     system = conn.system_service()
@@ -61,6 +63,30 @@ def test_fresh_sample_is_ready_fast_and_restart_serves_the_same(
     finally:
         conn.close()
     sums = {d: s.admin.disk_sha256(d) for d in disk_ids}
+    # Leave a download open: the stop must end its qemu-nbd too.
+    conn = s.sdk_connection()
+    try:
+        transfers = conn.system_service().image_transfers_service()
+        t = transfers.add(
+            types.ImageTransfer(
+                disk=types.Disk(id=disk_ids[0]),
+                direction=types.ImageTransferDirection.DOWNLOAD,
+                format=types.DiskFormat.RAW,
+            )
+        )
+        deadline = time.monotonic() + 30
+        while (
+            transfers.image_transfer_service(t.id).get().phase
+            != types.ImageTransferPhase.TRANSFERRING
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        conn.close()
+    helpers = [_cmdline(p) for p in _children(s.proc.pid)]
+    assert any("qemu-nbd" in c for c in helpers) and any("ovirt-imageio" in c for c in helpers), (
+        helpers
+    )
     password = s.password
     s.stop()  # asserts no qemu-nbd / imageio process is left
     assert not (state_dir / "serve.json").exists()
@@ -72,6 +98,11 @@ def test_fresh_sample_is_ready_fast_and_restart_serves_the_same(
         assert _inventory(conn) == before
         snaps = conn.system_service().vms_service().vm_service(myvm.id).snapshots_service().list()
         assert "before restart" in [x.description for x in snaps]
+        # The transfer that was open when the engine stopped failed; its disk is usable again.
+        t = conn.system_service().image_transfers_service().image_transfer_service(t.id).get()
+        assert t.phase == types.ImageTransferPhase.FINISHED_FAILURE
+        disk = conn.system_service().disks_service().disk_service(disk_ids[0]).get()
+        assert disk.status == types.DiskStatus.OK
     finally:
         conn.close()
     assert {d: again.admin.disk_sha256(d) for d in disk_ids} == sums
