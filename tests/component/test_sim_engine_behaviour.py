@@ -464,3 +464,59 @@ def test_vm_lifecycle_ovf_import_tags_and_checkpoints(sim_factory: Callable[...,
         assert att.disk.id not in {d.id for d in conn.system_service().disks_service().list()}
     finally:
         conn.close()
+
+
+def test_vm_from_template_copies_its_disk_and_disks_grow(sim_factory: Callable[..., Any]) -> None:
+    s = sim_factory()
+    conn = s.sdk_connection()
+    try:
+        system = conn.system_service()
+        template = system.templates_service().list(search="name=mytemplate")[0]
+        assert {t.name for t in system.templates_service().list()} >= {"mytemplate"}
+        tdisk = (
+            system.disks_service()
+            .disk_service(
+                system.templates_service()
+                .template_service(template.id)
+                .disk_attachments_service()
+                .list()[0]
+                .id
+            )
+            .get()
+        )
+        vm = system.vms_service().add(
+            types.Vm(
+                name="fromtemplate",
+                cluster=types.Cluster(name="Default"),
+                template=types.Template(name="mytemplate"),
+            ),
+            clone=True,
+        )
+        vs = system.vms_service().vm_service(vm.id)
+        wait_for("vm down", lambda: vs.get().status == types.VmStatus.DOWN)
+        atts = vs.disk_attachments_service().list()
+        assert len(atts) == 1 and atts[0].id != tdisk.id
+        assert s.admin.disk_sha256(atts[0].id) == s.admin.disk_sha256(tdisk.id)
+        # Grow the disk through its attachment: the new tail reads as zeroes.
+        before = s.admin.disk_sha256(atts[0].id)
+        vs.disk_attachments_service().attachment_service(atts[0].id).update(
+            types.DiskAttachment(
+                disk=types.Disk(provisioned_size=tdisk.provisioned_size + 64 * MiB)
+            )
+        )
+        grown = system.disks_service().disk_service(atts[0].id).get()
+        assert grown.provisioned_size == tdisk.provisioned_size + 64 * MiB
+        assert s.admin.disk_sha256(atts[0].id) != before
+        # Deactivate, then detach: the disk survives as a floating disk.
+        vs.disk_attachments_service().attachment_service(atts[0].id).update(
+            types.DiskAttachment(active=False)
+        )
+        assert vs.disk_attachments_service().list()[0].active is False
+        vs.disk_attachments_service().attachment_service(atts[0].id).remove()
+        assert vs.disk_attachments_service().list() == []
+        assert system.disks_service().disk_service(atts[0].id).get().status == types.DiskStatus.OK
+        vs.remove()
+        with pytest.raises(sdk.NotFoundError):
+            vs.get()
+    finally:
+        conn.close()
