@@ -383,7 +383,6 @@ def transfer(e: Engine, t: ImageTransfer) -> types.ImageTransfer:
             proxy_url=proxy_url,
             host=ref_host(t.host_id),
             image=types.Image(id=t.disk_id),
-            backup=types.Backup(id=t.backup_id) if t.backup_id else None,
         ),
         href("imagetransfers", t.id),
     )
