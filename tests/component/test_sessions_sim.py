@@ -6,6 +6,7 @@ removed, transfers finished), guest writes are undone, faults cleared.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -221,3 +222,59 @@ async def test_template_set_reads_the_template_disk(rig: Rig) -> None:
     await rig.manager.release(h)
     await rig.wait_session_end(owner)
     assert rig.open_transfers() == []
+
+
+async def test_engine_5xx_while_creating_the_snapshot_is_retried(rig: Rig) -> None:
+    owner = await rig.owner("myvm0")
+    before = sorted(s.id for s in await rig.engine.list_snapshots(owner.id))
+    entries = await rig.manager.list_set(owner)
+    rig.sim.admin.add_fault(
+        "engine-error", method="POST", path="/ovirt-engine/api/vms/*/snapshots", status=503, times=2
+    )
+    h = await rig.manager.open(owner, config_key("manifest.json"))
+    doc = json.loads(await rig.manager.read(h, 0, entries[2].size))
+    snaps = [s for s in await rig.engine.list_snapshots(owner.id) if s.id not in before]
+    assert [s.id for s in snaps] == [doc["snapshot_id"]]  # exactly one, despite the retries
+    await rig.manager.release(h)
+    await rig.wait_session_end(owner)
+    assert sorted(s.id for s in await rig.engine.list_snapshots(owner.id)) == before
+
+
+async def test_gc_cancels_transfers_and_removes_the_snapshot_of_a_killed_session(
+    rig: Rig,
+) -> None:
+    """What a SIGKILLed rhvfs leaves: a journal entry, its snapshot and an open transfer."""
+    from rhvfs.sessions import JournalEntry, procid
+    from rhvfs.sessions.backup import snapshot_description
+
+    owner = await rig.owner("myvm0")
+    before = sorted(s.id for s in await rig.engine.list_snapshots(owner.id))
+    proc = await trio.lowlevel.open_process(["true"])
+    await proc.wait()
+    me = procid.current()
+    ghost = procid.ProcessIdentity(me.host, me.boot_id, proc.pid, 1)
+    desc = snapshot_description("killed000001", ghost, datetime.now(UTC))
+    entry = JournalEntry(
+        session_id="killed000001",
+        process=ghost,
+        owner_kind="vm",
+        owner_id=owner.id,
+        owner_name=owner.name,
+        started=datetime.now(UTC).isoformat(),
+        snapshot_description=desc,
+    )
+    rig.journal.put(entry)
+    snap = await rig.engine.create_snapshot(owner.id, description=desc)
+    (disk, *_) = await rig.engine.snapshot_disks(owner.id, snap.id)
+    rig.journal.put(dataclasses.replace(entry, snapshot_id=snap.id))
+    transfer = await rig.engine.start_transfer(snapshot_image_id=disk.image_id)
+    rig.journal.add_transfer("killed000001", transfer.id)
+
+    lines = await rig.manager.collect_garbage()
+    assert f"cancelled transfer {transfer.id} of session killed000001" in lines[0]
+    assert lines[1].startswith(f"removed snapshot {snap.id} of VM myvm0")
+    assert (await rig.engine.get_transfer(transfer.id)).phase.startswith("finished")  # type: ignore[union-attr]
+    assert sorted(s.id for s in await rig.engine.list_snapshots(owner.id)) == before
+    assert rig.journal.entries() == []
+    again = await rig.manager.collect_garbage()
+    assert not any(snap.id in line or transfer.id in line for line in again)
