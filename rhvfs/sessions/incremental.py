@@ -571,6 +571,13 @@ class IncrementalSession:
             if not self.handles:
                 self.request_close()
 
+    @property
+    def grace_s(self) -> float:
+        """How long the set outlives its last use: the grace period, but never shorter than
+        the VFS caches a listing, so a cached listing always names files of a live set."""
+        cfg = self.deps.config
+        return max(cfg.grace_period, cfg.listing_ttl + 1.0)
+
     def disk_budget(self) -> int:
         return max(16 * 1024 * 1024, self.deps.config.prefetch_memory // max(1, len(self.plans)))
 
@@ -608,7 +615,7 @@ class IncrementalSession:
             time.time() - self.started_wall,
         )
         # Nobody may open anything after a listing: end the backup after the grace period.
-        self.schedule_close(self.deps.config.grace_period)
+        self.schedule_close(self.grace_s)
 
     def _fail(self, error: RhvfsError) -> None:
         self.state = "broken"
@@ -977,7 +984,7 @@ class IncrementalSession:
                     self.owner.name,
                 )
             self.complete = True
-        self.schedule_close(self.deps.config.grace_period)
+        self.schedule_close(self.grace_s)
 
     # -- cleanup --------------------------------------------------------------
 
@@ -1231,7 +1238,7 @@ class IncrementalManager:
             await session.ready.wait()
             if session.state == "ready" and (session.kind, session.since) == (kind, since):
                 if not session.handles:
-                    session.schedule_close(self.config.grace_period)
+                    session.schedule_close(session.grace_s)
                 return session
             if session.state == "broken" and (session.kind, session.since) == (kind, since):
                 assert session.error is not None

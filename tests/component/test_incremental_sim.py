@@ -36,7 +36,7 @@ class Rig:
         self.sim = sim
         self.engine = engine
         self.config = load_config(
-            section=sim.section, config_file=sim.conf_file, overrides={"grace_period": 0.3}
+            section=sim.section, config_file=sim.conf_file, overrides={"grace_period": 0.3, "listing_ttl": 0.0}
         )
         self.chain = ChainState(tmp / "state" / "chain.json")
         self.manager = IncrementalManager(

@@ -1,0 +1,258 @@
+"""Incremental and differential sets through real FUSE mounts of the simulator (issue 5).
+
+Sets are copied with tar from ``vms/<vm>/@rhv-incremental/`` and
+``@rhv-differential/`` while guest writes go through ``rhvfs sim guest-write``
+(``SimAdmin.guest_write``). All tars are extracted into ONE directory (names
+never collide), and each chain top is converted offline with qemu-img and
+compared (sha256) with the simulator's own hash of the disk at that point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ovirtsdk4
+import pytest
+
+from rhvfs.sessions.chain import ChainSet, ChainState
+
+pytestmark = pytest.mark.slow
+RHVFS = [sys.executable, "-m", "rhvfs.cli"]
+MiB = 1024 * 1024
+VM = "myvm0"
+
+
+class Mount:
+    def __init__(self, sim: Any, mnt: Path, state_dir: Path) -> None:
+        self.sim, self.mnt, self.state_dir = sim, mnt, state_dir
+        mnt.mkdir(exist_ok=True)
+        argv = [
+            *RHVFS, "mount", "-c", sim.section, "--config-file", str(sim.conf_file),
+            "--state-dir", str(state_dir), "--grace-period", "1", str(mnt),
+        ]  # fmt: skip
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        self.chain = ChainState.for_engine(sim.engine_url, state_dir=state_dir)
+
+    def status(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((self.mnt / ".rhvfs/status.json").read_bytes())
+        return doc
+
+    def umount(self) -> None:
+        subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=300)
+
+    def sets(self, vm_id: str) -> list[ChainSet]:
+        return self.chain.sets(vm_id)
+
+    def tar_set(self, kind: str, tar: Path, vm_id: str, *, completes: bool = True) -> None:
+        """tar a set directory and wait until its backup ended (and the chain advanced)."""
+        before = len(self.sets(vm_id))
+        subprocess.run(
+            ["tar", "-cf", str(tar), "-C", str(self.mnt / "vms" / VM / kind), "."],
+            check=True,
+            timeout=300,
+        )
+        if completes:
+            assert wait_for(lambda: len(self.sets(vm_id)) == before + 1), self.status()
+        wait_for(lambda: not self.status()["sessions"]["incremental"]["sessions"])
+
+
+def wait_for(predicate: Any, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return bool(predicate())
+
+
+def file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def chain_sha(top: Path) -> str:
+    out = top.with_name(top.name + ".raw-converted")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(top), str(out)], check=True)
+    try:
+        return file_sha(out)
+    finally:
+        out.unlink()
+
+
+def extract(tar: Path, into: Path) -> list[str]:
+    names = subprocess.run(
+        ["tar", "-tf", str(tar)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    subprocess.run(["tar", "-xf", str(tar), "-C", str(into)], check=True)
+    return [n.removeprefix("./") for n in names if n not in (".", "./")]
+
+
+def manifest_of(names: list[str], into: Path) -> dict[str, Any]:
+    name = next(n for n in names if n.startswith("manifest--"))
+    doc: dict[str, Any] = json.loads((into / name).read_bytes())
+    return doc
+
+
+@pytest.fixture
+def vm(sim: Any) -> Iterator[tuple[str, str]]:
+    """(vm id, disk id) of the test VM; checkpoints created by the test are removed after it."""
+    conn = sim.sdk_connection()
+    try:
+        vms = conn.system_service().vms_service()
+        vm = vms.list(search=f"name={VM}")[0]
+        service = vms.vm_service(vm.id)
+        att = service.disk_attachments_service().list()[0]
+        before = {c.id for c in service.checkpoints_service().list()}
+        yield vm.id, att.disk.id
+        for c in service.checkpoints_service().list():
+            if c.id not in before:
+                for _ in range(100):  # the disk may still be locked by a closing session
+                    try:
+                        service.checkpoints_service().checkpoint_service(c.id).remove()
+                        break
+                    except ovirtsdk4.Error:
+                        time.sleep(0.2)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def mount(sim: Any, tmp_path: Path) -> Iterator[Mount]:
+    state = tmp_path / "state"
+    state.mkdir()
+    m = Mount(sim, tmp_path / "mnt", state)
+    try:
+        yield m
+    finally:
+        m.umount()
+
+
+def test_full_incrementals_differential_via_tar(
+    sim: Any, vm: tuple[str, str], mount: Mount, tmp_path: Path
+) -> None:
+    vm_id, disk_id = vm
+    admin = sim.admin
+    out = tmp_path / "all-sets"
+    out.mkdir()
+    assert {"@rhv-incremental", "@rhv-differential", "@rhv-since"} <= {
+        p.name for p in (mount.mnt / "vms" / VM).iterdir()
+    }
+
+    mount.tar_set("@rhv-incremental", tmp_path / "s0.tar", vm_id)
+    n0 = extract(tmp_path / "s0.tar", out)
+    m0 = manifest_of(n0, out)
+    assert m0["set_type"] == "full"
+    full_img = next(n for n in n0 if n.endswith(".raw"))
+    assert file_sha(out / full_img) == admin.disk_sha256(disk_id)
+
+    admin.guest_write(vm=VM, disk=disk_id, offset=20 * MiB, size=8 * MiB, pattern=0x61)
+    mount.tar_set("@rhv-incremental", tmp_path / "s1.tar", vm_id)
+    sha1 = admin.disk_sha256(disk_id)
+    # the tar of the incremental holds the 8 MiB written plus metadata, not the 256 MiB disk
+    tar1 = (tmp_path / "s1.tar").stat().st_size
+    config_bytes = sum(
+        (out / n).stat().st_size for n in n0 if not n.endswith(".raw")
+    )  # the config files are the same size in every set
+    assert 8 * MiB < tar1 < 8 * MiB + MiB + 2 * config_bytes, tar1
+    n1 = extract(tmp_path / "s1.tar", out)
+    m1 = manifest_of(n1, out)
+    assert (m1["set_type"], m1["from_checkpoint_id"]) == ("incremental", m0["to_checkpoint_id"])
+
+    admin.guest_write(vm=VM, disk=disk_id, offset=100 * MiB, size=1 * MiB, pattern=0x62)
+    admin.guest_write(vm=VM, disk=disk_id, offset=21 * MiB, size=1 * MiB, pattern=0)
+    mount.tar_set("@rhv-incremental", tmp_path / "s2.tar", vm_id)
+    sha2 = admin.disk_sha256(disk_id)
+    n2 = extract(tmp_path / "s2.tar", out)
+    m2 = manifest_of(n2, out)
+    assert m2["parent_set"]["set_id"] == m1["set_id"]
+
+    admin.guest_write(vm=VM, disk=disk_id, offset=200 * MiB, size=2 * MiB, pattern=0x63)
+    mount.tar_set("@rhv-differential", tmp_path / "s3.tar", vm_id)
+    sha3 = admin.disk_sha256(disk_id)
+    n3 = extract(tmp_path / "s3.tar", out)
+    m3 = manifest_of(n3, out)
+    assert (m3["set_type"], m3["parent_set"]["set_id"]) == ("differential", m0["set_id"])
+
+    # one directory holds all four sets
+    assert len({*n0, *n1, *n2, *n3}) == len(n0) + len(n1) + len(n2) + len(n3)
+    top = {
+        m["set_id"]: next(n for n in names if n.endswith(".qcow2"))
+        for m, names in ((m1, n1), (m2, n2), (m3, n3))
+    }
+    info = subprocess.run(
+        ["qemu-img", "info", "--backing-chain", "--output=json", str(out / top[m2["set_id"]])],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert [Path(i["filename"]).name for i in json.loads(info.stdout)] == [
+        top[m2["set_id"]],
+        top[m1["set_id"]],
+        full_img,
+    ]
+    assert chain_sha(out / top[m1["set_id"]]) == sha1
+    assert chain_sha(out / top[m2["set_id"]]) == sha2
+    assert chain_sha(out / top[m3["set_id"]]) == sha3
+
+    # the offline chain agrees with a download of the disk through the mount
+    disk_file = next((mount.mnt / "vms" / VM / "disks").iterdir())
+    cmp_ = subprocess.run(
+        ["qemu-img", "compare", "-F", "raw", str(out / top[m3["set_id"]]), str(disk_file)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert cmp_.returncode == 0, cmp_.stdout + cmp_.stderr
+
+
+def test_abandoned_set_and_broken_chain(
+    sim: Any, vm: tuple[str, str], mount: Mount, tmp_path: Path
+) -> None:
+    vm_id, disk_id = vm
+    admin = sim.admin
+    mount.tar_set("@rhv-incremental", tmp_path / "s0.tar", vm_id)
+    base = mount.sets(vm_id)[-1]
+
+    # a tool that dies mid-set: the chain does not advance
+    admin.guest_write(vm=VM, disk=disk_id, offset=5 * MiB, size=2 * MiB, pattern=0x71)
+    set_dir = mount.mnt / "vms" / VM / "@rhv-incremental"
+    delta = next(p for p in set_dir.iterdir() if p.name.endswith(".qcow2"))
+    with open(delta, "rb") as f:
+        assert len(f.read(MiB)) == MiB
+    assert wait_for(lambda: not mount.status()["sessions"]["incremental"]["sessions"])
+    assert [s.set_id for s in mount.sets(vm_id)] == [base.set_id]
+
+    mount.tar_set("@rhv-incremental", tmp_path / "s1.tar", vm_id)
+    s1 = mount.sets(vm_id)[-1]
+    assert (s1.set_type, s1.from_checkpoint_id) == ("incremental", base.checkpoint_id)
+
+    # the checkpoint of the newest set disappears on the engine: the next set is a full one
+    conn = sim.sdk_connection()
+    try:
+        service = conn.system_service().vms_service().vm_service(vm_id)
+        service.checkpoints_service().checkpoint_service(s1.checkpoint_id).remove()
+        assert wait_for(
+            lambda: s1.checkpoint_id not in {c.id for c in service.checkpoints_service().list()}
+        )
+    finally:
+        conn.close()
+    mount.tar_set("@rhv-incremental", tmp_path / "s2.tar", vm_id)
+    s2 = mount.sets(vm_id)[-1]
+    assert (s2.set_type, s2.from_checkpoint_id) == ("full", None)
+    out = tmp_path / "s2"
+    out.mkdir()
+    names = extract(tmp_path / "s2.tar", out)
+    m2 = manifest_of(names, out)
+    assert any("is broken" in w for w in m2["warnings"])
+    notes = mount.status()["sessions"]["incremental"]["notes"]
+    assert any("is broken" in n["message"] for n in notes)
+    assert file_sha(out / next(n for n in names if n.endswith(".raw"))) == admin.disk_sha256(
+        disk_id
+    )
