@@ -72,8 +72,24 @@ class Config:
         return f"Config(engine_url={self.engine_url!r}, username={self.username!r}, cafile={self.cafile!r}, secure={self.secure})"
 
 
-_BOOL = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
-_INT_KEYS = {"system_tries", "inactivity_timeout", "prefetch_memory", "prefetch_streams", "readahead_kb", "staging_limit"}
+_BOOL = {
+    "yes": True,
+    "true": True,
+    "on": True,
+    "1": True,
+    "no": False,
+    "false": False,
+    "off": False,
+    "0": False,
+}
+_INT_KEYS = {
+    "system_tries",
+    "inactivity_timeout",
+    "prefetch_memory",
+    "prefetch_streams",
+    "readahead_kb",
+    "staging_limit",
+}
 _FLOAT_KEYS = {"system_interval", "system_timeout", "grace_period", "listing_ttl"}
 _BOOL_KEYS = {"secure", "memory_state"}
 _STR_KEYS = {"engine_url", "username", "password", "cafile", "staging_dir"}
@@ -161,7 +177,9 @@ def load_config(
         if interactive is None:
             interactive = sys.stdin is not None and sys.stdin.isatty()
         if not interactive:
-            raise ConfigError("no password: use password_file, the config section, or $" + PASSWORD_ENV)
+            raise ConfigError(
+                "no password: use password_file, the config section, or $" + PASSWORD_ENV
+            )
         values["password"] = getpass.getpass(f"Password for {values.get('username', '?')}: ")
 
     known = {f.name for f in dataclasses.fields(Config)} - {"restore_defaults"}

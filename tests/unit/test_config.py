@@ -50,7 +50,9 @@ def test_rhvfs_keys_are_typed(tmp_path: Path) -> None:
     assert dict(cfg.restore_defaults) == {"cluster": "Default"}
 
 
-def test_password_file_wins_and_env_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_password_file_wins_and_env_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pw = tmp_path / "pw"
     pw.write_text("fromfile\n")
     conf = write_conf(tmp_path, "[e]\nengine_url = http://e\nusername = u\npassword = inconf\n")
@@ -70,7 +72,10 @@ def test_password_file_wins_and_env_fallback(tmp_path: Path, monkeypatch: pytest
         ("[e]\nengine_url = ftp://x\nusername = u\npassword = p\n", "must start with https"),
         ("[e]\nengine_url = http://x\nusername = u\npassword = p\nbogus = 1\n", "unknown setting"),
         ("[e]\nengine_url = http://x\nusername = u\npassword = p\nsecure = maybe\n", "yes or no"),
-        ("[e]\nengine_url = https://x\nusername = u\npassword = p\ncafile = /nonexistent\n", "does not exist"),
+        (
+            "[e]\nengine_url = https://x\nusername = u\npassword = p\ncafile = /nonexistent\n",
+            "does not exist",
+        ),
         ("[e]\nengine_url = http://x\nusername = u\npassword = p\ngrace_period = soon\n", "number"),
     ],
 )
@@ -89,7 +94,9 @@ def test_missing_file_and_section(tmp_path: Path) -> None:
 
 
 def test_overrides_without_section(monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = load_config(overrides={"engine_url": "http://h", "username": "u", "password": "p", "cafile": None})
+    cfg = load_config(
+        overrides={"engine_url": "http://h", "username": "u", "password": "p", "cafile": None}
+    )
     assert isinstance(cfg, Config)
     assert cfg.cafile is None
 
