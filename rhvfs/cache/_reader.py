@@ -140,7 +140,9 @@ class ImageReader:
         self._chunk_size = chunk_size
         self._retry = retry
         self._limiter = trio.CapacityLimiter(streams)
-        self._max_ahead = max(0, min(2 * streams, memory_budget // chunk_size - 1))
+        # Read-ahead leaves room for the chunk being read and the next demand read.
+        slots = memory_budget // chunk_size
+        self._max_ahead = max(min(2 * streams, slots - 2), min(1, slots - 1))
         nchunks = -(-size // chunk_size)
         self._has_data = bytearray(nchunks)
         for i in range(nchunks):
@@ -490,7 +492,7 @@ class ImageReader:
         self._space.set()
 
     def _evict_one(self, *, for_prefetch: bool) -> bool:
-        """Drop one ready chunk: consumed first, then least recently used.
+        """Drop one ready chunk: consumed first, then already read (LRU), then unread prefetches.
 
         Read-ahead never evicts a prefetched chunk nobody has read yet (that
         would throw away work to do more of the same); demand reads may.
@@ -499,10 +501,7 @@ class ImageReader:
         for chunk in self._chunks.values():
             if not chunk.done.is_set() or (for_prefetch and not chunk.read and not chunk.consumed):
                 continue
-            if victim is None or (not chunk.consumed, chunk.last_used) < (
-                not victim.consumed,
-                victim.last_used,
-            ):
+            if victim is None or _eviction_key(chunk) < _eviction_key(victim):
                 victim = chunk
         if victim is None:
             return False
@@ -510,6 +509,10 @@ class ImageReader:
         self._reserved -= len(victim.buf)
         self._evictions += 1
         return True
+
+
+def _eviction_key(chunk: _Chunk) -> tuple[bool, bool, int]:
+    return (not chunk.consumed, not chunk.read, chunk.last_used)
 
 
 def _leaf_error(exc: Exception) -> Exception:

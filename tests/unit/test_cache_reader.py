@@ -470,3 +470,84 @@ def test_budget_must_hold_a_chunk() -> None:
             chunk_size=4096,
             retry=FAST,
         )
+
+
+# -- cancellation and closing ----------------------------------------------------------
+
+
+async def test_cancelled_inline_fetch_is_taken_over_by_a_waiting_reader(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    data, extents = make_image([(64 * KiB, True)])
+    src = FakeSource(data, extents, delay_s=1.0)
+    reader = make_reader(
+        src, chunk_size=64 * KiB, budget_chunks=1
+    )  # no workers: reads fetch inline
+    got: list[bytes] = []
+
+    async def second() -> None:
+        got.append(await reader.read(1000, 1000, handle_id=2))
+
+    async with trio.open_nursery() as nursery:
+        with trio.move_on_after(0.5):  # the first reader gives up mid-fetch (a FUSE interrupt)
+            nursery.start_soon(second)
+            await reader.read(0, 1000, handle_id=1)
+    assert got == [data[1000:2000]]
+    assert len(src.requests) == 2  # the aborted GET, then the second reader's own
+    assert reader.statistics().memory_reserved == 64 * KiB  # one ready chunk, nothing leaked
+    assert reader.statistics().chunks_fetched == 1
+
+
+async def test_aclose_with_fetches_in_flight_in_the_callers_nursery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    data, extents = make_image([(256 * KiB, True)])
+    src = FakeSource(data, extents, delay_s=10.0)
+    reader = make_reader(src, chunk_size=64 * KiB, budget_chunks=4)
+    errors: list[BaseException] = []
+
+    async def waiter() -> None:
+        try:
+            await reader.read(0, 100, handle_id=1)
+        except SessionClosed as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await reader.run(nursery)  # fetch workers live in the caller's nursery
+        nursery.start_soon(waiter)
+        await trio.sleep(1)
+        assert src.active == 1
+        await reader.aclose()
+    # the nursery exited promptly: the 10 s GET was cancelled, the waiter told why
+    assert trio.current_time() < 2
+    assert len(errors) == 1
+    assert src.active == 0
+
+
+async def test_out_of_order_parallel_reads_still_count_as_sequential(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # FUSE hands over several kernel read-ahead requests at once; they arrive shuffled.
+    data, extents = make_image([(32 * 64 * KiB, True)])
+    src = FakeSource(data, extents, delay_s=0.01)
+    reader = make_reader(src, chunk_size=64 * KiB, budget_chunks=8, streams=4)
+    rnd = random.Random(5)
+    step = 16 * KiB
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reader.run)
+        for group in range(0, len(data), 8 * step):
+            offsets = [group + i * step for i in range(8)]
+            rnd.shuffle(offsets)
+            results: dict[int, bytes] = {}
+
+            async def one(off: int, results: dict[int, bytes] = results) -> None:
+                results[off] = await reader.read(off, step, handle_id=1)
+
+            async with trio.open_nursery() as batch:
+                for off in offsets:
+                    batch.start_soon(one, off)
+            assert all(results[off] == data[off : off + step] for off in offsets)
+        await reader.aclose()
+    stats = reader.statistics()
+    assert stats.chunks_prefetched >= 24
+    assert sorted(src.requests) == [(i * 64 * KiB, 64 * KiB) for i in range(32)]
