@@ -27,6 +27,7 @@ Design note — invariants that hold between ``await``s:
 
 from __future__ import annotations
 
+import array
 import collections
 import dataclasses
 import itertools
@@ -148,6 +149,11 @@ class ImageReader:
         for i in range(nchunks):
             s = i * chunk_size
             self._has_data[i] = not self._map.is_zero(s, s + chunk_size)
+        # _next_data[i]: the first chunk index >= i holding data (nchunks if none), so the
+        # prefetcher skips runs of zero chunks in O(1).
+        self._next_data = array.array("q", [nchunks]) * (nchunks + 1)
+        for i in range(nchunks - 1, -1, -1):
+            self._next_data[i] = i if self._has_data[i] else self._next_data[i + 1]
         self._chunks: dict[int, _Chunk] = {}
         self._handles: dict[int, _Handle] = {}
         self._reserved = 0
@@ -310,8 +316,10 @@ class ImageReader:
             if len(self._handles) >= _MAX_HANDLES:
                 oldest = min(self._handles, key=lambda h: self._handles[h].last_used)
                 del self._handles[oldest]
-            self._handles[handle_id] = _Handle(next_offset=end, last_used=tick)
-            return 0
+            # A handle that starts at offset 0 is most likely a whole-image copy.
+            ahead = min(1, self._max_ahead) if offset == 0 else 0
+            self._handles[handle_id] = _Handle(next_offset=end, ahead=ahead, last_used=tick)
+            return ahead
         st.last_used = tick
         # Kernel read-ahead and concurrent FUSE requests arrive slightly out of order.
         if st.next_offset - self._chunk_size <= offset <= st.next_offset + self._chunk_size:
@@ -334,18 +342,17 @@ class ImageReader:
         if self._nursery is None:
             return
         nchunks = len(self._has_data)
-        wanted = 0
-        i = start_index
         limit = start_index + ahead + _ZERO_SCAN_LIMIT
-        while wanted < ahead and i < nchunks and i < limit:
-            if self._has_data[i]:
-                wanted += 1
-                if i not in self._chunks:
-                    if not self._reserve_nowait(self._chunk_len(i), for_prefetch=True):
-                        return
-                    self._chunks_prefetched += 1
-                    self._spawn(self._insert(i))
-            i += 1
+        i = self._next_data[min(start_index, nchunks)]
+        for _ in range(ahead):
+            if i >= nchunks or i >= limit:
+                return
+            if i not in self._chunks:
+                if not self._reserve_nowait(self._chunk_len(i), for_prefetch=True):
+                    return
+                self._chunks_prefetched += 1
+                self._spawn(self._insert(i))
+            i = self._next_data[i + 1]
 
     def _chunk_len(self, index: int) -> int:
         start = index * self._chunk_size

@@ -276,12 +276,24 @@ async def test_sequential_reads_prefetch_in_parallel_within_the_budget(
     assert stats.bytes_fetched == len(data)
 
 
+async def test_first_read_at_zero_starts_read_ahead() -> None:
+    data, extents = make_image([(4 * 64 * KiB, True)])
+    src = FakeSource(data, extents)
+    reader = make_reader(src, chunk_size=64 * KiB, budget_chunks=4)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reader.run)
+        assert await reader.read(0, 4096, handle_id=1) == data[:4096]
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(src.requests) == [(0, 64 * KiB), (64 * KiB, 64 * KiB)]
+        await reader.aclose()
+
+
 async def test_random_reads_do_not_prefetch(autojump_clock: trio.testing.MockClock) -> None:
     data, extents = make_image([(64 * 64 * KiB, True)])
     src = FakeSource(data, extents, delay_s=0.01)
     reader = make_reader(src, chunk_size=64 * KiB, budget_chunks=6, streams=4)
     # chunk indices at least 3 apart from the previous read: never "sequential"
-    order = [0, 40, 5, 50, 10, 60, 15, 30, 20, 45, 25, 55, 1, 35, 63, 8, 48, 12, 33, 3]
+    order = [40, 0, 50, 5, 60, 10, 30, 15, 45, 20, 55, 25, 1, 35, 63, 8, 48, 12, 33, 3]
     async with trio.open_nursery() as nursery:
         await nursery.start(reader.run)
         for i, index in enumerate(order):
@@ -508,7 +520,7 @@ async def test_aclose_with_fetches_in_flight_in_the_callers_nursery(
 
     async def waiter() -> None:
         try:
-            await reader.read(0, 100, handle_id=1)
+            await reader.read(64 * KiB, 100, handle_id=1)  # not at 0: no read-ahead
         except SessionClosed as exc:
             errors.append(exc)
 
