@@ -382,3 +382,55 @@ async def test_template_is_read_without_a_snapshot(
     assert doc["kind"] == "template" and doc["snapshot_id"] is None
     await trio.sleep(rig.config.grace_period + 30)
     assert rig.engine.open_transfers() == [] and rig.journal.entries() == []
+
+
+async def test_concurrent_first_opens_share_one_snapshot(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1", disks=[("a", MiB), ("b", MiB), ("c", MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    keys = [config_key("vm.ovf"), config_key("manifest.json")] + [
+        disk_key(d) for d in rig.engine.disk_ids(vm.id)
+    ]
+    handles: list[int] = []
+
+    async def opener(key: str) -> None:
+        handles.append(await rig.manager.open(owner, key))
+
+    async with trio.open_nursery() as nursery:
+        for key in keys:
+            nursery.start_soon(opener, key)
+    assert len(handles) == len(set(handles)) == 5
+    assert rig.engine.calls.count("create_snapshot") == 1
+    assert rig.manager.status()["sessions"][0]["handles"] == 5
+    for h in handles:
+        await rig.manager.release(h)
+    await trio.sleep(rig.config.grace_period + 30)
+    assert rig.engine.user_snapshots(vm.id) == []
+
+
+async def test_config_that_outgrew_its_announced_size_fails_loudly(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    from rhvfs.engine.types import Snapshot
+    from rhvfs.errors import DataIntegrityError
+
+    vm = rig.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    listed = {e.name: e for e in await rig.manager.list_set(owner)}
+    # Between the listing and the backup, the OVF grows by far more than the headroom.
+    rig.engine.snapshots[vm.id] += [
+        Snapshot(id=f"s{i:05d}", description="x" * 200, type="regular", status="ok")
+        for i in range(500)
+    ]
+    h = await rig.manager.open(owner, config_key("vm.ovf"))
+    with pytest.raises(DataIntegrityError, match="refusing to truncate"):
+        await rig.manager.read(h, 0, 4096)
+    # The rest of the set is still served, with the sizes that were announced.
+    assert (
+        len(await rig.read_all(owner, config_key("manifest.json"))) == listed["manifest.json"].size
+    )
+    assert len(await rig.read_all(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))) == 2 * MiB
+    assert {e.name: e for e in await rig.manager.list_set(owner)} == listed
+    assert any("vm.ovf" in e["message"] for e in rig.manager.status()["errors"])
+    await rig.manager.release(h)
