@@ -145,8 +145,11 @@ class RestoreEngine(Protocol):
     ) -> Nic: ...
     async def remove_vm(self, vm_id: str) -> None: ...
     async def start_vm(self, vm_id: str) -> Vm: ...
-    async def create_template(self, *, vm_id: str, name: str) -> Template: ...
     async def remove_template(self, template_id: str) -> None: ...
+
+    # Templates also need ``create_template(*, vm_id, name) -> Template`` (a template made
+    # from the restored VM); it is looked up at run time, so engines without it still
+    # restore VMs and refuse template sets with a clear error.
 
 
 #: ``opener(transfer_url, proxy_url)`` -> async context manager of an upload target.
@@ -694,6 +697,12 @@ class RestoreSession:
             if alt is None or not any(alt == c.name for c in clusters):
                 raise _err(f"cluster {wanted!r} does not exist on the engine", errno.EINVAL)
         if kind == "template" or opts.template_name:
+            if getattr(engine, "create_template", None) is None:
+                raise _err(
+                    "this engine facade cannot make templates (no create_template): "
+                    "template sets and template_name are not supported",
+                    errno.ENOTSUP,
+                )
             tname = name if kind == "template" else opts.template_name
             if any(t.name == tname for t in await engine.list_templates()):
                 raise _err(f"a template named {tname!r} already exists", errno.EEXIST)
@@ -1005,7 +1014,13 @@ class RestoreSession:
         if make_template:
             tname = name if m.kind == "template" else opts.template_name
             assert tname is not None
-            tpl = await engine.create_template(vm_id=vm.id, name=tname)
+            create_template = getattr(engine, "create_template", None)
+            if create_template is None:
+                raise _err(
+                    "this engine facade cannot make a template from a VM (no create_template)",
+                    errno.ENOTSUP,
+                )
+            tpl = await create_template(vm_id=vm.id, name=tname)
             self.template_id = tpl.id
             self.note(f"created template {tname} ({tpl.id})")
             remove = opts.remove_base_vm

@@ -1,0 +1,378 @@
+"""The ``restore/`` directory: a writable little tree in front of the restore sessions.
+
+Owns names, directories, inodes and open handles under ``restore/``:
+``mkdir restore/<name>`` starts a ``RestoreSession``; files written anywhere
+below it (subdirectories are allowed, for ``mkdir -p`` and Bacula's
+``where=``; a file is recognised by its base name) are ``RestoreFile``s of
+that session; ``restore/<name>/.status`` is generated at every read. The
+metadata calls restore tools make after writing (chmod, chown, utimes,
+xattrs) are accepted and remembered, never refused.
+
+``rhvfs.fs`` dispatches every call on an inode or handle this tree ``owns``
+here; the methods raise ``rhvfs.errors`` types (with ``errno`` set where the
+session chose one) or ``OSError``, and ``rhvfs.fs`` maps them.
+
+Must not: import pyfuse3, talk to the engine, or hold restore logic (that is
+``rhvfs.sessions.restore``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import itertools
+import logging
+import os
+import stat
+import time
+from typing import Any
+
+from rhvfs.errors import NotFound, RestoreError
+from rhvfs.sessions.restore import STATUS_FILE, RestoreFile, RestoreManager, RestoreSession
+from rhvfs.vfs.names import InodeTable
+from rhvfs.vfs.nodes import Kind, Node
+
+log = logging.getLogger(__name__)
+
+#: Handles of this tree start here, far above the read-only tree's counter.
+FH_BASE = 1 << 48
+
+
+@dataclasses.dataclass(eq=False)
+class RestoreNode(Node):
+    """A node under ``restore/``; ``perm`` are the permission bits shown (writable)."""
+
+    perm: int = 0o644
+    session: RestoreSession | None = None
+    file: RestoreFile | None = None
+    children: dict[str, RestoreNode] | None = None
+    xattrs: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def volatile(self) -> bool:
+        return True  # sizes change while tools write: never let the kernel cache attributes
+
+
+def _err(detail: str, code: int) -> OSError:
+    return OSError(code, detail)
+
+
+@dataclasses.dataclass
+class _Handle:
+    node: RestoreNode
+    content: bytes | None = None  # .status snapshot at open
+
+
+class RestoreTree:
+    """Every node below ``restore/`` (the directory itself has inode ``root_ino``)."""
+
+    def __init__(self, manager: RestoreManager, *, root_ino: int, table: InodeTable) -> None:
+        self.manager = manager
+        self.root_ino = root_ino
+        self._table = table
+        self._serial = itertools.count(1)
+        self._nodes: dict[int, RestoreNode] = {}
+        self._sessions: dict[str, RestoreNode] = {}
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = itertools.count(FH_BASE)
+
+    # -- identity ------------------------------------------------------------
+
+    def owns(self, ino: int) -> bool:
+        """True for ``restore/`` itself and every node below it."""
+        return ino == self.root_ino or ino in self._nodes
+
+    def owns_fh(self, fh: int) -> bool:
+        return fh >= FH_BASE
+
+    def _new_ino(self) -> int:
+        return self._table.inode("restore", str(next(self._serial)), "")
+
+    def _make(self, kind: Kind, name: str, parent: int, **kw: Any) -> RestoreNode:
+        node = RestoreNode(
+            self._new_ino(), kind, name, mtime_ns=time.time_ns(), parent_ino=parent, **kw
+        )
+        if kind is Kind.DIR:
+            node.perm = 0o755
+            if node.children is None:
+                node.children = {}
+        self._nodes[node.ino] = node
+        return node
+
+    def root_node(self) -> RestoreNode:
+        return RestoreNode(self.root_ino, Kind.DIR, "restore", perm=0o755, parent_ino=1)
+
+    def node(self, ino: int) -> RestoreNode:
+        if ino == self.root_ino:
+            return self.root_node()
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise NotFound(f"inode {ino}") from None
+
+    def _refresh(self, node: RestoreNode) -> RestoreNode:
+        if node.file is not None:
+            node.size = node.file.size
+            node.blocks = (node.file.size + 511) // 512
+            node.mtime_ns = node.file.mtime_ns
+        elif node.name == STATUS_FILE and node.session is not None and node.kind is Kind.FILE:
+            content = node.session.status_json()
+            node.size = len(content)
+            node.blocks = (len(content) + 511) // 512
+        return node
+
+    def _dir(self, ino: int) -> RestoreNode:
+        node = self.node(ino)
+        if node.kind is not Kind.DIR:
+            raise _err(f"{node.name} is not a directory", errno.ENOTDIR)
+        return node
+
+    def _session_of(self, node: RestoreNode) -> RestoreSession:
+        if node.session is None:
+            raise _err("not inside a restore directory", errno.EPERM)
+        return node.session
+
+    # -- directories -----------------------------------------------------------
+
+    async def listdir(self, ino: int) -> list[RestoreNode]:
+        if ino == self.root_ino:
+            for name in list(self._sessions):
+                if name not in self.manager.sessions:
+                    self._forget(self._sessions.pop(name))
+            return [self._refresh(n) for n in self._sessions.values()]
+        node = self._dir(ino)
+        assert node.children is not None
+        return [self._refresh(n) for n in node.children.values()]
+
+    async def lookup(self, parent_ino: int, name: str) -> RestoreNode:
+        if name == ".":
+            return self.node(parent_ino)
+        if name == "..":
+            return self.node(self.node(parent_ino).parent_ino)
+        for child in await self.listdir(parent_ino):
+            if child.name == name:
+                return child
+        raise NotFound(name)
+
+    async def getattr(self, ino: int) -> RestoreNode:
+        return self._refresh(self.node(ino))
+
+    async def mkdir(self, parent_ino: int, name: str) -> RestoreNode:
+        if parent_ino == self.root_ino:
+            await self.listdir(self.root_ino)
+            if name in self._sessions:
+                raise _err(f"restore/{name} exists", errno.EEXIST)
+            session = self.manager.create(name)
+            node = self._make(Kind.DIR, name, self.root_ino, session=session)
+            assert node.children is not None
+            node.children[STATUS_FILE] = self._make(
+                Kind.FILE, STATUS_FILE, node.ino, session=session, perm=0o444
+            )
+            self._sessions[name] = node
+            return node
+        parent = self._dir(parent_ino)
+        assert parent.children is not None
+        if name in parent.children:
+            raise _err(f"{name} exists", errno.EEXIST)
+        child = self._make(Kind.DIR, name, parent.ino, session=self._session_of(parent))
+        parent.children[name] = child
+        return child
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        if parent_ino == self.root_ino:
+            node = self._sessions.get(name)
+            if node is None:
+                raise NotFound(name)
+            self.manager.remove(name)  # refuses (EBUSY) while engine work runs
+            del self._sessions[name]
+            self._forget(node)
+            return
+        parent = self._dir(parent_ino)
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is None:
+            raise NotFound(name)
+        if node.kind is not Kind.DIR:
+            raise _err(f"{name} is not a directory", errno.ENOTDIR)
+        if node.children:
+            raise _err(f"{name} is not empty", errno.ENOTEMPTY)
+        del parent.children[name]
+        self._forget(node)
+
+    def _forget(self, node: RestoreNode) -> None:
+        for child in (node.children or {}).values():
+            self._forget(child)
+        self._nodes.pop(node.ino, None)
+
+    # -- files ---------------------------------------------------------------------
+
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, RestoreNode]:
+        if parent_ino == self.root_ino:
+            raise _err(
+                "create a directory restore/<name> first, then write the set into it", errno.EPERM
+            )
+        parent = self._dir(parent_ino)
+        assert parent.children is not None
+        session = self._session_of(parent)
+        existing = parent.children.get(name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise _err(f"{name} exists", errno.EEXIST)
+            return await self.open(existing.ino, flags), existing
+        if name == STATUS_FILE:
+            raise _err(f"{STATUS_FILE} is generated by rhvfs", errno.EACCES)
+        file = session.new_file(name)
+        node = self._make(Kind.FILE, name, parent.ino, session=session, file=file)
+        parent.children[name] = node
+        return self._open_handle(node), node
+
+    def _open_handle(self, node: RestoreNode) -> int:
+        handle = _Handle(node)
+        if node.file is not None:
+            assert node.session is not None
+            node.session.open(node.file)
+        elif node.session is not None:
+            handle.content = node.session.status_json()
+        fh = next(self._next_fh)
+        self._handles[fh] = handle
+        return fh
+
+    async def open(self, ino: int, flags: int) -> int:
+        node = self.node(ino)
+        if node.kind is Kind.DIR:
+            raise _err(f"{node.name} is a directory", errno.EISDIR)
+        if node.file is None and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise _err(f"{node.name} is read-only", errno.EACCES)
+        if node.file is not None and flags & os.O_TRUNC:
+            assert node.session is not None
+            await node.session.truncate(node.file, 0)
+        return self._open_handle(node)
+
+    def direct_io(self, fh: int) -> bool:
+        """Generated files bypass the page cache (their size changes between reads)."""
+        return self._handle(fh).node.file is None
+
+    def _handle(self, fh: int) -> _Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise _err("bad file handle", errno.EBADF) from None
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self._handle(fh)
+        if handle.content is not None:
+            return handle.content[offset : offset + size]
+        node = handle.node
+        assert node.session is not None and node.file is not None
+        return node.session.read(node.file, offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        node = self._handle(fh).node
+        if node.file is None or node.session is None:
+            raise _err(f"{node.name} is read-only", errno.EACCES)
+        return await node.session.write(node.file, offset, data)
+
+    async def flush(self, fh: int) -> None:
+        node = self._handle(fh).node
+        if node.file is not None and node.session is not None:
+            await node.session.flush(node.file)
+
+    async def fsync(self, fh: int) -> None:
+        node = self._handle(fh).node
+        if node.file is not None and node.session is not None:
+            await node.session.fsync(node.file)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        node = handle.node
+        if node.file is not None and node.session is not None:
+            await node.session.release(node.file)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        parent = self._dir(parent_ino)
+        assert parent.children is not None
+        node = parent.children.get(name)
+        if node is None:
+            raise NotFound(name)
+        if node.kind is Kind.DIR:
+            raise _err(f"{name} is a directory", errno.EISDIR)
+        if node.file is None:
+            raise _err(f"{STATUS_FILE} is generated by rhvfs", errno.EACCES)
+        assert node.session is not None
+        node.session.remove_file(node.file)
+        del parent.children[name]
+        self._nodes.pop(node.ino, None)
+
+    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        src_dir = self._dir(old_parent)
+        dst_dir = self._dir(new_parent)
+        assert src_dir.children is not None and dst_dir.children is not None
+        node = src_dir.children.get(old_name)
+        if node is None:
+            raise NotFound(old_name)
+        if src_dir.session is None or dst_dir.session is not src_dir.session:
+            raise _err("files cannot move between restore directories", errno.EXDEV)
+        if node.file is None and node.kind is Kind.FILE:
+            raise _err(f"{STATUS_FILE} is generated by rhvfs", errno.EACCES)
+        target = dst_dir.children.get(new_name)
+        if target is not None and target is not node:
+            if target.kind is Kind.DIR or target.file is None:
+                raise _err(f"{new_name} cannot be replaced", errno.EEXIST)
+            assert target.session is not None
+            target.session.remove_file(target.file)
+            del dst_dir.children[new_name]
+            self._nodes.pop(target.ino, None)
+        del src_dir.children[old_name]
+        node.name = new_name
+        node.parent_ino = dst_dir.ino
+        dst_dir.children[new_name] = node
+        if node.file is not None:
+            assert node.session is not None
+            await node.session.rename(node.file, new_name)
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> RestoreNode:
+        node = self.node(ino)
+        if size is not None:
+            if node.file is None or node.session is None:
+                raise _err(f"{node.name} is read-only", errno.EACCES)
+            await node.session.truncate(node.file, size)
+        if mode is not None and node.ino != self.root_ino:
+            node.perm = stat.S_IMODE(mode)
+        if uid is not None:
+            node.uid = uid
+        if gid is not None:
+            node.gid = gid
+        if mtime_ns is not None and node.file is not None:
+            node.file.mtime_ns = mtime_ns
+        return self._refresh(node)
+
+    # -- extended attributes: kept in memory, so tools that restore them succeed ----
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.node(ino).xattrs[name] = value
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        try:
+            return self.node(ino).xattrs[name]
+        except KeyError:
+            raise RestoreError(f"no attribute {name!r}", errno=errno.ENODATA) from None
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return list(self.node(ino).xattrs)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        if self.node(ino).xattrs.pop(name, None) is None:
+            raise RestoreError(f"no attribute {name!r}", errno=errno.ENODATA)
