@@ -3,7 +3,8 @@
 Owns exactly two things: turning ``Node`` values into ``EntryAttributes``, and
 the ONE table mapping rhvfs errors to errno (``errno_for``). Anything not in
 the table is logged with its traceback and becomes EIO. The tree is read-only
-here: every modifying call answers EROFS (``restore/`` will take writes later).
+here: every modifying call answers EROFS, except below ``restore/``, whose
+calls are dispatched unchanged to ``rhvfs.vfs.restore.RestoreTree``.
 
 Must not: hold logic of its own (names, caching, sessions live in ``rhvfs.vfs``
 and ``rhvfs.sessions``), or let an exception other than ``FUSEError`` reach
@@ -24,6 +25,7 @@ import pyfuse3
 
 from rhvfs import errors
 from rhvfs.vfs.nodes import Kind, Node
+from rhvfs.vfs.restore import RestoreTree
 from rhvfs.vfs.tree import Vfs
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,9 @@ READ_BLOCK_SIZE = 128 * 1024  # st_blksize: what cp/tar size their reads by
 
 def errno_for(exc: BaseException) -> int:
     """The errno a failed filesystem call returns for ``exc`` (EIO when unknown)."""
+    chosen = getattr(exc, "errno", None)  # a restore error carries the errno its session chose
+    if isinstance(exc, errors.RestoreError) and isinstance(chosen, int) and chosen > 0:
+        return chosen
     for cls, number in ERRNO_TABLE:
         if isinstance(exc, cls):
             return number
@@ -94,9 +99,17 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, vfs: Vfs, *, uid: int | None = None, gid: int | None = None) -> None:
+    def __init__(
+        self,
+        vfs: Vfs,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        restore: RestoreTree | None = None,
+    ) -> None:
         super().__init__()
         self.vfs = vfs
+        self.restore = restore  # the writable restore/ subtree: its calls are dispatched to it
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self._dir_handles: dict[int, list[Node]] = {}
@@ -120,8 +133,13 @@ class Operations(pyfuse3.Operations):
         else:
             attr.st_mode = stat.S_IFREG | 0o444
             attr.st_nlink = 1
-        attr.st_uid = self.uid
-        attr.st_gid = self.gid
+        perm = getattr(node, "perm", None)  # restore/ nodes are writable
+        if perm is None and self.restore is not None and node.ino == self.restore.root_ino:
+            perm = 0o755
+        if perm is not None:
+            attr.st_mode = stat.S_IFMT(attr.st_mode) | perm
+        attr.st_uid = getattr(node, "uid", None) or self.uid
+        attr.st_gid = getattr(node, "gid", None) or self.gid
         attr.st_rdev = 0
         attr.st_size = node.size
         attr.st_blocks = node.blocks
@@ -137,10 +155,25 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        if self._r(parent_inode):
+            return self.attributes(await self._rt.lookup(parent_inode, os.fsdecode(name)))
         return self.attributes(await self.vfs.lookup(parent_inode, os.fsdecode(name)))
+
+    def _r(self, inode: int) -> bool:
+        return self.restore is not None and self.restore.owns(inode)
+
+    def _rfh(self, fh: int) -> bool:
+        return self.restore is not None and self.restore.owns_fh(fh)
+
+    @property
+    def _rt(self) -> RestoreTree:
+        assert self.restore is not None
+        return self.restore
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._r(inode):
+            return self.attributes(await self._rt.getattr(inode))
         return self.attributes(await self.vfs.getattr(inode))
 
     @_translate
@@ -153,6 +186,9 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        if self._r(inode):
+            self._rt.node(inode)
+            return True
         self.vfs.node(inode)
         return not (mode & os.W_OK)
 
@@ -160,7 +196,11 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        children = await self.vfs.listdir(inode)
+        children: list[Node]
+        if self._r(inode):
+            children = list(await self._rt.listdir(inode))
+        else:
+            children = await self.vfs.listdir(inode)
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         self._dir_handles[fh] = children
@@ -183,6 +223,9 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self._r(inode):
+            fh = await self._rt.open(inode, flags)
+            return pyfuse3.FileInfo(fh=fh, direct_io=self._rt.direct_io(fh), keep_cache=False)
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise _erofs()
         fh = await self.vfs.open(inode)
@@ -192,16 +235,28 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if self._rfh(fh):
+            return await self._rt.read(fh, off, size)
         return await self.vfs.read(fh, off, size)
 
     async def release(self, fh: int) -> None:
         try:
-            await self.vfs.release(fh)
+            if self._rfh(fh):
+                await self._rt.release(fh)
+            else:
+                await self.vfs.release(fh)
         except Exception:
             log.exception("release of handle %d failed", fh)
 
+    @_translate
     async def flush(self, fh: int) -> None:
-        pass
+        if self._rfh(fh):
+            await self._rt.flush(fh)
+
+    @_translate
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        if self._rfh(fh):
+            await self._rt.fsync(fh)
 
     @_translate
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -219,42 +274,67 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if self._r(inode):
+            return await self._rt.getxattr(inode, name)
         self.vfs.node(inode)
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @_translate
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if self._r(inode):
+            return await self._rt.listxattr(inode)
         self.vfs.node(inode)
         return []
 
     # -- everything that would modify the tree: read-only -----------------------
 
+    @_translate
     async def setattr(
         self, inode: int, attr: Any, fields: Any, fh: Any, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+        if not self._r(inode):
+            raise _erofs()
+        node = await self._rt.setattr(
+            inode,
+            size=attr.st_size if fields.update_size else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        return self.attributes(node)
 
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+        raise pyfuse3.FUSEError(errno.EPERM) if self._r(parent_inode) else _erofs()
 
+    @_translate
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+        if not self._r(parent_inode):
+            raise _erofs()
+        return self.attributes(await self._rt.mkdir(parent_inode, os.fsdecode(name)))
 
+    @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _erofs()
+        if not self._r(parent_inode):
+            raise _erofs()
+        await self._rt.unlink(parent_inode, os.fsdecode(name))
 
+    @_translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _erofs()
+        if not self._r(parent_inode):
+            raise _erofs()
+        await self._rt.rmdir(parent_inode, os.fsdecode(name))
 
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         raise _erofs()
 
+    @_translate
     async def rename(
         self,
         parent_inode_old: int,
@@ -264,25 +344,43 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        raise _erofs()
+        if not (self._r(parent_inode_old) and self._r(parent_inode_new)):
+            raise _erofs()
+        await self._rt.rename(
+            parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new)
+        )
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         raise _erofs()
 
+    @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        raise _erofs()
+        if not self._rfh(fh):
+            raise _erofs()
+        return await self._rt.write(fh, off, buf)
 
+    @_translate
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise _erofs()
+        if not self._r(parent_inode):
+            raise _erofs()
+        fh, node = await self._rt.create(parent_inode, os.fsdecode(name), flags)
+        info = pyfuse3.FileInfo(fh=fh, direct_io=self._rt.direct_io(fh), keep_cache=False)
+        return info, self.attributes(node)
 
+    @_translate
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        raise _erofs()
+        if not self._r(inode):
+            raise _erofs()
+        await self._rt.setxattr(inode, name, value)
 
+    @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise _erofs()
+        if not self._r(inode):
+            raise _erofs()
+        await self._rt.removexattr(inode, name)

@@ -56,6 +56,8 @@ class Backend:
     engine: EngineInventory
     backups: BackupSets
     owner_factory: OwnerFactory = LocalOwner
+    #: ``rhvfs.sessions.restore.RestoreManager`` (running), or None: ``restore/`` stays read-only.
+    restores: Any = None
 
 
 BackendOpener = Callable[[Config, MountOptions], AbstractAsyncContextManager[Backend]]
@@ -74,6 +76,7 @@ async def open_backend(
     from rhvfs.sessions.chain import ChainState
     from rhvfs.sessions.incremental import IncrementalManager
     from rhvfs.sessions.incremental_sets import SetRouter
+    from rhvfs.sessions.restore import RestoreManager
 
     async with open_engine(config) as engine:
         journal = Journal.for_engine(config.engine_url, state_dir=options.state_dir)
@@ -82,12 +85,17 @@ async def open_backend(
         incremental = IncrementalManager(
             engine, config, chain=chain, journal=journal, cleanup_on_start=gc_on_start
         )
+        restores = RestoreManager(engine, config)
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
             await nursery.start(incremental.run)
+            await nursery.start(restores.run)
             try:
                 yield Backend(
-                    engine=engine, backups=SetRouter(manager, incremental), owner_factory=Owner
+                    engine=engine,
+                    backups=SetRouter(manager, incremental),
+                    owner_factory=Owner,
+                    restores=restores,
                 )
             finally:
                 nursery.cancel_scope.cancel()
@@ -199,7 +207,13 @@ async def serve(
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
-            ops = Operations(vfs)
+            restore_tree = None
+            if back.restores is not None:
+                from rhvfs.vfs.restore import RestoreTree
+
+                root = await vfs.resolve("/restore")
+                restore_tree = RestoreTree(back.restores, root_ino=root.ino, table=vfs.table)
+            ops = Operations(vfs, restore=restore_tree)
             pyfuse3.init(ops, mountpoint, fuse_options(options))
             mounted = True
             log.info("rhvfs %s mounted %s on %s", rhvfs.__version__, config.engine_url, mountpoint)
