@@ -53,6 +53,8 @@ def raw_get(conn: ovirtsdk4.Connection, path: str, query: dict[str, str] | None 
 
 
 class InventoryMixin(EngineCore):
+    _profiles_cache: tuple[float, list[t.VnicProfile]] | None = None
+
     async def list_datacenters(self) -> list[t.DataCenter]:
         items = await self.call(
             lambda c: c.system_service().data_centers_service().list(), "list data centers"
@@ -232,12 +234,21 @@ class InventoryMixin(EngineCore):
                 lambda c: c.system_service().networks_service().list(), "list networks"
             )
             networks = {n.id: n.name for n in nets}
-        return [convert.vnic_profile(p, network_names=networks) for p in profiles]
+        result = [convert.vnic_profile(p, network_names=networks) for p in profiles]
+        self._profiles_cache = (trio.current_time(), result)
+        return result
+
+    async def _cached_vnic_profiles(self) -> list[t.VnicProfile]:
+        """Profiles for naming NICs; reused for ``config.listing_ttl`` seconds (they rarely change)."""
+        cached = self._profiles_cache
+        if cached is not None and trio.current_time() - cached[0] < self.config.listing_ttl:
+            return list(cached[1])
+        return await self.list_vnic_profiles()
 
     async def _nics(self, items: list[Any]) -> list[t.Nic]:
         profiles: dict[str, t.VnicProfile] = {}
         if any(x.vnic_profile is not None for x in items):
-            profiles = {p.id: p for p in await self.list_vnic_profiles()}
+            profiles = {p.id: p for p in await self._cached_vnic_profiles()}
         return [convert.nic(x, profiles=profiles) for x in items]
 
     async def vm_nics(self, vm_id: str) -> list[t.Nic]:

@@ -46,17 +46,25 @@ def lost() -> ovirtsdk4.Error:
 
 
 class Node:
-    """Any attribute is a method returning a child node or calling a handler."""
+    """Any attribute is a method returning a child node or calling a handler.
 
-    def __init__(self, api: FakeApi, path: tuple[str, ...]) -> None:
+    Ids passed to ``*_service(id)`` methods reach the handler as ``kwargs["_ids"]``.
+    """
+
+    def __init__(self, api: FakeApi, path: tuple[str, ...], ids: tuple[str, ...] = ()) -> None:
         self._api = api
         self._path = path
+        self._ids = ids
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         def method(*args: Any, **kwargs: Any) -> Any:
             if name.endswith("_service"):
-                return Node(self._api, (*self._path, name.removesuffix("_service")))
-            return self._api.handle((*self._path, name), args, kwargs)
+                return Node(
+                    self._api,
+                    (*self._path, name.removesuffix("_service")),
+                    (*self._ids, *map(str, args)),
+                )
+            return self._api.handle((*self._path, name), args, {**kwargs, "_ids": self._ids})
 
         return method
 
@@ -344,9 +352,8 @@ async def test_vms_by_tag_falls_back_when_the_search_is_rejected(
         return [sdk.Vm(id="V1", name="a"), sdk.Vm(id="V2", name="b")]
 
     vm_tags = {"V1": [sdk.Tag(id="T1")], "V2": [sdk.Tag(id="T9")]}
-    calls = iter(["V1", "V2"])
     api.on("vms.list", vm_list)
-    api.on("vms.vm.tags.list", lambda a, k: vm_tags[next(calls)])
+    api.on("vms.vm.tags.list", lambda a, k: vm_tags[k["_ids"][0]])
     vms = await engine.vms_by_tag("T1")
     assert searches == ['tag="my tag"']
     assert [v.id for v in vms] == ["V1"]
@@ -366,12 +373,9 @@ async def test_disk_attachments_fill_disks_and_keep_order(autojump_clock, engine
         ],
     )
     sizes = {"D1": 1 << 30, "D2": 2 << 30}
-    pending = ["D2", "D1"]
     api.on(
         "disks.disk.get",
-        lambda a, k: (lambda d: sdk.Disk(id=d, alias=d.lower(), provisioned_size=sizes[d]))(
-            pending.pop(0)
-        ),
+        lambda a, k: sdk.Disk(id=k["_ids"][0], provisioned_size=sizes[k["_ids"][0]]),
     )
     atts = await engine.disk_attachments("V1")
     assert [(a.disk.id, a.disk.provisioned_size, a.interface, a.bootable) for a in atts] == [
@@ -413,3 +417,35 @@ async def test_create_disk_that_turns_illegal_is_removed(autojump_clock, engine_
             disk_id="D7",
         )
     assert api.calls == ["disks.add", "disks.disk.get", "disks.disk.get", "disks.disk.remove"]
+
+
+async def test_nic_profile_names_are_cached_for_the_listing_ttl(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+    api.on(
+        "vms.vm.nics.list",
+        lambda a, k: [
+            sdk.Nic(
+                id="N1",
+                name="nic1",
+                vnic_profile=sdk.VnicProfile(id="P1"),
+                mac=sdk.Mac(address="56:6f:00:00:00:01"),
+            )
+        ],
+    )
+    api.on(
+        "vnic_profiles.list",
+        lambda a, k: [sdk.VnicProfile(id="P1", name="ovirtmgmt", network=sdk.Network(id="NET1"))],
+    )
+    api.on("networks.list", lambda a, k: [sdk.Network(id="NET1", name="ovirtmgmt-net")])
+    first = await engine.vm_nics("V1")
+    second = await engine.vm_nics("V2")
+    assert first == second
+    assert (first[0].vnic_profile_name, first[0].network_name, first[0].mac) == (
+        "ovirtmgmt",
+        "ovirtmgmt-net",
+        "56:6f:00:00:00:01",
+    )
+    assert api.calls.count("vnic_profiles.list") == 1
+    await trio.sleep(engine.config.listing_ttl)
+    await engine.vm_nics("V1")
+    assert api.calls.count("vnic_profiles.list") == 2
