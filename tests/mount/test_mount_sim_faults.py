@@ -1,0 +1,195 @@
+"""Faults through real FUSE mounts of the simulator: the reader still gets exact bytes.
+
+Issue 3 acceptance: imageio connections dropped mid-stream, engine 5xx while
+the snapshot is created, a reader pausing longer than the transfer's
+inactivity timeout, an expired ticket; plus the daemonizing ``rhvfs mount``
+failing cleanly, and libguestfs reading a disk straight from the mount.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_mount_sim import RHVFS, MiB, SimMount, live_transfers, snapshot_ids
+
+pytestmark = pytest.mark.slow
+
+
+def conf_with(sim: Any, tmp_path: Path, **settings: object) -> Path:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(sim.conf_file)
+    for key, value in settings.items():
+        parser[sim.section][key] = str(value)
+    path = tmp_path / "ovirt-img.conf"
+    with open(path, "w") as f:
+        parser.write(f)
+    return path
+
+
+class ConfMount(SimMount):
+    """A mount of the shared simulator with extra settings in its config section."""
+
+    def __init__(self, sim: Any, tmp_path: Path, **settings: object) -> None:
+        conf = conf_with(sim, tmp_path, **settings)
+        shim = type("S", (), {"section": sim.section, "conf_file": conf})()
+        state = tmp_path / "state"
+        state.mkdir(exist_ok=True)
+        super().__init__(shim, tmp_path / "mnt", state)
+        self.sim = sim
+
+
+@pytest.fixture
+def faults(sim: Any) -> Iterator[Any]:
+    sim.admin.clear_faults()
+    try:
+        yield sim.admin
+    finally:
+        sim.admin.clear_faults()
+
+
+def disk_file(mnt: Path, vm: str, alias: str) -> Path:
+    return mnt / "vms" / vm / "disks" / f"{alias}.raw"
+
+
+def disk_id_of(mnt: Path, vm: str, alias: str) -> str:
+    doc = json.loads((mnt / "vms" / vm / "vm.json").read_bytes())
+    return next(d["id"] for d in doc["disks"] if d["alias"] == alias)
+
+
+def sha_of(path: Path, *, pause_after: int = -1, pause_s: float = 0.0) -> str:
+    h = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+            done += len(chunk)
+            if done == pause_after:
+                time.sleep(pause_s)
+    return h.hexdigest()
+
+
+def test_dropped_imageio_connections_still_give_exact_bytes(
+    sim: Any, faults: Any, tmp_path: Path
+) -> None:
+    m = ConfMount(sim, tmp_path, grace_period=0)
+    try:
+        path = disk_file(m.mnt, "myvm0", "myvm0_Disk1")
+        want = sim.admin.disk_sha256(disk_id_of(m.mnt, "myvm0", "myvm0_Disk1"))
+        faults.add_fault("drop-imageio", after_bytes=3 * MiB, times=3)
+        assert sha_of(path) == want
+    finally:
+        m.umount()
+    assert not live_transfers(sim)
+
+
+def test_engine_5xx_while_creating_the_snapshot_is_retried(
+    sim: Any, faults: Any, tmp_path: Path
+) -> None:
+    before = snapshot_ids(sim, "db01")
+    m = ConfMount(sim, tmp_path, grace_period=0, system_interval=0.2)
+    try:
+        faults.add_fault(
+            "engine-error",
+            method="POST",
+            path="/ovirt-engine/api/vms/*/snapshots",
+            status=503,
+            times=2,
+        )
+        with open(m.mnt / "vms/db01/@rhv/manifest.json", "rb") as f:  # the session lives while open
+            manifest = json.loads(f.read())
+            assert manifest["snapshot_id"] in snapshot_ids(sim, "db01")
+            assert (
+                len(snapshot_ids(sim, "db01")) == len(before) + 1
+            )  # exactly one despite the retries
+    finally:
+        m.umount()
+    assert snapshot_ids(sim, "db01") == before
+
+
+def test_reader_pausing_longer_than_the_inactivity_timeout(
+    sim: Any, faults: Any, tmp_path: Path
+) -> None:
+    m = ConfMount(sim, tmp_path, grace_period=0, inactivity_timeout=2)
+    try:
+        path = disk_file(m.mnt, "myvm", "mydisk")
+        want = sim.admin.disk_sha256(disk_id_of(m.mnt, "myvm", "mydisk"))
+        assert sha_of(path, pause_after=8 * MiB, pause_s=5.0) == want
+    finally:
+        m.umount()
+    assert not live_transfers(sim)
+
+
+def test_expired_ticket_is_recreated_transparently(sim: Any, faults: Any, tmp_path: Path) -> None:
+    m = ConfMount(sim, tmp_path, grace_period=0)
+    try:
+        path = disk_file(m.mnt, "myvm", "mydisk")
+        want = sim.admin.disk_sha256(disk_id_of(m.mnt, "myvm", "mydisk"))
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            h.update(f.read(4 * MiB))
+            sessions = m.status()["sessions"]["sessions"]
+            transfer = next(
+                d["transfer_id"] for s in sessions for d in s["disks"] if d["transfer_id"]
+            )
+            faults.add_fault("expire-ticket", transfer=transfer)
+            while chunk := f.read(MiB):
+                h.update(chunk)
+        assert h.hexdigest() == want
+    finally:
+        m.umount()
+    assert not live_transfers(sim)
+
+
+def test_daemonizing_mount_fails_with_one_clear_line(tmp_path: Path) -> None:
+    conf = tmp_path / "ovirt-img.conf"
+    conf.write_text(
+        "[nowhere]\nengine_url = https://127.0.0.1:9\nusername = admin@internal\n"
+        "password = x\nsecure = no\nsystem_tries = 1\nsystem_timeout = 5\n"
+    )
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = subprocess.run(
+        [*RHVFS, "mount", "-c", "nowhere", "--config-file", str(conf), "--state-dir", str(tmp_path), str(mnt)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("rhvfs: mount failed: engine unavailable")
+    assert not os.path.ismount(mnt)
+
+
+@pytest.mark.guestfs
+@pytest.mark.skipif(shutil.which("virt-ls") is None, reason="libguestfs-tools not installed")
+def test_virt_ls_reads_a_disk_straight_from_the_mount(sim: Any, tmp_path: Path) -> None:
+    m = ConfMount(sim, tmp_path, grace_period=10)  # libguestfs opens the image several times
+    try:
+        env = {
+            **os.environ,
+            "LIBGUESTFS_BACKEND": "direct",
+            "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg",
+        }
+        disk = disk_file(m.mnt, "myvm", "myvm_Disk1")
+        result = subprocess.run(
+            ["virt-ls", "-a", str(disk), "-m", "/dev/sda1", "/etc"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert {"hostname", "os-release", "motd"} <= set(
+            result.stdout.split()
+        )  # the sample guest's /etc
+    finally:
+        m.umount()
