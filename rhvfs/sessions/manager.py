@@ -158,8 +158,8 @@ class BackupManager:
     async def list_set(self, owner: Owner) -> list[SetEntry]:
         """The files of ``owner``'s ``@rhv/``; does not start a session."""
         session = self._sessions.get(owner.id)
-        if session is not None and session.state == "ready":
-            return list(session.entries)
+        if session is not None and session.entries and session.state in ("ready", "closing"):
+            return list(session.entries)  # frozen: stable while the session lives
         data = await self._fetch_owner_data(owner, None)
         ann, disks = self._announce_listing(owner, data)
         return self._set_entries(ann, disks)
@@ -167,7 +167,7 @@ class BackupManager:
     async def list_disk_files(self, owner: Owner) -> list[SetEntry]:
         """The files of ``vms/<vm>/disks/``: ``<alias>.raw``, same data as the set's images."""
         session = self._sessions.get(owner.id)
-        if session is not None and session.state == "ready":
+        if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.disk_entries)
         data = await self._fetch_owner_data(owner, None)
         ann, disks = self._announce_listing(owner, data)
