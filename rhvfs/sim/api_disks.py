@@ -9,6 +9,7 @@ used by disk attachments, storage domains and uploads.
 from __future__ import annotations
 
 import logging
+import time
 
 from ovirtsdk4 import types
 
@@ -166,7 +167,19 @@ def register(router: Router, e: Engine) -> None:
         body = parse_body(req, types.Disk)
         with st.lock:
             d = create_disk(e, body)
-            return xml(xmlio.render(conv.disk(e, d)), status=201, Location=href("disks", d.id))
+        # The engine answers 202 while storage works, 201 when asked to wait.
+        status = 202
+        if "201-created" in req.headers.get("expect", ""):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                with st.lock:
+                    if st.disks.get(d.id) is None or st.disks[d.id].status != "locked":
+                        break
+                time.sleep(0.02)
+            status = 201
+        with st.lock:
+            d = get_or_404(st.disks, d.id)
+            return xml(xmlio.render(conv.disk(e, d)), status=status, Location=href("disks", d.id))
 
     def disk_update(req: Request, disk: str) -> Response:
         body = parse_body(req, types.Disk)

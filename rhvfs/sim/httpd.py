@@ -329,7 +329,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if resp.body and self.command != "HEAD":
             self.wfile.write(resp.body)
-        log.debug(
+        level = logging.DEBUG if self.command == "GET" and resp.status < 400 else logging.INFO
+        log.log(
+            level,
             "%s %s -> %d (%.3f s)",
             self.command,
             url.path,

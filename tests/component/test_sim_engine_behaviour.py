@@ -520,3 +520,40 @@ def test_vm_from_template_copies_its_disk_and_disks_grow(sim_factory: Callable[.
             vs.get()
     finally:
         conn.close()
+
+
+def test_disk_add_answers_locked_or_waits_when_asked(sim: Any) -> None:
+    conn = sim.sdk_connection()
+    try:
+        disks = conn.system_service().disks_service()
+        spec = dict(
+            format=types.DiskFormat.RAW,
+            provisioned_size=8 * MiB,
+            storage_domains=[types.StorageDomain(name="mydata")],
+        )
+        waited = disks.add(types.Disk(name="expect-201", **spec), headers={"Expect": "201-created"})
+        assert waited.status == types.DiskStatus.OK
+        quick = disks.add(types.Disk(name="expect-202", sparse=False, **spec))
+        assert quick.status in (types.DiskStatus.LOCKED, types.DiskStatus.OK)
+        wait_for(
+            "disk ok", lambda: disks.disk_service(quick.id).get().status == types.DiskStatus.OK
+        )
+        assert sim.admin.disk_sha256(quick.id) == sim.admin.disk_sha256(waited.id)
+        with pytest.raises(sdk.Error) as err:
+            disks.add(
+                types.Disk(
+                    name="no-size",
+                    format=types.DiskFormat.RAW,
+                    storage_domains=[types.StorageDomain(name="mydata")],
+                )
+            )
+        assert err.value.code == 400
+        with pytest.raises(sdk.Error) as err:
+            disks.add(
+                types.Disk(name="raw-incremental", backup=types.DiskBackup.INCREMENTAL, **spec)
+            )
+        assert err.value.code == 409
+        for d in (waited, quick):
+            disks.disk_service(d.id).remove()
+    finally:
+        conn.close()
