@@ -274,7 +274,7 @@ class DataPlane:
         if not self.control_socket.exists():
             return False
         try:
-            status, _ = self._control("GET", "/tickets/", timeout_s=2.0)
+            status, _ = self._control("GET", "/tickets/rhvfs-sim-probe", timeout_s=2.0)
         except OSError:
             return False
         return status < 500
@@ -446,7 +446,7 @@ class DataPlane:
         with self._lock:
             self._exports[export_id] = entry
         deadline = time.monotonic() + _NBD_TIMEOUT_S
-        while not _unix_answers(sock):
+        while not _nbd_greets(sock):
             if proc.poll() is not None or time.monotonic() > deadline:
                 message = _tail(stderr_path)
                 self.unexport(export_id)
@@ -614,15 +614,27 @@ def _tcp_answers(host: str, port: int) -> bool:
         return False
 
 
-def _unix_answers(path: Path) -> bool:
+def _nbd_greets(path: Path) -> bool:
+    """True once qemu-nbd sends its greeting on ``path``.
+
+    qemu-nbd listens before it opens the image, so an accepted connect alone
+    does not mean the export exists; the greeting is sent only after it does.
+    """
     if not path.exists():
         return False
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
         try:
             s.connect(str(path))
-            return True
+            greeting = b""
+            while len(greeting) < 8:
+                chunk = s.recv(8 - len(greeting))
+                if not chunk:
+                    return False
+                greeting += chunk
         except OSError:
             return False
+    return greeting == b"NBDMAGIC"
 
 
 def _cmdline_bytes(argv: list[str]) -> bytes:
