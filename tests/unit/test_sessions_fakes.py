@@ -86,6 +86,7 @@ class FakeEngine:
         self.calls: list[str] = []
         self.create_snapshot_errors: list[EngineError] = []
         self.remove_snapshot_conflicts = 0
+        self.slow_snapshot_wait_s = 0.0
         self.status_sequence: dict[str, list[str]] = {}
 
     # -- building the inventory -------------------------------------------------
@@ -270,7 +271,8 @@ class FakeEngine:
         persist_memorystate: bool = False,
         disk_ids: list[str] | None = None,
     ) -> Snapshot:
-        await trio.sleep(1)  # the engine takes a while
+        if not self.slow_snapshot_wait_s:
+            await trio.sleep(1)  # the engine takes a while
         self.calls.append("create_snapshot")
         if self.create_snapshot_errors:
             raise self.create_snapshot_errors.pop(0)
@@ -292,6 +294,10 @@ class FakeEngine:
             mapping[att.disk.id] = old
         self.snapshots[vm_id].append(snap)
         self.snapshot_volumes[snap.id] = mapping
+        if self.slow_snapshot_wait_s:
+            # Created at once, then a long wait for "ok": a caller cancelled meanwhile
+            # never learns the id.
+            await trio.sleep(self.slow_snapshot_wait_s)
         return snap
 
     async def list_snapshots(self, vm_id: str) -> list[Snapshot]:

@@ -434,3 +434,26 @@ async def test_config_that_outgrew_its_announced_size_fails_loudly(
     assert {e.name: e for e in await rig.manager.list_set(owner)} == listed
     assert any("vm.ovf" in e["message"] for e in rig.manager.status()["errors"])
     await rig.manager.release(h)
+
+
+async def test_unmount_while_the_snapshot_is_being_created_removes_it(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    r = Rig(tmp_path)
+    vm = r.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    r.engine.slow_snapshot_wait_s = 100.0
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        await r.manager.list_set(owner)
+
+        async def opener() -> None:
+            await r.manager.open(owner, config_key("vm.ovf"))
+
+        nursery.start_soon(opener)
+        await trio.sleep(5)  # the snapshot exists on the engine; its id is not known yet
+        assert len(r.engine.user_snapshots(vm.id)) == 1
+        assert r.journal.entries()[0].snapshot_id is None
+        nursery.cancel_scope.cancel()
+    assert r.engine.user_snapshots(vm.id) == []
+    assert r.journal.entries() == []
