@@ -283,3 +283,34 @@ def test_sigkilled_mount_leftovers_are_removed_by_the_next_mount(
         assert wait_for(lambda: snapshot_ids(sim, "db01") == before and not live_transfers(sim), 60)
     finally:
         second.umount()
+
+
+def test_umount_during_a_read_cleans_up(sim: Any, tmp_path: Path, state_dir: Path) -> None:
+    before = snapshot_ids(sim, "web01")
+    m = SimMount(sim, tmp_path / "mnt", state_dir, "--grace-period", "30")
+    try:
+        image = next(
+            p for p in (m.mnt / "vms/web01/@rhv").iterdir() if p.name.startswith("web01_data")
+        )
+        slow_reader = (
+            "import sys, time\n"
+            "with open(sys.argv[1], 'rb') as f:\n"
+            "    print('reading', flush=True)\n"
+            "    while f.read(1 << 20):\n"
+            "        time.sleep(0.05)\n"
+        )
+        reader = subprocess.Popen(
+            [sys.executable, "-c", slow_reader, str(image)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+        time.sleep(0.5)
+        assert len(snapshot_ids(sim, "web01")) == len(before) + 1
+    finally:
+        m.umount()  # returns only after the session is gone, even with a reader in the middle
+    _, err = reader.communicate(timeout=60)
+    assert reader.returncode != 0, err  # the reader sees an error, never silently short data
+    assert snapshot_ids(sim, "web01") == before
+    assert live_transfers(sim) == []
