@@ -36,7 +36,9 @@ class Rig:
         self.sim = sim
         self.engine = engine
         self.config = load_config(
-            section=sim.section, config_file=sim.conf_file, overrides={"grace_period": 0.3, "listing_ttl": 0.0}
+            section=sim.section,
+            config_file=sim.conf_file,
+            overrides={"grace_period": 0.3, "listing_ttl": 0.0},
         )
         self.chain = ChainState(tmp / "state" / "chain.json")
         self.manager = IncrementalManager(
@@ -159,3 +161,55 @@ async def test_full_incrementals_and_differential_against_the_sim(rig: Rig) -> N
         "differential",
     ]
     assert rig.chain.pending() == []
+
+
+@pytest.fixture
+async def web01(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
+    """A rig on the mixed VM web01 (raw disk, cow disk without backup, incremental cow disk)."""
+    config = load_config(section=sim.section, config_file=sim.conf_file)
+    async with open_engine(config, connections=2, poll=FAST_POLL) as engine:
+        vm = await engine.find_vm("web01")
+        assert vm is not None
+        before = {c.id for c in await engine.list_checkpoints(vm.id)}
+        r = Rig(sim, engine, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(r.manager.run)
+            try:
+                yield r
+            finally:
+                await r.manager.aclose_all()
+                nursery.cancel_scope.cancel()
+        for c in await engine.list_checkpoints(vm.id):
+            if c.id not in before:
+                await engine.remove_checkpoint(vm.id, c.id)
+
+
+@pytest.mark.slow
+async def test_disks_without_incremental_support_are_full_in_every_set(web01: Rig) -> None:
+    rig = web01
+    engine, admin = rig.engine, rig.sim.admin
+    vm = await engine.find_vm("web01")
+    assert vm is not None
+    owner = Owner("vm", vm.id, vm.name)
+    disks = {a.disk.alias: a.disk for a in await engine.disk_attachments(vm.id)}
+    logs, os_disk, data = disks["web01_logs"], disks["web01_os"], disks["web01_data"]
+    snaps_before = {s.id for s in await engine.list_snapshots(vm.id)}
+
+    s0, m0 = await rig.read_set(owner, "incremental")
+    assert m0["set_type"] == "full"
+    admin.guest_write(vm="web01", disk=logs.id, offset=MiB, size=MiB, pattern=0x31)
+    admin.guest_write(vm="web01", disk=data.id, offset=3 * MiB, size=64 * 1024, pattern=0x32)
+    s1, m1 = await rig.read_set(owner, "incremental")
+    modes = {d["id"]: (d["backup_mode"], d["file_format"], d["full_reason"]) for d in m1["disks"]}
+    assert modes == {
+        logs.id: ("incremental", "qcow2", None),
+        os_disk.id: ("full", "raw", "raw disk"),
+        data.id: ("full", "raw", "backup mode none"),
+    }
+    files = {e.disk_id: e for e in s1 if e.disk_id}
+    assert files[os_disk.id].size == os_disk.provisioned_size
+    assert chain_sha(rig.out / files[logs.id].name) == admin.disk_sha256(logs.id)
+    assert file_sha(rig.out / files[data.id].name) == admin.disk_sha256(data.id)
+    assert file_sha(rig.out / files[os_disk.id].name) == admin.disk_sha256(os_disk.id)
+    # the snapshot that served the full disks was removed again
+    assert {s.id for s in await engine.list_snapshots(vm.id)} == snaps_before
