@@ -507,7 +507,10 @@ class BackupSession:
             attempt += 1
             try:
                 return await engine.create_snapshot(
-                    vm.id, description=description, persist_memorystate=cfg.memory_state
+                    vm.id,
+                    description=description,
+                    # Only a running guest has memory to save.
+                    persist_memorystate=cfg.memory_state and vm.status == "up",
                 )
             except Conflict as e:
                 # The VM or a disk is locked by another operation: wait for it.

@@ -457,3 +457,23 @@ async def test_unmount_while_the_snapshot_is_being_created_removes_it(
         nursery.cancel_scope.cancel()
     assert r.engine.user_snapshots(vm.id) == []
     assert r.journal.entries() == []
+
+
+async def test_memory_state_option_applies_to_running_vms_only(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    r = Rig(tmp_path, memory_state=True)
+    up = r.engine.add_vm("up1")
+    down = r.engine.add_vm("down1", status="down", seed=2)
+    seen: dict[str, bool] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        for vm in (up, down):
+            owner = Owner("vm", vm.id, vm.name)
+            h = await r.manager.open(owner, config_key("vm.ovf"))
+            (snap,) = r.engine.user_snapshots(vm.id)
+            seen[vm.name] = snap.persist_memorystate
+            await r.manager.release(h)
+        nursery.cancel_scope.cancel()
+    assert seen == {"up1": True, "down1": False}
+    assert r.engine.user_snapshots(up.id) == [] and r.engine.user_snapshots(down.id) == []
