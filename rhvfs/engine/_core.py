@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+LOGOUT_TIMEOUT_S = 10.0
+
 SdkCall = Callable[[ovirtsdk4.Connection], T]
 
 
@@ -119,9 +121,16 @@ class EngineCore:
         return await wait_until(probe, policy=policy, what=what)
 
     async def aclose(self) -> None:
-        """Log out of the engine and close every SDK connection."""
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._pool.close)
+        """Log out of the engine and close every SDK connection.
+
+        Bounded by ``LOGOUT_TIMEOUT_S``: an unreachable engine must not hold up
+        an unmount; the token then simply expires on the engine side.
+        """
+        with trio.move_on_after(LOGOUT_TIMEOUT_S) as scope:
+            scope.shield = True
+            await trio.to_thread.run_sync(self._pool.close, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            log.warning("engine logout did not finish within %.0fs; leaving it", LOGOUT_TIMEOUT_S)
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -640,3 +640,27 @@ async def test_vm_restored_from_its_ovf_keeps_ids_and_reattaches_disks(
                 pass
     with pytest.raises(NotFound):
         await engine.get_disk(disk_id)
+
+
+async def test_a_hanging_logout_does_not_hold_up_close(
+    sim: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rhvfs.engine._core as core
+
+    monkeypatch.setattr(core, "LOGOUT_TIMEOUT_S", 1.0)
+    try:
+        async with open_engine(_config(sim), poll=FAST_POLL) as eng:
+            assert await eng.list_clusters()
+            await trio.to_thread.run_sync(
+                lambda: sim.admin.add_fault(
+                    "engine-delay",
+                    method="POST",
+                    path="/ovirt-engine/services/sso-logout",
+                    delay=4.0,
+                    times=1,
+                )
+            )
+            start = trio.current_time()
+        assert 0.9 <= trio.current_time() - start < 3.0
+    finally:
+        await trio.to_thread.run_sync(sim.admin.clear_faults)
