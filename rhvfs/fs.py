@@ -39,7 +39,6 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (errors.AuthenticationError, errno.EACCES),
     (errors.VmStateError, errno.EBUSY),
     (errors.Conflict, errno.EBUSY),
-    (errors.SessionClosed, errno.EBADF),
     (errors.ConfigError, errno.EINVAL),
     (errors.EngineError, errno.EIO),
     (errors.ImageioError, errno.EIO),

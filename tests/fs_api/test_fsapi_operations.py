@@ -79,6 +79,7 @@ async def test_open_read_release() -> None:
         (errors.TicketGone("403"), errno.EIO),
         (errors.DataIntegrityError("short"), errno.EIO),
         (errors.SessionBroken("dead"), errno.EIO),
+        (errors.SessionClosed("closing"), errno.EIO),  # a reader's fd is valid: EBADF would mislead
         (errors.AuthenticationError("bad"), errno.EACCES),
         (errors.ConfigError("bad"), errno.EINVAL),
         (NotADirectoryError(errno.ENOTDIR, "x"), errno.ENOTDIR),
