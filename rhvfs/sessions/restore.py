@@ -69,7 +69,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
-from rhvfs.errors import NotFound, RestoreError, RhvfsError
+from rhvfs.errors import Conflict, NotFound, RestoreError, RhvfsError
 from rhvfs.sessions.model import MANIFEST_NAME, OVF_NAME, XML_NAME
 from rhvfs.sessions.restore_options import (
     OPTIONS_FILE,
@@ -993,20 +993,35 @@ class RestoreSession:
                 active=sdk.active if active is None else active,
             )
         for nic in m.nics:
+            strict = opts.nics == "original"
             if opts.nics == "new":
                 mac = None
             elif opts.nics == "explicit":
-                mac = opts.nic_macs.get(nic.name) or (opts.nic_macs.get(nic.id) if nic.id else None)
-                mac = mac or nic.mac
+                explicit = opts.nic_macs.get(nic.name) or (
+                    opts.nic_macs.get(nic.id) if nic.id else None
+                )
+                mac, strict = (explicit, True) if explicit else (nic.mac, False)
             else:
                 mac = nic.mac
-            await engine.add_nic(
-                vm.id,
-                name=nic.name,
-                interface=nic.interface or "virtio",
-                mac=mac,
-                vnic_profile_id=nic.vnic_profile_id,
-            )
+            try:
+                await engine.add_nic(
+                    vm.id,
+                    name=nic.name,
+                    interface=nic.interface or "virtio",
+                    mac=mac,
+                    vnic_profile_id=nic.vnic_profile_id,
+                )
+            except Conflict as e:
+                if strict or mac is None:
+                    raise
+                self.note(f"nic {nic.name}: MAC {mac} is in use ({e.detail}); using a new one")
+                await engine.add_nic(
+                    vm.id,
+                    name=nic.name,
+                    interface=nic.interface or "virtio",
+                    mac=None,
+                    vnic_profile_id=nic.vnic_profile_id,
+                )
         self.note(
             f"attached {sum(d.state == 'uploaded' for d in self.disks.values())} disk(s), added {len(m.nics)} nic(s)"
         )

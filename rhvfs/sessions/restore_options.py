@@ -17,8 +17,10 @@ products)::
     disk_active        = yes|no      for all and/or per disk ID:yes
     disk_boot          = yes|no      bootable flag, for all and/or per disk ID:yes
     disk_names         = ID:ALIAS, … new disk aliases (a bare ALIAS applies to a one-disk set)
-    nics               = original|new|NIC:MAC, …   MAC addresses: the set's, engine-allocated,
-                                     or explicit per NIC (by name or id; unlisted NICs keep theirs)
+    nics               = auto|original|new|NIC:MAC, …   MAC addresses: auto (default) = the set's
+                                     unless in use (a copy next to the original), then new;
+                                     original = the set's or fail; new = engine-allocated;
+                                     or explicit per NIC (by name or id; unlisted NICs: auto)
     vm_disks           = ID, …|all|none   restore only these disks; none = configuration only
     vm_exclude_disks   = ID, …       skip these disks
     template_name      = NAME        template sets: the template's name; VM sets: also make a
@@ -108,8 +110,8 @@ class RestoreOptions:
     disk_active: PerDisk[bool] = dataclasses.field(default_factory=PerDisk)
     disk_boot: PerDisk[bool] = dataclasses.field(default_factory=PerDisk)
     disk_names: PerDisk[str] = dataclasses.field(default_factory=PerDisk)
-    #: "original", "new", or "explicit" (then ``nic_macs`` holds NIC name/id -> MAC).
-    nics: str = "original"
+    #: "auto", "original", "new", or "explicit" (then ``nic_macs`` holds NIC name/id -> MAC).
+    nics: str = "auto"
     nic_macs: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: None = all disks; an empty set = none (configuration-only restore).
     vm_disks: frozenset[str] | None = None
@@ -224,15 +226,15 @@ def build_options(
             kw[key] = _per_disk(key, value, bool)
         elif key == "nics":
             v = value.strip().lower()
-            if v in ("original", "new", ""):
-                kw["nics"] = v or "original"
+            if v in ("auto", "original", "new", ""):
+                kw["nics"] = v or "auto"
             else:
                 macs: dict[str, str] = {}
                 for item in _items(value):
                     name, sep, mac = item.partition(":")
                     if not sep or not _is_mac(mac.strip()):
                         raise RestoreError(
-                            f"option nics: expected original, new or NIC:MAC, …; got {item!r}"
+                            f"option nics: expected auto, original, new or NIC:MAC, …; got {item!r}"
                         )
                     macs[name.strip()] = mac.strip().lower()
                 kw["nics"] = "explicit"

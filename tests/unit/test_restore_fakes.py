@@ -286,11 +286,13 @@ class FakeEngine:
         self, vm_id: str, *, name: str, interface: str, mac: str | None, vnic_profile_id: str | None
     ) -> Nic:
         self._maybe_fail("add_nic")
+        if mac and any(n.mac == mac for nics in self.nics.values() for n in nics):
+            raise Conflict(f"MAC Address {mac} is already in use")
         nic = Nic(
             id=str(uuid.uuid4()),
             name=name,
             interface=interface,
-            mac=mac or "56:6f:99:99:99:99",
+            mac=mac or f"56:6f:99:99:99:{len(self.nics):02x}",
             vnic_profile_id=vnic_profile_id,
         )
         self.nics[vm_id].append(nic)

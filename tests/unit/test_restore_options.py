@@ -48,7 +48,8 @@ def test_per_disk_by_alias_and_bools() -> None:
 
 def test_nics_modes() -> None:
     assert build_options(defaults={}, file_values={"nics": "new"}).nics == "new"
-    assert build_options(defaults={}).nics == "original"
+    assert build_options(defaults={}).nics == "auto"
+    assert build_options(defaults={}, file_values={"nics": "original"}).nics == "original"
     opts = build_options(defaults={}, file_values={"nics": "nic1:56:6F:00:00:00:01"})
     assert opts.nics == "explicit"
     assert dict(opts.nic_macs) == {"nic1": "56:6f:00:00:00:01"}

@@ -199,8 +199,29 @@ async def test_copy_with_new_name_regenerates_ids_and_new_macs(
     aliases = sorted(a.disk.alias for a in engine.attachments[copy.id])
     assert aliases == ["disk0", "renamed"]
     assert not set(a.disk.id for a in engine.attachments[copy.id]) & set(DISK_IDS)
-    assert engine.nics[copy.id][0].mac == "56:6f:99:99:99:99"
+    assert engine.nics[copy.id][0].mac.startswith("56:6f:99:99:99:")
     assert len(engine.vms) == 2  # the original is untouched
+
+
+async def test_nics_auto_falls_back_to_new_mac_but_original_insists(h: Harness) -> None:
+    s = make_set()
+    first = h.manager.create("myvm")
+    await h.copy(first, s)
+    assert (await h.settle(first))["phase"] == "done"
+    auto = h.manager.create("auto")
+    await h.copy(auto, s)
+    status = await h.settle(auto)
+    assert status["phase"] == "done", status["error"]
+    macs = sorted(n.mac for nics in h.engine.nics.values() for n in nics)
+    assert len(set(macs)) == 2 and "56:6f:00:00:00:01" in macs
+    assert any("is in use" in line for line in status["log"])
+    strict = h.manager.create("strict")
+    await h.write_file(strict, "rhvfs-restore.conf", b"nics = original\n")
+    await h.copy(strict, s)
+    status = await h.settle(strict)
+    assert status["phase"] == "failed" and "already in use" in status["error"]
+    assert sorted(v.name for v in h.engine.vms.values()) == ["auto", "myvm"]
+    assert len(h.engine.disks) == 4  # the failed copy's disks are gone
 
 
 async def test_options_interface_boot_active_sd_cluster_exclude_switchon(h: Harness) -> None:
