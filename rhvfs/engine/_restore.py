@@ -342,16 +342,35 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
 
         await self.wait(probe, f"wait for vm {vm_id} to be removed")
 
+    async def _power_action(self, vm_id: str, action: str, done: frozenset[str]) -> None:
+        """POST a power action; a retry that meets 409 is fine when the first try took effect."""
+        what = f"{action} vm {vm_id}"
+
+        async def attempt(n: int) -> None:
+            try:
+                await self.call_once(lambda c: getattr(_vms(c).vm_service(vm_id), action)(), what)
+            except Conflict:
+                if n == 0:
+                    raise
+                status = (await self.get_vm(vm_id)).status
+                if status not in done:
+                    raise
+                log.info("%s: conflict on retry, vm is already %s", what, status)
+
+        await self.retried(attempt, what)
+
     async def start_vm(self, vm_id: str, *, wait_up: bool = True) -> t.Vm:
         """Start a VM; with ``wait_up`` return once it is ``up``."""
-        await self.call(lambda c: _vms(c).vm_service(vm_id).start(), f"start vm {vm_id}")
+        await self._power_action(
+            vm_id, "start", frozenset({"wait_for_launch", "powering_up", "up"})
+        )
         if not wait_up:
             return await self.get_vm(vm_id)
         return await self.wait_vm_status(vm_id, frozenset({"up"}))
 
     async def stop_vm(self, vm_id: str) -> t.Vm:
         """Power a VM off and return once it is ``down``."""
-        await self.call(lambda c: _vms(c).vm_service(vm_id).stop(), f"stop vm {vm_id}")
+        await self._power_action(vm_id, "stop", frozenset({"powering_down", "down"}))
         return await self.wait_vm_status(vm_id, frozenset({"down"}))
 
     # -- templates ------------------------------------------------------------

@@ -449,3 +449,27 @@ async def test_nic_profile_names_are_cached_for_the_listing_ttl(autojump_clock, 
     await trio.sleep(engine.config.listing_ttl)
     await engine.vm_nics("V1")
     assert api.calls.count("vnic_profiles.list") == 2
+
+
+async def test_start_vm_retry_after_lost_response_accepts_conflict(
+    autojump_clock, engine_api
+) -> None:
+    engine, api = engine_api
+    status = {"s": sdk.VmStatus.DOWN}
+
+    def start(a: Any, k: Any) -> Any:
+        if status["s"] != sdk.VmStatus.DOWN:
+            raise _err(ovirtsdk4.Error, 409)
+        status["s"] = sdk.VmStatus.POWERING_UP
+        raise lost()
+
+    def get(a: Any, k: Any) -> Any:
+        vm = sdk.Vm(id="V1", name="v", status=status["s"])
+        status["s"] = sdk.VmStatus.UP if api.calls.count("vms.vm.get") > 2 else status["s"]
+        return vm
+
+    api.on("vms.vm.start", start)
+    api.on("vms.vm.get", get)
+    vm = await engine.start_vm("V1")
+    assert vm.status == "up"
+    assert api.calls.count("vms.vm.start") == 2
