@@ -278,3 +278,40 @@ async def test_gc_cancels_transfers_and_removes_the_snapshot_of_a_killed_session
     assert rig.journal.entries() == []
     again = await rig.manager.collect_garbage()
     assert not any(snap.id in line or transfer.id in line for line in again)
+
+
+async def test_reader_pausing_longer_than_the_inactivity_timeout_continues(
+    sim: Any, tmp_path: Path
+) -> None:
+    config = load_config(
+        section=sim.section,
+        config_file=sim.conf_file,
+        overrides={"grace_period": GRACE_S, "inactivity_timeout": 2, "system_interval": 0.2},
+    )
+    journal = Journal(tmp_path / "journal.json")
+    async with open_engine(config, poll=FAST_POLL) as engine:
+        manager = BackupManager(engine, config, journal=journal, gc_on_start=False)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manager.run)
+            rig = Rig(sim, engine, config, manager, journal)
+            owner = await rig.owner("myvm0")
+            entries = await manager.list_set(owner)
+            disk = next(e for e in entries if e.disk_id)
+            assert disk.disk_id is not None
+            expected = sim.admin.disk_sha256(disk.disk_id)
+            h = await manager.open(owner, disk.key)
+            first = await manager.read(h, 0, MiB)
+            await trio.sleep(6)  # the backup tool pauses: 3x the inactivity timeout
+            digest = hashlib.sha256(first)
+            offset = len(first)
+            while data := await manager.read(h, offset, 4 * MiB):
+                digest.update(data)
+                offset += len(data)
+            assert digest.hexdigest() == expected
+            (d,) = manager.status()["sessions"][0]["disks"]
+            assert d["recreated"] == 0  # kept alive, never expired
+            assert d["keepalives"] >= 3
+            await manager.release(h)
+            await rig.wait_session_end(owner)
+            assert rig.open_transfers() == []
+            nursery.cancel_scope.cancel()
