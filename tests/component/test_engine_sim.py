@@ -664,3 +664,13 @@ async def test_a_hanging_logout_does_not_hold_up_close(
         assert 0.9 <= trio.current_time() - start < 3.0
     finally:
         await trio.to_thread.run_sync(sim.admin.clear_faults)
+
+
+async def test_find_vm_with_a_name_that_needs_quoting(sim: Any, engine: Engine) -> None:
+    name = f"rhvfs test {uuid.uuid4().hex[:6]}"
+    vm = await engine.create_vm(name=name, cluster="Default")
+    try:
+        assert await engine.find_vm(name) == vm
+        assert await engine.find_vm(name.upper()) is None  # exact match only
+    finally:
+        await engine.remove_vm(vm.id)
