@@ -81,7 +81,12 @@ class FaultProxy:
     # --- faults --------------------------------------------------------------
 
     def drop_after(self, bytes_count: int, times: int = 1) -> None:
-        """Cut each of the next ``times`` connections after ``bytes_count`` bytes to the client."""
+        """Cut each of the next ``times`` connections after ``bytes_count`` bytes to the client.
+
+        Bytes are counted on the wire: with TLS they include the handshake
+        (about 2 KB for the simulator's certificate) and record overhead.
+        ``bytes_count=0`` cuts the connection before the server's first byte.
+        """
         with self._lock:
             self._pending.extend([_ConnFault(drop_after_bytes=bytes_count)] * times)
 

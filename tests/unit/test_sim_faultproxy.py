@@ -1,0 +1,93 @@
+"""FaultProxy against a local byte server: exact forwarding, cut after N bytes, delay."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from rhvfs.sim.faultproxy import FaultProxy
+
+PAYLOAD = random.Random(1).randbytes(300_000)
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultProxy]:
+    """A proxy in front of a server that answers every connection with PAYLOAD after a request."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(100)
+                try:
+                    conn.sendall(PAYLOAD)
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    p = FaultProxy(
+        host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.getsockname()[1]
+    )
+    p.start()
+    yield p
+    p.close()
+    stop.set()
+    server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+    server.close()
+    t.join(timeout=5)
+
+
+def _fetch(port: int) -> tuple[bytes, float]:
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET")
+        chunks = []
+        while True:
+            try:
+                data = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks), time.monotonic() - start
+
+
+def test_forwards_exact_bytes(proxy: FaultProxy) -> None:
+    data, _ = _fetch(proxy.port)
+    assert data == PAYLOAD
+    assert proxy.stats().accepted == 1
+
+
+def test_drop_after_cuts_next_connections_only(proxy: FaultProxy) -> None:
+    proxy.drop_after(100_000, times=2)
+    assert proxy.pending() == 2
+    first, _ = _fetch(proxy.port)
+    second, _ = _fetch(proxy.port)
+    third, _ = _fetch(proxy.port)
+    assert first == second == PAYLOAD[:100_000]
+    assert third == PAYLOAD
+    assert proxy.stats().dropped == 2
+    assert proxy.pending() == 0
+
+
+def test_delay_and_clear(proxy: FaultProxy) -> None:
+    proxy.delay(0.3, times=1)
+    data, elapsed = _fetch(proxy.port)
+    assert data == PAYLOAD
+    assert elapsed >= 0.3
+    proxy.drop_after(10, times=3)
+    proxy.clear()
+    data, _ = _fetch(proxy.port)
+    assert data == PAYLOAD
