@@ -386,36 +386,6 @@ def register(router: Router, e: Engine) -> None:
     router.add("PUT", "/tags/{tag}", tag_update)
     router.add("DELETE", "/tags/{tag}", tag_delete)
 
-    # templates
-
-    def templates_list(req: Request) -> Response:
-        with st.lock:
-            found = search(
-                req, list(st.templates.values()), {"name": lambda t: t.name, "id": lambda t: t.id}
-            )
-            return xml(xmlio.render_list([conv.template(e, t) for t in found], "templates"))
-
-    def template_get(req: Request, template: str) -> Response:
-        with st.lock:
-            return xml(xmlio.render(conv.template(e, get_or_404(st.templates, template))))
-
-    def template_attachments(req: Request, template: str) -> Response:
-        with st.lock:
-            t = get_or_404(st.templates, template)
-            items = [conv.attachment(e, "templates", t.id, a) for a in t.attachments]
-            return xml(xmlio.render_list(items, "disk_attachments"))
-
-    def template_nics(req: Request, template: str) -> Response:
-        with st.lock:
-            t = get_or_404(st.templates, template)
-            items = [conv.nic(e, "templates", t.id, n) for n in t.nics]
-            return xml(xmlio.render_list(items, "nics"))
-
-    router.add("GET", "/templates", templates_list)
-    router.add("GET", "/templates/{template}", template_get)
-    router.add("GET", "/templates/{template}/diskattachments", template_attachments)
-    router.add("GET", "/templates/{template}/nics", template_nics)
-
     # events and jobs
 
     def events_list(req: Request) -> Response:

@@ -269,7 +269,7 @@ def nic(e: Engine, owner: str, owner_id: str, n: Nic) -> types.Nic:
             interface=types.NicInterface(n.interface),
             linked=n.linked,
             plugged=n.plugged,
-            mac=types.Mac(address=n.mac),
+            mac=types.Mac(address=n.mac) if n.mac else None,
             vnic_profile=ref_vnic_profile(n.vnic_profile_id) if n.vnic_profile_id else None,
             vm=ref_vm(owner_id) if owner == "vms" else None,
         ),

@@ -28,6 +28,7 @@ from rhvfs.sim import (
     api_disks,
     api_infra,
     api_snapshots,
+    api_templates,
     api_transfers,
     api_vms,
 )
@@ -166,7 +167,15 @@ class Simulator:
             auth=auth,
         )
         router = Router()
-        for module in (api_infra, api_disks, api_vms, api_snapshots, api_transfers, api_backups):
+        for module in (
+            api_infra,
+            api_templates,
+            api_disks,
+            api_vms,
+            api_snapshots,
+            api_transfers,
+            api_backups,
+        ):
             module.register(router, e)
         admin_router = Router()
         api_admin.register(admin_router, e)

@@ -1,0 +1,206 @@
+"""REST resources for templates: list/get (with the OVF under `all_content`),
+import from an OVF configuration, removal, and their disk attachments and NICs.
+
+Owns `/templates`. The Blank template (all-zero id) always exists and cannot
+be removed. Creating a template from a VM is not simulated (409).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ovirtsdk4 import types
+
+from rhvfs.sim import api_disks, api_ovf, xmlio
+from rhvfs.sim import api_types as conv
+from rhvfs.sim.api_base import (
+    Engine,
+    action_done,
+    by_id_or_name,
+    check_disk_unlocked,
+    get_or_404,
+    href,
+    parse_body,
+    search,
+    with_href,
+)
+from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.state import ZERO_ID, Attachment, Nic, Template, Vm, new_id
+
+log = logging.getLogger(__name__)
+
+
+def blank() -> types.Template:
+    return with_href(
+        types.Template(
+            id=ZERO_ID,
+            name="Blank",
+            description="Blank template",
+            status=types.TemplateStatus.OK,
+            version=types.TemplateVersion(version_number=1, version_name="base version"),
+            memory=1024**3,
+            type=types.VmType.SERVER,
+            os=types.OperatingSystem(type="other"),
+        ),
+        href("templates", ZERO_ID),
+    )
+
+
+def template_ovf(e: Engine, t: Template) -> str:
+    """The template's configuration in the same OVF layout as a VM's."""
+    view = Vm(
+        id=t.id,
+        name=t.name,
+        cluster_id=t.cluster_id or next(iter(e.state.clusters)),
+        active_snapshot_id="",
+        description=t.description,
+        memory_bytes=t.memory_bytes,
+        os_type=t.os_type,
+        attachments=t.attachments,
+        nics=t.nics,
+    )
+    return api_ovf.make_ovf(e, view)
+
+
+def _import(e: Engine, body: types.Template) -> Template:
+    st = e.state
+    config = body.initialization.configuration
+    try:
+        ovf = api_ovf.parse_ovf(config.data)
+    except ValueError as err:
+        raise bad_request(f"Cannot parse the OVF: {err}", reason="Invalid value") from err
+    regenerate = bool(body.initialization.regenerate_ids)
+    template_id = None if regenerate or not ovf.vm_id else ovf.vm_id
+    if template_id is not None and (template_id in st.templates or template_id == ZERO_ID):
+        raise conflict(f"Cannot import Template. Template id {template_id} already exists.")
+    name = body.name or ovf.name
+    if not name:
+        raise bad_request("Template [name] required for add")
+    if name == "Blank" or any(t.name == name for t in st.templates.values()):
+        raise conflict("Cannot add Template. The Template name is already in use.")
+    cluster = by_id_or_name(st.clusters, body.cluster, "cluster")
+    t = Template(
+        id=template_id or new_id(),
+        name=name,
+        description=body.description if body.description is not None else ovf.description,
+        cluster_id=cluster.id,
+        memory_bytes=ovf.memory_bytes or 1024**3,
+        os_type=ovf.os_type or "other_linux",
+    )
+    for od in ovf.disks:
+        d = st.disks.get(od.disk_id)
+        if d is None or st.vm_of_disk(d.id) is not None or st.template_of_disk(d.id) is not None:
+            st.add_event(
+                f"Template {name}: disk {od.disk_id} is missing or in use, skipped.",
+                severity="warning",
+            )
+            continue
+        d.active.snapshot_id = None
+        t.attachments.append(Attachment(disk_id=d.id, interface=od.interface, bootable=od.bootable))
+    for on in ovf.nics:
+        profile = next((p for p in st.vnic_profiles.values() if p.name == on.network), None)
+        t.nics.append(
+            Nic(
+                id=new_id(),
+                name=on.name,
+                mac="",
+                vnic_profile_id=profile.id if profile else None,
+                interface=on.interface,
+            )
+        )
+    st.templates[t.id] = t
+    st.add_event(f"Template {name} was imported from a configuration.")
+    return t
+
+
+def register(router: Router, e: Engine) -> None:
+    st = e.state
+
+    def _all_content(req: Request) -> bool:
+        return req.flag("all_content") or req.headers.get("all-content", "").lower() == "true"
+
+    def _render(t: Template, req: Request) -> types.Template:
+        out = conv.template(e, t)
+        if _all_content(req):
+            out.initialization = types.Initialization(
+                configuration=types.Configuration(
+                    type=types.ConfigurationType.OVF, data=template_ovf(e, t)
+                )
+            )
+        return out
+
+    def templates_list(req: Request) -> Response:
+        with st.lock:
+            found = search(
+                req, list(st.templates.values()), {"name": lambda t: t.name, "id": lambda t: t.id}
+            )
+            items = [_render(t, req) for t in found]
+            query = req.query.get("search", "").lower().replace(" ", "")
+            if not query or query in ("name=blank", f"id={ZERO_ID}"):
+                items.insert(0, blank())
+            return xml(xmlio.render_list(items, "templates"))
+
+    def template_get(req: Request, template: str) -> Response:
+        with st.lock:
+            if template == ZERO_ID:
+                return xml(xmlio.render(blank()))
+            return xml(xmlio.render(_render(get_or_404(st.templates, template), req)))
+
+    def template_add(req: Request) -> Response:
+        body = parse_body(req, types.Template)
+        with st.lock:
+            if (
+                body.initialization is not None
+                and body.initialization.configuration is not None
+                and body.initialization.configuration.data
+            ):
+                t = _import(e, body)
+                e.save()
+                return xml(
+                    xmlio.render(conv.template(e, t)), status=201, Location=href("templates", t.id)
+                )
+            if body.vm is not None:
+                raise conflict(
+                    "Cannot add Template. Creating a template from a VM is not supported by the simulator."
+                )
+            raise bad_request("Template [vm|initialization.configuration] required for add")
+
+    def template_delete(req: Request, template: str) -> Response:
+        with st.lock:
+            if template == ZERO_ID:
+                raise conflict("Cannot remove Template. The Blank template cannot be removed.")
+            t = get_or_404(st.templates, template)
+            users = [v.name for v in st.vms.values() if v.template_id == t.id]
+            if users:
+                raise conflict(f"Cannot remove Template. It is used by VMs: {', '.join(users)}.")
+            disks = [st.disks[a.disk_id] for a in t.attachments if a.disk_id in st.disks]
+            for d in disks:
+                check_disk_unlocked(d)
+            del st.templates[t.id]
+            for d in disks:
+                api_disks.drop_disk(e, d)
+            e.save()
+        return xml(action_done())
+
+    def template_attachments(req: Request, template: str) -> Response:
+        with st.lock:
+            if template == ZERO_ID:
+                return xml(xmlio.render_list([], "disk_attachments"))
+            t = get_or_404(st.templates, template)
+            items = [conv.attachment(e, "templates", t.id, a) for a in t.attachments]
+            return xml(xmlio.render_list(items, "disk_attachments"))
+
+    def template_nics(req: Request, template: str) -> Response:
+        with st.lock:
+            if template == ZERO_ID:
+                return xml(xmlio.render_list([], "nics"))
+            t = get_or_404(st.templates, template)
+            items = [conv.nic(e, "templates", t.id, n) for n in t.nics]
+            return xml(xmlio.render_list(items, "nics"))
+
+    router.add("GET", "/templates", templates_list)
+    router.add("POST", "/templates", template_add)
+    router.add("GET", "/templates/{template}", template_get)
+    router.add("DELETE", "/templates/{template}", template_delete)
+    router.add("GET", "/templates/{template}/diskattachments", template_attachments)
+    router.add("GET", "/templates/{template}/nics", template_nics)
