@@ -1,0 +1,273 @@
+"""Restoring chains: order the sets copied into ``restore/<name>/`` and roll disks forward.
+
+A chain is a full set followed by incremental sets (each naming the previous
+one as its parent), or a full set and one differential set. Their manifests
+(``manifest--<set>.json``, written by ``rhvfs.sessions.incremental``) say
+``set_id``, ``set_type``, ``parent_set`` and ``full_set_id``, and per disk the
+file, its format (``raw`` full data or a ``qcow2`` delta) and the delta's
+backing file. This module:
+
+- ``order_chain(links)``: full set first, newest last, or a ``ChainError`` with
+  one clear sentence (a missing link, two branches, a set of another VM, a
+  delta whose backing file is not the previous set's file);
+- ``disk_plan(chain, disk_id)``: which file of which set to start from (the
+  newest full-data file of that disk) and which deltas to apply after it;
+- ``apply_delta(path, write=..., zero=...)``: writes a delta's changed ranges
+  (data with ``write``, "reads as zero" clusters with ``zero``) at their guest
+  offsets -- onto an upload transfer that already received the full image, or
+  onto a staged raw file.
+
+Restore recipe (for the restore session): stream the chain's full image of a
+disk as usual; stage each delta (they are small); once every manifest of the
+directory is in, ``order_chain`` them, and for each disk apply its deltas from
+``disk_plan`` oldest first with ``apply_delta``, then finalize the upload. The
+newest manifest describes the VM (its OVF file is ``config_files.ovf``).
+
+Must not: talk to the engine or imageio, decide restore options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rhvfs.errors import RestoreError
+from rhvfs.sessions.qcow2delta import Qcow2FormatError, read_allocation, read_header
+
+__all__ = [
+    "ChainError",
+    "DiskLink",
+    "SetLink",
+    "DiskPlan",
+    "DeltaStats",
+    "link_from_manifest",
+    "order_chain",
+    "disk_plan",
+    "check_delta",
+    "apply_delta",
+]
+
+
+class ChainError(RestoreError):
+    """Raised when the sets in a restore directory do not form one chain: a missing
+    or out-of-order link, two branches, sets of different VMs, or a delta file
+    that does not continue the previous set. The message says which, in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskLink:
+    disk_id: str
+    file: str
+    file_format: str  # raw | qcow2
+    backing_file: str | None
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SetLink:
+    """What a manifest says about a set's place in its chain."""
+
+    manifest: str  # the manifest's file name
+    set_id: str
+    set_type: str  # full | incremental | differential
+    owner_id: str
+    parent_set_id: str | None
+    full_set_id: str
+    disks: Mapping[str, DiskLink]
+
+
+def link_from_manifest(name: str, doc: Mapping[str, Any]) -> SetLink:
+    """A ``SetLink`` from a parsed manifest (a full set from ``@rhv/`` has no set id: its
+    ``checkpoint_id`` or snapshot/session stands in)."""
+    try:
+        kind = str(doc.get("kind", "vm"))
+        owner = doc[kind]
+        set_type = str(doc.get("set_type", "full"))
+        set_id = str(doc.get("set_id") or doc.get("checkpoint_id") or doc.get("session_id") or name)
+        parent = doc.get("parent_set") or None
+        disks = {}
+        for d in doc["disks"]:
+            fmt = str(
+                d.get("file_format") or ("qcow2" if str(d["file"]).endswith(".qcow2") else "raw")
+            )
+            disks[str(d["id"])] = DiskLink(
+                disk_id=str(d["id"]),
+                file=str(d["file"]),
+                file_format=fmt,
+                backing_file=d.get("backing_file") if fmt == "qcow2" else None,
+                size=int(d["size"]),
+            )
+        return SetLink(
+            manifest=name,
+            set_id=set_id,
+            set_type=set_type,
+            owner_id=str(owner["id"]),
+            parent_set_id=str(parent["set_id"]) if parent else None,
+            full_set_id=str(doc.get("full_set_id") or set_id),
+            disks=disks,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ChainError(f"{name}: not a manifest of an rhvfs backup set ({e!r})") from None
+
+
+def order_chain(links: Sequence[SetLink]) -> list[SetLink]:
+    """The sets as one chain, full first and newest last; ``ChainError`` otherwise."""
+    if not links:
+        raise ChainError("no manifest in the directory")
+    owners = {x.owner_id for x in links}
+    if len(owners) > 1:
+        raise ChainError(f"the sets belong to {len(owners)} different VMs: copy one VM's sets")
+    by_id: dict[str, SetLink] = {}
+    for x in links:
+        if x.set_id in by_id:
+            raise ChainError(
+                f"set {x.set_id} is in the directory twice ({by_id[x.set_id].manifest}, {x.manifest})"
+            )
+        by_id[x.set_id] = x
+    for x in links:
+        if x.parent_set_id is not None and x.parent_set_id not in by_id:
+            raise ChainError(
+                f"missing link: set {x.parent_set_id} (the parent of {x.manifest}) "
+                "is not in the directory"
+            )
+    parents = {x.parent_set_id for x in links if x.parent_set_id}
+    newest = [x for x in links if x.set_id not in parents]
+    if len(newest) > 1:
+        names = ", ".join(sorted(x.manifest for x in newest))
+        raise ChainError(
+            f"the sets do not form one chain ({names} are each the newest of a branch): "
+            "copy a full set with its incrementals, or a full set with one differential"
+        )
+    if not newest:
+        raise ChainError("the sets' parent links form a loop")
+    chain = [newest[0]]
+    while chain[-1].parent_set_id is not None:
+        child = chain[-1]
+        parent = by_id.get(child.parent_set_id or "")
+        if parent is None:
+            raise ChainError(
+                f"missing link: set {child.parent_set_id} (the parent of {child.manifest}) "
+                "is not in the directory"
+            )
+        chain.append(parent)
+    chain.reverse()
+    if chain[0].set_type != "full":
+        raise ChainError(
+            f"the chain starts at {chain[0].manifest}, a {chain[0].set_type} set, not a full one"
+        )
+    for x in chain[1:]:
+        if x.set_type == "full":
+            raise ChainError(f"{x.manifest} is a full set but names a parent set")
+        if x.full_set_id != chain[0].set_id:
+            raise ChainError(
+                f"{x.manifest} belongs to the chain of full set {x.full_set_id}, not {chain[0].set_id}"
+            )
+    extra = sorted(set(by_id) - {x.set_id for x in chain})
+    if extra:
+        raise ChainError(
+            f"{', '.join(by_id[s].manifest for s in extra)} do not belong to the chain of {chain[-1].manifest}"
+        )
+    return chain
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskPlan:
+    """How to rebuild one disk: upload ``base`` (full data), then apply ``deltas`` in order."""
+
+    disk_id: str
+    base: DiskLink
+    deltas: tuple[DiskLink, ...]
+    size: int  # the virtual size in the newest set
+
+
+def disk_plan(chain: Sequence[SetLink], disk_id: str) -> DiskPlan:
+    """The newest full-data file of ``disk_id`` in the chain and the deltas after it."""
+    newest = chain[-1].disks.get(disk_id)
+    if newest is None:
+        raise ChainError(f"disk {disk_id} is not in the newest set {chain[-1].manifest}")
+    base: DiskLink | None = None
+    deltas: list[DiskLink] = []
+    for link in chain:
+        d = link.disks.get(disk_id)
+        if d is None:
+            continue
+        if d.file_format == "raw":
+            base, deltas = d, []
+        else:
+            prev = deltas[-1].file if deltas else (base.file if base else None)
+            if prev is None or d.backing_file != prev:
+                raise ChainError(
+                    f"{d.file} continues {d.backing_file!r}, but the previous file of disk "
+                    f"{disk_id} in the chain is {prev!r}: a link is missing or out of order"
+                )
+            deltas.append(d)
+    if base is None:
+        raise ChainError(f"no set of the chain holds the full data of disk {disk_id}")
+    return DiskPlan(disk_id=disk_id, base=base, deltas=tuple(deltas), size=newest.size)
+
+
+def check_delta(path: str | os.PathLike[str], link: DiskLink) -> None:
+    """The staged ``path`` is the qcow2 delta ``link`` describes (format, backing file, size)."""
+    try:
+        header = read_header(path)
+    except Qcow2FormatError as e:
+        raise ChainError(f"{link.file}: {e}") from None
+    except OSError as e:
+        raise ChainError(f"{link.file}: {e.strerror}") from None
+    if header.backing_file != link.backing_file:
+        raise ChainError(
+            f"{link.file} names {header.backing_file!r} as its backing file, "
+            f"the manifest {link.backing_file!r}"
+        )
+    if header.virtual_size != link.size:
+        raise ChainError(
+            f"{link.file} is {header.virtual_size} bytes of disk, the manifest says {link.size}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaStats:
+    data_bytes: int
+    zero_bytes: int
+
+
+async def apply_delta(
+    path: str | os.PathLike[str],
+    *,
+    write: Callable[[int, bytes], Awaitable[None]],
+    zero: Callable[[int, int], Awaitable[None]],
+    chunk_bytes: int = 8 * 1024 * 1024,
+) -> DeltaStats:
+    """Write the guest ranges a qcow2 delta overrides: data with ``write(offset, bytes)``
+    (at most ``chunk_bytes`` each), zero clusters with ``zero(offset, length)``.
+
+    Local reads of the staged delta are small synchronous ``pread``s.
+    """
+    try:
+        allocation = read_allocation(path)
+    except Qcow2FormatError as e:
+        raise ChainError(f"{Path(path).name}: {e}") from None
+    data_bytes = zero_bytes = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for a in allocation:
+            if a.kind == "zero":
+                await zero(a.start, a.length)
+                zero_bytes += a.length
+                continue
+            assert a.file_offset is not None
+            pos = 0
+            while pos < a.length:
+                n = min(chunk_bytes, a.length - pos)
+                data = os.pread(fd, n, a.file_offset + pos)
+                if len(data) != n:
+                    raise ChainError(f"{Path(path).name} is truncated at {a.file_offset + pos}")
+                await write(a.start + pos, data)
+                pos += n
+            data_bytes += a.length
+    finally:
+        os.close(fd)
+    return DeltaStats(data_bytes=data_bytes, zero_bytes=zero_bytes)
