@@ -20,7 +20,8 @@ Design note — invariants that hold between ``await``s:
 - A chunk index is fetched by at most one task at a time: the lookup and the
   insert happen without an ``await`` in between, and readers of an in-flight
   chunk wait on its ``done`` event.
-- Only data parts of a chunk go over HTTP (one ranged GET per data range);
+- Only data parts of a chunk go over HTTP (one ranged GET per data range, small
+  zero gaps bridged within ``max_zero_fetch_ratio`` of the chunk's data bytes);
   the rest of the buffer stays zero-filled. ``bytes_fetched`` counts exactly
   the bytes of successful GETs.
 """
@@ -125,7 +126,10 @@ class ImageReader:
         streams: int,
         chunk_size: int = 8 * MiB,
         retry: RetryPolicy,
+        max_zero_fetch_ratio: float = 0.05,
     ) -> None:
+        """``max_zero_fetch_ratio``: zero bytes a chunk may fetch over HTTP to bridge gaps
+        between its data ranges (fewer GETs), as a fraction of its data bytes."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         if memory_budget < chunk_size:
@@ -140,6 +144,9 @@ class ImageReader:
         self._budget = memory_budget
         self._chunk_size = chunk_size
         self._retry = retry
+        if not 0 <= max_zero_fetch_ratio <= 1:
+            raise ValueError("max_zero_fetch_ratio must be within [0, 1]")
+        self._zero_ratio = max_zero_fetch_ratio
         self._limiter = trio.CapacityLimiter(streams)
         # Read-ahead leaves room for the chunk being read and the next demand read.
         slots = memory_budget // chunk_size
@@ -451,7 +458,9 @@ class ImageReader:
             chunk.done.set()
 
     async def _fetch(self, chunk: _Chunk) -> None:
-        ranges = self._map.data_ranges(chunk.start, chunk.end, max_length=self._chunk_size)
+        ranges = self._map.fetch_ranges(
+            chunk.start, chunk.end, max_length=self._chunk_size, max_zero_ratio=self._zero_ratio
+        )
         view = memoryview(chunk.buf)
         if len(ranges) == 1:
             off, length = ranges[0]

@@ -65,6 +65,32 @@ def test_data_ranges_are_exactly_the_data_bytes(
     assert emap.data_bytes == ref.count(False)
 
 
+@given(layouts, st.data())
+def test_fetch_ranges_cover_the_data_and_bound_the_zero_bytes(
+    layout: list[tuple[int, int]], data: st.DataObject
+) -> None:
+    extents, ref = build(layout)
+    size = len(ref)
+    emap = ExtentMap(extents, size=size)
+    a = data.draw(st.integers(0, size))
+    b = data.draw(st.integers(a, size))
+    ratio = data.draw(st.sampled_from([0.0, 0.05, 0.5]))
+    max_length = data.draw(st.integers(1, 400))
+    ranges = emap.fetch_ranges(a, b, max_length=max_length, max_zero_ratio=ratio)
+    covered = [False] * size
+    for off, length in ranges:
+        assert 0 < length <= max_length and a <= off and off + length <= b
+        for i in range(off, off + length):
+            assert not covered[i]
+            covered[i] = True
+    data_bytes = sum(1 for i in range(a, b) if not ref[i])
+    assert all(covered[i] for i in range(a, b) if not ref[i])  # every data byte
+    zero_fetched = sum(1 for i in range(size) if covered[i] and ref[i])
+    assert zero_fetched <= ratio * data_bytes
+    if ratio == 0.0:
+        assert ranges == emap.data_ranges(a, b, max_length=max_length)
+
+
 def test_rejects_gaps_and_short_maps() -> None:
     with pytest.raises(ValueError, match="contiguous"):
         ExtentMap([Extent(0, 10, False), Extent(11, 5, True)], size=16)

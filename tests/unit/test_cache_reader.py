@@ -38,14 +38,16 @@ class FakeSource:
         self.reader: ImageReader | None = None
         self.max_reserved = 0
         self.in_flight: set[int] = set()
+        self.allow_zero = False
         self.rnd = random.Random(len(data))
         self.random_delay_s = 0.0
 
     async def read_into(self, offset: int, buf: memoryview) -> None:
         self.requests.append((offset, len(buf)))
         assert offset >= 0 and offset + len(buf) <= len(self.data)
-        # The reader must never ask for bytes of a zero or hole extent.
-        assert not any(z for _, _, z in self.map.segments(offset, offset + len(buf)))
+        # The reader must never ask for bytes of a zero or hole extent (unless allowed to).
+        if not self.allow_zero:
+            assert not any(z for _, _, z in self.map.segments(offset, offset + len(buf)))
         if self.reader is not None:
             self.max_reserved = max(self.max_reserved, self.reader.statistics().memory_reserved)
         # never two GETs of the same range at once: readers share in-flight fetches
@@ -90,6 +92,7 @@ def make_reader(
     budget_chunks: int = 4,
     streams: int = 2,
     retry: RetryPolicy = FAST,
+    zero_ratio: float = 0.0,
 ) -> ImageReader:
     extents = [Extent(s, e - s, zero=z) for s, e, z in src.map.segments(0, len(src.data))]
     reader = ImageReader(
@@ -100,6 +103,7 @@ def make_reader(
         streams=streams,
         chunk_size=chunk_size,
         retry=retry,
+        max_zero_fetch_ratio=zero_ratio,
     )
     src.reader = reader
     return reader
@@ -116,20 +120,29 @@ layouts = st.lists(st.tuples(st.integers(1, 2000), st.booleans()), min_size=1, m
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(layouts, reads, st.sampled_from([512, 1000, 4096]), st.booleans(), st.booleans())
+@given(
+    layouts,
+    reads,
+    st.sampled_from([512, 1000, 4096]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([0.0, 0.5]),
+)
 def test_any_read_returns_the_reference_bytes(
     layout: list[tuple[int, bool]],
     ops: list[tuple[int, int, int]],
     chunk_size: int,
     with_workers: bool,
     sequential: bool,
+    zero_ratio: float,
 ) -> None:
     data, extents = make_image(layout)
     size = len(data)
 
     async def main() -> None:
         src = FakeSource(data, extents)
-        reader = make_reader(src, chunk_size=chunk_size, budget_chunks=3)
+        src.allow_zero = zero_ratio > 0
+        reader = make_reader(src, chunk_size=chunk_size, budget_chunks=3, zero_ratio=zero_ratio)
         with trio.fail_after(10):  # a deadlock fails the example instead of hanging
             await run_ops(reader, src)
 
@@ -232,6 +245,19 @@ async def test_only_data_parts_of_a_chunk_go_over_http() -> None:
     assert await reader.read(0, 64 * KiB, handle_id=1) == data
     assert sorted(src.requests) == [(0, 4 * KiB), (52 * KiB, 12 * KiB)]
     assert reader.statistics().bytes_fetched == 16 * KiB
+
+
+async def test_small_zero_gaps_are_bridged_within_the_ratio() -> None:
+    # One 64 KiB chunk: 20 KiB data, 1 KiB zero, 20 KiB data, 8 KiB zero, 15 KiB data.
+    data, extents = make_image(
+        [(20 * KiB, True), (1 * KiB, False), (20 * KiB, True), (8 * KiB, False), (15 * KiB, True)]
+    )
+    src = FakeSource(data, extents)
+    src.allow_zero = True
+    reader = make_reader(src, chunk_size=64 * KiB, zero_ratio=0.05)  # 5 % of 55 KiB = 2.75 KiB
+    assert await reader.read(0, 64 * KiB, handle_id=1) == data
+    assert sorted(src.requests) == [(0, 41 * KiB), (49 * KiB, 15 * KiB)]
+    assert reader.statistics().bytes_fetched == 56 * KiB <= 1.05 * reader.allocated_bytes
 
 
 async def test_sequential_read_of_mostly_empty_disk_fetches_only_allocated_bytes() -> None:
