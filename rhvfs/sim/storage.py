@@ -59,13 +59,15 @@ class BitmapError(StorageError):
 
 @dataclass(frozen=True)
 class VolumeInfo:
-    """Sizes in bytes; ``fmt`` is "raw" or "cow"; ``backing_vol_id`` names the parent volume."""
+    """Sizes in bytes; ``fmt`` is "raw" or "cow"; ``backing_vol_id`` names the parent volume;
+    ``sparse`` is False for volumes created preallocated."""
 
     virtual_size: int
     actual_size: int
     file_size: int
     fmt: Format
     backing_vol_id: str | None
+    sparse: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,27 +115,40 @@ class Storage:
 
     # --- metadata ----------------------------------------------------------
 
-    def _write_meta(self, sd_id: str, disk_id: str, vol_id: str, fmt: Format) -> None:
+    def _write_meta(
+        self, sd_id: str, disk_id: str, vol_id: str, fmt: Format, *, sparse: bool
+    ) -> None:
         path = self._meta_path(sd_id, disk_id, vol_id)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(f"FORMAT={fmt.upper()}\nEOF\n")
+        kind = "SPARSE" if sparse else "PREALLOCATED"
+        tmp.write_text(f"FORMAT={fmt.upper()}\nTYPE={kind}\nEOF\n")
         os.replace(tmp, path)
 
-    def volume_format(self, sd_id: str, disk_id: str, vol_id: str) -> Format:
-        """The volume's format as recorded at creation ("raw" or "cow")."""
+    def _read_meta(self, sd_id: str, disk_id: str, vol_id: str) -> dict[str, str]:
         path = self._meta_path(sd_id, disk_id, vol_id)
         try:
             text = path.read_text()
         except FileNotFoundError:
             raise VolumeNotFound(f"volume {sd_id}/{disk_id}/{vol_id} does not exist") from None
+        meta = {}
         for line in text.splitlines():
-            if line.startswith("FORMAT="):
-                value = line.split("=", 1)[1].strip().lower()
-                if value == "raw":
-                    return "raw"
-                if value == "cow":
-                    return "cow"
-        raise StorageError(f"{path}: no valid FORMAT")
+            key, sep, value = line.partition("=")
+            if sep:
+                meta[key.strip()] = value.strip()
+        return meta
+
+    def volume_format(self, sd_id: str, disk_id: str, vol_id: str) -> Format:
+        """The volume's format as recorded at creation ("raw" or "cow")."""
+        value = self._read_meta(sd_id, disk_id, vol_id).get("FORMAT", "").lower()
+        if value == "raw":
+            return "raw"
+        if value == "cow":
+            return "cow"
+        raise StorageError(f"volume {sd_id}/{disk_id}/{vol_id}: no valid FORMAT in its metadata")
+
+    def volume_sparse(self, sd_id: str, disk_id: str, vol_id: str) -> bool:
+        """False for volumes created preallocated (their growth is preallocated too)."""
+        return self._read_meta(sd_id, disk_id, vol_id).get("TYPE", "SPARSE") != "PREALLOCATED"
 
     def _existing(self, sd_id: str, disk_id: str, vol_id: str) -> tuple[Path, Format]:
         fmt = self.volume_format(sd_id, disk_id, vol_id)
@@ -220,7 +235,7 @@ class Storage:
                     argv += ["-b", _safe(parent_vol_id), "-F", _QEMU_FMT[parent_fmt]]
             argv += [path.name, str(size)]
             self._run(argv, cwd=d)
-            self._write_meta(sd_id, disk_id, vol_id, fmt)
+            self._write_meta(sd_id, disk_id, vol_id, fmt, sparse=sparse)
         log.info(
             "created volume %s/%s/%s fmt=%s size=%d parent=%s",
             sd_id,
@@ -257,7 +272,7 @@ class Storage:
                 argv += ["-S", "0", "-o", "preallocation=falloc"]
             argv += [str(src), str(path)]
             self._run(argv)
-            self._write_meta(sd_id, disk_id, vol_id, fmt)
+            self._write_meta(sd_id, disk_id, vol_id, fmt, sparse=sparse or fmt == "cow")
         log.info("imported %s into %s/%s/%s fmt=%s", src, sd_id, disk_id, vol_id, fmt)
 
     def delete_volume(self, sd_id: str, disk_id: str, vol_id: str) -> None:
@@ -284,6 +299,7 @@ class Storage:
                 file_size=path.stat().st_size,
                 fmt=fmt,
                 backing_vol_id=os.path.basename(backing) if backing else None,
+                sparse=self.volume_sparse(sd_id, disk_id, vol_id),
             )
 
     def chain(self, sd_id: str, disk_id: str, vol_id: str) -> list[str]:
@@ -307,9 +323,10 @@ class Storage:
                 raise StorageError(f"cannot shrink {vol_id} from {current} to {new_size}")
             if new_size == current:
                 return
-            self._run(
-                [self._qemu_img, "resize", "-q", "-f", _QEMU_FMT[fmt], str(path), str(new_size)]
-            )
+            argv = [self._qemu_img, "resize", "-q", "-f", _QEMU_FMT[fmt]]
+            if fmt == "raw" and not self.volume_sparse(sd_id, disk_id, vol_id):
+                argv.append("--preallocation=falloc")
+            self._run([*argv, str(path), str(new_size)])
         log.info("resized %s/%s/%s to %d", sd_id, disk_id, vol_id, new_size)
 
     # --- snapshots and merges ----------------------------------------------

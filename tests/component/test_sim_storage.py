@@ -48,6 +48,13 @@ def test_create_raw_and_cow(tmp_path: Path) -> None:
     assert s.volume_path(SD, DISK, "c").read_bytes()[:4] == b"QFI\xfb"
     with pytest.raises(StorageError):
         s.create_volume(SD, DISK, "c", fmt="cow", size=MiB)
+    assert (r.sparse, p.sparse, c.sparse) == (True, False, True)
+    s.resize(SD, DISK, "p", 6 * MiB)
+    grown = s.volume_info(SD, DISK, "p")
+    assert (grown.virtual_size, grown.actual_size) == (6 * MiB, 6 * MiB)
+    s.resize(SD, DISK, "r", 6 * MiB)
+    assert s.volume_info(SD, DISK, "r").actual_size <= 4096
+    assert s.content_sha256(SD, DISK, "p") == _sha(bytes(6 * MiB))
     s.resize(SD, DISK, "c", 8 * MiB)
     assert s.volume_info(SD, DISK, "c").virtual_size == 8 * MiB
     with pytest.raises(StorageError):
@@ -65,6 +72,10 @@ def test_import_keeps_content_and_holes(guest: tuple[Storage, bytearray], tmp_pa
     assert s.content_sha256(SD, "raw-disk", "v") == _sha(expected)
     raw_path = s.volume_path(SD, "raw-disk", "v")
     assert raw_path.stat().st_blocks * 512 <= img.stat().st_blocks * 512 + MiB
+    s.import_raw(SD, "full-disk", "v", img, fmt="raw", sparse=False)
+    full = s.volume_info(SD, "full-disk", "v")
+    assert (full.sparse, full.actual_size) == (False, SIZE)
+    assert s.content_sha256(SD, "full-disk", "v") == _sha(expected)
 
 
 def test_snapshot_write_merge(guest: tuple[Storage, bytearray]) -> None:
