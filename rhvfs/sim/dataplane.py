@@ -92,7 +92,7 @@ class DataPlane:
         *,
         host: str = "localhost",
         port: int = 0,
-        pki: Pki | None,
+        pki: Pki | None = None,
         proxy: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
