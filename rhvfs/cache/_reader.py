@@ -153,9 +153,11 @@ class ImageReader:
         self._max_ahead = max(min(2 * streams, slots - 2), min(1, slots - 1))
         nchunks = -(-size // chunk_size)
         self._has_data = bytearray(nchunks)
-        for i in range(nchunks):
-            s = i * chunk_size
-            self._has_data[i] = not self._map.is_zero(s, s + chunk_size)
+        for s, e, zero in self._map.segments(0, size):
+            if not zero:
+                self._has_data[s // chunk_size : (e - 1) // chunk_size + 1] = b"\x01" * (
+                    (e - 1) // chunk_size + 1 - s // chunk_size
+                )
         # _next_data[i]: the first chunk index >= i holding data (nchunks if none), so the
         # prefetcher skips runs of zero chunks in O(1).
         self._next_data = array.array("q", [nchunks]) * (nchunks + 1)
