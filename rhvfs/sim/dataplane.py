@@ -16,6 +16,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -154,8 +155,11 @@ class DataPlane:
         self._sock_dir = self._choose_sock_dir()
         atexit.register(self.stop)
         try:
+            # The daemon binds its own port (0 = any free one, read back from
+            # its log), so no other process can take it between choice and bind.
+            self._daemon_port = 0 if self._want_proxy else self._requested_port
+            self._start_daemon()
             if self._want_proxy:
-                self._daemon_port = _free_port(self.host)
                 self.fault_proxy = FaultProxy(
                     host=self.host,
                     port=self._requested_port,
@@ -163,12 +167,9 @@ class DataPlane:
                     target_port=self._daemon_port,
                 )
                 self._public_port = self.fault_proxy.port
-            else:
-                self._daemon_port = self._requested_port or _free_port(self.host)
-                self._public_port = self._daemon_port
-            self._start_daemon()
-            if self.fault_proxy is not None:
                 self.fault_proxy.start()
+            else:
+                self._public_port = self._daemon_port
         except BaseException:
             self.stop()
             raise
@@ -253,6 +254,10 @@ class DataPlane:
         conf_dir = self._write_conf()
         self.control_socket.unlink(missing_ok=True)
         stderr_path = self.run_dir / "imageio-daemon.stderr"
+        try:
+            log_offset = self.log_file.stat().st_size
+        except FileNotFoundError:
+            log_offset = 0
         self._daemon = self._spawn([self._imageio, "-c", str(conf_dir)], stderr_path, append=True)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while True:
@@ -262,7 +267,13 @@ class DataPlane:
                     f"ovirt-imageio exited with {rc} while starting: "
                     f"{_tail(stderr_path)} {_tail(self.log_file)}"
                 )
-            if self._control_answers() and _tcp_answers(self.host, self._daemon_port):
+            if self._daemon_port == 0:
+                self._daemon_port = _listening_port(self.log_file, log_offset)
+            if (
+                self._daemon_port
+                and self._control_answers()
+                and _tcp_answers(self.host, self._daemon_port)
+            ):
                 return
             if time.monotonic() > deadline:
                 raise DataPlaneError(
@@ -598,12 +609,19 @@ class DataPlane:
 # --- helpers -------------------------------------------------------------------
 
 
-def _free_port(host: str) -> int:
-    family, _, _, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind(addr)
-        port: int = s.getsockname()[1]
-        return port
+_LISTENING_RE = re.compile(rb"remote\.service listening on \(.*?, (\d+)\)")
+
+
+def _listening_port(log_file: Path, offset: int) -> int:
+    """The daemon's remote port as logged after ``offset`` of its log, or 0 if not yet."""
+    try:
+        with open(log_file, "rb") as f:
+            f.seek(offset)
+            text = f.read()
+    except OSError:
+        return 0
+    match = _LISTENING_RE.search(text)
+    return int(match.group(1)) if match else 0
 
 
 def _tcp_answers(host: str, port: int) -> bool:
