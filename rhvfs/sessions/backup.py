@@ -596,11 +596,13 @@ class BackupSession:
             if channel is None:
                 disk = next(d for d in self.disks if d.id == disk_id)
                 channel = self.channels[disk_id] = DiskChannel(self, disk)
-            assert self._nursery is not None
             try:
-                reader = await channel.ensure_reader(
-                    self._nursery, memory_budget=self._disk_budget()
-                )
+                reader = channel.reader
+                if reader is None:
+                    assert self._nursery is not None
+                    reader = await channel.ensure_reader(
+                        self._nursery, memory_budget=self._disk_budget()
+                    )
                 data = await reader.read(offset, size, handle_id=handle_id)
             except (trio.Cancelled, SessionClosed):
                 raise
