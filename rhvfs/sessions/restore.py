@@ -557,7 +557,9 @@ class RestoreSession:
         if self.phase == "done":
             return
         self._raise_if_failed()
-        if f.opens > 1 or f.closed_done:
+        if f.opens > 1 or f.closed_done or f.size == 0:
+            # Not the last close, or an empty file: dd opens, dup2()s and closes the
+            # original descriptor (a FLUSH) before writing. ``release`` decides then.
             await self.fsync(f)
             return
         try:

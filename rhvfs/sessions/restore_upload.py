@@ -131,7 +131,8 @@ class UploadStream:
         self._block = zero_block_bytes
         self._min_zero = min_zero_run_bytes
         self._retry_interval_s = retry_interval_s
-        self._buf = bytearray()
+        self._pieces: list[bytes] = []  # in-order data not sent yet, joined once per chunk
+        self._buf_len = 0
         self._buf_offset = 0
         self.position = 0
         self._zero_start = 0
@@ -202,9 +203,11 @@ class UploadStream:
             self._buf_offset = offset
         elif offset < self.position:
             self._ooo += 1
-            if offset >= self._buf_offset and offset + n <= self._buf_offset + len(self._buf):
+            if offset >= self._buf_offset and offset + n <= self._buf_offset + self._buf_len:
                 rel = offset - self._buf_offset
-                self._buf[rel : rel + n] = data  # a rewrite of bytes not sent yet
+                joined = bytearray(b"".join(self._pieces))
+                joined[rel : rel + n] = data  # a rewrite of bytes not sent yet
+                self._pieces = [bytes(joined)]
                 return
             await self.drain()
             await self._send_runs(offset, bytes(data), direct=True)
@@ -213,16 +216,20 @@ class UploadStream:
                 self.position += tail
                 self._buf_offset = self.position
             return
-        self._buf += data
+        self._pieces.append(data if isinstance(data, bytes) else bytes(data))
+        self._buf_len += n
         self.position += n
-        if len(self._buf) >= self._chunk:
+        if self._buf_len >= self._chunk:
             await self._emit_buffer(full_chunks_only=True)
 
     async def _emit_buffer(self, *, full_chunks_only: bool = False) -> None:
-        while self._buf and (len(self._buf) >= self._chunk or not full_chunks_only):
-            take = min(self._chunk, len(self._buf))
-            piece = bytes(self._buf[:take])
-            del self._buf[:take]
+        while self._buf_len and (self._buf_len >= self._chunk or not full_chunks_only):
+            take = min(self._chunk, self._buf_len)
+            joined = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+            piece = joined if take == len(joined) else joined[:take]
+            rest = b"" if take == len(joined) else joined[take:]
+            self._pieces = [rest] if rest else []
+            self._buf_len -= take
             offset = self._buf_offset
             self._buf_offset += take
             await self._send_runs(offset, piece, direct=False)

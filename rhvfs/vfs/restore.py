@@ -27,7 +27,7 @@ import stat
 import time
 from typing import Any
 
-from rhvfs.errors import NotFound, RestoreError
+from rhvfs.errors import NotFound
 from rhvfs.sessions.restore import STATUS_FILE, RestoreFile, RestoreManager, RestoreSession
 from rhvfs.vfs.names import InodeTable
 from rhvfs.vfs.nodes import Kind, Node
@@ -368,11 +368,11 @@ class RestoreTree:
         try:
             return self.node(ino).xattrs[name]
         except KeyError:
-            raise RestoreError(f"no attribute {name!r}", errno=errno.ENODATA) from None
+            raise OSError(errno.ENODATA, "no such attribute") from None  # quiet: expected
 
     async def listxattr(self, ino: int) -> list[bytes]:
         return list(self.node(ino).xattrs)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         if self.node(ino).xattrs.pop(name, None) is None:
-            raise RestoreError(f"no attribute {name!r}", errno=errno.ENODATA)
+            raise OSError(errno.ENODATA, "no such attribute")

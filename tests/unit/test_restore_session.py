@@ -383,3 +383,21 @@ async def test_cluster_id_from_manifest(h: Harness) -> None:
     await h.copy(session, s)
     status = await h.settle(session)
     assert h.engine.vms[status["vm_id"]].cluster_id == CLUSTER_ID
+
+
+async def test_flush_of_an_empty_file_is_not_its_last_close(h: Harness) -> None:
+    """dd opens the output, dup2()s it and closes the first descriptor before writing."""
+    s = make_set()
+    session = h.manager.create("dd")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    for name in s.image_names():
+        f = session.new_file(name)
+        session.open(f)
+        await session.flush(f)  # the close of the dup2()ed descriptor
+        for off in range(0, len(s.files[name]), 10240):
+            await session.write(f, off, s.files[name][off : off + 10240])
+        await session.flush(f)
+        await session.release(f)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    check_restored(h.engine, s, "dd")
