@@ -177,7 +177,11 @@ def add_transfer(e: Engine, body: types.ImageTransfer) -> ImageTransfer:
         vol_id,
         t.backup_id,
     )
-    e.tasks.step(_prepare, e, t.id)
+    if e.tasks.delay_s == 0:
+        # Like the engine for an existing disk: prepared inside the POST (answer: transferring).
+        _prepare(e, t.id)
+    else:
+        e.tasks.step(_prepare, e, t.id)
     return t
 
 
