@@ -70,7 +70,16 @@ from rhvfs.imageio.types import Extent
 from rhvfs.sessions import procid
 from rhvfs.sessions.chain import ChainDisk, ChainSet, ChainState, PendingBackup, SetType
 from rhvfs.sessions.journal import Journal, JournalEntry
-from rhvfs.sessions.model import Owner, SetEntry, blocks_for, escape_name
+from rhvfs.sessions.model import (
+    MANIFEST_NAME,
+    OVF_NAME,
+    XML_NAME,
+    Owner,
+    SetEntry,
+    blocks_for,
+    escape_name,
+    set_image_name,
+)
 from rhvfs.sessions.ports import (
     EngineLike,
     ImageioOpener,
@@ -79,17 +88,19 @@ from rhvfs.sessions.ports import (
     default_imageio_opener,
 )
 from rhvfs.sessions.qcow2delta import Change, Qcow2Delta
-from rhvfs.sessions.setfiles import OwnerData, build_manifest
+from rhvfs.sessions.setfiles import OwnerData, build_manifest, pad_to
 
 log = logging.getLogger(__name__)
 
-SetKind = Literal["incremental", "differential", "since"]
+#: ``full`` is ``@rhv/`` itself served through the engine backup API (see ``open_full``).
+SetKind = Literal["incremental", "differential", "since", "full"]
 SET_KINDS: tuple[SetKind, ...] = ("incremental", "differential", "since")
 #: Directory name of each set kind under ``/vms/<vm>/``.
 SET_DIRS: dict[SetKind, str] = {
     "incremental": "@rhv-incremental",
     "differential": "@rhv-differential",
     "since": "@rhv-since",
+    "full": "@rhv",
 }
 KEY_SEP = "|"
 BACKUP_OK_STATES = frozenset({"up", "down", "paused"})
@@ -486,8 +497,18 @@ class SessionDeps:
 class IncrementalSession:
     """One engine backup of a VM, served as one incremental/differential/full set."""
 
-    def __init__(self, owner: Owner, kind: SetKind, since: str | None, deps: SessionDeps) -> None:
+    def __init__(
+        self,
+        owner: Owner,
+        kind: SetKind,
+        since: str | None,
+        deps: SessionDeps,
+        *,
+        announced: Sequence[SetEntry] = (),
+    ) -> None:
         self.owner = owner
+        #: for ``full``: the @rhv/ listing (names, keys, sizes) this session must serve
+        self.announced = {e.key: e for e in announced}
         self.kind = kind
         self.since = since
         self.deps = deps
@@ -625,6 +646,8 @@ class IncrementalSession:
 
     def _base(self, vm_id: str) -> ChainSet | None:
         chain = self.deps.chain
+        if self.kind == "full":
+            return None
         if self.kind == "incremental":
             return chain.newest(vm_id)
         if self.kind == "differential":
@@ -648,7 +671,7 @@ class IncrementalSession:
             raise SessionError(f"VM {vm.name} has no disks to back up")
 
         base = self._base(vm.id)
-        if base is None and self.kind != "since":
+        if base is None and self.kind not in ("since", "full"):
             self.warn(
                 f"no completed set of VM {vm.name} to start from: this {self.kind} set is a full one"
             )
@@ -711,7 +734,7 @@ class IncrementalSession:
                 disk=d,
                 mode="incremental" if mode == "incremental" else "full",
                 file="",
-                key=set_key(self.set_id, f"disk:{d.id}"),
+                key=self._key(f"disk:{d.id}"),
                 reason=reason,
                 backing_file=prev.file if prev is not None and mode == "incremental" else None,
                 snapshot_image_id=snap_image,
@@ -759,8 +782,12 @@ class IncrementalSession:
                     backing_file=plan.backing_file,
                     backing_format=backing_format,
                 )
-        plan.file = disk_file_name(
-            plan.disk.alias, plan.disk.id, self.set_id, delta=plan.delta is not None
+        plan.file = (
+            set_image_name(plan.disk.alias, plan.disk.id)
+            if self.kind == "full"
+            else disk_file_name(
+                plan.disk.alias, plan.disk.id, self.set_id, delta=plan.delta is not None
+            )
         )
         if plan.delta is None:
             plan.dirty_bytes = plan.disk.provisioned_size
@@ -853,23 +880,43 @@ class IncrementalSession:
             storage_domain_names=sds,
         )
 
+    def _key(self, inner: str) -> str:
+        """Keys of ``full`` sets are @rhv/'s own (``config:vm.ovf``, ``disk:<id>``)."""
+        return inner if self.kind == "full" else set_key(self.set_id, inner)
+
     def _freeze(self, data: OwnerData) -> None:
-        names = config_names(self.set_id)
+        if self.kind == "full":
+            names = {"ovf": OVF_NAME, "xml": XML_NAME, "manifest": MANIFEST_NAME}
+        else:
+            names = config_names(self.set_id)
         self.manifest_name = names["manifest"]
         manifest = self._manifest(data, names)
         mtime = self.started_ns
         contents = {names["ovf"]: data.ovf, names["xml"]: data.xml, names["manifest"]: manifest}
+        if self.kind == "full":
+            # serve exactly what the @rhv/ listing announced: padded config, same sizes
+            for n in list(contents):
+                ann = self.announced.get(self._key(f"config:{n}"))
+                if ann is None:
+                    raise SessionError(f"{n} of {self.owner.name} was not in the @rhv/ listing")
+                contents[n] = pad_to(contents[n], ann.size, what=f"{n} of {self.owner.name}")
+            for plan in self.plans:
+                ann = self.announced.get(plan.key)
+                if ann is None or ann.size != plan.disk.provisioned_size:
+                    raise SessionError(
+                        f"disk {plan.disk.id} of {self.owner.name} changed since it was listed"
+                    )
         entries = [
             SetEntry(
                 name=n,
-                key=set_key(self.set_id, f"config:{n}"),
+                key=self._key(f"config:{n}"),
                 size=len(c),
                 blocks=blocks_for(len(c)),
                 mtime_ns=mtime,
             )
             for n, c in contents.items()
         ]
-        self.contents = {set_key(self.set_id, f"config:{n}"): c for n, c in contents.items()}
+        self.contents = {self._key(f"config:{n}"): c for n, c in contents.items()}
         for plan in self.plans:
             size = plan.delta.size if plan.delta is not None else plan.disk.provisioned_size
             allocated = plan.delta.size if plan.delta is not None else (plan.disk.actual_size or 0)
@@ -1222,7 +1269,13 @@ class IncrementalManager:
         session = await self._session(owner, kind, since)
         return list(session.entries)
 
-    async def _session(self, owner: Owner, kind: SetKind, since: str | None) -> IncrementalSession:
+    async def _session(
+        self,
+        owner: Owner,
+        kind: SetKind,
+        since: str | None,
+        announced: Sequence[SetEntry] = (),
+    ) -> IncrementalSession:
         if owner.kind != "vm":
             raise NotFound(f"templates have no {kind} sets")
         if kind == "since" and since not in self.since_checkpoints(owner):
@@ -1233,7 +1286,7 @@ class IncrementalManager:
         while True:
             session = self._sessions.get(owner.id)
             if session is None:
-                session = self._new_session(owner, kind, since)
+                session = self._new_session(owner, kind, since, announced)
                 await self._nursery.start(session.run)
             await session.ready.wait()
             if session.state == "ready" and (session.kind, session.since) == (kind, since):
@@ -1253,7 +1306,9 @@ class IncrementalManager:
             with trio.move_on_at(deadline):
                 await session.closed.wait()
 
-    def _new_session(self, owner: Owner, kind: SetKind, since: str | None) -> IncrementalSession:
+    def _new_session(
+        self, owner: Owner, kind: SetKind, since: str | None, announced: Sequence[SetEntry] = ()
+    ) -> IncrementalSession:
         deps = SessionDeps(
             engine=self.engine,
             config=self.config,
@@ -1265,7 +1320,7 @@ class IncrementalManager:
             on_closed=self._closed,
             on_note=self._note,
         )
-        session = IncrementalSession(owner, kind, since, deps)
+        session = IncrementalSession(owner, kind, since, deps, announced=announced)
         self._sessions[owner.id] = session
         self._started += 1
         return session
@@ -1287,6 +1342,27 @@ class IncrementalManager:
                 "message": message,
             }
         )
+
+    # -- @rhv/ through the backup API ----------------------------------------
+
+    async def backs_up_with_checkpoints(self, owner: Owner) -> bool:
+        """Whether ``owner`` is a VM with a disk that supports incremental backup."""
+        if owner.kind != "vm":
+            return False
+        atts = await self.engine.disk_attachments(owner.id)
+        return any(a.disk.format == "cow" and a.disk.backup == "incremental" for a in atts)
+
+    async def open_full(self, owner: Owner, key: str, announced: Sequence[SetEntry]) -> int:
+        """Open ``key`` of ``owner``'s ``@rhv/`` served by a full engine backup.
+
+        ``announced`` is the ``@rhv/`` listing (the BackupManager's): the set serves
+        the same names, keys and sizes, with the checkpoint in its manifest, and
+        once read completely it is the full set later incrementals start from.
+        """
+        session = self._sessions.get(owner.id)
+        if session is None or session.kind != "full" or session.state != "ready":
+            session = await self._session(owner, "full", None, announced)
+        return await self.open(owner, key)
 
     # -- handles --------------------------------------------------------------
 

@@ -31,9 +31,15 @@ class FullSets(Protocol):
 class SetRouter:
     """Full sets from ``full``, incremental/differential/since sets from ``incremental``."""
 
-    def __init__(self, full: FullSets, incremental: IncrementalManager) -> None:
+    def __init__(
+        self, full: FullSets, incremental: IncrementalManager, *, full_sets_via_backup: bool = False
+    ) -> None:
         self.full = full
         self.incremental = incremental
+        #: serve the data of @rhv/ (and disks/) of VMs with incremental-enabled disks from a
+        #: full engine backup, so that reading @rhv/ establishes the chain's checkpoint (issue 5
+        #: item 2). Listings stay the BackupManager's (listing never starts a backup).
+        self.full_sets_via_backup = full_sets_via_backup
         self._handles: dict[int, tuple[Any, int]] = {}
         self._ids = itertools.count(1)
 
@@ -54,8 +60,16 @@ class SetRouter:
         return self.incremental.since_checkpoints(owner)
 
     async def open(self, owner: Any, key: str) -> int:
-        target: Any = self.incremental if is_incremental_key(key) else self.full
-        inner = await target.open(owner, key)
+        target: Any
+        if is_incremental_key(key):
+            target = self.incremental
+            inner = await target.open(owner, key)
+        elif self.full_sets_via_backup and await self.incremental.backs_up_with_checkpoints(owner):
+            target = self.incremental
+            inner = await target.open_full(owner, key, await self.full.list_set(owner))
+        else:
+            target = self.full
+            inner = await target.open(owner, key)
         handle = next(self._ids)
         self._handles[handle] = (target, inner)
         return handle

@@ -567,3 +567,77 @@ async def test_listing_without_reading_ends_the_backup(
     assert len(rig.engine.backups) == 1
     with pytest.raises(NotFound):
         await rig.router.open(owner, entries[0].key)
+
+
+async def test_full_rhv_set_via_backup_starts_the_chain(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """SetRouter(full_sets_via_backup=True): @rhv/ of a VM with incremental disks is read
+    from a full engine backup; it becomes the chain's full set (issue 5 item 2)."""
+    from rhvfs.sessions import BackupManager
+
+    r = Rig(tmp_path)
+    full = BackupManager(
+        r.engine,
+        r.config,
+        journal=r.journal,
+        imageio_opener=r.plane.opener,
+        reader_factory=r.plane.reader_factory,
+        gc_on_start=False,
+    )
+    router = SetRouter(full, r.manager, full_sets_via_backup=True)
+    eng = r.engine
+    owner = new_vm(eng, disks=[("root", 2 * MiB)])
+    root = eng.disk(owner.id, "root").id
+    plain = eng.add_vm("plain", disks=[("d", MiB)], seed=3)  # raw disk: snapshot-based as before
+    async with trio.open_nursery() as nursery:
+        await nursery.start(full.run)
+        await nursery.start(r.manager.run)
+
+        async def copy(o: Owner, entries: list[Any], into: Path) -> None:
+            for e in entries:
+                h = await router.open(o, e.key)
+                data = bytearray()
+                while part := await router.read(h, len(data), 256 * 1024):
+                    data += part
+                await router.release(h)
+                assert len(data) == e.size
+                (into / e.name).write_bytes(data)
+
+        listing = await router.list_set(owner)
+        assert [e.name for e in listing][:3] == ["vm.ovf", "vm.xml", "manifest.json"]
+        assert "create_snapshot" not in eng.calls and not eng.backups  # listing starts nothing
+        await copy(owner, listing, r.out)
+        await trio.sleep(60)
+        m = json.loads((r.out / "manifest.json").read_bytes())
+        assert (
+            m["set_type"] == "full" and m["checkpoint_id"] and m["config_files"]["ovf"] == "vm.ovf"
+        )
+        image = next(e.name for e in listing if e.disk_id == root)
+        assert sha((r.out / image).read_bytes()) == sha(eng.content(root))
+        assert "create_snapshot" not in eng.calls and len(eng.backups) == 1
+        [chain_full] = r.chain.sets(owner.id)
+        assert (chain_full.set_type, chain_full.manifest_file) == ("full", "manifest.json")
+        assert chain_full.checkpoint_id == m["checkpoint_id"] == m["set_id"]
+
+        eng.guest_write(root, 4096, b"\x99" * 100_000)
+        s1 = await r.read_set(owner, "incremental")
+        m1 = manifest(r, s1)
+        assert (m1["from_checkpoint_id"], m1["parent_set"]["manifest"]) == (
+            m["checkpoint_id"],
+            "manifest.json",
+        )
+        delta = image_of(s1, root)
+        assert read_header(r.out / delta.name).backing_file == image
+        assert chain_top_sha(r.out / delta.name) == sha(eng.content(root))
+
+        plain_owner = Owner("vm", plain.id, plain.name)
+        (tmp_path / "plain").mkdir()
+        await copy(plain_owner, await router.list_set(plain_owner), tmp_path / "plain")
+        assert "create_snapshot" in eng.calls and len(eng.backups) == 2
+        await r.manager.aclose_all()
+        nursery.cancel_scope.cancel()
+
+
+def image_of(entries: list[SetEntry], disk_id: str) -> SetEntry:
+    return image(entries, disk_id)
