@@ -495,6 +495,7 @@ class BackupSession:
         self.data = data
         att_ids = [a.disk.id for a in self.data.attachments]
         order = {d: i for i, d in enumerate(att_ids)}
+        disks = [d for d in disks if d.image_id and not d.shareable]
         self.disks = sorted(disks, key=lambda d: order.get(d.id, len(order)))
 
     async def _create_snapshot(self, vm: Vm, description: str) -> Snapshot:
@@ -553,7 +554,9 @@ class BackupSession:
         self.entity = tpl
         self._journal()
         self.data = await self.deps.fetch_owner_data(self.owner, tpl)
-        self.disks = [a.disk for a in self.data.attachments if not a.disk.shareable]
+        self.disks = [
+            a.disk for a in self.data.attachments if not a.disk.shareable and a.disk.image_id
+        ]
 
     def _journal(self, **fields: Any) -> None:
         self.deps.journal.put(

@@ -98,8 +98,8 @@ def _disk_blocks(disk: Disk) -> int:
 
 
 def _backup_disks(data: OwnerData) -> list[Disk]:
-    """Disks a snapshot covers (shareable disks are never part of one)."""
-    return [a.disk for a in data.attachments if not a.disk.shareable]
+    """Disks a snapshot covers: image disks (a direct LUN has no volume), never shareable ones."""
+    return [a.disk for a in data.attachments if not a.disk.shareable and a.disk.image_id]
 
 
 class BackupManager:

@@ -87,6 +87,7 @@ class FakeEngine:
         self.create_snapshot_errors: list[EngineError] = []
         self.remove_snapshot_conflicts = 0
         self.slow_snapshot_wait_s = 0.0
+        self.lun_disks: set[str] = set()
         self.status_sequence: dict[str, list[str]] = {}
 
     # -- building the inventory -------------------------------------------------
@@ -205,9 +206,20 @@ class FakeEngine:
     def _live_attachments(self, owner_id: str) -> list[DiskAttachment]:
         return [
             dataclasses.replace(
-                a, disk=dataclasses.replace(a.disk, image_id=self.active[a.disk.id])
+                a,
+                disk=dataclasses.replace(
+                    a.disk, image_id=None if a.disk.id in self.lun_disks else self.active[a.disk.id]
+                ),
             )
             for a in self.attachments[owner_id]
+        ]
+
+    def _snapshotted(self, owner_id: str) -> list[DiskAttachment]:
+        """Attachments a snapshot covers: not shareable, not direct LUNs."""
+        return [
+            a
+            for a in self.attachments[owner_id]
+            if not a.disk.shareable and a.disk.id not in self.lun_disks
         ]
 
     async def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
@@ -286,7 +298,7 @@ class FakeEngine:
             date=datetime.now(UTC),
         )
         mapping = {}
-        for att in self.attachments[vm_id]:
+        for att in self._snapshotted(vm_id):
             old = self.active[att.disk.id]
             new = str(uuid.uuid4())
             self.volumes[new] = bytearray(self.volumes[old])
@@ -311,7 +323,7 @@ class FakeEngine:
         mapping = self.snapshot_volumes[snapshot_id]
         return [
             dataclasses.replace(a.disk, image_id=mapping[a.disk.id], actual_size=4096)
-            for a in self.attachments[vm_id]
+            for a in self._snapshotted(vm_id)
         ]
 
     async def snapshot_ovf(self, vm_id: str, snapshot_id: str) -> str | None:

@@ -477,3 +477,20 @@ async def test_memory_state_option_applies_to_running_vms_only(
         nursery.cancel_scope.cancel()
     assert seen == {"up1": True, "down1": False}
     assert r.engine.user_snapshots(up.id) == [] and r.engine.user_snapshots(down.id) == []
+
+
+async def test_shareable_and_lun_disks_are_not_part_of_the_set(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    import dataclasses
+
+    vm = rig.engine.add_vm("v1", disks=[("os", MiB), ("shared", MiB), ("lun", MiB)])
+    atts = rig.engine.attachments[vm.id]
+    atts[1] = dataclasses.replace(atts[1], disk=dataclasses.replace(atts[1].disk, shareable=True))
+    rig.engine.lun_disks.add(atts[2].disk.id)
+    owner = Owner("vm", vm.id, vm.name)
+    listed = await rig.manager.list_set(owner)
+    assert [e.disk_id for e in listed if e.disk_id] == [atts[0].disk.id]
+    doc = json.loads(await rig.read_all(owner, config_key("manifest.json")))
+    assert [d["alias"] for d in doc["disks"]] == ["os"]
+    assert await rig.manager.list_set(owner) == listed
