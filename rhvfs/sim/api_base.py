@@ -23,7 +23,7 @@ from ovirtsdk4 import types
 from rhvfs.sim import xmlio
 from rhvfs.sim.dataplane import DataPlane
 from rhvfs.sim.faults import Faults
-from rhvfs.sim.httpd import Auth, HttpError, Request, bad_request, conflict, not_found
+from rhvfs.sim.httpd import Auth, Request, bad_request, conflict, not_found
 from rhvfs.sim.state import Disk, State, Vm
 from rhvfs.sim.storage import Storage
 from rhvfs.sim.tasks import Tasks
@@ -232,10 +232,6 @@ def ref_network(network_id: str) -> types.Network:
 
 def enum(cls: type, value: str | None) -> Any:
     return None if value is None else cls(value)
-
-
-def raise_for(status: int, reason: str, detail: str) -> HttpError:
-    return HttpError(status, reason, detail)
 
 
 def parse_body(req: Request, cls: type) -> Any:

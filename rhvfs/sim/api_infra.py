@@ -26,7 +26,7 @@ from rhvfs.sim.api_base import (
     with_href,
 )
 from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
-from rhvfs.sim.state import ZERO_ID, Tag, new_id, now_iso
+from rhvfs.sim.state import ZERO_ID, Tag, new_id
 
 
 def register(router: Router, e: Engine) -> None:
@@ -445,7 +445,6 @@ def register(router: Router, e: Engine) -> None:
     router.add("GET", "/events", events_list)
     router.add("POST", "/events", events_add)
     router.add("GET", "/jobs", jobs_list)
-    _ = now_iso
 
 
 def _sv(req: Request, field: str) -> str | None:

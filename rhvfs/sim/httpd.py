@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import fnmatch
 import hmac
 import json
 import logging
 import re
 import secrets
-import socket
 import ssl
 import threading
 import time
@@ -389,13 +387,3 @@ def make_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert_file), str(key_file))
     return ctx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return int(s.getsockname()[1])
-
-
-def glob_match(pattern: str, path: str) -> bool:
-    return fnmatch.fnmatchcase(path, pattern)
