@@ -42,7 +42,7 @@ def test_same_arguments_give_identical_bytes(tmp_path: Path) -> None:
     elapsed = time.monotonic() - start
     make_guest_image(b, size=64 * MiB, hostname="vm-a", seed=42)
     assert _sha256(a) == _sha256(b)
-    assert elapsed < 1.0
+    assert elapsed < 2.0  # typically 0.05 s; headroom for a loaded 2-core machine
 
 
 def test_different_seed_or_hostname_differ(tmp_path: Path) -> None:
