@@ -130,6 +130,24 @@ def register(router: Router, e: Engine) -> None:
                 else:
                     api_transfers.expire_ticket(e, t)
             return json_response({"added": kind})
+        if kind == "storage-domain":
+            with st.lock:
+                sd = next(
+                    (
+                        x
+                        for x in st.storage_domains.values()
+                        if x.name == doc.get("name") or x.id == doc.get("name")
+                    ),
+                    None,
+                )
+                if sd is None:
+                    raise HttpError(404, "Not Found", f"no storage domain {doc.get('name')!r}")
+                if doc.get("status") is not None:
+                    sd.status = str(doc["status"])
+                if doc.get("capacity_bytes") is not None:
+                    sd.capacity_bytes = int(doc["capacity_bytes"])
+                e.save()
+            return json_response({"added": kind})
         if kind == "revoke-tokens":
             if e.auth is not None:
                 e.auth.revoke_all()

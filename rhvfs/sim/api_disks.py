@@ -23,12 +23,16 @@ from rhvfs.sim.api_base import (
     get_or_404,
     href,
     parse_body,
+    sd_used_bytes,
     search,
 )
 from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
 from rhvfs.sim.state import Disk, Volume, new_id
 
 log = logging.getLogger(__name__)
+
+# The engine refuses new disks below this free space (its low-space threshold).
+LOW_SPACE_BYTES = 1024**3
 
 
 def create_disk(e: Engine, body: types.Disk, *, vm_snapshot_id: str | None = None) -> Disk:
@@ -44,6 +48,10 @@ def create_disk(e: Engine, body: types.Disk, *, vm_snapshot_id: str | None = Non
     sd = by_id_or_name(st.storage_domains, body.storage_domains[0], "storage domain")
     if sd.status != "active":
         raise conflict(f"Cannot add Virtual Disk. Storage Domain {sd.name} is not active.")
+    available = sd.capacity_bytes - sd_used_bytes(e, sd.id)
+    needed = int(body.provisioned_size) if body.sparse is False else 0
+    if available < LOW_SPACE_BYTES or needed > available:
+        raise conflict(f"Cannot add Virtual Disk. Low disk space on Storage Domain {sd.name}.")
     fmt = body.format.value
     backup = body.backup.value if body.backup is not None else "none"
     if backup == "incremental" and fmt != "cow":

@@ -13,6 +13,7 @@ Blocking, stdlib only (`http.client`).
     admin.add_fault("drop-imageio", after_bytes=1 << 20, times=1)
     admin.add_fault("pause-transfer", transfer=transfer_id)
     admin.add_fault("expire-ticket", transfer=transfer_id)
+    admin.add_fault("storage-domain", name="mydata", status="maintenance", capacity_bytes=2**30)
     admin.clear_faults()
 """
 
@@ -95,7 +96,8 @@ class SimAdmin:
     def add_fault(self, kind: str, **params: Any) -> None:
         """kinds: engine-error (method, path, status, times), engine-delay (method, path,
         delay, times), drop-imageio (after_bytes, times), pause-transfer (transfer),
-        expire-ticket (transfer), revoke-tokens."""
+        expire-ticket (transfer), revoke-tokens, storage-domain (name, status
+        e.g. "maintenance"/"active", capacity_bytes)."""
         self._call("POST", "/faults", {"kind": kind, **params})
 
     def clear_faults(self) -> None:

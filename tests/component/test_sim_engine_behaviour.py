@@ -616,3 +616,60 @@ def test_templates_blank_ovf_export_and_import(sim_factory: Callable[..., Any]) 
         assert err.value.code == 409
     finally:
         conn.close()
+
+
+def test_storage_domain_state_and_space_are_enforced(sim: Any) -> None:
+    conn = sim.sdk_connection()
+    disks = conn.system_service().disks_service()
+    spec = dict(
+        format=types.DiskFormat.COW,
+        provisioned_size=8 * MiB,
+        storage_domains=[types.StorageDomain(name="mydata")],
+    )
+    mydisk = _disk(conn, _vm(conn, "myvm"), "mydisk")
+    try:
+        sd = conn.system_service().storage_domains_service().list(search="name=mydata")[0]
+        assert sd.available + sd.used == 100 * 1024**3 and sd.committed > 0
+        sim.admin.add_fault("storage-domain", name="mydata", status="maintenance")
+        dc_sds = (
+            conn.system_service()
+            .data_centers_service()
+            .data_center_service(sd.data_centers[0].id)
+            .storage_domains_service()
+        )
+        assert (
+            dc_sds.storage_domain_service(sd.id).get().status
+            == types.StorageDomainStatus.MAINTENANCE
+        )
+        for call in (
+            lambda: disks.add(types.Disk(name="nope", **spec)),
+            lambda: _transfers(conn).add(
+                types.ImageTransfer(
+                    disk=types.Disk(id=mydisk.id), direction=types.ImageTransferDirection.DOWNLOAD
+                )
+            ),
+        ):
+            with pytest.raises(sdk.Error) as err:
+                call()
+            assert err.value.code == 409
+        sim.admin.add_fault(
+            "storage-domain", name="mydata", status="active", capacity_bytes=sd.used + 2 * 1024**3
+        )
+        with pytest.raises(sdk.Error) as err:
+            disks.add(
+                types.Disk(
+                    name="too-big",
+                    sparse=False,
+                    format=types.DiskFormat.RAW,
+                    provisioned_size=3 * 1024**3,
+                    storage_domains=[types.StorageDomain(name="mydata")],
+                )
+            )
+        assert err.value.code == 409 and "Low disk space" in str(err.value)
+        small = disks.add(types.Disk(name="fits", **spec), headers={"Expect": "201-created"})
+        disks.disk_service(small.id).remove()
+    finally:
+        sim.admin.add_fault(
+            "storage-domain", name="mydata", status="active", capacity_bytes=100 * 1024**3
+        )
+        conn.close()
