@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import random
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Literal
 
 from ovirtsdk4 import types
@@ -152,60 +155,87 @@ def power_action(e: Engine, vm: Vm, name: str) -> None:
     log.info("vm %s: %s", vm.id, name)
 
 
-def _copy_template_disks(e: Engine, vm: Vm, template_id: str) -> None:
+def _copy_disks(e: Engine, vm: Vm, sources: list[tuple[Attachment, Disk, str]]) -> None:
+    """Give `vm` copies of the (attachment, disk, volume) sources; `image_locked` meanwhile."""
     st = e.state
-    t = st.templates.get(template_id)
-    if t is None:
-        return
-    for a in t.attachments:
-        src = st.disks.get(a.disk_id)
-        if src is None:
-            continue
+    for a, src, vol_id in sources:
+        vol = src.volume(vol_id)
+        assert vol is not None
         d = Disk(
             id=new_id(),
-            alias=f"{src.alias}",
+            alias=src.alias,
             sd_id=src.sd_id,
             provisioned_size=src.provisioned_size,
             sparse=src.sparse,
             backup=src.backup,
             status="locked",
             description=src.description,
-            volumes=[Volume(id=new_id(), fmt=src.active.fmt, snapshot_id=vm.active_snapshot_id)],
+            volumes=[
+                Volume(id=new_id(), fmt=src.volumes[0].fmt, snapshot_id=vm.active_snapshot_id)
+            ],
             lock_reason="copy",
         )
         st.disks[d.id] = d
         vm.attachments.append(
-            Attachment(disk_id=d.id, interface=a.interface, bootable=a.bootable, active=True)
+            Attachment(disk_id=d.id, interface=a.interface, bootable=a.bootable, active=a.active)
         )
-        e.tasks.step(_copy_disk_step, e, src.id, d.id, vm.id)
-    if t.attachments:
+        e.tasks.step(_copy_disk_step, e, src.id, vol_id, d.id, vm.id)
+    if sources:
         vm.status = "image_locked"
 
 
-def _copy_disk_step(e: Engine, src_id: str, dst_id: str, vm_id: str) -> None:
+def _copy_template_disks(e: Engine, vm: Vm, template_id: str) -> None:
+    t = e.state.templates.get(template_id)
+    if t is None:
+        return
+    sources = [
+        (a, e.state.disks[a.disk_id], e.state.disks[a.disk_id].active.id)
+        for a in t.attachments
+        if a.disk_id in e.state.disks
+    ]
+    _copy_disks(e, vm, sources)
+
+
+def _copy_disk_step(e: Engine, src_id: str, src_vol_id: str, dst_id: str, vm_id: str) -> None:
+    """Copy the guest-visible content of `src_vol_id` (its whole chain) into `dst`'s base volume."""
     st = e.state
     with st.lock:
         src = st.disks.get(src_id)
         dst = st.disks.get(dst_id)
         if src is None or dst is None:
             return
+        vol = src.volume(src_vol_id)
         try:
-            if src.active.fmt == "raw" and len(src.volumes) == 1:
+            if vol is None:
+                raise ValueError(f"volume {src_vol_id} is gone")
+            path = volume_file(e, src, vol.id)
+            with tempfile.TemporaryDirectory(dir=e.storage.root, prefix=".copy-") as tmp:
+                if vol.fmt == "cow":
+                    flat = Path(tmp) / "flat.raw"
+                    subprocess.run(
+                        [
+                            "qemu-img",
+                            "convert",
+                            "-U",
+                            "-q",
+                            "-f",
+                            "qcow2",
+                            "-O",
+                            "raw",
+                            str(path),
+                            str(flat),
+                        ],
+                        check=True,
+                        capture_output=True,
+                    )
+                    path = flat
                 e.storage.import_raw(
                     dst.sd_id,
                     dst.id,
                     dst.active.id,
-                    volume_file(e, src, src.active.id),
+                    path,
                     fmt=_fmt(dst.active.fmt),
                     sparse=dst.sparse,
-                )
-            else:
-                e.storage.create_volume(
-                    dst.sd_id,
-                    dst.id,
-                    dst.active.id,
-                    fmt=_fmt(dst.active.fmt),
-                    size=dst.provisioned_size,
                 )
             dst.status = "ok"
         except Exception:
@@ -226,6 +256,51 @@ def _copy_disk_step(e: Engine, src_id: str, dst_id: str, vm_id: str) -> None:
 
 def _fmt(fmt: str) -> Literal["raw", "cow"]:
     return "cow" if fmt == "cow" else "raw"
+
+
+def _clone_from_snapshot(e: Engine, body: types.Vm) -> Vm:
+    """`<vm><name/><cluster/><snapshots><snapshot id=S/></snapshots></vm>` (caller holds the lock)."""
+    st = e.state
+    snap_id = body.snapshots[0].id
+    snap = st.snapshots.get(snap_id or "")
+    if snap is None or snap.type == "active":
+        raise bad_request(f"Snapshot {snap_id} not found", reason="Entity not found")
+    if snap.status != "ok":
+        raise conflict(f"Cannot add VM. Snapshot {snap.description} is {snap.status}.")
+    source = st.vms[snap.vm_id]
+    cluster = by_id_or_name(st.clusters, body.cluster, "cluster")
+    vm = make_vm(
+        e,
+        name=body.name,
+        cluster_id=cluster.id,
+        description=body.description or "",
+        template_id=source.template_id,
+        memory_bytes=source.memory_bytes,
+        cpu_sockets=source.cpu_sockets,
+        cpu_cores=source.cpu_cores,
+        os_type=source.os_type,
+        vm_type=source.vm_type,
+    )
+    sources = []
+    for a in source.attachments:
+        d = st.disks.get(a.disk_id)
+        vol = next((v for v in d.volumes if v.snapshot_id == snap.id), None) if d else None
+        if d is not None and vol is not None:
+            check_disk_unlocked(d)
+            sources.append((a, d, vol.id))
+    _copy_disks(e, vm, sources)
+    for n in source.nics:
+        vm.nics.append(
+            Nic(
+                id=new_id(),
+                name=n.name,
+                mac=new_mac(e),
+                vnic_profile_id=n.vnic_profile_id,
+                interface=n.interface,
+            )
+        )
+    log.info("vm %s cloned from snapshot %s of vm %s", vm.id, snap.id, source.id)
+    return vm
 
 
 def _import_configuration(e: Engine, body: types.Vm, req: Request) -> Vm:
@@ -351,12 +426,12 @@ def register(router: Router, e: Engine) -> None:
                 return xml(xmlio.render(conv.vm(e, vm)), status=201, Location=href("vms", vm.id))
             if not body.name or body.cluster is None:
                 raise bad_request("Vm [name, cluster] required for add")
-            if body.snapshots:
-                raise conflict(
-                    "Cannot add VM. Cloning from a snapshot is not supported by the simulator."
-                )
             if any(v.name == body.name for v in st.vms.values()):
                 raise conflict("Cannot add VM. The VM name is already in use.")
+            if body.snapshots:
+                vm = _clone_from_snapshot(e, body)
+                e.save()
+                return xml(xmlio.render(conv.vm(e, vm)), status=202, Location=href("vms", vm.id))
             cluster = by_id_or_name(st.clusters, body.cluster, "cluster")
             template_id = ZERO_ID
             if body.template is not None and (body.template.id or body.template.name):

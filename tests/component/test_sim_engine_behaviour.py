@@ -673,3 +673,35 @@ def test_storage_domain_state_and_space_are_enforced(sim: Any) -> None:
             "storage-domain", name="mydata", status="active", capacity_bytes=100 * 1024**3
         )
         conn.close()
+
+
+def test_clone_vm_from_snapshot_copies_the_snapshot_content(
+    sim_factory: Callable[..., Any],
+) -> None:
+    s = sim_factory()
+    conn = s.sdk_connection()
+    try:
+        vms = conn.system_service().vms_service()
+        myvm = _vm(conn, "myvm")
+        snaps = vms.vm_service(myvm.id).snapshots_service()
+        mysnap = next(x for x in snaps.list() if x.description == "mysnap")
+        expected = sorted(
+            s.admin.disk_sha256(d.id, image_id=d.image_id)
+            for d in snaps.snapshot_service(mysnap.id).disks_service().list()
+        )
+        # The guest writes after the snapshot: the clone must not see it.
+        s.admin.guest_write(vm="myvm", disk="mydisk", offset=0, size=MiB, pattern=0x77)
+        clone = vms.add(
+            types.Vm(
+                name="myclone",
+                cluster=types.Cluster(name="Default"),
+                snapshots=[types.Snapshot(id=mysnap.id)],
+            )
+        )
+        cs = vms.vm_service(clone.id)
+        wait_for("clone down", lambda: cs.get().status == types.VmStatus.DOWN)
+        atts = cs.disk_attachments_service().list()
+        assert len(atts) == 2 and len(cs.nics_service().list()) == 1
+        assert sorted(s.admin.disk_sha256(a.id) for a in atts) == expected
+    finally:
+        conn.close()
