@@ -213,3 +213,47 @@ async def test_disks_without_incremental_support_are_full_in_every_set(web01: Ri
     assert file_sha(rig.out / files[os_disk.id].name) == admin.disk_sha256(os_disk.id)
     # the snapshot that served the full disks was removed again
     assert {s.id for s in await engine.list_snapshots(vm.id)} == snaps_before
+
+
+@pytest.mark.slow
+async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
+    """The proposed @rhv/ path (SetRouter(full_sets_via_backup=True)) on the real engine."""
+    from rhvfs.sessions import BackupManager
+    from rhvfs.sessions.incremental_sets import SetRouter
+
+    engine, admin = rig.engine, rig.sim.admin
+    vm = await engine.find_vm(VM)
+    assert vm is not None
+    owner = Owner("vm", vm.id, vm.name)
+    disk = next(a.disk for a in await engine.disk_attachments(vm.id))
+    full = BackupManager(engine, rig.config, journal=rig.manager.journal, gc_on_start=False)
+    router = SetRouter(full, rig.manager, full_sets_via_backup=True)
+    snaps_before = {s.id for s in await engine.list_snapshots(vm.id)}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(full.run)
+        listing = await router.list_set(owner)
+        for e in listing:
+            h = await router.open(owner, e.key)
+            out = bytearray()
+            while data := await router.read(h, len(out), 4 * MiB):
+                out += data
+            await router.release(h)
+            assert len(out) == e.size
+            (rig.out / e.name).write_bytes(out)
+        with trio.fail_after(60):
+            while owner.id in rig.manager._sessions:  # noqa: ASYNC110 - no event to wait on
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    image = next(e.name for e in listing if e.disk_id == disk.id)
+    assert file_sha(rig.out / image) == admin.disk_sha256(disk.id)
+    m = json.loads((rig.out / "manifest.json").read_bytes())
+    assert m["set_type"] == "full" and m["checkpoint_id"]
+    assert [s.manifest_file for s in rig.chain.sets(vm.id)] == ["manifest.json"]
+    assert {s.id for s in await engine.list_snapshots(vm.id)} == snaps_before
+
+    admin.guest_write(vm=VM, disk=disk.id, offset=50 * MiB, size=MiB, pattern=0x44)
+    s1, m1 = await rig.read_set(owner, "incremental")
+    delta = next(e for e in s1 if e.disk_id == disk.id)
+    assert read_header(rig.out / delta.name).backing_file == image
+    assert m1["from_checkpoint_id"] == m["checkpoint_id"]
+    assert chain_sha(rig.out / delta.name) == admin.disk_sha256(disk.id)
