@@ -1,7 +1,8 @@
 """Subprocess helpers shared by the simulator's storage and data plane.
 
-Owns running a command to completion with captured output, and finding the
-tools (qemu-img, qemu-io, qemu-nbd, ovirt-imageio). Callers translate
+Owns running a command to completion with captured output, spawning
+long-lived children that die with the simulator, and finding the tools
+(qemu-img, qemu-io, qemu-nbd, ovirt-imageio). Callers translate
 ``CommandFailed`` into their own errors. Must not import client-side rhvfs.
 """
 
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +70,44 @@ def run(
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr.decode(errors="replace"))
     return proc.stdout
+
+
+# --- long-lived children that die with the simulator ----------------------------
+#
+# Linux delivers a child's parent-death signal when the *thread* that forked it
+# exits, not the process. Request-handler threads come and go, so children are
+# forked by one spawner thread that lives as long as the process; `setpriv
+# --pdeathsig KILL` arms the signal before exec'ing the real program. A
+# simulator killed with SIGKILL then takes its qemu-nbd and imageio daemon down
+# with it.
+
+_spawn_requests: queue.Queue[tuple[list[str], dict[str, Any], Future[subprocess.Popen[bytes]]]]
+_spawn_requests = queue.Queue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _spawner_loop() -> None:
+    while True:
+        argv, kwargs, future = _spawn_requests.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(subprocess.Popen(argv, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+
+
+def spawn(argv: list[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, ...)`` whose child gets SIGKILL when this process dies."""
+    global _spawner
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+    with _spawner_lock:
+        if _spawner is None or not _spawner.is_alive():
+            _spawner = threading.Thread(target=_spawner_loop, name="rhvfs-sim-spawner", daemon=True)
+            _spawner.start()
+    future: Future[subprocess.Popen[bytes]] = Future()
+    _spawn_requests.put((argv, popen_kwargs, future))
+    return future.result()

@@ -342,7 +342,7 @@ class DataPlane:
         """Start a child in its own session and record it, so a later start can reap it."""
         self._pid_dir.mkdir(parents=True, exist_ok=True)
         with open(stderr_path, "ab" if append else "wb") as err:
-            proc = subprocess.Popen(
+            proc = _proc.spawn(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=err,

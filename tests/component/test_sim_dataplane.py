@@ -9,6 +9,8 @@ import http.client
 import json
 import os
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -393,3 +395,44 @@ def test_start_reaps_children_of_a_crashed_run(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+_CRASHING_OWNER = """
+import sys
+from pathlib import Path
+from rhvfs.sim.dataplane import DataPlane
+
+root = Path(sys.argv[1])
+plane = DataPlane(root / "run")
+plane.start()
+plane.export_nbd(root / "disk.raw", fmt="raw", read_only=True)
+print(" ".join(str(p) for p in plane.running_pids()), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_children_die_with_a_killed_owner(tmp_path: Path) -> None:
+    (tmp_path / "disk.raw").write_bytes(bytes(MiB))
+    owner = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_OWNER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert owner.stdout is not None
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(pids) == 2
+        assert all(_is_running(p) for p in pids)
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 10
+        while any(_is_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_is_running(p) for p in pids)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        assert owner.stdin is not None and owner.stdout is not None
+        owner.stdin.close()
+        owner.stdout.close()
