@@ -1233,21 +1233,41 @@ class IncrementalManager:
             self._nursery = None
 
     async def finalize_leftovers(self) -> list[str]:
-        """Finalize engine backups started by rhvfs processes that are gone."""
-        done = []
-        for p in self.chain.pending():
-            if p.process == self._process or procid.is_alive(p.process) is not False:
-                continue
-            try:
-                await self.engine.finalize_backup(p.vm_id, p.backup_id)
-            except NotFound:
-                pass
-            except RhvfsError as e:
-                log.info("leftover backup %s of VM %s: %s", p.backup_id, p.vm_id, e)
-                continue
-            self.chain.remove_pending(p.backup_id)
-            done.append(f"finalized leftover backup {p.backup_id} of VM {p.vm_id}")
-            log.info("%s", done[-1])
+        """Finalize engine backups started by rhvfs processes that are gone.
+
+        A backup refuses to finalize (409) while its transfers are unfinished; the
+        session gc cancels those, so a conflict is retried until ``system_timeout``.
+        """
+        done: list[str] = []
+        cfg = self.config
+
+        async def finalize(p: PendingBackup) -> None:
+            deadline = trio.current_time() + cfg.system_timeout
+            delay = max(cfg.system_interval, 0.05)
+            while True:
+                try:
+                    await self.engine.finalize_backup(p.vm_id, p.backup_id)
+                except NotFound:
+                    pass
+                except Conflict as e:
+                    if trio.current_time() + delay > deadline:
+                        log.info("leftover backup %s of VM %s: %s", p.backup_id, p.vm_id, e)
+                        return
+                    await trio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                except RhvfsError as e:
+                    log.info("leftover backup %s of VM %s: %s", p.backup_id, p.vm_id, e)
+                    return
+                self.chain.remove_pending(p.backup_id)
+                done.append(f"finalized leftover backup {p.backup_id} of VM {p.vm_id}")
+                log.info("%s", done[-1])
+                return
+
+        async with trio.open_nursery() as nursery:
+            for p in self.chain.pending():
+                if p.process != self._process and procid.is_alive(p.process) is False:
+                    nursery.start_soon(finalize, p)
         return done
 
     # -- listings -------------------------------------------------------------
@@ -1391,6 +1411,10 @@ class IncrementalManager:
             return
         session = item[0]
         session.handles.discard(handle)
+        for ch in session.channels.values():
+            forget = getattr(ch.reader, "forget_handle", None)
+            if forget is not None:
+                forget(handle)
         if not session.handles:
             session.on_last_release()
 

@@ -641,3 +641,32 @@ async def test_full_rhv_set_via_backup_starts_the_chain(
 
 def image_of(entries: list[SetEntry], disk_id: str) -> SetEntry:
     return image(entries, disk_id)
+
+
+async def test_leftover_backup_of_a_dead_process_is_finalized(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    from rhvfs.sessions.chain import PendingBackup
+    from rhvfs.sessions.procid import ProcessIdentity, current
+
+    owner = new_vm(rig.engine, disks=[("root", 1 * MiB)])
+    disk = rig.engine.disk(owner.id, "root").id
+    b = await rig.engine.start_backup(owner.id, [disk], backup_id="b-dead")
+    t = await rig.engine.start_transfer(disk_id=disk, backup_id=b.id)
+    me = current()
+    dead = ProcessIdentity(
+        host=me.host, boot_id=me.boot_id, pid=me.pid, start_ticks=me.start_ticks + 1
+    )
+    rig.chain.add_pending(PendingBackup(b.id, owner.id, dead, "2026-01-01T00:00:00+00:00"))
+    rig.chain.add_pending(PendingBackup("b-live", owner.id, me, "2026-01-01T00:00:00+00:00"))
+
+    async def gc_transfers_later() -> None:  # the session gc cancels the dead one's transfer
+        await trio.sleep(5)
+        await rig.engine.cancel_transfer(t.id)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gc_transfers_later)
+        done = await rig.manager.finalize_leftovers()
+    assert done == [f"finalized leftover backup b-dead of VM {owner.id}"]
+    assert rig.engine.backups["b-dead"].phase == "succeeded"
+    assert [p.backup_id for p in rig.chain.pending()] == ["b-live"]
