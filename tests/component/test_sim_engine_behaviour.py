@@ -215,6 +215,7 @@ def test_cow_download_is_the_volume_file_and_shallow_shows_holes(sim: Any, tmp_p
         conn.close()
 
 
+@pytest.mark.slow
 def test_transfer_policies_and_faults(sim_factory: Callable[..., Any]) -> None:
     s = sim_factory()
     conn = s.sdk_connection()
@@ -349,6 +350,7 @@ def test_transfer_policies_and_faults(sim_factory: Callable[..., Any]) -> None:
         conn.close()
 
 
+@pytest.mark.slow
 def test_vm_lifecycle_ovf_import_tags_and_checkpoints(sim_factory: Callable[..., Any]) -> None:
     s = sim_factory()
     conn = s.sdk_connection()
@@ -466,6 +468,7 @@ def test_vm_lifecycle_ovf_import_tags_and_checkpoints(sim_factory: Callable[...,
         conn.close()
 
 
+@pytest.mark.slow
 def test_vm_from_template_copies_its_disk_and_disks_grow(sim_factory: Callable[..., Any]) -> None:
     s = sim_factory()
     conn = s.sdk_connection()
@@ -559,6 +562,7 @@ def test_disk_add_answers_locked_or_waits_when_asked(sim: Any) -> None:
         conn.close()
 
 
+@pytest.mark.slow
 def test_templates_blank_ovf_export_and_import(sim_factory: Callable[..., Any]) -> None:
     s = sim_factory()
     conn = s.sdk_connection()
@@ -675,6 +679,7 @@ def test_storage_domain_state_and_space_are_enforced(sim: Any) -> None:
         conn.close()
 
 
+@pytest.mark.slow
 def test_clone_vm_from_snapshot_copies_the_snapshot_content(
     sim_factory: Callable[..., Any],
 ) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ovirtsdk4 import types
 
 from tests.conftest import _children, _cmdline
@@ -30,6 +31,7 @@ def _inventory(conn: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_fresh_sample_is_ready_fast_and_restart_serves_the_same(
     sim_factory: Callable[..., Any], tmp_path: Path
 ) -> None:

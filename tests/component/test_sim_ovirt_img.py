@@ -38,6 +38,7 @@ def _ovirt_img(sim: Any, *args: str) -> None:
     assert result.returncode == 0, f"ovirt-img {args} failed:\n{result.stdout}\n{result.stderr}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source_format", ["raw", "qcow2"])
 def test_upload_disk_then_download_disk_round_trip(
     sim: Any, tmp_path: Path, source_format: str

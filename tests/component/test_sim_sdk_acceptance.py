@@ -229,6 +229,7 @@ def test_download_disk_of_a_down_vm(sim: Any, tmp_path: Path) -> None:
         conn.close()
 
 
+@pytest.mark.slow
 def test_download_snapshot_disk_of_a_running_vm_keeps_its_point_in_time(
     sim_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -271,6 +272,7 @@ def _dirty_extents(transfer_url: str, cafile: str) -> list[Any]:
         c.close()
 
 
+@pytest.mark.slow
 def test_full_then_incremental_backup_reproduces_the_disk(
     sim_factory: Callable[..., Any], tmp_path: Path
 ) -> None:
