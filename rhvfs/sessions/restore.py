@@ -895,23 +895,27 @@ class RestoreSession:
                 f"uploaded {alias}: {stats.bytes_received} bytes written, {stats.bytes_put} PUT "
                 f"in {stats.put_requests} requests, {stats.bytes_zeroed} zeroed"
             )
-        except BaseException as e:
+        except BaseException as raw:
+            failed: BaseException = raw
+            if isinstance(raw, RhvfsError) and not isinstance(raw, RestoreError):
+                failed = _err(f"upload of disk {sd_disk.alias} failed: {raw}", errno_of(raw))
+            elif isinstance(raw, Exception) and not isinstance(raw, RhvfsError):
+                failed = _err(f"upload of disk {sd_disk.alias} failed: {raw!r}")
             d.state = "failed"
-            d.error = str(e)
+            d.error = str(failed)
             with trio.CancelScope(shield=True):
                 if d.transfer_id is not None:
                     try:
                         await engine.cancel_transfer(d.transfer_id)
                     except Exception as ce:
                         self.note(f"cancel transfer {d.transfer_id}: {ce}")
+            if not isinstance(raw, Exception):
+                raise  # cancellation
             if not started:
-                raise
-            if isinstance(e, Exception):
-                self.fail(
-                    e if isinstance(e, RhvfsError) else _err(f"upload of {sd_disk.alias}: {e}")
-                )
-            else:
-                raise
+                if failed is raw:
+                    raise
+                raise failed from raw
+            self.fail(failed)
         finally:
             d.done.set()
         await self._maybe_complete()

@@ -1,0 +1,407 @@
+"""Restore acceptance through a real FUSE mount of the simulator (issue 4).
+
+Sets are backed up through the mount (``cp -a`` of ``vms/<vm>/@rhv``) and
+written back into ``restore/<name>/`` with tar, cp and rsync; the engine's
+state is checked with the SDK and disk contents with the simulator's own
+volume checksums (``SimAdmin.disk_sha256``). Every test removes the VMs it
+restored, so the shared simulator is left as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_mount_sim import SimMount
+
+pytestmark = pytest.mark.slow
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def mnt(sim: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimMount]:
+    base = tmp_path_factory.mktemp("restore-mount")
+    (base / "state").mkdir()
+    m = SimMount(sim, base / "mnt", base / "state", "--grace-period", "1")
+    try:
+        yield m
+    finally:
+        m.umount()
+
+
+@pytest.fixture(scope="module")
+def sets(mnt: SimMount, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Backup sets of web01 (3 disks, running) and myvm0 (1 disk, down), taken through the mount."""
+    base = tmp_path_factory.mktemp("sets")
+    out = {}
+    for vm in ("web01", "myvm0"):
+        subprocess.run(["cp", "-a", str(mnt.mnt / "vms" / vm / "@rhv"), str(base / vm)], check=True)
+        out[vm] = base / vm
+    return out
+
+
+# -- engine state through the SDK ------------------------------------------------------
+
+
+def engine_state(sim: Any) -> tuple[dict[str, str], set[str]]:
+    """(vm id -> name, disk ids) of the whole engine."""
+    conn = sim.sdk_connection()
+    try:
+        system = conn.system_service()
+        vms = {v.id: v.name for v in system.vms_service().list()}
+        disks = {d.id for d in system.disks_service().list()}
+        return vms, disks
+    finally:
+        conn.close()
+
+
+def vm_details(sim: Any, name: str) -> dict[str, Any] | None:
+    conn = sim.sdk_connection()
+    try:
+        system = conn.system_service()
+        found = system.vms_service().list(search=f"name={name}")
+        found = [v for v in found if v.name == name]
+        if not found:
+            return None
+        vm = found[0]
+        service = system.vms_service().vm_service(vm.id)
+        disks = []
+        for att in service.disk_attachments_service().list():
+            disk = system.disks_service().disk_service(att.disk.id).get()
+            sd = (
+                system.storage_domains_service()
+                .storage_domain_service(disk.storage_domains[0].id)
+                .get()
+            )
+            disks.append(
+                {
+                    "id": disk.id,
+                    "alias": disk.alias,
+                    "size": disk.provisioned_size,
+                    "format": disk.format.value,
+                    "interface": att.interface.value,
+                    "bootable": bool(att.bootable),
+                    "active": bool(att.active),
+                    "sd": sd.name,
+                }
+            )
+        nics = [(n.name, n.mac.address) for n in service.nics_service().list()]
+        cluster = system.clusters_service().cluster_service(vm.cluster.id).get().name
+        return {
+            "id": vm.id,
+            "status": vm.status.value,
+            "cluster": cluster,
+            "disks": sorted(disks, key=lambda d: d["alias"]),
+            "nics": nics,
+        }
+    finally:
+        conn.close()
+
+
+def remove_vm(sim: Any, name: str) -> None:
+    conn = sim.sdk_connection()
+    try:
+        vms = conn.system_service().vms_service()
+        for v in vms.list(search=f"name={name}"):
+            if v.name != name:
+                continue
+            service = vms.vm_service(v.id)
+            if v.status.value != "down":
+                service.stop()
+                deadline = time.monotonic() + 60
+                while service.get().status.value != "down" and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            service.remove()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def cleanup(sim: Any) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        remove_vm(sim, name)
+
+
+def manifest_disks(set_dir: Path) -> list[dict[str, Any]]:
+    return json.loads((set_dir / "manifest.json").read_bytes())["disks"]  # type: ignore[no-any-return]
+
+
+def wait_status(mnt: SimMount, name: str, timeout_s: float = 120) -> dict[str, Any]:
+    path = mnt.mnt / "restore" / name / ".status"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status: dict[str, Any] = json.loads(path.read_bytes())
+        if status["phase"] in ("done", "failed") or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
+
+
+def start_restore(mnt: SimMount, name: str, options: str = "") -> Path:
+    target = mnt.mnt / "restore" / name
+    target.mkdir()
+    if options:
+        (target / "rhvfs-restore.conf").write_text(options)
+    return target
+
+
+def check_same_vm(sim: Any, set_dir: Path, restored: dict[str, Any]) -> None:
+    want = sorted(manifest_disks(set_dir), key=lambda d: d["alias"])
+    got = restored["disks"]
+    assert [(d["alias"], d["size"], d["format"], d["interface"], d["bootable"]) for d in got] == [
+        (d["alias"], d["size"], d["format"], d["interface"], d["bootable"]) for d in want
+    ]
+    for w, g in zip(want, got, strict=True):
+        assert sim.admin.disk_sha256(g["id"]) == sim.admin.disk_sha256(w["id"]), w["alias"]
+
+
+# -- round trips ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", ["tar", "cp", "rsync"])
+def test_round_trip(
+    sim: Any, mnt: SimMount, sets: dict[str, Path], tmp_path: Path, tool: str, cleanup: list[str]
+) -> None:
+    name = f"web01-{tool}"
+    cleanup.append(name)
+    set_dir = sets["web01"]
+    target = start_restore(mnt, name)
+    if tool == "tar":
+        archive = tmp_path / "set.tar"
+        subprocess.run(
+            ["tar", "-cSf", str(archive), "-C", str(set_dir.parent), "web01"], check=True
+        )
+        subprocess.run(
+            ["tar", "-xf", str(archive), "-C", str(target), "--strip-components=1"], check=True
+        )
+    elif tool == "cp":
+        subprocess.run(["cp", "-a", f"{set_dir}/.", str(target)], check=True)
+    else:
+        subprocess.run(["rsync", "-a", f"{set_dir}/", f"{target}/"], check=True)
+    status = wait_status(mnt, name)
+    assert status["phase"] == "done", status["error"]
+    restored = vm_details(sim, name)
+    assert restored is not None and restored["id"] == status["vm_id"]
+    check_same_vm(sim, set_dir, restored)
+    assert [n for n, _ in restored["nics"]] == ["nic1"]
+    original = vm_details(sim, "web01")
+    assert original is not None and original["status"] == "up"  # the original is untouched
+    assert restored["nics"][0][1] != original["nics"][0][1]  # auto: its MAC is in use, so new
+
+
+# -- one test per option --------------------------------------------------------------------
+
+ALT_SD = "bs-scsi-012"
+
+
+def restore_myvm0(mnt: SimMount, sets: dict[str, Path], name: str, options: str) -> dict[str, Any]:
+    target = start_restore(mnt, name, options)
+    # cp fails (close: EEXIST, ENOTSUP...) when the restore is refused; .status says why
+    subprocess.run(["cp", "-a", f"{sets['myvm0']}/.", str(target)], check=False)
+    return wait_status(mnt, name)
+
+
+@pytest.mark.parametrize(
+    ("option", "check"),
+    [
+        ("vm_name = m0-renamed", lambda vm, d: vm["id"] is not None),
+        ("cluster = Default", lambda vm, d: vm["cluster"] == "Default"),
+        (f"storage_domain = {ALT_SD}", lambda vm, d: d["sd"] == ALT_SD),
+        (
+            "vm_switchon = yes",
+            lambda vm, d: vm["status"] in ("up", "powering_up", "wait_for_launch"),
+        ),
+        ("disk_interface = sata", lambda vm, d: d["interface"] == "sata"),
+        ("disk_active = no", lambda vm, d: d["active"] is False),
+        ("disk_boot = no", lambda vm, d: d["bootable"] is False),
+        ("disk_names = myvm0_Disk1:restored-disk", lambda vm, d: d["alias"] == "restored-disk"),
+        (
+            "nics = nic1:56:6f:aa:bb:cc:01",
+            lambda vm, d: vm["nics"] == [("nic1", "56:6f:aa:bb:cc:01")],
+        ),
+        ("nics = new", lambda vm, d: vm["nics"][0][1] != "56:6f:1a:2b:00:02"),
+    ],
+)
+def test_option(
+    sim: Any, mnt: SimMount, sets: dict[str, Path], option: str, check: Any, cleanup: list[str]
+) -> None:
+    key = option.split("=")[0].strip()
+    name = "m0-renamed" if key == "vm_name" else f"m0-{key.replace('_', '-')}-{len(option)}"
+    cleanup.append(name)
+    dir_name = "m0-dir-for-rename" if key == "vm_name" else name
+    status = restore_myvm0(mnt, sets, dir_name, option + "\n")
+    assert status["phase"] == "done", status["error"]
+    vm = vm_details(sim, name)
+    assert vm is not None, f"no VM named {name}"
+    assert len(vm["disks"]) == 1
+    assert check(vm, vm["disks"][0]), vm
+    if key != "disk_names":
+        src = manifest_disks(sets["myvm0"])[0]
+        assert sim.admin.disk_sha256(vm["disks"][0]["id"]) == sim.admin.disk_sha256(src["id"])
+
+
+def test_option_vm_disks_none_restores_configuration_only(
+    sim: Any, mnt: SimMount, sets: dict[str, Path], cleanup: list[str]
+) -> None:
+    cleanup.append("m0-config-only")
+    _, disks_before = engine_state(sim)
+    target = start_restore(mnt, "m0-config-only", "vm_disks = none\n")
+    for name in ("vm.ovf", "manifest.json"):
+        shutil.copy(sets["myvm0"] / name, target / name)
+    status = wait_status(mnt, "m0-config-only")
+    assert status["phase"] == "done", status["error"]
+    vm = vm_details(sim, "m0-config-only")
+    assert vm is not None and vm["disks"] == [] and [n for n, _ in vm["nics"]] == ["nic1"]
+    assert engine_state(sim)[1] == disks_before
+
+
+def test_option_vm_exclude_disks(
+    sim: Any, mnt: SimMount, sets: dict[str, Path], cleanup: list[str]
+) -> None:
+    cleanup.append("web01-partial")
+    disks = {d["alias"]: d for d in manifest_disks(sets["web01"])}
+    target = start_restore(
+        mnt, "web01-partial", f"vm_exclude_disks = {disks['web01_data']['id']}\n"
+    )
+    subprocess.run(["cp", "-a", f"{sets['web01']}/.", str(target)], check=True)
+    status = wait_status(mnt, "web01-partial")
+    assert status["phase"] == "done", status["error"]
+    vm = vm_details(sim, "web01-partial")
+    assert vm is not None
+    assert [d["alias"] for d in vm["disks"]] == ["web01_logs", "web01_os"]
+
+
+def test_option_vm_force_overwrite_replaces_a_down_vm(
+    sim: Any, mnt: SimMount, sets: dict[str, Path], cleanup: list[str]
+) -> None:
+    cleanup.append("m0-victim")
+    assert (
+        restore_myvm0(mnt, sets, "m0-victim", "disk_names = myvm0_Disk1:first\n")["phase"] == "done"
+    )
+    first = vm_details(sim, "m0-victim")
+    assert first is not None
+    refused = restore_myvm0(mnt, sets, "m0-victim-again", "vm_name = m0-victim\n")
+    assert refused["phase"] == "failed" and "already exists" in refused["error"]
+    status = restore_myvm0(
+        mnt, sets, "m0-victim-over", "vm_name = m0-victim\nvm_force_overwrite = yes\n"
+    )
+    assert status["phase"] == "done", status["error"]
+    second = vm_details(sim, "m0-victim")
+    assert second is not None and second["id"] != first["id"]
+    assert second["disks"][0]["alias"] == "myvm0_Disk1"
+    vms, disks = engine_state(sim)
+    assert first["id"] not in vms and first["disks"][0]["id"] not in disks
+
+
+def test_template_options_are_refused_clearly(
+    sim: Any, mnt: SimMount, sets: dict[str, Path]
+) -> None:
+    before = engine_state(sim)
+    status = restore_myvm0(mnt, sets, "m0-tpl", "template_name = m0tpl\nremove_base_vm = yes\n")
+    assert status["phase"] == "failed" and "create_template" in status["error"]
+    assert engine_state(sim) == before
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+
+def copy_expecting_failure(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode != 0
+    return result
+
+
+def test_name_clash_is_refused_before_any_engine_change(
+    sim: Any, mnt: SimMount, sets: dict[str, Path]
+) -> None:
+    before = engine_state(sim)
+    original_sha = sim.admin.disk_sha256(manifest_disks(sets["myvm0"])[0]["id"])
+    target = start_restore(mnt, "myvm0")
+    result = copy_expecting_failure(["cp", "-a", f"{sets['myvm0']}/.", str(target)])
+    assert "File exists" in result.stderr
+    status = wait_status(mnt, "myvm0")
+    assert status["phase"] == "failed" and "already exists" in status["error"]
+    assert status["errno"] == "EEXIST"
+    assert engine_state(sim) == before
+    assert sim.admin.disk_sha256(manifest_disks(sets["myvm0"])[0]["id"]) == original_sha
+
+
+def test_truncated_image(sim: Any, mnt: SimMount, sets: dict[str, Path]) -> None:
+    before = engine_state(sim)
+    target = start_restore(mnt, "m0-truncated")
+    for name in ("vm.ovf", "manifest.json"):
+        shutil.copy(sets["myvm0"] / name, target / name)
+    image = manifest_disks(sets["myvm0"])[0]["file"]
+    result = copy_expecting_failure(
+        ["dd", f"if={sets['myvm0'] / image}", f"of={target / image}", "bs=1M", "count=8"]
+    )
+    assert "Input/output error" in result.stderr
+    status = wait_status(mnt, "m0-truncated")
+    assert status["phase"] == "failed" and "truncated" in status["error"]
+    assert engine_state(sim) == before
+
+
+@pytest.mark.parametrize("what", ["corrupt-manifest", "foreign-ovf", "too-big"])
+def test_bad_configuration(
+    sim: Any, mnt: SimMount, sets: dict[str, Path], tmp_path: Path, what: str
+) -> None:
+    before = engine_state(sim)
+    bad = tmp_path / "set"
+    shutil.copytree(sets["myvm0"], bad)
+    manifest = bad / "manifest.json"
+    if what == "corrupt-manifest":
+        manifest.write_bytes(manifest.read_bytes()[:200])
+        expect = "not valid JSON"
+    elif what == "foreign-ovf":
+        shutil.copy(sets["web01"] / "vm.ovf", bad / "vm.ovf")
+        expect = "two different sets"
+    else:
+        doc = json.loads(manifest.read_bytes())
+        doc["disks"][0]["size"] = 1 << 50
+        manifest.write_text(json.dumps(doc))
+        expect = "bytes free"
+    target = start_restore(mnt, f"m0-{what}")
+    copy_expecting_failure(["cp", "-a", f"{bad}/.", str(target)])
+    status = wait_status(mnt, f"m0-{what}")
+    assert status["phase"] == "failed" and expect in status["error"], status["error"]
+    assert engine_state(sim) == before
+
+
+def test_engine_failure_mid_upload_rolls_back(
+    sim: Any, mnt: SimMount, sets: dict[str, Path]
+) -> None:
+    before = engine_state(sim)
+    sim.admin.add_fault("drop-imageio", after_bytes=0, times=1000)
+    try:
+        target = start_restore(mnt, "m0-dropped")
+        copy_expecting_failure(["cp", "-a", f"{sets['myvm0']}/.", str(target)])
+        status = wait_status(mnt, "m0-dropped")
+    finally:
+        sim.admin.clear_faults()
+    assert status["phase"] == "failed" and "upload" in status["error"], status["error"]
+    deadline = time.monotonic() + 30
+    while engine_state(sim) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert engine_state(sim) == before
+
+
+def test_status_and_rmdir(mnt: SimMount) -> None:
+    target = start_restore(mnt, "m0-empty")
+    status = json.loads((target / ".status").read_bytes())
+    assert (status["phase"], status["vm_id"], status["error"]) == ("receiving", None, None)
+    (target / "sub" / "dir").mkdir(parents=True)  # mkdir -p of a restore job's path
+    (target / "sub" / "dir").rmdir()
+    with pytest.raises(OSError) as e:
+        (mnt.mnt / "vms" / "x").mkdir()
+    assert e.value.errno == errno.EROFS
+    (target / "sub").rmdir()
+    target.rmdir()
+    assert "m0-empty" not in [p.name for p in (mnt.mnt / "restore").iterdir()]
