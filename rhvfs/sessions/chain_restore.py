@@ -29,6 +29,7 @@ Must not: talk to the engine or imageio, decide restore options.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ __all__ = [
     "disk_plan",
     "check_delta",
     "apply_delta",
+    "flatten_manifest",
 ]
 
 
@@ -207,6 +209,27 @@ def disk_plan(chain: Sequence[SetLink], disk_id: str) -> DiskPlan:
     if base is None:
         raise ChainError(f"no set of the chain holds the full data of disk {disk_id}")
     return DiskPlan(disk_id=disk_id, base=base, deltas=tuple(deltas), size=newest.size)
+
+
+def flatten_manifest(newest_doc: Mapping[str, Any], chain: Sequence[SetLink]) -> bytes:
+    """The newest set's manifest rewritten as a plain full set of the chain's state.
+
+    Each disk's ``file`` becomes the file holding its full data (from
+    ``disk_plan``), and ``chain_deltas`` lists the delta files to apply after
+    that image was uploaded, oldest first. A restore that understands full sets
+    can upload the ``file`` images as usual and apply ``chain_deltas`` (with
+    ``apply_delta``) before finalizing each disk's transfer.
+    """
+    doc = json.loads(json.dumps(newest_doc))
+    for d in doc["disks"]:
+        plan = disk_plan(chain, str(d["id"]))
+        d["file"] = plan.base.file
+        d["file_format"] = "raw"
+        d["backing_file"] = None
+        d["chain_deltas"] = [x.file for x in plan.deltas]
+    doc["set_type"] = "full"
+    doc["chain"] = [x.set_id for x in chain]
+    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
 
 def check_delta(path: str | os.PathLike[str], link: DiskLink) -> None:

@@ -26,10 +26,12 @@ from rhvfs.sessions.chain_restore import (
     apply_delta,
     check_delta,
     disk_plan,
+    flatten_manifest,
     link_from_manifest,
     order_chain,
 )
 from rhvfs.sessions.model import Owner, SetEntry
+from rhvfs.sessions.restore_set import parse_manifest
 
 MiB = 1024 * 1024
 
@@ -103,6 +105,18 @@ async def test_full_inc_inc_and_full_diff_rebuild_each_point_in_time(
         chain = order_chain(links)
         assert [x.set_type for x in chain][0] == "full"
         assert {d: await rebuild(rig, chain, d) for d in disks} == expected
+
+    # the newest manifest flattened: full images plus the deltas to apply, oldest first
+    chain = order_chain(links_of(rig, s0, s1, s2))
+    newest = json.loads((rig.out / chain[-1].manifest).read_bytes())
+    flat = json.loads(flatten_manifest(newest, chain))
+    assert flat["set_type"] == "full" and flat["chain"] == [x.set_id for x in chain]
+    parsed = parse_manifest(flatten_manifest(newest, chain))  # the restore's own parser
+    assert {d.file for d in parsed.disks} == {chain[0].disks[d].file for d in disks}
+    assert parsed.ovf_file == newest["config_files"]["ovf"]
+    for d in flat["disks"]:
+        assert d["file"] == chain[0].disks[d["id"]].file
+        assert d["chain_deltas"] == [chain[1].disks[d["id"]].file, chain[2].disks[d["id"]].file]
 
     # an incremental after a differential continues it
     writes()
