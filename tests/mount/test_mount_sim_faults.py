@@ -179,7 +179,8 @@ def test_virt_ls_reads_a_disk_straight_from_the_mount(sim: Any, tmp_path: Path) 
             "LIBGUESTFS_BACKEND": "direct",
             "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg",
         }
-        disk = disk_file(m.mnt, "myvm", "myvm_Disk1")
+        # web01_os: a guest disk no other test writes into (the shared simulator is shared)
+        disk = disk_file(m.mnt, "web01", "web01_os")
         result = subprocess.run(
             ["virt-ls", "-a", str(disk), "-m", "/dev/sda1", "/etc"],
             capture_output=True,
