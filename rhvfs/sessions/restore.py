@@ -346,6 +346,19 @@ class RestoreSession:
             d.finish.set()
         self.manager.spawn(self._rollback)
 
+    async def abandon(self, reason: str) -> None:
+        """Roll back now (no nursery any more): used when the manager stops mid-restore."""
+        if self.phase in ("done", "failed"):
+            return
+        self.error = reason
+        self.errno = errno.ECANCELED
+        self.phase = "failed"
+        self.note(f"failed: {reason}")
+        for d in self.disks.values():
+            d.abort = True
+            d.finish.set()
+        await self._rollback()
+
     async def _rollback(self) -> None:
         with trio.CancelScope(shield=True):
             for d in self.disks.values():
@@ -1092,6 +1105,9 @@ class RestoreManager:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            with trio.CancelScope(shield=True):
+                for session in self.sessions.values():
+                    await session.abandon("rhvfs stopped before the restore finished")
             self.staging.close()
 
     def _require_nursery(self) -> trio.Nursery:
@@ -1123,17 +1139,20 @@ class RestoreManager:
             raise NotFound(f"restore/{name}") from None
 
     def remove(self, name: str) -> None:
-        """``rmdir restore/<name>``: forget a restore that is not working on the engine."""
+        """``rmdir restore/<name>``: forget a restore; an unfinished one is cancelled and rolled back.
+
+        Refused (EBUSY) only while the VM is being created: that step is short and
+        cancelling it half-way would leave more to undo.
+        """
         session = self.get(name)
-        if session.busy:
-            raise _err(
-                f"restore/{name} is {session.phase}; wait until it is done or failed", errno.EBUSY
-            )
+        if session.phase == "creating_vm":
+            raise _err(f"restore/{name} is creating the VM; wait until it is done", errno.EBUSY)
+        if session.phase in ("receiving", "uploading"):
+            session.fail(_err("cancelled: the restore directory was removed", errno.ECANCELED))
         for f in session.files.values():
             if f.staged is not None:
                 f.staged.close()
-        if session.phase in ("receiving",) and session.created_disks:
-            session.fail("removed by the user")
+                f.staged = None
         del self.sessions[name]
 
     def status(self) -> dict[str, Any]:

@@ -401,3 +401,35 @@ async def test_flush_of_an_empty_file_is_not_its_last_close(h: Harness) -> None:
     status = await h.settle(session)
     assert status["phase"] == "done", status["error"]
     check_restored(h.engine, s, "dd")
+
+
+async def test_rmdir_of_an_unfinished_restore_rolls_it_back(h: Harness) -> None:
+    s = make_set()
+    session = h.manager.create("half")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    image = s.image_names()[0]
+    f = session.new_file(image)
+    session.open(f)
+    await session.write(f, 0, s.files[image][: 1024 * 1024])  # the tool dies here
+    assert len(h.engine.disks) == 1
+    h.manager.remove("half")
+    with trio.fail_after(5):
+        await session.wait_finished()
+    assert session.phase == "failed" and "removed" in (session.error or "")
+    assert h.engine.disks == {} and "half" not in h.manager.sessions
+
+
+async def test_stopping_the_manager_mid_restore_rolls_back(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    s = make_set()
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery, engine, tmp_path, config())
+        session = h.manager.create("stop")
+        await h.copy(session, s, ["vm.ovf", "manifest.json"])
+        f = session.new_file(s.image_names()[0])
+        session.open(f)
+        await session.write(f, 0, b"\x01" * 4096)
+        assert len(engine.disks) == 1
+        nursery.cancel_scope.cancel()
+    assert session.phase == "failed" and "stopped" in (session.error or "")
+    assert engine.disks == {}
