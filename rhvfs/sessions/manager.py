@@ -282,6 +282,8 @@ class BackupManager:
                 running=ann.running if ann is not None else True,
             )
             self._announced[owner.id] = ann
+        if not ann.mtime_ns:
+            ann.mtime_ns = session.started_ns
         for d in session.disks:
             ann.blocks.setdefault(d.id, _disk_blocks(live.get(d.id, d)))
         padded: dict[str, bytes | RhvfsError] = {}
@@ -434,7 +436,9 @@ class BackupManager:
             del self._handles[h]
         ann = self._announced.get(session.owner.id)
         if ann is not None and ann.running:
-            ann.mtime_ns = 0  # data moved on: the next listing announces a new time
+            # A running guest's data moved on: later listings (and the next session) show
+            # a new time, so tools that key on mtime read the images again.
+            ann.mtime_ns = time.time_ns()
         log.info("session %s of %s closed", session.session_id, session.owner.name)
 
     # -- reporting and cleanup ------------------------------------------------
