@@ -155,3 +155,23 @@ async def test_outside_restore_stays_read_only(nursery: trio.Nursery, tmp_path: 
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.create(restore.st_ino, b"file", 0o644, os.O_WRONLY | os.O_CREAT, CTX)
     assert e.value.errno == errno.EPERM
+
+
+async def test_bacula_where_nested_path(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A restore job with where=restore/<name> recreates the original path below it."""
+    engine = FakeEngine()
+    ops, manager = await make_ops(nursery, tmp_path, engine)
+    restore = await lookup(ops, "/restore")
+    d = await ops.mkdir(restore.st_ino, b"bacula", 0o755, CTX)
+    ino = d.st_ino
+    for part in (b"mnt", b"rhvfs", b"vms", b"myvm", b"@rhv"):
+        ino = (await ops.mkdir(ino, part, 0o755, CTX)).st_ino
+    s = make_set()
+    for name, data in s.files.items():
+        await put_file(ops, ino, name, data)
+    status = await wait_status(ops, manager, "bacula", d.st_ino)
+    assert status["phase"] == "done", status["error"]
+    vm = engine.vms[status["vm_id"]]
+    assert vm.name == "bacula"
+    for disk in s.manifest["disks"]:
+        assert sha(engine.content[disk["id"]]) == sha(s.files[disk["file"]])
