@@ -8,7 +8,7 @@ session). It never returns bytes it did not receive in full.
 
 Design note — invariants that hold between ``await``s:
 
-- ``_chunks`` maps a chunk index to a ``_Chunk`` that is either in flight
+- ``_chunks`` maps a key to a ``_Chunk`` that is either in flight
   (``done`` not set) or ready (``done`` set, ``buf`` complete). A failed or
   aborted chunk is removed from ``_chunks`` before ``done`` is set, so it is
   never served and the next reader starts a fresh fetch.
@@ -17,7 +17,11 @@ Design note — invariants that hold between ``await``s:
   is inserted and given back when it is evicted or fails. Only ready chunks
   are evicted (consumed first, then least recently used); demand reads wait
   for space, prefetches are skipped when there is none (backpressure).
-- A chunk index is fetched by at most one task at a time: the lookup and the
+- Keys: ``i >= 0`` is the ``chunk_size`` chunk number ``i`` (sequential reads and
+  read-ahead); ``-(j + 1)`` is the ``random_read_size`` block number ``j`` (reads
+  of handles in random mode, so a random 4 KiB read does not cost a whole chunk).
+  A random read uses a big chunk instead when one covering it is held or in flight.
+- A key is fetched by at most one task at a time: the lookup and the
   insert happen without an ``await`` in between, and readers of an in-flight
   chunk wait on its ``done`` event.
 - Only data parts of a chunk go over HTTP (one ranged GET per data range, small
@@ -127,9 +131,12 @@ class ImageReader:
         chunk_size: int = 8 * MiB,
         retry: RetryPolicy,
         max_zero_fetch_ratio: float = 0.05,
+        random_read_size: int = 1 * MiB,
     ) -> None:
         """``max_zero_fetch_ratio``: zero bytes a chunk may fetch over HTTP to bridge gaps
-        between its data ranges (fewer GETs), as a fraction of its data bytes."""
+        between its data ranges (fewer GETs), as a fraction of its data bytes.
+        ``random_read_size``: the aligned block a read of a handle in random mode
+        fetches (capped at ``chunk_size``, which it must divide)."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         if memory_budget < chunk_size:
@@ -143,6 +150,9 @@ class ImageReader:
         self._map = ExtentMap(extents, size=size)
         self._budget = memory_budget
         self._chunk_size = chunk_size
+        self._block_size = min(random_read_size, chunk_size)
+        if self._block_size <= 0 or chunk_size % self._block_size:
+            raise ValueError("random_read_size must be positive and divide chunk_size")
         self._retry = retry
         if not 0 <= max_zero_fetch_ratio <= 1:
             raise ValueError("max_zero_fetch_ratio must be within [0, 1]")
@@ -267,33 +277,30 @@ class ImageReader:
         if offset >= end:
             await trio.lowlevel.checkpoint()
             return b""
-        cs = self._chunk_size
-        first, last = offset // cs, (end - 1) // cs
+        last = (end - 1) // self._chunk_size
         ahead = self._track(handle_id, offset, end)
 
-        # Which chunks this read needs (zero-only parts are served without them).
-        needed: list[int] = []
-        for i in range(first, last + 1):
-            s, e = max(offset, i * cs), min(end, (i + 1) * cs)
-            for seg_s, seg_e, zero in self._map.segments(s, e):
-                if zero:
-                    self._zero_served += seg_e - seg_s
-            if self._has_data[i] and not self._map.is_zero(s, e):
-                needed.append(i)
+        # Which cache entries this read needs (zero-only parts are served without them).
+        needed = self._needed_keys(offset, end, random=ahead == 0)
         if not needed:
             await trio.lowlevel.checkpoint()
             if ahead:
                 self._prefetch(last + 1, ahead)
             return bytes(end - offset)
 
-        if len(needed) == 1 and first == last:
-            chunk = await self._demand(first)
+        if len(needed) == 1:
+            chunk = await self._demand(needed[0])
             if ahead:
                 self._prefetch(last + 1, ahead)
             chunk = await self._wait_ready(chunk)
-            return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
+            if chunk.start <= offset and end <= chunk.end:
+                return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
+            out = bytearray(end - offset)
+            s, e = max(offset, chunk.start), min(end, chunk.end)
+            out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
+            return bytes(out)
 
-        # Several chunks: start as many as the budget allows without waiting, then the
+        # Several entries: start as many as the budget allows without waiting, then the
         # read-ahead; copy each out as it becomes ready, which frees room for the rest
         # (so a read larger than the budget still completes).
         out = bytearray(end - offset)
@@ -316,6 +323,31 @@ class ImageReader:
             s, e = max(offset, chunk.start), min(end, chunk.end)
             out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
         return bytes(out)
+
+    def _needed_keys(self, offset: int, end: int, *, random: bool) -> list[int]:
+        """Keys of the entries holding the data of ``[offset, end)``; counts zero bytes served."""
+        for seg_s, seg_e, zero in self._map.segments(offset, end):
+            if zero:
+                self._zero_served += seg_e - seg_s
+        cs, bs = self._chunk_size, self._block_size
+        keys: list[int] = []
+        if not random or bs == cs:
+            for i in range(offset // cs, (end - 1) // cs + 1):
+                s, e = max(offset, i * cs), min(end, (i + 1) * cs)
+                if self._has_data[i] and not self._map.is_zero(s, e):
+                    keys.append(i)
+            return keys
+        for j in range(offset // bs, (end - 1) // bs + 1):
+            s, e = max(offset, j * bs), min(end, (j + 1) * bs)
+            if self._map.is_zero(s, e):
+                continue
+            big = s // cs  # a block never straddles chunks: bs divides cs
+            if big in self._chunks:
+                if not keys or keys[-1] != big:
+                    keys.append(big)
+            else:
+                keys.append(-(j + 1))
+        return keys
 
     def _track(self, handle_id: int, offset: int, end: int) -> int:
         """Update ``handle_id``'s access pattern; return its read-ahead window in chunks."""
@@ -363,19 +395,30 @@ class ImageReader:
                 self._spawn(self._insert(i))
             i = self._next_data[i + 1]
 
-    def _chunk_len(self, index: int) -> int:
-        start = index * self._chunk_size
-        return min(self._chunk_size, self._size - start)
+    def _span(self, key: int) -> tuple[int, int]:
+        """The byte range ``[start, end)`` of the entry ``key``."""
+        if key >= 0:
+            start, length = key * self._chunk_size, self._chunk_size
+        else:
+            start, length = (-key - 1) * self._block_size, self._block_size
+        return start, min(start + length, self._size)
 
-    def _insert(self, index: int) -> _Chunk:
-        start = index * self._chunk_size
-        chunk = _Chunk(index, start, start + self._chunk_len(index))
+    def _chunk_len(self, key: int) -> int:
+        start, end = self._span(key)
+        return end - start
+
+    def _insert(self, key: int) -> _Chunk:
+        start, end = self._span(key)
+        chunk = _Chunk(key, start, end)
         chunk.last_used = next(self._tick)
-        self._chunks[index] = chunk
+        self._chunks[key] = chunk
         return chunk
 
-    def _lookup(self, index: int) -> _Chunk | None:
-        chunk = self._chunks.get(index)
+    def _lookup(self, key: int) -> _Chunk | None:
+        chunk = self._chunks.get(key)
+        if chunk is None and key < 0:
+            # A chunk covering this block may have been started since the read chose keys.
+            chunk = self._chunks.get(self._span(key)[0] // self._chunk_size)
         if chunk is not None:
             chunk.last_used = next(self._tick)
             if chunk.done.is_set():
@@ -383,6 +426,12 @@ class ImageReader:
             else:
                 self._waits += 1
         return chunk
+
+    def _covered(self, key: int) -> bool:
+        """True when an entry for ``key`` (or a chunk covering block ``key``) exists."""
+        if key in self._chunks:
+            return True
+        return key < 0 and self._span(key)[0] // self._chunk_size in self._chunks
 
     def _demand_nowait(self, index: int) -> _Chunk | None:
         """Like ``_demand`` but returns None instead of waiting for memory."""
@@ -405,7 +454,7 @@ class ImageReader:
             await self._reserve(self._chunk_len(index))
             if self._closed:
                 raise SessionClosed("image reader is closed")
-            if index in self._chunks:  # someone started it while we waited for space
+            if self._covered(index):  # someone started it while we waited for space
                 self._release(self._chunk_len(index))
                 continue
             chunk = self._insert(index)
@@ -460,11 +509,34 @@ class ImageReader:
             chunk.done.set()
 
     async def _fetch(self, chunk: _Chunk) -> None:
-        ranges = self._map.fetch_ranges(
-            chunk.start, chunk.end, max_length=self._chunk_size, max_zero_ratio=self._zero_ratio
-        )
+        """Fill ``chunk``: GET its data ranges, copy what blocks in flight or held already have."""
+        spans = [(chunk.start, chunk.end)]
+        borrowed: list[_Chunk] = []
+        if chunk.index >= 0 and self._block_size < self._chunk_size:
+            # Random reads may have fetched (or be fetching) blocks of this chunk: reuse
+            # them instead of fetching the same bytes twice. Only started blocks: an
+            # unstarted one may belong to a reader that is waiting for this chunk.
+            spans = []
+            pos = chunk.start
+            bs = self._block_size
+            for j in range(chunk.start // bs, (chunk.end - 1) // bs + 1):
+                block = self._chunks.get(-(j + 1))
+                if block is not None and block.started:
+                    if pos < block.start:
+                        spans.append((pos, block.start))
+                    borrowed.append(block)
+                    pos = block.end
+            if pos < chunk.end:
+                spans.append((pos, chunk.end))
+        ranges = [
+            r
+            for s, e in spans
+            for r in self._map.fetch_ranges(
+                s, e, max_length=self._chunk_size, max_zero_ratio=self._zero_ratio
+            )
+        ]
         view = memoryview(chunk.buf)
-        if len(ranges) == 1:
+        if len(ranges) == 1 and not borrowed:
             off, length = ranges[0]
             await self._get(off, view[off - chunk.start : off - chunk.start + length])
             return
@@ -473,6 +545,20 @@ class ImageReader:
                 nursery.start_soon(
                     self._get, off, view[off - chunk.start : off - chunk.start + length]
                 )
+            for block in borrowed:
+                nursery.start_soon(self._borrow, chunk, block)
+
+    async def _borrow(self, chunk: _Chunk, block: _Chunk) -> None:
+        """Copy ``block``'s bytes into ``chunk`` once it is ready; fetch them if it failed."""
+        await block.done.wait()
+        view = memoryview(chunk.buf)[block.start - chunk.start : block.end - chunk.start]
+        if block.error is None:
+            view[:] = block.buf
+            return
+        for off, length in self._map.fetch_ranges(
+            block.start, block.end, max_length=self._chunk_size, max_zero_ratio=self._zero_ratio
+        ):
+            await self._get(off, view[off - block.start : off - block.start + length])
 
     async def _get(self, offset: int, buf: memoryview) -> None:
         async def attempt() -> None:

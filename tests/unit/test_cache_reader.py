@@ -93,6 +93,7 @@ def make_reader(
     streams: int = 2,
     retry: RetryPolicy = FAST,
     zero_ratio: float = 0.0,
+    random_read_size: int | None = None,
 ) -> ImageReader:
     extents = [Extent(s, e - s, zero=z) for s, e, z in src.map.segments(0, len(src.data))]
     reader = ImageReader(
@@ -104,6 +105,7 @@ def make_reader(
         chunk_size=chunk_size,
         retry=retry,
         max_zero_fetch_ratio=zero_ratio,
+        random_read_size=random_read_size or chunk_size,
     )
     src.reader = reader
     return reader
@@ -127,6 +129,7 @@ layouts = st.lists(st.tuples(st.integers(1, 2000), st.booleans()), min_size=1, m
     st.booleans(),
     st.booleans(),
     st.sampled_from([0.0, 0.5]),
+    st.sampled_from([1, 2, 4]),
 )
 def test_any_read_returns_the_reference_bytes(
     layout: list[tuple[int, bool]],
@@ -135,6 +138,7 @@ def test_any_read_returns_the_reference_bytes(
     with_workers: bool,
     sequential: bool,
     zero_ratio: float,
+    blocks_per_chunk: int,
 ) -> None:
     data, extents = make_image(layout)
     size = len(data)
@@ -142,7 +146,15 @@ def test_any_read_returns_the_reference_bytes(
     async def main() -> None:
         src = FakeSource(data, extents)
         src.allow_zero = zero_ratio > 0
-        reader = make_reader(src, chunk_size=chunk_size, budget_chunks=3, zero_ratio=zero_ratio)
+        reader = make_reader(
+            src,
+            chunk_size=chunk_size,
+            budget_chunks=3,
+            zero_ratio=zero_ratio,
+            random_read_size=chunk_size // blocks_per_chunk
+            if chunk_size % blocks_per_chunk == 0
+            else chunk_size,
+        )
         with trio.fail_after(10):  # a deadlock fails the example instead of hanging
             await run_ops(reader, src)
 
@@ -183,7 +195,14 @@ def test_concurrent_readers_get_the_reference_bytes(
     async def main() -> None:
         src = FakeSource(data, extents)
         src.random_delay_s = 0.01
-        reader = make_reader(src, chunk_size=chunk_size, budget_chunks=budget_chunks, streams=3)
+        block = chunk_size // 4 if chunk_size % 4 == 0 else chunk_size
+        reader = make_reader(
+            src,
+            chunk_size=chunk_size,
+            budget_chunks=budget_chunks,
+            streams=3,
+            random_read_size=block,
+        )
 
         async def one(n: int, ops: list[tuple[int, int, int]]) -> None:
             pos = 0
@@ -329,6 +348,35 @@ async def test_random_reads_do_not_prefetch(autojump_clock: trio.testing.MockClo
     stats = reader.statistics()
     assert stats.chunks_prefetched == 0
     assert src.bytes_requested == stats.chunks_fetched * 64 * KiB
+
+
+async def test_random_reads_fetch_small_blocks_and_reuse_held_chunks() -> None:
+    data, extents = make_image([(8 * 64 * KiB, True)])
+    src = FakeSource(data, extents)
+    reader = make_reader(src, chunk_size=64 * KiB, budget_chunks=8, random_read_size=8 * KiB)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reader.run)
+        # a random 4 KiB read costs one 8 KiB block, not a 64 KiB chunk
+        assert (
+            await reader.read(200 * KiB + 100, 4096, handle_id=1)
+            == data[200 * KiB + 100 : 200 * KiB + 4196]
+        )
+        assert src.requests == [(200 * KiB, 8 * KiB)]
+        # a read straddling two blocks fetches both
+        assert (
+            await reader.read(304 * KiB - 10, 20, handle_id=1)
+            == data[304 * KiB - 10 : 304 * KiB + 10]
+        )
+        assert sorted(src.requests[1:]) == [(296 * KiB, 8 * KiB), (304 * KiB, 8 * KiB)]
+        # sequential from 0 uses whole chunks; a random read inside a held chunk reuses it
+        for off in range(0, 128 * KiB, 16 * KiB):
+            assert await reader.read(off, 16 * KiB, handle_id=2) == data[off : off + 16 * KiB]
+        await trio.testing.wait_all_tasks_blocked()
+        before = len(src.requests)
+        assert await reader.read(70 * KiB, 100, handle_id=3) == data[70 * KiB : 70 * KiB + 100]
+        assert len(src.requests) == before
+        await reader.aclose()
+    assert (0, 64 * KiB) in src.requests and (64 * KiB, 64 * KiB) in src.requests
 
 
 async def test_concurrent_readers_share_one_in_flight_fetch(
