@@ -314,3 +314,12 @@ def test_umount_during_a_read_cleans_up(sim: Any, tmp_path: Path, state_dir: Pat
     assert reader.returncode != 0, err  # the reader sees an error, never silently short data
     assert snapshot_ids(sim, "web01") == before
     assert live_transfers(sim) == []
+
+
+def test_template_set_gives_the_template_disk(sim: Any, mounted: SimMount) -> None:
+    set_dir = mounted.mnt / "templates/mytemplate/@rhv"
+    assert os.listdir(set_dir)[:3] == ["vm.ovf", "vm.xml", "manifest.json"]
+    images = set_images(set_dir)
+    assert len(images) == 1
+    for name, disk_id in images.items():
+        assert file_sha(set_dir / name) == sim.admin.disk_sha256(disk_id)
