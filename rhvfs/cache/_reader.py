@@ -136,7 +136,8 @@ class ImageReader:
         """``max_zero_fetch_ratio``: zero bytes a chunk may fetch over HTTP to bridge gaps
         between its data ranges (fewer GETs), as a fraction of its data bytes.
         ``random_read_size``: the aligned block a read of a handle in random mode
-        fetches (capped at ``chunk_size``, which it must divide)."""
+        fetches (capped at ``chunk_size``; when it does not divide ``chunk_size``, random
+        reads fetch whole chunks)."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         if memory_budget < chunk_size:
@@ -150,9 +151,11 @@ class ImageReader:
         self._map = ExtentMap(extents, size=size)
         self._budget = memory_budget
         self._chunk_size = chunk_size
+        if random_read_size <= 0:
+            raise ValueError("random_read_size must be positive")
         self._block_size = min(random_read_size, chunk_size)
-        if self._block_size <= 0 or chunk_size % self._block_size:
-            raise ValueError("random_read_size must be positive and divide chunk_size")
+        if chunk_size % self._block_size:
+            self._block_size = chunk_size  # blocks must tile chunks; else random reads use chunks
         self._retry = retry
         if not 0 <= max_zero_fetch_ratio <= 1:
             raise ValueError("max_zero_fetch_ratio must be within [0, 1]")
