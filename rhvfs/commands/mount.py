@@ -23,6 +23,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,10 +150,26 @@ def _spawn_daemon(argv: list[str], args: argparse.Namespace, password: str) -> i
     return 1
 
 
-def _read_status(mountpoint: str) -> dict[str, Any]:
+def _read_status(mountpoint: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The mount's status.json; ``TimeoutError`` when a hung mount does not answer."""
     path = os.path.join(mountpoint, STATUS_PATH)
-    with open(path, "rb") as f:
-        return json.loads(f.read())  # type: ignore[no-any-return]
+    result: list[Any] = []
+
+    def read() -> None:
+        try:
+            with open(path, "rb") as f:
+                result.append(json.loads(f.read()))
+        except (OSError, ValueError) as e:
+            result.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)  # a hung FUSE read can't be interrupted
+    reader.start()
+    reader.join(timeout_s)
+    if not result:
+        raise TimeoutError(f"{path} did not answer within {timeout_s:.0f} s")
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]  # type: ignore[no-any-return]
 
 
 def _alive(pid: int) -> bool:
@@ -211,7 +228,7 @@ def cmd_status(argv: Sequence[str]) -> int:
     try:
         status = _read_status(args.mountpoint)
     except OSError as e:
-        raise ConfigError(f"{args.mountpoint} is not a live rhvfs mount: {e.strerror}") from None
+        raise ConfigError(f"{args.mountpoint} is not a live rhvfs mount: {e.strerror or e}") from None
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
