@@ -33,9 +33,12 @@ upload. Then, in the background: an overwritten VM is removed (only now, and
 only if down), the VM is created from the OVF (without its disk and NIC
 devices; ``regenerate_ids`` when the original id is still in use), the disks
 are attached (interface/bootable/active from the set or the options), the
-NICs added (MACs original, new, or explicit), a template made when the set is
-a template (or ``template_name`` asks), and the VM started if
-``vm_switchon``. Any failure rolls back what this restore created (transfers
+NICs added (MACs auto, original, new, or explicit), a template made from it
+if ``template_name`` asks (needs ``create_template`` on the engine facade;
+``remove_base_vm`` then removes the VM), and the VM started if
+``vm_switchon``. A template set instead becomes a template imported from its
+OVF (``create_template_from_ovf``) whose disk references are rewritten to the
+uploaded disks (its name: ``template_name``, ``vm_name`` or the directory). Any failure rolls back what this restore created (transfers
 cancelled, disks and VM removed). ``.status`` (``status_json``) shows the
 phase: ``receiving`` → ``uploading`` → ``creating_vm`` → ``done`` | ``failed``.
 
@@ -52,6 +55,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -87,6 +91,7 @@ from rhvfs.sessions.restore_set import (
     parse_manifest,
     parse_ovf,
     strip_devices,
+    synthesize_ovf,
 )
 from rhvfs.sessions.restore_staging import StagedFile, StagingArea
 from rhvfs.sessions.restore_upload import UploadStream, UploadTarget
@@ -146,6 +151,10 @@ class RestoreEngine(Protocol):
     async def remove_vm(self, vm_id: str) -> None: ...
     async def start_vm(self, vm_id: str) -> Vm: ...
     async def remove_template(self, template_id: str) -> None: ...
+    async def create_template_from_ovf(
+        self, *, ovf: str, cluster: str, name: str | None = None
+    ) -> Template: ...
+    async def template_disk_attachments(self, template_id: str) -> list[DiskAttachment]: ...
 
     # Templates also need ``create_template(*, vm_id, name) -> Template`` (a template made
     # from the restored VM); it is looked up at run time, so engines without it still
@@ -711,13 +720,13 @@ class RestoreSession:
             alt = manifest.cluster_name if opts.cluster is None else None
             if alt is None or not any(alt == c.name for c in clusters):
                 raise _err(f"cluster {wanted!r} does not exist on the engine", errno.EINVAL)
+        if kind == "vm" and opts.template_name and getattr(engine, "create_template", None) is None:
+            raise _err(
+                "this engine facade cannot make a template from a VM (no create_template): "
+                "template_name is only supported for template sets",
+                errno.ENOTSUP,
+            )
         if kind == "template" or opts.template_name:
-            if getattr(engine, "create_template", None) is None:
-                raise _err(
-                    "this engine facade cannot make templates (no create_template): "
-                    "template sets and template_name are not supported",
-                    errno.ENOTSUP,
-                )
             tname = name if kind == "template" else opts.template_name
             if any(t.name == tname for t in await engine.list_templates()):
                 raise _err(f"a template named {tname!r} already exists", errno.EEXIST)
@@ -962,6 +971,32 @@ class RestoreSession:
         self.note(f"done: vm {self.vm_id}")
         self._finished.set()
 
+    async def _create_template(self, name: str, cluster: str) -> None:
+        """A template set: import the template from its OVF, naming the uploaded disks.
+
+        The OVF's disk references are rewritten to the disks this restore created
+        (new ids when the originals still exist), and the template id to a fresh one
+        when the original id is taken, so the engine attaches exactly our disks.
+        """
+        engine = self.manager.engine
+        assert self.ovf is not None and self.ovf_info is not None
+        text = self.ovf.decode("utf-8").rstrip()
+        uploaded = [d for d in self.disks.values() if d.state == "uploaded" and d.disk_id]
+        for d in uploaded:
+            assert d.disk_id is not None
+            text = text.replace(d.set_disk.id, d.disk_id)
+        old_id = self.ovf_info.vm_id
+        if old_id and any(t.id == old_id for t in await engine.list_templates()):
+            text = text.replace(old_id, str(uuid.uuid4()))
+        tpl = await engine.create_template_from_ovf(ovf=text, cluster=cluster, name=name)
+        self.template_id = tpl.id
+        attached = {a.disk.id for a in await engine.template_disk_attachments(tpl.id)}
+        missing = [d.set_disk.alias for d in uploaded if d.disk_id not in attached]
+        if missing:
+            raise _err(f"template {name}: the engine did not attach disk(s) {', '.join(missing)}")
+        self.note(f"created template {name} ({tpl.id}) with {len(attached)} disk(s)")
+        self.created_disks.clear()  # they belong to the template now
+
     async def _create_vm_steps(self) -> None:
         engine = self.manager.engine
         m = self.manifest
@@ -973,12 +1008,24 @@ class RestoreSession:
             and self.ovf_info is not None
         )
         name = self.target_name or self.name
+        if self.ovf_info.placeholder:
+            self.ovf = synthesize_ovf(m).encode()
+            self.ovf_info = parse_ovf(self.ovf)
+            self.note("vm.ovf is rhvfs's no-OVF placeholder: using one built from manifest.json")
         if self.overwrite_vm is not None:
             current = await engine.get_vm(self.overwrite_vm.id)
             if current.status != "down":
                 raise _err(f"VM {name!r} is {current.status} now; not replacing it", errno.EBUSY)
             await engine.remove_vm(current.id)
             self.note(f"removed the replaced vm {current.id}")
+        cluster = opts.cluster or m.cluster_id or m.cluster_name
+        clusters = await engine.list_clusters()
+        if not any(cluster in (c.id, c.name) for c in clusters) and m.cluster_name:
+            cluster = m.cluster_name
+        assert cluster is not None
+        if m.kind == "template":
+            await self._create_template(name, cluster)
+            return
         regenerate = False
         if self.ovf_info.vm_id:
             try:
@@ -986,12 +1033,7 @@ class RestoreSession:
                 regenerate = True
             except NotFound:
                 regenerate = False
-        cluster = opts.cluster or m.cluster_id or m.cluster_name
-        clusters = await engine.list_clusters()
-        if not any(cluster in (c.id, c.name) for c in clusters) and m.cluster_name:
-            cluster = m.cluster_name
-        assert cluster is not None
-        vm_name = name if m.kind == "vm" else f"{name}-base-{int(time.time())}"
+        vm_name = name
         vm = await engine.create_vm_from_ovf(
             ovf=strip_devices(self.ovf), cluster=cluster, name=vm_name, regenerate_ids=regenerate
         )
@@ -1044,10 +1086,8 @@ class RestoreSession:
         self.note(
             f"attached {sum(d.state == 'uploaded' for d in self.disks.values())} disk(s), added {len(m.nics)} nic(s)"
         )
-        make_template = m.kind == "template" or opts.template_name is not None
-        if make_template:
-            tname = name if m.kind == "template" else opts.template_name
-            assert tname is not None
+        if opts.template_name is not None:
+            tname = opts.template_name
             create_template = getattr(engine, "create_template", None)
             if create_template is None:
                 raise _err(
@@ -1057,10 +1097,7 @@ class RestoreSession:
             tpl = await create_template(vm_id=vm.id, name=tname)
             self.template_id = tpl.id
             self.note(f"created template {tname} ({tpl.id})")
-            remove = opts.remove_base_vm
-            if remove is None:
-                remove = m.kind == "template"
-            if remove:
+            if opts.remove_base_vm:
                 await engine.remove_vm(vm.id)
                 self.created_vm = None
                 self.note(f"removed the base vm {vm.id}")

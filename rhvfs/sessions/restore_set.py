@@ -94,6 +94,8 @@ class OvfInfo:
     name: str | None
     disk_ids: frozenset[str]
     is_template: bool
+    #: rhvfs's own marker for "the engine gave no OVF": the restore builds one from the manifest.
+    placeholder: bool = False
 
 
 def _req(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -232,6 +234,10 @@ def parse_ovf(data: bytes) -> OvfInfo:
         ) from None
     if root.tag != f"{{{OVF_NS}}}Envelope":
         raise RestoreError(f"vm.ovf is not an OVF envelope (root element {root.tag!r})")
+    if len(root) == 0 and PLACEHOLDER_MARK in text:
+        return OvfInfo(
+            vm_id=None, name=None, disk_ids=frozenset(), is_template=False, placeholder=True
+        )
     content = next((el for el in root if _local(el.tag) in ("Content", "VirtualSystem")), None)
     if content is None:
         raise RestoreError("vm.ovf has no Content section: not an oVirt VM or template OVF")
@@ -274,6 +280,72 @@ def check_consistent(manifest: SetManifest, ovf: OvfInfo) -> None:
             "files of two different sets?"
         )
 
+
+#: The comment ``setfiles`` writes into an empty envelope when the engine returned no OVF.
+PLACEHOLDER_MARK = b"rhvfs: the engine returned no OVF"
+_IFACE_TO_OVF = {"virtio": "VirtIO", "virtio_scsi": "VirtIO_SCSI", "sata": "SATA", "ide": "IDE"}
+_NIC_SUBTYPE = {"rtl8139": "1", "e1000": "2", "virtio": "3"}
+
+
+def synthesize_ovf(manifest: SetManifest) -> str:
+    """An engine-layout OVF built from the manifest, for sets whose OVF is rhvfs's placeholder.
+
+    Carries what the manifest knows: name, id, disks (interface, boot, alias)
+    and NICs; CPU, memory and OS take the engine's defaults.
+    """
+    from xml.sax.saxutils import quoteattr
+
+    files, disks, items = [], [], []
+    for d in manifest.disks:
+        image = d.image_id or d.id
+        ref = f"{d.id}/{image}"
+        files.append(f"<File ovf:href={quoteattr(ref)} ovf:id={quoteattr(image)}/>")
+        disks.append(
+            f"<Disk ovf:diskId={quoteattr(image)} ovf:fileRef={quoteattr(ref)} "
+            f'ovf:size="{-(-d.size // 2**30)}" '
+            f'ovf:volume-format="{"COW" if d.format == "cow" else "RAW"}" '
+            f'ovf:volume-type="{"Sparse" if d.sparse else "Preallocated"}" '
+            f"ovf:disk-interface={quoteattr(_IFACE_TO_OVF.get(d.interface or '', 'VirtIO_SCSI'))} "
+            f'ovf:boot="{"true" if d.bootable else "false"}" ovf:disk-alias={quoteattr(d.alias)}/>'
+        )
+        items.append(
+            "<Item><rasd:ResourceType>17</rasd:ResourceType>"
+            f"<rasd:InstanceId>{image}</rasd:InstanceId>"
+            f"<rasd:HostResource>{ref}</rasd:HostResource>"
+            f"<IsPlugged>{'true' if d.active else 'false'}</IsPlugged></Item>"
+        )
+    for n in manifest.nics:
+        items.append(
+            "<Item><rasd:ResourceType>10</rasd:ResourceType>"
+            f"<rasd:ResourceSubType>{_NIC_SUBTYPE.get(n.interface or '', '3')}</rasd:ResourceSubType>"
+            f"<rasd:Name>{_xml_text(n.name)}</rasd:Name>"
+            f"<rasd:Connection>{_xml_text(n.network or n.vnic_profile_name or '')}</rasd:Connection>"
+            + (f"<rasd:MACAddress>{_xml_text(n.mac)}</rasd:MACAddress>" if n.mac else "")
+            + "</Item>"
+        )
+    kind = "ovf:VirtualSystem_Type"  # the engine's layout for templates too
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<ovf:Envelope xmlns:ovf="{OVF_NS}" xmlns:rasd="{RASD_NS}" '
+        f'xmlns:vssd="{_NS_PREFIXES_VSSD}" xmlns:xsi="{XSI_NS}" ovf:version="4.4.0.0">'
+        f"<References>{''.join(files)}</References>"
+        f'<Section xsi:type="ovf:DiskSection_Type"><Info>List of Virtual Disks</Info>{"".join(disks)}</Section>'
+        f'<Content ovf:id="out" xsi:type="{kind}"><Name>{_xml_text(manifest.owner_name)}</Name>'
+        f'<Section ovf:id="{manifest.owner_id}" ovf:required="false" '
+        'xsi:type="ovf:OperatingSystemSection_Type"><Info>Guest Operating System</Info>'
+        "<Description>other_linux</Description></Section>"
+        '<Section xsi:type="ovf:VirtualHardwareSection_Type"><Info>hardware</Info>'
+        f"{''.join(items)}</Section></Content></ovf:Envelope>\n"
+    )
+
+
+def _xml_text(text: str) -> str:
+    from xml.sax.saxutils import escape
+
+    return escape(text)
+
+
+_NS_PREFIXES_VSSD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
 
 _NS_PREFIXES = {
     "ovf": OVF_NS,

@@ -301,13 +301,39 @@ def test_option_vm_force_overwrite_replaces_a_down_vm(
     assert first["id"] not in vms and first["disks"][0]["id"] not in disks
 
 
-def test_template_options_are_refused_clearly(
+def test_template_name_on_a_vm_set_is_refused_clearly(
     sim: Any, mnt: SimMount, sets: dict[str, Path]
 ) -> None:
+    """The engine facade has no create_template(vm): refused before any engine change."""
     before = engine_state(sim)
     status = restore_myvm0(mnt, sets, "m0-tpl", "template_name = m0tpl\nremove_base_vm = yes\n")
     assert status["phase"] == "failed" and "create_template" in status["error"]
+    assert status["errno"] == "ENOTSUP"
     assert engine_state(sim) == before
+
+
+def test_template_set_restores_as_template(sim: Any, mnt: SimMount, tmp_path: Path) -> None:
+    set_dir = tmp_path / "tpl"
+    subprocess.run(
+        ["cp", "-a", str(mnt.mnt / "templates/mytemplate/@rhv"), str(set_dir)], check=True
+    )
+    target = start_restore(mnt, "mytemplate-copy")
+    subprocess.run(["cp", "-a", f"{set_dir}/.", str(target)], check=True)
+    status = wait_status(mnt, "mytemplate-copy")
+    assert status["phase"] == "done", status["error"]
+    conn = sim.sdk_connection()
+    try:
+        templates = conn.system_service().templates_service()
+        service = templates.template_service(status["template_id"])
+        assert service.get().name == "mytemplate-copy"
+        atts = service.disk_attachments_service().list()
+        src = manifest_disks(set_dir)[0]
+        assert len(atts) == 1 and atts[0].id != src["id"]
+        assert sim.admin.disk_sha256(atts[0].id) == sim.admin.disk_sha256(src["id"])
+        assert [n.name for n in service.nics_service().list()] == ["nic1"]
+        service.remove()
+    finally:
+        conn.close()
 
 
 # -- bad input ----------------------------------------------------------------------------

@@ -156,6 +156,8 @@ class FakeEngine:
         self.attachments: dict[str, list[DiskAttachment]] = {}
         self.nics: dict[str, list[Nic]] = {}
         self.templates: dict[str, Template] = {}
+        self.template_attachments: dict[str, list[DiskAttachment]] = {}
+        self.template_ovfs: list[str] = []
         self.transfers: dict[str, tuple[str, str]] = {}  # id -> (disk id, phase)
         self.ovfs: list[tuple[str, str | None, bool]] = []
         self.calls: list[str] = []
@@ -317,6 +319,27 @@ class FakeEngine:
 
     async def remove_template(self, template_id: str) -> None:
         self.templates.pop(template_id, None)
+        for att in self.template_attachments.pop(template_id, []):
+            self.disks.pop(att.disk.id, None)
+            self.content.pop(att.disk.id, None)
+
+    async def create_template_from_ovf(
+        self, *, ovf: str, cluster: str, name: str | None = None
+    ) -> Template:
+        self._maybe_fail("create_template_from_ovf")
+        tpl = Template(id=str(uuid.uuid4()), name=name or "t", status="ok")
+        self.templates[tpl.id] = tpl
+        used = {a.disk.id for atts in self.attachments.values() for a in atts}
+        self.template_attachments[tpl.id] = [
+            DiskAttachment(disk=d, interface="virtio_scsi", bootable=False)
+            for d in self.disks.values()
+            if d.id in ovf and d.id not in used
+        ]
+        self.template_ovfs.append(ovf)
+        return tpl
+
+    async def template_disk_attachments(self, template_id: str) -> list[DiskAttachment]:
+        return list(self.template_attachments.get(template_id, []))
 
 
 class FakeImage:

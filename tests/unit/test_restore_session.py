@@ -22,7 +22,7 @@ from test_restore_fakes import (
 )
 
 from rhvfs.config import Config
-from rhvfs.engine.types import Vm
+from rhvfs.engine.types import Template, Vm
 from rhvfs.errors import RestoreError
 from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore_staging import StagingArea
@@ -368,13 +368,44 @@ async def test_engine_failure_while_creating_vm_rolls_back_everything(h: Harness
 
 async def test_template_set_restores_as_template(h: Harness) -> None:
     s = make_set(kind="template", name="tpl")
-    session = h.manager.create("tpl2")
+    first = h.manager.create("tpl1")
+    await h.copy(first, s)
+    assert (await h.settle(first))["phase"] == "done"
+    session = h.manager.create("tpl2")  # a second copy: the original disk ids are taken now
     await h.copy(session, s)
     status = await h.settle(session)
     assert status["phase"] == "done", status["error"]
-    assert [t.name for t in h.engine.templates.values()] == ["tpl2"]
-    assert status["template_id"] is not None and status["vm_id"] is None
-    assert h.engine.vms == {}  # the base VM was removed
+    assert sorted(t.name for t in h.engine.templates.values()) == ["tpl1", "tpl2"]
+    assert status["vm_id"] is None and h.engine.vms == {}
+    atts = h.engine.template_attachments[status["template_id"]]
+    assert len(atts) == 2 and not {a.disk.id for a in atts} & set(DISK_IDS)
+    assert DISK_IDS[0] not in h.engine.template_ovfs[-1]  # references rewritten to new disks
+    for att in atts:
+        d = next(x for x in s.manifest["disks"] if x["alias"] == att.disk.alias)
+        assert sha(h.engine.content[att.disk.id]) == sha(s.files[d["file"]])
+
+
+async def test_template_name_on_a_vm_set_makes_a_template_and_may_drop_the_vm(h: Harness) -> None:
+    s = make_set()
+    session = h.manager.create("base")
+    await h.write_file(
+        session, "rhvfs-restore.conf", b"template_name = golden\nremove_base_vm = yes\n"
+    )
+    await h.copy(session, s)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    assert [t.name for t in h.engine.templates.values()] == ["golden"]
+    assert h.engine.vms == {} and status["vm_id"] is None
+
+
+async def test_template_name_clash(h: Harness) -> None:
+    s = make_set(kind="template", name="tpl")
+    h.engine.templates["x"] = Template(id="x", name="tplx")
+    session = h.manager.create("tplx")
+    with pytest.raises(RestoreError) as e:
+        await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    assert e.value.errno == errno.EEXIST
+    assert h.engine.disks == {}
 
 
 async def test_cluster_id_from_manifest(h: Harness) -> None:
@@ -433,3 +464,24 @@ async def test_stopping_the_manager_mid_restore_rolls_back(tmp_path: Path) -> No
         nursery.cancel_scope.cancel()
     assert session.phase == "failed" and "stopped" in (session.error or "")
     assert engine.disks == {}
+
+
+PLACEHOLDER = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<!-- rhvfs: the engine returned no OVF for template tpl; see vm.xml -->\n"
+    b'<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" ovf:version="0.9"/>\n'
+    + b" " * 300
+    + b"\n"
+)
+
+
+async def test_placeholder_ovf_is_replaced_by_one_built_from_the_manifest(h: Harness) -> None:
+    s = make_set(kind="template", name="tpl")
+    s.files["vm.ovf"] = PLACEHOLDER
+    session = h.manager.create("tpl-from-manifest")
+    await h.copy(session, s)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    ovf = h.engine.template_ovfs[-1]
+    assert "OperatingSystemSection_Type" in ovf and "disk0" in ovf
+    assert len(h.engine.template_attachments[status["template_id"]]) == 2
