@@ -127,6 +127,9 @@ class DiskChannel:
         self.keepalives = 0
         self.inflight = 0
         self.last_activity = trio.current_time()
+        self.extents: list[Any] | None = None
+        self.retired_stats: list[Any] = []  # statistics of readers dropped earlier
+        self._keepalive_started = False
         self._stack: AsyncExitStack | None = None
         self._lock = trio.Lock()
         self._open_lock = trio.Lock()
@@ -171,9 +174,12 @@ class DiskChannel:
         async with self._open_lock:
             if self.reader is not None:
                 return self.reader
-            await self._recreate(self.generation)
+            if self.client is None:
+                await self._recreate(self.generation)
             assert self.client is not None
-            extents = list(await self.client.extents())
+            if self.extents is None:
+                self.extents = list(await self.client.extents())  # once per disk
+            extents = self.extents
             size = sum(e.length for e in extents)
             if size != self.disk.provisioned_size:
                 raise DataIntegrityError(
@@ -190,9 +196,17 @@ class DiskChannel:
                 streams=streams,
                 nursery=nursery,
             )
-            if self.session.deps.config.inactivity_timeout > 0:
+            if self.session.deps.config.inactivity_timeout > 0 and not self._keepalive_started:
+                self._keepalive_started = True
                 nursery.start_soon(self._keepalive)
             return self.reader
+
+    async def drop_reader(self) -> None:
+        """Free the reader's buffers (no handle reads this disk now); the transfer stays."""
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            self.retired_stats.append(reader.statistics())
+            await reader.aclose()
 
     async def _recreate(self, seen_generation: int) -> None:
         """Replace the transfer and client, unless another task already did since ``seen_generation``."""
@@ -312,14 +326,16 @@ class DiskChannel:
             await self._drop_transfer(cancel=False)
 
     def statistics(self) -> dict[str, Any]:
-        stats = self.reader.statistics() if self.reader is not None else None
+        stats = list(self.retired_stats)
+        if self.reader is not None:
+            stats.append(self.reader.statistics())
         return {
             "disk_id": self.disk.id,
             "transfer_id": self.transfer.id if self.transfer else None,
             "recreated": self.recreations,
             "keepalives": self.keepalives,
-            "bytes_fetched": getattr(stats, "bytes_fetched", None),
-            "requests": getattr(stats, "requests", None),
+            "bytes_fetched": sum(getattr(x, "bytes_fetched", 0) for x in stats),
+            "requests": sum(getattr(x, "requests", 0) for x in stats),
         }
 
 
@@ -347,7 +363,7 @@ class BackupSession:
         self.entries_by_key: dict[str, SetEntry] = {}
         self.contents: dict[str, bytes | RhvfsError] = {}
         self.channels: dict[str, DiskChannel] = {}
-        self.handles: set[int] = set()
+        self.handles: dict[int, str] = {}  # handle id -> key
         self.bytes_read = 0
         self.ready = trio.Event()
         self.closed = trio.Event()
@@ -619,12 +635,22 @@ class BackupSession:
         self.bytes_read += len(data)
         return data
 
-    def forget_handle(self, handle_id: int, key: str) -> None:
-        """Drop a released handle's sequential-access state in its disk's reader."""
-        disk_id = disk_id_of_key(key)
+    def add_handle(self, handle_id: int, key: str) -> None:
+        self.cancel_grace()
+        self.handles[handle_id] = key
+
+    async def remove_handle(self, handle_id: int) -> None:
+        """Forget a released handle; the last one of a disk frees that disk's read buffers."""
+        key = self.handles.pop(handle_id, None)
+        disk_id = disk_id_of_key(key) if key else None
         channel = self.channels.get(disk_id) if disk_id else None
-        if channel is not None and channel.reader is not None:
+        if channel is None or channel.reader is None:
+            return
+        if key in self.handles.values():
             channel.reader.forget_handle(handle_id)
+        else:
+            # Memory stays bounded by the disks being read, not by all disks read so far.
+            await channel.drop_reader()
 
     def _disk_budget(self) -> int:
         """The session's prefetch memory, split between its disks (at least 16 MiB each)."""

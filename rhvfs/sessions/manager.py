@@ -384,9 +384,8 @@ class BackupManager:
                 continue  # it started closing meanwhile: wait for it and start afresh
             if key not in session.entries_by_key:
                 raise NotFound(f"{key} is not part of the backup set of {owner.name}")
-            session.cancel_grace()
             handle = next(self._handle_ids)
-            session.handles.add(handle)
+            session.add_handle(handle, key)
             self._handles[handle] = (session, key)
             return handle
 
@@ -422,9 +421,8 @@ class BackupManager:
         item = self._handles.pop(handle, None)
         if item is None:
             return
-        session, key = item
-        session.handles.discard(handle)
-        session.forget_handle(handle, key)
+        session = item[0]
+        await session.remove_handle(handle)
         if not session.handles and session.state in ("ready", "broken"):
             session.schedule_close(self.config.grace_period)
 

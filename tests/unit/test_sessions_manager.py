@@ -498,3 +498,29 @@ async def test_shareable_and_lun_disks_are_not_part_of_the_set(
     doc = json.loads(await rig.read_all(owner, config_key("manifest.json")))
     assert [d["alias"] for d in doc["disks"]] == ["os"]
     assert await rig.manager.list_set(owner) == listed
+
+
+async def test_releasing_a_disk_frees_its_buffers_but_keeps_the_transfer(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1", disks=[("a", MiB), ("b", MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    ka, kb = (disk_key(d) for d in rig.engine.disk_ids(vm.id))
+    h1 = await rig.manager.open(owner, ka)
+    h2 = await rig.manager.open(owner, ka)
+    hb = await rig.manager.open(owner, kb)
+    first = await rig.manager.read(h1, 0, MiB)
+    await rig.manager.read(hb, 0, 4096)
+    await rig.manager.release(h1)
+    assert not rig.plane.readers[0].closed  # h2 still reads disk a
+    assert rig.plane.readers[0].forgotten == [h1]
+    await rig.manager.release(h2)
+    assert rig.plane.readers[0].closed  # nobody reads disk a: its buffers are gone
+    h3 = await rig.manager.open(owner, ka)
+    assert await rig.manager.read(h3, 0, MiB) == first
+    assert len(rig.plane.readers) == 3 and not rig.plane.readers[2].closed
+    assert rig.engine.calls.count("start_transfer") == 2  # one per disk, reused
+    (da, _) = rig.manager.status()["sessions"][0]["disks"]
+    assert da["bytes_fetched"] == 2 * MiB  # both readers of disk a counted
+    for h in (h3, hb):
+        await rig.manager.release(h)
