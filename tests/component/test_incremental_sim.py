@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,22 @@ from rhvfs.sessions.incremental import IncrementalManager, SetKind
 from rhvfs.sessions.journal import Journal
 from rhvfs.sessions.model import Owner, SetEntry
 from rhvfs.sessions.qcow2delta import read_allocation, read_header
+from tests.conftest import start_sim
 
 MiB = 1024 * 1024
 FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
 VM = "myvm0"
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private simulator: these tests write into guest disks, which must not disturb
+    the shared one (other tests read the guests' filesystems)."""
+    s = start_sim(tmp_path_factory.mktemp("incsim"), sample=True, delay_s=0.0)
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 class Rig:

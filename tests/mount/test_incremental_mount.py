@@ -22,11 +22,28 @@ import ovirtsdk4
 import pytest
 
 from rhvfs.sessions.chain import ChainSet, ChainState
+from tests.conftest import start_sim
 
 pytestmark = pytest.mark.slow
 RHVFS = [sys.executable, "-m", "rhvfs.cli"]
 MiB = 1024 * 1024
 VM = "myvm0"
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private simulator: these tests write into guest disks, which must not disturb
+    the shared one (other tests read the guests' filesystems)."""
+    s = start_sim(tmp_path_factory.mktemp("incsim"), sample=True, delay_s=0.0)
+    # short listing cache: a set outlives it by a second, and each set waits for its end
+    text = s.conf_file.read_text()
+    s.conf_file.write_text(
+        text.replace(f"[{s.section}]\n", f"[{s.section}]\nlisting_ttl = 0.5\n", 1)
+    )
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 class Mount:
