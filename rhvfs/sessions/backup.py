@@ -76,6 +76,7 @@ BACKUP_REFUSED_STATES = {
 #: How long to wait for a VM in a transitional state (image_locked, migrating...).
 STATE_WAIT_S = 30.0
 MAX_TICKET_RECREATIONS = 3
+MIN_READER_BUDGET = 16 * 1024 * 1024
 
 
 def snapshot_description(session_id: str, proc: ProcessIdentity, when: datetime) -> str:
@@ -128,6 +129,7 @@ class DiskChannel:
         self.inflight = 0
         self.last_activity = trio.current_time()
         self.extents: list[Any] | None = None
+        self.memory_budget = 0  # bytes promised to the live reader
         self.retired_stats: list[Any] = []  # statistics of readers dropped earlier
         self._keepalive_started = False
         self._stack: AsyncExitStack | None = None
@@ -168,7 +170,10 @@ class DiskChannel:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def ensure_reader(self, nursery: trio.Nursery, *, memory_budget: int) -> ReaderLike:
+    async def ensure_reader(
+        self, nursery: trio.Nursery, *, budget: Callable[[], int]
+    ) -> ReaderLike:
+        """The disk's reader, created on first use with ``budget()`` bytes of prefetch memory."""
         if self.reader is not None:
             return self.reader
         async with self._open_lock:
@@ -188,6 +193,7 @@ class DiskChannel:
             caps = self.client.capabilities
             max_readers = int(getattr(caps, "max_readers", 1) or 1)
             streams = max(1, min(self.session.deps.config.prefetch_streams, max_readers))
+            memory_budget = budget()
             self.reader = await self.session.deps.reader_factory(
                 self,
                 size=size,
@@ -196,6 +202,7 @@ class DiskChannel:
                 streams=streams,
                 nursery=nursery,
             )
+            self.memory_budget = memory_budget
             if self.session.deps.config.inactivity_timeout > 0 and not self._keepalive_started:
                 self._keepalive_started = True
                 nursery.start_soon(self._keepalive)
@@ -204,6 +211,7 @@ class DiskChannel:
     async def drop_reader(self) -> None:
         """Free the reader's buffers (no handle reads this disk now); the transfer stays."""
         reader, self.reader = self.reader, None
+        self.memory_budget = 0
         if reader is not None:
             self.retired_stats.append(reader.statistics())
             await reader.aclose()
@@ -619,9 +627,7 @@ class BackupSession:
                 reader = channel.reader
                 if reader is None:
                     assert self._nursery is not None
-                    reader = await channel.ensure_reader(
-                        self._nursery, memory_budget=self._disk_budget()
-                    )
+                    reader = await channel.ensure_reader(self._nursery, budget=self._disk_budget)
                 data = await reader.read(offset, size, handle_id=handle_id)
             except (trio.Cancelled, SessionClosed):
                 raise
@@ -653,9 +659,17 @@ class BackupSession:
             await channel.drop_reader()
 
     def _disk_budget(self) -> int:
-        """The session's prefetch memory, split between its disks (at least 16 MiB each)."""
-        n = max(1, len(self.disks))
-        return max(16 * 1024 * 1024, self.deps.config.prefetch_memory // n)
+        """Prefetch memory for a new reader: the session's budget shared by the disks open now.
+
+        A tool that reads disks one after the other (tar, cp) gives each the whole
+        budget (a released disk's reader is freed); disks read at the same time
+        share it. Never less than ``MIN_READER_BUDGET`` (the reader needs whole chunks).
+        """
+        total = self.deps.config.prefetch_memory
+        open_disks = {disk_id_of_key(k) for k in self.handles.values()} - {None}
+        share = total // max(1, len(open_disks))
+        in_use = sum(ch.memory_budget for ch in self.channels.values() if ch.reader is not None)
+        return max(MIN_READER_BUDGET, min(share, total - in_use))
 
     # -- cleanup --------------------------------------------------------------
 

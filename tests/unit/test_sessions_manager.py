@@ -524,3 +524,27 @@ async def test_releasing_a_disk_frees_its_buffers_but_keeps_the_transfer(
     assert da["bytes_fetched"] == 2 * MiB  # both readers of disk a counted
     for h in (h3, hb):
         await rig.manager.release(h)
+
+
+async def test_prefetch_memory_is_shared_by_the_disks_being_read(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    assert rig.config.prefetch_memory == 64 * MiB
+    vm = rig.engine.add_vm("v1", disks=[("a", MiB), ("b", MiB), ("c", MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    ka, kb, kc = (disk_key(d) for d in rig.engine.disk_ids(vm.id))
+    # One after the other (tar): each disk gets the whole budget.
+    assert len(await rig.read_all(owner, ka)) == MiB
+    assert len(await rig.read_all(owner, kb)) == MiB
+    assert [r.memory_budget for r in rig.plane.readers] == [64 * MiB, 64 * MiB]
+    # Two at once: they share it.
+    ha, hb = await rig.manager.open(owner, ka), await rig.manager.open(owner, kb)
+    await rig.manager.read(ha, 0, 4096)
+    await rig.manager.read(hb, 0, 4096)
+    assert [r.memory_budget for r in rig.plane.readers[2:]] == [32 * MiB, 32 * MiB]
+    # A third while two hold it all: the minimum that still works.
+    hc = await rig.manager.open(owner, kc)
+    await rig.manager.read(hc, 0, 4096)
+    assert rig.plane.readers[4].memory_budget == 16 * MiB
+    for h in (ha, hb, hc):
+        await rig.manager.release(h)
