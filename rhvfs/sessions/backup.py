@@ -7,7 +7,10 @@ configuration as of that snapshot, and then serves reads. Each disk gets a
 ``DiskChannel`` on first use: an image transfer of the snapshot volume, an
 imageio client, the extent map (once) and a prefetching reader. The channel is
 the reader's ``BlockSource``: a ``TicketGone`` recreates the transfer and the
-read is retried, and an idle transfer is kept alive with a 4 KiB read.
+read is retried, and an idle transfer is kept alive with a 4 KiB read. When
+the last handle of a disk is released its reader (and its buffers) is freed;
+the transfer and extent map stay for the life of the session. New readers get
+the session's prefetch memory shared by the disks open at that moment.
 
 When asked to close (grace timer, unmount) every transfer is finalized, the
 snapshot removed (retrying while the engine keeps it locked) and the journal
@@ -15,7 +18,9 @@ entry cleared, shielded from cancellation under a deadline.
 
 Invariants that hold between awaits: ``state`` only moves forward
 (starting -> ready|broken -> closing -> closed); ``channels`` only grows while
-ready; a channel's ``generation`` changes only under its lock.
+ready; a channel's ``generation`` changes only under its lock; ``handles``
+maps every open handle to its key, and a channel has a reader only while (or
+just after) some handle of its disk is open.
 
 Must not: know about inodes, handles' files or pyfuse3; decide set sizes
 (the manager's ``freeze`` callback does).
