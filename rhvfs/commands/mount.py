@@ -21,6 +21,7 @@ import functools
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -172,6 +173,22 @@ def _read_status(mountpoint: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
     return result[0]  # type: ignore[no-any-return]
 
 
+def is_mounted(path: str) -> bool:
+    """Whether ``path`` is a mountpoint, from /proc/self/mountinfo: never touches the
+    mount itself, so a hung FUSE daemon can't block it (``os.path.ismount`` would)."""
+    target = os.path.abspath(path)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(" ")
+                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+                if point == target:
+                    return True
+    except OSError:
+        return os.path.ismount(target)
+    return False
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -198,11 +215,14 @@ def cmd_umount(argv: Sequence[str]) -> int:
     )
     args = p.parse_args(list(argv))
     mnt = os.path.abspath(args.mountpoint)
-    if not os.path.ismount(mnt):
+    if not is_mounted(mnt):
         raise ConfigError(f"{mnt} is not mounted")
     pid: int | None = None
+    hung = False
     try:
         pid = int(_read_status(mnt)["pid"])
+    except TimeoutError:
+        hung = True  # our own reader is stuck on the mount: only a lazy unmount can succeed
     except (OSError, ValueError, KeyError, TypeError):
         pid = None
     if pid is not None and _alive(pid):
@@ -212,11 +232,12 @@ def cmd_umount(argv: Sequence[str]) -> int:
             raise ConfigError(f"cannot signal the mount process {pid}: {e.strerror}") from None
         if not _wait(lambda: not _alive(pid), args.timeout):
             raise RhvfsError(f"mount process {pid} still cleaning up after {args.timeout:.0f} s")
-    if os.path.ismount(mnt):  # crashed process, or one in another pid namespace
-        result = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
+    if is_mounted(mnt):  # crashed or hung process, or one in another pid namespace
+        command = ["fusermount3", "-u", *(["-z"] if hung else []), mnt]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RhvfsError(f"fusermount3 -u {mnt}: {result.stderr.strip()}")
-        _wait(lambda: not os.path.ismount(mnt), 10.0)
+            raise RhvfsError(f"{' '.join(command)}: {result.stderr.strip()}")
+        _wait(lambda: not is_mounted(mnt), 10.0)
     return 0
 
 
@@ -228,7 +249,9 @@ def cmd_status(argv: Sequence[str]) -> int:
     try:
         status = _read_status(args.mountpoint)
     except OSError as e:
-        raise ConfigError(f"{args.mountpoint} is not a live rhvfs mount: {e.strerror or e}") from None
+        raise ConfigError(
+            f"{args.mountpoint} is not a live rhvfs mount: {e.strerror or e}"
+        ) from None
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -206,3 +207,22 @@ def test_restic_second_run_over_a_new_mount_sees_files_unchanged(tmp_path: Path)
     assert summaries[0]["files_new"] == 6
     assert summaries[1]["files_new"] == 0 and summaries[1]["files_changed"] == 0
     assert summaries[1]["files_unmodified"] == 6
+
+
+def test_umount_of_a_hung_mount_detaches_it(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    m = FakeMount(mnt)
+    os.kill(m.proc.pid, signal.SIGSTOP)  # the mount process answers nothing any more
+    try:
+        result = subprocess.run(
+            [*RHVFS, "umount", "--timeout", "5", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert not os.path.ismount(mnt)
+    finally:
+        os.kill(m.proc.pid, signal.SIGCONT)
+        m.proc.communicate(timeout=30)
