@@ -254,17 +254,14 @@ def test_suspended_vm_gets_ebusy_and_a_status_entry(mounted: SimMount) -> None:
     assert "suspended" in json.dumps(mounted.status()["sessions"])
 
 
-def test_sigkilled_mount_leftovers_are_removed_by_the_next_mount(
-    sim: Any, tmp_path: Path, state_dir: Path
-) -> None:
-    before = snapshot_ids(sim, "db01")
-    first = SimMount(sim, tmp_path / "mnt", state_dir)
+def kill_mid_backup(sim: Any, mnt: Path, state_dir: Path, vm: str) -> None:
+    """Mount, start reading ``vm``'s set, SIGKILL the mount process, detach the dead mount."""
+    first = SimMount(sim, mnt, state_dir)
     try:
-        set_dir = first.mnt / "vms/db01/@rhv"
+        set_dir = first.mnt / "vms" / vm / "@rhv"
         image = next(n for n in os.listdir(set_dir) if n.endswith(".raw"))
         f = open(set_dir / image, "rb")  # noqa: SIM115 - closed after the kill, on a dead mount
         f.read(MiB)  # session started, a transfer is live
-        assert len(snapshot_ids(sim, "db01")) == len(before) + 1
         assert live_transfers(sim)
         os.kill(first.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
@@ -278,11 +275,47 @@ def test_sigkilled_mount_leftovers_are_removed_by_the_next_mount(
             os.kill(first.pid, signal.SIGKILL)
         # `rhvfs umount` detaches a mount whose process is gone
         subprocess.run([*RHVFS, "umount", str(first.mnt)], check=True, timeout=60)
+
+
+def test_sigkilled_mount_leftovers_are_removed_by_the_next_mount(
+    sim: Any, tmp_path: Path, state_dir: Path
+) -> None:
+    before = snapshot_ids(sim, "db01")
+    kill_mid_backup(sim, tmp_path / "mnt", state_dir, "db01")
+    assert len(snapshot_ids(sim, "db01")) == len(before) + 1
     second = SimMount(sim, tmp_path / "mnt", state_dir)
     try:
         assert wait_for(lambda: snapshot_ids(sim, "db01") == before and not live_transfers(sim), 60)
     finally:
         second.umount()
+
+
+def test_rhvfs_gc_dry_run_then_removal(sim: Any, tmp_path: Path, state_dir: Path) -> None:
+    before = snapshot_ids(sim, "db01")
+    kill_mid_backup(sim, tmp_path / "mnt", state_dir, "db01")
+    leftover = set(snapshot_ids(sim, "db01")) - set(before)
+    assert len(leftover) == 1
+    gc = [
+        *RHVFS,
+        "gc",
+        "-c",
+        sim.section,
+        "--config-file",
+        str(sim.conf_file),
+        "--state-dir",
+        str(state_dir),
+    ]
+    dry = subprocess.run([*gc, "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    assert next(iter(leftover)) in dry.stdout
+    assert set(snapshot_ids(sim, "db01")) - set(before) == leftover  # dry run removed nothing
+    done = subprocess.run(gc, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert next(iter(leftover)) in done.stdout
+    assert snapshot_ids(sim, "db01") == before
+    assert not live_transfers(sim)
+    again = subprocess.run(gc, capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip() == "nothing to clean up"
 
 
 def test_umount_during_a_read_cleans_up(sim: Any, tmp_path: Path, state_dir: Path) -> None:
