@@ -82,6 +82,7 @@ def by_id_or_name(table: dict[str, T], ref: Any, what: str) -> T:
 # search
 
 
+_TEXT_FIELDS = {"name", "alias", "description"}
 _PAGE = re.compile(r"(?:^|\s+and\s+|\s+)page\s+(\d+)\s*$", re.IGNORECASE)
 
 
@@ -111,7 +112,9 @@ def search(
                     f"Unknown search field {field.strip()!r}", reason="Invalid search"
                 )
             pattern = value.strip().strip("\"'")
-            result = [r for r in result if _match(getter(r), pattern, case_sensitive)]
+            # Enum-like fields (status=Up) match regardless of case, as on the engine.
+            exact = case_sensitive and field.strip().lower() in _TEXT_FIELDS
+            result = [r for r in result if _match(getter(r), pattern, exact)]
     limit = int(req.query["max"]) if req.query.get("max", "").lstrip("-").isdigit() else -1
     if page:
         size = limit if limit > 0 else len(result) or 1

@@ -710,3 +710,29 @@ def test_clone_vm_from_snapshot_copies_the_snapshot_content(
         assert sorted(s.admin.disk_sha256(a.id) for a in atts) == expected
     finally:
         conn.close()
+
+
+def test_membership_searches_used_by_upstream_clients(sim: Any) -> None:
+    conn = sim.sdk_connection()
+    try:
+        system = conn.system_service()
+        dcs = system.data_centers_service()
+        assert [d.name for d in dcs.list(search="storage.name=mydata", case_sensitive=True)] == [
+            "Default"
+        ]
+        assert [d.name for d in dcs.list(search="storage.name=remote-data")] == ["remote"]
+        assert [d.name for d in dcs.list(search="Clusters.name=mycluster")] == ["Default"]
+        hosts = system.hosts_service().list(
+            search="datacenter=Default and status=Up", case_sensitive=True
+        )
+        assert [h.name for h in hosts] == ["host1"]
+        assert sorted(v.name for v in system.vms_service().list(search="tag=production")) == [
+            "db01",
+            "web01",
+        ]
+        assert [v.name for v in system.vms_service().list(search="status=up")] == ["web01"]
+        with pytest.raises(sdk.Error) as err:
+            system.vms_service().list(search="colour=blue")
+        assert err.value.code == 400
+    finally:
+        conn.close()
