@@ -166,7 +166,7 @@ def check_same_vm(sim: Any, set_dir: Path, restored: dict[str, Any]) -> None:
 # -- round trips ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tool", ["tar", "cp", "rsync"])
+@pytest.mark.parametrize("tool", ["tar", "cp", "rsync", "rsync-inplace"])
 def test_round_trip(
     sim: Any, mnt: SimMount, sets: dict[str, Path], tmp_path: Path, tool: str, cleanup: list[str]
 ) -> None:
@@ -184,8 +184,10 @@ def test_round_trip(
         )
     elif tool == "cp":
         subprocess.run(["cp", "-a", f"{set_dir}/.", str(target)], check=True)
-    else:
+    elif tool == "rsync":
         subprocess.run(["rsync", "-a", f"{set_dir}/", f"{target}/"], check=True)
+    else:
+        subprocess.run(["rsync", "-a", "--inplace", f"{set_dir}/", f"{target}/"], check=True)
     status = wait_status(mnt, name)
     assert status["phase"] == "done", status["error"]
     restored = vm_details(sim, name)
@@ -195,6 +197,11 @@ def test_round_trip(
     original = vm_details(sim, "web01")
     assert original is not None and original["status"] == "up"  # the original is untouched
     assert restored["nics"][0][1] != original["nics"][0][1]  # auto: its MAC is in use, so new
+    assert mnt.status()["restores"][name] == {
+        "phase": "done",
+        "vm_id": status["vm_id"],
+        "error": None,
+    }
 
 
 # -- one test per option --------------------------------------------------------------------
