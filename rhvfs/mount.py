@@ -195,6 +195,7 @@ async def serve(
                     "started": started,
                     "uptime_s": round(time.time() - started, 1),
                     "open_files": vfs.open_handles,
+                    "restores": back.restores.status() if back.restores is not None else {},
                     "stopping": stopping.is_set(),
                 }
 
