@@ -203,6 +203,72 @@ def reader_extents(
     return out
 
 
+def delta_file_extents(delta: Qcow2Delta, extents: Sequence[Any]) -> list[Extent]:
+    """A zero-context extent map of a delta FILE for its reader: data where a data
+    cluster holds non-zero guest bytes, zero elsewhere (metadata, zero parts of
+    dirty clusters, the tail past the virtual size), so only those go over HTTP."""
+    wanted = [(a.start, a.start + a.length) for a in delta.changed_ranges() if a.kind == "data"]
+    guest = [
+        (e.start, e.start + e.length)
+        for e in reader_extents(delta.virtual_size, wanted, extents)
+        if not e.zero
+    ]
+    data: list[tuple[int, int]] = []
+    runs = [a for a in delta.changed_ranges() if a.kind == "data"]
+    i = 0
+    for gs, ge in guest:  # each lies inside one run: runs are separated by non-data
+        while runs[i].start + runs[i].length <= gs:
+            i += 1
+        run = runs[i]
+        assert run.file_offset is not None and run.start <= gs and ge <= run.start + run.length
+        fs = run.file_offset + (gs - run.start)
+        if data and data[-1][1] == fs:
+            data[-1] = (data[-1][0], fs + ge - gs)
+        else:
+            data.append((fs, fs + ge - gs))
+    out: list[Extent] = []
+    pos = 0
+    for s, e in data:
+        if s > pos:
+            out.append(Extent(pos, s - pos, zero=True))
+        out.append(Extent(s, e - s, zero=False))
+        pos = e
+    if pos < delta.size:
+        out.append(Extent(pos, delta.size - pos, zero=True))
+    return out
+
+
+async def _no_fetch(guest: int, length: int) -> bytes:
+    raise AssertionError(f"metadata reads fetch no guest data ({guest}+{length})")
+
+
+class DeltaSource:
+    """``BlockSource`` in delta-file offsets: data clusters map back to guest offsets.
+
+    The reader of a delta works in file offsets, where the data is dense and
+    sequential, while the guest ranges behind it are scattered.
+    """
+
+    def __init__(self, delta: Qcow2Delta, channel: DiskChannel) -> None:
+        self.delta = delta
+        self.channel = channel
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        end = offset + len(buf)
+        covered = max(offset, self.delta.metadata_size)
+        if covered > offset:  # never asked for (zero in the reader's map); stay exact
+            buf[: covered - offset] = bytes(covered - offset)
+        for file_off, guest, n in self.delta.data_ranges(offset, len(buf)):
+            view = buf[file_off - offset : file_off - offset + n]
+            want = max(0, min(n, self.delta.virtual_size - guest))
+            if want:
+                await self.channel.read_into(guest, view[:want])
+            if want < n:
+                view[want:] = bytes(n - want)
+        if end > self.delta.size:
+            raise ValueError(f"read past the end of the delta: {offset}+{len(buf)}")
+
+
 def default_reader_factory(config: Config) -> ReaderFactory:
     """The block cache's ``ImageReader`` over a channel (prefetching, zero extents from memory)."""
 
@@ -307,7 +373,16 @@ class DiskChannel:
         assert self.client is not None
         return self.client
 
-    async def start_reader(self, zero_extents: Sequence[Any], *, nursery: trio.Nursery) -> None:
+    async def start_reader(
+        self,
+        extents: Sequence[Any],
+        *,
+        nursery: trio.Nursery,
+        size: int | None = None,
+        source: Any = None,
+    ) -> None:
+        """The prefetching reader: over the disk (guest offsets), or for a delta over
+        ``DeltaSource`` (delta-file offsets of ``size`` bytes)."""
         assert self.client is not None
         deps = self.session.deps
         caps = self.client.capabilities
@@ -315,9 +390,9 @@ class DiskChannel:
             1, min(deps.config.prefetch_streams, int(getattr(caps, "max_readers", 1) or 1))
         )
         self.reader = await deps.reader_factory(
-            self,
-            size=self.plan.disk.provisioned_size,
-            extents=list(zero_extents),
+            source if source is not None else self,
+            size=self.plan.disk.provisioned_size if size is None else size,
+            extents=list(extents),
             memory_budget=self.session.disk_budget(),
             streams=streams,
             nursery=nursery,
@@ -793,13 +868,12 @@ class IncrementalSession:
             plan.dirty_bytes = plan.disk.provisioned_size
             await channel.start_reader(zero, nursery=nursery)
         else:
-            wanted = [
-                (a.start, a.start + a.length)
-                for a in plan.delta.changed_ranges()
-                if a.kind == "data"
-            ]
-            size = plan.disk.provisioned_size
-            await channel.start_reader(reader_extents(size, wanted, zero), nursery=nursery)
+            await channel.start_reader(
+                delta_file_extents(plan.delta, zero),
+                nursery=nursery,
+                size=plan.delta.size,
+                source=DeltaSource(plan.delta, channel),
+            )
 
     async def _snapshot_for(self, vm_id: str, disks: list[Disk]) -> None:
         """A snapshot of the disks an incremental backup cannot include (read in full)."""
@@ -1001,11 +1075,19 @@ class IncrementalSession:
                 if delta is None:
                     data = await reader.read(offset, size, handle_id=handle_id)
                 else:
-
-                    async def fetch(guest: int, length: int) -> bytes:
-                        return await reader.read(guest, length, handle_id=handle_id)
-
-                    data = await delta.read(offset, size, fetch)
+                    # metadata from memory; data clusters through the reader in file
+                    # offsets, so sequential reads of the delta prefetch its scattered
+                    # guest ranges ahead
+                    parts = []
+                    meta_end = min(offset + size, delta.metadata_size)
+                    if offset < meta_end:
+                        parts.append(await delta.read(offset, meta_end - offset, _no_fetch))
+                    start = max(offset, delta.metadata_size)
+                    if start < offset + size:
+                        parts.append(
+                            await reader.read(start, offset + size - start, handle_id=handle_id)
+                        )
+                    data = b"".join(parts)
             except (trio.Cancelled, SessionClosed):
                 raise
             except RhvfsError as e:
