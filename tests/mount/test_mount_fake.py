@@ -109,6 +109,9 @@ def test_tree_symlinks_and_config(mount: FakeMount) -> None:
     assert (mnt / "storagedomains/mydata/free_space").read_text() == f"{5 << 30}\n"
     status = json.loads((mnt / ".rhvfs/status.json").read_bytes())
     assert status["mountpoint"] == str(mnt) and status["pid"] == mount.proc.pid
+    dev = os.stat(mnt).st_dev
+    bdi = Path(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb")
+    assert bdi.read_text().strip() == "4096"  # raised from the kernel's 128 KiB default
 
 
 def test_read_only_and_errors(mount: FakeMount) -> None:

@@ -356,3 +356,11 @@ def test_template_set_gives_the_template_disk(sim: Any, mounted: SimMount) -> No
     assert len(images) == 1
     for name, disk_id in images.items():
         assert file_sha(set_dir / name) == sim.admin.disk_sha256(disk_id)
+
+
+def test_paused_vm_set_reads_the_simulators_disk(sim: Any, mounted: SimMount) -> None:
+    set_dir = mounted.mnt / "vms/db01/@rhv"
+    images = set_images(set_dir)
+    assert len(images) == 1
+    for name, disk_id in images.items():
+        assert file_sha(set_dir / name) == sim.admin.disk_sha256(disk_id)
