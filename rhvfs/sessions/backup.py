@@ -690,10 +690,13 @@ class BackupSession:
             if not removed:
                 return  # keep the journal entry so gc can finish the job
         if self._journaled:
-            mine = [e for e in self.deps.journal.entries() if e.session_id == self.session_id]
-            if not mine or not mine[0].transfer_ids:
-                self.deps.journal.remove(self.session_id)
-                self._journaled = False
+            try:
+                mine = [e for e in self.deps.journal.entries() if e.session_id == self.session_id]
+                if not mine or not mine[0].transfer_ids:
+                    self.deps.journal.remove(self.session_id)
+                    self._journaled = False
+            except OSError as e:
+                self.note_error(f"cannot update the journal {self.deps.journal.path}: {e}")
 
     async def _close_channel(self, ch: DiskChannel) -> None:
         try:
