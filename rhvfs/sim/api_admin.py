@@ -130,6 +130,23 @@ def register(router: Router, e: Engine) -> None:
                 else:
                     api_transfers.expire_ticket(e, t)
             return json_response({"added": kind})
+        if kind in ("invalidate-checkpoint", "break-checkpoint"):
+            with st.lock:
+                cp = get_or_404(st.checkpoints, str(doc["checkpoint"]))
+                if kind == "invalidate-checkpoint":
+                    cp.state = "invalid"
+                else:
+                    # The record stays, the bitmaps are gone (a corrupted chain).
+                    for disk_id in cp.disk_ids:
+                        d = st.disks.get(disk_id)
+                        for vol in d.volumes if d is not None else []:
+                            if vol.fmt != "cow" or d is None:
+                                continue
+                            names = {b.name for b in e.storage.list_bitmaps(d.sd_id, d.id, vol.id)}
+                            if cp.id in names:
+                                e.storage.remove_bitmap(d.sd_id, d.id, vol.id, cp.id)
+                e.save()
+            return json_response({"added": kind})
         if kind == "storage-domain":
             with st.lock:
                 sd = next(

@@ -117,6 +117,9 @@ def _after_snapshot(e: Engine, backup_id: str, ok: bool) -> None:
             _fail(e, b)
             return
         _set_phase(e, b, "starting")
+        if not _bitmaps_consistent(e, b):
+            _fail(e, b)
+            return
         cp_id = b.pending_checkpoint_id
         try:
             if cp_id is not None:
@@ -143,6 +146,35 @@ def _after_snapshot(e: Engine, backup_id: str, ok: bool) -> None:
             return
         e.save()
         e.tasks.step(_ready, e, b.id)
+
+
+def _bitmaps_consistent(e: Engine, b: Backup) -> bool:
+    """vdsm refuses an incremental backup whose checkpoint bitmap is missing on a disk."""
+    if not b.from_checkpoint_id:
+        return True
+    for disk_id, mode in b.modes.items():
+        if mode != "incremental":
+            continue
+        d = e.state.disks[disk_id]
+        vol = next((v for v in d.volumes if v.snapshot_id == b.snapshot_id), None)
+        if vol is None or vol.fmt != "cow":
+            return False
+        names = {bm.name for bm in e.storage.list_bitmaps(d.sd_id, d.id, vol.id)}
+        if b.from_checkpoint_id not in names:
+            log.error(
+                "backup %s: bitmap %s is missing on volume %s of disk %s",
+                b.id,
+                b.from_checkpoint_id,
+                vol.id,
+                d.id,
+            )
+            e.state.add_event(
+                f"Backup {b.id}: checkpoint {b.from_checkpoint_id} bitmap is missing on disk {d.alias}.",
+                severity="error",
+                vm_id=b.vm_id,
+            )
+            return False
+    return True
 
 
 def _ready(e: Engine, backup_id: str) -> None:

@@ -97,7 +97,9 @@ class SimAdmin:
         """kinds: engine-error (method, path, status, times), engine-delay (method, path,
         delay, times), drop-imageio (after_bytes, times), pause-transfer (transfer),
         expire-ticket (transfer), revoke-tokens, storage-domain (name, status
-        e.g. "maintenance"/"active", capacity_bytes)."""
+        e.g. "maintenance"/"active", capacity_bytes), invalidate-checkpoint
+        (checkpoint: state becomes invalid), break-checkpoint (checkpoint: its
+        bitmaps vanish, the record stays; a backup from it fails)."""
         self._call("POST", "/faults", {"kind": kind, **params})
 
     def clear_faults(self) -> None:

@@ -736,3 +736,55 @@ def test_membership_searches_used_by_upstream_clients(sim: Any) -> None:
         assert err.value.code == 400
     finally:
         conn.close()
+
+
+@pytest.mark.slow
+def test_invalid_or_broken_checkpoints_refuse_incremental_backups(
+    sim_factory: Callable[..., Any],
+) -> None:
+    s = sim_factory()
+    conn = s.sdk_connection()
+    try:
+        vm = _vm(conn, "myvm0")
+        disk = _disk(conn, vm, "myvm0_Disk1")
+        backups = conn.system_service().vms_service().vm_service(vm.id).backups_service()
+
+        def backup(from_checkpoint: str | None) -> Any:
+            b = backups.add(
+                types.Backup(disks=[types.Disk(id=disk.id)], from_checkpoint_id=from_checkpoint)
+            )
+            bs = backups.backup_service(b.id)
+            phase = wait_for(
+                "ready or failed",
+                lambda: (
+                    (p := bs.get().phase) in (types.BackupPhase.READY, types.BackupPhase.FAILED)
+                    and p
+                ),
+            )
+            if phase == types.BackupPhase.READY:
+                bs.finalize()
+                wait_for("succeeded", lambda: bs.get().phase == types.BackupPhase.SUCCEEDED)
+            return bs.get()
+
+        first = backup(None)
+        second = backup(None)
+        assert first.phase == second.phase == types.BackupPhase.SUCCEEDED
+        s.admin.add_fault("invalidate-checkpoint", checkpoint=first.to_checkpoint_id)
+        with pytest.raises(sdk.Error) as err:
+            backups.add(
+                types.Backup(
+                    disks=[types.Disk(id=disk.id)], from_checkpoint_id=first.to_checkpoint_id
+                )
+            )
+        assert err.value.code == 409
+        s.admin.add_fault("break-checkpoint", checkpoint=second.to_checkpoint_id)
+        failed = backup(second.to_checkpoint_id)
+        assert failed.phase == types.BackupPhase.FAILED
+        events = conn.system_service().events_service().list(search=failed.id)
+        assert any("bitmap is missing" in ev.description for ev in events)
+        # A full backup still works, and the failed one left no snapshot behind.
+        assert backup(None).phase == types.BackupPhase.SUCCEEDED
+        snaps = conn.system_service().vms_service().vm_service(vm.id).snapshots_service().list()
+        assert [x.description for x in snaps] == ["Active VM"]
+    finally:
+        conn.close()
