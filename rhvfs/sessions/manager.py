@@ -150,8 +150,11 @@ class BackupManager:
         try:
             for line in await self.collect_garbage():
                 log.info("gc: %s", line)
-        except RhvfsError as e:
+        except (RhvfsError, OSError) as e:
             self._note_error(None, f"cleanup of leftovers failed: {e}")
+        except Exception as e:  # a bug in cleanup must not take the mount down
+            log.exception("cleanup of leftovers failed")
+            self._note_error(None, f"cleanup of leftovers failed: {e!r}")
 
     # -- listings ---------------------------------------------------------------
 
