@@ -324,7 +324,7 @@ class DiskChannel:
                 log.debug("kept transfer of disk %s alive", self.disk.id)
             except SessionClosed:
                 return
-            except RhvfsError as e:
+            except Exception as e:  # keep trying; a failing keep-alive must not end the session
                 log.warning("keep-alive read of disk %s failed: %s", self.disk.id, e)
                 self.last_activity = trio.current_time()
 
@@ -395,6 +395,12 @@ class BackupSession:
                 await self._start()
                 await self._close_requested.wait()
                 nursery.cancel_scope.cancel()
+        except Exception as e:
+            # A bug in one session must not take the mount down: end this session only.
+            log.exception("session %s of %s crashed", self.session_id, self.owner.name)
+            self.error = SessionBroken(f"backup of {self.owner.name} failed: {e!r}")
+            self.state = "broken"
+            self.note_error(str(self.error))
         finally:
             self._nursery = None
             if self.state != "broken":

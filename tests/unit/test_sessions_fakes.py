@@ -466,6 +466,7 @@ class FakeDataPlane:
         self.engine = engine
         self.clients: list[FakeClient] = []
         self.readers: list[FakeReader] = []
+        self.crash_next_reader = False
 
     def opener(self, url: str) -> Any:
         @asynccontextmanager
@@ -491,6 +492,14 @@ class FakeDataPlane:
     ) -> FakeReader:
         reader = FakeReader(source, size=size, memory_budget=memory_budget, streams=streams)
         self.readers.append(reader)
+        if self.crash_next_reader:
+            self.crash_next_reader = False
+
+            async def worker_bug() -> None:
+                await trio.sleep(1)
+                raise RuntimeError("bug in a prefetch worker")
+
+            nursery.start_soon(worker_bug)
         return reader
 
 

@@ -548,3 +548,25 @@ async def test_prefetch_memory_is_shared_by_the_disks_being_read(
     assert rig.plane.readers[4].memory_budget == 16 * MiB
     for h in (ha, hb, hc):
         await rig.manager.release(h)
+
+
+async def test_a_crashing_session_ends_alone_and_cleans_up(
+    rig: Rig, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    vm = rig.engine.add_vm("v1")
+    other = rig.engine.add_vm("v2", seed=2)
+    owner, owner2 = Owner("vm", vm.id, vm.name), Owner("vm", other.id, other.name)
+    key = disk_key(rig.engine.disk_ids(vm.id)[0])
+    h2 = await rig.manager.open(owner2, config_key("vm.ovf"))
+    rig.plane.crash_next_reader = True
+    h = await rig.manager.open(owner, key)
+    data = await rig.manager.read(h, 0, MiB)
+    await trio.sleep(5)  # the bug strikes
+    assert rig.engine.user_snapshots(vm.id) == [] and rig.engine.open_transfers() == []
+    assert "crashed" in caplog.text
+    assert any("bug in a prefetch worker" in e["message"] for e in rig.manager.status()["errors"])
+    # The manager and the other session live on; a new open starts a fresh session.
+    assert len(await rig.manager.read(h2, 0, 100)) == 100
+    assert (await rig.read_all(owner, key))[:MiB] == data
+    await rig.manager.release(h)
+    await rig.manager.release(h2)
