@@ -315,3 +315,23 @@ async def test_reader_pausing_longer_than_the_inactivity_timeout_continues(
             await rig.wait_session_end(owner)
             assert rig.open_transfers() == []
             nursery.cancel_scope.cancel()
+
+
+async def test_a_read_that_finally_fails_raises_and_the_session_recovers(rig: Rig) -> None:
+    from rhvfs.errors import ImageioError
+
+    owner = await rig.owner("myvm0")
+    entries = await rig.manager.list_set(owner)
+    disk = next(e for e in entries if e.disk_id)
+    assert disk.disk_id is not None
+    expected = rig.sim.admin.disk_sha256(disk.disk_id)
+    h = await rig.manager.open(owner, disk.key)
+    rig.sim.admin.add_fault("drop-imageio", after_bytes=0, times=1000)
+    with pytest.raises(ImageioError):
+        await rig.manager.read(h, 0, MiB)  # every try fails: an error, never wrong bytes
+    rig.sim.admin.clear_faults()
+    assert await rig.sha_of(h, disk.size) == expected
+    assert any("read of disk" in e["message"] for e in rig.manager.status()["errors"])
+    await rig.manager.release(h)
+    await rig.wait_session_end(owner)
+    assert rig.open_transfers() == []
