@@ -1,6 +1,8 @@
 """``rhvfs ls [PATH]``: print the mount's tree without mounting (same VFS code).
 
-Listing never starts a backup session. Output, one entry per line (for scripts):
+Listing never starts a backup session, and ``-R`` does not descend into
+directories whose listing starts an engine backup (``@rhv-incremental/`` and
+friends; name them as PATH to list them). Output, one entry per line (for scripts):
 ``<path>/`` for directories, ``<path> -> <target>`` for symlinks, ``<path>``
 for files; ``-l`` adds size and mtime columns; ``-R`` recurses (not through
 symlinks).
@@ -65,7 +67,8 @@ async def list_tree(
         for child in children:
             child_path = f"{dir_path.rstrip('/')}/{child.name}"
             out.append(format_node(child_path, child, long=long))
-            if recursive and child.kind is Kind.DIR:
+            # Listing an incremental set starts an engine backup: inspect, don't act.
+            if recursive and child.kind is Kind.DIR and not child.lists_with_side_effects:
                 pending.append((child_path, child))
 
 

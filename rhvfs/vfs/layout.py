@@ -197,6 +197,8 @@ class Layout:
             )
             for kind in ("incremental", "differential")
         ]
+        for node in dirs:
+            node.lists_with_side_effects = True
         dirs.append(
             self._dir(("vm", vm_id, "@rhv-since"), "@rhv-since", self._since_lister(owner, vm_id))
         )
@@ -214,7 +216,7 @@ class Layout:
     def _since_lister(self, owner: Any, vm_id: str) -> Lister:
         async def lister() -> list[Node]:
             sets: Any = self.backups
-            return [
+            nodes = [
                 self._dir(
                     ("vm", vm_id, f"@rhv-since/{cp}"),
                     escape(cp),
@@ -222,6 +224,9 @@ class Layout:
                 )
                 for cp in await sets.since_checkpoints(owner)
             ]
+            for node in nodes:
+                node.lists_with_side_effects = True
+            return nodes
 
         return lister
 

@@ -52,6 +52,9 @@ class Node:
     #: Regenerated at every lookup/getattr (``/.rhvfs/status.json``): no attribute caching.
     refresh: Callable[[], bytes] | None = None
     parent_ino: int = 0
+    #: Listing this directory does something on the engine (starts an engine backup):
+    #: tools that walk the tree for inspection (``rhvfs ls -R``) must not descend.
+    lists_with_side_effects: bool = False
 
     @property
     def volatile(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vfs_fakes import DISK_SIZE, FakeBackups, FakeEngine
 
 from rhvfs.commands.ls import list_tree
@@ -44,3 +46,31 @@ async def test_ls_recursive_covers_the_tree() -> None:
     assert "/.rhvfs/status.json" in out
     assert len(out) == len(set(out)) > 100
     assert backups.opened == []
+
+
+class IncrementalBackups(FakeBackups):
+    """Offers incremental sets; listing one would start an engine backup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.incremental_calls: list[tuple[str, str]] = []
+
+    async def list_incremental(self, owner: Any, kind: str, since: str | None) -> list[Any]:
+        self.incremental_calls.append((owner.id, kind))
+        return (await self.list_set(owner))[:3]
+
+    async def since_checkpoints(self, owner: Any) -> list[str]:
+        return ["cp-1"]
+
+
+async def test_ls_recursive_does_not_start_engine_backups() -> None:
+    backups = IncrementalBackups()
+    vfs = Vfs(FakeEngine(), backups, listing_ttl_s=5.0)
+    out: list[str] = []
+    await list_tree(vfs, "/vms", recursive=True, long=False, out=out)
+    assert "/vms/myvm/@rhv-incremental/" in out and "/vms/myvm/@rhv-since/cp-1/" in out
+    assert backups.incremental_calls == []
+    out.clear()
+    await list_tree(vfs, "/vms/myvm/@rhv-incremental", recursive=True, long=False, out=out)
+    assert out[0] == "/vms/myvm/@rhv-incremental/vm.ovf"
+    assert backups.incremental_calls == [("vm-1", "incremental")]
