@@ -40,7 +40,12 @@ Commands (the names are a contract that outside scripts use):
       ``pause-transfer --transfer ID``   force the transfer to ``paused_system``;
       ``expire-ticket --transfer ID``    remove its imageio ticket while the
           transfer stays ``transferring`` (clients get 403);
-      ``clear``                          remove every fault.
+      ``storage-domain --name SD [--status maintenance|active] [--capacity-bytes N]``
+          change a storage domain (inactive domains refuse disks and transfers);
+      ``invalidate-checkpoint --checkpoint ID``  mark it ``invalid``;
+      ``break-checkpoint --checkpoint ID``  drop its bitmaps (backups from it fail);
+      ``revoke-tokens``                  forget every SSO token (clients log in again);
+      ``clear``                          remove every engine/imageio fault.
 
 Python API for the same: ``rhvfs.sim.client.SimAdmin(state_dir)``.
 """
@@ -95,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     for kind in ("pause-transfer", "expire-ticket"):
         k = kinds.add_parser(kind)
         k.add_argument("--transfer", required=True)
+    k = kinds.add_parser("storage-domain")
+    k.add_argument("--name", required=True)
+    k.add_argument("--status", choices=["active", "maintenance", "inactive"])
+    k.add_argument("--capacity-bytes", type=int)
+    for kind in ("invalidate-checkpoint", "break-checkpoint"):
+        k = kinds.add_parser(kind)
+        k.add_argument("--checkpoint", required=True)
+    kinds.add_parser("revoke-tokens")
     kinds.add_parser("clear")
     return p
 
@@ -159,6 +172,14 @@ def main(argv: list[str]) -> int:
             )
         elif args.kind == "drop-imageio":
             admin.add_fault(args.kind, after_bytes=args.after_bytes, times=args.times)
+        elif args.kind == "storage-domain":
+            admin.add_fault(
+                args.kind, name=args.name, status=args.status, capacity_bytes=args.capacity_bytes
+            )
+        elif args.kind in ("invalidate-checkpoint", "break-checkpoint"):
+            admin.add_fault(args.kind, checkpoint=args.checkpoint)
+        elif args.kind == "revoke-tokens":
+            admin.add_fault(args.kind)
         else:
             admin.add_fault(args.kind, transfer=args.transfer)
         return 0

@@ -115,6 +115,29 @@ def test_guest_write_and_fault_commands(sim_factory: Callable[..., Any], tmp_pat
             assert err.value.code == 500
         assert _rhvfs("sim", "fault", "--state-dir", state, "clear").returncode == 0
         assert len(conn.system_service().vms_service().list()) >= 6
+
+        sd = conn.system_service().storage_domains_service().list(search="name=mydata")[0]
+        dc_sd = (
+            conn.system_service()
+            .data_centers_service()
+            .data_center_service(sd.data_centers[0].id)
+            .storage_domains_service()
+            .storage_domain_service(sd.id)
+        )
+        for status in ("maintenance", "active"):
+            r = _rhvfs(
+                "sim",
+                "fault",
+                "--state-dir",
+                state,
+                "storage-domain",
+                "--name",
+                "mydata",
+                "--status",
+                status,
+            )
+            assert r.returncode == 0, r.stderr
+            assert dc_sd.get().status.value == status
     finally:
         conn.close()
 
