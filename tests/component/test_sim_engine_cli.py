@@ -145,3 +145,48 @@ def test_guest_write_and_fault_commands(sim_factory: Callable[..., Any], tmp_pat
 def test_commands_without_a_running_simulator(tmp_path: Path) -> None:
     r = _rhvfs("sim", "fault", "--state-dir", str(tmp_path), "clear")
     assert r.returncode == 1 and "no simulator is running" in r.stderr
+
+
+def test_serve_with_a_password_file_prints_one_line_and_never_the_password(tmp_path: Path) -> None:
+    import configparser
+    import signal
+
+    secret = "s3cret-from-file"
+    pw = tmp_path / "pw"
+    pw.write_text(secret + "\n")
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rhvfs.cli",
+            "sim",
+            "serve",
+            "--state-dir",
+            str(state),
+            "--password-file",
+            str(pw),
+            "--delay",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith(
+            f"rhvfs-sim ready: {state.resolve()}/ovirt-img.conf (engine https://localhost:"
+        )
+        conf = configparser.ConfigParser()
+        conf.read(state / "ovirt-img.conf")
+        assert conf["sim"]["password"] == secret
+        assert not (state / "password").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert out == ""  # nothing after the ready line
+    assert secret not in err and secret not in line
+    assert secret not in (state / "run" / "sim.log").read_text()
