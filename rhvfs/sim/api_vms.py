@@ -149,8 +149,13 @@ def power_action(e: Engine, vm: Vm, name: str) -> None:
     allowed, steps, final = _POWER[name]
     if vm.status not in allowed:
         raise conflict(f"Cannot {name} VM. VM {vm.name} is {vm.status}.")
-    if name == "start" and vm.status == "down":
-        vm.start_time = None
+    if name == "start":
+        for a in vm.attachments:
+            d = e.state.disks.get(a.disk_id)
+            if d is not None and d.status != "ok":
+                raise conflict(f"Cannot run VM. Disk {d.alias} is {d.status}.")
+        if vm.status == "down":
+            vm.start_time = None
     e.tasks.step(_power_step, e, vm.id, [*steps, final], delay_s=0)
     log.info("vm %s: %s", vm.id, name)
 
