@@ -120,9 +120,12 @@ class Operations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
-        timeout = 0.0 if node.volatile else self.vfs.listing_ttl_s
-        attr.entry_timeout = timeout
-        attr.attr_timeout = timeout
+        ttl = self.vfs.listing_ttl_s
+        # Generated files (vm.json...) get fresh content when their directory is re-listed;
+        # with no attribute caching the kernel's size always matches the content it reads.
+        generated = node.content is not None and node.data is None
+        attr.entry_timeout = 0.0 if node.volatile else ttl
+        attr.attr_timeout = 0.0 if node.volatile or generated else ttl
         if node.kind is Kind.DIR:
             attr.st_mode = stat.S_IFDIR | 0o555
             attr.st_nlink = 2

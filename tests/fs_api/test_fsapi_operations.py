@@ -42,6 +42,12 @@ async def test_attributes_of_dirs_files_links() -> None:
     link = await walk(ops, "/tags/bkup/myvm")
     assert stat.S_ISLNK(link.st_mode)
     assert await ops.readlink(link.st_ino, CTX) == b"../../vms/myvm"
+    assert image.attr_timeout == 5.0  # images: stable attributes, cached by the kernel
+    vmjson = await walk(ops, "/vms/myvm/vm.json")
+    assert (vmjson.attr_timeout, vmjson.entry_timeout) == (
+        0.0,
+        5.0,
+    )  # content may change on re-listing
     again = await ops.getattr(image.st_ino, CTX)
     assert (again.st_ino, again.st_size, again.st_mtime_ns) == (
         image.st_ino,
