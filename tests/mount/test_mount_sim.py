@@ -364,3 +364,26 @@ def test_paused_vm_set_reads_the_simulators_disk(sim: Any, mounted: SimMount) ->
     assert len(images) == 1
     for name, disk_id in images.items():
         assert file_sha(set_dir / name) == sim.admin.disk_sha256(disk_id)
+
+
+def test_reopen_right_after_close_with_no_grace_period(
+    sim: Any, tmp_path: Path, state_dir: Path
+) -> None:
+    """qemu-img opens, closes and reopens at once: with grace 0 the reopen must not join a
+    session that is ending (it used to fail with EIO/EBUSY every time)."""
+    m = SimMount(sim, tmp_path / "mnt", state_dir, "--grace-period", "0")
+    try:
+        image = m.mnt / "vms/myvm0/disks/myvm0_Disk1.raw"
+        for _ in range(3):
+            info = subprocess.run(
+                ["qemu-img", "info", "--output=json", "-f", "raw", str(image)],
+                capture_output=True,
+                text=True,
+            )
+            assert info.returncode == 0, info.stderr
+            assert json.loads(info.stdout)["virtual-size"] == 256 * MiB
+            probe = subprocess.run(["qemu-img", "info", str(image)], capture_output=True, text=True)
+            assert probe.returncode == 0, probe.stderr
+    finally:
+        m.umount()
+    assert not live_transfers(sim)
