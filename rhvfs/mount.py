@@ -93,7 +93,7 @@ async def open_backend(
             try:
                 yield Backend(
                     engine=engine,
-                    backups=SetRouter(manager, incremental),
+                    backups=SetRouter(manager, incremental, full_sets_via_backup=True),
                     owner_factory=Owner,
                     restores=restores,
                 )

@@ -103,7 +103,7 @@ SET_DIRS: dict[SetKind, str] = {
     "full": "@rhv",
 }
 KEY_SEP = "|"
-BACKUP_OK_STATES = frozenset({"up", "down", "paused"})
+BACKUP_OK_STATES = frozenset({"up", "down"})  # what the engine backs up
 KEEPALIVE_BYTES = 4096
 MAX_TICKET_RECREATIONS = 3
 OPEN_TRIES = 3
@@ -739,7 +739,7 @@ class IncrementalSession:
         engine = self.deps.engine
         vm = await engine.get_vm(self.owner.id)
         if (vm.status or "unknown") not in BACKUP_OK_STATES:
-            raise VmStateError(f"VM {vm.name} is {vm.status}; it must be up, down or paused")
+            raise VmStateError(f"VM {vm.name} is {vm.status}; an engine backup needs it up or down")
         data = await self._owner_data(vm)
         disks = [a.disk for a in data.attachments if not a.disk.shareable]
         if not disks:
@@ -1448,8 +1448,18 @@ class IncrementalManager:
     # -- @rhv/ through the backup API ----------------------------------------
 
     async def backs_up_with_checkpoints(self, owner: Owner) -> bool:
-        """Whether ``owner`` is a VM with a disk that supports incremental backup."""
+        """Whether ``@rhv/`` of ``owner`` is read from a full engine backup: a VM that is up,
+        with a disk that supports incremental backup.
+
+        Down VMs keep the snapshot-based full read: a backup adds a checkpoint bitmap
+        to their volumes, which changes the disks' allocated size and with it the stable
+        mtime that tools like restic rely on for unchanged VMs. Their chain starts with
+        the first ``@rhv-incremental/`` set (a full one).
+        """
         if owner.kind != "vm":
+            return False
+        vm = await self.engine.get_vm(owner.id)
+        if vm.status != "up":  # the engine backs up VMs that are up or down, not paused ones
             return False
         atts = await self.engine.disk_attachments(owner.id)
         return any(a.disk.format == "cow" and a.disk.backup == "incremental" for a in atts)

@@ -240,6 +240,9 @@ async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
     disk = next(a.disk for a in await engine.disk_attachments(vm.id))
     full = BackupManager(engine, rig.config, journal=rig.manager.journal, gc_on_start=False)
     router = SetRouter(full, rig.manager, full_sets_via_backup=True)
+    assert not await rig.manager.backs_up_with_checkpoints(owner)  # down: snapshot-based @rhv/
+    await engine.start_vm(vm.id)
+    assert await rig.manager.backs_up_with_checkpoints(owner)
     snaps_before = {s.id for s in await engine.list_snapshots(vm.id)}
     async with trio.open_nursery() as nursery:
         await nursery.start(full.run)
@@ -269,3 +272,4 @@ async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
     assert read_header(rig.out / delta.name).backing_file == image
     assert m1["from_checkpoint_id"] == m["checkpoint_id"]
     assert chain_sha(rig.out / delta.name) == admin.disk_sha256(disk.id)
+    await engine.stop_vm(vm.id)

@@ -273,3 +273,58 @@ def test_abandoned_set_and_broken_chain(
     assert file_sha(out / next(n for n in names if n.endswith(".raw"))) == admin.disk_sha256(
         disk_id
     )
+
+
+def test_rhv_of_a_running_vm_starts_the_chain(
+    sim: Any, vm: tuple[str, str], mount: Mount, tmp_path: Path
+) -> None:
+    """@rhv/ of a VM that is up is read from a full engine backup: its manifest records the
+    checkpoint, and the next incremental's delta names the @rhv/ image as backing file."""
+    vm_id, disk_id = vm
+    conn = sim.sdk_connection()
+    service = conn.system_service().vms_service().vm_service(vm_id)
+    service.start()
+    try:
+        assert wait_for(lambda: str(service.get().status) == "up")
+        subprocess.run(
+            [
+                "tar",
+                "-cf",
+                str(tmp_path / "full.tar"),
+                "-C",
+                str(mount.mnt / "vms" / VM / "@rhv"),
+                ".",
+            ],
+            check=True,
+            timeout=300,
+        )
+        assert wait_for(lambda: len(mount.sets(vm_id)) == 1), mount.status()
+        out = tmp_path / "sets"
+        out.mkdir()
+        names = extract(tmp_path / "full.tar", out)
+        full = json.loads((out / "manifest.json").read_bytes())
+        assert (
+            full["set_type"] == "full"
+            and full["checkpoint_id"] == mount.sets(vm_id)[0].checkpoint_id
+        )
+        image = next(n for n in names if n.endswith(".raw"))
+        assert file_sha(out / image) == sim.admin.disk_sha256(disk_id)
+
+        sim.admin.guest_write(vm=VM, disk=disk_id, offset=30 * MiB, size=MiB, pattern=0x7E)
+        mount.tar_set("@rhv-incremental", tmp_path / "inc.tar", vm_id)
+        inc_names = extract(tmp_path / "inc.tar", out)
+        m = manifest_of(inc_names, out)
+        assert m["from_checkpoint_id"] == full["checkpoint_id"]
+        delta = next(n for n in inc_names if n.endswith(".qcow2"))
+        info = subprocess.run(
+            ["qemu-img", "info", "--output=json", str(out / delta)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert json.loads(info.stdout)["backing-filename"] == image
+        assert chain_sha(out / delta) == sim.admin.disk_sha256(disk_id)
+    finally:
+        service.stop()
+        wait_for(lambda: str(service.get().status) == "down")
+        conn.close()
