@@ -72,15 +72,6 @@ class EngineLike(Protocol):
     ) -> list[tuple[str, Snapshot]]: ...
 
 
-class ExtentLike(Protocol):
-    @property
-    def start(self) -> int: ...
-    @property
-    def length(self) -> int: ...
-    @property
-    def zero(self) -> bool: ...
-
-
 class ImageioClientLike(Protocol):
     @property
     def capabilities(self) -> Any: ...  # .max_readers
