@@ -49,7 +49,7 @@ mkdir -p "$WORK/extract"
 tar -C "$WORK/extract" -xSf "$ARCHIVE"
 .venv/bin/python -m rhvfs.sim.verify --state-dir "$STATE" --set "$WORK/extract/@rhv"
 
-if [ -d "$MNT/restore" ] && .venv/bin/python -c 'import rhvfs.sessions.restore' 2>/dev/null; then
+{
   echo "== restoring the set as ${VM}-restored"
   mkdir "$MNT/restore/${VM}-restored"
   tar -C "$MNT/restore/${VM}-restored" --strip-components=1 -xSf "$ARCHIVE"
@@ -58,10 +58,16 @@ if [ -d "$MNT/restore" ] && .venv/bin/python -c 'import rhvfs.sessions.restore' 
     [ "$phase" = done ] || [ "$phase" = failed ] && break
     sleep 1
   done
-  cat "$MNT/restore/${VM}-restored/.status"; echo
+  .venv/bin/python -c 'import json,sys; s=json.load(open(sys.argv[1])); print("restore:", s["phase"], "vm_id:", s.get("vm_id"), "error:", s.get("error"))' "$MNT/restore/${VM}-restored/.status"
   [ "$phase" = done ]
-  ls "$MNT/vms/${VM}-restored/disks"
-fi
+  echo "== verifying the restored VM's disks against the backup"
+  for img in "$WORK"/extract/@rhv/*.raw; do
+    alias=$(basename "$img" .raw); alias=${alias%--*}
+    want=$(sha256sum < "$img" | cut -d' ' -f1)
+    got=$(sha256sum < "$MNT/vms/${VM}-restored/disks/$alias.raw" | cut -d' ' -f1)
+    if [ "$want" = "$got" ]; then echo "ok       $alias"; else echo "MISMATCH $alias: $got != $want"; exit 1; fi
+  done
+}
 
 echo "== unmounting (sessions clean up their snapshots and transfers)"
 $RHVFS umount "$MNT"
