@@ -416,6 +416,10 @@ class BackupSession:
             self.deps.on_closed(self)
 
     def request_close(self) -> None:
+        # "closing" at once, not when run() wakes up: an open() in between must not join
+        # a session that is about to end (seen with grace_period=0 and qemu-img's reopen).
+        if self.state not in ("broken", "closed"):
+            self.state = "closing"
         self._close_requested.set()
 
     def schedule_close(self, delay_s: float) -> None:
