@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import itertools
 import json
 import logging
@@ -99,6 +100,10 @@ from rhvfs.sessions.restore_upload import UploadStream, UploadTarget
 log = logging.getLogger(__name__)
 
 STATUS_FILE = ".status"
+#: An image closed with its full size and not reopened for this long is complete (seconds).
+#: Tools that set the file's times after writing it (tar, cp -a, rsync, restic, Bacula)
+#: complete it at once with that call; this wait is for the rest (dd, plain cp).
+CLOSE_GRACE_S = 3.0
 #: Configuration files are held in memory up to this size (bytes).
 CONFIG_MAX_BYTES = 16 * 1024 * 1024
 _RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6}$")
@@ -211,6 +216,7 @@ class RestoreFile:
         self.disk: _Disk | None = None
         self.dropped = False  # data of an excluded disk: accepted, not kept
         self.closed_done = False  # the "last close" processing ran since the last write
+        self.close_gen = 0  # bumped by every open/close: a grace timer acts only if unchanged
         self.mtime_ns = time.time_ns()
 
     @property
@@ -450,6 +456,7 @@ class RestoreSession:
 
     def open(self, f: RestoreFile) -> None:
         f.opens += 1
+        f.close_gen += 1  # reopened (restic writes a file in many opens): not complete yet
 
     async def rename(self, f: RestoreFile, new_name: str) -> None:
         old = f.name
@@ -573,9 +580,9 @@ class RestoreSession:
                 raise
 
     async def flush(self, f: RestoreFile) -> None:
-        """``close(2)`` of a handle. On the last handle this is the "file complete" moment:
-        configuration is parsed and an image's upload finalized here, so an error reaches
-        the tool as the errno of its ``close``."""
+        """``close(2)`` of a handle. On the last handle configuration is parsed here, so
+        an error reaches the tool as the errno of its ``close``; an image's queued data
+        is sent (errors reach ``close`` too), its completion is decided later."""
         if self.phase == "done":
             return
         self._raise_if_failed()
@@ -584,13 +591,11 @@ class RestoreSession:
             # original descriptor (a FLUSH) before writing. ``release`` decides then.
             await self.fsync(f)
             return
+        if f.disk is not None:
+            await self.fsync(f)  # PUT errors reach close(); completion is decided later
+            return
         try:
             await self._closed(f)
-            d = f.disk
-            if d is not None and d.state not in ("skipped", "waiting"):
-                await d.done.wait()
-                if d.state == "failed":
-                    raise _err(f"upload of {d.set_disk.alias} failed: {d.error or self.error}")
         except RhvfsError as e:
             self.fail(e)
             raise
@@ -631,7 +636,26 @@ class RestoreSession:
             await self._maybe_complete()
             return
         d = f.disk
-        if d is None:
+        if d is None or f.dropped:
+            return
+        f.close_gen += 1
+        self.manager.spawn(functools.partial(self._settle_after_grace, f, f.close_gen))
+
+    async def _settle_after_grace(self, f: RestoreFile, gen: int) -> None:
+        """Closed and not reopened for ``close_grace_s``: the tool is done with the image."""
+        await trio.sleep(self.manager.close_grace_s)
+        if f.close_gen != gen or f.opens > 0 or self.phase in ("failed", "done"):
+            return
+        try:
+            await self._image_complete(f)
+        except RhvfsError as e:
+            self.fail(e)
+
+    async def _image_complete(self, f: RestoreFile) -> None:
+        """Finish ``f``'s upload (idempotent); a short image is truncated, a long one wrong."""
+        d = f.disk
+        assert d is not None
+        if d.finish.is_set() or f.dropped:
             return
         if f.size != d.set_disk.size:
             if f.size < d.set_disk.size:
@@ -642,12 +666,26 @@ class RestoreSession:
             raise _err(
                 f"image {f.name!r} is {f.size} bytes, the disk {d.set_disk.size}", errno.EFBIG
             )
-        if f.dropped:
-            d.state = "skipped"
-            return
         await self._ensure_upload(d)
         await self._replay_staged(f)
         d.finish.set()
+
+    async def set_times(self, f: RestoreFile) -> None:
+        """``utimes`` on a closed image: tools set times once a file is written, so the image
+        is complete now (no grace wait); a failure of its upload is this call's errno."""
+        d = f.disk
+        if d is None or f.dropped or f.opens > 0 or self.phase == "done":
+            return
+        self._raise_if_failed()
+        f.close_gen += 1  # a pending grace timer has nothing left to do
+        try:
+            await self._image_complete(f)
+            await d.done.wait()
+            if d.state == "failed":
+                raise _err(f"upload of {d.set_disk.alias} failed: {d.error or self.error}")
+        except RhvfsError as e:
+            self.fail(e)
+            raise
 
     # -- the manifest and the checks before any engine change --------------------
 
@@ -1125,7 +1163,9 @@ class RestoreManager:
         *,
         opener: UploadOpener | None = None,
         staging: StagingArea | None = None,
+        close_grace_s: float = CLOSE_GRACE_S,
     ) -> None:
+        self.close_grace_s = close_grace_s
         self.engine = engine
         self.config = config
         self.opener = opener or default_upload_opener(config)

@@ -357,6 +357,8 @@ class RestoreTree:
             node.gid = gid
         if mtime_ns is not None and node.file is not None:
             node.file.mtime_ns = mtime_ns
+            assert node.session is not None
+            await node.session.set_times(node.file)  # tools set times when a file is done
         return self._refresh(node)
 
     # -- extended attributes: kept in memory, so tools that restore them succeed ----

@@ -38,7 +38,11 @@ async def make_ops(
 ) -> tuple[Operations, RestoreManager]:
     cfg = Config(engine_url="http://fake.invalid", username="u", password="p")
     manager = RestoreManager(
-        engine, cfg, opener=fake_opener(engine), staging=StagingArea(tmp_path, limit_bytes=1 << 30)
+        engine,
+        cfg,
+        opener=fake_opener(engine),
+        staging=StagingArea(tmp_path, limit_bytes=1 << 30),
+        close_grace_s=0.05,
     )
     await nursery.start(manager.run)
     vfs = Vfs(InventoryEngine(), FakeBackups(), listing_ttl_s=5.0)

@@ -91,7 +91,11 @@ async def start(
     nursery: trio.Nursery, engine: FakeEngine, tmp_path: Path, cfg: Config, limit: int = 64 * MiB
 ) -> Harness:
     manager = RestoreManager(
-        engine, cfg, opener=fake_opener(engine), staging=StagingArea(tmp_path, limit_bytes=limit)
+        engine,
+        cfg,
+        opener=fake_opener(engine),
+        staging=StagingArea(tmp_path, limit_bytes=limit),
+        close_grace_s=0.01,
     )
     await nursery.start(manager.run)
     return Harness(engine, manager)
@@ -337,8 +341,7 @@ async def test_truncated_image_fails_and_rolls_back(h: Harness) -> None:
     await h.copy(session, s, ["vm.ovf", "manifest.json"])
     await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
     img = s.image_names()[1]
-    with pytest.raises(RestoreError, match="truncated"):
-        await h.write_file(session, img, s.files[img][: 512 * 1024])
+    await h.write_file(session, img, s.files[img][: 512 * 1024])  # dd count=...: close succeeds
     status = await h.settle(session)
     assert status["phase"] == "failed" and "truncated" in status["error"]
     assert h.engine.disks == {} and h.engine.vms == {}
@@ -485,3 +488,54 @@ async def test_placeholder_ovf_is_replaced_by_one_built_from_the_manifest(h: Har
     ovf = h.engine.template_ovfs[-1]
     assert "OperatingSystemSection_Type" in ovf and "disk0" in ovf
     assert len(h.engine.template_attachments[status["template_id"]]) == 2
+
+
+async def test_restic_style_many_opens_of_a_preallocated_file(h: Harness) -> None:
+    """restic truncates each file to its size, then writes blobs in any order, one open each."""
+    s = make_set()
+    session = h.manager.create("restic")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    files = {}
+    for name in s.image_names():
+        f = session.new_file(name)
+        session.open(f)
+        await session.truncate(f, len(s.files[name]))
+        await session.release(f)
+        files[name] = f
+    block = 256 * 1024
+    jobs = [(n, off) for n in files for off in range(0, len(s.files[n]), block)]
+    jobs.reverse()
+    for name, off in jobs:
+        f = files[name]
+        session.open(f)
+        piece = s.files[name][off : off + block]
+        if piece.strip(b"\0"):
+            await session.write(f, off, piece)
+        await session.flush(f)
+        await session.release(f)
+    for f in files.values():
+        await session.set_times(f)  # restic's metadata pass at the end
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    check_restored(h.engine, s, "restic")
+
+
+async def test_utimes_completes_at_once_and_carries_the_error(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    engine = FakeEngine()
+    h = await start(nursery, engine, tmp_path, config())
+    h.manager.close_grace_s = 3600.0  # only set_times can complete the images here
+    s = make_set()
+    session = h.manager.create("utimes")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    good, short = s.image_names()
+    f = await h.write_file(session, good, s.files[good])
+    await session.set_times(f)
+    assert session.disks[s.manifest["disks"][0]["id"]].state == "uploaded"
+    g = await h.write_file(session, short, s.files[short][:4096])
+    with pytest.raises(RestoreError, match="truncated") as e:
+        await session.set_times(g)
+    assert e.value.errno == errno.EIO
+    assert (await h.settle(session))["phase"] == "failed"
+    assert engine.disks == {}
