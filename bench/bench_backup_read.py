@@ -13,6 +13,8 @@ ovirt-imageio daemon, TLS):
 2. A mostly-empty sample disk (``myvm0``): bytes rhvfs fetched over HTTP
    (status.json) vs the volume's allocated bytes (``qemu-img map``); target <= 1.05.
 3. Peak RSS of the rhvfs mount process (VmHWM); target <= 300 MiB.
+4. For reference, the same image read through ``BackupManager`` in this process
+   (128 KiB reads, no FUSE): what the sessions, cache and imageio layers cost.
 
 Run as root: ``.venv/bin/python bench/bench_backup_read.py [--size-gib 2] [--repeat 2]``.
 """
@@ -169,6 +171,42 @@ class Mount:
         subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=300)
 
 
+def read_in_process(sim: SimProcess, journal_dir: Path, read_size: int = 128 * 1024) -> float:
+    """Seconds to read benchvm's image through BackupManager directly (no FUSE), like the kernel."""
+    import trio
+
+    from rhvfs.config import load_config
+    from rhvfs.engine import open_engine
+    from rhvfs.sessions import BackupManager, Journal, Owner
+
+    async def run() -> float:
+        cfg = load_config(
+            section=sim.section, config_file=sim.conf_file, overrides={"grace_period": 0.1}
+        )
+        async with open_engine(cfg) as engine:
+            manager = BackupManager(
+                engine, cfg, journal=Journal(journal_dir / "j.json"), gc_on_start=False
+            )
+            async with trio.open_nursery() as nursery:
+                await nursery.start(manager.run)
+                vm = await engine.find_vm("benchvm")
+                assert vm is not None
+                owner = Owner("vm", vm.id, vm.name)
+                entry = next(e for e in await manager.list_set(owner) if e.disk_id)
+                start = time.monotonic()
+                handle = await manager.open(owner, entry.key)
+                offset = 0
+                while data := await manager.read(handle, offset, read_size):
+                    offset += len(data)
+                elapsed = time.monotonic() - start
+                assert offset == entry.size
+                await manager.release(handle)
+                nursery.cancel_scope.cancel()
+        return elapsed
+
+    return trio.run(run)
+
+
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     start = time.monotonic()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -202,6 +240,7 @@ def main() -> None:
                 "rhvfs dd -> /dev/null": [],
                 "rhvfs dd -> file": [],
                 "ovirt-img download-disk -> file": [],
+                "sessions in-process (no FUSE)": [],
             }
             for _ in range(args.repeat):
                 for name, argv in (
@@ -226,6 +265,10 @@ def main() -> None:
                     drop_caches()
                     warm(volume)
                     results[name].append(timed(argv, env))
+                mount.wait_idle()
+                drop_caches()
+                warm(volume)
+                results["sessions in-process (no FUSE)"].append(read_in_process(sim, work))
             out.unlink(missing_ok=True)
             print(f"\nsequential read of {size / GiB:.1f} GiB (best of {args.repeat}):")
             best = {k: min(v) for k, v in results.items()}
