@@ -103,7 +103,11 @@ STATUS_FILE = ".status"
 #: An image closed with its full size and not reopened for this long is complete (seconds).
 #: Tools that set the file's times after writing it (tar, cp -a, rsync, restic, Bacula)
 #: complete it at once with that call; this wait is for the rest (dd, plain cp).
-CLOSE_GRACE_S = 3.0
+CLOSE_GRACE_S = 5.0
+#: A closed image shorter than its disk, not reopened for this long, is truncated (seconds).
+TRUNCATED_AFTER_S = 300.0
+#: An idle upload sends a flush this often, so the engine does not time the transfer out.
+KEEPALIVE_S = 20.0
 #: Configuration files are held in memory up to this size (bytes).
 CONFIG_MAX_BYTES = 16 * 1024 * 1024
 _RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6}$")
@@ -642,10 +646,17 @@ class RestoreSession:
         self.manager.spawn(functools.partial(self._settle_after_grace, f, f.close_gen))
 
     async def _settle_after_grace(self, f: RestoreFile, gen: int) -> None:
-        """Closed and not reopened for ``close_grace_s``: the tool is done with the image."""
+        """Closed and not reopened: complete a full-size image after ``close_grace_s``; a
+        short one may still be written by a tool that reopens files (restic), so it counts
+        as truncated only after ``truncated_after_s`` (or at once when its times are set)."""
         await trio.sleep(self.manager.close_grace_s)
-        if f.close_gen != gen or f.opens > 0 or self.phase in ("failed", "done"):
+        d = f.disk
+        if f.close_gen != gen or f.opens > 0 or self.phase in ("failed", "done") or d is None:
             return
+        if f.size < d.set_disk.size:
+            await trio.sleep(max(0.0, self.manager.truncated_after_s - self.manager.close_grace_s))
+            if f.close_gen != gen or f.opens > 0 or self.phase in ("failed", "done"):
+                return
         try:
             await self._image_complete(f)
         except RhvfsError as e:
@@ -937,7 +948,13 @@ class RestoreSession:
                     d.state = "uploading"
                     started = True
                     task_status.started(stream)
-                    await d.finish.wait()
+                    while not d.finish.is_set():
+                        with trio.move_on_after(self.manager.keepalive_s):
+                            await d.finish.wait()
+                        if not d.finish.is_set() and stream.idle_s() >= self.manager.keepalive_s:
+                            # the tool pauses (restic between packs): a flush keeps the
+                            # transfer from the engine's inactivity timeout
+                            await stream.keepalive()
                     try:
                         if d.abort:
                             raise _err("upload aborted")
@@ -1164,8 +1181,12 @@ class RestoreManager:
         opener: UploadOpener | None = None,
         staging: StagingArea | None = None,
         close_grace_s: float = CLOSE_GRACE_S,
+        truncated_after_s: float = TRUNCATED_AFTER_S,
+        keepalive_s: float = KEEPALIVE_S,
     ) -> None:
         self.close_grace_s = close_grace_s
+        self.truncated_after_s = truncated_after_s
+        self.keepalive_s = keepalive_s
         self.engine = engine
         self.config = config
         self.opener = opener or default_upload_opener(config)

@@ -151,6 +151,7 @@ class UploadStream:
         self._zero_requests = 0
         self._ooo = 0
         self._end = 0
+        self._last_write = trio.current_time()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -190,6 +191,7 @@ class UploadStream:
         n = len(data)
         if n == 0:
             return
+        self._last_write = trio.current_time()
         if offset < 0 or offset + n > self.size:
             raise RestoreError(
                 f"write at {offset}+{n} is beyond the disk's size of {self.size} bytes"
@@ -310,6 +312,16 @@ class UploadStream:
                     raise
                 log.info("upload request at %d: %s; retrying", offset, e)
                 await trio.sleep(self._retry_interval_s * (2**attempt))
+
+    def idle_s(self) -> float:
+        """Seconds since the writer last handed data to the stream."""
+        return trio.current_time() - self._last_write
+
+    async def keepalive(self) -> None:
+        """A flush request: keeps an idle transfer alive (imageio counts it as activity)."""
+        if self._error is None and not self._finished:
+            await self._target.flush()
+            self._last_write = trio.current_time()
 
     async def drain(self) -> None:
         """Send everything accepted so far and wait for it; raises if a request failed."""

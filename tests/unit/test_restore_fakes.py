@@ -162,6 +162,7 @@ class FakeEngine:
         self.ovfs: list[tuple[str, str | None, bool]] = []
         self.calls: list[str] = []
         self.fail_on: set[str] = set()
+        self.flushes = 0  # imageio flush requests of all uploads
 
     def _maybe_fail(self, what: str) -> None:
         self.calls.append(what)
@@ -347,6 +348,7 @@ class FakeImage:
 
     def __init__(self, engine: FakeEngine, disk_id: str) -> None:
         self.buf = engine.content[disk_id]
+        self.engine = engine
         self.put_bytes = 0
 
     async def write(self, offset: int, data: bytes, *, flush: bool = False) -> None:
@@ -358,7 +360,7 @@ class FakeImage:
         self.buf[offset : offset + size] = bytes(size)
 
     async def flush(self) -> None:
-        pass
+        self.engine.flushes += 1
 
 
 def fake_opener(engine: FakeEngine) -> Any:

@@ -96,6 +96,7 @@ async def start(
         opener=fake_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=limit),
         close_grace_s=0.01,
+        truncated_after_s=0.05,
     )
     await nursery.start(manager.run)
     return Harness(engine, manager)
@@ -539,3 +540,29 @@ async def test_utimes_completes_at_once_and_carries_the_error(
     assert e.value.errno == errno.EIO
     assert (await h.settle(session))["phase"] == "failed"
     assert engine.disks == {}
+
+
+async def test_idle_upload_is_kept_alive_and_a_short_image_waits_for_reopen(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    engine = FakeEngine()
+    h = await start(nursery, engine, tmp_path, config())
+    h.manager.keepalive_s = 0.02
+    h.manager.truncated_after_s = 0.3
+    s = make_set()
+    session = h.manager.create("pause")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    name = s.image_names()[0]
+    data = s.files[name]
+    f = await h.write_file(session, name, data[: len(data) // 2])  # closed short: a pause
+    await trio.sleep(0.15)
+    assert session.phase == "uploading"  # not yet truncated: restic may come back
+    assert engine.flushes >= 2  # keep-alives while idle
+    session.open(f)  # ... and it does
+    for off in range(len(data) // 2, len(data), 65536):
+        await session.write(f, off, data[off : off + 65536])
+    await session.release(f)
+    await h.write_file(session, s.image_names()[1], s.files[s.image_names()[1]])
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    check_restored(engine, s, "pause")
