@@ -11,12 +11,16 @@ Must not: hold any session state of its own beyond the handle map.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Protocol
 
 from rhvfs.errors import SessionClosed
 from rhvfs.sessions.incremental import IncrementalManager, SetKind, is_incremental_key
 from rhvfs.sessions.model import Owner, SetEntry
+
+#: Marks the keys of ``disks/`` files (``disks/disk:<id>``), which the BackupManager serves.
+DISKS_KEY_PREFIX = "disks/"
 
 
 class FullSets(Protocol):
@@ -47,7 +51,12 @@ class SetRouter:
         return await self.full.list_set(owner)
 
     async def list_disk_files(self, owner: Any) -> list[Any]:
-        return await self.full.list_disk_files(owner)
+        """``disks/``: the BackupManager's files, keys marked so that their reads stay
+        snapshot-based (browsing a disk must not create engine checkpoints)."""
+        return [
+            dataclasses.replace(e, key=DISKS_KEY_PREFIX + e.key)
+            for e in await self.full.list_disk_files(owner)
+        ]
 
     async def list_incremental(
         self, owner: Owner, kind: SetKind, since: str | None = None
@@ -61,7 +70,10 @@ class SetRouter:
 
     async def open(self, owner: Any, key: str) -> int:
         target: Any
-        if is_incremental_key(key):
+        if key.startswith(DISKS_KEY_PREFIX):
+            target = self.full
+            inner = await target.open(owner, key[len(DISKS_KEY_PREFIX) :])
+        elif is_incremental_key(key):
             target = self.incremental
             inner = await target.open(owner, key)
         elif self.full_sets_via_backup and await self.incremental.backs_up_with_checkpoints(owner):

@@ -248,7 +248,7 @@ class Full:
         return []
 
     async def list_disk_files(self, owner: Any) -> list[Any]:
-        return []
+        return [SetEntry(name="root.raw", key="disk:abc", size=1, blocks=1, mtime_ns=0)]
 
     async def open(self, owner: Any, key: str) -> int:
         self.opened.append(key)
@@ -548,6 +548,12 @@ async def test_router_passes_full_sets_through(
     assert await rig.router.read(h, 0, 10) == b"full"
     await rig.router.release(h)
     assert rig.full.opened == ["disk:abc"] and not is_incremental_key("disk:abc")
+    # disks/ files keep the BackupManager's snapshot reads even with full_sets_via_backup
+    router = SetRouter(rig.full, rig.manager, full_sets_via_backup=True)
+    [entry] = await router.list_disk_files(owner)
+    h = await router.open(owner, entry.key)
+    await router.release(h)
+    assert rig.full.opened == ["disk:abc", "disk:abc"] and not rig.engine.backups
     with pytest.raises(NotFound):
         await rig.router.list_incremental(owner, "since", "no-such-checkpoint")
     with pytest.raises(NotFound):
