@@ -540,11 +540,12 @@ class BackupSession:
     async def _create_snapshot(self, vm: Vm, description: str) -> Snapshot:
         engine = self.deps.engine
         cfg = self.deps.config
-        deadline = trio.current_time() + cfg.system_timeout
+        start = trio.current_time()
+        deadline = start + cfg.system_timeout
+        # A reader is blocked in open() meanwhile: wait for a lock only a little.
+        conflict_deadline = start + min(cfg.system_timeout, 2 * STATE_WAIT_S)
         delay = max(cfg.system_interval, 0.05)
-        attempt = 0
         while True:
-            attempt += 1
             try:
                 return await engine.create_snapshot(
                     vm.id,
@@ -554,10 +555,7 @@ class BackupSession:
                 )
             except Conflict as e:
                 # The VM or a disk is locked by another operation: wait for it.
-                if (
-                    trio.current_time() + delay > deadline
-                    or attempt >= max(cfg.system_tries, 1) * 4
-                ):
+                if trio.current_time() + delay > conflict_deadline:
                     raise
                 log.info("snapshot of VM %s refused (%s); retrying in %.1fs", vm.name, e, delay)
             except EngineError as e:

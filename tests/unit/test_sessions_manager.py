@@ -570,3 +570,24 @@ async def test_a_crashing_session_ends_alone_and_cleans_up(
     assert (await rig.read_all(owner, key))[:MiB] == data
     await rig.manager.release(h)
     await rig.manager.release(h2)
+
+
+async def test_a_locked_vm_is_waited_for_a_little_then_refused(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    from rhvfs.errors import Conflict
+
+    vm = rig.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    key = config_key("vm.ovf")
+    rig.engine.create_snapshot_errors = [Conflict("VM is locked"), Conflict("VM is locked")]
+    h = await rig.manager.open(owner, key)
+    assert len(rig.engine.user_snapshots(vm.id)) == 1
+    await rig.manager.release(h)
+    await trio.sleep(rig.config.grace_period + 30)
+    rig.engine.create_snapshot_errors = [Conflict("VM is locked")] * 1000
+    start = trio.current_time()
+    with pytest.raises(SessionBroken, match="VM is locked"):
+        await rig.manager.open(owner, key)
+    assert 15 <= trio.current_time() - start <= rig.config.system_timeout + 5
+    assert rig.engine.user_snapshots(vm.id) == [] and rig.journal.entries() == []
