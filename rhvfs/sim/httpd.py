@@ -258,28 +258,46 @@ class App:
             raise not_found("unknown resource")
         return Response(body=self.ca_file.read_bytes(), content_type="application/x-x509-ca-cert")
 
-    def _authenticated(self, req: Request) -> bool:
+    def _authenticated(self, req: Request) -> tuple[bool, str | None]:
+        """(ok, new session id): Bearer token, Basic credentials, or a JSESSIONID cookie.
+
+        Basic with `Prefer: persistent-auth` opens a session kept in a cookie,
+        as the engine's API filter does; without it nothing is kept."""
         value = req.headers.get("authorization", "")
         scheme, _, cred = value.partition(" ")
         if scheme.lower() == "bearer":
-            return self.auth.valid_token(cred.strip())
+            return self.auth.valid_token(cred.strip()), None
         if scheme.lower() == "basic":
             try:
                 user, _, password = base64.b64decode(cred.strip()).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
-                return False
-            return self.auth.check_password(user, password)
-        return False
+                return False, None
+            if not self.auth.check_password(user, password):
+                return False, None
+            if "persistent-auth" in req.headers.get("prefer", ""):
+                return True, self.auth.new_token()
+            return True, None
+        for part in req.headers.get("cookie", "").split(";"):
+            name, _, session = part.strip().partition("=")
+            if name == "JSESSIONID" and session:
+                return self.auth.valid_token(session), None
+        return False, None
 
     def _api(self, req: Request) -> Response:
-        if not self._authenticated(req):
+        ok, session = self._authenticated(req)
+        if not ok:
             return Response(
                 status=401, body=b"", headers={"WWW-Authenticate": 'Bearer realm="oVirt"'}
             )
         sub = req.path[len(API_PREFIX) :] or "/"
         handler, params = self.router.resolve(req.method, sub)
         req.params = params
-        return handler(req, **params)
+        resp: Response = handler(req, **params)
+        if session is not None:
+            resp.headers["Set-Cookie"] = (
+                f"JSESSIONID={session}; Path=/ovirt-engine/api; Secure; HttpOnly"
+            )
+        return resp
 
     def _admin(self, req: Request) -> Response:
         value = req.headers.get("authorization", "")

@@ -113,6 +113,18 @@ def test_auth_wire_format(sim: Any) -> None:
         sim, "GET", "/ovirt-engine/api/vms", headers={"Authorization": f"Basic {basic}"}
     )
     assert status == 200
+    status, headers, _ = _https(
+        sim,
+        "GET",
+        "/ovirt-engine/api",
+        headers={"Authorization": f"Basic {basic}", "Prefer": "persistent-auth"},
+    )
+    cookie = headers["set-cookie"].split(";")[0]
+    assert status == 200 and cookie.startswith("JSESSIONID=")
+    status, _, _ = _https(sim, "GET", "/ovirt-engine/api/hosts", headers={"Cookie": cookie})
+    assert status == 200
+    status, _, _ = _https(sim, "GET", "/ovirt-engine/api/hosts", headers={"Cookie": "JSESSIONID=x"})
+    assert status == 401
     status, headers, body = _https(
         sim, "GET", "/ovirt-engine/api/vms", headers={"Authorization": "Bearer nope"}
     )
