@@ -71,6 +71,7 @@ from rhvfs.sessions.setfiles import (
     pad_to,
     shape_fingerprint,
     stable_mtime_ns,
+    xml_stop_time,
 )
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,8 @@ class BackupManager:
                 ann.mtime_ns = time.time_ns()
                 ann.running = True
         else:
-            ann.mtime_ns = stable_mtime_ns(data.entity.creation_time, data_fingerprint(data))
+            base = xml_stop_time(data.xml) or data.entity.creation_time
+            ann.mtime_ns = stable_mtime_ns(base, data_fingerprint(data))
             ann.running = False
         return ann, disks
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
@@ -188,6 +189,20 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.astimezone(UTC).isoformat()
 
 
+_STOP_TIME = re.compile(rb"<stop_time>([^<]{1,64})</stop_time>")
+
+
+def xml_stop_time(xml: bytes) -> datetime | None:
+    """The VM's ``stop_time`` from its API XML: when it last stopped running (None if unknown)."""
+    m = _STOP_TIME.search(xml)
+    if m is None:
+        return None
+    try:
+        return datetime.fromisoformat(m.group(1).decode("ascii").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 def shape_fingerprint(data: OwnerData) -> str:
     """Changes when the set's shape changes (disks, their sizes, nics): sizes are re-announced."""
     parts = [data.entity.id, data.entity.name]
@@ -200,7 +215,10 @@ def shape_fingerprint(data: OwnerData) -> str:
 
 def data_fingerprint(data: OwnerData) -> str:
     """Changes when the owner's data may have changed while it was not running."""
-    parts = [shape_fingerprint(data), str(data.entity.status)]
+    # stop_time moves whenever the guest ran: a preallocated disk's size and volume ids
+    # stay the same when it writes, so they alone cannot tell.
+    stop = xml_stop_time(data.xml)
+    parts = [shape_fingerprint(data), str(data.entity.status), stop.isoformat() if stop else ""]
     parts += sorted(
         f"{a.disk.id}:{a.disk.image_id}:{a.disk.actual_size}:{a.disk.format}"
         for a in data.attachments

@@ -88,6 +88,7 @@ class FakeEngine:
         self.remove_snapshot_conflicts = 0
         self.slow_snapshot_wait_s = 0.0
         self.lun_disks: set[str] = set()
+        self.stop_times: dict[str, str] = {}
         self.status_sequence: dict[str, list[str]] = {}
 
     # -- building the inventory -------------------------------------------------
@@ -265,7 +266,10 @@ class FakeEngine:
     async def vm_xml(self, vm_id: str) -> bytes:
         await trio.lowlevel.checkpoint()
         vm = self.vms[vm_id]
-        return f"<?xml version='1.0' encoding='UTF-8'?>\n<vm id='{vm.id}'><name>{vm.name}</name><status>{vm.status}</status></vm>\n".encode()
+        stop = (
+            f"<stop_time>{self.stop_times[vm_id]}</stop_time>" if vm_id in self.stop_times else ""
+        )
+        return f"<?xml version='1.0' encoding='UTF-8'?>\n<vm id='{vm.id}'><name>{vm.name}</name><status>{vm.status}</status>{stop}</vm>\n".encode()
 
     async def template_ovf(self, template_id: str) -> str:
         await trio.lowlevel.checkpoint()

@@ -591,3 +591,20 @@ async def test_a_locked_vm_is_waited_for_a_little_then_refused(
         await rig.manager.open(owner, key)
     assert 15 <= trio.current_time() - start <= rig.config.system_timeout + 5
     assert rig.engine.user_snapshots(vm.id) == [] and rig.journal.entries() == []
+
+
+async def test_a_down_vm_that_ran_meanwhile_gets_a_new_mtime(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1", status="down")
+    owner = Owner("vm", vm.id, vm.name)
+    rig.engine.stop_times[vm.id] = "2026-01-01T10:00:00.000+00:00"
+    first = await rig.manager.list_set(owner)
+    assert await rig.manager.list_set(owner) == first
+    assert first[0].mtime_ns // 1_000_000_000 == 1767261600  # the stop time, to the second
+    # It ran and stopped again: disks, ids and sizes all look the same.
+    rig.engine.stop_times[vm.id] = "2026-01-02T10:00:00.000+00:00"
+    second = await rig.manager.list_set(owner)
+    assert [e.size for e in second] == [e.size for e in first]
+    assert second[0].mtime_ns != first[0].mtime_ns
+    assert second[0].mtime_ns // 1_000_000_000 == 1767261600 + 86400

@@ -50,3 +50,13 @@ def test_stable_mtime_depends_only_on_inputs() -> None:
     assert a != stable_mtime_ns(t, "cd" * 32)
     assert a // 1_000_000_000 == int(t.timestamp())
     assert stable_mtime_ns(None, "ab" * 32) // 1_000_000_000 == 978307200
+
+
+def test_stop_time_from_api_xml() -> None:
+    from rhvfs.sessions.setfiles import xml_stop_time
+
+    xml = b"<vm id='x'><name>a</name><stop_time>2026-01-02T03:04:05.678+01:00</stop_time></vm>"
+    t = xml_stop_time(xml)
+    assert t is not None and t.astimezone(UTC) == datetime(2026, 1, 2, 2, 4, 5, 678000, tzinfo=UTC)
+    assert xml_stop_time(b"<vm><name>never ran</name></vm>") is None
+    assert xml_stop_time(b"<vm><stop_time>garbage</stop_time></vm>") is None
