@@ -309,6 +309,8 @@ class RestoreSession:
         return {
             "name": self.name,
             "phase": self.phase,
+            # false while a failed restore still removes what it created
+            "settled": self._finished.is_set(),
             "error": self.error,
             "errno": errno.errorcode.get(self.errno) if self.errno else None,
             "vm_id": self.vm_id,

@@ -141,7 +141,7 @@ def wait_status(mnt: SimMount, name: str, timeout_s: float = 120) -> dict[str, A
     deadline = time.monotonic() + timeout_s
     while True:
         status: dict[str, Any] = json.loads(path.read_bytes())
-        if status["phase"] in ("done", "failed") or time.monotonic() > deadline:
+        if status["settled"] or time.monotonic() > deadline:
             return status
         time.sleep(0.1)
 
