@@ -3,9 +3,10 @@
 Runs everything itself: a fresh simulator (``rhvfs sim serve``), a real rhvfs
 mount of it, and two images:
 
-- ``random``: SIZE MiB of random data (throughput: ``dd bs=1M`` into
-  ``restore/<name>/`` until ``.status`` says done, against ``ovirt-img
-  upload-disk`` of the same file to the same storage domain);
+- ``random``: SIZE MiB of random data (throughput: ``cp --preserve=timestamps``
+  into ``restore/<name>/`` until ``.status`` says done, VM created, against
+  ``ovirt-img upload-disk`` of the same file to the same storage domain; the
+  timestamps are what tells rhvfs the image is complete, as tar/cp -a/rsync do);
 - ``sparse``: SIZE MiB, about 3 % data in scattered extents, the rest holes
   (``cp --sparse=always``: bytes PUT by the restore vs the image's allocated
   bytes).
@@ -110,7 +111,7 @@ def wait_done(status_path: Path, timeout_s: float = 600) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         status = json.loads(status_path.read_bytes())
-        if status["phase"] in ("done", "failed") or time.monotonic() > deadline:
+        if status["settled"] or time.monotonic() > deadline:
             return status  # type: ignore[no-any-return]
         time.sleep(0.05)
 
@@ -173,13 +174,15 @@ def main() -> int:
         print(
             f"ovirt-img upload-disk {args.size_mib} MiB random: {ref_s:.2f} s, {mb / ref_s:.0f} MB/s"
         )
-        ours = restore(mnt, work, "bench-random", rand, ["cp"])
+        ours = restore(mnt, work, "bench-random", rand, ["cp", "--preserve=timestamps"])
         print(
             f"rhvfs restore (cp) {args.size_mib} MiB random: data {ours['copy_s']} s, "
             f"VM done {ours['done_s']} s, {mb / ours['done_s']:.0f} MB/s, "
             f"{ours['put_requests']} PUTs"
         )
-        sp = restore(mnt, work, "bench-sparse", sparse, ["cp", "--sparse=always"])
+        sp = restore(
+            mnt, work, "bench-sparse", sparse, ["cp", "--sparse=always", "--preserve=timestamps"]
+        )
         allocated = sparse.stat().st_blocks * 512
         print(
             f"mostly-empty {args.size_mib} MiB image: allocated {allocated} bytes, PUT "

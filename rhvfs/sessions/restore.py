@@ -56,25 +56,18 @@ import json
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from rhvfs.config import Config
 from rhvfs.engine.types import (
-    Cluster,
-    Disk,
-    DiskAttachment,
-    ImageTransfer,
-    Nic,
     StorageDomain,
-    Template,
     Vm,
 )
-from rhvfs.errors import Conflict, NotFound, RestoreError, RhvfsError
+from rhvfs.errors import NotFound, RestoreError, RhvfsError
+from rhvfs.sessions import restore_vm
 from rhvfs.sessions.model import MANIFEST_NAME, OVF_NAME, XML_NAME
 from rhvfs.sessions.restore_options import (
     OPTIONS_FILE,
@@ -84,6 +77,13 @@ from rhvfs.sessions.restore_options import (
     parse_lines,
     unknown_disk_keys,
 )
+from rhvfs.sessions.restore_ports import (
+    RestoreEngine,
+    UploadOpener,
+    default_upload_opener,
+    errno_of,
+)
+from rhvfs.sessions.restore_ports import restore_error as _err
 from rhvfs.sessions.restore_set import (
     OvfInfo,
     SetDisk,
@@ -91,11 +91,9 @@ from rhvfs.sessions.restore_set import (
     check_consistent,
     parse_manifest,
     parse_ovf,
-    strip_devices,
-    synthesize_ovf,
 )
 from rhvfs.sessions.restore_staging import StagedFile, StagingArea
-from rhvfs.sessions.restore_upload import UploadStream, UploadTarget
+from rhvfs.sessions.restore_upload import UploadStream
 
 log = logging.getLogger(__name__)
 
@@ -114,92 +112,10 @@ _RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6}$")
 _CONFIG_NAMES = frozenset({MANIFEST_NAME, OVF_NAME, XML_NAME, OPTIONS_FILE})
 
 
-class RestoreEngine(Protocol):
-    """The engine methods a restore uses (``rhvfs.engine.Engine`` satisfies it)."""
-
-    async def find_vm(self, name: str) -> Vm | None: ...
-    async def get_vm(self, vm_id: str) -> Vm: ...
-    async def get_disk(self, disk_id: str) -> Disk: ...
-    async def list_clusters(self) -> list[Cluster]: ...
-    async def list_storage_domains(self) -> list[StorageDomain]: ...
-    async def list_templates(self) -> list[Template]: ...
-    async def create_disk(
-        self,
-        *,
-        alias: str,
-        provisioned_size: int,
-        format: str,
-        sparse: bool,
-        storage_domain: str,
-        disk_id: str | None = None,
-        backup: str | None = None,
-        description: str = "",
-        content_type: str = "data",
-    ) -> Disk: ...
-    async def remove_disk(self, disk_id: str) -> None: ...
-    async def start_transfer(
-        self,
-        *,
-        disk_id: str | None = None,
-        direction: str = "download",
-        format: str = "raw",
-        inactivity_timeout: int = 60,
-        timeout_policy: str = "legacy",
-    ) -> ImageTransfer: ...
-    async def finalize_transfer(self, transfer_id: str) -> None: ...
-    async def cancel_transfer(self, transfer_id: str) -> None: ...
-    async def create_vm_from_ovf(
-        self, *, ovf: str, cluster: str, name: str | None = None, regenerate_ids: bool = False
-    ) -> Vm: ...
-    async def attach_disk(
-        self, vm_id: str, disk_id: str, *, interface: str, bootable: bool, active: bool
-    ) -> DiskAttachment: ...
-    async def add_nic(
-        self, vm_id: str, *, name: str, interface: str, mac: str | None, vnic_profile_id: str | None
-    ) -> Nic: ...
-    async def remove_vm(self, vm_id: str) -> None: ...
-    async def start_vm(self, vm_id: str) -> Vm: ...
-    async def remove_template(self, template_id: str) -> None: ...
-    async def create_template_from_ovf(
-        self, *, ovf: str, cluster: str, name: str | None = None
-    ) -> Template: ...
-    async def template_disk_attachments(self, template_id: str) -> list[DiskAttachment]: ...
-
-    # Templates also need ``create_template(*, vm_id, name) -> Template`` (a template made
-    # from the restored VM); it is looked up at run time, so engines without it still
-    # restore VMs and refuse template sets with a clear error.
-
-
-#: ``opener(transfer_url, proxy_url)`` -> async context manager of an upload target.
-UploadOpener = Callable[[str, str | None], AbstractAsyncContextManager[UploadTarget]]
-
-
-def default_upload_opener(config: Config) -> UploadOpener:
-    def opener(url: str, proxy_url: str | None) -> AbstractAsyncContextManager[UploadTarget]:
-        from rhvfs.imageio import open_imageio
-
-        cm: AbstractAsyncContextManager[Any] = open_imageio(
-            url, cafile=config.cafile, secure=config.secure, proxy_url=proxy_url, connections=4
-        )
-        return cm
-
-    return opener
-
-
 def _base_name(name: str) -> str:
     """``name`` without rsync's temporary-file decoration (``.<name>.XXXXXX``)."""
     m = _RSYNC_TEMP.match(name)
     return m.group(1) if m else name
-
-
-def _err(detail: str, code: int = errno.EIO) -> RestoreError:
-    return RestoreError(detail, errno=code)
-
-
-def errno_of(exc: BaseException) -> int:
-    """The errno a failed restore call should return for ``exc``."""
-    code = getattr(exc, "errno", None)
-    return code if isinstance(code, int) and code > 0 else errno.EIO
 
 
 # -- files and disks ------------------------------------------------------------
@@ -1020,153 +936,13 @@ class RestoreSession:
 
     async def _create_vm(self) -> None:
         try:
-            await self._create_vm_steps()
+            await restore_vm.create_vm(self)
         except Exception as e:
             self.fail(e if isinstance(e, RhvfsError) else _err(f"creating the vm: {e}"))
             return
         self.phase = "done"
         self.note(f"done: vm {self.vm_id}")
         self._finished.set()
-
-    async def _create_template(self, name: str, cluster: str) -> None:
-        """A template set: import the template from its OVF, naming the uploaded disks.
-
-        The OVF's disk references are rewritten to the disks this restore created
-        (new ids when the originals still exist), and the template id to a fresh one
-        when the original id is taken, so the engine attaches exactly our disks.
-        """
-        engine = self.manager.engine
-        assert self.ovf is not None and self.ovf_info is not None
-        text = self.ovf.decode("utf-8").rstrip()
-        uploaded = [d for d in self.disks.values() if d.state == "uploaded" and d.disk_id]
-        for d in uploaded:
-            assert d.disk_id is not None
-            text = text.replace(d.set_disk.id, d.disk_id)
-        old_id = self.ovf_info.vm_id
-        if old_id and any(t.id == old_id for t in await engine.list_templates()):
-            text = text.replace(old_id, str(uuid.uuid4()))
-        tpl = await engine.create_template_from_ovf(ovf=text, cluster=cluster, name=name)
-        self.template_id = tpl.id
-        attached = {a.disk.id for a in await engine.template_disk_attachments(tpl.id)}
-        missing = [d.set_disk.alias for d in uploaded if d.disk_id not in attached]
-        if missing:
-            raise _err(f"template {name}: the engine did not attach disk(s) {', '.join(missing)}")
-        self.note(f"created template {name} ({tpl.id}) with {len(attached)} disk(s)")
-        self.created_disks.clear()  # they belong to the template now
-
-    async def _create_vm_steps(self) -> None:
-        engine = self.manager.engine
-        m = self.manifest
-        opts = self.options
-        assert (
-            m is not None
-            and opts is not None
-            and self.ovf is not None
-            and self.ovf_info is not None
-        )
-        name = self.target_name or self.name
-        if self.ovf_info.placeholder:
-            self.ovf = synthesize_ovf(m).encode()
-            self.ovf_info = parse_ovf(self.ovf)
-            self.note("vm.ovf is rhvfs's no-OVF placeholder: using one built from manifest.json")
-        if self.overwrite_vm is not None:
-            current = await engine.get_vm(self.overwrite_vm.id)
-            if current.status != "down":
-                raise _err(f"VM {name!r} is {current.status} now; not replacing it", errno.EBUSY)
-            await engine.remove_vm(current.id)
-            self.note(f"removed the replaced vm {current.id}")
-        cluster = opts.cluster or m.cluster_id or m.cluster_name
-        clusters = await engine.list_clusters()
-        if not any(cluster in (c.id, c.name) for c in clusters) and m.cluster_name:
-            cluster = m.cluster_name
-        assert cluster is not None
-        if m.kind == "template":
-            await self._create_template(name, cluster)
-            return
-        regenerate = False
-        if self.ovf_info.vm_id:
-            try:
-                await engine.get_vm(self.ovf_info.vm_id)
-                regenerate = True
-            except NotFound:
-                regenerate = False
-        vm_name = name
-        vm = await engine.create_vm_from_ovf(
-            ovf=strip_devices(self.ovf), cluster=cluster, name=vm_name, regenerate_ids=regenerate
-        )
-        self.created_vm = vm.id
-        self.note(f"created vm {vm_name} ({vm.id}){' with new ids' if regenerate else ''}")
-        for d in self.disks.values():
-            if d.state != "uploaded" or d.disk_id is None:
-                continue
-            sdk = d.set_disk
-            iface = opts.disk_interface.get(sdk.id, sdk.alias) or sdk.interface or "virtio_scsi"
-            boot = opts.disk_boot.get(sdk.id, sdk.alias)
-            active = opts.disk_active.get(sdk.id, sdk.alias)
-            await engine.attach_disk(
-                vm.id,
-                d.disk_id,
-                interface=iface,
-                bootable=sdk.bootable if boot is None else boot,
-                active=sdk.active if active is None else active,
-            )
-        for nic in m.nics:
-            strict = opts.nics == "original"
-            if opts.nics == "new":
-                mac = None
-            elif opts.nics == "explicit":
-                explicit = opts.nic_macs.get(nic.name) or (
-                    opts.nic_macs.get(nic.id) if nic.id else None
-                )
-                mac, strict = (explicit, True) if explicit else (nic.mac, False)
-            else:
-                mac = nic.mac
-            try:
-                await engine.add_nic(
-                    vm.id,
-                    name=nic.name,
-                    interface=nic.interface or "virtio",
-                    mac=mac,
-                    vnic_profile_id=nic.vnic_profile_id,
-                )
-            except Conflict as e:
-                if strict or mac is None:
-                    raise
-                self.note(f"nic {nic.name}: MAC {mac} is in use ({e.detail}); using a new one")
-                await engine.add_nic(
-                    vm.id,
-                    name=nic.name,
-                    interface=nic.interface or "virtio",
-                    mac=None,
-                    vnic_profile_id=nic.vnic_profile_id,
-                )
-        self.note(
-            f"attached {sum(d.state == 'uploaded' for d in self.disks.values())} disk(s), added {len(m.nics)} nic(s)"
-        )
-        if opts.template_name is not None:
-            tname = opts.template_name
-            create_template = getattr(engine, "create_template", None)
-            if create_template is None:
-                raise _err(
-                    "this engine facade cannot make a template from a VM (no create_template)",
-                    errno.ENOTSUP,
-                )
-            tpl = await create_template(vm_id=vm.id, name=tname)
-            self.template_id = tpl.id
-            self.note(f"created template {tname} ({tpl.id})")
-            if opts.remove_base_vm:
-                await engine.remove_vm(vm.id)
-                self.created_vm = None
-                self.note(f"removed the base vm {vm.id}")
-            else:
-                self.vm_id = vm.id
-        else:
-            self.vm_id = vm.id
-        if opts.vm_switchon and self.vm_id is not None:
-            await engine.start_vm(self.vm_id)
-            self.note(f"started vm {self.vm_id}")
-        self.created_vm = None  # success: nothing to roll back any more
-        self.created_disks.clear()
 
 
 # -- the manager --------------------------------------------------------------------

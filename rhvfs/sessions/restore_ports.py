@@ -1,0 +1,113 @@
+"""The seams of a restore: the engine methods it uses, the upload opener, its errors.
+
+``RestoreEngine`` is the structural subset of ``rhvfs.engine.Engine`` that
+restores call (tests pass fakes); ``default_upload_opener`` opens the real
+imageio client for a transfer; ``restore_error`` makes a ``RestoreError``
+carrying the errno the failing filesystem call should return.
+
+Must not: implement any I/O itself.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from rhvfs.config import Config
+from rhvfs.engine.types import (
+    Cluster,
+    Disk,
+    DiskAttachment,
+    ImageTransfer,
+    Nic,
+    StorageDomain,
+    Template,
+    Vm,
+)
+from rhvfs.errors import RestoreError
+from rhvfs.sessions.restore_upload import UploadTarget
+
+
+class RestoreEngine(Protocol):
+    """The engine methods a restore uses (``rhvfs.engine.Engine`` satisfies it)."""
+
+    async def find_vm(self, name: str) -> Vm | None: ...
+    async def get_vm(self, vm_id: str) -> Vm: ...
+    async def get_disk(self, disk_id: str) -> Disk: ...
+    async def list_clusters(self) -> list[Cluster]: ...
+    async def list_storage_domains(self) -> list[StorageDomain]: ...
+    async def list_templates(self) -> list[Template]: ...
+    async def create_disk(
+        self,
+        *,
+        alias: str,
+        provisioned_size: int,
+        format: str,
+        sparse: bool,
+        storage_domain: str,
+        disk_id: str | None = None,
+        backup: str | None = None,
+        description: str = "",
+        content_type: str = "data",
+    ) -> Disk: ...
+    async def remove_disk(self, disk_id: str) -> None: ...
+    async def start_transfer(
+        self,
+        *,
+        disk_id: str | None = None,
+        direction: str = "download",
+        format: str = "raw",
+        inactivity_timeout: int = 60,
+        timeout_policy: str = "legacy",
+    ) -> ImageTransfer: ...
+    async def finalize_transfer(self, transfer_id: str) -> None: ...
+    async def cancel_transfer(self, transfer_id: str) -> None: ...
+    async def create_vm_from_ovf(
+        self, *, ovf: str, cluster: str, name: str | None = None, regenerate_ids: bool = False
+    ) -> Vm: ...
+    async def attach_disk(
+        self, vm_id: str, disk_id: str, *, interface: str, bootable: bool, active: bool
+    ) -> DiskAttachment: ...
+    async def add_nic(
+        self, vm_id: str, *, name: str, interface: str, mac: str | None, vnic_profile_id: str | None
+    ) -> Nic: ...
+    async def remove_vm(self, vm_id: str) -> None: ...
+    async def start_vm(self, vm_id: str) -> Vm: ...
+    async def remove_template(self, template_id: str) -> None: ...
+    async def create_template_from_ovf(
+        self, *, ovf: str, cluster: str, name: str | None = None
+    ) -> Template: ...
+    async def template_disk_attachments(self, template_id: str) -> list[DiskAttachment]: ...
+
+    # Templates also need ``create_template(*, vm_id, name) -> Template`` (a template made
+    # from the restored VM); it is looked up at run time, so engines without it still
+    # restore VMs and refuse template sets with a clear error.
+
+
+#: ``opener(transfer_url, proxy_url)`` -> async context manager of an upload target.
+UploadOpener = Callable[[str, str | None], AbstractAsyncContextManager[UploadTarget]]
+
+
+def default_upload_opener(config: Config) -> UploadOpener:
+    def opener(url: str, proxy_url: str | None) -> AbstractAsyncContextManager[UploadTarget]:
+        from rhvfs.imageio import open_imageio
+
+        cm: AbstractAsyncContextManager[Any] = open_imageio(
+            url, cafile=config.cafile, secure=config.secure, proxy_url=proxy_url, connections=4
+        )
+        return cm
+
+    return opener
+
+
+def restore_error(detail: str, code: int = errno.EIO) -> RestoreError:
+    """A ``RestoreError`` whose ``errno`` is what the failing call returns (EIO by default)."""
+    return RestoreError(detail, errno=code)
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a failed restore call should return for ``exc``."""
+    code = getattr(exc, "errno", None)
+    return code if isinstance(code, int) and code > 0 else errno.EIO
