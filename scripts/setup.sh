@@ -39,7 +39,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -c 'import pyfuse3, trio, httpx, ovirtsdk4, ovirt_imageio' \
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' > .venv/pip.log 2>&1; then
+  grep -v '^WARNING: Location' .venv/pip.log >&2
+  echo "setup: pip install failed" >&2
+  exit 1
+fi
+.venv/bin/python -c 'import pyfuse3, trio, httpx, ovirtsdk4, ovirt_imageio, rhvfs' \
+  && [ -x .venv/bin/pytest ] && [ -x .venv/bin/rhvfs ] \
   || { echo "setup: the venv is incomplete" >&2; exit 1; }
 echo "setup: ready ($(.venv/bin/python --version))"
