@@ -137,6 +137,7 @@ class RestoreFile:
         self.dropped = False  # data of an excluded disk: accepted, not kept
         self.closed_done = False  # the "last close" processing ran since the last write
         self.close_gen = 0  # bumped by every open/close: a grace timer acts only if unchanged
+        self.times_set = False  # utimes while open and no write since: done at the close
         self.mtime_ns = time.time_ns()
 
     @property
@@ -460,6 +461,7 @@ class RestoreSession:
         f.size = max(f.size, end)
         f.mtime_ns = time.time_ns()
         f.closed_done = False
+        f.times_set = False
         return n
 
     def _stage(self, f: RestoreFile, offset: int, data: bytes) -> None:
@@ -514,7 +516,10 @@ class RestoreSession:
             await self.fsync(f)
             return
         if f.disk is not None:
-            await self.fsync(f)  # PUT errors reach close(); completion is decided later
+            await self.fsync(f)  # PUT errors reach close()
+            if f.times_set and not f.dropped:
+                f.closed_done = True  # the image is complete: decided here, not in release
+                await self._complete_and_wait(f)
             return
         try:
             await self._closed(f)
@@ -561,6 +566,9 @@ class RestoreSession:
         if d is None or f.dropped:
             return
         f.close_gen += 1
+        if f.times_set:
+            await self._image_complete(f)
+            return
         self.manager.spawn(functools.partial(self._settle_after_grace, f, f.close_gen))
 
     async def _settle_after_grace(self, f: RestoreFile, gen: int) -> None:
@@ -600,11 +608,20 @@ class RestoreSession:
         d.finish.set()
 
     async def set_times(self, f: RestoreFile) -> None:
-        """``utimes`` on a closed image: tools set times once a file is written, so the image
-        is complete now (no grace wait); a failure of its upload is this call's errno."""
+        """``utimes``: tools set times once a file is written. On a closed image it is
+        complete now (no grace wait) and a failure of its upload is this call's errno; on
+        an open one (cp sets them through the descriptor, then closes) the close completes it."""
         d = f.disk
-        if d is None or f.dropped or f.opens > 0 or self.phase == "done":
+        if d is None or f.dropped or self.phase == "done":
             return
+        if f.opens > 0:
+            f.times_set = True
+            return
+        await self._complete_and_wait(f)
+
+    async def _complete_and_wait(self, f: RestoreFile) -> None:
+        d = f.disk
+        assert d is not None
         self._raise_if_failed()
         f.close_gen += 1  # a pending grace timer has nothing left to do
         try:

@@ -566,3 +566,26 @@ async def test_idle_upload_is_kept_alive_and_a_short_image_waits_for_reopen(
     status = await h.settle(session)
     assert status["phase"] == "done", status["error"]
     check_restored(engine, s, "pause")
+
+
+async def test_times_set_through_the_descriptor_complete_at_close(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """cp --preserve sets times with futimens before close(): that close completes the image."""
+    engine = FakeEngine()
+    h = await start(nursery, engine, tmp_path, config())
+    h.manager.close_grace_s = 3600.0
+    s = make_set()
+    session = h.manager.create("cp-p")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    for name in s.image_names():
+        f = session.new_file(name)
+        session.open(f)
+        await session.write(f, 0, s.files[name])
+        await session.set_times(f)
+        await session.flush(f)  # returns once the upload is finalized
+        assert f.disk is not None and f.disk.state == "uploaded"
+        await session.release(f)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    check_restored(engine, s, "cp-p")
