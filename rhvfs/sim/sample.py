@@ -226,8 +226,10 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
         st.vms[vm.id] = vm
         vms[name] = vm
 
+    # Appended (not inserted) so that earlier disks keep their seeds and bytes.
     specs = list(_DISKS) + [
         _DiskSpec("tmplvm", "mytemplate_Disk1", 256 * MiB, "raw", bootable=True),
+        _DiskSpec("myagent", "myagent_Disk1", 256 * MiB, "cow", bootable=True),
     ]
     with tempfile.TemporaryDirectory(prefix=".sample-", dir=storage.root) as tmp:
 
