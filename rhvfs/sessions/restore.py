@@ -22,9 +22,15 @@ How a set is recognised (any order of files, any tool):
   session: the closing call and every later write get an errno (EEXIST for
   a name clash, ENOSPC for no room, EINVAL for bad input, EIO otherwise).
 - A disk is created (original id unless taken, else a new one) and its
-  upload transfer started at its image's first write; the image is complete
-  when its file is closed with exactly the manifest's size (shorter =
-  truncated: the restore fails). Then the transfer is flushed and finalized.
+  upload transfer started at its image's first write (an idle transfer is
+  kept alive with flushes). **An image is complete** when its file is
+  closed, has exactly the manifest's size, and either its times were set
+  (tar, ``cp -a``/``--preserve``, rsync, restic and Bacula set them when a
+  file is written: complete at once) or it was not reopened for
+  ``close_grace_s`` (dd, plain cp). Then the transfer is flushed and
+  finalized. A shorter image is truncated when its times are set (that call
+  fails with EIO) or after ``truncated_after_s`` without a reopen (restic
+  writes a file in many opens, out of order); a longer one is refused.
 
 **The set is complete** when ``manifest.json`` and ``vm.ovf`` were closed and
 parsed, and every selected disk (all, minus ``vm_exclude_disks``, or
@@ -38,9 +44,12 @@ if ``template_name`` asks (needs ``create_template`` on the engine facade;
 ``remove_base_vm`` then removes the VM), and the VM started if
 ``vm_switchon``. A template set instead becomes a template imported from its
 OVF (``create_template_from_ovf``) whose disk references are rewritten to the
-uploaded disks (its name: ``template_name``, ``vm_name`` or the directory). Any failure rolls back what this restore created (transfers
-cancelled, disks and VM removed). ``.status`` (``status_json``) shows the
-phase: ``receiving`` → ``uploading`` → ``creating_vm`` → ``done`` | ``failed``.
+uploaded disks (its name: ``template_name``, ``vm_name`` or the directory).
+Any failure rolls back what this restore created (transfers cancelled, disks,
+VM and template removed); so do ``rmdir restore/<name>`` of an unfinished
+restore and stopping the mount. ``.status`` (``status_json``) shows the
+phase: ``receiving`` → ``uploading`` → ``creating_vm`` → ``done`` | ``failed``
+(``settled`` turns true once a failed restore finished cleaning up).
 
 Must not: know about inodes, directories or FUSE; touch anything on the
 engine it did not create, except the VM an overwrite replaces.
