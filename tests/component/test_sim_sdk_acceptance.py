@@ -140,6 +140,8 @@ def test_list_vms_following_disk_attachments(sim: Any) -> None:
             found[vm.name] = (vm.status, sorted(aliases))
         assert found["myvm"] == (types.VmStatus.DOWN, ["mydisk", "myvm_Disk1"])
         assert found["web01"] == (types.VmStatus.UP, ["web01_data", "web01_logs", "web01_os"])
+        assert all(1 <= len(aliases) <= 3 for _, aliases in found.values()), found
+        assert len(found) >= 6
         statuses = {status for status, _ in found.values()}
         assert {
             types.VmStatus.UP,
