@@ -800,3 +800,52 @@ def test_invalid_or_broken_checkpoints_refuse_incremental_backups(
         assert [x.description for x in snaps] == ["Active VM"]
     finally:
         conn.close()
+
+
+@pytest.mark.slow
+def test_phase_delays_are_observable(sim_factory: Callable[..., Any]) -> None:
+    s = sim_factory(delay_s=0.3)
+    conn = s.sdk_connection()
+    try:
+        disk = _disk(conn, _vm(conn, "myvm0"), "myvm0_Disk1")
+        transfers = _transfers(conn)
+        t = transfers.add(
+            types.ImageTransfer(
+                disk=types.Disk(id=disk.id), direction=types.ImageTransferDirection.DOWNLOAD
+            )
+        )
+        assert t.phase == P.INITIALIZING and t.transfer_url is None
+        ts = transfers.image_transfer_service(t.id)
+        seen = []
+
+        def walk(final: Any) -> bool:
+            phase = ts.get().phase
+            if not seen or seen[-1] != phase:
+                seen.append(phase)
+            return phase == final
+
+        wait_for("transferring", lambda: walk(P.TRANSFERRING))
+        assert ts.get().transfer_url
+        ts.finalize()
+        wait_for("finished", lambda: walk(P.FINISHED_SUCCESS))
+        assert seen == [P.INITIALIZING, P.TRANSFERRING, P.FINALIZING_SUCCESS, P.FINISHED_SUCCESS]
+        snaps = (
+            conn.system_service()
+            .vms_service()
+            .vm_service(_vm(conn, "myvm0").id)
+            .snapshots_service()
+        )
+        snap = snaps.add(types.Snapshot(description="slow"))
+        assert snaps.snapshot_service(snap.id).get().snapshot_status == types.SnapshotStatus.LOCKED
+        assert (
+            conn.system_service().disks_service().disk_service(disk.id).get().status
+            == types.DiskStatus.LOCKED
+        )
+        wait_for(
+            "ok",
+            lambda: (
+                snaps.snapshot_service(snap.id).get().snapshot_status == types.SnapshotStatus.OK
+            ),
+        )
+    finally:
+        conn.close()
