@@ -745,7 +745,9 @@ class RestoreSession:
             if not opts.selects(d.id, d.alias):
                 continue
             sd = self._storage_domain_of(d, opts, sds)
-            need[sd.id] = need.get(sd.id, 0) + d.size
+            # a sparse disk needs what it held (thin provisioning), a preallocated one its size
+            held = d.actual_size if d.sparse and d.actual_size is not None else d.size
+            need[sd.id] = need.get(sd.id, 0) + held
         for sd_id, nbytes in need.items():
             sd = next(s for s in sds if s.id == sd_id)
             if sd.available is not None and nbytes > sd.available:

@@ -46,6 +46,7 @@ class SetDisk:
     storage_domain_id: str | None
     storage_domain_name: str | None
     image_id: str | None = None
+    actual_size: int | None = None  # allocated bytes at backup time
     backup: str | None = None
     description: str = ""
     content_type: str | None = None
@@ -175,6 +176,7 @@ def parse_manifest(data: bytes) -> SetManifest:
                 storage_domain_id=sd.get("id") if isinstance(sd, dict) else None,
                 storage_domain_name=sd.get("name") if isinstance(sd, dict) else None,
                 image_id=d.get("image_id"),
+                actual_size=d["actual_size"] if isinstance(d.get("actual_size"), int) else None,
                 backup=d.get("backup"),
                 description=str(d.get("description") or ""),
                 content_type=d.get("content_type"),

@@ -413,7 +413,7 @@ def test_bad_configuration(
         expect = "two different sets"
     else:
         doc = json.loads(manifest.read_bytes())
-        doc["disks"][0]["size"] = 1 << 50
+        doc["disks"][0]["size"] = doc["disks"][0]["actual_size"] = 1 << 50
         manifest.write_text(json.dumps(doc))
         expect = "bytes free"
     target = start_restore(mnt, f"m0-{what}")

@@ -589,3 +589,16 @@ async def test_times_set_through_the_descriptor_complete_at_close(
     status = await h.settle(session)
     assert status["phase"] == "done", status["error"]
     check_restored(engine, s, "cp-p")
+
+
+async def test_sparse_disks_need_only_what_they_held(nursery: trio.Nursery, tmp_path: Path) -> None:
+    engine = FakeEngine(sd_available=2 * MiB)
+    h = await start(nursery, engine, tmp_path, config())
+    s = make_set()
+    for d in s.manifest["disks"]:
+        d["actual_size"] = 512 * 1024
+    s.files["manifest.json"] = json.dumps(s.manifest).encode()
+    session = h.manager.create("thin")
+    await h.copy(session, s)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
