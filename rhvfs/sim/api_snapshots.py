@@ -211,6 +211,73 @@ def _finish_remove(
         on_done(ok)
 
 
+def restore_snapshot(e: Engine, vm: Vm, snap: Snapshot) -> None:
+    """Revert the VM's disks to `snap` (preview + commit in one step). Caller holds the lock.
+
+    Volumes newer than the snapshot's are deleted with the snapshots owning
+    them, a fresh active volume goes on top of the snapshot's volume, and the
+    VM's checkpoints become `invalid` (their bitmaps no longer describe the disks).
+    """
+    st = e.state
+    if snap.type != "regular" or snap.status != "ok":
+        raise conflict(
+            f"Cannot restore Snapshot. Snapshot {snap.description} cannot be restored now."
+        )
+    if vm.status != "down":
+        raise conflict(f"Cannot restore Snapshot. VM {vm.name} must be Down.")
+    why = vm_busy(e, vm)
+    if why:
+        raise conflict(f"Cannot restore Snapshot. {why}.")
+    involved = [d for d in st.disks.values() if any(v.snapshot_id == snap.id for v in d.volumes)]
+    for d in involved:
+        check_disk_unlocked(d)
+    snap.status = "locked"
+    for d in involved:
+        d.status = "locked"
+        d.lock_reason = "snapshot"
+    e.save()
+    e.tasks.step(_finish_restore, e, vm.id, snap.id, [d.id for d in involved])
+
+
+def _finish_restore(e: Engine, vm_id: str, snap_id: str, disk_ids: list[str]) -> None:
+    st = e.state
+    with st.lock:
+        vm = st.vms[vm_id]
+        newer = vm.snapshot_ids[vm.snapshot_ids.index(snap_id) + 1 :]
+        for disk_id in disk_ids:
+            d = st.disks[disk_id]
+            keep = next(i for i, v in enumerate(d.volumes) if v.snapshot_id == snap_id)
+            for v in d.volumes[keep + 1 :]:
+                e.storage.delete_volume(d.sd_id, d.id, v.id)
+            del d.volumes[keep + 1 :]
+            new_vol = new_id()
+            e.storage.snapshot(d.sd_id, d.id, d.volumes[keep].id, new_vol)
+            d.volumes.append(
+                Volume(
+                    id=new_vol,
+                    fmt="cow",
+                    parent_id=d.volumes[keep].id,
+                    snapshot_id=vm.active_snapshot_id,
+                )
+            )
+            d.status = "ok"
+            d.lock_reason = ""
+        for sid in newer:
+            if sid != vm.active_snapshot_id:
+                st.snapshots.pop(sid, None)
+                vm.snapshot_ids.remove(sid)
+        st.snapshots[snap_id].status = "ok"
+        for cp in st.checkpoints.values():
+            if cp.vm_id == vm_id:
+                cp.state = "invalid"
+        st.add_event(
+            f"VM {vm.name} restored from snapshot '{st.snapshots[snap_id].description}'.",
+            vm_id=vm_id,
+        )
+        e.save()
+        log.info("vm %s restored to snapshot %s", vm_id, snap_id)
+
+
 def snapshot_disks(e: Engine, vm: Vm, snap: Snapshot) -> list[types.Disk]:
     result = []
     for a in vm.attachments:
@@ -296,8 +363,9 @@ def register(router: Router, e: Engine) -> None:
 
     def snapshot_restore(req: Request, vm: str, snapshot: str) -> Response:
         with st.lock:
-            _vm_snap(vm, snapshot)
-        raise conflict("Cannot restore Snapshot. Not supported by the simulator.")
+            v, s = _vm_snap(vm, snapshot)
+            restore_snapshot(e, v, s)
+        return xml(action_done())
 
     router.add("GET", "/vms/{vm}/snapshots", snapshots_list)
     router.add("POST", "/vms/{vm}/snapshots", snapshot_add)

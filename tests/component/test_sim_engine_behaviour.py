@@ -849,3 +849,65 @@ def test_phase_delays_are_observable(sim_factory: Callable[..., Any]) -> None:
         )
     finally:
         conn.close()
+
+
+@pytest.mark.slow
+def test_snapshot_restore_reverts_disks_and_invalidates_checkpoints(
+    sim_factory: Callable[..., Any],
+) -> None:
+    s = sim_factory()
+    conn = s.sdk_connection()
+    try:
+        vm = _vm(conn, "myvm")
+        vs = conn.system_service().vms_service().vm_service(vm.id)
+        disk = _disk(conn, vm, "mydisk")
+        snaps = vs.snapshots_service()
+        mysnap = next(x for x in snaps.list() if x.description == "mysnap")
+        at_mysnap = s.admin.disk_sha256(
+            disk.id,
+            image_id=next(
+                d
+                for d in snaps.snapshot_service(mysnap.id).disks_service().list()
+                if d.id == disk.id
+            ).image_id,
+        )
+        backups = vs.backups_service()
+        b = backups.add(types.Backup(disks=[types.Disk(id=disk.id)]))
+        bs = backups.backup_service(b.id)
+        cp = wait_for(
+            "ready", lambda: (x := bs.get()).phase == types.BackupPhase.READY and x
+        ).to_checkpoint_id
+        bs.finalize()
+        wait_for("succeeded", lambda: bs.get().phase == types.BackupPhase.SUCCEEDED)
+        later = snaps.add(types.Snapshot(description="later"))
+        wait_for(
+            "ok",
+            lambda: (
+                snaps.snapshot_service(later.id).get().snapshot_status == types.SnapshotStatus.OK
+            ),
+        )
+        s.admin.guest_write(vm="myvm", disk="mydisk", offset=0, size=1 << 20, pattern=0x42)
+        assert s.admin.disk_sha256(disk.id) != at_mysnap
+
+        snaps.snapshot_service(mysnap.id).restore()
+        wait_for(
+            "restored",
+            lambda: (
+                snaps.snapshot_service(mysnap.id).get().snapshot_status == types.SnapshotStatus.OK
+            ),
+        )
+        assert [x.description for x in snaps.list()] == ["mysnap", "Active VM"]
+        assert s.admin.disk_sha256(disk.id) == at_mysnap
+        checkpoint = vs.checkpoints_service().checkpoint_service(cp).get()
+        assert checkpoint.state == types.CheckpointState.INVALID
+        with pytest.raises(sdk.Error) as err:
+            backups.add(types.Backup(disks=[types.Disk(id=disk.id)], from_checkpoint_id=cp))
+        assert err.value.code == 409
+        # A running VM cannot be reverted.
+        vs.start()
+        wait_for("up", lambda: vs.get().status == types.VmStatus.UP)
+        with pytest.raises(sdk.Error) as err:
+            snaps.snapshot_service(mysnap.id).restore()
+        assert err.value.code == 409
+    finally:
+        conn.close()
