@@ -149,12 +149,6 @@ class RestoreFile:
         self.times_set = False  # utimes while open and no write since: done at the close
         self.mtime_ns = time.time_ns()
 
-    @property
-    def allocated(self) -> int:
-        if self.mem is not None:
-            return len(self.mem)
-        return self.size
-
 
 @dataclasses.dataclass(eq=False)
 class _Disk:
@@ -258,13 +252,6 @@ class RestoreSession:
 
     def status_json(self) -> bytes:
         return (json.dumps(self.status(), indent=2) + "\n").encode()
-
-    @property
-    def busy(self) -> bool:
-        """True while engine work of this restore is running (uploads, VM creation, rollback)."""
-        if self.phase in ("uploading", "creating_vm"):
-            return True
-        return any(d.state in ("creating", "uploading", "finalizing") for d in self.disks.values())
 
     async def wait_finished(self) -> None:
         await self._finished.wait()
@@ -382,9 +369,6 @@ class RestoreSession:
             if f.mem is not None and len(f.mem) == 0:
                 f.mem = None
             return
-
-    def is_config(self, f: RestoreFile) -> bool:
-        return f.disk is None and f.mem is not None
 
     def open(self, f: RestoreFile) -> None:
         f.opens += 1
