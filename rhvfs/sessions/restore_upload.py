@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 from typing import Protocol
 
@@ -137,7 +138,9 @@ class UploadStream:
         self.position = 0
         self._zero_start = 0
         self._zero_len = 0
-        self._send, self._recv = trio.open_memory_channel[tuple[int, bytes | int]](0)
+        self._send, self._recv = trio.open_memory_channel[tuple[int, int, bytes | int]](0)
+        self._inflight: dict[int, tuple[int, int]] = {}  # queued/in-flight request ranges
+        self._keys = itertools.count()
         self._pending = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -211,6 +214,12 @@ class UploadStream:
                 joined[rel : rel + n] = data  # a rewrite of bytes not sent yet
                 self._pieces = [bytes(joined)]
                 return
+            end = offset + n
+            if end <= self._buf_offset and not self._overlaps_queued(offset, end):
+                # below everything unsent and clear of every queued request: send it
+                # concurrently (restic writes whole files this way, blob by blob)
+                await self._send_runs(offset, bytes(data), direct=False, coalesce=False)
+                return
             await self.drain()
             await self._send_runs(offset, bytes(data), direct=True)
             tail = offset + n - self.position
@@ -236,11 +245,23 @@ class UploadStream:
             self._buf_offset += take
             await self._send_runs(offset, piece, direct=False)
 
-    async def _send_runs(self, offset: int, piece: bytes, *, direct: bool) -> None:
+    def _overlaps_queued(self, start: int, end: int) -> bool:
+        """True when [start, end) meets a queued or in-flight request or the pending zero run."""
+        if self._zero_len and start < self._zero_start + self._zero_len and self._zero_start < end:
+            return True
+        return any(s < end and start < e for s, e in self._inflight.values())
+
+    async def _send_runs(
+        self, offset: int, piece: bytes, *, direct: bool, coalesce: bool = True
+    ) -> None:
         for start, length, is_zero in split_runs(
             piece, block=self._block, min_zero_run=self._min_zero
         ):
             at = offset + start
+            if not coalesce:
+                data = piece[start : start + length]
+                await self._queue(at, length if is_zero else data)
+                continue
             if is_zero and not direct:
                 if self._zero_len and self._zero_start + self._zero_len == at:
                     self._zero_len += length
@@ -272,20 +293,23 @@ class UploadStream:
         self._pending += 1
         if self._idle.is_set():
             self._idle = trio.Event()
+        key = next(self._keys)
+        self._inflight[key] = (offset, offset + (item if isinstance(item, int) else len(item)))
         try:
-            await self._send.send((offset, item))
+            await self._send.send((key, offset, item))
         except BaseException:
-            self._done_one()
+            self._done_one(key)
             raise
 
-    def _done_one(self) -> None:
+    def _done_one(self, key: int) -> None:
+        self._inflight.pop(key, None)
         self._pending -= 1
         if self._pending == 0:
             self._idle.set()
 
-    async def _worker(self, recv: trio.MemoryReceiveChannel[tuple[int, bytes | int]]) -> None:
+    async def _worker(self, recv: trio.MemoryReceiveChannel[tuple[int, int, bytes | int]]) -> None:
         async with recv:
-            async for offset, item in recv:
+            async for key, offset, item in recv:
                 try:
                     if self._error is None:
                         await self._request(offset, item)
@@ -293,7 +317,7 @@ class UploadStream:
                     log.warning("upload request at %d failed: %s", offset, e)
                     self._error = e
                 finally:
-                    self._done_one()
+                    self._done_one(key)
 
     async def _request(self, offset: int, item: bytes | int) -> None:
         for attempt in range(_RETRIES):

@@ -173,3 +173,16 @@ def test_any_write_order_gives_the_same_image(ops: list[tuple[int, int, bool]]) 
     target = FakeTarget(size)
     trio.run(run_stream, target, writes, size)
     assert target.image == expected
+
+
+async def test_backward_writes_clear_of_queued_requests_go_out_concurrently() -> None:
+    """restic writes a file blob by blob in any order: those PUTs need not wait for each other."""
+    size = 4 * MiB
+    image = pattern(size, 11)
+    blocks = [(o, image[o : o + 256 * KiB]) for o in range(0, size, 256 * KiB)]
+    target = FakeTarget(size)
+    last = blocks.pop()
+    stream = await run_stream(target, [last, *reversed(blocks)], size)
+    assert target.image == image
+    assert stream.statistics().out_of_order_writes == len(blocks)
+    assert target.max_in_flight > 1
