@@ -8,12 +8,14 @@ a zero-capacity channel, so a fast writer waits for the network instead of
 filling memory (at most ``workers + 1`` chunks are held).
 
 Invariants (between awaits): ``position`` is the end of the in-order data
-accepted so far; bytes below it are either queued, in flight or sent. A
-write that does not start at ``position`` is "out of order": the stream
-drains (everything queued is sent) and then sends that write directly, so
-two requests on overlapping ranges are never in flight together. Ranges
-never written (holes left by sparse-aware tools) are not sent at all: the
-target disk is always freshly created and reads as zeroes.
+accepted so far; bytes below it are either buffered, queued, in flight or
+sent; two requests on overlapping ranges are never queued or in flight
+together. A write beyond ``position`` leaves a hole; one below it is "out of
+order": when it lies below the buffered data and clear of every queued
+request and of the pending zero run, it is queued at once (restic writes
+files blob by blob in any order); otherwise the stream drains and then sends
+it directly. Ranges never written (holes left by sparse-aware tools) are not
+sent at all: the target disk is always freshly created and reads as zeroes.
 
 Errors: the first failed request breaks the stream; every later call raises
 it (the FUSE layer returns EIO). Transient imageio errors are retried.
