@@ -92,3 +92,18 @@ def test_unknown_disk_keys() -> None:
     opts = build_options(defaults={}, file_values={"disk_names": f"{D1}:new, nope:x"})
     assert unknown_disk_keys(opts, [D1, "a"]) == ["nope"]
     assert opts.as_dict()["disk_names"] == {"default": None, "by_disk": {D1: "new", "nope": "x"}}
+
+
+def test_mount_defaults_come_from_the_config_section(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rhvfs.config import load_config
+
+    conf = tmp_path / "ovirt-img.conf"
+    conf.write_text(
+        "[sim]\nengine_url = http://localhost:1\nusername = u\npassword = p\n"
+        "restore_vm_switchon = yes\nrestore_storage_domain = mydata\nrestore_nics = new\n"
+    )
+    cfg = load_config(section="sim", config_file=conf)
+    opts = build_options(defaults=cfg.restore_defaults, file_values={"nics": "original"})
+    assert opts.vm_switchon is True
+    assert opts.storage_domain.default == "mydata"
+    assert opts.nics == "original"  # the options file wins
