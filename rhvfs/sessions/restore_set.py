@@ -379,3 +379,32 @@ def strip_devices(data: bytes) -> str:
                 if rtype is not None and (rtype.text or "").strip() in _DEVICE_TYPES:
                     parent.remove(child)
     return ET.tostring(root, encoding="unicode")
+
+
+def set_disk_flags(ovf: str, flags: dict[str, tuple[str, bool, bool]]) -> str:
+    """The OVF with each disk's interface, boot flag and plugged state replaced.
+
+    ``flags`` maps a disk id (the part before ``/`` of ``ovf:fileRef`` and
+    ``rasd:HostResource``) to ``(interface, bootable, active)``, with the
+    interface in the API's spelling (``virtio_scsi``).
+    """
+    for prefix, uri in _NS_PREFIXES.items():
+        ET.register_namespace(prefix, uri)
+    root = ET.fromstring(ovf.encode("utf-8"))
+    for el in root.iter():
+        tag = _local(el.tag)
+        if tag == "Disk":
+            disk_id = (_attr(el, "fileRef") or "").split("/")[0]
+            if disk_id in flags:
+                iface, boot, _ = flags[disk_id]
+                el.set(f"{{{OVF_NS}}}disk-interface", _IFACE_TO_OVF.get(iface, "VirtIO_SCSI"))
+                el.set(f"{{{OVF_NS}}}boot", "true" if boot else "false")
+        elif tag == "Item":
+            host = el.find(f"{{{RASD_NS}}}HostResource")
+            disk_id = (host.text or "").split("/")[0] if host is not None else ""
+            if disk_id in flags:
+                plugged = next((c for c in el if _local(c.tag) == "IsPlugged"), None)
+                if plugged is None:
+                    plugged = ET.SubElement(el, "IsPlugged")
+                plugged.text = "true" if flags[disk_id][2] else "false"
+    return ET.tostring(root, encoding="unicode")

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING
 
 from rhvfs.errors import Conflict, NotFound
 from rhvfs.sessions.restore_ports import restore_error
-from rhvfs.sessions.restore_set import parse_ovf, strip_devices, synthesize_ovf
+from rhvfs.sessions.restore_set import (
+    parse_ovf,
+    set_disk_flags,
+    strip_devices,
+    synthesize_ovf,
+)
 
 if TYPE_CHECKING:
     from rhvfs.sessions.restore import RestoreSession
@@ -36,6 +41,21 @@ async def import_template(session: RestoreSession, name: str, cluster: str) -> N
     for d in uploaded:
         assert d.disk_id is not None
         text = text.replace(d.set_disk.id, d.disk_id)
+    opts = session.options
+    assert opts is not None
+    flags = {}
+    for d in uploaded:
+        assert d.disk_id is not None
+        sd = d.set_disk
+        iface = opts.disk_interface.get(sd.id, sd.alias) or sd.interface or "virtio_scsi"
+        boot = opts.disk_boot.get(sd.id, sd.alias)
+        active = opts.disk_active.get(sd.id, sd.alias)
+        flags[d.disk_id] = (
+            iface,
+            sd.bootable if boot is None else boot,
+            sd.active if active is None else active,
+        )
+    text = set_disk_flags(text, flags)  # the options apply to template disks too
     old_id = session.ovf_info.vm_id
     if old_id and any(t.id == old_id for t in await engine.list_templates()):
         text = text.replace(old_id, str(uuid.uuid4()))

@@ -335,7 +335,7 @@ def test_template_set_restores_as_template(sim: Any, mnt: SimMount, tmp_path: Pa
     subprocess.run(
         ["cp", "-a", str(mnt.mnt / "templates/mytemplate/@rhv"), str(set_dir)], check=True
     )
-    target = start_restore(mnt, "mytemplate-copy")
+    target = start_restore(mnt, "mytemplate-copy", "disk_interface = sata\ndisk_boot = no\n")
     subprocess.run(["cp", "-a", f"{set_dir}/.", str(target)], check=True)
     status = wait_status(mnt, "mytemplate-copy")
     assert status["phase"] == "done", status["error"]
@@ -347,6 +347,7 @@ def test_template_set_restores_as_template(sim: Any, mnt: SimMount, tmp_path: Pa
         atts = service.disk_attachments_service().list()
         src = manifest_disks(set_dir)[0]
         assert len(atts) == 1 and atts[0].id != src["id"]
+        assert (atts[0].interface.value, atts[0].bootable) == ("sata", False)  # the options
         assert sim.admin.disk_sha256(atts[0].id) == sim.admin.disk_sha256(src["id"])
         assert [n.name for n in service.nics_service().list()] == ["nic1"]
         service.remove()

@@ -15,6 +15,7 @@ from rhvfs.sessions.restore_set import (
     check_consistent,
     parse_manifest,
     parse_ovf,
+    set_disk_flags,
     strip_devices,
     synthesize_ovf,
 )
@@ -128,3 +129,15 @@ def test_staging_limit(tmp_path: Path) -> None:
     with pytest.raises(StagingFull, match="staging_limit 100"):
         f.write(60, b"z" * 41)
     assert area.used_bytes == 60
+
+
+def test_disk_flags_rewritten_for_the_engine() -> None:
+    s = make_set()
+    m = parse_manifest(s.files["manifest.json"])
+    text = set_disk_flags(
+        synthesize_ovf(m), {DISK_IDS[0]: ("sata", False, False), "other": ("ide", True, True)}
+    )
+    vm = api_ovf.parse_ovf(text)
+    d0, d1 = vm.disks
+    assert (d0.interface, d0.bootable, d0.active) == ("sata", False, False)
+    assert (d1.interface, d1.bootable, d1.active) == ("virtio", False, True)  # untouched
