@@ -32,9 +32,31 @@ def search_value(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def raw_get(conn: ovirtsdk4.Connection, path: str, query: dict[str, str] | None = None) -> bytes:
+# What the SDK sends for ``all_content=True`` where a service's ``get``/``list`` has
+# that parameter (VmService.get, VmsService.list, SnapshotsService.list): both the
+# header and the query parameter. TemplateService.get, TemplatesService.list and
+# SnapshotService.get have no such parameter and silently drop it (they swallow
+# **kwargs), so every all-content read passes these explicitly instead.
+ALL_CONTENT_HEADERS: dict[str, str] = {"All-Content": "true"}
+ALL_CONTENT_QUERY: dict[str, str] = {"all_content": "true"}
+
+
+def all_content() -> dict[str, dict[str, str]]:
+    """Keyword arguments that make any SDK ``get``/``list`` return the heavy fields (the OVF)."""
+    return {"headers": dict(ALL_CONTENT_HEADERS), "query": dict(ALL_CONTENT_QUERY)}
+
+
+def raw_get(
+    conn: ovirtsdk4.Connection,
+    path: str,
+    query: dict[str, str] | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+) -> bytes:
     """GET ``path`` (relative to the API root) and return the body exactly as the engine sent it."""
-    request = ovirtsdk4.http.Request(method="GET", path=path, query=query or {})
+    request = ovirtsdk4.http.Request(
+        method="GET", path=path, query=query or {}, headers=headers or {}
+    )
     context = conn.send(request)
     response = conn.wait(context)
     code = response.code
@@ -282,7 +304,7 @@ class InventoryMixin(EngineCore):
     async def vm_ovf(self, vm_id: str) -> str:
         what = f"get ovf of vm {vm_id}"
         item = await self.call(
-            lambda c: c.system_service().vms_service().vm_service(vm_id).get(all_content=True), what
+            lambda c: c.system_service().vms_service().vm_service(vm_id).get(**all_content()), what
         )
         return self._ovf_of(item, what)
 
@@ -293,7 +315,7 @@ class InventoryMixin(EngineCore):
                 c.system_service()
                 .templates_service()
                 .template_service(template_id)
-                .get(all_content=True)
+                .get(**all_content())
             ),
             what,
         )
@@ -301,11 +323,11 @@ class InventoryMixin(EngineCore):
 
     async def vm_xml(self, vm_id: str) -> bytes:
         return await self.call(
-            lambda c: raw_get(c, f"/vms/{vm_id}", {"all_content": "true"}), f"get xml of vm {vm_id}"
+            lambda c: raw_get(c, f"/vms/{vm_id}", **all_content()), f"get xml of vm {vm_id}"
         )
 
     async def template_xml(self, template_id: str) -> bytes:
         return await self.call(
-            lambda c: raw_get(c, f"/templates/{template_id}", {"all_content": "true"}),
+            lambda c: raw_get(c, f"/templates/{template_id}", **all_content()),
             f"get xml of template {template_id}",
         )

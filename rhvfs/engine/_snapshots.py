@@ -16,6 +16,7 @@ import ovirtsdk4.types as sdk
 from rhvfs.engine import _convert as convert
 from rhvfs.engine import types as t
 from rhvfs.engine._core import EngineCore
+from rhvfs.engine._inventory import all_content
 from rhvfs.errors import Conflict, EngineError, NotFound
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ class SnapshotsMixin(EngineCore):
         """The OVF of the VM as of the snapshot, or None when the engine has none."""
         item = await self.call(
             lambda c: (
-                _snapshots_service(c, vm_id).snapshot_service(snapshot_id).get(all_content=True)
+                _snapshots_service(c, vm_id).snapshot_service(snapshot_id).get(**all_content())
             ),
             f"get ovf of snapshot {snapshot_id}",
         )

@@ -399,7 +399,7 @@ async def test_templates_nics_and_profiles(sim: Any, engine: Engine) -> None:
     assert await engine.get_template(tpl.id) == tpl
     atts = await engine.template_disk_attachments(tpl.id)
     assert len(atts) >= 1 and all(a.disk.provisioned_size > 0 for a in atts)
-    # template_ovf: the simulator does not serve a template's OVF yet (all_content), so not checked here.
+    # template_ovf content is checked in test_engine_ovf.py.
     assert b"<template " in await engine.template_xml(tpl.id)
     await engine.template_nics(tpl.id)  # may be empty; must not fail
 
