@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import rhvfs
@@ -55,6 +55,18 @@ def unique_names(items: Iterable[tuple[str, str]], *, suffix: str = "") -> dict[
 
 def _asdict(value: Any) -> dict[str, Any]:
     return dataclasses.asdict(value)
+
+
+def _by_name(nodes: Iterable[Node]) -> list[Node]:
+    return sorted(nodes, key=lambda n: n.name)
+
+
+def _fixed_mtime(entity: Any) -> int:
+    return FIXED_MTIME_NS
+
+
+def _creation_mtime(entity: Any) -> int:
+    return time_ns(entity.creation_time)
 
 
 class Layout:
@@ -103,6 +115,21 @@ class Layout:
             size=len(target.encode("utf-8")),
         )
 
+    def _entity_dirs(
+        self,
+        entities: Sequence[Any],
+        kind: str,
+        make_lister: Callable[[Any], Lister],
+        *,
+        sub: str = "",
+        mtime: Callable[[Any], int] = _fixed_mtime,
+    ) -> list[Node]:
+        """One directory per engine entity (anything with ``id`` and ``name``), by name."""
+        names = unique_names((e.id, e.name) for e in entities)
+        return _by_name(
+            self._dir((kind, e.id, sub), names[e.id], make_lister(e), mtime(e)) for e in entities
+        )
+
     @staticmethod
     def _static(path: str) -> tuple[str, str, str]:
         return ("static", "", path)
@@ -125,7 +152,7 @@ class Layout:
         }
         nodes = [self._dir(self._static(f"/{name}"), name, listers[name]) for name in TOP_DIRS]
         nodes.append(self._dir(self._static(f"/{CONTROL_DIR}"), CONTROL_DIR, self._control))
-        return sorted(nodes, key=lambda n: n.name)
+        return _by_name(nodes)
 
     async def _restore(self) -> list[Node]:
         return []
@@ -152,14 +179,9 @@ class Layout:
 
     async def _vms(self) -> list[Node]:
         vms = await self.inv.vms()
-        names = await self.vm_names()
-        nodes = [
-            self._dir(
-                ("vm", vm.id, ""), names[vm.id], self._vm_lister(vm.id), time_ns(vm.creation_time)
-            )
-            for vm in vms
-        ]
-        return sorted(nodes, key=lambda n: n.name)
+        return self._entity_dirs(
+            vms, "vm", lambda vm: self._vm_lister(vm.id), mtime=_creation_mtime
+        )
 
     def _vm_lister(self, vm_id: str) -> Lister:
         async def lister() -> list[Node]:
@@ -316,24 +338,14 @@ class Layout:
                     (ident_kind, vm.id, ident_sub), name, prefix + name, time_ns(vm.creation_time)
                 )
             )
-        return sorted(nodes, key=lambda n: n.name)
+        return _by_name(nodes)
 
     # -- templates ------------------------------------------------------------
 
     async def _templates(self) -> list[Node]:
         templates = await self.inv.templates()
-        names = unique_names((t.id, t.name) for t in templates)
-        return sorted(
-            (
-                self._dir(
-                    ("template", t.id, ""),
-                    names[t.id],
-                    self._template_lister(t),
-                    time_ns(t.creation_time),
-                )
-                for t in templates
-            ),
-            key=lambda n: n.name,
+        return self._entity_dirs(
+            templates, "template", self._template_lister, mtime=_creation_mtime
         )
 
     def _template_lister(self, t: Template) -> Lister:
@@ -363,12 +375,7 @@ class Layout:
     # -- datacenters and clusters ------------------------------------------
 
     async def _datacenters(self) -> list[Node]:
-        dcs = await self.inv.datacenters()
-        names = unique_names((dc.id, dc.name) for dc in dcs)
-        return sorted(
-            (self._dir(("dc", dc.id, ""), names[dc.id], self._dc_lister(dc)) for dc in dcs),
-            key=lambda n: n.name,
-        )
+        return self._entity_dirs(await self.inv.datacenters(), "dc", self._dc_lister)
 
     def _dc_lister(self, dc: DataCenter) -> Lister:
         async def lister() -> list[Node]:
@@ -385,17 +392,8 @@ class Layout:
     def _dc_clusters_lister(self, dc: DataCenter) -> Lister:
         async def lister() -> list[Node]:
             clusters = [c for c in await self.inv.clusters() if c.datacenter_id == dc.id]
-            names = unique_names((c.id, c.name) for c in clusters)
-            return sorted(
-                (
-                    self._dir(
-                        ("cluster", c.id, "dc"),
-                        names[c.id],
-                        self._cluster_lister(c, up=5, sub="dc"),
-                    )
-                    for c in clusters
-                ),
-                key=lambda n: n.name,
+            return self._entity_dirs(
+                clusters, "cluster", lambda c: self._cluster_lister(c, up=5, sub="dc"), sub="dc"
             )
 
         return lister
@@ -404,31 +402,23 @@ class Layout:
         async def lister() -> list[Node]:
             sds = await self.inv.storage_domains()
             names = unique_names((sd.id, sd.name) for sd in sds)
-            return sorted(
-                (
-                    self._link(
-                        ("sd-link", sd.id, dc.id),
-                        names[sd.id],
-                        f"../../../storagedomains/{names[sd.id]}",
-                        FIXED_MTIME_NS,
-                    )
-                    for sd in sds
-                    if dc.id in sd.datacenter_ids
-                ),
-                key=lambda n: n.name,
+            return _by_name(
+                self._link(
+                    ("sd-link", sd.id, dc.id),
+                    names[sd.id],
+                    f"../../../storagedomains/{names[sd.id]}",
+                    FIXED_MTIME_NS,
+                )
+                for sd in sds
+                if dc.id in sd.datacenter_ids
             )
 
         return lister
 
     async def _clusters(self) -> list[Node]:
         clusters = await self.inv.clusters()
-        names = unique_names((c.id, c.name) for c in clusters)
-        return sorted(
-            (
-                self._dir(("cluster", c.id, ""), names[c.id], self._cluster_lister(c, up=3, sub=""))
-                for c in clusters
-            ),
-            key=lambda n: n.name,
+        return self._entity_dirs(
+            clusters, "cluster", lambda c: self._cluster_lister(c, up=3, sub="")
         )
 
     def _cluster_lister(self, cluster: Cluster, *, up: int, sub: str) -> Lister:
@@ -453,12 +443,7 @@ class Layout:
     # -- hosts, storage domains, tags ----------------------------------------
 
     async def _hosts(self) -> list[Node]:
-        hosts = await self.inv.hosts()
-        names = unique_names((h.id, h.name) for h in hosts)
-        return sorted(
-            (self._dir(("host", h.id, ""), names[h.id], self._host_lister(h)) for h in hosts),
-            key=lambda n: n.name,
-        )
+        return self._entity_dirs(await self.inv.hosts(), "host", self._host_lister)
 
     def _host_lister(self, host: Host) -> Lister:
         async def vms_lister() -> list[Node]:
@@ -476,23 +461,15 @@ class Layout:
         return lister
 
     async def _storage_domains(self) -> list[Node]:
-        sds = await self.inv.storage_domains()
-        names = unique_names((sd.id, sd.name) for sd in sds)
-        return sorted(
-            (self._dir(("sd", sd.id, ""), names[sd.id], self._sd_lister(sd)) for sd in sds),
-            key=lambda n: n.name,
-        )
+        return self._entity_dirs(await self.inv.storage_domains(), "sd", self._sd_lister)
 
     def _sd_lister(self, sd: StorageDomain) -> Lister:
         async def disks_lister() -> list[Node]:
             disks = await self.inv.storage_domain_disks(sd.id)
             names = unique_names(((d.id, d.alias) for d in disks), suffix=".json")
-            return sorted(
-                (
-                    self._file(("sd-disk", d.id, sd.id), names[d.id], render_json(_asdict(d)))
-                    for d in disks
-                ),
-                key=lambda n: n.name,
+            return _by_name(
+                self._file(("sd-disk", d.id, sd.id), names[d.id], render_json(_asdict(d)))
+                for d in disks
             )
 
         async def lister() -> list[Node]:
@@ -506,12 +483,7 @@ class Layout:
         return lister
 
     async def _tags(self) -> list[Node]:
-        tags = await self.inv.tags()
-        names = unique_names((t.id, t.name) for t in tags)
-        return sorted(
-            (self._dir(("tag", t.id, ""), names[t.id], self._tag_lister(t)) for t in tags),
-            key=lambda n: n.name,
-        )
+        return self._entity_dirs(await self.inv.tags(), "tag", self._tag_lister)
 
     def _tag_lister(self, tag: Tag) -> Lister:
         async def lister() -> list[Node]:
