@@ -74,14 +74,13 @@ def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine
             raise
         except Exception as exc:
             number = errno_for(exc)
-            if isinstance(exc, _QUIET) or (
-                isinstance(exc, OSError) and not isinstance(exc, errors.RhvfsError)
-            ):
-                log.debug("%s: %s -> %s", fn.__name__, exc, errno.errorcode.get(number, number))
-            elif number == errno.EIO and not isinstance(exc, errors.RhvfsError):
+            name = errno.errorcode.get(number, number)
+            if isinstance(exc, (*_QUIET, OSError)):  # expected: a missing name, ENOTDIR...
+                log.debug("%s: %s -> %s", fn.__name__, exc, name)
+            elif isinstance(exc, errors.RhvfsError):
+                log.warning("%s: %s -> %s", fn.__name__, exc, name)
+            else:  # a bug: keep its traceback
                 log.exception("%s failed unexpectedly", fn.__name__)
-            else:
-                log.warning("%s: %s -> %s", fn.__name__, exc, errno.errorcode.get(number, number))
             raise pyfuse3.FUSEError(number) from exc
 
     return wrapper
