@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_mount_fake import restic_summary
 
 pytestmark = pytest.mark.slow
 RHVFS = [sys.executable, "-m", "rhvfs.cli"]
@@ -221,20 +222,15 @@ def test_restic_twice_over_a_down_vm_reports_files_unchanged(
     sim: Any, tmp_path: Path, state_dir: Path
 ) -> None:
     repo = tmp_path / "repo"
-    env = {**os.environ, "RESTIC_PASSWORD": "t", "RESTIC_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "RESTIC_PASSWORD": "test"}
     subprocess.run(["restic", "init", "-r", str(repo)], check=True, capture_output=True, env=env)
     summaries = []
     for _ in range(2):  # two mounts: inode numbers, mtime, ctime and size must not change
         m = SimMount(sim, tmp_path / "mnt", state_dir, "--grace-period", "0")
         try:
-            result = subprocess.run(
-                ["restic", "-r", str(repo), "--json", "backup", str(m.mnt / "vms/myvm0/@rhv")],
-                capture_output=True, text=True, env=env, check=True,
-            )  # fmt: skip
+            summaries.append(restic_summary(repo, m.mnt / "vms/myvm0/@rhv"))
         finally:
             m.umount()
-        docs = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
-        summaries.append(next(d for d in docs if d.get("message_type") == "summary"))
     assert summaries[0]["files_new"] == 4
     assert (
         summaries[1]["files_new"],
