@@ -34,7 +34,6 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +41,7 @@ import trio
 
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.config import Config
-from rhvfs.engine.types import Disk, ImageTransfer, Snapshot, Template, Vm
+from rhvfs.engine.types import Disk, Snapshot, Template, Vm
 from rhvfs.errors import (
     Conflict,
     DataIntegrityError,
@@ -51,7 +50,6 @@ from rhvfs.errors import (
     RhvfsError,
     SessionBroken,
     SessionClosed,
-    TicketGone,
     VmStateError,
     is_transient,
 )
@@ -59,17 +57,16 @@ from rhvfs.sessions.journal import Journal, JournalEntry
 from rhvfs.sessions.model import Owner, SetEntry, disk_id_of_key
 from rhvfs.sessions.ports import (
     EngineLike,
-    ImageioClientLike,
     ImageioOpener,
     ReaderFactory,
     ReaderLike,
 )
 from rhvfs.sessions.procid import ProcessIdentity
 from rhvfs.sessions.setfiles import OwnerData
+from rhvfs.sessions.transfer_channel import TransferChannel
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_BYTES = 4096
 #: VM states a backup can start from.
 BACKUP_OK_STATES = frozenset({"up", "down", "paused"})
 #: States that never resolve by waiting: error out at once.
@@ -80,7 +77,6 @@ BACKUP_REFUSED_STATES = {
 }
 #: How long to wait for a VM in a transitional state (image_locked, migrating...).
 STATE_WAIT_S = 30.0
-MAX_TICKET_RECREATIONS = 3
 MIN_READER_BUDGET = 16 * 1024 * 1024
 
 
@@ -119,61 +115,31 @@ class SessionDeps:
         self.on_error = on_error
 
 
-class DiskChannel:
-    """One disk's transfer inside a session; the reader's ``BlockSource``."""
+class DiskChannel(TransferChannel):
+    """One disk's transfer inside a session: the snapshot volume (VMs) or the disk (templates)."""
 
     def __init__(self, session: BackupSession, disk: Disk) -> None:
+        super().__init__(disk=disk, deps=session.deps, session_id=session.session_id)
         self.session = session
-        self.disk = disk
-        self.transfer: ImageTransfer | None = None
-        self.client: ImageioClientLike | None = None
-        self.reader: ReaderLike | None = None
-        self.generation = 0
-        self.recreations = 0
-        self.keepalives = 0
-        self.inflight = 0
-        self.last_activity = trio.current_time()
         self.extents: list[Any] | None = None
         self.memory_budget = 0  # bytes promised to the live reader
         self.retired_stats: list[Any] = []  # statistics of readers dropped earlier
-        self._keepalive_started = False
-        self._stack: AsyncExitStack | None = None
-        self._lock = trio.Lock()
         self._open_lock = trio.Lock()
 
-    # -- BlockSource ----------------------------------------------------------
+    def _check_serving(self) -> None:
+        if self.session.state not in ("ready",):
+            raise SessionClosed(f"session of {self.session.owner.name} is {self.session.state}")
 
-    async def read_into(self, offset: int, buf: memoryview) -> None:
-        """Fill ``buf`` from ``offset``; a gone ticket recreates the transfer and retries."""
-        attempts = 0
-        while True:
-            if self.session.state not in ("ready",):
-                raise SessionClosed(f"session of {self.session.owner.name} is {self.session.state}")
-            client = self.client
-            gen = self.generation
-            if client is None:
-                await self._recreate(gen)
-                continue
-            self.inflight += 1
-            try:
-                await client.read_into(offset, buf)
-                return
-            except TicketGone as e:
-                attempts += 1
-                if attempts > MAX_TICKET_RECREATIONS:
-                    raise
-                log.info(
-                    "transfer %s of disk %s lost its ticket (%s); recreating it",
-                    self.transfer.id if self.transfer else None,
-                    self.disk.id,
-                    e,
-                )
-                await self._recreate(gen)
-            finally:
-                self.inflight -= 1
-                self.last_activity = trio.current_time()
+    def _transfer_target(self) -> dict[str, Any]:
+        if self.session.owner.kind == "template":
+            return {"disk_id": self.disk.id}
+        return {"snapshot_image_id": self.disk.image_id}
 
-    # -- lifecycle ------------------------------------------------------------
+    def _transfer_label(self) -> str:
+        return f"volume {self.disk.image_id}"
+
+    def _note_error(self, message: str) -> None:
+        self.session.note_error(message)
 
     async def ensure_reader(
         self, nursery: trio.Nursery, *, budget: Callable[[], int]
@@ -195,22 +161,11 @@ class DiskChannel:
                 raise DataIntegrityError(
                     f"disk {self.disk.id}: imageio reports {size} bytes, the engine {self.disk.provisioned_size}"
                 )
-            caps = self.client.capabilities
-            max_readers = int(getattr(caps, "max_readers", 1) or 1)
-            streams = max(1, min(self.session.deps.config.prefetch_streams, max_readers))
             memory_budget = budget()
-            self.reader = await self.session.deps.reader_factory(
-                self,
-                size=size,
-                extents=extents,
-                memory_budget=memory_budget,
-                streams=streams,
-                nursery=nursery,
+            self.reader = await self._new_reader(
+                self, size=size, extents=extents, memory_budget=memory_budget, nursery=nursery
             )
             self.memory_budget = memory_budget
-            if self.session.deps.config.inactivity_timeout > 0 and not self._keepalive_started:
-                self._keepalive_started = True
-                nursery.start_soon(self._keepalive)
             return self.reader
 
     async def drop_reader(self) -> None:
@@ -220,123 +175,6 @@ class DiskChannel:
         if reader is not None:
             self.retired_stats.append(reader.statistics())
             await reader.aclose()
-
-    async def _recreate(self, seen_generation: int) -> None:
-        """Replace the transfer and client, unless another task already did since ``seen_generation``."""
-        async with self._lock:
-            if self.generation != seen_generation:
-                return
-            await self._drop_transfer(cancel=True)
-            engine = self.session.deps.engine
-            cfg = self.session.deps.config
-            started = time.monotonic()
-            # A client-chosen id is journaled BEFORE the engine call, so gc finds the
-            # transfer even if this process dies before the answer arrives.
-            tid = str(uuid.uuid4())
-            self.session.deps.journal.add_transfer(self.session.session_id, tid)
-            target: dict[str, Any] = (
-                {"disk_id": self.disk.id}
-                if self.session.owner.kind == "template"
-                else {"snapshot_image_id": self.disk.image_id}
-            )
-            try:
-                transfer = await engine.start_transfer(
-                    **target,
-                    direction="download",
-                    format="raw",
-                    inactivity_timeout=cfg.inactivity_timeout,
-                    transfer_id=tid,
-                )
-            except EngineError:
-                # The facade cancels a transfer that failed to start.
-                self.session.deps.journal.remove_transfer(self.session.session_id, tid)
-                raise
-            if transfer.id != tid:  # the engine chose its own id
-                self.session.deps.journal.add_transfer(self.session.session_id, transfer.id)
-                self.session.deps.journal.remove_transfer(self.session.session_id, tid)
-            self.transfer = transfer
-            log.info(
-                "transfer %s of disk %s (volume %s) ready in %.2fs",
-                transfer.id,
-                self.disk.id,
-                self.disk.image_id,
-                time.monotonic() - started,
-            )
-            url = transfer.transfer_url or transfer.proxy_url
-            if not url:
-                raise EngineError(f"transfer {transfer.id} has no transfer_url")
-            stack = AsyncExitStack()
-            try:
-                self.client = await stack.enter_async_context(self.session.deps.imageio_opener(url))
-            except BaseException:
-                await stack.aclose()
-                raise
-            self._stack = stack
-            if self.generation > 0:
-                self.recreations += 1
-            self.generation += 1
-            self.last_activity = trio.current_time()
-
-    async def _drop_transfer(self, *, cancel: bool) -> None:
-        """Close the client and end the transfer (finalize, or cancel when it is being replaced)."""
-        stack, self._stack, self.client = self._stack, None, None
-        if stack is not None:
-            try:
-                await stack.aclose()
-            except Exception as e:  # a broken connection must not stop the cleanup
-                log.debug("closing imageio client of disk %s: %s", self.disk.id, e)
-        transfer, self.transfer = self.transfer, None
-        if transfer is None:
-            return
-        engine = self.session.deps.engine
-        try:
-            if cancel:
-                await engine.cancel_transfer(transfer.id)
-            else:
-                try:
-                    await engine.finalize_transfer(transfer.id)
-                except NotFound:
-                    raise
-                except EngineError as e:
-                    log.warning("finalizing transfer %s failed (%s); cancelling it", transfer.id, e)
-                    await engine.cancel_transfer(transfer.id)
-        except NotFound:
-            pass
-        except EngineError as e:
-            self.session.note_error(f"ending transfer {transfer.id} of disk {self.disk.id}: {e}")
-            return  # keep it in the journal: gc will retry
-        self.session.deps.journal.remove_transfer(self.session.session_id, transfer.id)
-
-    async def _keepalive(self) -> None:
-        interval = self.session.deps.config.inactivity_timeout / 3
-        buf = memoryview(bytearray(min(KEEPALIVE_BYTES, max(1, self.disk.provisioned_size))))
-        while True:
-            await trio.sleep_until(self.last_activity + interval)
-            if self.inflight:
-                # A request in flight keeps the ticket active; look again a bit later.
-                await trio.sleep(interval / 4)
-                continue
-            if trio.current_time() < self.last_activity + interval:  # same float as the deadline
-                continue
-            try:
-                await self.read_into(0, buf)
-                self.keepalives += 1
-                log.debug("kept transfer of disk %s alive", self.disk.id)
-            except SessionClosed:
-                return
-            except Exception as e:  # keep trying; a failing keep-alive must not end the session
-                log.warning("keep-alive read of disk %s failed: %s", self.disk.id, e)
-                self.last_activity = trio.current_time()
-
-    async def aclose(self) -> None:
-        reader, self.reader = self.reader, None
-        if reader is not None:
-            try:
-                await reader.aclose()
-            except Exception as e:
-                log.debug("closing reader of disk %s: %s", self.disk.id, e)
-        async with self._lock:
-            await self._drop_transfer(cancel=False)
 
     def statistics(self) -> dict[str, Any]:
         stats = list(self.retired_stats)

@@ -44,15 +44,14 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import trio
 
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.config import Config
-from rhvfs.engine.types import Backup, Checkpoint, Disk, ImageTransfer, Snapshot
+from rhvfs.engine.types import Backup, Checkpoint, Disk, Snapshot
 from rhvfs.errors import (
     Conflict,
     EngineError,
@@ -62,7 +61,6 @@ from rhvfs.errors import (
     SessionBroken,
     SessionClosed,
     SessionError,
-    TicketGone,
     VmStateError,
     is_transient,
 )
@@ -81,14 +79,16 @@ from rhvfs.sessions.model import (
     set_image_name,
 )
 from rhvfs.sessions.ports import (
+    BlockSource,
     EngineLike,
     ImageioOpener,
     ReaderFactory,
-    ReaderLike,
     default_imageio_opener,
+    default_reader_factory,
 )
 from rhvfs.sessions.qcow2delta import Change, Qcow2Delta
 from rhvfs.sessions.setfiles import OwnerData, build_manifest, pad_to
+from rhvfs.sessions.transfer_channel import TransferChannel
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,6 @@ SET_DIRS: dict[SetKind, str] = {
 }
 KEY_SEP = "|"
 BACKUP_OK_STATES = frozenset({"up", "down"})  # what the engine backs up
-KEEPALIVE_BYTES = 4096
-MAX_TICKET_RECREATIONS = 3
 OPEN_TRIES = 3
 MAX_NOTES = 50
 
@@ -269,38 +267,6 @@ class DeltaSource:
             raise ValueError(f"read past the end of the delta: {offset}+{len(buf)}")
 
 
-def default_reader_factory(config: Config) -> ReaderFactory:
-    """The block cache's ``ImageReader`` over a channel (prefetching, zero extents from memory)."""
-
-    async def factory(
-        source: Any,
-        *,
-        size: int,
-        extents: Sequence[Any],
-        memory_budget: int,
-        streams: int,
-        nursery: Any,
-    ) -> ReaderLike:
-        from rhvfs.cache import ImageReader, RetryPolicy
-
-        reader = ImageReader(
-            source,
-            size=size,
-            extents=list(extents),
-            memory_budget=memory_budget,
-            streams=streams,
-            retry=RetryPolicy(
-                tries=config.system_tries,
-                interval_s=config.system_interval,
-                timeout_s=config.system_timeout,
-            ),
-        )
-        await reader.run(nursery)
-        return reader
-
-    return factory
-
-
 def _merge_into(intervals: list[tuple[int, int]], start: int, end: int) -> None:
     """Add [start, end) to a sorted list of disjoint intervals, merging neighbours."""
     if end <= start:
@@ -336,21 +302,28 @@ class DiskPlan:
     dirty_bytes: int = 0
 
 
-class DiskChannel:
+class DiskChannel(TransferChannel):
     """One disk's image transfer inside an incremental session; the reader's ``BlockSource``."""
 
     def __init__(self, session: IncrementalSession, plan: DiskPlan) -> None:
+        super().__init__(disk=plan.disk, deps=session.deps, session_id=session.session_id)
         self.session = session
         self.plan = plan
-        self.transfer: ImageTransfer | None = None
-        self.client: DirtyClient | None = None
-        self.reader: ReaderLike | None = None
-        self.generation = 0
-        self.inflight = 0
-        self.keepalives = 0
-        self.last_activity = trio.current_time()
-        self._stack: AsyncExitStack | None = None
-        self._lock = trio.Lock()
+
+    def _check_serving(self) -> None:
+        if self.session.state != "ready":
+            raise SessionClosed(f"set {self.session.set_id} is {self.session.state}")
+
+    def _transfer_target(self) -> dict[str, Any]:
+        if self.plan.snapshot_image_id:
+            return {"snapshot_image_id": self.plan.snapshot_image_id}
+        return {"disk_id": self.plan.disk.id, "backup_id": self.session.backup_id}
+
+    def _transfer_label(self) -> str:
+        return f"set {self.session.set_id or self.session.backup_id}"
+
+    def _note_error(self, message: str) -> None:
+        self.session.note(message, error=True)
 
     async def open(self) -> DirtyClient:
         """Start the transfer and open its imageio client; transient failures start a new one."""
@@ -371,7 +344,7 @@ class DiskChannel:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         assert self.client is not None
-        return self.client
+        return cast(DirtyClient, self.client)
 
     async def start_reader(
         self,
@@ -379,157 +352,17 @@ class DiskChannel:
         *,
         nursery: trio.Nursery,
         size: int | None = None,
-        source: Any = None,
+        source: BlockSource | None = None,
     ) -> None:
         """The prefetching reader: over the disk (guest offsets), or for a delta over
         ``DeltaSource`` (delta-file offsets of ``size`` bytes)."""
-        assert self.client is not None
-        deps = self.session.deps
-        caps = self.client.capabilities
-        streams = max(
-            1, min(deps.config.prefetch_streams, int(getattr(caps, "max_readers", 1) or 1))
-        )
-        self.reader = await deps.reader_factory(
+        self.reader = await self._new_reader(
             source if source is not None else self,
             size=self.plan.disk.provisioned_size if size is None else size,
-            extents=list(extents),
+            extents=extents,
             memory_budget=self.session.disk_budget(),
-            streams=streams,
             nursery=nursery,
         )
-        if deps.config.inactivity_timeout > 0:
-            nursery.start_soon(self._keepalive)
-
-    async def read_into(self, offset: int, buf: memoryview) -> None:
-        attempts = 0
-        while True:
-            if self.session.state != "ready":
-                raise SessionClosed(f"set {self.session.set_id} is {self.session.state}")
-            client, gen = self.client, self.generation
-            if client is None:
-                await self._recreate(gen)
-                continue
-            self.inflight += 1
-            try:
-                await client.read_into(offset, buf)
-                return
-            except TicketGone as e:
-                attempts += 1
-                if attempts > MAX_TICKET_RECREATIONS:
-                    raise
-                log.info(
-                    "transfer of disk %s lost its ticket (%s); recreating", self.plan.disk.id, e
-                )
-                await self._recreate(gen)
-            finally:
-                self.inflight -= 1
-                self.last_activity = trio.current_time()
-
-    async def _recreate(self, seen_generation: int) -> None:
-        async with self._lock:
-            if self.generation != seen_generation:
-                return
-            await self.close(cancel=True)
-            s = self.session
-            cfg = s.deps.config
-            tid = str(uuid.uuid4())
-            s.deps.journal.add_transfer(s.session_id, tid)
-            target: dict[str, Any] = (
-                {"snapshot_image_id": self.plan.snapshot_image_id}
-                if self.plan.snapshot_image_id
-                else {"disk_id": self.plan.disk.id, "backup_id": s.backup_id}
-            )
-            started = time.monotonic()
-            try:
-                transfer = await s.deps.engine.start_transfer(
-                    **target,
-                    direction="download",
-                    format="raw",
-                    inactivity_timeout=cfg.inactivity_timeout,
-                    transfer_id=tid,
-                )
-            except EngineError:
-                s.deps.journal.remove_transfer(s.session_id, tid)
-                raise
-            if transfer.id != tid:
-                s.deps.journal.add_transfer(s.session_id, transfer.id)
-            self.transfer = transfer
-            log.info(
-                "transfer %s of disk %s (set %s) ready in %.2fs",
-                transfer.id,
-                self.plan.disk.id,
-                s.set_id or s.backup_id,
-                time.monotonic() - started,
-            )
-            url = transfer.transfer_url or transfer.proxy_url
-            if not url:
-                raise EngineError(f"transfer {transfer.id} has no transfer_url")
-            stack = AsyncExitStack()
-            try:
-                client: Any = await stack.enter_async_context(s.deps.imageio_opener(url))
-            except BaseException:
-                await stack.aclose()
-                raise
-            self.client = client
-            self._stack = stack
-            self.generation += 1
-            self.last_activity = trio.current_time()
-
-    async def close(self, *, cancel: bool = False) -> None:
-        """Close the client and end the transfer (finalize; cancel when replacing it)."""
-        stack, self._stack, self.client = self._stack, None, None
-        if stack is not None:
-            try:
-                await stack.aclose()
-            except Exception as e:
-                log.debug("closing imageio client of disk %s: %s", self.plan.disk.id, e)
-        transfer, self.transfer = self.transfer, None
-        if transfer is None:
-            return
-        s = self.session
-        engine = s.deps.engine
-        try:
-            if cancel:
-                await engine.cancel_transfer(transfer.id)
-            else:
-                try:
-                    await engine.finalize_transfer(transfer.id)
-                except NotFound:
-                    raise
-                except EngineError as e:
-                    log.warning("finalizing transfer %s failed (%s); cancelling it", transfer.id, e)
-                    await engine.cancel_transfer(transfer.id)
-        except NotFound:
-            pass
-        except EngineError as e:
-            s.note(f"ending transfer {transfer.id} of disk {self.plan.disk.id}: {e}", error=True)
-            return
-        s.deps.journal.remove_transfer(s.session_id, transfer.id)
-
-    async def aclose(self) -> None:
-        reader, self.reader = self.reader, None
-        if reader is not None:
-            try:
-                await reader.aclose()
-            except Exception as e:
-                log.debug("closing reader of disk %s: %s", self.plan.disk.id, e)
-        await self.close(cancel=False)
-
-    async def _keepalive(self) -> None:
-        interval = self.session.deps.config.inactivity_timeout / 3
-        buf = memoryview(bytearray(min(KEEPALIVE_BYTES, max(1, self.plan.disk.provisioned_size))))
-        while True:
-            await trio.sleep_until(self.last_activity + interval)
-            if self.inflight or trio.current_time() - self.last_activity < interval:
-                continue
-            try:
-                await self.read_into(0, buf)
-                self.keepalives += 1
-            except SessionClosed:
-                return
-            except RhvfsError as e:
-                log.info("keep-alive of disk %s failed: %s", self.plan.disk.id, e)
-                self.last_activity = trio.current_time()
 
     def statistics(self) -> dict[str, Any]:
         stats = self.reader.statistics() if self.reader is not None else None
