@@ -206,6 +206,10 @@ class Layout:
     # -- incremental sets (issue 5; rhvfs/sessions/incremental.py) -------------
     # Listing one of these directories starts that set's engine backup: the
     # file sizes are the dirty extents, known only once the backup is ready.
+    # So the three set directories are hidden from the VM directory's listing
+    # and reached by name only (``tar -cf x -C /mnt/vms/web01 @rhv-incremental``,
+    # ``tags/bkup/*/@rhv-incremental``): a ``find`` or ``restic backup`` of a
+    # whole VM directory must not start engine backups and checkpoints.
 
     def _incremental_dirs(self, owner: Any, vm_id: str, mtime: int) -> list[Node]:
         if not hasattr(self.backups, "list_incremental"):
@@ -224,6 +228,8 @@ class Layout:
         dirs.append(
             self._dir(("vm", vm_id, "@rhv-since"), "@rhv-since", self._since_lister(owner, vm_id))
         )
+        for node in dirs:
+            node.hidden = True
         return dirs
 
     def _incremental_lister(self, owner: Any, vm_id: str, kind: str, since: str | None) -> Lister:

@@ -55,6 +55,10 @@ class Node:
     #: Listing this directory does something on the engine (starts an engine backup):
     #: tools that walk the tree for inspection (``rhvfs ls -R``) must not descend.
     lists_with_side_effects: bool = False
+    #: Left out of directory listings but found by name (lookup). Directories whose
+    #: listing starts an engine backup are hidden, so that tree walks (``find``,
+    #: ``restic backup /mnt/vms/x``, ``du``) never start backups by accident.
+    hidden: bool = False
 
     @property
     def volatile(self) -> bool:

@@ -132,9 +132,13 @@ class Vfs:
         return await self.getattr(ino)
 
     async def listdir(self, ino: int) -> list[Node]:
-        """The directory's children in listing order (configuration before images in @rhv)."""
+        """The directory's children in listing order (configuration before images in @rhv).
+
+        Hidden children (``Node.hidden``) are left out; ``lookup`` still finds them.
+        """
         children = await self._children(ino)
-        return [self._nodes[child] for child in children.values()]
+        nodes = (self._nodes[child] for child in children.values())
+        return [node for node in nodes if not node.hidden]
 
     async def readlink(self, ino: int) -> str:
         node = self.node(ino)

@@ -68,7 +68,13 @@ async def test_ls_recursive_does_not_start_engine_backups() -> None:
     vfs = Vfs(FakeEngine(), backups, listing_ttl_s=5.0)
     out: list[str] = []
     await list_tree(vfs, "/vms", recursive=True, long=False, out=out)
-    assert "/vms/myvm/@rhv-incremental/" in out and "/vms/myvm/@rhv-since/cp-1/" in out
+    # Hidden from listings (reached by name only), so a tree walk never meets them.
+    assert not any("@rhv-incremental" in line or "@rhv-since" in line for line in out)
+    assert "/vms/myvm/@rhv/" in out
+    assert backups.incremental_calls == []
+    out.clear()
+    await list_tree(vfs, "/vms/myvm/@rhv-since", recursive=True, long=False, out=out)
+    assert out == ["/vms/myvm/@rhv-since/cp-1/"]
     assert backups.incremental_calls == []
     out.clear()
     await list_tree(vfs, "/vms/myvm/@rhv-incremental", recursive=True, long=False, out=out)

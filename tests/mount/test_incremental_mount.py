@@ -162,9 +162,13 @@ def test_full_incrementals_differential_via_tar(
     admin = sim.admin
     out = tmp_path / "all-sets"
     out.mkdir()
-    assert {"@rhv-incremental", "@rhv-differential", "@rhv-since"} <= {
-        p.name for p in (mount.mnt / "vms" / VM).iterdir()
-    }
+    # The set directories are reached by name but hidden from the VM's listing,
+    # so a tree walk over the VM directory never starts an engine backup.
+    listed = {p.name for p in (mount.mnt / "vms" / VM).iterdir()}
+    assert {"@rhv", "disks", "vm.json"} <= listed
+    assert not {"@rhv-incremental", "@rhv-differential", "@rhv-since"} & listed
+    for name in ("@rhv-incremental", "@rhv-differential", "@rhv-since"):
+        assert (mount.mnt / "vms" / VM / name).is_dir()
 
     mount.tar_set("@rhv-incremental", tmp_path / "s0.tar", vm_id)
     n0 = extract(tmp_path / "s0.tar", out)
