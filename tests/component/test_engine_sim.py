@@ -470,7 +470,13 @@ async def test_incremental_backup_after_a_guest_write(sim: Any, engine: Engine) 
     assert base
     await trio.to_thread.run_sync(
         lambda: sim.admin.guest_write(
-            vm="myvm", disk=cow[0].id, offset=1 << 20, size=65536, pattern=0x5A
+            # Beyond the guest filesystem (at most 65 MiB into the disk), so the shared
+            # sample VM stays mountable for later tests (virt-ls).
+            vm="myvm",
+            disk=cow[0].id,
+            offset=200 << 20,
+            size=65536,
+            pattern=0x5A,
         )
     )
     incr = await engine.start_backup(vm.id, [d.id for d in cow], from_checkpoint_id=base)
