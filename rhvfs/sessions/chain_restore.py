@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from rhvfs.errors import RestoreError
-from rhvfs.sessions.qcow2delta import Qcow2FormatError, read_allocation, read_header
+from rhvfs.sessions.qcow2delta import (
+    Allocation,
+    Qcow2FormatError,
+    ReadAt,
+    read_allocation,
+    read_header,
+)
 
 __all__ = [
     "ChainError",
@@ -49,6 +55,7 @@ __all__ = [
     "disk_plan",
     "check_delta",
     "apply_delta",
+    "delta_end",
     "flatten_manifest",
 ]
 
@@ -232,8 +239,9 @@ def flatten_manifest(newest_doc: Mapping[str, Any], chain: Sequence[SetLink]) ->
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
 
-def check_delta(path: str | os.PathLike[str], link: DiskLink) -> None:
-    """The staged ``path`` is the qcow2 delta ``link`` describes (format, backing file, size)."""
+def check_delta(path: str | os.PathLike[str] | ReadAt, link: DiskLink) -> None:
+    """The staged ``path`` (or ``read_at(offset, length)`` callable) is the qcow2 delta
+    ``link`` describes (format, backing file, virtual size)."""
     try:
         header = read_header(path)
     except Qcow2FormatError as e:
@@ -257,8 +265,20 @@ class DeltaStats:
     zero_bytes: int
 
 
+def delta_end(path: str | os.PathLike[str] | ReadAt, link: DiskLink) -> int:
+    """The file size the delta needs: the end of its last data cluster (a shorter copy is
+    truncated). ``ChainError`` when it does not parse."""
+    try:
+        allocation = read_allocation(path)
+    except Qcow2FormatError as e:
+        raise ChainError(f"{link.file}: {e}") from None
+    return max(
+        (a.file_offset + a.length for a in allocation if a.file_offset is not None), default=0
+    )
+
+
 async def apply_delta(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | ReadAt,
     *,
     write: Callable[[int, bytes], Awaitable[None]],
     zero: Callable[[int, int], Awaitable[None]],
@@ -267,14 +287,24 @@ async def apply_delta(
     """Write the guest ranges a qcow2 delta overrides: data with ``write(offset, bytes)``
     (at most ``chunk_bytes`` each), zero clusters with ``zero(offset, length)``.
 
-    Local reads of the staged delta are small synchronous ``pread``s.
+    ``path`` is a file or a ``read_at(offset, length)`` callable (a staged file's
+    ``read``). Local reads of the staged delta are small synchronous ``pread``s.
     """
+    label = "delta" if callable(path) else Path(path).name
     try:
-        allocation = read_allocation(path)
+        allocation: list[Allocation] = read_allocation(path)
     except Qcow2FormatError as e:
-        raise ChainError(f"{Path(path).name}: {e}") from None
+        raise ChainError(f"{label}: {e}") from None
     data_bytes = zero_bytes = 0
-    fd = os.open(path, os.O_RDONLY)
+    if callable(path):
+        read_at: ReadAt = path
+        fd = -1
+    else:
+        fd = os.open(path, os.O_RDONLY)
+
+        def read_at(offset: int, length: int) -> bytes:
+            return os.pread(fd, length, offset)
+
     try:
         for a in allocation:
             if a.kind == "zero":
@@ -285,12 +315,13 @@ async def apply_delta(
             pos = 0
             while pos < a.length:
                 n = min(chunk_bytes, a.length - pos)
-                data = os.pread(fd, n, a.file_offset + pos)
+                data = read_at(a.file_offset + pos, n)
                 if len(data) != n:
-                    raise ChainError(f"{Path(path).name} is truncated at {a.file_offset + pos}")
+                    raise ChainError(f"{label} is truncated at {a.file_offset + pos}")
                 await write(a.start + pos, data)
                 pos += n
             data_bytes += a.length
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
     return DeltaStats(data_bytes=data_bytes, zero_bytes=zero_bytes)

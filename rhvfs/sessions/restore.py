@@ -78,6 +78,7 @@ from rhvfs.engine.types import (
 from rhvfs.errors import NotFound, RestoreError, RhvfsError
 from rhvfs.sessions import restore_vm
 from rhvfs.sessions.model import MANIFEST_NAME, OVF_NAME, XML_NAME
+from rhvfs.sessions.restore_chain import ChainAssembly
 from rhvfs.sessions.restore_options import (
     OPTIONS_FILE,
     OPTIONS_MAX_BYTES,
@@ -119,6 +120,18 @@ KEEPALIVE_S = 20.0
 CONFIG_MAX_BYTES = 16 * 1024 * 1024
 _RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6}$")
 _CONFIG_NAMES = frozenset({MANIFEST_NAME, OVF_NAME, XML_NAME, OPTIONS_FILE})
+#: Configuration files of incremental-family sets (``rhvfs.sessions.incremental``).
+_SET_MANIFEST = re.compile(r"^manifest--[^/]+\.json$")
+_SET_CONFIG = re.compile(r"^(manifest--[^/]+\.json|vm--[^/]+\.(ovf|xml))$")
+
+
+def _is_config(name: str) -> bool:
+    base = _base_name(name)
+    return base in _CONFIG_NAMES or bool(_SET_CONFIG.match(base))
+
+
+def _is_manifest(name: str) -> bool:
+    return name == MANIFEST_NAME or bool(_SET_MANIFEST.match(name))
 
 
 def _base_name(name: str) -> str:
@@ -197,6 +210,7 @@ class RestoreSession:
         self._completion_started = False
         self._finished = trio.Event()
         self._manifest_lock = trio.Lock()
+        self.chain = ChainAssembly(self)
 
     # -- status -------------------------------------------------------------
 
@@ -246,6 +260,7 @@ class RestoreSession:
             "ovf": self.ovf_info is not None,
             "disks": disks,
             "options": self.options.as_dict() if self.options else None,
+            "chain": self.chain.status(),
             "staged_bytes": sum(f.staged.charged_bytes for f in self.files.values() if f.staged),
             "log": list(self.log),
         }
@@ -275,6 +290,7 @@ class RestoreSession:
         self.errno = errno_of(exc) if isinstance(exc, BaseException) else errno.EIO
         self.phase = "failed"
         self.note(f"failed: {text}")
+        self.chain.decided.set()
         for d in self.disks.values():
             d.abort = True
             d.finish.set()
@@ -288,6 +304,7 @@ class RestoreSession:
         self.errno = errno.ECANCELED
         self.phase = "failed"
         self.note(f"failed: {reason}")
+        self.chain.decided.set()
         for d in self.disks.values():
             d.abort = True
             d.finish.set()
@@ -338,7 +355,8 @@ class RestoreSession:
     def new_file(self, name: str) -> RestoreFile:
         self._raise_if_failed()
         f = RestoreFile(name)
-        if _base_name(name) not in _CONFIG_NAMES:
+        self.touch()
+        if not _is_config(name):
             f.mem = None  # anything but configuration is streamed or staged, never held in memory
         self.files[f.id] = f
         self._identify(f)
@@ -370,7 +388,12 @@ class RestoreSession:
                 f.mem = None
             return
 
+    def touch(self) -> None:
+        """Directory activity (a chain is settled only after ``close_grace_s`` without it)."""
+        self.chain.touch()
+
     def open(self, f: RestoreFile) -> None:
+        self.touch()
         f.opens += 1
         f.close_gen += 1  # reopened (restic writes a file in many opens): not complete yet
 
@@ -426,6 +449,7 @@ class RestoreSession:
 
     async def _write(self, f: RestoreFile, offset: int, data: bytes) -> int:
         self._raise_if_failed()
+        self.touch()
         n = len(data)
         end = offset + n
         if f.name == OPTIONS_FILE and f.disk is None:
@@ -440,7 +464,7 @@ class RestoreSession:
             self._freeze_options()
         if f.disk is not None:
             await self._disk_write(f, offset, data)
-        elif f.mem is not None and _base_name(f.name) in _CONFIG_NAMES:
+        elif f.mem is not None and _is_config(f.name):
             if end > CONFIG_MAX_BYTES:
                 raise _err(
                     f"{f.name!r} is larger than {CONFIG_MAX_BYTES} bytes: not a configuration file",
@@ -521,6 +545,7 @@ class RestoreSession:
             raise
 
     async def release(self, f: RestoreFile) -> None:
+        self.touch()
         f.opens = max(0, f.opens - 1)
         if f.opens > 0 or f.closed_done or self.phase in ("failed", "done"):
             return
@@ -542,8 +567,8 @@ class RestoreSession:
                     )
                 parse_lines(bytes(f.mem).decode("utf-8", "replace"), source=OPTIONS_FILE)
                 return
-            if f.name == MANIFEST_NAME:
-                await self._manifest_closed(f)
+            if _is_manifest(f.name):
+                await self.chain.manifest_closed(f)
             elif f.name == (self.manifest.ovf_file if self.manifest else OVF_NAME):
                 self.ovf = bytes(f.mem)
                 try:
@@ -878,16 +903,21 @@ class RestoreSession:
                     d.state = "uploading"
                     started = True
                     task_status.started(stream)
-                    while not d.finish.is_set():
+                    while not (d.finish.is_set() and (d.abort or self.chain.gate_open())):
                         with trio.move_on_after(self.manager.keepalive_s):
                             await d.finish.wait()
-                        if not d.finish.is_set() and stream.idle_s() >= self.manager.keepalive_s:
+                            await self.chain.wait_gate()
+                        if (
+                            not (d.finish.is_set() and self.chain.gate_open())
+                            and stream.idle_s() >= self.manager.keepalive_s
+                        ):
                             # the tool pauses (restic between packs): a flush keeps the
                             # transfer from the engine's inactivity timeout
                             await stream.keepalive()
                     try:
                         if d.abort:
                             raise _err("upload aborted")
+                        await self.chain.apply(d, stream)
                         d.state = "finalizing"
                         stats = await stream.finish()
                     except RhvfsError as e:
@@ -931,6 +961,8 @@ class RestoreSession:
 
     def _complete(self) -> bool:
         if self.manifest is None or self.ovf_info is None or self.phase in ("failed", "done"):
+            return False
+        if not self.chain.gate_open():
             return False
         return all(d.state in ("uploaded", "skipped") for d in self.disks.values())
 
