@@ -54,6 +54,7 @@ from rhvfs.errors import (
     is_transient,
 )
 from rhvfs.sessions.journal import Journal, JournalEntry
+from rhvfs.sessions.lifecycle import SessionLifecycle
 from rhvfs.sessions.model import Owner, SetEntry, disk_id_of_key
 from rhvfs.sessions.ports import (
     EngineLike,
@@ -190,14 +191,14 @@ class DiskChannel(TransferChannel):
         }
 
 
-class BackupSession:
+class BackupSession(SessionLifecycle):
     """A point-in-time view of one owner's disks and configuration."""
 
     def __init__(self, owner: Owner, deps: SessionDeps) -> None:
+        super().__init__(config=deps.config)
         self.owner = owner
         self.deps = deps
         self.session_id = uuid.uuid4().hex[:12]
-        self.state = "starting"
         self.error: RhvfsError | None = None
         self.last_error: str | None = None
         self.started_wall = time.time()
@@ -216,75 +217,37 @@ class BackupSession:
         self.channels: dict[str, DiskChannel] = {}
         self.handles: dict[int, str] = {}  # handle id -> key
         self.bytes_read = 0
-        self.ready = trio.Event()
-        self.closed = trio.Event()
-        self._close_requested = trio.Event()
-        self._nursery: trio.Nursery | None = None
-        self._grace_scope: trio.CancelScope | None = None
         self._journaled = False
 
-    # -- task -----------------------------------------------------------------
+    # -- task (SessionLifecycle hooks) ------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await self._start()
-                await self._close_requested.wait()
-                nursery.cancel_scope.cancel()
-        except Exception as e:
-            # A bug in one session must not take the mount down: end this session only.
-            log.exception("session %s of %s crashed", self.session_id, self.owner.name)
-            self.error = SessionBroken(f"backup of {self.owner.name} failed: {e!r}")
-            self.state = "broken"
-            self.note_error(str(self.error))
-        finally:
-            self._nursery = None
-            if self.state != "broken":
-                self.state = "closing"
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + max(self.deps.config.system_timeout, 1.0)
-                await self._cleanup()
-            if scope.cancelled_caught:
-                self.note_error("cleanup timed out; `rhvfs gc` will remove what is left")
-            self.state = "closed"
-            self.ready.set()
-            self.closed.set()
-            self.deps.on_closed(self)
+    def _crashed(self, error: Exception) -> bool:
+        # A bug in one session must not take the mount down: end this session only.
+        log.exception("session %s of %s crashed", self.session_id, self.owner.name)
+        self.error = SessionBroken(f"backup of {self.owner.name} failed: {error!r}")
+        self.state = "broken"
+        self.note_error(str(self.error))
+        return True
+
+    def _note_cleanup_error(self, message: str) -> None:
+        self.note_error(message)
+
+    def _on_closed(self) -> None:
+        self.deps.on_closed(self)
+
+    def _label(self) -> str:
+        return f"{self.session_id} of {self.owner.name}"
 
     def request_close(self) -> None:
         # "closing" at once, not when run() wakes up: an open() in between must not join
         # a session that is about to end (seen with grace_period=0 and qemu-img's reopen).
         if self.state not in ("broken", "closed"):
             self.state = "closing"
-        self._close_requested.set()
-
-    def schedule_close(self, delay_s: float) -> None:
-        """Close after ``delay_s`` unless a handle is opened meanwhile (the grace period)."""
-        self.cancel_grace()
-        if self._nursery is None:
-            self.request_close()
-            return
-        scope = trio.CancelScope()
-        self._grace_scope = scope
-        self._nursery.start_soon(self._grace_timer, scope, delay_s)
-
-    def cancel_grace(self) -> None:
-        if self._grace_scope is not None:
-            self._grace_scope.cancel()
-            self._grace_scope = None
-
-    async def _grace_timer(self, scope: trio.CancelScope, delay_s: float) -> None:
-        with scope:
-            await trio.sleep(delay_s)
-            if not self.handles:
-                log.info("session %s of %s: grace period over", self.session_id, self.owner.name)
-                self.request_close()
+        super().request_close()
 
     # -- start ----------------------------------------------------------------
 
-    async def _start(self) -> None:
+    async def _start(self, nursery: trio.Nursery) -> None:
         try:
             if self.owner.kind == "vm":
                 await self._start_vm()

@@ -68,6 +68,7 @@ from rhvfs.imageio.types import Extent
 from rhvfs.sessions import procid
 from rhvfs.sessions.chain import ChainDisk, ChainSet, ChainState, PendingBackup, SetType
 from rhvfs.sessions.journal import Journal, JournalEntry
+from rhvfs.sessions.lifecycle import SessionLifecycle
 from rhvfs.sessions.model import (
     MANIFEST_NAME,
     OVF_NAME,
@@ -402,7 +403,7 @@ class SessionDeps:
         self.on_note = on_note
 
 
-class IncrementalSession:
+class IncrementalSession(SessionLifecycle):
     """One engine backup of a VM, served as one incremental/differential/full set."""
 
     def __init__(
@@ -414,6 +415,7 @@ class IncrementalSession:
         *,
         announced: Sequence[SetEntry] = (),
     ) -> None:
+        super().__init__(config=deps.config)
         self.owner = owner
         #: for ``full``: the @rhv/ listing (names, keys, sizes) this session must serve
         self.announced = {e.key: e for e in announced}
@@ -422,13 +424,7 @@ class IncrementalSession:
         self.deps = deps
         self.session_id = uuid.uuid4().hex[:12]
         self.backup_id = str(uuid.uuid4())
-        self.state: Literal["starting", "ready", "broken", "closing", "closed"] = "starting"
         self.error: RhvfsError | None = None
-        self.ready = trio.Event()
-        self.closed = trio.Event()
-        self._close_requested = trio.Event()
-        self._nursery: trio.Nursery | None = None
-        self._grace_scope: trio.CancelScope | None = None
         self.started_wall = time.time()
         self.started_ns = time.time_ns()
         self.set_id = ""
@@ -455,50 +451,14 @@ class IncrementalSession:
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await self._start(nursery)
-                await self._close_requested.wait()
-                nursery.cancel_scope.cancel()
-        finally:
-            self._nursery = None
-            if self.state != "broken":
-                self.state = "closing"
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + max(self.deps.config.system_timeout, 1.0)
-                await self._cleanup()
-            if scope.cancelled_caught:
-                self.note("cleanup timed out; `rhvfs gc` will remove what is left", error=True)
-            self.state = "closed"
-            self.ready.set()
-            self.closed.set()
-            self.deps.on_closed(self)
+    def _note_cleanup_error(self, message: str) -> None:
+        self.note(message, error=True)
 
-    def request_close(self) -> None:
-        self._close_requested.set()
+    def _on_closed(self) -> None:
+        self.deps.on_closed(self)
 
-    def schedule_close(self, delay_s: float) -> None:
-        self.cancel_grace()
-        if self._nursery is None:
-            self.request_close()
-            return
-        scope = trio.CancelScope()
-        self._grace_scope = scope
-        self._nursery.start_soon(self._grace_timer, scope, delay_s)
-
-    def cancel_grace(self) -> None:
-        if self._grace_scope is not None:
-            self._grace_scope.cancel()
-            self._grace_scope = None
-
-    async def _grace_timer(self, scope: trio.CancelScope, delay_s: float) -> None:
-        with scope:
-            await trio.sleep(delay_s)
-            if not self.handles:
-                self.request_close()
+    def _label(self) -> str:
+        return f"{self.session_id} ({self.kind} set of {self.owner.name})"
 
     @property
     def grace_s(self) -> float:

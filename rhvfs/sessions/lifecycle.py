@@ -1,0 +1,127 @@
+"""A session's task: start, wait for a close request or the grace timer, clean up shielded.
+
+``SessionLifecycle`` is what the full-backup session (``backup.BackupSession``)
+and the incremental session (``incremental_session.IncrementalSession``) share:
+``run`` opens the session's nursery, calls ``_start``, waits until
+``request_close``, cancels the nursery, and then runs ``_cleanup`` shielded
+from cancellation under a deadline of ``max(system_timeout, 1)`` seconds,
+whatever happened before. ``schedule_close`` is the grace period: the session
+closes after a delay unless a handle is opened meanwhile (``cancel_grace``).
+
+Invariants between awaits: ``state`` only moves forward (starting ->
+ready|broken -> closing -> closed); ``ready`` and ``closed`` are set once the
+state is final for waiters (``closed`` only after the cleanup); at most one
+grace timer is armed.
+
+Must not: know what a session creates on the engine (subclasses clean that up
+in ``_cleanup``), its files or its handles beyond "are there any".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+import trio
+
+from rhvfs.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class SessionLifecycle:
+    """The task, close request, grace timer and shielded cleanup of one session."""
+
+    #: what the subclasses provide
+    session_id: str
+    handles: Collection[int]
+
+    def __init__(self, *, config: Config) -> None:
+        self._config = config
+        self.state = "starting"
+        self.ready = trio.Event()
+        self.closed = trio.Event()
+        self._close_requested = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._grace_scope: trio.CancelScope | None = None
+
+    # -- hooks ----------------------------------------------------------------
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        """Create what the session serves; set ``state`` and ``ready`` (subclass)."""
+        raise NotImplementedError
+
+    async def _cleanup(self) -> None:
+        """End what the session created. Idempotent; never raises (subclass)."""
+        raise NotImplementedError
+
+    def _crashed(self, error: Exception) -> bool:
+        """An exception escaped the session's nursery: True if handled (the session
+        then only ends), False to let it propagate (after the cleanup)."""
+        return False
+
+    def _note_cleanup_error(self, message: str) -> None:
+        raise NotImplementedError
+
+    def _on_closed(self) -> None:
+        """Tell the manager (subclass)."""
+        raise NotImplementedError
+
+    def _label(self) -> str:
+        """Who this session is, for the log."""
+        return self.session_id
+
+    # -- task -----------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._start(nursery)
+                await self._close_requested.wait()
+                nursery.cancel_scope.cancel()
+        except Exception as e:
+            if not self._crashed(e):
+                raise
+        finally:
+            self._nursery = None
+            if self.state != "broken":
+                self.state = "closing"
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + max(self._config.system_timeout, 1.0)
+                await self._cleanup()
+            if scope.cancelled_caught:
+                self._note_cleanup_error("cleanup timed out; `rhvfs gc` will remove what is left")
+            self.state = "closed"
+            self.ready.set()
+            self.closed.set()
+            self._on_closed()
+
+    def request_close(self) -> None:
+        self._close_requested.set()
+
+    # -- grace period ---------------------------------------------------------
+
+    def schedule_close(self, delay_s: float) -> None:
+        """Close after ``delay_s`` unless a handle is opened meanwhile (the grace period)."""
+        self.cancel_grace()
+        if self._nursery is None:
+            self.request_close()
+            return
+        scope = trio.CancelScope()
+        self._grace_scope = scope
+        self._nursery.start_soon(self._grace_timer, scope, delay_s)
+
+    def cancel_grace(self) -> None:
+        if self._grace_scope is not None:
+            self._grace_scope.cancel()
+            self._grace_scope = None
+
+    async def _grace_timer(self, scope: trio.CancelScope, delay_s: float) -> None:
+        with scope:
+            await trio.sleep(delay_s)
+            if not self.handles:
+                log.info("session %s: grace period over", self._label())
+                self.request_close()
