@@ -1,7 +1,7 @@
 """One disk's image transfer inside a session: open, reopen on ``TicketGone``, keep alive, end.
 
 ``TransferChannel`` is the part the full-backup session (``backup.DiskChannel``)
-and the incremental session (``incremental_session.DiskChannel``) share. It
+and the incremental session (``incremental_channel.DiskChannel``) share. It
 starts the transfer (its client-chosen id journaled BEFORE the engine call, so
 gc finds it even if this process dies before the answer arrives), opens the
 imageio client, serves as the reader's ``BlockSource`` (a gone ticket

@@ -1,0 +1,122 @@
+"""Where a set's disk data comes from: dirty extents, delta extent maps, ``DeltaSource``.
+
+Pure mapping between a disk's dirty extents (imageio ``context=dirty``), the
+qcow2 delta layout (``Qcow2Delta``) and the zero-context extent maps the block
+cache's reader works from, plus ``DeltaSource``, the ``BlockSource`` that
+serves delta-file offsets from guest offsets of a disk.
+
+Must not: start transfers, talk to the engine or decide a disk's mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rhvfs.imageio.types import Extent
+from rhvfs.sessions.ports import BlockSource
+from rhvfs.sessions.qcow2delta import Change, Qcow2Delta
+
+
+def changes_from_dirty(extents: Sequence[Any]) -> list[Change]:
+    """The dirty extents of ``context=dirty`` as changes (dirty zero extents stay zero)."""
+    return [Change(e.start, e.length, zero=bool(e.zero)) for e in extents if e.dirty]
+
+
+def reader_extents(
+    size: int, wanted: Sequence[tuple[int, int]], extents: Sequence[Any]
+) -> list[Extent]:
+    """A zero-context extent map for a delta's reader: data only where the delta reads.
+
+    ``wanted`` are the guest ranges of the delta's data clusters; ``extents``
+    the disk's real zero map. Everything else is marked zero, so the reader
+    never fetches (or prefetches) a byte the delta does not serve, and real
+    zero parts of dirty clusters are served from memory.
+    """
+    nonzero = [(e.start, e.start + e.length) for e in extents if not (e.zero or e.hole)]
+    data: list[tuple[int, int]] = []
+    i = 0
+    for ws, we in wanted:
+        while i < len(nonzero) and nonzero[i][1] <= ws:
+            i += 1
+        j = i
+        while j < len(nonzero) and nonzero[j][0] < we:
+            s, e = max(ws, nonzero[j][0]), min(we, nonzero[j][1])
+            if s < e:
+                if data and data[-1][1] == s:
+                    data[-1] = (data[-1][0], e)
+                else:
+                    data.append((s, e))
+            j += 1
+    out: list[Extent] = []
+    pos = 0
+    for s, e in data:
+        if s > pos:
+            out.append(Extent(pos, s - pos, zero=True))
+        out.append(Extent(s, e - s, zero=False))
+        pos = e
+    if pos < size:
+        out.append(Extent(pos, size - pos, zero=True))
+    return out
+
+
+def delta_file_extents(delta: Qcow2Delta, extents: Sequence[Any]) -> list[Extent]:
+    """A zero-context extent map of a delta FILE for its reader: data where a data
+    cluster holds non-zero guest bytes, zero elsewhere (metadata, zero parts of
+    dirty clusters, the tail past the virtual size), so only those go over HTTP."""
+    wanted = [(a.start, a.start + a.length) for a in delta.changed_ranges() if a.kind == "data"]
+    guest = [
+        (e.start, e.start + e.length)
+        for e in reader_extents(delta.virtual_size, wanted, extents)
+        if not e.zero
+    ]
+    data: list[tuple[int, int]] = []
+    runs = [a for a in delta.changed_ranges() if a.kind == "data"]
+    i = 0
+    for gs, ge in guest:  # each lies inside one run: runs are separated by non-data
+        while runs[i].start + runs[i].length <= gs:
+            i += 1
+        run = runs[i]
+        assert run.file_offset is not None and run.start <= gs and ge <= run.start + run.length
+        fs = run.file_offset + (gs - run.start)
+        if data and data[-1][1] == fs:
+            data[-1] = (data[-1][0], fs + ge - gs)
+        else:
+            data.append((fs, fs + ge - gs))
+    out: list[Extent] = []
+    pos = 0
+    for s, e in data:
+        if s > pos:
+            out.append(Extent(pos, s - pos, zero=True))
+        out.append(Extent(s, e - s, zero=False))
+        pos = e
+    if pos < delta.size:
+        out.append(Extent(pos, delta.size - pos, zero=True))
+    return out
+
+
+class DeltaSource:
+    """``BlockSource`` in delta-file offsets: data clusters map back to guest offsets.
+
+    The reader of a delta works in file offsets, where the data is dense and
+    sequential, while the guest ranges behind it are scattered.
+    """
+
+    def __init__(self, delta: Qcow2Delta, channel: BlockSource) -> None:
+        self.delta = delta
+        self.channel = channel
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        end = offset + len(buf)
+        covered = max(offset, self.delta.metadata_size)
+        if covered > offset:  # never asked for (zero in the reader's map); stay exact
+            buf[: covered - offset] = bytes(covered - offset)
+        for file_off, guest, n in self.delta.data_ranges(offset, len(buf)):
+            view = buf[file_off - offset : file_off - offset + n]
+            want = max(0, min(n, self.delta.virtual_size - guest))
+            if want:
+                await self.channel.read_into(guest, view[:want])
+            if want < n:
+                view[want:] = bytes(n - want)
+        if end > self.delta.size:
+            raise ValueError(f"read past the end of the delta: {offset}+{len(buf)}")

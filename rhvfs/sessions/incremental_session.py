@@ -1,0 +1,800 @@
+"""One engine backup of a VM, served as one incremental/differential/full set.
+
+``IncrementalSession`` starts the VM backup (``from_checkpoint_id`` = the base
+set's checkpoint), plans every disk (delta or full data, see
+``incremental_channel``), freezes the set's listing and configuration files,
+serves reads while tracking which bytes of each file were read, and on close
+finalizes the transfers and the backup, removes the fallback snapshot and,
+for a set read completely, records it in the chain state. Its task, close
+request and grace timer are the shared ``SessionLifecycle``.
+
+Invariants between awaits: ``entries`` never change once the session is ready;
+``coverage`` only grows; ``complete`` is set only on a last release with every
+file read from its first to its last byte; the chain records a set only when
+it is complete and its backup finalized.
+
+Must not: know about inodes or pyfuse3, handle ids beyond counting them, or
+other VMs' sessions (the manager owns those).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import trio
+
+from rhvfs import ARTIFACT_MARKER
+from rhvfs.config import Config
+from rhvfs.engine.types import Backup, Checkpoint, Disk, Snapshot
+from rhvfs.errors import (
+    Conflict,
+    EngineError,
+    ImageioError,
+    NotFound,
+    RhvfsError,
+    SessionBroken,
+    SessionClosed,
+    SessionError,
+    VmStateError,
+)
+from rhvfs.sessions import procid
+from rhvfs.sessions.chain import ChainDisk, ChainSet, ChainState, PendingBackup, SetType
+from rhvfs.sessions.incremental_channel import DiskChannel, DiskPlan
+from rhvfs.sessions.incremental_delta import DeltaSource, changes_from_dirty, delta_file_extents
+from rhvfs.sessions.incremental_names import SetKind, config_names, disk_file_name, set_key
+from rhvfs.sessions.journal import Journal, JournalEntry
+from rhvfs.sessions.lifecycle import SessionLifecycle
+from rhvfs.sessions.model import (
+    MANIFEST_NAME,
+    OVF_NAME,
+    XML_NAME,
+    Owner,
+    SetEntry,
+    blocks_for,
+    set_image_name,
+)
+from rhvfs.sessions.ports import (
+    EngineLike,
+    ImageioOpener,
+    ReaderFactory,
+)
+from rhvfs.sessions.qcow2delta import Qcow2Delta
+from rhvfs.sessions.setfiles import OwnerData, build_manifest, pad_to
+
+log = logging.getLogger(__name__)
+
+BACKUP_OK_STATES = frozenset({"up", "down"})  # what the engine backs up
+
+
+class EngineWithBackups(EngineLike, Protocol):
+    async def start_backup(
+        self,
+        vm_id: str,
+        disk_ids: list[str],
+        *,
+        from_checkpoint_id: str | None = None,
+        description: str = "",
+        backup_id: str | None = None,
+        require_consistency: bool = False,
+    ) -> Backup: ...
+    async def backup_disks(self, vm_id: str, backup_id: str) -> list[Disk]: ...
+    async def finalize_backup(self, vm_id: str, backup_id: str) -> None: ...
+    async def list_checkpoints(self, vm_id: str) -> list[Checkpoint]: ...
+
+
+async def _no_fetch(guest: int, length: int) -> bytes:
+    raise AssertionError(f"metadata reads fetch no guest data ({guest}+{length})")
+
+
+def _merge_into(intervals: list[tuple[int, int]], start: int, end: int) -> None:
+    """Add [start, end) to a sorted list of disjoint intervals, merging neighbours."""
+    if end <= start:
+        return
+    out: list[tuple[int, int]] = []
+    placed = False
+    for s, e in intervals:
+        if e < start or s > end:
+            if s > end and not placed:
+                out.append((start, end))
+                placed = True
+            out.append((s, e))
+        else:
+            start, end = min(s, start), max(e, end)
+    if not placed:
+        out.append((start, end))
+    out.sort()
+    intervals[:] = out
+
+
+class SessionDeps:
+    def __init__(
+        self,
+        *,
+        engine: EngineWithBackups,
+        config: Config,
+        chain: ChainState,
+        journal: Journal,
+        process: procid.ProcessIdentity,
+        imageio_opener: ImageioOpener,
+        reader_factory: ReaderFactory,
+        on_closed: Any,
+        on_note: Any,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.chain = chain
+        self.journal = journal
+        self.process = process
+        self.imageio_opener = imageio_opener
+        self.reader_factory = reader_factory
+        self.on_closed = on_closed
+        self.on_note = on_note
+
+
+class IncrementalSession(SessionLifecycle):
+    """One engine backup of a VM, served as one incremental/differential/full set."""
+
+    def __init__(
+        self,
+        owner: Owner,
+        kind: SetKind,
+        since: str | None,
+        deps: SessionDeps,
+        *,
+        announced: Sequence[SetEntry] = (),
+    ) -> None:
+        super().__init__(config=deps.config)
+        self.owner = owner
+        #: for ``full``: the @rhv/ listing (names, keys, sizes) this session must serve
+        self.announced = {e.key: e for e in announced}
+        self.kind = kind
+        self.since = since
+        self.deps = deps
+        self.session_id = uuid.uuid4().hex[:12]
+        self.backup_id = str(uuid.uuid4())
+        self.error: RhvfsError | None = None
+        self.started_wall = time.time()
+        self.started_ns = time.time_ns()
+        self.set_id = ""
+        self.set_type: SetType = "full"
+        self.base: ChainSet | None = None
+        self.backup: Backup | None = None
+        self.backup_started = False
+        self.snapshot: Snapshot | None = None
+        self.snapshot_description: str | None = None
+        self.plans: list[DiskPlan] = []
+        self.channels: dict[str, DiskChannel] = {}
+        self.entries: list[SetEntry] = []
+        self.entries_by_key: dict[str, SetEntry] = {}
+        self.contents: dict[str, bytes] = {}
+        self.manifest_name = ""
+        self.coverage: dict[str, list[tuple[int, int]]] = {}
+        self.handles: set[int] = set()
+        self.complete = False
+        self.recorded = False
+        self.warnings: list[str] = []
+        self.bytes_read = 0
+        self._journaled = False
+        self._snapshot_images: dict[str, str] = {}
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def _note_cleanup_error(self, message: str) -> None:
+        self.note(message, error=True)
+
+    def _on_closed(self) -> None:
+        self.deps.on_closed(self)
+
+    def _label(self) -> str:
+        return f"{self.session_id} ({self.kind} set of {self.owner.name})"
+
+    @property
+    def grace_s(self) -> float:
+        """How long the set outlives its last use: the grace period, but never shorter than
+        the VFS caches a listing, so a cached listing always names files of a live set."""
+        cfg = self.deps.config
+        return max(cfg.grace_period, cfg.listing_ttl + 1.0)
+
+    def disk_budget(self) -> int:
+        return max(16 * 1024 * 1024, self.deps.config.prefetch_memory // max(1, len(self.plans)))
+
+    # -- start ----------------------------------------------------------------
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        try:
+            await self._start_backup(nursery)
+        except trio.Cancelled:
+            raise
+        except VmStateError as e:
+            self._fail(e)
+            self.request_close()
+            return
+        except RhvfsError as e:
+            self._fail(SessionBroken(f"{self.kind} set of VM {self.owner.name} failed: {e}"))
+            self.schedule_close(0)
+            return
+        except Exception as e:  # a bug must not hang every reader
+            log.exception("incremental session %s of %s failed", self.session_id, self.owner.name)
+            self._fail(SessionBroken(f"{self.kind} set of VM {self.owner.name} failed: {e!r}"))
+            self.schedule_close(0)
+            return
+        self.state = "ready"
+        self.ready.set()
+        log.info(
+            "%s set %s of VM %s ready: backup %s from checkpoint %s, %d disk(s), %d bytes, in %.2fs",
+            self.set_type,
+            self.set_id,
+            self.owner.name,
+            self.backup_id,
+            self.backup.from_checkpoint_id if self.backup else None,
+            len(self.plans),
+            sum(e.size for e in self.entries),
+            time.time() - self.started_wall,
+        )
+        # Nobody may open anything after a listing: end the backup after the grace period.
+        self.schedule_close(self.grace_s)
+
+    def _fail(self, error: RhvfsError) -> None:
+        self.state = "broken"
+        self.error = error
+        self.note(str(error), error=True)
+        self.ready.set()
+
+    def _base(self, vm_id: str) -> ChainSet | None:
+        chain = self.deps.chain
+        if self.kind == "full":
+            return None
+        if self.kind == "incremental":
+            return chain.newest(vm_id)
+        if self.kind == "differential":
+            return chain.newest_full(vm_id)
+        assert self.since is not None
+        found = chain.by_checkpoint(vm_id, self.since)
+        if found is None:
+            raise NotFound(
+                f"checkpoint {self.since} of VM {self.owner.name} was not recorded by rhvfs"
+            )
+        return found
+
+    async def _start_backup(self, nursery: trio.Nursery) -> None:
+        engine = self.deps.engine
+        vm = await engine.get_vm(self.owner.id)
+        if (vm.status or "unknown") not in BACKUP_OK_STATES:
+            raise VmStateError(f"VM {vm.name} is {vm.status}; an engine backup needs it up or down")
+        data = await self._owner_data(vm)
+        disks = [a.disk for a in data.attachments if not a.disk.shareable]
+        if not disks:
+            raise SessionError(f"VM {vm.name} has no disks to back up")
+
+        base = self._base(vm.id)
+        if base is None and self.kind not in ("since", "full"):
+            self.warn(
+                f"no completed set of VM {vm.name} to start from: this {self.kind} set is a full one"
+            )
+        if base is not None:
+            checkpoints = {c.id: c for c in await engine.list_checkpoints(vm.id)}
+            cp = checkpoints.get(base.checkpoint_id or "")
+            if cp is None or (cp.state or "created") != "created":
+                why = "is gone from the engine" if cp is None else f"is {cp.state}"
+                self.warn(
+                    f"chain of VM {vm.name} is broken: checkpoint {base.checkpoint_id} {why}; "
+                    f"this {self.kind} set is a full one"
+                )
+                base = None
+
+        capable = [d for d in disks if d.format == "cow" and d.backup == "incremental"]
+        others = [d for d in disks if d not in capable]
+        reasons = {d.id: ("raw disk" if d.format != "cow" else "backup mode none") for d in others}
+        backup_disks = disks if base is None else capable
+        if base is not None and others:
+            await self._snapshot_for(vm.id, others)
+        if base is not None and not capable:
+            base = None  # nothing can be incremental: a snapshot-only full set
+            backup_disks = []
+
+        self._journal()
+        if backup_disks:
+            self.backup = await self._begin_backup(vm.id, backup_disks, base)
+            if base is not None and self.backup.from_checkpoint_id is None:
+                base = None
+        self.base = base
+        self.set_type = (
+            "full"
+            if base is None
+            else ("differential" if self.kind == "differential" else "incremental")
+        )
+        cp_id = self.backup.to_checkpoint_id if self.backup else None
+        self.set_id = cp_id or self.backup_id
+        modes: dict[str, str] = {}
+        if self.backup is not None:
+            for d in await engine.backup_disks(vm.id, self.backup_id):
+                modes[d.id] = d.backup_mode or "full"
+
+        for d in disks:
+            mode = "full"
+            reason = reasons.get(d.id)
+            prev = base.disk(d.id) if base is not None else None
+            if base is not None and d.id not in reasons:
+                if modes.get(d.id) == "incremental" and prev is not None:
+                    mode = "incremental"
+                else:
+                    reason = (
+                        "new since the base set" if prev is None else "the engine reads it in full"
+                    )
+            if base is None and reason is None:
+                reason = "full set"
+            snap_image = None
+            if self.snapshot is not None and d.id in reasons:
+                snap_image = self._snapshot_images.get(d.id)
+            plan = DiskPlan(
+                disk=d,
+                mode="incremental" if mode == "incremental" else "full",
+                file="",
+                key=self._key(f"disk:{d.id}"),
+                reason=reason,
+                backing_file=prev.file if prev is not None and mode == "incremental" else None,
+                snapshot_image_id=snap_image,
+            )
+            self.plans.append(plan)
+
+        try:
+            async with trio.open_nursery() as n:
+                for plan in self.plans:
+                    n.start_soon(
+                        self._prepare_disk, plan, prev_format_of(base, plan.disk.id), nursery
+                    )
+        except BaseExceptionGroup as group:
+            # report the first disk's error as itself, so callers see an rhvfs error
+            for exc in group.exceptions:
+                if isinstance(exc, Exception):
+                    raise exc from None
+            raise
+        self._freeze(data)
+
+    async def _prepare_disk(
+        self, plan: DiskPlan, backing_format: str, nursery: trio.Nursery
+    ) -> None:
+        channel = DiskChannel(self, plan)
+        self.channels[plan.disk.id] = channel
+        client = await channel.open()
+        zero = await client.extents("zero")
+        size = sum(e.length for e in zero)
+        if size != plan.disk.provisioned_size:
+            raise EngineError(
+                f"disk {plan.disk.id}: imageio reports {size} bytes, the engine {plan.disk.provisioned_size}"
+            )
+        if plan.mode == "incremental":
+            try:
+                dirty = await client.extents("dirty")
+            except ImageioError as e:
+                self.warn(f"disk {plan.disk.id} has no dirty extents ({e}); reading it in full")
+                plan.mode, plan.reason, plan.backing_file = "full", "no dirty extents", None
+            else:
+                changes = changes_from_dirty(dirty)
+                plan.dirty_bytes = sum(c.length for c in changes)
+                plan.delta = Qcow2Delta(
+                    virtual_size=plan.disk.provisioned_size,
+                    changes=changes,
+                    backing_file=plan.backing_file,
+                    backing_format=backing_format,
+                )
+        plan.file = (
+            set_image_name(plan.disk.alias, plan.disk.id)
+            if self.kind == "full"
+            else disk_file_name(
+                plan.disk.alias, plan.disk.id, self.set_id, delta=plan.delta is not None
+            )
+        )
+        if plan.delta is None:
+            plan.dirty_bytes = plan.disk.provisioned_size
+            await channel.start_reader(zero, nursery=nursery)
+        else:
+            await channel.start_reader(
+                delta_file_extents(plan.delta, zero),
+                nursery=nursery,
+                size=plan.delta.size,
+                source=DeltaSource(plan.delta, channel),
+            )
+
+    async def _snapshot_for(self, vm_id: str, disks: list[Disk]) -> None:
+        """A snapshot of the disks an incremental backup cannot include (read in full)."""
+        engine = self.deps.engine
+        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        proc = self.deps.process
+        desc = f"{ARTIFACT_MARKER} {self.session_id} host={proc.host} pid={proc.pid} {when}"
+        self.snapshot_description = desc
+        self._journal()
+        self.snapshot = await engine.create_snapshot(
+            vm_id, description=desc, persist_memorystate=False, disk_ids=[d.id for d in disks]
+        )
+        self._journal()
+        snap_disks = await engine.snapshot_disks(vm_id, self.snapshot.id)
+        self._snapshot_images = {d.id: d.image_id for d in snap_disks if d.image_id}
+
+    async def _begin_backup(self, vm_id: str, disks: list[Disk], base: ChainSet | None) -> Backup:
+        engine = self.deps.engine
+        from_cp = base.checkpoint_id if base is not None else None
+        desc = f"{ARTIFACT_MARKER} {self.session_id} {self.kind}"
+        self.deps.chain.add_pending(
+            PendingBackup(
+                backup_id=self.backup_id,
+                vm_id=vm_id,
+                process=self.deps.process,
+                started=datetime.now(UTC).isoformat(),
+            )
+        )
+        self.backup_started = True
+        started = time.monotonic()
+        try:
+            backup = await engine.start_backup(
+                vm_id,
+                [d.id for d in disks],
+                from_checkpoint_id=from_cp,
+                description=desc,
+                backup_id=self.backup_id,
+            )
+        except Conflict:
+            raise
+        except EngineError as e:
+            if from_cp is None:
+                raise
+            # The engine refused the checkpoint (gone, invalid, bitmap missing): full set.
+            self.warn(
+                f"chain of VM {self.owner.name} is broken: the engine refused checkpoint "
+                f"{from_cp} ({e}); this {self.kind} set is a full one"
+            )
+            self.deps.chain.remove_pending(self.backup_id)
+            self.backup_id = str(uuid.uuid4())
+            return await self._begin_backup(vm_id, disks, None)
+        log.info(
+            "backup %s of VM %s (from checkpoint %s) ready in %.2fs, to checkpoint %s",
+            backup.id,
+            self.owner.name,
+            from_cp,
+            time.monotonic() - started,
+            backup.to_checkpoint_id,
+        )
+        return backup
+
+    async def _owner_data(self, vm: Any) -> OwnerData:
+        engine = self.deps.engine
+        atts = await engine.disk_attachments(vm.id)
+        nics = await engine.vm_nics(vm.id)
+        ovf = await engine.vm_ovf(vm.id)
+        xml = await engine.vm_xml(vm.id)
+        clusters = {c.id: c.name for c in await engine.list_clusters()}
+        sds = {s.id: s.name for s in await engine.list_storage_domains()}
+        return OwnerData(
+            kind="vm",
+            entity=vm,
+            attachments=tuple(atts),
+            nics=tuple(nics),
+            ovf=ovf.encode("utf-8") if isinstance(ovf, str) else bytes(ovf),
+            xml=xml.encode("utf-8") if isinstance(xml, str) else bytes(xml),
+            cluster_names=clusters,
+            storage_domain_names=sds,
+        )
+
+    def _key(self, inner: str) -> str:
+        """Keys of ``full`` sets are @rhv/'s own (``config:vm.ovf``, ``disk:<id>``)."""
+        return inner if self.kind == "full" else set_key(self.set_id, inner)
+
+    def _freeze(self, data: OwnerData) -> None:
+        if self.kind == "full":
+            names = {"ovf": OVF_NAME, "xml": XML_NAME, "manifest": MANIFEST_NAME}
+        else:
+            names = config_names(self.set_id)
+        self.manifest_name = names["manifest"]
+        manifest = self._manifest(data, names)
+        mtime = self.started_ns
+        contents = {names["ovf"]: data.ovf, names["xml"]: data.xml, names["manifest"]: manifest}
+        if self.kind == "full":
+            # serve exactly what the @rhv/ listing announced: padded config, same sizes
+            for n in list(contents):
+                ann = self.announced.get(self._key(f"config:{n}"))
+                if ann is None:
+                    raise SessionError(f"{n} of {self.owner.name} was not in the @rhv/ listing")
+                contents[n] = pad_to(contents[n], ann.size, what=f"{n} of {self.owner.name}")
+            for plan in self.plans:
+                ann = self.announced.get(plan.key)
+                if ann is None or ann.size != plan.disk.provisioned_size:
+                    raise SessionError(
+                        f"disk {plan.disk.id} of {self.owner.name} changed since it was listed"
+                    )
+        entries = [
+            SetEntry(
+                name=n,
+                key=self._key(f"config:{n}"),
+                size=len(c),
+                blocks=blocks_for(len(c)),
+                mtime_ns=mtime,
+            )
+            for n, c in contents.items()
+        ]
+        self.contents = {self._key(f"config:{n}"): c for n, c in contents.items()}
+        for plan in self.plans:
+            size = plan.delta.size if plan.delta is not None else plan.disk.provisioned_size
+            allocated = plan.delta.size if plan.delta is not None else (plan.disk.actual_size or 0)
+            entries.append(
+                SetEntry(
+                    name=plan.file,
+                    key=plan.key,
+                    size=size,
+                    blocks=max(1, blocks_for(allocated)) if size else 0,
+                    mtime_ns=mtime,
+                    disk_id=plan.disk.id,
+                )
+            )
+        self.entries = entries
+        self.entries_by_key = {e.key: e for e in entries}
+        self.coverage = {e.key: [] for e in entries}
+
+    def _manifest(self, data: OwnerData, names: dict[str, str]) -> bytes:
+        disks = [p.disk for p in self.plans]
+        raw = build_manifest(
+            data,
+            disks=disks,
+            file_names={p.disk.id: p.file for p in self.plans},
+            snapshot_id=self.snapshot.id if self.snapshot else None,
+            backup_time=datetime.fromtimestamp(self.started_wall, UTC),
+            session_id=self.session_id,
+        )
+        doc = json.loads(raw)
+        base = self.base
+        doc["set_type"] = self.set_type
+        doc["set_id"] = self.set_id
+        doc["backup_id"] = self.backup.id if self.backup else None
+        doc["checkpoint_id"] = self.backup.to_checkpoint_id if self.backup else None
+        doc["from_checkpoint_id"] = base.checkpoint_id if base else None
+        doc["to_checkpoint_id"] = doc["checkpoint_id"]
+        doc["parent_set"] = (
+            {"set_id": base.set_id, "set_type": base.set_type, "manifest": base.manifest_file}
+            if base
+            else None
+        )
+        doc["full_set_id"] = base.full_set_id if base else self.set_id
+        doc["config_files"] = {
+            "ovf": names["ovf"],
+            "api_xml": names["xml"],
+            "manifest": names["manifest"],
+        }
+        doc["warnings"] = list(self.warnings)
+        by_id = {p.disk.id: p for p in self.plans}
+        for d in doc["disks"]:
+            p = by_id[d["id"]]
+            d["backup_mode"] = p.mode
+            d["file_format"] = "qcow2" if p.delta is not None else "raw"
+            d["backing_file"] = p.backing_file if p.delta is not None else None
+            d["full_reason"] = p.reason if p.mode == "full" else None
+            d["dirty_bytes"] = p.dirty_bytes
+        return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+
+    # -- reads ----------------------------------------------------------------
+
+    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes:
+        if self.state != "ready":
+            if self.error is not None:
+                raise self.error
+            raise SessionClosed(f"set {self.set_id} of {self.owner.name} is {self.state}")
+        entry = self.entries_by_key.get(key)
+        if entry is None:
+            raise NotFound(f"{key} is not part of set {self.set_id} of {self.owner.name}")
+        if offset >= entry.size or size <= 0:
+            return b""
+        size = min(size, entry.size - offset)
+        content = self.contents.get(key)
+        if content is not None:
+            data = content[offset : offset + size]
+        else:
+            assert entry.disk_id is not None
+            channel = self.channels[entry.disk_id]
+            reader = channel.reader
+            if reader is None:
+                raise SessionClosed(f"disk {entry.disk_id} of set {self.set_id} is closed")
+            try:
+                delta = channel.plan.delta
+                if delta is None:
+                    data = await reader.read(offset, size, handle_id=handle_id)
+                else:
+                    # metadata from memory; data clusters through the reader in file
+                    # offsets, so sequential reads of the delta prefetch its scattered
+                    # guest ranges ahead
+                    parts = []
+                    meta_end = min(offset + size, delta.metadata_size)
+                    if offset < meta_end:
+                        parts.append(await delta.read(offset, meta_end - offset, _no_fetch))
+                    start = max(offset, delta.metadata_size)
+                    if start < offset + size:
+                        parts.append(
+                            await reader.read(start, offset + size - start, handle_id=handle_id)
+                        )
+                    data = b"".join(parts)
+            except (trio.Cancelled, SessionClosed):
+                raise
+            except RhvfsError as e:
+                self.note(f"read of {entry.name} at {offset}+{size}: {e}", error=True)
+                raise
+            if len(data) != size:
+                raise EngineError(f"read {len(data)} bytes for {size} at {offset} of {entry.name}")
+        _merge_into(self.coverage[key], offset, offset + len(data))
+        self.bytes_read += len(data)
+        return data
+
+    def fully_read(self) -> bool:
+        """Every file of the set was read from its first to its last byte."""
+        return all(e.size == 0 or self.coverage.get(e.key) == [(0, e.size)] for e in self.entries)
+
+    def on_last_release(self) -> None:
+        if self.state == "ready" and self.fully_read():
+            if not self.complete:
+                log.info(
+                    "%s set %s of VM %s read completely",
+                    self.set_type,
+                    self.set_id,
+                    self.owner.name,
+                )
+            self.complete = True
+        self.schedule_close(self.grace_s)
+
+    # -- cleanup --------------------------------------------------------------
+
+    async def _cleanup(self) -> None:
+        """Finalize transfers and the backup, remove the snapshot, record a complete set."""
+        channels = list(self.channels.values())
+        self.channels = {}
+        async with trio.open_nursery() as n:
+            for ch in channels:
+                n.start_soon(self._close_channel, ch)
+        finalized = True
+        if self.backup_started:
+            finalized = await self._finalize_backup()
+        if self.snapshot_description is not None:
+            await self._remove_snapshot()
+        if self._journaled:
+            mine = [e for e in self.deps.journal.entries() if e.session_id == self.session_id]
+            if not mine or (not mine[0].transfer_ids and self.snapshot_description is None):
+                self.deps.journal.remove(self.session_id)
+                self._journaled = False
+        if self.complete and not finalized:
+            self.note(
+                f"set {self.set_id} was read completely but its backup did not finalize: "
+                "the chain does not advance",
+                error=True,
+            )
+        if self.complete and finalized and not self.recorded:
+            self._record()
+
+    def _record(self) -> None:
+        base = self.base
+        self.deps.chain.record(
+            ChainSet(
+                set_id=self.set_id,
+                owner_id=self.owner.id,
+                set_type=self.set_type,
+                checkpoint_id=self.backup.to_checkpoint_id if self.backup else None,
+                from_checkpoint_id=base.checkpoint_id if base else None,
+                parent_set_id=base.set_id if base else None,
+                full_set_id=base.full_set_id if base else self.set_id,
+                manifest_file=self.manifest_name,
+                completed=datetime.now(UTC).isoformat(),
+                disks=tuple(
+                    ChainDisk(
+                        disk_id=p.disk.id,
+                        file=p.file,
+                        file_format="qcow2" if p.delta is not None else "raw",
+                        mode=p.mode,
+                        backing_file=p.backing_file if p.delta is not None else None,
+                    )
+                    for p in self.plans
+                ),
+            )
+        )
+        self.recorded = True
+
+    async def _close_channel(self, ch: DiskChannel) -> None:
+        try:
+            await ch.aclose()
+        except Exception as e:
+            self.note(f"closing transfer of disk {ch.plan.disk.id}: {e}", error=True)
+
+    async def _finalize_backup(self) -> bool:
+        cfg = self.deps.config
+        deadline = trio.current_time() + cfg.system_timeout
+        delay = max(cfg.system_interval, 0.05)
+        while True:
+            try:
+                await self.deps.engine.finalize_backup(self.owner.id, self.backup_id)
+                self.deps.chain.remove_pending(self.backup_id)
+                self.backup_started = False
+                return True
+            except NotFound:
+                self.deps.chain.remove_pending(self.backup_id)
+                self.backup_started = False
+                return self.backup is not None
+            except Conflict as e:
+                if trio.current_time() + delay > deadline:
+                    self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
+                    return False
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except EngineError as e:
+                self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
+                self.deps.chain.remove_pending(self.backup_id)
+                return False
+
+    async def _remove_snapshot(self) -> None:
+        engine = self.deps.engine
+        cfg = self.deps.config
+        snap_id = self.snapshot.id if self.snapshot else None
+        if snap_id is None:
+            return
+        deadline = trio.current_time() + cfg.system_timeout
+        delay = max(cfg.system_interval, 0.05)
+        while True:
+            try:
+                await engine.remove_snapshot(self.owner.id, snap_id)
+            except NotFound:
+                pass
+            except EngineError as e:
+                if trio.current_time() + delay > deadline:
+                    self.note(f"removing snapshot {snap_id} failed: {e}", error=True)
+                    return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.snapshot = None
+            self.snapshot_description = None
+            return
+
+    def _journal(self) -> None:
+        self.deps.journal.put(
+            JournalEntry(
+                session_id=self.session_id,
+                process=self.deps.process,
+                owner_kind=self.owner.kind,
+                owner_id=self.owner.id,
+                owner_name=self.owner.name,
+                started=datetime.fromtimestamp(self.started_wall, UTC).isoformat(),
+                snapshot_description=self.snapshot_description,
+                snapshot_id=self.snapshot.id if self.snapshot else None,
+                transfer_ids=tuple(c.transfer.id for c in self.channels.values() if c.transfer),
+            )
+        )
+        self._journaled = True
+
+    # -- reporting ------------------------------------------------------------
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.note(message, error=False)
+
+    def note(self, message: str, *, error: bool) -> None:
+        log.warning("%s set of %s: %s", self.kind, self.owner.name, message)
+        self.deps.on_note(self.owner, message, error)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "owner": {"kind": self.owner.kind, "id": self.owner.id, "name": self.owner.name},
+            "set_kind": self.kind,
+            "set_type": self.set_type,
+            "set_id": self.set_id,
+            "backup_id": self.backup_id if self.backup_started or self.backup else None,
+            "from_checkpoint_id": self.base.checkpoint_id if self.base else None,
+            "state": self.state,
+            "handles": len(self.handles),
+            "bytes_read": self.bytes_read,
+            "complete": self.complete,
+            "warnings": list(self.warnings),
+            "disks": [ch.statistics() for ch in self.channels.values()],
+        }
+
+
+def prev_format_of(base: ChainSet | None, disk_id: str) -> str:
+    prev = base.disk(disk_id) if base is not None else None
+    return "raw" if prev is None or prev.file_format == "raw" else "qcow2"
