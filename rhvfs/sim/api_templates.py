@@ -1,8 +1,11 @@
 """REST resources for templates: list/get (with the OVF under `all_content`),
-import from an OVF configuration, removal, and their disk attachments and NICs.
+create from a VM, import from an OVF configuration, removal, and their disk
+attachments and NICs.
 
 Owns `/templates`. The Blank template (all-zero id) always exists and cannot
-be removed. Creating a template from a VM is not simulated (409).
+be removed. A template made from a VM (which must be down) gets copies of the
+VM's disks (new ids, content copied by `api_vms`' clone machinery), its disk
+attachments and NICs; it is `locked` until the copies are done, then `ok`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 
 from ovirtsdk4 import types
 
-from rhvfs.sim import api_disks, api_ovf, xmlio
+from rhvfs.sim import api_disks, api_ovf, api_vms, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import (
     Engine,
@@ -113,6 +116,53 @@ def _import(e: Engine, body: types.Template) -> Template:
     return t
 
 
+def _from_vm(e: Engine, body: types.Template) -> Template:
+    """`<template><name/><vm id=…/></template>` (caller holds the lock)."""
+    st = e.state
+    if not body.name:
+        raise bad_request("Template [name] required for add")
+    vm = by_id_or_name(st.vms, body.vm, "vm")
+    if vm.status != "down":
+        raise conflict(f"Cannot add Template. VM {vm.name} is {vm.status}; it must be down.")
+    if body.name == "Blank" or any(t.name == body.name for t in st.templates.values()):
+        raise conflict("Cannot add Template. The Template name is already in use.")
+    sources = []
+    for a in vm.attachments:
+        d = st.disks.get(a.disk_id)
+        if d is None:
+            continue
+        check_disk_unlocked(d)
+        sources.append((a, d, d.active.id))
+    cluster_id = vm.cluster_id
+    if body.cluster is not None and (body.cluster.id or body.cluster.name):
+        cluster_id = by_id_or_name(st.clusters, body.cluster, "cluster").id
+    t = Template(
+        id=new_id(),
+        name=body.name,
+        description=body.description or "",
+        cluster_id=cluster_id,
+        memory_bytes=vm.memory_bytes,
+        os_type=vm.os_type,
+        nics=[
+            Nic(
+                id=new_id(),
+                name=n.name,
+                mac="",
+                vnic_profile_id=n.vnic_profile_id,
+                interface=n.interface,
+            )
+            for n in vm.nics
+        ],
+    )
+    st.templates[t.id] = t
+    api_vms._copy_disks(e, t, sources, source_vm_id=vm.id)
+    if sources:
+        vm.status = "image_locked"
+    st.add_event(f"Creation of Template {t.name} from VM {vm.name} was initiated.")
+    log.info("template %s (%s) from vm %s: %d disk(s)", t.id, t.name, vm.id, len(sources))
+    return t
+
+
 def register(router: Router, e: Engine) -> None:
     st = e.state
 
@@ -159,9 +209,11 @@ def register(router: Router, e: Engine) -> None:
                 return xml(
                     xmlio.render(conv.template(e, t)), status=201, Location=href("templates", t.id)
                 )
-            if body.vm is not None:
-                raise conflict(
-                    "Cannot add Template. Creating a template from a VM is not supported by the simulator."
+            if body.vm is not None and (body.vm.id or body.vm.name):
+                t = _from_vm(e, body)
+                e.save()
+                return xml(
+                    xmlio.render(conv.template(e, t)), status=201, Location=href("templates", t.id)
                 )
             raise bad_request("Template [vm|initialization.configuration] required for add")
 

@@ -38,6 +38,7 @@ from rhvfs.sim.state import (
     Disk,
     Nic,
     Snapshot,
+    Template,
     Vm,
     Volume,
     new_id,
@@ -160,9 +161,20 @@ def power_action(e: Engine, vm: Vm, name: str) -> None:
     log.info("vm %s: %s", vm.id, name)
 
 
-def _copy_disks(e: Engine, vm: Vm, sources: list[tuple[Attachment, Disk, str]]) -> None:
-    """Give `vm` copies of the (attachment, disk, volume) sources; `image_locked` meanwhile."""
+def _copy_disks(
+    e: Engine,
+    vm: Vm | Template,
+    sources: list[tuple[Attachment, Disk, str]],
+    *,
+    source_vm_id: str | None = None,
+) -> None:
+    """Give `vm` (or a template) copies of the (attachment, disk, volume) sources.
+
+    A VM is `image_locked` meanwhile, a template `locked` (and `source_vm_id`,
+    the VM it is made from, `image_locked` too); the last copy step unlocks them.
+    """
     st = e.state
+    snapshot_id = vm.active_snapshot_id if isinstance(vm, Vm) else None
     for a, src, vol_id in sources:
         vol = src.volume(vol_id)
         assert vol is not None
@@ -175,17 +187,19 @@ def _copy_disks(e: Engine, vm: Vm, sources: list[tuple[Attachment, Disk, str]]) 
             backup=src.backup,
             status="locked",
             description=src.description,
-            volumes=[
-                Volume(id=new_id(), fmt=src.volumes[0].fmt, snapshot_id=vm.active_snapshot_id)
-            ],
+            volumes=[Volume(id=new_id(), fmt=src.volumes[0].fmt, snapshot_id=snapshot_id)],
             lock_reason="copy",
         )
         st.disks[d.id] = d
         vm.attachments.append(
             Attachment(disk_id=d.id, interface=a.interface, bootable=a.bootable, active=a.active)
         )
-        e.tasks.step(_copy_disk_step, e, src.id, vol_id, d.id, vm.id)
-    if sources:
+        e.tasks.step(_copy_disk_step, e, src.id, vol_id, d.id, vm.id, source_vm_id)
+    if isinstance(vm, Template):
+        vm.status = "locked"
+        if not sources:
+            e.tasks.step(_unlock_template, e, vm.id, source_vm_id)
+    elif sources:
         vm.status = "image_locked"
 
 
@@ -201,13 +215,37 @@ def _copy_template_disks(e: Engine, vm: Vm, template_id: str) -> None:
     _copy_disks(e, vm, sources)
 
 
-def _copy_disk_step(e: Engine, src_id: str, src_vol_id: str, dst_id: str, vm_id: str) -> None:
+def _unlock_template(e: Engine, template_id: str, source_vm_id: str | None) -> None:
+    """A template whose copies are all done: `ok` (or `illegal`), its source VM `down` again."""
+    st = e.state
+    with st.lock:
+        t = st.templates.get(template_id)
+        if t is not None and t.status == "locked":
+            disks = [st.disks.get(a.disk_id) for a in t.attachments]
+            if any(d is not None and d.lock_reason == "copy" for d in disks):
+                return
+            bad = any(d is None or d.status != "ok" for d in disks)
+            t.status = "illegal" if bad else "ok"
+            st.add_event(f"Template {t.name} creation {'failed' if bad else 'completed'}.")
+        vm = st.vms.get(source_vm_id or "")
+        if vm is not None and vm.status == "image_locked":
+            vm.status = "down"
+        e.save()
+
+
+def _copy_disk_step(
+    e: Engine, src_id: str, src_vol_id: str, dst_id: str, vm_id: str, source_vm_id: str | None
+) -> None:
     """Copy the guest-visible content of `src_vol_id` (its whole chain) into `dst`'s base volume."""
     st = e.state
     with st.lock:
         src = st.disks.get(src_id)
         dst = st.disks.get(dst_id)
+        if dst is not None and src is None:
+            dst.status, dst.lock_reason = "illegal", ""
         if src is None or dst is None:
+            if vm_id in st.templates:
+                _unlock_template(e, vm_id, source_vm_id)
             return
         vol = src.volume(src_vol_id)
         try:
@@ -256,6 +294,8 @@ def _copy_disk_step(e: Engine, src_id: str, src_vol_id: str, dst_id: str, vm_id:
             ]
             if not pending:
                 vm.status = "down"
+        if vm_id in st.templates:
+            _unlock_template(e, vm_id, source_vm_id)
         e.save()
 
 
