@@ -414,6 +414,54 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
 
         return await self.wait(probe, f"wait for template {tpl.id} to be ok")
 
+    async def create_template(self, vm_id: str, *, name: str, description: str = "") -> t.Template:
+        """Make template ``name`` from VM ``vm_id`` (which must be down); return it once ``ok``.
+
+        A retry after a lost response first looks for a template of that name.
+        If the template never gets ``ok`` (illegal, gone, timeout, cancel) it is
+        removed, best effort, and the error re-raised.
+        """
+        what = f"create template {name!r} from vm {vm_id}"
+        body = sdk.Template(name=name, description=description or None, vm=sdk.Vm(id=vm_id))
+
+        async def find() -> t.Template | None:
+            return next((x for x in await self.list_templates() if x.name == name), None)
+
+        async def attempt(n: int) -> t.Template:
+            if n > 0:
+                found = await find()
+                if found is not None:
+                    log.info("%s: found template %s after a lost response", what, found.id)
+                    return found
+            created = await self.call_once(
+                lambda c: c.system_service().templates_service().add(body), what
+            )
+            return convert.template(created)
+
+        tpl = await self.retried(attempt, what)
+
+        async def probe() -> t.Template | None:
+            try:
+                current = await self.get_template(tpl.id)
+            except NotFound:
+                raise EngineError(f"{what}: template {tpl.id} disappeared") from None
+            if current.status == "illegal":
+                raise EngineError(f"{what}: template {tpl.id} is illegal")
+            return current if current.status in ("ok", None) else None
+
+        try:
+            done = await self.wait(probe, f"wait for template {tpl.id} to be ok")
+        except BaseException:
+            with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
+                scope.shield = True
+                try:
+                    await self.remove_template(tpl.id)
+                except Exception as e:  # cleanup is best effort; the first error wins
+                    log.warning("%s: could not remove template %s: %s", what, tpl.id, e)
+            raise
+        log.info("%s: template %s is ok", what, done.id)
+        return done
+
     async def remove_template(self, template_id: str) -> None:
         """Remove a template and return once GET answers 404."""
         what = f"remove template {template_id}"

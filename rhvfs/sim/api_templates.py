@@ -227,7 +227,8 @@ def register(router: Router, e: Engine) -> None:
                 raise conflict(f"Cannot remove Template. It is used by VMs: {', '.join(users)}.")
             disks = [st.disks[a.disk_id] for a in t.attachments if a.disk_id in st.disks]
             for d in disks:
-                check_disk_unlocked(d)
+                if d.status == "locked":  # an illegal copy goes with its template
+                    check_disk_unlocked(d)
             del st.templates[t.id]
             for d in disks:
                 api_disks.drop_disk(e, d)
