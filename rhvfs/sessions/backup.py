@@ -39,8 +39,6 @@ from typing import Any
 
 import trio
 
-from rhvfs import ARTIFACT_MARKER
-from rhvfs.config import Config
 from rhvfs.engine.types import Disk, Snapshot, Template, Vm
 from rhvfs.errors import (
     Conflict,
@@ -53,16 +51,13 @@ from rhvfs.errors import (
     VmStateError,
     is_transient,
 )
-from rhvfs.sessions.journal import Journal, JournalEntry
-from rhvfs.sessions.lifecycle import SessionLifecycle
+from rhvfs.sessions.gc import snapshot_description
+from rhvfs.sessions.journal import JournalEntry
+from rhvfs.sessions.lifecycle import SessionLifecycle, SessionServices
 from rhvfs.sessions.model import Owner, SetEntry, disk_id_of_key
 from rhvfs.sessions.ports import (
-    EngineLike,
-    ImageioOpener,
-    ReaderFactory,
     ReaderLike,
 )
-from rhvfs.sessions.procid import ProcessIdentity
 from rhvfs.sessions.setfiles import OwnerData
 from rhvfs.sessions.transfer_channel import TransferChannel
 
@@ -81,39 +76,14 @@ STATE_WAIT_S = 30.0
 MIN_READER_BUDGET = 16 * 1024 * 1024
 
 
-def snapshot_description(session_id: str, proc: ProcessIdentity, when: datetime) -> str:
-    """``rhvfs-session <id> host=<host> pid=<pid> <iso time>``: what gc recognises."""
-    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{ARTIFACT_MARKER} {session_id} host={proc.host} pid={proc.pid} {stamp}"
-
-
-class SessionDeps:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SessionDeps(SessionServices):
     """What a session needs from its manager (one object, so sessions stay cheap to build)."""
 
-    def __init__(
-        self,
-        *,
-        engine: EngineLike,
-        config: Config,
-        journal: Journal,
-        process: ProcessIdentity,
-        imageio_opener: ImageioOpener,
-        reader_factory: ReaderFactory,
-        fetch_owner_data: Callable[[Owner, Vm | Template | None], Awaitable[OwnerData]],
-        freeze: Callable[[BackupSession], None],
-        on_closed: Callable[[BackupSession], None],
-        on_error: Callable[[Owner, str], None],
-    ) -> None:
-        self.engine = engine
-        self.config = config
-        self.journal = journal
-        self.process = process
-        self.imageio_opener = imageio_opener
-        self.reader_factory = reader_factory
-        self.fetch_owner_data = fetch_owner_data
-        self.freeze = freeze
-        self.on_closed = on_closed
-        self.on_error = on_error
+    fetch_owner_data: Callable[[Owner, Vm | Template | None], Awaitable[OwnerData]]
+    freeze: Callable[[BackupSession], None]
+    on_closed: Callable[[BackupSession], None]
+    on_error: Callable[[Owner, str], None]
 
 
 class DiskChannel(TransferChannel):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 
 import trio
 
@@ -43,6 +43,12 @@ class MarkerInfo:
     host: str
     pid: int
     created: datetime | None
+
+
+def snapshot_description(session_id: str, proc: procid.ProcessIdentity, when: datetime) -> str:
+    """``rhvfs-session <id> host=<host> pid=<pid> <iso time>``: what ``parse_description`` reads."""
+    stamp = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"{ARTIFACT_MARKER} {session_id} host={proc.host} pid={proc.pid} {stamp}"
 
 
 def parse_description(description: str) -> MarkerInfo | None:

@@ -88,8 +88,7 @@ from rhvfs.sessions.model import (
 from rhvfs.sessions.ports import (
     ImageioOpener,
     ReaderFactory,
-    default_imageio_opener,
-    default_reader_factory,
+    default_data_plane,
 )
 
 __all__ = [
@@ -138,8 +137,9 @@ class IncrementalManager:
         self.chain = chain
         self.journal = journal
         self._process = procid.current()
-        self._opener = imageio_opener or default_imageio_opener(config)
-        self._reader_factory = reader_factory or default_reader_factory(config)
+        self._opener, self._reader_factory = default_data_plane(
+            config, imageio_opener=imageio_opener, reader_factory=reader_factory
+        )
         self._cleanup_on_start = cleanup_on_start
         self._nursery: trio.Nursery | None = None
         self._sessions: dict[str, IncrementalSession] = {}

@@ -19,18 +19,18 @@ other VMs' sessions (the manager owns those).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import trio
 
 from rhvfs import ARTIFACT_MARKER
-from rhvfs.config import Config
 from rhvfs.engine.types import Backup, Checkpoint, Disk, Snapshot
 from rhvfs.errors import (
     Conflict,
@@ -43,13 +43,13 @@ from rhvfs.errors import (
     SessionError,
     VmStateError,
 )
-from rhvfs.sessions import procid
 from rhvfs.sessions.chain import ChainDisk, ChainSet, ChainState, PendingBackup, SetType
+from rhvfs.sessions.gc import snapshot_description
 from rhvfs.sessions.incremental_channel import DiskChannel, DiskPlan
 from rhvfs.sessions.incremental_delta import DeltaSource, changes_from_dirty, delta_file_extents
 from rhvfs.sessions.incremental_names import SetKind, config_names, disk_file_name, set_key
-from rhvfs.sessions.journal import Journal, JournalEntry
-from rhvfs.sessions.lifecycle import SessionLifecycle
+from rhvfs.sessions.journal import JournalEntry
+from rhvfs.sessions.lifecycle import SessionLifecycle, SessionServices
 from rhvfs.sessions.model import (
     MANIFEST_NAME,
     OVF_NAME,
@@ -61,8 +61,6 @@ from rhvfs.sessions.model import (
 )
 from rhvfs.sessions.ports import (
     EngineLike,
-    ImageioOpener,
-    ReaderFactory,
 )
 from rhvfs.sessions.qcow2delta import Qcow2Delta
 from rhvfs.sessions.setfiles import OwnerData, build_manifest, pad_to
@@ -112,29 +110,14 @@ def _merge_into(intervals: list[tuple[int, int]], start: int, end: int) -> None:
     intervals[:] = out
 
 
-class SessionDeps:
-    def __init__(
-        self,
-        *,
-        engine: EngineWithBackups,
-        config: Config,
-        chain: ChainState,
-        journal: Journal,
-        process: procid.ProcessIdentity,
-        imageio_opener: ImageioOpener,
-        reader_factory: ReaderFactory,
-        on_closed: Any,
-        on_note: Any,
-    ) -> None:
-        self.engine = engine
-        self.config = config
-        self.chain = chain
-        self.journal = journal
-        self.process = process
-        self.imageio_opener = imageio_opener
-        self.reader_factory = reader_factory
-        self.on_closed = on_closed
-        self.on_note = on_note
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SessionDeps(SessionServices):
+    """What an incremental session needs from its manager."""
+
+    engine: EngineWithBackups
+    chain: ChainState
+    on_closed: Callable[[IncrementalSession], None]
+    on_note: Callable[[Owner, str, bool], None]
 
 
 class IncrementalSession(SessionLifecycle):
@@ -405,9 +388,7 @@ class IncrementalSession(SessionLifecycle):
     async def _snapshot_for(self, vm_id: str, disks: list[Disk]) -> None:
         """A snapshot of the disks an incremental backup cannot include (read in full)."""
         engine = self.deps.engine
-        when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        proc = self.deps.process
-        desc = f"{ARTIFACT_MARKER} {self.session_id} host={proc.host} pid={proc.pid} {when}"
+        desc = snapshot_description(self.session_id, self.deps.process, datetime.now(UTC))
         self.snapshot_description = desc
         self._journal()
         self.snapshot = await engine.create_snapshot(

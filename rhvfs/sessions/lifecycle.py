@@ -7,6 +7,7 @@ and the incremental session (``incremental_session.IncrementalSession``) share:
 from cancellation under a deadline of ``max(system_timeout, 1)`` seconds,
 whatever happened before. ``schedule_close`` is the grace period: the session
 closes after a delay unless a handle is opened meanwhile (``cancel_grace``).
+``SessionServices`` is what every session gets from its manager.
 
 Invariants between awaits: ``state`` only moves forward (starting ->
 ready|broken -> closing -> closed); ``ready`` and ``closed`` are set once the
@@ -19,6 +20,7 @@ in ``_cleanup``), its files or its handles beyond "are there any".
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Collection
 from typing import Any
@@ -26,8 +28,23 @@ from typing import Any
 import trio
 
 from rhvfs.config import Config
+from rhvfs.sessions.journal import Journal
+from rhvfs.sessions.ports import EngineLike, ImageioOpener, ReaderFactory
+from rhvfs.sessions.procid import ProcessIdentity
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SessionServices:
+    """What every session gets from its manager (each session's ``SessionDeps`` adds its own)."""
+
+    engine: EngineLike
+    config: Config
+    journal: Journal
+    process: ProcessIdentity
+    imageio_opener: ImageioOpener
+    reader_factory: ReaderFactory
 
 
 class SessionLifecycle:

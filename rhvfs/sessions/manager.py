@@ -58,8 +58,7 @@ from rhvfs.sessions.ports import (
     EngineLike,
     ImageioOpener,
     ReaderFactory,
-    default_imageio_opener,
-    default_reader_factory,
+    default_data_plane,
 )
 from rhvfs.sessions.setfiles import (
     NO_ID,
@@ -120,8 +119,9 @@ class BackupManager:
         self.config = config
         self.journal = journal
         self._process = procid.current()
-        self._opener = imageio_opener or default_imageio_opener(config)
-        self._reader_factory = reader_factory or default_reader_factory(config)
+        self._opener, self._reader_factory = default_data_plane(
+            config, imageio_opener=imageio_opener, reader_factory=reader_factory
+        )
         self._gc_on_start = gc_on_start
         self._nursery: trio.Nursery | None = None
         self._sessions: dict[str, BackupSession] = {}

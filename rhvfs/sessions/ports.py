@@ -107,6 +107,19 @@ class ReaderFactory(Protocol):
     ) -> ReaderLike: ...
 
 
+def default_data_plane(
+    config: Config,
+    *,
+    imageio_opener: ImageioOpener | None = None,
+    reader_factory: ReaderFactory | None = None,
+) -> tuple[ImageioOpener, ReaderFactory]:
+    """The given opener and reader factory (test seams), or the real ones for ``config``."""
+    return (
+        imageio_opener or default_imageio_opener(config),
+        reader_factory or default_reader_factory(config),
+    )
+
+
 def default_imageio_opener(config: Config) -> ImageioOpener:
     def opener(url: str) -> AbstractAsyncContextManager[ImageioClientLike]:
         from rhvfs.imageio import open_imageio
