@@ -51,6 +51,13 @@ restore and stopping the mount. ``.status`` (``status_json``) shows the
 phase: ``receiving`` → ``uploading`` → ``creating_vm`` → ``done`` | ``failed``
 (``settled`` turns true once a failed restore finished cleaning up).
 
+**Chains** (a full set with its incrementals, or with one differential,
+copied into one directory: ``manifest--<set>.json`` files, or a
+``manifest.json`` with a checkpoint) are assembled by ``restore_chain``: the
+full set streams as above, the deltas are staged, and every disk's upload is
+finalized only once the chain is complete and its deltas were applied; see
+that module for when a chain counts as complete and what is refused.
+
 Must not: know about inodes, directories or FUSE; touch anything on the
 engine it did not create, except the VM an overwrite replaces.
 """
@@ -644,6 +651,12 @@ class RestoreSession:
         f.close_gen += 1  # a pending grace timer has nothing left to do
         try:
             await self._image_complete(f)
+            if not self.chain.gate_open():
+                # a chain's image waits for the later sets' files, which this very tool
+                # may still have to write: only its data so far must have gone out
+                if d.stream is not None:
+                    await d.stream.drain()
+                return
             await d.done.wait()
             if d.state == "failed":
                 raise _err(f"upload of {d.set_disk.alias} failed: {d.error or self.error}")

@@ -143,7 +143,8 @@ async def copy_sets(h: Harness, session: RestoreSession, sets: list[ChainSet], s
     names = [(n, data) for s in sets for n, data in s.files.items()]
     random.Random(seed).shuffle(names)  # files arrive in any order (one directory copied)
     for name, data in names:
-        await h.write_file(session, name, data)
+        f = await h.write_file(session, name, data)
+        await session.set_times(f)  # as tar does after each file: an image is complete now
 
 
 def restored(engine: FakeEngine, vm_name: str) -> dict[str, str]:
