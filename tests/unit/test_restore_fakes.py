@@ -132,7 +132,7 @@ def make_set(
         "config_files": {"ovf": "vm.ovf", "api_xml": "vm.xml"},
     }
     files["manifest.json"] = json.dumps(manifest, indent=2).encode() + b"   \n"
-    files["vm.ovf"] = ovf_for(VM_ID, name, [d["id"] for d in disks], ["56:6f:00:00:00:01"])
+    files["vm.ovf"] = ovf_for(VM_ID, name, [str(d["id"]) for d in disks], ["56:6f:00:00:00:01"])
     files["vm.xml"] = b"<vm/>\n"
     return SetFiles(files=files, manifest=manifest)
 
