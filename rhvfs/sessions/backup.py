@@ -59,7 +59,7 @@ from rhvfs.sessions.ports import (
     ReaderLike,
 )
 from rhvfs.sessions.setfiles import OwnerData
-from rhvfs.sessions.transfer_channel import TransferChannel
+from rhvfs.sessions.transfer_channel import TransferChannel, close_channels
 
 log = logging.getLogger(__name__)
 
@@ -461,9 +461,7 @@ class BackupSession(SessionLifecycle):
         """Finalize transfers, remove the snapshot, clear the journal. Idempotent; never raises."""
         channels = list(self.channels.values())
         self.channels = {}
-        async with trio.open_nursery() as nursery:
-            for ch in channels:
-                nursery.start_soon(self._close_channel, ch)
+        await close_channels(channels)
         if self.owner.kind == "vm" and self.snapshot_description is not None:
             removed = await self._remove_snapshot()
             if not removed:
@@ -476,12 +474,6 @@ class BackupSession(SessionLifecycle):
                     self._journaled = False
             except OSError as e:
                 self.note_error(f"cannot update the journal {self.deps.journal.path}: {e}")
-
-    async def _close_channel(self, ch: DiskChannel) -> None:
-        try:
-            await ch.aclose()
-        except Exception as e:
-            self.note_error(f"closing transfer of disk {ch.disk.id}: {e}")
 
     async def _remove_snapshot(self) -> bool:
         engine = self.deps.engine

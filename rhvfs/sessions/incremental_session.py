@@ -64,6 +64,7 @@ from rhvfs.sessions.ports import (
 )
 from rhvfs.sessions.qcow2delta import Qcow2Delta
 from rhvfs.sessions.setfiles import OwnerData, build_manifest, pad_to
+from rhvfs.sessions.transfer_channel import close_channels
 
 log = logging.getLogger(__name__)
 
@@ -629,9 +630,7 @@ class IncrementalSession(SessionLifecycle):
         """Finalize transfers and the backup, remove the snapshot, record a complete set."""
         channels = list(self.channels.values())
         self.channels = {}
-        async with trio.open_nursery() as n:
-            for ch in channels:
-                n.start_soon(self._close_channel, ch)
+        await close_channels(channels)
         finalized = True
         if self.backup_started:
             finalized = await self._finalize_backup()
@@ -677,12 +676,6 @@ class IncrementalSession(SessionLifecycle):
             )
         )
         self.recorded = True
-
-    async def _close_channel(self, ch: DiskChannel) -> None:
-        try:
-            await ch.aclose()
-        except Exception as e:
-            self.note(f"closing transfer of disk {ch.plan.disk.id}: {e}", error=True)
 
     async def _finalize_backup(self) -> bool:
         cfg = self.deps.config

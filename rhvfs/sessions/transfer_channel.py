@@ -9,7 +9,8 @@ recreates the transfer and the read is retried, at most
 ``MAX_TICKET_RECREATIONS`` times per read), keeps an idle transfer alive with a
 4 KiB read every ``inactivity_timeout / 3`` seconds, builds the prefetching
 reader, and on close finalizes the transfer (cancelling it when it is being
-replaced or does not finalize) and clears it from the journal.
+replaced or does not finalize) and clears it from the journal;
+``close_channels`` closes a session's channels concurrently.
 
 Subclasses say what the transfer downloads (``_transfer_target``), when the
 session no longer serves reads (``_check_serving``) and where errors go
@@ -28,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
@@ -276,3 +277,18 @@ class TransferChannel:
                 log.debug("closing reader of disk %s: %s", self.disk.id, e)
         async with self._lock:
             await self._end_transfer(cancel=False)
+
+
+async def close_channels(channels: Iterable[TransferChannel]) -> None:
+    """Close ``channels`` concurrently (a session's cleanup); a failing one is noted on its
+    session and never stops the others."""
+
+    async def close_one(ch: TransferChannel) -> None:
+        try:
+            await ch.aclose()
+        except Exception as e:
+            ch._note_error(f"closing transfer of disk {ch.disk.id}: {e}")
+
+    async with trio.open_nursery() as nursery:
+        for ch in channels:
+            nursery.start_soon(close_one, ch)
