@@ -11,6 +11,9 @@ read is retried, and an idle transfer is kept alive with a 4 KiB read. When
 the last handle of a disk is released its reader (and its buffers) is freed;
 the transfer and extent map stay for the life of the session. New readers get
 the session's prefetch memory shared by the disks open at that moment.
+The transfer handling is ``transfer_channel.TransferChannel`` and the task,
+grace timer and shielded cleanup ``lifecycle.SessionLifecycle``, both shared
+with the incremental session.
 
 When asked to close (grace timer, unmount) every transfer is finalized, the
 snapshot removed (retrying while the engine keeps it locked) and the journal
