@@ -24,10 +24,10 @@ products)::
     vm_disks           = ID, …|all|none   restore only these disks; none = configuration only
     vm_exclude_disks   = ID, …       skip these disks
     template_name      = NAME        template sets: the template's name; VM sets: also make a
-                                     template of this name from the restored VM (when the
-                                     engine facade can: ``create_template``)
-    remove_base_vm     = yes|no      VM sets with template_name: remove the restored VM once
-                                     the template is made (default no)
+                                     template of this name from the restored VM (the engine
+                                     copies its disks; ``create_template`` waits until ok)
+    remove_base_vm     = yes|no      VM sets with template_name: remove the restored VM (and
+                                     its disks) once the template is made (default no)
 
 A disk may be named by its id or its alias in every per-disk value. Options
 are frozen when the set's first data arrives; see ``rhvfs.sessions.restore``.

@@ -81,9 +81,10 @@ class RestoreEngine(Protocol):
     ) -> Template: ...
     async def template_disk_attachments(self, template_id: str) -> list[DiskAttachment]: ...
 
-    # Templates also need ``create_template(*, vm_id, name) -> Template`` (a template made
-    # from the restored VM); it is looked up at run time, so engines without it still
-    # restore VMs and refuse template sets with a clear error.
+    # ``template_name`` on a VM set also needs ``create_template(vm_id, *, name) -> Template``
+    # (a template made from the restored VM, returned once ok; ``rhvfs.engine.Engine`` has
+    # it). It is looked up at run time, so engines without it still restore VMs and refuse
+    # that option (ENOTSUP) before changing anything.
 
 
 #: ``opener(transfer_url, proxy_url)`` -> async context manager of an upload target.

@@ -319,15 +319,57 @@ def test_option_vm_force_overwrite_replaces_a_down_vm(
     assert first["id"] not in vms and first["disks"][0]["id"] not in disks
 
 
-def test_template_name_on_a_vm_set_is_refused_clearly(
-    sim: Any, mnt: SimMount, sets: dict[str, Path]
+def template_disks(sim: Any, name: str) -> tuple[str, list[str]] | None:
+    """(template id, its disk ids) of the template named ``name``, or None."""
+    conn = sim.sdk_connection()
+    try:
+        templates = conn.system_service().templates_service()
+        found = [x for x in templates.list(search=f"name={name}") if x.name == name]
+        if not found:
+            return None
+        atts = templates.template_service(found[0].id).disk_attachments_service().list()
+        return found[0].id, [a.id for a in atts]
+    finally:
+        conn.close()
+
+
+def remove_template(sim: Any, template_id: str) -> None:
+    conn = sim.sdk_connection()
+    try:
+        conn.system_service().templates_service().template_service(template_id).remove()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("remove_base_vm", ["no", "yes"])
+def test_option_template_name_on_a_vm_set_makes_a_template(
+    sim: Any, mnt: SimMount, sets: dict[str, Path], cleanup: list[str], remove_base_vm: str
 ) -> None:
-    """The engine facade has no create_template(vm): refused before any engine change."""
-    before = engine_state(sim)
-    status = restore_myvm0(mnt, sets, "m0-tpl", "template_name = m0tpl\nremove_base_vm = yes\n")
-    assert status["phase"] == "failed" and "create_template" in status["error"]
-    assert status["errno"] == "ENOTSUP"
-    assert engine_state(sim) == before
+    name, tname = f"m0-tpl-{remove_base_vm}", f"m0tpl-{remove_base_vm}"
+    cleanup.append(name)
+    src = manifest_disks(sets["myvm0"])[0]
+    want = sim.admin.disk_sha256(src["id"])
+    status = restore_myvm0(
+        mnt, sets, name, f"template_name = {tname}\nremove_base_vm = {remove_base_vm}\n"
+    )
+    assert status["phase"] == "done", status["error"]
+    found = template_disks(sim, tname)
+    assert found is not None, f"no template named {tname}"
+    tid, tdisks = found
+    try:
+        assert status["template_id"] == tid
+        assert len(tdisks) == 1 and tdisks[0] != src["id"]
+        assert sim.admin.disk_sha256(tdisks[0]) == want
+        vm = vm_details(sim, name)
+        if remove_base_vm == "yes":
+            assert vm is None  # the restored VM is gone, its template stays
+        else:
+            assert vm is not None and vm["status"] == "down"
+            assert [d["id"] for d in vm["disks"]] != tdisks
+            assert sim.admin.disk_sha256(vm["disks"][0]["id"]) == want
+    finally:
+        remove_vm(sim, name)
+        remove_template(sim, tid)
 
 
 def test_template_set_restores_as_template(sim: Any, mnt: SimMount, tmp_path: Path) -> None:
