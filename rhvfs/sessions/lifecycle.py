@@ -20,6 +20,7 @@ in ``_cleanup``), its files or its handles beyond "are there any".
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import logging
 from collections.abc import Collection
@@ -47,7 +48,7 @@ class SessionServices:
     reader_factory: ReaderFactory
 
 
-class SessionLifecycle:
+class SessionLifecycle(abc.ABC):
     """The task, close request, grace timer and shielded cleanup of one session."""
 
     #: what the subclasses provide
@@ -65,10 +66,12 @@ class SessionLifecycle:
 
     # -- hooks ----------------------------------------------------------------
 
+    @abc.abstractmethod
     async def _start(self, nursery: trio.Nursery) -> None:
         """Create what the session serves; set ``state`` and ``ready`` (subclass)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     async def _cleanup(self) -> None:
         """End what the session created. Idempotent; never raises (subclass)."""
         raise NotImplementedError
@@ -78,9 +81,11 @@ class SessionLifecycle:
         then only ends), False to let it propagate (after the cleanup)."""
         return False
 
+    @abc.abstractmethod
     def _note_cleanup_error(self, message: str) -> None:
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _on_closed(self) -> None:
         """Tell the manager (subclass)."""
         raise NotImplementedError

@@ -26,6 +26,7 @@ engine backup; know about handles, inodes or pyfuse3.
 
 from __future__ import annotations
 
+import abc
 import logging
 import time
 import uuid
@@ -69,7 +70,7 @@ class ChannelDeps(Protocol):
     def reader_factory(self) -> ReaderFactory: ...
 
 
-class TransferChannel:
+class TransferChannel(abc.ABC):
     """A disk's transfer and imageio client; the ``BlockSource`` of the disk's reader."""
 
     def __init__(self, *, disk: Disk, deps: ChannelDeps, session_id: str) -> None:
@@ -90,18 +91,22 @@ class TransferChannel:
 
     # -- hooks ----------------------------------------------------------------
 
+    @abc.abstractmethod
     def _check_serving(self) -> None:
         """Raise ``SessionClosed`` when the session no longer serves reads."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _transfer_target(self) -> dict[str, Any]:
         """``start_transfer`` keywords naming what to download (disk, snapshot volume, backup)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _transfer_label(self) -> str:
         """What the transfer reads, for the log (``volume <id>``, ``set <id>``)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def _note_error(self, message: str) -> None:
         raise NotImplementedError
 
