@@ -7,6 +7,8 @@ lock. No HTTP, no mutation.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ovirtsdk4 import types
 
 from rhvfs.sim.api_base import (
@@ -180,17 +182,7 @@ def disk(
     return with_href(
         types.Disk(
             id=d.id,
-            name=d.alias,
-            alias=d.alias,
-            description=d.description,
-            provisioned_size=d.provisioned_size,
-            actual_size=actual,
-            total_size=actual,
-            format=types.DiskFormat(vol.fmt),
-            sparse=d.sparse,
-            status=types.DiskStatus(d.status),
-            storage_type=types.DiskStorageType.IMAGE,
-            content_type=enum(types.DiskContentType, d.content_type),
+            **_volume_fields(d, vol, actual),
             backup=types.DiskBackup(d.backup),
             backup_mode=enum(types.DiskBackupMode, backup_mode),
             image_id=vol.id,
@@ -206,6 +198,23 @@ def disk(
     )
 
 
+def _volume_fields(d: Disk, vol: Volume, actual: int) -> dict[str, Any]:
+    """The fields a disk and a disk snapshot (one of its volumes) share."""
+    return {
+        "name": d.alias,
+        "alias": d.alias,
+        "description": d.description,
+        "provisioned_size": d.provisioned_size,
+        "actual_size": actual,
+        "total_size": actual,
+        "format": types.DiskFormat(vol.fmt),
+        "sparse": d.sparse,
+        "status": types.DiskStatus(d.status),
+        "storage_type": types.DiskStorageType.IMAGE,
+        "content_type": enum(types.DiskContentType, d.content_type),
+    }
+
+
 def disk_snapshot(e: Engine, d: Disk, vol: Volume) -> types.DiskSnapshot:
     actual = allocated_bytes(e, d, [vol.id])
     vm = e.state.vm_of_disk(d.id)
@@ -215,17 +224,7 @@ def disk_snapshot(e: Engine, d: Disk, vol: Volume) -> types.DiskSnapshot:
     return with_href(
         types.DiskSnapshot(
             id=vol.id,
-            name=d.alias,
-            alias=d.alias,
-            description=d.description,
-            provisioned_size=d.provisioned_size,
-            actual_size=actual,
-            total_size=actual,
-            format=types.DiskFormat(vol.fmt),
-            sparse=d.sparse,
-            status=types.DiskStatus(d.status),
-            storage_type=types.DiskStorageType.IMAGE,
-            content_type=enum(types.DiskContentType, d.content_type),
+            **_volume_fields(d, vol, actual),
             image_id=vol.id,
             disk=ref_disk(d.id),
             parent=with_href(
