@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rhvfs.config import load_config  # noqa: E402
 from rhvfs.engine import PollPolicy, open_engine  # noqa: E402
-from rhvfs.sessions.chain import ChainState  # noqa: E402
-from rhvfs.sessions.incremental import IncrementalManager  # noqa: E402
-from rhvfs.sessions.journal import Journal  # noqa: E402
-from rhvfs.sessions.model import Owner, SetEntry  # noqa: E402
+from rhvfs.sessions.core._journal import Journal  # noqa: E402
+from rhvfs.sessions.core._model import Owner, SetEntry  # noqa: E402
+from rhvfs.sessions.incremental._chainstate import ChainState  # noqa: E402
+from rhvfs.sessions.incremental._manager import IncrementalManager  # noqa: E402
 from tests.conftest import start_sim  # noqa: E402
 
 MiB = 1024 * 1024

@@ -56,7 +56,7 @@ class Backend:
     engine: EngineInventory
     backups: BackupSets
     owner_factory: OwnerFactory = LocalOwner
-    #: ``rhvfs.sessions.restore.RestoreManager`` (running), or None: ``restore/`` stays read-only.
+    #: ``rhvfs.sessions.restore._session.RestoreManager`` (running), or None: ``restore/`` stays read-only.
     restores: Any = None
 
 
@@ -73,9 +73,9 @@ async def open_backend(
     """
     from rhvfs.engine import open_engine
     from rhvfs.sessions import BackupManager, Journal, Owner
-    from rhvfs.sessions.chain import ChainState
+    from rhvfs.sessions._router import SetRouter
     from rhvfs.sessions.incremental import IncrementalManager
-    from rhvfs.sessions.incremental_sets import SetRouter
+    from rhvfs.sessions.incremental._chainstate import ChainState
     from rhvfs.sessions.restore import RestoreManager
 
     async with open_engine(config) as engine:

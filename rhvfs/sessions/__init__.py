@@ -1,13 +1,23 @@
-"""Backup (and, later, restore) sessions. See CONTRACT.md.
+"""Backup and restore sessions. See CONTRACT.md.
 
-The backup half: ``BackupManager`` serves the files of a VM's or template's
-``@rhv/`` and ``disks/`` from per-owner sessions (one snapshot, lazy transfers);
-``Journal`` records what live sessions created so ``collect_garbage`` can clean
-up after a killed process.
+- ``core``: what every session shares (ports, lifecycle, transfer channel,
+  journal, garbage collection);
+- ``full``: ``BackupManager``, full sets from one snapshot per owner;
+- ``incremental``: ``IncrementalManager``, sets from engine VM backups;
+- ``restore``: ``RestoreManager``, sets written into ``restore/``;
+- ``SetRouter``: one face over full and incremental sets for the VFS.
 """
 
-from rhvfs.sessions.journal import Journal, JournalEntry, default_journal_path
-from rhvfs.sessions.manager import BackupManager
-from rhvfs.sessions.model import Owner, SetEntry
+from rhvfs.sessions._router import SetRouter
+from rhvfs.sessions.core import Journal, JournalEntry, Owner, SetEntry, default_journal_path
+from rhvfs.sessions.full import BackupManager
 
-__all__ = ["BackupManager", "Journal", "JournalEntry", "Owner", "SetEntry", "default_journal_path"]
+__all__ = [
+    "BackupManager",
+    "Journal",
+    "JournalEntry",
+    "Owner",
+    "SetEntry",
+    "SetRouter",
+    "default_journal_path",
+]

@@ -203,7 +203,7 @@ class Layout:
 
         return lister
 
-    # -- incremental sets (issue 5; rhvfs/sessions/incremental.py) -------------
+    # -- incremental sets (issue 5; rhvfs/sessions/incremental/_manager.py) -------------
     # Listing one of these directories starts that set's engine backup: the
     # file sizes are the dirty extents, known only once the backup is ready.
     # So the three set directories are hidden from the VM directory's listing

@@ -13,7 +13,7 @@ here; the methods raise ``rhvfs.errors`` types (with ``errno`` set where the
 session chose one) or ``OSError``, and ``rhvfs.fs`` maps them.
 
 Must not: import pyfuse3, talk to the engine, or hold restore logic (that is
-``rhvfs.sessions.restore``).
+``rhvfs.sessions.restore._session``).
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 import trio
 
+from rhvfs.backupset._qcow2 import read_allocation, read_header
 from rhvfs.config import load_config
 from rhvfs.engine import Engine, PollPolicy, open_engine
-from rhvfs.sessions.chain import ChainState
-from rhvfs.sessions.incremental import IncrementalManager, SetKind
-from rhvfs.sessions.journal import Journal
-from rhvfs.sessions.model import Owner, SetEntry
-from rhvfs.sessions.qcow2delta import read_allocation, read_header
+from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._model import Owner, SetEntry
+from rhvfs.sessions.incremental._chainstate import ChainState
+from rhvfs.sessions.incremental._manager import IncrementalManager, SetKind
 from tests.conftest import start_sim
 
 MiB = 1024 * 1024
@@ -231,7 +231,7 @@ async def test_disks_without_incremental_support_are_full_in_every_set(web01: Ri
 async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
     """The proposed @rhv/ path (SetRouter(full_sets_via_backup=True)) on the real engine."""
     from rhvfs.sessions import BackupManager
-    from rhvfs.sessions.incremental_sets import SetRouter
+    from rhvfs.sessions._router import SetRouter
 
     engine, admin = rig.engine, rig.sim.admin
     vm = await engine.find_vm(VM)

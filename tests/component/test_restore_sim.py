@@ -20,8 +20,8 @@ import trio
 
 from rhvfs.config import load_config
 from rhvfs.engine import Engine, PollPolicy, open_engine
-from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
-from rhvfs.sessions.restore_staging import StagingArea
+from rhvfs.sessions.restore._session import RestoreFile, RestoreManager, RestoreSession
+from rhvfs.sessions.restore._staging import StagingArea
 
 MiB = 1024 * 1024
 FAST_POLL = PollPolicy(first_s=0.05, max_s=0.2, timeout_s=60.0)

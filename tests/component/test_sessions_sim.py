@@ -24,7 +24,7 @@ from rhvfs.config import Config, load_config
 from rhvfs.engine import Engine, PollPolicy, open_engine
 from rhvfs.errors import VmStateError
 from rhvfs.sessions import BackupManager, Journal, Owner
-from rhvfs.sessions.model import config_key
+from rhvfs.sessions.core._model import config_key
 
 MiB = 1024 * 1024
 FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
@@ -245,7 +245,7 @@ async def test_gc_cancels_transfers_and_removes_the_snapshot_of_a_killed_session
 ) -> None:
     """What a SIGKILLed rhvfs leaves: a journal entry, its snapshot and an open transfer."""
     from rhvfs.sessions import JournalEntry, procid
-    from rhvfs.sessions.backup import snapshot_description
+    from rhvfs.sessions.full._session import snapshot_description
 
     owner = await rig.owner("myvm0")
     before = sorted(s.id for s in await rig.engine.list_snapshots(owner.id))

@@ -23,8 +23,8 @@ from test_restore_fakes import VM_ID, FakeEngine, SetFiles, fake_opener, make_se
 from rhvfs.config import Config  # noqa: E402
 from rhvfs.engine.types import Vm  # noqa: E402
 from rhvfs.fs import Operations  # noqa: E402
-from rhvfs.sessions.restore import RestoreManager  # noqa: E402
-from rhvfs.sessions.restore_staging import StagingArea  # noqa: E402
+from rhvfs.sessions.restore._session import RestoreManager  # noqa: E402
+from rhvfs.sessions.restore._staging import StagingArea  # noqa: E402
 from rhvfs.vfs.names import ROOT_INODE  # noqa: E402
 from rhvfs.vfs.restore import RestoreTree  # noqa: E402
 from rhvfs.vfs.tree import Vfs  # noqa: E402

@@ -21,7 +21,7 @@ from typing import Any
 import ovirtsdk4
 import pytest
 
-from rhvfs.sessions.chain import ChainSet, ChainState
+from rhvfs.sessions.incremental._chainstate import ChainSet, ChainState
 from tests.conftest import start_sim
 
 pytestmark = pytest.mark.slow

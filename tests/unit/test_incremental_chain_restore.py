@@ -20,7 +20,7 @@ import trio
 import trio.testing
 from test_incremental_sets import CLUSTER, Rig, new_vm
 
-from rhvfs.sessions.chain_restore import (
+from rhvfs.backupset._chain import (
     ChainError,
     SetLink,
     apply_delta,
@@ -30,8 +30,8 @@ from rhvfs.sessions.chain_restore import (
     link_from_manifest,
     order_chain,
 )
-from rhvfs.sessions.model import Owner, SetEntry
-from rhvfs.sessions.restore_set import parse_manifest
+from rhvfs.backupset._parse import parse_manifest
+from rhvfs.sessions.core._model import Owner, SetEntry
 
 MiB = 1024 * 1024
 

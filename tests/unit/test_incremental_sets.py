@@ -26,14 +26,14 @@ import trio
 import trio.testing
 from test_sessions_fakes import FakeClient, FakeDataPlane, FakeEngine, MiB, make_config
 
+from rhvfs.backupset._qcow2 import read_allocation, read_header
 from rhvfs.engine.types import Backup, Checkpoint, Disk, ImageTransfer
 from rhvfs.errors import Conflict, EngineError, ImageioError, NotFound
-from rhvfs.sessions.chain import ChainState
-from rhvfs.sessions.incremental import IncrementalManager, SetKind, is_incremental_key
-from rhvfs.sessions.incremental_sets import SetRouter
-from rhvfs.sessions.journal import Journal
-from rhvfs.sessions.model import Owner, SetEntry
-from rhvfs.sessions.qcow2delta import read_allocation, read_header
+from rhvfs.sessions._router import SetRouter
+from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._model import Owner, SetEntry
+from rhvfs.sessions.incremental._chainstate import ChainState
+from rhvfs.sessions.incremental._manager import IncrementalManager, SetKind, is_incremental_key
 
 CLUSTER = 64 * 1024
 
@@ -652,8 +652,8 @@ def image_of(entries: list[SetEntry], disk_id: str) -> SetEntry:
 async def test_leftover_backup_of_a_dead_process_is_finalized(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    from rhvfs.sessions.chain import PendingBackup
-    from rhvfs.sessions.procid import ProcessIdentity, current
+    from rhvfs.sessions.core._procid import ProcessIdentity, current
+    from rhvfs.sessions.incremental._chainstate import PendingBackup
 
     owner = new_vm(rig.engine, disks=[("root", 1 * MiB)])
     disk = rig.engine.disk(owner.id, "root").id
@@ -683,8 +683,8 @@ async def test_delta_source_and_file_extents_match_the_synthesizer() -> None:
     synthesizer's bytes; the file extent map marks as data only non-zero guest bytes."""
     import random
 
-    from rhvfs.sessions.incremental import DeltaSource, delta_file_extents
-    from rhvfs.sessions.qcow2delta import Change, Qcow2Delta
+    from rhvfs.backupset._qcow2 import Change, Qcow2Delta
+    from rhvfs.sessions.incremental._manager import DeltaSource, delta_file_extents
 
     rng = random.Random(11)
     size = 3 * MiB + 512

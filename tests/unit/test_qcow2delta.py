@@ -23,7 +23,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rhvfs.sessions.qcow2delta import (
+from rhvfs.backupset._qcow2 import (
     CLUSTER_SIZE,
     Allocation,
     Change,

@@ -1,6 +1,6 @@
 """Chain restores against the fake engine: full + incrementals, full + differential, refusals.
 
-The sets are built like ``rhvfs.sessions.incremental`` writes them (file names
+The sets are built like ``rhvfs.sessions.incremental._manager`` writes them (file names
 with the set id, qcow2 deltas synthesized by ``Qcow2Delta`` whose backing file
 is the previous set's image); disk0 is an incremental-enabled disk (deltas),
 disk1 a raw backup=none disk (full data in every set).
@@ -20,8 +20,8 @@ import trio
 from test_restore_fakes import DISK_IDS, FakeEngine, MiB, make_set, sha
 from test_restore_session import Harness, config, start
 
-from rhvfs.sessions.qcow2delta import Change, Qcow2Delta
-from rhvfs.sessions.restore import RestoreSession
+from rhvfs.backupset._qcow2 import Change, Qcow2Delta
+from rhvfs.sessions.restore._session import RestoreSession
 
 CLUSTER = 65536
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rhvfs.errors import RestoreError
-from rhvfs.sessions.restore_options import (
+from rhvfs.sessions.restore._options import (
     PerDisk,
     build_options,
     parse_lines,

@@ -24,8 +24,8 @@ from test_restore_fakes import (
 from rhvfs.config import Config
 from rhvfs.engine.types import Template, Vm
 from rhvfs.errors import RestoreError
-from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
-from rhvfs.sessions.restore_staging import StagingArea
+from rhvfs.sessions.restore._session import RestoreFile, RestoreManager, RestoreSession
+from rhvfs.sessions.restore._staging import StagingArea
 
 CHUNK = 128 * 1024
 

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_restore_fakes import DISK_IDS, VM_ID, make_set
 
-from rhvfs.errors import RestoreError
-from rhvfs.sessions.restore_set import (
+from rhvfs.backupset._parse import (
     check_consistent,
     parse_manifest,
     parse_ovf,
@@ -19,7 +18,8 @@ from rhvfs.sessions.restore_set import (
     strip_devices,
     synthesize_ovf,
 )
-from rhvfs.sessions.restore_staging import StagingArea, StagingFull
+from rhvfs.errors import RestoreError
+from rhvfs.sessions.restore._staging import StagingArea, StagingFull
 from rhvfs.sim import api_ovf
 
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rhvfs.errors import ImageioUnavailable, RestoreError, TicketGone
-from rhvfs.sessions.restore_upload import UploadStream, split_runs
+from rhvfs.sessions.restore._upload import UploadStream, split_runs
 
 KiB = 1024
 MiB = 1024 * KiB

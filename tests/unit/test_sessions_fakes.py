@@ -32,7 +32,7 @@ from rhvfs.engine.types import (
     Vm,
 )
 from rhvfs.errors import Conflict, EngineError, NotFound, TicketGone
-from rhvfs.sessions.ports import BlockSource
+from rhvfs.sessions.core._ports import BlockSource
 
 MiB = 1024 * 1024
 SD_ID = "sd-0000-1111"

@@ -14,9 +14,9 @@ from test_sessions_fakes import FakeEngine, make_config
 
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.engine.types import Snapshot
-from rhvfs.sessions import procid
-from rhvfs.sessions.gc import collect_garbage, parse_description
-from rhvfs.sessions.journal import Journal, JournalEntry
+from rhvfs.sessions.core import _procid as procid
+from rhvfs.sessions.core._gc import collect_garbage, parse_description
+from rhvfs.sessions.core._journal import Journal, JournalEntry
 
 
 def dead_pid() -> int:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rhvfs.sessions import procid
-from rhvfs.sessions.journal import Journal, JournalEntry, default_journal_path
+from rhvfs.sessions.core import _procid as procid
+from rhvfs.sessions.core._journal import Journal, JournalEntry, default_journal_path
 
 
 def entry(sid: str, **kw: object) -> JournalEntry:

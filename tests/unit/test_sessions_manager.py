@@ -15,7 +15,7 @@ from test_sessions_fakes import FakeDataPlane, FakeEngine, MiB, make_config, sha
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.errors import EngineError, NotFound, SessionBroken, VmStateError
 from rhvfs.sessions import BackupManager, Journal, Owner
-from rhvfs.sessions.model import config_key, disk_key
+from rhvfs.sessions.core._model import config_key, disk_key
 
 
 class Rig:

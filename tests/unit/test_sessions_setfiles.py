@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from rhvfs.backupset._build import announced_size, pad_to, stable_mtime_ns
 from rhvfs.errors import DataIntegrityError
-from rhvfs.sessions.model import blocks_for, disk_file_names, set_image_name
-from rhvfs.sessions.setfiles import announced_size, pad_to, stable_mtime_ns
+from rhvfs.sessions.core._model import blocks_for, disk_file_names, set_image_name
 
 
 @given(st.integers(min_value=0, max_value=10 * 1024 * 1024))
@@ -53,7 +53,7 @@ def test_stable_mtime_depends_only_on_inputs() -> None:
 
 
 def test_stop_time_from_api_xml() -> None:
-    from rhvfs.sessions.setfiles import xml_stop_time
+    from rhvfs.backupset._build import xml_stop_time
 
     xml = b"<vm id='x'><name>a</name><stop_time>2026-01-02T03:04:05.678+01:00</stop_time></vm>"
     t = xml_stop_time(xml)

@@ -26,9 +26,9 @@ from rhvfs import ARTIFACT_MARKER
 from rhvfs.config import Config
 from rhvfs.engine.types import Snapshot
 from rhvfs.errors import Conflict, EngineError, NotFound, is_transient
-from rhvfs.sessions import procid
-from rhvfs.sessions.journal import Journal, JournalEntry
-from rhvfs.sessions.ports import EngineLike
+from rhvfs.sessions.core import _procid as procid
+from rhvfs.sessions.core._journal import Journal, JournalEntry
+from rhvfs.sessions.core._ports import EngineLike
 
 log = logging.getLogger(__name__)
 

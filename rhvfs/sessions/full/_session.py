@@ -42,6 +42,7 @@ from typing import Any
 
 import trio
 
+from rhvfs.backupset._build import OwnerData
 from rhvfs.engine.types import Disk, Snapshot, Template, Vm
 from rhvfs.errors import (
     Conflict,
@@ -54,15 +55,14 @@ from rhvfs.errors import (
     VmStateError,
     is_transient,
 )
-from rhvfs.sessions.gc import snapshot_description
-from rhvfs.sessions.journal import JournalEntry
-from rhvfs.sessions.lifecycle import SessionLifecycle, SessionServices
-from rhvfs.sessions.model import Owner, SetEntry, disk_id_of_key
-from rhvfs.sessions.ports import (
+from rhvfs.sessions.core._gc import snapshot_description
+from rhvfs.sessions.core._journal import JournalEntry
+from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
+from rhvfs.sessions.core._model import Owner, SetEntry, disk_id_of_key
+from rhvfs.sessions.core._ports import (
     ReaderLike,
 )
-from rhvfs.sessions.setfiles import OwnerData
-from rhvfs.sessions.transfer_channel import TransferChannel, close_channels
+from rhvfs.sessions.core._transfer_channel import TransferChannel, close_channels
 
 log = logging.getLogger(__name__)
 

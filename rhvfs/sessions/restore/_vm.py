@@ -14,17 +14,17 @@ import errno
 import uuid
 from typing import TYPE_CHECKING
 
-from rhvfs.errors import Conflict, NotFound
-from rhvfs.sessions.restore_ports import restore_error
-from rhvfs.sessions.restore_set import (
+from rhvfs.backupset._parse import (
     parse_ovf,
     set_disk_flags,
     strip_devices,
     synthesize_ovf,
 )
+from rhvfs.errors import Conflict, NotFound
+from rhvfs.sessions.restore._ports import restore_error
 
 if TYPE_CHECKING:
-    from rhvfs.sessions.restore import RestoreSession
+    from rhvfs.sessions.restore._session import RestoreSession
 
 
 async def import_template(session: RestoreSession, name: str, cluster: str) -> None:
@@ -72,7 +72,7 @@ async def import_template(session: RestoreSession, name: str, cluster: str) -> N
 
 
 async def create_vm(session: RestoreSession) -> None:
-    """Create the VM of a complete set (see ``rhvfs.sessions.restore``), or its template."""
+    """Create the VM of a complete set (see ``rhvfs.sessions.restore._session``), or its template."""
     engine = session.manager.engine
     m = session.manifest
     opts = session.options

@@ -77,31 +77,7 @@ from typing import Any
 
 import trio
 
-from rhvfs.config import Config
-from rhvfs.engine.types import (
-    StorageDomain,
-    Vm,
-)
-from rhvfs.errors import NotFound, RestoreError, RhvfsError
-from rhvfs.sessions import restore_vm
-from rhvfs.sessions.model import MANIFEST_NAME, OVF_NAME, XML_NAME
-from rhvfs.sessions.restore_chain import ChainAssembly
-from rhvfs.sessions.restore_options import (
-    OPTIONS_FILE,
-    OPTIONS_MAX_BYTES,
-    RestoreOptions,
-    build_options,
-    parse_lines,
-    unknown_disk_keys,
-)
-from rhvfs.sessions.restore_ports import (
-    RestoreEngine,
-    UploadOpener,
-    default_upload_opener,
-    errno_of,
-)
-from rhvfs.sessions.restore_ports import restore_error as _err
-from rhvfs.sessions.restore_set import (
+from rhvfs.backupset._parse import (
     OvfInfo,
     SetDisk,
     SetManifest,
@@ -109,8 +85,32 @@ from rhvfs.sessions.restore_set import (
     parse_manifest,
     parse_ovf,
 )
-from rhvfs.sessions.restore_staging import StagedFile, StagingArea
-from rhvfs.sessions.restore_upload import UploadStream
+from rhvfs.config import Config
+from rhvfs.engine.types import (
+    StorageDomain,
+    Vm,
+)
+from rhvfs.errors import NotFound, RestoreError, RhvfsError
+from rhvfs.sessions.core._model import MANIFEST_NAME, OVF_NAME, XML_NAME
+from rhvfs.sessions.restore import _vm as restore_vm
+from rhvfs.sessions.restore._chain import ChainAssembly
+from rhvfs.sessions.restore._options import (
+    OPTIONS_FILE,
+    OPTIONS_MAX_BYTES,
+    RestoreOptions,
+    build_options,
+    parse_lines,
+    unknown_disk_keys,
+)
+from rhvfs.sessions.restore._ports import (
+    RestoreEngine,
+    UploadOpener,
+    default_upload_opener,
+    errno_of,
+)
+from rhvfs.sessions.restore._ports import restore_error as _err
+from rhvfs.sessions.restore._staging import StagedFile, StagingArea
+from rhvfs.sessions.restore._upload import UploadStream
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ KEEPALIVE_S = 20.0
 CONFIG_MAX_BYTES = 16 * 1024 * 1024
 _RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6}$")
 _CONFIG_NAMES = frozenset({MANIFEST_NAME, OVF_NAME, XML_NAME, OPTIONS_FILE})
-#: Configuration files of incremental-family sets (``rhvfs.sessions.incremental``).
+#: Configuration files of incremental-family sets (``rhvfs.sessions.incremental._manager``).
 _SET_MANIFEST = re.compile(r"^manifest--[^/]+\.json$")
 _SET_CONFIG = re.compile(r"^(manifest--[^/]+\.json|vm--[^/]+\.(ovf|xml))$")
 

@@ -30,7 +30,7 @@ products)::
                                      its disks) once the template is made (default no)
 
 A disk may be named by its id or its alias in every per-disk value. Options
-are frozen when the set's first data arrives; see ``rhvfs.sessions.restore``.
+are frozen when the set's first data arrives; see ``rhvfs.sessions.restore._session``.
 
 Must not: talk to the engine or touch files (callers pass text in).
 """

@@ -16,8 +16,8 @@ import itertools
 from typing import Any, Protocol
 
 from rhvfs.errors import SessionClosed
-from rhvfs.sessions.incremental import IncrementalManager, SetKind, is_incremental_key
-from rhvfs.sessions.model import Owner, SetEntry
+from rhvfs.sessions.core._model import Owner, SetEntry
+from rhvfs.sessions.incremental._manager import IncrementalManager, SetKind, is_incremental_key
 
 #: Marks the keys of ``disks/`` files (``disks/disk:<id>``), which the BackupManager serves.
 DISKS_KEY_PREFIX = "disks/"

@@ -31,6 +31,9 @@ from typing import Any, Protocol
 import trio
 
 from rhvfs import ARTIFACT_MARKER
+from rhvfs.backupset._build import OwnerData, build_manifest, pad_to
+from rhvfs.backupset._qcow2 import Qcow2Delta
+from rhvfs.backupset._setnames import SetKind, config_names, disk_file_name, set_key
 from rhvfs.engine.types import Backup, Checkpoint, Disk, Snapshot
 from rhvfs.errors import (
     Conflict,
@@ -43,14 +46,10 @@ from rhvfs.errors import (
     SessionError,
     VmStateError,
 )
-from rhvfs.sessions.chain import ChainDisk, ChainSet, ChainState, PendingBackup, SetType
-from rhvfs.sessions.gc import snapshot_description
-from rhvfs.sessions.incremental_channel import DiskChannel, DiskPlan
-from rhvfs.sessions.incremental_delta import DeltaSource, changes_from_dirty, delta_file_extents
-from rhvfs.sessions.incremental_names import SetKind, config_names, disk_file_name, set_key
-from rhvfs.sessions.journal import JournalEntry
-from rhvfs.sessions.lifecycle import SessionLifecycle, SessionServices
-from rhvfs.sessions.model import (
+from rhvfs.sessions.core._gc import snapshot_description
+from rhvfs.sessions.core._journal import JournalEntry
+from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
+from rhvfs.sessions.core._model import (
     MANIFEST_NAME,
     OVF_NAME,
     XML_NAME,
@@ -59,12 +58,19 @@ from rhvfs.sessions.model import (
     blocks_for,
     set_image_name,
 )
-from rhvfs.sessions.ports import (
+from rhvfs.sessions.core._ports import (
     EngineLike,
 )
-from rhvfs.sessions.qcow2delta import Qcow2Delta
-from rhvfs.sessions.setfiles import OwnerData, build_manifest, pad_to
-from rhvfs.sessions.transfer_channel import close_channels
+from rhvfs.sessions.core._transfer_channel import close_channels
+from rhvfs.sessions.incremental._chainstate import (
+    ChainDisk,
+    ChainSet,
+    ChainState,
+    PendingBackup,
+    SetType,
+)
+from rhvfs.sessions.incremental._channel import DiskChannel, DiskPlan
+from rhvfs.sessions.incremental._delta import DeltaSource, changes_from_dirty, delta_file_extents
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from rhvfs.engine.types import (
     Vm,
 )
 from rhvfs.errors import RestoreError
-from rhvfs.sessions.restore_upload import UploadTarget
+from rhvfs.sessions.restore._upload import UploadTarget
 
 
 class RestoreEngine(Protocol):

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rhvfs.backupset._qcow2 import Change, Qcow2Delta
 from rhvfs.imageio.types import Extent
-from rhvfs.sessions.ports import BlockSource
-from rhvfs.sessions.qcow2delta import Change, Qcow2Delta
+from rhvfs.sessions.core._ports import BlockSource
 
 
 def changes_from_dirty(extents: Sequence[Any]) -> list[Change]:

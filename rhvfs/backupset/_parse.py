@@ -6,7 +6,7 @@ into one clear ``RestoreError`` line: not JSON, not an rhvfs set, a newer
 format version, missing fields, an OVF that is not an oVirt OVF or that
 describes another VM than the manifest.
 
-The manifest format is written by ``rhvfs.sessions.setfiles.build_manifest``.
+The manifest format is written by ``rhvfs.backupset._build.build_manifest``.
 
 Must not: talk to the engine, decide what to restore (see restore options).
 """

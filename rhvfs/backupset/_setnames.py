@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from rhvfs.sessions.model import escape_name
+from rhvfs.sessions.core._model import escape_name
 
 #: ``full`` is ``@rhv/`` itself served through the engine backup API (see ``open_full``).
 SetKind = Literal["incremental", "differential", "since", "full"]

@@ -33,8 +33,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from rhvfs.sessions.journal import default_journal_path
-from rhvfs.sessions.procid import ProcessIdentity
+from rhvfs.sessions.core._journal import default_journal_path
+from rhvfs.sessions.core._procid import ProcessIdentity
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ import trio
 from rhvfs.config import Config
 from rhvfs.engine.types import Disk, ImageTransfer
 from rhvfs.errors import EngineError, NotFound, SessionClosed, TicketGone
-from rhvfs.sessions.journal import Journal
-from rhvfs.sessions.ports import (
+from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._ports import (
     BlockSource,
     EngineLike,
     ImageioClientLike,

@@ -2,7 +2,7 @@
 
 A chain is a full set followed by incremental sets (each naming the previous
 one as its parent), or a full set and one differential set. Their manifests
-(``manifest--<set>.json``, written by ``rhvfs.sessions.incremental``) say
+(``manifest--<set>.json``, written by ``rhvfs.sessions.incremental._manager``) say
 ``set_id``, ``set_type``, ``parent_set`` and ``full_set_id``, and per disk the
 file, its format (``raw`` full data or a ``qcow2`` delta) and the delta's
 backing file. This module:
@@ -35,14 +35,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rhvfs.errors import RestoreError
-from rhvfs.sessions.qcow2delta import (
+from rhvfs.backupset._qcow2 import (
     Allocation,
     Qcow2FormatError,
     ReadAt,
     read_allocation,
     read_header,
 )
+from rhvfs.errors import RestoreError
 
 __all__ = [
     "ChainError",

@@ -27,6 +27,18 @@ from typing import Any, TypeVar
 
 import trio
 
+from rhvfs.backupset._build import (
+    NO_ID,
+    OwnerData,
+    announced_size,
+    build_manifest,
+    data_fingerprint,
+    missing_ovf,
+    pad_to,
+    shape_fingerprint,
+    stable_mtime_ns,
+    xml_stop_time,
+)
 from rhvfs.config import Config
 from rhvfs.engine.types import Disk, Template, Vm
 from rhvfs.errors import (
@@ -37,11 +49,10 @@ from rhvfs.errors import (
     SessionError,
     is_transient,
 )
-from rhvfs.sessions import gc as gc_mod
-from rhvfs.sessions import procid
-from rhvfs.sessions.backup import BackupSession, SessionDeps
-from rhvfs.sessions.journal import Journal
-from rhvfs.sessions.model import (
+from rhvfs.sessions.core import _gc as gc_mod
+from rhvfs.sessions.core import _procid as procid
+from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._model import (
     CONFIG_NAMES,
     MANIFEST_NAME,
     OVF_NAME,
@@ -54,24 +65,13 @@ from rhvfs.sessions.model import (
     disk_key,
     set_image_name,
 )
-from rhvfs.sessions.ports import (
+from rhvfs.sessions.core._ports import (
     EngineLike,
     ImageioOpener,
     ReaderFactory,
     default_data_plane,
 )
-from rhvfs.sessions.setfiles import (
-    NO_ID,
-    OwnerData,
-    announced_size,
-    build_manifest,
-    data_fingerprint,
-    missing_ovf,
-    pad_to,
-    shape_fingerprint,
-    stable_mtime_ns,
-    xml_stop_time,
-)
+from rhvfs.sessions.full._session import BackupSession, SessionDeps
 
 log = logging.getLogger(__name__)
 

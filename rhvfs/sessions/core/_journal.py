@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from rhvfs.sessions.procid import ProcessIdentity
+from rhvfs.sessions.core._procid import ProcessIdentity
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from typing import Any
 import trio
 
 from rhvfs.config import Config
-from rhvfs.sessions.journal import Journal
-from rhvfs.sessions.ports import EngineLike, ImageioOpener, ReaderFactory
-from rhvfs.sessions.procid import ProcessIdentity
+from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._ports import EngineLike, ImageioOpener, ReaderFactory
+from rhvfs.sessions.core._procid import ProcessIdentity
 
 log = logging.getLogger(__name__)
 

@@ -51,24 +51,7 @@ from typing import Any
 
 import trio
 
-from rhvfs.config import Config
-from rhvfs.errors import (
-    Conflict,
-    NotFound,
-    RhvfsError,
-    SessionClosed,
-    SessionError,
-)
-from rhvfs.sessions import procid
-from rhvfs.sessions.chain import ChainState, PendingBackup
-from rhvfs.sessions.incremental_channel import DiskChannel, DiskPlan
-from rhvfs.sessions.incremental_delta import (
-    DeltaSource,
-    changes_from_dirty,
-    delta_file_extents,
-    reader_extents,
-)
-from rhvfs.sessions.incremental_names import (
+from rhvfs.backupset._setnames import (
     KEY_SEP,
     SET_DIRS,
     SET_KINDS,
@@ -79,17 +62,34 @@ from rhvfs.sessions.incremental_names import (
     set_key,
     set_of_key,
 )
-from rhvfs.sessions.incremental_session import EngineWithBackups, IncrementalSession, SessionDeps
-from rhvfs.sessions.journal import Journal
-from rhvfs.sessions.model import (
+from rhvfs.config import Config
+from rhvfs.errors import (
+    Conflict,
+    NotFound,
+    RhvfsError,
+    SessionClosed,
+    SessionError,
+)
+from rhvfs.sessions.core import _procid as procid
+from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._model import (
     Owner,
     SetEntry,
 )
-from rhvfs.sessions.ports import (
+from rhvfs.sessions.core._ports import (
     ImageioOpener,
     ReaderFactory,
     default_data_plane,
 )
+from rhvfs.sessions.incremental._chainstate import ChainState, PendingBackup
+from rhvfs.sessions.incremental._channel import DiskChannel, DiskPlan
+from rhvfs.sessions.incremental._delta import (
+    DeltaSource,
+    changes_from_dirty,
+    delta_file_extents,
+    reader_extents,
+)
+from rhvfs.sessions.incremental._session import EngineWithBackups, IncrementalSession, SessionDeps
 
 __all__ = [
     "KEY_SEP",

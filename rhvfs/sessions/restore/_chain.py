@@ -3,7 +3,7 @@
 Owns the chain side of a ``restore/<name>/`` session (``RestoreSession.chain``):
 which manifests arrived, when the chain counts as complete, and rolling each
 disk's upload forward with the deltas before it is finalized. The ordering
-rules and the delta parser are ``rhvfs.sessions.chain_restore``'s.
+rules and the delta parser are ``rhvfs.backupset._chain``'s.
 
 Recognition. Every ``manifest--<set>.json`` (and a ``manifest.json`` that has
 a ``set_id`` or ``checkpoint_id``, i.e. a full ``@rhv/`` set that started a
@@ -57,8 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from rhvfs.errors import RestoreError, RhvfsError
-from rhvfs.sessions.chain_restore import (
+from rhvfs.backupset._chain import (
     ChainError,
     DiskLink,
     SetLink,
@@ -69,13 +68,14 @@ from rhvfs.sessions.chain_restore import (
     link_from_manifest,
     order_chain,
 )
-from rhvfs.sessions.model import MANIFEST_NAME, OVF_NAME
-from rhvfs.sessions.restore_ports import restore_error as _err
-from rhvfs.sessions.restore_set import check_consistent, parse_manifest, parse_ovf
-from rhvfs.sessions.restore_upload import UploadStream
+from rhvfs.backupset._parse import check_consistent, parse_manifest, parse_ovf
+from rhvfs.errors import RestoreError, RhvfsError
+from rhvfs.sessions.core._model import MANIFEST_NAME, OVF_NAME
+from rhvfs.sessions.restore._ports import restore_error as _err
+from rhvfs.sessions.restore._upload import UploadStream
 
 if TYPE_CHECKING:
-    from rhvfs.sessions.restore import RestoreFile, RestoreSession, _Disk
+    from rhvfs.sessions.restore._session import RestoreFile, RestoreSession, _Disk
 
 log = logging.getLogger(__name__)
 

@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import trio
 
+from rhvfs.backupset._qcow2 import Qcow2Delta
 from rhvfs.engine.types import Disk
 from rhvfs.errors import (
     RhvfsError,
     SessionClosed,
     is_transient,
 )
-from rhvfs.sessions.ports import BlockSource
-from rhvfs.sessions.qcow2delta import Qcow2Delta
-from rhvfs.sessions.transfer_channel import TransferChannel
+from rhvfs.sessions.core._ports import BlockSource
+from rhvfs.sessions.core._transfer_channel import TransferChannel
 
 if TYPE_CHECKING:
-    from rhvfs.sessions.incremental_session import IncrementalSession
+    from rhvfs.sessions.incremental._session import IncrementalSession
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,9 @@
+"""What every kind of session shares: ports, lifecycle, transfer channel, journal, gc.
+
+Must not import from ``full``, ``incremental`` or ``restore`` (they build on it).
+"""
+
+from rhvfs.sessions.core._journal import Journal, JournalEntry, default_journal_path
+from rhvfs.sessions.core._model import Owner, SetEntry
+
+__all__ = ["Journal", "JournalEntry", "Owner", "SetEntry", "default_journal_path"]
