@@ -107,3 +107,35 @@ def pid_alive_since(host: str, pid: int, created: datetime | None) -> bool | Non
         if started > created_s + 2:
             return False
     return True
+
+
+def thread_group(pid: int) -> int | None:
+    """The process (thread group id) a FUSE caller's thread id belongs to, or None.
+
+    The kernel reports the calling *thread* in FUSE requests; the threads of one
+    restic or bacula-fd process are one reader.
+    """
+    if pid <= 0:
+        return None
+    status = _read(f"/proc/{pid}/status")
+    if status is None:
+        return None
+    for line in status.splitlines():
+        if line.startswith("Tgid:"):
+            try:
+                return int(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def reader_identity(pid: int) -> tuple[int, int] | None:
+    """(thread group id, start ticks) of the process behind FUSE caller ``pid``, or None.
+
+    The start time keeps a reused pid from passing for an earlier process.
+    """
+    tgid = thread_group(pid)
+    if tgid is None:
+        return None
+    ticks = start_ticks(tgid)
+    return None if ticks is None else (tgid, ticks)
