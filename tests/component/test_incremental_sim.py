@@ -19,7 +19,8 @@ import pytest
 import trio
 
 from rhvfs.config import load_config
-from rhvfs.engine import Engine, PollPolicy, open_engine
+from rhvfs.engine import Engine, open_engine
+from rhvfs.retry import RetryPolicy
 from rhvfs.sessions.chain import ChainState
 from rhvfs.sessions.incremental import IncrementalManager, SetKind
 from rhvfs.sessions.journal import Journal
@@ -28,7 +29,7 @@ from rhvfs.sessions.qcow2delta import read_allocation, read_header
 from tests.conftest import start_sim
 
 MiB = 1024 * 1024
-FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
+FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
 VM = "myvm0"
 
 

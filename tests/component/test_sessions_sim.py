@@ -21,13 +21,14 @@ import trio
 
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.config import Config, load_config
-from rhvfs.engine import Engine, PollPolicy, open_engine
+from rhvfs.engine import Engine, open_engine
 from rhvfs.errors import VmStateError
+from rhvfs.retry import RetryPolicy
 from rhvfs.sessions import BackupManager, Journal, Owner
 from rhvfs.sessions.model import config_key
 
 MiB = 1024 * 1024
-FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
+FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
 GRACE_S = 0.5
 
 
