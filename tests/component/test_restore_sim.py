@@ -19,12 +19,13 @@ import pytest
 import trio
 
 from rhvfs.config import load_config
-from rhvfs.engine import Engine, PollPolicy, open_engine
+from rhvfs.engine import Engine, open_engine
+from rhvfs.retry import RetryPolicy
 from rhvfs.sessions.restore._session import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 
 MiB = 1024 * 1024
-FAST_POLL = PollPolicy(first_s=0.05, max_s=0.2, timeout_s=60.0)
+FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.2, timeout_s=60.0)
 
 
 def synth_set(name: str, sizes: list[int], seed: int) -> tuple[dict[str, bytes], list[str]]:
