@@ -12,7 +12,7 @@ import pytest
 from vfs_fakes import DISK_SIZE, FakeBackups, FakeEngine, image_bytes
 
 from rhvfs import errors
-from rhvfs.fs import Operations, errno_for
+from rhvfs.fs import ERRNO, Operations, errno_for
 from rhvfs.vfs.names import ROOT_INODE
 from rhvfs.vfs.tree import Vfs
 
@@ -111,6 +111,11 @@ async def test_open_read_release() -> None:
 )
 def test_errno_table(exc: BaseException, number: int) -> None:
     assert errno_for(exc) == number
+
+
+def test_every_vfs_refusal_has_its_own_errno() -> None:
+    refusals = errors.FilesystemError.__subclasses__()
+    assert refusals and all(cls in ERRNO for cls in refusals)
 
 
 async def test_errors_reach_fuse_as_errno(caplog: pytest.LogCaptureFixture) -> None:
