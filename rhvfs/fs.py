@@ -77,7 +77,8 @@ _QUIET = (errors.NotFound, errors.FilesystemError, OSError)
 
 def errno_for(exc: BaseException) -> int:
     """The errno a failed filesystem call returns for ``exc`` (EIO when unknown)."""
-    # A RestoreError may still carry the errno its session chose (``errno`` attribute).
+    # Transitional: the restore session still marks some RestoreErrors with the errno it
+    # chose (``errno`` attribute); that wins until it raises classes of the table instead.
     chosen = getattr(exc, "errno", None)
     if isinstance(exc, errors.RestoreError) and isinstance(chosen, int) and chosen > 0:
         return chosen
