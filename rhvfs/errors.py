@@ -21,8 +21,28 @@ foreign exception type.
     │   ├── SessionClosed          used after ``aclose()`` (you closed it)
     │   └── SessionBroken          the session failed on its own; every later read fails too
     ├── RestoreError               a restore set is invalid or its upload failed (see .status)
-    └── DataIntegrityError         bytes did not match what the protocol promised (short
-                                   read, wrong Content-Range): never returned to a reader
+    ├── DataIntegrityError         bytes did not match what the protocol promised (short
+    │                              read, wrong Content-Range): never returned to a reader
+    └── FilesystemError            the VFS refuses a filesystem call by the tree's own rules
+        ├── ReadOnlyFilesystem     a modifying call outside ``restore/`` (symlink, link: anywhere)
+        ├── NotADirectory          a file or symlink used as a directory
+        ├── IsADirectory           a directory opened, or unlinked, as a file
+        ├── NotASymlink            readlink of something that is not a symlink
+        ├── NotARegularFile        open of a symlink
+        ├── SymlinkLoop            path resolution followed too many symlinks
+        ├── SymlinkOutsideTree     path resolution met an absolute symlink
+        ├── BadHandle              a file handle that is not open
+        ├── NoSuchAttribute        an extended attribute that is not set
+        ├── NameExists             the name is taken in that directory
+        ├── DirectoryNotEmpty      rmdir of a directory that still has entries
+        ├── GeneratedFile          write, truncate or rename of ``restore/<name>/.status``
+        ├── NotInRestoreSet        a file created directly in ``restore/``
+        ├── UnsupportedFileType    mknod (device, fifo, socket) below ``restore/``
+        └── RenameAcrossSets       rename between two ``restore/<name>/``, or of one itself
+
+``NotFound`` is also what the VFS raises for a missing name or inode. Which
+errno a filesystem call returns for each class is decided in one place, the
+``ERRNO`` table in ``rhvfs.fs``; the VFS (``rhvfs.vfs``) knows no errno values.
 
 Retryable errors are exactly those deriving from ``Transient``.
 """
@@ -142,6 +162,116 @@ class DataIntegrityError(RhvfsError):
     """Raised when received bytes do not match what the protocol promised; never served to a reader."""
 
     message = "data integrity: {detail}"
+
+
+class FilesystemError(RhvfsError):
+    """Raised (as one of its subclasses) when the VFS refuses a filesystem call by the rules
+    of the tree itself, before any engine or session is involved."""
+
+    message = "{detail}"
+
+
+class ReadOnlyFilesystem(FilesystemError):
+    """Raised when a call would modify the tree outside ``restore/`` (open for writing or
+    with O_TRUNC, create, mkdir, mknod, symlink, link, unlink, rmdir, rename, setattr,
+    setxattr, removexattr, write), and for symlink and link anywhere, ``restore/`` included."""
+
+    message = "read-only: {detail}"
+
+
+class NotADirectory(FilesystemError):
+    """Raised when a file or symlink is used as a directory: listed, looked up in, created
+    in, or named as a parent in ``restore/``; or rmdir of a file below ``restore/``."""
+
+    message = "not a directory: {detail}"
+
+
+class IsADirectory(FilesystemError):
+    """Raised when a directory is opened as a file, or unlinked below ``restore/``."""
+
+    message = "is a directory: {detail}"
+
+
+class NotASymlink(FilesystemError):
+    """Raised by readlink of a node that is not a symlink."""
+
+    message = "not a symlink: {detail}"
+
+
+class NotARegularFile(FilesystemError):
+    """Raised when something that is neither a regular file nor a directory (a symlink) is
+    opened."""
+
+    message = "not a regular file: {detail}"
+
+
+class SymlinkLoop(FilesystemError):
+    """Raised by path resolution (``Vfs.resolve``) after following more than 16 symlinks."""
+
+    message = "too many symlinks: {detail}"
+
+
+class SymlinkOutsideTree(FilesystemError):
+    """Raised by path resolution (``Vfs.resolve``) at a symlink with an absolute target:
+    the tree's own symlinks are relative, an absolute one would leave the tree."""
+
+    message = "absolute symlink: {detail}"
+
+
+class BadHandle(FilesystemError):
+    """Raised when a read, write, flush or fsync names a file handle that is not open."""
+
+    message = "bad file handle: {detail}"
+
+
+class NoSuchAttribute(FilesystemError):
+    """Raised by getxattr or removexattr of an extended attribute that is not set (outside
+    ``restore/`` none ever is)."""
+
+    message = "no such attribute: {detail}"
+
+
+class NameExists(FilesystemError):
+    """Raised below ``restore/`` by mkdir of an existing name, create with O_EXCL of an
+    existing file, and rename onto a directory or a generated file."""
+
+    message = "exists: {detail}"
+
+
+class DirectoryNotEmpty(FilesystemError):
+    """Raised by rmdir of a subdirectory of a restore set that still has entries."""
+
+    message = "directory not empty: {detail}"
+
+
+class GeneratedFile(FilesystemError):
+    """Raised when a call would write, truncate or rename a file rhvfs generates
+    (``restore/<name>/.status``) or open it for writing, and when a file named ``.status``
+    is created in a subdirectory of a restore set (the name is rhvfs's)."""
+
+    message = "generated by rhvfs: {detail}"
+
+
+class NotInRestoreSet(FilesystemError):
+    """Raised when a file is created directly in ``restore/`` (or anywhere not below a
+    ``restore/<name>/`` directory): create the directory first, then write the set into it."""
+
+    message = "{detail}"
+
+
+class UnsupportedFileType(FilesystemError):
+    """Raised by mknod below ``restore/``: a backup set holds regular files only, never
+    devices, fifos or sockets."""
+
+    message = "unsupported file type: {detail}"
+
+
+class RenameAcrossSets(FilesystemError):
+    """Raised by rename from one ``restore/<name>/`` directory into another (each is its own
+    restore session), and by rename into or out of ``restore/`` itself (a restore directory
+    keeps its name)."""
+
+    message = "{detail}"
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -205,16 +205,11 @@ async def serve(
                 listing_ttl_s=config.listing_ttl,
                 owner_factory=back.owner_factory,
                 status_info=status_info,
+                restores=back.restores,
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
-            restore_tree = None
-            if back.restores is not None:
-                from rhvfs.vfs.restore import RestoreTree
-
-                root = await vfs.resolve("/restore")
-                restore_tree = RestoreTree(back.restores, root_ino=root.ino, table=vfs.table)
-            ops = Operations(vfs, restore=restore_tree)
+            ops = Operations(vfs)
             pyfuse3.init(ops, mountpoint, fuse_options(options))
             mounted = True
             log.info("rhvfs %s mounted %s on %s", rhvfs.__version__, config.engine_url, mountpoint)
