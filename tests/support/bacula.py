@@ -17,6 +17,30 @@ Usage::
         assert full.ok, full.log
         incr = rig.run_backup("vm1", level="Incremental")
         back = rig.run_restore([full.jobid, incr.jobid], tmp_path / "out", fd=1)
+
+Bacula 9.6 behaviour that tests must allow for:
+
+- A backup that cannot read or stat a file does not fail: it ends with status
+  'T', JobErrors > 0 and "Backup OK -- with warnings". The log has
+  ``Error: Read error on file PATH. ERR=Input/output error`` (a read error,
+  counted twice in JobErrors) or ``Could not stat "PATH": ERR=...``. A file
+  that failed mid-read is in the catalog anyway, holding the bytes read before
+  the error; its restore then ends 'E' with ``File size of restored file PATH
+  not correct. Original N, restored M``. So check ``JobResult.ok``.
+- A restore with any error ends 'E' ("*** Restore Error ***").
+- With ``sparse=yes`` the File daemon reads 65,528-byte chunks (64 KiB less
+  its 8-byte offset header), so reads are not 64 KiB aligned; all-zero chunks
+  are not stored and are restored as holes.
+- A regular file whose stat size is 0 is never read.
+- Incremental change detection compares mtime/ctime with the previous job's
+  start time, in whole seconds: a change in the same second as that start can
+  be missed (the tests wait 1.1 s). Accurate mode also records deletions.
+- A job starts up to ~2 s after it is queued, and the Director takes up to
+  ~4 s to exit after its last job (idle job-queue threads): one backup plus
+  one restore of a small tree takes 2-6 s, ``close()`` 3-4 s.
+- Debug level >= 100 makes the File daemon report (and a restore fail on)
+  the lchmod() of symlinks, which Linux does not support; keep it 0 for jobs
+  whose status matters.
 """
 
 from __future__ import annotations
@@ -171,6 +195,14 @@ class BaculaRig:
     rewrites bacula-dir.conf and reloads the Director; later runs of the same
     name reuse the job (pass no fileset, or the same one: a changed FileSet makes
     Bacula upgrade the next Incremental to a Full).
+
+    ``fd_ports``: how many File daemons (each on its own port). ``heartbeat_s``:
+    every daemon's Heartbeat Interval. ``connect_timeout_s``: how long the
+    Director waits for a File or Storage daemon, and the Storage daemon for a
+    File daemon (Bacula's default is 30 minutes). ``job_timeout_s``: the default
+    ``wait_job`` limit. ``volume_bytes``: Maximum Volume Bytes of the
+    automatically labelled volumes. ``debug_level``: the daemons' ``-d`` (their
+    output goes to ``workdir/log/ROLE.out``).
     """
 
     def __init__(
@@ -616,7 +648,7 @@ class BaculaRig:
                 proc.wait()
                 problems.append(f"bacula {role} (pid {proc.pid}) ignored SIGTERM")
         self._procs.clear()
-        left = _processes_using(self.workdir)
+        left = _processes_using(self.conf_dir)
         for pid, _ in left:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -715,13 +747,11 @@ Messages {{
   Name = rig-messages
   append = "{self.log_path}" = all, !skipped
   catalog = all, !skipped, !saved, !restored
-  console = all, !skipped, !saved, !restored
 }}
 
 Messages {{
   Name = rig-daemon
   append = "{self.log_path}" = all, !skipped
-  console = all, !skipped, !saved, !restored
 }}
 {fds}
 {default_fs}
@@ -873,10 +903,11 @@ def _listening_ports() -> set[int]:
     return ports
 
 
-def _processes_using(workdir: Path) -> list[tuple[int, str]]:
-    """Processes whose command line names ``workdir`` (the rig's daemons and helpers)."""
+def _processes_using(conf_dir: Path) -> list[tuple[int, str]]:
+    """Bacula daemons started with a config file from ``conf_dir``."""
     found = []
-    needle = os.fspath(workdir)
+    needle = os.fspath(conf_dir) + "/"
+    binaries = tuple(os.fspath(b) for b in (DIR_BIN, SD_BIN, FD_BIN))
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -887,6 +918,6 @@ def _processes_using(workdir: Path) -> list[tuple[int, str]]:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if needle in cmdline and state != "Z":
+        if cmdline.startswith(binaries) and needle in cmdline and state != "Z":
             found.append((int(entry), cmdline.strip()))
     return found
