@@ -44,6 +44,16 @@ ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
     (errors.ImageioError, errno.EIO),
     (errors.SessionError, errno.EIO),
     (errors.DataIntegrityError, errno.EIO),
+    (errors.RestoreInputError, errno.EINVAL),
+    (errors.RestoreNameClash, errno.EEXIST),
+    (errors.RestoreNoSpace, errno.ENOSPC),  # StagingFull too
+    (errors.RestoreTooLarge, errno.EFBIG),
+    (errors.RestoreBusy, errno.EBUSY),
+    (errors.RestoreUnsupported, errno.ENOTSUP),
+    (errors.RestoreWriteOnly, errno.EACCES),
+    (errors.RestoreFinished, errno.EROFS),
+    (errors.RestoreCancelled, errno.ECANCELED),
+    (errors.RestoreFailed, errno.EIO),
     (errors.RestoreError, errno.EIO),
 )
 #: Expected in normal operation: no log line for these.

@@ -9,11 +9,11 @@ metadata calls restore tools make after writing (chmod, chown, utimes,
 xattrs) are accepted and remembered, never refused.
 
 ``rhvfs.fs`` dispatches every call on an inode or handle this tree ``owns``
-here; the methods raise ``rhvfs.errors`` types (with ``errno`` set where the
-session chose one) or ``OSError``, and ``rhvfs.fs`` maps them.
+here; the methods raise ``rhvfs.errors`` types (the sessions' named restore
+errors among them) or ``OSError``, and ``rhvfs.fs`` maps them.
 
 Must not: import pyfuse3, talk to the engine, or hold restore logic (that is
-``rhvfs.sessions.restore._session``).
+``rhvfs.sessions.restore``).
 """
 
 from __future__ import annotations
