@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import trio
 
 from rhvfs.backupset._parse import SetDisk, SetManifest
-from rhvfs.errors import RestoreNameClash
+from rhvfs.errors import RestoreNameClash, RestoreTooLarge, RestoreWriteOnly
 from rhvfs.sessions.core._model import MANIFEST_NAME, OVF_NAME, XML_NAME
 from rhvfs.sessions.restore._options import OPTIONS_FILE
 from rhvfs.sessions.restore._staging import StagedFile
@@ -81,6 +81,27 @@ class RestoreFile:
         self.close_gen = 0  # bumped by every open/close: a grace timer acts only if unchanged
         self.times_set = False  # utimes while open and no write since: done at the close
         self.mtime_ns = time.time_ns()  # shown as the file's mtime (wall clock, not a timer)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Read back what is held here: configuration, or staged data (holes read as zero)."""
+        if self.mem is not None:
+            return bytes(self.mem[offset : offset + size])
+        if self.staged is not None:
+            end = min(self.size, offset + size)
+            return self.staged.read(offset, max(0, end - offset)).ljust(max(0, end - offset), b"\0")
+        raise RestoreWriteOnly(f"{self.name!r} was streamed to the engine; it cannot be read back")
+
+    def write_config(self, offset: int, data: bytes) -> None:
+        """Bytes of a configuration file, held in memory (up to ``CONFIG_MAX_BYTES``)."""
+        assert self.mem is not None
+        end = offset + len(data)
+        if end > CONFIG_MAX_BYTES:
+            raise RestoreTooLarge(
+                f"{self.name!r} is larger than {CONFIG_MAX_BYTES} bytes: not a configuration file"
+            )
+        if len(self.mem) < offset:
+            self.mem.extend(bytes(offset - len(self.mem)))
+        self.mem[offset:end] = data
 
     def drop_staged(self) -> None:
         """Forget what was staged for this file (its bytes go back to the budget)."""

@@ -6,13 +6,14 @@ it with ``RestoreFile`` objects (a file keeps its object across renames);
 the session dispatches each call to the part that owns it:
 
 - ``_files``: which file is what (configuration, image of which disk);
-- ``_options``: the first write of set data freezes the options (the
-  ``rhvfs-restore.conf`` file in the directory over the mount defaults);
-- ``_preflight``: once ``manifest.json`` (and ``vm.ovf``, kept in memory and
-  parsed when closed) arrived, the checks before any engine change; a
-  refusal fails the session: the closing call and every later write raise
-  the refusal's class (``RestoreNameClash``, ``RestoreNoSpace``,
-  ``RestoreInputError``, ...; ``rhvfs.fs`` maps each to its errno);
+- ``_config``: the options (frozen at the first write of set data: the
+  ``rhvfs-restore.conf`` file in the directory over the mount defaults), and
+  ``manifest.json`` and ``vm.ovf``, kept in memory and parsed when closed;
+  once the manifest is parsed, ``_preflight`` runs the checks before any
+  engine change. A refusal fails the session: the closing call and every
+  later write raise the refusal's class (``RestoreNameClash``,
+  ``RestoreNoSpace``, ``RestoreInputError``, ...; ``rhvfs.fs`` maps each to
+  its errno);
 - ``_disks``: each image's engine disk and upload stream, from its first
   write; data that arrives before the manifest explains it is staged;
 - ``_images``: when an image is complete (closed at its size with its times
@@ -50,10 +51,10 @@ Invariants (they hold between awaits):
   no task wakes to a failed session with a disk that may still finalize.
   ``_failure`` (the class later calls raise again) is set exactly when the
   phase is ``failed``.
-- ``manifest`` is set once, under ``_manifest_lock``, only after every
-  preflight check passed, together with ``disks`` (no await in between); a
-  chain later replaces it by the newest set's (``adopt_newest``), in one step.
-- ``options`` are frozen once and never change.
+- ``manifest`` is set once, only after every preflight check passed,
+  together with ``disks`` (no await in between); a chain later replaces it
+  by the newest set's (``adopt_newest``), in one step. ``options`` are
+  frozen once and never change (``_config``).
 - A file's disk binding never changes once made; a disk has at most one live file.
 - The VM build starts at most once (``_completion_started``).
 - Every engine object made is in ``created`` before the next await.
@@ -70,14 +71,7 @@ from typing import Any
 
 import trio
 
-from rhvfs.backupset._parse import (
-    OvfInfo,
-    SetManifest,
-    check_consistent,
-    parse_manifest,
-    parse_ovf,
-)
-from rhvfs.engine.types import Vm
+from rhvfs.backupset._parse import OvfInfo, SetManifest
 from rhvfs.errors import (
     RestoreBusy,
     RestoreCancelled,
@@ -86,14 +80,12 @@ from rhvfs.errors import (
     RestoreFinished,
     RestoreInputError,
     RestoreTooLarge,
-    RestoreWriteOnly,
     RhvfsError,
 )
-from rhvfs.sessions.core._model import OVF_NAME
 from rhvfs.sessions.restore._chain import ChainAssembly
+from rhvfs.sessions.restore._config import SetConfig, is_options_file
 from rhvfs.sessions.restore._disks import DiskUploads
 from rhvfs.sessions.restore._files import (
-    CONFIG_MAX_BYTES,
     RestoreDisk,
     RestoreFile,
     identify,
@@ -102,15 +94,8 @@ from rhvfs.sessions.restore._files import (
     rsync_target,
 )
 from rhvfs.sessions.restore._images import ImageCompletion
-from rhvfs.sessions.restore._options import (
-    OPTIONS_FILE,
-    OPTIONS_MAX_BYTES,
-    RestoreOptions,
-    build_options,
-    parse_lines,
-)
+from rhvfs.sessions.restore._options import RestoreOptions
 from rhvfs.sessions.restore._ports import RestoreServices
-from rhvfs.sessions.restore._preflight import check_options, preflight, target_name
 from rhvfs.sessions.restore._rollback import Created, roll_back
 from rhvfs.sessions.restore._state import DiskState, Phase
 from rhvfs.sessions.restore._status import Notes, render, status_document
@@ -136,23 +121,25 @@ class RestoreSession:
         self.error: str | None = None
         self._failure: RestoreError | None = None
         self.files: dict[int, RestoreFile] = {}
-        self.options: RestoreOptions | None = None
-        self.manifest: SetManifest | None = None
-        self.ovf: bytes | None = None
-        self.ovf_info: OvfInfo | None = None
-        self.disks: dict[str, RestoreDisk] = {}
-        self.overwrite_vm: Vm | None = None
-        self.target_name: str | None = None
+        self.disks: dict[str, RestoreDisk] = {}  # by the set's disk id, once the manifest is read
         self.created = Created()
         self.notes = Notes(name)
         self._completion_started = False
         self._finished = trio.Event()
-        self._manifest_lock = trio.Lock()
+        self.config = SetConfig(services, directory=name, note=self.note)
         self.chain = ChainAssembly(self, services)
         self.uploads = DiskUploads(
             self, services, gate=self.chain, created=self.created, label=f"restore/{name}"
         )
         self.images = ImageCompletion(self, services, uploads=self.uploads, gate=self.chain)
+
+    @property
+    def options(self) -> RestoreOptions | None:
+        return self.config.options
+
+    @property
+    def manifest(self) -> SetManifest | None:
+        return self.config.manifest
 
     @property
     def vm_id(self) -> str | None:
@@ -174,10 +161,10 @@ class RestoreSession:
             error=self.error,
             errno_number=self.services.errno_for(failure) if failure is not None else 0,
             vm_id=self.vm_id,
-            vm_name=self.target_name,
+            vm_name=self.config.target_name,
             template_id=self.template_id,
             manifest=self.manifest,
-            ovf_read=self.ovf_info is not None,
+            ovf_read=self.config.ovf_info is not None,
             disks=self.disks.values(),
             options=self.options,
             chain=self.chain.status(),
@@ -298,12 +285,7 @@ class RestoreSession:
         self.files.pop(f.id, None)
 
     def read(self, f: RestoreFile, offset: int, size: int) -> bytes:
-        if f.mem is not None:
-            return bytes(f.mem[offset : offset + size])
-        if f.staged is not None:
-            end = min(f.size, offset + size)
-            return f.staged.read(offset, max(0, end - offset)).ljust(max(0, end - offset), b"\0")
-        raise RestoreWriteOnly(f"{f.name!r} was streamed to the engine; it cannot be read back")
+        return f.read(offset, size)
 
     async def write(self, f: RestoreFile, offset: int, data: bytes) -> int:
         try:
@@ -317,25 +299,14 @@ class RestoreSession:
         self.touch()
         n = len(data)
         end = offset + n
-        if f.name == OPTIONS_FILE and f.disk is None:
-            if self.options is not None:
-                raise RestoreBusy(
-                    f"{OPTIONS_FILE} must be written before the set's data; the options are frozen"
-                )
-            if end > OPTIONS_MAX_BYTES:
-                raise RestoreTooLarge(f"{OPTIONS_FILE} is larger than {OPTIONS_MAX_BYTES} bytes")
+        if is_options_file(f):
+            self.config.check_options_write(end)
         else:
-            self._freeze_options()
+            self.config.freeze_options(self.files.values())
         if f.disk is not None:
             await self.uploads.write(f, offset, data)
         elif f.mem is not None and is_config(f.name):
-            if end > CONFIG_MAX_BYTES:
-                raise RestoreTooLarge(
-                    f"{f.name!r} is larger than {CONFIG_MAX_BYTES} bytes: not a configuration file"
-                )
-            if len(f.mem) < offset:
-                f.mem.extend(bytes(offset - len(f.mem)))
-            f.mem[offset:end] = data
+            f.write_config(offset, data)
         else:
             self.uploads.stage(f, offset, data)
         f.size = max(f.size, end)
@@ -442,75 +413,24 @@ class RestoreSession:
     # -- configuration: options, manifest, OVF ---------------------------------------
 
     async def _config_closed(self, f: RestoreFile) -> None:
-        assert f.mem is not None
-        if f.name == OPTIONS_FILE:
-            if self.options is not None:
-                raise RestoreBusy(f"{OPTIONS_FILE} written after the set's data: too late")
-            parse_lines(bytes(f.mem).decode("utf-8", "replace"), source=OPTIONS_FILE)
+        if is_options_file(f):
+            self.config.options_closed(f)
             return
         if is_manifest(f.name):
             await self.chain.manifest_closed(f)
-        elif f.name == (self.manifest.ovf_file if self.manifest else OVF_NAME):
-            self.ovf = bytes(f.mem)
-            try:
-                self.ovf_info = parse_ovf(self.ovf)
-                if self.manifest is not None:
-                    check_consistent(self.manifest, self.ovf_info)
-            except RestoreError as e:
-                raise RestoreInputError(e.detail) from None
-            self.note(f"vm.ovf read: {self.ovf_info.name} ({self.ovf_info.vm_id})")
+        elif self.config.is_ovf(f.name):
+            self.config.ovf_closed(f)
         await self.check_complete()
 
-    def _freeze_options(self) -> None:
-        if self.options is not None:
-            return
-        file_values: dict[str, str] = {}
-        for f in self.files.values():
-            if f.name == OPTIONS_FILE and f.mem is not None and f.disk is None:
-                file_values = parse_lines(
-                    bytes(f.mem).decode("utf-8", "replace"), source=OPTIONS_FILE
-                )
-        try:
-            self.options = build_options(
-                defaults=self.services.restore_defaults, file_values=file_values
-            )
-        except RestoreError as e:
-            raise RestoreInputError(e.detail) from None
-        self.note("options frozen")
-
     async def read_manifest(self, f: RestoreFile) -> None:
-        """A single set's manifest (or a chain's root) was closed: parse it, check the set
+        """A single set's manifest (or a chain's root) was closed: parse and check it
         before any engine change, and bind the files already here to its disks."""
-        async with self._manifest_lock:
-            if self.manifest is not None:
-                return
-            assert f.mem is not None
-            try:
-                manifest = parse_manifest(bytes(f.mem))
-                if self.ovf_info is not None:
-                    check_consistent(manifest, self.ovf_info)
-            except RestoreError as e:
-                raise RestoreInputError(e.detail) from None
-            self._freeze_options()
-            opts = self.options
-            assert opts is not None
-            check_options(manifest, opts)
-            self.note(
-                f"manifest read: {manifest.kind} {manifest.owner_name} ({manifest.owner_id}), "
-                f"{len(manifest.disks)} disk(s), {len(manifest.nics)} nic(s)"
-            )
-            self.target_name = target_name(manifest, opts, self.name)
-            self.overwrite_vm = await preflight(
-                self.services.engine, manifest, opts, name=self.target_name, note=self.note
-            )
-            self.manifest = manifest
-            for d in manifest.disks:
-                disk = RestoreDisk(set_disk=d, selected=opts.selects(d.id, d.alias))
-                if not disk.selected:
-                    disk.state = DiskState.SKIPPED
-                self.disks[d.id] = disk
-            for other in list(self.files.values()):
-                identify(other, self.manifest, self.disks, self.files)
+        disks = await self.config.read_manifest(f, self.files.values())
+        if disks is None:
+            return  # adopted already
+        self.disks.update(disks)  # no await since the manifest was adopted: see the invariants
+        for other in list(self.files.values()):
+            identify(other, self.manifest, self.disks, self.files)
         for other in list(self.files.values()):
             if other.disk is not None:
                 await self.uploads.replay_staged(other)
@@ -519,10 +439,7 @@ class RestoreSession:
 
     def adopt_newest(self, manifest: SetManifest, ovf: bytes, ovf_info: OvfInfo) -> None:
         """A settled chain: the VM is made from its newest set (the disks keep their files)."""
-        by_id = {d.id: d for d in manifest.disks}
-        for disk in self.disks.values():
-            disk.set_disk = by_id[disk.set_disk.id]
-        self.manifest, self.ovf, self.ovf_info = manifest, ovf, ovf_info
+        self.config.adopt_newest(manifest, ovf, ovf_info, self.disks.values())
 
     # -- the disks' reports ----------------------------------------------------------
 
@@ -533,7 +450,7 @@ class RestoreSession:
     # -- completion: the VM ----------------------------------------------------------
 
     def _complete(self) -> bool:
-        if self.manifest is None or self.ovf_info is None or self.phase.final:
+        if self.manifest is None or self.config.ovf_info is None or self.phase.final:
             return False
         if not self.chain.gate_open():
             return False
@@ -550,21 +467,22 @@ class RestoreSession:
         self.services.spawn(self._create_vm)
 
     async def _create_vm(self) -> None:
+        config = self.config
         try:
-            assert self.manifest is not None and self.options is not None
-            assert self.ovf is not None and self.ovf_info is not None
+            assert config.manifest is not None and config.options is not None
+            assert config.ovf is not None and config.ovf_info is not None
             plan = VmPlan(
-                name=self.target_name or self.name,
-                manifest=self.manifest,
-                options=self.options,
-                ovf=self.ovf,
-                ovf_info=self.ovf_info,
+                name=config.target_name or self.name,
+                manifest=config.manifest,
+                options=config.options,
+                ovf=config.ovf,
+                ovf_info=config.ovf_info,
                 disks=tuple(
                     UploadedDisk(d.set_disk, d.disk_id)
                     for d in self.disks.values()
                     if d.state == DiskState.UPLOADED and d.disk_id
                 ),
-                overwrite_vm=self.overwrite_vm,
+                overwrite_vm=config.overwrite_vm,
             )
             await create_vm(self.services.engine, plan, created=self.created, note=self.note)
         except Exception as e:
