@@ -21,6 +21,17 @@ foreign exception type.
     │   ├── SessionClosed          used after ``aclose()`` (you closed it)
     │   └── SessionBroken          the session failed on its own; every later read fails too
     ├── RestoreError               a restore set is invalid or its upload failed (see .status)
+    │   ├── RestoreInputError      a file, option or name of the restore is bad, corrupt or foreign
+    │   ├── RestoreNameClash       the name to restore to (VM, template, directory) is taken
+    │   ├── RestoreNoSpace         a storage domain has no room for the disks to restore
+    │   │   └── StagingFull        the local staging area is full
+    │   ├── RestoreTooLarge        data beyond the size of its disk or of a configuration file
+    │   ├── RestoreBusy            the restore's state forbids the call now (retry later or not)
+    │   ├── RestoreUnsupported     the engine facade cannot do what the options ask
+    │   ├── RestoreWriteOnly       a file that was streamed to the engine is read back
+    │   ├── RestoreFinished        the restore is done: nothing more can be written
+    │   ├── RestoreCancelled       the restore was cancelled (rmdir, or rhvfs stopped)
+    │   └── RestoreFailed          an upload or a step on the engine failed
     ├── DataIntegrityError         bytes did not match what the protocol promised (short
     │                              read, wrong Content-Range): never returned to a reader
     └── FilesystemError            the VFS refuses a filesystem call by the tree's own rules
@@ -42,7 +53,8 @@ foreign exception type.
 
 ``NotFound`` is also what the VFS raises for a missing name or inode. Which
 errno a filesystem call returns for each class is decided in one place, the
-``ERRNO`` table in ``rhvfs.fs``; the VFS (``rhvfs.vfs``) knows no errno values.
+``ERRNO`` table in ``rhvfs.fs``; neither the VFS (``rhvfs.vfs``) nor the
+sessions know errno values, and no error carries an errno of its own.
 
 Retryable errors are exactly those deriving from ``Transient``.
 """
@@ -156,6 +168,73 @@ class RestoreError(RhvfsError):
     """Raised when a restore set is invalid or its upload failed; the text goes to ``.status``."""
 
     message = "restore failed: {detail}"
+
+
+# The restore errors keep their base's message template: ``str(err)`` is what ``.status``
+# shows for a failed disk, and it reads the same whichever class was raised.
+
+
+class RestoreInputError(RestoreError):
+    """Raised when what was written into ``restore/<name>/`` is unusable: a manifest or OVF
+    that is corrupt, truncated or of another set, options that do not fit the set (unknown
+    disks, a cluster or storage domain that does not exist), a chain that does not link up,
+    an image renamed or shrunk while it uploads, or a restore directory name that cannot be
+    used."""
+
+
+class RestoreNameClash(RestoreError):
+    """Raised when a name the restore needs is taken: a VM (without ``vm_force_overwrite``)
+    or template of the target name exists, ``restore/<name>`` exists, or two files claim
+    the same disk of the set."""
+
+
+class RestoreNoSpace(RestoreError):
+    """Raised before any engine change when a target storage domain has less room than
+    the selected disks need."""
+
+
+class StagingFull(RestoreNoSpace):
+    """Raised when a write would take the local staging area past ``staging_limit`` (data
+    that arrived before ``manifest.json`` described it, or a chain's delta files)."""
+
+    message = "restore staging full: {detail}"
+
+
+class RestoreTooLarge(RestoreError):
+    """Raised when data goes beyond what it may hold: a write or size past the end of its
+    disk, an image longer than its disk, or a configuration or options file too large to
+    be one."""
+
+
+class RestoreBusy(RestoreError):
+    """Raised when the restore's state forbids the call at this moment: options written
+    after the set's data froze them, an image removed while it uploads, ``rmdir`` while
+    the VM is being created, or a VM to replace that is not down."""
+
+
+class RestoreUnsupported(RestoreError):
+    """Raised when the options ask for something the engine facade cannot do (a template
+    made from a restored VM needs ``create_template``)."""
+
+
+class RestoreWriteOnly(RestoreError):
+    """Raised when a file whose data was streamed to the engine is read back."""
+
+
+class RestoreFinished(RestoreError):
+    """Raised when a file call reaches a restore that is done (its VM exists): the
+    directory takes nothing more."""
+
+
+class RestoreCancelled(RestoreError):
+    """Raised (and recorded in ``.status``) when a restore is cancelled before it finished:
+    its directory was removed, or rhvfs stopped."""
+
+
+class RestoreFailed(RestoreError):
+    """Raised when a restore failed on its own: an upload broke or was aborted, an image
+    closed short of its disk's size, or an engine step (creating the VM, the template)
+    failed. Every later call on the restore raises it again."""
 
 
 class DataIntegrityError(RhvfsError):

@@ -52,6 +52,16 @@ ERRNO: dict[type[BaseException], int] = {
     errors.VmStateError: errno.EBUSY,
     errors.SessionError: errno.EIO,  # SessionClosed too: a reader's fd is valid, EBADF misleads
     errors.RestoreError: errno.EIO,
+    errors.RestoreInputError: errno.EINVAL,
+    errors.RestoreNameClash: errno.EEXIST,
+    errors.RestoreNoSpace: errno.ENOSPC,  # StagingFull too
+    errors.RestoreTooLarge: errno.EFBIG,
+    errors.RestoreBusy: errno.EBUSY,
+    errors.RestoreUnsupported: errno.ENOTSUP,
+    errors.RestoreWriteOnly: errno.EACCES,
+    errors.RestoreFinished: errno.EROFS,
+    errors.RestoreCancelled: errno.ECANCELED,
+    errors.RestoreFailed: errno.EIO,
     # the VFS's own refusals
     errors.ReadOnlyFilesystem: errno.EROFS,
     errors.NotADirectory: errno.ENOTDIR,
@@ -77,11 +87,6 @@ _QUIET = (errors.NotFound, errors.FilesystemError, OSError)
 
 def errno_for(exc: BaseException) -> int:
     """The errno a failed filesystem call returns for ``exc`` (EIO when unknown)."""
-    # Transitional: the restore session still marks some RestoreErrors with the errno it
-    # chose (``errno`` attribute); that wins until it raises classes of the table instead.
-    chosen = getattr(exc, "errno", None)
-    if isinstance(exc, errors.RestoreError) and isinstance(chosen, int) and chosen > 0:
-        return chosen
     for cls in type(exc).__mro__:
         number = ERRNO.get(cls)
         if number is not None:

@@ -15,7 +15,7 @@ subclasses (``NameExists``, ``GeneratedFile``, ``NotInRestoreSet``...) and
 ``NotFound``; what the session refuses passes through unchanged.
 
 Must not: import pyfuse3 or know errno values, talk to the engine, or hold
-restore logic (that is ``rhvfs.sessions.restore._session``).
+restore logic (that is ``rhvfs.sessions.restore``).
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ import trio
 
 from rhvfs.config import load_config
 from rhvfs.engine import Engine, open_engine
+from rhvfs.fs import errno_for
 from rhvfs.retry import RetryPolicy
-from rhvfs.sessions.restore._session import RestoreFile, RestoreManager, RestoreSession
+from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 
 MiB = 1024 * 1024
@@ -82,7 +83,10 @@ async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[tuple[Engine, RestoreMa
     )
     async with open_engine(config, poll=FAST_POLL) as engine:
         manager = RestoreManager(
-            engine, config, staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB)
+            engine,
+            config,
+            errno_for=errno_for,
+            staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)

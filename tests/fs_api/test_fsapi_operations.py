@@ -88,6 +88,18 @@ async def test_open_read_release() -> None:
         (errors.SessionClosed("closing"), errno.EIO),  # a reader's fd is valid: EBADF would mislead
         (errors.AuthenticationError("bad"), errno.EACCES),
         (errors.ConfigError("bad"), errno.EINVAL),
+        (errors.RestoreInputError("not json"), errno.EINVAL),
+        (errors.RestoreNameClash("vm exists"), errno.EEXIST),
+        (errors.RestoreNoSpace("sd full"), errno.ENOSPC),
+        (errors.StagingFull("staging_limit"), errno.ENOSPC),
+        (errors.RestoreTooLarge("past the disk"), errno.EFBIG),
+        (errors.RestoreBusy("uploading"), errno.EBUSY),
+        (errors.RestoreUnsupported("no create_template"), errno.ENOTSUP),
+        (errors.RestoreWriteOnly("streamed"), errno.EACCES),
+        (errors.RestoreFinished("done"), errno.EROFS),
+        (errors.RestoreCancelled("rmdir"), errno.ECANCELED),
+        (errors.RestoreFailed("upload"), errno.EIO),
+        (errors.RestoreError("options"), errno.EIO),
         (NotADirectoryError(errno.ENOTDIR, "x"), errno.ENOTDIR),
         (KeyError("surprise"), errno.EIO),
         (errors.ReadOnlyFilesystem("x"), errno.EROFS),
@@ -105,7 +117,6 @@ async def test_open_read_release() -> None:
         (errors.NotInRestoreSet("x"), errno.EPERM),
         (errors.UnsupportedFileType("x"), errno.EPERM),
         (errors.RenameAcrossSets("x"), errno.EXDEV),
-        (errors.RestoreError("clash", errno=errno.EEXIST), errno.EEXIST),  # the session's choice
         (errors.RestoreError("failed"), errno.EIO),
     ],
 )

@@ -13,7 +13,8 @@ from vfs_fakes import FakeEngine as InventoryEngine
 
 from rhvfs import errors
 from rhvfs.config import Config
-from rhvfs.sessions.restore._session import RestoreManager
+from rhvfs.fs import errno_for
+from rhvfs.sessions.restore import RestoreManager
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.vfs.names import ROOT_INODE
 from rhvfs.vfs.tree import Vfs
@@ -28,6 +29,7 @@ async def make_vfs(nursery: trio.Nursery, tmp_path: Path) -> tuple[Vfs, FakeBack
     manager = RestoreManager(
         engine,
         cfg,
+        errno_for=errno_for,
         opener=fake_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=1 << 30),
         close_grace_s=0.05,

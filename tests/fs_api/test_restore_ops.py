@@ -22,8 +22,8 @@ from test_restore_fakes import VM_ID, FakeEngine, SetFiles, fake_opener, make_se
 
 from rhvfs.config import Config  # noqa: E402
 from rhvfs.engine.types import Vm  # noqa: E402
-from rhvfs.fs import Operations  # noqa: E402
-from rhvfs.sessions.restore._session import RestoreManager  # noqa: E402
+from rhvfs.fs import Operations, errno_for  # noqa: E402
+from rhvfs.sessions.restore import RestoreManager  # noqa: E402
 from rhvfs.sessions.restore._staging import StagingArea  # noqa: E402
 from rhvfs.vfs.names import ROOT_INODE  # noqa: E402
 from rhvfs.vfs.tree import Vfs  # noqa: E402
@@ -39,6 +39,7 @@ async def make_ops(
     manager = RestoreManager(
         engine,
         cfg,
+        errno_for=errno_for,
         opener=fake_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=1 << 30),
         close_grace_s=0.05,

@@ -18,8 +18,8 @@ from rhvfs.backupset._parse import (
     strip_devices,
     synthesize_ovf,
 )
-from rhvfs.errors import RestoreError
-from rhvfs.sessions.restore._staging import StagingArea, StagingFull
+from rhvfs.errors import RestoreError, StagingFull
+from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sim import api_ovf
 
 

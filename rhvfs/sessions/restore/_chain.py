@@ -43,17 +43,28 @@ set (its OVF, NICs and disk flags) as for a full restore. Disks must be the
 same in the root and the newest set (added, removed or resized disks are
 refused: restore the newest full set instead).
 
+The chain gets what it needs from its session through ``ChainHost`` (the
+directory's files and disks, the root manifest, the session's log and
+failure) and from the manager through ``RestoreServices`` (the nursery and
+``close_grace_s``); the disk uploads ask it ``gate_open``/``wait_gate`` and
+call ``apply``.
+
+Invariants (between awaits): ``decided`` is set once, either by ``_settle``
+right after the session adopted the newest set (so a disk woken by it sees
+the final manifest), or by ``stop`` when the session fails; ``chain`` and
+``steps`` are set only together with ``decided``.
+
 Must not: talk to the engine (the session does), decide restore options.
 """
 
 from __future__ import annotations
 
 import copy
-import errno
 import functools
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import trio
 
@@ -68,14 +79,19 @@ from rhvfs.backupset._chain import (
     link_from_manifest,
     order_chain,
 )
-from rhvfs.backupset._parse import check_consistent, parse_manifest, parse_ovf
-from rhvfs.errors import RestoreError, RhvfsError
+from rhvfs.backupset._parse import (
+    OvfInfo,
+    SetManifest,
+    check_consistent,
+    parse_manifest,
+    parse_ovf,
+)
+from rhvfs.errors import RestoreError, RestoreInputError, RhvfsError
 from rhvfs.sessions.core._model import MANIFEST_NAME, OVF_NAME
-from rhvfs.sessions.restore._ports import restore_error as _err
+from rhvfs.sessions.restore._files import RestoreDisk, RestoreFile
+from rhvfs.sessions.restore._ports import RestoreServices
+from rhvfs.sessions.restore._state import Phase
 from rhvfs.sessions.restore._upload import UploadStream
-
-if TYPE_CHECKING:
-    from rhvfs.sessions.restore._session import RestoreFile, RestoreSession, _Disk
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +110,41 @@ def is_chain_manifest(name: str, doc: Any) -> bool:
     return name != MANIFEST_NAME or bool(doc.get("set_id") or doc.get("checkpoint_id"))
 
 
+class ChainHost(Protocol):
+    """What the chain needs from its restore session."""
+
+    @property
+    def files(self) -> Mapping[int, RestoreFile]: ...
+    @property
+    def disks(self) -> Mapping[str, RestoreDisk]: ...
+    @property
+    def manifest(self) -> SetManifest | None:
+        """The root set's manifest once parsed and checked (then the newest set's)."""
+        ...
+
+    @property
+    def phase(self) -> Phase: ...
+    def note(self, text: str) -> None: ...
+    def fail(self, exc: BaseException | str) -> None: ...
+    async def read_manifest(self, f: RestoreFile) -> None:
+        """Parse, check and adopt a single set's (or the chain root's) manifest."""
+        ...
+
+    def adopt_newest(self, manifest: SetManifest, ovf: bytes, ovf_info: OvfInfo) -> None:
+        """The chain is settled: the VM is made from the newest set (synchronous)."""
+        ...
+
+    async def check_complete(self) -> None:
+        """Start making the VM if the set is complete now."""
+        ...
+
+
 class ChainAssembly:
     """The chain state of one restore session."""
 
-    def __init__(self, session: RestoreSession) -> None:
-        self.session = session
+    def __init__(self, host: ChainHost, services: RestoreServices) -> None:
+        self.host = host
+        self.services = services
         self.active = False  # a chain manifest arrived: disks wait for ``decided``
         self.links: dict[str, tuple[SetLink, dict[str, Any]]] = {}
         self.root: str | None = None
@@ -106,6 +152,10 @@ class ChainAssembly:
         self.chain: list[SetLink] = []
         self.steps: dict[str, list[tuple[DiskLink, RestoreFile]]] = {}
         self._last_activity = 0.0
+
+    def stop(self) -> None:
+        """The session failed: release every disk waiting at the gate."""
+        self.decided.set()
 
     # -- activity and the gate -------------------------------------------------------
 
@@ -138,21 +188,21 @@ class ChainAssembly:
     async def manifest_closed(self, f: RestoreFile) -> None:
         """A manifest was closed: a plain full set goes the single-set way, a chain
         manifest is recorded (the root one also starts the disks' uploads)."""
-        s = self.session
+        s = self.host
         assert f.mem is not None
         try:
             doc = json.loads(bytes(f.mem).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             doc = None
         if f.name == MANIFEST_NAME and not is_chain_manifest(f.name, doc):
-            await s._manifest_closed(f)
+            await s.read_manifest(f)
             return
         if not isinstance(doc, dict):
-            raise _err(f"{f.name} is not valid JSON: corrupt or truncated copy?", errno.EINVAL)
+            raise RestoreInputError(f"{f.name} is not valid JSON: corrupt or truncated copy?")
         try:
             link = link_from_manifest(f.name, doc)
         except ChainError as e:
-            raise _err(e.detail, errno.EINVAL) from None
+            raise RestoreInputError(e.detail) from None
         self.links[f.name] = (link, doc)
         s.note(
             f"chain manifest {f.name}: {link.set_type} set {link.set_id}"
@@ -161,32 +211,32 @@ class ChainAssembly:
         if not self.active:
             self.active = True
             self.touch()
-            s.manager.spawn(self._watch)
+            self.services.spawn(self._watch)
         if link.set_type == "full" and link.parent_set_id is None and self.root is None:
             self.root = f.name
-            await s._manifest_closed(f)
+            await s.read_manifest(f)
 
     # -- settling ------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        s = self.session
-        grace = s.manager.close_grace_s
+        s = self.host
+        grace = self.services.close_grace_s
         step = max(0.01, min(0.5, grace / 4))
-        while not self.decided.is_set() and s.phase not in ("failed", "done"):
+        while not self.decided.is_set() and not s.phase.final:
             await trio.sleep(step)
             if not self._inputs_ready() or trio.current_time() - self._last_activity < grace:
                 continue
-            if s.phase in ("failed", "done"):
+            if s.phase.final:
                 return
             try:
                 self._settle()
             except RhvfsError as e:
-                s.fail(_err(e.detail or str(e), errno.EINVAL))
+                s.fail(RestoreInputError(e.detail or str(e)))
                 return
-            await s._maybe_complete()
+            await s.check_complete()
 
     def _inputs_ready(self) -> bool:
-        s = self.session
+        s = self.host
         if any(f.opens > 0 for f in s.files.values()):
             return False
         if self.root is not None and s.manifest is None:
@@ -195,7 +245,7 @@ class ChainAssembly:
 
     def _settle(self) -> None:
         """Order the chain and check every file it needs; sets ``decided`` or raises."""
-        s = self.session
+        s = self.host
         chain = order_chain([link for link, _ in self.links.values()])
         if s.manifest is None or chain[0].manifest != self.root:
             raise ChainError(f"the chain starts at {chain[0].manifest}, whose data is not here")
@@ -260,10 +310,7 @@ class ChainAssembly:
             check_consistent(manifest, info)
         except RestoreError as e:
             raise ChainError(f"{newest.manifest}: {e.detail}") from None
-        by_id = {d.id: d for d in manifest.disks}
-        for disk in s.disks.values():
-            disk.set_disk = by_id[disk.set_disk.id]
-        s.manifest, s.ovf, s.ovf_info = manifest, ovf, info
+        s.adopt_newest(manifest, ovf, info)
         self.chain, self.steps = chain, steps
         s.note(
             "chain complete: "
@@ -274,7 +321,7 @@ class ChainAssembly:
 
     # -- applying -----------------------------------------------------------------------
 
-    async def apply(self, d: _Disk, stream: UploadStream) -> None:
+    async def apply(self, d: RestoreDisk, stream: UploadStream) -> None:
         """Roll ``d``'s upload forward with the chain's files, oldest first."""
         if not self.active:
             return
@@ -308,4 +355,4 @@ class ChainAssembly:
                     pos = max(pos, end)
                 text = "whole disk replaced"
             await stream.drain()
-            self.session.note(f"applied {dl.file} to {d.set_disk.alias}: {text}")
+            self.host.note(f"applied {dl.file} to {d.set_disk.alias}: {text}")
