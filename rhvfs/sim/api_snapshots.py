@@ -27,7 +27,7 @@ from rhvfs.sim.api_base import (
     parse_body,
     vm_busy,
 )
-from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import Disk, Snapshot, Vm, Volume, new_id, now_iso
 
 log = logging.getLogger(__name__)
@@ -290,87 +290,106 @@ def snapshot_disks(e: Engine, vm: Vm, snap: Snapshot) -> list[types.Disk]:
     return result
 
 
-def register(router: Router, e: Engine) -> None:
+def _vm_snap(e: Engine, vm: str, snapshot: str) -> tuple[Vm, Snapshot]:
+    v = get_or_404(e.state.vms, vm)
+    s = get_or_404(e.state.snapshots, snapshot)
+    if s.vm_id != v.id:
+        raise get_or_404({}, snapshot)
+    return v, s
+
+
+def _all_content(req: Request) -> bool:
+    return req.flag("all_content") or req.headers.get("all-content") == "true"
+
+
+def list_snapshots(e: Engine, req: Request, vm: str) -> Response:
     st = e.state
-
-    def _vm_snap(vm: str, snapshot: str) -> tuple[Vm, Snapshot]:
+    with st.lock:
         v = get_or_404(st.vms, vm)
-        s = get_or_404(st.snapshots, snapshot)
-        if s.vm_id != v.id:
-            raise get_or_404({}, snapshot)
-        return v, s
+        all_content = _all_content(req)
+        items = [
+            conv.snapshot(e, st.snapshots[sid], all_content=all_content)
+            for sid in v.snapshot_ids
+            if sid in st.snapshots
+        ]
+        return xml(xmlio.render_list(items, "snapshots"))
 
-    def snapshots_list(req: Request, vm: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            all_content = req.flag("all_content") or req.headers.get("all-content") == "true"
-            items = [
-                conv.snapshot(e, st.snapshots[sid], all_content=all_content)
-                for sid in v.snapshot_ids
-                if sid in st.snapshots
-            ]
-            return xml(xmlio.render_list(items, "snapshots"))
 
-    def snapshot_add(req: Request, vm: str) -> Response:
-        body = parse_body(req, types.Snapshot)
-        if not body.description:
-            raise bad_request("Snapshot [description] required for add")
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            disks = None
-            if body.disk_attachments is not None:
-                disks = []
-                for a in body.disk_attachments:
-                    disk_ref = a.disk
-                    disk_id = (disk_ref.id if disk_ref is not None else None) or a.id
-                    if not disk_id:
-                        raise bad_request("disk_attachment [disk.id] required")
-                    disks.append((disk_id, disk_ref.image_id if disk_ref is not None else None))
-            persist = body.persist_memorystate
-            if persist is None:
-                persist = v.status == "up"
-            snap = create_snapshot(
-                e, v, description=body.description, persist_memorystate=bool(persist), disks=disks
-            )
-            return xml(
-                xmlio.render(conv.snapshot(e, snap)),
-                status=202,
-                Location=href("vms", v.id, "snapshots", snap.id),
-            )
+def add_snapshot(e: Engine, req: Request, vm: str) -> Response:
+    body = parse_body(req, types.Snapshot)
+    if not body.description:
+        raise bad_request("Snapshot [description] required for add")
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        disks = None
+        if body.disk_attachments is not None:
+            disks = []
+            for a in body.disk_attachments:
+                disk_ref = a.disk
+                disk_id = (disk_ref.id if disk_ref is not None else None) or a.id
+                if not disk_id:
+                    raise bad_request("disk_attachment [disk.id] required")
+                disks.append((disk_id, disk_ref.image_id if disk_ref is not None else None))
+        persist = body.persist_memorystate
+        if persist is None:
+            persist = v.status == "up"
+        snap = create_snapshot(
+            e, v, description=body.description, persist_memorystate=bool(persist), disks=disks
+        )
+        return xml(
+            xmlio.render(conv.snapshot(e, snap)),
+            status=202,
+            Location=href("vms", v.id, "snapshots", snap.id),
+        )
 
-    def snapshot_get(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            _, s = _vm_snap(vm, snapshot)
-            all_content = req.flag("all_content") or req.headers.get("all-content") == "true"
-            return xml(xmlio.render(conv.snapshot(e, s, all_content=all_content)))
 
-    def snapshot_delete(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            v, s = _vm_snap(vm, snapshot)
-            remove_snapshot(e, v, s)
-        return xml(action_done())
+def get_snapshot(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        _, s = _vm_snap(e, vm, snapshot)
+        return xml(xmlio.render(conv.snapshot(e, s, all_content=_all_content(req))))
 
-    def snapshot_disks_list(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            v, s = _vm_snap(vm, snapshot)
-            return xml(xmlio.render_list(snapshot_disks(e, v, s), "disks"))
 
-    def snapshot_nics(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            v, _ = _vm_snap(vm, snapshot)
-            items = [conv.nic(e, "vms", v.id, n) for n in v.nics]
-            return xml(xmlio.render_list(items, "nics"))
+def remove_snapshot_handler(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        v, s = _vm_snap(e, vm, snapshot)
+        remove_snapshot(e, v, s)
+    return xml(action_done())
 
-    def snapshot_restore(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            v, s = _vm_snap(vm, snapshot)
-            restore_snapshot(e, v, s)
-        return xml(action_done())
 
-    router.add("GET", "/vms/{vm}/snapshots", snapshots_list)
-    router.add("POST", "/vms/{vm}/snapshots", snapshot_add)
-    router.add("GET", "/vms/{vm}/snapshots/{snapshot}", snapshot_get)
-    router.add("DELETE", "/vms/{vm}/snapshots/{snapshot}", snapshot_delete)
-    router.add("GET", "/vms/{vm}/snapshots/{snapshot}/disks", snapshot_disks_list)
-    router.add("GET", "/vms/{vm}/snapshots/{snapshot}/nics", snapshot_nics)
-    router.add("POST", "/vms/{vm}/snapshots/{snapshot}/restore", snapshot_restore)
+def list_snapshot_disks(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        v, s = _vm_snap(e, vm, snapshot)
+        return xml(xmlio.render_list(snapshot_disks(e, v, s), "disks"))
+
+
+def list_snapshot_nics(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        v, _ = _vm_snap(e, vm, snapshot)
+        items = [conv.nic(e, "vms", v.id, n) for n in v.nics]
+        return xml(xmlio.render_list(items, "nics"))
+
+
+def restore_snapshot_handler(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        v, s = _vm_snap(e, vm, snapshot)
+        restore_snapshot(e, v, s)
+    return xml(action_done())
+
+
+SNAPSHOTS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/snapshots", list_snapshots),
+    Route("POST", "/vms/{vm}/snapshots", add_snapshot),
+    Route("GET", "/vms/{vm}/snapshots/{snapshot}", get_snapshot),
+    Route("DELETE", "/vms/{vm}/snapshots/{snapshot}", remove_snapshot_handler),
+    Route("POST", "/vms/{vm}/snapshots/{snapshot}/restore", restore_snapshot_handler),
+)
+
+SNAPSHOT_DISKS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/snapshots/{snapshot}/disks", list_snapshot_disks),
+)
+
+SNAPSHOT_NICS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/snapshots/{snapshot}/nics", list_snapshot_nics),
+)
+
+ROUTES: tuple[Route, ...] = (*SNAPSHOTS, *SNAPSHOT_DISKS, *SNAPSHOT_NICS)
