@@ -1,10 +1,12 @@
 """Admin endpoints of the simulator (not part of oVirt), under `/rhvfs-sim/`.
 
 Owns what tests and `rhvfs sim guest-write|fault` do to a running engine:
-guest writes into a disk's active volume (serialized with snapshots and
-merges by the state lock), sha256 of a volume's guest-visible content, and
-fault injection (engine 5xx/delay, imageio connection drops through the data
-plane's FaultProxy, a transfer forced to `paused_system`, an expired ticket).
+guest writes into a disk's active volume (refused while the disk is locked
+for a snapshot, merge or copy), sha256 of a volume's guest-visible content
+(waiting until no copy or merge works on the disk), and fault injection
+(engine 5xx/delay, slow disk copies and merges, imageio connection drops
+through the data plane's FaultProxy, a transfer forced to `paused_system`, an
+expired ticket).
 Authenticated by the admin token of `serve.json` (checked in `httpd`);
 `ROUTES` is the admin router's table.
 """
@@ -15,8 +17,9 @@ import base64
 import logging
 
 from rhvfs.sim import api_transfers
-from rhvfs.sim.api_base import Engine, get_or_404
-from rhvfs.sim.faults import EngineFault
+from rhvfs.sim.api_base import Engine, get_or_404, lock_when_idle
+from rhvfs.sim.disk_copy import TEMPLATE_SOURCE
+from rhvfs.sim.faults import EngineFault, StorageDelay
 from rhvfs.sim.httpd import (
     HttpError,
     Request,
@@ -29,6 +32,9 @@ from rhvfs.sim.httpd import (
 from rhvfs.sim.state import Disk, Vm
 
 log = logging.getLogger(__name__)
+
+# A guest cannot write to a disk being created, snapshotted, merged or copied.
+_NO_GUEST_WRITES = ("snapshot", "creation", "copy", TEMPLATE_SOURCE)
 
 
 def _find_vm(e: Engine, name_or_id: str) -> Vm:
@@ -71,7 +77,7 @@ def guest_write(e: Engine, req: Request) -> Response:
     with e.state.lock:
         vm = _find_vm(e, doc["vm"]) if doc.get("vm") else None
         d = _find_disk(e, vm, str(doc["disk"]))
-        if d.status == "locked" and d.lock_reason in ("snapshot", "creation", "copy"):
+        if d.status == "locked" and d.lock_reason in _NO_GUEST_WRITES:
             raise conflict(f"disk {d.alias} is locked ({d.lock_reason})")
         vol = d.active
         try:
@@ -93,7 +99,7 @@ def volume_sha256(e: Engine, req: Request) -> Response:
     disk_id = req.query.get("disk")
     if not disk_id:
         raise bad_request("disk required")
-    with e.state.lock:
+    with lock_when_idle(e, lambda: [get_or_404(e.state.disks, disk_id).id]):
         d = get_or_404(e.state.disks, disk_id)
         image = req.query.get("image") or d.active.id
         if d.volume(image) is None:
@@ -116,6 +122,14 @@ def add_fault(e: Engine, req: Request) -> Response:
         )
         e.faults.add(fault)
         return json_response({"added": kind})
+    if kind == "storage-delay":
+        try:
+            e.faults.add_storage_delay(
+                StorageDelay(op=str(doc.get("op")), delay_s=float(doc["delay"]), times=times)
+            )
+        except ValueError as err:
+            raise bad_request(str(err), reason="Invalid value") from err
+        return json_response({"added": kind})
     if kind == "drop-imageio":
         proxy = e.dataplane.fault_proxy
         if proxy is None:
@@ -131,8 +145,9 @@ def add_fault(e: Engine, req: Request) -> Response:
                 api_transfers.expire_ticket(e, t)
         return json_response({"added": kind})
     if kind in ("invalidate-checkpoint", "break-checkpoint"):
-        with e.state.lock:
-            cp = get_or_404(e.state.checkpoints, str(doc["checkpoint"]))
+        cp_id = str(doc["checkpoint"])
+        with lock_when_idle(e, lambda: get_or_404(e.state.checkpoints, cp_id).disk_ids):
+            cp = get_or_404(e.state.checkpoints, cp_id)
             if kind == "invalidate-checkpoint":
                 cp.state = "invalid"
             else:
@@ -180,7 +195,7 @@ def clear_faults(e: Engine, req: Request) -> Response:
 
 
 def list_faults(e: Engine, req: Request) -> Response:
-    return json_response({"engine": e.faults.list()})
+    return json_response({"engine": e.faults.list(), "storage": e.faults.list_storage()})
 
 
 def list_transfers(e: Engine, req: Request) -> Response:

@@ -5,13 +5,15 @@ Owns the snapshot phase machines: create marks the snapshot and its disks
 disk (the old top volume now belongs to the snapshot, a new active volume
 goes on top) and unlocks; remove locks, then merges each disk's child volume
 into the snapshot's volume (`Storage.merge`, the older id survives and takes
-the child's role) and drops the record. Hybrid backups reuse both through
+the child's role; the merge runs without the state lock, as `api_base`
+describes) and drops the record. Hybrid backups reuse both through
 `create_snapshot()` / `remove_snapshot()`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from ovirtsdk4 import types
@@ -163,11 +165,15 @@ def remove_snapshot(
 def _finish_remove(
     e: Engine, vm_id: str, snap_id: str, disk_ids: list[str], on_done: Done | None
 ) -> None:
+    """Merge each disk's child volume into the snapshot's, then drop the snapshot.
+
+    The merges run without the state lock (see `api_base`): the disks are
+    `locked` and the snapshot too, since `remove_snapshot`.
+    """
     st = e.state
-    ok = True
     with st.lock:
-        vm = st.vms.get(vm_id)
-        snap = st.snapshots[snap_id]
+        # (disk id, sd id, the snapshot's volume, its child)
+        merges: list[tuple[str, str, str, str]] = []
         for disk_id in disk_ids:
             d = st.disks.get(disk_id)
             if d is None:
@@ -176,39 +182,77 @@ def _finish_remove(
             child = d.child_of(vol.id) if vol is not None else None
             if vol is None or child is None:
                 continue
+            merges.append((d.id, d.sd_id, vol.id, child.id))
+        e.busy_disks.update(m[0] for m in merges)
+    merged: list[tuple[str, str, str]] = []
+    try:
+        if merges:
+            delay_s = e.faults.storage_delay("merge")
+            if delay_s > 0:
+                time.sleep(delay_s)
+        for disk_id, sd_id, vol_id, child_id in merges:
             try:
-                e.storage.merge(d.sd_id, d.id, vol.id, child.id)
+                e.storage.merge(sd_id, disk_id, vol_id, child_id)
             except Exception:
-                log.exception("merge of %s into %s failed", child.id, vol.id)
-                ok = False
+                log.exception("merge of %s into %s failed", child_id, vol_id)
                 continue
-            vol.snapshot_id = child.snapshot_id
-            # Base-first order holds: the survivor already sits where the child's parent was.
-            d.volumes.remove(child)
-            for v in d.volumes:
-                if v.parent_id == child.id:
-                    v.parent_id = vol.id
-        for disk_id in disk_ids:
-            d = st.disks.get(disk_id)
-            if d is not None and d.lock_reason == "snapshot":
-                d.status = "ok" if ok else "illegal"
-                d.lock_reason = ""
-        if ok:
-            del st.snapshots[snap_id]
-            if vm is not None and snap_id in vm.snapshot_ids:
-                vm.snapshot_ids.remove(snap_id)
-        else:
-            snap.status = "ok"
-        if vm is not None:
-            st.add_event(
-                f"Snapshot '{snap.description}' deletion for VM '{vm.name}' has been completed.",
-                code=356,
-                vm_id=vm.id,
+            merged.append((disk_id, vol_id, child_id))
+    finally:
+        with st.lock:
+            e.busy_disks.difference_update(m[0] for m in merges)
+            ok = _commit_remove(
+                e, vm_id, snap_id, disk_ids, merged, failed=len(merged) < len(merges)
             )
-        e.save()
-        log.info("vm %s: snapshot %s removed (ok=%s)", vm_id, snap_id, ok)
     if on_done is not None:
         on_done(ok)
+
+
+def _commit_remove(
+    e: Engine,
+    vm_id: str,
+    snap_id: str,
+    disk_ids: list[str],
+    merged: list[tuple[str, str, str]],
+    *,
+    failed: bool,
+) -> bool:
+    """Records after the merges (lock held): the survivors take their child's role."""
+    st = e.state
+    vm = st.vms.get(vm_id)
+    snap = st.snapshots[snap_id]
+    for disk_id, vol_id, child_id in merged:
+        # The disk is locked: it and its volumes are still there.
+        merged_disk = st.disks[disk_id]
+        vol = merged_disk.volume(vol_id)
+        child = merged_disk.volume(child_id)
+        assert vol is not None and child is not None
+        vol.snapshot_id = child.snapshot_id
+        # Base-first order holds: the survivor already sits where the child's parent was.
+        merged_disk.volumes.remove(child)
+        for v in merged_disk.volumes:
+            if v.parent_id == child.id:
+                v.parent_id = vol.id
+    ok = not failed
+    for disk_id in disk_ids:
+        d = st.disks.get(disk_id)
+        if d is not None and d.lock_reason == "snapshot":
+            d.status = "ok" if ok else "illegal"
+            d.lock_reason = ""
+    if ok:
+        del st.snapshots[snap_id]
+        if vm is not None and snap_id in vm.snapshot_ids:
+            vm.snapshot_ids.remove(snap_id)
+    else:
+        snap.status = "ok"
+    if vm is not None:
+        st.add_event(
+            f"Snapshot '{snap.description}' deletion for VM '{vm.name}' has been completed.",
+            code=356,
+            vm_id=vm.id,
+        )
+    e.save()
+    log.info("vm %s: snapshot %s removed (ok=%s)", vm_id, snap_id, ok)
+    return ok
 
 
 def restore_snapshot(e: Engine, vm: Vm, snap: Snapshot) -> None:

@@ -4,8 +4,9 @@ attachments and NICs.
 
 Owns `/templates`. The Blank template (all-zero id) always exists and cannot
 be removed. A template made from a VM (which must be down) gets copies of the
-VM's disks (new ids, content copied by `api_vms`' clone machinery), its disk
-attachments and NICs; it is `locked` until the copies are done, then `ok`.
+VM's disks (new ids, content copied by `disk_copy`), its disk attachments and
+NICs; it is `locked` until the copies are done, then `ok` (the VM is
+`image_locked` and its disks `locked` meanwhile).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 
 from ovirtsdk4 import types
 
-from rhvfs.sim import api_disks, api_ovf, api_vms, xmlio
+from rhvfs.sim import api_disks, api_ovf, disk_copy, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import (
     Engine,
@@ -155,9 +156,7 @@ def _from_vm(e: Engine, body: types.Template) -> Template:
         ],
     )
     st.templates[t.id] = t
-    api_vms._copy_disks(e, t, sources, source_vm_id=vm.id)
-    if sources:
-        vm.status = "image_locked"
+    disk_copy.copy_disks(e, t, sources, source_vm_id=vm.id)
     st.add_event(f"Creation of Template {t.name} from VM {vm.name} was initiated.")
     log.info("template %s (%s) from vm %s: %d disk(s)", t.id, t.name, vm.id, len(sources))
     return t

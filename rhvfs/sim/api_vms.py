@@ -13,14 +13,10 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import subprocess
-import tempfile
-from pathlib import Path
-from typing import Literal
 
 from ovirtsdk4 import types
 
-from rhvfs.sim import api_disks, api_ovf, xmlio
+from rhvfs.sim import api_disks, api_ovf, disk_copy, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import (
     Engine,
@@ -31,7 +27,6 @@ from rhvfs.sim.api_base import (
     href,
     parse_body,
     search,
-    volume_file,
 )
 from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import (
@@ -40,9 +35,7 @@ from rhvfs.sim.state import (
     Disk,
     Nic,
     Snapshot,
-    Template,
     Vm,
-    Volume,
     new_id,
     now_iso,
 )
@@ -163,148 +156,6 @@ def power_action(e: Engine, vm: Vm, name: str) -> None:
     log.info("vm %s: %s", vm.id, name)
 
 
-def _copy_disks(
-    e: Engine,
-    vm: Vm | Template,
-    sources: list[tuple[Attachment, Disk, str]],
-    *,
-    source_vm_id: str | None = None,
-) -> None:
-    """Give `vm` (or a template) copies of the (attachment, disk, volume) sources.
-
-    A VM is `image_locked` meanwhile, a template `locked` (and `source_vm_id`,
-    the VM it is made from, `image_locked` too); the last copy step unlocks them.
-    """
-    st = e.state
-    snapshot_id = vm.active_snapshot_id if isinstance(vm, Vm) else None
-    for a, src, vol_id in sources:
-        vol = src.volume(vol_id)
-        assert vol is not None
-        d = Disk(
-            id=new_id(),
-            alias=src.alias,
-            sd_id=src.sd_id,
-            provisioned_size=src.provisioned_size,
-            sparse=src.sparse,
-            backup=src.backup,
-            status="locked",
-            description=src.description,
-            volumes=[Volume(id=new_id(), fmt=src.volumes[0].fmt, snapshot_id=snapshot_id)],
-            lock_reason="copy",
-        )
-        st.disks[d.id] = d
-        vm.attachments.append(
-            Attachment(disk_id=d.id, interface=a.interface, bootable=a.bootable, active=a.active)
-        )
-        e.tasks.step(_copy_disk_step, e, src.id, vol_id, d.id, vm.id, source_vm_id)
-    if isinstance(vm, Template):
-        vm.status = "locked"
-        if not sources:
-            e.tasks.step(_unlock_template, e, vm.id, source_vm_id)
-    elif sources:
-        vm.status = "image_locked"
-
-
-def _copy_template_disks(e: Engine, vm: Vm, template_id: str) -> None:
-    t = e.state.templates.get(template_id)
-    if t is None:
-        return
-    sources = [
-        (a, e.state.disks[a.disk_id], e.state.disks[a.disk_id].active.id)
-        for a in t.attachments
-        if a.disk_id in e.state.disks
-    ]
-    _copy_disks(e, vm, sources)
-
-
-def _unlock_template(e: Engine, template_id: str, source_vm_id: str | None) -> None:
-    """A template whose copies are all done: `ok` (or `illegal`), its source VM `down` again."""
-    st = e.state
-    with st.lock:
-        t = st.templates.get(template_id)
-        if t is not None and t.status == "locked":
-            disks = [st.disks.get(a.disk_id) for a in t.attachments]
-            if any(d is not None and d.lock_reason == "copy" for d in disks):
-                return
-            bad = any(d is None or d.status != "ok" for d in disks)
-            t.status = "illegal" if bad else "ok"
-            st.add_event(f"Template {t.name} creation {'failed' if bad else 'completed'}.")
-        vm = st.vms.get(source_vm_id or "")
-        if vm is not None and vm.status == "image_locked":
-            vm.status = "down"
-        e.save()
-
-
-def _copy_disk_step(
-    e: Engine, src_id: str, src_vol_id: str, dst_id: str, vm_id: str, source_vm_id: str | None
-) -> None:
-    """Copy the guest-visible content of `src_vol_id` (its whole chain) into `dst`'s base volume."""
-    st = e.state
-    with st.lock:
-        src = st.disks.get(src_id)
-        dst = st.disks.get(dst_id)
-        if dst is not None and src is None:
-            dst.status, dst.lock_reason = "illegal", ""
-        if src is None or dst is None:
-            if vm_id in st.templates:
-                _unlock_template(e, vm_id, source_vm_id)
-            return
-        vol = src.volume(src_vol_id)
-        try:
-            if vol is None:
-                raise ValueError(f"volume {src_vol_id} is gone")
-            path = volume_file(e, src, vol.id)
-            with tempfile.TemporaryDirectory(dir=e.storage.root, prefix=".copy-") as tmp:
-                if vol.fmt == "cow":
-                    flat = Path(tmp) / "flat.raw"
-                    subprocess.run(
-                        [
-                            "qemu-img",
-                            "convert",
-                            "-U",
-                            "-q",
-                            "-f",
-                            "qcow2",
-                            "-O",
-                            "raw",
-                            str(path),
-                            str(flat),
-                        ],
-                        check=True,
-                        capture_output=True,
-                    )
-                    path = flat
-                e.storage.import_raw(
-                    dst.sd_id,
-                    dst.id,
-                    dst.active.id,
-                    path,
-                    fmt=_fmt(dst.active.fmt),
-                    sparse=dst.sparse,
-                )
-            dst.status = "ok"
-        except Exception:
-            log.exception("copying disk %s to %s failed", src_id, dst_id)
-            dst.status = "illegal"
-        dst.lock_reason = ""
-        vm = st.vms.get(vm_id)
-        if vm is not None and vm.status == "image_locked":
-            pending = [
-                a
-                for a in vm.attachments
-                if st.disks.get(a.disk_id) and st.disks[a.disk_id].lock_reason == "copy"
-            ]
-            if not pending:
-                vm.status = "down"
-        if vm_id in st.templates:
-            _unlock_template(e, vm_id, source_vm_id)
-        e.save()
-
-
-def _fmt(fmt: str) -> Literal["raw", "cow"]:
-    return "cow" if fmt == "cow" else "raw"
-
-
 def _clone_from_snapshot(e: Engine, body: types.Vm) -> Vm:
     """`<vm><name/><cluster/><snapshots><snapshot id=S/></snapshots></vm>` (caller holds the lock)."""
     st = e.state
@@ -335,7 +186,7 @@ def _clone_from_snapshot(e: Engine, body: types.Vm) -> Vm:
         if d is not None and vol is not None:
             check_disk_unlocked(d)
             sources.append((a, d, vol.id))
-    _copy_disks(e, vm, sources)
+    disk_copy.copy_disks(e, vm, sources, source_snapshot_id=snap.id)
     for n in source.nics:
         vm.nics.append(
             Nic(
@@ -517,7 +368,7 @@ def add_vm(e: Engine, req: Request) -> Response:
             vm_type=(body.type.value if body.type is not None else "server"),
         )
         if template_id != ZERO_ID:
-            _copy_template_disks(e, vm, template_id)
+            disk_copy.copy_template_disks(e, vm, template_id)
             t = st.templates[template_id]
             for n in t.nics:
                 vm.nics.append(
@@ -567,6 +418,11 @@ def remove_vm(e: Engine, req: Request, vm: str) -> Response:
         disks = [st.disks[a.disk_id] for a in v.attachments if a.disk_id in st.disks]
         for d in disks:
             check_disk_unlocked(d)
+        if any(st.snapshots[s].status == "locked" for s in v.snapshot_ids if s in st.snapshots):
+            # A clone from one of its snapshots is running.
+            raise conflict(
+                f"Cannot remove VM. Snapshot is currently being created or removed for VM {v.name}."
+            )
         detach_only = req.flag("detach_only")
         for sid in v.snapshot_ids:
             st.snapshots.pop(sid, None)
