@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
+from rhvfs.intervals import Intervals
+
 __all__ = [
     "CLUSTER_SIZE",
     "Change",
@@ -130,39 +132,6 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _merge(intervals: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Union of half-open intervals, sorted, adjacent ones joined, empty ones dropped."""
-    out: list[tuple[int, int]] = []
-    for start, end in sorted(i for i in intervals if i[1] > i[0]):
-        if out and start <= out[-1][1]:
-            if end > out[-1][1]:
-                out[-1] = (out[-1][0], end)
-        else:
-            out.append((start, end))
-    return out
-
-
-def _subtract(
-    intervals: list[tuple[int, int]], holes: list[tuple[int, int]]
-) -> list[tuple[int, int]]:
-    """``intervals`` minus ``holes``; both sorted and merged."""
-    out: list[tuple[int, int]] = []
-    j = 0
-    for start, end in intervals:
-        cur = start
-        while j < len(holes) and holes[j][1] <= cur:
-            j += 1
-        k = j
-        while k < len(holes) and holes[k][0] < end:
-            if holes[k][0] > cur:
-                out.append((cur, holes[k][0]))
-            cur = max(cur, holes[k][1])
-            k += 1
-        if cur < end:
-            out.append((cur, end))
-    return out
-
-
 def classify_clusters(
     changes: Iterable[Change], *, virtual_size: int, cluster_size: int
 ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -182,20 +151,18 @@ def classify_clusters(
             continue
         (zero_bytes if change.zero else data_bytes).append((start, end))
     cs = cluster_size
-    data = _merge((s // cs, _ceil_div(e, cs)) for s, e in _merge(data_bytes))
-    zero_full: list[tuple[int, int]] = []
-    for s, e in _merge(zero_bytes):
+    data = Intervals((s // cs, _ceil_div(e, cs)) for s, e in Intervals(data_bytes))
+    zero_full = Intervals()
+    for s, e in Intervals(zero_bytes):
         first = _ceil_div(s, cs)
         last = _ceil_div(e, cs) if e == virtual_size else e // cs
-        if first < last:
-            zero_full.append((first, last))
+        zero_full.add(first, last)
         # partial clusters at either edge hold unchanged bytes: read them as data
         if s % cs:
-            data.append((s // cs, s // cs + 1))
+            data.add(s // cs, s // cs + 1)
         if e % cs and e != virtual_size:
-            data.append((e // cs, e // cs + 1))
-    data = _merge(data)
-    return data, _subtract(_merge(zero_full), data)
+            data.add(e // cs, e // cs + 1)
+    return data.ranges(), (zero_full - data).ranges()
 
 
 class Qcow2Delta:

@@ -15,6 +15,7 @@ from typing import Any
 
 from rhvfs.backupset._qcow2 import Change, Qcow2Delta
 from rhvfs.imageio.types import Extent
+from rhvfs.intervals import Intervals
 from rhvfs.sessions.core._ports import BlockSource
 
 
@@ -33,30 +34,15 @@ def reader_extents(
     never fetches (or prefetches) a byte the delta does not serve, and real
     zero parts of dirty clusters are served from memory.
     """
-    nonzero = [(e.start, e.start + e.length) for e in extents if not (e.zero or e.hole)]
-    data: list[tuple[int, int]] = []
-    i = 0
-    for ws, we in wanted:
-        while i < len(nonzero) and nonzero[i][1] <= ws:
-            i += 1
-        j = i
-        while j < len(nonzero) and nonzero[j][0] < we:
-            s, e = max(ws, nonzero[j][0]), min(we, nonzero[j][1])
-            if s < e:
-                if data and data[-1][1] == s:
-                    data[-1] = (data[-1][0], e)
-                else:
-                    data.append((s, e))
-            j += 1
-    out: list[Extent] = []
-    pos = 0
-    for s, e in data:
-        if s > pos:
-            out.append(Extent(pos, s - pos, zero=True))
-        out.append(Extent(s, e - s, zero=False))
-        pos = e
-    if pos < size:
-        out.append(Extent(pos, size - pos, zero=True))
+    nonzero = Intervals((e.start, e.start + e.length) for e in extents if not (e.zero or e.hole))
+    return _extent_map(size, Intervals(wanted) & nonzero)
+
+
+def _extent_map(size: int, data: Intervals) -> list[Extent]:
+    """A zero-context extent map of ``size`` bytes: ``data`` is data, the rest zero."""
+    out = [Extent(s, e - s, zero=False) for s, e in data]
+    out += [Extent(s, e - s, zero=True) for s, e in data.gaps(0, size)]
+    out.sort(key=lambda x: x.start)
     return out
 
 
@@ -70,7 +56,7 @@ def delta_file_extents(delta: Qcow2Delta, extents: Sequence[Any]) -> list[Extent
         for e in reader_extents(delta.virtual_size, wanted, extents)
         if not e.zero
     ]
-    data: list[tuple[int, int]] = []
+    data = Intervals()
     runs = [a for a in delta.changed_ranges() if a.kind == "data"]
     i = 0
     for gs, ge in guest:  # each lies inside one run: runs are separated by non-data
@@ -79,20 +65,8 @@ def delta_file_extents(delta: Qcow2Delta, extents: Sequence[Any]) -> list[Extent
         run = runs[i]
         assert run.file_offset is not None and run.start <= gs and ge <= run.start + run.length
         fs = run.file_offset + (gs - run.start)
-        if data and data[-1][1] == fs:
-            data[-1] = (data[-1][0], fs + ge - gs)
-        else:
-            data.append((fs, fs + ge - gs))
-    out: list[Extent] = []
-    pos = 0
-    for s, e in data:
-        if s > pos:
-            out.append(Extent(pos, s - pos, zero=True))
-        out.append(Extent(s, e - s, zero=False))
-        pos = e
-    if pos < delta.size:
-        out.append(Extent(pos, delta.size - pos, zero=True))
-    return out
+        data.add(fs, fs + ge - gs)
+    return _extent_map(delta.size, data)
 
 
 class DeltaSource:

@@ -46,6 +46,7 @@ from rhvfs.errors import (
     SessionError,
     VmStateError,
 )
+from rhvfs.intervals import Intervals
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
@@ -97,26 +98,6 @@ async def _no_fetch(guest: int, length: int) -> bytes:
     raise AssertionError(f"metadata reads fetch no guest data ({guest}+{length})")
 
 
-def _merge_into(intervals: list[tuple[int, int]], start: int, end: int) -> None:
-    """Add [start, end) to a sorted list of disjoint intervals, merging neighbours."""
-    if end <= start:
-        return
-    out: list[tuple[int, int]] = []
-    placed = False
-    for s, e in intervals:
-        if e < start or s > end:
-            if s > end and not placed:
-                out.append((start, end))
-                placed = True
-            out.append((s, e))
-        else:
-            start, end = min(s, start), max(e, end)
-    if not placed:
-        out.append((start, end))
-    out.sort()
-    intervals[:] = out
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SessionDeps(SessionServices):
     """What an incremental session needs from its manager."""
@@ -164,7 +145,7 @@ class IncrementalSession(SessionLifecycle):
         self.entries_by_key: dict[str, SetEntry] = {}
         self.contents: dict[str, bytes] = {}
         self.manifest_name = ""
-        self.coverage: dict[str, list[tuple[int, int]]] = {}
+        self.coverage: dict[str, Intervals] = {}  # key -> bytes read so far
         self.handles: set[int] = set()
         self.complete = False
         self.recorded = False
@@ -521,7 +502,7 @@ class IncrementalSession(SessionLifecycle):
             )
         self.entries = entries
         self.entries_by_key = {e.key: e for e in entries}
-        self.coverage = {e.key: [] for e in entries}
+        self.coverage = {e.key: Intervals() for e in entries}
 
     def _manifest(self, data: OwnerData, names: dict[str, str]) -> bytes:
         disks = [p.disk for p in self.plans]
@@ -610,13 +591,16 @@ class IncrementalSession(SessionLifecycle):
                 raise
             if len(data) != size:
                 raise EngineError(f"read {len(data)} bytes for {size} at {offset} of {entry.name}")
-        _merge_into(self.coverage[key], offset, offset + len(data))
+        self.coverage[key].add(offset, offset + len(data))
         self.bytes_read += len(data)
         return data
 
     def fully_read(self) -> bool:
         """Every file of the set was read from its first to its last byte."""
-        return all(e.size == 0 or self.coverage.get(e.key) == [(0, e.size)] for e in self.entries)
+        return all(
+            e.size == 0 or (e.key in self.coverage and self.coverage[e.key].covers(0, e.size))
+            for e in self.entries
+        )
 
     def on_last_release(self) -> None:
         if self.state == "ready" and self.fully_read():

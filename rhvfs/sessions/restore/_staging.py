@@ -14,13 +14,13 @@ Must not: talk to the engine or imageio.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import tempfile
 from pathlib import Path
 
 from rhvfs.errors import RestoreFailed, StagingFull
+from rhvfs.intervals import Intervals
 
 log = logging.getLogger(__name__)
 
@@ -70,40 +70,21 @@ class StagedFile:
         self._area = area
         self._fd: int | None = fd
         self.label = label
-        self._starts: list[int] = []
-        self._ends: list[int] = []
+        self._written = Intervals()
         self.charged_bytes = 0
 
     def ranges(self) -> list[tuple[int, int]]:
-        return list(zip(self._starts, self._ends, strict=True))
+        return self._written.ranges()
 
     @property
     def end(self) -> int:
-        return self._ends[-1] if self._ends else 0
-
-    def _covered(self, start: int, end: int) -> int:
-        i = bisect.bisect_right(self._ends, start)
-        covered = 0
-        while i < len(self._starts) and self._starts[i] < end:
-            covered += min(end, self._ends[i]) - max(start, self._starts[i])
-            i += 1
-        return covered
-
-    def _add_range(self, start: int, end: int) -> None:
-        i = bisect.bisect_left(self._ends, start)
-        j = i
-        while j < len(self._starts) and self._starts[j] <= end:
-            start = min(start, self._starts[j])
-            end = max(end, self._ends[j])
-            j += 1
-        self._starts[i:j] = [start]
-        self._ends[i:j] = [end]
+        return self._written.end
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         if self._fd is None:
             raise RestoreFailed(f"{self.label}: staged file already closed")
         end = offset + len(data)
-        new = len(data) - self._covered(offset, end)
+        new = len(data) - self._written.overlap(offset, end)
         self._area._charge(new, self.label)
         self.charged_bytes += new
         try:
@@ -112,7 +93,7 @@ class StagedFile:
             self._area.used_bytes -= new
             self.charged_bytes -= new
             raise RestoreFailed(f"{self.label}: cannot write staging file: {e.strerror}") from None
-        self._add_range(offset, end)
+        self._written.add(offset, end)
 
     def read(self, offset: int, size: int) -> bytes:
         if self._fd is None:
