@@ -1,4 +1,4 @@
-"""What every kind of session shares: ports, lifecycle, transfer channel, journal, gc.
+"""What every kind of session shares: ports, lifecycle, transfer channel, cleanup, journal, gc.
 
 Must not import from ``full``, ``incremental`` or ``restore`` (they build on it).
 """

@@ -10,6 +10,8 @@ Two sources of leftovers:
    process that is no longer alive. A snapshot of a live process, of another
    host, or with an unparsable description is left alone (and reported).
 
+Removing and cancelling (and their retry rule) are ``_cleanup``'s.
+
 Must not: touch a snapshot without the marker, or any artifact of a live
 process (when in doubt, leave it).
 """
@@ -20,13 +22,11 @@ import dataclasses
 import logging
 from datetime import UTC, datetime
 
-import trio
-
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.config import Config
-from rhvfs.engine.types import Snapshot
-from rhvfs.errors import Conflict, EngineError, NotFound, is_transient
+from rhvfs.errors import EngineError, NotFound
 from rhvfs.sessions.core import _procid as procid
+from rhvfs.sessions.core._cleanup import cancel_transfer, find_snapshot, remove_snapshot
 from rhvfs.sessions.core._journal import Journal, JournalEntry
 from rhvfs.sessions.core._ports import EngineLike
 
@@ -131,10 +131,11 @@ async def collect_garbage(
         if dry_run:
             lines.append(line)
             continue
-        err = await _remove_snapshot(engine, vm_id, snap, config=config)
-        lines.append(
-            line if err is None else f"failed to remove snapshot {snap.id} of VM {vm_id}: {err}"
-        )
+        try:
+            await remove_snapshot(engine, vm_id, snap.id, config=config)
+            lines.append(line)
+        except EngineError as e:
+            lines.append(f"failed to remove snapshot {snap.id} of VM {vm_id}: {e}")
     return lines
 
 
@@ -164,23 +165,20 @@ async def _clean_entry(
             lines.append(f"would cancel transfer {tid} of {who}")
             continue
         try:
-            await engine.cancel_transfer(tid)
-            lines.append(f"cancelled transfer {tid} of {who}")
-        except NotFound:
-            pass
+            if await cancel_transfer(engine, tid):
+                lines.append(f"cancelled transfer {tid} of {who}")
         except EngineError as e:
             lines.append(f"failed to cancel transfer {tid} of {who}: {e}")
             ok = False
     if entry.owner_kind != "vm" or not entry.snapshot_description:
         return ok
-    snap_id = entry.snapshot_id
-    snap: Snapshot | None = None
     try:
-        for s in await engine.list_snapshots(entry.owner_id):
-            if (snap_id and s.id == snap_id) or (
-                not snap_id and s.description == entry.snapshot_description
-            ):
-                snap = s
+        snap = await find_snapshot(
+            engine,
+            entry.owner_id,
+            snapshot_id=entry.snapshot_id,
+            description=entry.snapshot_description,
+        )
     except NotFound:
         return ok  # the VM is gone, and its snapshots with it
     except EngineError as e:
@@ -191,32 +189,10 @@ async def _clean_entry(
     if dry_run:
         lines.append(f"would remove snapshot {snap.id} of VM {entry.owner_name} ({who})")
         return ok
-    err = await _remove_snapshot(engine, entry.owner_id, snap, config=config)
-    if err is None:
-        lines.append(f"removed snapshot {snap.id} of VM {entry.owner_name} ({who})")
-        return ok
-    lines.append(f"failed to remove snapshot {snap.id} of VM {entry.owner_name}: {err}")
-    return False
-
-
-async def _remove_snapshot(
-    engine: EngineLike, vm_id: str, snap: Snapshot, *, config: Config
-) -> str | None:
-    """Remove, retrying while the engine keeps it locked (409) within system_timeout; error text or None."""
-    deadline = trio.current_time() + config.system_timeout
-    delay = max(config.system_interval, 0.05)
-    while True:
-        try:
-            await engine.remove_snapshot(vm_id, snap.id)
-            log.info("gc removed snapshot %s of VM %s", snap.id, vm_id)
-            return None
-        except NotFound:
-            return None
-        except EngineError as e:
-            if (
-                not (isinstance(e, Conflict) or is_transient(e))
-                or trio.current_time() + delay > deadline
-            ):
-                return str(e)
-            await trio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    try:
+        await remove_snapshot(engine, entry.owner_id, snap.id, config=config)
+    except EngineError as e:
+        lines.append(f"failed to remove snapshot {snap.id} of VM {entry.owner_name}: {e}")
+        return False
+    lines.append(f"removed snapshot {snap.id} of VM {entry.owner_name} ({who})")
+    return ok

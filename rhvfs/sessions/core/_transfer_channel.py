@@ -9,7 +9,7 @@ recreates the transfer and the read is retried, at most
 ``MAX_TICKET_RECREATIONS`` times per read), keeps an idle transfer alive with a
 4 KiB read every ``inactivity_timeout / 3`` seconds, builds the prefetching
 reader, and on close finalizes the transfer (cancelling it when it is being
-replaced or does not finalize) and clears it from the journal;
+replaced or does not finalize: ``_cleanup``) and clears it from the journal;
 ``close_channels`` closes a session's channels concurrently.
 
 Subclasses say what the transfer downloads (``_transfer_target``), when the
@@ -38,7 +38,8 @@ import trio
 
 from rhvfs.config import Config
 from rhvfs.engine.types import Disk, ImageTransfer
-from rhvfs.errors import EngineError, NotFound, SessionClosed, TicketGone
+from rhvfs.errors import EngineError, SessionClosed, TicketGone
+from rhvfs.sessions.core._cleanup import cancel_transfer, finish_transfer
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._ports import (
     BlockSource,
@@ -201,20 +202,11 @@ class TransferChannel(abc.ABC):
         transfer, self.transfer = self.transfer, None
         if transfer is None:
             return
-        engine = self.deps.engine
         try:
             if cancel:
-                await engine.cancel_transfer(transfer.id)
+                await cancel_transfer(self.deps.engine, transfer.id)
             else:
-                try:
-                    await engine.finalize_transfer(transfer.id)
-                except NotFound:
-                    raise
-                except EngineError as e:
-                    log.warning("finalizing transfer %s failed (%s); cancelling it", transfer.id, e)
-                    await engine.cancel_transfer(transfer.id)
-        except NotFound:
-            pass
+                await finish_transfer(self.deps.engine, transfer.id)
         except EngineError as e:
             self._note_error(f"ending transfer {transfer.id} of disk {self.disk.id}: {e}")
             return  # keep it in the journal: gc will retry

@@ -55,6 +55,7 @@ from rhvfs.errors import (
     VmStateError,
     is_transient,
 )
+from rhvfs.sessions.core._cleanup import find_snapshot, remove_snapshot
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
@@ -345,13 +346,9 @@ class BackupSession(SessionLifecycle):
 
     async def _find_snapshot_by_description(self, vm_id: str, description: str) -> Snapshot | None:
         try:
-            snaps = await self.deps.engine.list_snapshots(vm_id)
+            return await find_snapshot(self.deps.engine, vm_id, description=description)
         except EngineError:
             return None
-        for s in snaps:
-            if s.description == description:
-                return s
-        return None
 
     async def _start_template(self) -> None:
         engine = self.deps.engine
@@ -479,44 +476,21 @@ class BackupSession(SessionLifecycle):
                 self.note_error(f"cannot update the journal {self.deps.journal.path}: {e}")
 
     async def _remove_snapshot(self) -> bool:
-        engine = self.deps.engine
-        cfg = self.deps.config
         snap_id = self.snapshot.id if self.snapshot else None
-        if snap_id is None:
-            assert self.snapshot_description is not None
-            found = await self._find_snapshot_by_description(
-                self.owner.id, self.snapshot_description
+        try:
+            await remove_snapshot(
+                self.deps.engine,
+                self.owner.id,
+                snap_id,
+                description=self.snapshot_description,
+                config=self.deps.config,
             )
-            if found is None:
-                return True
-            snap_id = found.id
-        deadline = trio.current_time() + cfg.system_timeout
-        delay = max(cfg.system_interval, 0.05)
-        started = time.monotonic()
-        while True:
-            try:
-                await engine.remove_snapshot(self.owner.id, snap_id)
-                log.info(
-                    "snapshot %s of %s removed in %.2fs",
-                    snap_id,
-                    self.owner.name,
-                    time.monotonic() - started,
-                )
-                self.snapshot = None
-                self.snapshot_description = None
-                return True
-            except NotFound:
-                self.snapshot = None
-                self.snapshot_description = None
-                return True
-            except EngineError as e:
-                retry = isinstance(e, Conflict) or is_transient(e)
-                if not retry or trio.current_time() + delay > deadline:
-                    self.note_error(f"removing snapshot {snap_id} failed: {e}")
-                    return False
-                log.info("snapshot %s still busy (%s); retrying in %.1fs", snap_id, e, delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        except EngineError as e:
+            self.note_error(f"removing snapshot {snap_id} failed: {e}")
+            return False
+        self.snapshot = None
+        self.snapshot_description = None
+        return True
 
     # -- reporting ------------------------------------------------------------
 

@@ -64,13 +64,13 @@ from rhvfs.backupset._setnames import (
 )
 from rhvfs.config import Config
 from rhvfs.errors import (
-    Conflict,
     NotFound,
     RhvfsError,
     SessionClosed,
     SessionError,
 )
 from rhvfs.sessions.core import _procid as procid
+from rhvfs.sessions.core._cleanup import finalize_backup
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._model import (
     Owner,
@@ -170,27 +170,14 @@ class IncrementalManager:
         cfg = self.config
 
         async def finalize(p: PendingBackup) -> None:
-            deadline = trio.current_time() + cfg.system_timeout
-            delay = max(cfg.system_interval, 0.05)
-            while True:
-                try:
-                    await self.engine.finalize_backup(p.vm_id, p.backup_id)
-                except NotFound:
-                    pass
-                except Conflict as e:
-                    if trio.current_time() + delay > deadline:
-                        log.info("leftover backup %s of VM %s: %s", p.backup_id, p.vm_id, e)
-                        return
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-                    continue
-                except RhvfsError as e:
-                    log.info("leftover backup %s of VM %s: %s", p.backup_id, p.vm_id, e)
-                    return
-                self.chain.remove_pending(p.backup_id)
-                done.append(f"finalized leftover backup {p.backup_id} of VM {p.vm_id}")
-                log.info("%s", done[-1])
+            try:
+                await finalize_backup(self.engine, p.vm_id, p.backup_id, config=cfg)
+            except RhvfsError as e:
+                log.info("leftover backup %s of VM %s: %s", p.backup_id, p.vm_id, e)
                 return
+            self.chain.remove_pending(p.backup_id)
+            done.append(f"finalized leftover backup {p.backup_id} of VM {p.vm_id}")
+            log.info("%s", done[-1])
 
         async with trio.open_nursery() as nursery:
             for p in self.chain.pending():

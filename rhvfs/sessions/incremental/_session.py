@@ -47,6 +47,7 @@ from rhvfs.errors import (
     VmStateError,
 )
 from rhvfs.intervals import Intervals
+from rhvfs.sessions.core._cleanup import finalize_backup, remove_snapshot
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
@@ -668,53 +669,37 @@ class IncrementalSession(SessionLifecycle):
         self.recorded = True
 
     async def _finalize_backup(self) -> bool:
-        cfg = self.deps.config
-        deadline = trio.current_time() + cfg.system_timeout
-        delay = max(cfg.system_interval, 0.05)
-        while True:
-            try:
-                await self.deps.engine.finalize_backup(self.owner.id, self.backup_id)
-                self.deps.chain.remove_pending(self.backup_id)
-                self.backup_started = False
-                return True
-            except NotFound:
-                self.deps.chain.remove_pending(self.backup_id)
-                self.backup_started = False
-                return self.backup is not None
-            except Conflict as e:
-                if trio.current_time() + delay > deadline:
-                    self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
-                    return False
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            except EngineError as e:
-                self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
-                self.deps.chain.remove_pending(self.backup_id)
-                return False
+        try:
+            finalized = await finalize_backup(
+                self.deps.engine, self.owner.id, self.backup_id, config=self.deps.config
+            )
+        except Conflict as e:  # its transfers still ran at the deadline: gc finalizes it later
+            self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
+            return False
+        except EngineError as e:
+            self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
+            self.deps.chain.remove_pending(self.backup_id)
+            return False
+        self.deps.chain.remove_pending(self.backup_id)
+        self.backup_started = False
+        # gone (404): finalized only if the engine had created it at all
+        return finalized or self.backup is not None
 
     async def _remove_snapshot(self) -> None:
-        engine = self.deps.engine
-        cfg = self.deps.config
         snap_id = self.snapshot.id if self.snapshot else None
-        if snap_id is None:
+        try:
+            await remove_snapshot(
+                self.deps.engine,
+                self.owner.id,
+                snap_id,
+                description=self.snapshot_description,
+                config=self.deps.config,
+            )
+        except EngineError as e:
+            self.note(f"removing snapshot {snap_id} failed: {e}", error=True)
             return
-        deadline = trio.current_time() + cfg.system_timeout
-        delay = max(cfg.system_interval, 0.05)
-        while True:
-            try:
-                await engine.remove_snapshot(self.owner.id, snap_id)
-            except NotFound:
-                pass
-            except EngineError as e:
-                if trio.current_time() + delay > deadline:
-                    self.note(f"removing snapshot {snap_id} failed: {e}", error=True)
-                    return
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self.snapshot = None
-            self.snapshot_description = None
-            return
+        self.snapshot = None
+        self.snapshot_description = None
 
     def _journal(self) -> None:
         self.deps.journal.put(
