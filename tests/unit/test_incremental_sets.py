@@ -723,3 +723,22 @@ async def test_delta_source_and_file_extents_match_the_synthesizer() -> None:
     for e in extents:
         if not e.zero:
             assert any(expected[e.start : e.start + e.length])
+
+
+async def test_vm_without_ovf_gets_the_placeholder_like_full_sets(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """One OVF fallback for every set: the engine refusing the OVF still gives a set."""
+    from rhvfs.backupset._build import missing_ovf
+
+    owner = new_vm(rig.engine, disks=[("root", 1 * MiB)])
+
+    async def no_ovf(vm_id: str) -> str:
+        raise EngineError("the VM has no configuration", code=400)
+
+    rig.engine.vm_ovf = no_ovf  # type: ignore[method-assign]
+    s0 = await rig.read_set(owner, "incremental")
+    m0 = manifest(rig, s0)
+    ovf = next(e.name for e in s0 if e.name.endswith(".ovf"))
+    assert (rig.out / ovf).read_bytes() == missing_ovf("vm", owner.name)
+    assert m0["config_files"]["ovf"] is None and m0["set_type"] == "full"

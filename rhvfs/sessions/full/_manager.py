@@ -21,9 +21,8 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import trio
 
@@ -33,21 +32,18 @@ from rhvfs.backupset._build import (
     announced_size,
     build_manifest,
     data_fingerprint,
-    missing_ovf,
     pad_to,
     shape_fingerprint,
     stable_mtime_ns,
     xml_stop_time,
 )
 from rhvfs.config import Config
-from rhvfs.engine.types import Disk, Template, Vm
+from rhvfs.engine.types import Disk
 from rhvfs.errors import (
-    EngineError,
     NotFound,
     RhvfsError,
     SessionClosed,
     SessionError,
-    is_transient,
 )
 from rhvfs.sessions.core import _gc as gc_mod
 from rhvfs.sessions.core import _procid as procid
@@ -65,6 +61,7 @@ from rhvfs.sessions.core._model import (
     disk_key,
     set_image_name,
 )
+from rhvfs.sessions.core._owner_data import OwnerDataSource, image_disks
 from rhvfs.sessions.core._ports import (
     EngineLike,
     ImageioOpener,
@@ -75,8 +72,6 @@ from rhvfs.sessions.full._session import BackupSession, SessionDeps
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-NAMES_TTL_S = 60.0
 MAX_ERRORS = 50
 
 
@@ -97,11 +92,6 @@ def _disk_blocks(disk: Disk) -> int:
     return max(1, blocks_for(disk.actual_size or 0))
 
 
-def _backup_disks(data: OwnerData) -> list[Disk]:
-    """Disks a snapshot covers: image disks (a direct LUN has no volume), never shareable ones."""
-    return [a.disk for a in data.attachments if not a.disk.shareable and a.disk.image_id]
-
-
 class BackupManager:
     """Backup sets of VMs and templates, served from per-owner sessions."""
 
@@ -116,6 +106,7 @@ class BackupManager:
         gc_on_start: bool = True,
     ) -> None:
         self.engine = engine
+        self._owner_data = OwnerDataSource(engine)
         self.config = config
         self.journal = journal
         self._process = procid.current()
@@ -128,7 +119,6 @@ class BackupManager:
         self._handles: dict[int, tuple[BackupSession, str]] = {}
         self._handle_ids = itertools.count(1)
         self._announced: dict[str, Announcement] = {}
-        self._names: tuple[float, dict[str, str], dict[str, str]] | None = None
         self._errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_ERRORS)
         self._sessions_started = 0
         self._bytes_read_closed = 0
@@ -164,7 +154,7 @@ class BackupManager:
         session = self._sessions.get(owner.id)
         if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.entries)  # frozen: stable while the session lives
-        data = await self._fetch_owner_data(owner, None)
+        data = await self._owner_data.fetch(owner)
         ann, disks = self._announce_listing(owner, data)
         return self._set_entries(ann, disks)
 
@@ -173,12 +163,12 @@ class BackupManager:
         session = self._sessions.get(owner.id)
         if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.disk_entries)
-        data = await self._fetch_owner_data(owner, None)
+        data = await self._owner_data.fetch(owner)
         ann, disks = self._announce_listing(owner, data)
         return self._disk_entries(ann, disks)
 
     def _announce_listing(self, owner: Owner, data: OwnerData) -> tuple[Announcement, list[Disk]]:
-        disks = _backup_disks(data)
+        disks = image_disks(data)
         names = {d.id: set_image_name(d.alias, d.id) for d in disks}
         manifest = build_manifest(
             data,
@@ -307,64 +297,6 @@ class BackupManager:
         session.disk_entries = self._disk_entries(ann, disks)
         session.entries_by_key = {e.key: e for e in session.entries}
 
-    async def _fetch_owner_data(self, owner: Owner, entity: Vm | Template | None) -> OwnerData:
-        engine = self.engine
-        if owner.kind == "vm":
-            vm_id = owner.id
-            ent, atts, nics, ovf, xml, names = await _gather(
-                (lambda: _const(entity)) if entity is not None else (lambda: engine.get_vm(vm_id)),
-                lambda: engine.disk_attachments(vm_id),
-                lambda: engine.vm_nics(vm_id),
-                lambda: self._ovf_or_none(engine.vm_ovf(vm_id), owner),
-                lambda: engine.vm_xml(vm_id),
-                self._names_maps,
-            )
-        else:
-            tid = owner.id
-            ent, atts, nics, ovf, xml, names = await _gather(
-                (lambda: _const(entity))
-                if entity is not None
-                else (lambda: engine.get_template(tid)),
-                lambda: engine.template_disk_attachments(tid),
-                lambda: engine.template_nics(tid),
-                lambda: self._ovf_or_none(engine.template_ovf(tid), owner),
-                lambda: engine.template_xml(tid),
-                self._names_maps,
-            )
-        return OwnerData(
-            kind=owner.kind,
-            entity=ent,
-            attachments=tuple(atts),
-            nics=tuple(nics),
-            ovf=ovf.encode("utf-8") if ovf is not None else missing_ovf(owner.kind, owner.name),
-            ovf_available=ovf is not None,
-            xml=xml.encode("utf-8") if isinstance(xml, str) else bytes(xml),
-            cluster_names=names[0],
-            storage_domain_names=names[1],
-        )
-
-    async def _ovf_or_none(self, call: Awaitable[str], owner: Owner) -> str | None:
-        """The OVF, or None when the engine has none (the set is still complete without it)."""
-        try:
-            return await call
-        except NotFound:
-            raise
-        except EngineError as e:
-            if is_transient(e):
-                raise
-            log.warning("no OVF for %s %s: %s", owner.kind, owner.name, e)
-            return None
-
-    async def _names_maps(self) -> tuple[dict[str, str], dict[str, str]]:
-        now = trio.current_time()
-        if self._names is not None and self._names[0] > now:
-            return self._names[1], self._names[2]
-        clusters, sds = await _gather(self.engine.list_clusters, self.engine.list_storage_domains)
-        c = {x.id: x.name for x in clusters}
-        s = {x.id: x.name for x in sds}
-        self._names = (now + NAMES_TTL_S, c, s)
-        return c, s
-
     # -- handles ----------------------------------------------------------------
 
     async def open(self, owner: Owner, key: str) -> int:
@@ -402,7 +334,7 @@ class BackupManager:
             process=self._process,
             imageio_opener=self._opener,
             reader_factory=self._reader_factory,
-            fetch_owner_data=self._fetch_owner_data,
+            fetch_owner_data=self._owner_data,
             freeze=self._freeze,
             on_closed=self._session_closed,
             on_error=self._note_error,
@@ -480,27 +412,3 @@ class BackupManager:
             dry_run=dry_run,
             live_session_ids=live,
         )
-
-
-async def _const(value: T) -> T:
-    return value
-
-
-async def _gather(*fns: Callable[[], Awaitable[Any]]) -> list[Any]:
-    """Run the calls concurrently; results in order; the first error cancels the rest."""
-    results: list[Any] = [None] * len(fns)
-
-    async def one(i: int, fn: Callable[[], Awaitable[Any]]) -> None:
-        results[i] = await fn()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            for i, fn in enumerate(fns):
-                nursery.start_soon(one, i, fn)
-    except BaseExceptionGroup as group:
-        # Report the first real error as itself, not wrapped, so callers catch rhvfs errors.
-        for exc in group.exceptions:
-            if isinstance(exc, Exception):
-                raise exc from None
-        raise
-    return results

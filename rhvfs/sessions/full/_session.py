@@ -36,7 +36,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +60,7 @@ from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
 from rhvfs.sessions.core._model import Owner, SetEntry, disk_id_of_key
+from rhvfs.sessions.core._owner_data import OwnerDataFetcher, image_disks
 from rhvfs.sessions.core._ports import (
     ReaderLike,
 )
@@ -84,7 +85,7 @@ MIN_READER_BUDGET = 16 * 1024 * 1024
 class SessionDeps(SessionServices):
     """What a session needs from its manager (one object, so sessions stay cheap to build)."""
 
-    fetch_owner_data: Callable[[Owner, Vm | Template | None], Awaitable[OwnerData]]
+    fetch_owner_data: OwnerDataFetcher
     freeze: Callable[[BackupSession], None]
     on_closed: Callable[[BackupSession], None]
     on_error: Callable[[Owner, str], None]
@@ -362,9 +363,7 @@ class BackupSession(SessionLifecycle):
         self.entity = tpl
         self._journal()
         self.data = await self.deps.fetch_owner_data(self.owner, tpl)
-        self.disks = [
-            a.disk for a in self.data.attachments if not a.disk.shareable and a.disk.image_id
-        ]
+        self.disks = image_disks(self.data)
 
     def _journal(self, **fields: Any) -> None:
         self.deps.journal.put(

@@ -76,6 +76,7 @@ from rhvfs.sessions.core._model import (
     Owner,
     SetEntry,
 )
+from rhvfs.sessions.core._owner_data import OwnerDataSource
 from rhvfs.sessions.core._ports import (
     ImageioOpener,
     ReaderFactory,
@@ -133,6 +134,7 @@ class IncrementalManager:
         cleanup_on_start: bool = True,
     ) -> None:
         self.engine = engine
+        self._owner_data = OwnerDataSource(engine)
         self.config = config
         self.chain = chain
         self.journal = journal
@@ -248,6 +250,7 @@ class IncrementalManager:
             engine=self.engine,
             config=self.config,
             chain=self.chain,
+            fetch_owner_data=self._owner_data,
             journal=self.journal,
             process=self._process,
             imageio_opener=self._opener,

@@ -20,6 +20,7 @@ other VMs' sessions (the manager owns those).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -48,6 +49,7 @@ from rhvfs.errors import (
 )
 from rhvfs.intervals import Intervals
 from rhvfs.sessions.core._cleanup import finalize_backup, remove_snapshot
+from rhvfs.sessions.core._gather import gather
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
@@ -60,6 +62,7 @@ from rhvfs.sessions.core._model import (
     blocks_for,
     set_image_name,
 )
+from rhvfs.sessions.core._owner_data import OwnerDataFetcher
 from rhvfs.sessions.core._ports import (
     EngineLike,
 )
@@ -105,6 +108,7 @@ class SessionDeps(SessionServices):
 
     engine: EngineWithBackups
     chain: ChainState
+    fetch_owner_data: OwnerDataFetcher
     on_closed: Callable[[IncrementalSession], None]
     on_note: Callable[[Owner, str, bool], None]
 
@@ -239,7 +243,7 @@ class IncrementalSession(SessionLifecycle):
         vm = await engine.get_vm(self.owner.id)
         if (vm.status or "unknown") not in BACKUP_OK_STATES:
             raise VmStateError(f"VM {vm.name} is {vm.status}; an engine backup needs it up or down")
-        data = await self._owner_data(vm)
+        data = await self.deps.fetch_owner_data(self.owner, vm)
         disks = [a.disk for a in data.attachments if not a.disk.shareable]
         if not disks:
             raise SessionError(f"VM {vm.name} has no disks to back up")
@@ -315,18 +319,14 @@ class IncrementalSession(SessionLifecycle):
             )
             self.plans.append(plan)
 
-        try:
-            async with trio.open_nursery() as n:
-                for plan in self.plans:
-                    n.start_soon(
-                        self._prepare_disk, plan, prev_format_of(base, plan.disk.id), nursery
-                    )
-        except BaseExceptionGroup as group:
-            # report the first disk's error as itself, so callers see an rhvfs error
-            for exc in group.exceptions:
-                if isinstance(exc, Exception):
-                    raise exc from None
-            raise
+        await gather(
+            *(
+                functools.partial(
+                    self._prepare_disk, plan, prev_format_of(base, plan.disk.id), nursery
+                )
+                for plan in self.plans
+            )
+        )
         self._freeze(data)
 
     async def _prepare_disk(
@@ -432,25 +432,6 @@ class IncrementalSession(SessionLifecycle):
         )
         return backup
 
-    async def _owner_data(self, vm: Any) -> OwnerData:
-        engine = self.deps.engine
-        atts = await engine.disk_attachments(vm.id)
-        nics = await engine.vm_nics(vm.id)
-        ovf = await engine.vm_ovf(vm.id)
-        xml = await engine.vm_xml(vm.id)
-        clusters = {c.id: c.name for c in await engine.list_clusters()}
-        sds = {s.id: s.name for s in await engine.list_storage_domains()}
-        return OwnerData(
-            kind="vm",
-            entity=vm,
-            attachments=tuple(atts),
-            nics=tuple(nics),
-            ovf=ovf.encode("utf-8") if isinstance(ovf, str) else bytes(ovf),
-            xml=xml.encode("utf-8") if isinstance(xml, str) else bytes(xml),
-            cluster_names=clusters,
-            storage_domain_names=sds,
-        )
-
     def _key(self, inner: str) -> str:
         """Keys of ``full`` sets are @rhv/'s own (``config:vm.ovf``, ``disk:<id>``)."""
         return inner if self.kind == "full" else set_key(self.set_id, inner)
@@ -530,7 +511,7 @@ class IncrementalSession(SessionLifecycle):
         )
         doc["full_set_id"] = base.full_set_id if base else self.set_id
         doc["config_files"] = {
-            "ovf": names["ovf"],
+            "ovf": names["ovf"] if data.ovf_available else None,
             "api_xml": names["xml"],
             "manifest": names["manifest"],
         }
