@@ -52,6 +52,8 @@ from collections.abc import Iterable, Mapping
 
 import trio
 
+from rhvfs.intervals import Intervals
+
 #: A reading process: (thread group id, start time in clock ticks since boot).
 ReaderId = tuple[int, int]
 
@@ -81,26 +83,6 @@ class ReadState(enum.Enum):
         return self in (ReadState.COMPLETE, ReadState.EXPIRED, ReadState.LOST)
 
 
-def _merge(ranges: list[tuple[int, int]], start: int, end: int) -> None:
-    """Add ``[start, end)`` to sorted, disjoint, non-adjacent ``ranges`` in place."""
-    out: list[tuple[int, int]] = []
-    placed = False
-    for s, e in ranges:
-        if e < start:
-            out.append((s, e))
-        elif end < s:
-            if not placed:
-                out.append((start, end))
-                placed = True
-            out.append((s, e))
-        else:
-            start, end = min(s, start), max(e, end)
-    if not placed:
-        out.append((start, end))
-    out.sort()
-    ranges[:] = out
-
-
 @dataclasses.dataclass
 class SetRead:
     """One read of one owner's set: its files, its readers, what it has served."""
@@ -113,7 +95,7 @@ class SetRead:
     state: ReadState = ReadState.LIVE
     reason: str = ""
     readers: set[ReaderId] = dataclasses.field(default_factory=set)
-    coverage: dict[str, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)
+    coverage: dict[str, Intervals] = dataclasses.field(default_factory=dict)  # key -> bytes served
     handles: dict[int, str] = dataclasses.field(default_factory=dict)  # handle -> key
     done: set[str] = dataclasses.field(default_factory=set)
     files_opened: int = 0
@@ -122,7 +104,7 @@ class SetRead:
         size = self.sizes.get(key)
         if size is None:
             return False
-        return size == 0 or self.coverage.get(key) == [(0, size)]
+        return size == 0 or (key in self.coverage and self.coverage[key].covers(0, size))
 
     @property
     def complete(self) -> bool:
@@ -245,7 +227,7 @@ class SetReads:
         """Record that bytes ``[start, end)`` of ``key`` were served from ``read``."""
         size = read.sizes.get(key)
         if size is not None and end > start:
-            _merge(read.coverage.setdefault(key, []), max(0, start), min(end, size))
+            read.coverage.setdefault(key, Intervals()).add(max(0, start), min(end, size))
         read.last_activity = trio.current_time()
 
     def released(self, read: SetRead, handle: int) -> bool:
