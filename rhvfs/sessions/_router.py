@@ -4,7 +4,11 @@ The VFS talks to one object (rhvfs/sessions/CONTRACT.md). This router passes
 ``@rhv/`` and ``disks/`` calls to the ``BackupManager`` and the calls of
 ``@rhv-incremental/``, ``@rhv-differential/`` and ``@rhv-since/<cp>/`` to the
 ``IncrementalManager``, and keeps one handle namespace over both (keys of
-incremental sets contain ``|``, see ``incremental.set_key``).
+incremental sets contain ``|``, see ``incremental.set_key``): a
+``HandleTable`` of its own, as each manager keeps one in its
+``SessionRegistry``. (The router's ids map to ``(manager, manager's id)``:
+the full side is a ``FullSets`` protocol whose implementations number their
+own handles, so the two tables cannot be merged into one.)
 
 Must not: hold any session state of its own beyond the handle map.
 """
@@ -12,11 +16,10 @@ Must not: hold any session state of its own beyond the handle map.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Any, Protocol
 
-from rhvfs.errors import SessionClosed
 from rhvfs.sessions.core._model import Owner, SetEntry
+from rhvfs.sessions.core._registry import HandleTable
 from rhvfs.sessions.incremental._manager import IncrementalManager, SetKind, is_incremental_key
 
 #: Marks the keys of ``disks/`` files (``disks/disk:<id>``), which the BackupManager serves.
@@ -44,8 +47,7 @@ class SetRouter:
         #: full engine backup, so that reading @rhv/ establishes the chain's checkpoint (issue 5
         #: item 2). Listings stay the BackupManager's (listing never starts a backup).
         self.full_sets_via_backup = full_sets_via_backup
-        self._handles: dict[int, tuple[Any, int]] = {}
-        self._ids = itertools.count(1)
+        self._handles: HandleTable[tuple[Any, int]] = HandleTable()  # -> (manager, its handle)
 
     async def list_set(self, owner: Any) -> list[Any]:
         return await self.full.list_set(owner)
@@ -82,20 +84,15 @@ class SetRouter:
         else:
             target = self.full
             inner = await target.open(owner, key)
-        handle = next(self._ids)
-        self._handles[handle] = (target, inner)
-        return handle
+        return self._handles.add((target, inner))
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
-        try:
-            target, inner = self._handles[handle]
-        except KeyError:
-            raise SessionClosed(f"handle {handle} is not open") from None
+        target, inner = self._handles.get(handle)
         data: bytes = await target.read(inner, offset, size)
         return data
 
     async def release(self, handle: int) -> None:
-        item = self._handles.pop(handle, None)
+        item = self._handles.pop(handle)
         if item is not None:
             await item[0].release(item[1])
 

@@ -8,17 +8,16 @@ when it is read later, and mtimes of down VMs and templates only change when
 the owner does.
 
 Invariants between awaits: at most one session per owner id in ``_sessions``
-(a closing one stays there until it is closed, so a new open waits and then
-starts a fresh one); a handle id maps to exactly one session, which counts it.
+(a ``SessionRegistry``: a closing one stays there until it is closed, so a new
+open waits and then starts a fresh one); a handle id maps to exactly one
+session, which counts it.
 
 Must not: know about inodes or pyfuse3, talk to imageio directly.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import itertools
 import logging
 import time
 from datetime import UTC, datetime
@@ -42,8 +41,6 @@ from rhvfs.engine.types import Disk
 from rhvfs.errors import (
     NotFound,
     RhvfsError,
-    SessionClosed,
-    SessionError,
 )
 from rhvfs.sessions.core import _gc as gc_mod
 from rhvfs.sessions.core import _procid as procid
@@ -68,11 +65,10 @@ from rhvfs.sessions.core._ports import (
     ReaderFactory,
     default_data_plane,
 )
+from rhvfs.sessions.core._registry import SessionRegistry
 from rhvfs.sessions.full._session import BackupSession, SessionDeps
 
 log = logging.getLogger(__name__)
-
-MAX_ERRORS = 50
 
 
 @dataclasses.dataclass
@@ -114,28 +110,17 @@ class BackupManager:
             config, imageio_opener=imageio_opener, reader_factory=reader_factory
         )
         self._gc_on_start = gc_on_start
-        self._nursery: trio.Nursery | None = None
-        self._sessions: dict[str, BackupSession] = {}
-        self._handles: dict[int, tuple[BackupSession, str]] = {}
-        self._handle_ids = itertools.count(1)
+        self._sessions: SessionRegistry[BackupSession] = SessionRegistry(what="the backup manager")
         self._announced: dict[str, Announcement] = {}
-        self._errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_ERRORS)
-        self._sessions_started = 0
         self._bytes_read_closed = 0
 
     # -- service --------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; on cancellation every session ends cleanly (shielded)."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._gc_on_start:
-                    nursery.start_soon(self._startup_gc)
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
+        await self._sessions.run(
+            background=self._startup_gc if self._gc_on_start else None, task_status=task_status
+        )
 
     async def _startup_gc(self) -> None:
         try:
@@ -301,30 +286,16 @@ class BackupManager:
 
     async def open(self, owner: Owner, key: str) -> int:
         """Start or join ``owner``'s session; return a handle for ``key``."""
-        if self._nursery is None:
-            raise SessionError("the backup manager is not running")
+        self._sessions.check_running()
         if owner.id not in self._announced:
             await self.list_set(owner)  # sizes and times are fixed by a listing first
-        while True:
-            session = self._sessions.get(owner.id)
-            if session is None:
-                session = self._new_session(owner)
-                await self._nursery.start(session.run)
-            if session.state in ("closing", "closed"):
-                await session.closed.wait()
-                continue
-            await session.ready.wait()
-            if session.state == "broken":
-                assert session.error is not None
-                raise session.error
-            if session.state != "ready":
-                continue  # it started closing meanwhile: wait for it and start afresh
-            if key not in session.entries_by_key:
-                raise NotFound(f"{key} is not part of the backup set of {owner.name}")
-            handle = next(self._handle_ids)
-            session.add_handle(handle, key)
-            self._handles[handle] = (session, key)
-            return handle
+        # a closing session is waited for, then a fresh one starts
+        session = await self._sessions.acquire(owner.id, new=lambda: self._new_session(owner))
+        if key not in session.entries_by_key:
+            raise NotFound(f"{key} is not part of the backup set of {owner.name}")
+        handle = self._sessions.handles.add((session, key))
+        session.add_handle(handle, key)
+        return handle
 
     def _new_session(self, owner: Owner) -> BackupSession:
         deps = SessionDeps(
@@ -340,22 +311,17 @@ class BackupManager:
             on_error=self._note_error,
         )
         session = BackupSession(owner, deps)
-        self._sessions[owner.id] = session
-        self._sessions_started += 1
         log.info("session %s of %s %s starting", session.session_id, owner.kind, owner.name)
         return session
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         """Exactly the bytes at ``offset``; short only at EOF; raises on final failure."""
-        try:
-            session, key = self._handles[handle]
-        except KeyError:
-            raise SessionClosed(f"handle {handle} is not open") from None
+        session, key = self._sessions.handles.get(handle)
         return await session.read(key, offset, size, handle_id=handle)
 
     async def release(self, handle: int) -> None:
         """Close a handle; the last one starts the session's grace timer."""
-        item = self._handles.pop(handle, None)
+        item = self._sessions.handles.pop(handle)
         if item is None:
             return
         session = item[0]
@@ -364,11 +330,8 @@ class BackupManager:
             session.schedule_close(self.config.grace_period)
 
     def _session_closed(self, session: BackupSession) -> None:
-        if self._sessions.get(session.owner.id) is session:
-            del self._sessions[session.owner.id]
+        self._sessions.forget(session)
         self._bytes_read_closed += session.bytes_read
-        for h in [h for h, (s, _) in self._handles.items() if s is session]:
-            del self._handles[h]
         ann = self._announced.get(session.owner.id)
         if ann is not None and ann.running:
             # A running guest's data moved on: later listings (and the next session) show
@@ -379,32 +342,25 @@ class BackupManager:
     # -- reporting and cleanup ------------------------------------------------
 
     def _note_error(self, owner: Owner | None, message: str) -> None:
-        self._errors.append(
-            {
-                "time": datetime.now(UTC).isoformat(),
-                "owner": owner.name if owner else None,
-                "message": message,
-            }
-        )
+        self._sessions.notes.add(owner, message)
 
     def status(self) -> dict[str, Any]:
         """For ``/.rhvfs/status.json``: sessions, totals, recent errors."""
-        sessions = [s.status() for s in self._sessions.values()]
+        live = self._sessions.sessions()
         return {
-            "sessions": sessions,
+            "sessions": [s.status() for s in live],
             "totals": {
-                "sessions_active": len(sessions),
-                "sessions_started": self._sessions_started,
-                "handles_open": len(self._handles),
-                "bytes_read": self._bytes_read_closed
-                + sum(s.bytes_read for s in self._sessions.values()),
+                "sessions_active": len(live),
+                "sessions_started": self._sessions.started,
+                "handles_open": len(self._sessions.handles),
+                "bytes_read": self._bytes_read_closed + sum(s.bytes_read for s in live),
             },
-            "errors": list(self._errors),
+            "errors": self._sessions.notes.list(),
         }
 
     async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
         """Remove leftovers of killed rhvfs processes; never anything else. Returns what it did."""
-        live = {s.session_id for s in self._sessions.values()}
+        live = {s.session_id for s in self._sessions.sessions()}
         return await gc_mod.collect_garbage(
             self.engine,
             self.journal,

@@ -32,8 +32,8 @@ transfer), ``incremental_session`` (one set), this one (``IncrementalManager``:
 sessions per VM, handles, status, leftovers). This module re-exports their
 public names.
 
-Invariants between awaits: at most one session per VM in ``_sessions`` (the
-engine allows one backup per VM); a session's ``entries`` never change once
+Invariants between awaits: at most one session per VM in ``_sessions`` (a
+``SessionRegistry``; the engine allows one backup per VM); a session's ``entries`` never change once
 it is ready; a handle maps to exactly one session, which counts it.
 
 Must not: know about inodes or pyfuse3; write anything but its own chain state
@@ -42,11 +42,8 @@ and journal entries.
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import trio
@@ -66,7 +63,6 @@ from rhvfs.config import Config
 from rhvfs.errors import (
     NotFound,
     RhvfsError,
-    SessionClosed,
     SessionError,
 )
 from rhvfs.sessions.core import _procid as procid
@@ -82,6 +78,7 @@ from rhvfs.sessions.core._ports import (
     ReaderFactory,
     default_data_plane,
 )
+from rhvfs.sessions.core._registry import SessionRegistry
 from rhvfs.sessions.incremental._chainstate import ChainState, PendingBackup
 from rhvfs.sessions.incremental._channel import DiskChannel, DiskPlan
 from rhvfs.sessions.incremental._delta import (
@@ -116,8 +113,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAX_NOTES = 50
-
 
 class IncrementalManager:
     """Incremental, differential and since-checkpoint sets of VMs, one session per VM."""
@@ -143,24 +138,16 @@ class IncrementalManager:
             config, imageio_opener=imageio_opener, reader_factory=reader_factory
         )
         self._cleanup_on_start = cleanup_on_start
-        self._nursery: trio.Nursery | None = None
-        self._sessions: dict[str, IncrementalSession] = {}
-        self._handles: dict[int, tuple[IncrementalSession, str]] = {}
-        self._handle_ids = itertools.count(1)
-        self._notes: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_NOTES)
-        self._started = 0
+        self._sessions: SessionRegistry[IncrementalSession] = SessionRegistry(
+            what="the incremental manager"
+        )
         self._completed = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                if self._cleanup_on_start:
-                    nursery.start_soon(self.finalize_leftovers)
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
+        await self._sessions.run(
+            background=self.finalize_leftovers if self._cleanup_on_start else None,
+            task_status=task_status,
+        )
 
     async def finalize_leftovers(self) -> list[str]:
         """Finalize engine backups started by rhvfs processes that are gone.
@@ -217,31 +204,26 @@ class IncrementalManager:
             raise NotFound(f"templates have no {kind} sets")
         if kind == "since" and since not in self.since_checkpoints(owner):
             raise NotFound(f"checkpoint {since} of {owner.name} was not recorded by rhvfs")
-        if self._nursery is None:
-            raise SessionError("the incremental manager is not running")
-        deadline = trio.current_time() + max(self.config.system_timeout, 1.0)
-        while True:
-            session = self._sessions.get(owner.id)
-            if session is None:
-                session = self._new_session(owner, kind, since, announced)
-                await self._nursery.start(session.run)
-            await session.ready.wait()
-            if session.state == "ready" and (session.kind, session.since) == (kind, since):
-                if not session.handles:
-                    session.schedule_close(session.grace_s)
-                return session
-            if session.state == "broken" and (session.kind, session.since) == (kind, since):
-                assert session.error is not None
-                raise session.error
-            # Another kind of set (or a closing one) holds the VM's only backup: wait for it.
-            if trio.current_time() >= deadline:
-                raise SessionError(
-                    f"a {session.kind} set of VM {owner.name} is still being read; try again later"
-                )
-            if session.state == "ready" and not session.handles:
-                session.request_close()
-            with trio.move_on_at(deadline):
-                await session.closed.wait()
+        self._sessions.check_running()
+
+        def make_way(other: IncrementalSession) -> None:
+            if not other.handles:  # nobody reads it: end it now rather than after its grace
+                other.request_close()
+
+        # Another kind of set (or a closing one) holds the VM's only backup: wait for it.
+        session = await self._sessions.acquire(
+            owner.id,
+            new=lambda: self._new_session(owner, kind, since, announced),
+            usable=lambda s: (s.kind, s.since) == (kind, since),
+            make_way=make_way,
+            deadline=trio.current_time() + max(self.config.system_timeout, 1.0),
+            busy=lambda s: SessionError(
+                f"a {s.kind} set of VM {owner.name} is still being read; try again later"
+            ),
+        )
+        if not session.handles:
+            session.schedule_close(session.grace_s)
+        return session
 
     def _new_session(
         self, owner: Owner, kind: SetKind, since: str | None, announced: Sequence[SetEntry] = ()
@@ -258,28 +240,15 @@ class IncrementalManager:
             on_closed=self._closed,
             on_note=self._note,
         )
-        session = IncrementalSession(owner, kind, since, deps, announced=announced)
-        self._sessions[owner.id] = session
-        self._started += 1
-        return session
+        return IncrementalSession(owner, kind, since, deps, announced=announced)
 
     def _closed(self, session: IncrementalSession) -> None:
-        if self._sessions.get(session.owner.id) is session:
-            del self._sessions[session.owner.id]
-        for h in [h for h, (s, _) in self._handles.items() if s is session]:
-            del self._handles[h]
+        self._sessions.forget(session)
         if session.recorded:
             self._completed += 1
 
     def _note(self, owner: Owner, message: str, error: bool) -> None:
-        self._notes.append(
-            {
-                "time": datetime.now(UTC).isoformat(),
-                "owner": owner.name,
-                "level": "error" if error else "warning",
-                "message": message,
-            }
-        )
+        self._sessions.notes.add(owner, message, level="error" if error else "warning")
 
     # -- @rhv/ through the backup API ----------------------------------------
 
@@ -321,20 +290,16 @@ class IncrementalManager:
                 f"{key} is not part of a live set of {owner.name} (list the set directory again)"
             )
         session.cancel_grace()
-        handle = next(self._handle_ids)
+        handle = self._sessions.handles.add((session, key))
         session.handles.add(handle)
-        self._handles[handle] = (session, key)
         return handle
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
-        try:
-            session, key = self._handles[handle]
-        except KeyError:
-            raise SessionClosed(f"handle {handle} is not open") from None
+        session, key = self._sessions.handles.get(handle)
         return await session.read(key, offset, size, handle_id=handle)
 
     async def release(self, handle: int) -> None:
-        item = self._handles.pop(handle, None)
+        item = self._sessions.handles.pop(handle)
         if item is None:
             return
         session = item[0]
@@ -347,14 +312,11 @@ class IncrementalManager:
             session.on_last_release()
 
     async def aclose_all(self) -> None:
-        for s in list(self._sessions.values()):
-            s.request_close()
-        for s in list(self._sessions.values()):
-            await s.closed.wait()
+        await self._sessions.aclose_all()
 
     def status(self) -> dict[str, Any]:
         return {
-            "sessions": [s.status() for s in self._sessions.values()],
-            "totals": {"sets_started": self._started, "sets_completed": self._completed},
-            "notes": list(self._notes),
+            "sessions": [s.status() for s in self._sessions.sessions()],
+            "totals": {"sets_started": self._sessions.started, "sets_completed": self._completed},
+            "notes": self._sessions.notes.list(),
         }
