@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SessionServices:
-    """What every session gets from its manager (each session's ``SessionDeps`` adds its own)."""
+    """What every session gets from its manager.
+
+    ``BackupSessionDeps`` and ``IncrementalSessionDeps`` add what each kind needs.
+    """
 
     engine: EngineLike
     config: Config

@@ -1,7 +1,7 @@
 """One disk's image transfer inside a session: open, reopen on ``TicketGone``, keep alive, end.
 
-``TransferChannel`` is the part the full-backup session (``backup.DiskChannel``)
-and the incremental session (``incremental_channel.DiskChannel``) share. It
+``TransferChannel`` is the part the full-backup session (``full.BackupDiskChannel``)
+and the incremental session (``incremental.IncrementalDiskChannel``) share. It
 starts the transfer (its client-chosen id journaled BEFORE the engine call, so
 gc finds it even if this process dies before the answer arrives), opens the
 imageio client, serves as the reader's ``BlockSource`` (a gone ticket
@@ -57,7 +57,7 @@ MAX_TICKET_RECREATIONS = 3
 
 
 class ChannelDeps(Protocol):
-    """What a channel uses of its session's dependencies (both sessions' ``SessionDeps``)."""
+    """What a channel uses of its session's dependencies (either kind of session's deps)."""
 
     @property
     def engine(self) -> EngineLike: ...

@@ -66,7 +66,7 @@ from rhvfs.sessions.core._ports import (
     default_data_plane,
 )
 from rhvfs.sessions.core._registry import SessionRegistry
-from rhvfs.sessions.full._session import BackupSession, SessionDeps
+from rhvfs.sessions.full._session import BackupSession, BackupSessionDeps
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class BackupManager:
         ]
 
     def _freeze(self, session: BackupSession) -> None:
-        """Fix a starting session's entries and padded config contents (SessionDeps.freeze)."""
+        """Fix a starting session's entries and padded config contents (BackupSessionDeps.freeze)."""
         assert session.data is not None
         owner, data = session.owner, session.data
         # The snapshot's disks carry the snapshot volumes; sizes and blocks come from the
@@ -298,7 +298,7 @@ class BackupManager:
         return handle
 
     def _new_session(self, owner: Owner) -> BackupSession:
-        deps = SessionDeps(
+        deps = BackupSessionDeps(
             engine=self.engine,
             config=self.config,
             journal=self.journal,

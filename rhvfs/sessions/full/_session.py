@@ -4,7 +4,7 @@ A ``BackupSession`` lives in its own task (``run``) inside the manager's
 nursery. It checks the owner's state, records intent in the journal, creates
 ONE snapshot for all disks (VMs; templates are read directly), reads the
 configuration as of that snapshot, and then serves reads. Each disk gets a
-``DiskChannel`` on first use: an image transfer of the snapshot volume, an
+``BackupDiskChannel`` on first use: an image transfer of the snapshot volume, an
 imageio client, the extent map (once) and a prefetching reader. The channel is
 the reader's ``BlockSource``: a ``TicketGone`` recreates the transfer and the
 read is retried, and an idle transfer is kept alive with a 4 KiB read. When
@@ -82,7 +82,7 @@ MIN_READER_BUDGET = 16 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SessionDeps(SessionServices):
+class BackupSessionDeps(SessionServices):
     """What a session needs from its manager (one object, so sessions stay cheap to build)."""
 
     fetch_owner_data: OwnerDataFetcher
@@ -91,7 +91,7 @@ class SessionDeps(SessionServices):
     on_error: Callable[[Owner, str], None]
 
 
-class DiskChannel(TransferChannel):
+class BackupDiskChannel(TransferChannel):
     """One disk's transfer inside a session: the snapshot volume (VMs) or the disk (templates)."""
 
     def __init__(self, session: BackupSession, disk: Disk) -> None:
@@ -169,7 +169,7 @@ class DiskChannel(TransferChannel):
 class BackupSession(SessionLifecycle):
     """A point-in-time view of one owner's disks and configuration."""
 
-    def __init__(self, owner: Owner, deps: SessionDeps) -> None:
+    def __init__(self, owner: Owner, deps: BackupSessionDeps) -> None:
         super().__init__(config=deps.config)
         self.owner = owner
         self.deps = deps
@@ -189,7 +189,7 @@ class BackupSession(SessionLifecycle):
         self.disk_entries: list[SetEntry] = []
         self.entries_by_key: dict[str, SetEntry] = {}
         self.contents: dict[str, bytes | RhvfsError] = {}
-        self.channels: dict[str, DiskChannel] = {}
+        self.channels: dict[str, BackupDiskChannel] = {}
         self.handles: dict[int, str] = {}  # handle id -> key
         self.bytes_read = 0
         self._journaled = False
@@ -405,7 +405,7 @@ class BackupSession(SessionLifecycle):
             channel = self.channels.get(disk_id)
             if channel is None:
                 disk = next(d for d in self.disks if d.id == disk_id)
-                channel = self.channels[disk_id] = DiskChannel(self, disk)
+                channel = self.channels[disk_id] = BackupDiskChannel(self, disk)
             try:
                 reader = channel.reader
                 if reader is None:

@@ -1,10 +1,11 @@
 """One disk of an incremental set: its plan and its image transfer.
 
-``DiskPlan`` says how a disk appears in the set (delta or full data, file
-name, backing file, fallback snapshot volume); ``DiskChannel`` is the disk's
-``TransferChannel`` (shared with the full-backup session) plus what only an
-incremental set does: opening with retries of transient failures, and a
-reader over the disk or over its delta.
+``SetDiskPlan`` says how a disk appears in the set (delta or full data, file
+name, backing file, fallback snapshot volume); ``IncrementalDiskChannel`` is
+the disk's ``TransferChannel`` (shared with the full-backup session) plus what
+only an incremental set does: opening with retries of transient failures, and
+a reader over the disk or over its delta. It sees its session only through
+``ChannelSession`` (the session module imports this one, never the reverse).
 
 Must not: decide a disk's mode or size (the session plans that), touch the
 engine backup, the snapshot or the chain state.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import trio
 
@@ -27,10 +28,7 @@ from rhvfs.errors import (
     is_transient,
 )
 from rhvfs.sessions.core._ports import BlockSource
-from rhvfs.sessions.core._transfer_channel import TransferChannel
-
-if TYPE_CHECKING:
-    from rhvfs.sessions.incremental._session import IncrementalSession
+from rhvfs.sessions.core._transfer_channel import ChannelDeps, TransferChannel
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +44,25 @@ class DirtyClient(Protocol):
     async def read_into(self, offset: int, buf: memoryview) -> None: ...
 
 
+class ChannelSession(Protocol):
+    """What a channel uses of its ``IncrementalSession``."""
+
+    @property
+    def deps(self) -> ChannelDeps: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def set_id(self) -> str: ...
+    @property
+    def backup_id(self) -> str: ...
+    def note(self, message: str, *, error: bool) -> None: ...
+    def disk_budget(self) -> int: ...
+
+
 @dataclasses.dataclass
-class DiskPlan:
+class SetDiskPlan:
     """How one disk appears in a set."""
 
     disk: Disk
@@ -61,10 +76,10 @@ class DiskPlan:
     dirty_bytes: int = 0
 
 
-class DiskChannel(TransferChannel):
+class IncrementalDiskChannel(TransferChannel):
     """One disk's image transfer inside an incremental session; the reader's ``BlockSource``."""
 
-    def __init__(self, session: IncrementalSession, plan: DiskPlan) -> None:
+    def __init__(self, session: ChannelSession, plan: SetDiskPlan) -> None:
         super().__init__(disk=plan.disk, deps=session.deps, session_id=session.session_id)
         self.session = session
         self.plan = plan

@@ -80,26 +80,30 @@ from rhvfs.sessions.core._ports import (
 )
 from rhvfs.sessions.core._registry import SessionRegistry
 from rhvfs.sessions.incremental._chainstate import ChainState, PendingBackup
-from rhvfs.sessions.incremental._channel import DiskChannel, DiskPlan
+from rhvfs.sessions.incremental._channel import IncrementalDiskChannel, SetDiskPlan
 from rhvfs.sessions.incremental._delta import (
     DeltaSource,
     changes_from_dirty,
     delta_file_extents,
     reader_extents,
 )
-from rhvfs.sessions.incremental._session import EngineWithBackups, IncrementalSession, SessionDeps
+from rhvfs.sessions.incremental._session import (
+    EngineWithBackups,
+    IncrementalSession,
+    IncrementalSessionDeps,
+)
 
 __all__ = [
     "KEY_SEP",
     "SET_DIRS",
     "SET_KINDS",
     "DeltaSource",
-    "DiskChannel",
-    "DiskPlan",
     "EngineWithBackups",
+    "IncrementalDiskChannel",
     "IncrementalManager",
     "IncrementalSession",
-    "SessionDeps",
+    "IncrementalSessionDeps",
+    "SetDiskPlan",
     "SetKind",
     "changes_from_dirty",
     "config_names",
@@ -228,7 +232,7 @@ class IncrementalManager:
     def _new_session(
         self, owner: Owner, kind: SetKind, since: str | None, announced: Sequence[SetEntry] = ()
     ) -> IncrementalSession:
-        deps = SessionDeps(
+        deps = IncrementalSessionDeps(
             engine=self.engine,
             config=self.config,
             chain=self.chain,

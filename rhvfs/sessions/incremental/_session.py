@@ -74,7 +74,7 @@ from rhvfs.sessions.incremental._chainstate import (
     PendingBackup,
     SetType,
 )
-from rhvfs.sessions.incremental._channel import DiskChannel, DiskPlan
+from rhvfs.sessions.incremental._channel import IncrementalDiskChannel, SetDiskPlan
 from rhvfs.sessions.incremental._delta import DeltaSource, changes_from_dirty, delta_file_extents
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ async def _no_fetch(guest: int, length: int) -> bytes:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SessionDeps(SessionServices):
+class IncrementalSessionDeps(SessionServices):
     """What an incremental session needs from its manager."""
 
     engine: EngineWithBackups
@@ -121,7 +121,7 @@ class IncrementalSession(SessionLifecycle):
         owner: Owner,
         kind: SetKind,
         since: str | None,
-        deps: SessionDeps,
+        deps: IncrementalSessionDeps,
         *,
         announced: Sequence[SetEntry] = (),
     ) -> None:
@@ -144,8 +144,8 @@ class IncrementalSession(SessionLifecycle):
         self.backup_started = False
         self.snapshot: Snapshot | None = None
         self.snapshot_description: str | None = None
-        self.plans: list[DiskPlan] = []
-        self.channels: dict[str, DiskChannel] = {}
+        self.plans: list[SetDiskPlan] = []
+        self.channels: dict[str, IncrementalDiskChannel] = {}
         self.entries: list[SetEntry] = []
         self.entries_by_key: dict[str, SetEntry] = {}
         self.contents: dict[str, bytes] = {}
@@ -308,7 +308,7 @@ class IncrementalSession(SessionLifecycle):
             snap_image = None
             if self.snapshot is not None and d.id in reasons:
                 snap_image = self._snapshot_images.get(d.id)
-            plan = DiskPlan(
+            plan = SetDiskPlan(
                 disk=d,
                 mode="incremental" if mode == "incremental" else "full",
                 file="",
@@ -330,9 +330,9 @@ class IncrementalSession(SessionLifecycle):
         self._freeze(data)
 
     async def _prepare_disk(
-        self, plan: DiskPlan, backing_format: str, nursery: trio.Nursery
+        self, plan: SetDiskPlan, backing_format: str, nursery: trio.Nursery
     ) -> None:
-        channel = DiskChannel(self, plan)
+        channel = IncrementalDiskChannel(self, plan)
         self.channels[plan.disk.id] = channel
         client = await channel.open()
         zero = await client.extents("zero")
