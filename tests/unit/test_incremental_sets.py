@@ -742,3 +742,27 @@ async def test_vm_without_ovf_gets_the_placeholder_like_full_sets(
     ovf = next(e.name for e in s0 if e.name.endswith(".ovf"))
     assert (rig.out / ovf).read_bytes() == missing_ovf("vm", owner.name)
     assert m0["config_files"]["ovf"] is None and m0["set_type"] == "full"
+
+
+async def test_a_transfer_that_fails_to_open_is_retried_a_few_times(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    from rhvfs.errors import EngineUnavailable, SessionBroken
+
+    owner = new_vm(rig.engine, disks=[("root", 1 * MiB)])
+    orig = rig.engine.start_transfer
+    failures = [EngineUnavailable("503"), EngineUnavailable("503")]
+
+    async def flaky(**kw: Any) -> ImageTransfer:
+        if failures:
+            raise failures.pop(0)
+        return await orig(**kw)
+
+    rig.engine.start_transfer = flaky  # type: ignore[method-assign]
+    s0 = await rig.read_set(owner, "incremental")
+    root = rig.engine.disk(owner.id, "root").id
+    assert not failures
+    assert sha((rig.out / image(s0, root).name).read_bytes()) == sha(rig.engine.content(root))
+    failures.extend([EngineUnavailable("503")] * 3)  # OPEN_TRIES in a row: the set fails
+    with pytest.raises(SessionBroken, match="503"):
+        await rig.router.list_incremental(owner, "incremental")

@@ -214,6 +214,32 @@ async def test_locked_vm_is_waited_for(rig: Rig, autojump_clock: trio.testing.Mo
         await rig.manager.open(owner, config_key("vm.ovf"))
 
 
+async def test_locked_template_is_waited_for_then_refused(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    import dataclasses
+
+    tpl = rig.engine.add_template("t1")
+    owner = Owner("template", tpl.id, tpl.name)
+    await rig.manager.list_set(owner)
+    rig.engine.templates[tpl.id] = dataclasses.replace(tpl, status="locked")
+
+    async def unlock_later() -> None:
+        await trio.sleep(5)
+        rig.engine.templates[tpl.id] = tpl
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(unlock_later)
+        data = await rig.read_all(owner, config_key("vm.ovf"))
+    assert data.startswith(b"<?xml")
+    await trio.sleep(100)  # the first session ends
+    rig.engine.templates[tpl.id] = dataclasses.replace(tpl, status="locked")
+    start = trio.current_time()
+    with pytest.raises(VmStateError, match="template t1 is locked; try again later"):
+        await rig.manager.open(owner, config_key("vm.ovf"))
+    assert trio.current_time() - start == pytest.approx(30.0)
+
+
 async def test_failed_snapshot_breaks_the_session_until_the_grace_period_ends(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -5,14 +5,15 @@ transfer and finalizes an engine VM backup, used by the full-backup session,
 the incremental session, the incremental manager's leftovers and ``gc``.
 
 The retry rule (the strictest of the loops it replaces, the same for every
-step that waits on the engine): a step is retried while the engine answers
-``Conflict`` (409: the snapshot, disk or backup is locked or still busy) or a
-transient error (connection, 5xx, timeout), with a pause of
-``max(system_interval, 0.05)`` seconds doubling up to ``MAX_INTERVAL_S``, and
-never starts a pause that would end past the deadline (default: now +
-``system_timeout``); then the last error is raised. ``NotFound`` (404) means
-the thing is gone already: the step is done. Any other error is final at once
-(retrying a refused request only hides it for ``system_timeout``).
+step that waits on the engine; ``busy_policy``): a step is retried while
+the engine answers ``Conflict`` (409: the snapshot, disk or backup is locked
+or still busy) or a transient error (connection, 5xx, timeout), with a pause
+of ``max(system_interval, 0.05)`` seconds doubling up to ``MAX_INTERVAL_S``,
+for at most ``system_timeout`` seconds (``rhvfs.retry.retry``: no pause is
+started that would end past that deadline); then the last error is raised.
+``NotFound`` (404) means the thing is gone already: the step is done. Any
+other error is final at once (retrying a refused request only hides it for
+``system_timeout``).
 
 Transfers are not retried here: the engine facade already retries a transient
 failure of the request and waits for the transfer's final phase, and a
@@ -31,14 +32,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Protocol
-
-import trio
 
 from rhvfs.config import Config
 from rhvfs.engine.types import Snapshot
 from rhvfs.errors import Conflict, EngineError, NotFound, is_transient
+from rhvfs.retry import RetryPolicy, retry
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +64,15 @@ def retryable(error: BaseException) -> bool:
     return isinstance(error, Conflict) or is_transient(error)
 
 
-async def _until_not_busy(
-    call: Callable[[], Awaitable[None]], *, what: str, config: Config, deadline: float | None
-) -> None:
-    """Await ``call()`` until it succeeds, retrying ``retryable`` errors until ``deadline``."""
-    if deadline is None:
-        deadline = trio.current_time() + config.system_timeout
-    delay = max(config.system_interval, MIN_INTERVAL_S)
-    while True:
-        try:
-            await call()
-            return
-        except EngineError as e:
-            if not retryable(e) or trio.current_time() + delay > deadline:
-                raise
-            log.info("%s: %s; retrying in %.1fs", what, e, delay)
-        await trio.sleep(delay)
-        delay = min(delay * 2, MAX_INTERVAL_S)
+def busy_policy(config: Config) -> RetryPolicy:
+    """How long a step waits for a busy engine (see the module docstring); the full
+    session's snapshot creation uses it too."""
+    return RetryPolicy(
+        tries=None,
+        interval_s=max(config.system_interval, MIN_INTERVAL_S),
+        max_interval_s=MAX_INTERVAL_S,
+        timeout_s=config.system_timeout,
+    )
 
 
 # -- snapshots ------------------------------------------------------------------
@@ -111,7 +102,6 @@ async def remove_snapshot(
     *,
     description: str | None = None,
     config: Config,
-    deadline: float | None = None,
 ) -> bool:
     """Remove a snapshot, retrying while it is locked (see the module docstring).
 
@@ -130,11 +120,11 @@ async def remove_snapshot(
     started = time.monotonic()
     snap_id = snapshot_id
     try:
-        await _until_not_busy(
-            lambda: engine.remove_snapshot(vm_id, snap_id),
+        await retry(
+            lambda _: engine.remove_snapshot(vm_id, snap_id),
+            policy=busy_policy(config),
             what=f"removing snapshot {snap_id} of VM {vm_id}",
-            config=config,
-            deadline=deadline,
+            retry_on=retryable,
         )
     except NotFound:
         return False
@@ -178,7 +168,6 @@ async def finalize_backup(
     backup_id: str,
     *,
     config: Config,
-    deadline: float | None = None,
 ) -> bool:
     """Finalize an engine backup, retrying while its transfers still run (409).
 
@@ -186,11 +175,11 @@ async def finalize_backup(
     failed (``Conflict`` when it was still busy at the deadline).
     """
     try:
-        await _until_not_busy(
-            lambda: engine.finalize_backup(vm_id, backup_id),
+        await retry(
+            lambda _: engine.finalize_backup(vm_id, backup_id),
+            policy=busy_policy(config),
             what=f"finalizing backup {backup_id} of VM {vm_id}",
-            config=config,
-            deadline=deadline,
+            retry_on=retryable,
         )
     except NotFound:
         return False

@@ -53,9 +53,9 @@ from rhvfs.errors import (
     SessionBroken,
     SessionClosed,
     VmStateError,
-    is_transient,
 )
-from rhvfs.sessions.core._cleanup import find_snapshot, remove_snapshot
+from rhvfs.retry import Backoff, RetryPolicy, poll
+from rhvfs.sessions.core._cleanup import busy_policy, find_snapshot, remove_snapshot, retryable
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
@@ -79,6 +79,10 @@ BACKUP_REFUSED_STATES = {
 #: How long to wait for a VM in a transitional state (image_locked, migrating...).
 STATE_WAIT_S = 30.0
 MIN_READER_BUDGET = 16 * 1024 * 1024
+
+
+def _never(error: BaseException) -> bool:
+    return False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -265,23 +269,46 @@ class BackupSession(SessionLifecycle):
         self.note_error(str(error))
         self.ready.set()
 
+    def _state_wait_policy(self) -> RetryPolicy:
+        """Waiting for an owner in a transitional state: a steady look, at most ``STATE_WAIT_S``."""
+        cfg = self.deps.config
+        interval = max(0.1, min(cfg.system_interval, 5.0))
+        return RetryPolicy.for_polling(
+            interval_s=interval,
+            max_interval_s=interval,
+            factor=1.0,
+            timeout_s=min(STATE_WAIT_S, cfg.system_timeout),
+        )
+
     async def _wait_for_backup_state(self) -> Vm:
         engine = self.deps.engine
-        deadline = trio.current_time() + min(STATE_WAIT_S, self.deps.config.system_timeout)
-        interval = max(0.1, min(self.deps.config.system_interval, 5.0))
-        while True:
+        last: list[Vm] = []
+
+        async def probe() -> Vm | None:
             vm = await engine.get_vm(self.owner.id)
+            last[:] = [vm]
             status = vm.status or "unknown"
             if status in BACKUP_OK_STATES:
                 return vm
             if status in BACKUP_REFUSED_STATES:
                 raise VmStateError(BACKUP_REFUSED_STATES[status].format(name=vm.name))
-            if trio.current_time() >= deadline:
-                raise VmStateError(
-                    f"VM {vm.name} is {status}; wait until it is up, down or paused and try again"
-                )
             log.info("VM %s is %s; waiting before backing it up", vm.name, status)
-            await trio.sleep(interval)
+            return None
+
+        def still_busy(_: str) -> VmStateError:
+            vm = last[-1]
+            return VmStateError(
+                f"VM {vm.name} is {vm.status or 'unknown'}; wait until it is up, down or paused "
+                "and try again"
+            )
+
+        return await poll(
+            probe,
+            policy=self._state_wait_policy(),
+            what=f"wait for VM {self.owner.name} to be up, down or paused",
+            timeout_error=still_busy,
+            retry_on=_never,  # engine errors are final here (the engine retried them)
+        )
 
     async def _start_vm(self) -> None:
         engine = self.deps.engine
@@ -316,12 +343,16 @@ class BackupSession(SessionLifecycle):
     async def _create_snapshot(self, vm: Vm, description: str) -> Snapshot:
         engine = self.deps.engine
         cfg = self.deps.config
-        start = trio.current_time()
-        deadline = start + cfg.system_timeout
-        # A reader is blocked in open() meanwhile: wait for a lock only a little.
-        conflict_deadline = start + min(cfg.system_timeout, 2 * STATE_WAIT_S)
-        delay = max(cfg.system_interval, 0.05)
-        while True:
+        # Transient failures are retried for system_timeout, a lock (409) only a little:
+        # a reader is blocked in open() meanwhile.
+        backoff = Backoff(busy_policy(cfg))
+        conflict_deadline = trio.current_time() + min(cfg.system_timeout, 2 * STATE_WAIT_S)
+        async for attempt in backoff:
+            if attempt:
+                # A lost answer may still have created it: look before creating another.
+                found = await self._find_snapshot_by_description(vm.id, description)
+                if found is not None:
+                    return found
             try:
                 return await engine.create_snapshot(
                     vm.id,
@@ -329,21 +360,13 @@ class BackupSession(SessionLifecycle):
                     # Only a running guest has memory to save.
                     persist_memorystate=cfg.memory_state and vm.status == "up",
                 )
-            except Conflict as e:
-                # The VM or a disk is locked by another operation: wait for it.
-                if trio.current_time() + delay > conflict_deadline:
-                    raise
-                log.info("snapshot of VM %s refused (%s); retrying in %.1fs", vm.name, e, delay)
             except EngineError as e:
-                if not is_transient(e) or trio.current_time() + delay > deadline:
+                delay = backoff.next_delay_s()
+                deadline = conflict_deadline if isinstance(e, Conflict) else backoff.deadline
+                if not retryable(e) or delay is None or trio.current_time() + delay > deadline:
                     raise
-                log.info("snapshot of VM %s failed (%s); retrying in %.1fs", vm.name, e, delay)
-            # A lost answer may still have created it: look before creating another.
-            found = await self._find_snapshot_by_description(vm.id, description)
-            if found is not None:
-                return found
-            await trio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+                log.info("snapshot of VM %s: %s; retrying in %.1fs", vm.name, e, delay)
+        raise AssertionError("unreachable: every attempt returns, raises or is retried")
 
     async def _find_snapshot_by_description(self, vm_id: str, description: str) -> Snapshot | None:
         try:
@@ -353,13 +376,22 @@ class BackupSession(SessionLifecycle):
 
     async def _start_template(self) -> None:
         engine = self.deps.engine
-        tpl = await engine.get_template(self.owner.id)
-        deadline = trio.current_time() + min(STATE_WAIT_S, self.deps.config.system_timeout)
-        while tpl.status not in (None, "ok"):
-            if trio.current_time() >= deadline:
-                raise VmStateError(f"template {tpl.name} is {tpl.status}; try again later")
-            await trio.sleep(max(0.1, min(self.deps.config.system_interval, 5.0)))
+        last: list[Template] = []
+
+        async def probe() -> Template | None:
             tpl = await engine.get_template(self.owner.id)
+            last[:] = [tpl]
+            return tpl if tpl.status in (None, "ok") else None
+
+        tpl = await poll(
+            probe,
+            policy=self._state_wait_policy(),
+            what=f"wait for template {self.owner.name} to be ok",
+            timeout_error=lambda _: VmStateError(
+                f"template {last[-1].name} is {last[-1].status}; try again later"
+            ),
+            retry_on=_never,
+        )
         self.entity = tpl
         self._journal()
         self.data = await self.deps.fetch_owner_data(self.owner, tpl)

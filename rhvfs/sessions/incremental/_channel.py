@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, cast
 
@@ -23,10 +24,9 @@ import trio
 from rhvfs.backupset._qcow2 import Qcow2Delta
 from rhvfs.engine.types import Disk
 from rhvfs.errors import (
-    RhvfsError,
     SessionClosed,
-    is_transient,
 )
+from rhvfs.retry import RetryPolicy, retry
 from rhvfs.sessions.core._ports import BlockSource
 from rhvfs.sessions.core._transfer_channel import ChannelDeps, TransferChannel
 
@@ -101,22 +101,17 @@ class IncrementalDiskChannel(TransferChannel):
 
     async def open(self) -> DirtyClient:
         """Start the transfer and open its imageio client; transient failures start a new one."""
-        delay = max(self.session.deps.config.system_interval, 0.05)
-        for attempt in range(1, OPEN_TRIES + 1):
-            try:
-                await self._recreate(self.generation)
-                break
-            except RhvfsError as e:
-                if not is_transient(e) or attempt == OPEN_TRIES:
-                    raise
-                log.info(
-                    "transfer of disk %s failed to open (%s); retrying in %.1fs",
-                    self.plan.disk.id,
-                    e,
-                    delay,
-                )
-                await trio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        policy = RetryPolicy(
+            tries=OPEN_TRIES,
+            interval_s=max(self.session.deps.config.system_interval, 0.05),
+            max_interval_s=10.0,
+            timeout_s=math.inf,  # the tries alone bound it
+        )
+        await retry(
+            lambda _: self._recreate(self.generation),
+            policy=policy,
+            what=f"opening the transfer of disk {self.plan.disk.id}",
+        )
         assert self.client is not None
         return cast(DirtyClient, self.client)
 
