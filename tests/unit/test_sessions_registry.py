@@ -49,6 +49,10 @@ class Fake(SessionLifecycle):
     def _on_closed(self) -> None:
         self.registry.forget(self)
 
+    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return f"{key}@{offset}+{size} via {handle_id}".encode()
+
     def request_close(self) -> None:
         if self.state not in ("broken", "closed"):
             self.state = "closing"  # at once, as BackupSession does
@@ -135,10 +139,11 @@ async def test_handles_of_a_closed_session_are_dropped(
     h1 = registry.handles.add((session, "disk:1"))
     h2 = registry.handles.add((session, "disk:2"))
     assert h2 == h1 + 1 and registry.handles.get(h1) == (session, "disk:1")
+    assert await registry.read(h2, 4096, 512) == f"disk:2@4096+512 via {h2}".encode()
     await registry.aclose_all()
     assert len(registry.handles) == 0 and registry.get(OWNER.id) is None
     with pytest.raises(SessionClosed, match=f"handle {h2} is not open"):
-        registry.handles.get(h2)
+        await registry.read(h2, 0, 1)
 
 
 async def test_not_running_refuses_new_sessions() -> None:

@@ -59,6 +59,7 @@ class Session(Protocol):
     def handles(self) -> Collection[int]: ...
     def request_close(self) -> None: ...
     async def run(self, *, task_status: Any = ...) -> None: ...
+    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes: ...
 
 
 S = TypeVar("S", bound=Session)
@@ -204,6 +205,11 @@ class SessionRegistry(Generic[S]):
                 make_way(session)
             with trio.move_on_at(deadline):
                 await session.closed.wait()
+
+    async def read(self, handle: int, offset: int, size: int) -> bytes:
+        """Read through an open handle (``SessionClosed`` when it is not open)."""
+        session, key = self.handles.get(handle)
+        return await session.read(key, offset, size, handle_id=handle)
 
     def forget(self, session: S) -> None:
         """A session has closed: it is no longer the owner's, and its handles are closed."""

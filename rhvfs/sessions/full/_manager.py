@@ -316,8 +316,7 @@ class BackupManager:
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         """Exactly the bytes at ``offset``; short only at EOF; raises on final failure."""
-        session, key = self._sessions.handles.get(handle)
-        return await session.read(key, offset, size, handle_id=handle)
+        return await self._sessions.read(handle, offset, size)
 
     async def release(self, handle: int) -> None:
         """Close a handle; the last one starts the session's grace timer."""

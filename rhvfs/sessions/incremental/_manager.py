@@ -299,8 +299,7 @@ class IncrementalManager:
         return handle
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
-        session, key = self._sessions.handles.get(handle)
-        return await session.read(key, offset, size, handle_id=handle)
+        return await self._sessions.read(handle, offset, size)
 
     async def release(self, handle: int) -> None:
         item = self._sessions.handles.pop(handle)
