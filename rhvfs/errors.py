@@ -21,6 +21,7 @@ foreign exception type.
     │   ├── SessionClosed          used after ``aclose()`` (you closed it)
     │   └── SessionBroken          the session failed on its own; every later read fails too
     ├── RestoreError               a restore set is invalid or its upload failed (see .status)
+    │   └── SetFormatError         a backup set file is not one rhvfs can read (bad manifest)
     └── DataIntegrityError         bytes did not match what the protocol promised (short
                                    read, wrong Content-Range): never returned to a reader
 
@@ -136,6 +137,12 @@ class RestoreError(RhvfsError):
     """Raised when a restore set is invalid or its upload failed; the text goes to ``.status``."""
 
     message = "restore failed: {detail}"
+
+
+class SetFormatError(RestoreError):
+    """Raised by ``rhvfs.backupset`` when a set's file is not one it can read: not JSON,
+    not an rhvfs manifest, a newer format version, a missing or mistyped field, a
+    value a set cannot hold, or a file larger than its bound. The text names the file."""
 
 
 class DataIntegrityError(RhvfsError):

@@ -20,7 +20,7 @@ import trio
 from test_restore_fakes import DISK_IDS, FakeEngine, MiB, make_set, sha
 from test_restore_session import Harness, config, start
 
-from rhvfs.backupset._qcow2 import Change, Qcow2Delta
+from rhvfs.backupset import Change, Qcow2Delta
 from rhvfs.sessions.restore._session import RestoreSession
 
 CLUSTER = 65536

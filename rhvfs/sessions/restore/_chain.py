@@ -3,7 +3,7 @@
 Owns the chain side of a ``restore/<name>/`` session (``RestoreSession.chain``):
 which manifests arrived, when the chain counts as complete, and rolling each
 disk's upload forward with the deltas before it is finalized. The ordering
-rules and the delta parser are ``rhvfs.backupset._chain``'s.
+rules and the delta parser are ``rhvfs.backupset``'s.
 
 Recognition. Every ``manifest--<set>.json`` (and a ``manifest.json`` that has
 a ``set_id`` or ``checkpoint_id``, i.e. a full ``@rhv/`` set that started a
@@ -48,29 +48,31 @@ Must not: talk to the engine (the session does), decide restore options.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import errno
 import functools
-import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from rhvfs.backupset._chain import (
+from rhvfs.backupset import (
+    MANIFEST_NAME,
     ChainError,
     DiskLink,
+    Manifest,
     SetLink,
+    SetType,
     apply_delta,
+    check_consistent,
     check_delta,
     delta_end,
     disk_plan,
     link_from_manifest,
     order_chain,
+    parse_ovf,
 )
-from rhvfs.backupset._parse import check_consistent, parse_manifest, parse_ovf
-from rhvfs.errors import RestoreError, RhvfsError
-from rhvfs.sessions.core._model import MANIFEST_NAME, OVF_NAME
+from rhvfs.errors import RhvfsError, SetFormatError
 from rhvfs.sessions.restore._ports import restore_error as _err
 from rhvfs.sessions.restore._upload import UploadStream
 
@@ -87,11 +89,12 @@ def _zeros(n: int) -> bytes:
     return bytes(n)
 
 
-def is_chain_manifest(name: str, doc: Any) -> bool:
+def is_chain_manifest(name: str, manifest: Manifest | None) -> bool:
     """A manifest that takes part in a chain (see the module docstring)."""
-    if not isinstance(doc, dict):
+    if manifest is None:
         return False
-    return name != MANIFEST_NAME or bool(doc.get("set_id") or doc.get("checkpoint_id"))
+    set_id = manifest.lineage.set_id if manifest.lineage is not None else None
+    return name != MANIFEST_NAME or bool(set_id or manifest.checkpoint_id)
 
 
 class ChainAssembly:
@@ -100,7 +103,7 @@ class ChainAssembly:
     def __init__(self, session: RestoreSession) -> None:
         self.session = session
         self.active = False  # a chain manifest arrived: disks wait for ``decided``
-        self.links: dict[str, tuple[SetLink, dict[str, Any]]] = {}
+        self.links: dict[str, tuple[SetLink, Manifest]] = {}
         self.root: str | None = None
         self.decided = trio.Event()  # the chain was settled (or the session failed)
         self.chain: list[SetLink] = []
@@ -141,19 +144,18 @@ class ChainAssembly:
         s = self.session
         assert f.mem is not None
         try:
-            doc = json.loads(bytes(f.mem).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            doc = None
-        if f.name == MANIFEST_NAME and not is_chain_manifest(f.name, doc):
+            manifest: Manifest | None = Manifest.from_json(bytes(f.mem), name=f.name)
+            error = None
+        except SetFormatError as e:
+            manifest, error = None, e
+        if f.name == MANIFEST_NAME and not is_chain_manifest(f.name, manifest):
             await s._manifest_closed(f)
             return
-        if not isinstance(doc, dict):
-            raise _err(f"{f.name} is not valid JSON: corrupt or truncated copy?", errno.EINVAL)
-        try:
-            link = link_from_manifest(f.name, doc)
-        except ChainError as e:
-            raise _err(e.detail, errno.EINVAL) from None
-        self.links[f.name] = (link, doc)
+        if manifest is None:
+            assert error is not None
+            raise _err(error.detail, errno.EINVAL)
+        link = link_from_manifest(f.name, manifest)
+        self.links[f.name] = (link, manifest)
         s.note(
             f"chain manifest {f.name}: {link.set_type} set {link.set_id}"
             + (f" after {link.parent_set_id}" if link.parent_set_id else "")
@@ -199,7 +201,7 @@ class ChainAssembly:
         chain = order_chain([link for link, _ in self.links.values()])
         if s.manifest is None or chain[0].manifest != self.root:
             raise ChainError(f"the chain starts at {chain[0].manifest}, whose data is not here")
-        newest, newest_doc = self.links[chain[-1].manifest]
+        newest, newest_manifest = self.links[chain[-1].manifest]
         root_ids = {d.id for d in s.manifest.disks}
         if set(newest.disks) != root_ids:
             raise ChainError(
@@ -240,7 +242,7 @@ class ChainAssembly:
                     raise ChainError(f"{dl.file} is {f.size} bytes, the disk {dl.size}")
                 seq.append((dl, f))
             steps[sd.id] = seq
-        ovf_name = str((newest_doc.get("config_files") or {}).get("ovf") or OVF_NAME)
+        ovf_name = newest_manifest.ovf_file
         ovf_file = files.get(ovf_name)
         if ovf_file is None or ovf_file.mem is None:
             raise ChainError(
@@ -250,15 +252,17 @@ class ChainAssembly:
         ovf = bytes(ovf_file.mem)
         info = parse_ovf(ovf)
         # the newest set describes the VM; the disks keep the root's file names
-        flat = copy.deepcopy(newest_doc)
         root_files = {d.id: d.file for d in s.manifest.disks}
-        for d_doc in flat["disks"]:
-            d_doc["file"] = root_files[str(d_doc["id"])]
-        flat["set_type"] = "full"
+        manifest = dataclasses.replace(
+            newest_manifest,
+            set_type=SetType.FULL,
+            disks=tuple(
+                dataclasses.replace(d, file=root_files[d.id]) for d in newest_manifest.disks
+            ),
+        )
         try:
-            manifest = parse_manifest(json.dumps(flat).encode("utf-8"))
             check_consistent(manifest, info)
-        except RestoreError as e:
+        except RhvfsError as e:
             raise ChainError(f"{newest.manifest}: {e.detail}") from None
         by_id = {d.id: d for d in manifest.disks}
         for disk in s.disks.values():

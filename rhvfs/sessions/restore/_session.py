@@ -70,20 +70,24 @@ import functools
 import itertools
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
-from rhvfs.backupset._parse import (
+from rhvfs.backupset import (
+    OVF_NAME,
+    ConfigFileName,
+    ConfigRole,
+    Manifest,
+    ManifestDisk,
     OvfInfo,
-    SetDisk,
-    SetManifest,
     check_consistent,
+    parse_file_name,
     parse_manifest,
     parse_ovf,
+    rsync_target,
 )
 from rhvfs.config import Config
 from rhvfs.engine.types import (
@@ -91,7 +95,6 @@ from rhvfs.engine.types import (
     Vm,
 )
 from rhvfs.errors import NotFound, RestoreError, RhvfsError
-from rhvfs.sessions.core._model import MANIFEST_NAME, OVF_NAME, XML_NAME
 from rhvfs.sessions.restore import _vm as restore_vm
 from rhvfs.sessions.restore._chain import ChainAssembly
 from rhvfs.sessions.restore._options import (
@@ -125,26 +128,17 @@ TRUNCATED_AFTER_S = 300.0
 KEEPALIVE_S = 20.0
 #: Configuration files are held in memory up to this size (bytes).
 CONFIG_MAX_BYTES = 16 * 1024 * 1024
-_RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6}$")
-_CONFIG_NAMES = frozenset({MANIFEST_NAME, OVF_NAME, XML_NAME, OPTIONS_FILE})
-#: Configuration files of incremental-family sets (``rhvfs.sessions.incremental._manager``).
-_SET_MANIFEST = re.compile(r"^manifest--[^/]+\.json$")
-_SET_CONFIG = re.compile(r"^(manifest--[^/]+\.json|vm--[^/]+\.(ovf|xml))$")
 
 
 def _is_config(name: str) -> bool:
-    base = _base_name(name)
-    return base in _CONFIG_NAMES or bool(_SET_CONFIG.match(base))
+    """Held in memory: a set's configuration file or the options, also under rsync's name."""
+    parsed = parse_file_name(name)
+    return isinstance(parsed.file, ConfigFileName) or parsed.final == OPTIONS_FILE
 
 
 def _is_manifest(name: str) -> bool:
-    return name == MANIFEST_NAME or bool(_SET_MANIFEST.match(name))
-
-
-def _base_name(name: str) -> str:
-    """``name`` without rsync's temporary-file decoration (``.<name>.XXXXXX``)."""
-    m = _RSYNC_TEMP.match(name)
-    return m.group(1) if m else name
+    parsed = parse_file_name(name)
+    return not parsed.rsync_temp and parsed.config_role == ConfigRole.MANIFEST
 
 
 # -- files and disks ------------------------------------------------------------
@@ -172,7 +166,7 @@ class RestoreFile:
 
 @dataclasses.dataclass(eq=False)
 class _Disk:
-    set_disk: SetDisk
+    set_disk: ManifestDisk
     selected: bool
     state: str = "waiting"  # waiting, creating, uploading, finalizing, uploaded, failed, skipped
     disk_id: str | None = None  # the engine disk this restore created
@@ -204,7 +198,7 @@ class RestoreSession:
         self.template_id: str | None = None
         self.files: dict[int, RestoreFile] = {}
         self.options: RestoreOptions | None = None
-        self.manifest: SetManifest | None = None
+        self.manifest: Manifest | None = None
         self.ovf: bytes | None = None
         self.ovf_info: OvfInfo | None = None
         self.disks: dict[str, _Disk] = {}
@@ -374,8 +368,7 @@ class RestoreSession:
         if f.disk is not None or self.manifest is None:
             return
         name = f.name
-        m = _RSYNC_TEMP.match(name)
-        for candidate in (name, m.group(1) if m else None):
+        for candidate in (name, rsync_target(name)):
             if candidate is None:
                 continue
             d = self.manifest.disk_by_file(candidate)
@@ -408,8 +401,7 @@ class RestoreSession:
         old = f.name
         f.name = new_name
         if f.disk is not None:
-            m = _RSYNC_TEMP.match(old)
-            if new_name != f.disk.set_disk.file and not (m and m.group(1) == new_name):
+            if new_name != f.disk.set_disk.file and rsync_target(old) != new_name:
                 f.name = old
                 raise _err(
                     f"{old!r} holds disk {f.disk.set_disk.id}; it cannot be renamed to {new_name!r}",
@@ -720,7 +712,7 @@ class RestoreSession:
                 if other.opens == 0 and other.size and not other.closed_done:
                     await self._closed(other)
 
-    async def _preflight(self, manifest: SetManifest, opts: RestoreOptions) -> None:
+    async def _preflight(self, manifest: Manifest, opts: RestoreOptions) -> None:
         """Every check that can refuse the restore before the engine is changed."""
         engine = self.manager.engine
         kind = manifest.kind
@@ -780,7 +772,7 @@ class RestoreSession:
                 )
 
     def _storage_domain_of(
-        self, d: SetDisk, opts: RestoreOptions, sds: Sequence[StorageDomain]
+        self, d: ManifestDisk, opts: RestoreOptions, sds: Sequence[StorageDomain]
     ) -> StorageDomain:
         wanted = opts.storage_domain.get(d.id, d.alias)
         candidates = [wanted] if wanted else [d.storage_domain_id, d.storage_domain_name]

@@ -14,12 +14,7 @@ import errno
 import uuid
 from typing import TYPE_CHECKING
 
-from rhvfs.backupset._parse import (
-    parse_ovf,
-    set_disk_flags,
-    strip_devices,
-    synthesize_ovf,
-)
+from rhvfs.backupset import parse_ovf, set_disk_flags, strip_devices, synthesize_ovf
 from rhvfs.errors import Conflict, NotFound
 from rhvfs.sessions.restore._ports import restore_error
 
