@@ -30,8 +30,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rhvfs.cache import ImageReader, RetryPolicy  # noqa: E402
+from rhvfs.cache import ImageReader  # noqa: E402
 from rhvfs.imageio import BulkMode, open_imageio  # noqa: E402
+from rhvfs.retry import RetryPolicy  # noqa: E402
 from tests.component.test_imageio_client import Daemon, nbd_export, run_daemon  # noqa: E402
 
 MiB = 1024 * 1024

@@ -34,7 +34,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rhvfs.config import load_config  # noqa: E402
-from rhvfs.engine import PollPolicy, open_engine  # noqa: E402
+from rhvfs.engine import open_engine  # noqa: E402
+from rhvfs.retry import RetryPolicy  # noqa: E402
 from rhvfs.sessions.core._journal import Journal  # noqa: E402
 from rhvfs.sessions.core._model import Owner, SetEntry  # noqa: E402
 from rhvfs.sessions.incremental._chainstate import ChainState  # noqa: E402
@@ -88,7 +89,7 @@ async def bench(args: argparse.Namespace, work: Path) -> None:
             config_file=sim.conf_file,
             overrides={"grace_period": 0.2, "listing_ttl": 0.0},
         )
-        poll = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=600.0)
+        poll = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=600.0)
         async with open_engine(config, poll=poll) as engine:
             vm = await engine.find_vm(VM)
             assert vm is not None

@@ -1,14 +1,15 @@
 """The thin pyfuse3 adapter: ``Operations`` over ``rhvfs.vfs.tree.Vfs``.
 
-Owns exactly two things: turning ``Node`` values into ``EntryAttributes``, and
-the ONE table mapping rhvfs errors to errno (``errno_for``). Anything not in
-the table is logged with its traceback and becomes EIO. The tree is read-only
-here: every modifying call answers EROFS, except below ``restore/``, whose
-calls are dispatched unchanged to ``rhvfs.vfs.restore.RestoreTree``.
+Owns exactly two things: converting between pyfuse3's types and the VFS's
+(bytes names, ``EntryAttributes``, ``FileInfo``, ``SetattrFields``), and the
+ONE table mapping rhvfs errors to errno (``ERRNO``, read by ``errno_for``).
+Anything not in the table is logged with its traceback and becomes EIO.
+Every call goes to the one ``Vfs`` unchanged: which part of the tree
+answers, what is read-only and which handle is which are the VFS's business.
 
-Must not: hold logic of its own (names, caching, sessions live in ``rhvfs.vfs``
-and ``rhvfs.sessions``), or let an exception other than ``FUSEError`` reach
-pyfuse3.
+Must not: hold logic of its own (names, routing, caching, sessions live in
+``rhvfs.vfs`` and ``rhvfs.sessions``), or let an exception other than
+``FUSEError`` reach pyfuse3.
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ import errno
 import functools
 import logging
 import os
-import stat
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
 from rhvfs import errors
-from rhvfs.vfs.nodes import Kind, Node
-from rhvfs.vfs.restore import RestoreTree
+from rhvfs.vfs.names import NAME_MAX
+from rhvfs.vfs.nodes import READ_BLOCK_SIZE, Node
 from rhvfs.vfs.tree import Vfs
 
 log = logging.getLogger(__name__)
@@ -33,34 +33,65 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Checked in order: the first matching class wins (subclasses before their bases).
-ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
-    (errors.NotFound, errno.ENOENT),
-    (errors.AuthenticationError, errno.EACCES),
-    (errors.VmStateError, errno.EBUSY),
-    (errors.Conflict, errno.EBUSY),
-    (errors.ConfigError, errno.EINVAL),
-    (errors.EngineError, errno.EIO),
-    (errors.ImageioError, errno.EIO),
-    (errors.SessionError, errno.EIO),
-    (errors.DataIntegrityError, errno.EIO),
-    (errors.RestoreError, errno.EIO),
-)
-#: Expected in normal operation: no log line for these.
-_QUIET = (errors.NotFound,)
+# ---------------------------------------------------------------------------------------
+# THE error -> errno table. One entry per class; for an exception, the entry of the most
+# specific class in its MRO wins (so entry order does not matter). Add new classes here.
+# ---------------------------------------------------------------------------------------
+ERRNO: dict[type[BaseException], int] = {
+    # engine
+    errors.NotFound: errno.ENOENT,  # also the VFS's missing name or inode
+    errors.AuthenticationError: errno.EACCES,
+    errors.Conflict: errno.EBUSY,
+    errors.EngineError: errno.EIO,
+    # configuration
+    errors.ConfigError: errno.EINVAL,
+    # data plane
+    errors.ImageioError: errno.EIO,
+    errors.DataIntegrityError: errno.EIO,
+    # sessions
+    errors.VmStateError: errno.EBUSY,
+    errors.SessionError: errno.EIO,  # SessionClosed too: a reader's fd is valid, EBADF misleads
+    errors.RestoreError: errno.EIO,
+    errors.RestoreInputError: errno.EINVAL,
+    errors.RestoreNameClash: errno.EEXIST,
+    errors.RestoreNoSpace: errno.ENOSPC,  # StagingFull too
+    errors.RestoreTooLarge: errno.EFBIG,
+    errors.RestoreBusy: errno.EBUSY,
+    errors.RestoreUnsupported: errno.ENOTSUP,
+    errors.RestoreWriteOnly: errno.EACCES,
+    errors.RestoreFinished: errno.EROFS,
+    errors.RestoreCancelled: errno.ECANCELED,
+    errors.RestoreFailed: errno.EIO,
+    # the VFS's own refusals
+    errors.ReadOnlyFilesystem: errno.EROFS,
+    errors.NotADirectory: errno.ENOTDIR,
+    errors.IsADirectory: errno.EISDIR,
+    errors.NotASymlink: errno.EINVAL,
+    errors.NotARegularFile: errno.EINVAL,
+    errors.SymlinkLoop: errno.ELOOP,
+    errors.SymlinkOutsideTree: errno.EXDEV,
+    errors.BadHandle: errno.EBADF,
+    errors.NoSuchAttribute: pyfuse3.ENOATTR,
+    errors.NameExists: errno.EEXIST,
+    errors.DirectoryNotEmpty: errno.ENOTEMPTY,
+    errors.GeneratedFile: errno.EACCES,
+    errors.NotInRestoreSet: errno.EPERM,
+    errors.UnsupportedFileType: errno.EPERM,
+    errors.RenameAcrossSets: errno.EXDEV,
+}
+# ---------------------------------------------------------------------------------------
 
-READ_BLOCK_SIZE = 128 * 1024  # st_blksize: what cp/tar size their reads by
+#: Expected in normal operation (a missing name, a refused write): logged at debug only.
+_QUIET = (errors.NotFound, errors.FilesystemError, OSError)
 
 
 def errno_for(exc: BaseException) -> int:
     """The errno a failed filesystem call returns for ``exc`` (EIO when unknown)."""
-    chosen = getattr(exc, "errno", None)  # a restore error carries the errno its session chose
-    if isinstance(exc, errors.RestoreError) and isinstance(chosen, int) and chosen > 0:
-        return chosen
-    for cls, number in ERRNO_TABLE:
-        if isinstance(exc, cls):
+    for cls in type(exc).__mro__:
+        number = ERRNO.get(cls)
+        if number is not None:
             return number
-    if isinstance(exc, OSError) and exc.errno:
+    if isinstance(exc, OSError) and exc.errno:  # e.g. the local disk under restore staging
         return exc.errno
     return errno.EIO
 
@@ -75,7 +106,7 @@ def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine
         except Exception as exc:
             number = errno_for(exc)
             name = errno.errorcode.get(number, number)
-            if isinstance(exc, (*_QUIET, OSError)):  # expected: a missing name, ENOTDIR...
+            if isinstance(exc, _QUIET):
                 log.debug("%s: %s -> %s", fn.__name__, exc, name)
             elif isinstance(exc, errors.RhvfsError):
                 log.warning("%s: %s -> %s", fn.__name__, exc, name)
@@ -86,10 +117,6 @@ def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine
     return wrapper
 
 
-def _erofs() -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(errno.EROFS)
-
-
 class Operations(pyfuse3.Operations):
     """pyfuse3 request handlers; every one delegates to ``Vfs``."""
 
@@ -97,205 +124,50 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(
-        self,
-        vfs: Vfs,
-        *,
-        uid: int | None = None,
-        gid: int | None = None,
-        restore: RestoreTree | None = None,
-    ) -> None:
+    def __init__(self, vfs: Vfs) -> None:
         super().__init__()
         self.vfs = vfs
-        self.restore = restore  # the writable restore/ subtree: its calls are dispatched to it
-        self.uid = os.getuid() if uid is None else uid
-        self.gid = os.getgid() if gid is None else gid
-        self._dir_handles: dict[int, list[Node]] = {}
-        self._next_dir_fh = 1
-
-    # -- attributes ---------------------------------------------------------
 
     def attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = self.vfs.attributes(node)
         attr = pyfuse3.EntryAttributes()
-        attr.st_ino = node.ino
+        attr.st_ino = a.ino
         attr.generation = 0
-        ttl = self.vfs.listing_ttl_s
-        # Generated files (vm.json...) get fresh content when their directory is re-listed;
-        # with no attribute caching the kernel's size always matches the content it reads.
-        generated = node.content is not None and node.data is None
-        attr.entry_timeout = 0.0 if node.volatile else ttl
-        attr.attr_timeout = 0.0 if node.volatile or generated else ttl
-        if node.kind is Kind.DIR:
-            attr.st_mode = stat.S_IFDIR | 0o555
-            attr.st_nlink = 2
-        elif node.kind is Kind.LINK:
-            attr.st_mode = stat.S_IFLNK | 0o777
-            attr.st_nlink = 1
-        else:
-            attr.st_mode = stat.S_IFREG | 0o444
-            attr.st_nlink = 1
-        perm = getattr(node, "perm", None)  # restore/ nodes are writable
-        if perm is None and self.restore is not None and node.ino == self.restore.root_ino:
-            perm = 0o755
-        if perm is not None:
-            attr.st_mode = stat.S_IFMT(attr.st_mode) | perm
-        attr.st_uid = getattr(node, "uid", None) or self.uid
-        attr.st_gid = getattr(node, "gid", None) or self.gid
+        attr.entry_timeout = a.entry_timeout_s
+        attr.attr_timeout = a.attr_timeout_s
+        attr.st_mode = a.mode
+        attr.st_nlink = a.nlink
+        attr.st_uid = a.uid
+        attr.st_gid = a.gid
         attr.st_rdev = 0
-        attr.st_size = node.size
-        attr.st_blocks = node.blocks
-        attr.st_blksize = READ_BLOCK_SIZE
-        attr.st_atime_ns = node.mtime_ns
-        attr.st_mtime_ns = node.mtime_ns
-        attr.st_ctime_ns = node.mtime_ns
+        attr.st_size = a.size
+        attr.st_blocks = a.blocks
+        attr.st_blksize = a.blksize
+        attr.st_atime_ns = a.mtime_ns
+        attr.st_mtime_ns = a.mtime_ns
+        attr.st_ctime_ns = a.mtime_ns
         return attr
 
-    # -- lookups --------------------------------------------------------------
+    def _file_info(self, fh: int) -> pyfuse3.FileInfo:
+        return pyfuse3.FileInfo(fh=fh, direct_io=self.vfs.direct_io(fh), keep_cache=False)
+
+    # -- lookups and attributes --------------------------------------------------
 
     @_translate
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if self._r(parent_inode):
-            return self.attributes(await self._rt.lookup(parent_inode, os.fsdecode(name)))
         return self.attributes(await self.vfs.lookup(parent_inode, os.fsdecode(name)))
-
-    def _r(self, inode: int) -> bool:
-        return self.restore is not None and self.restore.owns(inode)
-
-    def _rfh(self, fh: int) -> bool:
-        return self.restore is not None and self.restore.owns_fh(fh)
-
-    @property
-    def _rt(self) -> RestoreTree:
-        assert self.restore is not None
-        return self.restore
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if self._r(inode):
-            return self.attributes(await self._rt.getattr(inode))
         return self.attributes(await self.vfs.getattr(inode))
-
-    @_translate
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.fsencode(await self.vfs.readlink(inode))
-
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        # Inode numbers are derived from engine ids and nodes are small: keep them all.
-        pass
-
-    @_translate
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        if self._r(inode):
-            self._rt.node(inode)
-            return True
-        self.vfs.node(inode)
-        return not (mode & os.W_OK)
-
-    # -- directories ------------------------------------------------------------
-
-    @_translate
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        children: list[Node]
-        if self._r(inode):
-            children = list(await self._rt.listdir(inode))
-        else:
-            children = await self.vfs.listdir(inode)
-        fh = self._next_dir_fh
-        self._next_dir_fh += 1
-        self._dir_handles[fh] = children
-        return fh
-
-    @_translate
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        children = self._dir_handles.get(fh, [])
-        for index in range(start_id, len(children)):
-            node = children[index]
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(node.name), self.attributes(node), index + 1
-            ):
-                break
-
-    async def releasedir(self, fh: int) -> None:
-        self._dir_handles.pop(fh, None)
-
-    # -- files ------------------------------------------------------------------
-
-    @_translate
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if self._r(inode):
-            fh = await self._rt.open(inode, flags)
-            return pyfuse3.FileInfo(fh=fh, direct_io=self._rt.direct_io(fh), keep_cache=False)
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise _erofs()
-        fh = await self.vfs.open(inode)
-        node = self.vfs.handle_node(fh)
-        # Volatile files (status.json) bypass the page cache: their size changes.
-        return pyfuse3.FileInfo(fh=fh, direct_io=node.volatile, keep_cache=False)
-
-    @_translate
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        if self._rfh(fh):
-            return await self._rt.read(fh, off, size)
-        return await self.vfs.read(fh, off, size)
-
-    async def release(self, fh: int) -> None:
-        try:
-            if self._rfh(fh):
-                await self._rt.release(fh)
-            else:
-                await self.vfs.release(fh)
-        except Exception:
-            log.exception("release of handle %d failed", fh)
-
-    @_translate
-    async def flush(self, fh: int) -> None:
-        if self._rfh(fh):
-            await self._rt.flush(fh)
-
-    @_translate
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        if self._rfh(fh):
-            await self._rt.fsync(fh)
-
-    @_translate
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        data = pyfuse3.StatvfsData()
-        data.f_bsize = READ_BLOCK_SIZE
-        data.f_frsize = 512
-        data.f_blocks = 0
-        data.f_bfree = 0
-        data.f_bavail = 0
-        data.f_files = len(self.vfs.table) + 1
-        data.f_ffree = 0
-        data.f_favail = 0
-        data.f_namemax = 255
-        return data
-
-    @_translate
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if self._r(inode):
-            return await self._rt.getxattr(inode, name)
-        self.vfs.node(inode)
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-
-    @_translate
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        if self._r(inode):
-            return await self._rt.listxattr(inode)
-        self.vfs.node(inode)
-        return []
-
-    # -- everything that would modify the tree: read-only -----------------------
 
     @_translate
     async def setattr(
         self, inode: int, attr: Any, fields: Any, fh: Any, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if not self._r(inode):
-            raise _erofs()
-        node = await self._rt.setattr(
+        node = await self.vfs.setattr(
             inode,
             size=attr.st_size if fields.update_size else None,
             mode=attr.st_mode if fields.update_mode else None,
@@ -305,35 +177,85 @@ class Operations(pyfuse3.Operations):
         )
         return self.attributes(node)
 
-    async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM) if self._r(parent_inode) else _erofs()
+    @_translate
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.fsencode(await self.vfs.readlink(inode))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        self.vfs.forget(inode for inode, _ in inode_list)
+
+    @_translate
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return self.vfs.access(inode, mode)
+
+    @_translate
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = READ_BLOCK_SIZE
+        data.f_frsize = 512
+        data.f_blocks = 0
+        data.f_bfree = 0
+        data.f_bavail = 0
+        data.f_files = self.vfs.inode_count
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = NAME_MAX
+        return data
+
+    # -- directories ------------------------------------------------------------
+
+    @_translate
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return await self.vfs.opendir(inode)
+
+    @_translate
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        children = self.vfs.readdir(fh)
+        for index in range(start_id, len(children)):
+            node = children[index]
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(node.name), self.attributes(node), index + 1
+            ):
+                break
+
+    async def releasedir(self, fh: int) -> None:
+        self.vfs.releasedir(fh)
 
     @_translate
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if not self._r(parent_inode):
-            raise _erofs()
-        return self.attributes(await self._rt.mkdir(parent_inode, os.fsdecode(name)))
-
-    @_translate
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if not self._r(parent_inode):
-            raise _erofs()
-        await self._rt.unlink(parent_inode, os.fsdecode(name))
+        return self.attributes(await self.vfs.mkdir(parent_inode, os.fsdecode(name)))
 
     @_translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if not self._r(parent_inode):
-            raise _erofs()
-        await self._rt.rmdir(parent_inode, os.fsdecode(name))
+        await self.vfs.rmdir(parent_inode, os.fsdecode(name))
 
+    # -- names --------------------------------------------------------------------
+
+    @_translate
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self.vfs.mknod(parent_inode, os.fsdecode(name)))
+
+    @_translate
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+        node = await self.vfs.symlink(parent_inode, os.fsdecode(name), os.fsdecode(target))
+        return self.attributes(node)
+
+    @_translate
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.vfs.link(inode, new_parent_inode, os.fsdecode(new_name))
+        return self.attributes(node)
+
+    @_translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.vfs.unlink(parent_inode, os.fsdecode(name))
 
     @_translate
     async def rename(
@@ -345,43 +267,61 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        if not (self._r(parent_inode_old) and self._r(parent_inode_new)):
-            raise _erofs()
-        await self._rt.rename(
+        await self.vfs.rename(
             parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new)
         )
 
-    async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise _erofs()
+    # -- files ------------------------------------------------------------------
 
     @_translate
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        if not self._rfh(fh):
-            raise _erofs()
-        return await self._rt.write(fh, off, buf)
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        return self._file_info(await self.vfs.open(inode, flags))
 
     @_translate
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        if not self._r(parent_inode):
-            raise _erofs()
-        fh, node = await self._rt.create(parent_inode, os.fsdecode(name), flags)
-        info = pyfuse3.FileInfo(fh=fh, direct_io=self._rt.direct_io(fh), keep_cache=False)
-        return info, self.attributes(node)
+        fh, node = await self.vfs.create(parent_inode, os.fsdecode(name), flags)
+        return self._file_info(fh), self.attributes(node)
+
+    @_translate
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.vfs.read(fh, off, size)
+
+    @_translate
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.vfs.write(fh, off, buf)
+
+    @_translate
+    async def flush(self, fh: int) -> None:
+        await self.vfs.flush(fh)
+
+    @_translate
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.vfs.fsync(fh)
+
+    async def release(self, fh: int) -> None:
+        try:
+            await self.vfs.release(fh)
+        except Exception:  # the kernel has closed the file already: nobody to tell
+            log.exception("release of handle %d failed", fh)
+
+    # -- extended attributes ------------------------------------------------------
+
+    @_translate
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return await self.vfs.getxattr(inode, name)
+
+    @_translate
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return await self.vfs.listxattr(inode)
 
     @_translate
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        if not self._r(inode):
-            raise _erofs()
-        await self._rt.setxattr(inode, name, value)
+        await self.vfs.setxattr(inode, name, value)
 
     @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if not self._r(inode):
-            raise _erofs()
-        await self._rt.removexattr(inode, name)
+        await self.vfs.removexattr(inode, name)

@@ -34,7 +34,7 @@ import trio
 import rhvfs
 from rhvfs.config import Config
 from rhvfs.errors import ConfigError
-from rhvfs.fs import Operations
+from rhvfs.fs import Operations, errno_for
 from rhvfs.vfs.backend import BackupSets, EngineInventory, LocalOwner, OwnerFactory
 from rhvfs.vfs.tree import Vfs
 
@@ -56,7 +56,7 @@ class Backend:
     engine: EngineInventory
     backups: BackupSets
     owner_factory: OwnerFactory = LocalOwner
-    #: ``rhvfs.sessions.restore._session.RestoreManager`` (running), or None: ``restore/`` stays read-only.
+    #: ``rhvfs.sessions.restore.RestoreManager`` (running), or None: ``restore/`` stays read-only.
     restores: Any = None
 
 
@@ -85,7 +85,7 @@ async def open_backend(
         incremental = IncrementalManager(
             engine, config, chain=chain, journal=journal, cleanup_on_start=gc_on_start
         )
-        restores = RestoreManager(engine, config)
+        restores = RestoreManager(engine, config, errno_for=errno_for)
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
             await nursery.start(incremental.run)
@@ -205,16 +205,11 @@ async def serve(
                 listing_ttl_s=config.listing_ttl,
                 owner_factory=back.owner_factory,
                 status_info=status_info,
+                restores=back.restores,
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
-            restore_tree = None
-            if back.restores is not None:
-                from rhvfs.vfs.restore import RestoreTree
-
-                root = await vfs.resolve("/restore")
-                restore_tree = RestoreTree(back.restores, root_ino=root.ino, table=vfs.table)
-            ops = Operations(vfs, restore=restore_tree)
+            ops = Operations(vfs)
             pyfuse3.init(ops, mountpoint, fuse_options(options))
             mounted = True
             log.info("rhvfs %s mounted %s on %s", rhvfs.__version__, config.engine_url, mountpoint)

@@ -17,6 +17,12 @@ APT_PACKAGES=(
 if [ "${RHVFS_GUESTFS:-0}" = 1 ]; then
   APT_PACKAGES+=(libguestfs-tools linux-image-amd64)
 fi
+# Bacula community for the Bacula tests: tests/support/bacula.py runs private
+# daemons as plain processes with their own sqlite3 catalog (from the schema
+# under /usr/share/dbconfig-common), so the packaged services stay stopped.
+if [ "${RHVFS_BACULA:-0}" = 1 ]; then
+  APT_PACKAGES+=(bacula-director bacula-director-sqlite3 bacula-sd bacula-fd bacula-console sqlite3)
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -28,8 +34,25 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "setup: installing ${missing[*]}"
+  # No catalog from dbconfig-common: the tests create their own.
+  if command -v debconf-set-selections >/dev/null; then
+    printf '%s\n' \
+      'bacula-director-sqlite3 bacula-director-sqlite3/dbconfig-install boolean false' \
+      'bacula-director-sqlite3 bacula-director-sqlite3/dbconfig-upgrade boolean false' \
+      | debconf-set-selections
+  fi
+  # Installed packages must not start their services (bacula-dir, -sd, -fd):
+  # deny them while installing, unless the machine already has a policy.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -d /run/systemd/system ] && [[ " ${missing[*]} " == *" bacula-"* ]]; then
+    systemctl disable --now bacula-director bacula-sd bacula-fd >/dev/null 2>&1 || true
+  fi
 fi
 # FUSE needs the device; in containers it may exist without the module loaded.
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true

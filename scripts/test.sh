@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # libguestfs (and a kernel for its appliance) for the one virt-ls acceptance test.
 export RHVFS_GUESTFS=${RHVFS_GUESTFS:-1}
+# Bacula community (director, storage and file daemons, sqlite3 catalog) for the Bacula tests.
+export RHVFS_BACULA=${RHVFS_BACULA:-1}
 bash scripts/setup.sh
 echo "== ruff"
 .venv/bin/ruff check rhvfs tests bench

@@ -6,7 +6,9 @@ starting with an underscore are private.
 
 from rhvfs.cache._extents import ExtentMap
 from rhvfs.cache._reader import BlockSource, ImageReader, ReaderStats
-from rhvfs.cache._retry import RetryPolicy, retry_transient
+
+# The reader's retry policy, re-exported so ``rhvfs.cache`` callers need one import.
+from rhvfs.retry import RetryPolicy
 
 __all__ = [
     "BlockSource",
@@ -14,5 +16,4 @@ __all__ = [
     "ImageReader",
     "ReaderStats",
     "RetryPolicy",
-    "retry_transient",
 ]

@@ -43,9 +43,9 @@ from typing import Protocol
 import trio
 
 from rhvfs.cache._extents import ExtentMap
-from rhvfs.cache._retry import RetryPolicy, retry_transient
 from rhvfs.errors import SessionClosed, TicketGone
 from rhvfs.imageio.types import Extent
+from rhvfs.retry import RetryPolicy, retry
 
 log = logging.getLogger(__name__)
 
@@ -564,7 +564,7 @@ class ImageReader:
             await self._get(off, view[off - block.start : off - block.start + length])
 
     async def _get(self, offset: int, buf: memoryview) -> None:
-        async def attempt() -> None:
+        async def attempt(_n: int) -> None:
             async with self._limiter:
                 self._requests += 1
                 await self._source.read_into(offset, buf)
@@ -572,7 +572,7 @@ class ImageReader:
         def count_retry(_: BaseException) -> None:
             self._retries += 1
 
-        await retry_transient(
+        await retry(
             attempt, policy=self._retry, what=f"read {offset}+{len(buf)}", on_retry=count_retry
         )
         self._bytes_fetched += len(buf)

@@ -25,13 +25,13 @@ import re
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from rhvfs.commands.common import add_connection_args, config_from_args, run_trio, setup_logging
 from rhvfs.errors import ConfigError, RhvfsError
+from rhvfs.retry import Backoff, RetryPolicy
 
 STATUS_PATH = ".rhvfs/status.json"
 _KNOWN_O = {"allow_other", "debug"}
@@ -198,13 +198,19 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _wait(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+# Waits of the (blocking) umount command: look every 0.1 s, a last time at the deadline.
+_WAIT_INTERVAL_S = 0.1
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether ``predicate()`` became true within ``timeout_s`` (blocking; not under trio)."""
+    policy = RetryPolicy.for_polling(
+        interval_s=_WAIT_INTERVAL_S, max_interval_s=_WAIT_INTERVAL_S, timeout_s=timeout_s
+    )
+    for _ in Backoff(policy, last_at_deadline=True):
         if predicate():
             return True
-        time.sleep(0.1)
-    return predicate()  # type: ignore[no-any-return]
+    return False
 
 
 def cmd_umount(argv: Sequence[str]) -> int:

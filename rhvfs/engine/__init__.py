@@ -1,11 +1,10 @@
 """rhvfs.engine — the only package that imports ovirtsdk4 (see CONTRACT.md).
 
-Public surface: ``open_engine``, ``Engine``, the retry/poll policies, and the
-value types of ``rhvfs.engine.types``.
+Public surface: ``open_engine``, ``Engine`` and the value types of
+``rhvfs.engine.types``. Its retry and poll policies are ``rhvfs.retry.RetryPolicy``.
 """
 
 from rhvfs.engine._engine import Engine, open_engine
-from rhvfs.engine._retry import PollPolicy, RetryPolicy
 from rhvfs.engine.types import (
     Backup,
     Checkpoint,
@@ -35,8 +34,6 @@ __all__ = [
     "Host",
     "ImageTransfer",
     "Nic",
-    "PollPolicy",
-    "RetryPolicy",
     "Snapshot",
     "StorageDomain",
     "Tag",

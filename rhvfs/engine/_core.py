@@ -8,6 +8,7 @@ or SDK exceptions directly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -17,9 +18,9 @@ import trio
 
 from rhvfs.config import Config
 from rhvfs.engine._pool import ConnectionPool
-from rhvfs.engine._retry import PollPolicy, RetryPolicy, retry_transient, wait_until
 from rhvfs.engine._translate import translate_errors
 from rhvfs.errors import EngineUnavailable
+from rhvfs.retry import RetryPolicy, poll, retry
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class EngineCore:
         config: Config,
         *,
         connections: int = 2,
-        poll: PollPolicy | None = None,
+        poll: RetryPolicy | None = None,
         retry: RetryPolicy | None = None,
         request_timeout_s: float | None = None,
     ) -> None:
@@ -50,7 +51,7 @@ class EngineCore:
             interval_s=config.system_interval,
             timeout_s=config.system_timeout,
         )
-        self.poll_policy = poll or PollPolicy(timeout_s=config.system_timeout)
+        self.poll_policy = poll or RetryPolicy.for_polling(timeout_s=config.system_timeout)
         timeout = (
             request_timeout_s
             if request_timeout_s is not None
@@ -100,25 +101,23 @@ class EngineCore:
         async def attempt(_n: int) -> T:
             return await self.call_once(fn, what)
 
-        return await retry_transient(attempt, policy=self.retry_policy, what=what)
+        return await retry(attempt, policy=self.retry_policy, what=what)
 
     async def retried(self, fn: Callable[[int], Awaitable[T]], what: str) -> T:
         """Retry an async ``fn(attempt)`` built from several calls (idempotent creates)."""
-        return await retry_transient(fn, policy=self.retry_policy, what=what)
+        return await retry(fn, policy=self.retry_policy, what=what)
 
     async def wait(
         self, probe: Callable[[], Awaitable[T | None]], what: str, *, timeout_s: float | None = None
     ) -> T:
-        """Poll ``probe`` per the poll policy until it returns a value (see ``wait_until``)."""
+        """Poll ``probe`` per the poll policy until it returns a value (``rhvfs.retry.poll``).
+
+        Transient errors count as "not yet"; on timeout raises ``EngineUnavailable``.
+        """
         policy = self.poll_policy
         if timeout_s is not None:
-            policy = PollPolicy(
-                first_s=policy.first_s,
-                max_s=policy.max_s,
-                factor=policy.factor,
-                timeout_s=timeout_s,
-            )
-        return await wait_until(probe, policy=policy, what=what)
+            policy = dataclasses.replace(policy, timeout_s=timeout_s)
+        return await poll(probe, policy=policy, what=what, timeout_error=EngineUnavailable)
 
     async def aclose(self) -> None:
         """Log out of the engine and close every SDK connection.

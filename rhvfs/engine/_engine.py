@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 from rhvfs.config import Config
 from rhvfs.engine._restore import RestoreMixin
-from rhvfs.engine._retry import PollPolicy, RetryPolicy
 from rhvfs.engine._snapshots import SnapshotsMixin
 from rhvfs.engine._transfers import TransfersMixin
+from rhvfs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +28,16 @@ async def open_engine(
     config: Config,
     *,
     connections: int = 2,
-    poll: PollPolicy | None = None,
+    poll: RetryPolicy | None = None,
     retry: RetryPolicy | None = None,
     request_timeout_s: float | None = None,
 ) -> AsyncIterator[Engine]:
     """Yield an ``Engine`` for ``config``; logs out and closes its connections on exit.
 
     No request is made until the first call (SSO happens lazily, per connection).
-    ``poll`` tunes how entity waits poll (tests use short intervals); ``retry``
-    overrides the ``system_*`` settings of ``config``.
+    ``poll`` tunes how entity waits poll (default ``RetryPolicy.for_polling``
+    with ``system_timeout``; tests use short intervals); ``retry`` overrides the
+    ``system_*`` settings of ``config``. Both are ``rhvfs.retry.RetryPolicy``.
     """
     engine = Engine(
         config, connections=connections, poll=poll, retry=retry, request_timeout_s=request_timeout_s

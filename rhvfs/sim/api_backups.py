@@ -19,7 +19,7 @@ from ovirtsdk4 import types
 from rhvfs.sim import api_snapshots, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import Engine, action_done, get_or_404, href, parse_body, vm_busy
-from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import Backup, Checkpoint, Vm, new_id, now_iso, parse_iso
 
 log = logging.getLogger(__name__)
@@ -295,94 +295,123 @@ def sweep(e: Engine, *, now: datetime.datetime | None = None) -> None:
                 e.save()
 
 
-def register(router: Router, e: Engine) -> None:
-    st = e.state
-
-    def _backup(vm: str, backup: str) -> tuple[Vm, Backup]:
-        v = get_or_404(st.vms, vm)
-        b = get_or_404(st.backups, backup)
-        if b.vm_id != v.id:
-            raise get_or_404({}, backup)
-        return v, b
-
-    def backups_list(req: Request, vm: str) -> Response:
-        with st.lock:
-            get_or_404(st.vms, vm)
-            items = [conv.backup(e, b) for b in st.backups.values() if b.vm_id == vm]
-            return xml(xmlio.render_list(items, "backups"))
-
-    def backup_add(req: Request, vm: str) -> Response:
-        body = parse_body(req, types.Backup)
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            b = start_backup(e, v, body, require_consistency=req.flag("require_consistency"))
-            return xml(
-                xmlio.render(conv.backup(e, b)),
-                status=202,
-                Location=href("vms", v.id, "backups", b.id),
-            )
-
-    def backup_get(req: Request, vm: str, backup: str) -> Response:
-        with st.lock:
-            _, b = _backup(vm, backup)
-            return xml(xmlio.render(conv.backup(e, b)))
-
-    def backup_disks(req: Request, vm: str, backup: str) -> Response:
-        with st.lock:
-            _, b = _backup(vm, backup)
-            items = [
-                conv.disk(e, st.disks[d], backup_mode=b.modes.get(d))
-                for d in b.disk_ids
-                if d in st.disks
-            ]
-            return xml(xmlio.render_list(items, "disks"))
-
-    def backup_finalize(req: Request, vm: str, backup: str) -> Response:
-        with st.lock:
-            _, b = _backup(vm, backup)
-            finalize_backup(e, b)
-        return xml(action_done())
-
-    router.add("GET", "/vms/{vm}/backups", backups_list)
-    router.add("POST", "/vms/{vm}/backups", backup_add)
-    router.add("GET", "/vms/{vm}/backups/{backup}", backup_get)
-    router.add("GET", "/vms/{vm}/backups/{backup}/disks", backup_disks)
-    router.add("POST", "/vms/{vm}/backups/{backup}/finalize", backup_finalize)
-
-    def _checkpoint(vm: str, checkpoint: str) -> tuple[Vm, Checkpoint]:
-        v = get_or_404(st.vms, vm)
-        c = get_or_404(st.checkpoints, checkpoint)
-        if c.vm_id != v.id:
-            raise get_or_404({}, checkpoint)
-        return v, c
-
-    def checkpoints_list(req: Request, vm: str) -> Response:
-        with st.lock:
-            get_or_404(st.vms, vm)
-            cps = sorted(
-                (c for c in st.checkpoints.values() if c.vm_id == vm), key=lambda c: c.creation_date
-            )
-            return xml(xmlio.render_list([conv.checkpoint(e, c) for c in cps], "checkpoints"))
-
-    def checkpoint_get(req: Request, vm: str, checkpoint: str) -> Response:
-        with st.lock:
-            _, c = _checkpoint(vm, checkpoint)
-            return xml(xmlio.render(conv.checkpoint(e, c)))
-
-    def checkpoint_disks(req: Request, vm: str, checkpoint: str) -> Response:
-        with st.lock:
-            _, c = _checkpoint(vm, checkpoint)
-            items = [conv.disk(e, st.disks[d]) for d in c.disk_ids if d in st.disks]
-            return xml(xmlio.render_list(items, "disks"))
-
-    def checkpoint_delete(req: Request, vm: str, checkpoint: str) -> Response:
-        with st.lock:
-            v, c = _checkpoint(vm, checkpoint)
-            remove_checkpoint(e, v, c)
-        return xml(action_done())
-
-    router.add("GET", "/vms/{vm}/checkpoints", checkpoints_list)
-    router.add("GET", "/vms/{vm}/checkpoints/{checkpoint}", checkpoint_get)
-    router.add("GET", "/vms/{vm}/checkpoints/{checkpoint}/disks", checkpoint_disks)
-    router.add("DELETE", "/vms/{vm}/checkpoints/{checkpoint}", checkpoint_delete)
+def start_jobs(e: Engine) -> None:
+    """Schedule the periodic sweep of ended backups."""
     e.tasks.every(60.0, lambda: sweep(e))
+
+
+# /vms/{vm}/backups
+
+
+def _backup(e: Engine, vm: str, backup: str) -> tuple[Vm, Backup]:
+    v = get_or_404(e.state.vms, vm)
+    b = get_or_404(e.state.backups, backup)
+    if b.vm_id != v.id:
+        raise get_or_404({}, backup)
+    return v, b
+
+
+def list_backups(e: Engine, req: Request, vm: str) -> Response:
+    st = e.state
+    with st.lock:
+        get_or_404(st.vms, vm)
+        items = [conv.backup(e, b) for b in st.backups.values() if b.vm_id == vm]
+        return xml(xmlio.render_list(items, "backups"))
+
+
+def add_backup(e: Engine, req: Request, vm: str) -> Response:
+    body = parse_body(req, types.Backup)
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        b = start_backup(e, v, body, require_consistency=req.flag("require_consistency"))
+        return xml(
+            xmlio.render(conv.backup(e, b)),
+            status=202,
+            Location=href("vms", v.id, "backups", b.id),
+        )
+
+
+def get_backup(e: Engine, req: Request, vm: str, backup: str) -> Response:
+    with e.state.lock:
+        _, b = _backup(e, vm, backup)
+        return xml(xmlio.render(conv.backup(e, b)))
+
+
+def list_backup_disks(e: Engine, req: Request, vm: str, backup: str) -> Response:
+    st = e.state
+    with st.lock:
+        _, b = _backup(e, vm, backup)
+        items = [
+            conv.disk(e, st.disks[d], backup_mode=b.modes.get(d))
+            for d in b.disk_ids
+            if d in st.disks
+        ]
+        return xml(xmlio.render_list(items, "disks"))
+
+
+def finalize_backup_handler(e: Engine, req: Request, vm: str, backup: str) -> Response:
+    with e.state.lock:
+        _, b = _backup(e, vm, backup)
+        finalize_backup(e, b)
+    return xml(action_done())
+
+
+BACKUPS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/backups", list_backups),
+    Route("POST", "/vms/{vm}/backups", add_backup),
+    Route("GET", "/vms/{vm}/backups/{backup}", get_backup),
+    Route("GET", "/vms/{vm}/backups/{backup}/disks", list_backup_disks),
+    Route("POST", "/vms/{vm}/backups/{backup}/finalize", finalize_backup_handler),
+)
+
+
+# /vms/{vm}/checkpoints
+
+
+def _checkpoint(e: Engine, vm: str, checkpoint: str) -> tuple[Vm, Checkpoint]:
+    v = get_or_404(e.state.vms, vm)
+    c = get_or_404(e.state.checkpoints, checkpoint)
+    if c.vm_id != v.id:
+        raise get_or_404({}, checkpoint)
+    return v, c
+
+
+def list_checkpoints(e: Engine, req: Request, vm: str) -> Response:
+    st = e.state
+    with st.lock:
+        get_or_404(st.vms, vm)
+        cps = sorted(
+            (c for c in st.checkpoints.values() if c.vm_id == vm), key=lambda c: c.creation_date
+        )
+        return xml(xmlio.render_list([conv.checkpoint(e, c) for c in cps], "checkpoints"))
+
+
+def get_checkpoint(e: Engine, req: Request, vm: str, checkpoint: str) -> Response:
+    with e.state.lock:
+        _, c = _checkpoint(e, vm, checkpoint)
+        return xml(xmlio.render(conv.checkpoint(e, c)))
+
+
+def list_checkpoint_disks(e: Engine, req: Request, vm: str, checkpoint: str) -> Response:
+    st = e.state
+    with st.lock:
+        _, c = _checkpoint(e, vm, checkpoint)
+        items = [conv.disk(e, st.disks[d]) for d in c.disk_ids if d in st.disks]
+        return xml(xmlio.render_list(items, "disks"))
+
+
+def remove_checkpoint_handler(e: Engine, req: Request, vm: str, checkpoint: str) -> Response:
+    with e.state.lock:
+        v, c = _checkpoint(e, vm, checkpoint)
+        remove_checkpoint(e, v, c)
+    return xml(action_done())
+
+
+CHECKPOINTS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/checkpoints", list_checkpoints),
+    Route("GET", "/vms/{vm}/checkpoints/{checkpoint}", get_checkpoint),
+    Route("GET", "/vms/{vm}/checkpoints/{checkpoint}/disks", list_checkpoint_disks),
+    Route("DELETE", "/vms/{vm}/checkpoints/{checkpoint}", remove_checkpoint_handler),
+)
+
+ROUTES: tuple[Route, ...] = (*BACKUPS, *CHECKPOINTS)

@@ -5,16 +5,43 @@ records or answering 404, resolving inbound references given by id or by
 name, the engine's search subset (`name=x and status=up`, `*`, `page N`), the
 409 rules about locked disks, and hrefs of nested references. It performs no
 storage operation itself.
+
+The state lock and storage work (the invariant every handler and step keeps):
+
+- `State.lock` guards every record. Handlers and steps hold it while they
+  read or change records, and for short storage commands (a qcow2 overlay, a
+  bitmap, a deletion, a qemu-nbd export).
+- Storage work that grows with the data (copying a disk for a new VM or
+  template, merging a snapshot away) runs in a background step *without* the
+  lock, in three parts: under the lock the step checks its records and adds
+  the disks whose volume files it changes to `Engine.busy_disks`; without
+  the lock it runs qemu-img; under the lock again it commits the records and
+  removes the disks from `busy_disks`.
+- The request that started such work marked everything it involves first,
+  as the engine does: the disks `locked` (and a new VM `image_locked`, a new
+  template `locked`, the source VM's disks `locked` for a template, the
+  source snapshot `locked` for a clone). So while the lock is free,
+  conflicting requests get the engine's 409 from those marks, and the
+  records the step commits to cannot change under it. Reads (`GET`) answer
+  meanwhile, showing the marks.
+- A busy disk is always `locked`. A handler that runs a storage command on a
+  disk under the lock either refuses locked disks (409) or waits until the
+  disk is idle (`lock_when_idle`); it never waits for a storage lock while
+  holding `State.lock`.
+- Background steps run one at a time (`Tasks`), so two storage steps never
+  overlap, with or without the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,9 +75,48 @@ class Engine:
     # Host name put into transfer URLs (must match the imageio certificate).
     imageio_host: str = "localhost"
     auth: Auth | None = None
+    # Disks whose volume files a background step is changing without holding
+    # `State.lock` (always `locked` disks). Read and changed under the lock.
+    busy_disks: set[str] = dataclasses.field(default_factory=set)
 
     def save(self) -> None:
         self.state.save()
+
+
+# How long a handler waits for a disk's out-of-lock storage work before a 409.
+IDLE_WAIT_S = 600.0
+
+
+@contextlib.contextmanager
+def lock_when_idle(
+    e: Engine, disk_ids: Callable[[], Iterable[str]], *, timeout_s: float = IDLE_WAIT_S
+) -> Iterator[None]:
+    """Hold `State.lock` at a moment when none of `disk_ids()` is busy.
+
+    For handlers that run storage commands on disks under the lock: they
+    wait (without the lock) for a copy or merge to commit instead of reading
+    half of it or waiting on its storage lock. `disk_ids` runs under the lock
+    and may raise (404). 409 after `timeout_s` seconds.
+    """
+    lock = e.state.lock
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lock.acquire()
+        try:
+            busy = sorted(set(disk_ids()) & e.busy_disks)
+        except BaseException:
+            lock.release()
+            raise
+        if not busy:
+            break
+        lock.release()
+        if time.monotonic() > deadline:
+            raise conflict(f"Cannot proceed. Disk {busy[0]} is busy. Please try again later.")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def get_or_404(table: dict[str, T], record_id: str) -> T:

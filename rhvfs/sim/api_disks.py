@@ -2,8 +2,9 @@
 
 Owns disk creation (record + base volume, `locked` -> `ok` in a background
 step), update (alias, description, grow), removal with its 409 rules, and the
-disk-snapshot (volume) listings. `create_disk()` and `remove_disk()` are also
-used by disk attachments, storage domains and uploads.
+disk-snapshot (volume) listings, as route tables of plain handler functions
+(`ROUTES`). `create_disk()` and `remove_disk()` are also used by disk
+attachments, storage domains and uploads.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from rhvfs.sim.api_base import (
     sd_used_bytes,
     search,
 )
-from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import Disk, Volume, new_id
 
 log = logging.getLogger(__name__)
@@ -150,103 +151,117 @@ def check_disk_unlocked_for_removal(disk: Disk) -> None:
         )
 
 
-def register(router: Router, e: Engine) -> None:
+def list_disks(e: Engine, req: Request) -> Response:
     st = e.state
+    with st.lock:
+        fields = {
+            "name": lambda d: d.alias,
+            "alias": lambda d: d.alias,
+            "id": lambda d: d.id,
+            "status": lambda d: d.status,
+            "description": lambda d: d.description,
+            "storage": lambda d: st.storage_domains[d.sd_id].name,
+            "format": lambda d: d.active.fmt,
+        }
+        found = search(req, list(st.disks.values()), fields)
+        return xml(xmlio.render_list([conv.disk(e, d) for d in found], "disks"))
 
-    def disks_list(req: Request) -> Response:
-        with st.lock:
-            fields = {
-                "name": lambda d: d.alias,
-                "alias": lambda d: d.alias,
-                "id": lambda d: d.id,
-                "status": lambda d: d.status,
-                "description": lambda d: d.description,
-                "storage": lambda d: st.storage_domains[d.sd_id].name,
-                "format": lambda d: d.active.fmt,
-            }
-            found = search(req, list(st.disks.values()), fields)
-            return xml(xmlio.render_list([conv.disk(e, d) for d in found], "disks"))
 
-    def disk_get(req: Request, disk: str) -> Response:
-        with st.lock:
-            return xml(xmlio.render(conv.disk(e, get_or_404(st.disks, disk))))
+def get_disk(e: Engine, req: Request, disk: str) -> Response:
+    with e.state.lock:
+        return xml(xmlio.render(conv.disk(e, get_or_404(e.state.disks, disk))))
 
-    def disk_add(req: Request) -> Response:
-        body = parse_body(req, types.Disk)
-        with st.lock:
-            d = create_disk(e, body)
-        # The engine answers 202 while storage works, 201 when asked to wait.
-        status = 202
-        if "201-created" in req.headers.get("expect", ""):
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                with st.lock:
-                    if st.disks.get(d.id) is None or st.disks[d.id].status != "locked":
-                        break
-                time.sleep(0.02)
-            status = 201
-        with st.lock:
-            d = get_or_404(st.disks, d.id)
-            return xml(xmlio.render(conv.disk(e, d)), status=status, Location=href("disks", d.id))
 
-    def disk_update(req: Request, disk: str) -> Response:
-        body = parse_body(req, types.Disk)
-        with st.lock:
-            d = get_or_404(st.disks, disk)
-            update_disk(e, d, body)
-            return xml(xmlio.render(conv.disk(e, d)))
+def add_disk(e: Engine, req: Request) -> Response:
+    st = e.state
+    body = parse_body(req, types.Disk)
+    with st.lock:
+        d = create_disk(e, body)
+    # The engine answers 202 while storage works, 201 when asked to wait.
+    status = 202
+    if "201-created" in req.headers.get("expect", ""):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with st.lock:
+                if st.disks.get(d.id) is None or st.disks[d.id].status != "locked":
+                    break
+            time.sleep(0.02)
+        status = 201
+    with st.lock:
+        d = get_or_404(st.disks, d.id)
+        return xml(xmlio.render(conv.disk(e, d)), status=status, Location=href("disks", d.id))
 
-    def disk_delete(req: Request, disk: str) -> Response:
-        with st.lock:
-            remove_disk(e, get_or_404(st.disks, disk))
-        return xml(action_done())
 
-    def disk_snapshots(req: Request, disk: str) -> Response:
-        with st.lock:
-            d = get_or_404(st.disks, disk)
-            include_active = req.flag("include_active")
-            items = [
-                conv.disk_snapshot(e, d, v)
-                for v in d.volumes
-                if include_active or v is not d.active
-            ]
-            return xml(xmlio.render_list(items, "disk_snapshots"))
+def update_disk_handler(e: Engine, req: Request, disk: str) -> Response:
+    body = parse_body(req, types.Disk)
+    with e.state.lock:
+        d = get_or_404(e.state.disks, disk)
+        update_disk(e, d, body)
+        return xml(xmlio.render(conv.disk(e, d)))
 
-    def disk_snapshot(req: Request, disk: str, image: str) -> Response:
-        with st.lock:
-            d = get_or_404(st.disks, disk)
-            vol = d.volume(image)
-            if vol is None:
-                raise get_or_404({}, image)
-            return xml(xmlio.render(conv.disk_snapshot(e, d, vol)))
 
-    def noop_action(req: Request, disk: str) -> Response:
-        with st.lock:
-            d = get_or_404(st.disks, disk)
-            check_disk_unlocked(d)
-            d.status = "locked"
-            d.lock_reason = "reduce"
+def remove_disk_handler(e: Engine, req: Request, disk: str) -> Response:
+    with e.state.lock:
+        remove_disk(e, get_or_404(e.state.disks, disk))
+    return xml(action_done())
+
+
+def list_disk_snapshots(e: Engine, req: Request, disk: str) -> Response:
+    with e.state.lock:
+        d = get_or_404(e.state.disks, disk)
+        include_active = req.flag("include_active")
+        items = [
+            conv.disk_snapshot(e, d, v) for v in d.volumes if include_active or v is not d.active
+        ]
+        return xml(xmlio.render_list(items, "disk_snapshots"))
+
+
+def get_disk_snapshot(e: Engine, req: Request, disk: str, image: str) -> Response:
+    with e.state.lock:
+        d = get_or_404(e.state.disks, disk)
+        vol = d.volume(image)
+        if vol is None:
+            raise get_or_404({}, image)
+        return xml(xmlio.render(conv.disk_snapshot(e, d, vol)))
+
+
+def _unlock_reduced(e: Engine, disk_id: str) -> None:
+    with e.state.lock:
+        d = e.state.disks.get(disk_id)
+        if d is not None and d.lock_reason == "reduce":
+            d.status = "ok"
+            d.lock_reason = ""
             e.save()
 
-            def unlock() -> None:
-                with st.lock:
-                    if d.id in st.disks and d.lock_reason == "reduce":
-                        d.status = "ok"
-                        d.lock_reason = ""
-                        e.save()
 
-            e.tasks.step(unlock)
-        return xml(action_done())
+def disk_noop_action(e: Engine, req: Request, disk: str) -> Response:
+    """reduce / sparsify: nothing to do on the simulator's volumes; lock for one step."""
+    with e.state.lock:
+        d = get_or_404(e.state.disks, disk)
+        check_disk_unlocked(d)
+        d.status = "locked"
+        d.lock_reason = "reduce"
+        e.save()
+        e.tasks.step(_unlock_reduced, e, d.id)
+    return xml(action_done())
 
-    router.add("GET", "/disks", disks_list)
-    router.add("POST", "/disks", disk_add)
-    router.add("GET", "/disks/{disk}", disk_get)
-    router.add("PUT", "/disks/{disk}", disk_update)
-    router.add("DELETE", "/disks/{disk}", disk_delete)
-    router.add("GET", "/disks/{disk}/disksnapshots", disk_snapshots)
-    router.add("GET", "/disks/{disk}/disksnapshots/{image}", disk_snapshot)
-    router.add("POST", "/disks/{disk}/reduce", noop_action)
-    router.add("POST", "/disks/{disk}/sparsify", noop_action)
+
+DISKS: tuple[Route, ...] = (
+    Route("GET", "/disks", list_disks),
+    Route("POST", "/disks", add_disk),
+    Route("GET", "/disks/{disk}", get_disk),
+    Route("PUT", "/disks/{disk}", update_disk_handler),
+    Route("DELETE", "/disks/{disk}", remove_disk_handler),
+    Route("POST", "/disks/{disk}/reduce", disk_noop_action),
+    Route("POST", "/disks/{disk}/sparsify", disk_noop_action),
+)
+
+DISK_SNAPSHOTS: tuple[Route, ...] = (
+    Route("GET", "/disks/{disk}/disksnapshots", list_disk_snapshots),
+    Route("GET", "/disks/{disk}/disksnapshots/{image}", get_disk_snapshot),
+)
+
+ROUTES: tuple[Route, ...] = (*DISKS, *DISK_SNAPSHOTS)
 
 
 def update_disk(e: Engine, d: Disk, body: types.Disk) -> None:

@@ -5,13 +5,15 @@ Owns the snapshot phase machines: create marks the snapshot and its disks
 disk (the old top volume now belongs to the snapshot, a new active volume
 goes on top) and unlocks; remove locks, then merges each disk's child volume
 into the snapshot's volume (`Storage.merge`, the older id survives and takes
-the child's role) and drops the record. Hybrid backups reuse both through
+the child's role; the merge runs without the state lock, as `api_base`
+describes) and drops the record. Hybrid backups reuse both through
 `create_snapshot()` / `remove_snapshot()`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from ovirtsdk4 import types
@@ -27,7 +29,7 @@ from rhvfs.sim.api_base import (
     parse_body,
     vm_busy,
 )
-from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import Disk, Snapshot, Vm, Volume, new_id, now_iso
 
 log = logging.getLogger(__name__)
@@ -163,11 +165,15 @@ def remove_snapshot(
 def _finish_remove(
     e: Engine, vm_id: str, snap_id: str, disk_ids: list[str], on_done: Done | None
 ) -> None:
+    """Merge each disk's child volume into the snapshot's, then drop the snapshot.
+
+    The merges run without the state lock (see `api_base`): the disks are
+    `locked` and the snapshot too, since `remove_snapshot`.
+    """
     st = e.state
-    ok = True
     with st.lock:
-        vm = st.vms.get(vm_id)
-        snap = st.snapshots[snap_id]
+        # (disk id, sd id, the snapshot's volume, its child)
+        merges: list[tuple[str, str, str, str]] = []
         for disk_id in disk_ids:
             d = st.disks.get(disk_id)
             if d is None:
@@ -176,39 +182,77 @@ def _finish_remove(
             child = d.child_of(vol.id) if vol is not None else None
             if vol is None or child is None:
                 continue
+            merges.append((d.id, d.sd_id, vol.id, child.id))
+        e.busy_disks.update(m[0] for m in merges)
+    merged: list[tuple[str, str, str]] = []
+    try:
+        if merges:
+            delay_s = e.faults.storage_delay("merge")
+            if delay_s > 0:
+                time.sleep(delay_s)
+        for disk_id, sd_id, vol_id, child_id in merges:
             try:
-                e.storage.merge(d.sd_id, d.id, vol.id, child.id)
+                e.storage.merge(sd_id, disk_id, vol_id, child_id)
             except Exception:
-                log.exception("merge of %s into %s failed", child.id, vol.id)
-                ok = False
+                log.exception("merge of %s into %s failed", child_id, vol_id)
                 continue
-            vol.snapshot_id = child.snapshot_id
-            # Base-first order holds: the survivor already sits where the child's parent was.
-            d.volumes.remove(child)
-            for v in d.volumes:
-                if v.parent_id == child.id:
-                    v.parent_id = vol.id
-        for disk_id in disk_ids:
-            d = st.disks.get(disk_id)
-            if d is not None and d.lock_reason == "snapshot":
-                d.status = "ok" if ok else "illegal"
-                d.lock_reason = ""
-        if ok:
-            del st.snapshots[snap_id]
-            if vm is not None and snap_id in vm.snapshot_ids:
-                vm.snapshot_ids.remove(snap_id)
-        else:
-            snap.status = "ok"
-        if vm is not None:
-            st.add_event(
-                f"Snapshot '{snap.description}' deletion for VM '{vm.name}' has been completed.",
-                code=356,
-                vm_id=vm.id,
+            merged.append((disk_id, vol_id, child_id))
+    finally:
+        with st.lock:
+            e.busy_disks.difference_update(m[0] for m in merges)
+            ok = _commit_remove(
+                e, vm_id, snap_id, disk_ids, merged, failed=len(merged) < len(merges)
             )
-        e.save()
-        log.info("vm %s: snapshot %s removed (ok=%s)", vm_id, snap_id, ok)
     if on_done is not None:
         on_done(ok)
+
+
+def _commit_remove(
+    e: Engine,
+    vm_id: str,
+    snap_id: str,
+    disk_ids: list[str],
+    merged: list[tuple[str, str, str]],
+    *,
+    failed: bool,
+) -> bool:
+    """Records after the merges (lock held): the survivors take their child's role."""
+    st = e.state
+    vm = st.vms.get(vm_id)
+    snap = st.snapshots[snap_id]
+    for disk_id, vol_id, child_id in merged:
+        # The disk is locked: it and its volumes are still there.
+        merged_disk = st.disks[disk_id]
+        vol = merged_disk.volume(vol_id)
+        child = merged_disk.volume(child_id)
+        assert vol is not None and child is not None
+        vol.snapshot_id = child.snapshot_id
+        # Base-first order holds: the survivor already sits where the child's parent was.
+        merged_disk.volumes.remove(child)
+        for v in merged_disk.volumes:
+            if v.parent_id == child.id:
+                v.parent_id = vol.id
+    ok = not failed
+    for disk_id in disk_ids:
+        d = st.disks.get(disk_id)
+        if d is not None and d.lock_reason == "snapshot":
+            d.status = "ok" if ok else "illegal"
+            d.lock_reason = ""
+    if ok:
+        del st.snapshots[snap_id]
+        if vm is not None and snap_id in vm.snapshot_ids:
+            vm.snapshot_ids.remove(snap_id)
+    else:
+        snap.status = "ok"
+    if vm is not None:
+        st.add_event(
+            f"Snapshot '{snap.description}' deletion for VM '{vm.name}' has been completed.",
+            code=356,
+            vm_id=vm.id,
+        )
+    e.save()
+    log.info("vm %s: snapshot %s removed (ok=%s)", vm_id, snap_id, ok)
+    return ok
 
 
 def restore_snapshot(e: Engine, vm: Vm, snap: Snapshot) -> None:
@@ -290,87 +334,106 @@ def snapshot_disks(e: Engine, vm: Vm, snap: Snapshot) -> list[types.Disk]:
     return result
 
 
-def register(router: Router, e: Engine) -> None:
+def _vm_snap(e: Engine, vm: str, snapshot: str) -> tuple[Vm, Snapshot]:
+    v = get_or_404(e.state.vms, vm)
+    s = get_or_404(e.state.snapshots, snapshot)
+    if s.vm_id != v.id:
+        raise get_or_404({}, snapshot)
+    return v, s
+
+
+def _all_content(req: Request) -> bool:
+    return req.flag("all_content") or req.headers.get("all-content") == "true"
+
+
+def list_snapshots(e: Engine, req: Request, vm: str) -> Response:
     st = e.state
-
-    def _vm_snap(vm: str, snapshot: str) -> tuple[Vm, Snapshot]:
+    with st.lock:
         v = get_or_404(st.vms, vm)
-        s = get_or_404(st.snapshots, snapshot)
-        if s.vm_id != v.id:
-            raise get_or_404({}, snapshot)
-        return v, s
+        all_content = _all_content(req)
+        items = [
+            conv.snapshot(e, st.snapshots[sid], all_content=all_content)
+            for sid in v.snapshot_ids
+            if sid in st.snapshots
+        ]
+        return xml(xmlio.render_list(items, "snapshots"))
 
-    def snapshots_list(req: Request, vm: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            all_content = req.flag("all_content") or req.headers.get("all-content") == "true"
-            items = [
-                conv.snapshot(e, st.snapshots[sid], all_content=all_content)
-                for sid in v.snapshot_ids
-                if sid in st.snapshots
-            ]
-            return xml(xmlio.render_list(items, "snapshots"))
 
-    def snapshot_add(req: Request, vm: str) -> Response:
-        body = parse_body(req, types.Snapshot)
-        if not body.description:
-            raise bad_request("Snapshot [description] required for add")
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            disks = None
-            if body.disk_attachments is not None:
-                disks = []
-                for a in body.disk_attachments:
-                    disk_ref = a.disk
-                    disk_id = (disk_ref.id if disk_ref is not None else None) or a.id
-                    if not disk_id:
-                        raise bad_request("disk_attachment [disk.id] required")
-                    disks.append((disk_id, disk_ref.image_id if disk_ref is not None else None))
-            persist = body.persist_memorystate
-            if persist is None:
-                persist = v.status == "up"
-            snap = create_snapshot(
-                e, v, description=body.description, persist_memorystate=bool(persist), disks=disks
-            )
-            return xml(
-                xmlio.render(conv.snapshot(e, snap)),
-                status=202,
-                Location=href("vms", v.id, "snapshots", snap.id),
-            )
+def add_snapshot(e: Engine, req: Request, vm: str) -> Response:
+    body = parse_body(req, types.Snapshot)
+    if not body.description:
+        raise bad_request("Snapshot [description] required for add")
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        disks = None
+        if body.disk_attachments is not None:
+            disks = []
+            for a in body.disk_attachments:
+                disk_ref = a.disk
+                disk_id = (disk_ref.id if disk_ref is not None else None) or a.id
+                if not disk_id:
+                    raise bad_request("disk_attachment [disk.id] required")
+                disks.append((disk_id, disk_ref.image_id if disk_ref is not None else None))
+        persist = body.persist_memorystate
+        if persist is None:
+            persist = v.status == "up"
+        snap = create_snapshot(
+            e, v, description=body.description, persist_memorystate=bool(persist), disks=disks
+        )
+        return xml(
+            xmlio.render(conv.snapshot(e, snap)),
+            status=202,
+            Location=href("vms", v.id, "snapshots", snap.id),
+        )
 
-    def snapshot_get(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            _, s = _vm_snap(vm, snapshot)
-            all_content = req.flag("all_content") or req.headers.get("all-content") == "true"
-            return xml(xmlio.render(conv.snapshot(e, s, all_content=all_content)))
 
-    def snapshot_delete(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            v, s = _vm_snap(vm, snapshot)
-            remove_snapshot(e, v, s)
-        return xml(action_done())
+def get_snapshot(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        _, s = _vm_snap(e, vm, snapshot)
+        return xml(xmlio.render(conv.snapshot(e, s, all_content=_all_content(req))))
 
-    def snapshot_disks_list(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            v, s = _vm_snap(vm, snapshot)
-            return xml(xmlio.render_list(snapshot_disks(e, v, s), "disks"))
 
-    def snapshot_nics(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            v, _ = _vm_snap(vm, snapshot)
-            items = [conv.nic(e, "vms", v.id, n) for n in v.nics]
-            return xml(xmlio.render_list(items, "nics"))
+def remove_snapshot_handler(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        v, s = _vm_snap(e, vm, snapshot)
+        remove_snapshot(e, v, s)
+    return xml(action_done())
 
-    def snapshot_restore(req: Request, vm: str, snapshot: str) -> Response:
-        with st.lock:
-            v, s = _vm_snap(vm, snapshot)
-            restore_snapshot(e, v, s)
-        return xml(action_done())
 
-    router.add("GET", "/vms/{vm}/snapshots", snapshots_list)
-    router.add("POST", "/vms/{vm}/snapshots", snapshot_add)
-    router.add("GET", "/vms/{vm}/snapshots/{snapshot}", snapshot_get)
-    router.add("DELETE", "/vms/{vm}/snapshots/{snapshot}", snapshot_delete)
-    router.add("GET", "/vms/{vm}/snapshots/{snapshot}/disks", snapshot_disks_list)
-    router.add("GET", "/vms/{vm}/snapshots/{snapshot}/nics", snapshot_nics)
-    router.add("POST", "/vms/{vm}/snapshots/{snapshot}/restore", snapshot_restore)
+def list_snapshot_disks(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        v, s = _vm_snap(e, vm, snapshot)
+        return xml(xmlio.render_list(snapshot_disks(e, v, s), "disks"))
+
+
+def list_snapshot_nics(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        v, _ = _vm_snap(e, vm, snapshot)
+        items = [conv.nic(e, "vms", v.id, n) for n in v.nics]
+        return xml(xmlio.render_list(items, "nics"))
+
+
+def restore_snapshot_handler(e: Engine, req: Request, vm: str, snapshot: str) -> Response:
+    with e.state.lock:
+        v, s = _vm_snap(e, vm, snapshot)
+        restore_snapshot(e, v, s)
+    return xml(action_done())
+
+
+SNAPSHOTS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/snapshots", list_snapshots),
+    Route("POST", "/vms/{vm}/snapshots", add_snapshot),
+    Route("GET", "/vms/{vm}/snapshots/{snapshot}", get_snapshot),
+    Route("DELETE", "/vms/{vm}/snapshots/{snapshot}", remove_snapshot_handler),
+    Route("POST", "/vms/{vm}/snapshots/{snapshot}/restore", restore_snapshot_handler),
+)
+
+SNAPSHOT_DISKS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/snapshots/{snapshot}/disks", list_snapshot_disks),
+)
+
+SNAPSHOT_NICS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/snapshots/{snapshot}/nics", list_snapshot_nics),
+)
+
+ROUTES: tuple[Route, ...] = (*SNAPSHOTS, *SNAPSHOT_DISKS, *SNAPSHOT_NICS)

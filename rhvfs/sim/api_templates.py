@@ -4,8 +4,9 @@ attachments and NICs.
 
 Owns `/templates`. The Blank template (all-zero id) always exists and cannot
 be removed. A template made from a VM (which must be down) gets copies of the
-VM's disks (new ids, content copied by `api_vms`' clone machinery), its disk
-attachments and NICs; it is `locked` until the copies are done, then `ok`.
+VM's disks (new ids, content copied by `disk_copy`), its disk attachments and
+NICs; it is `locked` until the copies are done, then `ok` (the VM is
+`image_locked` and its disks `locked` meanwhile).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 
 from ovirtsdk4 import types
 
-from rhvfs.sim import api_disks, api_ovf, api_vms, xmlio
+from rhvfs.sim import api_disks, api_ovf, disk_copy, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import (
     Engine,
@@ -27,7 +28,7 @@ from rhvfs.sim.api_base import (
     search,
     with_href,
 )
-from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import ZERO_ID, Attachment, Nic, Template, Vm, new_id
 
 log = logging.getLogger(__name__)
@@ -155,105 +156,119 @@ def _from_vm(e: Engine, body: types.Template) -> Template:
         ],
     )
     st.templates[t.id] = t
-    api_vms._copy_disks(e, t, sources, source_vm_id=vm.id)
-    if sources:
-        vm.status = "image_locked"
+    disk_copy.copy_disks(e, t, sources, source_vm_id=vm.id)
     st.add_event(f"Creation of Template {t.name} from VM {vm.name} was initiated.")
     log.info("template %s (%s) from vm %s: %d disk(s)", t.id, t.name, vm.id, len(sources))
     return t
 
 
-def register(router: Router, e: Engine) -> None:
-    st = e.state
+def _all_content(req: Request) -> bool:
+    return req.flag("all_content") or req.headers.get("all-content", "").lower() == "true"
 
-    def _all_content(req: Request) -> bool:
-        return req.flag("all_content") or req.headers.get("all-content", "").lower() == "true"
 
-    def _render(t: Template, req: Request) -> types.Template:
-        out = conv.template(e, t)
-        if _all_content(req):
-            out.initialization = types.Initialization(
-                configuration=types.Configuration(
-                    type=types.ConfigurationType.OVF, data=template_ovf(e, t)
-                )
+def _render(e: Engine, t: Template, req: Request) -> types.Template:
+    out = conv.template(e, t)
+    if _all_content(req):
+        out.initialization = types.Initialization(
+            configuration=types.Configuration(
+                type=types.ConfigurationType.OVF, data=template_ovf(e, t)
             )
-        return out
+        )
+    return out
 
-    def templates_list(req: Request) -> Response:
-        with st.lock:
-            found = search(
-                req, list(st.templates.values()), {"name": lambda t: t.name, "id": lambda t: t.id}
-            )
-            items = [_render(t, req) for t in found]
-            query = req.query.get("search", "").lower().replace(" ", "")
-            if not query or query in ("name=blank", f"id={ZERO_ID}"):
-                items.insert(0, blank())
-            return xml(xmlio.render_list(items, "templates"))
 
-    def template_get(req: Request, template: str) -> Response:
-        with st.lock:
-            if template == ZERO_ID:
-                return xml(xmlio.render(blank()))
-            return xml(xmlio.render(_render(get_or_404(st.templates, template), req)))
+def list_templates(e: Engine, req: Request) -> Response:
+    with e.state.lock:
+        found = search(
+            req,
+            list(e.state.templates.values()),
+            {"name": lambda t: t.name, "id": lambda t: t.id},
+        )
+        items = [_render(e, t, req) for t in found]
+        query = req.query.get("search", "").lower().replace(" ", "")
+        if not query or query in ("name=blank", f"id={ZERO_ID}"):
+            items.insert(0, blank())
+        return xml(xmlio.render_list(items, "templates"))
 
-    def template_add(req: Request) -> Response:
-        body = parse_body(req, types.Template)
-        with st.lock:
-            if (
-                body.initialization is not None
-                and body.initialization.configuration is not None
-                and body.initialization.configuration.data
-            ):
-                t = _import(e, body)
-                e.save()
-                return xml(
-                    xmlio.render(conv.template(e, t)), status=201, Location=href("templates", t.id)
-                )
-            if body.vm is not None and (body.vm.id or body.vm.name):
-                t = _from_vm(e, body)
-                e.save()
-                return xml(
-                    xmlio.render(conv.template(e, t)), status=201, Location=href("templates", t.id)
-                )
-            raise bad_request("Template [vm|initialization.configuration] required for add")
 
-    def template_delete(req: Request, template: str) -> Response:
-        with st.lock:
-            if template == ZERO_ID:
-                raise conflict("Cannot remove Template. The Blank template cannot be removed.")
-            t = get_or_404(st.templates, template)
-            users = [v.name for v in st.vms.values() if v.template_id == t.id]
-            if users:
-                raise conflict(f"Cannot remove Template. It is used by VMs: {', '.join(users)}.")
-            disks = [st.disks[a.disk_id] for a in t.attachments if a.disk_id in st.disks]
-            for d in disks:
-                if d.status == "locked":  # an illegal copy goes with its template
-                    check_disk_unlocked(d)
-            del st.templates[t.id]
-            for d in disks:
-                api_disks.drop_disk(e, d)
+def get_template(e: Engine, req: Request, template: str) -> Response:
+    with e.state.lock:
+        if template == ZERO_ID:
+            return xml(xmlio.render(blank()))
+        return xml(xmlio.render(_render(e, get_or_404(e.state.templates, template), req)))
+
+
+def add_template(e: Engine, req: Request) -> Response:
+    body = parse_body(req, types.Template)
+    with e.state.lock:
+        if (
+            body.initialization is not None
+            and body.initialization.configuration is not None
+            and body.initialization.configuration.data
+        ):
+            t = _import(e, body)
             e.save()
-        return xml(action_done())
+            return xml(
+                xmlio.render(conv.template(e, t)), status=201, Location=href("templates", t.id)
+            )
+        if body.vm is not None and (body.vm.id or body.vm.name):
+            t = _from_vm(e, body)
+            e.save()
+            return xml(
+                xmlio.render(conv.template(e, t)), status=201, Location=href("templates", t.id)
+            )
+        raise bad_request("Template [vm|initialization.configuration] required for add")
 
-    def template_attachments(req: Request, template: str) -> Response:
-        with st.lock:
-            if template == ZERO_ID:
-                return xml(xmlio.render_list([], "disk_attachments"))
-            t = get_or_404(st.templates, template)
-            items = [conv.attachment(e, "templates", t.id, a) for a in t.attachments]
-            return xml(xmlio.render_list(items, "disk_attachments"))
 
-    def template_nics(req: Request, template: str) -> Response:
-        with st.lock:
-            if template == ZERO_ID:
-                return xml(xmlio.render_list([], "nics"))
-            t = get_or_404(st.templates, template)
-            items = [conv.nic(e, "templates", t.id, n) for n in t.nics]
-            return xml(xmlio.render_list(items, "nics"))
+def remove_template(e: Engine, req: Request, template: str) -> Response:
+    st = e.state
+    with st.lock:
+        if template == ZERO_ID:
+            raise conflict("Cannot remove Template. The Blank template cannot be removed.")
+        t = get_or_404(st.templates, template)
+        users = [v.name for v in st.vms.values() if v.template_id == t.id]
+        if users:
+            raise conflict(f"Cannot remove Template. It is used by VMs: {', '.join(users)}.")
+        disks = [st.disks[a.disk_id] for a in t.attachments if a.disk_id in st.disks]
+        for d in disks:
+            if d.status == "locked":  # an illegal copy goes with its template
+                check_disk_unlocked(d)
+        del st.templates[t.id]
+        for d in disks:
+            api_disks.drop_disk(e, d)
+        e.save()
+    return xml(action_done())
 
-    router.add("GET", "/templates", templates_list)
-    router.add("POST", "/templates", template_add)
-    router.add("GET", "/templates/{template}", template_get)
-    router.add("DELETE", "/templates/{template}", template_delete)
-    router.add("GET", "/templates/{template}/diskattachments", template_attachments)
-    router.add("GET", "/templates/{template}/nics", template_nics)
+
+def list_template_attachments(e: Engine, req: Request, template: str) -> Response:
+    with e.state.lock:
+        if template == ZERO_ID:
+            return xml(xmlio.render_list([], "disk_attachments"))
+        t = get_or_404(e.state.templates, template)
+        items = [conv.attachment(e, "templates", t.id, a) for a in t.attachments]
+        return xml(xmlio.render_list(items, "disk_attachments"))
+
+
+def list_template_nics(e: Engine, req: Request, template: str) -> Response:
+    with e.state.lock:
+        if template == ZERO_ID:
+            return xml(xmlio.render_list([], "nics"))
+        t = get_or_404(e.state.templates, template)
+        items = [conv.nic(e, "templates", t.id, n) for n in t.nics]
+        return xml(xmlio.render_list(items, "nics"))
+
+
+TEMPLATES: tuple[Route, ...] = (
+    Route("GET", "/templates", list_templates),
+    Route("POST", "/templates", add_template),
+    Route("GET", "/templates/{template}", get_template),
+    Route("DELETE", "/templates/{template}", remove_template),
+)
+
+TEMPLATE_DISK_ATTACHMENTS: tuple[Route, ...] = (
+    Route("GET", "/templates/{template}/diskattachments", list_template_attachments),
+)
+
+TEMPLATE_NICS: tuple[Route, ...] = (Route("GET", "/templates/{template}/nics", list_template_nics),)
+
+ROUTES: tuple[Route, ...] = (*TEMPLATES, *TEMPLATE_DISK_ATTACHMENTS, *TEMPLATE_NICS)

@@ -30,7 +30,7 @@ from rhvfs.sim.api_base import (
     search,
     volume_file,
 )
-from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import Disk, ImageTransfer, new_id, now_iso, parse_iso
 
 log = logging.getLogger(__name__)
@@ -488,61 +488,94 @@ def poll(e: Engine) -> None:
                     cancel(e, t, by="system")
 
 
-def register(router: Router, e: Engine) -> None:
-    st = e.state
-
-    def transfers_list(req: Request) -> Response:
-        with st.lock:
-            found = search(
-                req,
-                list(st.transfers.values()),
-                {"id": lambda t: t.id, "phase": lambda t: t.phase},
-            )
-            return xml(xmlio.render_list([conv.transfer(e, t) for t in found], "image_transfers"))
-
-    def transfer_add(req: Request) -> Response:
-        body = parse_body(req, types.ImageTransfer)
-        with st.lock:
-            t = add_transfer(e, body)
-            return xml(
-                xmlio.render(conv.transfer(e, t)), status=201, Location=href("imagetransfers", t.id)
-            )
-
-    def transfer_get(req: Request, transfer: str) -> Response:
-        with st.lock:
-            return xml(xmlio.render(conv.transfer(e, get_or_404(st.transfers, transfer))))
-
-    def action(name: str) -> None:
-        def handler(req: Request, transfer: str) -> Response:
-            with st.lock:
-                t = get_or_404(st.transfers, transfer)
-                if name == "finalize":
-                    finalize(e, t)
-                elif name == "cancel":
-                    cancel(e, t)
-                elif name == "pause":
-                    if t.direction != "upload":
-                        raise conflict("Cannot pause a download transfer.")
-                    if t.phase != "transferring":
-                        raise conflict(f"Cannot pause transfer in phase {t.phase}.")
-                    _remove_ticket(e, t)
-                    t.phase = "paused_user"
-                    e.save()
-                elif name == "resume":
-                    if t.phase not in ("paused_user", "paused_system"):
-                        raise conflict(f"Cannot resume transfer in phase {t.phase}.")
-                    t.phase = "resuming"
-                    e.save()
-                    e.tasks.step(_resume_step, e, t.id)
-                # "extend" only refreshes the entity.
-            return xml(action_done())
-
-        router.add("POST", f"/imagetransfers/{{transfer}}/{name}", handler)
-
-    router.add("GET", "/imagetransfers", transfers_list)
-    router.add("POST", "/imagetransfers", transfer_add)
-    router.add("GET", "/imagetransfers/{transfer}", transfer_get)
-    for name in ("finalize", "cancel", "pause", "resume", "extend"):
-        action(name)
+def start_jobs(e: Engine) -> None:
+    """Schedule the inactivity/renewal poller and the sweep of finished transfers."""
     e.tasks.every(POLL_INTERVAL_S, lambda: poll(e))
     e.tasks.every(SWEEP_INTERVAL_S, lambda: sweep(e))
+
+
+# /imagetransfers
+
+
+def list_transfers(e: Engine, req: Request) -> Response:
+    with e.state.lock:
+        found = search(
+            req,
+            list(e.state.transfers.values()),
+            {"id": lambda t: t.id, "phase": lambda t: t.phase},
+        )
+        return xml(xmlio.render_list([conv.transfer(e, t) for t in found], "image_transfers"))
+
+
+def add_transfer_handler(e: Engine, req: Request) -> Response:
+    body = parse_body(req, types.ImageTransfer)
+    with e.state.lock:
+        t = add_transfer(e, body)
+        return xml(
+            xmlio.render(conv.transfer(e, t)), status=201, Location=href("imagetransfers", t.id)
+        )
+
+
+def get_transfer(e: Engine, req: Request, transfer: str) -> Response:
+    with e.state.lock:
+        return xml(xmlio.render(conv.transfer(e, get_or_404(e.state.transfers, transfer))))
+
+
+def finalize_handler(e: Engine, req: Request, transfer: str) -> Response:
+    with e.state.lock:
+        finalize(e, get_or_404(e.state.transfers, transfer))
+    return xml(action_done())
+
+
+def cancel_handler(e: Engine, req: Request, transfer: str) -> Response:
+    with e.state.lock:
+        cancel(e, get_or_404(e.state.transfers, transfer))
+    return xml(action_done())
+
+
+def pause_handler(e: Engine, req: Request, transfer: str) -> Response:
+    with e.state.lock:
+        t = get_or_404(e.state.transfers, transfer)
+        if t.direction != "upload":
+            raise conflict("Cannot pause a download transfer.")
+        if t.phase != "transferring":
+            raise conflict(f"Cannot pause transfer in phase {t.phase}.")
+        _remove_ticket(e, t)
+        t.phase = "paused_user"
+        e.save()
+    return xml(action_done())
+
+
+def resume_handler(e: Engine, req: Request, transfer: str) -> Response:
+    with e.state.lock:
+        t = get_or_404(e.state.transfers, transfer)
+        if t.phase not in ("paused_user", "paused_system"):
+            raise conflict(f"Cannot resume transfer in phase {t.phase}.")
+        t.phase = "resuming"
+        e.save()
+        e.tasks.step(_resume_step, e, t.id)
+    return xml(action_done())
+
+
+def extend_handler(e: Engine, req: Request, transfer: str) -> Response:
+    """Only refreshes the entity: tickets are renewed by the poller anyway."""
+    with e.state.lock:
+        get_or_404(e.state.transfers, transfer)
+    return xml(action_done())
+
+
+TRANSFERS: tuple[Route, ...] = (
+    Route("GET", "/imagetransfers", list_transfers),
+    Route("POST", "/imagetransfers", add_transfer_handler),
+    Route("GET", "/imagetransfers/{transfer}", get_transfer),
+)
+
+TRANSFER_ACTIONS: tuple[Route, ...] = (
+    Route("POST", "/imagetransfers/{transfer}/finalize", finalize_handler),
+    Route("POST", "/imagetransfers/{transfer}/cancel", cancel_handler),
+    Route("POST", "/imagetransfers/{transfer}/pause", pause_handler),
+    Route("POST", "/imagetransfers/{transfer}/resume", resume_handler),
+    Route("POST", "/imagetransfers/{transfer}/extend", extend_handler),
+)
+
+ROUTES: tuple[Route, ...] = (*TRANSFERS, *TRANSFER_ACTIONS)

@@ -3,22 +3,20 @@
 Owns VM create (plain, from a template, from an OVF configuration), update,
 remove, the power actions with their status machine, and the sub-collections
 `diskattachments`, `nics`, `tags` (plus empty `permissions`, `statistics`,
-`reporteddevices`). Snapshots, backups and checkpoints live in their own
-modules.
+`reporteddevices`). Each resource has its handlers (plain functions of the
+`Engine` and the request) and a route table; `ROUTES` is all of them.
+Snapshots, backups and checkpoints live in their own modules.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
-import subprocess
-import tempfile
-from pathlib import Path
-from typing import Literal
 
 from ovirtsdk4 import types
 
-from rhvfs.sim import api_disks, api_ovf, xmlio
+from rhvfs.sim import api_disks, api_ovf, disk_copy, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import (
     Engine,
@@ -29,18 +27,15 @@ from rhvfs.sim.api_base import (
     href,
     parse_body,
     search,
-    volume_file,
 )
-from rhvfs.sim.httpd import Request, Response, Router, bad_request, conflict, xml
+from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import (
     ZERO_ID,
     Attachment,
     Disk,
     Nic,
     Snapshot,
-    Template,
     Vm,
-    Volume,
     new_id,
     now_iso,
 )
@@ -161,148 +156,6 @@ def power_action(e: Engine, vm: Vm, name: str) -> None:
     log.info("vm %s: %s", vm.id, name)
 
 
-def _copy_disks(
-    e: Engine,
-    vm: Vm | Template,
-    sources: list[tuple[Attachment, Disk, str]],
-    *,
-    source_vm_id: str | None = None,
-) -> None:
-    """Give `vm` (or a template) copies of the (attachment, disk, volume) sources.
-
-    A VM is `image_locked` meanwhile, a template `locked` (and `source_vm_id`,
-    the VM it is made from, `image_locked` too); the last copy step unlocks them.
-    """
-    st = e.state
-    snapshot_id = vm.active_snapshot_id if isinstance(vm, Vm) else None
-    for a, src, vol_id in sources:
-        vol = src.volume(vol_id)
-        assert vol is not None
-        d = Disk(
-            id=new_id(),
-            alias=src.alias,
-            sd_id=src.sd_id,
-            provisioned_size=src.provisioned_size,
-            sparse=src.sparse,
-            backup=src.backup,
-            status="locked",
-            description=src.description,
-            volumes=[Volume(id=new_id(), fmt=src.volumes[0].fmt, snapshot_id=snapshot_id)],
-            lock_reason="copy",
-        )
-        st.disks[d.id] = d
-        vm.attachments.append(
-            Attachment(disk_id=d.id, interface=a.interface, bootable=a.bootable, active=a.active)
-        )
-        e.tasks.step(_copy_disk_step, e, src.id, vol_id, d.id, vm.id, source_vm_id)
-    if isinstance(vm, Template):
-        vm.status = "locked"
-        if not sources:
-            e.tasks.step(_unlock_template, e, vm.id, source_vm_id)
-    elif sources:
-        vm.status = "image_locked"
-
-
-def _copy_template_disks(e: Engine, vm: Vm, template_id: str) -> None:
-    t = e.state.templates.get(template_id)
-    if t is None:
-        return
-    sources = [
-        (a, e.state.disks[a.disk_id], e.state.disks[a.disk_id].active.id)
-        for a in t.attachments
-        if a.disk_id in e.state.disks
-    ]
-    _copy_disks(e, vm, sources)
-
-
-def _unlock_template(e: Engine, template_id: str, source_vm_id: str | None) -> None:
-    """A template whose copies are all done: `ok` (or `illegal`), its source VM `down` again."""
-    st = e.state
-    with st.lock:
-        t = st.templates.get(template_id)
-        if t is not None and t.status == "locked":
-            disks = [st.disks.get(a.disk_id) for a in t.attachments]
-            if any(d is not None and d.lock_reason == "copy" for d in disks):
-                return
-            bad = any(d is None or d.status != "ok" for d in disks)
-            t.status = "illegal" if bad else "ok"
-            st.add_event(f"Template {t.name} creation {'failed' if bad else 'completed'}.")
-        vm = st.vms.get(source_vm_id or "")
-        if vm is not None and vm.status == "image_locked":
-            vm.status = "down"
-        e.save()
-
-
-def _copy_disk_step(
-    e: Engine, src_id: str, src_vol_id: str, dst_id: str, vm_id: str, source_vm_id: str | None
-) -> None:
-    """Copy the guest-visible content of `src_vol_id` (its whole chain) into `dst`'s base volume."""
-    st = e.state
-    with st.lock:
-        src = st.disks.get(src_id)
-        dst = st.disks.get(dst_id)
-        if dst is not None and src is None:
-            dst.status, dst.lock_reason = "illegal", ""
-        if src is None or dst is None:
-            if vm_id in st.templates:
-                _unlock_template(e, vm_id, source_vm_id)
-            return
-        vol = src.volume(src_vol_id)
-        try:
-            if vol is None:
-                raise ValueError(f"volume {src_vol_id} is gone")
-            path = volume_file(e, src, vol.id)
-            with tempfile.TemporaryDirectory(dir=e.storage.root, prefix=".copy-") as tmp:
-                if vol.fmt == "cow":
-                    flat = Path(tmp) / "flat.raw"
-                    subprocess.run(
-                        [
-                            "qemu-img",
-                            "convert",
-                            "-U",
-                            "-q",
-                            "-f",
-                            "qcow2",
-                            "-O",
-                            "raw",
-                            str(path),
-                            str(flat),
-                        ],
-                        check=True,
-                        capture_output=True,
-                    )
-                    path = flat
-                e.storage.import_raw(
-                    dst.sd_id,
-                    dst.id,
-                    dst.active.id,
-                    path,
-                    fmt=_fmt(dst.active.fmt),
-                    sparse=dst.sparse,
-                )
-            dst.status = "ok"
-        except Exception:
-            log.exception("copying disk %s to %s failed", src_id, dst_id)
-            dst.status = "illegal"
-        dst.lock_reason = ""
-        vm = st.vms.get(vm_id)
-        if vm is not None and vm.status == "image_locked":
-            pending = [
-                a
-                for a in vm.attachments
-                if st.disks.get(a.disk_id) and st.disks[a.disk_id].lock_reason == "copy"
-            ]
-            if not pending:
-                vm.status = "down"
-        if vm_id in st.templates:
-            _unlock_template(e, vm_id, source_vm_id)
-        e.save()
-
-
-def _fmt(fmt: str) -> Literal["raw", "cow"]:
-    return "cow" if fmt == "cow" else "raw"
-
-
 def _clone_from_snapshot(e: Engine, body: types.Vm) -> Vm:
     """`<vm><name/><cluster/><snapshots><snapshot id=S/></snapshots></vm>` (caller holds the lock)."""
     st = e.state
@@ -333,7 +186,7 @@ def _clone_from_snapshot(e: Engine, body: types.Vm) -> Vm:
         if d is not None and vol is not None:
             check_disk_unlocked(d)
             sources.append((a, d, vol.id))
-    _copy_disks(e, vm, sources)
+    disk_copy.copy_disks(e, vm, sources, source_snapshot_id=snap.id)
     for n in source.nics:
         vm.nics.append(
             Nic(
@@ -424,400 +277,8 @@ def _import_configuration(e: Engine, body: types.Vm, req: Request) -> Vm:
     return vm
 
 
-def register(router: Router, e: Engine) -> None:
-    st = e.state
-
-    def _all_content(req: Request) -> bool:
-        return req.flag("all_content") or req.headers.get("all-content", "").lower() == "true"
-
-    def vms_list(req: Request) -> Response:
-        with st.lock:
-            fields = {
-                "name": lambda v: v.name,
-                "id": lambda v: v.id,
-                "status": lambda v: v.status,
-                "description": lambda v: v.description,
-                "cluster": lambda v: st.clusters[v.cluster_id].name,
-                "host": lambda v: st.hosts[v.host_id].name if v.host_id in st.hosts else None,
-                "tag": lambda v: next(
-                    (
-                        st.tags[t].name
-                        for t in v.tag_ids
-                        if t in st.tags and _tag_match(st.tags[t].name, req)
-                    ),
-                    None,
-                ),
-            }
-            found = search(req, sorted(st.vms.values(), key=lambda v: v.name), fields)
-            ac = _all_content(req)
-            return xml(xmlio.render_list([conv.vm(e, v, all_content=ac) for v in found], "vms"))
-
-    def vm_get(req: Request, vm: str) -> Response:
-        with st.lock:
-            return xml(
-                xmlio.render(conv.vm(e, get_or_404(st.vms, vm), all_content=_all_content(req)))
-            )
-
-    def vm_add(req: Request) -> Response:
-        body = parse_body(req, types.Vm)
-        with st.lock:
-            if (
-                body.initialization is not None
-                and body.initialization.configuration is not None
-                and body.initialization.configuration.data
-            ):
-                vm = _import_configuration(e, body, req)
-                e.save()
-                return xml(xmlio.render(conv.vm(e, vm)), status=201, Location=href("vms", vm.id))
-            if not body.name or body.cluster is None:
-                raise bad_request("Vm [name, cluster] required for add")
-            if any(v.name == body.name for v in st.vms.values()):
-                raise conflict("Cannot add VM. The VM name is already in use.")
-            if body.snapshots:
-                vm = _clone_from_snapshot(e, body)
-                e.save()
-                return xml(xmlio.render(conv.vm(e, vm)), status=202, Location=href("vms", vm.id))
-            cluster = by_id_or_name(st.clusters, body.cluster, "cluster")
-            template_id = ZERO_ID
-            if body.template is not None and (body.template.id or body.template.name):
-                if body.template.id == ZERO_ID or body.template.name == "Blank":
-                    template_id = ZERO_ID
-                else:
-                    template_id = by_id_or_name(st.templates, body.template, "template").id
-            elif body.template is None:
-                raise bad_request("Vm [template] required for add")
-            topo = (
-                body.cpu.topology
-                if body.cpu is not None and body.cpu.topology is not None
-                else None
-            )
-            vm = make_vm(
-                e,
-                name=body.name,
-                cluster_id=cluster.id,
-                description=body.description or "",
-                comment=body.comment or "",
-                template_id=template_id,
-                memory_bytes=body.memory or 1024**3,
-                cpu_sockets=(topo.sockets if topo and topo.sockets else 1),
-                cpu_cores=(topo.cores if topo and topo.cores else 1),
-                os_type=(body.os.type if body.os is not None and body.os.type else "other_linux"),
-                vm_type=(body.type.value if body.type is not None else "server"),
-            )
-            if template_id != ZERO_ID:
-                _copy_template_disks(e, vm, template_id)
-                t = st.templates[template_id]
-                for n in t.nics:
-                    vm.nics.append(
-                        Nic(
-                            id=new_id(),
-                            name=n.name,
-                            mac=new_mac(e),
-                            vnic_profile_id=n.vnic_profile_id,
-                        )
-                    )
-            e.save()
-            status = 202 if vm.status == "image_locked" else 201
-            return xml(xmlio.render(conv.vm(e, vm)), status=status, Location=href("vms", vm.id))
-
-    def vm_update(req: Request, vm: str) -> Response:
-        body = parse_body(req, types.Vm)
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            if body.name and body.name != v.name:
-                if any(o.name == body.name for o in st.vms.values()):
-                    raise conflict("Cannot edit VM. The VM name is already in use.")
-                v.name = body.name
-            if body.description is not None:
-                v.description = body.description
-            if body.comment is not None:
-                v.comment = body.comment
-            if body.memory:
-                v.memory_bytes = body.memory
-            if body.cpu is not None and body.cpu.topology is not None:
-                v.cpu_sockets = body.cpu.topology.sockets or v.cpu_sockets
-                v.cpu_cores = body.cpu.topology.cores or v.cpu_cores
-            e.save()
-            return xml(xmlio.render(conv.vm(e, v)))
-
-    def vm_delete(req: Request, vm: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            if v.status != "down":
-                raise conflict(f"Cannot remove VM. VM {v.name} is running.")
-            for b in st.backups.values():
-                if b.vm_id == v.id and b.phase not in ("succeeded", "failed"):
-                    raise conflict(f"Cannot remove VM. Backup {b.id} is in progress.")
-            disks = [st.disks[a.disk_id] for a in v.attachments if a.disk_id in st.disks]
-            for d in disks:
-                check_disk_unlocked(d)
-            detach_only = req.flag("detach_only")
-            for sid in v.snapshot_ids:
-                st.snapshots.pop(sid, None)
-            for c in [c for c in st.checkpoints.values() if c.vm_id == v.id]:
-                del st.checkpoints[c.id]
-            del st.vms[v.id]
-            for d in disks:
-                if detach_only:
-                    for vol in d.volumes:
-                        vol.snapshot_id = None
-                else:
-                    api_disks.drop_disk(e, d)
-            e.save()
-        return xml(action_done())
-
-    def power(name: str) -> None:
-        def handler(req: Request, vm: str) -> Response:
-            with st.lock:
-                v = get_or_404(st.vms, vm)
-                power_action(e, v, name)
-                e.save()
-            return xml(action_done())
-
-        router.add("POST", f"/vms/{{vm}}/{name}", handler)
-
-    def noop(name: str) -> None:
-        def handler(req: Request, vm: str) -> Response:
-            with st.lock:
-                get_or_404(st.vms, vm)
-            return xml(action_done())
-
-        router.add("POST", f"/vms/{{vm}}/{name}", handler)
-
-    router.add("GET", "/vms", vms_list)
-    router.add("POST", "/vms", vm_add)
-    router.add("GET", "/vms/{vm}", vm_get)
-    router.add("PUT", "/vms/{vm}", vm_update)
-    router.add("DELETE", "/vms/{vm}", vm_delete)
-    for name in _POWER:
-        power(name)
-    for name in ("freezefilesystems", "thawfilesystems"):
-        noop(name)
-
-    # disk attachments
-
-    def atts_list(req: Request, vm: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            items = [conv.attachment(e, "vms", v.id, a) for a in v.attachments]
-            return xml(xmlio.render_list(items, "disk_attachments"))
-
-    def att_get(req: Request, vm: str, att: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            a = v.attachment(att)
-            if a is None:
-                raise get_or_404({}, att)
-            return xml(xmlio.render(conv.attachment(e, "vms", v.id, a)))
-
-    def att_add(req: Request, vm: str) -> Response:
-        body = parse_body(req, types.DiskAttachment)
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            if body.interface is None:
-                raise bad_request("DiskAttachment [interface] required for add")
-            if body.disk is None:
-                raise bad_request("DiskAttachment [disk] required for add")
-            att = Attachment(
-                disk_id="",
-                interface=body.interface.value,
-                bootable=bool(body.bootable),
-                active=True if body.active is None else bool(body.active),
-                read_only=bool(body.read_only),
-                pass_discard=bool(body.pass_discard),
-            )
-            if body.disk.id and body.disk.id in st.disks:
-                if body.disk.snapshot is not None:
-                    raise conflict("Cannot attach a disk snapshot: not supported by the simulator.")
-                d = st.disks[body.disk.id]
-                att.disk_id = d.id
-                attach_disk(e, v, d, att)
-            else:
-                d = api_disks.create_disk(e, body.disk, vm_snapshot_id=v.active_snapshot_id)
-                att.disk_id = d.id
-                v.attachments.append(att)
-            e.save()
-            return xml(
-                xmlio.render(conv.attachment(e, "vms", v.id, att)),
-                status=201,
-                Location=href("vms", v.id, "diskattachments", d.id),
-            )
-
-    def att_update(req: Request, vm: str, att: str) -> Response:
-        body = parse_body(req, types.DiskAttachment)
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            a = v.attachment(att)
-            if a is None:
-                raise get_or_404({}, att)
-            if body.active is not None:
-                a.active = bool(body.active)
-            if body.bootable is not None:
-                a.bootable = bool(body.bootable)
-            if body.interface is not None:
-                a.interface = body.interface.value
-            if body.read_only is not None:
-                a.read_only = bool(body.read_only)
-            if body.pass_discard is not None:
-                a.pass_discard = bool(body.pass_discard)
-            if body.disk is not None:
-                api_disks.update_disk(e, st.disks[a.disk_id], body.disk)
-            e.save()
-            return xml(xmlio.render(conv.attachment(e, "vms", v.id, a)))
-
-    def att_delete(req: Request, vm: str, att: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            a = v.attachment(att)
-            if a is None:
-                raise get_or_404({}, att)
-            d = st.disks.get(a.disk_id)
-            if d is not None:
-                check_disk_unlocked(d)
-                if a.active and v.status != "down":
-                    raise conflict(
-                        f"Cannot detach Virtual Disk. Disk {d.alias} is plugged to a running VM."
-                    )
-                if any(vol.snapshot_id not in (None, v.active_snapshot_id) for vol in d.volumes):
-                    raise conflict(f"Cannot detach Virtual Disk. Disk {d.alias} has snapshots.")
-                d.active.snapshot_id = None
-            v.attachments.remove(a)
-            e.save()
-        return xml(action_done())
-
-    router.add("GET", "/vms/{vm}/diskattachments", atts_list)
-    router.add("POST", "/vms/{vm}/diskattachments", att_add)
-    router.add("GET", "/vms/{vm}/diskattachments/{att}", att_get)
-    router.add("PUT", "/vms/{vm}/diskattachments/{att}", att_update)
-    router.add("DELETE", "/vms/{vm}/diskattachments/{att}", att_delete)
-
-    # nics
-
-    def nics_list(req: Request, vm: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            return xml(xmlio.render_list([conv.nic(e, "vms", v.id, n) for n in v.nics], "nics"))
-
-    def _nic(v: Vm, nic_id: str) -> Nic:
-        n = next((n for n in v.nics if n.id == nic_id), None)
-        if n is None:
-            raise get_or_404({}, nic_id)
-        return n
-
-    def nic_get(req: Request, vm: str, nic: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            return xml(xmlio.render(conv.nic(e, "vms", v.id, _nic(v, nic))))
-
-    def nic_add(req: Request, vm: str) -> Response:
-        body = parse_body(req, types.Nic)
-        if not body.name:
-            raise bad_request("Nic [name] required for add")
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            mac = body.mac.address if body.mac is not None and body.mac.address else None
-            if mac is not None and any(n.mac == mac for o in st.vms.values() for n in o.nics):
-                raise conflict(f"Cannot add Interface. MAC Address {mac} is already in use.")
-            profile_id = None
-            if body.vnic_profile is not None and (body.vnic_profile.id or body.vnic_profile.name):
-                profile_id = by_id_or_name(st.vnic_profiles, body.vnic_profile, "vnic profile").id
-            n = Nic(
-                id=new_id(),
-                name=body.name,
-                mac=mac or new_mac(e),
-                vnic_profile_id=profile_id,
-                interface=body.interface.value if body.interface is not None else "virtio",
-                linked=True if body.linked is None else bool(body.linked),
-                plugged=True if body.plugged is None else bool(body.plugged),
-            )
-            v.nics.append(n)
-            e.save()
-            return xml(
-                xmlio.render(conv.nic(e, "vms", v.id, n)),
-                status=201,
-                Location=href("vms", v.id, "nics", n.id),
-            )
-
-    def nic_update(req: Request, vm: str, nic: str) -> Response:
-        body = parse_body(req, types.Nic)
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            n = _nic(v, nic)
-            if body.name:
-                n.name = body.name
-            if body.linked is not None:
-                n.linked = bool(body.linked)
-            if body.plugged is not None:
-                n.plugged = bool(body.plugged)
-            if body.mac is not None and body.mac.address:
-                n.mac = body.mac.address
-            e.save()
-            return xml(xmlio.render(conv.nic(e, "vms", v.id, n)))
-
-    def nic_delete(req: Request, vm: str, nic: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            v.nics.remove(_nic(v, nic))
-            e.save()
-        return xml(action_done())
-
-    router.add("GET", "/vms/{vm}/nics", nics_list)
-    router.add("POST", "/vms/{vm}/nics", nic_add)
-    router.add("GET", "/vms/{vm}/nics/{nic}", nic_get)
-    router.add("PUT", "/vms/{vm}/nics/{nic}", nic_update)
-    router.add("DELETE", "/vms/{vm}/nics/{nic}", nic_delete)
-
-    # tags of a VM
-
-    def vm_tags(req: Request, vm: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            items = [conv.tag(e, st.tags[t]) for t in v.tag_ids if t in st.tags]
-            return xml(xmlio.render_list(items, "tags"))
-
-    def vm_tag_add(req: Request, vm: str) -> Response:
-        body = parse_body(req, types.Tag)
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            t = by_id_or_name(st.tags, body, "tag")
-            if t.id not in v.tag_ids:
-                v.tag_ids.append(t.id)
-            e.save()
-            return xml(
-                xmlio.render(conv.tag(e, t)), status=201, Location=href("vms", v.id, "tags", t.id)
-            )
-
-    def vm_tag_get(req: Request, vm: str, tag: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            if tag not in v.tag_ids or tag not in st.tags:
-                raise get_or_404({}, tag)
-            return xml(xmlio.render(conv.tag(e, st.tags[tag])))
-
-    def vm_tag_delete(req: Request, vm: str, tag: str) -> Response:
-        with st.lock:
-            v = get_or_404(st.vms, vm)
-            if tag not in v.tag_ids:
-                raise get_or_404({}, tag)
-            v.tag_ids.remove(tag)
-            e.save()
-        return xml(action_done())
-
-    router.add("GET", "/vms/{vm}/tags", vm_tags)
-    router.add("POST", "/vms/{vm}/tags", vm_tag_add)
-    router.add("GET", "/vms/{vm}/tags/{tag}", vm_tag_get)
-    router.add("DELETE", "/vms/{vm}/tags/{tag}", vm_tag_delete)
-
-    def empty(root: str) -> None:
-        def handler(req: Request, vm: str) -> Response:
-            with st.lock:
-                get_or_404(st.vms, vm)
-            return xml(xmlio.render_list([], root))
-
-        router.add("GET", f"/vms/{{vm}}/{root.replace('_', '')}", handler)
-
-    for root in ("permissions", "statistics", "reported_devices", "cdroms", "graphics_consoles"):
-        empty(root)
+def _all_content(req: Request) -> bool:
+    return req.flag("all_content") or req.headers.get("all-content", "").lower() == "true"
 
 
 def _tag_match(name: str, req: Request) -> bool:
@@ -827,3 +288,462 @@ def _tag_match(name: str, req: Request) -> bool:
         if k.strip().lower() == "tag":
             return name.lower() == v.strip().lower()
     return False
+
+
+# /vms
+
+
+def list_vms(e: Engine, req: Request) -> Response:
+    st = e.state
+    with st.lock:
+        fields = {
+            "name": lambda v: v.name,
+            "id": lambda v: v.id,
+            "status": lambda v: v.status,
+            "description": lambda v: v.description,
+            "cluster": lambda v: st.clusters[v.cluster_id].name,
+            "host": lambda v: st.hosts[v.host_id].name if v.host_id in st.hosts else None,
+            "tag": lambda v: next(
+                (
+                    st.tags[t].name
+                    for t in v.tag_ids
+                    if t in st.tags and _tag_match(st.tags[t].name, req)
+                ),
+                None,
+            ),
+        }
+        found = search(req, sorted(st.vms.values(), key=lambda v: v.name), fields)
+        ac = _all_content(req)
+        return xml(xmlio.render_list([conv.vm(e, v, all_content=ac) for v in found], "vms"))
+
+
+def get_vm(e: Engine, req: Request, vm: str) -> Response:
+    with e.state.lock:
+        return xml(
+            xmlio.render(conv.vm(e, get_or_404(e.state.vms, vm), all_content=_all_content(req)))
+        )
+
+
+def add_vm(e: Engine, req: Request) -> Response:
+    st = e.state
+    body = parse_body(req, types.Vm)
+    with st.lock:
+        if (
+            body.initialization is not None
+            and body.initialization.configuration is not None
+            and body.initialization.configuration.data
+        ):
+            vm = _import_configuration(e, body, req)
+            e.save()
+            return xml(xmlio.render(conv.vm(e, vm)), status=201, Location=href("vms", vm.id))
+        if not body.name or body.cluster is None:
+            raise bad_request("Vm [name, cluster] required for add")
+        if any(v.name == body.name for v in st.vms.values()):
+            raise conflict("Cannot add VM. The VM name is already in use.")
+        if body.snapshots:
+            vm = _clone_from_snapshot(e, body)
+            e.save()
+            return xml(xmlio.render(conv.vm(e, vm)), status=202, Location=href("vms", vm.id))
+        cluster = by_id_or_name(st.clusters, body.cluster, "cluster")
+        template_id = ZERO_ID
+        if body.template is not None and (body.template.id or body.template.name):
+            if body.template.id == ZERO_ID or body.template.name == "Blank":
+                template_id = ZERO_ID
+            else:
+                template_id = by_id_or_name(st.templates, body.template, "template").id
+        elif body.template is None:
+            raise bad_request("Vm [template] required for add")
+        topo = body.cpu.topology if body.cpu is not None and body.cpu.topology is not None else None
+        vm = make_vm(
+            e,
+            name=body.name,
+            cluster_id=cluster.id,
+            description=body.description or "",
+            comment=body.comment or "",
+            template_id=template_id,
+            memory_bytes=body.memory or 1024**3,
+            cpu_sockets=(topo.sockets if topo and topo.sockets else 1),
+            cpu_cores=(topo.cores if topo and topo.cores else 1),
+            os_type=(body.os.type if body.os is not None and body.os.type else "other_linux"),
+            vm_type=(body.type.value if body.type is not None else "server"),
+        )
+        if template_id != ZERO_ID:
+            disk_copy.copy_template_disks(e, vm, template_id)
+            t = st.templates[template_id]
+            for n in t.nics:
+                vm.nics.append(
+                    Nic(
+                        id=new_id(),
+                        name=n.name,
+                        mac=new_mac(e),
+                        vnic_profile_id=n.vnic_profile_id,
+                    )
+                )
+        e.save()
+        status = 202 if vm.status == "image_locked" else 201
+        return xml(xmlio.render(conv.vm(e, vm)), status=status, Location=href("vms", vm.id))
+
+
+def update_vm(e: Engine, req: Request, vm: str) -> Response:
+    st = e.state
+    body = parse_body(req, types.Vm)
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        if body.name and body.name != v.name:
+            if any(o.name == body.name for o in st.vms.values()):
+                raise conflict("Cannot edit VM. The VM name is already in use.")
+            v.name = body.name
+        if body.description is not None:
+            v.description = body.description
+        if body.comment is not None:
+            v.comment = body.comment
+        if body.memory:
+            v.memory_bytes = body.memory
+        if body.cpu is not None and body.cpu.topology is not None:
+            v.cpu_sockets = body.cpu.topology.sockets or v.cpu_sockets
+            v.cpu_cores = body.cpu.topology.cores or v.cpu_cores
+        e.save()
+        return xml(xmlio.render(conv.vm(e, v)))
+
+
+def remove_vm(e: Engine, req: Request, vm: str) -> Response:
+    st = e.state
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        if v.status != "down":
+            raise conflict(f"Cannot remove VM. VM {v.name} is running.")
+        for b in st.backups.values():
+            if b.vm_id == v.id and b.phase not in ("succeeded", "failed"):
+                raise conflict(f"Cannot remove VM. Backup {b.id} is in progress.")
+        disks = [st.disks[a.disk_id] for a in v.attachments if a.disk_id in st.disks]
+        for d in disks:
+            check_disk_unlocked(d)
+        if any(st.snapshots[s].status == "locked" for s in v.snapshot_ids if s in st.snapshots):
+            # A clone from one of its snapshots is running.
+            raise conflict(
+                f"Cannot remove VM. Snapshot is currently being created or removed for VM {v.name}."
+            )
+        detach_only = req.flag("detach_only")
+        for sid in v.snapshot_ids:
+            st.snapshots.pop(sid, None)
+        for c in [c for c in st.checkpoints.values() if c.vm_id == v.id]:
+            del st.checkpoints[c.id]
+        del st.vms[v.id]
+        for d in disks:
+            if detach_only:
+                for vol in d.volumes:
+                    vol.snapshot_id = None
+            else:
+                api_disks.drop_disk(e, d)
+        e.save()
+    return xml(action_done())
+
+
+VMS: tuple[Route, ...] = (
+    Route("GET", "/vms", list_vms),
+    Route("POST", "/vms", add_vm),
+    Route("GET", "/vms/{vm}", get_vm),
+    Route("PUT", "/vms/{vm}", update_vm),
+    Route("DELETE", "/vms/{vm}", remove_vm),
+)
+
+
+# /vms/{vm}/<action>
+
+
+def vm_power_action(e: Engine, req: Request, vm: str, *, action: str) -> Response:
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        power_action(e, v, action)
+        e.save()
+    return xml(action_done())
+
+
+def vm_noop_action(e: Engine, req: Request, vm: str) -> Response:
+    """Actions the simulator accepts and ignores (guest filesystem freeze/thaw)."""
+    with e.state.lock:
+        get_or_404(e.state.vms, vm)
+    return xml(action_done())
+
+
+VM_ACTIONS: tuple[Route, ...] = (
+    *(
+        Route("POST", f"/vms/{{vm}}/{name}", functools.partial(vm_power_action, action=name))
+        for name in _POWER
+    ),
+    Route("POST", "/vms/{vm}/freezefilesystems", vm_noop_action),
+    Route("POST", "/vms/{vm}/thawfilesystems", vm_noop_action),
+)
+
+
+# /vms/{vm}/diskattachments
+
+
+def _attachment(v: Vm, att: str) -> Attachment:
+    a = v.attachment(att)
+    if a is None:
+        raise get_or_404({}, att)
+    return a
+
+
+def list_attachments(e: Engine, req: Request, vm: str) -> Response:
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        items = [conv.attachment(e, "vms", v.id, a) for a in v.attachments]
+        return xml(xmlio.render_list(items, "disk_attachments"))
+
+
+def get_attachment(e: Engine, req: Request, vm: str, att: str) -> Response:
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        return xml(xmlio.render(conv.attachment(e, "vms", v.id, _attachment(v, att))))
+
+
+def add_attachment(e: Engine, req: Request, vm: str) -> Response:
+    st = e.state
+    body = parse_body(req, types.DiskAttachment)
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        if body.interface is None:
+            raise bad_request("DiskAttachment [interface] required for add")
+        if body.disk is None:
+            raise bad_request("DiskAttachment [disk] required for add")
+        att = Attachment(
+            disk_id="",
+            interface=body.interface.value,
+            bootable=bool(body.bootable),
+            active=True if body.active is None else bool(body.active),
+            read_only=bool(body.read_only),
+            pass_discard=bool(body.pass_discard),
+        )
+        if body.disk.id and body.disk.id in st.disks:
+            if body.disk.snapshot is not None:
+                raise conflict("Cannot attach a disk snapshot: not supported by the simulator.")
+            d = st.disks[body.disk.id]
+            att.disk_id = d.id
+            attach_disk(e, v, d, att)
+        else:
+            d = api_disks.create_disk(e, body.disk, vm_snapshot_id=v.active_snapshot_id)
+            att.disk_id = d.id
+            v.attachments.append(att)
+        e.save()
+        return xml(
+            xmlio.render(conv.attachment(e, "vms", v.id, att)),
+            status=201,
+            Location=href("vms", v.id, "diskattachments", d.id),
+        )
+
+
+def update_attachment(e: Engine, req: Request, vm: str, att: str) -> Response:
+    st = e.state
+    body = parse_body(req, types.DiskAttachment)
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        a = _attachment(v, att)
+        if body.active is not None:
+            a.active = bool(body.active)
+        if body.bootable is not None:
+            a.bootable = bool(body.bootable)
+        if body.interface is not None:
+            a.interface = body.interface.value
+        if body.read_only is not None:
+            a.read_only = bool(body.read_only)
+        if body.pass_discard is not None:
+            a.pass_discard = bool(body.pass_discard)
+        if body.disk is not None:
+            api_disks.update_disk(e, st.disks[a.disk_id], body.disk)
+        e.save()
+        return xml(xmlio.render(conv.attachment(e, "vms", v.id, a)))
+
+
+def remove_attachment(e: Engine, req: Request, vm: str, att: str) -> Response:
+    st = e.state
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        a = _attachment(v, att)
+        d = st.disks.get(a.disk_id)
+        if d is not None:
+            check_disk_unlocked(d)
+            if a.active and v.status != "down":
+                raise conflict(
+                    f"Cannot detach Virtual Disk. Disk {d.alias} is plugged to a running VM."
+                )
+            if any(vol.snapshot_id not in (None, v.active_snapshot_id) for vol in d.volumes):
+                raise conflict(f"Cannot detach Virtual Disk. Disk {d.alias} has snapshots.")
+            d.active.snapshot_id = None
+        v.attachments.remove(a)
+        e.save()
+    return xml(action_done())
+
+
+VM_DISK_ATTACHMENTS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/diskattachments", list_attachments),
+    Route("POST", "/vms/{vm}/diskattachments", add_attachment),
+    Route("GET", "/vms/{vm}/diskattachments/{att}", get_attachment),
+    Route("PUT", "/vms/{vm}/diskattachments/{att}", update_attachment),
+    Route("DELETE", "/vms/{vm}/diskattachments/{att}", remove_attachment),
+)
+
+
+# /vms/{vm}/nics
+
+
+def _nic(v: Vm, nic_id: str) -> Nic:
+    n = next((n for n in v.nics if n.id == nic_id), None)
+    if n is None:
+        raise get_or_404({}, nic_id)
+    return n
+
+
+def list_nics(e: Engine, req: Request, vm: str) -> Response:
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        return xml(xmlio.render_list([conv.nic(e, "vms", v.id, n) for n in v.nics], "nics"))
+
+
+def get_nic(e: Engine, req: Request, vm: str, nic: str) -> Response:
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        return xml(xmlio.render(conv.nic(e, "vms", v.id, _nic(v, nic))))
+
+
+def add_nic(e: Engine, req: Request, vm: str) -> Response:
+    st = e.state
+    body = parse_body(req, types.Nic)
+    if not body.name:
+        raise bad_request("Nic [name] required for add")
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        mac = body.mac.address if body.mac is not None and body.mac.address else None
+        if mac is not None and any(n.mac == mac for o in st.vms.values() for n in o.nics):
+            raise conflict(f"Cannot add Interface. MAC Address {mac} is already in use.")
+        profile_id = None
+        if body.vnic_profile is not None and (body.vnic_profile.id or body.vnic_profile.name):
+            profile_id = by_id_or_name(st.vnic_profiles, body.vnic_profile, "vnic profile").id
+        n = Nic(
+            id=new_id(),
+            name=body.name,
+            mac=mac or new_mac(e),
+            vnic_profile_id=profile_id,
+            interface=body.interface.value if body.interface is not None else "virtio",
+            linked=True if body.linked is None else bool(body.linked),
+            plugged=True if body.plugged is None else bool(body.plugged),
+        )
+        v.nics.append(n)
+        e.save()
+        return xml(
+            xmlio.render(conv.nic(e, "vms", v.id, n)),
+            status=201,
+            Location=href("vms", v.id, "nics", n.id),
+        )
+
+
+def update_nic(e: Engine, req: Request, vm: str, nic: str) -> Response:
+    body = parse_body(req, types.Nic)
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        n = _nic(v, nic)
+        if body.name:
+            n.name = body.name
+        if body.linked is not None:
+            n.linked = bool(body.linked)
+        if body.plugged is not None:
+            n.plugged = bool(body.plugged)
+        if body.mac is not None and body.mac.address:
+            n.mac = body.mac.address
+        e.save()
+        return xml(xmlio.render(conv.nic(e, "vms", v.id, n)))
+
+
+def remove_nic(e: Engine, req: Request, vm: str, nic: str) -> Response:
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        v.nics.remove(_nic(v, nic))
+        e.save()
+    return xml(action_done())
+
+
+VM_NICS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/nics", list_nics),
+    Route("POST", "/vms/{vm}/nics", add_nic),
+    Route("GET", "/vms/{vm}/nics/{nic}", get_nic),
+    Route("PUT", "/vms/{vm}/nics/{nic}", update_nic),
+    Route("DELETE", "/vms/{vm}/nics/{nic}", remove_nic),
+)
+
+
+# /vms/{vm}/tags
+
+
+def list_vm_tags(e: Engine, req: Request, vm: str) -> Response:
+    st = e.state
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        items = [conv.tag(e, st.tags[t]) for t in v.tag_ids if t in st.tags]
+        return xml(xmlio.render_list(items, "tags"))
+
+
+def add_vm_tag(e: Engine, req: Request, vm: str) -> Response:
+    st = e.state
+    body = parse_body(req, types.Tag)
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        t = by_id_or_name(st.tags, body, "tag")
+        if t.id not in v.tag_ids:
+            v.tag_ids.append(t.id)
+        e.save()
+        return xml(
+            xmlio.render(conv.tag(e, t)), status=201, Location=href("vms", v.id, "tags", t.id)
+        )
+
+
+def get_vm_tag(e: Engine, req: Request, vm: str, tag: str) -> Response:
+    st = e.state
+    with st.lock:
+        v = get_or_404(st.vms, vm)
+        if tag not in v.tag_ids or tag not in st.tags:
+            raise get_or_404({}, tag)
+        return xml(xmlio.render(conv.tag(e, st.tags[tag])))
+
+
+def remove_vm_tag(e: Engine, req: Request, vm: str, tag: str) -> Response:
+    with e.state.lock:
+        v = get_or_404(e.state.vms, vm)
+        if tag not in v.tag_ids:
+            raise get_or_404({}, tag)
+        v.tag_ids.remove(tag)
+        e.save()
+    return xml(action_done())
+
+
+VM_TAGS: tuple[Route, ...] = (
+    Route("GET", "/vms/{vm}/tags", list_vm_tags),
+    Route("POST", "/vms/{vm}/tags", add_vm_tag),
+    Route("GET", "/vms/{vm}/tags/{tag}", get_vm_tag),
+    Route("DELETE", "/vms/{vm}/tags/{tag}", remove_vm_tag),
+)
+
+
+# sub-collections the simulator always shows empty
+
+
+def list_empty(e: Engine, req: Request, vm: str, *, root: str) -> Response:
+    with e.state.lock:
+        get_or_404(e.state.vms, vm)
+    return xml(xmlio.render_list([], root))
+
+
+VM_EMPTY_COLLECTIONS: tuple[Route, ...] = tuple(
+    Route("GET", f"/vms/{{vm}}/{root.replace('_', '')}", functools.partial(list_empty, root=root))
+    for root in ("permissions", "statistics", "reported_devices", "cdroms", "graphics_consoles")
+)
+
+
+ROUTES: tuple[Route, ...] = (
+    *VMS,
+    *VM_ACTIONS,
+    *VM_DISK_ATTACHMENTS,
+    *VM_NICS,
+    *VM_TAGS,
+    *VM_EMPTY_COLLECTIONS,
+)

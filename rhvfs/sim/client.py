@@ -99,7 +99,10 @@ class SimAdmin:
         expire-ticket (transfer), revoke-tokens, storage-domain (name, status
         e.g. "maintenance"/"active", capacity_bytes), invalidate-checkpoint
         (checkpoint: state becomes invalid), break-checkpoint (checkpoint: its
-        bitmaps vanish, the record stays; a backup from it fails)."""
+        bitmaps vanish, the record stays; a backup from it fails), storage-delay
+        (op "copy" or "merge", delay, times: the next disk copies for new VMs or
+        templates, or snapshot merges, first sleep `delay` seconds, without the
+        engine's state lock)."""
         self._call("POST", "/faults", {"kind": kind, **params})
 
     def clear_faults(self) -> None:

@@ -5,14 +5,17 @@ connection, HTTP/1.1 keep-alive, TLS handshake in the connection's thread),
 the SSO token/logout endpoints, Bearer and Basic authentication with the
 engine's 401 rules, the CA download URL, the admin endpoints' token check,
 and engine fault injection (5xx / delay on matching calls). Resources are
-plain handler functions registered on the `Router` by the `api_*` modules;
-this module knows nothing about them and never touches storage.
+declared by the `api_*` modules as tables of `Route`s (method, path template,
+plain handler function taking an explicit context and the request); the
+`Router` binds each table to its context. This module knows nothing about
+the resources and never touches storage.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hmac
 import json
 import logging
@@ -21,7 +24,7 @@ import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -104,6 +107,20 @@ def json_response(obj: Any, status: int = 200) -> Response:
 Handler = Callable[..., Response]
 
 
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One entry of a resource's route table.
+
+    `path` is a template like `/vms/{vm}/nics/{nic}` (relative to the API
+    root); `handler(context, req, **params)` gets the table's context (the
+    simulated engine), the request, and one keyword argument per `{param}`.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+
+
 class Router:
     """Path templates like `/vms/{vm}/snapshots/{snap}` relative to the API root."""
 
@@ -111,8 +128,14 @@ class Router:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
 
     def add(self, method: str, template: str, handler: Handler) -> None:
+        """Route to `handler(req, **params)`."""
         pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.rstrip("/"))
         self._routes.append((method, re.compile(f"^{pattern}/?$"), handler))
+
+    def include(self, routes: Iterable[Route], context: object) -> None:
+        """Add a route table whose handlers take `context` first."""
+        for route in routes:
+            self.add(route.method, route.path, functools.partial(route.handler, context))
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         allowed = False

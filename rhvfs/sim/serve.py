@@ -167,18 +167,20 @@ class Simulator:
             auth=auth,
         )
         router = Router()
-        for module in (
-            api_infra,
-            api_templates,
-            api_disks,
-            api_vms,
-            api_snapshots,
-            api_transfers,
-            api_backups,
+        for routes in (
+            api_infra.ROUTES,
+            api_templates.ROUTES,
+            api_disks.ROUTES,
+            api_vms.ROUTES,
+            api_snapshots.ROUTES,
+            api_transfers.ROUTES,
+            api_backups.ROUTES,
         ):
-            module.register(router, e)
+            router.include(routes, e)
         admin_router = Router()
-        api_admin.register(admin_router, e)
+        admin_router.include(api_admin.ROUTES, e)
+        api_transfers.start_jobs(e)
+        api_backups.start_jobs(e)
         app = App(
             router=router, admin_router=admin_router, auth=auth, faults=faults, ca_file=pki.ca_file
         )

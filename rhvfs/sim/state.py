@@ -3,7 +3,8 @@
 Owns the engine's database (`<state-dir>/engine.json`): every record the REST
 layer shows and the phase machines change. It knows nothing about HTTP, XML or
 storage commands; callers hold `State.lock` while they read or mutate records
-and call `State.save()` after a mutation.
+and call `State.save()` after a mutation (`api_base` says when long storage
+work runs without it).
 
 Volume model (oVirt's): a disk is a chain of volumes, base first; each volume
 belongs to a VM snapshot (`snapshot_id`); the top volume is the active one and

@@ -3,8 +3,9 @@
 Owns one scheduler thread that runs callables when they are due, one at a
 time and in due order, plus periodic jobs (the transfer inactivity poller).
 Running steps one by one keeps the phase machines simple: a step never races
-another step. Steps take `State.lock` themselves; this module knows nothing
-about what they do. Every step waits `delay_s` (the `--delay` option) first.
+another step. Steps take `State.lock` themselves (and release it during long
+storage work, see `api_base`); this module knows nothing about what they do.
+Every step waits `delay_s` (the `--delay` option) first.
 """
 
 from __future__ import annotations

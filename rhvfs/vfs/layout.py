@@ -142,6 +142,10 @@ class Layout:
     def root(self) -> Node:
         return Node(ROOT_INODE, Kind.DIR, "", lister=self._root)
 
+    def top_ino(self, name: str) -> int:
+        """The inode of top-level directory ``name`` (one of ``TOP_DIRS``), before any listing."""
+        return self.table.inode(*self._static(f"/{name}"))
+
     async def _root(self) -> list[Node]:
         listers: dict[str, Lister] = {
             "datacenters": self._datacenters,
@@ -158,6 +162,7 @@ class Layout:
         return _by_name(nodes)
 
     async def _restore(self) -> list[Node]:
+        # Empty and read-only here; a mount with restores hands restore/ to ``RestoreTree``.
         return []
 
     async def _control(self) -> list[Node]:

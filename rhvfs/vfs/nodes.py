@@ -1,10 +1,13 @@
-"""Nodes of the tree: plain values the FUSE adapter turns into attributes.
+"""Nodes of the tree: plain values, and the ``Attributes`` value ``stat`` shows for one.
 
 A ``Node`` is a directory (``lister`` produces its children), a symlink
 (``target``), a generated file (``content`` made when the node was listed and
 kept with its attributes until the listing expires; an open handle keeps its
 own snapshot) or a backup-set file (``data`` names the owner and set key; the
-bytes come from the sessions layer).
+bytes come from the sessions layer). Nodes below ``restore/`` are
+``RestoreNode``s (``rhvfs.vfs.restore``) with permissions and owners of their
+own. ``Vfs.attributes`` turns a node into ``Attributes``; ``rhvfs.fs`` copies
+those into pyfuse3's type.
 
 Must not: call the engine or know about FUSE.
 """
@@ -59,6 +62,11 @@ class Node:
     #: listing starts an engine backup are hidden, so that tree walks (``find``,
     #: ``restic backup /mnt/vms/x``, ``du``) never start backups by accident.
     hidden: bool = False
+    #: Permission bits shown; None: the kind's read-only default (``default_perm``).
+    perm: int | None = None
+    #: Owner shown; None (or 0, see ``Vfs.attributes``): the mounting user.
+    uid: int | None = None
+    gid: int | None = None
 
     @property
     def volatile(self) -> bool:
@@ -69,6 +77,29 @@ class Node:
         self.size = len(content)
         self.blocks = (len(content) + 511) // 512
         self.mtime_ns = content_mtime_ns(content, base_mtime_ns=base_mtime_ns)
+
+
+#: Permission bits of read-only nodes, by kind.
+DEFAULT_PERM = {Kind.DIR: 0o555, Kind.FILE: 0o444, Kind.LINK: 0o777}
+#: st_blksize of every node: what cp/tar size their reads by.
+READ_BLOCK_SIZE = 128 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Attributes:
+    """What ``stat`` shows for a node, and how long the kernel may cache it (seconds)."""
+
+    ino: int
+    mode: int  # file type and permission bits, as st_mode
+    nlink: int
+    uid: int
+    gid: int
+    size: int  # bytes
+    blocks: int  # 512-byte units
+    blksize: int  # bytes
+    mtime_ns: int  # also shown as atime and ctime
+    entry_timeout_s: float
+    attr_timeout_s: float
 
 
 def content_mtime_ns(content: bytes, *, base_mtime_ns: int) -> int:

@@ -1,25 +1,26 @@
 """The ``restore/`` directory: a writable little tree in front of the restore sessions.
 
-Owns names, directories, inodes and open handles under ``restore/``:
-``mkdir restore/<name>`` starts a ``RestoreSession``; files written anywhere
-below it (subdirectories are allowed, for ``mkdir -p`` and Bacula's
-``where=``; a file is recognised by its base name) are ``RestoreFile``s of
-that session; ``restore/<name>/.status`` is generated at every read. The
-metadata calls restore tools make after writing (chmod, chown, utimes,
-xattrs) are accepted and remembered, never refused.
+``RestoreTree`` is the ``Subtree`` that owns names, directories, inodes and
+open files under ``restore/`` (``Vfs`` hands it every call on an inode it
+``owns``): ``mkdir restore/<name>`` starts a ``RestoreSession``; files
+written anywhere below it (subdirectories are allowed, for ``mkdir -p`` and
+Bacula's ``where=``; a file is recognised by its base name) are
+``RestoreFile``s of that session; ``restore/<name>/.status`` is generated at
+every read. The metadata calls restore tools make after writing (chmod,
+chown, utimes, xattrs) are accepted and remembered, never refused. Symlinks
+and hard links are refused as everywhere (``ReadOnlyFilesystem``).
 
-``rhvfs.fs`` dispatches every call on an inode or handle this tree ``owns``
-here; the methods raise ``rhvfs.errors`` types (with ``errno`` set where the
-session chose one) or ``OSError``, and ``rhvfs.fs`` maps them.
+Errors: the tree's own refusals are ``rhvfs.errors.FilesystemError``
+subclasses (``NameExists``, ``GeneratedFile``, ``NotInRestoreSet``...) and
+``NotFound``; what the session refuses passes through unchanged.
 
-Must not: import pyfuse3, talk to the engine, or hold restore logic (that is
-``rhvfs.sessions.restore._session``).
+Must not: import pyfuse3 or know errno values, talk to the engine, or hold
+restore logic (that is ``rhvfs.sessions.restore``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import itertools
 import logging
 import os
@@ -27,45 +28,84 @@ import stat
 import time
 from typing import Any
 
-from rhvfs.errors import NotFound
+from rhvfs.errors import (
+    DirectoryNotEmpty,
+    GeneratedFile,
+    IsADirectory,
+    NameExists,
+    NoSuchAttribute,
+    NotADirectory,
+    NotFound,
+    NotInRestoreSet,
+    RenameAcrossSets,
+    UnsupportedFileType,
+)
 from rhvfs.sessions.restore import STATUS_FILE, RestoreFile, RestoreManager, RestoreSession
-from rhvfs.vfs.names import InodeTable
+from rhvfs.vfs.names import ROOT_INODE, InodeTable
 from rhvfs.vfs.nodes import Kind, Node
+from rhvfs.vfs.subtree import OpenFile, Subtree
 
 log = logging.getLogger(__name__)
-
-#: Handles of this tree start here, far above the read-only tree's counter.
-FH_BASE = 1 << 48
 
 
 @dataclasses.dataclass(eq=False)
 class RestoreNode(Node):
     """A node under ``restore/``; ``perm`` are the permission bits shown (writable)."""
 
-    perm: int = 0o644
+    perm: int | None = 0o644
     session: RestoreSession | None = None
     file: RestoreFile | None = None
     children: dict[str, RestoreNode] | None = None
     xattrs: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
-    uid: int | None = None
-    gid: int | None = None
 
     @property
     def volatile(self) -> bool:
         return True  # sizes change while tools write: never let the kernel cache attributes
 
 
-def _err(detail: str, code: int) -> OSError:
-    return OSError(code, detail)
+class RestoreHandle(OpenFile):
+    """An open file under ``restore/``: a ``RestoreFile`` of its session, or a ``.status``
+    snapshot taken at open."""
+
+    #: Releasing a file tells its session the file is complete: never on its own at unmount.
+    release_at_unmount = False
+
+    def __init__(self, node: RestoreNode, content: bytes | None = None) -> None:
+        super().__init__(node)
+        self.rnode = node
+        self.content = content
+        self.direct_io = node.file is None  # generated: its size changes between reads
+
+    async def read(self, offset: int, size: int) -> bytes:
+        if self.content is not None:
+            return self.content[offset : offset + size]
+        node = self.rnode
+        assert node.session is not None and node.file is not None
+        return node.session.read(node.file, offset, size)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        node = self.rnode
+        if node.file is None or node.session is None:
+            raise GeneratedFile(node.name)
+        return await node.session.write(node.file, offset, data)
+
+    async def flush(self) -> None:
+        node = self.rnode
+        if node.file is not None and node.session is not None:
+            await node.session.flush(node.file)
+
+    async def fsync(self) -> None:
+        node = self.rnode
+        if node.file is not None and node.session is not None:
+            await node.session.fsync(node.file)
+
+    async def release(self) -> None:
+        node = self.rnode
+        if node.file is not None and node.session is not None:
+            await node.session.release(node.file)
 
 
-@dataclasses.dataclass
-class _Handle:
-    node: RestoreNode
-    content: bytes | None = None  # .status snapshot at open
-
-
-class RestoreTree:
+class RestoreTree(Subtree):
     """Every node below ``restore/`` (the directory itself has inode ``root_ino``)."""
 
     def __init__(self, manager: RestoreManager, *, root_ino: int, table: InodeTable) -> None:
@@ -75,17 +115,12 @@ class RestoreTree:
         self._serial = itertools.count(1)
         self._nodes: dict[int, RestoreNode] = {}
         self._sessions: dict[str, RestoreNode] = {}
-        self._handles: dict[int, _Handle] = {}
-        self._next_fh = itertools.count(FH_BASE)
 
     # -- identity ------------------------------------------------------------
 
     def owns(self, ino: int) -> bool:
         """True for ``restore/`` itself and every node below it."""
         return ino == self.root_ino or ino in self._nodes
-
-    def owns_fh(self, fh: int) -> bool:
-        return fh >= FH_BASE
 
     def _new_ino(self) -> int:
         return self._table.inode("restore", str(next(self._serial)), "")
@@ -102,7 +137,14 @@ class RestoreTree:
         return node
 
     def root_node(self) -> RestoreNode:
-        return RestoreNode(self.root_ino, Kind.DIR, "restore", perm=0o755, parent_ino=1)
+        return RestoreNode(
+            self.root_ino,
+            Kind.DIR,
+            "restore",
+            perm=0o755,
+            parent_ino=ROOT_INODE,
+            children=self._sessions,
+        )
 
     def node(self, ino: int) -> RestoreNode:
         if ino == self.root_ino:
@@ -126,17 +168,18 @@ class RestoreTree:
     def _dir(self, ino: int) -> RestoreNode:
         node = self.node(ino)
         if node.kind is not Kind.DIR:
-            raise _err(f"{node.name} is not a directory", errno.ENOTDIR)
+            raise NotADirectory(node.name)
+        assert node.children is not None
         return node
 
     def _session_of(self, node: RestoreNode) -> RestoreSession:
         if node.session is None:
-            raise _err("not inside a restore directory", errno.EPERM)
+            raise NotInRestoreSet("not inside a restore directory")
         return node.session
 
     # -- directories -----------------------------------------------------------
 
-    async def listdir(self, ino: int) -> list[RestoreNode]:
+    async def listdir(self, ino: int) -> list[Node]:
         if ino == self.root_ino:
             for name in list(self._sessions):
                 if name not in self.manager.sessions:
@@ -146,11 +189,7 @@ class RestoreTree:
         assert node.children is not None
         return [self._refresh(n) for n in node.children.values()]
 
-    async def lookup(self, parent_ino: int, name: str) -> RestoreNode:
-        if name == ".":
-            return self.node(parent_ino)
-        if name == "..":
-            return self.node(self.node(parent_ino).parent_ino)
+    async def lookup(self, parent_ino: int, name: str) -> Node:
         for child in await self.listdir(parent_ino):
             if child.name == name:
                 return child
@@ -159,11 +198,15 @@ class RestoreTree:
     async def getattr(self, ino: int) -> RestoreNode:
         return self._refresh(self.node(ino))
 
+    def access(self, ino: int, mode: int) -> bool:
+        self.node(ino)
+        return True
+
     async def mkdir(self, parent_ino: int, name: str) -> RestoreNode:
         if parent_ino == self.root_ino:
             await self.listdir(self.root_ino)
             if name in self._sessions:
-                raise _err(f"restore/{name} exists", errno.EEXIST)
+                raise NameExists(f"restore/{name}")
             session = self.manager.create(name)
             node = self._make(Kind.DIR, name, self.root_ino, session=session)
             assert node.children is not None
@@ -175,17 +218,20 @@ class RestoreTree:
         parent = self._dir(parent_ino)
         assert parent.children is not None
         if name in parent.children:
-            raise _err(f"{name} exists", errno.EEXIST)
+            raise NameExists(name)
         child = self._make(Kind.DIR, name, parent.ino, session=self._session_of(parent))
         parent.children[name] = child
         return child
+
+    async def mknod(self, parent_ino: int, name: str) -> Node:
+        raise UnsupportedFileType(name)
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
         if parent_ino == self.root_ino:
             node = self._sessions.get(name)
             if node is None:
                 raise NotFound(name)
-            self.manager.remove(name)  # refuses (EBUSY) while engine work runs
+            self.manager.remove(name)  # refuses (busy) while engine work runs
             del self._sessions[name]
             self._forget(node)
             return
@@ -195,9 +241,9 @@ class RestoreTree:
         if node is None:
             raise NotFound(name)
         if node.kind is not Kind.DIR:
-            raise _err(f"{name} is not a directory", errno.ENOTDIR)
+            raise NotADirectory(name)
         if node.children:
-            raise _err(f"{name} is not empty", errno.ENOTEMPTY)
+            raise DirectoryNotEmpty(name)
         del parent.children[name]
         self._forget(node)
 
@@ -208,10 +254,10 @@ class RestoreTree:
 
     # -- files ---------------------------------------------------------------------
 
-    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, RestoreNode]:
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[OpenFile, Node]:
         if parent_ino == self.root_ino:
-            raise _err(
-                "create a directory restore/<name> first, then write the set into it", errno.EPERM
+            raise NotInRestoreSet(
+                "create a directory restore/<name> first, then write the set into it"
             )
         parent = self._dir(parent_ino)
         assert parent.children is not None
@@ -219,78 +265,34 @@ class RestoreTree:
         existing = parent.children.get(name)
         if existing is not None:
             if flags & os.O_EXCL:
-                raise _err(f"{name} exists", errno.EEXIST)
+                raise NameExists(name)
             return await self.open(existing.ino, flags), existing
         if name == STATUS_FILE:
-            raise _err(f"{STATUS_FILE} is generated by rhvfs", errno.EACCES)
+            raise GeneratedFile(f"{STATUS_FILE} is generated by rhvfs")
         file = session.new_file(name)
         node = self._make(Kind.FILE, name, parent.ino, session=session, file=file)
         parent.children[name] = node
         return self._open_handle(node), node
 
-    def _open_handle(self, node: RestoreNode) -> int:
-        handle = _Handle(node)
+    def _open_handle(self, node: RestoreNode) -> RestoreHandle:
         if node.file is not None:
             assert node.session is not None
             node.session.open(node.file)
-        elif node.session is not None:
-            handle.content = node.session.status_json()
-        fh = next(self._next_fh)
-        self._handles[fh] = handle
-        return fh
+            return RestoreHandle(node)
+        if node.session is not None:
+            return RestoreHandle(node, node.session.status_json())
+        return RestoreHandle(node)
 
-    async def open(self, ino: int, flags: int) -> int:
+    async def open(self, ino: int, flags: int) -> RestoreHandle:
         node = self.node(ino)
         if node.kind is Kind.DIR:
-            raise _err(f"{node.name} is a directory", errno.EISDIR)
+            raise IsADirectory(node.name)
         if node.file is None and flags & os.O_ACCMODE != os.O_RDONLY:
-            raise _err(f"{node.name} is read-only", errno.EACCES)
+            raise GeneratedFile(f"{node.name} is read-only")
         if node.file is not None and flags & os.O_TRUNC:
             assert node.session is not None
             await node.session.truncate(node.file, 0)
         return self._open_handle(node)
-
-    def direct_io(self, fh: int) -> bool:
-        """Generated files bypass the page cache (their size changes between reads)."""
-        return self._handle(fh).node.file is None
-
-    def _handle(self, fh: int) -> _Handle:
-        try:
-            return self._handles[fh]
-        except KeyError:
-            raise _err("bad file handle", errno.EBADF) from None
-
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
-        handle = self._handle(fh)
-        if handle.content is not None:
-            return handle.content[offset : offset + size]
-        node = handle.node
-        assert node.session is not None and node.file is not None
-        return node.session.read(node.file, offset, size)
-
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
-        node = self._handle(fh).node
-        if node.file is None or node.session is None:
-            raise _err(f"{node.name} is read-only", errno.EACCES)
-        return await node.session.write(node.file, offset, data)
-
-    async def flush(self, fh: int) -> None:
-        node = self._handle(fh).node
-        if node.file is not None and node.session is not None:
-            await node.session.flush(node.file)
-
-    async def fsync(self, fh: int) -> None:
-        node = self._handle(fh).node
-        if node.file is not None and node.session is not None:
-            await node.session.fsync(node.file)
-
-    async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is None:
-            return
-        node = handle.node
-        if node.file is not None and node.session is not None:
-            await node.session.release(node.file)
 
     async def unlink(self, parent_ino: int, name: str) -> None:
         parent = self._dir(parent_ino)
@@ -299,7 +301,7 @@ class RestoreTree:
         if node is None:
             raise NotFound(name)
         if node.kind is Kind.DIR:
-            raise _err(f"{name} is a directory", errno.EISDIR)
+            raise IsADirectory(name)
         if node.file is None:
             return  # .status: "removed" quietly (rm -r, rsync --delete); it is still generated
         assert node.session is not None
@@ -315,13 +317,13 @@ class RestoreTree:
         if node is None:
             raise NotFound(old_name)
         if src_dir.session is None or dst_dir.session is not src_dir.session:
-            raise _err("files cannot move between restore directories", errno.EXDEV)
+            raise RenameAcrossSets("files cannot move between restore directories")
         if node.file is None and node.kind is Kind.FILE:
-            raise _err(f"{STATUS_FILE} is generated by rhvfs", errno.EACCES)
+            raise GeneratedFile(f"{STATUS_FILE} is generated by rhvfs")
         target = dst_dir.children.get(new_name)
         if target is not None and target is not node:
             if target.kind is Kind.DIR or target.file is None:
-                raise _err(f"{new_name} cannot be replaced", errno.EEXIST)
+                raise NameExists(f"{new_name} cannot be replaced")
             assert target.session is not None
             target.session.remove_file(target.file)
             del dst_dir.children[new_name]
@@ -347,7 +349,7 @@ class RestoreTree:
         node = self.node(ino)
         if size is not None:
             if node.file is None or node.session is None:
-                raise _err(f"{node.name} is read-only", errno.EACCES)
+                raise GeneratedFile(f"{node.name} is read-only")
             await node.session.truncate(node.file, size)
         if mode is not None and node.ino != self.root_ino:
             node.perm = stat.S_IMODE(mode)
@@ -370,11 +372,11 @@ class RestoreTree:
         try:
             return self.node(ino).xattrs[name]
         except KeyError:
-            raise OSError(errno.ENODATA, "no such attribute") from None  # quiet: expected
+            raise NoSuchAttribute(repr(name)) from None
 
     async def listxattr(self, ino: int) -> list[bytes]:
         return list(self.node(ino).xattrs)
 
     async def removexattr(self, ino: int, name: bytes) -> None:
         if self.node(ino).xattrs.pop(name, None) is None:
-            raise OSError(errno.ENODATA, "no such attribute")
+            raise NoSuchAttribute(repr(name))

@@ -1,62 +1,59 @@
-"""The VFS: inode table, lazy directories with a TTL, open handles.
+"""The VFS: the whole filesystem without FUSE, one object, one handle table.
 
-``Vfs`` is the whole filesystem without FUSE: ``rhvfs ls`` and the fs_api
-tests use it directly, ``rhvfs.fs`` adapts it to pyfuse3. Directory contents
-come from ``Layout`` listers, are cached for ``listing_ttl_s`` and re-listed
-on the next access after that; nodes keep their inode numbers (derived from
-engine ids) across re-listings and across mounts. Generated files carry their
-content from the listing; an open handle keeps its own snapshot of it.
+``Vfs`` owns the two parts of the tree and dispatches every call to the
+part that owns the inode: ``restore/`` and everything below it go to
+``RestoreTree`` (``rhvfs.vfs.restore``, when the mount has restores), all
+else to ``ReadOnlyTree`` (``rhvfs.vfs.readonly``), whose modifying calls are
+refused. It answers ``.`` and ``..`` itself, refuses renames between the two
+parts, and keeps the one table of open files and directories: handle
+numbers are plain counters, the same space for both parts. ``attributes``
+turns a node into what ``stat`` shows (permissions, owner, cache timeouts).
 
-Errors: a missing name or inode raises ``rhvfs.errors.NotFound``; using a
-file as a directory raises ``NotADirectoryError`` (and the reverse
-``IsADirectoryError``), which carry their errno. Engine and session errors
-pass through unchanged; ``rhvfs.fs`` owns the errno table.
+``rhvfs.fs`` adapts it to pyfuse3; ``rhvfs ls`` and the fs_api tests use it
+directly.
 
-Invariant (between awaits): ``_nodes`` holds every node ever handed out, so
-a ``getattr`` of any inode the kernel knows succeeds; a directory's cached
-name map only refers to inodes in ``_nodes``.
+Errors are ``rhvfs.errors`` classes (``NotFound``, the ``FilesystemError``
+family; engine and session errors pass through); ``rhvfs.fs`` owns the
+errno table.
 
-Must not: import pyfuse3, or start sessions other than through ``open``.
+Must not: import pyfuse3 or know errno values; hold listing or restore logic
+(the subtrees do).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import itertools
 import logging
-from collections.abc import Callable
+import os
+import stat
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
 
-from rhvfs.errors import NotFound
+from rhvfs.errors import BadHandle, ReadOnlyFilesystem, SymlinkLoop, SymlinkOutsideTree
+from rhvfs.sessions.restore import RestoreManager
 from rhvfs.vfs.backend import BackupSets, EngineInventory, LocalOwner, OwnerFactory
-from rhvfs.vfs.inventory import Inventory
-from rhvfs.vfs.layout import Layout
 from rhvfs.vfs.names import ROOT_INODE, InodeTable
-from rhvfs.vfs.nodes import FIXED_MTIME_NS, Kind, Node
+from rhvfs.vfs.nodes import DEFAULT_PERM, READ_BLOCK_SIZE, Attributes, Kind, Node
+from rhvfs.vfs.readonly import ReadOnlyTree
+from rhvfs.vfs.restore import RestoreTree
+from rhvfs.vfs.subtree import OpenFile, Subtree
 
 log = logging.getLogger(__name__)
 
 _MAX_SYMLINK_HOPS = 16
+_FILE_TYPE = {Kind.DIR: stat.S_IFDIR, Kind.FILE: stat.S_IFREG, Kind.LINK: stat.S_IFLNK}
 
 
 @dataclasses.dataclass
-class _Listing:
-    expires: float
-    children: dict[str, int]  # name -> inode, in listing order
-
-
-@dataclasses.dataclass
-class _Handle:
-    node: Node
-    content: bytes | None = None
-    backup_handle: int | None = None
+class _OpenDir:
+    entries: list[Node]  # snapshot at opendir; readdir offsets index into it
 
 
 class Vfs:
-    """The rhvfs tree over an engine and the backup sessions; no FUSE involved."""
+    """The rhvfs tree over an engine, the backup sessions and (optionally) the restores."""
 
     def __init__(
         self,
@@ -66,85 +63,74 @@ class Vfs:
         listing_ttl_s: float,
         owner_factory: OwnerFactory = LocalOwner,
         status_info: Callable[[], dict[str, Any]] | None = None,
+        restores: RestoreManager | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
     ) -> None:
+        """``restores`` (running) makes ``restore/`` writable; without it it stays empty.
+        ``uid``/``gid`` own every node without an owner of its own (default: this process's)."""
         self.listing_ttl_s = listing_ttl_s
-        self.inventory = Inventory(engine, ttl_s=listing_ttl_s)
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
         self.table = InodeTable()
-        self.backups = backups
-        self.layout = Layout(
-            self.inventory,
+        self.readonly = ReadOnlyTree(
+            engine,
             backups,
-            self.table,
+            table=self.table,
+            listing_ttl_s=listing_ttl_s,
             owner_factory=owner_factory,
             status_info=status_info,
         )
-        root = self.layout.root()
-        root.parent_ino = ROOT_INODE
-        self._nodes: dict[int, Node] = {ROOT_INODE: root}
-        self._listings: dict[int, _Listing] = {}
-        self._locks: dict[int, trio.Lock] = {}
-        self._handles: dict[int, _Handle] = {}
+        self.inventory = self.readonly.inventory
+        self.restore: RestoreTree | None = None
+        if restores is not None:
+            root_ino = self.readonly.layout.top_ino("restore")
+            self.restore = RestoreTree(restores, root_ino=root_ino, table=self.table)
+        self._handles: dict[int, OpenFile | _OpenDir] = {}
         self._next_fh = itertools.count(1)
 
-    # -- nodes and directories -------------------------------------------
+    # -- dispatch ---------------------------------------------------------------
 
-    def node(self, ino: int) -> Node:
-        try:
-            return self._nodes[ino]
-        except KeyError:
-            raise NotFound(f"inode {ino}") from None
+    def _tree(self, ino: int) -> Subtree:
+        if self.restore is not None and self.restore.owns(ino):
+            return self.restore
+        return self.readonly
 
-    async def getattr(self, ino: int) -> Node:
-        node = self.node(ino)
-        if node.refresh is not None:
-            node.set_content(node.refresh(), base_mtime_ns=FIXED_MTIME_NS)
+    def _own(self, node: Node) -> Node:
+        """``node`` as the subtree owning it has it: the read-only tree lists ``restore/``."""
+        if self.restore is not None and node.ino == self.restore.root_ino:
+            return self.restore.node(node.ino)
         return node
 
-    async def _children(self, ino: int) -> dict[str, int]:
-        node = self.node(ino)
-        if node.kind is not Kind.DIR or node.lister is None:
-            raise NotADirectoryError(errno.ENOTDIR, "not a directory", node.name)
-        lock = self._locks.setdefault(ino, trio.Lock())
-        async with lock:
-            listing = self._listings.get(ino)
-            if listing is not None and trio.current_time() < listing.expires:
-                return listing.children
-            children: dict[str, int] = {}
-            for child in await node.lister():
-                if child.name in children:
-                    log.warning("duplicate name %r in directory inode %d; skipped", child.name, ino)
-                    continue
-                child.parent_ino = ino
-                self._nodes[child.ino] = child
-                children[child.name] = child.ino
-            self._listings[ino] = _Listing(trio.current_time() + self.listing_ttl_s, children)
-            return children
+    # -- nodes and directories ------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        """The node of ``ino`` as last seen (no refresh); ``NotFound`` if unknown."""
+        return self._tree(ino).node(ino)
+
+    async def getattr(self, ino: int) -> Node:
+        return await self._tree(ino).getattr(ino)
 
     async def lookup(self, parent_ino: int, name: str) -> Node:
         if name == ".":
             return await self.getattr(parent_ino)
         if name == "..":
             return await self.getattr(self.node(parent_ino).parent_ino)
-        children = await self._children(parent_ino)
-        ino = children.get(name)
-        if ino is None:
-            raise NotFound(name)
-        return await self.getattr(ino)
+        return self._own(await self._tree(parent_ino).lookup(parent_ino, name))
 
     async def listdir(self, ino: int) -> list[Node]:
         """The directory's children in listing order (configuration before images in @rhv).
 
         Hidden children (``Node.hidden``) are left out; ``lookup`` still finds them.
         """
-        children = await self._children(ino)
-        nodes = (self._nodes[child] for child in children.values())
-        return [node for node in nodes if not node.hidden]
+        return [self._own(child) for child in await self._tree(ino).listdir(ino)]
 
     async def readlink(self, ino: int) -> str:
-        node = self.node(ino)
-        if node.kind is not Kind.LINK or node.target is None:
-            raise OSError(errno.EINVAL, "not a symlink", node.name)
-        return node.target
+        return await self._tree(ino).readlink(ino)
+
+    def access(self, ino: int, mode: int) -> bool:
+        """``access(2)``: anything may be read; only below ``restore/`` may be written."""
+        return self._tree(ino).access(ino, mode)
 
     async def resolve(self, path: str, *, follow_last: bool = True) -> Node:
         """The node at an absolute path inside the tree, following relative symlinks."""
@@ -157,10 +143,10 @@ class Vfs:
             if node.kind is Kind.LINK and (parts or follow_last):
                 hops += 1
                 if hops > _MAX_SYMLINK_HOPS:
-                    raise OSError(errno.ELOOP, "too many symlinks", path)
+                    raise SymlinkLoop(path)
                 target = await self.readlink(node.ino)
                 if target.startswith("/"):
-                    raise OSError(errno.EXDEV, "absolute symlink", target)
+                    raise SymlinkOutsideTree(target)
                 parts = [p for p in target.split("/") if p] + parts
                 node = self.node(node.parent_ino)
         return node
@@ -173,56 +159,162 @@ class Vfs:
             node = self.node(node.parent_ino)
         return "/" + "/".join(reversed(parts))
 
-    # -- files ------------------------------------------------------------
+    def forget(self, inodes: Iterable[int]) -> None:
+        """The kernel dropped these inodes. Inode numbers are derived from engine ids and
+        nodes are small: keep them all."""
 
-    async def open(self, ino: int) -> int:
-        """Open a file for reading; a backup-set file starts or joins its owner's session."""
-        node = self.node(ino)
-        if node.kind is Kind.DIR:
-            raise IsADirectoryError(errno.EISDIR, "is a directory", node.name)
-        if node.kind is not Kind.FILE:
-            raise OSError(errno.EINVAL, "not a regular file", node.name)
-        handle = _Handle(node)
-        if node.data is not None:
-            handle.backup_handle = await self.backups.open(node.data.owner, node.data.key)
-        elif node.refresh is not None:
-            handle.content = node.refresh()
-        else:
-            handle.content = node.content or b""
+    @property
+    def inode_count(self) -> int:
+        """Inodes handed out so far (the root included)."""
+        return len(self.table) + 1
+
+    # -- attributes ---------------------------------------------------------------
+
+    def attributes(self, node: Node) -> Attributes:
+        """What ``stat`` shows for ``node``; images keep their attributes in the kernel's
+        cache for the listing TTL, changing files (status, restore/) are never cached."""
+        ttl = self.listing_ttl_s
+        # Generated files (vm.json...) get fresh content when their directory is re-listed;
+        # with no attribute caching the kernel's size always matches the content it reads.
+        generated = node.content is not None and node.data is None
+        perm = DEFAULT_PERM[node.kind] if node.perm is None else node.perm
+        return Attributes(
+            ino=node.ino,
+            mode=_FILE_TYPE[node.kind] | perm,
+            nlink=2 if node.kind is Kind.DIR else 1,
+            uid=node.uid or self.uid,  # 0 too: files chowned to root stay the mount owner's
+            gid=node.gid or self.gid,
+            size=node.size,
+            blocks=node.blocks,
+            blksize=READ_BLOCK_SIZE,
+            mtime_ns=node.mtime_ns,
+            entry_timeout_s=0.0 if node.volatile else ttl,
+            attr_timeout_s=0.0 if node.volatile or generated else ttl,
+        )
+
+    # -- the handle table -------------------------------------------------------
+
+    def _add(self, handle: OpenFile | _OpenDir) -> int:
         fh = next(self._next_fh)
         self._handles[fh] = handle
         return fh
 
-    def handle_node(self, fh: int) -> Node:
-        return self._handle(fh).node
+    def _file(self, fh: int) -> OpenFile:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, OpenFile):
+            raise BadHandle(str(fh))
+        return handle
 
-    def _handle(self, fh: int) -> _Handle:
-        try:
-            return self._handles[fh]
-        except KeyError:
-            raise OSError(errno.EBADF, "bad file handle") from None
+    async def opendir(self, ino: int) -> int:
+        """A handle on the directory's listing as of now."""
+        return self._add(_OpenDir(await self.listdir(ino)))
+
+    def readdir(self, fh: int) -> list[Node]:
+        """The entries of an open directory (none for a handle that is not one)."""
+        handle = self._handles.get(fh)
+        return handle.entries if isinstance(handle, _OpenDir) else []
+
+    def releasedir(self, fh: int) -> None:
+        if isinstance(self._handles.get(fh), _OpenDir):
+            del self._handles[fh]
+
+    # -- files ------------------------------------------------------------------------
+
+    async def open(self, ino: int, flags: int = os.O_RDONLY) -> int:
+        """Open a file; a backup-set file starts or joins its owner's session."""
+        return self._add(await self._tree(ino).open(ino, flags))
+
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Node]:
+        handle, node = await self._tree(parent_ino).create(parent_ino, name, flags)
+        return self._add(handle), node
+
+    def direct_io(self, fh: int) -> bool:
+        """The open file bypasses the page cache (its content changes between reads)."""
+        return self._file(fh).direct_io
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        handle = self._handle(fh)
-        if handle.backup_handle is not None:
-            return await self.backups.read(handle.backup_handle, offset, size)
-        content = handle.content or b""
-        return content[offset : offset + size]
+        return await self._file(fh).read(offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        return await self._file(fh).write(offset, data)
+
+    async def flush(self, fh: int) -> None:
+        await self._file(fh).flush()
+
+    async def fsync(self, fh: int) -> None:
+        await self._file(fh).fsync()
 
     async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is not None and handle.backup_handle is not None:
-            await self.backups.release(handle.backup_handle)
+        handle = self._handles.get(fh)
+        if isinstance(handle, OpenFile):
+            del self._handles[fh]
+            await handle.release()
 
     @property
     def open_handles(self) -> int:
-        return len(self._handles)
+        """Open files of the read-only tree (backup reads): ``open_files`` in status.json."""
+        return sum(isinstance(h, OpenFile) and h.release_at_unmount for h in self._handles.values())
 
     async def release_all(self) -> None:
-        """Release every handle still open (unmount while files are open)."""
-        for fh in list(self._handles):
+        """Release every read handle still open (unmount while files are open). Files below
+        ``restore/`` stay: releasing one would tell its session the file is complete."""
+        for fh, handle in list(self._handles.items()):
+            if not (isinstance(handle, OpenFile) and handle.release_at_unmount):
+                continue
             with trio.CancelScope(shield=True):
                 try:
                     await self.release(fh)
                 except Exception:
                     log.exception("releasing handle %d at shutdown", fh)
+
+    # -- modifying calls: below restore/ only -------------------------------------
+
+    async def mkdir(self, parent_ino: int, name: str) -> Node:
+        return await self._tree(parent_ino).mkdir(parent_ino, name)
+
+    async def mknod(self, parent_ino: int, name: str) -> Node:
+        return await self._tree(parent_ino).mknod(parent_ino, name)
+
+    async def symlink(self, parent_ino: int, name: str, target: str) -> Node:
+        return await self._tree(parent_ino).symlink(parent_ino, name, target)
+
+    async def link(self, ino: int, new_parent_ino: int, new_name: str) -> Node:
+        return await self._tree(new_parent_ino).link(ino, new_parent_ino, new_name)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        await self._tree(parent_ino).unlink(parent_ino, name)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        await self._tree(parent_ino).rmdir(parent_ino, name)
+
+    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        tree = self._tree(old_parent)
+        if self._tree(new_parent) is not tree:  # one side is the read-only tree
+            raise ReadOnlyFilesystem(f"{old_name} -> {new_name}")
+        await tree.rename(old_parent, old_name, new_parent, new_name)
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Node:
+        return await self._tree(ino).setattr(
+            ino, size=size, mode=mode, uid=uid, gid=gid, mtime_ns=mtime_ns
+        )
+
+    async def getxattr(self, ino: int, name: bytes) -> bytes:
+        return await self._tree(ino).getxattr(ino, name)
+
+    async def listxattr(self, ino: int) -> list[bytes]:
+        return await self._tree(ino).listxattr(ino)
+
+    async def setxattr(self, ino: int, name: bytes, value: bytes) -> None:
+        await self._tree(ino).setxattr(ino, name, value)
+
+    async def removexattr(self, ino: int, name: bytes) -> None:
+        await self._tree(ino).removexattr(ino, name)

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from rhvfs.config import load_config
-from rhvfs.engine import Engine, PollPolicy, open_engine
+from rhvfs.engine import Engine, open_engine
+from rhvfs.retry import RetryPolicy
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
-FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
+FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
 
 
 @pytest.fixture

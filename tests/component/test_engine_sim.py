@@ -19,10 +19,11 @@ import pytest
 import trio
 
 from rhvfs.config import Config, load_config
-from rhvfs.engine import Engine, PollPolicy, RetryPolicy, open_engine
+from rhvfs.engine import Engine, open_engine
 from rhvfs.errors import AuthenticationError, EngineUnavailable, NotFound
+from rhvfs.retry import RetryPolicy
 
-FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
+FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
 
 
 def _config(sim: Any, **overrides: Any) -> Config:

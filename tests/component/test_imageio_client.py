@@ -439,7 +439,8 @@ async def test_image_reader_over_the_daemon_fetches_only_allocated_bytes(
 ) -> None:
     import trio
 
-    from rhvfs.cache import ImageReader, RetryPolicy
+    from rhvfs.cache import ImageReader
+    from rhvfs.retry import RetryPolicy
 
     path, ref = qcow2_image
     with nbd_export(path, fmt="qcow2") as nbd_url:

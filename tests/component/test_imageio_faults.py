@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from rhvfs.cache import ImageReader, RetryPolicy
+from rhvfs.cache import ImageReader
 from rhvfs.errors import ImageioUnavailable
 from rhvfs.imageio import open_imageio
+from rhvfs.retry import RetryPolicy
 from rhvfs.sim.dataplane import DataPlane
 
 MiB = 1024 * 1024

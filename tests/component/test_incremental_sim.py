@@ -20,7 +20,8 @@ import trio
 
 from rhvfs.backupset import SetKind, read_allocation, read_header
 from rhvfs.config import load_config
-from rhvfs.engine import Engine, PollPolicy, open_engine
+from rhvfs.engine import Engine, open_engine
+from rhvfs.retry import RetryPolicy
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.incremental._chainstate import ChainState
@@ -28,7 +29,7 @@ from rhvfs.sessions.incremental._manager import IncrementalManager
 from tests.conftest import start_sim
 
 MiB = 1024 * 1024
-FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
+FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
 VM = "myvm0"
 
 

@@ -19,12 +19,14 @@ import pytest
 import trio
 
 from rhvfs.config import load_config
-from rhvfs.engine import Engine, PollPolicy, open_engine
-from rhvfs.sessions.restore._session import RestoreFile, RestoreManager, RestoreSession
+from rhvfs.engine import Engine, open_engine
+from rhvfs.fs import errno_for
+from rhvfs.retry import RetryPolicy
+from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 
 MiB = 1024 * 1024
-FAST_POLL = PollPolicy(first_s=0.05, max_s=0.2, timeout_s=60.0)
+FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.2, timeout_s=60.0)
 
 
 def synth_set(name: str, sizes: list[int], seed: int) -> tuple[dict[str, bytes], list[str]]:
@@ -81,7 +83,10 @@ async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[tuple[Engine, RestoreMa
     )
     async with open_engine(config, poll=FAST_POLL) as engine:
         manager = RestoreManager(
-            engine, config, staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB)
+            engine,
+            config,
+            errno_for=errno_for,
+            staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)

@@ -22,12 +22,13 @@ import trio
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.backupset import ConfigKey
 from rhvfs.config import Config, load_config
-from rhvfs.engine import Engine, PollPolicy, open_engine
+from rhvfs.engine import Engine, open_engine
 from rhvfs.errors import VmStateError
+from rhvfs.retry import RetryPolicy
 from rhvfs.sessions import BackupManager, Journal, Owner
 
 MiB = 1024 * 1024
-FAST_POLL = PollPolicy(first_s=0.05, max_s=0.25, timeout_s=120.0)
+FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
 GRACE_S = 0.5
 
 
@@ -244,7 +245,8 @@ async def test_gc_cancels_transfers_and_removes_the_snapshot_of_a_killed_session
     rig: Rig,
 ) -> None:
     """What a SIGKILLed rhvfs leaves: a journal entry, its snapshot and an open transfer."""
-    from rhvfs.sessions import JournalEntry, procid
+    from rhvfs.sessions import JournalEntry
+    from rhvfs.sessions.core import _procid as procid
     from rhvfs.sessions.full._session import snapshot_description
 
     owner = await rig.owner("myvm0")

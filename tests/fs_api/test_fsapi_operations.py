@@ -12,7 +12,7 @@ import pytest
 from vfs_fakes import DISK_SIZE, FakeBackups, FakeEngine, image_bytes
 
 from rhvfs import errors
-from rhvfs.fs import Operations, errno_for
+from rhvfs.fs import ERRNO, Operations, errno_for
 from rhvfs.vfs.names import ROOT_INODE
 from rhvfs.vfs.tree import Vfs
 
@@ -21,7 +21,7 @@ CTX: Any = None  # RequestContext can't be built outside a request; the adapter 
 
 def make_ops() -> tuple[Operations, FakeBackups]:
     backups = FakeBackups()
-    return Operations(Vfs(FakeEngine(), backups, listing_ttl_s=5.0), uid=1000, gid=1000), backups
+    return Operations(Vfs(FakeEngine(), backups, listing_ttl_s=5.0, uid=1000, gid=1000)), backups
 
 
 async def walk(ops: Operations, path: str) -> pyfuse3.EntryAttributes:
@@ -88,12 +88,45 @@ async def test_open_read_release() -> None:
         (errors.SessionClosed("closing"), errno.EIO),  # a reader's fd is valid: EBADF would mislead
         (errors.AuthenticationError("bad"), errno.EACCES),
         (errors.ConfigError("bad"), errno.EINVAL),
+        (errors.RestoreInputError("not json"), errno.EINVAL),
+        (errors.RestoreNameClash("vm exists"), errno.EEXIST),
+        (errors.RestoreNoSpace("sd full"), errno.ENOSPC),
+        (errors.StagingFull("staging_limit"), errno.ENOSPC),
+        (errors.RestoreTooLarge("past the disk"), errno.EFBIG),
+        (errors.RestoreBusy("uploading"), errno.EBUSY),
+        (errors.RestoreUnsupported("no create_template"), errno.ENOTSUP),
+        (errors.RestoreWriteOnly("streamed"), errno.EACCES),
+        (errors.RestoreFinished("done"), errno.EROFS),
+        (errors.RestoreCancelled("rmdir"), errno.ECANCELED),
+        (errors.RestoreFailed("upload"), errno.EIO),
+        (errors.RestoreError("options"), errno.EIO),
         (NotADirectoryError(errno.ENOTDIR, "x"), errno.ENOTDIR),
         (KeyError("surprise"), errno.EIO),
+        (errors.ReadOnlyFilesystem("x"), errno.EROFS),
+        (errors.NotADirectory("x"), errno.ENOTDIR),
+        (errors.IsADirectory("x"), errno.EISDIR),
+        (errors.NotASymlink("x"), errno.EINVAL),
+        (errors.NotARegularFile("x"), errno.EINVAL),
+        (errors.SymlinkLoop("x"), errno.ELOOP),
+        (errors.SymlinkOutsideTree("x"), errno.EXDEV),
+        (errors.BadHandle("x"), errno.EBADF),
+        (errors.NoSuchAttribute("x"), pyfuse3.ENOATTR),
+        (errors.NameExists("x"), errno.EEXIST),
+        (errors.DirectoryNotEmpty("x"), errno.ENOTEMPTY),
+        (errors.GeneratedFile("x"), errno.EACCES),
+        (errors.NotInRestoreSet("x"), errno.EPERM),
+        (errors.UnsupportedFileType("x"), errno.EPERM),
+        (errors.RenameAcrossSets("x"), errno.EXDEV),
+        (errors.RestoreError("failed"), errno.EIO),
     ],
 )
 def test_errno_table(exc: BaseException, number: int) -> None:
     assert errno_for(exc) == number
+
+
+def test_every_vfs_refusal_has_its_own_errno() -> None:
+    refusals = errors.FilesystemError.__subclasses__()
+    assert refusals and all(cls in ERRNO for cls in refusals)
 
 
 async def test_errors_reach_fuse_as_errno(caplog: pytest.LogCaptureFixture) -> None:
@@ -109,6 +142,19 @@ async def test_errors_reach_fuse_as_errno(caplog: pytest.LogCaptureFixture) -> N
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.getattr(12345, CTX)
     assert e.value.errno == errno.ENOENT
+    vmjson = await walk(ops, "/vms/myvm/vm.json")
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.lookup(vmjson.st_ino, b"x", CTX)
+    assert e.value.errno == errno.ENOTDIR
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.open((await walk(ops, "/vms")).st_ino, os.O_RDONLY, CTX)
+    assert e.value.errno == errno.EISDIR
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.readlink(vmjson.st_ino, CTX)
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.read(999, 0, 10)
+    assert e.value.errno == errno.EBADF
 
 
 async def test_unknown_exceptions_are_logged_and_eio(

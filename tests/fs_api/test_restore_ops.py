@@ -22,11 +22,10 @@ from test_restore_fakes import VM_ID, FakeEngine, SetFiles, fake_opener, make_se
 
 from rhvfs.config import Config  # noqa: E402
 from rhvfs.engine.types import Vm  # noqa: E402
-from rhvfs.fs import Operations  # noqa: E402
-from rhvfs.sessions.restore._session import RestoreManager  # noqa: E402
+from rhvfs.fs import Operations, errno_for  # noqa: E402
+from rhvfs.sessions.restore import RestoreManager  # noqa: E402
 from rhvfs.sessions.restore._staging import StagingArea  # noqa: E402
 from rhvfs.vfs.names import ROOT_INODE  # noqa: E402
-from rhvfs.vfs.restore import RestoreTree  # noqa: E402
 from rhvfs.vfs.tree import Vfs  # noqa: E402
 
 CTX: Any = None
@@ -40,15 +39,14 @@ async def make_ops(
     manager = RestoreManager(
         engine,
         cfg,
+        errno_for=errno_for,
         opener=fake_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=1 << 30),
         close_grace_s=0.05,
     )
     await nursery.start(manager.run)
-    vfs = Vfs(InventoryEngine(), FakeBackups(), listing_ttl_s=5.0)
-    root = await vfs.resolve("/restore")
-    tree = RestoreTree(manager, root_ino=root.ino, table=vfs.table)
-    return Operations(vfs, restore=tree), manager
+    vfs = Vfs(InventoryEngine(), FakeBackups(), listing_ttl_s=5.0, restores=manager)
+    return Operations(vfs), manager
 
 
 async def lookup(ops: Operations, path: str) -> pyfuse3.EntryAttributes:
@@ -120,13 +118,13 @@ async def test_rsync_style_restore_through_operations(
     for disk in s.manifest["disks"]:
         assert sha(engine.content[disk["id"]]) == sha(s.files[disk["file"]])
     listing = await ops.opendir(d.st_ino, CTX)
-    names = sorted(n.name for n in ops._dir_handles[listing])
+    names = sorted(n.name for n in ops.vfs.readdir(listing))
     assert names == sorted([".status", *s.files])
     img = await ops.lookup(d.st_ino, s.image_names()[0].encode(), CTX)
     assert img.st_size == s.manifest["disks"][0]["size"]
     assert await ops.getxattr(img.st_ino, b"user.backup", CTX) == b"yes"
     rootlist = await ops.opendir(restore.st_ino, CTX)
-    assert [n.name for n in ops._dir_handles[rootlist]] == ["myvm"]
+    assert [n.name for n in ops.vfs.readdir(rootlist)] == ["myvm"]
 
 
 async def test_name_clash_fails_close_with_eexist(nursery: trio.Nursery, tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rhvfs.cache import ExtentMap, ImageReader, RetryPolicy
+from rhvfs.cache import ExtentMap, ImageReader
 from rhvfs.errors import DataIntegrityError, ImageioUnavailable, SessionClosed, TicketGone
 from rhvfs.imageio import Extent
+from rhvfs.retry import RetryPolicy
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -18,8 +18,8 @@ import trio.testing
 
 from rhvfs.config import Config
 from rhvfs.engine import Engine
-from rhvfs.engine._retry import PollPolicy
 from rhvfs.errors import EngineError, EngineUnavailable
+from rhvfs.retry import RetryPolicy
 
 
 @pytest.fixture
@@ -116,7 +116,9 @@ def engine_api() -> tuple[Engine, FakeApi]:
         system_interval=1.0,
         system_timeout=60.0,
     )
-    engine = Engine(config, poll=PollPolicy(first_s=0.1, max_s=1.0, timeout_s=30.0))
+    engine = Engine(
+        config, poll=RetryPolicy.for_polling(interval_s=0.1, max_interval_s=1.0, timeout_s=30.0)
+    )
     api = FakeApi()
     engine._pool = FakePool(api)  # type: ignore[assignment]
     engine.run_inline = True

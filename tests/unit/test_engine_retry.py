@@ -1,4 +1,8 @@
-"""Retries of transient engine errors and polling waits, on a MockClock (instant, deterministic)."""
+"""Retries of transient engine errors and polling waits, on a MockClock (instant, deterministic).
+
+The engine retries with ``rhvfs.retry.retry`` and waits with ``rhvfs.retry.poll``
+(timing out with ``EngineUnavailable``); the helpers' own tests are in test_retry.py.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,18 @@ import trio.testing
 
 from rhvfs.config import Config
 from rhvfs.engine._core import EngineCore
-from rhvfs.engine._retry import PollPolicy, RetryPolicy, retry_transient, wait_until
 from rhvfs.errors import Conflict, EngineError, EngineUnavailable
+from rhvfs.retry import RetryPolicy, retry
 
 
 @pytest.fixture
 def autojump_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def wait(probe: Any, *, policy: RetryPolicy, what: str) -> Any:
+    """``EngineCore.wait`` under ``policy`` (``rhvfs.retry.poll``, timing out with ``EngineUnavailable``)."""
+    return await EngineCore(_config(), poll=policy).wait(probe, what)
 
 
 class Flaky:
@@ -41,7 +50,7 @@ async def test_transient_errors_are_retried_with_doubling_backoff(autojump_clock
     fn = Flaky([EngineUnavailable("a"), EngineUnavailable("b"), EngineUnavailable("c")])
     policy = RetryPolicy(tries=5, interval_s=1.0, timeout_s=300)
     start = trio.current_time()
-    assert await retry_transient(fn, policy=policy, what="x") == "ok"
+    assert await retry(fn, policy=policy, what="x") == "ok"
     assert fn.attempts == [0, 1, 2, 3]
     assert [round(t - start, 3) for t in fn.times] == [0.0, 1.0, 3.0, 7.0]
 
@@ -49,9 +58,7 @@ async def test_transient_errors_are_retried_with_doubling_backoff(autojump_clock
 async def test_gives_up_after_tries(autojump_clock) -> None:
     fn = Flaky([EngineUnavailable(str(i)) for i in range(10)])
     with pytest.raises(EngineUnavailable, match="2"):
-        await retry_transient(
-            fn, policy=RetryPolicy(tries=3, interval_s=0.5, timeout_s=300), what="x"
-        )
+        await retry(fn, policy=RetryPolicy(tries=3, interval_s=0.5, timeout_s=300), what="x")
     assert fn.attempts == [0, 1, 2]
 
 
@@ -59,9 +66,7 @@ async def test_gives_up_at_the_deadline(autojump_clock) -> None:
     fn = Flaky([EngineUnavailable(str(i)) for i in range(10)])
     start = trio.current_time()
     with pytest.raises(EngineUnavailable):
-        await retry_transient(
-            fn, policy=RetryPolicy(tries=10, interval_s=1.0, timeout_s=5.0), what="x"
-        )
+        await retry(fn, policy=RetryPolicy(tries=10, interval_s=1.0, timeout_s=5.0), what="x")
     # sleeps 1 and 2 fit in 5 s, the next (4) would not.
     assert fn.attempts == [0, 1, 2]
     assert trio.current_time() - start == pytest.approx(3.0)
@@ -70,11 +75,11 @@ async def test_gives_up_at_the_deadline(autojump_clock) -> None:
 async def test_permanent_errors_are_not_retried(autojump_clock) -> None:
     fn = Flaky([Conflict("locked")])
     with pytest.raises(Conflict):
-        await retry_transient(fn, policy=RetryPolicy(), what="x")
+        await retry(fn, policy=RetryPolicy(), what="x")
     assert fn.attempts == [0]
 
 
-async def test_wait_until_polls_with_growing_interval(autojump_clock) -> None:
+async def test_engine_wait_polls_with_growing_interval(autojump_clock) -> None:
     results = [None, None, None, "done"]
     times: list[float] = []
 
@@ -83,12 +88,12 @@ async def test_wait_until_polls_with_growing_interval(autojump_clock) -> None:
         return results.pop(0)
 
     start = trio.current_time()
-    policy = PollPolicy(first_s=0.1, max_s=0.2, factor=1.5, timeout_s=10)
-    assert await wait_until(probe, policy=policy, what="w") == "done"
+    policy = RetryPolicy.for_polling(interval_s=0.1, max_interval_s=0.2, factor=1.5, timeout_s=10)
+    assert await wait(probe, policy=policy, what="w") == "done"
     assert [round(t - start, 3) for t in times] == [0.0, 0.1, 0.25, 0.45]
 
 
-async def test_wait_until_tolerates_transient_and_times_out(autojump_clock) -> None:
+async def test_engine_wait_tolerates_transient_and_times_out(autojump_clock) -> None:
     calls = 0
 
     async def probe() -> str | None:
@@ -98,17 +103,21 @@ async def test_wait_until_tolerates_transient_and_times_out(autojump_clock) -> N
 
     start = trio.current_time()
     with pytest.raises(EngineUnavailable, match="timed out after 3s"):
-        await wait_until(probe, policy=PollPolicy(first_s=0.5, max_s=1.0, timeout_s=3), what="w")
+        await wait(
+            probe,
+            policy=RetryPolicy.for_polling(interval_s=0.5, max_interval_s=1.0, timeout_s=3),
+            what="w",
+        )
     assert trio.current_time() - start == pytest.approx(3.0)
     assert calls == 5  # t = 0, 0.5, 1.25, 2.25, 3.0
 
 
-async def test_wait_until_aborts_on_permanent_error(autojump_clock) -> None:
+async def test_engine_wait_aborts_on_permanent_error(autojump_clock) -> None:
     async def probe() -> str | None:
         raise EngineError("finished_failure")
 
     with pytest.raises(EngineError, match="finished_failure"):
-        await wait_until(probe, policy=PollPolicy(), what="w")
+        await wait(probe, policy=RetryPolicy.for_polling(), what="w")
 
 
 class FakePool:

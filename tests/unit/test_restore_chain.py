@@ -3,7 +3,8 @@
 The sets are built like ``rhvfs.sessions.incremental._manager`` writes them (file names
 with the set id, qcow2 deltas synthesized by ``Qcow2Delta`` whose backing file
 is the previous set's image); disk0 is an incremental-enabled disk (deltas),
-disk1 a raw backup=none disk (full data in every set).
+disk1 a raw backup=none disk (full data in every set). The tests run on
+``MockClock(autojump_threshold=0)``: a chain settles after a quiet period of trio's clock.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import pytest
 import trio
 from test_restore_fakes import DISK_IDS, FakeEngine, MiB, make_set, sha
 from test_restore_session import Harness, config, start
+from trio.testing import MockClock
 
 from rhvfs.backupset import Change, Qcow2Delta
-from rhvfs.sessions.restore._session import RestoreSession
+from rhvfs.sessions.restore import RestoreSession
 
 CLUSTER = 65536
 
@@ -156,7 +158,9 @@ def expected(s: ChainSet) -> dict[str, str]:
     return {f"disk{i}": sha(s.state[d]) for i, d in enumerate(DISK_IDS[:2])}
 
 
-async def test_full_inc_inc_and_full_diff_restore_the_newest_state(h: Harness) -> None:
+async def test_full_inc_inc_and_full_diff_restore_the_newest_state(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     _, (c0, c1, c2, d3) = await build_chain()
     assert expected(c2) != expected(c0)
     a = h.manager.create("a")
@@ -180,7 +184,9 @@ async def test_full_inc_inc_and_full_diff_restore_the_newest_state(h: Harness) -
     assert restored(h.engine, "c") == expected(c0)
 
 
-async def test_missing_or_foreign_link_is_refused_and_rolled_back(h: Harness) -> None:
+async def test_missing_or_foreign_link_is_refused_and_rolled_back(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     _, (c0, c1, c2, d3) = await build_chain()
     vms_before = dict(h.engine.vms)
     for name, sets, reason in (
@@ -201,7 +207,9 @@ async def test_missing_or_foreign_link_is_refused_and_rolled_back(h: Harness) ->
     assert all(phase != "transferring" for _, phase in h.engine.transfers.values())
 
 
-async def test_delta_file_missing_or_truncated_is_refused(h: Harness) -> None:
+async def test_delta_file_missing_or_truncated_is_refused(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     _, (c0, c1, c2, _) = await build_chain()
     delta = next(n for n in c2.files if n.endswith(".qcow2"))
     gone = h.manager.create("gone")

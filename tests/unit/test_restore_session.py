@@ -1,4 +1,8 @@
-"""Restore sessions against the fake engine: completeness, options, refusals, rollback."""
+"""Restore sessions against the fake engine: completeness, options, refusals, rollback.
+
+Every test runs on ``MockClock(autojump_threshold=0)``: the grace, truncation and
+keep-alive timers of a restore (trio's clock) pass instantly and deterministically.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ from test_restore_fakes import (
     make_set,
     sha,
 )
+from trio.testing import MockClock
 
 from rhvfs.config import Config
 from rhvfs.engine.types import Template, Vm
 from rhvfs.errors import RestoreError
-from rhvfs.sessions.restore._session import RestoreFile, RestoreManager, RestoreSession
+from rhvfs.fs import errno_for
+from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 
 CHUNK = 128 * 1024
@@ -93,6 +99,7 @@ async def start(
     manager = RestoreManager(
         engine,
         cfg,
+        errno_for=errno_for,
         opener=fake_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=limit),
         close_grace_s=0.01,
@@ -115,7 +122,9 @@ def check_restored(engine: FakeEngine, s: SetFiles, vm_name: str) -> Vm:
     return vm
 
 
-async def test_tar_order_restores_vm_with_same_disks_and_nics(h: Harness) -> None:
+async def test_tar_order_restores_vm_with_same_disks_and_nics(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     s = make_set()
     session = h.manager.create("myvm")
     await h.copy(session, s, ["vm.ovf", "vm.xml", "manifest.json", *s.image_names()])
@@ -132,10 +141,12 @@ async def test_tar_order_restores_vm_with_same_disks_and_nics(h: Harness) -> Non
     assert status["disks"][0]["bytes_uploaded"] == 512 * 1024  # only the data quarter
     with pytest.raises(RestoreError) as e:
         session.new_file("late")
-    assert e.value.errno == errno.EROFS
+    assert errno_for(e.value) == errno.EROFS
 
 
-async def test_images_before_manifest_are_staged_then_streamed(h: Harness) -> None:
+async def test_images_before_manifest_are_staged_then_streamed(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     s = make_set()
     session = h.manager.create("r1")
     await h.copy(session, s, [*s.image_names(), "vm.ovf", "manifest.json"])
@@ -145,7 +156,7 @@ async def test_images_before_manifest_are_staged_then_streamed(h: Harness) -> No
     assert h.manager.staging.used_bytes == 0
 
 
-async def test_rsync_temp_names_and_sparse_writes(h: Harness) -> None:
+async def test_rsync_temp_names_and_sparse_writes(autojump_clock: MockClock, h: Harness) -> None:
     s = make_set()
     session = h.manager.create("r2")
     for name in ["vm.ovf", "manifest.json", *s.image_names()]:
@@ -155,36 +166,40 @@ async def test_rsync_temp_names_and_sparse_writes(h: Harness) -> None:
     check_restored(h.engine, s, "r2")
 
 
-async def test_staging_limit_gives_enospc(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_staging_limit_gives_enospc(
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
     h = await start(nursery, FakeEngine(), tmp_path, config(), limit=1 * MiB)
     s = make_set()
     session = h.manager.create("r3")
     with pytest.raises(RestoreError) as e:
         await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
-    assert e.value.errno == errno.ENOSPC
+    assert errno_for(e.value) == errno.ENOSPC
     status = await h.settle(session)
     assert status["phase"] == "failed" and "staging_limit" in status["error"]
     assert h.engine.disks == {}
 
 
-async def test_name_clash_refused_before_any_engine_change(h: Harness) -> None:
+async def test_name_clash_refused_before_any_engine_change(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     h.engine.vms["other"] = Vm(id="other", name="myvm", status="down")
     s = make_set()
     session = h.manager.create("myvm")
     await h.write_file(session, "vm.ovf", s.files["vm.ovf"])
     with pytest.raises(RestoreError) as e:
         await h.write_file(session, "manifest.json", s.files["manifest.json"])
-    assert e.value.errno == errno.EEXIST
+    assert errno_for(e.value) == errno.EEXIST
     with pytest.raises(RestoreError) as e:
         await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
-    assert e.value.errno == errno.EEXIST
+    assert errno_for(e.value) == errno.EEXIST
     status = await h.settle(session)
     assert "already exists" in status["error"]
     assert h.engine.disks == {} and "create_disk" not in h.engine.calls
 
 
 async def test_copy_with_new_name_regenerates_ids_and_new_macs(
-    nursery: trio.Nursery, tmp_path: Path
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine()
     h = await start(nursery, engine, tmp_path, config(nics="new"))
@@ -208,7 +223,9 @@ async def test_copy_with_new_name_regenerates_ids_and_new_macs(
     assert len(engine.vms) == 2  # the original is untouched
 
 
-async def test_nics_auto_falls_back_to_new_mac_but_original_insists(h: Harness) -> None:
+async def test_nics_auto_falls_back_to_new_mac_but_original_insists(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     s = make_set()
     first = h.manager.create("myvm")
     await h.copy(first, s)
@@ -229,7 +246,9 @@ async def test_nics_auto_falls_back_to_new_mac_but_original_insists(h: Harness) 
     assert len(h.engine.disks) == 4  # the failed copy's disks are gone
 
 
-async def test_options_interface_boot_active_sd_cluster_exclude_switchon(h: Harness) -> None:
+async def test_options_interface_boot_active_sd_cluster_exclude_switchon(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     s = make_set(sizes=(1 * MiB, 1 * MiB, 1 * MiB))
     session = h.manager.create("opt")
     opts = (
@@ -254,7 +273,7 @@ async def test_options_interface_boot_active_sd_cluster_exclude_switchon(h: Harn
     assert [d["state"] for d in status["disks"]] == ["uploaded", "uploaded", "skipped"]
 
 
-async def test_configuration_only(h: Harness) -> None:
+async def test_configuration_only(autojump_clock: MockClock, h: Harness) -> None:
     s = make_set()
     session = h.manager.create("cfg")
     await h.write_file(session, "rhvfs-restore.conf", b"vm_disks = none\n")
@@ -265,7 +284,7 @@ async def test_configuration_only(h: Harness) -> None:
 
 
 async def test_overwrite_replaces_down_vm_after_upload(
-    nursery: trio.Nursery, tmp_path: Path
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine()
     h = await start(nursery, engine, tmp_path, config(vm_force_overwrite="yes"))
@@ -286,7 +305,9 @@ async def test_overwrite_replaces_down_vm_after_upload(
     check_restored(engine, s, "myvm")
 
 
-async def test_overwrite_refuses_running_vm(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_overwrite_refuses_running_vm(
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
     engine = FakeEngine()
     engine.vms["x"] = Vm(id="x", name="myvm", status="up")
     h = await start(nursery, engine, tmp_path, config(vm_force_overwrite="yes"))
@@ -295,7 +316,7 @@ async def test_overwrite_refuses_running_vm(nursery: trio.Nursery, tmp_path: Pat
     await h.write_file(session, "vm.ovf", s.files["vm.ovf"])
     with pytest.raises(RestoreError) as e:
         await h.write_file(session, "manifest.json", s.files["manifest.json"])
-    assert e.value.errno == errno.EBUSY
+    assert errno_for(e.value) == errno.EBUSY
     assert engine.vms["x"].status == "up" and engine.disks == {}
 
 
@@ -323,20 +344,20 @@ async def test_overwrite_refuses_running_vm(nursery: trio.Nursery, tmp_path: Pat
     ],
 )
 async def test_bad_configuration_is_a_clear_error(
-    h: Harness, mutate, match: str, code: int
+    autojump_clock: MockClock, h: Harness, mutate, match: str, code: int
 ) -> None:  # type: ignore[no-untyped-def]
     s = make_set()
     mutate(s)
     session = h.manager.create("bad")
     with pytest.raises(RestoreError) as e:
         await h.copy(session, s, ["vm.ovf", "manifest.json", *s.image_names()])
-    assert e.value.errno == code
+    assert errno_for(e.value) == code
     status = await h.settle(session)
     assert status["phase"] == "failed" and match in status["error"]
     assert h.engine.disks == {} and h.engine.vms == {}
 
 
-async def test_truncated_image_fails_and_rolls_back(h: Harness) -> None:
+async def test_truncated_image_fails_and_rolls_back(autojump_clock: MockClock, h: Harness) -> None:
     s = make_set()
     session = h.manager.create("trunc")
     await h.copy(session, s, ["vm.ovf", "manifest.json"])
@@ -348,7 +369,9 @@ async def test_truncated_image_fails_and_rolls_back(h: Harness) -> None:
     assert h.engine.disks == {} and h.engine.vms == {}
 
 
-async def test_no_room_on_storage_domain(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_no_room_on_storage_domain(
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
     engine = FakeEngine(sd_available=2 * MiB)
     h = await start(nursery, engine, tmp_path, config())
     s = make_set()
@@ -356,11 +379,13 @@ async def test_no_room_on_storage_domain(nursery: trio.Nursery, tmp_path: Path) 
     await h.write_file(session, "vm.ovf", s.files["vm.ovf"])
     with pytest.raises(RestoreError) as e:
         await h.write_file(session, "manifest.json", s.files["manifest.json"])
-    assert e.value.errno == errno.ENOSPC
+    assert errno_for(e.value) == errno.ENOSPC
     assert "has 2097152 bytes free" in (await h.settle(session))["error"]
 
 
-async def test_engine_failure_while_creating_vm_rolls_back_everything(h: Harness) -> None:
+async def test_engine_failure_while_creating_vm_rolls_back_everything(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     h.engine.fail_on.add("add_nic")
     s = make_set()
     session = h.manager.create("boom")
@@ -370,7 +395,7 @@ async def test_engine_failure_while_creating_vm_rolls_back_everything(h: Harness
     assert h.engine.disks == {} and h.engine.vms == {}
 
 
-async def test_template_set_restores_as_template(h: Harness) -> None:
+async def test_template_set_restores_as_template(autojump_clock: MockClock, h: Harness) -> None:
     s = make_set(kind="template", name="tpl")
     first = h.manager.create("tpl1")
     await h.copy(first, s)
@@ -389,7 +414,9 @@ async def test_template_set_restores_as_template(h: Harness) -> None:
         assert sha(h.engine.content[att.disk.id]) == sha(s.files[d["file"]])
 
 
-async def test_template_name_on_a_vm_set_makes_a_template_and_may_drop_the_vm(h: Harness) -> None:
+async def test_template_name_on_a_vm_set_makes_a_template_and_may_drop_the_vm(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     s = make_set()
     session = h.manager.create("base")
     await h.write_file(
@@ -402,17 +429,17 @@ async def test_template_name_on_a_vm_set_makes_a_template_and_may_drop_the_vm(h:
     assert h.engine.vms == {} and status["vm_id"] is None
 
 
-async def test_template_name_clash(h: Harness) -> None:
+async def test_template_name_clash(autojump_clock: MockClock, h: Harness) -> None:
     s = make_set(kind="template", name="tpl")
     h.engine.templates["x"] = Template(id="x", name="tplx")
     session = h.manager.create("tplx")
     with pytest.raises(RestoreError) as e:
         await h.copy(session, s, ["vm.ovf", "manifest.json"])
-    assert e.value.errno == errno.EEXIST
+    assert errno_for(e.value) == errno.EEXIST
     assert h.engine.disks == {}
 
 
-async def test_cluster_id_from_manifest(h: Harness) -> None:
+async def test_cluster_id_from_manifest(autojump_clock: MockClock, h: Harness) -> None:
     s = make_set()
     session = h.manager.create("cl")
     await h.copy(session, s)
@@ -420,7 +447,9 @@ async def test_cluster_id_from_manifest(h: Harness) -> None:
     assert h.engine.vms[status["vm_id"]].cluster_id == CLUSTER_ID
 
 
-async def test_flush_of_an_empty_file_is_not_its_last_close(h: Harness) -> None:
+async def test_flush_of_an_empty_file_is_not_its_last_close(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     """dd opens the output, dup2()s it and closes the first descriptor before writing."""
     s = make_set()
     session = h.manager.create("dd")
@@ -438,7 +467,9 @@ async def test_flush_of_an_empty_file_is_not_its_last_close(h: Harness) -> None:
     check_restored(h.engine, s, "dd")
 
 
-async def test_rmdir_of_an_unfinished_restore_rolls_it_back(h: Harness) -> None:
+async def test_rmdir_of_an_unfinished_restore_rolls_it_back(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     s = make_set()
     session = h.manager.create("half")
     await h.copy(session, s, ["vm.ovf", "manifest.json"])
@@ -454,7 +485,9 @@ async def test_rmdir_of_an_unfinished_restore_rolls_it_back(h: Harness) -> None:
     assert h.engine.disks == {} and "half" not in h.manager.sessions
 
 
-async def test_stopping_the_manager_mid_restore_rolls_back(tmp_path: Path) -> None:
+async def test_stopping_the_manager_mid_restore_rolls_back(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
     engine = FakeEngine()
     s = make_set()
     async with trio.open_nursery() as nursery:
@@ -479,7 +512,9 @@ PLACEHOLDER = (
 )
 
 
-async def test_placeholder_ovf_is_replaced_by_one_built_from_the_manifest(h: Harness) -> None:
+async def test_placeholder_ovf_is_replaced_by_one_built_from_the_manifest(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     s = make_set(kind="template", name="tpl")
     s.files["vm.ovf"] = PLACEHOLDER
     session = h.manager.create("tpl-from-manifest")
@@ -491,7 +526,9 @@ async def test_placeholder_ovf_is_replaced_by_one_built_from_the_manifest(h: Har
     assert len(h.engine.template_attachments[status["template_id"]]) == 2
 
 
-async def test_restic_style_many_opens_of_a_preallocated_file(h: Harness) -> None:
+async def test_restic_style_many_opens_of_a_preallocated_file(
+    autojump_clock: MockClock, h: Harness
+) -> None:
     """restic truncates each file to its size, then writes blobs in any order, one open each."""
     s = make_set()
     session = h.manager.create("restic")
@@ -522,7 +559,7 @@ async def test_restic_style_many_opens_of_a_preallocated_file(h: Harness) -> Non
 
 
 async def test_utimes_completes_at_once_and_carries_the_error(
-    nursery: trio.Nursery, tmp_path: Path
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine()
     h = await start(nursery, engine, tmp_path, config())
@@ -537,13 +574,13 @@ async def test_utimes_completes_at_once_and_carries_the_error(
     g = await h.write_file(session, short, s.files[short][:4096])
     with pytest.raises(RestoreError, match="truncated") as e:
         await session.set_times(g)
-    assert e.value.errno == errno.EIO
+    assert errno_for(e.value) == errno.EIO
     assert (await h.settle(session))["phase"] == "failed"
     assert engine.disks == {}
 
 
 async def test_idle_upload_is_kept_alive_and_a_short_image_waits_for_reopen(
-    nursery: trio.Nursery, tmp_path: Path
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine()
     h = await start(nursery, engine, tmp_path, config())
@@ -569,7 +606,7 @@ async def test_idle_upload_is_kept_alive_and_a_short_image_waits_for_reopen(
 
 
 async def test_times_set_through_the_descriptor_complete_at_close(
-    nursery: trio.Nursery, tmp_path: Path
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     """cp --preserve sets times with futimens before close(): that close completes the image."""
     engine = FakeEngine()
@@ -591,7 +628,9 @@ async def test_times_set_through_the_descriptor_complete_at_close(
     check_restored(engine, s, "cp-p")
 
 
-async def test_sparse_disks_need_only_what_they_held(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_sparse_disks_need_only_what_they_held(
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
     engine = FakeEngine(sd_available=2 * MiB)
     h = await start(nursery, engine, tmp_path, config())
     s = make_set()

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rhvfs.sessions.restore._staging import StagingArea, StagingFull
+from rhvfs.errors import StagingFull
+from rhvfs.sessions.restore._staging import StagingArea
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,4 +1,8 @@
-"""The upload stream: coalescing, zero detection, ordering, errors, retries."""
+"""The upload stream: coalescing, zero detection, ordering, errors, retries.
+
+The async tests run on ``MockClock(autojump_threshold=0)``: the fake target's latency
+and the retry back-off are trio sleeps that pass instantly.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 from rhvfs.errors import ImageioUnavailable, RestoreError, TicketGone
 from rhvfs.sessions.restore._upload import UploadStream, split_runs
@@ -101,7 +106,9 @@ async def run_stream(
     return stream
 
 
-async def test_sequential_128k_writes_become_chunked_puts_and_zero_patches() -> None:
+async def test_sequential_128k_writes_become_chunked_puts_and_zero_patches(
+    autojump_clock: MockClock,
+) -> None:
     size = 8 * MiB
     image = bytearray(size)
     image[0 : 3 * MiB] = pattern(3 * MiB, 1)
@@ -120,7 +127,7 @@ async def test_sequential_128k_writes_become_chunked_puts_and_zero_patches() -> 
     assert target.max_in_flight > 1
 
 
-async def test_holes_are_not_sent_and_rewrites_land() -> None:
+async def test_holes_are_not_sent_and_rewrites_land(autojump_clock: MockClock) -> None:
     size = 4 * MiB
     target = FakeTarget(size)
     a, b, c = pattern(64 * KiB, 3), pattern(64 * KiB, 4), pattern(4096, 5)
@@ -135,7 +142,7 @@ async def test_holes_are_not_sent_and_rewrites_land() -> None:
     assert target.zeros == []
 
 
-async def test_failed_request_breaks_the_stream() -> None:
+async def test_failed_request_breaks_the_stream(autojump_clock: MockClock) -> None:
     size = 4 * MiB
     target = FakeTarget(size, fail_at=1 * MiB + 10)
     with pytest.raises(RestoreError, match="upload failed"):
@@ -144,7 +151,7 @@ async def test_failed_request_breaks_the_stream() -> None:
         )
 
 
-async def test_transient_errors_are_retried() -> None:
+async def test_transient_errors_are_retried(autojump_clock: MockClock) -> None:
     size = 2 * MiB
     target = FakeTarget(size, transient=2)
     data = pattern(size, 9)
@@ -152,7 +159,7 @@ async def test_transient_errors_are_retried() -> None:
     assert target.image == data
 
 
-async def test_write_beyond_size_is_refused() -> None:
+async def test_write_beyond_size_is_refused(autojump_clock: MockClock) -> None:
     target = FakeTarget(1 * MiB)
     with pytest.raises(RestoreError, match="beyond the disk's size"):
         await run_stream(target, [(1 * MiB - 10, b"x" * 20)], 1 * MiB)
@@ -171,11 +178,13 @@ def test_any_write_order_gives_the_same_image(ops: list[tuple[int, int, bool]]) 
         expected[off : off + n] = data
         writes.append((off, data))
     target = FakeTarget(size)
-    trio.run(run_stream, target, writes, size)
+    trio.run(run_stream, target, writes, size, clock=MockClock(autojump_threshold=0))
     assert target.image == expected
 
 
-async def test_backward_writes_clear_of_queued_requests_go_out_concurrently() -> None:
+async def test_backward_writes_clear_of_queued_requests_go_out_concurrently(
+    autojump_clock: MockClock,
+) -> None:
     """restic writes a file blob by blob in any order: those PUTs need not wait for each other."""
     size = 4 * MiB
     image = pattern(size, 11)

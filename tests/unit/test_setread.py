@@ -28,7 +28,7 @@ def read_whole(book: SetReads, reader: tuple[int, int], key: str) -> None:
 async def test_back_to_back_runs_get_a_new_point_in_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    book = SetReads(idle_limit_s=3600, retire_grace_s=10)
+    book = SetReads(idle_limit_s=3600)
     verdict, _, _ = book.verdict("config:vm.ovf", TAR1)
     assert verdict is Verdict.BEGIN
     first = book.begin(SIZES)
@@ -48,7 +48,7 @@ async def test_back_to_back_runs_get_a_new_point_in_time(
 async def test_pauses_far_longer_than_grace_stay_on_one_point_in_time(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    book = SetReads(idle_limit_s=3600, retire_grace_s=10)
+    book = SetReads(idle_limit_s=3600)
     read_whole(book, TAR1, "config:vm.ovf")
     first = book.live
     assert first is not None
@@ -61,7 +61,7 @@ async def test_pauses_far_longer_than_grace_stay_on_one_point_in_time(
 async def test_idle_past_the_limit_is_stale_for_its_reader_never_mixed(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    book = SetReads(idle_limit_s=60, retire_grace_s=10)
+    book = SetReads(idle_limit_s=60)
     read_whole(book, TAR1, "config:vm.ovf")
     read_whole(book, TAR1, "disk:a")
     first = book.live
@@ -81,7 +81,7 @@ async def test_idle_past_the_limit_is_stale_for_its_reader_never_mixed(
 
 
 async def test_unknown_reader_is_never_refused(autojump_clock: trio.testing.MockClock) -> None:
-    book = SetReads(idle_limit_s=60, retire_grace_s=10)
+    book = SetReads(idle_limit_s=60)
     read_whole(book, TAR1, "config:vm.ovf")
     await trio.sleep(61)
     assert book.verdict("disk:b", None)[0] is Verdict.BEGIN
@@ -90,7 +90,7 @@ async def test_unknown_reader_is_never_refused(autojump_clock: trio.testing.Mock
 async def test_parallel_readers_of_one_process_share_the_read(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    book = SetReads(idle_limit_s=3600, retire_grace_s=10)
+    book = SetReads(idle_limit_s=3600)
     read = book.begin(SIZES)
     handles = [book.opened(read, k, FD) for k in SIZES]
     # pieces in any order, from several threads (same thread group)
@@ -107,33 +107,45 @@ async def test_parallel_readers_of_one_process_share_the_read(
     assert read.state is ReadState.COMPLETE
 
 
-async def test_a_second_tool_while_the_first_pauses_retires_the_first(
+async def test_a_second_tool_retires_the_first_which_then_never_mixes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    book = SetReads(idle_limit_s=3600, retire_grace_s=10)
+    book = SetReads(idle_limit_s=3600)
     read_whole(book, TAR1, "config:vm.ovf")
     first = book.live
     assert first is not None
+    h1 = book.opened(first, "disk:a", TAR1)  # TAR1 is in the middle of disk:a
     # TAR2 starts over: vm.ovf was read completely, so this is a new read
     verdict, _, _ = book.verdict("config:vm.ovf", TAR2)
     assert verdict is Verdict.BEGIN
     second = book.begin(SIZES)
-    assert first.state is ReadState.RETIRED
-    # TAR1 goes on with its own point in time within the retire grace
-    await trio.sleep(5)
-    assert book.verdict("disk:a", TAR1)[:2] == (Verdict.JOIN, first)
-    h = book.opened(first, "disk:a", TAR1)
-    await trio.sleep(100)  # an open handle keeps a retired read until the idle limit
+    assert first.state is ReadState.RETIRED and book.live is second
+    with pytest.raises(ValueError):
+        book.opened(first, "disk:b", TAR1)  # a retired read takes no new handle
+    # TAR1's open handle still reads its own point in time to the end
     book.served(first, "disk:a", 0, 1000)
-    book.released(first, h)
-    await trio.sleep(11)
-    assert book.verdict("disk:b", TAR1)[0] is Verdict.STALE
+    assert book.released(first, h1)
     assert first.state is ReadState.EXPIRED
-    assert book.live is second
+    # ... and its next file would be of another point in time: refused
+    assert book.verdict("disk:b", TAR1)[0] is Verdict.STALE
+    assert book.verdict("disk:b", TAR2)[:2] == (Verdict.JOIN, second)
+
+
+async def test_retired_read_refuses_its_readers_while_it_drains(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    book = SetReads(idle_limit_s=3600)
+    read_whole(book, TAR1, "config:vm.ovf")
+    first = book.live
+    assert first is not None
+    h = book.opened(first, "disk:a", FD)
+    book.begin(SIZES)  # another run begins while FD still reads disk:a
+    assert book.verdict("disk:b", TAR1)[0] is Verdict.STALE
+    book.released(first, h)
 
 
 async def test_lost_read_refuses_its_readers(autojump_clock: trio.testing.MockClock) -> None:
-    book = SetReads(idle_limit_s=3600, retire_grace_s=10)
+    book = SetReads(idle_limit_s=3600)
     read_whole(book, TAR1, "config:vm.ovf")
     read = book.live
     assert read is not None
@@ -146,7 +158,7 @@ async def test_lost_read_refuses_its_readers(autojump_clock: trio.testing.MockCl
 async def test_optional_files_do_not_hold_completion(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    book = SetReads(idle_limit_s=3600, retire_grace_s=10)
+    book = SetReads(idle_limit_s=3600)
     sizes = {**SIZES, "disks/disk:a": 1000}
     read = book.begin(sizes, required=SIZES)
     for key in SIZES:
@@ -164,7 +176,7 @@ async def test_optional_files_do_not_hold_completion(
 
 def test_tombstones_are_bounded() -> None:
     async def main() -> None:
-        book = SetReads(idle_limit_s=1, retire_grace_s=1)
+        book = SetReads(idle_limit_s=1)
         for i in range(20):
             read = book.begin(SIZES)
             h = book.opened(read, "disk:a", (i, i))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import threading
 import time
 import types as pytypes
@@ -13,10 +15,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ovirtsdk4 import types
 
-from rhvfs.sim import api_ovf, xmlio
+from rhvfs.sim import (
+    api_admin,
+    api_backups,
+    api_disks,
+    api_infra,
+    api_ovf,
+    api_snapshots,
+    api_templates,
+    api_transfers,
+    api_vms,
+    xmlio,
+)
 from rhvfs.sim.api_base import search, with_href
 from rhvfs.sim.faults import EngineFault, Faults
-from rhvfs.sim.httpd import HttpError, Request, Router
+from rhvfs.sim.httpd import HttpError, Request, Response, Route, Router
 from rhvfs.sim.state import (
     Attachment,
     Cluster,
@@ -116,6 +129,59 @@ def test_router_params_405_and_404() -> None:
     with pytest.raises(HttpError) as err:
         router.resolve("GET", "/vms/a/nothing")
     assert err.value.status == 404
+
+
+def test_router_include_binds_the_context_of_a_route_table() -> None:
+    def get_nic(ctx: str, req: Request, vm: str, nic: str) -> Response:
+        return Response(body=f"{ctx} {req.method} {vm} {nic}".encode())
+
+    router = Router()
+    router.include([Route("GET", "/vms/{vm}/nics/{nic}", get_nic)], "engine")
+    handler, params = router.resolve("GET", "/vms/a/nics/b")
+    req = Request(method="GET", path="/vms/a/nics/b", query={}, headers={}, body=b"")
+    assert handler(req, **params).body == b"engine GET a b"
+
+
+_ROUTE_MODULES = (
+    api_admin,
+    api_backups,
+    api_disks,
+    api_infra,
+    api_snapshots,
+    api_templates,
+    api_transfers,
+    api_vms,
+)
+
+
+@pytest.mark.parametrize("module", _ROUTE_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+def test_route_tables_are_unique_and_handlers_take_their_path_params(
+    module: pytypes.ModuleType,
+) -> None:
+    seen = set()
+    for route in module.ROUTES:
+        key = (route.method, route.path)
+        assert key not in seen, key
+        seen.add(key)
+        sig = inspect.signature(route.handler)
+        path_params = set(re.findall(r"\{(\w+)\}", route.path))
+        params = [p for p in sig.parameters.values() if p.kind is not p.KEYWORD_ONLY]
+        # handler(context, req, *path params in path order)
+        in_order = sorted(path_params, key=lambda name: route.path.index("{" + name + "}"))
+        assert [p.name for p in params[2:]] == in_order, route
+
+
+def test_all_route_tables_together_resolve_each_path_once() -> None:
+    api = [r for m in _ROUTE_MODULES if m is not api_admin for r in m.ROUTES]
+    keys = [(r.method, r.path) for r in api]
+    assert len(keys) == len(set(keys))
+    router = Router()
+    router.include(api, object())
+    handler, params = router.resolve("POST", "/vms/v1/start")
+    assert params == {"vm": "v1"}
+    with pytest.raises(HttpError) as err:
+        router.resolve("PATCH", "/vms/v1")
+    assert err.value.status == 405
 
 
 def test_faults_match_count_down_and_glob() -> None:

@@ -11,8 +11,10 @@ a new one, or must be refused because it would mix two points in time:
   the file it opens was already read completely (first to last byte, and
   closed) in the live read: reading a file twice is what the *next* tool run
   does (a second ``tar`` right after the first, bacula-fd's next job). The old
-  read then retires: it goes on serving the processes that read from it (a tool
-  run still in progress) and ends after ``retire_grace_s`` without activity. So a read that begins after an earlier read completed
+  read then retires: it takes no new opens, and ends when its last open handle
+  is closed (the manager waits for that before it starts the new point in
+  time: one session per owner); a process that was reading from it and opens
+  another of its files afterwards gets ``STALE``. So a read that begins after an earlier read completed
   never gets that earlier point in time (freshness).
 - **Join.** Any other open joins the live read, however long the tool paused,
   as long as the read is not older than ``idle_limit_s`` of inactivity (no open,
@@ -34,7 +36,7 @@ tombstones. Times are trio's clock (``trio.current_time``), so tests run on
 ``MockClock``.
 
 Invariants between awaits: at most one live read per owner; a read's ``done``
-and ``coverage`` only grow; a retired or ended read never takes a new handle.
+and ``coverage`` only grow; only a live read takes a new handle.
 
 Must not: talk to the engine or imageio, or know what a session creates (the
 managers map a ``SetRead`` to their session through ``read_id``).
@@ -69,7 +71,7 @@ class ReadState(enum.Enum):
     """Where a read is in its life (only moves down this list)."""
 
     LIVE = "live"  # takes new opens
-    RETIRED = "retired"  # a newer read began; serves only the processes that read from it
+    RETIRED = "retired"  # a newer read began; serves its open handles only
     COMPLETE = "complete"  # every file read completely, no handle open
     EXPIRED = "expired"  # idle longer than the limit
     LOST = "lost"  # its point in time is gone (engine fault, session broken)
@@ -151,11 +153,10 @@ class Tombstone:
 class SetReads:
     """The reads of one owner's set, and the verdict for each open."""
 
-    def __init__(self, *, idle_limit_s: float, retire_grace_s: float) -> None:
-        if idle_limit_s <= 0 or retire_grace_s < 0:
-            raise ValueError("idle_limit_s must be positive, retire_grace_s not negative")
+    def __init__(self, *, idle_limit_s: float) -> None:
+        if idle_limit_s <= 0:
+            raise ValueError("idle_limit_s must be positive")
         self.idle_limit_s = idle_limit_s
-        self.retire_grace_s = min(retire_grace_s, idle_limit_s)
         self.live: SetRead | None = None
         self.retired: list[SetRead] = []
         self.tombstones: list[Tombstone] = []
@@ -166,20 +167,20 @@ class SetReads:
     def verdict(self, key: str, reader: ReaderId | None) -> tuple[Verdict, SetRead | None, str]:
         """What an open of ``key`` by ``reader`` does now: the verdict, the read it joins, why."""
         self.expire_idle()
+        live = self.live
         if reader is not None:
-            for read in self.reads():
-                if reader in read.readers:
-                    if key in read.done:
-                        return (
-                            Verdict.BEGIN,
-                            None,
-                            (
-                                f"{key} was already read completely by this process at point in "
-                                f"time {read.read_id}: a new read of the set"
-                            ),
-                        )
-                    return Verdict.JOIN, read, f"joins point in time {read.read_id}"
-            for t in self.tombstones:
+            if live is not None and reader in live.readers:
+                if key in live.done:
+                    return (
+                        Verdict.BEGIN,
+                        None,
+                        (
+                            f"{key} was already read completely by this process at point in "
+                            f"time {live.read_id}: a new read of the set"
+                        ),
+                    )
+                return Verdict.JOIN, live, f"joins point in time {live.read_id}"
+            for t in [*self._retired_tombstones(), *self.tombstones]:
                 if reader in t.readers and key not in t.done:
                     return (
                         Verdict.STALE,
@@ -190,7 +191,6 @@ class SetReads:
                             "points in time: run the backup again"
                         ),
                     )
-        live = self.live
         if live is None:
             return Verdict.BEGIN, None, "no read of this set is in progress"
         if key in live.done:
@@ -231,7 +231,7 @@ class SetReads:
 
     def opened(self, read: SetRead, key: str, reader: ReaderId | None) -> int:
         """Record an open handle of ``key`` in ``read``; returns the handle's id in this book."""
-        if read.state.ended:
+        if read.state is not ReadState.LIVE:
             raise ValueError(f"read {read.read_id} is {read.state.value}")
         handle = next(self._handle_ids)
         read.handles[handle] = key
@@ -257,6 +257,9 @@ class SetReads:
         if read.state in (ReadState.LIVE, ReadState.RETIRED) and read.complete:
             self._end(read, ReadState.COMPLETE, "every file was read")
             return True
+        if read.state is ReadState.RETIRED and not read.handles:
+            self._end(read, ReadState.EXPIRED, "a newer read of the set began")
+            return True
         return False
 
     def lose(self, read: SetRead, reason: str) -> None:
@@ -271,18 +274,18 @@ class SetReads:
         for read in list(self.reads()):
             if read.state.ended or now < self._expiry(read):
                 continue
-            if read.state is ReadState.RETIRED:
-                reason = "a newer read of the set began"
-            else:
-                reason = f"idle for more than {self.idle_limit_s:g} s"
-            self._end(read, ReadState.EXPIRED, reason)
+            self._end(read, ReadState.EXPIRED, f"idle for more than {self.idle_limit_s:g} s")
             ended.append(read)
         return ended
 
     def _expiry(self, read: SetRead) -> float:
-        if read.state is ReadState.RETIRED and not read.handles:
-            return read.last_activity + self.retire_grace_s
         return read.last_activity + self.idle_limit_s
+
+    def _retired_tombstones(self) -> list[Tombstone]:
+        return [
+            Tombstone(read.read_id, frozenset(read.readers), frozenset(read.done), read.reason)
+            for read in self.retired
+        ]
 
     def next_expiry(self) -> float | None:
         """The trio time at which the live read expires if nothing happens, else None."""
@@ -298,9 +301,12 @@ class SetReads:
     def _retire(self, read: SetRead) -> None:
         if self.live is read:
             self.live = None
-        read.state = ReadState.RETIRED
-        read.last_activity = trio.current_time()
-        self.retired.append(read)
+        if read.handles:
+            read.state = ReadState.RETIRED
+            read.reason = "a newer read of the set began"
+            self.retired.append(read)
+        else:
+            self._end(read, ReadState.EXPIRED, "a newer read of the set began")
 
     def _end(self, read: SetRead, state: ReadState, reason: str) -> None:
         read.state = state

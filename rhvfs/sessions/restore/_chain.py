@@ -43,16 +43,27 @@ set (its OVF, NICs and disk flags) as for a full restore. Disks must be the
 same in the root and the newest set (added, removed or resized disks are
 refused: restore the newest full set instead).
 
+The chain gets what it needs from its session through ``ChainHost`` (the
+directory's files and disks, the root manifest, the session's log and
+failure) and from the manager through ``RestoreServices`` (the nursery and
+``close_grace_s``); the disk uploads ask it ``gate_open``/``wait_gate`` and
+call ``apply``.
+
+Invariants (between awaits): ``decided`` is set once, either by ``_settle``
+right after the session adopted the newest set (so a disk woken by it sees
+the final manifest), or by ``stop`` when the session fails; ``chain`` and
+``steps`` are set only together with ``decided``.
+
 Must not: talk to the engine (the session does), decide restore options.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import functools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import trio
 
@@ -61,6 +72,7 @@ from rhvfs.backupset import (
     ChainError,
     DiskLink,
     Manifest,
+    OvfInfo,
     SetLink,
     SetType,
     apply_delta,
@@ -72,12 +84,11 @@ from rhvfs.backupset import (
     order_chain,
     parse_ovf,
 )
-from rhvfs.errors import RhvfsError, SetFormatError
-from rhvfs.sessions.restore._ports import restore_error as _err
+from rhvfs.errors import RestoreInputError, RhvfsError, SetFormatError
+from rhvfs.sessions.restore._files import RestoreDisk, RestoreFile
+from rhvfs.sessions.restore._ports import RestoreServices
+from rhvfs.sessions.restore._state import Phase
 from rhvfs.sessions.restore._upload import UploadStream
-
-if TYPE_CHECKING:
-    from rhvfs.sessions.restore._session import RestoreFile, RestoreSession, _Disk
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +108,41 @@ def is_chain_manifest(name: str, manifest: Manifest | None) -> bool:
     return name != MANIFEST_NAME or bool(set_id or manifest.checkpoint_id)
 
 
+class ChainHost(Protocol):
+    """What the chain needs from its restore session."""
+
+    @property
+    def files(self) -> Mapping[int, RestoreFile]: ...
+    @property
+    def disks(self) -> Mapping[str, RestoreDisk]: ...
+    @property
+    def manifest(self) -> Manifest | None:
+        """The root set's manifest once parsed and checked (then the newest set's)."""
+        ...
+
+    @property
+    def phase(self) -> Phase: ...
+    def note(self, text: str) -> None: ...
+    def fail(self, exc: BaseException | str) -> None: ...
+    async def read_manifest(self, f: RestoreFile) -> None:
+        """Parse, check and adopt a single set's (or the chain root's) manifest."""
+        ...
+
+    def adopt_newest(self, manifest: Manifest, ovf: bytes, ovf_info: OvfInfo) -> None:
+        """The chain is settled: the VM is made from the newest set (synchronous)."""
+        ...
+
+    async def check_complete(self) -> None:
+        """Start making the VM if the set is complete now."""
+        ...
+
+
 class ChainAssembly:
     """The chain state of one restore session."""
 
-    def __init__(self, session: RestoreSession) -> None:
-        self.session = session
+    def __init__(self, host: ChainHost, services: RestoreServices) -> None:
+        self.host = host
+        self.services = services
         self.active = False  # a chain manifest arrived: disks wait for ``decided``
         self.links: dict[str, tuple[SetLink, Manifest]] = {}
         self.root: str | None = None
@@ -109,6 +150,10 @@ class ChainAssembly:
         self.chain: list[SetLink] = []
         self.steps: dict[str, list[tuple[DiskLink, RestoreFile]]] = {}
         self._last_activity = 0.0
+
+    def stop(self) -> None:
+        """The session failed: release every disk waiting at the gate."""
+        self.decided.set()
 
     # -- activity and the gate -------------------------------------------------------
 
@@ -141,7 +186,7 @@ class ChainAssembly:
     async def manifest_closed(self, f: RestoreFile) -> None:
         """A manifest was closed: a plain full set goes the single-set way, a chain
         manifest is recorded (the root one also starts the disks' uploads)."""
-        s = self.session
+        s = self.host
         assert f.mem is not None
         try:
             manifest: Manifest | None = Manifest.from_json(bytes(f.mem), name=f.name)
@@ -149,11 +194,11 @@ class ChainAssembly:
         except SetFormatError as e:
             manifest, error = None, e
         if f.name == MANIFEST_NAME and not is_chain_manifest(f.name, manifest):
-            await s._manifest_closed(f)
+            await s.read_manifest(f)
             return
         if manifest is None:
             assert error is not None
-            raise _err(error.detail, errno.EINVAL)
+            raise error
         link = link_from_manifest(f.name, manifest)
         self.links[f.name] = (link, manifest)
         s.note(
@@ -163,32 +208,32 @@ class ChainAssembly:
         if not self.active:
             self.active = True
             self.touch()
-            s.manager.spawn(self._watch)
-        if link.set_type == "full" and link.parent_set_id is None and self.root is None:
+            self.services.spawn(self._watch)
+        if link.set_type == SetType.FULL and link.parent_set_id is None and self.root is None:
             self.root = f.name
-            await s._manifest_closed(f)
+            await s.read_manifest(f)
 
     # -- settling ------------------------------------------------------------------------
 
     async def _watch(self) -> None:
-        s = self.session
-        grace = s.manager.close_grace_s
+        s = self.host
+        grace = self.services.close_grace_s
         step = max(0.01, min(0.5, grace / 4))
-        while not self.decided.is_set() and s.phase not in ("failed", "done"):
+        while not self.decided.is_set() and not s.phase.final:
             await trio.sleep(step)
             if not self._inputs_ready() or trio.current_time() - self._last_activity < grace:
                 continue
-            if s.phase in ("failed", "done"):
+            if s.phase.final:
                 return
             try:
                 self._settle()
             except RhvfsError as e:
-                s.fail(_err(e.detail or str(e), errno.EINVAL))
+                s.fail(RestoreInputError(e.detail or str(e)))
                 return
-            await s._maybe_complete()
+            await s.check_complete()
 
     def _inputs_ready(self) -> bool:
-        s = self.session
+        s = self.host
         if any(f.opens > 0 for f in s.files.values()):
             return False
         if self.root is not None and s.manifest is None:
@@ -197,7 +242,7 @@ class ChainAssembly:
 
     def _settle(self) -> None:
         """Order the chain and check every file it needs; sets ``decided`` or raises."""
-        s = self.session
+        s = self.host
         chain = order_chain([link for link, _ in self.links.values()])
         if s.manifest is None or chain[0].manifest != self.root:
             raise ChainError(f"the chain starts at {chain[0].manifest}, whose data is not here")
@@ -264,10 +309,7 @@ class ChainAssembly:
             check_consistent(manifest, info)
         except RhvfsError as e:
             raise ChainError(f"{newest.manifest}: {e.detail}") from None
-        by_id = {d.id: d for d in manifest.disks}
-        for disk in s.disks.values():
-            disk.set_disk = by_id[disk.set_disk.id]
-        s.manifest, s.ovf, s.ovf_info = manifest, ovf, info
+        s.adopt_newest(manifest, ovf, info)
         self.chain, self.steps = chain, steps
         s.note(
             "chain complete: "
@@ -278,7 +320,7 @@ class ChainAssembly:
 
     # -- applying -----------------------------------------------------------------------
 
-    async def apply(self, d: _Disk, stream: UploadStream) -> None:
+    async def apply(self, d: RestoreDisk, stream: UploadStream) -> None:
         """Roll ``d``'s upload forward with the chain's files, oldest first."""
         if not self.active:
             return
@@ -312,4 +354,4 @@ class ChainAssembly:
                     pos = max(pos, end)
                 text = "whole disk replaced"
             await stream.drain()
-            self.session.note(f"applied {dl.file} to {d.set_disk.alias}: {text}")
+            self.host.note(f"applied {dl.file} to {d.set_disk.alias}: {text}")

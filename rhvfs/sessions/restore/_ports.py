@@ -1,17 +1,17 @@
-"""The seams of a restore: the engine methods it uses, the upload opener, its errors.
+"""The seams of a restore: the engine methods it uses, the upload opener, the services.
 
 ``RestoreEngine`` is the structural subset of ``rhvfs.engine.Engine`` that
 restores call (tests pass fakes); ``default_upload_opener`` opens the real
-imageio client for a transfer; ``restore_error`` makes a ``RestoreError``
-carrying the errno the failing filesystem call should return.
+imageio client for a transfer; ``RestoreServices`` is what a session and its
+parts take from the ``RestoreManager`` (engine, opener, staging, the nursery,
+the timers' settings).
 
 Must not: implement any I/O itself.
 """
 
 from __future__ import annotations
 
-import errno
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
-from rhvfs.errors import RestoreError
+from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sessions.restore._upload import UploadTarget
 
 
@@ -103,12 +103,41 @@ def default_upload_opener(config: Config) -> UploadOpener:
     return opener
 
 
-def restore_error(detail: str, code: int = errno.EIO) -> RestoreError:
-    """A ``RestoreError`` whose ``errno`` is what the failing call returns (EIO by default)."""
-    return RestoreError(detail, errno=code)
+class RestoreServices(Protocol):
+    """What the sessions of a mount share (``RestoreManager`` provides it).
 
+    The timer settings are read at each use, so a change applies to running
+    restores (tests shorten them).
+    """
 
-def errno_of(exc: BaseException) -> int:
-    """The errno a failed restore call should return for ``exc``."""
-    code = getattr(exc, "errno", None)
-    return code if isinstance(code, int) and code > 0 else errno.EIO
+    engine: RestoreEngine
+    opener: UploadOpener
+    staging: StagingArea
+    #: seconds: an image closed at full size and not reopened for this long is complete
+    close_grace_s: float
+    #: seconds: a closed image shorter than its disk, not reopened for this long, is truncated
+    truncated_after_s: float
+    #: seconds between flushes of an idle upload
+    keepalive_s: float
+
+    @property
+    def restore_defaults(self) -> Mapping[str, str]:
+        """The mount's restore options, under each directory's options file."""
+        ...
+
+    @property
+    def inactivity_timeout_s(self) -> int:
+        """The engine's inactivity timeout for an upload transfer (seconds)."""
+        ...
+
+    def errno_for(self, exc: BaseException) -> int:
+        """The errno a filesystem call returns for ``exc`` (shown by name in ``.status``)."""
+        ...
+
+    def spawn(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """Run ``fn()`` in the background (the manager's nursery)."""
+        ...
+
+    async def start(self, fn: Callable[..., Awaitable[object]], *args: Any) -> Any:
+        """``nursery.start(fn, *args)`` in the manager's nursery: the value ``fn`` started with."""
+        ...

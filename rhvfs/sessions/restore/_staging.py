@@ -5,8 +5,8 @@ created: the image comes before ``manifest.json``, or under a name the
 manifest does not (yet) explain. Each staged file is a sparse temporary file
 in ``staging_dir`` plus the list of byte ranges written to it; the whole
 area holds at most ``limit_bytes`` of distinct written bytes, beyond which a
-write raises ``StagingFull`` (the FUSE layer answers ENOSPC and ``.status``
-says why). When the disk becomes known, the staged ranges are replayed into
+write raises ``rhvfs.errors.StagingFull`` (the FUSE layer answers ENOSPC and
+``.status`` says why). When the disk becomes known, the staged ranges are replayed into
 its upload stream in offset order and the file is deleted.
 
 Must not: talk to the engine or imageio.
@@ -15,22 +15,14 @@ Must not: talk to the engine or imageio.
 from __future__ import annotations
 
 import bisect
-import errno
 import logging
 import os
 import tempfile
 from pathlib import Path
 
-from rhvfs.errors import RestoreError
+from rhvfs.errors import RestoreFailed, StagingFull
 
 log = logging.getLogger(__name__)
-
-
-class StagingFull(RestoreError):
-    """Raised when a write would exceed the staging limit (``errno`` ENOSPC)."""
-
-    errno = errno.ENOSPC
-    message = "restore staging full: {detail}"
 
 
 class StagingArea:
@@ -109,7 +101,7 @@ class StagedFile:
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         if self._fd is None:
-            raise RestoreError(f"{self.label}: staged file already closed")
+            raise RestoreFailed(f"{self.label}: staged file already closed")
         end = offset + len(data)
         new = len(data) - self._covered(offset, end)
         self._area._charge(new, self.label)
@@ -119,12 +111,12 @@ class StagedFile:
         except OSError as e:
             self._area.used_bytes -= new
             self.charged_bytes -= new
-            raise RestoreError(f"{self.label}: cannot write staging file: {e.strerror}") from None
+            raise RestoreFailed(f"{self.label}: cannot write staging file: {e.strerror}") from None
         self._add_range(offset, end)
 
     def read(self, offset: int, size: int) -> bytes:
         if self._fd is None:
-            raise RestoreError(f"{self.label}: staged file already closed")
+            raise RestoreFailed(f"{self.label}: staged file already closed")
         return os.pread(self._fd, size, offset)
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ it directly. Ranges never written (holes left by sparse-aware tools) are not
 sent at all: the target disk is always freshly created and reads as zeroes.
 
 Errors: the first failed request breaks the stream; every later call raises
-it (the FUSE layer returns EIO). Transient imageio errors are retried.
+``RestoreFailed`` for it (the FUSE layer returns EIO). Transient imageio errors are retried.
 
 Must not: talk to the engine, know file names or FUSE.
 """
@@ -33,7 +33,7 @@ from typing import Protocol
 
 import trio
 
-from rhvfs.errors import RestoreError, is_transient
+from rhvfs.errors import RestoreFailed, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,9 @@ class UploadStream:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise RestoreError(f"upload failed: {self._error}") from self._error
+            raise RestoreFailed(f"upload failed: {self._error}") from self._error
         if self._finished:
-            raise RestoreError("upload already finished; the image cannot change any more")
+            raise RestoreFailed("upload already finished; the image cannot change any more")
 
     # -- the write path ---------------------------------------------------------
 
@@ -198,7 +198,7 @@ class UploadStream:
             return
         self._last_write = trio.current_time()
         if offset < 0 or offset + n > self.size:
-            raise RestoreError(
+            raise RestoreFailed(
                 f"write at {offset}+{n} is beyond the disk's size of {self.size} bytes"
             )
         self._received += n
@@ -368,5 +368,5 @@ class UploadStream:
         """Stop the workers without sending what is left (the upload is being cancelled)."""
         self._finished = True
         if self._error is None:
-            self._error = RestoreError("upload aborted")
+            self._error = RestoreFailed("upload aborted")
         await self._send.aclose()
