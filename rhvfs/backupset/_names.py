@@ -53,8 +53,6 @@ class SetType(StrEnum):
     DIFFERENTIAL = "differential"
 
 
-#: The kinds served from their own directory through an engine backup (``full`` is ``@rhv/``).
-SET_KINDS: tuple[SetKind, ...] = (SetKind.INCREMENTAL, SetKind.DIFFERENTIAL, SetKind.SINCE)
 #: Directory name of each set kind under ``/vms/<vm>/`` (``since`` has one subdirectory
 #: per checkpoint).
 SET_DIRS: Mapping[SetKind, str] = {
@@ -81,11 +79,6 @@ _CONFIG_PARTS: Mapping[ConfigRole, tuple[str, str]] = {
     ConfigRole.XML: ("vm", "xml"),
     ConfigRole.MANIFEST: ("manifest", "json"),
 }
-OVF_NAME = "vm.ovf"
-XML_NAME = "vm.xml"
-MANIFEST_NAME = "manifest.json"
-#: The configuration files of ``@rhv/`` in the order they are listed (before any image).
-CONFIG_NAMES = (OVF_NAME, XML_NAME, MANIFEST_NAME)
 
 
 def _check_name_set_id(set_id: str | None) -> None:
@@ -127,6 +120,13 @@ class ImageFileName:
         return escape(f"{self.alias}--{self.disk_id}{tail}.{'qcow2' if self.delta else 'raw'}")
 
 
+OVF_NAME = ConfigFileName(ConfigRole.OVF).encode()  # vm.ovf
+XML_NAME = ConfigFileName(ConfigRole.XML).encode()  # vm.xml
+MANIFEST_NAME = ConfigFileName(ConfigRole.MANIFEST).encode()  # manifest.json
+#: The configuration files of ``@rhv/`` in the order they are listed (before any image).
+CONFIG_NAMES = (OVF_NAME, XML_NAME, MANIFEST_NAME)
+
+
 def config_file_names(set_id: str | None = None) -> dict[ConfigRole, str]:
     """The configuration file names of a set: ``@rhv/``'s (None) or ``vm--<set>.ovf``..."""
     return {role: ConfigFileName(role, set_id).encode() for role in ConfigRole}
@@ -157,7 +157,11 @@ def disks_dir_names(disks: Sequence[tuple[str, str]]) -> dict[str, str]:
 
 #: rsync writes ``.<name>.XXXXXX`` and renames it to ``<name>`` when complete.
 _RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6}$")
+#: Configuration of an engine-backup set, on the name as written; what is configuration is
+#: decided here exactly as the restore always did (``$`` also matches before a final newline).
 _SET_CONFIG = re.compile(r"^(?:(vm)--([^/]+)\.(ovf|xml)|(manifest)--([^/]+)\.(json))$")
+#: Disk ids are UUIDs (as the engine's): that is how an image name's alias and set id are told
+#: apart. An alias that itself holds ``--<uuid>`` cannot be told apart and is read shortest.
 _UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _PLAIN_CONFIG = re.compile(r"(vm|manifest)--(.+)\.(ovf|xml|json)", re.DOTALL)
 _IMAGE = re.compile(
@@ -337,6 +341,8 @@ def parse_key(text: str) -> FileKey | None:
 
 
 def disk_id_of_key(key: str) -> str | None:
-    """The disk id of a ``disk:<id>`` key, else None."""
-    parsed = parse_key(key)
-    return parsed.disk_id if isinstance(parsed, DiskKey) else None
+    """The disk id of a ``disk:<id>`` key, else None (what ``FileKey.parse`` says, without
+    building a key: the full sessions ask on every read)."""
+    if key.startswith(_DISK_PREFIX) and _SET_SEP not in key:
+        return key[len(_DISK_PREFIX) :]
+    return None

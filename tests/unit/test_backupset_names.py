@@ -166,6 +166,13 @@ file_keys = _inner | st.builds(SetFileKey, _set_id, _inner) | st.builds(DisksDir
 @given(file_keys)
 def test_file_key_round_trip(key: FileKey) -> None:
     assert FileKey.parse(key.encode()) == key
+    assert disk_id_of_key(key.encode()) == (key.disk_id if isinstance(key, DiskKey) else None)
+
+
+@given(st.text(max_size=30) | st.builds(lambda t: "disk:" + t, st.text(max_size=30)))
+def test_disk_id_of_key_is_what_parse_says(text: str) -> None:
+    parsed = parse_key(text)
+    assert disk_id_of_key(text) == (parsed.disk_id if isinstance(parsed, DiskKey) else None)
 
 
 # -- recognising file names ------------------------------------------------------------
