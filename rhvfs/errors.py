@@ -22,6 +22,7 @@ foreign exception type.
     │   └── SessionBroken          the session failed on its own; every later read fails too
     ├── RestoreError               a restore set is invalid or its upload failed (see .status)
     │   ├── RestoreInputError      a file, option or name of the restore is bad, corrupt or foreign
+    │   │   └── SetFormatError     a backup set's file rhvfs cannot read (manifest, OVF)
     │   ├── RestoreNameClash       the name to restore to (VM, template, directory) is taken
     │   ├── RestoreNoSpace         a storage domain has no room for the disks to restore
     │   │   └── StagingFull        the local staging area is full
@@ -180,6 +181,13 @@ class RestoreInputError(RestoreError):
     disks, a cluster or storage domain that does not exist), a chain that does not link up,
     an image renamed or shrunk while it uploads, or a restore directory name that cannot be
     used."""
+
+
+class SetFormatError(RestoreInputError):
+    """Raised by ``rhvfs.backupset`` when a set's file is not one it can read: not JSON or
+    XML, not an rhvfs manifest or an OVF, a newer manifest ``format_version``, a missing or
+    mistyped field, a value a set cannot hold, or a file larger than its bound. The text
+    names the file."""
 
 
 class RestoreNameClash(RestoreError):

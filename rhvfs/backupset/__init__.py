@@ -1,7 +1,181 @@
-"""The one definition of a backup set: file names, manifest, OVF helpers, qcow2 deltas, chains.
+"""The one definition of a backup set: names, keys, manifest, OVF, qcow2 deltas, chains.
 
-Pure: no engine, imageio or filesystem I/O beyond parsing bytes a caller hands
-in (a delta file is read through the caller's path). Everything that writes or
-reads a set -- the backup sessions that serve it and the restore sessions that
-parse it -- uses this package, so the format is written down once.
+Everything that writes or reads a set -- the backup sessions that serve it, the
+restore sessions that parse it, the VFS that names its directories and derives
+inode numbers from its keys -- uses this package, so the format is written
+down once:
+
+- ``_names``: set kinds and directories, file names (``ConfigFileName``,
+  ``ImageFileName``, ``parse_file_name``), file keys (``FileKey``);
+- ``_escape``: the reversible escaping of engine names into file names;
+- ``_manifest``: ``Manifest`` and its JSON form (``to_json``/``from_json``);
+- ``_ovf``: the OVF helpers (parse, check, synthesize, strip, placeholder);
+- ``_announce``: sizes and times announced before a session (padding, fingerprints);
+- ``_qcow2``: the qcow2 delta codec; ``_chain``: ordering and applying chains.
+
+Pure: no engine, imageio or filesystem I/O beyond reading a delta file a caller
+names. Imports nothing from ``rhvfs.sessions``, ``rhvfs.vfs`` or ``rhvfs.fs``.
 """
+
+from rhvfs.backupset._announce import (
+    NO_ID,
+    announced_size,
+    data_fingerprint,
+    pad_to,
+    shape_fingerprint,
+    stable_mtime_ns,
+    xml_stop_time,
+)
+from rhvfs.backupset._chain import (
+    ChainError,
+    DeltaStats,
+    DiskLink,
+    DiskPlan,
+    SetLink,
+    apply_delta,
+    check_delta,
+    delta_end,
+    disk_plan,
+    flatten_manifest,
+    link_from_manifest,
+    order_chain,
+)
+from rhvfs.backupset._escape import NAME_MAX, escape, is_hashed, unescape
+from rhvfs.backupset._manifest import (
+    MANIFEST_FORMAT,
+    MANIFEST_MAX_BYTES,
+    MANIFEST_VERSION,
+    ConfigFiles,
+    Manifest,
+    ManifestDisk,
+    ManifestNic,
+    ManifestOwner,
+    OwnerData,
+    ParentSet,
+    SetLineage,
+    build_manifest,
+    parse_manifest,
+)
+from rhvfs.backupset._names import (
+    CONFIG_NAMES,
+    MANIFEST_NAME,
+    OVF_NAME,
+    SET_DIRS,
+    XML_NAME,
+    ConfigFileName,
+    ConfigKey,
+    ConfigRole,
+    DiskKey,
+    DisksDirKey,
+    FileKey,
+    ImageFileName,
+    SetFileKey,
+    SetFileName,
+    SetKind,
+    SetType,
+    config_file_names,
+    disk_id_of_key,
+    disks_dir_names,
+    image_file_name,
+    parse_file_name,
+    parse_key,
+    rsync_target,
+)
+from rhvfs.backupset._ovf import (
+    PLACEHOLDER_MARK,
+    OvfInfo,
+    check_consistent,
+    missing_ovf,
+    parse_ovf,
+    set_disk_flags,
+    strip_devices,
+    synthesize_ovf,
+)
+from rhvfs.backupset._qcow2 import (
+    CLUSTER_SIZE,
+    Allocation,
+    Change,
+    Qcow2Delta,
+    Qcow2FormatError,
+    Qcow2Header,
+    read_allocation,
+    read_header,
+)
+
+__all__ = [
+    "CLUSTER_SIZE",
+    "CONFIG_NAMES",
+    "MANIFEST_FORMAT",
+    "MANIFEST_MAX_BYTES",
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "NAME_MAX",
+    "NO_ID",
+    "OVF_NAME",
+    "PLACEHOLDER_MARK",
+    "SET_DIRS",
+    "XML_NAME",
+    "Allocation",
+    "ChainError",
+    "Change",
+    "ConfigFileName",
+    "ConfigFiles",
+    "ConfigKey",
+    "ConfigRole",
+    "DeltaStats",
+    "DiskKey",
+    "DiskLink",
+    "DiskPlan",
+    "DisksDirKey",
+    "FileKey",
+    "ImageFileName",
+    "Manifest",
+    "ManifestDisk",
+    "ManifestNic",
+    "ManifestOwner",
+    "OvfInfo",
+    "OwnerData",
+    "ParentSet",
+    "Qcow2Delta",
+    "Qcow2FormatError",
+    "Qcow2Header",
+    "SetFileKey",
+    "SetFileName",
+    "SetKind",
+    "SetLineage",
+    "SetLink",
+    "SetType",
+    "announced_size",
+    "apply_delta",
+    "build_manifest",
+    "check_consistent",
+    "check_delta",
+    "config_file_names",
+    "data_fingerprint",
+    "delta_end",
+    "disk_id_of_key",
+    "disk_plan",
+    "disks_dir_names",
+    "escape",
+    "flatten_manifest",
+    "image_file_name",
+    "is_hashed",
+    "link_from_manifest",
+    "missing_ovf",
+    "order_chain",
+    "pad_to",
+    "parse_file_name",
+    "parse_key",
+    "parse_manifest",
+    "parse_ovf",
+    "read_allocation",
+    "read_header",
+    "rsync_target",
+    "set_disk_flags",
+    "shape_fingerprint",
+    "stable_mtime_ns",
+    "strip_devices",
+    "synthesize_ovf",
+    "unescape",
+    "xml_stop_time",
+]

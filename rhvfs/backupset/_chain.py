@@ -2,11 +2,12 @@
 
 A chain is a full set followed by incremental sets (each naming the previous
 one as its parent), or a full set and one differential set. Their manifests
-(``manifest--<set>.json``, written by ``rhvfs.sessions.incremental._manager``) say
-``set_id``, ``set_type``, ``parent_set`` and ``full_set_id``, and per disk the
-file, its format (``raw`` full data or a ``qcow2`` delta) and the delta's
-backing file. This module:
+(``manifest--<set>.json``, a ``Manifest`` with a ``lineage``) say the set id,
+set type, parent set and full set id, and per disk the file, its format
+(``raw`` full data or a ``qcow2`` delta) and the delta's backing file. This
+module:
 
+- ``link_from_manifest(name, manifest)``: a set's place in its chain;
 - ``order_chain(links)``: full set first, newest last, or a ``ChainError`` with
   one clear sentence (a missing link, two branches, a set of another VM, a
   delta whose backing file is not the previous set's file);
@@ -29,12 +30,12 @@ Must not: talk to the engine or imageio, decide restore options.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
+from rhvfs.backupset._manifest import Manifest
+from rhvfs.backupset._names import SetType
 from rhvfs.backupset._qcow2 import (
     Allocation,
     Qcow2FormatError,
@@ -43,21 +44,6 @@ from rhvfs.backupset._qcow2 import (
     read_header,
 )
 from rhvfs.errors import RestoreError
-
-__all__ = [
-    "ChainError",
-    "DiskLink",
-    "SetLink",
-    "DiskPlan",
-    "DeltaStats",
-    "link_from_manifest",
-    "order_chain",
-    "disk_plan",
-    "check_delta",
-    "apply_delta",
-    "delta_end",
-    "flatten_manifest",
-]
 
 
 class ChainError(RestoreError):
@@ -81,45 +67,43 @@ class SetLink:
 
     manifest: str  # the manifest's file name
     set_id: str
-    set_type: str  # full | incremental | differential
+    set_type: SetType
     owner_id: str
     parent_set_id: str | None
     full_set_id: str
     disks: Mapping[str, DiskLink]
 
 
-def link_from_manifest(name: str, doc: Mapping[str, Any]) -> SetLink:
-    """A ``SetLink`` from a parsed manifest (a full set from ``@rhv/`` has no set id: its
-    ``checkpoint_id`` or snapshot/session stands in)."""
-    try:
-        kind = str(doc.get("kind", "vm"))
-        owner = doc[kind]
-        set_type = str(doc.get("set_type", "full"))
-        set_id = str(doc.get("set_id") or doc.get("checkpoint_id") or doc.get("session_id") or name)
-        parent = doc.get("parent_set") or None
-        disks = {}
-        for d in doc["disks"]:
-            fmt = str(
-                d.get("file_format") or ("qcow2" if str(d["file"]).endswith(".qcow2") else "raw")
-            )
-            disks[str(d["id"])] = DiskLink(
-                disk_id=str(d["id"]),
-                file=str(d["file"]),
-                file_format=fmt,
-                backing_file=d.get("backing_file") if fmt == "qcow2" else None,
-                size=int(d["size"]),
-            )
-        return SetLink(
-            manifest=name,
-            set_id=set_id,
-            set_type=set_type,
-            owner_id=str(owner["id"]),
-            parent_set_id=str(parent["set_id"]) if parent else None,
-            full_set_id=str(doc.get("full_set_id") or set_id),
-            disks=disks,
+def link_from_manifest(name: str, manifest: Manifest) -> SetLink:
+    """A ``SetLink`` from the manifest in file ``name`` (a full set from ``@rhv/`` has no set
+    id: its ``checkpoint_id`` or session stands in)."""
+    lineage = manifest.lineage
+    parent = lineage.parent if lineage is not None else None
+    set_id = (
+        (lineage.set_id if lineage is not None else None)
+        or manifest.checkpoint_id
+        or manifest.session_id
+        or name
+    )
+    disks = {}
+    for d in manifest.disks:
+        fmt = d.image_format
+        disks[d.id] = DiskLink(
+            disk_id=d.id,
+            file=d.file,
+            file_format=fmt,
+            backing_file=d.backing_file if fmt == "qcow2" else None,
+            size=d.size,
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise ChainError(f"{name}: not a manifest of an rhvfs backup set ({e!r})") from None
+    return SetLink(
+        manifest=name,
+        set_id=set_id,
+        set_type=manifest.set_type,
+        owner_id=manifest.owner.id,
+        parent_set_id=parent.set_id if parent is not None else None,
+        full_set_id=(lineage.full_set_id if lineage is not None else None) or set_id,
+        disks=disks,
+    )
 
 
 def order_chain(links: Sequence[SetLink]) -> list[SetLink]:
@@ -163,12 +147,12 @@ def order_chain(links: Sequence[SetLink]) -> list[SetLink]:
             )
         chain.append(parent)
     chain.reverse()
-    if chain[0].set_type != "full":
+    if chain[0].set_type != SetType.FULL:
         raise ChainError(
             f"the chain starts at {chain[0].manifest}, a {chain[0].set_type} set, not a full one"
         )
     for x in chain[1:]:
-        if x.set_type == "full":
+        if x.set_type == SetType.FULL:
             raise ChainError(f"{x.manifest} is a full set but names a parent set")
         if x.full_set_id != chain[0].set_id:
             raise ChainError(
@@ -218,7 +202,7 @@ def disk_plan(chain: Sequence[SetLink], disk_id: str) -> DiskPlan:
     return DiskPlan(disk_id=disk_id, base=base, deltas=tuple(deltas), size=newest.size)
 
 
-def flatten_manifest(newest_doc: Mapping[str, Any], chain: Sequence[SetLink]) -> bytes:
+def flatten_manifest(newest: Manifest, chain: Sequence[SetLink]) -> Manifest:
     """The newest set's manifest rewritten as a plain full set of the chain's state.
 
     Each disk's ``file`` becomes the file holding its full data (from
@@ -227,16 +211,24 @@ def flatten_manifest(newest_doc: Mapping[str, Any], chain: Sequence[SetLink]) ->
     can upload the ``file`` images as usual and apply ``chain_deltas`` (with
     ``apply_delta``) before finalizing each disk's transfer.
     """
-    doc = json.loads(json.dumps(newest_doc))
-    for d in doc["disks"]:
-        plan = disk_plan(chain, str(d["id"]))
-        d["file"] = plan.base.file
-        d["file_format"] = "raw"
-        d["backing_file"] = None
-        d["chain_deltas"] = [x.file for x in plan.deltas]
-    doc["set_type"] = "full"
-    doc["chain"] = [x.set_id for x in chain]
-    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+    disks = []
+    for d in newest.disks:
+        plan = disk_plan(chain, d.id)
+        disks.append(
+            dataclasses.replace(
+                d,
+                file=plan.base.file,
+                file_format="raw",
+                backing_file=None,
+                chain_deltas=tuple(x.file for x in plan.deltas),
+            )
+        )
+    return dataclasses.replace(
+        newest,
+        set_type=SetType.FULL,
+        disks=tuple(disks),
+        chain=tuple(x.set_id for x in chain),
+    )
 
 
 def check_delta(path: str | os.PathLike[str] | ReadAt, link: DiskLink) -> None:

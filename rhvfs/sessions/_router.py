@@ -3,12 +3,11 @@
 The VFS talks to one object (rhvfs/sessions/CONTRACT.md). This router passes
 ``@rhv/`` and ``disks/`` calls to the ``BackupManager`` and the calls of
 ``@rhv-incremental/``, ``@rhv-differential/`` and ``@rhv-since/<cp>/`` to the
-``IncrementalManager``, and keeps one handle namespace over both (keys of
-incremental sets contain ``|``, see ``incremental.set_key``): a
-``HandleTable`` of its own, as each manager keeps one in its
-``SessionRegistry``. (The router's ids map to ``(manager, manager's id)``:
-the full side is a ``FullSets`` protocol whose implementations number their
-own handles, so the two tables cannot be merged into one.)
+``IncrementalManager``, and keeps one handle namespace over both (by the
+file's key: ``rhvfs.backupset.FileKey``): a ``HandleTable`` of its own, as
+each manager keeps one in its ``SessionRegistry``. (The router's ids map to
+``(manager, manager's id)``: the full side is a ``FullSets`` protocol whose
+implementations number their own handles, so the two tables cannot be merged.)
 
 Must not: hold any session state of its own beyond the handle map.
 """
@@ -18,12 +17,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
+from rhvfs.backupset import DiskKey, DisksDirKey, SetFileKey, SetKind, disk_id_of_key, parse_key
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._registry import HandleTable
-from rhvfs.sessions.incremental._manager import IncrementalManager, SetKind, is_incremental_key
-
-#: Marks the keys of ``disks/`` files (``disks/disk:<id>``), which the BackupManager serves.
-DISKS_KEY_PREFIX = "disks/"
+from rhvfs.sessions.incremental._manager import IncrementalManager
 
 
 class FullSets(Protocol):
@@ -56,7 +53,7 @@ class SetRouter:
         """``disks/``: the BackupManager's files, keys marked so that their reads stay
         snapshot-based (browsing a disk must not create engine checkpoints)."""
         return [
-            dataclasses.replace(e, key=DISKS_KEY_PREFIX + e.key)
+            dataclasses.replace(e, key=DisksDirKey(_disk_id(e.key)).encode())
             for e in await self.full.list_disk_files(owner)
         ]
 
@@ -72,10 +69,11 @@ class SetRouter:
 
     async def open(self, owner: Any, key: str) -> int:
         target: Any
-        if key.startswith(DISKS_KEY_PREFIX):
+        parsed = parse_key(key)
+        if isinstance(parsed, DisksDirKey):
             target = self.full
-            inner = await target.open(owner, key[len(DISKS_KEY_PREFIX) :])
-        elif is_incremental_key(key):
+            inner = await target.open(owner, DiskKey(parsed.disk_id).encode())
+        elif isinstance(parsed, SetFileKey):
             target = self.incremental
             inner = await target.open(owner, key)
         elif self.full_sets_via_backup and await self.incremental.backs_up_with_checkpoints(owner):
@@ -107,3 +105,10 @@ class SetRouter:
         if not dry_run:
             lines += await self.incremental.finalize_leftovers()
         return lines
+
+
+def _disk_id(key: str) -> str:
+    disk_id = disk_id_of_key(key)
+    if disk_id is None:
+        raise ValueError(f"{key!r} is not the key of a disk")
+    return disk_id

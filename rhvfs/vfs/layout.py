@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import rhvfs
+from rhvfs.backupset import SET_DIRS, SetKind
 from rhvfs.engine.types import Cluster, DataCenter, Host, StorageDomain, Tag, Template, Vm
 from rhvfs.vfs.backend import BackupSets, LocalOwner, OwnerFactory, OwnerKind
 from rhvfs.vfs.inventory import Inventory
@@ -39,6 +40,8 @@ TOP_DIRS = (
     "restore",
 )
 CONTROL_DIR = ".rhvfs"
+_FULL_DIR = SET_DIRS[SetKind.FULL]
+_SINCE_DIR = SET_DIRS[SetKind.SINCE]
 STATUS_FILE = "status.json"
 
 
@@ -197,7 +200,7 @@ class Layout:
             mtime = time_ns(vm.creation_time)
             return [
                 self._dir(
-                    ("vm", vm.id, "@rhv"), "@rhv", self._set_lister("vm", owner, vm.id), mtime
+                    ("vm", vm.id, _FULL_DIR), _FULL_DIR, self._set_lister("vm", owner, vm.id), mtime
                 ),
                 self._dir(
                     ("vm", vm.id, "disks"), "disks", self._disks_lister("vm", owner, vm.id), mtime
@@ -221,17 +224,17 @@ class Layout:
             return []
         dirs = [
             self._dir(
-                ("vm", vm_id, f"@rhv-{kind}"),
-                f"@rhv-{kind}",
+                ("vm", vm_id, SET_DIRS[kind]),
+                SET_DIRS[kind],
                 self._incremental_lister(owner, vm_id, kind, None),
                 mtime,
             )
-            for kind in ("incremental", "differential")
+            for kind in (SetKind.INCREMENTAL, SetKind.DIFFERENTIAL)
         ]
         for node in dirs:
             node.lists_with_side_effects = True
         dirs.append(
-            self._dir(("vm", vm_id, "@rhv-since"), "@rhv-since", self._since_lister(owner, vm_id))
+            self._dir(("vm", vm_id, _SINCE_DIR), _SINCE_DIR, self._since_lister(owner, vm_id))
         )
         for node in dirs:
             node.hidden = True
@@ -251,9 +254,9 @@ class Layout:
             sets: Any = self.backups
             nodes = [
                 self._dir(
-                    ("vm", vm_id, f"@rhv-since/{cp}"),
+                    ("vm", vm_id, f"{_SINCE_DIR}/{cp}"),
                     escape(cp),
-                    self._incremental_lister(owner, vm_id, "since", cp),
+                    self._incremental_lister(owner, vm_id, SetKind.SINCE, cp),
                 )
                 for cp in await sets.since_checkpoints(owner)
             ]
@@ -365,8 +368,8 @@ class Layout:
             mtime = time_ns(t.creation_time)
             return [
                 self._dir(
-                    ("template", t.id, "@rhv"),
-                    "@rhv",
+                    ("template", t.id, _FULL_DIR),
+                    _FULL_DIR,
                     self._set_lister("template", owner, t.id),
                     mtime,
                 ),

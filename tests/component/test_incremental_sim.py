@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 import trio
 
-from rhvfs.backupset._qcow2 import read_allocation, read_header
+from rhvfs.backupset import SetKind, read_allocation, read_header
 from rhvfs.config import load_config
 from rhvfs.engine import Engine, open_engine
 from rhvfs.retry import RetryPolicy
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.incremental._chainstate import ChainState
-from rhvfs.sessions.incremental._manager import IncrementalManager, SetKind
+from rhvfs.sessions.incremental._manager import IncrementalManager
 from tests.conftest import start_sim
 
 MiB = 1024 * 1024

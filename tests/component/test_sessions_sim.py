@@ -20,12 +20,12 @@ import pytest
 import trio
 
 from rhvfs import ARTIFACT_MARKER
+from rhvfs.backupset import ConfigKey
 from rhvfs.config import Config, load_config
 from rhvfs.engine import Engine, open_engine
 from rhvfs.errors import VmStateError
 from rhvfs.retry import RetryPolicy
 from rhvfs.sessions import BackupManager, Journal, Owner
-from rhvfs.sessions.core._model import config_key
 
 MiB = 1024 * 1024
 FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
@@ -99,7 +99,7 @@ async def test_running_vm_disks_read_concurrently_match_the_snapshot(rig: Rig) -
     assert len(disks) == 3
     original = {e.disk_id: rig.sim.admin.disk_sha256(e.disk_id) for e in disks}
 
-    config_handle = await rig.manager.open(owner, config_key("manifest.json"))
+    config_handle = await rig.manager.open(owner, ConfigKey("manifest.json").encode())
     manifest = await rig.manager.read(config_handle, 0, entries[2].size)
     assert len(manifest) == entries[2].size
     doc = json.loads(manifest)
@@ -232,7 +232,7 @@ async def test_engine_5xx_while_creating_the_snapshot_is_retried(rig: Rig) -> No
     rig.sim.admin.add_fault(
         "engine-error", method="POST", path="/ovirt-engine/api/vms/*/snapshots", status=503, times=2
     )
-    h = await rig.manager.open(owner, config_key("manifest.json"))
+    h = await rig.manager.open(owner, ConfigKey("manifest.json").encode())
     doc = json.loads(await rig.manager.read(h, 0, entries[2].size))
     snaps = [s for s in await rig.engine.list_snapshots(owner.id) if s.id not in before]
     assert [s.id for s in snaps] == [doc["snapshot_id"]]  # exactly one, despite the retries

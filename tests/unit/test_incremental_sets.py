@@ -26,14 +26,14 @@ import trio
 import trio.testing
 from test_sessions_fakes import FakeClient, FakeDataPlane, FakeEngine, MiB, make_config
 
-from rhvfs.backupset._qcow2 import read_allocation, read_header
+from rhvfs.backupset import SetFileKey, SetKind, parse_key, read_allocation, read_header
 from rhvfs.engine.types import Backup, Checkpoint, Disk, ImageTransfer
 from rhvfs.errors import Conflict, EngineError, ImageioError, NotFound
 from rhvfs.sessions._router import SetRouter
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.incremental._chainstate import ChainState
-from rhvfs.sessions.incremental._manager import IncrementalManager, SetKind, is_incremental_key
+from rhvfs.sessions.incremental._manager import IncrementalManager
 
 CLUSTER = 64 * 1024
 
@@ -547,7 +547,7 @@ async def test_router_passes_full_sets_through(
     h = await rig.router.open(owner, "disk:abc")
     assert await rig.router.read(h, 0, 10) == b"full"
     await rig.router.release(h)
-    assert rig.full.opened == ["disk:abc"] and not is_incremental_key("disk:abc")
+    assert rig.full.opened == ["disk:abc"] and not isinstance(parse_key("disk:abc"), SetFileKey)
     # disks/ files keep the BackupManager's snapshot reads even with full_sets_via_backup
     router = SetRouter(rig.full, rig.manager, full_sets_via_backup=True)
     [entry] = await router.list_disk_files(owner)
@@ -683,7 +683,7 @@ async def test_delta_source_and_file_extents_match_the_synthesizer() -> None:
     synthesizer's bytes; the file extent map marks as data only non-zero guest bytes."""
     import random
 
-    from rhvfs.backupset._qcow2 import Change, Qcow2Delta
+    from rhvfs.backupset import Change, Qcow2Delta
     from rhvfs.sessions.incremental._manager import DeltaSource, delta_file_extents
 
     rng = random.Random(11)
@@ -729,7 +729,7 @@ async def test_vm_without_ovf_gets_the_placeholder_like_full_sets(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
     """One OVF fallback for every set: the engine refusing the OVF still gives a set."""
-    from rhvfs.backupset._build import missing_ovf
+    from rhvfs.backupset import missing_ovf
 
     owner = new_vm(rig.engine, disks=[("root", 1 * MiB)])
 

@@ -22,7 +22,7 @@ from test_restore_fakes import DISK_IDS, FakeEngine, MiB, make_set, sha
 from test_restore_session import Harness, config, start
 from trio.testing import MockClock
 
-from rhvfs.backupset._qcow2 import Change, Qcow2Delta
+from rhvfs.backupset import Change, Qcow2Delta
 from rhvfs.sessions.restore import RestoreSession
 
 CLUSTER = 65536

@@ -13,9 +13,9 @@ import trio.testing
 from test_sessions_fakes import FakeDataPlane, FakeEngine, MiB, make_config, sha
 
 from rhvfs import ARTIFACT_MARKER
+from rhvfs.backupset import ConfigKey, DiskKey
 from rhvfs.errors import EngineError, NotFound, SessionBroken, VmStateError
 from rhvfs.sessions import BackupManager, Journal, Owner
-from rhvfs.sessions.core._model import config_key, disk_key
 
 
 class Rig:
@@ -83,7 +83,7 @@ async def test_listing_order_sizes_and_no_session(
     assert "create_snapshot" not in rig.engine.calls
     files = await rig.manager.list_disk_files(owner)
     assert [f.name for f in files] == ["root.raw", "data.raw"]
-    assert [f.key for f in files] == [disk_key(i) for i in ids]
+    assert [f.key for f in files] == [DiskKey(i).encode() for i in ids]
 
 
 async def test_full_session_reads_snapshot_data_and_cleans_up(
@@ -100,9 +100,9 @@ async def test_full_session_reads_snapshot_data_and_cleans_up(
     results: dict[str, str] = {}
 
     async def one(disk_id: str) -> None:
-        results[disk_id] = sha(await rig.read_all(owner, disk_key(disk_id)))
+        results[disk_id] = sha(await rig.read_all(owner, DiskKey(disk_id).encode()))
 
-    h = await rig.manager.open(owner, config_key("vm.ovf"))
+    h = await rig.manager.open(owner, ConfigKey("vm.ovf").encode())
     for d in ids:
         eng.guest_write(d, 0, b"\xee" * 4096)
     async with trio.open_nursery() as n:
@@ -142,7 +142,7 @@ async def test_reopen_within_grace_joins_the_session(
     vm = rig.engine.add_vm("v1")
     owner = Owner("vm", vm.id, vm.name)
     await rig.manager.list_set(owner)
-    key = disk_key(rig.engine.disk_ids(vm.id)[0])
+    key = DiskKey(rig.engine.disk_ids(vm.id)[0]).encode()
     first = await rig.read_all(owner, key)
     await trio.sleep(rig.config.grace_period / 2)
     second = await rig.read_all(owner, key)
@@ -162,9 +162,9 @@ async def test_config_files_are_padded_to_the_announced_size(
     vm = rig.engine.add_vm("v1", disks=[("root", 1 * MiB), ("root", 1 * MiB)])
     owner = Owner("vm", vm.id, vm.name)
     listed = {e.name: e for e in await rig.manager.list_set(owner)}
-    manifest = await rig.read_all(owner, config_key("manifest.json"))
-    ovf = await rig.read_all(owner, config_key("vm.ovf"))
-    xml = await rig.read_all(owner, config_key("vm.xml"))
+    manifest = await rig.read_all(owner, ConfigKey("manifest.json").encode())
+    ovf = await rig.read_all(owner, ConfigKey("vm.ovf").encode())
+    xml = await rig.read_all(owner, ConfigKey("vm.xml").encode())
     assert len(manifest) == listed["manifest.json"].size
     assert len(ovf) == listed["vm.ovf"].size
     assert len(xml) == listed["vm.xml"].size
@@ -194,7 +194,7 @@ async def test_suspended_vm_is_refused_clearly(
     await rig.manager.list_set(owner)
     for _ in range(2):
         with pytest.raises(VmStateError, match="VM web01 is suspended; resume or power it off"):
-            await rig.manager.open(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))
+            await rig.manager.open(owner, DiskKey(rig.engine.disk_ids(vm.id)[0]).encode())
     assert rig.engine.user_snapshots(vm.id) == []
     assert "create_snapshot" not in rig.engine.calls
     assert rig.journal.entries() == []
@@ -206,12 +206,12 @@ async def test_locked_vm_is_waited_for(rig: Rig, autojump_clock: trio.testing.Mo
     owner = Owner("vm", vm.id, vm.name)
     await rig.manager.list_set(owner)
     rig.engine.status_sequence[vm.id] = ["image_locked", "image_locked", "up"]
-    data = await rig.read_all(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))
+    data = await rig.read_all(owner, DiskKey(rig.engine.disk_ids(vm.id)[0]).encode())
     assert len(data) == 2 * MiB
     rig.engine.status_sequence[vm.id] = ["image_locked"] * 1000
     await trio.sleep(100)  # first session ends
     with pytest.raises(VmStateError, match="image_locked"):
-        await rig.manager.open(owner, config_key("vm.ovf"))
+        await rig.manager.open(owner, ConfigKey("vm.ovf").encode())
 
 
 async def test_locked_template_is_waited_for_then_refused(
@@ -230,13 +230,13 @@ async def test_locked_template_is_waited_for_then_refused(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(unlock_later)
-        data = await rig.read_all(owner, config_key("vm.ovf"))
+        data = await rig.read_all(owner, ConfigKey("vm.ovf").encode())
     assert data.startswith(b"<?xml")
     await trio.sleep(100)  # the first session ends
     rig.engine.templates[tpl.id] = dataclasses.replace(tpl, status="locked")
     start = trio.current_time()
     with pytest.raises(VmStateError, match="template t1 is locked; try again later"):
-        await rig.manager.open(owner, config_key("vm.ovf"))
+        await rig.manager.open(owner, ConfigKey("vm.ovf").encode())
     assert trio.current_time() - start == pytest.approx(30.0)
 
 
@@ -247,7 +247,7 @@ async def test_failed_snapshot_breaks_the_session_until_the_grace_period_ends(
     owner = Owner("vm", vm.id, vm.name)
     await rig.manager.list_set(owner)
     rig.engine.create_snapshot_errors = [EngineError("storage domain is full")]
-    key = disk_key(rig.engine.disk_ids(vm.id)[0])
+    key = DiskKey(rig.engine.disk_ids(vm.id)[0]).encode()
     with pytest.raises(SessionBroken, match="storage domain is full"):
         await rig.manager.open(owner, key)
     with pytest.raises(SessionBroken):
@@ -266,7 +266,7 @@ async def test_transient_snapshot_errors_are_retried(
     vm = rig.engine.add_vm("v1")
     owner = Owner("vm", vm.id, vm.name)
     rig.engine.create_snapshot_errors = [EngineUnavailable("502"), EngineUnavailable("503")]
-    data = await rig.read_all(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))
+    data = await rig.read_all(owner, DiskKey(rig.engine.disk_ids(vm.id)[0]).encode())
     assert len(data) == 2 * MiB
     assert len(rig.engine.user_snapshots(vm.id)) == 1
 
@@ -279,7 +279,7 @@ async def test_expired_ticket_is_recreated_transparently(
     owner = Owner("vm", vm.id, vm.name)
     disk_id = eng.disk_ids(vm.id)[0]
     expected = bytes(eng.volumes[eng.active[disk_id]])
-    h = await rig.manager.open(owner, disk_key(disk_id))
+    h = await rig.manager.open(owner, DiskKey(disk_id).encode())
     first = await rig.manager.read(h, 0, MiB)
     (tid,) = [t.id for t in eng.open_transfers()]
     eng.expire(tid)
@@ -301,7 +301,7 @@ async def test_keepalive_keeps_a_paused_reader_transfer_alive(
     owner = Owner("vm", vm.id, vm.name)
     disk_id = eng.disk_ids(vm.id)[0]
     expected = bytes(eng.volumes[eng.active[disk_id]])
-    h = await rig.manager.open(owner, disk_key(disk_id))
+    h = await rig.manager.open(owner, DiskKey(disk_id).encode())
     a = await rig.manager.read(h, 0, 4096)
     await trio.sleep(rig.config.inactivity_timeout * 5)  # the backup tool pauses
     b = await rig.manager.read(h, 4096, MiB)
@@ -324,7 +324,7 @@ async def test_unmount_ends_every_session(
         handles = []
         for vm in (vm1, vm2):
             owner = Owner("vm", vm.id, vm.name)
-            h = await r.manager.open(owner, disk_key(r.engine.disk_ids(vm.id)[0]))
+            h = await r.manager.open(owner, DiskKey(r.engine.disk_ids(vm.id)[0]).encode())
             assert len(await r.manager.read(h, 0, 65536)) == 65536
             handles.append(h)
         assert len(r.engine.open_transfers()) == 2
@@ -339,7 +339,7 @@ async def test_snapshot_removal_retries_while_locked(
 ) -> None:
     vm = rig.engine.add_vm("v1")
     owner = Owner("vm", vm.id, vm.name)
-    await rig.read_all(owner, config_key("vm.ovf"))
+    await rig.read_all(owner, ConfigKey("vm.ovf").encode())
     rig.engine.remove_snapshot_conflicts = 3
     await trio.sleep(rig.config.grace_period + 60)
     assert rig.engine.user_snapshots(vm.id) == []
@@ -352,7 +352,7 @@ async def test_unknown_key_and_eof(rig: Rig, autojump_clock: trio.testing.MockCl
     owner = Owner("vm", vm.id, vm.name)
     with pytest.raises(NotFound):
         await rig.manager.open(owner, "disk:nope")
-    h = await rig.manager.open(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))
+    h = await rig.manager.open(owner, DiskKey(rig.engine.disk_ids(vm.id)[0]).encode())
     assert len(await rig.manager.read(h, 65536 - 100, 4096)) == 100
     assert await rig.manager.read(h, 65536, 4096) == b""
     await rig.manager.release(h)
@@ -405,10 +405,10 @@ async def test_template_is_read_without_a_snapshot(
     entries = await rig.manager.list_set(owner)
     assert [e.name for e in entries][:3] == ["vm.ovf", "vm.xml", "manifest.json"]
     disk_id = rig.engine.disk_ids(tpl.id)[0]
-    data = await rig.read_all(owner, disk_key(disk_id))
+    data = await rig.read_all(owner, DiskKey(disk_id).encode())
     assert data == bytes(rig.engine.volumes[rig.engine.active[disk_id]])
     assert "create_snapshot" not in rig.engine.calls
-    doc = json.loads(await rig.read_all(owner, config_key("manifest.json")))
+    doc = json.loads(await rig.read_all(owner, ConfigKey("manifest.json").encode()))
     assert doc["kind"] == "template" and doc["snapshot_id"] is None
     await trio.sleep(rig.config.grace_period + 30)
     assert rig.engine.open_transfers() == [] and rig.journal.entries() == []
@@ -419,8 +419,8 @@ async def test_concurrent_first_opens_share_one_snapshot(
 ) -> None:
     vm = rig.engine.add_vm("v1", disks=[("a", MiB), ("b", MiB), ("c", MiB)])
     owner = Owner("vm", vm.id, vm.name)
-    keys = [config_key("vm.ovf"), config_key("manifest.json")] + [
-        disk_key(d) for d in rig.engine.disk_ids(vm.id)
+    keys = [ConfigKey("vm.ovf").encode(), ConfigKey("manifest.json").encode()] + [
+        DiskKey(d).encode() for d in rig.engine.disk_ids(vm.id)
     ]
     handles: list[int] = []
 
@@ -453,14 +453,17 @@ async def test_config_that_outgrew_its_announced_size_fails_loudly(
         Snapshot(id=f"s{i:05d}", description="x" * 200, type="regular", status="ok")
         for i in range(500)
     ]
-    h = await rig.manager.open(owner, config_key("vm.ovf"))
+    h = await rig.manager.open(owner, ConfigKey("vm.ovf").encode())
     with pytest.raises(DataIntegrityError, match="refusing to truncate"):
         await rig.manager.read(h, 0, 4096)
     # The rest of the set is still served, with the sizes that were announced.
     assert (
-        len(await rig.read_all(owner, config_key("manifest.json"))) == listed["manifest.json"].size
+        len(await rig.read_all(owner, ConfigKey("manifest.json").encode()))
+        == listed["manifest.json"].size
     )
-    assert len(await rig.read_all(owner, disk_key(rig.engine.disk_ids(vm.id)[0]))) == 2 * MiB
+    assert (
+        len(await rig.read_all(owner, DiskKey(rig.engine.disk_ids(vm.id)[0]).encode())) == 2 * MiB
+    )
     assert {e.name: e for e in await rig.manager.list_set(owner)} == listed
     assert any("vm.ovf" in e["message"] for e in rig.manager.status()["errors"])
     await rig.manager.release(h)
@@ -478,7 +481,7 @@ async def test_unmount_while_the_snapshot_is_being_created_removes_it(
         await r.manager.list_set(owner)
 
         async def opener() -> None:
-            await r.manager.open(owner, config_key("vm.ovf"))
+            await r.manager.open(owner, ConfigKey("vm.ovf").encode())
 
         nursery.start_soon(opener)
         await trio.sleep(5)  # the snapshot exists on the engine; its id is not known yet
@@ -500,7 +503,7 @@ async def test_memory_state_option_applies_to_running_vms_only(
         await nursery.start(r.manager.run)
         for vm in (up, down):
             owner = Owner("vm", vm.id, vm.name)
-            h = await r.manager.open(owner, config_key("vm.ovf"))
+            h = await r.manager.open(owner, ConfigKey("vm.ovf").encode())
             (snap,) = r.engine.user_snapshots(vm.id)
             seen[vm.name] = snap.persist_memorystate
             await r.manager.release(h)
@@ -521,7 +524,7 @@ async def test_shareable_and_lun_disks_are_not_part_of_the_set(
     owner = Owner("vm", vm.id, vm.name)
     listed = await rig.manager.list_set(owner)
     assert [e.disk_id for e in listed if e.disk_id] == [atts[0].disk.id]
-    doc = json.loads(await rig.read_all(owner, config_key("manifest.json")))
+    doc = json.loads(await rig.read_all(owner, ConfigKey("manifest.json").encode()))
     assert [d["alias"] for d in doc["disks"]] == ["os"]
     assert await rig.manager.list_set(owner) == listed
 
@@ -531,7 +534,7 @@ async def test_releasing_a_disk_frees_its_buffers_but_keeps_the_transfer(
 ) -> None:
     vm = rig.engine.add_vm("v1", disks=[("a", MiB), ("b", MiB)])
     owner = Owner("vm", vm.id, vm.name)
-    ka, kb = (disk_key(d) for d in rig.engine.disk_ids(vm.id))
+    ka, kb = (DiskKey(d).encode() for d in rig.engine.disk_ids(vm.id))
     h1 = await rig.manager.open(owner, ka)
     h2 = await rig.manager.open(owner, ka)
     hb = await rig.manager.open(owner, kb)
@@ -558,7 +561,7 @@ async def test_prefetch_memory_is_shared_by_the_disks_being_read(
     assert rig.config.prefetch_memory == 64 * MiB
     vm = rig.engine.add_vm("v1", disks=[("a", MiB), ("b", MiB), ("c", MiB)])
     owner = Owner("vm", vm.id, vm.name)
-    ka, kb, kc = (disk_key(d) for d in rig.engine.disk_ids(vm.id))
+    ka, kb, kc = (DiskKey(d).encode() for d in rig.engine.disk_ids(vm.id))
     # One after the other (tar): each disk gets the whole budget.
     assert len(await rig.read_all(owner, ka)) == MiB
     assert len(await rig.read_all(owner, kb)) == MiB
@@ -582,8 +585,8 @@ async def test_a_crashing_session_ends_alone_and_cleans_up(
     vm = rig.engine.add_vm("v1")
     other = rig.engine.add_vm("v2", seed=2)
     owner, owner2 = Owner("vm", vm.id, vm.name), Owner("vm", other.id, other.name)
-    key = disk_key(rig.engine.disk_ids(vm.id)[0])
-    h2 = await rig.manager.open(owner2, config_key("vm.ovf"))
+    key = DiskKey(rig.engine.disk_ids(vm.id)[0]).encode()
+    h2 = await rig.manager.open(owner2, ConfigKey("vm.ovf").encode())
     rig.plane.crash_next_reader = True
     h = await rig.manager.open(owner, key)
     data = await rig.manager.read(h, 0, MiB)
@@ -605,7 +608,7 @@ async def test_a_locked_vm_is_waited_for_a_little_then_refused(
 
     vm = rig.engine.add_vm("v1")
     owner = Owner("vm", vm.id, vm.name)
-    key = config_key("vm.ovf")
+    key = ConfigKey("vm.ovf").encode()
     rig.engine.create_snapshot_errors = [Conflict("VM is locked"), Conflict("VM is locked")]
     h = await rig.manager.open(owner, key)
     assert len(rig.engine.user_snapshots(vm.id)) == 1

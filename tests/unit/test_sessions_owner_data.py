@@ -7,7 +7,7 @@ import trio
 import trio.testing
 from test_sessions_fakes import FakeEngine
 
-from rhvfs.backupset._build import missing_ovf
+from rhvfs.backupset import missing_ovf
 from rhvfs.errors import EngineError, EngineUnavailable, NotFound
 from rhvfs.sessions.core._model import Owner
 from rhvfs.sessions.core._owner_data import NAMES_TTL_S, OwnerDataSource, image_disks

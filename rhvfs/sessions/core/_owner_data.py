@@ -7,7 +7,7 @@ full-backup manager and session and the incremental session all use it.
 
 The OVF fallback (one rule for every set): when the engine has no OVF for the
 owner (it refuses with anything but 404 or a transient error), the set still
-gets a ``vm.ovf`` -- the placeholder ``rhvfs.backupset._build.missing_ovf``,
+gets a ``vm.ovf`` -- the placeholder ``rhvfs.backupset.missing_ovf``,
 a well-formed empty envelope that names ``vm.xml`` -- and ``ovf_available``
 is False, so the manifest says ``config_files.ovf: null``. That is what full
 sets have always done: an owner the engine produces no OVF for must stay
@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 
 import trio
 
-from rhvfs.backupset._build import OwnerData, missing_ovf
+from rhvfs.backupset import OwnerData, missing_ovf
 from rhvfs.engine.types import Disk, Template, Vm
 from rhvfs.errors import EngineError, NotFound, is_transient
 from rhvfs.sessions.core._gather import gather

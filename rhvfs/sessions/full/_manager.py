@@ -25,12 +25,20 @@ from typing import Any
 
 import trio
 
-from rhvfs.backupset._build import (
+from rhvfs.backupset import (
+    CONFIG_NAMES,
+    MANIFEST_NAME,
     NO_ID,
+    OVF_NAME,
+    XML_NAME,
+    ConfigKey,
+    DiskKey,
     OwnerData,
     announced_size,
     build_manifest,
     data_fingerprint,
+    disks_dir_names,
+    image_file_name,
     pad_to,
     shape_fingerprint,
     stable_mtime_ns,
@@ -45,19 +53,7 @@ from rhvfs.errors import (
 from rhvfs.sessions.core import _gc as gc_mod
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._journal import Journal
-from rhvfs.sessions.core._model import (
-    CONFIG_NAMES,
-    MANIFEST_NAME,
-    OVF_NAME,
-    XML_NAME,
-    Owner,
-    SetEntry,
-    blocks_for,
-    config_key,
-    disk_file_names,
-    disk_key,
-    set_image_name,
-)
+from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for
 from rhvfs.sessions.core._owner_data import OwnerDataSource, image_disks
 from rhvfs.sessions.core._ports import (
     EngineLike,
@@ -154,7 +150,7 @@ class BackupManager:
 
     def _announce_listing(self, owner: Owner, data: OwnerData) -> tuple[Announcement, list[Disk]]:
         disks = image_disks(data)
-        names = {d.id: set_image_name(d.alias, d.id) for d in disks}
+        names = {d.id: image_file_name(d.alias, d.id) for d in disks}
         manifest = build_manifest(
             data,
             disks=[dataclasses.replace(d, image_id=d.image_id or NO_ID) for d in disks],
@@ -162,7 +158,7 @@ class BackupManager:
             snapshot_id=NO_ID if owner.kind == "vm" else None,
             backup_time=datetime.now(UTC),
             session_id="0" * 12,
-        )
+        ).to_json()
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
         shape = shape_fingerprint(data)
         ann = self._announced.get(owner.id)
@@ -199,7 +195,7 @@ class BackupManager:
         entries = [
             SetEntry(
                 name=n,
-                key=config_key(n),
+                key=ConfigKey(n).encode(),
                 size=ann.config_sizes[n],
                 blocks=blocks_for(ann.config_sizes[n]),
                 mtime_ns=ann.mtime_ns,
@@ -208,8 +204,8 @@ class BackupManager:
         ]
         entries += [
             SetEntry(
-                name=set_image_name(d.alias, d.id),
-                key=disk_key(d.id),
+                name=image_file_name(d.alias, d.id),
+                key=DiskKey(d.id).encode(),
                 size=d.provisioned_size,
                 blocks=ann.blocks.get(d.id) or _disk_blocks(d),
                 mtime_ns=ann.mtime_ns,
@@ -220,11 +216,11 @@ class BackupManager:
         return entries
 
     def _disk_entries(self, ann: Announcement, disks: list[Disk]) -> list[SetEntry]:
-        names = disk_file_names([(d.id, d.alias) for d in disks])
+        names = disks_dir_names([(d.id, d.alias) for d in disks])
         return [
             SetEntry(
                 name=names[d.id],
-                key=disk_key(d.id),
+                key=DiskKey(d.id).encode(),
                 size=d.provisioned_size,
                 blocks=ann.blocks.get(d.id) or _disk_blocks(d),
                 mtime_ns=ann.mtime_ns,
@@ -242,7 +238,7 @@ class BackupManager:
         live = {a.disk.id: a.disk for a in data.attachments}
         ann = self._announced.get(owner.id)
         shape = shape_fingerprint(data)
-        names = {d.id: set_image_name(d.alias or live[d.id].alias, d.id) for d in session.disks}
+        names = {d.id: image_file_name(d.alias or live[d.id].alias, d.id) for d in session.disks}
         manifest = build_manifest(
             data,
             disks=session.disks,
@@ -250,7 +246,7 @@ class BackupManager:
             snapshot_id=session.snapshot.id if session.snapshot else None,
             backup_time=datetime.fromtimestamp(session.started_wall, UTC),
             session_id=session.session_id,
-        )
+        ).to_json()
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
         if ann is None or ann.shape != shape:
             # The owner changed between listing and open: announce anew (stat changes, visibly).
@@ -269,10 +265,12 @@ class BackupManager:
         padded: dict[str, bytes | RhvfsError] = {}
         for n, c in contents.items():
             try:
-                padded[config_key(n)] = pad_to(c, ann.config_sizes[n], what=f"{n} of {owner.name}")
+                padded[ConfigKey(n).encode()] = pad_to(
+                    c, ann.config_sizes[n], what=f"{n} of {owner.name}"
+                )
             except RhvfsError as e:
                 session.note_error(str(e))
-                padded[config_key(n)] = e
+                padded[ConfigKey(n).encode()] = e
         disks = [
             dataclasses.replace(d, alias=d.alias or live[d.id].alias) if d.id in live else d
             for d in session.disks

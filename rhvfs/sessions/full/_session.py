@@ -42,7 +42,7 @@ from typing import Any
 
 import trio
 
-from rhvfs.backupset._build import OwnerData
+from rhvfs.backupset import OwnerData, disk_id_of_key
 from rhvfs.engine.types import Disk, Snapshot, Template, Vm
 from rhvfs.errors import (
     Conflict,
@@ -59,7 +59,7 @@ from rhvfs.sessions.core._cleanup import busy_policy, find_snapshot, remove_snap
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
-from rhvfs.sessions.core._model import Owner, SetEntry, disk_id_of_key
+from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher, image_disks
 from rhvfs.sessions.core._ports import (
     ReaderLike,

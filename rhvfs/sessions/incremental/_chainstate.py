@@ -31,8 +31,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from rhvfs.backupset import SetType
 from rhvfs.sessions.core._journal import default_journal_path
 from rhvfs.sessions.core._procid import ProcessIdentity
 
@@ -41,8 +42,6 @@ log = logging.getLogger(__name__)
 _VERSION = 1
 #: Completed sets kept per VM (older ones are forgotten; their files stay valid).
 MAX_SETS_PER_OWNER = 64
-
-SetType = Literal["full", "incremental", "differential"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +89,7 @@ class ChainSet:
         return cls(
             set_id=str(d["set_id"]),
             owner_id=str(d["owner_id"]),
-            set_type=d["set_type"],
+            set_type=SetType(d["set_type"]),
             checkpoint_id=d.get("checkpoint_id"),
             from_checkpoint_id=d.get("from_checkpoint_id"),
             parent_set_id=d.get("parent_set_id"),

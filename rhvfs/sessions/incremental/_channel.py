@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol, cast
 
 import trio
 
-from rhvfs.backupset._qcow2 import Qcow2Delta
+from rhvfs.backupset import Qcow2Delta
 from rhvfs.engine.types import Disk
 from rhvfs.errors import (
     SessionClosed,

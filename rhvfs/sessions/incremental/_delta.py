@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rhvfs.backupset._qcow2 import Change, Qcow2Delta
+from rhvfs.backupset import Change, Qcow2Delta
 from rhvfs.imageio.types import Extent
 from rhvfs.intervals import Intervals
 from rhvfs.sessions.core._ports import BlockSource

@@ -26,7 +26,7 @@ Disks without incremental support in a set with a base cannot be part of an
 incremental engine backup (the engine refuses them), so they are read from a
 snapshot of just those disks, taken before the backup starts.
 
-Modules: ``incremental_names`` (kinds, keys, file names), ``incremental_delta``
+Modules: ``rhvfs.backupset`` (kinds, keys, file names, manifest), ``incremental_delta``
 (extent maps, ``DeltaSource``), ``incremental_channel`` (a disk's plan and
 transfer), ``incremental_session`` (one set), this one (``IncrementalManager``:
 sessions per VM, handles, status, leftovers). This module re-exports their
@@ -48,17 +48,7 @@ from typing import Any
 
 import trio
 
-from rhvfs.backupset._setnames import (
-    KEY_SEP,
-    SET_DIRS,
-    SET_KINDS,
-    SetKind,
-    config_names,
-    disk_file_name,
-    is_incremental_key,
-    set_key,
-    set_of_key,
-)
+from rhvfs.backupset import SetKind
 from rhvfs.config import Config
 from rhvfs.errors import (
     NotFound,
@@ -94,9 +84,6 @@ from rhvfs.sessions.incremental._session import (
 )
 
 __all__ = [
-    "KEY_SEP",
-    "SET_DIRS",
-    "SET_KINDS",
     "DeltaSource",
     "EngineWithBackups",
     "IncrementalDiskChannel",
@@ -104,15 +91,9 @@ __all__ = [
     "IncrementalSession",
     "IncrementalSessionDeps",
     "SetDiskPlan",
-    "SetKind",
     "changes_from_dirty",
-    "config_names",
     "delta_file_extents",
-    "disk_file_name",
-    "is_incremental_key",
     "reader_extents",
-    "set_key",
-    "set_of_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -282,7 +263,7 @@ class IncrementalManager:
         """
         session = self._sessions.get(owner.id)
         if session is None or session.kind != "full" or session.state != "ready":
-            session = await self._session(owner, "full", None, announced)
+            session = await self._session(owner, SetKind.FULL, None, announced)
         return await self.open(owner, key)
 
     # -- handles --------------------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import time
 import uuid
@@ -32,9 +31,23 @@ from typing import Any, Protocol
 import trio
 
 from rhvfs import ARTIFACT_MARKER
-from rhvfs.backupset._build import OwnerData, build_manifest, pad_to
-from rhvfs.backupset._qcow2 import Qcow2Delta
-from rhvfs.backupset._setnames import SetKind, config_names, disk_file_name, set_key
+from rhvfs.backupset import (
+    ConfigFiles,
+    ConfigKey,
+    ConfigRole,
+    DiskKey,
+    OwnerData,
+    ParentSet,
+    Qcow2Delta,
+    SetFileKey,
+    SetKind,
+    SetLineage,
+    SetType,
+    build_manifest,
+    config_file_names,
+    image_file_name,
+    pad_to,
+)
 from rhvfs.engine.types import Backup, Checkpoint, Disk, Snapshot
 from rhvfs.errors import (
     Conflict,
@@ -53,15 +66,7 @@ from rhvfs.sessions.core._gather import gather
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
-from rhvfs.sessions.core._model import (
-    MANIFEST_NAME,
-    OVF_NAME,
-    XML_NAME,
-    Owner,
-    SetEntry,
-    blocks_for,
-    set_image_name,
-)
+from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher
 from rhvfs.sessions.core._ports import (
     EngineLike,
@@ -72,7 +77,6 @@ from rhvfs.sessions.incremental._chainstate import (
     ChainSet,
     ChainState,
     PendingBackup,
-    SetType,
 )
 from rhvfs.sessions.incremental._channel import IncrementalDiskChannel, SetDiskPlan
 from rhvfs.sessions.incremental._delta import DeltaSource, changes_from_dirty, delta_file_extents
@@ -138,7 +142,7 @@ class IncrementalSession(SessionLifecycle):
         self.started_wall = time.time()
         self.started_ns = time.time_ns()
         self.set_id = ""
-        self.set_type: SetType = "full"
+        self.set_type = SetType.FULL
         self.base: ChainSet | None = None
         self.backup: Backup | None = None
         self.backup_started = False
@@ -281,9 +285,9 @@ class IncrementalSession(SessionLifecycle):
                 base = None
         self.base = base
         self.set_type = (
-            "full"
+            SetType.FULL
             if base is None
-            else ("differential" if self.kind == "differential" else "incremental")
+            else (SetType.DIFFERENTIAL if self.kind == "differential" else SetType.INCREMENTAL)
         )
         cp_id = self.backup.to_checkpoint_id if self.backup else None
         self.set_id = cp_id or self.backup_id
@@ -312,7 +316,7 @@ class IncrementalSession(SessionLifecycle):
                 disk=d,
                 mode="incremental" if mode == "incremental" else "full",
                 file="",
-                key=self._key(f"disk:{d.id}"),
+                key=self._key(DiskKey(d.id)),
                 reason=reason,
                 backing_file=prev.file if prev is not None and mode == "incremental" else None,
                 snapshot_image_id=snap_image,
@@ -356,12 +360,11 @@ class IncrementalSession(SessionLifecycle):
                     backing_file=plan.backing_file,
                     backing_format=backing_format,
                 )
-        plan.file = (
-            set_image_name(plan.disk.alias, plan.disk.id)
-            if self.kind == "full"
-            else disk_file_name(
-                plan.disk.alias, plan.disk.id, self.set_id, delta=plan.delta is not None
-            )
+        plan.file = image_file_name(
+            plan.disk.alias,
+            plan.disk.id,
+            None if self.kind == "full" else self.set_id,
+            delta=plan.delta is not None,
         )
         if plan.delta is None:
             plan.dirty_bytes = plan.disk.provisioned_size
@@ -432,23 +435,24 @@ class IncrementalSession(SessionLifecycle):
         )
         return backup
 
-    def _key(self, inner: str) -> str:
+    def _key(self, inner: ConfigKey | DiskKey) -> str:
         """Keys of ``full`` sets are @rhv/'s own (``config:vm.ovf``, ``disk:<id>``)."""
-        return inner if self.kind == "full" else set_key(self.set_id, inner)
+        return inner.encode() if self.kind == "full" else SetFileKey(self.set_id, inner).encode()
 
     def _freeze(self, data: OwnerData) -> None:
-        if self.kind == "full":
-            names = {"ovf": OVF_NAME, "xml": XML_NAME, "manifest": MANIFEST_NAME}
-        else:
-            names = config_names(self.set_id)
-        self.manifest_name = names["manifest"]
+        names = config_file_names(None if self.kind == "full" else self.set_id)
+        self.manifest_name = names[ConfigRole.MANIFEST]
         manifest = self._manifest(data, names)
         mtime = self.started_ns
-        contents = {names["ovf"]: data.ovf, names["xml"]: data.xml, names["manifest"]: manifest}
+        contents = {
+            names[ConfigRole.OVF]: data.ovf,
+            names[ConfigRole.XML]: data.xml,
+            names[ConfigRole.MANIFEST]: manifest,
+        }
         if self.kind == "full":
             # serve exactly what the @rhv/ listing announced: padded config, same sizes
             for n in list(contents):
-                ann = self.announced.get(self._key(f"config:{n}"))
+                ann = self.announced.get(self._key(ConfigKey(n)))
                 if ann is None:
                     raise SessionError(f"{n} of {self.owner.name} was not in the @rhv/ listing")
                 contents[n] = pad_to(contents[n], ann.size, what=f"{n} of {self.owner.name}")
@@ -461,14 +465,14 @@ class IncrementalSession(SessionLifecycle):
         entries = [
             SetEntry(
                 name=n,
-                key=self._key(f"config:{n}"),
+                key=self._key(ConfigKey(n)),
                 size=len(c),
                 blocks=blocks_for(len(c)),
                 mtime_ns=mtime,
             )
             for n, c in contents.items()
         ]
-        self.contents = {self._key(f"config:{n}"): c for n, c in contents.items()}
+        self.contents = {self._key(ConfigKey(n)): c for n, c in contents.items()}
         for plan in self.plans:
             size = plan.delta.size if plan.delta is not None else plan.disk.provisioned_size
             allocated = plan.delta.size if plan.delta is not None else (plan.disk.actual_size or 0)
@@ -486,45 +490,57 @@ class IncrementalSession(SessionLifecycle):
         self.entries_by_key = {e.key: e for e in entries}
         self.coverage = {e.key: Intervals() for e in entries}
 
-    def _manifest(self, data: OwnerData, names: dict[str, str]) -> bytes:
-        disks = [p.disk for p in self.plans]
-        raw = build_manifest(
+    def _manifest(self, data: OwnerData, names: dict[ConfigRole, str]) -> bytes:
+        manifest = build_manifest(
             data,
-            disks=disks,
+            disks=[p.disk for p in self.plans],
             file_names={p.disk.id: p.file for p in self.plans},
             snapshot_id=self.snapshot.id if self.snapshot else None,
             backup_time=datetime.fromtimestamp(self.started_wall, UTC),
             session_id=self.session_id,
         )
-        doc = json.loads(raw)
         base = self.base
-        doc["set_type"] = self.set_type
-        doc["set_id"] = self.set_id
-        doc["backup_id"] = self.backup.id if self.backup else None
-        doc["checkpoint_id"] = self.backup.to_checkpoint_id if self.backup else None
-        doc["from_checkpoint_id"] = base.checkpoint_id if base else None
-        doc["to_checkpoint_id"] = doc["checkpoint_id"]
-        doc["parent_set"] = (
-            {"set_id": base.set_id, "set_type": base.set_type, "manifest": base.manifest_file}
-            if base
-            else None
-        )
-        doc["full_set_id"] = base.full_set_id if base else self.set_id
-        doc["config_files"] = {
-            "ovf": names["ovf"] if data.ovf_available else None,
-            "api_xml": names["xml"],
-            "manifest": names["manifest"],
-        }
-        doc["warnings"] = list(self.warnings)
+        checkpoint_id = self.backup.to_checkpoint_id if self.backup else None
         by_id = {p.disk.id: p for p in self.plans}
-        for d in doc["disks"]:
-            p = by_id[d["id"]]
-            d["backup_mode"] = p.mode
-            d["file_format"] = "qcow2" if p.delta is not None else "raw"
-            d["backing_file"] = p.backing_file if p.delta is not None else None
-            d["full_reason"] = p.reason if p.mode == "full" else None
-            d["dirty_bytes"] = p.dirty_bytes
-        return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+        disks = []
+        for d in manifest.disks:
+            p = by_id[d.id]
+            disks.append(
+                dataclasses.replace(
+                    d,
+                    backup_mode=p.mode,
+                    file_format="qcow2" if p.delta is not None else "raw",
+                    backing_file=p.backing_file if p.delta is not None else None,
+                    full_reason=p.reason if p.mode == "full" else None,
+                    dirty_bytes=p.dirty_bytes,
+                )
+            )
+        return dataclasses.replace(
+            manifest,
+            set_type=self.set_type,
+            checkpoint_id=checkpoint_id,
+            disks=tuple(disks),
+            config_files=ConfigFiles(
+                ovf=names[ConfigRole.OVF] if data.ovf_available else None,
+                api_xml=names[ConfigRole.XML],
+                manifest=names[ConfigRole.MANIFEST],
+            ),
+            lineage=SetLineage(
+                set_id=self.set_id,
+                backup_id=self.backup.id if self.backup else None,
+                from_checkpoint_id=base.checkpoint_id if base else None,
+                to_checkpoint_id=checkpoint_id,
+                parent=(
+                    ParentSet(
+                        set_id=base.set_id, set_type=base.set_type, manifest=base.manifest_file
+                    )
+                    if base
+                    else None
+                ),
+                full_set_id=base.full_set_id if base else self.set_id,
+                warnings=tuple(self.warnings),
+            ),
+        ).to_json()
 
     # -- reads ----------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 Owns the chain side of a ``restore/<name>/`` session (``RestoreSession.chain``):
 which manifests arrived, when the chain counts as complete, and rolling each
 disk's upload forward with the deltas before it is finalized. The ordering
-rules and the delta parser are ``rhvfs.backupset._chain``'s.
+rules and the delta parser are ``rhvfs.backupset``'s.
 
 Recognition. Every ``manifest--<set>.json`` (and a ``manifest.json`` that has
 a ``set_id`` or ``checkpoint_id``, i.e. a full ``@rhv/`` set that started a
@@ -59,35 +59,32 @@ Must not: talk to the engine (the session does), decide restore options.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import trio
 
-from rhvfs.backupset._chain import (
+from rhvfs.backupset import (
+    MANIFEST_NAME,
     ChainError,
     DiskLink,
+    Manifest,
+    OvfInfo,
     SetLink,
+    SetType,
     apply_delta,
+    check_consistent,
     check_delta,
     delta_end,
     disk_plan,
     link_from_manifest,
     order_chain,
-)
-from rhvfs.backupset._parse import (
-    OvfInfo,
-    SetManifest,
-    check_consistent,
-    parse_manifest,
     parse_ovf,
 )
-from rhvfs.errors import RestoreError, RestoreInputError, RhvfsError
-from rhvfs.sessions.core._model import MANIFEST_NAME, OVF_NAME
+from rhvfs.errors import RestoreInputError, RhvfsError, SetFormatError
 from rhvfs.sessions.restore._files import RestoreDisk, RestoreFile
 from rhvfs.sessions.restore._ports import RestoreServices
 from rhvfs.sessions.restore._state import Phase
@@ -103,11 +100,12 @@ def _zeros(n: int) -> bytes:
     return bytes(n)
 
 
-def is_chain_manifest(name: str, doc: Any) -> bool:
+def is_chain_manifest(name: str, manifest: Manifest | None) -> bool:
     """A manifest that takes part in a chain (see the module docstring)."""
-    if not isinstance(doc, dict):
+    if manifest is None:
         return False
-    return name != MANIFEST_NAME or bool(doc.get("set_id") or doc.get("checkpoint_id"))
+    set_id = manifest.lineage.set_id if manifest.lineage is not None else None
+    return name != MANIFEST_NAME or bool(set_id or manifest.checkpoint_id)
 
 
 class ChainHost(Protocol):
@@ -118,7 +116,7 @@ class ChainHost(Protocol):
     @property
     def disks(self) -> Mapping[str, RestoreDisk]: ...
     @property
-    def manifest(self) -> SetManifest | None:
+    def manifest(self) -> Manifest | None:
         """The root set's manifest once parsed and checked (then the newest set's)."""
         ...
 
@@ -130,7 +128,7 @@ class ChainHost(Protocol):
         """Parse, check and adopt a single set's (or the chain root's) manifest."""
         ...
 
-    def adopt_newest(self, manifest: SetManifest, ovf: bytes, ovf_info: OvfInfo) -> None:
+    def adopt_newest(self, manifest: Manifest, ovf: bytes, ovf_info: OvfInfo) -> None:
         """The chain is settled: the VM is made from the newest set (synchronous)."""
         ...
 
@@ -146,7 +144,7 @@ class ChainAssembly:
         self.host = host
         self.services = services
         self.active = False  # a chain manifest arrived: disks wait for ``decided``
-        self.links: dict[str, tuple[SetLink, dict[str, Any]]] = {}
+        self.links: dict[str, tuple[SetLink, Manifest]] = {}
         self.root: str | None = None
         self.decided = trio.Event()  # the chain was settled (or the session failed)
         self.chain: list[SetLink] = []
@@ -191,19 +189,18 @@ class ChainAssembly:
         s = self.host
         assert f.mem is not None
         try:
-            doc = json.loads(bytes(f.mem).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            doc = None
-        if f.name == MANIFEST_NAME and not is_chain_manifest(f.name, doc):
+            manifest: Manifest | None = Manifest.from_json(bytes(f.mem), name=f.name)
+            error = None
+        except SetFormatError as e:
+            manifest, error = None, e
+        if f.name == MANIFEST_NAME and not is_chain_manifest(f.name, manifest):
             await s.read_manifest(f)
             return
-        if not isinstance(doc, dict):
-            raise RestoreInputError(f"{f.name} is not valid JSON: corrupt or truncated copy?")
-        try:
-            link = link_from_manifest(f.name, doc)
-        except ChainError as e:
-            raise RestoreInputError(e.detail) from None
-        self.links[f.name] = (link, doc)
+        if manifest is None:
+            assert error is not None
+            raise error
+        link = link_from_manifest(f.name, manifest)
+        self.links[f.name] = (link, manifest)
         s.note(
             f"chain manifest {f.name}: {link.set_type} set {link.set_id}"
             + (f" after {link.parent_set_id}" if link.parent_set_id else "")
@@ -212,7 +209,7 @@ class ChainAssembly:
             self.active = True
             self.touch()
             self.services.spawn(self._watch)
-        if link.set_type == "full" and link.parent_set_id is None and self.root is None:
+        if link.set_type == SetType.FULL and link.parent_set_id is None and self.root is None:
             self.root = f.name
             await s.read_manifest(f)
 
@@ -249,7 +246,7 @@ class ChainAssembly:
         chain = order_chain([link for link, _ in self.links.values()])
         if s.manifest is None or chain[0].manifest != self.root:
             raise ChainError(f"the chain starts at {chain[0].manifest}, whose data is not here")
-        newest, newest_doc = self.links[chain[-1].manifest]
+        newest, newest_manifest = self.links[chain[-1].manifest]
         root_ids = {d.id for d in s.manifest.disks}
         if set(newest.disks) != root_ids:
             raise ChainError(
@@ -290,7 +287,7 @@ class ChainAssembly:
                     raise ChainError(f"{dl.file} is {f.size} bytes, the disk {dl.size}")
                 seq.append((dl, f))
             steps[sd.id] = seq
-        ovf_name = str((newest_doc.get("config_files") or {}).get("ovf") or OVF_NAME)
+        ovf_name = newest_manifest.ovf_file
         ovf_file = files.get(ovf_name)
         if ovf_file is None or ovf_file.mem is None:
             raise ChainError(
@@ -300,15 +297,17 @@ class ChainAssembly:
         ovf = bytes(ovf_file.mem)
         info = parse_ovf(ovf)
         # the newest set describes the VM; the disks keep the root's file names
-        flat = copy.deepcopy(newest_doc)
         root_files = {d.id: d.file for d in s.manifest.disks}
-        for d_doc in flat["disks"]:
-            d_doc["file"] = root_files[str(d_doc["id"])]
-        flat["set_type"] = "full"
+        manifest = dataclasses.replace(
+            newest_manifest,
+            set_type=SetType.FULL,
+            disks=tuple(
+                dataclasses.replace(d, file=root_files[d.id]) for d in newest_manifest.disks
+            ),
+        )
         try:
-            manifest = parse_manifest(json.dumps(flat).encode("utf-8"))
             check_consistent(manifest, info)
-        except RestoreError as e:
+        except RhvfsError as e:
             raise ChainError(f"{newest.manifest}: {e.detail}") from None
         s.adopt_newest(manifest, ovf, info)
         self.chain, self.steps = chain, steps

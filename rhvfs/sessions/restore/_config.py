@@ -24,16 +24,16 @@ from collections.abc import Callable, Iterable
 
 import trio
 
-from rhvfs.backupset._parse import (
+from rhvfs.backupset import (
+    OVF_NAME,
+    Manifest,
     OvfInfo,
-    SetManifest,
     check_consistent,
     parse_manifest,
     parse_ovf,
 )
 from rhvfs.engine.types import Vm
 from rhvfs.errors import RestoreBusy, RestoreError, RestoreInputError, RestoreTooLarge
-from rhvfs.sessions.core._model import OVF_NAME
 from rhvfs.sessions.restore._files import RestoreDisk, RestoreFile
 from rhvfs.sessions.restore._options import (
     OPTIONS_FILE,
@@ -61,7 +61,7 @@ class SetConfig:
         self._directory = directory
         self._note = note
         self.options: RestoreOptions | None = None
-        self.manifest: SetManifest | None = None
+        self.manifest: Manifest | None = None
         self.ovf: bytes | None = None
         self.ovf_info: OvfInfo | None = None
         self.target_name: str | None = None  # set once the manifest's checks begin
@@ -162,7 +162,7 @@ class SetConfig:
 
     def adopt_newest(
         self,
-        manifest: SetManifest,
+        manifest: Manifest,
         ovf: bytes,
         ovf_info: OvfInfo,
         disks: Iterable[RestoreDisk],

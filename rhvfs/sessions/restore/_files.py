@@ -5,10 +5,10 @@ file written into ``restore/<name>/``; it keeps its object across renames)
 and ``RestoreDisk`` (one disk of the set's manifest: its state, the engine
 disk and transfer this restore made for it, its upload stream, its file).
 
-Recognition by name (any order of files, any tool): ``manifest.json``,
-``vm.ovf``, ``vm.xml``, the options file and the ``manifest--<set>.json`` /
-``vm--<set>.ovf|xml`` files of incremental-family sets are configuration,
-held in memory; a file is a disk image when its name is a manifest disk's
+Recognition by name (any order of files, any tool; the names are
+``rhvfs.backupset``'s): ``manifest.json``, ``vm.ovf``, ``vm.xml``, the options
+file and the ``manifest--<set>.json`` / ``vm--<set>.ovf|xml`` files of
+incremental-family sets are configuration, held in memory; a file is a disk image when its name is a manifest disk's
 ``file``, or an rsync temporary name for it (``.<file>.XXXXXX``, renamed
 later) — ``identify`` binds it to that disk.
 
@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 import time
 from collections.abc import Mapping
 
 import trio
 
-from rhvfs.backupset._parse import SetDisk, SetManifest
+from rhvfs.backupset import (
+    ConfigFileName,
+    ConfigRole,
+    Manifest,
+    ManifestDisk,
+    parse_file_name,
+    rsync_target,
+)
 from rhvfs.errors import RestoreNameClash, RestoreTooLarge, RestoreWriteOnly
-from rhvfs.sessions.core._model import MANIFEST_NAME, OVF_NAME, XML_NAME
 from rhvfs.sessions.restore._options import OPTIONS_FILE
 from rhvfs.sessions.restore._staging import StagedFile
 from rhvfs.sessions.restore._state import DiskState
@@ -35,32 +40,18 @@ from rhvfs.sessions.restore._upload import UploadStream
 
 #: Configuration files are held in memory up to this size (bytes).
 CONFIG_MAX_BYTES = 16 * 1024 * 1024
-_RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9_]{6}$")
-_CONFIG_NAMES = frozenset({MANIFEST_NAME, OVF_NAME, XML_NAME, OPTIONS_FILE})
-#: Configuration files of incremental-family sets (``rhvfs.sessions.incremental._manager``).
-_SET_MANIFEST = re.compile(r"^manifest--[^/]+\.json$")
-_SET_CONFIG = re.compile(r"^(manifest--[^/]+\.json|vm--[^/]+\.(ovf|xml))$")
 
 
 def is_config(name: str) -> bool:
-    """True for a configuration file of a set (or its rsync temporary name)."""
-    base = base_name(name)
-    return base in _CONFIG_NAMES or bool(_SET_CONFIG.match(base))
+    """True for a configuration file of a set or the options (or their rsync temporary
+    names); names are recognised by ``rhvfs.backupset.parse_file_name``."""
+    parsed = parse_file_name(name)
+    return isinstance(parsed.file, ConfigFileName) or parsed.final == OPTIONS_FILE
 
 
 def is_manifest(name: str) -> bool:
-    return name == MANIFEST_NAME or bool(_SET_MANIFEST.match(name))
-
-
-def base_name(name: str) -> str:
-    """``name`` without rsync's temporary-file decoration (``.<name>.XXXXXX``)."""
-    return rsync_target(name) or name
-
-
-def rsync_target(name: str) -> str | None:
-    """The final name of an rsync temporary file ``.<name>.XXXXXX``, else None."""
-    m = _RSYNC_TEMP.match(name)
-    return m.group(1) if m else None
+    parsed = parse_file_name(name)
+    return not parsed.rsync_temp and parsed.config_role == ConfigRole.MANIFEST
 
 
 class RestoreFile:
@@ -114,7 +105,7 @@ class RestoreFile:
 class RestoreDisk:
     """One disk of the set and what this restore did for it so far."""
 
-    set_disk: SetDisk
+    set_disk: ManifestDisk
     selected: bool
     state: DiskState = DiskState.WAITING
     disk_id: str | None = None  # the engine disk this restore created
@@ -131,7 +122,7 @@ class RestoreDisk:
 
 def identify(
     f: RestoreFile,
-    manifest: SetManifest | None,
+    manifest: Manifest | None,
     disks: Mapping[str, RestoreDisk],
     files: Mapping[int, RestoreFile],
 ) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from rhvfs.backupset._parse import SetDisk, SetManifest
+from rhvfs.backupset import Manifest, ManifestDisk
 from rhvfs.engine.types import StorageDomain, Vm
 from rhvfs.errors import (
     RestoreBusy,
@@ -30,14 +30,14 @@ from rhvfs.sessions.restore._options import RestoreOptions, unknown_disk_keys
 from rhvfs.sessions.restore._ports import RestoreEngine
 
 
-def check_options(manifest: SetManifest, opts: RestoreOptions) -> None:
+def check_options(manifest: Manifest, opts: RestoreOptions) -> None:
     """The per-disk options name only disks of the set."""
     bad = unknown_disk_keys(opts, manifest.disk_keys())
     if bad:
         raise RestoreInputError(f"options name disks that are not in the set: {', '.join(bad)}")
 
 
-def target_name(manifest: SetManifest, opts: RestoreOptions, directory: str) -> str:
+def target_name(manifest: Manifest, opts: RestoreOptions, directory: str) -> str:
     """The name of the VM (or template) to restore: from the options, else the directory."""
     if manifest.kind == "template":
         return opts.template_name or opts.vm_name or directory
@@ -46,7 +46,7 @@ def target_name(manifest: SetManifest, opts: RestoreOptions, directory: str) -> 
 
 async def preflight(
     engine: RestoreEngine,
-    manifest: SetManifest,
+    manifest: Manifest,
     opts: RestoreOptions,
     *,
     name: str,
@@ -105,7 +105,7 @@ async def preflight(
 
 
 def storage_domain_of(
-    d: SetDisk, opts: RestoreOptions, sds: Sequence[StorageDomain]
+    d: ManifestDisk, opts: RestoreOptions, sds: Sequence[StorageDomain]
 ) -> StorageDomain:
     """The storage domain ``d`` is restored to: from the options, else the set's."""
     wanted = opts.storage_domain.get(d.id, d.alias)

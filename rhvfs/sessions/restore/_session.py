@@ -71,7 +71,7 @@ from typing import Any
 
 import trio
 
-from rhvfs.backupset._parse import OvfInfo, SetManifest
+from rhvfs.backupset import Manifest, OvfInfo
 from rhvfs.errors import (
     RestoreBusy,
     RestoreCancelled,
@@ -138,7 +138,7 @@ class RestoreSession:
         return self.config.options
 
     @property
-    def manifest(self) -> SetManifest | None:
+    def manifest(self) -> Manifest | None:
         return self.config.manifest
 
     @property
@@ -437,7 +437,7 @@ class RestoreSession:
                 if other.opens == 0 and other.size and not other.closed_done:
                     await self._closed(other)
 
-    def adopt_newest(self, manifest: SetManifest, ovf: bytes, ovf_info: OvfInfo) -> None:
+    def adopt_newest(self, manifest: Manifest, ovf: bytes, ovf_info: OvfInfo) -> None:
         """A settled chain: the VM is made from its newest set (the disks keep their files)."""
         self.config.adopt_newest(manifest, ovf, ovf_info, self.disks.values())
 

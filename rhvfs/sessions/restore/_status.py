@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from rhvfs.backupset._parse import SetManifest
+from rhvfs.backupset import Manifest
 from rhvfs.sessions.restore._files import RestoreDisk
 from rhvfs.sessions.restore._options import RestoreOptions
 from rhvfs.sessions.restore._state import Phase
@@ -71,7 +71,7 @@ def status_document(
     vm_id: str | None,
     vm_name: str | None,
     template_id: str | None,
-    manifest: SetManifest | None,
+    manifest: Manifest | None,
     ovf_read: bool,
     disks: Iterable[RestoreDisk],
     options: RestoreOptions | None,

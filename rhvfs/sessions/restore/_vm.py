@@ -17,10 +17,10 @@ import dataclasses
 import uuid
 from collections.abc import Callable
 
-from rhvfs.backupset._parse import (
+from rhvfs.backupset import (
+    Manifest,
+    ManifestDisk,
     OvfInfo,
-    SetDisk,
-    SetManifest,
     parse_ovf,
     set_disk_flags,
     strip_devices,
@@ -37,7 +37,7 @@ from rhvfs.sessions.restore._rollback import Created
 class UploadedDisk:
     """A disk of the set and the engine disk its upload filled."""
 
-    set_disk: SetDisk
+    set_disk: ManifestDisk
     disk_id: str
 
 
@@ -46,7 +46,7 @@ class VmPlan:
     """Everything the build needs, fixed when the set is complete."""
 
     name: str  # of the VM or template to make
-    manifest: SetManifest
+    manifest: Manifest
     options: RestoreOptions
     ovf: bytes
     ovf_info: OvfInfo

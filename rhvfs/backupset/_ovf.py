@@ -1,12 +1,12 @@
-"""Reading a backup set back: ``manifest.json`` and ``vm.ovf`` parsed and cross-checked.
+"""``vm.ovf``: the oVirt OVF of a set, read, checked and rewritten for a restore.
 
-Owns the restore-side view of a set (``SetManifest``: kind, owner, disks,
-NICs, config file names) and the checks that turn a corrupt or foreign file
-into one clear ``RestoreError`` line: not JSON, not an rhvfs set, a newer
-format version, missing fields, an OVF that is not an oVirt OVF or that
-describes another VM than the manifest.
-
-The manifest format is written by ``rhvfs.backupset._build.build_manifest``.
+Owns the placeholder written when the engine has no OVF for an owner
+(``missing_ovf``, recognised by ``PLACEHOLDER_MARK``), the parser that tells
+whose OVF a file is (``parse_ovf``; a foreign or corrupt file is one clear
+``SetFormatError`` line), the cross-check against the manifest
+(``check_consistent``), and the rewrites a restore needs: an OVF built from the
+manifest for a placeholder (``synthesize_ovf``), disks and NICs removed
+(``strip_devices``), disk flags replaced (``set_disk_flags``).
 
 Must not: talk to the engine, decide what to restore (see restore options).
 """
@@ -14,77 +14,33 @@ Must not: talk to the engine, decide what to restore (see restore options).
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import xml.etree.ElementTree as ET
-from typing import Any
+from xml.sax.saxutils import escape as _xml_escape
+from xml.sax.saxutils import quoteattr
 
-from rhvfs.errors import RestoreError
+from rhvfs.backupset._manifest import Manifest
+from rhvfs.errors import RestoreError, SetFormatError
 
-MANIFEST_FORMAT = "rhvfs-backup-set"
-MANIFEST_VERSION = 1
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_FORMATS = {"raw", "cow"}
+#: An OVF larger than this is not one (the engine's are tens of KiB).
+OVF_MAX_BYTES = 16 * 1024 * 1024
+#: The comment ``missing_ovf`` writes into an empty envelope when the engine returned no OVF.
+PLACEHOLDER_MARK = b"rhvfs: the engine returned no OVF"
 
 
-@dataclasses.dataclass(frozen=True)
-class SetDisk:
-    """One disk of a set, as the manifest describes it. ``size`` is the virtual size in bytes."""
-
-    id: str
-    alias: str
-    file: str
-    size: int
-    format: str
-    sparse: bool
-    interface: str | None
-    bootable: bool
-    active: bool
-    storage_domain_id: str | None
-    storage_domain_name: str | None
-    image_id: str | None = None
-    actual_size: int | None = None  # allocated bytes at backup time
-    backup: str | None = None
-    description: str = ""
-    content_type: str | None = None
+def missing_ovf(kind: str, name: str) -> bytes:
+    """A well-formed, empty OVF envelope for an owner the engine has no OVF for."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<!-- {PLACEHOLDER_MARK.decode()} for {kind} {_xml_comment(name)}; see vm.xml -->\n"
+        '<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" ovf:version="0.9"/>\n'
+    ).encode()
 
 
-@dataclasses.dataclass(frozen=True)
-class SetNic:
-    id: str | None
-    name: str
-    interface: str | None
-    mac: str | None
-    vnic_profile_id: str | None
-    vnic_profile_name: str | None
-    network: str | None
-    linked: bool = True
-    plugged: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class SetManifest:
-    kind: str  # vm | template
-    owner_id: str
-    owner_name: str
-    cluster_id: str | None
-    cluster_name: str | None
-    disks: tuple[SetDisk, ...]
-    nics: tuple[SetNic, ...]
-    ovf_file: str
-    xml_file: str | None
-
-    def disk_by_file(self, name: str) -> SetDisk | None:
-        for d in self.disks:
-            if d.file == name:
-                return d
-        return None
-
-    def disk_keys(self) -> set[str]:
-        return {d.id for d in self.disks} | {d.alias for d in self.disks}
+def _xml_comment(text: str) -> str:
+    return text.replace("--", "- -")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,124 +55,6 @@ class OvfInfo:
     placeholder: bool = False
 
 
-def _req(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if key not in doc:
-        raise RestoreError(f"manifest.json: {where} has no {key!r}")
-    value = doc[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise RestoreError(
-            f"manifest.json: {where}.{key} has the wrong type ({type(value).__name__})"
-        )
-    return value
-
-
-def parse_manifest(data: bytes) -> SetManifest:
-    """Parse and validate ``manifest.json``; raises ``RestoreError`` with one clear line."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RestoreError(
-            f"manifest.json is not valid JSON ({e}); corrupt or truncated copy?"
-        ) from None
-    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
-        raise RestoreError(
-            "manifest.json is not an rhvfs backup set manifest (no format rhvfs-backup-set)"
-        )
-    version = doc.get("format_version")
-    if not isinstance(version, int) or version > MANIFEST_VERSION:
-        raise RestoreError(
-            f"manifest.json has format_version {version!r}; this rhvfs reads {MANIFEST_VERSION}"
-        )
-    kind = doc.get("kind")
-    if kind not in ("vm", "template"):
-        raise RestoreError(f"manifest.json: kind must be vm or template, not {kind!r}")
-    if doc.get("set_type", "full") != "full":
-        raise RestoreError(
-            f"manifest.json: set_type {doc.get('set_type')!r} cannot be restored alone"
-        )
-    owner = _req(doc, kind, dict, "the set")
-    owner_id = _req(owner, "id", str, kind)
-    owner_name = _req(owner, "name", str, kind)
-    cluster = owner.get("cluster") or {}
-    if not isinstance(cluster, dict):
-        raise RestoreError(f"manifest.json: {kind}.cluster has the wrong type")
-    disks = []
-    seen: set[str] = set()
-    for i, d in enumerate(_req(doc, "disks", list, "the set")):
-        where = f"disks[{i}]"
-        if not isinstance(d, dict):
-            raise RestoreError(f"manifest.json: {where} is not an object")
-        disk_id = _req(d, "id", str, where)
-        if not _UUID.match(disk_id):
-            raise RestoreError(f"manifest.json: {where}.id {disk_id!r} is not a UUID")
-        if disk_id in seen:
-            raise RestoreError(f"manifest.json: disk {disk_id} is listed twice")
-        seen.add(disk_id)
-        size = _req(d, "size", int, where)
-        if size <= 0:
-            raise RestoreError(f"manifest.json: {where}.size must be positive, not {size}")
-        fmt = _req(d, "format", str, where)
-        if fmt not in _FORMATS:
-            raise RestoreError(f"manifest.json: {where}.format must be raw or cow, not {fmt!r}")
-        file_name = _req(d, "file", str, where)
-        if "/" in file_name or file_name in ("", ".", ".."):
-            raise RestoreError(f"manifest.json: {where}.file {file_name!r} is not a file name")
-        sd = d.get("storage_domain") or {}
-        disks.append(
-            SetDisk(
-                id=disk_id,
-                alias=str(d.get("alias") or disk_id),
-                file=file_name,
-                size=size,
-                format=fmt,
-                sparse=bool(d.get("sparse", True)),
-                interface=d.get("interface") or None,
-                bootable=bool(d.get("bootable", False)),
-                active=bool(d.get("active", True)),
-                storage_domain_id=sd.get("id") if isinstance(sd, dict) else None,
-                storage_domain_name=sd.get("name") if isinstance(sd, dict) else None,
-                image_id=d.get("image_id"),
-                actual_size=d["actual_size"] if isinstance(d.get("actual_size"), int) else None,
-                backup=d.get("backup"),
-                description=str(d.get("description") or ""),
-                content_type=d.get("content_type"),
-            )
-        )
-    files = [d.file for d in disks]
-    if len(set(files)) != len(files):
-        raise RestoreError("manifest.json: two disks share one file name")
-    nics = []
-    for i, n in enumerate(doc.get("nics") or []):
-        if not isinstance(n, dict):
-            raise RestoreError(f"manifest.json: nics[{i}] is not an object")
-        profile = n.get("vnic_profile") or {}
-        nics.append(
-            SetNic(
-                id=n.get("id"),
-                name=_req(n, "name", str, f"nics[{i}]"),
-                interface=n.get("interface"),
-                mac=n.get("mac"),
-                vnic_profile_id=profile.get("id"),
-                vnic_profile_name=profile.get("name"),
-                network=n.get("network"),
-                linked=bool(n.get("linked", True)),
-                plugged=bool(n.get("plugged", True)),
-            )
-        )
-    cfg = doc.get("config_files") or {}
-    return SetManifest(
-        kind=kind,
-        owner_id=owner_id,
-        owner_name=owner_name,
-        cluster_id=cluster.get("id"),
-        cluster_name=cluster.get("name"),
-        disks=tuple(disks),
-        nics=tuple(nics),
-        ovf_file=str(cfg.get("ovf") or "vm.ovf"),
-        xml_file=cfg.get("api_xml"),
-    )
-
-
 def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
 
@@ -226,23 +64,25 @@ def _attr(el: ET.Element, name: str) -> str | None:
 
 
 def parse_ovf(data: bytes) -> OvfInfo:
-    """Parse an oVirt OVF far enough to know whose it is; raises ``RestoreError`` if it is not one."""
+    """Parse an oVirt OVF far enough to know whose it is; ``SetFormatError`` if it is not one."""
+    if len(data) > OVF_MAX_BYTES:
+        raise SetFormatError(f"vm.ovf is {len(data)} bytes, more than an OVF's {OVF_MAX_BYTES}")
     text = data.rstrip()  # backup sets pad config files with trailing whitespace
     try:
         root = ET.fromstring(text)
-    except ET.ParseError as e:
-        raise RestoreError(
+    except (ET.ParseError, LookupError, ValueError) as e:
+        raise SetFormatError(
             f"vm.ovf is not well-formed XML ({e}); corrupt or truncated copy?"
         ) from None
     if root.tag != f"{{{OVF_NS}}}Envelope":
-        raise RestoreError(f"vm.ovf is not an OVF envelope (root element {root.tag!r})")
+        raise SetFormatError(f"vm.ovf is not an OVF envelope (root element {root.tag!r})")
     if len(root) == 0 and PLACEHOLDER_MARK in text:
         return OvfInfo(
             vm_id=None, name=None, disk_ids=frozenset(), is_template=False, placeholder=True
         )
     content = next((el for el in root if _local(el.tag) in ("Content", "VirtualSystem")), None)
     if content is None:
-        raise RestoreError("vm.ovf has no Content section: not an oVirt VM or template OVF")
+        raise SetFormatError("vm.ovf has no Content section: not an oVirt VM or template OVF")
     xsi_type = content.get(f"{{{XSI_NS}}}type", "")
     is_template = "Template" in xsi_type
     name_el = next((el for el in content if _local(el.tag) == "Name"), None)
@@ -268,7 +108,7 @@ def parse_ovf(data: bytes) -> OvfInfo:
     )
 
 
-def check_consistent(manifest: SetManifest, ovf: OvfInfo) -> None:
+def check_consistent(manifest: Manifest, ovf: OvfInfo) -> None:
     """Refuse an OVF that describes another VM or other disks than the manifest."""
     if ovf.vm_id is not None and ovf.vm_id != manifest.owner_id:
         raise RestoreError(
@@ -283,20 +123,16 @@ def check_consistent(manifest: SetManifest, ovf: OvfInfo) -> None:
         )
 
 
-#: The comment ``setfiles`` writes into an empty envelope when the engine returned no OVF.
-PLACEHOLDER_MARK = b"rhvfs: the engine returned no OVF"
 _IFACE_TO_OVF = {"virtio": "VirtIO", "virtio_scsi": "VirtIO_SCSI", "sata": "SATA", "ide": "IDE"}
 _NIC_SUBTYPE = {"rtl8139": "1", "e1000": "2", "virtio": "3"}
 
 
-def synthesize_ovf(manifest: SetManifest) -> str:
+def synthesize_ovf(manifest: Manifest) -> str:
     """An engine-layout OVF built from the manifest, for sets whose OVF is rhvfs's placeholder.
 
     Carries what the manifest knows: name, id, disks (interface, boot, alias)
     and NICs; CPU, memory and OS take the engine's defaults.
     """
-    from xml.sax.saxutils import quoteattr
-
     files, disks, items = [], [], []
     for d in manifest.disks:
         image = d.image_id or d.id
@@ -342,9 +178,7 @@ def synthesize_ovf(manifest: SetManifest) -> str:
 
 
 def _xml_text(text: str) -> str:
-    from xml.sax.saxutils import escape
-
-    return escape(text)
+    return _xml_escape(text)
 
 
 _NS_PREFIXES_VSSD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"

@@ -1,4 +1,4 @@
-"""Ordering the sets copied into a restore directory, and rolling disks forward.
+"""Chains (rhvfs.backupset): ordering the sets copied into a restore directory, rolling disks forward.
 
 Real sets come from the IncrementalManager over the fake backup engine of
 test_incremental_sets; their manifests are ordered with ``order_chain`` and each
@@ -20,8 +20,9 @@ import trio
 import trio.testing
 from test_incremental_sets import CLUSTER, Rig, new_vm
 
-from rhvfs.backupset._chain import (
+from rhvfs.backupset import (
     ChainError,
+    Manifest,
     SetLink,
     apply_delta,
     check_delta,
@@ -29,8 +30,8 @@ from rhvfs.backupset._chain import (
     flatten_manifest,
     link_from_manifest,
     order_chain,
+    parse_manifest,
 )
-from rhvfs.backupset._parse import parse_manifest
 from rhvfs.sessions.core._model import Owner, SetEntry
 
 MiB = 1024 * 1024
@@ -50,7 +51,7 @@ def links_of(rig: Rig, *sets: list[SetEntry]) -> list[SetLink]:
     out = []
     for entries in sets:
         name = next(e.name for e in entries if e.name.startswith("manifest--"))
-        out.append(link_from_manifest(name, json.loads((rig.out / name).read_bytes())))
+        out.append(link_from_manifest(name, Manifest.from_json((rig.out / name).read_bytes())))
     return out
 
 
@@ -108,10 +109,12 @@ async def test_full_inc_inc_and_full_diff_rebuild_each_point_in_time(
 
     # the newest manifest flattened: full images plus the deltas to apply, oldest first
     chain = order_chain(links_of(rig, s0, s1, s2))
-    newest = json.loads((rig.out / chain[-1].manifest).read_bytes())
-    flat = json.loads(flatten_manifest(newest, chain))
+    raw = (rig.out / chain[-1].manifest).read_bytes()
+    newest = json.loads(raw)
+    flattened = flatten_manifest(Manifest.from_json(raw), chain)
+    flat = json.loads(flattened.to_json())
     assert flat["set_type"] == "full" and flat["chain"] == [x.set_id for x in chain]
-    parsed = parse_manifest(flatten_manifest(newest, chain))  # the restore's own parser
+    parsed = parse_manifest(flattened.to_json())  # the restore's own parser
     assert {d.file for d in parsed.disks} == {chain[0].disks[d].file for d in disks}
     assert parsed.ovf_file == newest["config_files"]["ovf"]
     for d in flat["disks"]:

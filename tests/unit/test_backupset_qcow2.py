@@ -1,4 +1,4 @@
-"""The qcow2 delta synthesizer against qemu-img itself.
+"""The qcow2 delta codec (rhvfs.backupset) against qemu-img itself.
 
 Every example builds a backing raw image, applies changes to get the
 "current" guest image, synthesizes the delta by reading it through

@@ -1,0 +1,96 @@
+"""What a set's listing announces before its session: exact sizes and stable times.
+
+Owns the padding rule that keeps the sizes announced for the configuration
+files before a session exact when the session's real content is served
+(``announced_size`` with headroom, ``pad_to`` with trailing whitespace, valid
+for JSON and XML), the placeholder ids of content made before a session, and
+the fingerprints that decide when an owner "visibly changed" (new sizes, new
+mtime) and the mtimes derived from them.
+
+Must not: talk to the engine (callers pass the data in), serve reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+
+from rhvfs.backupset._manifest import OwnerData
+from rhvfs.errors import DataIntegrityError
+
+PAD_ROUND_BYTES = 64 * 1024
+PAD_HEADROOM_BYTES = 16 * 1024
+#: Placeholder ids of the same length as real ones, for content generated before a session.
+NO_ID = "00000000-0000-0000-0000-000000000000"
+#: mtime of an owner without a creation time (2001-01-01T00:00:00Z).
+_FALLBACK_EPOCH_S = 978307200
+
+
+def announced_size(content_len: int) -> int:
+    """The size announced for a config file whose content is ``content_len`` bytes today.
+
+    Rounded up to 64 KiB after 16 KiB of headroom, so the content generated
+    later in a session (a new snapshot in the OVF, longer ids) still fits.
+    """
+    return -(-(content_len + PAD_HEADROOM_BYTES) // PAD_ROUND_BYTES) * PAD_ROUND_BYTES
+
+
+def pad_to(content: bytes, size: int, *, what: str) -> bytes:
+    """``content`` followed by whitespace up to exactly ``size`` bytes; raises if it does not fit."""
+    extra = size - len(content)
+    if extra < 0:
+        raise DataIntegrityError(
+            f"{what} is {len(content)} bytes but {size} were announced; refusing to truncate it"
+        )
+    if extra == 0:
+        return content
+    return content + b" " * (extra - 1) + b"\n"
+
+
+_STOP_TIME = re.compile(rb"<stop_time>([^<]{1,64})</stop_time>")
+
+
+def xml_stop_time(xml: bytes) -> datetime | None:
+    """The VM's ``stop_time`` from its API XML: when it last stopped running (None if unknown)."""
+    m = _STOP_TIME.search(xml)
+    if m is None:
+        return None
+    try:
+        return datetime.fromisoformat(m.group(1).decode("ascii").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def shape_fingerprint(data: OwnerData) -> str:
+    """Changes when the set's shape changes (disks, their sizes, nics): sizes are re-announced."""
+    parts = [data.entity.id, data.entity.name]
+    parts += sorted(
+        f"{a.disk.id}:{a.disk.alias}:{a.disk.provisioned_size}" for a in data.attachments
+    )
+    parts += sorted(n.id for n in data.nics)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def data_fingerprint(data: OwnerData) -> str:
+    """Changes when the owner's data may have changed while it was not running."""
+    # stop_time moves whenever the guest ran: a preallocated disk's size and volume ids
+    # stay the same when it writes, so they alone cannot tell.
+    stop = xml_stop_time(data.xml)
+    parts = [shape_fingerprint(data), str(data.entity.status), stop.isoformat() if stop else ""]
+    parts += sorted(
+        f"{a.disk.id}:{a.disk.image_id}:{a.disk.actual_size}:{a.disk.format}"
+        for a in data.attachments
+    )
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def stable_mtime_ns(creation_time: datetime | None, fingerprint: str) -> int:
+    """An mtime that changes only with ``fingerprint``: the creation second plus hash-derived ns.
+
+    Tools that key on mtime (restic, rsync's quick check) then see an unchanged
+    down VM or template as unchanged across runs and mounts, and a changed one
+    as changed, without showing a date in the future.
+    """
+    base_s = int(creation_time.timestamp()) if creation_time is not None else _FALLBACK_EPOCH_S
+    return base_s * 1_000_000_000 + int(fingerprint[:15], 16) % 1_000_000_000
