@@ -49,8 +49,11 @@ class Config:
     system_tries: int = 5
     system_interval: float = 1.0
     system_timeout: float = 300.0
-    # Backup sessions.
+    # Backup sessions. A read of a set keeps one point in time while it is idle for up to
+    # read_idle_limit seconds (a tape change, a throttled tool); its image transfers are
+    # released grace_period seconds after the last file of it was closed.
     grace_period: float = 10.0
+    read_idle_limit: float = 3600.0
     memory_state: bool = False
     inactivity_timeout: int = 60
     prefetch_memory: int = 128 * 1024 * 1024
@@ -90,7 +93,13 @@ _INT_KEYS = {
     "readahead_kb",
     "staging_limit",
 }
-_FLOAT_KEYS = {"system_interval", "system_timeout", "grace_period", "listing_ttl"}
+_FLOAT_KEYS = {
+    "system_interval",
+    "system_timeout",
+    "grace_period",
+    "read_idle_limit",
+    "listing_ttl",
+}
 _BOOL_KEYS = {"secure", "memory_state"}
 _STR_KEYS = {"engine_url", "username", "password", "cafile", "staging_dir"}
 RESTORE_PREFIX = "restore_"
@@ -200,4 +209,6 @@ def load_config(
     for key in ("system_tries", "prefetch_streams"):
         if key in converted and converted[key] < 1:
             raise ConfigError(f"{key} must be at least 1")
+    if "read_idle_limit" in converted and converted["read_idle_limit"] <= 0:
+        raise ConfigError("read_idle_limit must be more than 0 seconds")
     return Config(**converted, restore_defaults=restore)

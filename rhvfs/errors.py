@@ -19,7 +19,8 @@ foreign exception type.
     ├── SessionError               a backup/restore session cannot do what was asked
     │   ├── VmStateError           the VM is in a state that forbids the operation (suspended…)
     │   ├── SessionClosed          used after ``aclose()`` (you closed it)
-    │   └── SessionBroken          the session failed on its own; every later read fails too
+    │   ├── SessionBroken          the session failed on its own; every later read fails too
+    │   └── PointInTimeLost        a file would mix two points in time of one set (ESTALE)
     ├── RestoreError               a restore set is invalid or its upload failed (see .status)
     │   ├── RestoreInputError      a file, option or name of the restore is bad, corrupt or foreign
     │   │   └── SetFormatError     a backup set's file rhvfs cannot read (manifest, OVF)
@@ -163,6 +164,15 @@ class SessionBroken(SessionError):
     """Raised when a session failed on its own; it stays broken and must be discarded."""
 
     message = "session broken: {detail}"
+
+
+class PointInTimeLost(SessionError):
+    """Raised when serving a file would mix two points in time of one set: the read of the
+    set it belongs to has ended (idle past ``read_idle_limit``, its session failed, a newer
+    read began while this process was still reading) or the VM changed between the read's
+    configuration and its data. The tool must start its backup of the set again."""
+
+    message = "{detail}"
 
 
 class RestoreError(RhvfsError):

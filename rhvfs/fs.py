@@ -50,6 +50,7 @@ ERRNO: dict[type[BaseException], int] = {
     errors.DataIntegrityError: errno.EIO,
     # sessions
     errors.VmStateError: errno.EBUSY,
+    errors.PointInTimeLost: errno.ESTALE,
     errors.SessionError: errno.EIO,  # SessionClosed too: a reader's fd is valid, EBADF misleads
     errors.RestoreError: errno.EIO,
     errors.RestoreInputError: errno.EINVAL,
@@ -275,7 +276,8 @@ class Operations(pyfuse3.Operations):
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return self._file_info(await self.vfs.open(inode, flags))
+        pid = int(getattr(ctx, "pid", 0) or 0)  # the FS API tests call without a context
+        return self._file_info(await self.vfs.open(inode, flags, reader_pid=pid))
 
     @_translate
     async def create(

@@ -93,7 +93,9 @@ async def open_backend(
             try:
                 yield Backend(
                     engine=engine,
-                    backups=SetRouter(manager, incremental, full_sets_via_backup=True),
+                    backups=SetRouter(
+                        manager, incremental, config=config, full_sets_via_backup=True
+                    ),
                     owner_factory=Owner,
                     restores=restores,
                 )

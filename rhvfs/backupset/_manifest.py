@@ -169,6 +169,24 @@ class SetLineage:
 
 
 @dataclasses.dataclass(frozen=True)
+class PointInTime:
+    """Which point in time a ``@rhv/`` set holds, named before its data is read.
+
+    Reading the configuration creates nothing on the engine; the first image
+    opened takes the snapshot (``method`` "snapshot"; its description carries
+    ``read_id``) or starts the engine backup (``method`` "backup", backup id =
+    ``read_id``) -- or reads a template's disks directly ("template"). Each
+    disk's data then comes from the volume the manifest names as its
+    ``image_id``; a read that finds another volume fails instead of mixing.
+    ``configuration_time`` is when the configuration files were taken (ISO 8601).
+    """
+
+    read_id: str
+    method: str
+    configuration_time: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     """A set's ``manifest.json``. ``lineage`` is None for a snapshot-based ``@rhv/`` set;
     ``chain`` is set only on a flattened chain (the set ids it was made of)."""
@@ -187,6 +205,7 @@ class Manifest:
     config_files: ConfigFiles = ConfigFiles()
     lineage: SetLineage | None = None
     chain: tuple[str, ...] | None = None
+    point_in_time: PointInTime | None = None
 
     # -- what a restore asks ---------------------------------------------------------
 
@@ -288,6 +307,13 @@ class Manifest:
             doc["warnings"] = list(lineage.warnings)
         if self.chain is not None:
             doc["chain"] = list(self.chain)
+        if self.point_in_time is not None:
+            pit = self.point_in_time
+            doc["point_in_time"] = {
+                "read_id": pit.read_id,
+                "method": pit.method,
+                "configuration_time": pit.configuration_time,
+            }
         return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
 
     @staticmethod
@@ -450,6 +476,17 @@ class _Reader:
             ),
             lineage=self.lineage(doc),
             chain=self.strings(doc, "chain", "the set") if "chain" in doc else None,
+            point_in_time=self.point_in_time(doc),
+        )
+
+    def point_in_time(self, doc: _Obj) -> PointInTime | None:
+        pit = self.obj(doc, "point_in_time", "the set")
+        if not pit:
+            return None
+        return PointInTime(
+            read_id=self.req(pit, "read_id", str, "point_in_time"),
+            method=self.req(pit, "method", str, "point_in_time"),
+            configuration_time=self.req(pit, "configuration_time", str, "point_in_time"),
         )
 
     def owner(self, doc: _Obj, kind: str) -> ManifestOwner:

@@ -44,7 +44,15 @@ def _mount_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     p.add_argument("-o", dest="fuse_options", default="", help="mount options: allow_other, debug")
     p.add_argument(
-        "--grace-period", type=float, help="seconds a session lives after the last close"
+        "--grace-period",
+        type=float,
+        help="seconds a set's image transfers stay open after its last file is closed",
+    )
+    p.add_argument(
+        "--read-idle-limit",
+        type=float,
+        help="seconds a read of a set may pause and still get its one point in time "
+        "(default 3600); past it, the read fails with ESTALE instead of mixing",
     )
     p.add_argument("--memory-state", action="store_true", help="include memory state in snapshots")
     p.add_argument(
@@ -80,6 +88,8 @@ def cmd_mount(argv: Sequence[str]) -> int:
     extra: dict[str, object] = {}
     if args.grace_period is not None:
         extra["grace_period"] = args.grace_period
+    if args.read_idle_limit is not None:
+        extra["read_idle_limit"] = args.read_idle_limit
     if args.memory_state:
         extra["memory_state"] = True
     config = config_from_args(args, **extra)  # validates and prompts before forking

@@ -1,61 +1,149 @@
-"""``SetRouter``: one ``BackupSets`` face over full sets and incremental sets.
+"""``SetRouter``: one ``BackupSets`` face over full sets and incremental sets, and the reads of them.
 
 The VFS talks to one object (rhvfs/sessions/CONTRACT.md). This router passes
-``@rhv/`` and ``disks/`` calls to the ``BackupManager`` and the calls of
-``@rhv-incremental/``, ``@rhv-differential/`` and ``@rhv-since/<cp>/`` to the
-``IncrementalManager``, and keeps one handle namespace over both (by the
-file's key: ``rhvfs.backupset.FileKey``): a ``HandleTable`` of its own, as
-each manager keeps one in its ``SessionRegistry``. (The router's ids map to
-``(manager, manager's id)``: the full side is a ``FullSets`` protocol whose
-implementations number their own handles, so the two tables cannot be merged.)
+``@rhv/`` and ``disks/`` calls to the ``BackupManager`` (or, for a VM that is up
+with an incremental-enabled disk, to the ``IncrementalManager``'s full engine
+backup) and the calls of ``@rhv-incremental/``, ``@rhv-differential/`` and
+``@rhv-since/<cp>/`` to the ``IncrementalManager``, and keeps one handle
+namespace over both (by the file's key: ``rhvfs.backupset.FileKey``): a
+``HandleTable`` of its own, as each manager keeps one in its
+``SessionRegistry``.
 
-Must not: hold any session state of its own beyond the handle map.
+It is also where a *read of a set* is decided (``core._setread``; README "One
+point in time per backup"): per owner one ``SetReads`` book covers ``@rhv/`` and
+``disks/``. An open that begins a read takes the set's configuration
+(``BackupManager.config_view``) and nothing else: configuration files are
+served from that view, so reading only them creates nothing on the engine.
+The first image opened in the read starts its one snapshot or engine backup
+(id = the read id), checked against the view's volumes; a read that completes
+ends its session at once, so the next tool run gets a new point in time; an
+open that would mix two points in time fails with ``PointInTimeLost``
+(ESTALE). A read that begins with a ``disks/`` file is snapshot-based (browsing
+a disk never creates a checkpoint). For incremental set directories the set id
+in every file name already binds a read to one engine backup; a file opened
+again after it was read completely ends that set (the next listing starts a
+new one) and is refused.
+
+Invariants between awaits: every router handle of a full-view file belongs to
+exactly one ``SetRead`` and counts in it; a read's binding (view and target)
+exists from its beginning until it has ended and its session was told.
+
+Must not: hold sessions (the managers do) or talk to the engine itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import uuid
+from collections.abc import Mapping
 from typing import Any, Protocol
 
-from rhvfs.backupset import DiskKey, DisksDirKey, SetFileKey, SetKind, disk_id_of_key, parse_key
+from rhvfs.backupset import (
+    ConfigKey,
+    DiskKey,
+    DisksDirKey,
+    SetFileKey,
+    SetKind,
+    disk_id_of_key,
+    parse_key,
+)
+from rhvfs.config import Config
+from rhvfs.errors import PointInTimeLost, RhvfsError
 from rhvfs.sessions.core._model import Owner, SetEntry
-from rhvfs.sessions.core._registry import HandleTable
+from rhvfs.sessions.core._procid import reader_identity
+from rhvfs.sessions.core._registry import HandleTable, Notes
+from rhvfs.sessions.core._setread import ReaderId, ReadState, SetRead, SetReads, Verdict
+from rhvfs.sessions.full._manager import SetView
 from rhvfs.sessions.incremental._manager import IncrementalManager
+
+log = logging.getLogger(__name__)
 
 
 class FullSets(Protocol):
     async def list_set(self, owner: Any) -> list[Any]: ...
     async def list_disk_files(self, owner: Any) -> list[Any]: ...
-    async def open(self, owner: Any, key: str) -> int: ...
+    async def config_view(self, owner: Any, *, read_id: str, via_backup: bool) -> SetView: ...
+    async def open(
+        self,
+        owner: Any,
+        key: str,
+        *,
+        read_id: str | None = None,
+        expect_images: Mapping[str, str] | None = None,
+    ) -> int: ...
+    def end_read(self, owner: Any, read_id: str, *, reason: str) -> None: ...
     async def read(self, handle: int, offset: int, size: int) -> bytes: ...
     async def release(self, handle: int) -> None: ...
     def status(self) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass
+class _Binding:
+    """What a read of a full view is bound to."""
+
+    owner: Owner
+    view: SetView
+    via_backup: bool
+    names: dict[str, str]  # key -> file name, for status
+    session_started: bool = False
+
+
+@dataclasses.dataclass
+class _Open:
+    """One router handle."""
+
+    owner: Owner
+    key: str
+    target: Any | None  # the manager serving it; None for configuration from a view
+    inner: int  # the manager's handle (or 0)
+    book: SetReads
+    read: SetRead
+    book_handle: int
+    content: bytes | RhvfsError | None = None
 
 
 class SetRouter:
     """Full sets from ``full``, incremental/differential/since sets from ``incremental``."""
 
     def __init__(
-        self, full: FullSets, incremental: IncrementalManager, *, full_sets_via_backup: bool = False
+        self,
+        full: FullSets,
+        incremental: IncrementalManager,
+        *,
+        config: Config,
+        full_sets_via_backup: bool = False,
     ) -> None:
         self.full = full
         self.incremental = incremental
-        #: serve the data of @rhv/ (and disks/) of VMs with incremental-enabled disks from a
-        #: full engine backup, so that reading @rhv/ establishes the chain's checkpoint (issue 5
-        #: item 2). Listings stay the BackupManager's (listing never starts a backup).
+        self.config = config
+        #: serve the data of @rhv/ of VMs with incremental-enabled disks from a full engine
+        #: backup, so that reading @rhv/ establishes the chain's checkpoint (issue 5 item 2).
         self.full_sets_via_backup = full_sets_via_backup
-        self._handles: HandleTable[tuple[Any, int]] = HandleTable()  # -> (manager, its handle)
+        self._handles: HandleTable[_Open] = HandleTable()
+        self._books: dict[str, SetReads] = {}  # owner id -> reads of @rhv/ + disks/
+        self._set_books: dict[str, SetReads] = {}  # owner id -> reads of incremental sets
+        self._bindings: dict[str, _Binding] = {}  # read id -> binding
+        self._notes = Notes()
+
+    # -- listings ---------------------------------------------------------------
 
     async def list_set(self, owner: Any) -> list[Any]:
+        """``@rhv/``: while a read lives, its frozen entries; else the manager's listing."""
+        binding = self._live_binding(owner)
+        if binding is not None:
+            return list(binding.view.entries)
         return await self.full.list_set(owner)
 
     async def list_disk_files(self, owner: Any) -> list[Any]:
-        """``disks/``: the BackupManager's files, keys marked so that their reads stay
-        snapshot-based (browsing a disk must not create engine checkpoints)."""
-        return [
-            dataclasses.replace(e, key=DisksDirKey(_disk_id(e.key)).encode())
-            for e in await self.full.list_disk_files(owner)
-        ]
+        """``disks/``: the same data as the set's images, keys marked ``disks/``."""
+        binding = self._live_binding(owner)
+        entries = (
+            binding.view.disk_entries
+            if binding is not None
+            else await self.full.list_disk_files(owner)
+        )
+        return [dataclasses.replace(e, key=DisksDirKey(_disk_id(e.key)).encode()) for e in entries]
 
     async def list_incremental(
         self, owner: Owner, kind: SetKind, since: str | None = None
@@ -67,36 +155,196 @@ class SetRouter:
         """Names under ``@rhv-since/``: checkpoints of completed sets rhvfs recorded."""
         return self.incremental.since_checkpoints(owner)
 
-    async def open(self, owner: Any, key: str) -> int:
-        target: Any
+    def _live_binding(self, owner: Any) -> _Binding | None:
+        book = self._books.get(owner.id)
+        if book is None:
+            return None
+        self._expire(owner, book)
+        live = book.live
+        return self._bindings.get(live.read_id) if live is not None else None
+
+    # -- handles ------------------------------------------------------------------
+
+    async def open(self, owner: Any, key: str, *, reader_pid: int = 0) -> int:
+        """Open a file of a set for the process ``reader_pid`` (0: unknown)."""
+        reader = reader_identity(reader_pid) if reader_pid > 0 else None
         parsed = parse_key(key)
-        if isinstance(parsed, DisksDirKey):
-            target = self.full
-            inner = await target.open(owner, DiskKey(parsed.disk_id).encode())
-        elif isinstance(parsed, SetFileKey):
-            target = self.incremental
-            inner = await target.open(owner, key)
-        elif self.full_sets_via_backup and await self.incremental.backs_up_with_checkpoints(owner):
-            target = self.incremental
-            inner = await target.open_full(owner, key, await self.full.list_set(owner))
-        else:
-            target = self.full
-            inner = await target.open(owner, key)
-        return self._handles.add((target, inner))
+        if isinstance(parsed, SetFileKey):
+            return await self._open_set_file(owner, key, parsed, reader)
+        return await self._open_full_view(owner, key, reader)
+
+    async def _open_full_view(self, owner: Owner, key: str, reader: ReaderId | None) -> int:
+        book = self._books.get(owner.id)
+        if book is None:
+            book = self._books[owner.id] = SetReads(idle_limit_s=self.config.read_idle_limit)
+        self._expire(owner, book)
+        verdict, read, why = book.verdict(key, reader)
+        if verdict is Verdict.STALE:
+            self._notes.add(owner, why, level="error")
+            log.warning("refused %s of %s %s: %s", key, owner.kind, owner.name, why)
+            raise PointInTimeLost(why)
+        if verdict is Verdict.BEGIN:
+            read = await self._begin(owner, book, key)
+        assert read is not None
+        binding = self._bindings[read.read_id]
+        parsed = parse_key(key)
+        if isinstance(parsed, ConfigKey):
+            content = binding.view.contents.get(key)
+            if content is None:
+                raise PointInTimeLost(f"{key} is not part of the set of {owner.name}")
+            h = book.opened(read, key, reader)
+            return self._handles.add(_Open(owner, key, None, 0, book, read, h, content))
+        disk_key = DiskKey(_disk_id(key)).encode()
+        target: Any
+        try:
+            if binding.via_backup:
+                target = self.incremental
+                announced = list(binding.view.entries)
+                inner = await target.open_full(owner, disk_key, announced, read_id=read.read_id)
+            else:
+                target = self.full
+                inner = await target.open(
+                    owner, disk_key, read_id=read.read_id, expect_images=binding.view.image_ids
+                )
+        except PointInTimeLost as e:
+            self._lose(owner, book, read, str(e))
+            raise
+        binding.session_started = True
+        try:
+            h = book.opened(read, key, reader)
+        except ValueError:  # the read ended while the session started: never serve it
+            await target.release(inner)
+            raise PointInTimeLost(
+                f"the read {read.read_id} of {owner.name}'s set ended while {key} was opened; "
+                "run the backup again"
+            ) from None
+        return self._handles.add(_Open(owner, key, target, inner, book, read, h))
+
+    async def _begin(self, owner: Owner, book: SetReads, key: str) -> SetRead:
+        """A new read of ``owner``'s set: take its configuration now, create nothing."""
+        old = book.live
+        via_backup = False
+        if not isinstance(parse_key(key), DisksDirKey) and self.full_sets_via_backup:
+            via_backup = await self.incremental.backs_up_with_checkpoints(owner)
+        read_id = str(uuid.uuid4())
+        view = await self.full.config_view(owner, read_id=read_id, via_backup=via_backup)
+        sizes = {e.key: e.size for e in view.entries}
+        sizes.update({DisksDirKey(_disk_id(e.key)).encode(): e.size for e in view.disk_entries})
+        names = {e.key: e.name for e in view.entries}
+        names.update({DisksDirKey(_disk_id(e.key)).encode(): e.name for e in view.disk_entries})
+        if book.live is not old:  # another task began a read meanwhile: join it
+            assert book.live is not None
+            return book.live
+        read = book.begin(sizes, required=[e.key for e in view.entries], read_id=read_id)
+        self._bindings[read_id] = _Binding(owner, view, via_backup, names)
+        log.info(
+            "read %s of %s %s begins (%s)%s",
+            read_id,
+            owner.kind,
+            owner.name,
+            view.method,
+            f"; read {old.read_id} retires" if old is not None else "",
+        )
+        if old is not None and old.state.ended:
+            self._ended(owner, old)
+        return read
+
+    async def _open_set_file(
+        self, owner: Owner, key: str, parsed: SetFileKey, reader: ReaderId | None
+    ) -> int:
+        book = self._set_books.get(owner.id)
+        if book is None:
+            book = self._set_books[owner.id] = SetReads(idle_limit_s=self.config.read_idle_limit)
+        live = book.live
+        if live is None or live.read_id != parsed.set_id:
+            session = self.incremental.live_set(owner)
+            sizes = (
+                {e.key: e.size for e in session.entries}
+                if session is not None and session.set_id == parsed.set_id
+                else {}
+            )
+            live = book.begin(sizes, read_id=parsed.set_id)
+        if key in live.done:
+            # Read completely once already: this is the next run. The set ends now, and
+            # the tool must list the directory again to get a new set.
+            self.incremental.retire(owner)
+            raise PointInTimeLost(
+                f"{key} of set {parsed.set_id} of {owner.name} was already read completely; "
+                "list the set directory again for the next set"
+            )
+        inner = await self.incremental.open(owner, key)
+        h = book.opened(live, key, reader)
+        return self._handles.add(_Open(owner, key, self.incremental, inner, book, live, h))
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
-        target, inner = self._handles.get(handle)
-        data: bytes = await target.read(inner, offset, size)
+        item = self._handles.get(handle)
+        if item.target is None:
+            content = item.content
+            if isinstance(content, RhvfsError):
+                raise content
+            assert content is not None
+            data = content[offset : offset + size] if size > 0 else b""
+        else:
+            data = await item.target.read(item.inner, offset, size)
+        item.book.served(item.read, item.key, offset, offset + len(data))
         return data
 
     async def release(self, handle: int) -> None:
         item = self._handles.pop(handle)
-        if item is not None:
-            await item[0].release(item[1])
+        if item is None:
+            return
+        try:
+            if item.target is not None:
+                await item.target.release(item.inner)
+        finally:
+            if item.book.released(item.read, item.book_handle):
+                self._ended(item.owner, item.read)
+
+    # -- ends of reads ----------------------------------------------------------------
+
+    def _expire(self, owner: Owner, book: SetReads) -> None:
+        for read in book.expire_idle():
+            self._ended(owner, read)
+
+    def _lose(self, owner: Owner, book: SetReads, read: SetRead, reason: str) -> None:
+        book.lose(read, reason)
+        self._notes.add(owner, f"read {read.read_id}: {reason}", level="error")
+        self._ended(owner, read)
+
+    def _ended(self, owner: Owner, read: SetRead) -> None:
+        """``read`` has ended: its session (if it started one) closes, now or with its
+        last handle, and never serves again."""
+        binding = self._bindings.pop(read.read_id, None)
+        if binding is None:  # an incremental set: its session ends on its own
+            return
+        complete = read.state is ReadState.COMPLETE
+        log.info("read %s of %s %s ended: %s", read.read_id, owner.kind, owner.name, read.reason)
+        if binding.via_backup:
+            self.incremental.end_read(owner, read.read_id, reason=read.reason, complete=complete)
+        else:
+            self.full.end_read(owner, read.read_id, reason=read.reason)
+
+    # -- reporting --------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         status = dict(self.full.status())
         status["incremental"] = self.incremental.status()
+        reads = []
+        for book in self._books.values():
+            for read in book.reads():
+                binding = self._bindings.get(read.read_id)
+                doc = read.status()
+                if binding is not None:
+                    doc["owner"] = {
+                        "kind": binding.owner.kind,
+                        "id": binding.owner.id,
+                        "name": binding.owner.name,
+                    }
+                    doc["method"] = binding.view.method
+                    doc["files_complete"] = sorted(binding.names.get(k, k) for k in read.done)
+                reads.append(doc)
+        status["reads"] = reads
+        status["errors"] = list(status.get("errors", [])) + self._notes.list()
         return status
 
     async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
@@ -108,7 +356,9 @@ class SetRouter:
 
 
 def _disk_id(key: str) -> str:
-    disk_id = disk_id_of_key(key)
+    """The disk of a ``disk:<id>`` or ``disks/disk:<id>`` key."""
+    parsed = parse_key(key)
+    disk_id = parsed.disk_id if isinstance(parsed, DisksDirKey) else disk_id_of_key(key)
     if disk_id is None:
         raise ValueError(f"{key!r} is not the key of a disk")
     return disk_id

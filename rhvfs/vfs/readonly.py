@@ -128,7 +128,11 @@ class ReadOnlyTree(Subtree):
         lock = self._locks.setdefault(ino, trio.Lock())
         async with lock:
             listing = self._listings.get(ino)
-            if listing is not None and trio.current_time() < listing.expires:
+            # A set directory whose listing starts an engine backup is listed anew at every
+            # access (its manager answers from the live set): a cached listing could name the
+            # files of a set that has ended, and a new read must get the new set.
+            fresh = listing is not None and trio.current_time() < listing.expires
+            if fresh and listing is not None and not node.lists_with_side_effects:
                 return listing.children
             children: dict[str, int] = {}
             for child in await node.lister():
@@ -159,7 +163,7 @@ class ReadOnlyTree(Subtree):
 
     # -- files ------------------------------------------------------------
 
-    async def open(self, ino: int, flags: int) -> ReadHandle:
+    async def open(self, ino: int, flags: int, *, reader_pid: int = 0) -> ReadHandle:
         """Open a file for reading; a backup-set file starts or joins its owner's session."""
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise ReadOnlyFilesystem(f"inode {ino} opened for writing")
@@ -169,7 +173,7 @@ class ReadOnlyTree(Subtree):
         if node.kind is not Kind.FILE:
             raise NotARegularFile(node.name)
         if node.data is not None:
-            handle = await self.backups.open(node.data.owner, node.data.key)
+            handle = await self.backups.open(node.data.owner, node.data.key, reader_pid=reader_pid)
             return ReadHandle(node, self.backups, backup_handle=handle)
         if node.refresh is not None:
             return ReadHandle(node, self.backups, content=node.refresh())

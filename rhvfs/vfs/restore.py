@@ -283,7 +283,7 @@ class RestoreTree(Subtree):
             return RestoreHandle(node, node.session.status_json())
         return RestoreHandle(node)
 
-    async def open(self, ino: int, flags: int) -> RestoreHandle:
+    async def open(self, ino: int, flags: int, *, reader_pid: int = 0) -> RestoreHandle:
         node = self.node(ino)
         if node.kind is Kind.DIR:
             raise IsADirectory(node.name)

@@ -76,7 +76,7 @@ class Subtree(abc.ABC):
         """The children of directory ``ino``, in listing order."""
 
     @abc.abstractmethod
-    async def open(self, ino: int, flags: int) -> OpenFile:
+    async def open(self, ino: int, flags: int, *, reader_pid: int = 0) -> OpenFile:
         """Open file ``ino`` with ``open(2)`` ``flags``."""
 
     async def readlink(self, ino: int) -> str:

@@ -220,9 +220,10 @@ class Vfs:
 
     # -- files ------------------------------------------------------------------------
 
-    async def open(self, ino: int, flags: int = os.O_RDONLY) -> int:
-        """Open a file; a backup-set file starts or joins its owner's session."""
-        return self._add(await self._tree(ino).open(ino, flags))
+    async def open(self, ino: int, flags: int = os.O_RDONLY, *, reader_pid: int = 0) -> int:
+        """Open a file for process ``reader_pid`` (0: unknown); a backup-set file begins or
+        joins a read of its owner's set."""
+        return self._add(await self._tree(ino).open(ino, flags, reader_pid=reader_pid))
 
     async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Node]:
         handle, node = await self._tree(parent_ino).create(parent_ino, name, flags)

@@ -240,7 +240,7 @@ async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
     owner = Owner("vm", vm.id, vm.name)
     disk = next(a.disk for a in await engine.disk_attachments(vm.id))
     full = BackupManager(engine, rig.config, journal=rig.manager.journal, gc_on_start=False)
-    router = SetRouter(full, rig.manager, full_sets_via_backup=True)
+    router = SetRouter(full, rig.manager, config=rig.config, full_sets_via_backup=True)
     assert not await rig.manager.backs_up_with_checkpoints(owner)  # down: snapshot-based @rhv/
     await engine.start_vm(vm.id)
     assert await rig.manager.backs_up_with_checkpoints(owner)
@@ -263,14 +263,19 @@ async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
     image = next(e.name for e in listing if e.disk_id == disk.id)
     assert file_sha(rig.out / image) == admin.disk_sha256(disk.id)
     m = json.loads((rig.out / "manifest.json").read_bytes())
-    assert m["set_type"] == "full" and m["checkpoint_id"]
-    assert [s.manifest_file for s in rig.chain.sets(vm.id)] == ["manifest.json"]
+    # taken before the backup: it names the set (= the backup's id); the chain keeps the
+    # checkpoint the backup ended with
+    assert m["set_type"] == "full" and m["point_in_time"]["method"] == "backup"
+    [chain_full] = rig.chain.sets(vm.id)
+    assert (chain_full.manifest_file, chain_full.set_id) == ("manifest.json", m["set_id"])
+    assert chain_full.checkpoint_id
     assert {s.id for s in await engine.list_snapshots(vm.id)} == snaps_before
 
     admin.guest_write(vm=VM, disk=disk.id, offset=50 * MiB, size=MiB, pattern=0x44)
     s1, m1 = await rig.read_set(owner, "incremental")
     delta = next(e for e in s1 if e.disk_id == disk.id)
     assert read_header(rig.out / delta.name).backing_file == image
-    assert m1["from_checkpoint_id"] == m["checkpoint_id"]
+    assert m1["from_checkpoint_id"] == chain_full.checkpoint_id
+    assert m1["parent_set"]["set_id"] == m["set_id"]
     assert chain_sha(rig.out / delta.name) == admin.disk_sha256(disk.id)
     await engine.stop_vm(vm.id)

@@ -156,7 +156,7 @@ class FakeBackups:
             for e in entries
         ]
 
-    async def open(self, owner: Any, key: str) -> int:
+    async def open(self, owner: Any, key: str, *, reader_pid: int = 0) -> int:
         if owner.id == "vm-4":
             raise VmStateError("VM sleepy is suspended: resume or power it off to back it up")
         self.opened.append((owner.id, key))

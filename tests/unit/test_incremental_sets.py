@@ -15,7 +15,7 @@ import hashlib
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ from rhvfs.errors import Conflict, EngineError, ImageioError, NotFound
 from rhvfs.sessions._router import SetRouter
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._model import Owner, SetEntry
+from rhvfs.sessions.full._manager import SetView
 from rhvfs.sessions.incremental._chainstate import ChainState
 from rhvfs.sessions.incremental._manager import IncrementalManager
 
@@ -243,16 +244,38 @@ class Full:
 
     def __init__(self) -> None:
         self.opened: list[str] = []
+        self.ended: list[str] = []
 
     async def list_set(self, owner: Any) -> list[Any]:
-        return []
+        return [SetEntry(name="root--abc.raw", key="disk:abc", size=1, blocks=1, mtime_ns=0)]
 
     async def list_disk_files(self, owner: Any) -> list[Any]:
         return [SetEntry(name="root.raw", key="disk:abc", size=1, blocks=1, mtime_ns=0)]
 
-    async def open(self, owner: Any, key: str) -> int:
+    async def config_view(self, owner: Any, *, read_id: str, via_backup: bool) -> SetView:
+        return SetView(
+            read_id=read_id,
+            method="backup" if via_backup else "snapshot",
+            entries=tuple(await self.list_set(owner)),
+            disk_entries=tuple(await self.list_disk_files(owner)),
+            contents={},
+            image_ids={"abc": "volume"},
+            shape="shape",
+        )
+
+    async def open(
+        self,
+        owner: Any,
+        key: str,
+        *,
+        read_id: str | None = None,
+        expect_images: Mapping[str, str] | None = None,
+    ) -> int:
         self.opened.append(key)
         return 7
+
+    def end_read(self, owner: Any, read_id: str, *, reason: str) -> None:
+        self.ended.append(read_id)
 
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         return b"full"
@@ -270,7 +293,9 @@ class Rig:
         self.plane = DirtyPlane(self.engine)
         self.chain = ChainState(tmp_path / "state" / "chain.json")
         self.journal = Journal(tmp_path / "state" / "journal.json")
-        self.config = make_config(grace_period=5.0)
+        # an incomplete set outlives its last close by read_idle_limit (transfers parked
+        # after the grace period)
+        self.config = make_config(grace_period=5.0, read_idle_limit=20.0)
         self.manager = IncrementalManager(
             self.engine,
             self.config,
@@ -281,7 +306,7 @@ class Rig:
             cleanup_on_start=False,
         )
         self.full = Full()
-        self.router = SetRouter(self.full, self.manager)
+        self.router = SetRouter(self.full, self.manager, config=self.config)
         self.out = tmp_path / "out"
         self.out.mkdir()
 
@@ -549,7 +574,7 @@ async def test_router_passes_full_sets_through(
     await rig.router.release(h)
     assert rig.full.opened == ["disk:abc"] and not isinstance(parse_key("disk:abc"), SetFileKey)
     # disks/ files keep the BackupManager's snapshot reads even with full_sets_via_backup
-    router = SetRouter(rig.full, rig.manager, full_sets_via_backup=True)
+    router = SetRouter(rig.full, rig.manager, config=rig.config, full_sets_via_backup=True)
     [entry] = await router.list_disk_files(owner)
     h = await router.open(owner, entry.key)
     await router.release(h)
@@ -591,7 +616,7 @@ async def test_full_rhv_set_via_backup_starts_the_chain(
         reader_factory=r.plane.reader_factory,
         gc_on_start=False,
     )
-    router = SetRouter(full, r.manager, full_sets_via_backup=True)
+    router = SetRouter(full, r.manager, config=r.config, full_sets_via_backup=True)
     eng = r.engine
     owner = new_vm(eng, disks=[("root", 2 * MiB)])
     root = eng.disk(owner.id, "root").id
@@ -616,23 +641,32 @@ async def test_full_rhv_set_via_backup_starts_the_chain(
         await copy(owner, listing, r.out)
         await trio.sleep(60)
         m = json.loads((r.out / "manifest.json").read_bytes())
-        assert (
-            m["set_type"] == "full" and m["checkpoint_id"] and m["config_files"]["ovf"] == "vm.ovf"
+        # The manifest is taken before the backup (configuration reads create nothing):
+        # it names the set (= the read = the engine backup's id); the chain state keeps
+        # the checkpoint the backup ended with.
+        pit = m["point_in_time"]
+        assert (m["set_type"], pit["method"], m["config_files"]["ovf"]) == (
+            "full",
+            "backup",
+            "vm.ovf",
         )
+        assert m["set_id"] == m["backup_id"] == pit["read_id"]
         image = next(e.name for e in listing if e.disk_id == root)
         assert sha((r.out / image).read_bytes()) == sha(eng.content(root))
         assert "create_snapshot" not in eng.calls and len(eng.backups) == 1
+        assert list(eng.backups) == [m["backup_id"]]
         [chain_full] = r.chain.sets(owner.id)
         assert (chain_full.set_type, chain_full.manifest_file) == ("full", "manifest.json")
-        assert chain_full.checkpoint_id == m["checkpoint_id"] == m["set_id"]
+        assert chain_full.set_id == m["set_id"] and chain_full.checkpoint_id
 
         eng.guest_write(root, 4096, b"\x99" * 100_000)
         s1 = await r.read_set(owner, "incremental")
         m1 = manifest(r, s1)
         assert (m1["from_checkpoint_id"], m1["parent_set"]["manifest"]) == (
-            m["checkpoint_id"],
+            chain_full.checkpoint_id,
             "manifest.json",
         )
+        assert m1["parent_set"]["set_id"] == m["set_id"]
         delta = image_of(s1, root)
         assert read_header(r.out / delta.name).backing_file == image
         assert chain_top_sha(r.out / delta.name) == sha(eng.content(root))

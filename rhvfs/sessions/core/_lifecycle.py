@@ -97,6 +97,11 @@ class SessionLifecycle(abc.ABC):
         """Who this session is, for the log."""
         return self.session_id
 
+    async def _park(self) -> None:
+        """Nobody has read for a while: release what can be recreated on the next read
+        (image transfers, and the disk locks the engine holds for them). Never raises."""
+        return
+
     # -- task -----------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -129,24 +134,32 @@ class SessionLifecycle(abc.ABC):
 
     # -- grace period ---------------------------------------------------------
 
-    def schedule_close(self, delay_s: float) -> None:
-        """Close after ``delay_s`` unless a handle is opened meanwhile (the grace period)."""
+    def schedule_close(self, delay_s: float, *, park_after_s: float | None = None) -> None:
+        """Close after ``delay_s`` unless a handle is opened meanwhile; with ``park_after_s``
+        (shorter), ``_park`` what can be recreated after that long without a handle."""
         self.cancel_grace()
         if self._nursery is None:
             self.request_close()
             return
         scope = trio.CancelScope()
         self._grace_scope = scope
-        self._nursery.start_soon(self._grace_timer, scope, delay_s)
+        self._nursery.start_soon(self._grace_timer, scope, delay_s, park_after_s)
 
     def cancel_grace(self) -> None:
         if self._grace_scope is not None:
             self._grace_scope.cancel()
             self._grace_scope = None
 
-    async def _grace_timer(self, scope: trio.CancelScope, delay_s: float) -> None:
+    async def _grace_timer(
+        self, scope: trio.CancelScope, delay_s: float, park_after_s: float | None
+    ) -> None:
         with scope:
-            await trio.sleep(delay_s)
+            start = trio.current_time()
+            if park_after_s is not None and park_after_s < delay_s:
+                await trio.sleep(park_after_s)
+                if not self.handles:
+                    await self._park()
+            await trio.sleep_until(start + delay_s)
             if not self.handles:
                 log.info("session %s: grace period over", self._label())
                 self.request_close()

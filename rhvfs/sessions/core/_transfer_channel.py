@@ -246,6 +246,10 @@ class TransferChannel(abc.ABC):
         buf = memoryview(bytearray(min(KEEPALIVE_BYTES, max(1, self.disk.provisioned_size))))
         while True:
             await trio.sleep_until(self.last_activity + interval)
+            if self.client is None:
+                # Parked (or not opened yet): no ticket to keep alive; the next read opens one.
+                self.last_activity = trio.current_time()
+                continue
             if self.inflight:
                 # A request in flight keeps the ticket active; look again a bit later.
                 await trio.sleep(interval / 4)
@@ -262,6 +266,19 @@ class TransferChannel(abc.ABC):
                 log.warning("keep-alive read of disk %s failed: %s", self.disk.id, e)
                 self.last_activity = trio.current_time()
 
+    # -- park and close -------------------------------------------------------
+
+    async def park(self) -> None:
+        """Finalize the transfer while no reader uses it (the engine keeps a disk locked for
+        a transfer's life); the next read starts a new transfer of the same volume."""
+        if self.reader is not None or self.inflight:
+            return
+        async with self._lock:
+            if self.transfer is None and self.client is None:
+                return
+            log.info("transfer of disk %s parked: no reader", self.disk.id)
+            await self._end_transfer(cancel=False)
+
     # -- close ----------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -274,6 +291,15 @@ class TransferChannel(abc.ABC):
                 log.debug("closing reader of disk %s: %s", self.disk.id, e)
         async with self._lock:
             await self._end_transfer(cancel=False)
+
+
+async def park_channels(channels: Iterable[TransferChannel]) -> None:
+    """Park ``channels`` (see ``TransferChannel.park``); a failing one is noted, never raised."""
+    for ch in list(channels):
+        try:
+            await ch.park()
+        except Exception as e:
+            ch._note_error(f"parking transfer of disk {ch.disk.id}: {e}")
 
 
 async def close_channels(channels: Iterable[TransferChannel]) -> None:

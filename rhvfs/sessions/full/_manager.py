@@ -7,19 +7,32 @@ and ends ``BackupSession``s and keeps the sizes and times it announced stable
 when it is read later, and mtimes of down VMs and templates only change when
 the owner does.
 
+Reads of a set (``rhvfs.sessions.core._setread``; the ``SetRouter`` keeps the
+book): ``config_view`` takes a set's configuration and listing for one read
+without creating anything on the engine; ``open(..., read_id=R)`` serves only
+read R's session -- it starts it (one snapshot) on the first image, makes an
+older read's session close first (``retiring``), and refuses a read whose
+session has ended (``PointInTimeLost``) instead of starting another point in
+time under it. A read-bound session releases its transfers ``grace_period``
+after its last close and lives ``read_idle_limit`` without one; ``end_read``
+ends it at once (the read completed). Sessions opened without a read id keep
+the plain grace period.
+
 Invariants between awaits: at most one session per owner id in ``_sessions``
 (a ``SessionRegistry``: a closing one stays there until it is closed, so a new
 open waits and then starts a fresh one); a handle id maps to exactly one
-session, which counts it.
+session, which counts it; a read id in ``_ended_reads`` never gets a session.
 
 Must not: know about inodes or pyfuse3, talk to imageio directly.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +47,8 @@ from rhvfs.backupset import (
     ConfigKey,
     DiskKey,
     OwnerData,
+    PointInTime,
+    SetLineage,
     announced_size,
     build_manifest,
     data_fingerprint,
@@ -48,6 +63,7 @@ from rhvfs.config import Config
 from rhvfs.engine.types import Disk
 from rhvfs.errors import (
     NotFound,
+    PointInTimeLost,
     RhvfsError,
 )
 from rhvfs.sessions.core import _gc as gc_mod
@@ -65,6 +81,29 @@ from rhvfs.sessions.core._registry import SessionRegistry
 from rhvfs.sessions.full._session import BackupSession, BackupSessionDeps
 
 log = logging.getLogger(__name__)
+
+#: Ended read ids remembered (so a late open of one is refused, never served anew).
+MAX_ENDED_READS = 1024
+#: A placeholder read id as long as a real one (a uuid): listings announce sizes with it.
+_PLACEHOLDER_READ_ID = "0" * 8 + "-0000-0000-0000-" + "0" * 12
+
+
+@dataclasses.dataclass(frozen=True)
+class SetView:
+    """One read's configuration of a set, taken without touching the engine.
+
+    ``contents`` maps each configuration key to its padded bytes (or the error a
+    read of it raises); ``image_ids`` is the volume each disk's data must come
+    from; ``entries``/``disk_entries`` the frozen listings of ``@rhv/`` and ``disks/``.
+    """
+
+    read_id: str
+    method: str  # "snapshot", "backup" or "template"
+    entries: tuple[SetEntry, ...]
+    disk_entries: tuple[SetEntry, ...]
+    contents: Mapping[str, bytes | RhvfsError]
+    image_ids: Mapping[str, str]
+    shape: str
 
 
 @dataclasses.dataclass
@@ -109,6 +148,7 @@ class BackupManager:
         self._sessions: SessionRegistry[BackupSession] = SessionRegistry(what="the backup manager")
         self._announced: dict[str, Announcement] = {}
         self._bytes_read_closed = 0
+        self._ended_reads: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     # -- service --------------------------------------------------------------
 
@@ -151,14 +191,15 @@ class BackupManager:
     def _announce_listing(self, owner: Owner, data: OwnerData) -> tuple[Announcement, list[Disk]]:
         disks = image_disks(data)
         names = {d.id: image_file_name(d.alias, d.id) for d in disks}
-        manifest = build_manifest(
+        # As long as any read's manifest can be: the longest method, with a lineage.
+        manifest = self._view_manifest(
             data,
-            disks=[dataclasses.replace(d, image_id=d.image_id or NO_ID) for d in disks],
-            file_names=names,
-            snapshot_id=NO_ID if owner.kind == "vm" else None,
-            backup_time=datetime.now(UTC),
-            session_id="0" * 12,
-        ).to_json()
+            [dataclasses.replace(d, image_id=d.image_id or NO_ID) for d in disks],
+            names,
+            read_id=_PLACEHOLDER_READ_ID,
+            method="snapshot",
+            lineage=True,
+        )
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
         shape = shape_fingerprint(data)
         ann = self._announced.get(owner.id)
@@ -190,6 +231,72 @@ class BackupManager:
             ann.mtime_ns = stable_mtime_ns(base, data_fingerprint(data))
             ann.running = False
         return ann, disks
+
+    async def config_view(self, owner: Owner, *, read_id: str, via_backup: bool) -> SetView:
+        """The configuration and listings of one read of ``owner``'s set, taken now.
+
+        Creates nothing on the engine (no snapshot, no backup): a set read only for its
+        configuration costs the engine a few GETs, and works for suspended VMs too.
+        ``via_backup``: the data will come from an engine backup with id ``read_id``
+        (the manifest then carries the set's lineage: ``set_id`` = ``read_id``).
+        """
+        data = await self._owner_data.fetch(owner)
+        ann, disks = self._announce_listing(owner, data)
+        method = "template" if owner.kind == "template" else "backup" if via_backup else "snapshot"
+        names = {d.id: image_file_name(d.alias, d.id) for d in disks}
+        manifest = self._view_manifest(
+            data, disks, names, read_id=read_id, method=method, lineage=via_backup
+        )
+        contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
+        padded: dict[str, bytes | RhvfsError] = {}
+        for n, c in contents.items():
+            try:
+                padded[ConfigKey(n).encode()] = pad_to(
+                    c, ann.config_sizes[n], what=f"{n} of {owner.name}"
+                )
+            except RhvfsError as e:
+                self._note_error(owner, str(e))
+                padded[ConfigKey(n).encode()] = e
+        return SetView(
+            read_id=read_id,
+            method=method,
+            entries=tuple(self._set_entries(ann, disks)),
+            disk_entries=tuple(self._disk_entries(ann, disks)),
+            contents=padded,
+            image_ids={d.id: d.image_id for d in disks if d.image_id},
+            shape=shape_fingerprint(data),
+        )
+
+    def _view_manifest(
+        self,
+        data: OwnerData,
+        disks: list[Disk],
+        names: dict[str, str],
+        *,
+        read_id: str,
+        method: str,
+        lineage: bool,
+    ) -> bytes:
+        now = datetime.now(UTC)
+        manifest = build_manifest(
+            data,
+            disks=disks,
+            file_names=names,
+            snapshot_id=None,
+            backup_time=now,
+            session_id=read_id,
+        )
+        return dataclasses.replace(
+            manifest,
+            point_in_time=PointInTime(
+                read_id=read_id, method=method, configuration_time=now.isoformat()
+            ),
+            lineage=(
+                SetLineage(set_id=read_id, backup_id=read_id, full_set_id=read_id)
+                if lineage
+                else None
+            ),
+        ).to_json()
 
     def _set_entries(self, ann: Announcement, disks: list[Disk]) -> list[SetEntry]:
         entries = [
@@ -282,20 +389,82 @@ class BackupManager:
 
     # -- handles ----------------------------------------------------------------
 
-    async def open(self, owner: Owner, key: str) -> int:
-        """Start or join ``owner``'s session; return a handle for ``key``."""
+    async def open(
+        self,
+        owner: Owner,
+        key: str,
+        *,
+        read_id: str | None = None,
+        expect_images: Mapping[str, str] | None = None,
+    ) -> int:
+        """Start or join ``owner``'s session; return a handle for ``key``.
+
+        With ``read_id``, only that read's session serves (see the module docstring);
+        ``expect_images`` (disk id -> volume id, from the read's ``SetView``) is checked
+        against the session's snapshot once: another volume means the VM changed between
+        the read's configuration and its data, and the read is lost.
+        """
         self._sessions.check_running()
+        if read_id is not None and read_id in self._ended_reads:
+            raise PointInTimeLost(
+                f"the read {read_id} of {owner.name}'s set has ended "
+                f"({self._ended_reads[read_id]}); run the backup again"
+            )
         if owner.id not in self._announced:
             await self.list_set(owner)  # sizes and times are fixed by a listing first
         # a closing session is waited for, then a fresh one starts
-        session = await self._sessions.acquire(owner.id, new=lambda: self._new_session(owner))
+        session = await self._sessions.acquire(
+            owner.id,
+            new=lambda: self._new_session(owner, read_id),
+            usable=lambda s: read_id is None or (s.read_id == read_id and not s.retiring),
+            make_way=self._retire,
+        )
+        if read_id is not None and expect_images is not None and not session.verified:
+            changed = [
+                f"disk {d.id}: volume {expect_images.get(d.id)} then {d.image_id}"
+                for d in session.disks
+                if expect_images.get(d.id) != d.image_id
+            ]
+            if changed:
+                reason = (
+                    f"{owner.kind} {owner.name} changed between reading its configuration "
+                    f"and its disks ({'; '.join(changed)})"
+                )
+                self._note_error(owner, reason)
+                self._end(session, reason)
+                raise PointInTimeLost(f"{reason}; run the backup again")
+            session.verified = True
         if key not in session.entries_by_key:
             raise NotFound(f"{key} is not part of the backup set of {owner.name}")
         handle = self._sessions.handles.add((session, key))
         session.add_handle(handle, key)
         return handle
 
-    def _new_session(self, owner: Owner) -> BackupSession:
+    def end_read(self, owner: Owner, read_id: str, *, reason: str) -> None:
+        """Read ``read_id`` is over (complete, or a newer read began): its session closes
+        as soon as no handle is open, and the read never gets a session again."""
+        self._remember_ended(read_id, reason)
+        session = self._sessions.get(owner.id)
+        if session is not None and session.read_id == read_id:
+            self._retire(session)
+
+    def _end(self, session: BackupSession, reason: str) -> None:
+        if session.read_id is not None:
+            self._remember_ended(session.read_id, reason)
+        self._retire(session)
+
+    def _remember_ended(self, read_id: str, reason: str) -> None:
+        self._ended_reads[read_id] = reason
+        while len(self._ended_reads) > MAX_ENDED_READS:
+            self._ended_reads.popitem(last=False)
+
+    def _retire(self, session: BackupSession) -> None:
+        """No new reader for ``session``: it closes now, or with its last open handle."""
+        session.retiring = True
+        if not session.handles:
+            session.request_close()
+
+    def _new_session(self, owner: Owner, read_id: str | None = None) -> BackupSession:
         deps = BackupSessionDeps(
             engine=self.engine,
             config=self.config,
@@ -308,7 +477,7 @@ class BackupManager:
             on_closed=self._session_closed,
             on_error=self._note_error,
         )
-        session = BackupSession(owner, deps)
+        session = BackupSession(owner, deps, read_id=read_id)
         log.info("session %s of %s %s starting", session.session_id, owner.kind, owner.name)
         return session
 
@@ -317,17 +486,30 @@ class BackupManager:
         return await self._sessions.read(handle, offset, size)
 
     async def release(self, handle: int) -> None:
-        """Close a handle; the last one starts the session's grace timer."""
+        """Close a handle; the last one starts the session's idle timer (read-bound sessions:
+        transfers released after the grace period, the session after ``read_idle_limit``)."""
         item = self._sessions.handles.pop(handle)
         if item is None:
             return
         session = item[0]
         await session.remove_handle(handle)
-        if not session.handles and session.state in ("ready", "broken"):
-            session.schedule_close(self.config.grace_period)
+        if session.handles:
+            return
+        if session.retiring:
+            session.request_close()
+        elif session.state in ("ready", "broken"):
+            if session.read_id is None:
+                session.schedule_close(self.config.grace_period)
+            else:
+                session.schedule_close(
+                    self.config.read_idle_limit, park_after_s=self.config.grace_period
+                )
 
     def _session_closed(self, session: BackupSession) -> None:
         self._sessions.forget(session)
+        if session.read_id is not None and session.read_id not in self._ended_reads:
+            reason = session.last_error or "it was idle longer than read_idle_limit"
+            self._remember_ended(session.read_id, reason)
         self._bytes_read_closed += session.bytes_read
         ann = self._announced.get(session.owner.id)
         if ann is not None and ann.running:

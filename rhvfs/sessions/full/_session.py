@@ -64,7 +64,7 @@ from rhvfs.sessions.core._owner_data import OwnerDataFetcher, image_disks
 from rhvfs.sessions.core._ports import (
     ReaderLike,
 )
-from rhvfs.sessions.core._transfer_channel import TransferChannel, close_channels
+from rhvfs.sessions.core._transfer_channel import TransferChannel, close_channels, park_channels
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,19 @@ class BackupDiskChannel(TransferChannel):
 class BackupSession(SessionLifecycle):
     """A point-in-time view of one owner's disks and configuration."""
 
-    def __init__(self, owner: Owner, deps: BackupSessionDeps) -> None:
+    def __init__(
+        self, owner: Owner, deps: BackupSessionDeps, *, read_id: str | None = None
+    ) -> None:
         super().__init__(config=deps.config)
         self.owner = owner
         self.deps = deps
-        self.session_id = uuid.uuid4().hex[:12]
+        #: the read of the set this session serves (``core._setread``), when the router binds it
+        self.read_id = read_id
+        #: a newer read began: close when the last handle goes, take no new reader
+        self.retiring = False
+        #: the router's check that the data is the configuration's point in time passed
+        self.verified = False
+        self.session_id = read_id or uuid.uuid4().hex[:12]
         self.error: RhvfsError | None = None
         self.last_error: str | None = None
         self.started_wall = time.time()
@@ -216,6 +224,9 @@ class BackupSession(SessionLifecycle):
 
     def _label(self) -> str:
         return f"{self.session_id} of {self.owner.name}"
+
+    async def _park(self) -> None:
+        await park_channels(self.channels.values())
 
     def request_close(self) -> None:
         # "closing" at once, not when run() wakes up: an open() in between must not join
@@ -535,6 +546,7 @@ class BackupSession(SessionLifecycle):
         return {
             "owner": {"kind": self.owner.kind, "id": self.owner.id, "name": self.owner.name},
             "session_id": self.session_id,
+            "read_id": self.read_id,
             "state": self.state,
             "snapshot_id": self.snapshot.id if self.snapshot else None,
             "started": datetime.fromtimestamp(self.started_wall, UTC).isoformat(),

@@ -32,9 +32,18 @@ transfer), ``incremental_session`` (one set), this one (``IncrementalManager``:
 sessions per VM, handles, status, leftovers). This module re-exports their
 public names.
 
+A set read completely ends at once (its backup is finalized and the chain
+advances), so the next listing of the directory starts the next set from the
+new checkpoint; an incomplete set lives ``read_idle_limit`` after its last close
+(transfers released after ``grace_period``). ``@rhv/`` of a VM that is up is a
+``full`` set bound to one read of the ``SetRouter`` (``open_full(...,
+read_id=R)``): backup id and set id are R, and the router serves the
+configuration files.
+
 Invariants between awaits: at most one session per VM in ``_sessions`` (a
 ``SessionRegistry``; the engine allows one backup per VM); a session's ``entries`` never change once
-it is ready; a handle maps to exactly one session, which counts it.
+it is ready; a handle maps to exactly one session, which counts it; a read id in
+``_ended_reads`` never gets a session.
 
 Must not: know about inodes or pyfuse3; write anything but its own chain state
 and journal entries.
@@ -42,6 +51,7 @@ and journal entries.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -52,6 +62,7 @@ from rhvfs.backupset import SetKind
 from rhvfs.config import Config
 from rhvfs.errors import (
     NotFound,
+    PointInTimeLost,
     RhvfsError,
     SessionError,
 )
@@ -127,6 +138,7 @@ class IncrementalManager:
             what="the incremental manager"
         )
         self._completed = 0
+        self._ended_reads: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await self._sessions.run(
@@ -184,6 +196,7 @@ class IncrementalManager:
         kind: SetKind,
         since: str | None,
         announced: Sequence[SetEntry] = (),
+        read_id: str | None = None,
     ) -> IncrementalSession:
         if owner.kind != "vm":
             raise NotFound(f"templates have no {kind} sets")
@@ -192,26 +205,34 @@ class IncrementalManager:
         self._sessions.check_running()
 
         def make_way(other: IncrementalSession) -> None:
+            other.retiring = True
             if not other.handles:  # nobody reads it: end it now rather than after its grace
                 other.request_close()
 
         # Another kind of set (or a closing one) holds the VM's only backup: wait for it.
         session = await self._sessions.acquire(
             owner.id,
-            new=lambda: self._new_session(owner, kind, since, announced),
-            usable=lambda s: (s.kind, s.since) == (kind, since),
+            new=lambda: self._new_session(owner, kind, since, announced, read_id),
+            usable=lambda s: (
+                (s.kind, s.since, s.read_id) == (kind, since, read_id) and not s.retiring
+            ),
             make_way=make_way,
             deadline=trio.current_time() + max(self.config.system_timeout, 1.0),
             busy=lambda s: SessionError(
                 f"a {s.kind} set of VM {owner.name} is still being read; try again later"
             ),
         )
-        if not session.handles:
+        if not session.handles and not session.ever_opened:
             session.schedule_close(session.grace_s)
         return session
 
     def _new_session(
-        self, owner: Owner, kind: SetKind, since: str | None, announced: Sequence[SetEntry] = ()
+        self,
+        owner: Owner,
+        kind: SetKind,
+        since: str | None,
+        announced: Sequence[SetEntry] = (),
+        read_id: str | None = None,
     ) -> IncrementalSession:
         deps = IncrementalSessionDeps(
             engine=self.engine,
@@ -225,10 +246,12 @@ class IncrementalManager:
             on_closed=self._closed,
             on_note=self._note,
         )
-        return IncrementalSession(owner, kind, since, deps, announced=announced)
+        return IncrementalSession(owner, kind, since, deps, announced=announced, read_id=read_id)
 
     def _closed(self, session: IncrementalSession) -> None:
         self._sessions.forget(session)
+        if session.read_id is not None and session.read_id not in self._ended_reads:
+            self._remember_ended(session.read_id, "its backup ended")
         if session.recorded:
             self._completed += 1
 
@@ -254,19 +277,69 @@ class IncrementalManager:
         atts = await self.engine.disk_attachments(owner.id)
         return any(a.disk.format == "cow" and a.disk.backup == "incremental" for a in atts)
 
-    async def open_full(self, owner: Owner, key: str, announced: Sequence[SetEntry]) -> int:
+    async def open_full(
+        self,
+        owner: Owner,
+        key: str,
+        announced: Sequence[SetEntry],
+        *,
+        read_id: str | None = None,
+    ) -> int:
         """Open ``key`` of ``owner``'s ``@rhv/`` served by a full engine backup.
 
         ``announced`` is the ``@rhv/`` listing (the BackupManager's): the set serves
         the same names, keys and sizes, with the checkpoint in its manifest, and
         once read completely it is the full set later incrementals start from.
+        With ``read_id`` the set belongs to that read of the ``SetRouter`` (see the
+        module docstring): an ended read is refused with ``PointInTimeLost``.
         """
+        if read_id is not None and read_id in self._ended_reads:
+            raise PointInTimeLost(
+                f"the read {read_id} of {owner.name}'s set has ended "
+                f"({self._ended_reads[read_id]}); run the backup again"
+            )
         session = self._sessions.get(owner.id)
-        if session is None or session.kind != "full" or session.state != "ready":
-            session = await self._session(owner, SetKind.FULL, None, announced)
+        if (
+            session is None
+            or session.kind != "full"
+            or session.state != "ready"
+            or session.read_id != read_id
+            or session.retiring
+        ):
+            session = await self._session(owner, SetKind.FULL, None, announced, read_id)
         return await self.open(owner, key)
 
-    # -- handles --------------------------------------------------------------
+    def end_read(self, owner: Owner, read_id: str, *, reason: str, complete: bool) -> None:
+        """Read ``read_id`` of ``owner``'s ``@rhv/`` is over; ``complete``: the router saw
+        every file read, so the set may join the chain. Its session closes with its last
+        handle, and the read never gets a session again."""
+        self._remember_ended(read_id, reason)
+        session = self._sessions.get(owner.id)
+        if session is None or session.read_id != read_id:
+            return
+        if complete:
+            session.config_read = True
+        session.retiring = True
+        if not session.handles:
+            session.on_last_release()
+
+    def _remember_ended(self, read_id: str, reason: str) -> None:
+        self._ended_reads[read_id] = reason
+        while len(self._ended_reads) > 1024:
+            self._ended_reads.popitem(last=False)
+
+    def live_set(self, owner: Owner) -> IncrementalSession | None:
+        """The owner's ready set, if any (for the router's reads of set directories)."""
+        session = self._sessions.get(owner.id)
+        return session if session is not None and session.state == "ready" else None
+
+    def retire(self, owner: Owner) -> None:
+        """The owner's set takes no new reader: it closes now, or with its last handle."""
+        session = self._sessions.get(owner.id)
+        if session is not None:
+            session.retiring = True
+            if not session.handles:
+                session.request_close()
 
     async def open(self, owner: Owner, key: str) -> int:
         session = self._sessions.get(owner.id)
@@ -274,7 +347,13 @@ class IncrementalManager:
             raise NotFound(
                 f"{key} is not part of a live set of {owner.name} (list the set directory again)"
             )
+        if session.retiring:
+            raise PointInTimeLost(
+                f"set {session.set_id} of {owner.name} was already read; list its directory "
+                "again for a new set"
+            )
         session.cancel_grace()
+        session.ever_opened = True
         handle = self._sessions.handles.add((session, key))
         session.handles.add(handle)
         return handle

@@ -71,7 +71,7 @@ from rhvfs.sessions.core._owner_data import OwnerDataFetcher
 from rhvfs.sessions.core._ports import (
     EngineLike,
 )
-from rhvfs.sessions.core._transfer_channel import close_channels
+from rhvfs.sessions.core._transfer_channel import close_channels, park_channels
 from rhvfs.sessions.incremental._chainstate import (
     ChainDisk,
     ChainSet,
@@ -128,16 +128,26 @@ class IncrementalSession(SessionLifecycle):
         deps: IncrementalSessionDeps,
         *,
         announced: Sequence[SetEntry] = (),
+        read_id: str | None = None,
     ) -> None:
         super().__init__(config=deps.config)
         self.owner = owner
+        #: for a ``full`` set read through the router: the read (``core._setread``) it serves;
+        #: the backup id and the set id are the read id, the configuration is the router's
+        self.read_id = read_id
+        #: a newer read began: close when the last handle goes, take no new reader
+        self.retiring = False
+        #: a handle was opened at least once (a listing alone ends after the grace period)
+        self.ever_opened = False
+        #: the router read the set's configuration files completely (read-bound sets)
+        self.config_read = False
         #: for ``full``: the @rhv/ listing (names, keys, sizes) this session must serve
         self.announced = {e.key: e for e in announced}
         self.kind = kind
         self.since = since
         self.deps = deps
         self.session_id = uuid.uuid4().hex[:12]
-        self.backup_id = str(uuid.uuid4())
+        self.backup_id = read_id or str(uuid.uuid4())
         self.error: RhvfsError | None = None
         self.started_wall = time.time()
         self.started_ns = time.time_ns()
@@ -173,6 +183,9 @@ class IncrementalSession(SessionLifecycle):
 
     def _label(self) -> str:
         return f"{self.session_id} ({self.kind} set of {self.owner.name})"
+
+    async def _park(self) -> None:
+        await park_channels(self.channels.values())
 
     @property
     def grace_s(self) -> float:
@@ -290,7 +303,7 @@ class IncrementalSession(SessionLifecycle):
             else (SetType.DIFFERENTIAL if self.kind == "differential" else SetType.INCREMENTAL)
         )
         cp_id = self.backup.to_checkpoint_id if self.backup else None
-        self.set_id = cp_id or self.backup_id
+        self.set_id = self.read_id or cp_id or self.backup_id
         modes: dict[str, str] = {}
         if self.backup is not None:
             for d in await engine.backup_disks(vm.id, self.backup_id):
@@ -594,10 +607,14 @@ class IncrementalSession(SessionLifecycle):
         return data
 
     def fully_read(self) -> bool:
-        """Every file of the set was read from its first to its last byte."""
+        """Every file of the set was read from its first to its last byte (for a read-bound
+        set: every image here, and the configuration by the router)."""
+        if self.read_id is not None and not self.config_read:
+            return False
         return all(
             e.size == 0 or (e.key in self.coverage and self.coverage[e.key].covers(0, e.size))
             for e in self.entries
+            if self.read_id is None or e.disk_id is not None
         )
 
     def on_last_release(self) -> None:
@@ -610,7 +627,13 @@ class IncrementalSession(SessionLifecycle):
                     self.owner.name,
                 )
             self.complete = True
-        self.schedule_close(self.grace_s)
+        if self.complete or self.retiring:
+            # A completed set ends at once: the next read of the directory is a new set
+            # (a new checkpoint), never this one again.
+            self.request_close()
+            return
+        cfg = self.deps.config
+        self.schedule_close(cfg.read_idle_limit, park_after_s=cfg.grace_period)
 
     # -- cleanup --------------------------------------------------------------
 
@@ -730,6 +753,7 @@ class IncrementalSession(SessionLifecycle):
             "set_kind": self.kind,
             "set_type": self.set_type,
             "set_id": self.set_id,
+            "read_id": self.read_id,
             "backup_id": self.backup_id if self.backup_started or self.backup else None,
             "from_checkpoint_id": self.base.checkpoint_id if self.base else None,
             "state": self.state,
