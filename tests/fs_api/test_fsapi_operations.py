@@ -9,19 +9,22 @@ from typing import Any
 
 import pyfuse3
 import pytest
-from vfs_fakes import DISK_SIZE, FakeBackups, FakeEngine, image_bytes
 
 from rhvfs import errors
 from rhvfs.fs import Operations, errno_for
 from rhvfs.vfs.names import ROOT_INODE
 from rhvfs.vfs.tree import Vfs
+from tests.support.fake_backups import FakeBackups, image_bytes
+from tests.support.fake_engine import DISK_SIZE, inventory_engine
 
 CTX: Any = None  # RequestContext can't be built outside a request; the adapter ignores it
 
 
 def make_ops() -> tuple[Operations, FakeBackups]:
     backups = FakeBackups()
-    return Operations(Vfs(FakeEngine(), backups, listing_ttl_s=5.0), uid=1000, gid=1000), backups
+    return Operations(
+        Vfs(inventory_engine(), backups, listing_ttl_s=5.0), uid=1000, gid=1000
+    ), backups
 
 
 async def walk(ops: Operations, path: str) -> pyfuse3.EntryAttributes:

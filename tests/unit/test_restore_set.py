@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_restore_fakes import DISK_IDS, VM_ID, make_set
 
 from rhvfs.backupset._parse import (
     check_consistent,
@@ -21,6 +20,7 @@ from rhvfs.backupset._parse import (
 from rhvfs.errors import RestoreError
 from rhvfs.sessions.restore._staging import StagingArea, StagingFull
 from rhvfs.sim import api_ovf
+from tests.support.backup_sets import DISK_IDS, VM_ID, make_set
 
 
 def manifest_doc() -> dict:

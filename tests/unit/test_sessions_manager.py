@@ -10,17 +10,20 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_sessions_fakes import FakeDataPlane, FakeEngine, MiB, make_config, sha
 
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.errors import EngineError, NotFound, SessionBroken, VmStateError
 from rhvfs.sessions import BackupManager, Journal, Owner
 from rhvfs.sessions.core._model import config_key, disk_key
+from tests.support.configs import make_config
+from tests.support.data import MiB, sha
+from tests.support.fake_dataplane import FakeDataPlane
+from tests.support.fake_engine import ENGINE_LIKE, FakeEngine
 
 
 class Rig:
     def __init__(self, tmp_path: Path, **config: Any) -> None:
-        self.engine = FakeEngine()
+        self.engine = FakeEngine(latency=ENGINE_LIKE)
         self.plane = FakeDataPlane(self.engine)
         self.journal = Journal(tmp_path / "journal.json")
         self.config = make_config(**config)
