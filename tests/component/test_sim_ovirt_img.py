@@ -72,7 +72,7 @@ def test_upload_disk_then_download_disk_round_trip(
         assert disk.backup == (
             types.DiskBackup.INCREMENTAL if source_format == "qcow2" else types.DiskBackup.NONE
         )
-        assert sim.admin.disksha256_file(disk_id) == expected
+        assert sim.admin.disk_sha256(disk_id) == expected
         back = tmp_path / "back.raw"
         _ovirt_img(sim, "download-disk", "-c", "sim", "-f", "raw", disk_id, str(back))
         assert sha256_file(back) == expected
