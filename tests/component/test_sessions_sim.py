@@ -244,7 +244,8 @@ async def test_gc_cancels_transfers_and_removes_the_snapshot_of_a_killed_session
     rig: Rig,
 ) -> None:
     """What a SIGKILLed rhvfs leaves: a journal entry, its snapshot and an open transfer."""
-    from rhvfs.sessions import JournalEntry, procid
+    from rhvfs.sessions import JournalEntry
+    from rhvfs.sessions.core import _procid as procid
     from rhvfs.sessions.full._session import snapshot_description
 
     owner = await rig.owner("myvm0")
