@@ -20,18 +20,68 @@
     end of the test, with the same leftover-process check; ``SimProcess.stop()``
     stops one earlier.
 
+``log_check`` (autouse) and ``expect_log``
+    Every test fails when it logs a record at WARNING or above (in this
+    process) that it did not declare: ``@pytest.mark.allow_log(logger,
+    level="WARNING", match=None)`` on the test, or ``expect_log(logger,
+    level="WARNING", match=None)`` while it runs (``tests.support.logcheck``).
+    Records of the setup and the test body fail the test; those of the
+    fixtures' teardown make a teardown error.
+
 The simulator helpers live in ``tests.support.sim``; fakes and other shared
 helpers in ``tests.support``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.logcheck import LogCheck
 from tests.support.sim import SimProcess, start_sim
+
+LOG_CHECK = pytest.StashKey[LogCheck]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "allow_log(logger, level='WARNING', *, match=None): the test may log records of "
+        "logger (and its children) up to level whose message matches the regex match",
+    )
+
+
+@pytest.fixture(autouse=True)
+def log_check(request: pytest.FixtureRequest) -> Iterator[LogCheck]:
+    check = LogCheck()
+    for mark in request.node.iter_markers("allow_log"):
+        check.allow(*mark.args, **mark.kwargs)
+    request.node.stash[LOG_CHECK] = check
+    root = logging.getLogger()
+    root.addHandler(check)
+    try:
+        yield check
+    finally:
+        root.removeHandler(check)
+    check.check("teardown")
+
+
+@pytest.fixture
+def expect_log(log_check: LogCheck) -> Callable[..., None]:
+    """``expect_log(logger, level="WARNING", *, match=None)``: allow such records from now on."""
+    return log_check.allow
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    result = yield  # a test that already failed keeps its own failure
+    check = item.stash.get(LOG_CHECK, None)
+    if check is not None:
+        check.check("setup and call")
+    return result
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,7 @@ async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 @pytest.mark.slow
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_full_incrementals_and_differential_against_the_sim(rig: Rig) -> None:
     engine, admin = rig.engine, rig.sim.admin
     vm = await engine.find_vm(VM)
@@ -171,6 +172,7 @@ async def web01(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 @pytest.mark.slow
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_disks_without_incremental_support_are_full_in_every_set(web01: Rig) -> None:
     rig = web01
     engine, admin = rig.engine, rig.sim.admin

@@ -359,6 +359,7 @@ def test_fault_proxy_drop_and_clean_stop(tmp_path: Path) -> None:
     env.plane.stop()  # idempotent
 
 
+@pytest.mark.allow_log("rhvfs.sim.dataplane", "WARNING", match="killing stale child")
 def test_start_reaps_children_of_a_crashed_run(tmp_path: Path) -> None:
     pki = ensure_pki(tmp_path / "pki", [])
     image = tmp_path / "disk.raw"

@@ -99,6 +99,7 @@ def test_errno_table(exc: BaseException, number: int) -> None:
     assert errno_for(exc) == number
 
 
+@pytest.mark.allow_log("rhvfs.fs", "WARNING", match="-> E")
 async def test_errors_reach_fuse_as_errno(caplog: pytest.LogCaptureFixture) -> None:
     ops, _ = make_ops()
     with pytest.raises(pyfuse3.FUSEError) as e:
@@ -114,6 +115,7 @@ async def test_errors_reach_fuse_as_errno(caplog: pytest.LogCaptureFixture) -> N
     assert e.value.errno == errno.ENOENT
 
 
+@pytest.mark.allow_log("rhvfs.fs", "ERROR", match="failed unexpectedly")
 async def test_unknown_exceptions_are_logged_and_eio(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -52,6 +52,7 @@ async def test_rsync_style_restore_through_operations(
     assert [n.name for n in ops._dir_handles[rootlist]] == ["myvm"]
 
 
+@pytest.mark.allow_log("rhvfs.fs", "WARNING", match="already exists")
 async def test_name_clash_fails_close_with_eexist(nursery: trio.Nursery, tmp_path: Path) -> None:
     engine = FakeEngine()
     engine.vms["x"] = Vm(id="x", name="myvm", status="down")

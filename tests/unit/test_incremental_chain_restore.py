@@ -72,6 +72,7 @@ async def rebuild(rig: Rig, chain: list[SetLink], disk_id: str) -> str:
     return hashlib.sha256(image).hexdigest()
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_full_inc_inc_and_full_diff_rebuild_each_point_in_time(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -139,6 +140,7 @@ async def test_full_inc_inc_and_full_diff_rebuild_each_point_in_time(
         order_chain(links_of(rig, s0, s0))
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_delta_that_does_not_continue_the_chain_is_refused(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -43,6 +43,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_full_incremental_incremental_differential_chains(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -129,6 +130,7 @@ async def test_full_incremental_incremental_differential_chains(
     assert sha256_image(rig.out / image(s4, root).name) == sha(eng.disk_bytes(root))
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_abandoned_set_does_not_advance_the_chain(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -150,6 +152,9 @@ async def test_abandoned_set_does_not_advance_the_chain(
     assert all(b.phase == "succeeded" for b in eng.backups.values())
 
 
+@pytest.mark.allow_log(
+    "rhvfs.sessions.incremental", "WARNING", match="no completed set|chain of VM web01 is broken"
+)
 async def test_broken_chain_gives_a_full_set_with_a_warning(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -172,6 +177,9 @@ async def test_broken_chain_gives_a_full_set_with_a_warning(
     )
 
 
+@pytest.mark.allow_log(
+    "rhvfs.sessions.incremental", "WARNING", match="no completed set|chain of VM web01 is broken"
+)
 async def test_engine_refusing_the_checkpoint_falls_back_to_full(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -198,6 +206,7 @@ async def test_engine_refusing_the_checkpoint_falls_back_to_full(
     assert rig.chain.newest(owner.id).set_type == "full"  # type: ignore[union-attr]
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_raw_disk_gets_full_data_in_every_set(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -239,6 +248,7 @@ async def test_router_passes_full_sets_through(
         await rig.router.list_incremental(Owner("template", "t1", "tpl"), "incremental")
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_listing_without_reading_ends_the_backup(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

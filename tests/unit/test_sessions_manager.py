@@ -189,6 +189,7 @@ async def test_config_files_are_padded_to_the_announced_size(
     assert sorted(f.name for f in files) == sorted(f"root--{i}.raw" for i in ids)
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="is suspended")
 async def test_suspended_vm_is_refused_clearly(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -204,6 +205,7 @@ async def test_suspended_vm_is_refused_clearly(
     assert "suspended" in rig.manager.status()["errors"][-1]["message"]
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="is image_locked")
 async def test_locked_vm_is_waited_for(rig: Rig, autojump_clock: trio.testing.MockClock) -> None:
     vm = rig.engine.add_vm("v1", status="image_locked")
     owner = Owner("vm", vm.id, vm.name)
@@ -217,6 +219,7 @@ async def test_locked_vm_is_waited_for(rig: Rig, autojump_clock: trio.testing.Mo
         await rig.manager.open(owner, config_key("vm.ovf"))
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="storage domain is full")
 async def test_failed_snapshot_breaks_the_session_until_the_grace_period_ends(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -416,6 +419,7 @@ async def test_concurrent_first_opens_share_one_snapshot(
     assert rig.engine.user_snapshots(vm.id) == []
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="refusing to truncate")
 async def test_config_that_outgrew_its_announced_size_fails_loudly(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -553,6 +557,7 @@ async def test_prefetch_memory_is_shared_by_the_disks_being_read(
         await rig.manager.release(h)
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "ERROR", match="crashed|bug in a prefetch worker")
 async def test_a_crashing_session_ends_alone_and_cleans_up(
     rig: Rig, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -575,6 +580,7 @@ async def test_a_crashing_session_ends_alone_and_cleans_up(
     await rig.manager.release(h2)
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="VM is locked")
 async def test_a_locked_vm_is_waited_for_a_little_then_refused(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
