@@ -299,6 +299,7 @@ async def test_wrong_password_is_an_authentication_error(sim: Any) -> None:
     assert "definitely-wrong" not in str(info.value)
 
 
+@pytest.mark.allow_log("rhvfs.engine._retry", "WARNING", match="giving up")
 async def test_unreachable_engine_is_unavailable_after_retries(sim: Any) -> None:
     config = _config(sim, engine_url="https://127.0.0.1:9")
     retry = RetryPolicy(tries=2, interval_s=0.01, timeout_s=5)
@@ -649,6 +650,7 @@ async def test_vm_restored_from_its_ovf_keeps_ids_and_reattaches_disks(
         await engine.get_disk(disk_id)
 
 
+@pytest.mark.allow_log("rhvfs.engine._core", "WARNING", match="logout did not finish")
 async def test_a_hanging_logout_does_not_hold_up_close(
     sim: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

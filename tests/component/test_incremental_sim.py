@@ -8,9 +8,7 @@ of the disk at that point. Checkpoints the test created are removed again.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.incremental._chainstate import ChainState
 from rhvfs.sessions.incremental._manager import IncrementalManager
-from tests.conftest import start_sim
+from tests.support.data import sha256_file, sha256_image
+from tests.support.sim import SimProcess, running_sim
 
 MiB = 1024 * 1024
 FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
@@ -34,14 +33,11 @@ VM = "myvm0"
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     """A private simulator: these tests write into guest disks, which must not disturb
     the shared one (other tests read the guests' filesystems)."""
-    s = start_sim(tmp_path_factory.mktemp("incsim"), sample=True, delay_s=0.0)
-    try:
+    with running_sim(tmp_path_factory.mktemp("incsim")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 class Rig:
@@ -101,29 +97,8 @@ async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
                 await engine.remove_checkpoint(vm.id, c.id)
 
 
-def chain_sha(path: Path) -> str:
-    out = path.with_name(path.name + ".converted")
-    r = subprocess.run(
-        ["qemu-img", "convert", "-O", "raw", str(path), str(out)], capture_output=True, text=True
-    )
-    assert r.returncode == 0, r.stderr
-    digest = hashlib.sha256()
-    with open(out, "rb") as f:
-        while chunk := f.read(8 * MiB):
-            digest.update(chunk)
-    out.unlink()
-    return digest.hexdigest()
-
-
-def file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @pytest.mark.slow
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_full_incrementals_and_differential_against_the_sim(rig: Rig) -> None:
     engine, admin = rig.engine, rig.sim.admin
     vm = await engine.find_vm(VM)
@@ -136,7 +111,7 @@ async def test_full_incrementals_and_differential_against_the_sim(rig: Rig) -> N
     assert m0["set_type"] == "full"
     img0 = next(e for e in s0 if e.disk_id == disk.id)
     assert img0.name.endswith(f"--{m0['set_id']}.raw") and img0.size == disk.provisioned_size
-    assert file_sha(rig.out / img0.name) == admin.disk_sha256(disk.id)
+    assert sha256_file(rig.out / img0.name) == admin.disk_sha256(disk.id)
 
     admin.guest_write(vm=VM, disk=disk.id, offset=10 * MiB, size=3 * MiB, pattern=0x5A)
     admin.guest_write(vm=VM, disk=disk.id, offset=2 * MiB, size=1 * MiB, pattern=0)
@@ -151,22 +126,22 @@ async def test_full_incrementals_and_differential_against_the_sim(rig: Rig) -> N
     # 4 MiB dirty, 3 MiB of it data: the delta is the data plus < 1 MiB of metadata
     assert img1.size < 4 * MiB
     sha1 = admin.disk_sha256(disk.id)
-    assert chain_sha(rig.out / img1.name) == sha1
+    assert sha256_image(rig.out / img1.name) == sha1
 
     admin.guest_write(vm=VM, disk=disk.id, offset=100 * MiB, size=64 * 1024, pattern=0x11)
     s2, m2 = await rig.read_set(owner, "incremental")
     img2 = next(e for e in s2 if e.disk_id == disk.id)
     assert m2["parent_set"]["set_id"] == m1["set_id"]
     sha2 = admin.disk_sha256(disk.id)
-    assert chain_sha(rig.out / img2.name) == sha2
+    assert sha256_image(rig.out / img2.name) == sha2
 
     admin.guest_write(vm=VM, disk=disk.id, offset=200 * MiB, size=128 * 1024, pattern=0x22)
     s3, m3 = await rig.read_set(owner, "differential")
     img3 = next(e for e in s3 if e.disk_id == disk.id)
     assert (m3["set_type"], m3["parent_set"]["set_id"]) == ("differential", m0["set_id"])
     assert read_header(rig.out / img3.name).backing_file == img0.name
-    assert chain_sha(rig.out / img3.name) == admin.disk_sha256(disk.id)
-    assert chain_sha(rig.out / img2.name) == sha2  # the older chain still reads as before
+    assert sha256_image(rig.out / img3.name) == admin.disk_sha256(disk.id)
+    assert sha256_image(rig.out / img2.name) == sha2  # the older chain still reads as before
     assert [s.set_type for s in rig.chain.sets(vm.id)] == [
         "full",
         "incremental",
@@ -198,6 +173,7 @@ async def web01(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
 
 
 @pytest.mark.slow
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_disks_without_incremental_support_are_full_in_every_set(web01: Rig) -> None:
     rig = web01
     engine, admin = rig.engine, rig.sim.admin
@@ -221,9 +197,9 @@ async def test_disks_without_incremental_support_are_full_in_every_set(web01: Ri
     }
     files = {e.disk_id: e for e in s1 if e.disk_id}
     assert files[os_disk.id].size == os_disk.provisioned_size
-    assert chain_sha(rig.out / files[logs.id].name) == admin.disk_sha256(logs.id)
-    assert file_sha(rig.out / files[data.id].name) == admin.disk_sha256(data.id)
-    assert file_sha(rig.out / files[os_disk.id].name) == admin.disk_sha256(os_disk.id)
+    assert sha256_image(rig.out / files[logs.id].name) == admin.disk_sha256(logs.id)
+    assert sha256_file(rig.out / files[data.id].name) == admin.disk_sha256(data.id)
+    assert sha256_file(rig.out / files[os_disk.id].name) == admin.disk_sha256(os_disk.id)
     # the snapshot that served the full disks was removed again
     assert {s.id for s in await engine.list_snapshots(vm.id)} == snaps_before
 
@@ -261,7 +237,7 @@ async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
                 await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     image = next(e.name for e in listing if e.disk_id == disk.id)
-    assert file_sha(rig.out / image) == admin.disk_sha256(disk.id)
+    assert sha256_file(rig.out / image) == admin.disk_sha256(disk.id)
     m = json.loads((rig.out / "manifest.json").read_bytes())
     # taken before the backup: it names the set (= the backup's id); the chain keeps the
     # checkpoint the backup ended with
@@ -277,5 +253,5 @@ async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
     assert read_header(rig.out / delta.name).backing_file == image
     assert m1["from_checkpoint_id"] == chain_full.checkpoint_id
     assert m1["parent_set"]["set_id"] == m["set_id"]
-    assert chain_sha(rig.out / delta.name) == admin.disk_sha256(disk.id)
+    assert sha256_image(rig.out / delta.name) == admin.disk_sha256(disk.id)
     await engine.stop_vm(vm.id)

@@ -149,6 +149,7 @@ async def test_running_vm_disks_read_concurrently_match_the_snapshot(rig: Rig) -
         assert rig.sim.admin.disk_sha256(e.disk_id) == original[e.disk_id]
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="is suspended")
 async def test_suspended_vm_gets_a_clear_error(rig: Rig) -> None:
     owner = await rig.owner("app01")
     before = await rig.engine.list_snapshots(owner.id)
@@ -319,6 +320,7 @@ async def test_reader_pausing_longer_than_the_inactivity_timeout_continues(
             nursery.cancel_scope.cancel()
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="imageio unavailable")
 async def test_a_read_that_finally_fails_raises_and_the_session_recovers(rig: Rig) -> None:
     from rhvfs.errors import ImageioError
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import hashlib
 import http.client
 import json
 import os
@@ -22,6 +21,7 @@ from rhvfs.sim.dataplane import DataPlane, DataPlaneError
 from rhvfs.sim.guestdata import make_guest_image
 from rhvfs.sim.pki import Pki, ensure_pki
 from rhvfs.sim.storage import ImageLockedError, Storage
+from tests.support.data import sha
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -63,10 +63,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     e.plane.stop()
 
 
-def _sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # The upstream client leaks the socket of its local qemu-nbd; collect it here.
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -80,7 +76,7 @@ def test_download_with_upstream_client(env: Env, tmp_path: Path) -> None:
     out = tmp_path / "out.raw"
     client.download(env.plane.image_url("dl-1"), str(out), str(env.pki.ca_file), fmt="raw")
     gc.collect()
-    assert _sha(out.read_bytes()) == s.content_sha256(SD, "dl", "v1") == _sha(env.guest_bytes)
+    assert sha(out.read_bytes()) == s.content_sha256(SD, "dl", "v1") == sha(env.guest_bytes)
 
     status = env.plane.ticket_status("dl-1")
     assert status is not None
@@ -242,7 +238,7 @@ def test_upload_ranges_then_guest_lock(env: Env) -> None:
     env.plane.unexport(export.id)
     expected = bytearray(4 * MiB)
     expected[MiB : MiB + len(payload)] = payload
-    assert s.content_sha256(SD, disk, "v") == _sha(expected)
+    assert s.content_sha256(SD, disk, "v") == sha(expected)
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -265,7 +261,7 @@ def test_upload_with_upstream_client(env: Env) -> None:
     gc.collect()
     env.plane.remove_ticket("upc-1")
     env.plane.unexport(export.id)
-    assert s.content_sha256(SD, disk, "v") == _sha(env.guest_bytes)
+    assert s.content_sha256(SD, disk, "v") == sha(env.guest_bytes)
     # Zero extents were sent as zeroes, not data: the volume stays small.
     assert s.volume_info(SD, disk, "v").actual_size < 8 * MiB
 
@@ -282,7 +278,7 @@ def test_cow_download_over_file_backend(env: Env) -> None:
     code, headers, body = env.get("/images/cow-1", {"Range": f"bytes=0-{size - 1}"})
     assert code == 206
     assert headers["content-range"] == f"bytes 0-{size - 1}/{size}"
-    assert _sha(body) == _sha(path.read_bytes())
+    assert sha(body) == sha(path.read_bytes())
     env.plane.remove_ticket("cow-1")
 
 
@@ -363,6 +359,7 @@ def test_fault_proxy_drop_and_clean_stop(tmp_path: Path) -> None:
     env.plane.stop()  # idempotent
 
 
+@pytest.mark.allow_log("rhvfs.sim.dataplane", "WARNING", match="killing stale child")
 def test_start_reaps_children_of_a_crashed_run(tmp_path: Path) -> None:
     pki = ensure_pki(tmp_path / "pki", [])
     image = tmp_path / "disk.raw"

@@ -22,6 +22,8 @@ import pytest
 from ovirt_imageio import client as imageio
 from ovirtsdk4 import types
 
+from tests.support.waiting import wait_for
+
 pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
@@ -29,17 +31,6 @@ pytestmark = [
 
 MiB = 1024**2
 P = types.ImageTransferPhase
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _https(

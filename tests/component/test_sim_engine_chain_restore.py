@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
-import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -22,20 +21,14 @@ import pytest
 from ovirt_imageio import client as imageio
 from ovirtsdk4 import types
 
+from tests.support.waiting import wait_for
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
 ]
 P = types.ImageTransferPhase
-
-
-def _poll(what: str, fn: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (value := fn()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def _transfer(conn: Any, image_id: str, direction: types.ImageTransferDirection) -> tuple[Any, str]:
@@ -48,7 +41,9 @@ def _transfer(conn: Any, image_id: str, direction: types.ImageTransferDirection)
         )
     )
     ts = transfers.image_transfer_service(t.id)
-    url = _poll("transferring", lambda: (x := ts.get()).phase == P.TRANSFERRING and x.transfer_url)
+    url = wait_for(
+        "transferring", lambda: (x := ts.get()).phase == P.TRANSFERRING and x.transfer_url
+    )
     return ts, url
 
 
@@ -112,12 +107,12 @@ def test_layers_round_trip_with_original_ids(
             finally:
                 c.close()
             ts.finalize()
-            _poll("finished", lambda ts=ts: ts.get().phase == P.FINISHED_SUCCESS)
+            wait_for("finished", lambda ts=ts: ts.get().phase == P.FINISHED_SUCCESS)
             layers[layer.id] = bytes(buf)
         assert layers[top.id][:4] == b"QFI\xfb" and base.id.encode() in layers[top.id][:4096]
 
         vms.vm_service(vm.id).remove()
-        _poll(
+        wait_for(
             "disk gone",
             lambda: disk.id not in {d.id for d in conn.system_service().disks_service().list()},
         )
@@ -157,7 +152,7 @@ def test_layers_round_trip_with_original_ids(
                 ],
             )
         )
-        _poll(
+        wait_for(
             "snapshot ok",
             lambda: (
                 snaps.snapshot_service(snap.id).get().snapshot_status == types.SnapshotStatus.OK
@@ -170,7 +165,7 @@ def test_layers_round_trip_with_original_ids(
             # writes by the current file size).
             _put(url, layers[layer.id], s.cafile)
             ts.finalize()
-            _poll(
+            wait_for(
                 "finished", lambda ts=ts: ts.get().phase in (P.FINISHED_SUCCESS, P.FINISHED_FAILURE)
             )
             assert ts.get().phase == P.FINISHED_SUCCESS

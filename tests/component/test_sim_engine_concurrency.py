@@ -7,15 +7,16 @@ match the simulator's sha256 and every disk must end unlocked.
 
 from __future__ import annotations
 
-import hashlib
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ovirt_imageio import client as imageio
 from ovirtsdk4 import types
+
+from tests.support.data import sha256_file
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -24,21 +25,6 @@ pytestmark = [
 ]
 
 P = types.ImageTransferPhase
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 23):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _poll(fn: Any, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not fn():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_parallel_transfers_and_listings(sim: Any, tmp_path: Path) -> None:
@@ -66,15 +52,17 @@ def test_parallel_transfers_and_listings(sim: Any, tmp_path: Path) -> None:
                     )
                 )
                 ts = transfers.image_transfer_service(t.id)
-                _poll(lambda ts=ts: ts.get().phase == P.TRANSFERRING)
+                wait_for("transferring", lambda ts=ts: ts.get().phase == P.TRANSFERRING, 120.0)
                 target = tmp_path / f"{alias}-{i}.raw"
                 imageio.download(ts.get().transfer_url, str(target), sim.cafile, fmt="raw")
-                sums.append(_sha256(target))
+                sums.append(sha256_file(target))
                 target.unlink()
                 ts.finalize()
-                _poll(lambda ts=ts: ts.get().phase == P.FINISHED_SUCCESS)
+                wait_for(
+                    "finished_success", lambda ts=ts: ts.get().phase == P.FINISHED_SUCCESS, 120.0
+                )
                 ds = conn.system_service().disks_service().disk_service(disk.id)
-                _poll(lambda ds=ds: ds.get().status == types.DiskStatus.OK)
+                wait_for("disk ok", lambda ds=ds: ds.get().status == types.DiskStatus.OK, 120.0)
             results[alias] = (disk.id, sums)
         except Exception as err:  # collected and asserted below
             errors.append(f"{alias}: {err!r}")

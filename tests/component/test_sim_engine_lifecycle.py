@@ -1,6 +1,6 @@
 """`rhvfs sim serve` lifecycle: fresh `--sample` start time, clean stop, restart on the same dir.
 
-`SimProcess.stop()` (tests/conftest.py) asserts that no qemu-nbd or
+`SimProcess.stop()` (tests/support/sim.py) asserts that no qemu-nbd or
 ovirt-imageio process of the simulator survives it.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from ovirtsdk4 import types
 
-from tests.conftest import _children, _cmdline
+from tests.support.sim import children, cmdline
 
 
 def _inventory(conn: Any) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def test_fresh_sample_is_ready_fast_and_restart_serves_the_same(
             time.sleep(0.05)
     finally:
         conn.close()
-    helpers = [_cmdline(p) for p in _children(s.proc.pid)]
+    helpers = [cmdline(p) for p in children(s.proc.pid)]
     assert any("qemu-nbd" in c for c in helpers) and any("ovirt-imageio" in c for c in helpers), (
         helpers
     )

@@ -5,13 +5,14 @@ Each test makes (and removes) its own VM and template on the shared simulator.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import ovirtsdk4 as sdk
 import pytest
 from ovirtsdk4 import types
+
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
@@ -19,17 +20,6 @@ pytestmark = [
 ]
 
 MiB = 1024**2
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

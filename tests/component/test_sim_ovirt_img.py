@@ -7,7 +7,6 @@ create their disk through the engine API, so each test removes what it made.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -19,16 +18,9 @@ import pytest
 from ovirtsdk4 import types
 
 from rhvfs.sim.guestdata import make_guest_image
+from tests.support.data import sha256_file
 
 MiB = 1024**2
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _ovirt_img(sim: Any, *args: str) -> None:
@@ -45,7 +37,7 @@ def test_upload_disk_then_download_disk_round_trip(
 ) -> None:
     raw = tmp_path / "guest.raw"
     make_guest_image(raw, size=96 * MiB, hostname=f"upload-{source_format}", seed=77, files_mib=2)
-    expected = _sha256(raw)
+    expected = sha256_file(raw)
     source = raw
     if source_format == "qcow2":
         source = tmp_path / "guest.qcow2"
@@ -83,7 +75,7 @@ def test_upload_disk_then_download_disk_round_trip(
         assert sim.admin.disk_sha256(disk_id) == expected
         back = tmp_path / "back.raw"
         _ovirt_img(sim, "download-disk", "-c", "sim", "-f", "raw", disk_id, str(back))
-        assert _sha256(back) == expected
+        assert sha256_file(back) == expected
         ds.remove()
         assert disk_id not in {d.id for d in conn.system_service().disks_service().list()}
     finally:

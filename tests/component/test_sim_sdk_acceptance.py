@@ -9,9 +9,6 @@ Tests that write guest data or run backups use an isolated simulator
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,9 @@ import pytest
 from ovirt_imageio import client as imageio
 from ovirtsdk4 import types
 
+from tests.support.data import sha256_file, sha256_image
+from tests.support.waiting import wait_for
+
 # ovirt_imageio.client leaks its local NBD socket (upstream): not ours to fail on.
 pytestmark = [
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
@@ -29,37 +29,6 @@ pytestmark = [
 
 MiB = 1024**2
 BITMAP_GRANULARITY = 64 * 1024
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def raw_sha256_of(image: Path, tmp: Path) -> str:
-    """sha256 of the guest-visible bytes of any image (qemu-img convert to raw)."""
-    flat = tmp / (image.name + ".flat")
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(flat)], check=True
-    )
-    try:
-        return file_sha256(flat)
-    finally:
-        flat.unlink()
 
 
 def vm_by_name(conn: Any, name: str) -> types.Vm:
@@ -226,7 +195,7 @@ def test_download_disk_of_a_down_vm(sim: Any, tmp_path: Path) -> None:
             finalize_transfer(conn, transfer)
         assert ds.get().status == types.DiskStatus.OK
         assert target.stat().st_size == disk.provisioned_size
-        assert file_sha256(target) == sim.admin.disk_sha256(disk.id)
+        assert sha256_file(target) == sim.admin.disk_sha256(disk.id)
     finally:
         conn.close()
 
@@ -260,7 +229,7 @@ def test_download_snapshot_disk_of_a_running_vm_keeps_its_point_in_time(
         got = download(
             s, conn, tmp_path, "snap.raw", snapshot=types.DiskSnapshot(id=snap_disk.image_id)
         )
-        assert file_sha256(got) == at_snapshot
+        assert sha256_file(got) == at_snapshot
         ss.remove()
     finally:
         conn.close()
@@ -339,7 +308,7 @@ def test_full_then_incremental_backup_reproduces_the_disk(
 
         before_full = s.admin.disk_sha256(disk.id)
         checkpoint, full, _ = run_backup(None, "full")
-        assert raw_sha256_of(full, tmp_path) == before_full
+        assert sha256_image(full, src_format="qcow2", suffix=".flat") == before_full
         checkpoints = (
             conn.system_service().vms_service().vm_service(vm.id).checkpoints_service().list()
         )
@@ -364,7 +333,7 @@ def test_full_then_incremental_backup_reproduces_the_disk(
         assert (
             dirty_bytes <= sum(size for _, size, _ in writes) + 2 * len(writes) * BITMAP_GRANULARITY
         )
-        assert raw_sha256_of(incr, tmp_path) == current
+        assert sha256_image(incr, src_format="qcow2", suffix=".flat") == current
         cps = conn.system_service().vms_service().vm_service(vm.id).checkpoints_service().list()
         assert [c.id for c in cps] == [checkpoint, checkpoint2]
         assert cps[1].parent_id == checkpoint

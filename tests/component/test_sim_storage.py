@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
@@ -10,15 +9,12 @@ import pytest
 
 from rhvfs.sim.guestdata import make_guest_image
 from rhvfs.sim.storage import BitmapError, Storage, StorageError
+from tests.support.data import sha
 
 MiB = 1024 * 1024
 SD = "sd-1"
 DISK = "disk-1"
 SIZE = 32 * MiB
-
-
-def _sha(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture
@@ -42,7 +38,7 @@ def test_create_raw_and_cow(tmp_path: Path) -> None:
     assert (p.fmt, p.virtual_size, p.actual_size) == ("raw", 4 * MiB, 4 * MiB)
     assert (c.fmt, c.virtual_size, c.backing_vol_id) == ("cow", 4 * MiB, None)
     assert c.file_size < MiB
-    zero = _sha(bytes(4 * MiB))
+    zero = sha(bytes(4 * MiB))
     assert [s.content_sha256(SD, DISK, v) for v in ("r", "p", "c")] == [zero] * 3
     assert s.volume_path(SD, DISK, "c") == tmp_path / SD / DISK / "c"
     assert s.volume_path(SD, DISK, "c").read_bytes()[:4] == b"QFI\xfb"
@@ -54,7 +50,7 @@ def test_create_raw_and_cow(tmp_path: Path) -> None:
     assert (grown.virtual_size, grown.actual_size) == (6 * MiB, 6 * MiB)
     s.resize(SD, DISK, "r", 6 * MiB)
     assert s.volume_info(SD, DISK, "r").actual_size <= 4096
-    assert s.content_sha256(SD, DISK, "p") == _sha(bytes(6 * MiB))
+    assert s.content_sha256(SD, DISK, "p") == sha(bytes(6 * MiB))
     s.resize(SD, DISK, "c", 8 * MiB)
     assert s.volume_info(SD, DISK, "c").virtual_size == 8 * MiB
     with pytest.raises(StorageError):
@@ -66,21 +62,21 @@ def test_create_raw_and_cow(tmp_path: Path) -> None:
 
 def test_import_keeps_content_and_holes(guest: tuple[Storage, bytearray], tmp_path: Path) -> None:
     s, expected = guest
-    assert s.content_sha256(SD, DISK, "base") == _sha(expected)
+    assert s.content_sha256(SD, DISK, "base") == sha(expected)
     img = tmp_path / "guest.img"
     s.import_raw(SD, "raw-disk", "v", img, fmt="raw")
-    assert s.content_sha256(SD, "raw-disk", "v") == _sha(expected)
+    assert s.content_sha256(SD, "raw-disk", "v") == sha(expected)
     raw_path = s.volume_path(SD, "raw-disk", "v")
     assert raw_path.stat().st_blocks * 512 <= img.stat().st_blocks * 512 + MiB
     s.import_raw(SD, "full-disk", "v", img, fmt="raw", sparse=False)
     full = s.volume_info(SD, "full-disk", "v")
     assert (full.sparse, full.actual_size) == (False, SIZE)
-    assert s.content_sha256(SD, "full-disk", "v") == _sha(expected)
+    assert s.content_sha256(SD, "full-disk", "v") == sha(expected)
 
 
 def test_snapshot_write_merge(guest: tuple[Storage, bytearray]) -> None:
     s, expected = guest
-    base_sha = _sha(expected)
+    base_sha = sha(expected)
     s.add_bitmap(SD, DISK, "base", "cp1")
     s.snapshot(SD, DISK, "base", "top")
     info = s.volume_info(SD, DISK, "top")
@@ -96,7 +92,7 @@ def test_snapshot_write_merge(guest: tuple[Storage, bytearray]) -> None:
     expected[20 * MiB : 20 * MiB + 3 * 65536] = b"\xab" * (3 * 65536)
     expected[1000:1014] = b"guest was here"
     expected[2 * MiB : 3 * MiB] = bytes(MiB)
-    top_sha = _sha(expected)
+    top_sha = sha(expected)
     assert top_sha != base_sha
     assert s.content_sha256(SD, DISK, "top") == top_sha
     assert s.content_sha256(SD, DISK, "base") == base_sha
@@ -106,7 +102,7 @@ def test_snapshot_write_merge(guest: tuple[Storage, bytearray]) -> None:
     s.snapshot(SD, DISK, "top", "active")
     s.guest_write(SD, DISK, "active", offset=30 * MiB, pattern=0x11, size=4096)
     expected[30 * MiB : 30 * MiB + 4096] = b"\x11" * 4096
-    active_sha = _sha(expected)
+    active_sha = sha(expected)
     assert s.chain(SD, DISK, "active") == ["active", "top", "base"]
 
     s.merge(SD, DISK, "base", "top")
@@ -165,4 +161,4 @@ def test_guest_write_larger_than_one_qemu_io_buffer(tmp_path: Path) -> None:
     expected = bytearray(80 * MiB)
     expected[3 * MiB + 7 : 3 * MiB + 7 + len(data)] = data
     expected[45 * MiB : 79 * MiB] = b"\x33" * (34 * MiB)
-    assert s.content_sha256(SD, DISK, "v") == _sha(expected)
+    assert s.content_sha256(SD, DISK, "v") == sha(expected)

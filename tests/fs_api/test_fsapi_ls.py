@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from vfs_fakes import DISK_SIZE, FakeBackups, FakeEngine
-
 from rhvfs.commands.ls import list_tree
 from rhvfs.vfs.tree import Vfs
+from tests.support.fake_backups import FakeBackups
+from tests.support.fake_engine import DISK_SIZE, inventory_engine
 
 
 async def run_ls(
     path: str, *, recursive: bool = False, long: bool = False
 ) -> tuple[list[str], FakeBackups]:
     backups = FakeBackups()
-    vfs = Vfs(FakeEngine(), backups, listing_ttl_s=5.0)
+    vfs = Vfs(inventory_engine(), backups, listing_ttl_s=5.0)
     out: list[str] = []
     await list_tree(vfs, path, recursive=recursive, long=long, out=out)
     return out, backups
@@ -65,7 +65,7 @@ class IncrementalBackups(FakeBackups):
 
 async def test_ls_recursive_does_not_start_engine_backups() -> None:
     backups = IncrementalBackups()
-    vfs = Vfs(FakeEngine(), backups, listing_ttl_s=5.0)
+    vfs = Vfs(inventory_engine(), backups, listing_ttl_s=5.0)
     out: list[str] = []
     await list_tree(vfs, "/vms", recursive=True, long=False, out=out)
     # Hidden from listings (reached by name only), so a tree walk never meets them.

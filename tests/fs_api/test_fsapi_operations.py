@@ -9,19 +9,22 @@ from typing import Any
 
 import pyfuse3
 import pytest
-from vfs_fakes import DISK_SIZE, FakeBackups, FakeEngine, image_bytes
 
 from rhvfs import errors
 from rhvfs.fs import ERRNO, Operations, errno_for
 from rhvfs.vfs.names import ROOT_INODE
 from rhvfs.vfs.tree import Vfs
+from tests.support.fake_backups import FakeBackups, image_bytes
+from tests.support.fake_engine import DISK_SIZE, inventory_engine
 
 CTX: Any = None  # RequestContext can't be built outside a request; the adapter ignores it
 
 
 def make_ops() -> tuple[Operations, FakeBackups]:
     backups = FakeBackups()
-    return Operations(Vfs(FakeEngine(), backups, listing_ttl_s=5.0, uid=1000, gid=1000)), backups
+    return Operations(
+        Vfs(inventory_engine(), backups, listing_ttl_s=5.0, uid=1000, gid=1000)
+    ), backups
 
 
 async def walk(ops: Operations, path: str) -> pyfuse3.EntryAttributes:
@@ -129,6 +132,7 @@ def test_every_vfs_refusal_has_its_own_errno() -> None:
     assert refusals and all(cls in ERRNO for cls in refusals)
 
 
+@pytest.mark.allow_log("rhvfs.fs", "WARNING", match="-> E")
 async def test_errors_reach_fuse_as_errno(caplog: pytest.LogCaptureFixture) -> None:
     ops, _ = make_ops()
     with pytest.raises(pyfuse3.FUSEError) as e:
@@ -157,6 +161,7 @@ async def test_errors_reach_fuse_as_errno(caplog: pytest.LogCaptureFixture) -> N
     assert e.value.errno == errno.EBADF
 
 
+@pytest.mark.allow_log("rhvfs.fs", "ERROR", match="failed unexpectedly")
 async def test_unknown_exceptions_are_logged_and_eio(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,16 +7,18 @@ import json
 import pytest
 import trio
 import trio.testing
-from vfs_fakes import DISK_SIZE, FakeBackups, FakeEngine, image_bytes
 
+from rhvfs.engine.types import Vm
 from rhvfs.errors import IsADirectory, NotADirectory, NotFound, VmStateError
 from rhvfs.vfs.names import ROOT_INODE
 from rhvfs.vfs.nodes import Kind
 from rhvfs.vfs.tree import Vfs
+from tests.support.fake_backups import FakeBackups, image_bytes
+from tests.support.fake_engine import DISK_SIZE, FakeEngine, inventory_engine
 
 
 def make_vfs(ttl: float = 5.0) -> tuple[Vfs, FakeEngine, FakeBackups]:
-    engine, backups = FakeEngine(), FakeBackups()
+    engine, backups = inventory_engine(), FakeBackups()
     return (
         Vfs(engine, backups, listing_ttl_s=ttl, status_info=lambda: {"mountpoint": "/x"}),
         engine,
@@ -152,13 +154,11 @@ async def test_read_image_through_session_and_release() -> None:
 
 
 async def test_open_keeps_a_content_snapshot(autojump_clock: trio.testing.MockClock) -> None:
-    vfs, _, _ = make_vfs(ttl=1.0)
+    vfs, engine, _ = make_vfs(ttl=1.0)
     node = await vfs.resolve("/vms/myvm/vm.json")
     fh = await vfs.open(node.ino)
     first = await vfs.read(fh, 0, 10_000)
-    vfs.inventory._engine.vms[0] = vfs.inventory._engine.vms[0].__class__(  # type: ignore[attr-defined]
-        id="vm-1", name="myvm", status="up", cluster_id="cl-1"
-    )
+    engine.vms["vm-1"] = Vm(id="vm-1", name="myvm", status="up", cluster_id="cl-1")
     await trio.sleep(1.5)
     fresh = await read_all(vfs, "/vms/myvm/vm.json")
     assert json.loads(fresh)["status"] == "up"

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import trio
-from vfs_fakes import DISK_SIZE, FakeBackups
-from vfs_fakes import FakeEngine as InventoryEngine
 
 from rhvfs import errors
 from rhvfs.config import Config
@@ -18,7 +16,9 @@ from rhvfs.sessions.restore import RestoreManager
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.vfs.names import ROOT_INODE
 from rhvfs.vfs.tree import Vfs
-from tests.unit.test_restore_fakes import FakeEngine, fake_opener
+from tests.support.fake_backups import FakeBackups
+from tests.support.fake_dataplane import upload_opener as fake_opener
+from tests.support.fake_engine import DISK_SIZE, FakeEngine, inventory_engine
 
 WRITE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
@@ -36,7 +36,7 @@ async def make_vfs(nursery: trio.Nursery, tmp_path: Path) -> tuple[Vfs, FakeBack
     )
     await nursery.start(manager.run)
     backups = FakeBackups()
-    vfs = Vfs(InventoryEngine(), backups, listing_ttl_s=5.0, restores=manager, uid=7, gid=8)
+    vfs = Vfs(inventory_engine(), backups, listing_ttl_s=5.0, restores=manager, uid=7, gid=8)
     return vfs, backups
 
 
@@ -157,7 +157,7 @@ async def test_refusals_are_named_errors(nursery: trio.Nursery, tmp_path: Path) 
 
 
 async def test_without_restores_restore_is_read_only() -> None:
-    vfs = Vfs(InventoryEngine(), FakeBackups(), listing_ttl_s=5.0)
+    vfs = Vfs(inventory_engine(), FakeBackups(), listing_ttl_s=5.0)
     restore = await vfs.resolve("/restore")
     assert vfs.attributes(restore).mode == stat.S_IFDIR | 0o555
     assert await vfs.listdir(restore.ino) == []

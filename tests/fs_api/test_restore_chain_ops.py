@@ -7,10 +7,11 @@ import random
 from pathlib import Path
 
 import trio
-from test_restore_ops import lookup, make_ops, put_file, wait_status
 
-from tests.unit.test_restore_chain import build_chain, expected, restored
-from tests.unit.test_restore_fakes import FakeEngine
+from tests.support.backup_sets import build_chain, expected
+from tests.support.fake_engine import FakeEngine
+from tests.support.fs_ops import lookup, make_ops, put_file, wait_status
+from tests.support.restore_rig import restored
 
 
 async def test_rsync_style_chain_restore_through_operations(

@@ -9,7 +9,6 @@ compared (sha256) with the simulator's own hash of the disk at that point.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -21,8 +20,10 @@ from typing import Any
 import ovirtsdk4
 import pytest
 
-from rhvfs.sessions.incremental._chainstate import ChainSet, ChainState
-from tests.conftest import start_sim
+from tests.support.data import sha256_file, sha256_image
+from tests.support.mounts import IncrementalMount, extract, manifest_of
+from tests.support.sim import SimProcess, running_sim
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 RHVFS = [sys.executable, "-m", "rhvfs.cli"]
@@ -31,94 +32,12 @@ VM = "myvm0"
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     """A private simulator: these tests write into guest disks, which must not disturb
     the shared one (other tests read the guests' filesystems)."""
-    s = start_sim(tmp_path_factory.mktemp("incsim"), sample=True, delay_s=0.0)
     # short listing cache: a set outlives it by a second, and each set waits for its end
-    text = s.conf_file.read_text()
-    s.conf_file.write_text(
-        text.replace(f"[{s.section}]\n", f"[{s.section}]\nlisting_ttl = 0.5\n", 1)
-    )
-    try:
+    with running_sim(tmp_path_factory.mktemp("incsim"), listing_ttl=0.5) as s:
         yield s
-    finally:
-        s.stop()
-
-
-class Mount:
-    def __init__(self, sim: Any, mnt: Path, state_dir: Path) -> None:
-        self.sim, self.mnt, self.state_dir = sim, mnt, state_dir
-        mnt.mkdir(exist_ok=True)
-        argv = [
-            *RHVFS, "mount", "-c", sim.section, "--config-file", str(sim.conf_file),
-            "--state-dir", str(state_dir), "--grace-period", "1", str(mnt),
-        ]  # fmt: skip
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        self.chain = ChainState.for_engine(sim.engine_url, state_dir=state_dir)
-
-    def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads((self.mnt / ".rhvfs/status.json").read_bytes())
-        return doc
-
-    def umount(self) -> None:
-        subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=300)
-
-    def sets(self, vm_id: str) -> list[ChainSet]:
-        return self.chain.sets(vm_id)
-
-    def tar_set(self, kind: str, tar: Path, vm_id: str, *, completes: bool = True) -> None:
-        """tar a set directory and wait until its backup ended (and the chain advanced)."""
-        before = len(self.sets(vm_id))
-        subprocess.run(
-            ["tar", "-cf", str(tar), "-C", str(self.mnt / "vms" / VM / kind), "."],
-            check=True,
-            timeout=300,
-        )
-        if completes:
-            assert wait_for(lambda: len(self.sets(vm_id)) == before + 1), self.status()
-        wait_for(lambda: not self.status()["sessions"]["incremental"]["sessions"])
-
-
-def wait_for(predicate: Any, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return bool(predicate())
-
-
-def file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def chain_sha(top: Path) -> str:
-    out = top.with_name(top.name + ".raw-converted")
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(top), str(out)], check=True)
-    try:
-        return file_sha(out)
-    finally:
-        out.unlink()
-
-
-def extract(tar: Path, into: Path) -> list[str]:
-    names = subprocess.run(
-        ["tar", "-tf", str(tar)], capture_output=True, text=True, check=True
-    ).stdout.split()
-    subprocess.run(["tar", "-xf", str(tar), "-C", str(into)], check=True)
-    return [n.removeprefix("./") for n in names if n not in (".", "./")]
-
-
-def manifest_of(names: list[str], into: Path) -> dict[str, Any]:
-    name = next(n for n in names if n.startswith("manifest--"))
-    doc: dict[str, Any] = json.loads((into / name).read_bytes())
-    return doc
 
 
 @pytest.fixture
@@ -145,10 +64,10 @@ def vm(sim: Any) -> Iterator[tuple[str, str]]:
 
 
 @pytest.fixture
-def mount(sim: Any, tmp_path: Path) -> Iterator[Mount]:
+def mount(sim: Any, tmp_path: Path) -> Iterator[IncrementalMount]:
     state = tmp_path / "state"
     state.mkdir()
-    m = Mount(sim, tmp_path / "mnt", state)
+    m = IncrementalMount(sim, tmp_path / "mnt", state, vm=VM)
     try:
         yield m
     finally:
@@ -156,7 +75,7 @@ def mount(sim: Any, tmp_path: Path) -> Iterator[Mount]:
 
 
 def test_full_incrementals_differential_via_tar(
-    sim: Any, vm: tuple[str, str], mount: Mount, tmp_path: Path
+    sim: Any, vm: tuple[str, str], mount: IncrementalMount, tmp_path: Path
 ) -> None:
     vm_id, disk_id = vm
     admin = sim.admin
@@ -175,7 +94,7 @@ def test_full_incrementals_differential_via_tar(
     m0 = manifest_of(n0, out)
     assert m0["set_type"] == "full"
     full_img = next(n for n in n0 if n.endswith(".raw"))
-    assert file_sha(out / full_img) == admin.disk_sha256(disk_id)
+    assert sha256_file(out / full_img) == admin.disk_sha256(disk_id)
 
     admin.guest_write(vm=VM, disk=disk_id, offset=20 * MiB, size=8 * MiB, pattern=0x61)
     mount.tar_set("@rhv-incremental", tmp_path / "s1.tar", vm_id)
@@ -220,9 +139,9 @@ def test_full_incrementals_differential_via_tar(
         top[m1["set_id"]],
         full_img,
     ]
-    assert chain_sha(out / top[m1["set_id"]]) == sha1
-    assert chain_sha(out / top[m2["set_id"]]) == sha2
-    assert chain_sha(out / top[m3["set_id"]]) == sha3
+    assert sha256_image(out / top[m1["set_id"]]) == sha1
+    assert sha256_image(out / top[m2["set_id"]]) == sha2
+    assert sha256_image(out / top[m3["set_id"]]) == sha3
 
     # the offline chain agrees with a download of the disk through the mount
     disk_file = next((mount.mnt / "vms" / VM / "disks").iterdir())
@@ -234,7 +153,7 @@ def test_full_incrementals_differential_via_tar(
 
 
 def test_abandoned_set_and_broken_chain(
-    sim: Any, vm: tuple[str, str], mount: Mount, tmp_path: Path
+    sim: Any, vm: tuple[str, str], mount: IncrementalMount, tmp_path: Path
 ) -> None:
     vm_id, disk_id = vm
     admin = sim.admin
@@ -247,7 +166,7 @@ def test_abandoned_set_and_broken_chain(
     delta = next(p for p in set_dir.iterdir() if p.name.endswith(".qcow2"))
     with open(delta, "rb") as f:
         assert len(f.read(MiB)) == MiB
-    assert wait_for(lambda: not mount.status()["sessions"]["incremental"]["sessions"])
+    assert wait_until(lambda: not mount.status()["sessions"]["incremental"]["sessions"])
     assert [s.set_id for s in mount.sets(vm_id)] == [base.set_id]
 
     mount.tar_set("@rhv-incremental", tmp_path / "s1.tar", vm_id)
@@ -259,7 +178,7 @@ def test_abandoned_set_and_broken_chain(
     try:
         service = conn.system_service().vms_service().vm_service(vm_id)
         service.checkpoints_service().checkpoint_service(s1.checkpoint_id).remove()
-        assert wait_for(
+        assert wait_until(
             lambda: s1.checkpoint_id not in {c.id for c in service.checkpoints_service().list()}
         )
     finally:
@@ -274,13 +193,13 @@ def test_abandoned_set_and_broken_chain(
     assert any("is broken" in w for w in m2["warnings"])
     notes = mount.status()["sessions"]["incremental"]["notes"]
     assert any("is broken" in n["message"] for n in notes)
-    assert file_sha(out / next(n for n in names if n.endswith(".raw"))) == admin.disk_sha256(
+    assert sha256_file(out / next(n for n in names if n.endswith(".raw"))) == admin.disk_sha256(
         disk_id
     )
 
 
 def test_rhv_of_a_running_vm_starts_the_chain(
-    sim: Any, vm: tuple[str, str], mount: Mount, tmp_path: Path
+    sim: Any, vm: tuple[str, str], mount: IncrementalMount, tmp_path: Path
 ) -> None:
     """@rhv/ of a VM that is up is read from a full engine backup: its manifest records the
     checkpoint, and the next incremental's delta names the @rhv/ image as backing file."""
@@ -289,7 +208,7 @@ def test_rhv_of_a_running_vm_starts_the_chain(
     service = conn.system_service().vms_service().vm_service(vm_id)
     service.start()
     try:
-        assert wait_for(lambda: str(service.get().status) == "up")
+        assert wait_until(lambda: str(service.get().status) == "up")
         subprocess.run(
             [
                 "tar",
@@ -302,7 +221,7 @@ def test_rhv_of_a_running_vm_starts_the_chain(
             check=True,
             timeout=300,
         )
-        assert wait_for(lambda: len(mount.sets(vm_id)) == 1), mount.status()
+        assert wait_until(lambda: len(mount.sets(vm_id)) == 1), mount.status()
         out = tmp_path / "sets"
         out.mkdir()
         names = extract(tmp_path / "full.tar", out)
@@ -312,7 +231,7 @@ def test_rhv_of_a_running_vm_starts_the_chain(
             and full["checkpoint_id"] == mount.sets(vm_id)[0].checkpoint_id
         )
         image = next(n for n in names if n.endswith(".raw"))
-        assert file_sha(out / image) == sim.admin.disk_sha256(disk_id)
+        assert sha256_file(out / image) == sim.admin.disk_sha256(disk_id)
 
         sim.admin.guest_write(vm=VM, disk=disk_id, offset=30 * MiB, size=MiB, pattern=0x7E)
         mount.tar_set("@rhv-incremental", tmp_path / "inc.tar", vm_id)
@@ -327,8 +246,8 @@ def test_rhv_of_a_running_vm_starts_the_chain(
             check=True,
         )
         assert json.loads(info.stdout)["backing-filename"] == image
-        assert chain_sha(out / delta) == sim.admin.disk_sha256(disk_id)
+        assert sha256_image(out / delta) == sim.admin.disk_sha256(disk_id)
     finally:
         service.stop()
-        wait_for(lambda: str(service.get().status) == "down")
+        wait_until(lambda: str(service.get().status) == "down")
         conn.close()

@@ -1,54 +1,28 @@
 """Real FUSE mounts of the fake backend: the tree, attributes and data through the kernel.
 
-The mount runs in a subprocess (tests/mount/fake_mount.py -> rhvfs.mount.serve)
+The mount runs in a subprocess (tests/support/fake_mount.py -> rhvfs.mount.serve)
 and is stopped with ``rhvfs umount``, exactly as an admin would.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs_api"))
-from vfs_fakes import DISK_SIZE, image_bytes  # noqa: E402
+from tests.support.data import sha
+from tests.support.fake_backups import image_bytes
+from tests.support.fake_engine import DISK_SIZE
+from tests.support.mounts import RHVFS, FakeMount, restic_summary
 
 pytestmark = pytest.mark.slow
-HERE = Path(__file__).resolve().parent
-RHVFS = [sys.executable, "-m", "rhvfs.cli"]
-
-
-class FakeMount:
-    def __init__(self, mnt: Path) -> None:
-        self.mnt = mnt
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "fake_mount.py"), str(mnt)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if line.strip() != "READY":
-            self.proc.kill()
-            raise AssertionError(f"mount did not start: {line!r} {self.proc.stderr.read()}")  # type: ignore[union-attr]
-        self.counts: dict[str, int] = {}
-
-    def umount(self) -> None:
-        if self.proc.poll() is None:
-            subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=60)
-            out, _ = self.proc.communicate(timeout=30)
-            self.counts = json.loads(out.strip().splitlines()[-1])
-        assert not os.path.ismount(self.mnt)
 
 
 @pytest.fixture
@@ -61,10 +35,6 @@ def mount(tmp_path: Path) -> Iterator[FakeMount]:
     finally:
         if m.proc.poll() is None:
             m.umount()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def snapshot_stats(root: Path) -> dict[str, tuple[int, int, int, int, int]]:
@@ -179,19 +149,6 @@ def test_umount_waits_and_refuses_unmounted(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().endswith("is not mounted") and "Traceback" not in result.stderr
     assert shutil.which("fusermount3")
-
-
-def restic_summary(repo: Path, path: Path) -> dict[str, int]:
-    env = {**os.environ, "RESTIC_PASSWORD": "test", "RESTIC_CACHE_DIR": str(repo.parent / "cache")}
-    result = subprocess.run(
-        ["restic", "-r", str(repo), "--json", "backup", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return next(doc for doc in lines if doc.get("message_type") == "summary")
 
 
 def test_restic_second_run_over_a_new_mount_sees_files_unchanged(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import signal
@@ -22,33 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_mount_fake import restic_summary
+
+from tests.support.data import MiB, sha256_file
+from tests.support.mounts import RHVFS, SimMount, restic_summary
+from tests.support.sim import live_transfers, snapshot_ids
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-RHVFS = [sys.executable, "-m", "rhvfs.cli"]
-MiB = 1024 * 1024
-
-
-class SimMount:
-    def __init__(self, sim: Any, mnt: Path, state_dir: Path, *extra: str) -> None:
-        self.sim, self.mnt = sim, mnt
-        mnt.mkdir(exist_ok=True)
-        argv = [
-            *RHVFS, "mount", "-c", sim.section, "--config-file", str(sim.conf_file),
-            "--state-dir", str(state_dir), *extra, str(mnt),
-        ]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert os.path.ismount(mnt)  # ready when `rhvfs mount` returned
-        self.pid = int(self.status()["pid"])
-
-    def status(self) -> dict[str, Any]:
-        return json.loads((self.mnt / ".rhvfs/status.json").read_bytes())  # type: ignore[no-any-return]
-
-    def umount(self) -> None:
-        if os.path.ismount(self.mnt):
-            subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=300)
-        assert not os.path.ismount(self.mnt)
 
 
 @pytest.fixture
@@ -67,27 +46,11 @@ def mounted(sim: Any, tmp_path: Path, state_dir: Path) -> Iterator[SimMount]:
         m.umount()
 
 
-def file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sdk_vm(sim: Any, name: str) -> tuple[Any, Any]:
     conn = sim.sdk_connection()
     vms = conn.system_service().vms_service()
     vm = vms.list(search=f"name={name}")[0]
     return conn, vms.vm_service(vm.id)
-
-
-def snapshot_ids(sim: Any, vm_name: str) -> list[str]:
-    conn, vm_service = sdk_vm(sim, vm_name)
-    try:
-        return sorted(s.id for s in vm_service.snapshots_service().list())
-    finally:
-        conn.close()
 
 
 def disks_of(sim: Any, vm_name: str) -> dict[str, str]:
@@ -101,23 +64,6 @@ def disks_of(sim: Any, vm_name: str) -> dict[str, str]:
         return out
     finally:
         conn.close()
-
-
-def live_transfers(sim: Any) -> list[dict[str, Any]]:
-    return [
-        t
-        for t in sim.admin.transfers()
-        if not str(t["phase"]).startswith(("finished", "cancelled"))
-    ]
-
-
-def wait_for(predicate: Any, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return bool(predicate())
 
 
 def set_images(set_dir: Path) -> dict[str, str]:
@@ -179,7 +125,7 @@ def test_tar_of_running_vm_is_point_in_time_and_leaves_nothing(
                 f.seek(5 * MiB)
                 original = f.read(len(b"after the snapshot" * 1000))
             sim.admin.guest_write(disk=data_disk, offset=5 * MiB, data=original)
-    got = {disk_id: file_sha(out / "@rhv" / name) for name, disk_id in images.items()}
+    got = {disk_id: sha256_file(out / "@rhv" / name) for name, disk_id in images.items()}
     assert got == want
     assert sim.admin.disk_sha256(data_disk) == want[data_disk]
     mounted.umount()  # waits for the session to end
@@ -196,7 +142,7 @@ def test_cp_and_rsync_give_the_simulators_images(
     subprocess.run(["cp", "-a", str(set_dir), str(tmp_path / "cp")], check=True)
     subprocess.run(["rsync", "-a", f"{set_dir}/", str(tmp_path / "rsync")], check=True)
     for copy in (tmp_path / "cp", tmp_path / "rsync"):
-        assert {name: file_sha(copy / name) for name in images} == want
+        assert {name: sha256_file(copy / name) for name in images} == want
         assert sorted(os.listdir(copy)) == sorted(os.listdir(set_dir))
 
 
@@ -262,7 +208,7 @@ def kill_mid_backup(sim: Any, mnt: Path, state_dir: Path, vm: str) -> None:
         os.kill(first.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
             f.close()  # ECONNABORTED: the mount stays visibly broken, as after any crash
-        assert wait_for(lambda: not os.path.exists(f"/proc/{first.pid}"), 10)
+        assert wait_until(lambda: not os.path.exists(f"/proc/{first.pid}"), 10)
         with pytest.raises(OSError) as e:
             os.listdir(first.mnt)
         assert e.value.errno == errno.ENOTCONN  # not unmounted: never an empty directory
@@ -281,7 +227,9 @@ def test_sigkilled_mount_leftovers_are_removed_by_the_next_mount(
     assert len(snapshot_ids(sim, "db01")) == len(before) + 1
     second = SimMount(sim, tmp_path / "mnt", state_dir)
     try:
-        assert wait_for(lambda: snapshot_ids(sim, "db01") == before and not live_transfers(sim), 60)
+        assert wait_until(
+            lambda: snapshot_ids(sim, "db01") == before and not live_transfers(sim), 60
+        )
     finally:
         second.umount()
 
@@ -351,7 +299,7 @@ def test_template_set_gives_the_template_disk(sim: Any, mounted: SimMount) -> No
     images = set_images(set_dir)
     assert len(images) == 1
     for name, disk_id in images.items():
-        assert file_sha(set_dir / name) == sim.admin.disk_sha256(disk_id)
+        assert sha256_file(set_dir / name) == sim.admin.disk_sha256(disk_id)
 
 
 def test_paused_vm_set_reads_the_simulators_disk(sim: Any, mounted: SimMount) -> None:
@@ -359,7 +307,7 @@ def test_paused_vm_set_reads_the_simulators_disk(sim: Any, mounted: SimMount) ->
     images = set_images(set_dir)
     assert len(images) == 1
     for name, disk_id in images.items():
-        assert file_sha(set_dir / name) == sim.admin.disk_sha256(disk_id)
+        assert sha256_file(set_dir / name) == sim.admin.disk_sha256(disk_id)
 
 
 def test_reopen_right_after_close_with_no_grace_period(

@@ -8,7 +8,6 @@ failing cleanly, and libguestfs reading a disk straight from the mount.
 
 from __future__ import annotations
 
-import configparser
 import hashlib
 import json
 import os
@@ -20,20 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_mount_sim import RHVFS, MiB, SimMount, live_transfers, snapshot_ids
+
+from tests.support.data import MiB
+from tests.support.mounts import RHVFS, SimMount
+from tests.support.sim import conf_with, live_transfers, snapshot_ids
 
 pytestmark = pytest.mark.slow
-
-
-def conf_with(sim: Any, tmp_path: Path, **settings: object) -> Path:
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(sim.conf_file)
-    for key, value in settings.items():
-        parser[sim.section][key] = str(value)
-    path = tmp_path / "ovirt-img.conf"
-    with open(path, "w") as f:
-        parser.write(f)
-    return path
 
 
 class ConfMount(SimMount):

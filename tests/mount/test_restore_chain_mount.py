@@ -18,17 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_incremental_mount import VM, Mount, extract, manifest_of
-from test_restore_mount import engine_state, remove_vm, vm_details, wait_status
 
-from tests.conftest import start_sim
+from tests.support.mounts import IncrementalMount, extract, manifest_of, restore_status
+from tests.support.sim import (
+    engine_state,
+    remove_vm,
+    running_sim,
+    vm_and_first_disk,
+    vm_details,
+)
 
 pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
+VM = "myvm0"
 
 
 class Chain:
-    def __init__(self, sim: Any, mount: Mount, out: Path) -> None:
+    def __init__(self, sim: Any, mount: IncrementalMount, out: Path) -> None:
         self.sim, self.mount, self.out = sim, mount, out
         self.names: dict[str, list[str]] = {}  # set label -> its files
         self.sha: dict[str, str] = {}  # set label -> the disk's sha256 when it was read
@@ -39,47 +45,34 @@ class Chain:
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
     """A private simulator (guest writes), one mount, and four sets of myvm0's disk."""
     base = tmp_path_factory.mktemp("chainrestore")
-    sim = start_sim(base / "sim", sample=True, delay_s=0.0)
-    text = sim.conf_file.read_text()
-    sim.conf_file.write_text(
-        text.replace(f"[{sim.section}]\n", f"[{sim.section}]\nlisting_ttl = 0.5\n", 1)
-    )
-    (base / "state").mkdir()
-    mount = Mount(sim, base / "mnt", base / "state")
-    try:
-        conn = sim.sdk_connection()
+    # short listing cache: a set outlives it by a second, and each set waits for its end
+    with running_sim(base / "sim", listing_ttl=0.5) as sim:
+        (base / "state").mkdir()
+        mount = IncrementalMount(sim, base / "mnt", base / "state", vm=VM)
         try:
-            vms = conn.system_service().vms_service()
-            vm_id = vms.list(search=f"name={VM}")[0].id
-            att = vms.vm_service(vm_id).disk_attachments_service().list()[0]
-            disk_id = att.disk.id
+            vm_id, disk_id = vm_and_first_disk(sim, VM)
+            c = Chain(sim, mount, base / "sets")
+            c.out.mkdir()
+            steps = [
+                ("full", "@rhv-incremental", None),
+                ("inc1", "@rhv-incremental", (20 * MiB, 8 * MiB, 0x61)),
+                ("inc2", "@rhv-incremental", (100 * MiB, MiB, 0x62)),
+                ("diff", "@rhv-differential", (200 * MiB, 2 * MiB, 0x63)),
+            ]
+            for label, kind, write in steps:
+                if write is not None:
+                    offset, size, pattern = write
+                    sim.admin.guest_write(
+                        vm=VM, disk=disk_id, offset=offset, size=size, pattern=pattern
+                    )
+                tar = base / f"{label}.tar"
+                mount.tar_set(kind, tar, vm_id)
+                c.sha[label] = sim.admin.disk_sha256(disk_id)
+                c.names[label] = extract(tar, c.out)
+                c.manifests[label] = manifest_of(c.names[label], c.out)
+            yield c
         finally:
-            conn.close()
-        c = Chain(sim, mount, base / "sets")
-        c.out.mkdir()
-        steps = [
-            ("full", "@rhv-incremental", None),
-            ("inc1", "@rhv-incremental", (20 * MiB, 8 * MiB, 0x61)),
-            ("inc2", "@rhv-incremental", (100 * MiB, MiB, 0x62)),
-            ("diff", "@rhv-differential", (200 * MiB, 2 * MiB, 0x63)),
-        ]
-        for label, kind, write in steps:
-            if write is not None:
-                offset, size, pattern = write
-                sim.admin.guest_write(
-                    vm=VM, disk=disk_id, offset=offset, size=size, pattern=pattern
-                )
-            tar = base / f"{label}.tar"
-            mount.tar_set(kind, tar, vm_id)
-            c.sha[label] = sim.admin.disk_sha256(disk_id)
-            c.names[label] = extract(tar, c.out)
-            c.manifests[label] = manifest_of(c.names[label], c.out)
-        yield c
-    finally:
-        try:
             mount.umount()
-        finally:
-            sim.stop()
 
 
 def restore_sets(c: Chain, name: str, labels: list[str], tmp_path: Path) -> dict[str, Any]:
@@ -90,7 +83,7 @@ def restore_sets(c: Chain, name: str, labels: list[str], tmp_path: Path) -> dict
     target = c.mount.mnt / "restore" / name
     target.mkdir()
     subprocess.run(["tar", "-xf", str(archive), "-C", str(target)], check=True, timeout=300)
-    return wait_status(c.mount, name)  # type: ignore[arg-type]
+    return restore_status(c.mount, name)  # type: ignore[arg-type]
 
 
 def test_full_inc_inc_and_full_diff_restore_each_point_in_time(

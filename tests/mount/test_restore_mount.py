@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_mount_sim import SimMount
+
+from tests.support.mounts import SimMount, restore_status
+from tests.support.sim import engine_state, remove_vm, vm_details
 
 pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
@@ -48,82 +50,6 @@ def sets(mnt: SimMount, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     return out
 
 
-# -- engine state through the SDK ------------------------------------------------------
-
-
-def engine_state(sim: Any) -> tuple[dict[str, str], set[str]]:
-    """(vm id -> name, disk ids) of the whole engine."""
-    conn = sim.sdk_connection()
-    try:
-        system = conn.system_service()
-        vms = {v.id: v.name for v in system.vms_service().list()}
-        disks = {d.id for d in system.disks_service().list()}
-        return vms, disks
-    finally:
-        conn.close()
-
-
-def vm_details(sim: Any, name: str) -> dict[str, Any] | None:
-    conn = sim.sdk_connection()
-    try:
-        system = conn.system_service()
-        found = system.vms_service().list(search=f"name={name}")
-        found = [v for v in found if v.name == name]
-        if not found:
-            return None
-        vm = found[0]
-        service = system.vms_service().vm_service(vm.id)
-        disks = []
-        for att in service.disk_attachments_service().list():
-            disk = system.disks_service().disk_service(att.disk.id).get()
-            sd = (
-                system.storage_domains_service()
-                .storage_domain_service(disk.storage_domains[0].id)
-                .get()
-            )
-            disks.append(
-                {
-                    "id": disk.id,
-                    "alias": disk.alias,
-                    "size": disk.provisioned_size,
-                    "format": disk.format.value,
-                    "interface": att.interface.value,
-                    "bootable": bool(att.bootable),
-                    "active": bool(att.active),
-                    "sd": sd.name,
-                }
-            )
-        nics = [(n.name, n.mac.address) for n in service.nics_service().list()]
-        cluster = system.clusters_service().cluster_service(vm.cluster.id).get().name
-        return {
-            "id": vm.id,
-            "status": vm.status.value,
-            "cluster": cluster,
-            "disks": sorted(disks, key=lambda d: d["alias"]),
-            "nics": nics,
-        }
-    finally:
-        conn.close()
-
-
-def remove_vm(sim: Any, name: str) -> None:
-    conn = sim.sdk_connection()
-    try:
-        vms = conn.system_service().vms_service()
-        for v in vms.list(search=f"name={name}"):
-            if v.name != name:
-                continue
-            service = vms.vm_service(v.id)
-            if v.status.value != "down":
-                service.stop()
-                deadline = time.monotonic() + 60
-                while service.get().status.value != "down" and time.monotonic() < deadline:
-                    time.sleep(0.2)
-            service.remove()
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def cleanup(sim: Any) -> Iterator[list[str]]:
     names: list[str] = []
@@ -134,16 +60,6 @@ def cleanup(sim: Any) -> Iterator[list[str]]:
 
 def manifest_disks(set_dir: Path) -> list[dict[str, Any]]:
     return json.loads((set_dir / "manifest.json").read_bytes())["disks"]  # type: ignore[no-any-return]
-
-
-def wait_status(mnt: SimMount, name: str, timeout_s: float = 120) -> dict[str, Any]:
-    path = mnt.mnt / "restore" / name / ".status"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status: dict[str, Any] = json.loads(path.read_bytes())
-        if status["settled"] or time.monotonic() > deadline:
-            return status
-        time.sleep(0.1)
 
 
 def start_restore(mnt: SimMount, name: str, options: str = "") -> Path:
@@ -199,7 +115,7 @@ def test_round_trip(
             env=env,
             capture_output=True,
         )
-    status = wait_status(mnt, name)
+    status = restore_status(mnt, name)
     assert status["phase"] == "done", status["error"]
     restored = vm_details(sim, name)
     assert restored is not None and restored["id"] == status["vm_id"]
@@ -224,7 +140,7 @@ def restore_myvm0(mnt: SimMount, sets: dict[str, Path], name: str, options: str)
     target = start_restore(mnt, name, options)
     # cp fails (close: EEXIST, ENOTSUP...) when the restore is refused; .status says why
     subprocess.run(["cp", "-a", f"{sets['myvm0']}/.", str(target)], check=False)
-    return wait_status(mnt, name)
+    return restore_status(mnt, name)
 
 
 @pytest.mark.parametrize(
@@ -274,7 +190,7 @@ def test_option_vm_disks_none_restores_configuration_only(
     target = start_restore(mnt, "m0-config-only", "vm_disks = none\n")
     for name in ("vm.ovf", "manifest.json"):
         shutil.copy(sets["myvm0"] / name, target / name)
-    status = wait_status(mnt, "m0-config-only")
+    status = restore_status(mnt, "m0-config-only")
     assert status["phase"] == "done", status["error"]
     vm = vm_details(sim, "m0-config-only")
     assert vm is not None and vm["disks"] == [] and [n for n, _ in vm["nics"]] == ["nic1"]
@@ -290,7 +206,7 @@ def test_option_vm_exclude_disks(
         mnt, "web01-partial", f"vm_exclude_disks = {disks['web01_data']['id']}\n"
     )
     subprocess.run(["cp", "-a", f"{sets['web01']}/.", str(target)], check=True)
-    status = wait_status(mnt, "web01-partial")
+    status = restore_status(mnt, "web01-partial")
     assert status["phase"] == "done", status["error"]
     vm = vm_details(sim, "web01-partial")
     assert vm is not None
@@ -379,7 +295,7 @@ def test_template_set_restores_as_template(sim: Any, mnt: SimMount, tmp_path: Pa
     )
     target = start_restore(mnt, "mytemplate-copy", "disk_interface = sata\ndisk_boot = no\n")
     subprocess.run(["cp", "-a", f"{set_dir}/.", str(target)], check=True)
-    status = wait_status(mnt, "mytemplate-copy")
+    status = restore_status(mnt, "mytemplate-copy")
     assert status["phase"] == "done", status["error"]
     conn = sim.sdk_connection()
     try:
@@ -414,7 +330,7 @@ def test_name_clash_is_refused_before_any_engine_change(
     target = start_restore(mnt, "myvm0")
     result = copy_expecting_failure(["cp", "-a", f"{sets['myvm0']}/.", str(target)])
     assert "File exists" in result.stderr
-    status = wait_status(mnt, "myvm0")
+    status = restore_status(mnt, "myvm0")
     assert status["phase"] == "failed" and "already exists" in status["error"]
     assert status["errno"] == "EEXIST"
     assert engine_state(sim) == before
@@ -435,7 +351,7 @@ def test_truncated_image(sim: Any, mnt: SimMount, sets: dict[str, Path]) -> None
     with pytest.raises(OSError) as e:
         os.utime(target / image, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
     assert e.value.errno == errno.EIO
-    status = wait_status(mnt, "m0-truncated")
+    status = restore_status(mnt, "m0-truncated")
     assert status["phase"] == "failed" and "truncated" in status["error"]
     assert engine_state(sim) == before
 
@@ -461,7 +377,7 @@ def test_bad_configuration(
         expect = "bytes free"
     target = start_restore(mnt, f"m0-{what}")
     copy_expecting_failure(["cp", "-a", f"{bad}/.", str(target)])
-    status = wait_status(mnt, f"m0-{what}")
+    status = restore_status(mnt, f"m0-{what}")
     assert status["phase"] == "failed" and expect in status["error"], status["error"]
     assert engine_state(sim) == before
 
@@ -474,7 +390,7 @@ def test_engine_failure_mid_upload_rolls_back(
     try:
         target = start_restore(mnt, "m0-dropped")
         copy_expecting_failure(["cp", "-a", f"{sets['myvm0']}/.", str(target)])
-        status = wait_status(mnt, "m0-dropped")
+        status = restore_status(mnt, "m0-dropped")
     finally:
         sim.admin.clear_faults()
     assert status["phase"] == "failed" and "upload" in status["error"], status["error"]

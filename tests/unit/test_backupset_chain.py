@@ -1,7 +1,7 @@
 """Chains (rhvfs.backupset): ordering the sets copied into a restore directory, rolling disks forward.
 
-Real sets come from the IncrementalManager over the fake backup engine of
-test_incremental_sets; their manifests are ordered with ``order_chain`` and each
+Real sets come from the IncrementalManager over the fake backup engine
+(``tests.support.incremental_rig``); their manifests are ordered with ``order_chain`` and each
 disk rebuilt from its full image plus ``apply_delta`` of every delta, which must
 give exactly the disk as it was at the newest set (sha256).
 """
@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_incremental_sets import CLUSTER, Rig, new_vm
 
 from rhvfs.backupset import (
     ChainError,
@@ -33,6 +32,8 @@ from rhvfs.backupset import (
     parse_manifest,
 )
 from rhvfs.sessions.core._model import Owner, SetEntry
+from tests.support.fake_engine import CLUSTER
+from tests.support.incremental_rig import Rig, new_vm
 
 MiB = 1024 * 1024
 
@@ -72,6 +73,7 @@ async def rebuild(rig: Rig, chain: list[SetLink], disk_id: str) -> str:
     return hashlib.sha256(image).hexdigest()
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_full_inc_inc_and_full_diff_rebuild_each_point_in_time(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -87,7 +89,7 @@ async def test_full_inc_inc_and_full_diff_rebuild_each_point_in_time(
         eng.guest_write(disks[0], CLUSTER * 5, bytes(CLUSTER))
 
     def state() -> dict[str, str]:
-        return {d: hashlib.sha256(eng.content(d)).hexdigest() for d in disks}
+        return {d: hashlib.sha256(eng.disk_bytes(d)).hexdigest() for d in disks}
 
     s0 = await rig.read_set(owner, "incremental")
     writes()
@@ -141,6 +143,7 @@ async def test_full_inc_inc_and_full_diff_rebuild_each_point_in_time(
         order_chain(links_of(rig, s0, s0))
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
 async def test_delta_that_does_not_continue_the_chain_is_refused(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_restore_fakes import DISK_IDS, VM_ID, make_set
 
 from rhvfs.backupset import (
     MANIFEST_MAX_BYTES,
@@ -29,6 +28,7 @@ from rhvfs.backupset import (
 )
 from rhvfs.engine.types import Disk, DiskAttachment, Nic, Template, Vm
 from rhvfs.errors import RestoreError, SetFormatError
+from tests.support.backup_sets import DISK_IDS, VM_ID, make_set
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from test_restore_fakes import DISK_IDS, VM_ID, make_set
 
 from rhvfs.backupset import (
     check_consistent,
@@ -16,6 +15,7 @@ from rhvfs.backupset import (
 )
 from rhvfs.errors import RestoreError
 from rhvfs.sim import api_ovf
+from tests.support.backup_sets import DISK_IDS, VM_ID, make_set
 
 
 def test_ovf_identity_and_consistency() -> None:

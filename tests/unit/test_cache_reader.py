@@ -435,6 +435,8 @@ async def test_transient_errors_are_retried_with_exponential_backoff(
     assert reader.statistics().bytes_fetched == 8 * KiB
 
 
+@pytest.mark.allow_log("rhvfs.cache", "WARNING", match="imageio unavailable")
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_final_transient_failure_raises_and_a_later_read_refetches(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -459,6 +461,8 @@ async def test_final_transient_failure_raises_and_a_later_read_refetches(
     assert len(src.requests) == 5
 
 
+@pytest.mark.allow_log("rhvfs.cache", "WARNING", match="imageio unavailable")
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_retry_timeout_stops_retrying(autojump_clock: trio.testing.MockClock) -> None:
     data, extents = make_image([(8 * KiB, True)])
     src = FakeSource(data, extents)
@@ -476,6 +480,7 @@ async def test_retry_timeout_stops_retrying(autojump_clock: trio.testing.MockClo
     assert len(src.requests) == 3
 
 
+@pytest.mark.allow_log("rhvfs.cache._reader", "WARNING", match="ticket gone")
 async def test_ticket_gone_is_not_retried_and_replace_source_recovers() -> None:
     data, extents = make_image([(8 * KiB, True), (8 * KiB, False)])
     src = FakeSource(data, extents)
@@ -490,6 +495,7 @@ async def test_ticket_gone_is_not_retried_and_replace_source_recovers() -> None:
     assert fresh.requests == [(0, 8 * KiB)]
 
 
+@pytest.mark.allow_log("rhvfs.cache._reader", "WARNING", match="data integrity")
 async def test_integrity_errors_are_not_retried() -> None:
     data, extents = make_image([(8 * KiB, True)])
     src = FakeSource(data, extents)
@@ -500,6 +506,8 @@ async def test_integrity_errors_are_not_retried() -> None:
     assert len(src.requests) == 1
 
 
+@pytest.mark.allow_log("rhvfs.cache", "WARNING", match="imageio unavailable: blip")
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_failing_prefetch_does_not_break_later_reads(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -55,6 +55,8 @@ async def test_transient_errors_are_retried_with_doubling_backoff(autojump_clock
     assert [round(t - start, 3) for t in fn.times] == [0.0, 1.0, 3.0, 7.0]
 
 
+@pytest.mark.allow_log("rhvfs.engine._retry", "WARNING", match="giving up")
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_gives_up_after_tries(autojump_clock) -> None:
     fn = Flaky([EngineUnavailable(str(i)) for i in range(10)])
     with pytest.raises(EngineUnavailable, match="2"):
@@ -62,6 +64,8 @@ async def test_gives_up_after_tries(autojump_clock) -> None:
     assert fn.attempts == [0, 1, 2]
 
 
+@pytest.mark.allow_log("rhvfs.engine._retry", "WARNING", match="giving up")
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_gives_up_at_the_deadline(autojump_clock) -> None:
     fn = Flaky([EngineUnavailable(str(i)) for i in range(10)])
     start = trio.current_time()
@@ -93,6 +97,7 @@ async def test_engine_wait_polls_with_growing_interval(autojump_clock) -> None:
     assert [round(t - start, 3) for t in times] == [0.0, 0.1, 0.25, 0.45]
 
 
+@pytest.mark.allow_log("rhvfs", "WARNING", match="timed out")
 async def test_engine_wait_tolerates_transient_and_times_out(autojump_clock) -> None:
     calls = 0
 

@@ -12,101 +12,22 @@ from pathlib import Path
 
 import pytest
 import trio
-from test_restore_fakes import (
-    CLUSTER_ID,
-    DISK_IDS,
-    SD2_ID,
-    VM_ID,
-    FakeEngine,
-    MiB,
-    SetFiles,
-    fake_opener,
-    make_set,
-    sha,
-)
 from trio.testing import MockClock
 
-from rhvfs.config import Config
 from rhvfs.engine.types import Template, Vm
 from rhvfs.errors import RestoreError
 from rhvfs.fs import errno_for
-from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
-from rhvfs.sessions.restore._staging import StagingArea
-
-CHUNK = 128 * 1024
-
-
-def config(**restore_defaults: str) -> Config:
-    return Config(
-        engine_url="http://fake.invalid",
-        username="u",
-        password="p",
-        restore_defaults=restore_defaults,
-    )
-
-
-class Harness:
-    def __init__(self, engine: FakeEngine, manager: RestoreManager) -> None:
-        self.engine = engine
-        self.manager = manager
-
-    async def write_file(
-        self,
-        session: RestoreSession,
-        name: str,
-        data: bytes,
-        *,
-        temp_name: str | None = None,
-        sparse: bool = False,
-        chunk: int = CHUNK,
-    ) -> RestoreFile:
-        f = session.new_file(temp_name or name)
-        session.open(f)
-        for off in range(0, len(data), chunk):
-            piece = data[off : off + chunk]
-            if sparse and piece == bytes(len(piece)):
-                continue
-            await session.write(f, off, piece)
-        if sparse:
-            await session.truncate(f, len(data))
-        await session.flush(f)
-        await session.release(f)
-        if temp_name:
-            await session.rename(f, name)
-        return f
-
-    async def copy(
-        self, session: RestoreSession, s: SetFiles, order: list[str] | None = None, **kw: object
-    ) -> None:
-        for name in order or list(s.files):
-            await self.write_file(session, name, s.files[name], **kw)  # type: ignore[arg-type]
-
-    async def settle(self, session: RestoreSession) -> dict:
-        with trio.fail_after(10):
-            await session.wait_finished()
-        return json.loads(session.status_json())
+from tests.support.backup_sets import DISK_IDS, VM_ID, SetFiles, make_set
+from tests.support.configs import restore_config
+from tests.support.data import MiB, sha
+from tests.support.fake_engine import CLUSTER_ID, SD2_ID, FakeEngine
+from tests.support.restore_rig import Harness, start
 
 
 @pytest.fixture
 async def h(nursery: trio.Nursery, tmp_path: Path) -> Harness:
     engine = FakeEngine()
-    return await start(nursery, engine, tmp_path, config())
-
-
-async def start(
-    nursery: trio.Nursery, engine: FakeEngine, tmp_path: Path, cfg: Config, limit: int = 64 * MiB
-) -> Harness:
-    manager = RestoreManager(
-        engine,
-        cfg,
-        errno_for=errno_for,
-        opener=fake_opener(engine),
-        staging=StagingArea(tmp_path, limit_bytes=limit),
-        close_grace_s=0.01,
-        truncated_after_s=0.05,
-    )
-    await nursery.start(manager.run)
-    return Harness(engine, manager)
+    return await start(nursery, engine, tmp_path, restore_config())
 
 
 def check_restored(engine: FakeEngine, s: SetFiles, vm_name: str) -> Vm:
@@ -118,7 +39,7 @@ def check_restored(engine: FakeEngine, s: SetFiles, vm_name: str) -> Vm:
         assert att.disk.format == d["format"]
         assert att.interface == d["interface"]
         assert att.bootable == d["bootable"]
-        assert sha(engine.content[att.disk.id]) == sha(s.files[d["file"]])
+        assert sha(engine.disk_bytes(att.disk.id)) == sha(s.files[d["file"]])
     return vm
 
 
@@ -169,7 +90,7 @@ async def test_rsync_temp_names_and_sparse_writes(autojump_clock: MockClock, h: 
 async def test_staging_limit_gives_enospc(
     autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
-    h = await start(nursery, FakeEngine(), tmp_path, config(), limit=1 * MiB)
+    h = await start(nursery, FakeEngine(), tmp_path, restore_config(), limit=1 * MiB)
     s = make_set()
     session = h.manager.create("r3")
     with pytest.raises(RestoreError) as e:
@@ -202,7 +123,7 @@ async def test_copy_with_new_name_regenerates_ids_and_new_macs(
     autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine()
-    h = await start(nursery, engine, tmp_path, config(nics="new"))
+    h = await start(nursery, engine, tmp_path, restore_config(nics="new"))
     s = make_set()
     first = h.manager.create("myvm")
     await h.copy(first, s)
@@ -287,7 +208,7 @@ async def test_overwrite_replaces_down_vm_after_upload(
     autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine()
-    h = await start(nursery, engine, tmp_path, config(vm_force_overwrite="yes"))
+    h = await start(nursery, engine, tmp_path, restore_config(vm_force_overwrite="yes"))
     s = make_set()
     first = h.manager.create("myvm")
     await h.copy(first, s)
@@ -310,7 +231,7 @@ async def test_overwrite_refuses_running_vm(
 ) -> None:
     engine = FakeEngine()
     engine.vms["x"] = Vm(id="x", name="myvm", status="up")
-    h = await start(nursery, engine, tmp_path, config(vm_force_overwrite="yes"))
+    h = await start(nursery, engine, tmp_path, restore_config(vm_force_overwrite="yes"))
     s = make_set()
     session = h.manager.create("myvm")
     await h.write_file(session, "vm.ovf", s.files["vm.ovf"])
@@ -373,7 +294,7 @@ async def test_no_room_on_storage_domain(
     autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine(sd_available=2 * MiB)
-    h = await start(nursery, engine, tmp_path, config())
+    h = await start(nursery, engine, tmp_path, restore_config())
     s = make_set()
     session = h.manager.create("big")
     await h.write_file(session, "vm.ovf", s.files["vm.ovf"])
@@ -406,12 +327,12 @@ async def test_template_set_restores_as_template(autojump_clock: MockClock, h: H
     assert status["phase"] == "done", status["error"]
     assert sorted(t.name for t in h.engine.templates.values()) == ["tpl1", "tpl2"]
     assert status["vm_id"] is None and h.engine.vms == {}
-    atts = h.engine.template_attachments[status["template_id"]]
+    atts = h.engine.attachments[status["template_id"]]
     assert len(atts) == 2 and not {a.disk.id for a in atts} & set(DISK_IDS)
     assert DISK_IDS[0] not in h.engine.template_ovfs[-1]  # references rewritten to new disks
     for att in atts:
         d = next(x for x in s.manifest["disks"] if x["alias"] == att.disk.alias)
-        assert sha(h.engine.content[att.disk.id]) == sha(s.files[d["file"]])
+        assert sha(h.engine.disk_bytes(att.disk.id)) == sha(s.files[d["file"]])
 
 
 async def test_template_name_on_a_vm_set_makes_a_template_and_may_drop_the_vm(
@@ -491,7 +412,7 @@ async def test_stopping_the_manager_mid_restore_rolls_back(
     engine = FakeEngine()
     s = make_set()
     async with trio.open_nursery() as nursery:
-        h = await start(nursery, engine, tmp_path, config())
+        h = await start(nursery, engine, tmp_path, restore_config())
         session = h.manager.create("stop")
         await h.copy(session, s, ["vm.ovf", "manifest.json"])
         f = session.new_file(s.image_names()[0])
@@ -523,7 +444,7 @@ async def test_placeholder_ovf_is_replaced_by_one_built_from_the_manifest(
     assert status["phase"] == "done", status["error"]
     ovf = h.engine.template_ovfs[-1]
     assert "OperatingSystemSection_Type" in ovf and "disk0" in ovf
-    assert len(h.engine.template_attachments[status["template_id"]]) == 2
+    assert len(h.engine.attachments[status["template_id"]]) == 2
 
 
 async def test_restic_style_many_opens_of_a_preallocated_file(
@@ -562,7 +483,7 @@ async def test_utimes_completes_at_once_and_carries_the_error(
     autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine()
-    h = await start(nursery, engine, tmp_path, config())
+    h = await start(nursery, engine, tmp_path, restore_config())
     h.manager.close_grace_s = 3600.0  # only set_times can complete the images here
     s = make_set()
     session = h.manager.create("utimes")
@@ -583,7 +504,7 @@ async def test_idle_upload_is_kept_alive_and_a_short_image_waits_for_reopen(
     autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine()
-    h = await start(nursery, engine, tmp_path, config())
+    h = await start(nursery, engine, tmp_path, restore_config())
     h.manager.keepalive_s = 0.02
     h.manager.truncated_after_s = 0.3
     s = make_set()
@@ -610,7 +531,7 @@ async def test_times_set_through_the_descriptor_complete_at_close(
 ) -> None:
     """cp --preserve sets times with futimens before close(): that close completes the image."""
     engine = FakeEngine()
-    h = await start(nursery, engine, tmp_path, config())
+    h = await start(nursery, engine, tmp_path, restore_config())
     h.manager.close_grace_s = 3600.0
     s = make_set()
     session = h.manager.create("cp-p")
@@ -632,7 +553,7 @@ async def test_sparse_disks_need_only_what_they_held(
     autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     engine = FakeEngine(sd_available=2 * MiB)
-    h = await start(nursery, engine, tmp_path, config())
+    h = await start(nursery, engine, tmp_path, restore_config())
     s = make_set()
     for d in s.manifest["disks"]:
         d["actual_size"] = 512 * 1024

@@ -142,6 +142,7 @@ async def test_holes_are_not_sent_and_rewrites_land(autojump_clock: MockClock) -
     assert target.zeros == []
 
 
+@pytest.mark.allow_log("rhvfs.sessions.restore._upload", "WARNING", match="failed")
 async def test_failed_request_breaks_the_stream(autojump_clock: MockClock) -> None:
     size = 4 * MiB
     target = FakeTarget(size, fail_at=1 * MiB + 10)

@@ -27,6 +27,9 @@ from rhvfs.errors import (
 )
 from rhvfs.retry import Backoff, RetryPolicy, poll, retry
 
+# Giving up and timing out are what many of these tests are about.
+pytestmark = pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up|timed out")
+
 
 class Flaky:
     """Fails with ``errors`` in order, then returns ``value``; records call times and attempts."""

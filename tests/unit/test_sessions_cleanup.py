@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from test_sessions_fakes import make_config
 
 from rhvfs.engine.types import Snapshot
 from rhvfs.errors import Conflict, EngineError, EngineUnavailable, NotFound
@@ -16,6 +15,7 @@ from rhvfs.sessions.core._cleanup import (
     finish_transfer,
     remove_snapshot,
 )
+from tests.support.configs import make_config
 
 
 class Scripted:
@@ -61,6 +61,7 @@ async def test_locked_and_transient_are_retried_with_doubling_pauses(
     assert [b - a for a, b in zip(times, times[1:], strict=False)] == [1.0, 2.0, 4.0]
 
 
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_busy_until_the_deadline_raises_the_last_error(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -95,6 +96,7 @@ async def test_a_snapshot_without_id_is_found_by_its_description(
     assert [c for c, _ in eng.calls] == ["remove s1"]
 
 
+@pytest.mark.allow_log("rhvfs.sessions.core._cleanup", "WARNING", match="cancelling it")
 async def test_a_transfer_that_does_not_finalize_is_cancelled() -> None:
     eng = Scripted([EngineError("finished_failure")])
     assert await finish_transfer(eng, "t1") is True

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import trio
 import trio.testing
-from test_sessions_fakes import FakeEngine, make_config
 
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.engine.types import Snapshot
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._gc import collect_garbage, parse_description
 from rhvfs.sessions.core._journal import Journal, JournalEntry
+from tests.support.configs import make_config
+from tests.support.fake_engine import ENGINE_LIKE, FakeEngine
 
 
 def dead_pid() -> int:
@@ -74,7 +75,7 @@ def test_liveness_rules() -> None:
 async def test_gc_removes_only_dead_rhvfs_snapshots(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    eng = FakeEngine()
+    eng = FakeEngine(latency=ENGINE_LIKE)
     vm = eng.add_vm("v1")
     me = socket.gethostname()
     dead = add_snapshot(eng, vm.id, f"{ARTIFACT_MARKER} s1 host={me} pid={dead_pid()} {now_iso()}")
@@ -108,7 +109,7 @@ async def test_gc_removes_only_dead_rhvfs_snapshots(
 async def test_gc_cleans_journal_entries_of_dead_processes(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    eng = FakeEngine()
+    eng = FakeEngine(latency=ENGINE_LIKE)
     vm = eng.add_vm("v1")
     disk_id = eng.disk_ids(vm.id)[0]
     journal = Journal(tmp_path / "j.json")
@@ -158,7 +159,7 @@ async def test_gc_cleans_journal_entries_of_dead_processes(
 async def test_gc_finds_a_snapshot_whose_id_was_never_journaled(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    eng = FakeEngine()
+    eng = FakeEngine(latency=ENGINE_LIKE)
     vm = eng.add_vm("v1")
     journal = Journal(tmp_path / "j.json")
     me = procid.current()

@@ -45,6 +45,7 @@ def test_roundtrip_and_updates(tmp_path: Path) -> None:
     assert j.entries() == []
 
 
+@pytest.mark.allow_log("rhvfs.sessions.core._journal", "WARNING", match="unreadable")
 def test_corrupt_journal_is_set_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "e.json"
     path.write_text("{not json")

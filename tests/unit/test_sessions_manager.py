@@ -10,17 +10,20 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from test_sessions_fakes import FakeDataPlane, FakeEngine, MiB, make_config, sha
 
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.backupset import ConfigKey, DiskKey
 from rhvfs.errors import EngineError, NotFound, SessionBroken, VmStateError
 from rhvfs.sessions import BackupManager, Journal, Owner
+from tests.support.configs import make_config
+from tests.support.data import MiB, sha
+from tests.support.fake_dataplane import FakeDataPlane
+from tests.support.fake_engine import ENGINE_LIKE, FakeEngine
 
 
 class Rig:
     def __init__(self, tmp_path: Path, **config: Any) -> None:
-        self.engine = FakeEngine()
+        self.engine = FakeEngine(latency=ENGINE_LIKE)
         self.plane = FakeDataPlane(self.engine)
         self.journal = Journal(tmp_path / "journal.json")
         self.config = make_config(**config)
@@ -186,6 +189,7 @@ async def test_config_files_are_padded_to_the_announced_size(
     assert sorted(f.name for f in files) == sorted(f"root--{i}.raw" for i in ids)
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="is suspended")
 async def test_suspended_vm_is_refused_clearly(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -201,6 +205,8 @@ async def test_suspended_vm_is_refused_clearly(
     assert "suspended" in rig.manager.status()["errors"][-1]["message"]
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="is image_locked")
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="timed out")
 async def test_locked_vm_is_waited_for(rig: Rig, autojump_clock: trio.testing.MockClock) -> None:
     vm = rig.engine.add_vm("v1", status="image_locked")
     owner = Owner("vm", vm.id, vm.name)
@@ -214,6 +220,8 @@ async def test_locked_vm_is_waited_for(rig: Rig, autojump_clock: trio.testing.Mo
         await rig.manager.open(owner, ConfigKey("vm.ovf").encode())
 
 
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="timed out|is locked")
+@pytest.mark.allow_log("rhvfs.sessions.full._session", "WARNING", match="timed out|is locked")
 async def test_locked_template_is_waited_for_then_refused(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -240,6 +248,7 @@ async def test_locked_template_is_waited_for_then_refused(
     assert trio.current_time() - start == pytest.approx(30.0)
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="storage domain is full")
 async def test_failed_snapshot_breaks_the_session_until_the_grace_period_ends(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -439,6 +448,7 @@ async def test_concurrent_first_opens_share_one_snapshot(
     assert rig.engine.user_snapshots(vm.id) == []
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="refusing to truncate")
 async def test_config_that_outgrew_its_announced_size_fails_loudly(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -579,6 +589,7 @@ async def test_prefetch_memory_is_shared_by_the_disks_being_read(
         await rig.manager.release(h)
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "ERROR", match="crashed|bug in a prefetch worker")
 async def test_a_crashing_session_ends_alone_and_cleans_up(
     rig: Rig, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -601,6 +612,7 @@ async def test_a_crashing_session_ends_alone_and_cleans_up(
     await rig.manager.release(h2)
 
 
+@pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="VM is locked")
 async def test_a_locked_vm_is_waited_for_a_little_then_refused(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from test_sessions_fakes import FakeEngine
 
 from rhvfs.backupset import missing_ovf
 from rhvfs.errors import EngineError, EngineUnavailable, NotFound
 from rhvfs.sessions.core._model import Owner
 from rhvfs.sessions.core._owner_data import NAMES_TTL_S, OwnerDataSource, image_disks
+from tests.support.fake_engine import FakeEngine
 
 
 class Engine(FakeEngine):
@@ -44,6 +44,7 @@ async def test_vm_and_template_data(autojump_clock: trio.testing.MockClock) -> N
     assert [d.alias for d in image_disks(tdata)] == ["tdisk"]
 
 
+@pytest.mark.allow_log("rhvfs.sessions.core._owner_data", "WARNING", match="no OVF")
 async def test_no_ovf_gives_the_placeholder_but_gone_and_transient_fail(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 import trio.testing
-from test_sessions_fakes import make_config
 
 from rhvfs.errors import RhvfsError, SessionBroken, SessionClosed, SessionError
 from rhvfs.sessions.core._lifecycle import SessionLifecycle
 from rhvfs.sessions.core._model import Owner
 from rhvfs.sessions.core._registry import MAX_NOTES, HandleTable, Notes, SessionRegistry
+from tests.support.configs import make_config
 
 OWNER = Owner("vm", "vm-1", "web01")
 

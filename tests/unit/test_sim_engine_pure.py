@@ -204,6 +204,7 @@ def test_faults_match_count_down_and_glob() -> None:
     assert faults.match("GET", "/anything") is None
 
 
+@pytest.mark.allow_log("rhvfs.sim.tasks", "ERROR", match="background step")
 def test_tasks_run_in_due_order_after_their_delay() -> None:
     tasks = Tasks(delay_s=0.05)
     tasks.start()

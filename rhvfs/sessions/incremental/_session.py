@@ -268,7 +268,8 @@ class IncrementalSession(SessionLifecycle):
         base = self._base(vm.id)
         if base is None and self.kind not in ("since", "full"):
             self.warn(
-                f"no completed set of VM {vm.name} to start from: this {self.kind} set is a full one"
+                f"no completed set of VM {vm.name} to start from: this {self.kind} set is a full one",
+                expected=True,
             )
         if base is not None:
             checkpoints = {c.id: c for c in await engine.list_checkpoints(vm.id)}
@@ -739,12 +740,14 @@ class IncrementalSession(SessionLifecycle):
 
     # -- reporting ------------------------------------------------------------
 
-    def warn(self, message: str) -> None:
+    def warn(self, message: str, *, expected: bool = False) -> None:
+        """A warning for the manifest and status; ``expected`` ones (a VM's first set is a
+        full one) are only logged at INFO."""
         self.warnings.append(message)
-        self.note(message, error=False)
+        self.note(message, error=False, level=logging.INFO if expected else logging.WARNING)
 
-    def note(self, message: str, *, error: bool) -> None:
-        log.warning("%s set of %s: %s", self.kind, self.owner.name, message)
+    def note(self, message: str, *, error: bool, level: int = logging.WARNING) -> None:
+        log.log(level, "%s set of %s: %s", self.kind, self.owner.name, message)
         self.deps.on_note(self.owner, message, error)
 
     def status(self) -> dict[str, Any]:

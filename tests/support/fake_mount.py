@@ -1,7 +1,9 @@
 """Run ``rhvfs.mount.serve`` on the VFS fakes (a real FUSE mount, no engine).
 
-Usage: python fake_mount.py MOUNTPOINT. Prints ``READY`` when the mount
-answers and, at exit, one JSON line with the fake backups' open/release counts.
+Usage: ``python -m tests.support.fake_mount MOUNTPOINT`` (the repository root on
+``sys.path``; ``tests.support.mounts.FakeMount`` starts it). Prints ``READY``
+when the mount answers and, at exit, one JSON line with the fake backups'
+open/release counts. Must not: contact an engine.
 """
 
 from __future__ import annotations
@@ -11,16 +13,13 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fs_api"))
-
-from vfs_fakes import FakeBackups, FakeEngine  # noqa: E402
-
-from rhvfs.config import Config  # noqa: E402
-from rhvfs.mount import Backend, MountOptions, serve  # noqa: E402
+from rhvfs.config import Config
+from rhvfs.mount import Backend, MountOptions, serve
+from tests.support.fake_backups import FakeBackups
+from tests.support.fake_engine import inventory_engine
 
 
 def main() -> int:
@@ -29,7 +28,7 @@ def main() -> int:
 
     @asynccontextmanager
     async def backend(config: Config, options: MountOptions) -> AsyncIterator[Backend]:
-        yield Backend(engine=FakeEngine(), backups=backups)
+        yield Backend(engine=inventory_engine(), backups=backups)
 
     def ready() -> None:
         print("READY", flush=True)

@@ -1,0 +1,95 @@
+"""A restore manager over the fake engine, and the calls a copy tool makes on a session.
+
+``start`` runs a ``RestoreManager`` on ``FakeEngine`` with the fake upload
+opener in a nursery; ``Harness.write_file`` writes one file into a session
+the way cp/tar/rsync do (optionally sparse, or under a temporary name then
+renamed); ``restored`` gives the sha256 of each disk of a restored VM.
+Must not: assert anything about a restore (the tests do).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from rhvfs.config import Config
+from rhvfs.fs import errno_for
+from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
+from rhvfs.sessions.restore._staging import StagingArea
+from tests.support.backup_sets import SetFiles
+from tests.support.data import MiB, sha
+from tests.support.fake_dataplane import upload_opener
+from tests.support.fake_engine import FakeEngine
+
+CHUNK = 128 * 1024
+
+
+class Harness:
+    """A running restore manager and its engine."""
+
+    def __init__(self, engine: FakeEngine, manager: RestoreManager) -> None:
+        self.engine = engine
+        self.manager = manager
+
+    async def write_file(
+        self,
+        session: RestoreSession,
+        name: str,
+        data: bytes,
+        *,
+        temp_name: str | None = None,
+        sparse: bool = False,
+        chunk: int = CHUNK,
+    ) -> RestoreFile:
+        f = session.new_file(temp_name or name)
+        session.open(f)
+        for off in range(0, len(data), chunk):
+            piece = data[off : off + chunk]
+            if sparse and piece == bytes(len(piece)):
+                continue
+            await session.write(f, off, piece)
+        if sparse:
+            await session.truncate(f, len(data))
+        await session.flush(f)
+        await session.release(f)
+        if temp_name:
+            await session.rename(f, name)
+        return f
+
+    async def copy(
+        self, session: RestoreSession, s: SetFiles, order: list[str] | None = None, **kw: object
+    ) -> None:
+        for name in order or list(s.files):
+            await self.write_file(session, name, s.files[name], **kw)  # type: ignore[arg-type]
+
+    async def settle(self, session: RestoreSession) -> dict[str, Any]:
+        """Wait (10 s at most) until the session finished; its ``.status`` document."""
+        with trio.fail_after(10):
+            await session.wait_finished()
+        doc: dict[str, Any] = json.loads(session.status_json())
+        return doc
+
+
+async def start(
+    nursery: trio.Nursery, engine: FakeEngine, tmp_path: Path, cfg: Config, limit: int = 64 * MiB
+) -> Harness:
+    manager = RestoreManager(
+        engine,
+        cfg,
+        errno_for=errno_for,
+        opener=upload_opener(engine),
+        staging=StagingArea(tmp_path, limit_bytes=limit),
+        close_grace_s=0.01,
+        truncated_after_s=0.05,
+    )
+    await nursery.start(manager.run)
+    return Harness(engine, manager)
+
+
+def restored(engine: FakeEngine, vm_name: str) -> dict[str, str]:
+    """disk alias -> sha256 of the disks of the VM called ``vm_name``."""
+    vm = next(v for v in engine.vms.values() if v.name == vm_name)
+    return {a.disk.alias: sha(engine.disk_bytes(a.disk.id)) for a in engine.attachments[vm.id]}
