@@ -73,6 +73,7 @@ class FullSets(Protocol):
         expect_images: Mapping[str, str] | None = None,
     ) -> int: ...
     def end_read(self, owner: Any, read_id: str, *, reason: str) -> None: ...
+    def read_ended(self, owner: Any) -> None: ...
     async def read(self, handle: int, offset: int, size: int) -> bytes: ...
     async def release(self, handle: int) -> None: ...
     def status(self) -> dict[str, Any]: ...
@@ -124,6 +125,7 @@ class SetRouter:
         self._books: dict[str, SetReads] = {}  # owner id -> reads of @rhv/ + disks/
         self._set_books: dict[str, SetReads] = {}  # owner id -> reads of incremental sets
         self._bindings: dict[str, _Binding] = {}  # read id -> binding
+        self._generations: dict[str, int] = {}  # owner id -> reads of its set that ended
         self._notes = Notes()
 
     # -- listings ---------------------------------------------------------------
@@ -154,6 +156,10 @@ class SetRouter:
     async def since_checkpoints(self, owner: Owner) -> list[str]:
         """Names under ``@rhv-since/``: checkpoints of completed sets rhvfs recorded."""
         return self.incremental.since_checkpoints(owner)
+
+    def set_generation(self, owner: Any) -> int:
+        """Moves whenever a read of ``owner``'s set ended: its listing (times) may differ."""
+        return self._generations.get(owner.id, 0)
 
     def _live_binding(self, owner: Any) -> _Binding | None:
         book = self._books.get(owner.id)
@@ -317,6 +323,8 @@ class SetRouter:
         binding = self._bindings.pop(read.read_id, None)
         if binding is None:  # an incremental set: its session ends on its own
             return
+        self._generations[owner.id] = self._generations.get(owner.id, 0) + 1
+        self.full.read_ended(owner)
         complete = read.state is ReadState.COMPLETE
         log.info("read %s of %s %s ended: %s", read.read_id, owner.kind, owner.name, read.reason)
         if binding.via_backup:

@@ -97,6 +97,17 @@ class Layout:
     ) -> Node:
         return Node(self.table.inode(*ident), Kind.DIR, name, mtime_ns=mtime_ns, lister=lister)
 
+    def _set_dir(
+        self, ident: tuple[str, str, str], name: str, lister: Lister, owner: Any, mtime_ns: int
+    ) -> Node:
+        """``@rhv/`` or ``disks/``: listed anew whenever a read of the owner's set ended
+        (a running VM's files then show a new time, so tools read them again)."""
+        node = self._dir(ident, name, lister, mtime_ns)
+        generation = getattr(self.backups, "set_generation", None)
+        if generation is not None:
+            node.generation = lambda: int(generation(owner))
+        return node
+
     def _file(
         self,
         ident: tuple[str, str, str],
@@ -199,11 +210,19 @@ class Layout:
             owner = self._owner("vm", vm.id, vm.name)
             mtime = time_ns(vm.creation_time)
             return [
-                self._dir(
-                    ("vm", vm.id, _FULL_DIR), _FULL_DIR, self._set_lister("vm", owner, vm.id), mtime
+                self._set_dir(
+                    ("vm", vm.id, _FULL_DIR),
+                    _FULL_DIR,
+                    self._set_lister("vm", owner, vm.id),
+                    owner,
+                    mtime,
                 ),
-                self._dir(
-                    ("vm", vm.id, "disks"), "disks", self._disks_lister("vm", owner, vm.id), mtime
+                self._set_dir(
+                    ("vm", vm.id, "disks"),
+                    "disks",
+                    self._disks_lister("vm", owner, vm.id),
+                    owner,
+                    mtime,
                 ),
                 self._file(("vm", vm.id, "vm.json"), "vm.json", await self._vm_json(vm), mtime),
                 *self._incremental_dirs(owner, vm.id, mtime),
@@ -367,16 +386,18 @@ class Layout:
             owner = self._owner("template", t.id, t.name)
             mtime = time_ns(t.creation_time)
             return [
-                self._dir(
+                self._set_dir(
                     ("template", t.id, _FULL_DIR),
                     _FULL_DIR,
                     self._set_lister("template", owner, t.id),
+                    owner,
                     mtime,
                 ),
-                self._dir(
+                self._set_dir(
                     ("template", t.id, "disks"),
                     "disks",
                     self._disks_lister("template", owner, t.id),
+                    owner,
                     mtime,
                 ),
                 self._file(

@@ -62,6 +62,9 @@ class Node:
     #: listing starts an engine backup are hidden, so that tree walks (``find``,
     #: ``restic backup /mnt/vms/x``, ``du``) never start backups by accident.
     hidden: bool = False
+    #: For a set directory: a counter the backend moves when the set's files may have
+    #: changed (a read of it ended); a cached listing taken at another value is stale.
+    generation: Callable[[], int] | None = None
     #: Permission bits shown; None: the kind's read-only default (``default_perm``).
     perm: int | None = None
     #: Owner shown; None (or 0, see ``Vfs.attributes``): the mounting user.

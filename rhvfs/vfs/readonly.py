@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 class _Listing:
     expires: float
     children: dict[str, int]  # name -> inode, in listing order
+    generation: int | None = None  # the directory's ``Node.generation()`` when listed
 
 
 class ReadHandle(OpenFile):
@@ -131,7 +132,12 @@ class ReadOnlyTree(Subtree):
             # A set directory whose listing starts an engine backup is listed anew at every
             # access (its manager answers from the live set): a cached listing could name the
             # files of a set that has ended, and a new read must get the new set.
-            fresh = listing is not None and trio.current_time() < listing.expires
+            generation = node.generation() if node.generation is not None else None
+            fresh = (
+                listing is not None
+                and trio.current_time() < listing.expires
+                and listing.generation == generation
+            )
             if fresh and listing is not None and not node.lists_with_side_effects:
                 return listing.children
             children: dict[str, int] = {}
@@ -142,7 +148,9 @@ class ReadOnlyTree(Subtree):
                 child.parent_ino = ino
                 self._nodes[child.ino] = child
                 children[child.name] = child.ino
-            self._listings[ino] = _Listing(trio.current_time() + self.listing_ttl_s, children)
+            self._listings[ino] = _Listing(
+                trio.current_time() + self.listing_ttl_s, children, generation
+            )
             return children
 
     async def lookup(self, parent_ino: int, name: str) -> Node:

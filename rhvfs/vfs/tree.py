@@ -171,8 +171,8 @@ class Vfs:
     # -- attributes ---------------------------------------------------------------
 
     def attributes(self, node: Node) -> Attributes:
-        """What ``stat`` shows for ``node``; images keep their attributes in the kernel's
-        cache for the listing TTL, changing files (status, restore/) are never cached."""
+        """What ``stat`` shows for ``node``; set files and changing files (status, restore/)
+        keep no attributes in the kernel's cache, other nodes for the listing TTL."""
         ttl = self.listing_ttl_s
         # Generated files (vm.json...) get fresh content when their directory is re-listed;
         # with no attribute caching the kernel's size always matches the content it reads.
@@ -189,7 +189,9 @@ class Vfs:
             blksize=READ_BLOCK_SIZE,
             mtime_ns=node.mtime_ns,
             entry_timeout_s=0.0 if node.volatile else ttl,
-            attr_timeout_s=0.0 if node.volatile or generated else ttl,
+            # Set files: never cached by the kernel, so a stat after a read of the set ended
+            # sees the time it moved to (restic, borg and rsync decide on it what to read).
+            attr_timeout_s=0.0 if node.volatile or generated or node.data is not None else ttl,
         )
 
     # -- the handle table -------------------------------------------------------

@@ -9,7 +9,6 @@ disk at that moment.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import subprocess
@@ -22,36 +21,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import start_sim
+from tests.support.bacula import BaculaRig, FileSet
+from tests.support.data import sha256_file
+from tests.support.mounts import SimMount, extract, manifest_of, restore_status
+from tests.support.sim import SimProcess, remove_vm, start_sim, vm_details
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
-RHVFS = [sys.executable, "-m", "rhvfs.cli"]
 MiB = 1024 * 1024
 
 
-class Mount:
-    def __init__(self, sim: Any, mnt: Path, state_dir: Path, *extra: str) -> None:
-        self.sim, self.mnt = sim, mnt
-        mnt.mkdir(exist_ok=True)
-        state_dir.mkdir(exist_ok=True)
-        argv = [
-            *RHVFS, "mount", "-c", sim.section, "--config-file", str(sim.conf_file),
-            "--state-dir", str(state_dir), *extra, str(mnt),
-        ]  # fmt: skip
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-
-    def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = json.loads((self.mnt / ".rhvfs/status.json").read_bytes())
-        return doc
-
-    def umount(self) -> None:
-        if os.path.ismount(self.mnt):
-            subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=300)
-
-
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
     s = start_sim(tmp_path_factory.mktemp("pitsim"), sample=True, delay_s=0.0)
     try:
         yield s
@@ -59,24 +40,25 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         s.stop()
 
 
+def mount_sim(sim: SimProcess, tmp_path: Path, *extra: str) -> SimMount:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return SimMount(sim, tmp_path / "mnt", state, *extra)
+
+
 @pytest.fixture
-def mount(sim: Any, tmp_path: Path) -> Iterator[Mount]:
-    m = Mount(sim, tmp_path / "mnt", tmp_path / "state", "--grace-period", "10")
+def mount(sim: SimProcess, tmp_path: Path) -> Iterator[SimMount]:
+    m = mount_sim(sim, tmp_path, "--grace-period", "10")
     try:
         yield m
     finally:
         m.umount()
 
 
-def file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MiB):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha = sha256_file
 
 
-def vm_disks(sim: Any, name: str) -> dict[str, str]:
+def vm_disks(sim: SimProcess, name: str) -> dict[str, str]:
     """alias -> disk id"""
     conn = sim.sdk_connection()
     try:
@@ -91,7 +73,7 @@ def vm_disks(sim: Any, name: str) -> dict[str, str]:
         conn.close()
 
 
-def engine_artifacts(sim: Any, name: str) -> tuple[list[str], list[str]]:
+def engine_artifacts(sim: SimProcess, name: str) -> tuple[list[str], list[str]]:
     """(snapshot ids, backup ids) of VM ``name``"""
     conn = sim.sdk_connection()
     try:
@@ -120,7 +102,7 @@ def tar_set(mnt: Path, vm: str, into: Path) -> Path:
 
 @pytest.mark.parametrize("vm", ["web01", "myvm0"])
 def test_back_to_back_tar_around_a_guest_write(
-    sim: Any, mount: Mount, tmp_path: Path, vm: str
+    sim: SimProcess, mount: SimMount, tmp_path: Path, vm: str
 ) -> None:
     """web01 is up with an incremental-enabled disk (read from an engine backup); myvm0 is
     down (read from a snapshot). The second tar starts right after the first, well inside
@@ -129,7 +111,7 @@ def test_back_to_back_tar_around_a_guest_write(
     first = tar_set(mount.mnt, vm, tmp_path / "first")
     assert set_shas(first) == {d: sim.admin.disk_sha256(d) for d in disks.values()}
     target = next(iter(sorted(disks.values())))
-    sim.admin.guest_write(disk=target, offset=3 * MiB, data=b"written between the runs" * 512)
+    guest_write(sim, mount, disk=target, offset=3 * MiB, data=b"written between the runs" * 512)
     after = {d: sim.admin.disk_sha256(d) for d in disks.values()}
     second = tar_set(mount.mnt, vm, tmp_path / "second")
     assert set_shas(second) == after
@@ -178,12 +160,9 @@ def wait_file(path: Path, timeout_s: float = 120) -> None:
 
 
 def test_pauses_keep_one_point_in_time_and_the_limit_refuses_mixing(
-    sim: Any, tmp_path: Path
+    sim: SimProcess, tmp_path: Path
 ) -> None:
-    m = Mount(
-        sim, tmp_path / "mnt", tmp_path / "state",
-        "--grace-period", "1", "--read-idle-limit", "6",
-    )  # fmt: skip
+    m = mount_sim(sim, tmp_path, "--grace-period", "1", "--read-idle-limit", "6")
     try:
         set_dir = m.mnt / "vms/web01/@rhv"
         manifest = json.loads((set_dir / "manifest.json").read_bytes())
@@ -215,7 +194,7 @@ def test_pauses_keep_one_point_in_time_and_the_limit_refuses_mixing(
 
 
 @pytest.mark.parametrize("vm", ["web01", "app01"])
-def test_configuration_only_reads_create_nothing(sim: Any, mount: Mount, vm: str) -> None:
+def test_configuration_only_reads_create_nothing(sim: SimProcess, mount: SimMount, vm: str) -> None:
     """web01 is up (its @rhv/ data would come from an engine backup), app01 suspended."""
     before = engine_artifacts(sim, vm)
     set_dir = mount.mnt / "vms" / vm / "@rhv"
@@ -239,3 +218,111 @@ def test_configuration_only_reads_create_nothing(sim: Any, mount: Mount, vm: str
     assert sessions["sessions"] == [] and sessions["incremental"]["sessions"] == []
     [read] = [r for r in sessions["reads"] if r["owner"]["name"] == vm]
     assert read["files_complete"] == ["manifest.json", "vm.ovf", "vm.xml"]
+
+
+def guest_write(sim: SimProcess, mount: SimMount, **kw: Any) -> None:
+    """A guest write once the last read's cleanup let go of the disks: the simulator refuses
+    guest writes while a snapshot merge of the backup that just ended locks the disk."""
+    assert wait_until(
+        lambda: (
+            not mount.status()["sessions"]["incremental"]["sessions"]
+            and not mount.status()["sessions"]["sessions"]
+        )
+    ), mount.status()
+    sim.admin.guest_write(**kw)
+
+
+def tar_dir(directory: Path, tar: Path) -> None:
+    subprocess.run(["tar", "-cSf", str(tar), "-C", str(directory), "."], check=True, timeout=300)
+
+
+def test_back_to_back_incremental_sets_each_have_their_own_checkpoint(
+    sim: SimProcess, mount: SimMount, tmp_path: Path
+) -> None:
+    """full @rhv/, a write, inc1, a write, inc2 right after inc1: inc2 has a new checkpoint and
+    holds the write; full + inc1 + inc2 restored through restore/ is the VM at inc2."""
+    disks = vm_disks(sim, "web01")
+    logs, data = disks["web01_logs"], disks["web01_data"]  # incremental / not enabled
+    vm_dir = mount.mnt / "vms/web01"
+    out = tmp_path / "sets"
+    out.mkdir()
+    names: list[str] = []
+    tar_dir(vm_dir / "@rhv", tmp_path / "full.tar")
+    names += extract(tmp_path / "full.tar", out)
+    guest_write(sim, mount, disk=logs, offset=20 * MiB, size=2 * MiB, pattern=0x51)
+    guest_write(sim, mount, disk=data, offset=9 * MiB, size=MiB, pattern=0x52)
+    tar_dir(vm_dir / "@rhv-incremental", tmp_path / "inc1.tar")
+    inc1 = extract(tmp_path / "inc1.tar", out)
+    guest_write(sim, mount, disk=logs, offset=40 * MiB, size=MiB, pattern=0x53)
+    want = {alias: sim.admin.disk_sha256(disk_id) for alias, disk_id in disks.items()}
+    tar_dir(vm_dir / "@rhv-incremental", tmp_path / "inc2.tar")  # at once
+    inc2 = extract(tmp_path / "inc2.tar", out)
+    m1, m2 = manifest_of(inc1, out), manifest_of(inc2, out)
+    assert m2["set_id"] != m1["set_id"]
+    assert m2["to_checkpoint_id"] not in (None, m1["to_checkpoint_id"])
+    assert m2["from_checkpoint_id"] == m1["to_checkpoint_id"]
+    assert m2["parent_set"]["set_id"] == m1["set_id"]
+    target = mount.mnt / "restore/web01-pit"
+    target.mkdir()
+    try:
+        archive = tmp_path / "chain.tar"
+        files = names + inc1 + inc2
+        subprocess.run(["tar", "-cSf", str(archive), "-C", str(out), *files], check=True)
+        subprocess.run(["tar", "-xf", str(archive), "-C", str(target)], check=True, timeout=300)
+        status = restore_status(mount, "web01-pit")
+        assert status["phase"] == "done", status
+        restored = vm_details(sim, "web01-pit")
+        assert restored is not None
+        got = {d["alias"]: sim.admin.disk_sha256(d["id"]) for d in restored["disks"]}
+        assert got == want
+    finally:
+        remove_vm(sim, "web01-pit")
+
+
+def restic(repo: Path, *args: str) -> str:
+    env = {**os.environ, "RESTIC_PASSWORD": "test", "RESTIC_CACHE_DIR": str(repo.parent / "cache")}
+    result = subprocess.run(
+        ["restic", "-r", str(repo), *args], capture_output=True, text=True, env=env, check=True
+    )
+    return result.stdout
+
+
+def test_restic_twice_around_a_write(sim: SimProcess, mount: SimMount, tmp_path: Path) -> None:
+    """restic with its default parallelism, twice, a guest write between: each snapshot is
+    one point in time and the second holds the write."""
+    disks = vm_disks(sim, "web01")
+    set_dir = mount.mnt / "vms/web01/@rhv"
+    repo = tmp_path / "repo"
+    restic(repo, "init")
+    want = [{d: sim.admin.disk_sha256(d) for d in disks.values()}]
+    restic(repo, "backup", str(set_dir))
+    guest_write(sim, mount, disk=disks["web01_os"], offset=11 * MiB, data=b"restic run 2" * 4096)
+    want.append({d: sim.admin.disk_sha256(d) for d in disks.values()})
+    restic(repo, "backup", str(set_dir))
+    snapshots = json.loads(restic(repo, "snapshots", "--json"))
+    assert len(snapshots) == 2
+    for i, snap in enumerate(sorted(snapshots, key=lambda s: s["time"])):
+        target = tmp_path / f"restored{i}"
+        restic(repo, "restore", snap["id"], "--target", str(target))
+        assert set_shas(target / str(set_dir).lstrip("/")) == want[i], i
+
+
+def test_bacula_twice_around_a_write(sim: SimProcess, mount: SimMount, tmp_path: Path) -> None:
+    """A real Bacula job (Director, SD and a long-lived FD on loopback) run twice with a guest
+    write between: each job stored one point in time, and the second holds the write."""
+    disks = vm_disks(sim, "web01")
+    set_dir = mount.mnt / "vms/web01/@rhv"
+    fileset = FileSet([str(set_dir)], options={"signature": "SHA1", "sparse": "yes"})
+    with BaculaRig(tmp_path / "bacula") as rig:
+        want = [{d: sim.admin.disk_sha256(d) for d in disks.values()}]
+        first = rig.run_backup("web01", fileset)
+        assert first.ok, first.describe()
+        guest_write(sim, mount, disk=disks["web01_data"], offset=13 * MiB, data=b"job 2" * 8192)
+        want.append({d: sim.admin.disk_sha256(d) for d in disks.values()})
+        second = rig.run_backup("web01", fileset)
+        assert second.ok, second.describe()
+        for i, job in enumerate((first, second)):
+            where = tmp_path / f"where{i}"
+            restored = rig.run_restore(job.jobid, where)
+            assert restored.ok, restored.describe()
+            assert set_shas(where / str(set_dir).lstrip("/")) == want[i], i

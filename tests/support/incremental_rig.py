@@ -68,6 +68,9 @@ class Full:
     def end_read(self, owner: Any, read_id: str, *, reason: str) -> None:
         self.ended.append(read_id)
 
+    def read_ended(self, owner: Any) -> None:
+        pass
+
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         return b"full"
 

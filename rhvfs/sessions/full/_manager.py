@@ -448,6 +448,13 @@ class BackupManager:
         if session is not None and session.read_id == read_id:
             self._retire(session)
 
+    def read_ended(self, owner: Owner) -> None:
+        """A read of ``owner``'s set ended (whoever served its data): a running guest's data
+        moved on, so later listings show a new time and tools that key on mtime read again."""
+        ann = self._announced.get(owner.id)
+        if ann is not None and ann.running:
+            ann.mtime_ns = time.time_ns()
+
     def _end(self, session: BackupSession, reason: str) -> None:
         if session.read_id is not None:
             self._remember_ended(session.read_id, reason)
