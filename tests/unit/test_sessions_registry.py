@@ -26,6 +26,8 @@ class Fake(SessionLifecycle):
         self.owner = OWNER
         self.kind = kind
         self.session_id = kind
+        self.read_id: str | None = None
+        self.retiring = False
         self.handles: set[int] = set()
         self.error: RhvfsError | None = None
         self.broken = broken

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from rhvfs.errors import NotFound
+
 
 @dataclasses.dataclass(frozen=True)
 class Owner:
@@ -41,3 +43,13 @@ def blocks_for(size_bytes: int) -> int:
     if size_bytes <= 0:
         return 0
     return max(1, -(-size_bytes // 512))
+
+
+def clip_read(entry: SetEntry | None, key: str, offset: int, size: int, *, where: str) -> int:
+    """How many bytes a read of ``key`` at ``offset`` returns: ``size`` clipped to the file
+    (0 at or past its end); ``NotFound`` when ``key`` is no file of ``where``."""
+    if entry is None:
+        raise NotFound(f"{key} is not part of {where}")
+    if offset >= entry.size or size <= 0:
+        return 0
+    return min(size, entry.size - offset)

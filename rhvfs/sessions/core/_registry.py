@@ -12,7 +12,10 @@
   snapshot per set keeps a set at one point in time);
 - ``HandleTable``: handle ids (counting up from 1, never reused) mapping to
   ``(session, key)``; ``SetRouter`` uses the same table for its own handles;
-- ``Notes``: the newest errors and warnings for ``/.rhvfs/status.json``.
+- ``Notes``: the newest errors and warnings for ``/.rhvfs/status.json``;
+- reads of sets (``core._setread``) that have ended: a session bound to one
+  (``read_id``) is never started again for it (``check_read``), and
+  ``retire`` lets a session serve its open handles but no new reader.
 
 Invariants between awaits: ``get(owner_id)`` is the owner's only session
 that is not closed; every handle in ``handles`` points to a session that is
@@ -33,11 +36,13 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
-from rhvfs.errors import RhvfsError, SessionClosed, SessionError
+from rhvfs.errors import PointInTimeLost, RhvfsError, SessionClosed, SessionError
 from rhvfs.sessions.core._model import Owner
 
 #: Entries kept in a manager's notes (errors, warnings) for status.json.
 MAX_NOTES = 50
+#: Ended read ids remembered (so a late open of one is refused, never served anew).
+MAX_ENDED_READS = 1024
 
 T = TypeVar("T")
 
@@ -57,6 +62,11 @@ class Session(Protocol):
     def closed(self) -> trio.Event: ...
     @property
     def handles(self) -> Collection[int]: ...
+    @property
+    def read_id(self) -> str | None: ...
+
+    retiring: bool
+
     def request_close(self) -> None: ...
     async def run(self, *, task_status: Any = ...) -> None: ...
     async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes: ...
@@ -128,6 +138,7 @@ class SessionRegistry(Generic[S]):
         self.started = 0  # sessions started since the mount began
         self._sessions: dict[str, S] = {}
         self._nursery: trio.Nursery | None = None
+        self._ended_reads: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     # -- service ----------------------------------------------------------------
 
@@ -206,6 +217,28 @@ class SessionRegistry(Generic[S]):
             with trio.move_on_at(deadline):
                 await session.closed.wait()
 
+    # -- reads of sets ----------------------------------------------------------------
+
+    def end_read(self, read_id: str, reason: str) -> None:
+        """Read ``read_id`` has ended: it never gets a session again."""
+        self._ended_reads[read_id] = reason
+        while len(self._ended_reads) > MAX_ENDED_READS:
+            self._ended_reads.popitem(last=False)
+
+    def check_read(self, read_id: str | None, owner: Owner) -> None:
+        """``PointInTimeLost`` when ``read_id`` has ended (its point in time is gone)."""
+        if read_id is not None and read_id in self._ended_reads:
+            raise PointInTimeLost(
+                f"the read {read_id} of {owner.name}'s set has ended "
+                f"({self._ended_reads[read_id]}); run the backup again"
+            )
+
+    def retire(self, session: S) -> None:
+        """No new reader for ``session``: it closes now, or with its last open handle."""
+        session.retiring = True
+        if not session.handles:
+            session.request_close()
+
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         """Read through an open handle (``SessionClosed`` when it is not open)."""
         session, key = self.handles.get(handle)
@@ -216,6 +249,9 @@ class SessionRegistry(Generic[S]):
         if self._sessions.get(session.owner.id) is session:
             del self._sessions[session.owner.id]
         self.handles.drop(lambda item: item[0] is session)
+        read_id = session.read_id
+        if read_id is not None and read_id not in self._ended_reads:
+            self.end_read(read_id, "its session ended (idle past read_idle_limit, or failed)")
 
     async def aclose_all(self) -> None:
         """Ask every session to close and wait until they have."""

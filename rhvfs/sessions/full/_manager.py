@@ -28,11 +28,10 @@ Must not: know about inodes or pyfuse3, talk to imageio directly.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,8 +81,6 @@ from rhvfs.sessions.full._session import BackupSession, BackupSessionDeps
 
 log = logging.getLogger(__name__)
 
-#: Ended read ids remembered (so a late open of one is refused, never served anew).
-MAX_ENDED_READS = 1024
 #: A placeholder read id as long as a real one (a uuid): listings announce sizes with it.
 _PLACEHOLDER_READ_ID = "0" * 8 + "-0000-0000-0000-" + "0" * 12
 
@@ -123,6 +120,26 @@ def _disk_blocks(disk: Disk) -> int:
     return max(1, blocks_for(disk.actual_size or 0))
 
 
+def _padded(
+    contents: Mapping[str, bytes],
+    ann: Announcement,
+    owner: Owner,
+    note: Callable[[str], None],
+) -> dict[str, bytes | RhvfsError]:
+    """Each configuration file padded to its announced size, keyed by its file key; one that
+    outgrew its size becomes the error its reads raise (and is noted)."""
+    padded: dict[str, bytes | RhvfsError] = {}
+    for n, c in contents.items():
+        try:
+            padded[ConfigKey(n).encode()] = pad_to(
+                c, ann.config_sizes[n], what=f"{n} of {owner.name}"
+            )
+        except RhvfsError as e:
+            note(str(e))
+            padded[ConfigKey(n).encode()] = e
+    return padded
+
+
 class BackupManager:
     """Backup sets of VMs and templates, served from per-owner sessions."""
 
@@ -148,7 +165,6 @@ class BackupManager:
         self._sessions: SessionRegistry[BackupSession] = SessionRegistry(what="the backup manager")
         self._announced: dict[str, Announcement] = {}
         self._bytes_read_closed = 0
-        self._ended_reads: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     # -- service --------------------------------------------------------------
 
@@ -248,15 +264,7 @@ class BackupManager:
             data, disks, names, read_id=read_id, method=method, lineage=via_backup
         )
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
-        padded: dict[str, bytes | RhvfsError] = {}
-        for n, c in contents.items():
-            try:
-                padded[ConfigKey(n).encode()] = pad_to(
-                    c, ann.config_sizes[n], what=f"{n} of {owner.name}"
-                )
-            except RhvfsError as e:
-                self._note_error(owner, str(e))
-                padded[ConfigKey(n).encode()] = e
+        padded = _padded(contents, ann, owner, lambda m: self._note_error(owner, m))
         return SetView(
             read_id=read_id,
             method=method,
@@ -369,15 +377,7 @@ class BackupManager:
             ann.mtime_ns = session.started_ns
         for d in session.disks:
             ann.blocks.setdefault(d.id, _disk_blocks(live.get(d.id, d)))
-        padded: dict[str, bytes | RhvfsError] = {}
-        for n, c in contents.items():
-            try:
-                padded[ConfigKey(n).encode()] = pad_to(
-                    c, ann.config_sizes[n], what=f"{n} of {owner.name}"
-                )
-            except RhvfsError as e:
-                session.note_error(str(e))
-                padded[ConfigKey(n).encode()] = e
+        padded = _padded(contents, ann, owner, session.note_error)
         disks = [
             dataclasses.replace(d, alias=d.alias or live[d.id].alias) if d.id in live else d
             for d in session.disks
@@ -405,11 +405,7 @@ class BackupManager:
         the read's configuration and its data, and the read is lost.
         """
         self._sessions.check_running()
-        if read_id is not None and read_id in self._ended_reads:
-            raise PointInTimeLost(
-                f"the read {read_id} of {owner.name}'s set has ended "
-                f"({self._ended_reads[read_id]}); run the backup again"
-            )
+        self._sessions.check_read(read_id, owner)
         if owner.id not in self._announced:
             await self.list_set(owner)  # sizes and times are fixed by a listing first
         # a closing session is waited for, then a fresh one starts
@@ -417,7 +413,7 @@ class BackupManager:
             owner.id,
             new=lambda: self._new_session(owner, read_id),
             usable=lambda s: read_id is None or (s.read_id == read_id and not s.retiring),
-            make_way=self._retire,
+            make_way=self._sessions.retire,
         )
         if read_id is not None and expect_images is not None and not session.verified:
             changed = [
@@ -431,7 +427,8 @@ class BackupManager:
                     f"and its disks ({'; '.join(changed)})"
                 )
                 self._note_error(owner, reason)
-                self._end(session, reason)
+                self._sessions.end_read(read_id, reason)
+                self._sessions.retire(session)
                 raise PointInTimeLost(f"{reason}; run the backup again")
             session.verified = True
         if key not in session.entries_by_key:
@@ -443,10 +440,10 @@ class BackupManager:
     def end_read(self, owner: Owner, read_id: str, *, reason: str) -> None:
         """Read ``read_id`` is over (complete, or a newer read began): its session closes
         as soon as no handle is open, and the read never gets a session again."""
-        self._remember_ended(read_id, reason)
+        self._sessions.end_read(read_id, reason)
         session = self._sessions.get(owner.id)
         if session is not None and session.read_id == read_id:
-            self._retire(session)
+            self._sessions.retire(session)
 
     def read_ended(self, owner: Owner) -> None:
         """A read of ``owner``'s set ended (whoever served its data): a running guest's data
@@ -454,22 +451,6 @@ class BackupManager:
         ann = self._announced.get(owner.id)
         if ann is not None and ann.running:
             ann.mtime_ns = time.time_ns()
-
-    def _end(self, session: BackupSession, reason: str) -> None:
-        if session.read_id is not None:
-            self._remember_ended(session.read_id, reason)
-        self._retire(session)
-
-    def _remember_ended(self, read_id: str, reason: str) -> None:
-        self._ended_reads[read_id] = reason
-        while len(self._ended_reads) > MAX_ENDED_READS:
-            self._ended_reads.popitem(last=False)
-
-    def _retire(self, session: BackupSession) -> None:
-        """No new reader for ``session``: it closes now, or with its last open handle."""
-        session.retiring = True
-        if not session.handles:
-            session.request_close()
 
     def _new_session(self, owner: Owner, read_id: str | None = None) -> BackupSession:
         deps = BackupSessionDeps(
@@ -514,9 +495,6 @@ class BackupManager:
 
     def _session_closed(self, session: BackupSession) -> None:
         self._sessions.forget(session)
-        if session.read_id is not None and session.read_id not in self._ended_reads:
-            reason = session.last_error or "it was idle longer than read_idle_limit"
-            self._remember_ended(session.read_id, reason)
         self._bytes_read_closed += session.bytes_read
         ann = self._announced.get(session.owner.id)
         if ann is not None and ann.running:

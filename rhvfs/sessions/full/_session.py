@@ -59,7 +59,7 @@ from rhvfs.sessions.core._cleanup import busy_policy, find_snapshot, remove_snap
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
-from rhvfs.sessions.core._model import Owner, SetEntry
+from rhvfs.sessions.core._model import Owner, SetEntry, clip_read
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher, image_disks
 from rhvfs.sessions.core._ports import (
     ReaderLike,
@@ -430,12 +430,15 @@ class BackupSession(SessionLifecycle):
             if self.error is not None:
                 raise self.error
             raise SessionClosed(f"session of {self.owner.name} is {self.state}")
-        entry = self.entries_by_key.get(key)
-        if entry is None:
-            raise NotFound(f"{key} is not part of the backup set of {self.owner.name}")
-        if offset >= entry.size or size <= 0:
+        size = clip_read(
+            self.entries_by_key.get(key),
+            key,
+            offset,
+            size,
+            where=f"the backup set of {self.owner.name}",
+        )
+        if not size:
             return b""
-        size = min(size, entry.size - offset)
         disk_id = disk_id_of_key(key)
         if disk_id is None:
             content = self.contents.get(key)

@@ -51,7 +51,6 @@ and journal entries.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -138,7 +137,6 @@ class IncrementalManager:
             what="the incremental manager"
         )
         self._completed = 0
-        self._ended_reads: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         await self._sessions.run(
@@ -204,11 +202,6 @@ class IncrementalManager:
             raise NotFound(f"checkpoint {since} of {owner.name} was not recorded by rhvfs")
         self._sessions.check_running()
 
-        def make_way(other: IncrementalSession) -> None:
-            other.retiring = True
-            if not other.handles:  # nobody reads it: end it now rather than after its grace
-                other.request_close()
-
         # Another kind of set (or a closing one) holds the VM's only backup: wait for it.
         session = await self._sessions.acquire(
             owner.id,
@@ -216,7 +209,7 @@ class IncrementalManager:
             usable=lambda s: (
                 (s.kind, s.since, s.read_id) == (kind, since, read_id) and not s.retiring
             ),
-            make_way=make_way,
+            make_way=self._sessions.retire,  # nobody reads it: end it now, not after its grace
             deadline=trio.current_time() + max(self.config.system_timeout, 1.0),
             busy=lambda s: SessionError(
                 f"a {s.kind} set of VM {owner.name} is still being read; try again later"
@@ -250,8 +243,6 @@ class IncrementalManager:
 
     def _closed(self, session: IncrementalSession) -> None:
         self._sessions.forget(session)
-        if session.read_id is not None and session.read_id not in self._ended_reads:
-            self._remember_ended(session.read_id, "its backup ended")
         if session.recorded:
             self._completed += 1
 
@@ -293,11 +284,7 @@ class IncrementalManager:
         With ``read_id`` the set belongs to that read of the ``SetRouter`` (see the
         module docstring): an ended read is refused with ``PointInTimeLost``.
         """
-        if read_id is not None and read_id in self._ended_reads:
-            raise PointInTimeLost(
-                f"the read {read_id} of {owner.name}'s set has ended "
-                f"({self._ended_reads[read_id]}); run the backup again"
-            )
+        self._sessions.check_read(read_id, owner)
         session = self._sessions.get(owner.id)
         if (
             session is None
@@ -313,7 +300,7 @@ class IncrementalManager:
         """Read ``read_id`` of ``owner``'s ``@rhv/`` is over; ``complete``: the router saw
         every file read, so the set may join the chain. Its session closes with its last
         handle, and the read never gets a session again."""
-        self._remember_ended(read_id, reason)
+        self._sessions.end_read(read_id, reason)
         session = self._sessions.get(owner.id)
         if session is None or session.read_id != read_id:
             return
@@ -322,11 +309,6 @@ class IncrementalManager:
         session.retiring = True
         if not session.handles:
             session.on_last_release()
-
-    def _remember_ended(self, read_id: str, reason: str) -> None:
-        self._ended_reads[read_id] = reason
-        while len(self._ended_reads) > 1024:
-            self._ended_reads.popitem(last=False)
 
     def live_set(self, owner: Owner) -> IncrementalSession | None:
         """The owner's ready set, if any (for the router's reads of set directories)."""
@@ -337,9 +319,7 @@ class IncrementalManager:
         """The owner's set takes no new reader: it closes now, or with its last handle."""
         session = self._sessions.get(owner.id)
         if session is not None:
-            session.retiring = True
-            if not session.handles:
-                session.request_close()
+            self._sessions.retire(session)
 
     async def open(self, owner: Owner, key: str) -> int:
         session = self._sessions.get(owner.id)

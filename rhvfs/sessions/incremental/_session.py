@@ -66,7 +66,7 @@ from rhvfs.sessions.core._gather import gather
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
-from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for
+from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for, clip_read
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher
 from rhvfs.sessions.core._ports import (
     EngineLike,
@@ -564,11 +564,10 @@ class IncrementalSession(SessionLifecycle):
                 raise self.error
             raise SessionClosed(f"set {self.set_id} of {self.owner.name} is {self.state}")
         entry = self.entries_by_key.get(key)
-        if entry is None:
-            raise NotFound(f"{key} is not part of set {self.set_id} of {self.owner.name}")
-        if offset >= entry.size or size <= 0:
+        size = clip_read(entry, key, offset, size, where=f"set {self.set_id} of {self.owner.name}")
+        if not size:
             return b""
-        size = min(size, entry.size - offset)
+        assert entry is not None
         content = self.contents.get(key)
         if content is not None:
             data = content[offset : offset + size]
