@@ -299,7 +299,7 @@ async def test_wrong_password_is_an_authentication_error(sim: Any) -> None:
     assert "definitely-wrong" not in str(info.value)
 
 
-@pytest.mark.allow_log("rhvfs.engine._retry", "WARNING", match="giving up")
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_unreachable_engine_is_unavailable_after_retries(sim: Any) -> None:
     config = _config(sim, engine_url="https://127.0.0.1:9")
     retry = RetryPolicy(tries=2, interval_s=0.01, timeout_s=5)

@@ -220,7 +220,6 @@ async def test_start_transfer_that_fails_is_cancelled(autojump_clock, engine_api
     assert api.calls[-1] == "image_transfers.image_transfer.cancel"
 
 
-@pytest.mark.allow_log("rhvfs.engine._retry", "WARNING", match="timed out")
 @pytest.mark.allow_log("rhvfs.retry", "WARNING", match="timed out")
 async def test_start_transfer_that_never_starts_times_out_and_is_cancelled(
     autojump_clock, engine_api

@@ -55,7 +55,6 @@ async def test_transient_errors_are_retried_with_doubling_backoff(autojump_clock
     assert [round(t - start, 3) for t in fn.times] == [0.0, 1.0, 3.0, 7.0]
 
 
-@pytest.mark.allow_log("rhvfs.engine._retry", "WARNING", match="giving up")
 @pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_gives_up_after_tries(autojump_clock) -> None:
     fn = Flaky([EngineUnavailable(str(i)) for i in range(10)])
@@ -64,7 +63,6 @@ async def test_gives_up_after_tries(autojump_clock) -> None:
     assert fn.attempts == [0, 1, 2]
 
 
-@pytest.mark.allow_log("rhvfs.engine._retry", "WARNING", match="giving up")
 @pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 async def test_gives_up_at_the_deadline(autojump_clock) -> None:
     fn = Flaky([EngineUnavailable(str(i)) for i in range(10)])
