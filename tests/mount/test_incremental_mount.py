@@ -226,10 +226,11 @@ def test_rhv_of_a_running_vm_starts_the_chain(
         out.mkdir()
         names = extract(tmp_path / "full.tar", out)
         full = json.loads((out / "manifest.json").read_bytes())
-        assert (
-            full["set_type"] == "full"
-            and full["checkpoint_id"] == mount.sets(vm_id)[0].checkpoint_id
-        )
+        # The manifest is taken before the backup (configuration reads create nothing):
+        # it names the set (= the engine backup's id); the chain keeps its checkpoint.
+        [chain_full] = mount.sets(vm_id)
+        assert full["set_type"] == "full" and full["set_id"] == chain_full.set_id
+        assert full["point_in_time"]["method"] == "backup" and chain_full.checkpoint_id
         image = next(n for n in names if n.endswith(".raw"))
         assert sha256_file(out / image) == sim.admin.disk_sha256(disk_id)
 
@@ -237,7 +238,8 @@ def test_rhv_of_a_running_vm_starts_the_chain(
         mount.tar_set("@rhv-incremental", tmp_path / "inc.tar", vm_id)
         inc_names = extract(tmp_path / "inc.tar", out)
         m = manifest_of(inc_names, out)
-        assert m["from_checkpoint_id"] == full["checkpoint_id"]
+        assert m["from_checkpoint_id"] == chain_full.checkpoint_id
+        assert m["parent_set"]["set_id"] == full["set_id"]
         delta = next(n for n in inc_names if n.endswith(".qcow2"))
         info = subprocess.run(
             ["qemu-img", "info", "--output=json", str(out / delta)],
