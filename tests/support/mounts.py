@@ -90,10 +90,11 @@ class SimMount:
 
 
 class IncrementalMount(SimMount):
-    """A mount (grace period 1 s) whose VM set directories are copied with tar."""
+    """A mount (grace period 1 s; a set read only in part ends 5 s after its last read)
+    whose VM set directories are copied with tar."""
 
     def __init__(self, sim: Any, mnt: Path, state_dir: Path, *, vm: str) -> None:
-        super().__init__(sim, mnt, state_dir, "--grace-period", "1")
+        super().__init__(sim, mnt, state_dir, "--grace-period", "1", "--read-idle-limit", "5")
         self.vm = vm
         self.chain = ChainState.for_engine(sim.engine_url, state_dir=state_dir)
 
