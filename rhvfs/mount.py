@@ -43,10 +43,22 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class MountOptions:
+    """How to mount: the ``-o`` options (``rhvfs.commands.mount.parse_o``) and paths.
+
+    ``uid``/``gid``/``umask``/``restore_umask`` are what every node shows
+    (``rhvfs.vfs.tree.Vfs``); the kernel enforces them (``default_permissions``
+    is always set). ``allow_other`` lets other users than the mounting one in
+    at all: the command line accepts it only with an explicit ``umask``.
+    """
+
     mountpoint: str
     allow_other: bool = False
     state_dir: str | None = None
     debug_fuse: bool = False
+    uid: int | None = None  # None: the mounting process's
+    gid: int | None = None
+    umask: int = 0
+    restore_umask: int | None = None  # None: umask | 0o022
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +146,9 @@ def raise_readahead(mountpoint: str, readahead_kb: int) -> None:
 
 def fuse_options(options: MountOptions) -> set[str]:
     opts = set(pyfuse3.default_options)
-    opts |= {"fsname=rhvfs", "subtype=rhvfs"}
+    # The kernel checks every access against the modes and owners we show; without it
+    # allow_other would let anybody read anything.
+    opts |= {"default_permissions", "fsname=rhvfs", "subtype=rhvfs"}
     if options.allow_other:
         opts.add("allow_other")
     if options.debug_fuse:
@@ -208,6 +222,10 @@ async def serve(
                 owner_factory=back.owner_factory,
                 status_info=status_info,
                 restores=back.restores,
+                uid=options.uid,
+                gid=options.gid,
+                umask=options.umask,
+                restore_umask=options.restore_umask,
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
@@ -215,6 +233,14 @@ async def serve(
             pyfuse3.init(ops, mountpoint, fuse_options(options))
             mounted = True
             log.info("rhvfs %s mounted %s on %s", rhvfs.__version__, config.engine_url, mountpoint)
+            log.info(
+                "access: %s, owner %d:%d, umask %04o, restore/ umask %04o",
+                "other users by mode (allow_other)" if options.allow_other else "this user only",
+                vfs.uid,
+                vfs.gid,
+                vfs.umask,
+                vfs.restore_umask,
+            )
             async with trio.open_nursery() as nursery:
 
                 async def announce() -> None:

@@ -10,6 +10,11 @@ with SIGTERM, which finishes every session (transfers finalized, snapshots
 removed) before the kernel mount goes away, and waits for that; a mount whose
 process is gone is detached with ``fusermount3 -u``.
 
+``-o`` takes ``allow_other``, ``debug`` and the ownership of the tree:
+``uid=``/``gid=`` (number or name), ``umask=`` and ``restore_umask=`` (octal;
+``parse_o``). ``allow_other`` is refused without an explicit ``umask=``:
+letting other users in must say which of them may read.
+
 Must not: contain mount lifecycle logic (``rhvfs.mount``).
 """
 
@@ -17,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
+import grp
 import json
 import logging
 import os
+import pwd
 import re
 import subprocess
 import sys
@@ -34,7 +42,78 @@ from rhvfs.errors import ConfigError, RhvfsError
 from rhvfs.retry import Backoff, RetryPolicy
 
 STATUS_PATH = ".rhvfs/status.json"
-_KNOWN_O = {"allow_other", "debug"}
+_FLAG_O = {"allow_other", "debug"}
+_VALUE_O = {"uid", "gid", "umask", "restore_umask"}
+_ALLOW_OTHER_NEEDS = (
+    "-o allow_other needs explicit ownership: add umask= (and gid=/uid=), "
+    "e.g. -o allow_other,gid=rhvfs-backup,umask=0027"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class FuseOptions:
+    """The ``-o`` options of ``rhvfs mount``, checked (``parse_o``); the same names as
+    the fields of ``rhvfs.mount.MountOptions``."""
+
+    allow_other: bool = False
+    debug_fuse: bool = False
+    uid: int | None = None
+    gid: int | None = None
+    umask: int = 0
+    restore_umask: int | None = None
+
+
+def _id(key: str, value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    try:
+        if key == "uid":
+            return pwd.getpwnam(value).pw_uid
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        kind = "user" if key == "uid" else "group"
+        raise ConfigError(f"-o {key}={value}: no such {kind}") from None
+
+
+def _mask(key: str, value: str) -> int:
+    if not re.fullmatch(r"0?[0-7]{1,3}", value):
+        raise ConfigError(f"-o {key}={value}: expected an octal mask such as 0027")
+    return int(value, 8)
+
+
+def parse_o(text: str) -> FuseOptions:
+    """``-o a,b=c,...`` as ``FuseOptions``; ``ConfigError`` (one line) for an unknown or
+    malformed option, and for ``allow_other`` without ``umask=``."""
+    flags: set[str] = set()
+    values: dict[str, str] = {}
+    unknown: list[str] = []
+    for item in (o.strip() for o in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if (key in _FLAG_O and not sep) or (key in _VALUE_O and sep and value):
+            if sep:
+                values[key] = value
+            else:
+                flags.add(key)
+        elif key in _VALUE_O:
+            raise ConfigError(f"mount option {key} needs a value ({key}=...)")
+        else:
+            unknown.append(item)
+    if unknown:
+        raise ConfigError(f"unknown mount option(s): {', '.join(sorted(unknown))}")
+    if "allow_other" in flags and "umask" not in values:
+        raise ConfigError(_ALLOW_OTHER_NEEDS)
+    return FuseOptions(
+        allow_other="allow_other" in flags,
+        debug_fuse="debug" in flags,
+        uid=_id("uid", values["uid"]) if "uid" in values else None,
+        gid=_id("gid", values["gid"]) if "gid" in values else None,
+        umask=_mask("umask", values["umask"]) if "umask" in values else 0,
+        restore_umask=(
+            _mask("restore_umask", values["restore_umask"]) if "restore_umask" in values else None
+        ),
+    )
 
 
 def _mount_parser() -> argparse.ArgumentParser:
@@ -42,7 +121,13 @@ def _mount_parser() -> argparse.ArgumentParser:
     add_connection_args(p)
     p.add_argument("mountpoint")
     p.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
-    p.add_argument("-o", dest="fuse_options", default="", help="mount options: allow_other, debug")
+    p.add_argument(
+        "-o",
+        dest="fuse_options",
+        default="",
+        help="mount options: allow_other (only with umask=), uid=, gid= (number or name), "
+        "umask=, restore_umask= (octal; restore/ defaults to umask|022), debug",
+    )
     p.add_argument(
         "--grace-period",
         type=float,
@@ -81,10 +166,7 @@ def _default_log(args: argparse.Namespace) -> str:
 
 def cmd_mount(argv: Sequence[str]) -> int:
     args = _mount_parser().parse_args(list(argv))
-    opts = {o.strip() for o in args.fuse_options.split(",") if o.strip()}
-    unknown = opts - _KNOWN_O
-    if unknown:
-        raise ConfigError(f"unknown mount option(s): {', '.join(sorted(unknown))}")
+    fuse = parse_o(args.fuse_options)
     extra: dict[str, object] = {}
     if args.grace_period is not None:
         extra["grace_period"] = args.grace_period
@@ -102,10 +184,7 @@ def cmd_mount(argv: Sequence[str]) -> int:
 
     setup_logging(debug=args.debug, filename=args.log)
     options = MountOptions(
-        mountpoint=args.mountpoint,
-        allow_other="allow_other" in opts,
-        state_dir=args.state_dir,
-        debug_fuse="debug" in opts,
+        mountpoint=args.mountpoint, state_dir=args.state_dir, **dataclasses.asdict(fuse)
     )
     ready_fd: int | None = args.ready_fd
 

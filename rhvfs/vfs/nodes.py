@@ -65,7 +65,7 @@ class Node:
     #: For a set directory: a counter the backend moves when the set's files may have
     #: changed (a read of it ended); a cached listing taken at another value is stale.
     generation: Callable[[], int] | None = None
-    #: Permission bits shown; None: the kind's read-only default (``default_perm``).
+    #: Permission bits before the mount's umask (``Vfs.attributes``); None: ``DEFAULT_PERM``.
     perm: int | None = None
     #: Owner shown; None (or 0, see ``Vfs.attributes``): the mounting user.
     uid: int | None = None
@@ -82,10 +82,29 @@ class Node:
         self.mtime_ns = content_mtime_ns(content, base_mtime_ns=base_mtime_ns)
 
 
-#: Permission bits of read-only nodes, by kind.
+#: Permission bits of read-only nodes, by kind (before the mount's ``umask``).
 DEFAULT_PERM = {Kind.DIR: 0o555, Kind.FILE: 0o444, Kind.LINK: 0o777}
+#: Cleared from ``restore/`` and below when the mount has no ``restore_umask`` of its own:
+#: only the owner may start a restore unless the mount asks for more.
+RESTORE_UMASK_FLOOR = 0o022
 #: st_blksize of every node: what cp/tar size their reads by.
 READ_BLOCK_SIZE = 128 * 1024
+
+
+def read_only_bits(kind: Kind, umask: int) -> int:
+    """The permission bits a read-only node of ``kind`` may show under ``umask``.
+
+    A class (user, group, others) either reads -- ``r-x`` on directories,
+    ``r--`` on files -- or gets nothing: its ``x`` bit on directories goes
+    with its ``r`` bit, because looking a name up in a set directory lists it,
+    and listing an incremental set starts an engine backup, as reading an
+    image starts a snapshot. The ``w`` and ``x`` bits of ``umask`` don't
+    matter here. Symlinks keep ``rwxrwxrwx`` (the kernel ignores them).
+    """
+    if kind is Kind.LINK:
+        return 0o777
+    readers = 0o444 & ~umask
+    return readers | readers >> 2 if kind is Kind.DIR else readers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,9 +50,11 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(eq=False)
 class RestoreNode(Node):
-    """A node under ``restore/``; ``perm`` are the permission bits shown (writable)."""
+    """A node under ``restore/``; ``perm`` are its permission bits before the mount's
+    ``restore_umask`` (``Vfs.attributes``): 0666 files and 0777 directories until a tool
+    chmods them, as a local filesystem creates them before the process umask."""
 
-    perm: int | None = 0o644
+    perm: int | None = 0o666
     session: RestoreSession | None = None
     file: RestoreFile | None = None
     children: dict[str, RestoreNode] | None = None
@@ -130,7 +132,7 @@ class RestoreTree(Subtree):
             self._new_ino(), kind, name, mtime_ns=time.time_ns(), parent_ino=parent, **kw
         )
         if kind is Kind.DIR:
-            node.perm = 0o755
+            node.perm = 0o777
             if node.children is None:
                 node.children = {}
         self._nodes[node.ino] = node
@@ -141,7 +143,7 @@ class RestoreTree(Subtree):
             self.root_ino,
             Kind.DIR,
             "restore",
-            perm=0o755,
+            perm=0o777,
             parent_ino=ROOT_INODE,
             children=self._sessions,
         )

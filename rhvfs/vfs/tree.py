@@ -9,6 +9,13 @@ parts, and keeps the one table of open files and directories: handle
 numbers are plain counters, the same space for both parts. ``attributes``
 turns a node into what ``stat`` shows (permissions, owner, cache timeouts).
 
+Permissions are the access control of a mount (the kernel enforces them:
+``default_permissions``): every node is owned by ``uid``/``gid``; the
+read-only tree shows 0555 directories and 0444 files less ``umask``, with a
+class's ``x`` following its ``r`` (``read_only_bits``); ``restore/`` and
+below show their own modes less ``restore_umask`` (default ``umask | 022``:
+only the owner starts restores unless the mount asks for more).
+
 ``rhvfs.fs`` adapts it to pyfuse3; ``rhvfs ls`` and the fs_api tests use it
 directly.
 
@@ -36,7 +43,15 @@ from rhvfs.errors import BadHandle, ReadOnlyFilesystem, SymlinkLoop, SymlinkOuts
 from rhvfs.sessions.restore import RestoreManager
 from rhvfs.vfs.backend import BackupSets, EngineInventory, LocalOwner, OwnerFactory
 from rhvfs.vfs.names import ROOT_INODE, InodeTable
-from rhvfs.vfs.nodes import DEFAULT_PERM, READ_BLOCK_SIZE, Attributes, Kind, Node
+from rhvfs.vfs.nodes import (
+    DEFAULT_PERM,
+    READ_BLOCK_SIZE,
+    RESTORE_UMASK_FLOOR,
+    Attributes,
+    Kind,
+    Node,
+    read_only_bits,
+)
 from rhvfs.vfs.readonly import ReadOnlyTree
 from rhvfs.vfs.restore import RestoreTree
 from rhvfs.vfs.subtree import OpenFile, Subtree
@@ -66,12 +81,18 @@ class Vfs:
         restores: RestoreManager | None = None,
         uid: int | None = None,
         gid: int | None = None,
+        umask: int = 0,
+        restore_umask: int | None = None,
     ) -> None:
         """``restores`` (running) makes ``restore/`` writable; without it it stays empty.
-        ``uid``/``gid`` own every node without an owner of its own (default: this process's)."""
+        ``uid``/``gid`` own every node without an owner of its own (default: this process's).
+        ``umask`` is cleared from the read-only tree's modes (``read_only_bits``),
+        ``restore_umask`` from those of ``restore/`` (default: ``umask | 0o022``)."""
         self.listing_ttl_s = listing_ttl_s
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
+        self.umask = umask
+        self.restore_umask = umask | RESTORE_UMASK_FLOOR if restore_umask is None else restore_umask
         self.table = InodeTable()
         self.readonly = ReadOnlyTree(
             engine,
@@ -129,7 +150,8 @@ class Vfs:
         return await self._tree(ino).readlink(ino)
 
     def access(self, ino: int, mode: int) -> bool:
-        """``access(2)``: anything may be read; only below ``restore/`` may be written."""
+        """``access(2)``: anything may be read; only below ``restore/`` may be written.
+        Who may is the kernel's check of ``attributes`` (``default_permissions``)."""
         return self._tree(ino).access(ino, mode)
 
     async def resolve(self, path: str, *, follow_last: bool = True) -> Node:
@@ -178,6 +200,10 @@ class Vfs:
         # with no attribute caching the kernel's size always matches the content it reads.
         generated = node.content is not None and node.data is None
         perm = DEFAULT_PERM[node.kind] if node.perm is None else node.perm
+        if self.restore is not None and self.restore.owns(node.ino):
+            perm &= ~self.restore_umask
+        else:
+            perm &= read_only_bits(node.kind, self.umask)
         return Attributes(
             ino=node.ino,
             mode=_FILE_TYPE[node.kind] | perm,
