@@ -20,6 +20,7 @@ foreign exception type.
     │   ├── VmStateError           the VM is in a state that forbids the operation (suspended…)
     │   ├── SessionClosed          used after ``aclose()`` (you closed it)
     │   ├── SessionBroken          the session failed on its own; every later read fails too
+    │   ├── SetBusy                a new read waits for an earlier one still open (EBUSY)
     │   └── PointInTimeLost        a file would mix two points in time of one set (ESTALE)
     ├── RestoreError               a restore set is invalid or its upload failed (see .status)
     │   ├── RestoreInputError      a file, option or name of the restore is bad, corrupt or foreign
@@ -164,6 +165,13 @@ class SessionBroken(SessionError):
     """Raised when a session failed on its own; it stays broken and must be discarded."""
 
     message = "session broken: {detail}"
+
+
+class SetBusy(SessionError):
+    """Raised when a new read of a set must wait for an earlier read that another process
+    still holds open, and ``system_timeout`` passed (EBUSY: try again later)."""
+
+    message = "{detail}"
 
 
 class PointInTimeLost(SessionError):

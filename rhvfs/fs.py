@@ -51,6 +51,7 @@ ERRNO: dict[type[BaseException], int] = {
     # sessions
     errors.VmStateError: errno.EBUSY,
     errors.PointInTimeLost: errno.ESTALE,
+    errors.SetBusy: errno.EBUSY,
     errors.SessionError: errno.EIO,  # SessionClosed too: a reader's fd is valid, EBADF misleads
     errors.RestoreError: errno.EIO,
     errors.RestoreInputError: errno.EINVAL,

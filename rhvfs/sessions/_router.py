@@ -39,6 +39,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import trio
+
 from rhvfs.backupset import (
     ConfigKey,
     DiskKey,
@@ -49,7 +51,7 @@ from rhvfs.backupset import (
     parse_key,
 )
 from rhvfs.config import Config
-from rhvfs.errors import PointInTimeLost, RhvfsError
+from rhvfs.errors import PointInTimeLost, RhvfsError, SetBusy
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._procid import reader_identity
 from rhvfs.sessions.core._registry import HandleTable, Notes
@@ -74,6 +76,7 @@ class FullSets(Protocol):
     ) -> int: ...
     def end_read(self, owner: Any, read_id: str, *, reason: str) -> None: ...
     def read_ended(self, owner: Any) -> None: ...
+    async def settled(self, owner: Any) -> None: ...
     async def read(self, handle: int, offset: int, size: int) -> bytes: ...
     async def release(self, handle: int) -> None: ...
     def status(self) -> dict[str, Any]: ...
@@ -233,6 +236,16 @@ class SetRouter:
         if not isinstance(parse_key(key), DisksDirKey) and self.full_sets_via_backup:
             via_backup = await self.incremental.backs_up_with_checkpoints(owner)
         read_id = str(uuid.uuid4())
+        # The previous read's cleanup (a snapshot merged, a backup finalized) changes the
+        # owner's volumes: the configuration of this read is taken after it.
+        with trio.move_on_after(max(self.config.system_timeout, 1.0)) as waiting:
+            await self.full.settled(owner)
+            await self.incremental.settled(owner)
+        if waiting.cancelled_caught:
+            raise SetBusy(
+                f"an earlier read of {owner.name}'s set is still open (another backup run "
+                "reading it); try again when it has finished"
+            )
         view = await self.full.config_view(owner, read_id=read_id, via_backup=via_backup)
         sizes = {e.key: e.size for e in view.entries}
         sizes.update({DisksDirKey(_disk_id(e.key)).encode(): e.size for e in view.disk_entries})

@@ -71,6 +71,9 @@ class Full:
     def read_ended(self, owner: Any) -> None:
         pass
 
+    async def settled(self, owner: Any) -> None:
+        pass
+
     async def read(self, handle: int, offset: int, size: int) -> bytes:
         return b"full"
 

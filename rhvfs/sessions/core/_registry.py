@@ -233,6 +233,15 @@ class SessionRegistry(Generic[S]):
                 f"({self._ended_reads[read_id]}); run the backup again"
             )
 
+    async def settled(self, owner_id: str) -> None:
+        """Wait until the owner has no session that is ending (retiring with handles still
+        open, or closing): its cleanup -- a snapshot merged away, a backup finalized --
+        changes the owner's volumes, so a new read looks at the owner only after it."""
+        session = self._sessions.get(owner_id)
+        while session is not None and (session.retiring or session.state == "closing"):
+            await session.closed.wait()
+            session = self._sessions.get(owner_id)
+
     def retire(self, session: S) -> None:
         """No new reader for ``session``: it closes now, or with its last open handle."""
         session.retiring = True

@@ -445,6 +445,10 @@ class BackupManager:
         if session is not None and session.read_id == read_id:
             self._sessions.retire(session)
 
+    async def settled(self, owner: Owner) -> None:
+        """Until the owner's ending session (if any) has cleaned up (see the registry)."""
+        await self._sessions.settled(owner.id)
+
     def read_ended(self, owner: Owner) -> None:
         """A read of ``owner``'s set ended (whoever served its data): a running guest's data
         moved on, so later listings show a new time and tools that key on mtime read again."""

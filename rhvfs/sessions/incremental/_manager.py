@@ -310,6 +310,10 @@ class IncrementalManager:
         if not session.handles:
             session.on_last_release()
 
+    async def settled(self, owner: Owner) -> None:
+        """Until the owner's ending set (if any) has finalized its backup (see the registry)."""
+        await self._sessions.settled(owner.id)
+
     def live_set(self, owner: Owner) -> IncrementalSession | None:
         """The owner's ready set, if any (for the router's reads of set directories)."""
         session = self._sessions.get(owner.id)
