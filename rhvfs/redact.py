@@ -39,7 +39,7 @@ SECRET = "<secret>"
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # In a URL any segment after /images/ is a ticket; in a bare path only a long token is
     # (a VM called "images" keeps "vms/images/@rhv" readable).
-    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/]+(?:/[^\s/]+)*?/images/)(?!<)[^/\s?#\"'<>\\]+", re.I), r"\1" + TICKET),
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/]+(?:/[^\s/]+)*?/images/)(?!<)[^/\s?#\"'<>\\:;,)\]}]+", re.I), r"\1" + TICKET),
     (re.compile(r"(/images/)(?!<)[A-Za-z0-9_-]{16,}"), r"\1" + TICKET),
     (re.compile(r"(\bauthorization['\"]?\s*[:=]\s*['\"]?)(?!<)[^\s'\",;]+(?:\s+(?!<)[^\s'\",;]+)?", re.I), r"\1" + TOKEN),
     (re.compile(r"(\bbearer\s+)(?!<)[^\s'\",;]+", re.I), r"\1" + TOKEN),

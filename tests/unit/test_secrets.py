@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import os
 import stat
@@ -356,3 +357,12 @@ async def test_http_imageio_url_is_refused_unless_insecure(which: str) -> None:
             urls["transfer_url"], cafile=None, secure=False, proxy_url=urls["proxy_url"]
         ):
             pass
+
+
+def test_restore_status_document_is_rendered_redacted() -> None:
+    from rhvfs.sessions.restore._status import render
+
+    error = f"PUT https://localhost:54322/images/{TICKET}: connection reset"
+    doc = json.loads(render({"phase": "failed", "error": error, "log": [error]}))
+    assert doc["error"] == "PUT https://localhost:54322/images/<ticket>: connection reset"
+    assert doc["log"] == [doc["error"]]
