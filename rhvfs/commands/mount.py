@@ -71,9 +71,11 @@ def _mount_parser() -> argparse.ArgumentParser:
 
 def _state_dir(args: argparse.Namespace) -> Path:
     """The state dir, created 0700 if missing; the default one (rhvfs's own) is made 0700."""
-    if args.state_dir:
-        return private_dir(args.state_dir)
-    return private_dir(default_state_dir(), tighten=True)
+    path = Path(args.state_dir) if args.state_dir else default_state_dir()
+    try:
+        return private_dir(path, tighten=not args.state_dir)
+    except OSError as e:
+        raise ConfigError(f"cannot create the state dir {path}: {e.strerror or e}") from None
 
 
 def _default_log(args: argparse.Namespace) -> str:
