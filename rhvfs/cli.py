@@ -1,7 +1,7 @@
 """The ``rhvfs`` command: subcommand dispatch.
 
-User errors (``rhvfs.errors.RhvfsError``) print one clear line on stderr and
-exit 1; a traceback is printed only with ``--debug``. Subcommands live in their
+User errors (``rhvfs.errors.RhvfsError``) print one clear line on stderr
+(redacted: ``rhvfs.redact``) and exit 1; a traceback is printed only with ``--debug``. Subcommands live in their
 own modules; this one only parses the first word and delegates.
 """
 
@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rhvfs.errors import RhvfsError
+from rhvfs.redact import redact
 
 USAGE = """usage: rhvfs [--debug] COMMAND [ARGS...]
 
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RhvfsError as e:
         if debug or "--debug" in args:
             raise
-        print(f"rhvfs: {e}", file=sys.stderr)
+        print(f"rhvfs: {redact(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,10 @@ A section looks like the one ``ovirt-img`` reads (and ``rhvfs sim serve`` writes
     secure = yes               ; "no" disables TLS verification (not recommended)
 
 rhvfs-specific keys (all optional) tune the mount; see ``Config`` for units.
+An ``http://`` engine_url is refused unless ``secure = no`` (``--insecure``):
+the password would cross the network in clear. ``$RHVFS_PASSWORD`` is taken
+out of the environment as soon as it is read (``rhvfs.private``), and a
+password file that group or others can read gets a warning.
 This module owns parsing and validation only: it never connects anywhere, and it
 never logs or prints the password.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import getpass
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -26,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from rhvfs.errors import ConfigError
+from rhvfs.private import loose_secret_file, take_from_environ
+
+log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "RHVFS_PASSWORD"
 
@@ -160,7 +168,9 @@ def load_config(
 
     Password precedence: ``password_file`` argument, the section's ``password_file``,
     the section's ``password``, ``$RHVFS_PASSWORD``, then a prompt when stdin is a tty.
+    ``$RHVFS_PASSWORD`` leaves the environment here whether it is used or not.
     """
+    env_password = take_from_environ(PASSWORD_ENV)
     values: dict[str, Any] = {}
     restore: dict[str, str] = {}
     if section is not None:
@@ -176,12 +186,15 @@ def load_config(
 
     pw_file = password_file or values.pop("password_file", None)
     if pw_file:
+        loose = loose_secret_file(pw_file)
+        if loose is not None:
+            log.warning("password file %s", loose)
         try:
             values["password"] = Path(pw_file).read_text(encoding="utf-8").rstrip("\n")
         except OSError as e:
             raise ConfigError(f"cannot read password file {pw_file}: {e.strerror}") from None
-    if not values.get("password") and os.environ.get(PASSWORD_ENV):
-        values["password"] = os.environ[PASSWORD_ENV]
+    if not values.get("password") and env_password:
+        values["password"] = env_password
     if not values.get("password"):
         if interactive is None:
             interactive = sys.stdin is not None and sys.stdin.isatty()
@@ -202,6 +215,11 @@ def load_config(
     url = converted["engine_url"]
     if not (url.startswith("https://") or url.startswith("http://")):
         raise ConfigError(f"engine_url must start with https:// or http://, not {url!r}")
+    if url.startswith("http://") and converted.get("secure", True):
+        raise ConfigError(
+            f"engine_url {url} is not https: the password would cross the network in clear; "
+            "use https://, or --insecure (secure = no) to allow it"
+        )
     if converted.get("secure", True) and url.startswith("https://"):
         cafile = converted.get("cafile")
         if cafile and not Path(cafile).is_file():

@@ -208,6 +208,8 @@ async def serve(
                 return {
                     "mountpoint": mountpoint,
                     "engine_url": config.engine_url,
+                    # False with --insecure / secure = no, or a plain http engine_url.
+                    "tls_verified": config.secure and config.engine_url.startswith("https://"),
                     "started": started,
                     "uptime_s": round(time.time() - started, 1),
                     "open_files": vfs.open_handles,

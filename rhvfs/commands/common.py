@@ -2,7 +2,14 @@
 
 Connection settings come from an ovirt-img.conf-style section (``-c``) and/or
 flags; passwords come from a file, the section, ``$RHVFS_PASSWORD`` or a
-prompt, never from the command line (``rhvfs.config.load_config``).
+prompt, never from the command line (``rhvfs.config.load_config``). A
+configuration that does not verify TLS (``--insecure``, ``secure = no``) gets
+one warning here, whichever command loads it.
+
+Logging: one handler for the whole process (stderr or a 0600 file), with the
+redacting filter of ``rhvfs.redact`` on it, so no record of any logger (the
+http stack's at DEBUG included) shows a ticket, token or password; uncaught
+tracebacks are redacted the same way.
 
 Must not: connect anywhere.
 """
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,6 +26,10 @@ from typing import Any, TypeVar
 import trio
 
 from rhvfs.config import Config, load_config
+from rhvfs.private import open_private
+from rhvfs.redact import RedactingFilter, excepthook
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -51,19 +63,44 @@ def config_from_args(args: argparse.Namespace, **extra: object) -> Config:
         "secure": False if args.insecure else None,
     }
     overrides.update(extra)
-    return load_config(
+    config = load_config(
         section=args.section,
         config_file=args.config_file,
         overrides=overrides,
         password_file=args.password_file,
     )
+    warn_if_insecure(config)
+    return config
+
+
+def warn_if_insecure(config: Config) -> None:
+    """One WARNING line when the engine connection is not verified TLS."""
+    if config.engine_url.startswith("http://"):
+        log.warning(
+            "INSECURE: %s is plain http (--insecure / secure = no): the password, tokens and "
+            "disk data cross the network in clear",
+            config.engine_url,
+        )
+    elif not config.secure:
+        log.warning(
+            "INSECURE: TLS certificates are not verified (--insecure / secure = no): anyone "
+            "on the network path can pose as %s and read the password and disk data",
+            config.engine_url,
+        )
 
 
 def setup_logging(*, debug: bool, filename: str | None = None) -> None:
+    """Log to ``filename`` (created 0600) or stderr, every record redacted (``rhvfs.redact``)."""
     level = logging.DEBUG if debug else logging.INFO
     handler: logging.Handler
-    handler = logging.FileHandler(filename) if filename else logging.StreamHandler(sys.stderr)
+    if filename:
+        os.close(open_private(filename, os.O_WRONLY | os.O_APPEND))
+        handler = logging.FileHandler(filename)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RedactingFilter())
+    sys.excepthook = excepthook
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

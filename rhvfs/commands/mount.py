@@ -1,9 +1,12 @@
 """``rhvfs mount``, ``rhvfs umount`` and ``rhvfs status``.
 
 ``mount`` without ``--foreground`` re-runs itself with ``--foreground`` in a
-new session (a daemon), hands it the password through a pipe (never argv),
-and returns 0 only once the child reports over a readiness pipe that the
-mount answers; otherwise it prints the child's error and exits 1.
+new session (a daemon), hands it the password through a pipe (never argv,
+never its environment: ``$RHVFS_PASSWORD`` was taken out of it when the
+configuration was read), and returns 0 only once the child reports over a
+readiness pipe that the mount answers; otherwise it prints the child's error
+and exits 1. The state dir (and any directory it creates) is 0700, the log
+file 0600.
 
 ``umount`` asks the mount process (pid from ``/.rhvfs/status.json``) to stop
 with SIGTERM, which finishes every session (transfers finalized, snapshots
@@ -38,7 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from rhvfs.commands.common import add_connection_args, config_from_args, run_trio, setup_logging
+from rhvfs.config import PASSWORD_ENV
 from rhvfs.errors import ConfigError, RhvfsError
+from rhvfs.private import default_state_dir, open_private, private_dir
+from rhvfs.redact import redact
 from rhvfs.retry import Backoff, RetryPolicy
 
 STATUS_PATH = ".rhvfs/status.json"
@@ -149,19 +155,17 @@ def _mount_parser() -> argparse.ArgumentParser:
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    if args.state_dir:
-        return Path(args.state_dir)
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return Path(base) / "rhvfs"
+    """The state dir, created 0700 if missing; the default one (rhvfs's own) is made 0700."""
+    path = Path(args.state_dir) if args.state_dir else default_state_dir()
+    try:
+        return private_dir(path, tighten=not args.state_dir)
+    except OSError as e:
+        raise ConfigError(f"cannot create the state dir {path}: {e.strerror or e}") from None
 
 
 def _default_log(args: argparse.Namespace) -> str:
     name = os.path.abspath(args.mountpoint).strip("/").replace("/", "_") or "root"
-    directory = _state_dir(args)
-    directory.mkdir(parents=True, exist_ok=True)
-    return str(directory / f"mount-{name}.log")
+    return str(_state_dir(args) / f"mount-{name}.log")
 
 
 def cmd_mount(argv: Sequence[str]) -> int:
@@ -174,6 +178,10 @@ def cmd_mount(argv: Sequence[str]) -> int:
         extra["read_idle_limit"] = args.read_idle_limit
     if args.memory_state:
         extra["memory_state"] = True
+    # Logging first: warnings about the configuration go to the terminal (the daemon's
+    # parent) or to the mount's log (the foreground process).
+    setup_logging(debug=args.debug, filename=args.log if args.foreground else None)
+    _state_dir(args)
     config = config_from_args(args, **extra)  # validates and prompts before forking
     if not os.path.isdir(args.mountpoint):
         raise ConfigError(f"mountpoint {args.mountpoint} is not a directory")
@@ -182,7 +190,6 @@ def cmd_mount(argv: Sequence[str]) -> int:
 
     from rhvfs.mount import MountOptions, serve
 
-    setup_logging(debug=args.debug, filename=args.log)
     options = MountOptions(
         mountpoint=args.mountpoint, state_dir=args.state_dir, **dataclasses.asdict(fuse)
     )
@@ -200,7 +207,7 @@ def cmd_mount(argv: Sequence[str]) -> int:
     except BaseException as e:
         logging.getLogger(__name__).error("mount failed: %s", e, exc_info=args.debug)
         if ready_fd is not None:
-            text = str(e) if isinstance(e, RhvfsError) else f"{type(e).__name__}: {e}"
+            text = redact(str(e) if isinstance(e, RhvfsError) else f"{type(e).__name__}: {e}")
             with contextlib.suppress(OSError):
                 os.write(ready_fd, f"ERROR {text}\n".encode())
         raise
@@ -217,7 +224,8 @@ def _spawn_daemon(argv: list[str], args: argparse.Namespace, password: str) -> i
         "--ready-fd", str(ready_w),
         "--password-file", f"/dev/fd/{pw_r}",
     ]  # fmt: skip
-    with open(log_file, "ab") as log_out:
+    env = {k: v for k, v in os.environ.items() if k != PASSWORD_ENV}
+    with os.fdopen(open_private(log_file, os.O_WRONLY | os.O_APPEND), "ab") as log_out:
         child = subprocess.Popen(
             child_argv,
             pass_fds=(ready_w, pw_r),
@@ -225,6 +233,7 @@ def _spawn_daemon(argv: list[str], args: argparse.Namespace, password: str) -> i
             stdout=log_out,
             stderr=log_out,
             start_new_session=True,
+            env=env,
         )
     os.close(ready_w)
     os.close(pw_r)

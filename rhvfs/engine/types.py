@@ -165,8 +165,9 @@ class ImageTransfer:
     phase: str | None  # initializing, transferring, finished_success...
     direction: str | None = None
     format: str | None = None
-    transfer_url: str | None = None
-    proxy_url: str | None = None
+    # They carry the ticket, a bearer credential: kept out of repr (and so of any log line).
+    transfer_url: str | None = dataclasses.field(default=None, repr=False)
+    proxy_url: str | None = dataclasses.field(default=None, repr=False)
     disk_id: str | None = None  # from <image id=...>
     host_id: str | None = None
     inactivity_timeout: int | None = None

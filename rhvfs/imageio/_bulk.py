@@ -25,6 +25,7 @@ import trio
 
 from rhvfs.errors import DataIntegrityError, ImageioError, ImageioUnavailable
 from rhvfs.imageio._translate import status_error, translate_errors
+from rhvfs.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class BulkPool:
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"unsupported imageio url {url!r}")
+            raise ValueError(f"unsupported imageio url {redact(url)!r}")
         self._tls = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port or (443 if self._tls else 80)

@@ -4,7 +4,9 @@ Owns the HTTP conversation with one ``/images/<ticket>`` URL: OPTIONS at open,
 extents, ranged reads, PUT/PATCH writes and flush. It must not retry (callers
 decide: ``rhvfs.cache`` retries reads, sessions recreate transfers on
 ``TicketGone``) and must not cache image data. Every foreign error goes
-through ``_translate``.
+through ``_translate``. The URL carries the ticket, a bearer credential: it
+is logged only redacted (``rhvfs.redact``), and a plain ``http://`` URL is
+refused unless ``secure=False`` (``--insecure``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any, Literal
 
 import httpx
 
-from rhvfs.errors import DataIntegrityError, ImageioUnavailable
+from rhvfs.errors import DataIntegrityError, ImageioError, ImageioUnavailable
 from rhvfs.imageio._bulk import BulkPool
 from rhvfs.imageio._translate import status_error, translate_errors
 from rhvfs.imageio.types import Capabilities, Extent, parse_extents
+from rhvfs.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +256,17 @@ async def open_imageio(
     ``connections``: keep-alive connections for reads (capped by the server's
     ``max_readers``). ``timeout``: seconds per request. ``bulk``: ``"raw"``
     (lean trio sockets, the default, chosen by bench/bench_imageio.py) or
-    ``"httpx"`` for ranged GETs.
+    ``"httpx"`` for ranged GETs. With ``secure`` (the default) an ``http://``
+    ``transfer_url`` or ``proxy_url`` raises ``ImageioError``: the ticket and the
+    disk's bytes would cross the network in clear.
     """
+    if secure:
+        for candidate in (transfer_url, proxy_url):
+            if candidate and candidate.startswith("http://"):
+                raise ImageioError(
+                    f"imageio URL {redact(candidate)} is not https; refusing it "
+                    "(--insecure / secure = no allows it)"
+                )
     ssl_context = make_ssl_context(cafile=cafile, secure=secure)
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     http = httpx.AsyncClient(
@@ -271,7 +283,7 @@ async def open_imageio(
         except ImageioUnavailable as exc:
             if not proxy_url:
                 raise
-            log.info("imageio %s unreachable (%s); using the proxy", _redact(url), exc)
+            log.info("imageio %s unreachable (%s); using the proxy", redact(url), exc)
             url = proxy_url.rstrip("/")
             caps = await _options(http, url)
         pool = None
@@ -285,16 +297,10 @@ async def open_imageio(
         elif bulk != "httpx":
             raise ValueError(f"bulk must be 'raw' or 'httpx', not {bulk!r}")
         client = ImageioClient(url, http=http, capabilities=caps, bulk=pool)
-        log.debug("imageio %s: %s", _redact(url), caps)
+        log.debug("imageio %s: %s", redact(url), caps)
         yield client
     finally:
         if client is not None:
             await client.aclose()
         else:
             await http.aclose()
-
-
-def _redact(url: str) -> str:
-    """The URL without its ticket id (a bearer credential for the transfer)."""
-    head, sep, _ = url.rpartition("/images/")
-    return head + sep + "…" if sep else url

@@ -208,6 +208,14 @@ def list_transfers(e: Engine, req: Request) -> Response:
         )
 
 
+def list_credentials(e: Engine, req: Request) -> Response:
+    """Every imageio ticket id and SSO token issued so far (read-only; for leak checks)."""
+    with e.state.lock:
+        tickets = list(e.issued_tickets)
+    tokens = e.auth.issued_tokens() if e.auth is not None else []
+    return json_response({"tickets": tickets, "tokens": tokens})
+
+
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/guest-write", guest_write),
     Route("GET", "/volume-sha256", volume_sha256),
@@ -215,4 +223,5 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/faults", clear_faults),
     Route("GET", "/faults", list_faults),
     Route("GET", "/transfers", list_transfers),
+    Route("GET", "/credentials", list_credentials),
 )

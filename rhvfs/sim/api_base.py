@@ -78,6 +78,8 @@ class Engine:
     # Disks whose volume files a background step is changing without holding
     # `State.lock` (always `locked` disks). Read and changed under the lock.
     busy_disks: set[str] = dataclasses.field(default_factory=set)
+    # Every imageio ticket id handed out (tests check that none leaks); never pruned.
+    issued_tickets: list[str] = dataclasses.field(default_factory=list)
 
     def save(self) -> None:
         self.state.save()

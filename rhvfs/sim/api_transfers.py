@@ -240,6 +240,7 @@ def _prepare(e: Engine, transfer_id: str) -> None:
                 else:
                     t.size = int(disk.provisioned_size * QCOW_OVERHEAD_FACTOR) + QCOW_HEADER_BYTES
             t.ticket_id = new_id()
+            e.issued_tickets.append(t.ticket_id)
             _install_ticket(e, t)
         except Exception:
             log.exception("transfer %s: preparing the image failed", t.id)

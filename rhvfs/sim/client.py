@@ -15,6 +15,7 @@ Blocking, stdlib only (`http.client`).
     admin.add_fault("expire-ticket", transfer=transfer_id)
     admin.add_fault("storage-domain", name="mydata", status="maintenance", capacity_bytes=2**30)
     admin.clear_faults()
+    admin.credentials()                              # every ticket id and SSO token issued
 """
 
 from __future__ import annotations
@@ -110,4 +111,10 @@ class SimAdmin:
 
     def transfers(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "/transfers")
+        return result
+
+    def credentials(self) -> dict[str, list[str]]:
+        """``{"tickets": [...], "tokens": [...]}``: every imageio ticket id and SSO token
+        the simulator issued so far (finished transfers and revoked tokens included)."""
+        result: dict[str, list[str]] = self._call("GET", "/credentials")
         return result

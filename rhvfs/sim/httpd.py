@@ -160,6 +160,7 @@ class Auth:
         self._password = password
         self.admin_token = admin_token
         self._tokens: dict[str, float] = {}
+        self._issued: list[str] = []  # every token ever handed out, for leak checks
         self._lock = threading.Lock()
 
     def check_password(self, username: str, password: str) -> bool:
@@ -170,7 +171,13 @@ class Auth:
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._tokens[token] = time.time()
+            self._issued.append(token)
         return token
+
+    def issued_tokens(self) -> list[str]:
+        """Every SSO token or session id handed out so far, revoked ones included."""
+        with self._lock:
+            return list(self._issued)
 
     def revoke(self, token: str) -> None:
         with self._lock:

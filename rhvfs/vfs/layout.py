@@ -22,6 +22,7 @@ from typing import Any
 import rhvfs
 from rhvfs.backupset import SET_DIRS, SetKind
 from rhvfs.engine.types import Cluster, DataCenter, Host, StorageDomain, Tag, Template, Vm
+from rhvfs.redact import redact
 from rhvfs.vfs.backend import BackupSets, LocalOwner, OwnerFactory, OwnerKind
 from rhvfs.vfs.inventory import Inventory
 from rhvfs.vfs.names import ROOT_INODE, InodeTable, escape
@@ -189,7 +190,7 @@ class Layout:
         info.update(self._status_info())
         info["sessions"] = self.backups.status()
         info["engine_calls"] = self.inv.calls
-        return render_json(info)
+        return redact(render_json(info).decode()).encode()  # error texts may quote a URL
 
     # -- VMs --------------------------------------------------------------------
 

@@ -223,6 +223,7 @@ def nbd_export(image: Path, *, fmt: str, read_only: bool = True) -> Iterator[str
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[Daemon]:
+    """A plain-http daemon: clients of it pass ``secure=False`` (as ``--insecure``)."""
     with run_daemon(tls=False) as d:
         yield d
 
@@ -285,7 +286,7 @@ async def test_ranged_reads_are_byte_exact(
 ) -> None:
     data = raw_image.data
     url = daemon.add_ticket(url=f"file://{raw_image.path}", size=len(data), ops=["read"])
-    async with open_imageio(url, cafile=None, bulk=bulk) as client:
+    async with open_imageio(url, cafile=None, secure=False, bulk=bulk) as client:
         assert client.capabilities.features == frozenset({"checksum", "extents"})
         assert (client.capabilities.max_readers, client.capabilities.max_writers) == (8, 1)
         assert await client.size() == len(data)
@@ -309,7 +310,7 @@ async def test_ranged_reads_are_byte_exact(
 
 async def test_read_past_the_end_is_416(daemon: Daemon, raw_image: RawImage) -> None:
     url = daemon.add_ticket(url=f"file://{raw_image.path}", size=4 * MiB, ops=["read"])
-    async with open_imageio(url, cafile=None) as client:
+    async with open_imageio(url, cafile=None, secure=False) as client:
         with pytest.raises(ImageioError) as info:
             await client.read_into(4 * MiB - 10, memoryview(bytearray(20)))
         assert info.value.status == 416
@@ -322,7 +323,7 @@ async def test_read_past_the_end_is_416(daemon: Daemon, raw_image: RawImage) -> 
 
 async def test_removed_ticket_is_ticket_gone(daemon: Daemon, raw_image: RawImage) -> None:
     url = daemon.add_ticket(url=f"file://{raw_image.path}", size=4 * MiB, ops=["read"])
-    async with open_imageio(url, cafile=None) as client:
+    async with open_imageio(url, cafile=None, secure=False) as client:
         await client.read_into(0, memoryview(bytearray(4096)))
         daemon.remove_ticket(url)
         with pytest.raises(TicketGone) as info:
@@ -339,7 +340,7 @@ async def test_extents_of_a_qcow2_export_with_holes(
     path, ref = qcow2_image
     with nbd_export(path, fmt="qcow2") as nbd_url:
         url = daemon.add_ticket(url=nbd_url, size=8 * MiB, ops=["read"])
-        async with open_imageio(url, cafile=None) as client:
+        async with open_imageio(url, cafile=None, secure=False) as client:
             assert client.capabilities.features == frozenset({"checksum", "extents"})
             assert client.capabilities.max_readers == 8
             extents = await client.extents()
@@ -366,7 +367,7 @@ async def test_write_zero_flush_round_trip(daemon: Daemon, tmp_path: Path) -> No
     target.write_bytes(b"\xff" * (2 * MiB))
     url = daemon.add_ticket(url=f"file://{target}", size=2 * MiB, ops=["write"])
     payload = os.urandom(300_000)
-    async with open_imageio(url, cafile=None) as client:
+    async with open_imageio(url, cafile=None, secure=False) as client:
         assert client.capabilities.features == frozenset({"checksum", "extents", "flush", "zero"})
         await client.write(4096, payload)
         await client.write(MiB, memoryview(payload)[:1000], flush=True)
@@ -387,7 +388,7 @@ async def test_write_zero_flush_round_trip(daemon: Daemon, tmp_path: Path) -> No
 async def test_write_on_read_ticket_is_ticket_gone(daemon: Daemon, raw_image: RawImage) -> None:
     # imageio answers 403 for an operation the ticket does not allow.
     url = daemon.add_ticket(url=f"file://{raw_image.path}", size=4 * MiB, ops=["read"])
-    async with open_imageio(url, cafile=None) as client:
+    async with open_imageio(url, cafile=None, secure=False) as client:
         with pytest.raises(TicketGone):
             await client.write(0, b"x")
     assert raw_image.path.read_bytes() == raw_image.data  # noqa: ASYNC240
@@ -425,9 +426,9 @@ async def test_unreachable_server_is_transient_and_proxy_is_used(
     url = daemon.add_ticket(url=f"file://{raw_image.path}", size=4 * MiB, ops=["read"])
     dead = f"http://127.0.0.1:{_free_port()}/images/" + url.rsplit("/", 1)[1]
     with pytest.raises(ImageioUnavailable):
-        async with open_imageio(dead, cafile=None):
+        async with open_imageio(dead, cafile=None, secure=False):
             pass
-    async with open_imageio(dead, cafile=None, proxy_url=url) as client:
+    async with open_imageio(dead, cafile=None, secure=False, proxy_url=url) as client:
         assert client.url == url
         buf = bytearray(10)
         await client.read_into(7, memoryview(buf))
@@ -445,7 +446,7 @@ async def test_image_reader_over_the_daemon_fetches_only_allocated_bytes(
     path, ref = qcow2_image
     with nbd_export(path, fmt="qcow2") as nbd_url:
         url = daemon.add_ticket(url=nbd_url, size=8 * MiB, ops=["read"])
-        async with open_imageio(url, cafile=None) as client:
+        async with open_imageio(url, cafile=None, secure=False) as client:
             extents = await client.extents()
             reader = ImageReader(
                 client,

@@ -28,6 +28,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPlane]:
+    """A plain-http data plane: clients of it pass ``secure=False`` (as ``--insecure``)."""
     dp = DataPlane(tmp_path_factory.mktemp("dataplane"), host="127.0.0.1", pki=None, proxy=True)
     dp.start()
     try:
@@ -80,7 +81,7 @@ async def test_connection_cut_mid_body_is_retried(
     path, data = image
     url = ticket(plane, path, len(data))
     assert plane.fault_proxy is not None
-    async with open_imageio(url, cafile=None, connections=2) as client:
+    async with open_imageio(url, cafile=None, secure=False, connections=2) as client:
         # OPTIONS is done; the next connections accepted are the bulk pool's.
         plane.fault_proxy.drop_after(MiB + 12345, times=2)
         dropped_before = plane.fault_proxy.stats().dropped
@@ -100,7 +101,7 @@ async def test_response_held_past_timeout_is_retried(
     path, data = image
     url = ticket(plane, path, len(data))
     assert plane.fault_proxy is not None
-    async with open_imageio(url, cafile=None, connections=2, timeout=0.5) as client:
+    async with open_imageio(url, cafile=None, secure=False, connections=2, timeout=0.5) as client:
         plane.fault_proxy.delay(3.0, times=1)
         reader = make_reader(client, len(data))
         got = await read_all(reader, len(data))
@@ -114,7 +115,7 @@ async def test_client_reports_a_cut_as_transient(
     path, data = image
     url = ticket(plane, path, len(data))
     assert plane.fault_proxy is not None
-    async with open_imageio(url, cafile=None, connections=1) as client:
+    async with open_imageio(url, cafile=None, secure=False, connections=1) as client:
         plane.fault_proxy.drop_after(100_000, times=1)
         buf = bytearray(MiB)
         with pytest.raises(ImageioUnavailable, match="connection closed after|reset"):

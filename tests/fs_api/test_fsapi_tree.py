@@ -191,3 +191,20 @@ async def test_status_json_is_fresh_on_each_open() -> None:
     assert status["sessions"] == {"open_handles": 0, "owners": []}
     node = await vfs.getattr((await vfs.resolve("/.rhvfs/status.json")).ino)
     assert node.size == len(await read_all(vfs, "/.rhvfs/status.json"))
+
+
+async def test_status_json_never_shows_a_ticket_or_token() -> None:
+    ticket = "0f3c1a2b-9d8e-4c7b-a6f5-0123456789ab"
+    error = f"GET https://localhost:54322/images/{ticket} failed; Authorization: Bearer abc.def"
+    engine, backups = inventory_engine(), FakeBackups()
+    vfs = Vfs(
+        engine,
+        backups,
+        listing_ttl_s=5.0,
+        status_info=lambda: {"mountpoint": "/x", "last_error": error},
+    )
+    status = json.loads(await read_all(vfs, "/.rhvfs/status.json"))
+    assert status["last_error"] == (
+        "GET https://localhost:54322/images/<ticket> failed; Authorization: <token>"
+    )
+    assert status["mountpoint"] == "/x"

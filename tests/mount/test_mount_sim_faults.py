@@ -155,7 +155,7 @@ def test_daemonizing_mount_fails_with_one_clear_line(tmp_path: Path) -> None:
     conf = tmp_path / "ovirt-img.conf"
     conf.write_text(
         "[nowhere]\nengine_url = https://127.0.0.1:9\nusername = admin@internal\n"
-        "password = x\nsecure = no\nsystem_tries = 1\nsystem_timeout = 5\n"
+        "password = x\nsystem_tries = 1\nsystem_timeout = 5\n"
     )
     mnt = tmp_path / "mnt"
     mnt.mkdir()

@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,32 @@ class FakeMount:
 class SimMount:
     """``rhvfs mount`` of a simulator (daemonizing: returns once the mount answers)."""
 
-    def __init__(self, sim: Any, mnt: Path, state_dir: Path, *extra: str) -> None:
+    def __init__(
+        self,
+        sim: Any,
+        mnt: Path,
+        state_dir: Path,
+        *extra: str,
+        config_file: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``config_file`` replaces the simulator's own; ``env`` the mount command's environment.
+        What the command printed on stderr is kept in ``stderr``."""
         self.sim, self.mnt, self.state_dir = sim, mnt, state_dir
         mnt.mkdir(exist_ok=True)
         argv = [
-            *RHVFS, "mount", "-c", sim.section, "--config-file", str(sim.conf_file),
+            *RHVFS, "mount", "-c", sim.section, "--config-file", str(config_file or sim.conf_file),
             "--state-dir", str(state_dir), *extra, str(mnt),
         ]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=None if env is None else dict(env),
+        )
         assert result.returncode == 0, result.stderr
+        self.stderr = result.stderr
         assert os.path.ismount(mnt)  # ready when `rhvfs mount` returned
         self.pid = int(self.status()["pid"])
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,12 +57,13 @@ def test_password_file_wins_and_env_fallback(
 ) -> None:
     pw = tmp_path / "pw"
     pw.write_text("fromfile\n")
-    conf = write_conf(tmp_path, "[e]\nengine_url = http://e\nusername = u\npassword = inconf\n")
+    pw.chmod(0o600)
+    conf = write_conf(tmp_path, "[e]\nengine_url = https://e\nusername = u\npassword = inconf\n")
     assert load_config(section="e", config_file=conf, password_file=pw).password == "fromfile"
-    conf2 = write_conf(tmp_path, "[e]\nengine_url = http://e\nusername = u\n")
+    conf2 = write_conf(tmp_path, "[e]\nengine_url = https://e\nusername = u\n")
     monkeypatch.setenv(PASSWORD_ENV, "fromenv")
     assert load_config(section="e", config_file=conf2).password == "fromenv"
-    monkeypatch.delenv(PASSWORD_ENV)
+    assert PASSWORD_ENV not in os.environ  # read once, then gone
     with pytest.raises(ConfigError, match="no password"):
         load_config(section="e", config_file=conf2, interactive=False)
 
@@ -95,7 +98,7 @@ def test_missing_file_and_section(tmp_path: Path) -> None:
 
 def test_overrides_without_section(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(
-        overrides={"engine_url": "http://h", "username": "u", "password": "p", "cafile": None}
+        overrides={"engine_url": "https://h", "username": "u", "password": "p", "cafile": None}
     )
     assert isinstance(cfg, Config)
     assert cfg.cafile is None
@@ -106,3 +109,53 @@ def test_default_config_file_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert default_config_file() == tmp_path / "ovirt-img.conf"
     monkeypatch.delenv("XDG_CONFIG_HOME")
     assert default_config_file() == Path(os.path.expanduser("~")) / ".config" / "ovirt-img.conf"
+
+
+# -- secrets and transport -------------------------------------------------------------------
+
+
+def test_password_env_leaves_the_environment_even_when_another_source_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = write_conf(tmp_path, "[e]\nengine_url = https://e\nusername = u\npassword = inconf\n")
+    monkeypatch.setenv(PASSWORD_ENV, "fromenv")
+    assert load_config(section="e", config_file=conf).password == "inconf"
+    assert PASSWORD_ENV not in os.environ
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
+def test_a_password_file_others_can_read_gets_one_warning(
+    tmp_path: Path, mode: int, expect_log: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    expect_log("rhvfs.config", "WARNING", match="readable by")
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    pw.chmod(mode)
+    conf = write_conf(tmp_path, "[e]\nengine_url = https://e\nusername = u\n")
+    with caplog.at_level(logging.WARNING, logger="rhvfs.config"):
+        assert load_config(section="e", config_file=conf, password_file=pw).password == "s3cret"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert str(pw) in warnings[0] and f"{mode:04o}" in warnings[0]
+    assert "s3cret" not in warnings[0]
+
+
+def test_a_private_password_file_gets_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o600)
+    conf = write_conf(tmp_path, "[e]\nengine_url = https://e\nusername = u\n")
+    with caplog.at_level(logging.DEBUG, logger="rhvfs"):
+        load_config(section="e", config_file=conf, password_file=pw)
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_http_engine_url_is_refused_unless_insecure(tmp_path: Path) -> None:
+    conf = write_conf(tmp_path, "[e]\nengine_url = http://e\nusername = u\npassword = p\n")
+    with pytest.raises(ConfigError, match="not https.*--insecure") as info:
+        load_config(section="e", config_file=conf)
+    assert "\n" not in str(info.value)
+    cfg = load_config(section="e", config_file=conf, overrides={"secure": False})
+    assert cfg.engine_url == "http://e" and cfg.secure is False

@@ -60,11 +60,23 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (2, "cache", ("rhvfs.cache",)),
     (1, "imageio", ("rhvfs.imageio",)),
     (1, "engine", ("rhvfs.engine",)),
-    (0, "base", ("rhvfs", "rhvfs.errors", "rhvfs.config", "rhvfs.retry", "rhvfs.intervals")),
+    (
+        0,
+        "base",
+        (
+            "rhvfs",
+            "rhvfs.errors",
+            "rhvfs.config",
+            "rhvfs.retry",
+            "rhvfs.intervals",
+            "rhvfs.private",
+            "rhvfs.redact",
+        ),
+    ),
 ]
 LAYER_CHAIN = (
     "entry points -> mount -> fs -> vfs -> sessions -> backupset|cache -> imageio|engine "
-    "-> base (rhvfs, errors, config, retry, intervals)"
+    "-> base (rhvfs, errors, config, retry, intervals, private, redact)"
 )
 #: Rank of the parts of rhvfs.sessions (same idea, one level down).
 SESSION_PARTS: list[tuple[int, str, tuple[str, ...]]] = [

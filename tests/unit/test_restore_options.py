@@ -99,7 +99,7 @@ def test_mount_defaults_come_from_the_config_section(tmp_path) -> None:  # type:
 
     conf = tmp_path / "ovirt-img.conf"
     conf.write_text(
-        "[sim]\nengine_url = http://localhost:1\nusername = u\npassword = p\n"
+        "[sim]\nengine_url = https://localhost:1\nusername = u\npassword = p\n"
         "restore_vm_switchon = yes\nrestore_storage_domain = mydata\nrestore_nics = new\n"
     )
     cfg = load_config(section="sim", config_file=conf)

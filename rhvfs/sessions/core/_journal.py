@@ -5,7 +5,8 @@ recording, per session, the snapshot (its description before the engine call,
 its id after) and the transfer ids it created, so ``collect_garbage`` can find
 leftovers of a killed rhvfs -- transfers carry no description. Several mounts
 of the same engine may share the file: every update is a locked
-read-modify-write followed by an atomic rename.
+read-modify-write followed by an atomic rename. The file and its lock are
+0600 in a 0700 directory (``rhvfs.private``); it holds ids, never a ticket.
 
 Must not: talk to the engine, decide what is garbage (see ``gc.py``).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rhvfs.private import default_state_dir, open_private, private_dir, write_private
 from rhvfs.sessions.core._procid import ProcessIdentity
 
 log = logging.getLogger(__name__)
@@ -68,13 +70,7 @@ def default_journal_path(
     engine_url: str, *, state_dir: str | os.PathLike[str] | None = None
 ) -> Path:
     """``<state_dir or $XDG_STATE_HOME/rhvfs>/<host>_<port>.json`` for ``engine_url``."""
-    if state_dir is None:
-        base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-            os.path.expanduser("~"), ".local", "state"
-        )
-        directory = Path(base) / "rhvfs"
-    else:
-        directory = Path(state_dir)
+    directory = default_state_dir() if state_dir is None else Path(state_dir)
     parts = urlsplit(engine_url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = re.sub(r"[^A-Za-z0-9.-]", "_", parts.hostname or "engine")
@@ -160,9 +156,7 @@ class Journal:
 
     def _store(self, data: dict[str, JournalEntry]) -> None:
         doc = {"version": _VERSION, "entries": {sid: e.to_json() for sid, e in data.items()}}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 class _FileLock:
@@ -176,8 +170,8 @@ class _FileLock:
     def __enter__(self) -> None:
         self._tlock.acquire()
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            private_dir(self._path.parent)
+            self._fd = open_private(self._path, os.O_RDWR)
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         except BaseException:
             if self._fd >= 0:

@@ -15,7 +15,8 @@ next set starts from the last completed one, which is still valid because
 checkpoint bitmaps stay enabled).
 
 Several mounts may share the file: every update is a locked
-read-modify-write followed by an atomic rename.
+read-modify-write followed by an atomic rename. The file and its lock are
+0600 in a 0700 directory (``rhvfs.private``).
 
 Must not: talk to the engine, decide what a set contains.
 """
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rhvfs.backupset import SetType
+from rhvfs.private import open_private, private_dir, write_private
 from rhvfs.sessions.core._journal import default_journal_path
 from rhvfs.sessions.core._procid import ProcessIdentity
 
@@ -201,10 +203,8 @@ class ChainState:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         with self._tlock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(
-                self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600
-            )
+            private_dir(self.path.parent)
+            fd = open_private(self.path.with_name(self.path.name + ".lock"), os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -238,6 +238,4 @@ class ChainState:
             "sets": {o: [s.to_json() for s in items] for o, items in sets.items()},
             "pending": {b: p.to_json() for b, p in pending.items()},
         }
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(doc, indent=1, sort_keys=True))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from rhvfs.errors import RestoreFailed, StagingFull
 from rhvfs.intervals import Intervals
+from rhvfs.private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class StagingArea:
     def _directory(self) -> Path:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="rhvfs-staging-"))
-        self._dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._dir)  # staged files hold disk data: 0700 when created here
         return self._dir
 
     def open_file(self, label: str) -> StagedFile:

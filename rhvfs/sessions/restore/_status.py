@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from rhvfs.backupset import Manifest
+from rhvfs.redact import redact
 from rhvfs.sessions.restore._files import RestoreDisk
 from rhvfs.sessions.restore._options import RestoreOptions
 from rhvfs.sessions.restore._state import Phase
@@ -103,5 +104,5 @@ def status_document(
 
 
 def render(document: dict[str, Any]) -> bytes:
-    """The bytes of ``.status``."""
-    return (json.dumps(document, indent=2) + "\n").encode()
+    """The bytes of ``.status`` (redacted: error texts may quote a URL)."""
+    return redact(json.dumps(document, indent=2) + "\n").encode()
