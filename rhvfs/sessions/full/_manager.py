@@ -140,6 +140,23 @@ def _padded(
     return padded
 
 
+def _image_entries(
+    ann: Announcement, disks: list[Disk], names: Mapping[str, str]
+) -> list[SetEntry]:
+    """One entry per disk image, named by ``names`` (disk id -> file name)."""
+    return [
+        SetEntry(
+            name=names[d.id],
+            key=DiskKey(d.id).encode(),
+            size=d.provisioned_size,
+            blocks=ann.blocks.get(d.id) or _disk_blocks(d),
+            mtime_ns=ann.mtime_ns,
+            disk_id=d.id,
+        )
+        for d in disks
+    ]
+
+
 class BackupManager:
     """Backup sets of VMs and templates, served from per-owner sessions."""
 
@@ -317,32 +334,12 @@ class BackupManager:
             )
             for n in CONFIG_NAMES
         ]
-        entries += [
-            SetEntry(
-                name=image_file_name(d.alias, d.id),
-                key=DiskKey(d.id).encode(),
-                size=d.provisioned_size,
-                blocks=ann.blocks.get(d.id) or _disk_blocks(d),
-                mtime_ns=ann.mtime_ns,
-                disk_id=d.id,
-            )
-            for d in disks
-        ]
-        return entries
+        names = {d.id: image_file_name(d.alias, d.id) for d in disks}
+        return entries + _image_entries(ann, disks, names)
 
     def _disk_entries(self, ann: Announcement, disks: list[Disk]) -> list[SetEntry]:
         names = disks_dir_names([(d.id, d.alias) for d in disks])
-        return [
-            SetEntry(
-                name=names[d.id],
-                key=DiskKey(d.id).encode(),
-                size=d.provisioned_size,
-                blocks=ann.blocks.get(d.id) or _disk_blocks(d),
-                mtime_ns=ann.mtime_ns,
-                disk_id=d.id,
-            )
-            for d in disks
-        ]
+        return _image_entries(ann, disks, names)
 
     def _freeze(self, session: BackupSession) -> None:
         """Fix a starting session's entries and padded config contents (BackupSessionDeps.freeze)."""
