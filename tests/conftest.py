@@ -14,9 +14,10 @@
     writes, faults) must undo it or work on their own disks/VMs.
 
 ``sim_factory`` (function scope)
-    ``sim_factory(*, sample=True, delay_s=0.0, state_dir=None) -> SimProcess``
+    ``sim_factory(*, sample=True, delay_s=0.0, state_dir=None, serve_args=()) -> SimProcess``
     starts an isolated simulator (for destructive tests); ``state_dir`` reuses
-    a directory (restart tests). Every simulator it started is stopped at the
+    a directory (restart tests); ``serve_args`` are more ``rhvfs sim serve``
+    options (e.g. ``("--token-ttl", "3")``). Every simulator it started is stopped at the
     end of the test, with the same leftover-process check; ``SimProcess.stop()``
     stops one earlier.
 
@@ -35,7 +36,7 @@ helpers in ``tests.support``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -98,9 +99,18 @@ def sim_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     started: list[SimProcess] = []
 
     def factory(
-        *, sample: bool = True, delay_s: float = 0.0, state_dir: Path | None = None
+        *,
+        sample: bool = True,
+        delay_s: float = 0.0,
+        state_dir: Path | None = None,
+        serve_args: Sequence[str] = (),
     ) -> SimProcess:
-        s = start_sim(state_dir or tmp_path_factory.mktemp("simf"), sample=sample, delay_s=delay_s)
+        s = start_sim(
+            state_dir or tmp_path_factory.mktemp("simf"),
+            sample=sample,
+            delay_s=delay_s,
+            serve_args=serve_args,
+        )
         started.append(s)
         return s
 

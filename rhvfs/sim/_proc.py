@@ -1,9 +1,12 @@
 """Subprocess helpers shared by the simulator's storage and data plane.
 
 Owns running a command to completion with captured output, spawning
-long-lived children that die with the simulator, and finding the tools
-(qemu-img, qemu-io, qemu-nbd, ovirt-imageio). Callers translate
-``CommandFailed`` into their own errors. Must not import client-side rhvfs.
+long-lived children that die with the simulator, finding the tools
+(qemu-img, qemu-io, qemu-nbd, ovirt-imageio), and keeping what they create
+private: every child runs with umask 077 (volumes, overlays, sockets and the
+imageio daemon's log are 0600), and ``private_dir``/``private_file`` create
+directories 0700 and files 0600. Callers translate ``CommandFailed`` into
+their own errors. Must not import client-side rhvfs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 300.0
+#: The umask of every child: what the simulator creates is readable by its user only.
+PRIVATE_UMASK = 0o077
 
 
 class CommandFailed(Exception):
@@ -45,6 +50,27 @@ def find_tool(name: str) -> str:
     return found
 
 
+def private_dir(path: Path) -> Path:
+    """Create ``path`` and its missing parents with mode 0700; make ``path`` 0700."""
+    missing: list[Path] = []
+    p = Path(path)
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return Path(path)
+
+
+def private_file(path: Path, *, append: bool = False) -> int:
+    """Open ``path`` for writing (truncated, or appended to), mode 0600 even if it existed."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def run(
     argv: list[str],
     *,
@@ -62,6 +88,7 @@ def run(
             capture_output=True,
             timeout=timeout_s,
             check=False,
+            umask=PRIVATE_UMASK,
         )
     except subprocess.TimeoutExpired as e:
         raise CommandFailed(argv, None, f"timed out after {timeout_s} s") from e
@@ -99,8 +126,10 @@ def _spawner_loop() -> None:
 
 
 def spawn(argv: list[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
-    """``subprocess.Popen(argv, ...)`` whose child gets SIGKILL when this process dies."""
+    """``subprocess.Popen(argv, ...)`` whose child gets SIGKILL when this process dies
+    (and runs with ``PRIVATE_UMASK``)."""
     global _spawner
+    popen_kwargs.setdefault("umask", PRIVATE_UMASK)
     setpriv = shutil.which("setpriv")
     if setpriv is not None:
         argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]

@@ -6,7 +6,7 @@ for a snapshot, merge or copy), sha256 of a volume's guest-visible content
 (waiting until no copy or merge works on the disk), and fault injection
 (engine 5xx/delay, slow disk copies and merges, imageio connection drops
 through the data plane's FaultProxy, a transfer forced to `paused_system`, an
-expired ticket).
+expired ticket), and the SSO counters (tokens issued, refused as expired).
 Authenticated by the admin token of `serve.json` (checked in `httpd`);
 `ROUTES` is the admin router's table.
 """
@@ -198,6 +198,12 @@ def list_faults(e: Engine, req: Request) -> Response:
     return json_response({"engine": e.faults.list(), "storage": e.faults.list_storage()})
 
 
+def auth_stats(e: Engine, req: Request) -> Response:
+    if e.auth is None:
+        raise conflict("the engine runs without SSO")
+    return json_response(e.auth.stats())
+
+
 def list_transfers(e: Engine, req: Request) -> Response:
     with e.state.lock:
         return json_response(
@@ -224,4 +230,5 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/faults", list_faults),
     Route("GET", "/transfers", list_transfers),
     Route("GET", "/credentials", list_credentials),
+    Route("GET", "/auth", auth_stats),
 )

@@ -2,7 +2,7 @@
 
 Commands (the names are a contract that outside scripts use):
 
-``rhvfs sim serve --state-dir DIR [--sample] [--port N] [--imageio-port N] [--delay SECONDS] [--password-file F]``
+``rhvfs sim serve --state-dir DIR [--sample] [--port N] [--imageio-port N] [--delay SECONDS] [--password-file F] [--token-ttl SECONDS] [--token-lifetime SECONDS]``
     Run a simulated oVirt engine (REST API v4 + SSO over HTTPS, CA per state
     dir) with the real ovirt-imageio daemon as data plane, in the foreground
     until SIGINT/SIGTERM; then stop everything it started (daemon, every
@@ -20,6 +20,14 @@ Commands (the names are a contract that outside scripts use):
     So ``XDG_CONFIG_HOME=DIR ovirt-img download-disk -c sim DISK_ID FILE`` just
     works. Logs go to stderr and ``DIR/run/sim.log``. The engine's CA is also
     served at ``/ovirt-engine/services/pki-resource?resource=ca-certificate&format=X509-PEM-CA``.
+    SSO tokens expire as the engine's do: ``--token-ttl`` seconds after the
+    last request made with them (default 1800, the engine's
+    UserSessionTimeOutInterval of 30 minutes) and at the latest
+    ``--token-lifetime`` seconds after the login (default 36000, its
+    UserSessionHardLimit of 600 minutes); a request with an expired token
+    gets 401 with an empty body, on which the SDK logs in again once.
+    Everything it creates under DIR (volumes, logs, the imageio daemon's log)
+    is private: files 0600, directories 0700.
 
 ``rhvfs sim guest-write --state-dir DIR --vm NAME --disk ALIAS_OR_ID --offset BYTES (--size BYTES --pattern BYTE | --from-file F)``
     Write into the VM disk's current (active) volume as its guest would
@@ -53,8 +61,16 @@ Python API for the same: ``rhvfs.sim.client.SimAdmin(state_dir)``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be a positive number of seconds")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,6 +86,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--imageio-port", type=int, default=0, help="imageio port (0: pick a free one)")
     s.add_argument("--delay", type=float, default=0.2, help="seconds per phase step (default 0.2)")
     s.add_argument("--password-file", type=Path, help="file holding the admin@internal password")
+    s.add_argument(
+        "--token-ttl",
+        type=_positive_seconds,
+        help="seconds an SSO token stays valid without a request (default 1800, as the engine)",
+    )
+    s.add_argument(
+        "--token-lifetime",
+        type=_positive_seconds,
+        help="seconds an SSO token stays valid at most (default 36000, as the engine)",
+    )
 
     g = sub.add_parser("guest-write", help="write into a VM disk as its guest would")
     g.add_argument("--state-dir", type=Path, required=True)
@@ -117,16 +143,20 @@ def main(argv: list[str]) -> int:
     if args.command == "serve":
         from rhvfs.sim.serve import ServeOptions, serve
 
-        return serve(
-            ServeOptions(
-                state_dir=args.state_dir,
-                sample=args.sample,
-                port=args.port,
-                imageio_port=args.imageio_port,
-                delay_s=args.delay,
-                password_file=args.password_file,
-            )
+        opts = ServeOptions(
+            state_dir=args.state_dir,
+            sample=args.sample,
+            port=args.port,
+            imageio_port=args.imageio_port,
+            delay_s=args.delay,
+            password_file=args.password_file,
         )
+        # Unset: ServeOptions' defaults, the engine's.
+        if args.token_ttl is not None:
+            opts = dataclasses.replace(opts, token_ttl_s=args.token_ttl)
+        if args.token_lifetime is not None:
+            opts = dataclasses.replace(opts, token_lifetime_s=args.token_lifetime)
+        return serve(opts)
 
     from rhvfs.sim.client import SimAdmin, SimAdminError
 

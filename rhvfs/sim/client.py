@@ -16,6 +16,7 @@ Blocking, stdlib only (`http.client`).
     admin.add_fault("storage-domain", name="mydata", status="maintenance", capacity_bytes=2**30)
     admin.clear_faults()
     admin.credentials()                              # every ticket id and SSO token issued
+    admin.auth_stats()                               # SSO tokens issued / expired
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ class SimAdmin:
 
     def clear_faults(self) -> None:
         self._call("DELETE", "/faults")
+
+    def auth_stats(self) -> dict[str, Any]:
+        """SSO counters: `issued` tokens, requests refused because their token had
+        `expired`, `live` tokens, and the `token_ttl_s` / `token_lifetime_s` in force."""
+        result: dict[str, Any] = self._call("GET", "/auth")
+        return result
 
     def transfers(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "/transfers")

@@ -4,7 +4,9 @@ Owns the daemon process (its generated configuration, log and control socket in
 ``run_dir``), every qemu-nbd process it starts, and optionally a ``FaultProxy``
 on the public port. Tickets are installed through the daemon's control socket
 exactly as vdsm does. Every process it starts is killed by ``stop()`` (also run
-at interpreter exit). It must not decide which volume a transfer uses or when a
+at interpreter exit). What it creates is private: directories 0700, and the
+daemon's log, its stderr and the qemu-nbd logs 0600 (children run with umask
+077, ``_proc``), since the daemon's DEBUG log holds every ticket id. It must not decide which volume a transfer uses or when a
 ticket ends: the engine does. Must not import client-side rhvfs.
 """
 
@@ -150,7 +152,9 @@ class DataPlane:
         """Start the daemon (and the proxy) and wait until both answer."""
         if self._daemon is not None:
             raise DataPlaneError("data plane already started")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _proc.private_dir(self.run_dir)
+        for old_log in self.run_dir.glob(self.log_file.name + "*"):  # left by an older run
+            os.chmod(old_log, 0o600)
         self._reap_stale()
         self._sock_dir = self._choose_sock_dir()
         atexit.register(self.stop)
@@ -184,7 +188,7 @@ class DataPlane:
         d = self.run_dir / "sock"
         # Room for "<12 hex>.sock" and "control.sock".
         if len(str(d.resolve())) + 20 <= _MAX_UNIX_PATH:
-            d.mkdir(parents=True, exist_ok=True)
+            _proc.private_dir(d)
             self._own_sock_dir = False
             return d
         self._own_sock_dir = True
@@ -192,9 +196,9 @@ class DataPlane:
 
     def _write_conf(self) -> Path:
         conf_dir = self.run_dir / "imageio-conf"
-        (conf_dir / "conf.d").mkdir(parents=True, exist_ok=True)
+        _proc.private_dir(conf_dir / "conf.d")
         daemon_run = self.run_dir / "imageio-run"
-        daemon_run.mkdir(parents=True, exist_ok=True)
+        _proc.private_dir(daemon_run)
         lines = [
             "[daemon]",
             "drop_privileges = false",
@@ -247,7 +251,8 @@ class DataPlane:
             "formatter = long",
             "",
         ]
-        (conf_dir / "conf.d" / "50-sim.conf").write_text("\n".join(lines))
+        with os.fdopen(_proc.private_file(conf_dir / "conf.d" / "50-sim.conf"), "w") as f:
+            f.write("\n".join(lines))
         return conf_dir
 
     def _start_daemon(self) -> None:
@@ -340,8 +345,9 @@ class DataPlane:
         self, argv: list[str], stderr_path: Path, *, append: bool = False
     ) -> subprocess.Popen[bytes]:
         """Start a child in its own session and record it, so a later start can reap it."""
-        self._pid_dir.mkdir(parents=True, exist_ok=True)
-        with open(stderr_path, "ab" if append else "wb") as err:
+        _proc.private_dir(self._pid_dir)
+        fd = _proc.private_file(stderr_path, append=append)
+        with os.fdopen(fd, "ab" if append else "wb") as err:
             proc = _proc.spawn(
                 argv,
                 stdin=subprocess.DEVNULL,

@@ -3,7 +3,7 @@
 Owns the socket side of the engine: a `ThreadingHTTPServer` (one thread per
 connection, HTTP/1.1 keep-alive, TLS handshake in the connection's thread),
 the SSO token/logout endpoints, Bearer and Basic authentication with the
-engine's 401 rules, the CA download URL, the admin endpoints' token check,
+engine's 401 rules and token expiry, the CA download URL, the admin endpoints' token check,
 and engine fault injection (5xx / delay on matching calls). Resources are
 declared by the `api_*` modules as tables of `Route`s (method, path template,
 plain handler function taking an explicit context and the request); the
@@ -152,15 +152,50 @@ class Router:
         raise not_found(path)
 
 
-class Auth:
-    """One user (`admin@internal`), SSO tokens, and the admin endpoints' token."""
+# The engine's SSO defaults (engine-config): a token dies after
+# UserSessionTimeOutInterval = 30 minutes without a request, and at the latest
+# UserSessionHardLimit = 600 minutes after the login, however busy it is.
+DEFAULT_TOKEN_TTL_S = 30 * 60.0
+DEFAULT_TOKEN_LIFETIME_S = 600 * 60.0
 
-    def __init__(self, *, username: str, password: str, admin_token: str) -> None:
+
+@dataclasses.dataclass
+class _Token:
+    issued: float  # Auth's clock (monotonic seconds)
+    used: float
+
+
+class Auth:
+    """One user (`admin@internal`), SSO tokens, and the admin endpoints' token.
+
+    Tokens expire as the engine's do: after `token_ttl_s` seconds without an
+    API request (each request renews it) or `token_lifetime_s` seconds after
+    the login, whichever comes first; an expired token is forgotten and the
+    request gets the engine's 401, on which the SDK logs in again once.
+    `clock` is monotonic seconds (tests pass their own).
+    """
+
+    def __init__(
+        self,
+        *,
+        username: str,
+        password: str,
+        admin_token: str,
+        token_ttl_s: float = DEFAULT_TOKEN_TTL_S,
+        token_lifetime_s: float = DEFAULT_TOKEN_LIFETIME_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if token_ttl_s <= 0 or token_lifetime_s <= 0:
+            raise ValueError("token lifetimes must be positive")
         self.username = username
         self._password = password
         self.admin_token = admin_token
-        self._tokens: dict[str, float] = {}
+        self.token_ttl_s = token_ttl_s
+        self.token_lifetime_s = token_lifetime_s
+        self._clock = clock
+        self._tokens: dict[str, _Token] = {}
         self._issued: list[str] = []  # every token ever handed out, for leak checks
+        self._expired = 0
         self._lock = threading.Lock()
 
     def check_password(self, username: str, password: str) -> bool:
@@ -169,8 +204,11 @@ class Auth:
 
     def new_token(self) -> str:
         token = secrets.token_urlsafe(32)
+        now = self._clock()
         with self._lock:
-            self._tokens[token] = time.time()
+            # Kept until logged out or presented after it expired (a few hundred
+            # bytes per login), so every refusal of an expired token is counted.
+            self._tokens[token] = _Token(issued=now, used=now)
             self._issued.append(token)
         return token
 
@@ -179,18 +217,55 @@ class Auth:
         with self._lock:
             return list(self._issued)
 
+    def _expired_at(self, t: _Token, now: float) -> bool:
+        return now - t.used >= self.token_ttl_s or now - t.issued >= self.token_lifetime_s
+
+    def expires_at_ms(self) -> int:
+        """The `exp` of a token issued now: milliseconds since the epoch (wall clock)."""
+        return int((time.time() + self.token_lifetime_s) * 1000)
+
     def revoke(self, token: str) -> None:
         with self._lock:
             self._tokens.pop(token, None)
 
     def valid_token(self, token: str) -> bool:
+        """Whether `token` is live; a live token is renewed, an expired one forgotten."""
+        now = self._clock()
         with self._lock:
-            return token in self._tokens
+            t = self._tokens.get(token)
+            if t is None:
+                return False
+            if self._expired_at(t, now):
+                del self._tokens[token]
+                self._expired += 1
+                log.info(
+                    "request with an expired SSO token (unused for %.1f s, issued %.1f s ago; "
+                    "ttl %.0f s, lifetime %.0f s): 401",
+                    now - t.used,
+                    now - t.issued,
+                    self.token_ttl_s,
+                    self.token_lifetime_s,
+                )
+                return False
+            t.used = now
+            return True
 
     def revoke_all(self) -> None:
         """Forget every SSO token (tests: forces the SDK's re-login path)."""
         with self._lock:
             self._tokens.clear()
+
+    def stats(self) -> dict[str, float | int]:
+        """For tests: tokens issued, requests refused for an expired token, live tokens,
+        and the two lifetimes."""
+        with self._lock:
+            return {
+                "issued": len(self._issued),
+                "expired": self._expired,
+                "live": len(self._tokens),
+                "token_ttl_s": self.token_ttl_s,
+                "token_lifetime_s": self.token_lifetime_s,
+            }
 
 
 class App:
@@ -266,7 +341,7 @@ class App:
                 status=400,
             )
         token = self.auth.new_token()
-        exp = int((time.time() + 10 * 3600) * 1000)
+        exp = self.auth.expires_at_ms()
         return json_response(
             {
                 "access_token": token,

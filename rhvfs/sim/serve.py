@@ -6,6 +6,8 @@ the HTTPS engine, the background task thread), the readiness artefacts
 (`ovirt-img.conf` `[sim]`, `serve.json`, the one `rhvfs-sim ready:` line) and
 shutdown on SIGINT/SIGTERM (engine, tasks, every qemu-nbd and the daemon),
 leaving the state dir ready for a restart. Never prints or logs the password.
+The state dir is private: `serve` runs with umask 077, and `Simulator.start`
+makes what an older run left there 0600 (files) and 0700 (directories).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 from rhvfs.sim import (
+    _proc,
     api_admin,
     api_backups,
     api_disks,
@@ -35,7 +38,15 @@ from rhvfs.sim import (
 from rhvfs.sim.api_base import Engine
 from rhvfs.sim.dataplane import DataPlane
 from rhvfs.sim.faults import Faults
-from rhvfs.sim.httpd import App, Auth, EngineServer, Router, make_ssl_context
+from rhvfs.sim.httpd import (
+    DEFAULT_TOKEN_LIFETIME_S,
+    DEFAULT_TOKEN_TTL_S,
+    App,
+    Auth,
+    EngineServer,
+    Router,
+    make_ssl_context,
+)
 from rhvfs.sim.pki import ensure_pki
 from rhvfs.sim.sample import build_sample
 from rhvfs.sim.state import State
@@ -56,6 +67,8 @@ class ServeOptions:
     imageio_port: int = 0
     delay_s: float = 0.2
     password_file: Path | None = None
+    token_ttl_s: float = DEFAULT_TOKEN_TTL_S
+    token_lifetime_s: float = DEFAULT_TOKEN_LIFETIME_S
 
 
 def _setup_logging(run_dir: Path) -> None:
@@ -63,6 +76,7 @@ def _setup_logging(run_dir: Path) -> None:
     if any(getattr(h, "_rhvfs_sim", False) for h in root.handlers):
         return
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s")
+    os.close(_proc.private_file(run_dir / "sim.log", append=True))
     handlers: list[logging.Handler] = [
         logging.StreamHandler(sys.stderr),
         logging.FileHandler(run_dir / "sim.log"),
@@ -83,6 +97,20 @@ def _password(state_dir: Path, password_file: Path | None) -> str:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(18) + "\n")
     return path.read_text().strip()
+
+
+def _make_private(root: Path) -> None:
+    """Directories under `root` (and `root`) 0700, files 0600; symlinks are left alone."""
+    os.chmod(root, 0o700)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -134,14 +162,13 @@ class Simulator:
 
     def start(self) -> None:
         start = time.monotonic()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.run_dir.mkdir(exist_ok=True)
+        _proc.private_dir(self.state_dir)
+        _make_private(self.state_dir)
+        _proc.private_dir(self.run_dir)
         _setup_logging(self.run_dir)
         password = _password(self.state_dir, self.opts.password_file)
         pki = ensure_pki(self.state_dir / "pki", ["localhost"])
-        storage_root = self.state_dir / "storage"
-        storage_root.mkdir(exist_ok=True)
-        storage = Storage(storage_root)
+        storage = Storage(self.state_dir / "storage")
         engine_json = self.state_dir / "engine.json"
         if engine_json.exists():
             state = State.load(engine_json)
@@ -155,7 +182,13 @@ class Simulator:
         self.dataplane = DataPlane(self.run_dir, port=self.opts.imageio_port, pki=pki, proxy=True)
         self.dataplane.start()
         self.tasks = Tasks(delay_s=self.opts.delay_s)
-        auth = Auth(username=USERNAME, password=password, admin_token=self.admin_token)
+        auth = Auth(
+            username=USERNAME,
+            password=password,
+            admin_token=self.admin_token,
+            token_ttl_s=self.opts.token_ttl_s,
+            token_lifetime_s=self.opts.token_lifetime_s,
+        )
         faults = Faults()
         self.engine = e = Engine(
             state=state,
@@ -243,6 +276,7 @@ class Simulator:
 
 def serve(opts: ServeOptions) -> int:
     """Run in the foreground until SIGINT/SIGTERM."""
+    os.umask(_proc.PRIVATE_UMASK)  # this process is the simulator: all it creates is private
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -5,7 +5,9 @@ its volume id (raw or qcow2 v3; a qcow2 overlay names its parent by the
 parent's volume id, relative, with ``-F``), and a ``<vol_id>.meta`` file per
 volume recording its format, since a raw volume's guest data may look like any
 format. All work on images goes through qemu-img and qemu-io, so qcow2 chains
-and persistent dirty bitmaps behave exactly as on a host.
+and persistent dirty bitmaps behave exactly as on a host. Everything here is
+private to the simulator's user: directories 0700, volumes and metadata 0600
+(the qemu tools run with umask 077, ``_proc``).
 
 It must not decide policy (which volume is active, whether a volume is in use by
 a transfer): the engine does. It must not import anything from the client side
@@ -89,7 +91,7 @@ class Storage:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        _proc.private_dir(self.root)
         self._locks: dict[tuple[str, str], threading.RLock] = {}
         self._locks_guard = threading.Lock()
         self._qemu_img = _proc.find_tool("qemu-img")
@@ -121,7 +123,8 @@ class Storage:
         path = self._meta_path(sd_id, disk_id, vol_id)
         tmp = path.with_name(path.name + ".tmp")
         kind = "SPARSE" if sparse else "PREALLOCATED"
-        tmp.write_text(f"FORMAT={fmt.upper()}\nTYPE={kind}\nEOF\n")
+        with os.fdopen(_proc.private_file(tmp), "w") as f:
+            f.write(f"FORMAT={fmt.upper()}\nTYPE={kind}\nEOF\n")
         os.replace(tmp, path)
 
     def _read_meta(self, sd_id: str, disk_id: str, vol_id: str) -> dict[str, str]:
@@ -217,7 +220,7 @@ class Storage:
             if self.volume_exists(sd_id, disk_id, vol_id):
                 raise StorageError(f"volume {sd_id}/{disk_id}/{vol_id} already exists")
             d = self.disk_dir(sd_id, disk_id)
-            d.mkdir(parents=True, exist_ok=True)
+            _proc.private_dir(d)
             path = self.volume_path(sd_id, disk_id, vol_id)
             argv = [self._qemu_img, "create", "-q", "-f", _QEMU_FMT[fmt]]
             if fmt == "raw":
@@ -263,7 +266,7 @@ class Storage:
             if self.volume_exists(sd_id, disk_id, vol_id):
                 raise StorageError(f"volume {sd_id}/{disk_id}/{vol_id} already exists")
             d = self.disk_dir(sd_id, disk_id)
-            d.mkdir(parents=True, exist_ok=True)
+            _proc.private_dir(d)
             path = self.volume_path(sd_id, disk_id, vol_id)
             argv = [self._qemu_img, "convert", "-q", "-f", "raw", "-O", _QEMU_FMT[fmt]]
             if fmt == "cow":
@@ -621,7 +624,7 @@ class Storage:
             if not run:
                 raise BitmapError(f"bitmap {checkpoint} is missing on volume {vol_id}")
 
-            workdir.mkdir(parents=True, exist_ok=True)
+            _proc.private_dir(workdir)
             overlay = workdir / f"{vol_id}.dirty-{uuid.uuid4().hex[:8]}.qcow2"
             granularity = run[0][1].granularity
             try:

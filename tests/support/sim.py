@@ -23,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +121,11 @@ class SimProcess:
             self.proc.stdout.close()
 
 
-def start_sim(state_dir: Path, *, sample: bool = True, delay_s: float = 0.0) -> SimProcess:
-    """``rhvfs sim serve --port 0`` on ``state_dir``, returned once it printed its ready line."""
+def start_sim(
+    state_dir: Path, *, sample: bool = True, delay_s: float = 0.0, serve_args: Sequence[str] = ()
+) -> SimProcess:
+    """``rhvfs sim serve --port 0 [serve_args]`` on ``state_dir``, returned once it printed
+    its ready line (``serve_args`` e.g. ``("--token-ttl", "3")``)."""
     from rhvfs.sim.client import SimAdmin
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +141,7 @@ def start_sim(state_dir: Path, *, sample: bool = True, delay_s: float = 0.0) -> 
         "0",
         "--delay",
         str(delay_s),
+        *serve_args,
     ]
     if sample:
         argv.append("--sample")
