@@ -10,8 +10,11 @@ file 0600.
 
 ``umount`` asks the mount process (pid from ``/.rhvfs/status.json``) to stop
 with SIGTERM, which finishes every session (transfers finalized, snapshots
-removed) before the kernel mount goes away, and waits for that; a mount whose
-process is gone is detached with ``fusermount3 -u``.
+removed) before the kernel mount goes away, and waits for that. The pid is
+signalled only after ``_mounts.verify_daemon`` confirmed from /proc that it is
+the rhvfs daemon serving that mountpoint; a mount whose process is gone, hung
+or not verified is detached with ``fusermount3 -u`` (which only its owner or
+root may do), and a mount that is not rhvfs is left alone.
 
 ``-o`` takes ``allow_other``, ``debug`` and the ownership of the tree:
 ``uid=``/``gid=`` (number or name), ``umask=`` and ``restore_umask=`` (octal;
@@ -33,13 +36,15 @@ import logging
 import os
 import pwd
 import re
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from rhvfs.commands._mounts import RHVFS_FSTYPE, canonical_mountpoint, mount_at, verify_daemon
 from rhvfs.commands.common import add_connection_args, config_from_args, run_trio, setup_logging
 from rhvfs.config import PASSWORD_ENV
 from rhvfs.errors import ConfigError, RhvfsError
@@ -274,17 +279,26 @@ def _read_status(mountpoint: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
 def is_mounted(path: str) -> bool:
     """Whether ``path`` is a mountpoint, from /proc/self/mountinfo: never touches the
     mount itself, so a hung FUSE daemon can't block it (``os.path.ismount`` would)."""
-    target = os.path.abspath(path)
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split(" ")
-                point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-                if point == target:
-                    return True
+        return mount_at(canonical_mountpoint(path)) is not None
     except OSError:
-        return os.path.ismount(target)
-    return False
+        return os.path.ismount(path)
+
+
+def _daemon_mountpoint(args: Sequence[str]) -> str | None:
+    """The mountpoint that ``rhvfs mount ARGS`` mounts; None when ARGS don't parse."""
+    parser = _mount_parser()
+
+    def fail(message: str) -> NoReturn:
+        raise ValueError(message)
+
+    parser.error = fail  # type: ignore[method-assign]
+    try:
+        parsed, _ = parser.parse_known_args(list(args))
+    except (ValueError, SystemExit):
+        return None
+    mountpoint = parsed.mountpoint
+    return mountpoint if isinstance(mountpoint, str) and mountpoint else None
 
 
 def _alive(pid: int) -> bool:
@@ -318,9 +332,12 @@ def cmd_umount(argv: Sequence[str]) -> int:
         "--timeout", type=float, default=900.0, help="seconds to wait for sessions to clean up"
     )
     args = p.parse_args(list(argv))
-    mnt = os.path.abspath(args.mountpoint)
-    if not is_mounted(mnt):
+    mnt = canonical_mountpoint(args.mountpoint)
+    entry = mount_at(mnt)
+    if entry is None:
         raise ConfigError(f"{mnt} is not mounted")
+    if entry.fstype != RHVFS_FSTYPE:
+        raise ConfigError(f"{mnt} is not an rhvfs mount ({entry.fstype}): left alone")
     pid: int | None = None
     hung = False
     try:
@@ -330,13 +347,24 @@ def cmd_umount(argv: Sequence[str]) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         pid = None
     if pid is not None and _alive(pid):
-        try:
-            os.kill(pid, 15)
-        except OSError as e:
-            raise ConfigError(f"cannot signal the mount process {pid}: {e.strerror}") from None
-        if not _wait(lambda: not _alive(pid), args.timeout):
-            raise RhvfsError(f"mount process {pid} still cleaning up after {args.timeout:.0f} s")
-    if is_mounted(mnt):  # crashed or hung process, or one in another pid namespace
+        # The pid comes from the mount: signal it only once /proc confirms it serves it.
+        problem = verify_daemon(pid, entry, mountpoint_of=_daemon_mountpoint)
+        if problem is not None:
+            print(
+                f"rhvfs: not signalling process {pid} ({problem}); "
+                f"detaching {mnt} with fusermount3 -u",
+                file=sys.stderr,
+            )
+        else:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError as e:
+                raise ConfigError(f"cannot signal the mount process {pid}: {e.strerror}") from None
+            if not _wait(lambda: not _alive(pid), args.timeout):
+                raise RhvfsError(
+                    f"mount process {pid} still cleaning up after {args.timeout:.0f} s"
+                )
+    if is_mounted(mnt):  # crashed, hung or unverified process, or one in another namespace
         command = ["fusermount3", "-u", *(["-z"] if hung else []), mnt]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
