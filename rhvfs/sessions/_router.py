@@ -349,7 +349,11 @@ class SetRouter:
 
     def status(self) -> dict[str, Any]:
         status = dict(self.full.status())
-        status["incremental"] = self.incremental.status()
+        status["incremental"] = incremental = dict(self.incremental.status())
+        # One list of the mount's cleanups retried in the background, whoever left them.
+        status["pending_cleanups"] = list(status.get("pending_cleanups", [])) + list(
+            incremental.pop("pending_cleanups", [])
+        )
         reads = []
         for book in self._books.values():
             for read in book.reads():

@@ -14,7 +14,8 @@ import trio.testing
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.engine.types import Snapshot
 from rhvfs.sessions.core import _procid as procid
-from rhvfs.sessions.core._gc import collect_garbage, parse_description
+from rhvfs.sessions.core._gc import artifact_description, collect_garbage, parse_description
+from rhvfs.sessions.core._installation import Installation, Ownership, new_id
 from rhvfs.sessions.core._journal import Journal, JournalEntry
 from tests.support.configs import make_config
 from tests.support.fake_engine import ENGINE_LIKE, FakeEngine
@@ -41,11 +42,37 @@ def add_snapshot(eng: FakeEngine, vm_id: str, description: str) -> Snapshot:
     return snap
 
 
+def owned(
+    session_id: str, owner: Ownership, *, pid: int, host: str | None = None, when: str = ""
+) -> str:
+    """A session description as a mount of ``owner`` with ``pid`` on ``host`` writes it."""
+    me = procid.current()
+    proc = procid.ProcessIdentity(host or me.host, me.boot_id, pid, 0)
+    created = datetime.fromisoformat(when.replace("Z", "+00:00")) if when else datetime.now(UTC)
+    return artifact_description(session_id, proc, created, owner=owner)
+
+
 def test_parse_description() -> None:
     info = parse_description(f"{ARTIFACT_MARKER} abc123 host=h1 pid=42 2026-01-02T03:04:05Z")
     assert info is not None
     assert (info.session_id, info.host, info.pid) == ("abc123", "h1", 42)
     assert info.created == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert (info.installation, info.instance) == (None, None)  # an older version's
+    owner = Ownership(installation="0123456789abcdef", instance="fedcba9876543210")
+    new = owned("abc123", owner, pid=42, host="h1", when="2026-01-02T03:04:05Z")
+    assert new == (
+        f"{ARTIFACT_MARKER} abc123 host=h1 pid=42 inst=0123456789abcdef "
+        "mount=fedcba9876543210 2026-01-02T03:04:05Z"
+    )
+    info = parse_description(new)
+    assert info is not None
+    assert (info.session_id, info.host, info.pid) == ("abc123", "h1", 42)
+    assert (info.installation, info.instance) == (owner.installation, owner.instance)
+    assert info.created == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    backup = parse_description(new + " kind=incremental")
+    assert backup is not None and backup.kind == "incremental"
+    forged = parse_description(f"{ARTIFACT_MARKER} a host=h pid=1 inst=../../x mount=y t")
+    assert forged is not None and (forged.installation, forged.instance) == (None, None)
     assert parse_description("nightly backup") is None
     assert parse_description(f"{ARTIFACT_MARKER}x abc host=h pid=1 t") is None
     assert parse_description(f"{ARTIFACT_MARKER} abc host=h pid=notanumber t") is None
@@ -72,35 +99,65 @@ def test_liveness_rules() -> None:
     )
 
 
-async def test_gc_removes_only_dead_rhvfs_snapshots(
+async def test_gc_removes_only_dead_snapshots_of_its_own_installation(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
     eng = FakeEngine(latency=ENGINE_LIKE)
     vm = eng.add_vm("v1")
-    me = socket.gethostname()
-    dead = add_snapshot(eng, vm.id, f"{ARTIFACT_MARKER} s1 host={me} pid={dead_pid()} {now_iso()}")
-    live = add_snapshot(eng, vm.id, f"{ARTIFACT_MARKER} s2 host={me} pid={os.getpid()} {now_iso()}")
-    foreign_host = add_snapshot(
-        eng, vm.id, f"{ARTIFACT_MARKER} s3 host=elsewhere pid=1 {now_iso()}"
-    )
+    journal = Journal(tmp_path / "j.json")
+    ours = journal.installation.id
+    other = Installation(tmp_path / "other-state-dir").id
+    assert other != ours
+    dead_mount = Ownership(ours, new_id())
+    live_mount = Installation(tmp_path)  # another mount of this installation, alive
+    assert live_mount.hold() and live_mount.id == ours
+    gone = dead_pid()
+    dead = add_snapshot(eng, vm.id, owned("s1", dead_mount, pid=gone))
+    live = add_snapshot(eng, vm.id, owned("s2", dead_mount, pid=os.getpid()))
+    foreign_host = add_snapshot(eng, vm.id, owned("s3", dead_mount, pid=1, host="elsewhere"))
+    # Same hostname, a pid that looks dead from here: another installation's all the same.
+    theirs = add_snapshot(eng, vm.id, owned("s4", Ownership(other, new_id()), pid=gone))
+    # Its process is not visible from here (another pid namespace), its mount holds its lock.
+    locked = add_snapshot(eng, vm.id, owned("s5", live_mount.ownership(), pid=gone))
+    older = add_snapshot(eng, vm.id, f"{ARTIFACT_MARKER} s6 host={procid.hostname()} pid={gone} {now_iso()}")
     user = add_snapshot(eng, vm.id, "before upgrade")
     lookalike = add_snapshot(eng, vm.id, f"{ARTIFACT_MARKER} but typed by a human")
-    journal = Journal(tmp_path / "j.json")
     cfg = make_config()
 
     planned = await collect_garbage(eng, journal, config=cfg, dry_run=True)
     assert planned == [
         f"would remove snapshot {dead.id} of VM {vm.id} ({dead.description})",
         f"left alone: snapshot {foreign_host.id} of VM {vm.id} (made on host elsewhere)",
+        f"left alone: snapshot {theirs.id} of VM {vm.id} (made by installation {other}, not {ours})",
+        f"left alone: snapshot {older.id} of VM {vm.id} (no installation id, and not in this installation's journal)",
         f"left alone: snapshot {lookalike.id} of VM {vm.id} ({lookalike.description!r} is not a session description)",
     ]
-    assert len(eng.user_snapshots(vm.id)) == 5
+    assert len(eng.user_snapshots(vm.id)) == 8
 
     done = await collect_garbage(eng, journal, config=cfg)
     assert done[0] == f"removed snapshot {dead.id} of VM {vm.id} ({dead.description})"
     assert {s.id for s in eng.user_snapshots(vm.id)} == {
         live.id,
         foreign_host.id,
+        theirs.id,
+        locked.id,
+        older.id,
+        user.id,
+        lookalike.id,
+    }
+    # Once that mount has ended, its snapshot is a dead mount's leftover.
+    live_mount.release()
+    done = await collect_garbage(eng, journal, config=cfg)
+    assert f"removed snapshot {locked.id} of VM {vm.id} ({locked.description})" in done
+    assert locked.id not in {s.id for s in eng.user_snapshots(vm.id)}
+    # The other installation's own gc takes its leftover.
+    other_journal = Journal(tmp_path / "other-state-dir" / "j.json")
+    done = await collect_garbage(eng, other_journal, config=cfg)
+    assert f"removed snapshot {theirs.id} of VM {vm.id} ({theirs.description})" in done
+    assert {s.id for s in eng.user_snapshots(vm.id)} == {
+        live.id,
+        foreign_host.id,
+        older.id,
         user.id,
         lookalike.id,
     }

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 MIN_INTERVAL_S = 0.05
 MAX_INTERVAL_S = 10.0
+#: Phases of a transfer that has ended (nothing left to cancel).
+FINISHED_PHASES = frozenset({"finished_success", "finished_failure", "finished_cleanup"})
 
 
 class SnapshotEngine(Protocol):

@@ -7,6 +7,9 @@ leftovers of a killed rhvfs -- transfers carry no description. Several mounts
 of the same engine may share the file: every update is a locked
 read-modify-write followed by an atomic rename. The file and its lock are
 0600 in a 0700 directory (``rhvfs.private``); it holds ids, never a ticket.
+Each entry names the installation and mount instance that wrote it;
+``Journal.installation`` is the ``Installation`` of the journal's directory
+(shared by every user of one ``Journal`` object, i.e. by both managers of a mount).
 
 Must not: talk to the engine, decide what is garbage (see ``gc.py``).
 """
@@ -25,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from rhvfs.private import default_state_dir, open_private, private_dir, write_private
+from rhvfs.sessions.core._installation import Installation
 from rhvfs.sessions.core._procid import ProcessIdentity
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,8 @@ _VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class JournalEntry:
-    """What one session created. ``snapshot_id`` is None until the engine answered."""
+    """What one session created. ``snapshot_id`` is None until the engine answered;
+    ``installation`` and ``instance`` are None in entries of older versions."""
 
     session_id: str
     process: ProcessIdentity
@@ -45,6 +50,8 @@ class JournalEntry:
     snapshot_description: str | None = None
     snapshot_id: str | None = None
     transfer_ids: tuple[str, ...] = ()
+    installation: str | None = None
+    instance: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -63,6 +70,8 @@ class JournalEntry:
             snapshot_description=d.get("snapshot_description"),
             snapshot_id=d.get("snapshot_id"),
             transfer_ids=tuple(d.get("transfer_ids", ())),
+            installation=d.get("installation"),
+            instance=d.get("instance"),
         )
 
 
@@ -84,9 +93,13 @@ class Journal:
     safe to call from several threads and processes.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, installation: Installation | None = None
+    ) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        #: the installation whose state directory holds this journal (this mount's instance)
+        self.installation = installation or Installation(self.path.parent)
 
     @classmethod
     def for_engine(

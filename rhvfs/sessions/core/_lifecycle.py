@@ -5,9 +5,12 @@ and the incremental session (``incremental_session.IncrementalSession``) share:
 ``run`` opens the session's nursery, calls ``_start``, waits until
 ``request_close``, cancels the nursery, and then runs ``_cleanup`` shielded
 from cancellation under a deadline of ``max(system_timeout, 1)`` seconds,
-whatever happened before. ``schedule_close`` is the grace period: the session
-closes after a delay unless a handle is opened meanwhile (``cancel_grace``).
-``SessionServices`` is what every session gets from its manager.
+whatever happened before. What the cleanup could not end (``_leftovers``: it
+failed, or the deadline passed) goes to the manager's ``PendingCleanups``,
+which retries it in the background while the mount lives.
+``schedule_close`` is the grace period: the session closes after a delay
+unless a handle is opened meanwhile (``cancel_grace``). ``SessionServices`` is
+what every session gets from its manager.
 
 Invariants between awaits: ``state`` only moves forward (starting ->
 ready|broken -> closing -> closed); ``ready`` and ``closed`` are set once the
@@ -30,6 +33,7 @@ import trio
 
 from rhvfs.config import Config
 from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._pending import CleanupStep, PendingCleanups, transfer_step
 from rhvfs.sessions.core._ports import EngineLike, ImageioOpener, ReaderFactory
 from rhvfs.sessions.core._procid import ProcessIdentity
 
@@ -49,6 +53,8 @@ class SessionServices:
     process: ProcessIdentity
     imageio_opener: ImageioOpener
     reader_factory: ReaderFactory
+    #: where failed cleanups are retried (None: they are only noted; gc takes them later)
+    cleanups: PendingCleanups | None = None
 
 
 class SessionLifecycle(abc.ABC):
@@ -58,8 +64,9 @@ class SessionLifecycle(abc.ABC):
     session_id: str
     handles: Collection[int]
 
-    def __init__(self, *, config: Config) -> None:
+    def __init__(self, *, config: Config, cleanups: PendingCleanups | None = None) -> None:
         self._config = config
+        self._cleanups = cleanups
         self.state = "starting"
         self.ready = trio.Event()
         self.closed = trio.Event()
@@ -97,6 +104,11 @@ class SessionLifecycle(abc.ABC):
         """Who this session is, for the log."""
         return self.session_id
 
+    def _leftovers(self) -> list[CleanupStep]:
+        """What the cleanup left on the engine, in the order to end it (subclass; called
+        after ``_cleanup``). Never raises."""
+        return []
+
     async def _park(self) -> None:
         """Nobody has read for a while: release what can be recreated on the next read
         (image transfers, and the disk locks the engine holds for them). Never raises."""
@@ -122,8 +134,7 @@ class SessionLifecycle(abc.ABC):
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + max(self._config.system_timeout, 1.0)
                 await self._cleanup()
-            if scope.cancelled_caught:
-                self._note_cleanup_error("cleanup timed out; `rhvfs gc` will remove what is left")
+            self._hand_over_leftovers(timed_out=scope.cancelled_caught)
             self.state = "closed"
             self.ready.set()
             self.closed.set()
@@ -131,6 +142,43 @@ class SessionLifecycle(abc.ABC):
 
     def request_close(self) -> None:
         self._close_requested.set()
+
+    def _hand_over_leftovers(self, *, timed_out: bool) -> None:
+        """Give what the cleanup left to the manager's background retries (and say so)."""
+        try:
+            steps = self._leftovers()
+        except Exception:  # a bug here must not keep the session from closing
+            log.exception("session %s: cannot tell what its cleanup left", self._label())
+            steps = []
+        why = "cleanup timed out" if timed_out else "cleanup failed"
+        if not steps:
+            if timed_out:
+                self._note_cleanup_error(why)
+            return
+        what = ", ".join(step.label for step in steps)
+        if self._cleanups is None:
+            self._note_cleanup_error(
+                f"{why}; left {what} (the next mount or `rhvfs gc` removes it)"
+            )
+            return
+        self._cleanups.add(self.session_id, self._label(), steps, error=why)
+        self._note_cleanup_error(f"{why}; retrying in the background: {what}")
+
+    def _journaled_transfer_steps(self, services: SessionServices) -> list[CleanupStep]:
+        """Steps ending the transfers the journal still holds for this session."""
+        try:
+            entries = services.journal.entries()
+        except OSError as e:
+            log.warning("session %s: cannot read the journal: %s", self._label(), e)
+            return []
+        return [
+            transfer_step(
+                services.engine, tid, journal=services.journal, session_id=self.session_id
+            )
+            for e in entries
+            if e.session_id == self.session_id
+            for tid in e.transfer_ids
+        ]
 
     # -- grace period ---------------------------------------------------------
 

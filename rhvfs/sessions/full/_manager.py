@@ -18,6 +18,12 @@ after its last close and lives ``read_idle_limit`` without one; ``end_read``
 ends it at once (the read completed). Sessions opened without a read id keep
 the plain grace period.
 
+Cleanups a session could not finish (the engine kept a snapshot locked, a
+transfer would not end) are retried in the background (``PendingCleanups``)
+while the manager runs and listed in ``status()["pending_cleanups"]``; while
+it runs the mount's instance of the installation is held live, so no gc takes
+its artifacts for a dead process's.
+
 Invariants between awaits: at most one session per owner id in ``_sessions``
 (a ``SessionRegistry``: a closing one stays there until it is closed, so a new
 open waits and then starts a fresh one); a handle id maps to exactly one
@@ -70,6 +76,7 @@ from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for
 from rhvfs.sessions.core._owner_data import OwnerDataSource, image_disks
+from rhvfs.sessions.core._pending import PendingCleanups
 from rhvfs.sessions.core._ports import (
     EngineLike,
     ImageioOpener,
@@ -180,16 +187,27 @@ class BackupManager:
         )
         self._gc_on_start = gc_on_start
         self._sessions: SessionRegistry[BackupSession] = SessionRegistry(what="the backup manager")
+        self.cleanups = PendingCleanups(config, journal=journal)
         self._announced: dict[str, Announcement] = {}
         self._bytes_read_closed = 0
 
     # -- service --------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled; on cancellation every session ends cleanly (shielded)."""
-        await self._sessions.run(
-            background=self._startup_gc if self._gc_on_start else None, task_status=task_status
-        )
+        """Serve until cancelled; on cancellation every session ends cleanly (shielded), and
+        what their cleanups left gets one last try."""
+        self.journal.installation.hold()
+        try:
+            await self._sessions.run(background=self._background, task_status=task_status)
+        finally:
+            await self.cleanups.flush()
+            self.journal.installation.release()
+
+    async def _background(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.cleanups.run)
+            if self._gc_on_start:
+                nursery.start_soon(self._startup_gc)
 
     async def _startup_gc(self) -> None:
         try:
@@ -461,6 +479,7 @@ class BackupManager:
             process=self._process,
             imageio_opener=self._opener,
             reader_factory=self._reader_factory,
+            cleanups=self.cleanups,
             fetch_owner_data=self._owner_data,
             freeze=self._freeze,
             on_closed=self._session_closed,
@@ -510,10 +529,11 @@ class BackupManager:
         self._sessions.notes.add(owner, message)
 
     def status(self) -> dict[str, Any]:
-        """For ``/.rhvfs/status.json``: sessions, totals, recent errors."""
+        """For ``/.rhvfs/status.json``: sessions, totals, cleanups retried, recent errors."""
         live = self._sessions.sessions()
         return {
             "sessions": [s.status() for s in live],
+            "pending_cleanups": self.cleanups.status(),
             "totals": {
                 "sessions_active": len(live),
                 "sessions_started": self._sessions.started,
@@ -524,7 +544,8 @@ class BackupManager:
         }
 
     async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
-        """Remove leftovers of killed rhvfs processes; never anything else. Returns what it did."""
+        """Remove leftovers of dead mounts of this installation (the journal's state
+        directory); never anything else. Returns what it did and what it left alone."""
         live = {s.session_id for s in self._sessions.sessions()}
         return await gc_mod.collect_garbage(
             self.engine,
@@ -532,4 +553,5 @@ class BackupManager:
             config=self.config,
             dry_run=dry_run,
             live_session_ids=live,
+            installation=self.journal.installation,
         )

@@ -17,7 +17,8 @@ with the incremental session.
 
 When asked to close (grace timer, unmount) every transfer is finalized, the
 snapshot removed (retrying while the engine keeps it locked) and the journal
-entry cleared, shielded from cancellation under a deadline.
+entry cleared, shielded from cancellation under a deadline; what that leaves
+(``_leftovers``) the manager retries in the background.
 
 Invariants that hold between awaits: ``state`` only moves forward
 (starting -> ready|broken -> closing -> closed); ``channels`` only grows while
@@ -61,6 +62,7 @@ from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
 from rhvfs.sessions.core._model import Owner, SetEntry, clip_read
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher, image_disks
+from rhvfs.sessions.core._pending import CleanupStep, snapshot_step
 from rhvfs.sessions.core._ports import (
     ReaderLike,
 )
@@ -176,7 +178,7 @@ class BackupSession(SessionLifecycle):
     def __init__(
         self, owner: Owner, deps: BackupSessionDeps, *, read_id: str | None = None
     ) -> None:
-        super().__init__(config=deps.config)
+        super().__init__(config=deps.config, cleanups=deps.cleanups)
         self.owner = owner
         self.deps = deps
         #: the read of the set this session serves (``core._setread``), when the router binds it
@@ -326,7 +328,12 @@ class BackupSession(SessionLifecycle):
         vm = await self._wait_for_backup_state()
         self.entity = vm
         now = datetime.now(UTC)
-        desc = snapshot_description(self.session_id, self.deps.process, now)
+        desc = snapshot_description(
+            self.session_id,
+            self.deps.process,
+            now,
+            owner=self.deps.journal.installation.ownership(),
+        )
         self.snapshot_description = desc
         self._journal(snapshot_description=desc)
         started = time.monotonic()
@@ -409,10 +416,13 @@ class BackupSession(SessionLifecycle):
         self.disks = image_disks(self.data)
 
     def _journal(self, **fields: Any) -> None:
+        owner = self.deps.journal.installation.ownership()
         self.deps.journal.put(
             JournalEntry(
                 session_id=self.session_id,
                 process=self.deps.process,
+                installation=owner.installation,
+                instance=owner.instance,
                 owner_kind=self.owner.kind,
                 owner_id=self.owner.id,
                 owner_name=self.owner.name,
@@ -510,7 +520,7 @@ class BackupSession(SessionLifecycle):
         if self.owner.kind == "vm" and self.snapshot_description is not None:
             removed = await self._remove_snapshot()
             if not removed:
-                return  # keep the journal entry so gc can finish the job
+                return  # keep the journal entry: the background retry (or gc) finishes it
         if self._journaled:
             try:
                 mine = [e for e in self.deps.journal.entries() if e.session_id == self.session_id]
@@ -519,6 +529,20 @@ class BackupSession(SessionLifecycle):
                     self._journaled = False
             except OSError as e:
                 self.note_error(f"cannot update the journal {self.deps.journal.path}: {e}")
+
+    def _leftovers(self) -> list[CleanupStep]:
+        steps = self._journaled_transfer_steps(self.deps) if self._journaled else []
+        if self.owner.kind == "vm" and self.snapshot_description is not None:
+            steps.append(
+                snapshot_step(
+                    self.deps.engine,
+                    self.owner.id,
+                    self.snapshot.id if self.snapshot else None,
+                    description=self.snapshot_description,
+                    config=self.deps.config,
+                )
+            )
+        return steps
 
     async def _remove_snapshot(self) -> bool:
         snap_id = self.snapshot.id if self.snapshot else None

@@ -104,12 +104,15 @@ class ChainSet:
 
 @dataclasses.dataclass(frozen=True)
 class PendingBackup:
-    """An engine backup a live process started (removed once finalized)."""
+    """An engine backup a live process started (removed once finalized); ``installation``
+    and ``instance`` (None in older files) name the mount that started it."""
 
     backup_id: str
     vm_id: str
     process: ProcessIdentity
     started: str  # ISO 8601 UTC
+    installation: str | None = None
+    instance: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,6 +124,8 @@ class PendingBackup:
             vm_id=str(d["vm_id"]),
             process=ProcessIdentity(**d["process"]),
             started=str(d.get("started", "")),
+            installation=d.get("installation"),
+            instance=d.get("instance"),
         )
 
 

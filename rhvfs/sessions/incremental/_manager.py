@@ -40,6 +40,11 @@ new checkpoint; an incomplete set lives ``read_idle_limit`` after its last close
 read_id=R)``): backup id and set id are R, and the router serves the
 configuration files.
 
+Cleanups a set could not finish (transfers, the backup's finalization, the
+fallback snapshot) are retried in the background while the manager runs
+(``PendingCleanups``, ``status()["pending_cleanups"]``); ``finalize_leftovers``
+finalizes only backups of this installation whose mount is dead.
+
 Invariants between awaits: at most one session per VM in ``_sessions`` (a
 ``SessionRegistry``; the engine allows one backup per VM); a session's ``entries`` never change once
 it is ready; a handle maps to exactly one session, which counts it; a read id in
@@ -73,6 +78,7 @@ from rhvfs.sessions.core._model import (
     SetEntry,
 )
 from rhvfs.sessions.core._owner_data import OwnerDataSource
+from rhvfs.sessions.core._pending import PendingCleanups
 from rhvfs.sessions.core._ports import (
     ImageioOpener,
     ReaderFactory,
@@ -137,21 +143,44 @@ class IncrementalManager:
             what="the incremental manager"
         )
         self._completed = 0
+        self.cleanups = PendingCleanups(config, journal=journal)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await self._sessions.run(
-            background=self.finalize_leftovers if self._cleanup_on_start else None,
-            task_status=task_status,
-        )
+        """Serve until cancelled; on cancellation every set ends (shielded), and what their
+        cleanups left gets one last try."""
+        self.journal.installation.hold()
+        try:
+            await self._sessions.run(background=self._background, task_status=task_status)
+        finally:
+            await self.cleanups.flush()
+            self.journal.installation.release()
+
+    async def _background(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.cleanups.run)
+            if self._cleanup_on_start:
+                nursery.start_soon(self.finalize_leftovers)
 
     async def finalize_leftovers(self) -> list[str]:
-        """Finalize engine backups started by rhvfs processes that are gone.
+        """Finalize engine backups started by dead mounts of this installation.
 
-        A backup refuses to finalize (409) while its transfers are unfinished; the
-        session gc cancels those, so a conflict is retried until ``system_timeout``.
+        Only backups in this installation's chain state, not of another installation
+        (older entries name none), whose process is gone and whose mount instance holds
+        no lock. A backup refuses to finalize (409) while its transfers are unfinished;
+        the session gc cancels those, so a conflict is retried until ``system_timeout``.
         """
         done: list[str] = []
         cfg = self.config
+        installation = self.journal.installation
+
+        def dead(p: PendingBackup) -> bool:
+            if p.process == self._process:
+                return False
+            if p.installation is not None and p.installation != installation.id:
+                return False
+            if installation.instance_alive(p.instance):
+                return False
+            return procid.is_alive(p.process) is False
 
         async def finalize(p: PendingBackup) -> None:
             try:
@@ -165,7 +194,7 @@ class IncrementalManager:
 
         async with trio.open_nursery() as nursery:
             for p in self.chain.pending():
-                if p.process != self._process and procid.is_alive(p.process) is False:
+                if dead(p):
                     nursery.start_soon(finalize, p)
         return done
 
@@ -236,6 +265,7 @@ class IncrementalManager:
             process=self._process,
             imageio_opener=self._opener,
             reader_factory=self._reader_factory,
+            cleanups=self.cleanups,
             on_closed=self._closed,
             on_note=self._note,
         )
@@ -365,5 +395,6 @@ class IncrementalManager:
         return {
             "sessions": [s.status() for s in self._sessions.sessions()],
             "totals": {"sets_started": self._sessions.started, "sets_completed": self._completed},
+            "pending_cleanups": self.cleanups.status(),
             "notes": self._sessions.notes.list(),
         }

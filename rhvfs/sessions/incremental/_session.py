@@ -6,7 +6,8 @@ set's checkpoint), plans every disk (delta or full data, see
 serves reads while tracking which bytes of each file were read, and on close
 finalizes the transfers and the backup, removes the fallback snapshot and,
 for a set read completely, records it in the chain state. Its task, close
-request and grace timer are the shared ``SessionLifecycle``.
+request and grace timer are the shared ``SessionLifecycle``; what the cleanup
+leaves (``_leftovers``) the manager retries in the background.
 
 Invariants between awaits: ``entries`` never change once the session is ready;
 ``coverage`` only grows; ``complete`` is set only on a last release with every
@@ -30,7 +31,6 @@ from typing import Any, Protocol
 
 import trio
 
-from rhvfs import ARTIFACT_MARKER
 from rhvfs.backupset import (
     ConfigFiles,
     ConfigKey,
@@ -63,11 +63,12 @@ from rhvfs.errors import (
 from rhvfs.intervals import Intervals
 from rhvfs.sessions.core._cleanup import finalize_backup, remove_snapshot
 from rhvfs.sessions.core._gather import gather
-from rhvfs.sessions.core._gc import snapshot_description
+from rhvfs.sessions.core._gc import artifact_description, snapshot_description
 from rhvfs.sessions.core._journal import JournalEntry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
 from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for, clip_read
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher
+from rhvfs.sessions.core._pending import CleanupStep, backup_step, snapshot_step
 from rhvfs.sessions.core._ports import (
     EngineLike,
 )
@@ -130,7 +131,7 @@ class IncrementalSession(SessionLifecycle):
         announced: Sequence[SetEntry] = (),
         read_id: str | None = None,
     ) -> None:
-        super().__init__(config=deps.config)
+        super().__init__(config=deps.config, cleanups=deps.cleanups)
         self.owner = owner
         #: for a ``full`` set read through the router: the read (``core._setread``) it serves;
         #: the backup id and the set id are the read id, the configuration is the router's
@@ -394,7 +395,12 @@ class IncrementalSession(SessionLifecycle):
     async def _snapshot_for(self, vm_id: str, disks: list[Disk]) -> None:
         """A snapshot of the disks an incremental backup cannot include (read in full)."""
         engine = self.deps.engine
-        desc = snapshot_description(self.session_id, self.deps.process, datetime.now(UTC))
+        desc = snapshot_description(
+            self.session_id,
+            self.deps.process,
+            datetime.now(UTC),
+            owner=self.deps.journal.installation.ownership(),
+        )
         self.snapshot_description = desc
         self._journal()
         self.snapshot = await engine.create_snapshot(
@@ -407,13 +413,19 @@ class IncrementalSession(SessionLifecycle):
     async def _begin_backup(self, vm_id: str, disks: list[Disk], base: ChainSet | None) -> Backup:
         engine = self.deps.engine
         from_cp = base.checkpoint_id if base is not None else None
-        desc = f"{ARTIFACT_MARKER} {self.session_id} {self.kind}"
+        owner = self.deps.journal.installation.ownership()
+        now = datetime.now(UTC)
+        desc = artifact_description(
+            self.session_id, self.deps.process, now, owner=owner, kind=self.kind
+        )
         self.deps.chain.add_pending(
             PendingBackup(
                 backup_id=self.backup_id,
                 vm_id=vm_id,
                 process=self.deps.process,
-                started=datetime.now(UTC).isoformat(),
+                started=now.isoformat(),
+                installation=owner.installation,
+                instance=owner.instance,
             )
         )
         self.backup_started = True
@@ -693,12 +705,11 @@ class IncrementalSession(SessionLifecycle):
             finalized = await finalize_backup(
                 self.deps.engine, self.owner.id, self.backup_id, config=self.deps.config
             )
-        except Conflict as e:  # its transfers still ran at the deadline: gc finalizes it later
-            self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
-            return False
         except EngineError as e:
+            # Conflict: its transfers still ran at the deadline. Either way the backup stays
+            # pending in the chain state: retried in the background (``_leftovers``), and
+            # finalized by a later mount should this one die first.
             self.note(f"finalizing backup {self.backup_id} failed: {e}", error=True)
-            self.deps.chain.remove_pending(self.backup_id)
             return False
         self.deps.chain.remove_pending(self.backup_id)
         self.backup_started = False
@@ -721,11 +732,39 @@ class IncrementalSession(SessionLifecycle):
         self.snapshot = None
         self.snapshot_description = None
 
+    def _leftovers(self) -> list[CleanupStep]:
+        steps = self._journaled_transfer_steps(self.deps) if self._journaled else []
+        if self.backup_started:
+            backup_id = self.backup_id
+            steps.append(
+                backup_step(
+                    self.deps.engine,
+                    self.owner.id,
+                    backup_id,
+                    config=self.deps.config,
+                    on_done=lambda: self.deps.chain.remove_pending(backup_id),
+                )
+            )
+        if self.snapshot_description is not None:
+            steps.append(
+                snapshot_step(
+                    self.deps.engine,
+                    self.owner.id,
+                    self.snapshot.id if self.snapshot else None,
+                    description=self.snapshot_description,
+                    config=self.deps.config,
+                )
+            )
+        return steps
+
     def _journal(self) -> None:
+        owner = self.deps.journal.installation.ownership()
         self.deps.journal.put(
             JournalEntry(
                 session_id=self.session_id,
                 process=self.deps.process,
+                installation=owner.installation,
+                instance=owner.instance,
                 owner_kind=self.owner.kind,
                 owner_id=self.owner.id,
                 owner_name=self.owner.name,
