@@ -466,3 +466,75 @@ async def test_a_transfer_that_fails_to_open_is_retried_a_few_times(
     failures.extend([EngineUnavailable("503")] * 3)  # OPEN_TRIES in a row: the set fails
     with pytest.raises(SessionBroken, match="503"):
         await rig.router.list_incremental(owner, "incremental")
+
+
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
+@pytest.mark.allow_log(
+    "rhvfs.sessions.incremental",
+    "WARNING",
+    match="finalizing backup .* failed|retrying in the background|chain does not advance",
+)
+async def test_a_backup_that_did_not_finalize_is_retried_while_the_mount_lives(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    owner = new_vm(rig.engine, disks=[("root", 1 * MiB)])
+    rig.engine.fail_on.add("finalize_backup")  # still busy (409) for a long while
+    for e in await rig.router.list_incremental(owner, "incremental"):
+        h = await rig.router.open(owner, e.key)
+        assert len(await rig.router.read(h, 0, e.size)) == e.size
+        await rig.router.release(h)
+    await trio.sleep(rig.config.system_timeout + 5)  # read completely: the set ends at once
+    assert owner.id not in rig.manager._sessions
+    (backup,) = rig.engine.backups.values()
+    assert backup.phase == "ready"
+    (pending,) = rig.router.status()["pending_cleanups"]
+    assert (pending["kind"], pending["id"], pending["vm_id"]) == ("backup", backup.id, owner.id)
+    assert "pending_cleanups" not in rig.router.status()["incremental"]
+    installation = rig.journal.installation
+    (recorded,) = rig.chain.pending()
+    assert (recorded.backup_id, recorded.installation, recorded.instance) == (
+        backup.id,
+        installation.id,
+        installation.instance,
+    )
+    assert f" inst={installation.id} mount={installation.instance} " in backup.description
+    assert backup.description.endswith(" kind=incremental")
+    # Another process of this installation does not take it while this mount lives.
+    assert await rig.manager.finalize_leftovers() == []
+    rig.engine.fail_on.clear()
+    await trio.sleep(700)
+    assert rig.engine.backups[backup.id].phase == "succeeded"
+    assert rig.router.status()["pending_cleanups"] == []
+    assert rig.chain.pending() == [] and rig.journal.entries() == []
+
+
+async def test_leftover_backups_of_another_installation_are_not_finalized(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    from rhvfs.sessions.core._installation import new_id
+    from rhvfs.sessions.core._procid import ProcessIdentity, current
+    from rhvfs.sessions.incremental._chainstate import PendingBackup
+
+    owner = new_vm(rig.engine, disks=[("root", 1 * MiB)])
+    disk = rig.engine.disk(owner.id, "root").id
+    theirs = await rig.engine.start_backup(owner.id, [disk], backup_id="b-theirs")
+    me = current()
+    dead = ProcessIdentity(me.host, me.boot_id, me.pid, me.start_ticks + 1)
+    rig.chain.add_pending(
+        PendingBackup(theirs.id, owner.id, dead, "2026-01-01T00:00:00+00:00", new_id(), new_id())
+    )
+    assert await rig.manager.finalize_leftovers() == []
+    assert rig.engine.backups[theirs.id].phase == "ready"
+    ours = PendingBackup(
+        theirs.id,
+        owner.id,
+        dead,
+        "2026-01-01T00:00:00+00:00",
+        rig.journal.installation.id,
+        new_id(),
+    )
+    rig.chain.add_pending(ours)  # the same backup, now named as a dead mount's of ours
+    assert await rig.manager.finalize_leftovers() == [
+        f"finalized leftover backup {theirs.id} of VM {owner.id}"
+    ]

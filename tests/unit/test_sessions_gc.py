@@ -119,7 +119,9 @@ async def test_gc_removes_only_dead_snapshots_of_its_own_installation(
     theirs = add_snapshot(eng, vm.id, owned("s4", Ownership(other, new_id()), pid=gone))
     # Its process is not visible from here (another pid namespace), its mount holds its lock.
     locked = add_snapshot(eng, vm.id, owned("s5", live_mount.ownership(), pid=gone))
-    older = add_snapshot(eng, vm.id, f"{ARTIFACT_MARKER} s6 host={procid.hostname()} pid={gone} {now_iso()}")
+    older = add_snapshot(
+        eng, vm.id, f"{ARTIFACT_MARKER} s6 host={procid.hostname()} pid={gone} {now_iso()}"
+    )
     user = add_snapshot(eng, vm.id, "before upgrade")
     lookalike = add_snapshot(eng, vm.id, f"{ARTIFACT_MARKER} but typed by a human")
     cfg = make_config()
@@ -237,3 +239,55 @@ async def test_gc_finds_a_snapshot_whose_id_was_never_journaled(
     lines = await collect_garbage(eng, journal, config=make_config())
     assert lines == [f"removed snapshot {snap.id} of VM v1 (session g2 of pid {me.pid} (vm v1))"]
     assert eng.user_snapshots(vm.id) == [] and journal.entries() == []
+
+
+async def test_gc_leaves_journal_entries_of_a_live_mount_or_another_installation(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A journal entry whose pid looks dead from here is still left alone while its mount
+    instance holds its lock (another pid namespace on the same state directory), and one
+    that names another installation is never taken."""
+    eng = FakeEngine(latency=ENGINE_LIKE)
+    vm = eng.add_vm("v1")
+    journal = Journal(tmp_path / "j.json")
+    mount = Installation(tmp_path)
+    assert mount.hold()
+    me = procid.current()
+    ghost = me.__class__(me.host, me.boot_id, dead_pid(), 12345)
+    desc = owned("c1", mount.ownership(), pid=ghost.pid)
+    snap = await eng.create_snapshot(vm.id, description=desc)
+    base = JournalEntry(
+        session_id="c1",
+        process=ghost,
+        owner_kind="vm",
+        owner_id=vm.id,
+        owner_name="v1",
+        started=now_iso(),
+        snapshot_description=desc,
+        snapshot_id=snap.id,
+        installation=mount.id,
+        instance=mount.instance,
+    )
+    journal.put(base)
+    other = "0123456789abcdef"
+    journal.put(
+        JournalEntry(
+            session_id="x1",
+            process=ghost,
+            owner_kind="vm",
+            owner_id=vm.id,
+            owner_name="v1",
+            started=now_iso(),
+            installation=other,
+        )
+    )
+    lines = await collect_garbage(eng, journal, config=make_config())
+    assert lines == [
+        f"left alone: session x1 in the journal (installation {other}, not {journal.installation.id})"
+    ]
+    assert [s.id for s in eng.user_snapshots(vm.id)] == [snap.id]
+    mount.release()  # that mount has ended
+    lines = await collect_garbage(eng, journal, config=make_config())
+    assert f"removed snapshot {snap.id} of VM v1 (session c1 of pid {ghost.pid} (vm v1))" in lines
+    assert eng.user_snapshots(vm.id) == []
+    assert [e.session_id for e in journal.entries()] == ["x1"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from rhvfs import ARTIFACT_MARKER
 from rhvfs.backupset import ConfigKey, DiskKey
 from rhvfs.errors import EngineError, NotFound, SessionBroken, VmStateError
 from rhvfs.sessions import BackupManager, Journal, Owner
+from rhvfs.sessions.core import _procid as procid
 from tests.support.configs import make_config
 from tests.support.data import MiB, sha
 from tests.support.fake_dataplane import FakeDataPlane
@@ -56,6 +59,12 @@ async def rig(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> Any:
         await nursery.start(r.manager.run)
         yield r
         nursery.cancel_scope.cancel()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def vm_owner(engine: FakeEngine, name: str) -> Owner:
@@ -649,3 +658,129 @@ async def test_a_down_vm_that_ran_meanwhile_gets_a_new_mtime(
     assert [e.size for e in second] == [e.size for e in first]
     assert second[0].mtime_ns != first[0].mtime_ns
     assert second[0].mtime_ns // 1_000_000_000 == 1767261600 + 86400
+
+
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
+@pytest.mark.allow_log(
+    "rhvfs.sessions.full", "WARNING", match="removing snapshot .* failed|retrying in the background"
+)
+async def test_a_failed_snapshot_removal_is_retried_while_the_mount_lives(
+    rig: Rig, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    vm = rig.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    await rig.read_all(owner, ConfigKey("vm.ovf").encode())
+    (snap,) = rig.engine.user_snapshots(vm.id)
+    rig.engine.fail_on.add("remove_snapshot")  # the engine keeps it locked (409)
+    await trio.sleep(rig.config.grace_period + rig.config.system_timeout + 5)
+    assert rig.manager.status()["sessions"] == []  # the session has ended
+    (pending,) = rig.manager.status()["pending_cleanups"]
+    assert (pending["kind"], pending["id"], pending["vm_id"]) == ("snapshot", snap.id, vm.id)
+    assert pending["session_id"] == rig.journal.entries()[0].session_id  # gc's fallback
+    assert [s.id for s in rig.engine.user_snapshots(vm.id)] == [snap.id]
+    errors = [e["message"] for e in rig.manager.status()["errors"]]
+    assert (
+        errors[-1]
+        == f"cleanup failed; retrying in the background: snapshot {snap.id} of VM {vm.id}"
+    )
+    await trio.sleep(3600)  # the engine stays busy for an hour: the retries go on
+    assert [s.id for s in rig.engine.user_snapshots(vm.id)] == [snap.id]
+    (pending,) = rig.manager.status()["pending_cleanups"]
+    assert pending["attempts"] >= 5
+    tries = rig.engine.calls.count("remove_snapshot")
+    rig.engine.fail_on.clear()
+    await trio.sleep(700)  # the longest pause between tries is 10 minutes
+    assert rig.engine.user_snapshots(vm.id) == []
+    assert rig.engine.calls.count("remove_snapshot") == tries + 1
+    assert rig.manager.status()["pending_cleanups"] == []
+    assert rig.journal.entries() == []
+    assert not any("rhvfs gc" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
+@pytest.mark.allow_log("rhvfs.sessions.core._cleanup", "WARNING", match="cancelling it")
+@pytest.mark.allow_log(
+    "rhvfs.sessions.full",
+    "WARNING",
+    match="ending transfer|removing snapshot .* failed|retrying in the background",
+)
+async def test_transfers_that_would_not_end_are_retried_before_the_snapshot(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1", disks=[("a", 1 * MiB), ("b", 1 * MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    for d in rig.engine.disk_ids(vm.id):
+        await rig.read_all(owner, DiskKey(d).encode())
+    (snap,) = rig.engine.user_snapshots(vm.id)
+    transfers = {t.id for t in rig.engine.open_transfers()}
+    assert len(transfers) == 2
+    rig.engine.fail_on |= {"finalize_transfer", "cancel_transfer"}
+    await trio.sleep(rig.config.grace_period + rig.config.system_timeout + 5)
+    pending = rig.manager.status()["pending_cleanups"]
+    assert [(p["kind"], p["id"]) for p in pending] == [
+        *(("transfer", t) for t in sorted(transfers, key=[p["id"] for p in pending].index)),
+        ("snapshot", snap.id),
+    ]
+    assert {p["id"] for p in pending[:2]} == transfers
+    (entry,) = rig.journal.entries()
+    assert set(entry.transfer_ids) == transfers
+    rig.engine.fail_on.clear()
+    await trio.sleep(300)
+    assert rig.engine.open_transfers() == [] and rig.engine.user_snapshots(vm.id) == []
+    assert rig.manager.status()["pending_cleanups"] == [] and rig.journal.entries() == []
+
+
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
+@pytest.mark.allow_log(
+    "rhvfs.sessions.full", "WARNING", match="removing snapshot .* failed|retrying in the background"
+)
+@pytest.mark.allow_log("rhvfs.sessions.core._pending", "WARNING", match="not finished when")
+async def test_what_is_still_pending_at_unmount_is_left_to_the_next_mount(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    r = Rig(tmp_path)
+    vm = r.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        await r.read_all(owner, ConfigKey("vm.ovf").encode())
+        r.engine.fail_on.add("remove_snapshot")
+        await trio.sleep(r.config.grace_period + r.config.system_timeout + 5)
+        assert len(r.manager.status()["pending_cleanups"]) == 1
+        nursery.cancel_scope.cancel()  # unmount
+    (snap,) = r.engine.user_snapshots(vm.id)
+    (entry,) = r.journal.entries()
+    assert entry.snapshot_id == snap.id and entry.installation == r.journal.installation.id
+    # The mount's process ends (here: its journal entry now names a dead process); the
+    # next mount of the same state directory takes what it left.
+    ghost = procid.ProcessIdentity(entry.process.host, entry.process.boot_id, dead_pid(), 1)
+    r.journal.put(dataclasses.replace(entry, process=ghost))
+    r.engine.fail_on.clear()
+    r2 = BackupManager(r.engine, r.config, journal=Journal(r.journal.path), gc_on_start=False)
+    lines = await r2.collect_garbage()
+    assert lines == [
+        f"removed snapshot {snap.id} of VM v1 (session {entry.session_id} of pid {ghost.pid} (vm v1))"
+    ]
+    assert r.engine.user_snapshots(vm.id) == [] and r.journal.entries() == []
+
+
+async def test_artifacts_name_the_installation_and_the_mount(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    vm = rig.engine.add_vm("v1")
+    owner = Owner("vm", vm.id, vm.name)
+    h = await rig.manager.open(owner, ConfigKey("vm.ovf").encode())
+    (snap,) = rig.engine.user_snapshots(vm.id)
+    installation = rig.journal.installation
+    assert installation.held  # the manager runs: its mount instance is live
+    assert f" inst={installation.id} mount={installation.instance} " in snap.description
+    (entry,) = rig.journal.entries()
+    assert (entry.installation, entry.instance) == (installation.id, installation.instance)
+    # Neither this mount's gc nor another process's (same state directory) takes it.
+    assert await rig.manager.collect_garbage() == []
+    other = BackupManager(
+        rig.engine, rig.config, journal=Journal(rig.journal.path), gc_on_start=False
+    )
+    assert await other.collect_garbage() == []
+    assert [s.id for s in rig.engine.user_snapshots(vm.id)] == [snap.id]
+    await rig.manager.release(h)

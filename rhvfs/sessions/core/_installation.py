@@ -97,12 +97,13 @@ def load_or_create_id(state_dir: Path, *, machine: str | None = None) -> str:
                 current,
             )
             os.replace(tmp, path)
-        elif path.exists():
-            log.warning("%s is not an installation id; generating a new one", path)
-            os.replace(tmp, path)
         else:
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
+            try:
+                os.link(tmp, path)  # only if there is none: concurrent first uses agree
+            except FileExistsError:
+                if _read_id(path)[0] is None:
+                    log.warning("%s is not an installation id; generating a new one", path)
+                    os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
