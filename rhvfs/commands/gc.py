@@ -1,8 +1,9 @@
 """``rhvfs gc [--dry-run]``: remove leftovers of killed rhvfs processes.
 
-Delegates to ``BackupManager.collect_garbage`` (snapshots carrying
-``rhvfs.ARTIFACT_MARKER`` whose process is gone, transfers in the journal);
-prints one line per item removed (or that would be removed).
+Delegates to ``BackupManager.collect_garbage``: snapshots of this installation
+(the state directory's id in their ``rhvfs.ARTIFACT_MARKER`` description) whose
+mount is gone, and what the journal of dead mounts names; prints one line per
+item removed (or that would be removed) and per rhvfs artifact left alone.
 
 Must not: touch anything rhvfs did not create (that rule lives in sessions).
 """

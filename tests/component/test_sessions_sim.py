@@ -109,6 +109,8 @@ async def test_running_vm_disks_read_concurrently_match_the_snapshot(rig: Rig) -
     snap = next(s for s in await rig.engine.list_snapshots(owner.id) if s.id == snap_id)
     assert snap.description.startswith(f"{ARTIFACT_MARKER} ")
     assert f"host={socket.gethostname()} pid={os.getpid()} " in snap.description
+    mine = rig.journal.installation
+    assert f" inst={mine.id} mount={mine.instance} " in snap.description
 
     # The guest keeps writing while the backup runs: the set must not see it.
     write_at = 3 * MiB
@@ -194,10 +196,17 @@ async def test_gc_removes_leftovers_of_a_dead_process_and_nothing_else(rig: Rig)
     owner = await rig.owner("myvm0")
     proc = await trio.lowlevel.open_process(["true"])
     await proc.wait()  # a pid that no longer runs
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    from rhvfs.sessions.core._gc import artifact_description
+    from rhvfs.sessions.core._installation import Ownership, new_id
+    from rhvfs.sessions.core._procid import ProcessIdentity
+
+    ghost = ProcessIdentity(socket.gethostname(), "", proc.pid, 0)
+    dead_mount = Ownership(rig.journal.installation.id, new_id())  # this installation's
     leftover = await rig.engine.create_snapshot(
         owner.id,
-        description=f"{ARTIFACT_MARKER} deadbeef0001 host={socket.gethostname()} pid={proc.pid} {stamp}",
+        description=artifact_description(
+            "deadbeef0001", ghost, datetime.now(UTC), owner=dead_mount
+        ),
     )
     user = await rig.engine.create_snapshot(owner.id, description="before the upgrade")
     try:
@@ -248,6 +257,7 @@ async def test_gc_cancels_transfers_and_removes_the_snapshot_of_a_killed_session
     """What a SIGKILLed rhvfs leaves: a journal entry, its snapshot and an open transfer."""
     from rhvfs.sessions import JournalEntry
     from rhvfs.sessions.core import _procid as procid
+    from rhvfs.sessions.core._installation import Ownership, new_id
     from rhvfs.sessions.full._session import snapshot_description
 
     owner = await rig.owner("myvm0")
@@ -256,7 +266,8 @@ async def test_gc_cancels_transfers_and_removes_the_snapshot_of_a_killed_session
     await proc.wait()
     me = procid.current()
     ghost = procid.ProcessIdentity(me.host, me.boot_id, proc.pid, 1)
-    desc = snapshot_description("killed000001", ghost, datetime.now(UTC))
+    killed_mount = Ownership(rig.journal.installation.id, new_id())
+    desc = snapshot_description("killed000001", ghost, datetime.now(UTC), owner=killed_mount)
     entry = JournalEntry(
         session_id="killed000001",
         process=ghost,
@@ -265,6 +276,8 @@ async def test_gc_cancels_transfers_and_removes_the_snapshot_of_a_killed_session
         owner_name=owner.name,
         started=datetime.now(UTC).isoformat(),
         snapshot_description=desc,
+        installation=killed_mount.installation,
+        instance=killed_mount.instance,
     )
     rig.journal.put(entry)
     snap = await rig.engine.create_snapshot(owner.id, description=desc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import socket
 import subprocess
 from pathlib import Path
@@ -784,3 +785,31 @@ async def test_artifacts_name_the_installation_and_the_mount(
     assert await other.collect_garbage() == []
     assert [s.id for s in rig.engine.user_snapshots(vm.id)] == [snap.id]
     await rig.manager.release(h)
+
+
+async def test_a_park_cut_short_by_the_close_leaves_the_transfer_to_the_cleanup(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The read ends while its transfer is being parked (finalize in flight): the close
+    cancels the park, and the cleanup still ends that transfer; nothing is left over."""
+    caplog.set_level(logging.INFO, logger="rhvfs.sessions.core._transfer_channel")
+    r = Rig(tmp_path, grace_period=0.0)
+    vm = r.engine.add_vm("v1", disks=[("a", 1 * MiB)])
+    owner = Owner("vm", vm.id, vm.name)
+    key = DiskKey(r.engine.disk_ids(vm.id)[0]).encode()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        h = await r.manager.open(owner, key, read_id="read-1")
+        assert len(await r.manager.read(h, 0, 1 * MiB)) == 1 * MiB
+        (transfer,) = r.engine.open_transfers()
+        await r.manager.release(h)  # parks at once (grace period 0): finalize takes 0.5 s
+        await trio.sleep(0.25)
+        assert any("parked: no reader" in rec.getMessage() for rec in caplog.records)
+        assert r.engine.transfers[transfer.id].phase == "transferring"  # finalize in flight
+        r.manager.end_read(owner, "read-1", reason="read completely")  # closes mid-park
+        await trio.sleep(30)
+        assert r.engine.calls.count("finalize_transfer") == 1  # the cleanup's; the park's was cut
+        assert r.engine.transfers[transfer.id].phase == "finished_success"
+        assert r.engine.open_transfers() == [] and r.engine.user_snapshots(vm.id) == []
+        assert r.manager.status()["pending_cleanups"] == [] and r.journal.entries() == []
+        nursery.cancel_scope.cancel()

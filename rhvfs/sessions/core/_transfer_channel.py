@@ -199,17 +199,21 @@ class TransferChannel(abc.ABC):
                 await stack.aclose()
             except Exception as e:  # a broken connection must not stop the cleanup
                 log.debug("closing imageio client of disk %s: %s", self.disk.id, e)
-        transfer, self.transfer = self.transfer, None
+        transfer = self.transfer
         if transfer is None:
             return
+        # Forgotten only once ended (or failed for good): a park cancelled by the session's
+        # close leaves it to the cleanup's ``aclose`` instead of to nobody.
         try:
             if cancel:
                 await cancel_transfer(self.deps.engine, transfer.id)
             else:
                 await finish_transfer(self.deps.engine, transfer.id)
         except EngineError as e:
+            self.transfer = None
             self._note_error(f"ending transfer {transfer.id} of disk {self.disk.id}: {e}")
-            return  # keep it in the journal: gc will retry
+            return  # kept in the journal: the session hands it to the background retry
+        self.transfer = None
         self.deps.journal.remove_transfer(self.session_id, transfer.id)
 
     # -- reader and keep-alive ------------------------------------------------
