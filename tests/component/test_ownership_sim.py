@@ -199,9 +199,10 @@ async def test_a_snapshot_removal_that_failed_is_retried_by_the_live_manager(
         h = await manager.open(owner, disk.key)
         assert len(await manager.read(h, 0, 65536)) == 65536
         (snap,) = (await snapshot_ids(engine, owner)) - before
-        # The engine refuses the removal once (a final error, not retried by the session).
+        # The engine refuses the removal twice (a final error, not retried by the session):
+        # the session's try and the first background one; the list shows it for seconds.
         sim.admin.add_fault(
-            "engine-error", method="DELETE", path=SNAPSHOT_PATH, status=400, times=1
+            "engine-error", method="DELETE", path=SNAPSHOT_PATH, status=400, times=2
         )
         await manager.release(h)
 
@@ -253,13 +254,14 @@ async def test_a_transfer_that_would_not_end_is_retried_then_the_snapshot(
             data += part
         assert hashlib.sha256(data).hexdigest() == expected
         (transfer,) = [t["id"] for t in open_transfers(sim)]
-        for verb in ("finalize", "cancel"):
+        # finalize refused once, cancel twice (the session's and the first background try)
+        for verb, times in (("finalize", 1), ("cancel", 2)):
             sim.admin.add_fault(
                 "engine-error",
                 method="POST",
                 path=f"/ovirt-engine/api/imagetransfers/{transfer}/{verb}",
                 status=400,
-                times=1,
+                times=times,
             )
         await manager.release(h)
 
@@ -269,7 +271,7 @@ async def test_a_transfer_that_would_not_end_is_retried_then_the_snapshot(
         await wait_for(handed_over, "the failed cleanup to be handed over")
         kinds = [(p["kind"], p["id"]) for p in manager.status()["pending_cleanups"]]
         (snap,) = (await snapshot_ids(engine, owner)) - before
-        assert kinds == [("transfer", transfer), ("snapshot", snap)]
+        assert kinds == [("transfer", transfer), ("snapshot", snap)]  # in the order to end them
         await wait_for(lambda: is_now(engine, owner, before), "the retried cleanup")
         assert open_transfers(sim) == []
         assert manager.status()["pending_cleanups"] == []
