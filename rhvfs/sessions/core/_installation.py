@@ -17,8 +17,9 @@ runs it holds an ``flock`` on ``<state dir>/instances/<instance>.lock``
 but not the pid namespace (two containers on one volume) can still tell a
 live mount from a dead one: a lock nobody holds belongs to a dead mount.
 
-Must not: talk to the engine, decide what is garbage (``_gc`` does), read or
-write anything outside the state directory.
+Files are 0600 and directories 0700 (``rhvfs.private``). Must not: talk to
+the engine, decide what is garbage (``_gc`` does), read or write anything
+outside the state directory.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import re
 import secrets
 import threading
 from pathlib import Path
+
+from rhvfs.private import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,7 @@ def load_or_create_id(state_dir: Path, *, machine: str | None = None) -> str:
     current, recorded = _read_id(path)
     if current is not None and (not recorded or not machine or recorded == machine):
         return current
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(state_dir)
     candidate = new_id()
     tmp = state_dir / f".{ID_FILE}.{os.getpid()}.{new_id()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -165,7 +168,7 @@ class Installation:
             directory = self.state_dir / INSTANCES_DIR
             tmp = directory / f".{self.instance}.tmp"
             try:
-                directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_dir(directory)
                 # Locked under a temporary name, then renamed: gc never sees it unlocked.
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             except OSError as e:
