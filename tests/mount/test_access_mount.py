@@ -118,7 +118,7 @@ def engine_work(sim: Any) -> tuple[list[str], list[str], list[str]]:
             backups += [b.id for b in service.backups_service().list()]
     finally:
         conn.close()
-    transfers = [str(t["transfer_id"]) for t in sim.admin.transfers()]
+    transfers = [str(t["id"]) for t in sim.admin.transfers()]
     return sorted(snapshots), sorted(backups), sorted(transfers)
 
 
