@@ -204,6 +204,9 @@ class SetRouter:
             h = book.opened(read, key, reader)
             return self._handles.add(_Open(owner, key, None, 0, book, read, h, content))
         disk_key = DiskKey(_disk_id(key)).encode()
+        # Counted in the read before the session is asked: the read cannot complete (and
+        # end its session) while this open waits for it.
+        h = book.opened(read, key, reader)
         target: Any
         try:
             if binding.via_backup:
@@ -215,18 +218,13 @@ class SetRouter:
                 inner = await target.open(
                     owner, disk_key, read_id=read.read_id, expect_images=binding.view.image_ids
                 )
-        except PointInTimeLost as e:
-            self._lose(owner, book, read, str(e))
+        except BaseException as e:
+            if book.released(read, h):
+                self._ended(owner, read)
+            if isinstance(e, PointInTimeLost):
+                self._lose(owner, book, read, str(e))
             raise
         binding.session_started = True
-        try:
-            h = book.opened(read, key, reader)
-        except ValueError:  # the read ended while the session started: never serve it
-            await target.release(inner)
-            raise PointInTimeLost(
-                f"the read {read.read_id} of {owner.name}'s set ended while {key} was opened; "
-                "run the backup again"
-            ) from None
         return self._handles.add(_Open(owner, key, target, inner, book, read, h))
 
     async def _begin(self, owner: Owner, book: SetReads, key: str) -> SetRead:

@@ -199,10 +199,10 @@ async def test_a_snapshot_removal_that_failed_is_retried_by_the_live_manager(
         h = await manager.open(owner, disk.key)
         assert len(await manager.read(h, 0, 65536)) == 65536
         (snap,) = (await snapshot_ids(engine, owner)) - before
-        # The engine refuses the removal twice (a final error, not retried by the session):
-        # the session's try and the first background one; the list shows it for seconds.
+        # The engine refuses the removal (a final error, not retried by the session) until
+        # the test has seen it handed over: no timing window.
         sim.admin.add_fault(
-            "engine-error", method="DELETE", path=SNAPSHOT_PATH, status=400, times=2
+            "engine-error", method="DELETE", path=SNAPSHOT_PATH, status=400, times=1000
         )
         await manager.release(h)
 
@@ -218,6 +218,7 @@ async def test_a_snapshot_removal_that_failed_is_retried_by_the_live_manager(
         assert manager.status()["sessions"] == []  # the session has ended
         assert snap in await snapshot_ids(engine, owner)
         assert [e.snapshot_id for e in manager.journal.entries()] == [snap]
+        sim.admin.clear_faults()
         # No remount: the manager retries on its own, and the snapshot goes.
         await wait_for(lambda: is_now(engine, owner, before), "the retried removal")
         await wait_for(no_pending, "the pending list to clear")
@@ -254,14 +255,15 @@ async def test_a_transfer_that_would_not_end_is_retried_then_the_snapshot(
             data += part
         assert hashlib.sha256(data).hexdigest() == expected
         (transfer,) = [t["id"] for t in open_transfers(sim)]
-        # finalize refused once, cancel twice (the session's and the first background try)
-        for verb, times in (("finalize", 1), ("cancel", 2)):
+        # finalize and cancel refused until the test has seen the hand-over (no timing window:
+        # the faults last until they are cleared)
+        for verb in ("finalize", "cancel"):
             sim.admin.add_fault(
                 "engine-error",
                 method="POST",
                 path=f"/ovirt-engine/api/imagetransfers/{transfer}/{verb}",
                 status=400,
-                times=times,
+                times=1000,
             )
         await manager.release(h)
 
@@ -272,6 +274,7 @@ async def test_a_transfer_that_would_not_end_is_retried_then_the_snapshot(
         kinds = [(p["kind"], p["id"]) for p in manager.status()["pending_cleanups"]]
         (snap,) = (await snapshot_ids(engine, owner)) - before
         assert kinds == [("transfer", transfer), ("snapshot", snap)]  # in the order to end them
+        sim.admin.clear_faults()
         await wait_for(lambda: is_now(engine, owner, before), "the retried cleanup")
         assert open_transfers(sim) == []
         assert manager.status()["pending_cleanups"] == []
