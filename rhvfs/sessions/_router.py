@@ -160,6 +160,11 @@ class SetRouter:
         """Names under ``@rhv-since/``: checkpoints of completed sets rhvfs recorded."""
         return self.incremental.since_checkpoints(owner)
 
+    def is_being_read(self, owner: Any) -> bool:
+        """A read of ``owner``'s ``@rhv/``/``disks/`` lives now (its attributes are stable)."""
+        book = self._books.get(owner.id)
+        return book is not None and book.live is not None
+
     def set_generation(self, owner: Any) -> int:
         """Moves whenever a read of ``owner``'s set ended: its listing (times) may differ."""
         return self._generations.get(owner.id, 0)

@@ -215,10 +215,18 @@ class Vfs:
             blksize=READ_BLOCK_SIZE,
             mtime_ns=node.mtime_ns,
             entry_timeout_s=0.0 if node.volatile else ttl,
-            # Set files: never cached by the kernel, so a stat after a read of the set ended
-            # sees the time it moved to (restic, borg and rsync decide on it what to read).
-            attr_timeout_s=0.0 if node.volatile or generated or node.data is not None else ttl,
+            attr_timeout_s=0.0 if node.volatile or generated or self._fresh_attrs(node) else ttl,
         )
+
+    def _fresh_attrs(self, node: Node) -> bool:
+        """A set file whose set no read is reading now: its attributes are not cached by the
+        kernel, so a stat after a read ended sees the time it moved to (restic, borg and rsync
+        decide on it what to read). While a read lives they are stable and cached, or the
+        kernel would ask for them again before every read(2) of the data."""
+        if node.data is None:
+            return False
+        reading = getattr(self.readonly.backups, "is_being_read", None)
+        return reading is not None and not reading(node.data.owner)
 
     # -- the handle table -------------------------------------------------------
 

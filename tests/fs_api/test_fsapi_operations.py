@@ -34,6 +34,32 @@ async def walk(ops: Operations, path: str) -> pyfuse3.EntryAttributes:
     return attr
 
 
+class ReadTrackingBackups(FakeBackups):
+    """Backups that say whether a read of an owner's set lives (as ``SetRouter`` does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.being_read: set[str] = set()
+
+    def is_being_read(self, owner: Any) -> bool:
+        return str(owner.id) in self.being_read
+
+
+async def test_set_file_attributes_are_cached_only_while_a_read_lives() -> None:
+    """Between reads a running VM's set files may get a new time: the kernel must ask again
+    (restic/borg decide on it); during a read they are stable and cached, or the kernel would
+    ask before every read(2)."""
+    backups = ReadTrackingBackups()
+    ops = Operations(Vfs(inventory_engine(), backups, listing_ttl_s=5.0, uid=1000, gid=1000))
+    idle = await walk(ops, "/vms/myvm/@rhv/disk--vm-1-d0.raw")
+    assert idle.attr_timeout == 0.0
+    backups.being_read.add("vm-1")
+    reading = await ops.getattr(idle.st_ino, CTX)
+    assert reading.attr_timeout == 5.0
+    vmjson = await walk(ops, "/vms/myvm/vm.json")  # not a set file: as before
+    assert vmjson.attr_timeout == 0.0
+
+
 async def test_attributes_of_dirs_files_links() -> None:
     ops, _ = make_ops()
     root = await ops.getattr(ROOT_INODE, CTX)
@@ -45,9 +71,7 @@ async def test_attributes_of_dirs_files_links() -> None:
     link = await walk(ops, "/tags/bkup/myvm")
     assert stat.S_ISLNK(link.st_mode)
     assert await ops.readlink(link.st_ino, CTX) == b"../../vms/myvm"
-    # images: stable while a read lives (the VFS holds them), but never cached by the kernel:
-    # after a read of a running VM ended, the next stat must see its new time (issue 9)
-    assert image.attr_timeout == 0.0
+    assert image.attr_timeout == 5.0  # images: stable attributes, cached by the kernel
     vmjson = await walk(ops, "/vms/myvm/vm.json")
     assert (vmjson.attr_timeout, vmjson.entry_timeout) == (
         0.0,
