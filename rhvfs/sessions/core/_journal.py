@@ -23,12 +23,15 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from rhvfs.private import default_state_dir, open_private, private_dir, write_private
 from rhvfs.sessions.core._installation import Installation
+from rhvfs.sessions.core._model import Owner
 from rhvfs.sessions.core._procid import ProcessIdentity
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,33 @@ class JournalEntry:
             installation=d.get("installation"),
             instance=d.get("instance"),
         )
+
+
+def session_entry(
+    journal: Journal,
+    *,
+    session_id: str,
+    process: ProcessIdentity,
+    owner: Owner,
+    started_wall: float,
+    transfer_ids: Iterable[str],
+    **fields: Any,
+) -> JournalEntry:
+    """The journal entry of a live session of ``owner`` (either kind of backup session),
+    stamped with this installation and mount instance; ``fields``: snapshot description/id."""
+    ownership = journal.installation.ownership()
+    return JournalEntry(
+        session_id=session_id,
+        process=process,
+        installation=ownership.installation,
+        instance=ownership.instance,
+        owner_kind=owner.kind,
+        owner_id=owner.id,
+        owner_name=owner.name,
+        started=datetime.fromtimestamp(started_wall, UTC).isoformat(),
+        transfer_ids=tuple(transfer_ids),
+        **fields,
+    )
 
 
 def default_journal_path(

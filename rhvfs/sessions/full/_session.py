@@ -58,7 +58,7 @@ from rhvfs.errors import (
 from rhvfs.retry import Backoff, RetryPolicy, poll
 from rhvfs.sessions.core._cleanup import busy_policy, find_snapshot, remove_snapshot, retryable
 from rhvfs.sessions.core._gc import snapshot_description
-from rhvfs.sessions.core._journal import JournalEntry
+from rhvfs.sessions.core._journal import session_entry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
 from rhvfs.sessions.core._model import Owner, SetEntry, clip_read
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher, image_disks
@@ -416,18 +416,15 @@ class BackupSession(SessionLifecycle):
         self.disks = image_disks(self.data)
 
     def _journal(self, **fields: Any) -> None:
-        owner = self.deps.journal.installation.ownership()
-        self.deps.journal.put(
-            JournalEntry(
+        journal = self.deps.journal
+        journal.put(
+            session_entry(
+                journal,
                 session_id=self.session_id,
                 process=self.deps.process,
-                installation=owner.installation,
-                instance=owner.instance,
-                owner_kind=self.owner.kind,
-                owner_id=self.owner.id,
-                owner_name=self.owner.name,
-                started=datetime.fromtimestamp(self.started_wall, UTC).isoformat(),
-                transfer_ids=tuple(c.transfer.id for c in self.channels.values() if c.transfer),
+                owner=self.owner,
+                started_wall=self.started_wall,
+                transfer_ids=[c.transfer.id for c in self.channels.values() if c.transfer],
                 **fields,
             )
         )

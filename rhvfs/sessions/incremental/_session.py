@@ -64,7 +64,7 @@ from rhvfs.intervals import Intervals
 from rhvfs.sessions.core._cleanup import finalize_backup, remove_snapshot
 from rhvfs.sessions.core._gather import gather
 from rhvfs.sessions.core._gc import artifact_description, snapshot_description
-from rhvfs.sessions.core._journal import JournalEntry
+from rhvfs.sessions.core._journal import session_entry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
 from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for, clip_read
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher
@@ -758,20 +758,17 @@ class IncrementalSession(SessionLifecycle):
         return steps
 
     def _journal(self) -> None:
-        owner = self.deps.journal.installation.ownership()
-        self.deps.journal.put(
-            JournalEntry(
+        journal = self.deps.journal
+        journal.put(
+            session_entry(
+                journal,
                 session_id=self.session_id,
                 process=self.deps.process,
-                installation=owner.installation,
-                instance=owner.instance,
-                owner_kind=self.owner.kind,
-                owner_id=self.owner.id,
-                owner_name=self.owner.name,
-                started=datetime.fromtimestamp(self.started_wall, UTC).isoformat(),
+                owner=self.owner,
+                started_wall=self.started_wall,
+                transfer_ids=[c.transfer.id for c in self.channels.values() if c.transfer],
                 snapshot_description=self.snapshot_description,
                 snapshot_id=self.snapshot.id if self.snapshot else None,
-                transfer_ids=tuple(c.transfer.id for c in self.channels.values() if c.transfer),
             )
         )
         self._journaled = True
