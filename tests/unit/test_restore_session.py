@@ -226,7 +226,9 @@ async def test_overwrite_replaces_down_vm_after_upload(
         i for i, c in enumerate(engine.calls) if c in ("finalize_transfer", "attach_disk")
     )
     assert engine.calls.index("remove_vm") < engine.calls.index("rename_vm")
-    check_restored(engine, s, "myvm")
+    vm = check_restored(engine, s, "myvm")
+    # auto MACs: the set's MAC was the old VM's; the new VM got it once the old one was gone
+    assert [(n.name, n.mac) for n in engine.nics[vm.id]] == [("nic1", "56:6f:00:00:00:01")]
 
 
 async def test_overwrite_refuses_running_vm(
