@@ -24,6 +24,7 @@ import trio
 
 from rhvfs.config import load_config
 from rhvfs.engine import Engine, open_engine
+from rhvfs.errors import Conflict
 from rhvfs.fs import errno_for
 from rhvfs.retry import RetryPolicy
 from rhvfs.sessions.restore import RestoreManager, RestoreSession
@@ -366,3 +367,39 @@ async def test_a_failure_after_the_original_is_gone_keeps_the_new_vm_and_says_so
         assert not any("rolled back" in line for line in status["log"])
     finally:
         await cleanup(engine, [original.name])
+
+
+async def test_the_simulator_changes_a_mac_like_the_engine(
+    rig: tuple[Engine, RestoreManager],
+) -> None:
+    """A MAC in use is refused; so is a MAC change of a NIC plugged into a running VM,
+    which works unplugged (unplug, change, plug)."""
+    engine, _ = rig
+    rnd = random.Random()
+    names = [f"nicvm-{uuid.uuid4().hex[:6]}", f"nicvm-{uuid.uuid4().hex[:6]}"]
+    try:
+        a = await engine.create_vm(name=names[0], cluster="Default")
+        b = await engine.create_vm(name=names[1], cluster="Default")
+        taken = (
+            await engine.add_nic(
+                b.id, name="n", interface="virtio", mac=random_mac(rnd), vnic_profile_id=None
+            )
+        ).mac
+        nic = await engine.add_nic(
+            a.id, name="n", interface="virtio", mac=None, vnic_profile_id=None
+        )
+        assert taken is not None
+        with pytest.raises(Conflict, match="already in use"):
+            await engine.update_nic(a.id, nic.id, mac=taken)
+        free = random_mac(rnd)
+        assert (await engine.update_nic(a.id, nic.id, mac=free)).mac == free  # VM down
+        await engine.start_vm(a.id)
+        other = random_mac(rnd)
+        with pytest.raises(Conflict, match="un-plug the interface"):
+            await engine.update_nic(a.id, nic.id, mac=other)
+        assert not (await engine.update_nic(a.id, nic.id, plugged=False)).plugged
+        assert (await engine.update_nic(a.id, nic.id, mac=other)).mac == other
+        assert (await engine.update_nic(a.id, nic.id, plugged=True)).plugged
+        assert [(n.mac, n.plugged) for n in await engine.vm_nics(a.id)] == [(other, True)]
+    finally:
+        await cleanup(engine, names)
