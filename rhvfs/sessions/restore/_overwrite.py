@@ -94,7 +94,7 @@ class Fingerprint:
         out = []
         if now.vm.status != self.vm.status:
             out.append(f"it is {now.vm.status} (was {self.vm.status})")
-        if dataclasses.replace(now.vm, status=self.vm.status) != self.vm:
+        if dataclasses.replace(now.vm, status=self.vm.status, host_id=self.vm.host_id) != self.vm:
             out.append("its configuration changed")
         if now.disks != self.disks:
             out.append("its disks or their volumes changed")
