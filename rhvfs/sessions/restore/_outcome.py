@@ -96,6 +96,15 @@ class OutcomeWait:
             return False
         return all(d.finish.is_set() for d in h.disks.values() if d.selected)
 
+    def raise_failure(self) -> None:
+        """Raise the restore's failure (its class) if it failed: every later change in
+        its directory reports it, so a tool that ignored the completing call's error
+        (restic 0.14 drops utimes errors) still sees it on its next call."""
+        h = self._host
+        failure = h.failure
+        if failure is not None:
+            raise type(failure)(f"restore {h.name} failed: {h.error}")
+
     async def around(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one of the tool's calls; if it completed the set, wait for the outcome."""
         before = self.inputs_in()
@@ -113,9 +122,7 @@ class OutcomeWait:
         t0 = trio.current_time()
         with trio.move_on_after(timeout):
             await self._decided.wait()
-        failure = h.failure
-        if failure is not None:
-            raise type(failure)(f"restore {h.name} failed: {h.error}")
+        self.raise_failure()
         if h.phase is not Phase.DONE:
             h.note(
                 f"the tool's last call returned after {trio.current_time() - t0:.0f} s "

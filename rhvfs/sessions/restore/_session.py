@@ -426,10 +426,11 @@ class RestoreSession:
         await self.outcome.around(lambda: self._set_times(f))
 
     async def _set_times(self, f: RestoreFile) -> None:
-        """``utimes``: tools set times once a file is written. On a closed image it is
-        complete now (no grace wait) and a failure of its upload is this call's error; on
-        an open one (cp sets them through the descriptor, then closes) the close completes it.
-        Data staged before the manifest keeps the mark: it completes once bound."""
+        """``utimes``: tools set times once a file is written. On an image at its full size
+        it is complete now (no grace wait) and a failure of its upload is this call's
+        error, also through an open descriptor (cp -a and bacula-fd set times, then close:
+        bacula-fd ignores close errors, not those of futimes); on a shorter open one the
+        close decides. Data staged before the manifest keeps the mark: it completes once bound."""
         d = f.disk
         if f.dropped or self.phase is Phase.DONE:
             return
@@ -439,7 +440,8 @@ class RestoreSession:
             return
         if f.opens > 0:
             f.times_set = True
-            return
+            if f.size != d.set_disk.size:
+                return
         await self._complete_and_wait(f)
 
     async def _complete_and_wait(self, f: RestoreFile) -> None:
