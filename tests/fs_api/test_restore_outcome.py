@@ -300,3 +300,30 @@ async def test_an_excluded_disk_needs_no_quiet_period(
     session = manager.get("myvm")
     assert session.phase == "done", session.error
     assert [a.disk.id for a in engine.attachments[session.vm_id or ""]] == [DISK_IDS[0]]
+
+
+@pytest.mark.allow_log("rhvfs.fs", "WARNING", match="injected failure of create_vm_from_ovf")
+async def test_a_failed_restore_refuses_every_later_change(
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A tool that ignored the completing call's error (restic 0.14 drops utimes errors,
+    bacula-fd close errors) still sees the failure on its next call."""
+    engine = FakeEngine()
+    engine.fail_on.add("create_vm_from_ovf")
+    ops, manager = await make_ops(nursery, tmp_path, engine)
+    ino = await start_dir(ops, "myvm")
+    s = make_set()
+    results = await put_all(ops, ino, s, orders(s)["images-last"], tar_put)
+    assert results[s.image_names()[-1]][1] == errno.EIO
+    ovf = await ops.lookup(ino, b"vm.ovf", CTX)
+    ea = pyfuse3.EntryAttributes()
+    ea.st_mode, ea.st_uid, ea.st_mtime_ns = 0o100444, 0, 1_600_000_000 * 10**9
+    for f in (fields(update_mode=True), fields(update_uid=True), fields(update_mtime=True)):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.setattr(ovf.st_ino, ea, f, None, CTX)
+        assert e.value.errno == errno.EIO
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.create(ino, b"more", 0o600, os.O_WRONLY | os.O_CREAT, CTX)
+    assert e.value.errno == errno.EIO
+    status = await wait_status(ops, manager, "myvm", ino)
+    assert status["phase"] == "failed"
