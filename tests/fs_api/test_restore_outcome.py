@@ -248,6 +248,8 @@ async def test_a_missing_disk_fails_the_set_after_the_quiet_period(
     assert "vm_exclude_disks" in error and "vm_missing_disks = skip" in error
     assert "\n" not in error
     assert engine.vms == {} and engine.disks == {}  # the uploaded disk was rolled back
+    waiting = [line for line in status["log"] if "waiting for" in line]
+    assert len(waiting) == 1 and DISK_IDS[1] in waiting[0]  # said once, before the end
 
 
 async def test_a_missing_disk_is_skipped_when_the_options_say_so(

@@ -77,6 +77,7 @@ class PartialSetWatch:
         self._host = host
         self._services = services
         self._last_activity = 0.0
+        self._announced = -1.0  # the activity time the last "waiting for" note was about
         self._started = False
 
     def touch(self) -> None:
@@ -120,11 +121,36 @@ class PartialSetWatch:
             if h.phase.final or h.building():
                 return
             found = self.outstanding()
-            if found is None or trio.current_time() - self._last_activity < timeout:
+            quiet = trio.current_time() - self._last_activity
+            if found is None:
+                continue
+            if quiet < timeout:
+                if quiet >= min(timeout / 2, 60.0) and self._announced != self._last_activity:
+                    self._announced = self._last_activity
+                    self._announce(*found, left_s=timeout - quiet)
                 continue
             await self._decide(*found, quiet_s=timeout)
             if h.phase.final:
                 return
+
+    def _announce(
+        self,
+        undelivered: list[RestoreDisk],
+        unfinished: list[RestoreDisk],
+        ovf_missing: bool,
+        *,
+        left_s: float,
+    ) -> None:
+        """One note per quiet stretch: what the set waits for, and when it ends."""
+        opts = self._host.options
+        what = [_describe(d) for d in undelivered]
+        what += [f"image {d.set_disk.file} (incomplete)" for d in unfinished]
+        what += ["the OVF"] if ovf_missing else []
+        mode = opts.vm_missing_disks if opts is not None else "fail"
+        self._host.note(
+            f"waiting for {', '.join(what)}; without activity the restore ends in "
+            f"{left_s:.0f} s (vm_missing_disks = {mode})"
+        )
 
     async def _decide(
         self,
