@@ -175,8 +175,9 @@ def disk(
         if v.id == vol.id:
             break
     actual = allocated_bytes(e, d, chain_ids if volume is not None else None)
-    vm = e.state.vm_of_disk(d.id)
     snapshot = None
+    # Only snapshot disks name their VM (a scan of all VMs: not for plain disks).
+    vm = e.state.vm_of_disk(d.id) if volume is not None and volume.snapshot_id else None
     if volume is not None and volume.snapshot_id and vm is not None:
         snapshot = ref_snapshot(vm.id, volume.snapshot_id)
     return with_href(
