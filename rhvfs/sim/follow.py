@@ -22,8 +22,8 @@ from typing import Any
 
 from ovirtsdk4 import types
 
-from rhvfs.sim import xmlio
 from rhvfs.sim import api_types as conv
+from rhvfs.sim import xmlio
 from rhvfs.sim.api_base import Engine
 from rhvfs.sim.httpd import Request, bad_request
 from rhvfs.sim.state import ZERO_ID
