@@ -8,7 +8,8 @@ and has:
 
 - cluster `Default`, `mycluster` or `remote` (i % 3); its disks live on the
   cluster's data center's master domain (`mydata` or `remote-data`);
-- tag `group{i % 3}` unless i % 4 == 3 (no tag then), plus `even` for even i;
+- tag `group{(i // 3) % 3}` (independent of the cluster) unless i % 4 == 3
+  (no tag then), plus `even` for even i;
 - status `up` (on a host) when i % 10 == 0, else `down`;
 - disk `vm-NNNN_Disk1`: qcow2, thin, 64 MiB, incremental backup, bootable;
   for odd i also `vm-NNNN_Disk2`: raw sparse, 32 MiB, no incremental backup;
@@ -54,7 +55,7 @@ def extra_vm_name(i: int, count: int) -> str:
 
 def extra_vm_tags(i: int) -> list[str]:
     """Tag names of extra VM `i`."""
-    tags = [] if i % 4 == 3 else [GROUP_TAGS[i % 3]]
+    tags = [] if i % 4 == 3 else [GROUP_TAGS[(i // 3) % 3]]
     if i % 2 == 0:
         tags.append(EVEN_TAG)
     return tags
