@@ -26,7 +26,6 @@ from rhvfs.sim.api_base import (
     href,
     parse_body,
     search,
-    with_href,
 )
 from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import ZERO_ID, Attachment, Nic, Template, Vm, new_id
@@ -35,19 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def blank() -> types.Template:
-    return with_href(
-        types.Template(
-            id=ZERO_ID,
-            name="Blank",
-            description="Blank template",
-            status=types.TemplateStatus.OK,
-            version=types.TemplateVersion(version_number=1, version_name="base version"),
-            memory=1024**3,
-            type=types.VmType.SERVER,
-            os=types.OperatingSystem(type="other"),
-        ),
-        href("templates", ZERO_ID),
-    )
+    return conv.blank_template()
 
 
 def template_ovf(e: Engine, t: Template) -> str:

@@ -346,6 +346,23 @@ def template(e: Engine, t: Template) -> types.Template:
     )
 
 
+def blank_template() -> types.Template:
+    """The Blank template (all-zero id), which always exists."""
+    return with_href(
+        types.Template(
+            id=ZERO_ID,
+            name="Blank",
+            description="Blank template",
+            status=types.TemplateStatus.OK,
+            version=types.TemplateVersion(version_number=1, version_name="base version"),
+            memory=1024**3,
+            type=types.VmType.SERVER,
+            os=types.OperatingSystem(type="other"),
+        ),
+        href("templates", ZERO_ID),
+    )
+
+
 def snapshot(e: Engine, s: Snapshot, *, all_content: bool = False) -> types.Snapshot:
     return with_href(
         types.Snapshot(

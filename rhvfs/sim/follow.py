@@ -88,9 +88,7 @@ _SUB_COLLECTIONS: dict[tuple[type, str], _SubCollection] = {
 
 def _template(e: Engine, template_id: str) -> Any:
     if template_id == ZERO_ID:
-        from rhvfs.sim import api_templates  # it follows links too: imported late
-
-        return api_templates.blank()
+        return conv.blank_template()
     t = e.state.templates.get(template_id)
     return None if t is None else conv.template(e, t)
 
