@@ -165,8 +165,10 @@ def _fetch(e: Engine, obj: Any, segment: str) -> Any:
         value: Any = _Followed(sub(e, obj))
     elif isinstance(current, list) and current:
         value = _Followed(_resolve(e, ref, segment, kind) for ref in current)
-    elif current is not None and not isinstance(current, list):
+    elif current is not None and not isinstance(current, list) and hasattr(current, "href"):
         value = _resolve(e, current, segment, kind)
+    elif current is not None and not isinstance(current, list):
+        raise bad_request(f"Problem following '{segment}' link in {kind} entity: not a link")
     else:
         raise bad_request(f"Problem fetching '{segment}' from {kind}: it has no {segment}")
     setattr(obj, attr, value)

@@ -85,9 +85,16 @@ def test_follow_inlines_what_separate_calls_return_in_one_call(sim: SimProcess) 
 
         # One VM, and a nested follow on a sub-collection.
         myvm = vms_service.list(search="name=myvm")[0]
-        got = vms_service.vm_service(myvm.id).get(follow="disk_attachments.disk,cluster")
+        got = vms_service.vm_service(myvm.id).get(
+            follow="disk_attachments.disk.storage_domains,cluster.data_center,snapshots"
+        )
         assert _inlined_disks(got) == ["myvm_Disk1", "mydisk"]
-        assert got.cluster.name == "Default"
+        assert [[sd.name for sd in a.disk.storage_domains] for a in got.disk_attachments] == [
+            ["mydata"],
+            ["mydata"],
+        ]
+        assert (got.cluster.name, got.cluster.data_center.name) == ("Default", "Default")
+        assert [s.description for s in got.snapshots] == ["mysnap", "Active VM"]
         atts = vms_service.vm_service(myvm.id).disk_attachments_service().list(follow="disk")
         assert [a.disk.alias for a in atts] == ["myvm_Disk1", "mydisk"]
         nics = vms_service.vm_service(myvm.id).nics_service().list(follow="vnic_profile")
@@ -98,7 +105,7 @@ def test_follow_inlines_what_separate_calls_return_in_one_call(sim: SimProcess) 
         assert plain.disk_attachments == [] and plain.nics == []
 
         # A link the entity does not have, or a reference it lacks, is refused.
-        for bad in ("no_such_link", "disk_attachments.nothing", "host"):
+        for bad in ("no_such_link", "disk_attachments.nothing", "host", "status"):
             with pytest.raises(sdk.Error) as err:
                 vms_service.list(search="name=myvm", follow=bad)
             assert err.value.code == 400, bad
