@@ -6,9 +6,9 @@ the SSO token/logout endpoints, Bearer and Basic authentication with the
 engine's 401 rules and token expiry, the CA download URL, the admin endpoints' token check,
 engine fault injection (5xx / delay on matching calls), the emulated network
 latency of a remote engine, and the per-(method, path template) call counter
-the admin endpoint shows. Every response leaves in one write on a TCP_NODELAY
-socket (a header write and a body write would meet Nagle's algorithm and the
-client's delayed ACK: ~40 ms per call). Resources are
+the admin endpoint shows. Responses leave on TCP_NODELAY sockets, headers and
+body in one write up to 256 KiB (a header write then a body write met Nagle's
+algorithm and the client's delayed ACK: ~40 ms per call). Resources are
 declared by the `api_*` modules as tables of `Route`s (method, path template,
 plain handler function taking an explicit context and the request); the
 `Router` binds each table to its context. This module knows nothing about
