@@ -6,7 +6,8 @@ for a snapshot, merge or copy), sha256 of a volume's guest-visible content
 (waiting until no copy or merge works on the disk), and fault injection
 (engine 5xx/delay, slow disk copies and merges, imageio connection drops
 through the data plane's FaultProxy, a transfer forced to `paused_system`, an
-expired ticket), and the SSO counters (tokens issued, refused as expired).
+expired ticket), the SSO counters (tokens issued, refused as expired), and
+the engine-call counter (requests by method and path template; reset).
 Authenticated by the admin token of `serve.json` (checked in `httpd`);
 `ROUTES` is the admin router's table.
 """
@@ -204,6 +205,26 @@ def auth_stats(e: Engine, req: Request) -> Response:
     return json_response(e.auth.stats())
 
 
+def _calls_doc(counts: dict[tuple[str, str], int]) -> dict[str, object]:
+    return {
+        "calls": [
+            {"method": method, "path": path, "count": n}
+            for (method, path), n in sorted(counts.items())
+        ],
+        "total": sum(counts.values()),
+    }
+
+
+def engine_calls(e: Engine, req: Request) -> Response:
+    """Engine requests so far by method and path template (`GET /vms/{vm}/nics`)."""
+    return json_response(_calls_doc(e.calls.snapshot()))
+
+
+def reset_engine_calls(e: Engine, req: Request) -> Response:
+    """Zero the counter; answers the counts it had."""
+    return json_response(_calls_doc(e.calls.reset()))
+
+
 def list_transfers(e: Engine, req: Request) -> Response:
     with e.state.lock:
         return json_response(
@@ -231,4 +252,6 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/transfers", list_transfers),
     Route("GET", "/credentials", list_credentials),
     Route("GET", "/auth", auth_stats),
+    Route("GET", "/calls", engine_calls),
+    Route("DELETE", "/calls", reset_engine_calls),
 )

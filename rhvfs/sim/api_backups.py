@@ -5,8 +5,10 @@ Owns `/vms/{vm}/backups` and `/vms/{vm}/checkpoints`. A backup takes an
 checkpoint's bitmap to the new top volumes of its incremental disks
 (`starting`), and is `ready` with `to_checkpoint_id`; transfers then read the
 snapshot's volumes (see `api_transfers`). Finalize (409 while a transfer of
-it is unfinished) merges the snapshot away (`finalizing` -> `succeeded`). A
-checkpoint is a bitmap of that name on the volumes of its disks.
+it is unfinished) merges the snapshot away (`finalizing` -> `succeeded`); a failed backup
+(or one finalized before it was ready) also merges it away first
+(`finalizing` -> `failed`). A checkpoint is a bitmap of that name on the
+volumes of its disks.
 """
 
 from __future__ import annotations
@@ -188,7 +190,11 @@ def _ready(e: Engine, backup_id: str) -> None:
 
 
 def _fail(e: Engine, b: Backup) -> None:
-    """End the backup as failed: drop its checkpoint and merge its snapshot away."""
+    """End the backup as failed: drop its checkpoint and merge its snapshot away.
+
+    As for a finalized backup, the phase shows `failed` only once the snapshot
+    is gone (`finalizing` meanwhile), so a client that starts the next backup
+    when this one ended does not meet the merge's lock."""
     st = e.state
     cp_id = b.pending_checkpoint_id
     if cp_id is not None and cp_id in st.checkpoints:
@@ -199,16 +205,30 @@ def _fail(e: Engine, b: Backup) -> None:
     snap = st.snapshots.get(b.snapshot_id or "")
     if vm is not None and snap is not None and snap.status == "ok":
         try:
-            api_snapshots.remove_snapshot(e, vm, snap, internal=True)
+            api_snapshots.remove_snapshot(
+                e, vm, snap, internal=True, on_done=lambda ok: e.tasks.step(_failed, e, b.id)
+            )
         except Exception:
             log.exception("backup %s: removing its snapshot failed", b.id)
-    _set_phase(e, b, "failed")
-    st.add_event(
-        f"Backup {b.id} for VM {vm.name if vm else b.vm_id} failed.",
-        severity="error",
-        vm_id=b.vm_id,
-    )
-    e.save()
+        else:
+            _set_phase(e, b, "finalizing")
+            e.save()
+            return
+    _failed(e, b.id)
+
+
+def _failed(e: Engine, backup_id: str) -> None:
+    st = e.state
+    with st.lock:
+        b = st.backups[backup_id]
+        vm = st.vms.get(b.vm_id)
+        _set_phase(e, b, "failed")
+        st.add_event(
+            f"Backup {b.id} for VM {vm.name if vm else b.vm_id} failed.",
+            severity="error",
+            vm_id=b.vm_id,
+        )
+        e.save()
 
 
 def _drop_checkpoint_bitmaps(e: Engine, cp: Checkpoint) -> None:

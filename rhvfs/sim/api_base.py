@@ -50,7 +50,7 @@ from ovirtsdk4 import types
 from rhvfs.sim import xmlio
 from rhvfs.sim.dataplane import DataPlane
 from rhvfs.sim.faults import Faults
-from rhvfs.sim.httpd import Auth, Request, bad_request, conflict, not_found
+from rhvfs.sim.httpd import Auth, CallCounter, Request, bad_request, conflict, not_found
 from rhvfs.sim.state import Disk, State, Vm
 from rhvfs.sim.storage import Storage
 from rhvfs.sim.tasks import Tasks
@@ -75,6 +75,8 @@ class Engine:
     # Host name put into transfer URLs (must match the imageio certificate).
     imageio_host: str = "localhost"
     auth: Auth | None = None
+    # Engine requests by (method, path template); `httpd.App` counts into it.
+    calls: CallCounter = dataclasses.field(default_factory=CallCounter)
     # Disks whose volume files a background step is changing without holding
     # `State.lock` (always `locked` disks). Read and changed under the lock.
     busy_disks: set[str] = dataclasses.field(default_factory=set)
@@ -157,9 +159,14 @@ _PAGE = re.compile(r"(?:^|\s+and\s+|\s+)page\s+(\d+)\s*$", re.IGNORECASE)
 def search(
     req: Request,
     records: Sequence[T],
-    fields: dict[str, Callable[[T], str | None]],
+    fields: dict[str, Callable[[T], str | None | list[str]]],
 ) -> list[T]:
-    """Filter by the `search` query (conjunction of field=value) and `max`."""
+    """Filter by the `search` query and `max` (with `page N`).
+
+    The query is terms `field=value` or `field!=value` (`*` wildcards)
+    joined by `and` and `or` (`and` binds tighter). A field whose getter
+    returns a list (a VM's tags) matches `=` when any of its values does, and
+    `!=` when none does."""
     query = req.query.get("search", "").strip()
     case_sensitive = req.query.get("case_sensitive", "false").lower() == "true"
     result = list(records)
@@ -170,19 +177,14 @@ def search(
         query = query[: m.start()].strip()
     if query:
         lowered = {k.lower(): v for k, v in fields.items()}
-        for term in re.split(r"\s+and\s+", query, flags=re.IGNORECASE):
-            field, sep, value = term.partition("=")
-            if not sep:
-                raise bad_request(f"Cannot parse search {query!r}", reason="Invalid value")
-            getter = lowered.get(field.strip().lower())
-            if getter is None:
-                raise bad_request(
-                    f"Unknown search field {field.strip()!r}", reason="Invalid search"
-                )
-            pattern = value.strip().strip("\"'")
-            # Enum-like fields (status=Up) match regardless of case, as on the engine.
-            exact = case_sensitive and field.strip().lower() in _TEXT_FIELDS
-            result = [r for r in result if _match(getter(r), pattern, exact)]
+        alternatives = [
+            [
+                _term(term, query, lowered, case_sensitive)
+                for term in re.split(r"\s+and\s+", conj, flags=re.IGNORECASE)
+            ]
+            for conj in re.split(r"\s+or\s+", query, flags=re.IGNORECASE)
+        ]
+        result = [r for r in result if any(all(t(r) for t in conj) for conj in alternatives)]
     limit = int(req.query["max"]) if req.query.get("max", "").lstrip("-").isdigit() else -1
     if page:
         size = limit if limit > 0 else len(result) or 1
@@ -190,6 +192,33 @@ def search(
     elif limit >= 0:
         result = result[:limit]
     return result
+
+
+def _term(
+    term: str,
+    query: str,
+    fields: dict[str, Callable[[T], str | None | list[str]]],
+    case_sensitive: bool,
+) -> Callable[[T], bool]:
+    """One `field=value` / `field!=value` term as a predicate on records."""
+    m = re.fullmatch(r"\s*([\w.]+)\s*(!=|=)\s*(.*?)\s*", term)
+    if m is None:
+        raise bad_request(f"Cannot parse search {query!r}", reason="Invalid value")
+    field, op, value = m.group(1).lower(), m.group(2), m.group(3)
+    getter = fields.get(field)
+    if getter is None:
+        raise bad_request(f"Unknown search field {field!r}", reason="Invalid search")
+    pattern = value.strip("\"'")
+    # Enum-like fields (status=Up) match regardless of case, as on the engine.
+    exact = case_sensitive and field in _TEXT_FIELDS
+
+    def matches(record: T) -> bool:
+        got = getter(record)
+        values = got if isinstance(got, list) else [got]
+        hit = any(_match(v, pattern, exact) for v in values)
+        return hit if op == "=" else not hit
+
+    return matches
 
 
 def _match(value: str | None, pattern: str, case_sensitive: bool) -> bool:

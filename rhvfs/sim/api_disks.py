@@ -15,7 +15,7 @@ import time
 from ovirtsdk4 import types
 
 from rhvfs.sim import api_types as conv
-from rhvfs.sim import xmlio
+from rhvfs.sim import follow, xmlio
 from rhvfs.sim.api_base import (
     Engine,
     action_done,
@@ -164,12 +164,16 @@ def list_disks(e: Engine, req: Request) -> Response:
             "format": lambda d: d.active.fmt,
         }
         found = search(req, list(st.disks.values()), fields)
-        return xml(xmlio.render_list([conv.disk(e, d) for d in found], "disks"))
+        items = [conv.disk(e, d) for d in found]
+        follow.apply(e, req, items)
+        return xml(xmlio.render_list(items, "disks"))
 
 
 def get_disk(e: Engine, req: Request, disk: str) -> Response:
     with e.state.lock:
-        return xml(xmlio.render(conv.disk(e, get_or_404(e.state.disks, disk))))
+        item = conv.disk(e, get_or_404(e.state.disks, disk))
+        follow.apply(e, req, [item])
+        return xml(xmlio.render(item))
 
 
 def add_disk(e: Engine, req: Request) -> Response:

@@ -15,7 +15,7 @@ import logging
 
 from ovirtsdk4 import types
 
-from rhvfs.sim import api_disks, api_ovf, disk_copy, xmlio
+from rhvfs.sim import api_disks, api_ovf, disk_copy, follow, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import (
     Engine,
@@ -26,7 +26,6 @@ from rhvfs.sim.api_base import (
     href,
     parse_body,
     search,
-    with_href,
 )
 from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
 from rhvfs.sim.state import ZERO_ID, Attachment, Nic, Template, Vm, new_id
@@ -35,19 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def blank() -> types.Template:
-    return with_href(
-        types.Template(
-            id=ZERO_ID,
-            name="Blank",
-            description="Blank template",
-            status=types.TemplateStatus.OK,
-            version=types.TemplateVersion(version_number=1, version_name="base version"),
-            memory=1024**3,
-            type=types.VmType.SERVER,
-            os=types.OperatingSystem(type="other"),
-        ),
-        href("templates", ZERO_ID),
-    )
+    return conv.blank_template()
 
 
 def template_ovf(e: Engine, t: Template) -> str:
@@ -188,14 +175,18 @@ def list_templates(e: Engine, req: Request) -> Response:
         query = req.query.get("search", "").lower().replace(" ", "")
         if not query or query in ("name=blank", f"id={ZERO_ID}"):
             items.insert(0, blank())
+        follow.apply(e, req, items)
         return xml(xmlio.render_list(items, "templates"))
 
 
 def get_template(e: Engine, req: Request, template: str) -> Response:
     with e.state.lock:
         if template == ZERO_ID:
-            return xml(xmlio.render(blank()))
-        return xml(xmlio.render(_render(e, get_or_404(e.state.templates, template), req)))
+            item = blank()
+        else:
+            item = _render(e, get_or_404(e.state.templates, template), req)
+        follow.apply(e, req, [item])
+        return xml(xmlio.render(item))
 
 
 def add_template(e: Engine, req: Request) -> Response:

@@ -175,8 +175,9 @@ def disk(
         if v.id == vol.id:
             break
     actual = allocated_bytes(e, d, chain_ids if volume is not None else None)
-    vm = e.state.vm_of_disk(d.id)
     snapshot = None
+    # Only snapshot disks name their VM (a scan of all VMs: not for plain disks).
+    vm = e.state.vm_of_disk(d.id) if volume is not None and volume.snapshot_id else None
     if volume is not None and volume.snapshot_id and vm is not None:
         snapshot = ref_snapshot(vm.id, volume.snapshot_id)
     return with_href(
@@ -342,6 +343,23 @@ def template(e: Engine, t: Template) -> types.Template:
             type=types.VmType.SERVER,
         ),
         href("templates", t.id),
+    )
+
+
+def blank_template() -> types.Template:
+    """The Blank template (all-zero id), which always exists."""
+    return with_href(
+        types.Template(
+            id=ZERO_ID,
+            name="Blank",
+            description="Blank template",
+            status=types.TemplateStatus.OK,
+            version=types.TemplateVersion(version_number=1, version_name="base version"),
+            memory=1024**3,
+            type=types.VmType.SERVER,
+            os=types.OperatingSystem(type="other"),
+        ),
+        href("templates", ZERO_ID),
     )
 
 

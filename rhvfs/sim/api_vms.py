@@ -16,7 +16,7 @@ import random
 
 from ovirtsdk4 import types
 
-from rhvfs.sim import api_disks, api_ovf, disk_copy, xmlio
+from rhvfs.sim import api_disks, api_ovf, disk_copy, follow, xmlio
 from rhvfs.sim import api_types as conv
 from rhvfs.sim.api_base import (
     Engine,
@@ -281,15 +281,6 @@ def _all_content(req: Request) -> bool:
     return req.flag("all_content") or req.headers.get("all-content", "").lower() == "true"
 
 
-def _tag_match(name: str, req: Request) -> bool:
-    query = req.query.get("search", "")
-    for term in query.split(" and "):
-        k, _, v = term.partition("=")
-        if k.strip().lower() == "tag":
-            return name.lower() == v.strip().lower()
-    return False
-
-
 # /vms
 
 
@@ -303,25 +294,21 @@ def list_vms(e: Engine, req: Request) -> Response:
             "description": lambda v: v.description,
             "cluster": lambda v: st.clusters[v.cluster_id].name,
             "host": lambda v: st.hosts[v.host_id].name if v.host_id in st.hosts else None,
-            "tag": lambda v: next(
-                (
-                    st.tags[t].name
-                    for t in v.tag_ids
-                    if t in st.tags and _tag_match(st.tags[t].name, req)
-                ),
-                None,
-            ),
+            "tag": lambda v: [st.tags[t].name for t in v.tag_ids if t in st.tags],
+            "datacenter": lambda v: st.datacenters[st.clusters[v.cluster_id].dc_id].name,
         }
         found = search(req, sorted(st.vms.values(), key=lambda v: v.name), fields)
         ac = _all_content(req)
-        return xml(xmlio.render_list([conv.vm(e, v, all_content=ac) for v in found], "vms"))
+        items = [conv.vm(e, v, all_content=ac) for v in found]
+        follow.apply(e, req, items)
+        return xml(xmlio.render_list(items, "vms"))
 
 
 def get_vm(e: Engine, req: Request, vm: str) -> Response:
     with e.state.lock:
-        return xml(
-            xmlio.render(conv.vm(e, get_or_404(e.state.vms, vm), all_content=_all_content(req)))
-        )
+        item = conv.vm(e, get_or_404(e.state.vms, vm), all_content=_all_content(req))
+        follow.apply(e, req, [item])
+        return xml(xmlio.render(item))
 
 
 def add_vm(e: Engine, req: Request) -> Response:
@@ -490,13 +477,16 @@ def list_attachments(e: Engine, req: Request, vm: str) -> Response:
     with e.state.lock:
         v = get_or_404(e.state.vms, vm)
         items = [conv.attachment(e, "vms", v.id, a) for a in v.attachments]
+        follow.apply(e, req, items)
         return xml(xmlio.render_list(items, "disk_attachments"))
 
 
 def get_attachment(e: Engine, req: Request, vm: str, att: str) -> Response:
     with e.state.lock:
         v = get_or_404(e.state.vms, vm)
-        return xml(xmlio.render(conv.attachment(e, "vms", v.id, _attachment(v, att))))
+        item = conv.attachment(e, "vms", v.id, _attachment(v, att))
+        follow.apply(e, req, [item])
+        return xml(xmlio.render(item))
 
 
 def add_attachment(e: Engine, req: Request, vm: str) -> Response:
@@ -598,13 +588,17 @@ def _nic(v: Vm, nic_id: str) -> Nic:
 def list_nics(e: Engine, req: Request, vm: str) -> Response:
     with e.state.lock:
         v = get_or_404(e.state.vms, vm)
-        return xml(xmlio.render_list([conv.nic(e, "vms", v.id, n) for n in v.nics], "nics"))
+        items = [conv.nic(e, "vms", v.id, n) for n in v.nics]
+        follow.apply(e, req, items)
+        return xml(xmlio.render_list(items, "nics"))
 
 
 def get_nic(e: Engine, req: Request, vm: str, nic: str) -> Response:
     with e.state.lock:
         v = get_or_404(e.state.vms, vm)
-        return xml(xmlio.render(conv.nic(e, "vms", v.id, _nic(v, nic))))
+        item = conv.nic(e, "vms", v.id, _nic(v, nic))
+        follow.apply(e, req, [item])
+        return xml(xmlio.render(item))
 
 
 def add_nic(e: Engine, req: Request, vm: str) -> Response:

@@ -2,7 +2,7 @@
 
 Commands (the names are a contract that outside scripts use):
 
-``rhvfs sim serve --state-dir DIR [--sample] [--port N] [--imageio-port N] [--delay SECONDS] [--password-file F] [--token-ttl SECONDS] [--token-lifetime SECONDS]``
+``rhvfs sim serve --state-dir DIR [--sample [--extra-vms N]] [--port N] [--imageio-port N] [--delay SECONDS] [--password-file F] [--token-ttl SECONDS] [--token-lifetime SECONDS] [--latency-ms MS] [--imageio-latency-ms MS]``
     Run a simulated oVirt engine (REST API v4 + SSO over HTTPS, CA per state
     dir) with the real ovirt-imageio daemon as data plane, in the foreground
     until SIGINT/SIGTERM; then stop everything it started (daemon, every
@@ -28,6 +28,16 @@ Commands (the names are a contract that outside scripts use):
     gets 401 with an empty body, on which the SDK logs in again once.
     Everything it creates under DIR (volumes, logs, the imageio daemon's log)
     is private: files 0600, directories 0700.
+    ``--extra-vms N`` (with ``--sample``, on a fresh DIR) adds N small VMs
+    ``vm-0000``... spread over the clusters ``Default``/``mycluster``/``remote``
+    and the tags ``group0..2``/``even``, each with one or two empty thin disks
+    and one or two NICs (``rhvfs.sim.scale`` has the exact shape); a thousand
+    take about a second. ``--latency-ms`` emulates a remote engine: every
+    engine request (API, SSO) is answered that much later. ``--imageio-latency-ms``
+    does the same for the data plane: each request the client sends on an
+    imageio connection (and each TLS handshake step) is held back that long.
+    Engine requests are counted by method and path template (admin
+    ``GET|DELETE /rhvfs-sim/calls``, ``SimAdmin.engine_calls()``).
 
 ``rhvfs sim guest-write --state-dir DIR --vm NAME --disk ALIAS_OR_ID --offset BYTES (--size BYTES --pattern BYTE | --from-file F)``
     Write into the VM disk's current (active) volume as its guest would
@@ -73,6 +83,20 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value}: must not be negative")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be a number >= 0")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rhvfs sim", description="oVirt engine simulator")
     sub = p.add_subparsers(dest="command", required=True)
@@ -86,6 +110,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--imageio-port", type=int, default=0, help="imageio port (0: pick a free one)")
     s.add_argument("--delay", type=float, default=0.2, help="seconds per phase step (default 0.2)")
     s.add_argument("--password-file", type=Path, help="file holding the admin@internal password")
+    s.add_argument(
+        "--extra-vms",
+        type=_non_negative_int,
+        default=0,
+        help="with --sample: add N small VMs vm-0000... (fresh state dir only)",
+    )
+    s.add_argument(
+        "--latency-ms",
+        type=_non_negative_float,
+        default=0.0,
+        help="milliseconds added to every engine request (emulates a remote engine)",
+    )
+    s.add_argument(
+        "--imageio-latency-ms",
+        type=_non_negative_float,
+        default=0.0,
+        help="milliseconds added to every imageio request (emulates a remote host)",
+    )
     s.add_argument(
         "--token-ttl",
         type=_positive_seconds,
@@ -148,8 +190,11 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.command == "serve":
+        if args.extra_vms and not args.sample:
+            parser.error("--extra-vms needs --sample")
         from rhvfs.sim.serve import ServeOptions, serve
 
         opts = ServeOptions(
@@ -159,6 +204,9 @@ def main(argv: list[str]) -> int:
             imageio_port=args.imageio_port,
             delay_s=args.delay,
             password_file=args.password_file,
+            extra_vms=args.extra_vms,
+            latency_s=args.latency_ms / 1000.0,
+            imageio_latency_s=args.imageio_latency_ms / 1000.0,
         )
         # Unset: ServeOptions' defaults, the engine's.
         if args.token_ttl is not None:

@@ -17,6 +17,8 @@ Blocking, stdlib only (`http.client`).
     admin.clear_faults()
     admin.credentials()                              # every ticket id and SSO token issued
     admin.auth_stats()                               # SSO tokens issued / expired
+    admin.engine_calls()                             # {("GET", "/vms/{vm}"): 3, ...}
+    admin.reset_engine_calls()                       # zero them (returns the old counts)
 """
 
 from __future__ import annotations
@@ -116,6 +118,16 @@ class SimAdmin:
         result: dict[str, Any] = self._call("GET", "/auth")
         return result
 
+    def engine_calls(self) -> dict[tuple[str, str], int]:
+        """Engine requests so far by (method, path template): API routes relative to
+        the API root (``("GET", "/vms/{vm}/nics")``), SSO/CA endpoints by path,
+        unrouted API paths as ``"(no route)"``. Admin calls are not counted."""
+        return _calls(self._call("GET", "/calls"))
+
+    def reset_engine_calls(self) -> dict[tuple[str, str], int]:
+        """Zero the engine-call counter; returns the counts it had."""
+        return _calls(self._call("DELETE", "/calls"))
+
     def transfers(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self._call("GET", "/transfers")
         return result
@@ -125,3 +137,7 @@ class SimAdmin:
         the simulator issued so far (finished transfers and revoked tokens included)."""
         result: dict[str, list[str]] = self._call("GET", "/credentials")
         return result
+
+
+def _calls(doc: dict[str, Any]) -> dict[tuple[str, str], int]:
+    return {(str(c["method"]), str(c["path"])): int(c["count"]) for c in doc["calls"]}

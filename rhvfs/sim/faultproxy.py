@@ -5,7 +5,11 @@ threads per client connection, forwarding to the daemon's internal port. TLS
 passes through untouched (the client still verifies the daemon's certificate).
 Faults apply to the next N accepted connections: ``drop_after`` cuts a
 connection after that many daemon-to-client bytes; ``delay`` holds back the
-first daemon-to-client bytes. It must not parse or alter the bytes.
+first daemon-to-client bytes. ``latency`` emulates a remote data plane on
+every connection: each time the client speaks after the daemon did (a new
+request on a keep-alive connection, a TLS handshake step), its bytes are held
+back that long before they are forwarded — one round trip per request,
+however many bytes it carries. It must not parse or alter the bytes.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class FaultProxy:
         self._accepted = 0
         self._dropped = 0
         self._closed = False
+        self._latency_s = 0.0
         self._thread = threading.Thread(
             target=self._accept_loop, name=f"faultproxy-{self.port}", daemon=True
         )
@@ -94,6 +99,22 @@ class FaultProxy:
         """Hold back the first response bytes of the next ``times`` connections by ``seconds``."""
         with self._lock:
             self._pending.extend([_ConnFault(delay_s=seconds)] * times)
+
+    def set_latency(self, seconds: float) -> None:
+        """Hold back each client turn by ``seconds`` from now on (0: forward at once).
+
+        A turn is the client's bytes after the daemon's (or the connection's
+        first bytes): a request on a keep-alive connection, a TLS handshake
+        step. Not a fault: ``clear`` keeps it."""
+        if seconds < 0:
+            raise ValueError("latency must not be negative")
+        with self._lock:
+            self._latency_s = seconds
+
+    @property
+    def latency_s(self) -> float:
+        with self._lock:
+            return self._latency_s
 
     def clear(self) -> None:
         """Forget faults not yet applied to a connection."""
@@ -142,11 +163,15 @@ class FaultProxy:
                 _abort(upstream)
                 return
             self._conns.update((client, upstream))
+        turns = _Turns()
         up = threading.Thread(
-            target=self._pump, args=(client, upstream, None, 0.0), name="faultproxy-up", daemon=True
+            target=self._pump,
+            args=(client, upstream, None, 0.0, turns, True),
+            name="faultproxy-up",
+            daemon=True,
         )
         up.start()
-        self._pump(upstream, client, fault.drop_after_bytes, fault.delay_s)
+        self._pump(upstream, client, fault.drop_after_bytes, fault.delay_s, turns, False)
         up.join()
         with self._lock:
             self._conns.discard(client)
@@ -160,6 +185,8 @@ class FaultProxy:
         dst: socket.socket,
         limit: int | None,
         delay_s: float,
+        turns: _Turns,
+        from_client: bool,
     ) -> None:
         sent = 0
         try:
@@ -171,6 +198,10 @@ class FaultProxy:
                     except OSError:
                         pass
                     return
+                if turns.speaks(from_client) and from_client:
+                    latency = self.latency_s
+                    if latency:
+                        time.sleep(latency)
                 if delay_s:
                     time.sleep(delay_s)
                     delay_s = 0.0
@@ -187,6 +218,21 @@ class FaultProxy:
         except OSError:
             _abort(dst)
             _abort(src)
+
+
+class _Turns:
+    """Who spoke last on one proxied connection (the two pump threads share it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client_last: bool | None = None
+
+    def speaks(self, client: bool) -> bool:
+        """Record bytes from one side; True when that side did not speak last."""
+        with self._lock:
+            turn = self._client_last is not client
+            self._client_last = client
+            return turn
 
 
 def _abort(s: socket.socket) -> None:

@@ -4,7 +4,11 @@ Owns the socket side of the engine: a `ThreadingHTTPServer` (one thread per
 connection, HTTP/1.1 keep-alive, TLS handshake in the connection's thread),
 the SSO token/logout endpoints, Bearer and Basic authentication with the
 engine's 401 rules and token expiry, the CA download URL, the admin endpoints' token check,
-and engine fault injection (5xx / delay on matching calls). Resources are
+engine fault injection (5xx / delay on matching calls), the emulated network
+latency of a remote engine, and the per-(method, path template) call counter
+the admin endpoint shows. Responses leave on TCP_NODELAY sockets, headers and
+body in one write up to 256 KiB (a header write then a body write met Nagle's
+algorithm and the client's delayed ACK: ~40 ms per call). Resources are
 declared by the `api_*` modules as tables of `Route`s (method, path template,
 plain handler function taking an explicit context and the request); the
 `Router` binds each table to its context. This module knows nothing about
@@ -14,6 +18,7 @@ the resources and never touches storage.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import functools
 import hmac
@@ -21,6 +26,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -125,12 +131,12 @@ class Router:
     """Path templates like `/vms/{vm}/snapshots/{snap}` relative to the API root."""
 
     def __init__(self) -> None:
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._routes: list[tuple[str, re.Pattern[str], Handler, str]] = []
 
     def add(self, method: str, template: str, handler: Handler) -> None:
         """Route to `handler(req, **params)`."""
         pattern = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template.rstrip("/"))
-        self._routes.append((method, re.compile(f"^{pattern}/?$"), handler))
+        self._routes.append((method, re.compile(f"^{pattern}/?$"), handler, template))
 
     def include(self, routes: Iterable[Route], context: object) -> None:
         """Add a route table whose handlers take `context` first."""
@@ -138,18 +144,56 @@ class Router:
             self.add(route.method, route.path, functools.partial(route.handler, context))
 
     def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        handler, params, _ = self.match(method, path)
+        return handler, params
+
+    def match(self, method: str, path: str) -> tuple[Handler, dict[str, str], str]:
+        """(handler, path params, the route's template); 405 or 404 as `HttpError`."""
         allowed = False
-        for route_method, pattern, handler in self._routes:
+        for route_method, pattern, handler, template in self._routes:
             m = pattern.match(path)
             if m is None:
                 continue
             if route_method != method:
                 allowed = True
                 continue
-            return handler, m.groupdict()
+            return handler, m.groupdict(), template
         if allowed:
             raise HttpError(405, "Method Not Allowed", f"{method} {path}")
         raise not_found(path)
+
+
+# The counter's key for API paths no route matches (404/405 answers).
+NO_ROUTE = "(no route)"
+
+
+class CallCounter:
+    """Engine requests by (method, path template), for tests and benches (thread-safe).
+
+    API calls count under their route template relative to the API root
+    (`GET /vms/{vm}/nics`), the SSO and CA endpoints under their path,
+    unrouted API paths under `NO_ROUTE`. Every request the engine answers
+    counts, refused ones (401, faults) included; admin calls never do.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def add(self, method: str, template: str) -> None:
+        with self._lock:
+            self._counts[(method, template)] += 1
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> dict[tuple[str, str], int]:
+        """Zero every count; returns the counts before."""
+        with self._lock:
+            counts = dict(self._counts)
+            self._counts.clear()
+            return counts
 
 
 # The engine's SSO defaults (engine-config): a token dies after
@@ -279,17 +323,27 @@ class App:
         auth: Auth,
         faults: Faults,
         ca_file: Path,
+        calls: CallCounter | None = None,
+        latency_s: float = 0.0,
     ) -> None:
+        if latency_s < 0:
+            raise ValueError("latency must not be negative")
         self.router = router
         self.admin_router = admin_router
         self.auth = auth
         self.faults = faults
         self.ca_file = ca_file
+        self.calls = calls if calls is not None else CallCounter()
+        # Added to every engine request (not to admin calls): a remote engine's round trip.
+        self.latency_s = latency_s
 
     def handle(self, req: Request) -> Response:
         try:
             if req.path.startswith(ADMIN_PREFIX + "/"):
                 return self._admin(req)
+            if self.latency_s:
+                time.sleep(self.latency_s)
+            self.calls.add(req.method, self._template(req))
             fault = self.faults.match(req.method, req.path)
             if fault is not None:
                 if fault.delay_s:
@@ -310,6 +364,15 @@ class App:
         except Exception as e:
             log.exception("%s %s failed", req.method, req.path)
             return self._error(HttpError(500, "Operation Failed", str(e)))
+
+    def _template(self, req: Request) -> str:
+        """The counter's key: the API route template, `NO_ROUTE`, or the plain path."""
+        if req.path != API_PREFIX and not req.path.startswith(API_PREFIX + "/"):
+            return req.path
+        try:
+            return self.router.match(req.method, req.path[len(API_PREFIX) :] or "/")[2]
+        except HttpError:
+            return NO_ROUTE
 
     @staticmethod
     def _error(e: HttpError) -> Response:
@@ -420,9 +483,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: EngineServer
     timeout = 600
+    # A buffered wfile: the status line, headers and body of a response up to
+    # this size leave in one write (one TLS record train), not two.
+    wbufsize = 256 * 1024
 
     def setup(self) -> None:
         sock = self.request
+        # Responses go out in one write, but the SSO form POST and TLS records
+        # still make small segments: never let Nagle wait for the client's ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if isinstance(sock, ssl.SSLSocket):
             sock.settimeout(30)
             sock.do_handshake()
@@ -450,6 +519,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if resp.body and self.command != "HEAD":
             self.wfile.write(resp.body)
+        # Headers and body leave together (see `wbufsize`).
+        self.wfile.flush()
         level = logging.DEBUG if self.command == "GET" and resp.status < 400 else logging.INFO
         log.log(
             level,

@@ -1,8 +1,9 @@
 """The `rhvfs sim serve` lifecycle: one state dir, one engine, one data plane.
 
 Owns start-up (logging, password, PKI, storage, inventory load or `--sample`
-seed, crash recovery of unfinished transfers, DataPlane with its FaultProxy,
-the HTTPS engine, the background task thread), the readiness artefacts
+seed with `--extra-vms`, crash recovery of unfinished transfers, DataPlane with its FaultProxy,
+the HTTPS engine with its emulated latency, the data plane's latency, the
+background task thread), the readiness artefacts
 (`ovirt-img.conf` `[sim]`, `serve.json`, the one `rhvfs-sim ready:` line) and
 shutdown on SIGINT/SIGTERM (engine, tasks, every qemu-nbd and the daemon),
 leaving the state dir ready for a restart. Never prints or logs the password.
@@ -49,6 +50,7 @@ from rhvfs.sim.httpd import (
 )
 from rhvfs.sim.pki import ensure_pki
 from rhvfs.sim.sample import build_sample
+from rhvfs.sim.scale import add_extra_vms
 from rhvfs.sim.state import State
 from rhvfs.sim.storage import Storage
 from rhvfs.sim.tasks import Tasks
@@ -69,6 +71,11 @@ class ServeOptions:
     password_file: Path | None = None
     token_ttl_s: float = DEFAULT_TOKEN_TTL_S
     token_lifetime_s: float = DEFAULT_TOKEN_LIFETIME_S
+    # With `sample`: that many more VMs (`scale.add_extra_vms`), on a fresh state dir.
+    extra_vms: int = 0
+    # Added to every engine request / every imageio request (a remote engine).
+    latency_s: float = 0.0
+    imageio_latency_s: float = 0.0
 
 
 def _setup_logging(run_dir: Path) -> None:
@@ -178,9 +185,13 @@ class Simulator:
             state = State(engine_json)
             if self.opts.sample:
                 build_sample(state, storage)
+                add_extra_vms(state, storage, self.opts.extra_vms)
             state.save()
         self.dataplane = DataPlane(self.run_dir, port=self.opts.imageio_port, pki=pki, proxy=True)
         self.dataplane.start()
+        if self.opts.imageio_latency_s:
+            assert self.dataplane.fault_proxy is not None
+            self.dataplane.fault_proxy.set_latency(self.opts.imageio_latency_s)
         self.tasks = Tasks(delay_s=self.opts.delay_s)
         auth = Auth(
             username=USERNAME,
@@ -215,7 +226,13 @@ class Simulator:
         api_transfers.start_jobs(e)
         api_backups.start_jobs(e)
         app = App(
-            router=router, admin_router=admin_router, auth=auth, faults=faults, ca_file=pki.ca_file
+            router=router,
+            admin_router=admin_router,
+            auth=auth,
+            faults=faults,
+            ca_file=pki.ca_file,
+            calls=e.calls,
+            latency_s=self.opts.latency_s,
         )
         self.server = EngineServer(
             ("localhost", self.opts.port),

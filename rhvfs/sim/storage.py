@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +70,17 @@ class VolumeInfo:
     fmt: Format
     backing_vol_id: str | None
     sparse: bool = True
+
+
+@dataclass(frozen=True)
+class EmptyVolume:
+    """One volume for ``Storage.create_empty_volumes``: sparse, no parent, no data."""
+
+    sd_id: str
+    disk_id: str
+    vol_id: str
+    fmt: Format
+    size: int
 
 
 @dataclass(frozen=True)
@@ -248,6 +259,48 @@ class Storage:
             size,
             parent_vol_id,
         )
+
+    def create_empty_volumes(self, volumes: Iterable[EmptyVolume]) -> None:
+        """Create many empty base volumes cheaply (thousands per second).
+
+        Each one is what ``create_volume`` (sparse, no parent) makes: a raw
+        volume is a sparse file; a qcow2 volume is a sparse copy of the bytes
+        ``qemu-img create`` wrote once per distinct size (its data clusters
+        are all unallocated, so the copy is the same image). For seeding large
+        inventories; a volume that already exists is an error.
+        """
+        templates: dict[int, list[tuple[int, bytes]]] = {}
+        sizes: dict[int, int] = {}
+        with tempfile.TemporaryDirectory(prefix=".empty-", dir=self.root) as tmp:
+            for v in volumes:
+                if v.fmt not in _QEMU_FMT:
+                    raise StorageError(f"unknown volume format {v.fmt!r}")
+                if v.size < 0:
+                    raise StorageError(f"negative size {v.size}")
+                blocks: list[tuple[int, bytes]] = []
+                length = v.size
+                if v.fmt == "cow":
+                    if v.size not in templates:
+                        path = Path(tmp) / str(v.size)
+                        argv = [self._qemu_img, "create", "-q", "-f", "qcow2", "-o", "compat=1.1"]
+                        self._run([*argv, str(path), str(v.size)])
+                        templates[v.size], sizes[v.size] = _nonzero_blocks(path)
+                    blocks, length = templates[v.size], sizes[v.size]
+                with self._disk_lock(v.sd_id, v.disk_id):
+                    if self.volume_exists(v.sd_id, v.disk_id, v.vol_id):
+                        raise StorageError(
+                            f"volume {v.sd_id}/{v.disk_id}/{v.vol_id} already exists"
+                        )
+                    _proc.private_dir(self.disk_dir(v.sd_id, v.disk_id))
+                    path = self.volume_path(v.sd_id, v.disk_id, v.vol_id)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    try:
+                        for offset, data in blocks:
+                            os.pwrite(fd, data, offset)
+                        os.ftruncate(fd, length)
+                    finally:
+                        os.close(fd)
+                    self._write_meta(v.sd_id, v.disk_id, v.vol_id, v.fmt, sparse=True)
 
     def import_raw(
         self,
@@ -730,3 +783,18 @@ def _hash_zeroes(h: Any, count: int) -> None:
         n = min(count, _HASH_CHUNK)
         h.update(view[:n])
         count -= n
+
+
+_BLOCK = 4096
+
+
+def _nonzero_blocks(path: Path) -> tuple[list[tuple[int, bytes]], int]:
+    """(offset, bytes) of every 4 KiB block of a file that is not all zeroes, and its length."""
+    data = path.read_bytes()
+    zero = bytes(_BLOCK)
+    blocks = [
+        (off, data[off : off + _BLOCK])
+        for off in range(0, len(data), _BLOCK)
+        if data[off : off + _BLOCK] != zero[: len(data[off : off + _BLOCK])]
+    ]
+    return blocks, len(data)

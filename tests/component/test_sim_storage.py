@@ -8,13 +8,39 @@ from pathlib import Path
 import pytest
 
 from rhvfs.sim.guestdata import make_guest_image
-from rhvfs.sim.storage import BitmapError, Storage, StorageError
+from rhvfs.sim.storage import BitmapError, EmptyVolume, Storage, StorageError
 from tests.support.data import sha
 
 MiB = 1024 * 1024
 SD = "sd-1"
 DISK = "disk-1"
 SIZE = 32 * MiB
+
+
+def test_empty_volumes_in_bulk_are_what_create_volume_makes(tmp_path: Path) -> None:
+    s = Storage(tmp_path)
+    s.create_volume(SD, "ref", "c", fmt="cow", size=64 * MiB)
+    made = [
+        EmptyVolume(SD, f"d{i}", f"v{i}", "cow" if i % 2 else "raw", (i + 1) * 16 * MiB)
+        for i in range(6)
+    ]
+    s.create_empty_volumes(made)
+    ref = s.volume_info(SD, "ref", "c")
+    for v in made:
+        info = s.volume_info(SD, v.disk_id, v.vol_id)
+        assert (info.fmt, info.virtual_size, info.backing_vol_id) == (v.fmt, v.size, None)
+        assert info.sparse and info.actual_size <= 64 * 1024
+        assert s.content_sha256(SD, v.disk_id, v.vol_id) == sha(bytes(v.size))
+        assert oct(s.volume_path(SD, v.disk_id, v.vol_id).stat().st_mode & 0o777) == "0o600"
+    same = s.volume_info(SD, "d3", "v3")  # cow, 64 MiB: the same image as qemu-img made
+    assert s.volume_path(SD, "d3", "v3").read_bytes() == s.volume_path(SD, "ref", "c").read_bytes()
+    assert same.file_size == ref.file_size
+    # A snapshot on top works as on any volume; an existing volume is refused.
+    s.snapshot(SD, "d3", "v3", "top")
+    s.guest_write(SD, "d3", "top", offset=MiB, pattern=0xAB, size=65536)
+    assert s.content_sha256(SD, "d3", "v3") == sha(bytes(64 * MiB))
+    with pytest.raises(StorageError):
+        s.create_empty_volumes([EmptyVolume(SD, "d1", "v1", "cow", MiB)])
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ must not disturb the shared one). ``SimProcess.stop`` asserts that no
 qemu-nbd or ovirt-imageio process it started is left. The SDK helpers
 (``vm_and_first_disk``, ``snapshot_ids``, ``engine_state``, ``vm_details``,
 ``remove_vm``) read or clean the simulator's engine state; ``live_transfers``
-lists transfers that are not finished.
+lists transfers that are not finished. ``engine_calls`` reads the simulator's
+engine-call counter and ``counting_engine_calls`` gives the calls made inside
+a ``with`` block (by method and path template, e.g. ``("GET", "/vms/{vm}")``).
 
 Must not: import rhvfs client code (the simulator is the engine under test's stand-in).
 """
@@ -235,6 +237,41 @@ def snapshot_ids(sim: SimProcess, vm_name: str) -> list[str]:
         return sorted(s.id for s in vms.vm_service(vm.id).snapshots_service().list())
     finally:
         conn.close()
+
+
+def engine_calls(sim: SimProcess) -> dict[tuple[str, str], int]:
+    """Engine requests since the simulator started (or its counter was reset), by
+    (method, path template): API routes relative to the API root, e.g.
+    ``("GET", "/vms/{vm}/nics")``; SSO by path; unrouted API paths as ``"(no route)"``."""
+    calls: dict[tuple[str, str], int] = sim.admin.engine_calls()
+    return calls
+
+
+@dataclasses.dataclass
+class EngineCalls:
+    """Engine requests made inside a ``counting_engine_calls`` block (filled at its end)."""
+
+    counts: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def of(self, method: str, path: str) -> int:
+        return self.counts.get((method, path), 0)
+
+
+@contextlib.contextmanager
+def counting_engine_calls(sim: SimProcess) -> Iterator[EngineCalls]:
+    """The engine calls made while the block runs (a difference of two counter readings,
+    so it needs no reset and leaves the counter to others)."""
+    before = engine_calls(sim)
+    result = EngineCalls()
+    yield result
+    after = engine_calls(sim)
+    result.counts = {
+        key: n - before.get(key, 0) for key, n in after.items() if n != before.get(key, 0)
+    }
 
 
 def live_transfers(sim: SimProcess) -> list[dict[str, Any]]:

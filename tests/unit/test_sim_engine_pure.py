@@ -25,11 +25,22 @@ from rhvfs.sim import (
     api_templates,
     api_transfers,
     api_vms,
+    follow,
     xmlio,
 )
 from rhvfs.sim.api_base import search, with_href
 from rhvfs.sim.faults import EngineFault, Faults
-from rhvfs.sim.httpd import HttpError, Request, Response, Route, Router
+from rhvfs.sim.httpd import (
+    NO_ROUTE,
+    App,
+    Auth,
+    CallCounter,
+    HttpError,
+    Request,
+    Response,
+    Route,
+    Router,
+)
 from rhvfs.sim.state import (
     Attachment,
     Cluster,
@@ -106,6 +117,74 @@ def test_search_terms_wildcards_case_and_pages() -> None:
     with pytest.raises(HttpError) as err:
         search(_req(search="color=red"), names, fields)
     assert err.value.status == 400
+
+
+def test_search_or_not_equal_and_many_valued_fields() -> None:
+    tags = {"a": ["x", "y"], "b": ["y"], "c": [], "d": ["z"]}
+    fields = {"name": lambda n: n, "tag": lambda n: tags[n]}
+
+    def found(query: str) -> list[str]:
+        return search(_req(search=query), list(tags), fields)
+
+    assert found("tag=y") == ["a", "b"]
+    assert found("tag!=y") == ["c", "d"]
+    assert found("tag=x or tag=z") == ["a", "d"]
+    assert found("tag=y and name!=a or name=c") == ["b", "c"]
+    assert found("tag=*") == ["a", "b", "d"]
+    assert found("TAG = Z") == ["d"]
+    with pytest.raises(HttpError) as err:
+        found("tag")
+    assert err.value.status == 400
+
+
+def test_follow_paths_split_on_commas_and_dots() -> None:
+    assert follow.paths(_req(follow="disk_attachments.disk, nics,tags")) == [
+        ["disk_attachments", "disk"],
+        ["nics"],
+        ["tags"],
+    ]
+    assert follow.paths(_req()) == [] and follow.paths(_req(follow="")) == []
+    with pytest.raises(HttpError) as err:
+        follow.paths(_req(follow="disk_attachments..disk"))
+    assert err.value.status == 400
+
+
+def test_the_app_counts_calls_by_template_and_adds_latency(tmp_path: Path) -> None:
+    router = Router()
+    router.add("GET", "/vms/{vm}", lambda req, vm: Response(body=vm.encode()))
+    ca = tmp_path / "ca.pem"
+    ca.write_text("ca")
+    auth = Auth(username="admin@internal", password="pw", admin_token="adm")
+    calls = CallCounter()
+    admin = Router()
+    admin.add("GET", "/calls", lambda req: Response(body=b"{}"))
+    app = App(
+        router=router,
+        admin_router=admin,
+        auth=auth,
+        faults=Faults(),
+        ca_file=ca,
+        calls=calls,
+        latency_s=0.05,
+    )
+    bearer = {"authorization": f"Bearer {auth.new_token()}"}
+
+    def get(path: str, headers: dict[str, str]) -> tuple[Response, float]:
+        start = time.monotonic()
+        resp = app.handle(Request(method="GET", path=path, query={}, headers=headers, body=b""))
+        return resp, time.monotonic() - start
+
+    for vm in ("a", "b"):
+        resp, took = get(f"/ovirt-engine/api/vms/{vm}", bearer)
+        assert resp.body == vm.encode() and took >= 0.05
+    assert get("/ovirt-engine/api/nothing", bearer)[0].status == 404
+    assert get("/ovirt-engine/api/vms/a", {})[0].status == 401  # refused, still a call
+    assert get("/rhvfs-sim/calls", {"authorization": "Bearer adm"})[0].status == 200
+    assert calls.snapshot() == {("GET", "/vms/{vm}"): 3, ("GET", NO_ROUTE): 1}
+    assert calls.reset() == {("GET", "/vms/{vm}"): 3, ("GET", NO_ROUTE): 1}
+    assert calls.snapshot() == {}
+    with pytest.raises(ValueError):
+        App(router=router, admin_router=admin, auth=auth, faults=Faults(), ca_file=ca, latency_s=-1)
 
 
 @given(

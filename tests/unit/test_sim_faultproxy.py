@@ -1,4 +1,4 @@
-"""FaultProxy against a local byte server: exact forwarding, cut after N bytes, delay."""
+"""FaultProxy against a local byte server: exact forwarding, cut after N bytes, delay, latency."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rhvfs.sim.faultproxy import FaultProxy
+from rhvfs.sim.faultproxy import FaultProxy, _Turns
 
 PAYLOAD = random.Random(1).randbytes(300_000)
 
@@ -91,3 +91,49 @@ def test_delay_and_clear(proxy: FaultProxy) -> None:
     proxy.clear()
     data, _ = _fetch(proxy.port)
     assert data == PAYLOAD
+
+
+def test_latency_holds_back_every_client_turn() -> None:
+    """Three request/answer round trips on one connection: each waits the latency."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rb") as lines:
+            for line in lines:
+                conn.sendall(line.upper())
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    p = FaultProxy(
+        host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.getsockname()[1]
+    )
+    p.start()
+    p.set_latency(0.05)
+    try:
+        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
+            for word in (b"one\n", b"two\n", b"three\n"):
+                start = time.monotonic()
+                s.sendall(word)
+                got = b""
+                while not got.endswith(b"\n"):
+                    got += s.recv(100)
+                assert got == word.upper()
+                assert time.monotonic() - start >= 0.05
+        p.clear()  # faults only: the latency stays
+        assert p.latency_s == 0.05
+        with pytest.raises(ValueError):
+            p.set_latency(-1)
+    finally:
+        p.close()
+        server.close()
+        t.join(timeout=5)
+
+
+def test_a_turn_is_a_change_of_speaker() -> None:
+    turns = _Turns()
+    assert turns.speaks(True)  # the first bytes of a connection
+    assert not turns.speaks(True)  # more of the same request
+    assert turns.speaks(False)  # the answer
+    assert not turns.speaks(False)
+    assert turns.speaks(True)  # the next request
