@@ -284,7 +284,12 @@ async def test_truncated_image_fails_and_rolls_back(autojump_clock: MockClock, h
     await h.copy(session, s, ["vm.ovf", "manifest.json"])
     await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
     img = s.image_names()[1]
-    await h.write_file(session, img, s.files[img][: 512 * 1024])  # dd count=...: close succeeds
+    f = await h.write_file(session, img, s.files[img][: 512 * 1024])  # dd count=...
+    await trio.sleep(3600)  # short and closed is no evidence of anything: it waits
+    assert session.phase == "uploading"
+    assert session.disks[s.manifest["disks"][1]["id"]].state == "uploading"
+    with pytest.raises(RestoreError, match="truncated"):
+        await session.set_times(f)  # the tool says it is finished: truncated
     status = await h.settle(session)
     assert status["phase"] == "failed" and "truncated" in status["error"]
     assert h.engine.disks == {} and h.engine.vms == {}
@@ -506,7 +511,6 @@ async def test_idle_upload_is_kept_alive_and_a_short_image_waits_for_reopen(
     engine = FakeEngine()
     h = await start(nursery, engine, tmp_path, restore_config())
     h.manager.keepalive_s = 0.02
-    h.manager.truncated_after_s = 0.3
     s = make_set()
     session = h.manager.create("pause")
     await h.copy(session, s, ["vm.ovf", "manifest.json"])

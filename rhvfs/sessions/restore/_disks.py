@@ -5,7 +5,10 @@ engine disk (its original id unless taken), starts the upload transfer,
 runs the ``UploadStream``, keeps an idle transfer alive with a flush every
 ``keepalive_s`` (restic pauses between packs; the engine would time the
 transfer out), waits for the image to be complete and the chain gate open,
-applies the chain's files, and finalizes the transfer; and the data path
+zeroes every range never written unless the new disk reads zeros
+(``_coverage.reads_zero``: qcow2, sparse, or file storage; a raw preallocated
+disk on block storage shows the LV's old contents), applies the chain's
+files, and finalizes the transfer; and the data path
 into it: writes of a bound file go to its stream, data that arrives before
 the manifest explains its file is staged locally (``StagingArea``, bounded)
 and replayed into the stream in offset order once the disk is known.
@@ -27,6 +30,7 @@ from typing import Any, Protocol
 import trio
 
 from rhvfs.errors import NotFound, RestoreError, RestoreFailed, RestoreTooLarge, RhvfsError
+from rhvfs.sessions.restore._coverage import reads_zero
 from rhvfs.sessions.restore._files import RestoreDisk, RestoreFile
 from rhvfs.sessions.restore._options import RestoreOptions
 from rhvfs.sessions.restore._ports import RestoreServices
@@ -197,6 +201,9 @@ class DiskUploads:
             )
             d.disk_id = disk.id
             self._created.disks.append(disk.id)
+            zero_reads = reads_zero(
+                fmt=disk.format, sparse=disk.sparse, storage_type=sd.storage_type
+            )
             note(
                 f"created disk {alias} ({disk.id}, {sd_disk.size} bytes, {sd_disk.format}) on "
                 f"{sd.name} in {trio.current_time() - t0:.1f} s"
@@ -219,9 +226,12 @@ class DiskUploads:
                     started = True
                     task_status.started(stream)
                     await self._until_finish(d, stream)
+                    d.sealed = True  # no await since ``finish`` was seen: see ``_images``
                     try:
                         if d.abort:
                             raise RestoreFailed("upload aborted")
+                        if not zero_reads:
+                            await stream.zero_unwritten()
                         await self._gate.apply(d, stream)
                         d.state = DiskState.FINALIZING
                         stats = await stream.finish()
@@ -235,7 +245,9 @@ class DiskUploads:
             d.state = DiskState.UPLOADED
             note(
                 f"uploaded {alias}: {stats.bytes_received} bytes written, {stats.bytes_put} PUT "
-                f"in {stats.put_requests} requests, {stats.bytes_zeroed} zeroed"
+                f"in {stats.put_requests} requests, {stats.bytes_zeroed} zeroed "
+                f"({stats.holes_zeroed} of them never written, "
+                f"{'holes read as zero' if zero_reads else 'zeroed on the target'})"
             )
         except BaseException as raw:
             failed: BaseException = raw

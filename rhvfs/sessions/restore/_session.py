@@ -16,8 +16,8 @@ the session dispatches each call to the part that owns it:
   its errno);
 - ``_disks``: each image's engine disk and upload stream, from its first
   write; data that arrives before the manifest explains it is staged;
-- ``_images``: when an image is complete (closed at its size with its times
-  set, or not reopened for ``close_grace_s``);
+- ``_images``: when an image is complete (by evidence: every byte written or
+  a hole the tool made, or its times set on the closed file; ``_coverage``);
 - ``_chain``: a full set with its incrementals or one differential in one
   directory; disks are finalized only once the chain is settled;
 - ``_vm``: the VM or template made from the complete set;
@@ -304,11 +304,13 @@ class RestoreSession:
         else:
             self.config.freeze_options(self.files.values())
         if f.disk is not None:
+            self.images.reopen(f)  # a write after completion: applied, or refused
             await self.uploads.write(f, offset, data)
         elif f.mem is not None and is_config(f.name):
             f.write_config(offset, data)
         else:
             self.uploads.stage(f, offset, data)
+        f.coverage.write(offset, n)
         f.size = max(f.size, end)
         f.mtime_ns = time.time_ns()
         f.closed_done = False
@@ -333,6 +335,9 @@ class RestoreSession:
                 )
             )
             self._raise_if_failed()
+        if size != f.size:
+            self.images.reopen(f)
+        f.coverage.truncate(size)
         f.size = size
 
     async def fsync(self, f: RestoreFile) -> None:
@@ -385,9 +390,9 @@ class RestoreSession:
         complete now (no grace wait) and a failure of its upload is this call's error; on
         an open one (cp sets them through the descriptor, then closes) the close completes it."""
         d = f.disk
-        if d is None or f.dropped or self.phase is Phase.DONE:
+        if f.dropped or self.phase is Phase.DONE:
             return
-        if f.opens > 0:
+        if f.opens > 0 or d is None:  # unbound: the manifest's binding completes it
             f.times_set = True
             return
         await self._complete_and_wait(f)
