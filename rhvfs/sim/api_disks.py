@@ -1,7 +1,8 @@
 """REST resources for disks: `/disks`, `/disks/{id}`, disk snapshots, reduce/sparsify.
 
 Owns disk creation (record + base volume, `locked` -> `ok` in a background
-step), update (alias, description, grow), removal with its 409 rules, and the
+step; a raw preallocated disk on a block domain starts with stale data, like
+an LV), update (alias, description, grow), removal with its 409 rules, and the
 disk-snapshot (volume) listings, as route tables of plain handler functions
 (`ROUTES`). `create_disk()` and `remove_disk()` are also used by disk
 attachments, storage domains and uploads.
@@ -28,7 +29,7 @@ from rhvfs.sim.api_base import (
     search,
 )
 from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
-from rhvfs.sim.state import Disk, Volume, new_id
+from rhvfs.sim.state import BLOCK_STORAGE_TYPES, Disk, Volume, new_id
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def _finish_create(e: Engine, disk_id: str) -> None:
         if disk is None:
             return
         vol = disk.active
+        sd = e.state.storage_domains.get(disk.sd_id)
         try:
             e.storage.create_volume(
                 disk.sd_id,
@@ -104,6 +106,8 @@ def _finish_create(e: Engine, disk_id: str) -> None:
                 fmt="cow" if vol.fmt == "cow" else "raw",
                 size=disk.provisioned_size,
                 sparse=disk.sparse,
+                # a new LV shows its extents' old contents (a file domain's file reads zeros)
+                stale=sd is not None and sd.storage_type in BLOCK_STORAGE_TYPES,
             )
             disk.status = "ok"
         except Exception:
