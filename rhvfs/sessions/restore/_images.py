@@ -20,14 +20,16 @@ close, and its next open must still find the upload unfinalized. The quiet
 period only delays a completion the evidence already proved.
 
 A write to a complete image (``reopen``): if its upload is not sealed yet
-(the disk's task has not started finalizing: a chain not settled, or the
-quiet period) the image is un-completed and the write applied; once sealed
+(the disk's task has not started finalizing: no disk is finalized before
+every image of the set is complete, nor before a chain settled) the image
+is un-completed and the write applied; once sealed
 it is refused with ``RestoreImageSealed`` and the restore fails, so no byte
 is silently lost.
 
-Then the disk's ``finish`` event is set: the upload task zeroes what was
-never written when the target does not read zeros (``_disks``), flushes and
-finalizes the transfer (once the chain gate is open).
+Then the disk's ``finish`` event is set: once every image of the set is
+complete (and the chain gate open) the upload task zeroes what was never
+written when the target does not read zeros (``_disks``), flushes and
+finalizes the transfer.
 
 Must not: create or finalize uploads itself (``_disks``), parse
 configuration, or change the session's phase (it reports failures through
@@ -124,6 +126,7 @@ class ImageCompletion:
         await self._uploads.ensure(d)
         await self._uploads.replay_staged(f)
         d.finish.set()
+        self._uploads.wake()
 
     def reopen(self, f: RestoreFile) -> None:
         """A write (or resize) reaches ``f`` after it was complete: un-complete it while its
@@ -146,8 +149,8 @@ class ImageCompletion:
         assert d is not None
         f.close_gen += 1  # a pending quiet-period timer has nothing left to do
         await self.complete(f, finished=True)
-        if not self._gate.gate_open():
-            # a chain's image waits for the later sets' files, which this very tool
+        if not self._gate.gate_open() or not self._uploads.images_complete():
+            # the set's other images, or a chain's later sets, which this very tool
             # may still have to write: only its data so far must have gone out
             if d.stream is not None:
                 await d.stream.drain()

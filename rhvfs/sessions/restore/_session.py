@@ -125,6 +125,7 @@ class RestoreSession:
         self.created = Created()
         self.notes = Notes(name)
         self._completion_started = False
+        self._build_ended = trio.Event()  # the VM build task ended (set only once started)
         self._finished = trio.Event()
         self.config = SetConfig(services, directory=name, note=self.note)
         self.chain = ChainAssembly(self, services)
@@ -217,12 +218,15 @@ class RestoreSession:
         for d in self.disks.values():
             d.abort = True
             d.finish.set()
+        self.uploads.wake()
 
     async def _rollback(self) -> None:
         with trio.CancelScope(shield=True):
             for d in self.disks.values():
                 if d.state.busy:
                     await d.done.wait()
+            if self._completion_started:
+                await self._build_ended.wait()  # what it creates meanwhile is rolled back too
             await roll_back(self.services.engine, self.created, self.note)
             self.drop_staged()
             self._finished.set()
@@ -490,8 +494,17 @@ class RestoreSession:
                 overwrite_vm=config.overwrite_vm,
             )
             await create_vm(self.services.engine, plan, created=self.created, note=self.note)
+            built = True
         except Exception as e:
+            built = False
             self.fail(e if isinstance(e, RhvfsError) else RestoreFailed(f"creating the vm: {e}"))
+        finally:
+            if self.phase.final and self.created.vm is None and self.created.restored_vm:
+                # failed while the VM was built (a late write was refused): undo it too
+                self.created.vm = self.created.restored_vm
+                self.created.disks[:] = [d.disk_id for d in self.disks.values() if d.disk_id]
+            self._build_ended.set()
+        if not built or self.phase.final:
             return
         self.phase = Phase.DONE
         self.note(f"done: vm {self.vm_id}")
