@@ -56,6 +56,7 @@ def disk_status(d: RestoreDisk) -> dict[str, Any]:
         "bytes_written": d.bytes_written,
         "bytes_uploaded": stats.bytes_put if stats else 0,
         "bytes_zeroed": stats.bytes_zeroed if stats else 0,
+        "holes_zeroed": stats.holes_zeroed if stats else 0,  # never written, zeroed on the target
         "put_requests": stats.put_requests if stats else 0,
         "zero_requests": stats.zero_requests if stats else 0,
         "error": d.error,
