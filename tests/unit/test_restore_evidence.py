@@ -18,9 +18,9 @@ from rhvfs.errors import RestoreError
 from rhvfs.fs import errno_for
 from tests.support.backup_sets import SetFiles, make_set
 from tests.support.configs import restore_config
-from tests.support.data import MiB, sha
+from tests.support.data import sha
 from tests.support.fake_engine import FakeEngine
-from tests.support.restore_rig import Harness, start
+from tests.support.restore_rig import start
 
 STALE = b"\xa5"
 
