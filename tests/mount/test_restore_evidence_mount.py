@@ -241,3 +241,36 @@ def test_tar_sparse_restore_zeroes_holes_only_on_block_storage(
         else:
             assert got["holes_zeroed"] == 0
             assert got["bytes_uploaded"] + got["bytes_zeroed"] == got["bytes_written"]
+
+
+@pytest.mark.parametrize("tool", ["cp-plain", "dd", "dd-sparse", "rsync-sparse"])
+def test_tools_without_times_or_with_sparse_writes_complete_by_evidence(
+    sim: Any, mnt: SimMount, sets: dict[str, Path], tool: str, cleanup: list[str]
+) -> None:
+    """Plain cp and dd set no times: their images complete because every byte was written
+    or seeked over (then ftruncate); rsync --sparse seeks over zeros in a temp file."""
+    name = f"m0-{tool}"
+    cleanup.append(name)
+    set_dir = sets["myvm0"]
+    target = start_restore(mnt, name)
+    image = manifest_disks(set_dir)[0]["file"]
+    if tool == "cp-plain":
+        for f in ("vm.ovf", "manifest.json", image):
+            subprocess.run(["cp", str(set_dir / f), str(target)], check=True)
+    elif tool.startswith("dd"):
+        copy_config(set_dir, target)
+        conv = ["conv=sparse"] if tool == "dd-sparse" else []
+        subprocess.run(
+            ["dd", f"if={set_dir / image}", f"of={target / image}", "bs=1M", "status=none", *conv],
+            check=True,
+        )
+    else:
+        subprocess.run(["rsync", "-a", "--sparse", f"{set_dir}/", f"{target}/"], check=True)
+    status = restore_status(mnt, name)
+    assert status["phase"] == "done", status["error"]
+    check_disks(sim, set_dir, name)
+    disk = status["disks"][0]
+    if tool in ("dd-sparse", "rsync-sparse", "cp-plain"):
+        assert disk["bytes_written"] < disk["size"]  # holes were left, not written
+    else:
+        assert disk["bytes_written"] == disk["size"]

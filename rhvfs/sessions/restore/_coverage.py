@@ -19,6 +19,12 @@ A write that lands in a hole proves the hole was only "not written yet" (a
 tool writing out of order, restic blob by blob): from then on the file's
 holes, present and future, count as owed.
 
+rhvfs has no ``fallocate`` handler (pyfuse3 offers none): the kernel answers
+``EOPNOTSUPP``; restic then goes on without preallocating, and glibc's
+``posix_fallocate`` emulation writes one zero byte per block, which shows here
+as writes past the end (so its blocks are written or holes until data lands
+in them, which makes the file out of order).
+
 **Complete** means: the file's size is the target size and every byte of it
 is written or a hole. Closing the file is no evidence by itself, and no timer
 is; the caller decides when to look (the last handle closed, times set).
