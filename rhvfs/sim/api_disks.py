@@ -55,6 +55,12 @@ def create_disk(e: Engine, body: types.Disk, *, vm_snapshot_id: str | None = Non
     if available < LOW_SPACE_BYTES or needed > available:
         raise conflict(f"Cannot add Virtual Disk. Low disk space on Storage Domain {sd.name}.")
     fmt = body.format.value
+    sparse = True if body.sparse is None else bool(body.sparse)
+    if fmt == "raw" and sparse and sd.storage_type in BLOCK_STORAGE_TYPES:
+        raise conflict(
+            "Cannot add Virtual Disk. Disk configuration (RAW Sparse) is incompatible with "
+            "the storage domain type."
+        )
     backup = body.backup.value if body.backup is not None else "none"
     if backup == "incremental" and fmt != "cow":
         raise conflict(
@@ -75,7 +81,7 @@ def create_disk(e: Engine, body: types.Disk, *, vm_snapshot_id: str | None = Non
         alias=alias,
         sd_id=sd.id,
         provisioned_size=size,
-        sparse=True if body.sparse is None else bool(body.sparse),
+        sparse=sparse,
         backup=backup,
         status="locked",
         description=body.description or "",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ovirtsdk4 as sdk
 from ovirtsdk4 import types
 
 from rhvfs.sim.guestdata import make_guest_image
@@ -119,6 +120,16 @@ def test_block_domain_new_raw_disk_holds_stale_data_and_upload_disk_zeroes_it(
         wait_for("the new disk", lambda: fresh_service.get().status == types.DiskStatus.OK, 30)
         assert sim.admin.disk_sha256(fresh.id) != _zero_sha256(size)  # stale, not zeros
         fresh_service.remove()
+        with pytest.raises(sdk.Error, match="RAW Sparse"):  # an LV cannot be sparse raw
+            disks.add(
+                types.Disk(
+                    name="sparse-lv",
+                    provisioned_size=size,
+                    format=types.DiskFormat.RAW,
+                    sparse=True,
+                    storage_domains=[types.StorageDomain(name="bs-scsi-012")],
+                )
+            )
 
         image = tmp_path / "sparse.raw"
         with open(image, "wb") as f:
