@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
 import ovirtsdk4 as sdk
+import pytest
 from ovirtsdk4 import types
 
 from rhvfs.sim.guestdata import make_guest_image

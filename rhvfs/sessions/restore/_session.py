@@ -494,17 +494,17 @@ class RestoreSession:
                 overwrite_vm=config.overwrite_vm,
             )
             await create_vm(self.services.engine, plan, created=self.created, note=self.note)
-            built = True
         except Exception as e:
-            built = False
-            self.fail(e if isinstance(e, RhvfsError) else RestoreFailed(f"creating the vm: {e}"))
-        finally:
-            if self.phase.final and self.created.vm is None and self.created.restored_vm:
-                # failed while the VM was built (a late write was refused): undo it too
-                self.created.vm = self.created.restored_vm
-                self.created.disks[:] = [d.disk_id for d in self.disks.values() if d.disk_id]
             self._build_ended.set()
-        if not built or self.phase.final:
+            self.fail(e if isinstance(e, RhvfsError) else RestoreFailed(f"creating the vm: {e}"))
+            return
+        if self.phase.final:
+            # failed while it was built (a late write was refused): the rollback, waiting
+            # for ``_build_ended``, removes the VM and its disks too
+            self.created.vm = self.created.restored_vm
+            self.created.disks[:] = [d.disk_id for d in self.disks.values() if d.disk_id]
+        self._build_ended.set()
+        if self.phase.final:
             return
         self.phase = Phase.DONE
         self.note(f"done: vm {self.vm_id}")
