@@ -136,6 +136,8 @@ def test_presized_image_closed_half_written_waits_for_the_rest(
     status = status_now(mnt, name)
     assert status["phase"] == "uploading", status
     assert [d["state"] for d in status["disks"]] == ["uploading"]
+    assert [d["image_complete"] for d in status["disks"]] == [False]
+    assert [d["bytes_owed"] for d in status["disks"]] == [len(data) - half]
     new_disk = status["disks"][0]["new_disk_id"]
     phases = [t["phase"] for t in sim.admin.transfers() if t["disk_id"] == new_disk]
     assert phases == ["transferring"]  # the upload is not finalized
@@ -145,6 +147,7 @@ def test_presized_image_closed_half_written_waits_for_the_rest(
         f.write(data[half:])
     status = restore_status(mnt, name)
     assert status["phase"] == "done", status["error"]
+    assert [d["bytes_owed"] for d in status["disks"]] == [0]
     check_disks(sim, set_dir, name)
 
 

@@ -88,6 +88,9 @@ async def test_presized_image_waits_for_its_owed_half(
     await trio.sleep(3600)  # no timer decides: the second half is owed
     assert session.phase == "uploading"
     assert f.disk is not None and not f.disk.finish.is_set() and f.disk.state == "uploading"
+    doc = json.loads(session.status_json())
+    owed = {d["alias"]: (d["image_complete"], d["bytes_owed"]) for d in doc["disks"]}
+    assert owed == {"disk0": (False, len(data) - half), "disk1": (True, 0)}
     session.open(f)
     await session.write(f, half, data[half:])
     await session.flush(f)
