@@ -33,6 +33,7 @@ foreign exception type.
     │   ├── RestoreUnsupported     the engine facade cannot do what the options ask
     │   ├── RestoreWriteOnly       a file that was streamed to the engine is read back
     │   ├── RestoreFinished        the restore is done: nothing more can be written
+    │   ├── RestoreImageSealed     an image changed after its upload was finalized
     │   ├── RestoreCancelled       the restore was cancelled (rmdir, or rhvfs stopped)
     │   └── RestoreFailed          an upload or a step on the engine failed
     ├── DataIntegrityError         bytes did not match what the protocol promised (short
@@ -250,6 +251,11 @@ class RestoreWriteOnly(RestoreError):
 class RestoreFinished(RestoreError):
     """Raised when a file call reaches a restore that is done (its VM exists): the
     directory takes nothing more."""
+
+
+class RestoreImageSealed(RestoreError):
+    """Raised when a write or resize reaches a disk image whose upload was already
+    finalized: the change cannot be applied, so the restore fails (never lost silently)."""
 
 
 class RestoreCancelled(RestoreError):

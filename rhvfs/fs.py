@@ -62,6 +62,7 @@ ERRNO: dict[type[BaseException], int] = {
     errors.RestoreUnsupported: errno.ENOTSUP,
     errors.RestoreWriteOnly: errno.EACCES,
     errors.RestoreFinished: errno.EROFS,
+    errors.RestoreImageSealed: errno.EROFS,
     errors.RestoreCancelled: errno.ECANCELED,
     errors.RestoreFailed: errno.EIO,
     # the VFS's own refusals

@@ -33,6 +33,7 @@ from rhvfs.backupset import (
     rsync_target,
 )
 from rhvfs.errors import RestoreNameClash, RestoreTooLarge, RestoreWriteOnly
+from rhvfs.sessions.restore._coverage import ImageCoverage
 from rhvfs.sessions.restore._options import OPTIONS_FILE
 from rhvfs.sessions.restore._staging import StagedFile
 from rhvfs.sessions.restore._state import DiskState
@@ -70,7 +71,8 @@ class RestoreFile:
         self.dropped = False  # data of an excluded disk: accepted, not kept
         self.closed_done = False  # the "last close" processing ran since the last write
         self.close_gen = 0  # bumped by every open/close: a grace timer acts only if unchanged
-        self.times_set = False  # utimes while open and no write since: done at the close
+        self.times_set = False  # utimes while open (or unbound) and no write since
+        self.coverage = ImageCoverage()  # what each byte is: the evidence of completeness
         self.mtime_ns = time.time_ns()  # shown as the file's mtime (wall clock, not a timer)
 
     def read(self, offset: int, size: int) -> bytes:
@@ -115,7 +117,9 @@ class RestoreDisk:
     error: str | None = None
     bytes_written: int = 0
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
-    finish: trio.Event = dataclasses.field(default_factory=trio.Event)  # image complete
+    #: image complete (replaced by a fresh event when a write un-completes it)
+    finish: trio.Event = dataclasses.field(default_factory=trio.Event)
+    sealed: bool = False  # the upload task went past ``finish``: the image cannot change
     done: trio.Event = dataclasses.field(default_factory=trio.Event)  # upload task ended
     abort: bool = False
 

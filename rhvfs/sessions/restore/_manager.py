@@ -34,12 +34,11 @@ from rhvfs.sessions.restore._session import RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sessions.restore._state import Phase
 
-#: An image closed with its full size and not reopened for this long is complete (seconds).
-#: Tools that set the file's times after writing it (tar, cp -a, rsync, restic, Bacula)
-#: complete it at once with that call; this wait is for the rest (dd, plain cp).
+#: An image whose every byte is accounted for (written, or a hole the tool made) is
+#: finalized once it stayed closed this long (seconds); tools that set the file's times
+#: after writing it (tar, cp -a, rsync, restic, Bacula) complete it at once with that call.
+#: A chain restore is settled after this long without directory activity.
 CLOSE_GRACE_S = 5.0
-#: A closed image shorter than its disk, not reopened for this long, is truncated (seconds).
-TRUNCATED_AFTER_S = 300.0
 #: An idle upload sends a flush this often, so the engine does not time the transfer out.
 KEEPALIVE_S = 20.0
 #: The engine's inactivity timeout of an upload transfer is at least this (seconds).
@@ -58,7 +57,6 @@ class RestoreManager:
         opener: UploadOpener | None = None,
         staging: StagingArea | None = None,
         close_grace_s: float = CLOSE_GRACE_S,
-        truncated_after_s: float = TRUNCATED_AFTER_S,
         keepalive_s: float = KEEPALIVE_S,
         outcome_timeout_s: float | None = None,
         partial_set_timeout_s: float | None = None,
@@ -70,7 +68,6 @@ class RestoreManager:
         self.partial_set_timeout_s = (
             config.partial_set_timeout if partial_set_timeout_s is None else partial_set_timeout_s
         )
-        self.truncated_after_s = truncated_after_s
         self.keepalive_s = keepalive_s
         self.engine = engine
         self.config = config

@@ -120,10 +120,9 @@ class RestoreServices(Protocol):
     engine: RestoreEngine
     opener: UploadOpener
     staging: StagingArea
-    #: seconds: an image closed at full size and not reopened for this long is complete
+    #: seconds: an image complete by evidence is finalized once closed this long (and a
+    #: chain settles after this long without directory activity)
     close_grace_s: float
-    #: seconds: a closed image shorter than its disk, not reopened for this long, is truncated
-    truncated_after_s: float
     #: seconds between flushes of an idle upload
     keepalive_s: float
     #: seconds the call that completes a set waits for its outcome (0: it does not wait)
