@@ -68,9 +68,11 @@ class Config:
     prefetch_streams: int = 4
     readahead_kb: int = 4096
     listing_ttl: float = 5.0
-    # Restore staging.
+    # Restore staging: data on local disk (staging_dir, at most staging_limit bytes), and
+    # the configuration files of all restores held in memory (at most staging_memory bytes).
     staging_dir: str | None = None
     staging_limit: int = 8 * 1024 * 1024 * 1024
+    staging_memory: int = 256 * 1024 * 1024
     # Mount-level restore defaults (names as in other RHV backup products).
     restore_defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -100,6 +102,7 @@ _INT_KEYS = {
     "prefetch_streams",
     "readahead_kb",
     "staging_limit",
+    "staging_memory",
 }
 _FLOAT_KEYS = {
     "system_interval",
@@ -227,6 +230,8 @@ def load_config(
     for key in ("system_tries", "prefetch_streams"):
         if key in converted and converted[key] < 1:
             raise ConfigError(f"{key} must be at least 1")
+    if "staging_memory" in converted and converted["staging_memory"] < 1024 * 1024:
+        raise ConfigError("staging_memory must be at least 1 MiB")
     if "read_idle_limit" in converted and converted["read_idle_limit"] <= 0:
         raise ConfigError("read_idle_limit must be more than 0 seconds")
     return Config(**converted, restore_defaults=restore)

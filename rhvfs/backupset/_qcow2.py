@@ -674,14 +674,12 @@ def iter_allocation(
                         if size is not None and budget is not None:
                             if host + length > size:
                                 raise Qcow2Truncated(
-                                    f"truncated qcow2 file: data cluster at {host} is past "
-                                    "its end"
+                                    f"truncated qcow2 file: data cluster at {host} is past its end"
                                 )
                             budget -= cs
                             if budget < 0:
                                 raise Qcow2FormatError(
-                                    "the L2 tables and data clusters add up to more than "
-                                    "the file"
+                                    "the L2 tables and data clusters add up to more than the file"
                                 )
                         kind, file_offset = "data", host
                     else:

@@ -341,8 +341,7 @@ class ChainAssembly:
         assert staged is not None
         if f.size > max_delta_size(dl.size):
             raise ChainError(
-                f"{dl.file} is {f.size} bytes: larger than any qcow2 delta of a "
-                f"{dl.size}-byte disk"
+                f"{dl.file} is {f.size} bytes: larger than any qcow2 delta of a {dl.size}-byte disk"
             )
         with staged.reading(f.size) as read_at:
             check_delta(read_at, dl)  # the header: the first cluster only

@@ -26,6 +26,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
+from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sessions.restore._upload import UploadTarget
 
@@ -113,6 +114,8 @@ class RestoreServices(Protocol):
     engine: RestoreEngine
     opener: UploadOpener
     staging: StagingArea
+    #: the memory budget of every restore's configuration files (``staging_memory``)
+    config_memory: ConfigMemory
     #: seconds: an image closed at full size and not reopened for this long is complete
     close_grace_s: float
     #: seconds: a closed image shorter than its disk, not reopened for this long, is truncated
