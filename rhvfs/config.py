@@ -230,8 +230,8 @@ def load_config(
     for key in ("system_tries", "prefetch_streams"):
         if key in converted and converted[key] < 1:
             raise ConfigError(f"{key} must be at least 1")
-    if "staging_memory" in converted and converted["staging_memory"] < 1024 * 1024:
-        raise ConfigError("staging_memory must be at least 1 MiB")
+    if "staging_memory" in converted and converted["staging_memory"] < 64 * 1024 * 1024:
+        raise ConfigError("staging_memory must be at least 64 MiB (32 MiB are kept for writes)")
     if "read_idle_limit" in converted and converted["read_idle_limit"] <= 0:
         raise ConfigError("read_idle_limit must be more than 0 seconds")
     return Config(**converted, restore_defaults=restore)

@@ -8,9 +8,12 @@ mount -- are bounded by ``staging_memory`` (``Config``): a write that would
 pass it raises ``RestoreMemoryFull`` (ENOSPC; the restore fails and its
 ``.status`` says so, naming the setting). The budget counts the memory the
 files really take (``sys.getsizeof`` of each buffer, with its growth
-reserve), so the mount's resident size stays under the budget plus its
-baseline. A failed restore gives its files' memory back at once (it needs
-them no more); a finished one when its directory is removed.
+reserve), and keeps ``IN_FLIGHT_RESERVE`` of it for the writes on their way
+in (pyfuse3 serves up to 99 requests at once, each holding its 128 KiB
+request buffer and a copy of the data), so the mount's resident size stays
+under ``staging_memory`` plus its baseline however many files are written at
+once. A failed restore gives its files' memory back at once (it needs them no
+more); a finished one when its directory is removed.
 
 Must not: hold file data itself, or know about sessions or the engine.
 """
@@ -31,11 +34,20 @@ class _Holder(Protocol):
     mem: bytearray | None
 
 
+#: Part of the budget kept for write requests in flight (99 requests x 2 x 132 KiB, rounded
+#: up): configuration files hold at most ``staging_memory`` minus this.
+IN_FLIGHT_RESERVE = 32 * 1024 * 1024
+#: The smallest ``staging_memory`` that leaves room for files (``Config`` checks it).
+MIN_LIMIT_BYTES = 2 * IN_FLIGHT_RESERVE
+
+
 class ConfigMemory:
     """The budget; files register on their first charge and drop out when they are gone."""
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
+        #: what the files may hold (the rest is for requests in flight)
+        self.files_limit = max(0, limit_bytes - IN_FLIGHT_RESERVE)
         self._files: weakref.WeakSet[_Holder] = weakref.WeakSet()
 
     @property
@@ -53,9 +65,10 @@ class ConfigMemory:
         grow = end - len(mem)
         need = grow + grow // 8 + 64  # a bytearray keeps up to 1/8 spare when it grows
         used = self.used_bytes
-        if used + need > self.limit_bytes:
+        if used + need > self.files_limit:
             raise RestoreMemoryFull(
                 f"{f.name!r}: {used + need} bytes of configuration files in memory would "
-                f"exceed staging_memory {self.limit_bytes} (a set's configuration files take "
-                "a few KiB: remove finished restore directories, or raise staging_memory)"
+                f"exceed what staging_memory {self.limit_bytes} leaves them ({self.files_limit}; "
+                "a set's configuration files take a few KiB: remove finished restore "
+                "directories, or raise staging_memory)"
             )
