@@ -129,7 +129,7 @@ def _full_set_with(
     return [(n, files[n]) for n in (order or list(files))]
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=250)
 @given(ovf_inputs(), st.booleans())
 @pytest.mark.allow_log("rhvfs.fs", "WARNING")
 def test_damaged_ovf_fails_its_restore_only(ovf: bytes, ovf_first: bool) -> None:
@@ -138,14 +138,14 @@ def test_damaged_ovf_fails_its_restore_only(ovf: bytes, ovf_first: bool) -> None
     _run(_full_set_with("vm.ovf", ovf, order + rest))
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=250)
 @given(manifest_inputs())
 @pytest.mark.allow_log("rhvfs.fs", "WARNING")
 def test_damaged_manifest_fails_its_restore_only(manifest: bytes) -> None:
     _run(_full_set_with("manifest.json", manifest))
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=120)
 @given(options_inputs())
 @pytest.mark.allow_log("rhvfs.fs", "WARNING")
 def test_random_options_file_fails_its_restore_only(options: bytes) -> None:
@@ -153,7 +153,7 @@ def test_random_options_file_fails_its_restore_only(options: bytes) -> None:
     _run(files)
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=250)
 @given(qcow2_inputs())
 @pytest.mark.allow_log("rhvfs.fs", "WARNING")
 def test_damaged_qcow2_delta_fails_its_chain_restore_only(delta: bytes) -> None:
@@ -162,7 +162,7 @@ def test_damaged_qcow2_delta_fails_its_chain_restore_only(delta: bytes) -> None:
     _run(files)
 
 
-@settings(FUZZ, max_examples=50)
+@settings(FUZZ, max_examples=40)
 @given(ovf_inputs())
 @pytest.mark.allow_log("rhvfs.fs", "WARNING")
 def test_damaged_ovf_of_a_chain_fails_its_restore_only(ovf: bytes) -> None:

@@ -21,6 +21,7 @@ import concurrent.futures
 import configparser
 import copy
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -68,21 +69,35 @@ def full_set(mnt: SimMount, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _delta(image: Path, size: int, backing: str) -> bytes:
-    """A valid qcow2 delta of the disk: one cluster rewritten."""
+#: The incremental set rewrites the first 8 MiB of the disk with this byte (a delta of
+#: more than 4 MiB: the restore parses it in a worker thread).
+CHANGED = 8 * MiB
+PATTERN = 0x5A
+
+
+def _delta(size: int, backing: str) -> bytes:
+    """A valid qcow2 delta of the disk: its first ``CHANGED`` bytes are ``PATTERN``."""
     q = Qcow2Delta(
-        virtual_size=size, changes=[Change(0, 65536)], backing_file=backing, backing_format="raw"
+        virtual_size=size, changes=[Change(0, CHANGED)], backing_file=backing, backing_format="raw"
     )
     out = bytearray()
-    with open(image, "rb") as f:
-        for off in range(0, q.size, 65536):
-            if off < q.metadata_size:
-                out += q.metadata_cluster(off // 65536)
-            else:
-                for _, guest, n in q.data_ranges(off, 65536):
-                    f.seek(guest)
-                    out += f.read(n).ljust(n, b"\0")
+    for off in range(0, q.size, 65536):
+        if off < q.metadata_size:
+            out += q.metadata_cluster(off // 65536)
+        else:
+            out += bytes([PATTERN]) * sum(n for _, _, n in q.data_ranges(off, 65536))
     return bytes(out)
+
+
+def expected_sha(full_set: Path) -> str:
+    """sha256 of the disk after the incremental set: the full image, first bytes replaced."""
+    (disk,) = json.loads((full_set / "manifest.json").read_bytes())["disks"]
+    h = hashlib.sha256(bytes([PATTERN]) * CHANGED)
+    with open(full_set / disk["file"], "rb") as f:
+        f.seek(CHANGED)
+        while block := f.read(4 * MiB):
+            h.update(block)
+    return h.hexdigest()
 
 
 def chain_dir(full_set: Path, into: Path, *, ovf: bytes | None, delta: str) -> Path:
@@ -107,7 +122,7 @@ def chain_dir(full_set: Path, into: Path, *, ovf: bytes | None, delta: str) -> P
     (disk,) = inc["disks"]
     root_file = disk["file"]
     disk.update(file="disk--c1.qcow2", file_format="qcow2", backing_file=root_file)
-    data = bytearray(_delta(into / root_file, disk["size"], root_file))
+    data = bytearray(_delta(disk["size"], root_file))
     if delta == "garbage-backing":
         (bf_off,) = struct.unpack_from(">Q", data, 8)
         garbage = bytes(range(128, 256)) + b"\x00\x01\x1b[2J"
@@ -134,6 +149,26 @@ def still_serves(mnt: SimMount, sim: Any, full_set: Path, name: str) -> None:
     assert status["phase"] == "done", status["error"]
     assert vm_details(sim, name) is not None
     assert mnt.status()["pid"] == mnt.pid  # the same daemon
+
+
+def test_valid_chain_restores_with_its_big_delta(
+    sim: Any, mnt: SimMount, full_set: Path, tmp_path: Path
+) -> None:
+    """The starting point of the bad cases: the chain as built restores the newest state."""
+    src = chain_dir(full_set, tmp_path / "chain", ovf=None, delta="valid")
+    assert (src / "disk--c1.qcow2").stat().st_size > 4 * MiB
+    target = mnt.mnt / "restore" / "chain-ok"
+    target.mkdir()
+    try:
+        subprocess.run(["cp", "-a", f"{src}/.", str(target)], check=True, timeout=300)
+        status = restore_status(mnt, "chain-ok")
+        assert status["phase"] == "done", status["error"]
+        restored = vm_details(sim, "chain-ok")
+        assert restored is not None
+        (disk,) = restored["disks"]
+        assert sim.admin.disk_sha256(disk["id"]) == expected_sha(full_set)
+    finally:
+        remove_vm(sim, "chain-ok")
 
 
 @pytest.mark.parametrize(
