@@ -72,8 +72,8 @@ async def _serves(ops: object, manager: object, engine: FakeEngine) -> None:
     restore = await lookup(ops, "/restore")
     good = await ops.mkdir(restore.st_ino, b"good", 0o755, CTX)
     files = tiny_set()
-    for name, data in files.items():
-        assert await put(ops, good.st_ino, name, data) == []
+    for name, data in sorted(files.items(), key=lambda x: not x[0].endswith(".json")):
+        assert await put(ops, good.st_ino, name, data) == []  # manifest first: no staging
     with trio.fail_after(10):
         await manager.get("good").wait_finished()
     status = await read_status(ops, good.st_ino)
