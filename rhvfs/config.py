@@ -144,6 +144,17 @@ def _convert(key: str, value: Any) -> Any:
     return str(value)
 
 
+def _ini_error(path: Path, error: configparser.Error) -> str:
+    """One line for an INI syntax error (configparser's own texts span lines). It names
+    lines by number only: a malformed line may hold a password."""
+    if isinstance(error, configparser.MissingSectionHeaderError):
+        return f"{path} line {error.lineno}: expected a [section] header first"
+    if isinstance(error, configparser.ParsingError):
+        numbers = ", ".join(str(n) for n, _ in error.errors)
+        return f'{path}: not INI syntax ("key = value" expected) at line(s) {numbers}'
+    return f"{path}: " + " ".join(str(error).split())
+
+
 def read_section(path: Path, section: str) -> dict[str, str]:
     """Return the raw key/value pairs of ``section`` in the INI file ``path``."""
     parser = configparser.ConfigParser(interpolation=None)
@@ -152,7 +163,9 @@ def read_section(path: Path, section: str) -> dict[str, str]:
             parser.read_file(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, configparser.Error) as e:
+    except configparser.Error as e:
+        raise ConfigError(f"cannot read config file {_ini_error(path, e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     if not parser.has_section(section):
         raise ConfigError(f"no section [{section}] in {path}")

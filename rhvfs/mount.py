@@ -49,12 +49,15 @@ class MountOptions:
     (``rhvfs.vfs.tree.Vfs``); the kernel enforces them (``default_permissions``
     is always set). ``allow_other`` lets other users than the mounting one in
     at all: the command line accepts it only with an explicit ``umask``.
+    ``read_only`` mounts without the ``restore/`` tree (no restore manager runs)
+    and asks the kernel for a read-only mount (``ro``).
     """
 
     mountpoint: str
     allow_other: bool = False
     state_dir: str | None = None
     debug_fuse: bool = False
+    read_only: bool = False
     uid: int | None = None  # None: the mounting process's
     gid: int | None = None
     umask: int = 0
@@ -81,7 +84,8 @@ async def open_backend(
 ) -> AsyncIterator[Backend]:
     """The real backend: ``open_engine`` + ``BackupManager.run`` in a nursery.
 
-    Leaving it cancels the manager, which closes every session cleanly.
+    Leaving it cancels the manager, which closes every session cleanly. A
+    read-only mount (``options.read_only``) runs no restore manager.
     """
     from rhvfs.engine import open_engine
     from rhvfs.sessions import BackupManager, Journal, Owner
@@ -97,11 +101,14 @@ async def open_backend(
         incremental = IncrementalManager(
             engine, config, chain=chain, journal=journal, cleanup_on_start=gc_on_start
         )
-        restores = RestoreManager(engine, config, errno_for=errno_for)
+        restores = (
+            None if options.read_only else RestoreManager(engine, config, errno_for=errno_for)
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
             await nursery.start(incremental.run)
-            await nursery.start(restores.run)
+            if restores is not None:
+                await nursery.start(restores.run)
             try:
                 yield Backend(
                     engine=engine,
@@ -153,6 +160,8 @@ def fuse_options(options: MountOptions) -> set[str]:
         opts.add("allow_other")
     if options.debug_fuse:
         opts.add("debug")
+    if options.read_only:
+        opts.add("ro")
     return opts
 
 
@@ -224,6 +233,7 @@ async def serve(
                 owner_factory=back.owner_factory,
                 status_info=status_info,
                 restores=back.restores,
+                restore_dir=not options.read_only,
                 uid=options.uid,
                 gid=options.gid,
                 umask=options.umask,
@@ -236,12 +246,14 @@ async def serve(
             mounted = True
             log.info("rhvfs %s mounted %s on %s", rhvfs.__version__, config.engine_url, mountpoint)
             log.info(
-                "access: %s, owner %d:%d, umask %04o, restore/ umask %04o",
+                "access: %s, owner %d:%d, umask %04o, %s",
                 "other users by mode (allow_other)" if options.allow_other else "this user only",
                 vfs.uid,
                 vfs.gid,
                 vfs.umask,
-                vfs.restore_umask,
+                "read-only (no restore/)"
+                if options.read_only
+                else f"restore/ umask {vfs.restore_umask:04o}",
             )
             async with trio.open_nursery() as nursery:
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what rhvfs needs on a Debian 12 machine (as root) and creates .venv
-# with the project and its test tools. Safe to run again: it only installs
-# what is missing.
+# with the project, its test tools and the simulator (the test and sim extras).
+# Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,12 +62,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' > .venv/pip.log 2>&1; then
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,sim]' > .venv/pip.log 2>&1; then
   grep -v '^WARNING: Location' .venv/pip.log >&2
   echo "setup: pip install failed" >&2
   exit 1
 fi
-.venv/bin/python -c 'import pyfuse3, trio, httpx, ovirtsdk4, ovirt_imageio, rhvfs' \
+.venv/bin/python -c 'import pyfuse3, trio, httpx, ovirtsdk4, ovirt_imageio, cryptography, rhvfs' \
   && [ -x .venv/bin/pytest ] && [ -x .venv/bin/rhvfs ] \
   || { echo "setup: the venv is incomplete" >&2; exit 1; }
 echo "setup: ready ($(.venv/bin/python --version))"

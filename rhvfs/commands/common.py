@@ -6,6 +6,11 @@ prompt, never from the command line (``rhvfs.config.load_config``). A
 configuration that does not verify TLS (``--insecure``, ``secure = no``) gets
 one warning here, whichever command loads it.
 
+The state dir (``--state-dir``, default ``$XDG_STATE_HOME/rhvfs``) is checked
+here before any command uses it (``prepare_state_dir``), and the log file is
+opened here (``setup_logging``): a bad path is one ``ConfigError`` line, never
+a traceback.
+
 Logging: one handler for the whole process (stderr or a 0600 file), with the
 redacting filter of ``rhvfs.redact`` on it, so no record of any logger (the
 http stack's at DEBUG included) shows a ticket, token or password; uncaught
@@ -21,12 +26,14 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from rhvfs.config import Config, load_config
-from rhvfs.private import open_private
+from rhvfs.errors import ConfigError
+from rhvfs.private import default_state_dir, open_private, private_dir
 from rhvfs.redact import RedactingFilter, excepthook
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,21 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--debug", action="store_true", help="verbose logging, tracebacks on errors"
     )
+
+
+def prepare_state_dir(state_dir: str | None) -> Path:
+    """The state dir, created 0700 if missing (the default one, rhvfs's own, is made
+    0700); ``ConfigError`` when it can't be created or is not a writable directory."""
+    path = Path(state_dir) if state_dir else default_state_dir()
+    try:
+        private_dir(path, tighten=not state_dir)
+    except OSError as e:
+        raise ConfigError(f"cannot create the state dir {path}: {e.strerror or e}") from None
+    if not path.is_dir():
+        raise ConfigError(f"the state dir {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"the state dir {path} is not writable")
+    return path
 
 
 def config_from_args(args: argparse.Namespace, **extra: object) -> Config:
@@ -89,12 +111,20 @@ def warn_if_insecure(config: Config) -> None:
         )
 
 
+def check_log_file(filename: str) -> None:
+    """Create ``filename`` (0600) for appending; ``ConfigError`` when that is not possible."""
+    try:
+        os.close(open_private(filename, os.O_WRONLY | os.O_APPEND))
+    except OSError as e:
+        raise ConfigError(f"cannot open the log file {filename}: {e.strerror or e}") from None
+
+
 def setup_logging(*, debug: bool, filename: str | None = None) -> None:
     """Log to ``filename`` (created 0600) or stderr, every record redacted (``rhvfs.redact``)."""
     level = logging.DEBUG if debug else logging.INFO
     handler: logging.Handler
     if filename:
-        os.close(open_private(filename, os.O_WRONLY | os.O_APPEND))
+        check_log_file(filename)
         handler = logging.FileHandler(filename)
     else:
         handler = logging.StreamHandler(sys.stderr)

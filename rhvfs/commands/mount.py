@@ -16,10 +16,17 @@ the rhvfs daemon serving that mountpoint; a mount whose process is gone, hung
 or not verified is detached with ``fusermount3 -u`` (which only its owner or
 root may do), and a mount that is not rhvfs is left alone.
 
-``-o`` takes ``allow_other``, ``debug`` and the ownership of the tree:
-``uid=``/``gid=`` (number or name), ``umask=`` and ``restore_umask=`` (octal;
-``parse_o``). ``allow_other`` is refused without an explicit ``umask=``:
+``-o`` takes ``allow_other``, ``debug``, ``ro`` (no ``restore/`` tree, and the
+kernel refuses every write) and the ownership of the tree: ``uid=``/``gid=``
+(number or name), ``umask=`` and ``restore_umask=`` (octal; ``parse_o``).
+``-o`` may be repeated: the lists are merged (a later value of the same key
+wins, as with mount(8)); an unknown option is refused in one line that names
+the known ones. ``allow_other`` is refused without an explicit ``umask=``:
 letting other users in must say which of them may read.
+
+``umount`` exits non-zero with the reason on stderr whenever the mount is not
+gone at the end (not mounted, not rhvfs, the process still cleaning up after
+``--timeout``, ``fusermount3`` failed or the mount stayed).
 
 Must not: contain mount lifecycle logic (``rhvfs.mount``).
 """
@@ -41,20 +48,27 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 from rhvfs.commands._mounts import RHVFS_FSTYPE, canonical_mountpoint, mount_at, verify_daemon
-from rhvfs.commands.common import add_connection_args, config_from_args, run_trio, setup_logging
+from rhvfs.commands.common import (
+    add_connection_args,
+    check_log_file,
+    config_from_args,
+    prepare_state_dir,
+    run_trio,
+    setup_logging,
+)
 from rhvfs.config import PASSWORD_ENV
 from rhvfs.errors import ConfigError, RhvfsError
-from rhvfs.private import default_state_dir, open_private, private_dir
+from rhvfs.private import open_private
 from rhvfs.redact import redact
 from rhvfs.retry import Backoff, RetryPolicy
 
 STATUS_PATH = ".rhvfs/status.json"
-_FLAG_O = {"allow_other", "debug"}
+_FLAG_O = {"allow_other", "debug", "ro"}
 _VALUE_O = {"uid", "gid", "umask", "restore_umask"}
+_KNOWN_O = ", ".join([*sorted(_FLAG_O), *(f"{k}=" for k in sorted(_VALUE_O))])
 _ALLOW_OTHER_NEEDS = (
     "-o allow_other needs explicit ownership: add umask= (and gid=/uid=), "
     "e.g. -o allow_other,gid=rhvfs-backup,umask=0027"
@@ -68,6 +82,7 @@ class FuseOptions:
 
     allow_other: bool = False
     debug_fuse: bool = False
+    read_only: bool = False
     uid: int | None = None
     gid: int | None = None
     umask: int = 0
@@ -92,13 +107,15 @@ def _mask(key: str, value: str) -> int:
     return int(value, 8)
 
 
-def parse_o(text: str) -> FuseOptions:
-    """``-o a,b=c,...`` as ``FuseOptions``; ``ConfigError`` (one line) for an unknown or
+def parse_o(text: str | Sequence[str]) -> FuseOptions:
+    """``-o a,b=c,...`` (or the texts of repeated ``-o``, merged in order: a later
+    value of a key wins) as ``FuseOptions``; ``ConfigError`` (one line) for an unknown or
     malformed option, and for ``allow_other`` without ``umask=``."""
+    texts = [text] if isinstance(text, str) else list(text)
     flags: set[str] = set()
     values: dict[str, str] = {}
     unknown: list[str] = []
-    for item in (o.strip() for o in text.split(",")):
+    for item in (o.strip() for t in texts for o in t.split(",")):
         if not item:
             continue
         key, sep, value = item.partition("=")
@@ -112,12 +129,15 @@ def parse_o(text: str) -> FuseOptions:
         else:
             unknown.append(item)
     if unknown:
-        raise ConfigError(f"unknown mount option(s): {', '.join(sorted(unknown))}")
+        raise ConfigError(
+            f"unknown mount option(s): {', '.join(sorted(unknown))} (known: {_KNOWN_O})"
+        )
     if "allow_other" in flags and "umask" not in values:
         raise ConfigError(_ALLOW_OTHER_NEEDS)
     return FuseOptions(
         allow_other="allow_other" in flags,
         debug_fuse="debug" in flags,
+        read_only="ro" in flags,
         uid=_id("uid", values["uid"]) if "uid" in values else None,
         gid=_id("gid", values["gid"]) if "gid" in values else None,
         umask=_mask("umask", values["umask"]) if "umask" in values else 0,
@@ -135,9 +155,11 @@ def _mount_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o",
         dest="fuse_options",
-        default="",
-        help="mount options: allow_other (only with umask=), uid=, gid= (number or name), "
-        "umask=, restore_umask= (octal; restore/ defaults to umask|022), debug",
+        action="append",
+        default=[],
+        help="mount options, comma-separated, repeatable: ro (no restore/), allow_other "
+        "(only with umask=), uid=, gid= (number or name), umask=, restore_umask= (octal; "
+        "restore/ defaults to umask|022), debug",
     )
     p.add_argument(
         "--grace-period",
@@ -159,18 +181,9 @@ def _mount_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    """The state dir, created 0700 if missing; the default one (rhvfs's own) is made 0700."""
-    path = Path(args.state_dir) if args.state_dir else default_state_dir()
-    try:
-        return private_dir(path, tighten=not args.state_dir)
-    except OSError as e:
-        raise ConfigError(f"cannot create the state dir {path}: {e.strerror or e}") from None
-
-
 def _default_log(args: argparse.Namespace) -> str:
     name = os.path.abspath(args.mountpoint).strip("/").replace("/", "_") or "root"
-    return str(_state_dir(args) / f"mount-{name}.log")
+    return str(prepare_state_dir(args.state_dir) / f"mount-{name}.log")
 
 
 def cmd_mount(argv: Sequence[str]) -> int:
@@ -186,7 +199,7 @@ def cmd_mount(argv: Sequence[str]) -> int:
     # Logging first: warnings about the configuration go to the terminal (the daemon's
     # parent) or to the mount's log (the foreground process).
     setup_logging(debug=args.debug, filename=args.log if args.foreground else None)
-    _state_dir(args)
+    prepare_state_dir(args.state_dir)
     config = config_from_args(args, **extra)  # validates and prompts before forking
     if not os.path.isdir(args.mountpoint):
         raise ConfigError(f"mountpoint {args.mountpoint} is not a directory")
@@ -221,6 +234,7 @@ def cmd_mount(argv: Sequence[str]) -> int:
 
 def _spawn_daemon(argv: list[str], args: argparse.Namespace, password: str) -> int:
     log_file = args.log or _default_log(args)
+    check_log_file(log_file)
     ready_r, ready_w = os.pipe()
     pw_r, pw_w = os.pipe()
     child_argv = [
@@ -369,7 +383,8 @@ def cmd_umount(argv: Sequence[str]) -> int:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise RhvfsError(f"{' '.join(command)}: {result.stderr.strip()}")
-        _wait(lambda: not is_mounted(mnt), 10.0)
+        if not _wait(lambda: not is_mounted(mnt), 10.0):
+            raise RhvfsError(f"{mnt} is still mounted after {' '.join(command)}")
     return 0
 
 

@@ -315,6 +315,34 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
                 return nic
         raise EngineError(f"{what}: the nic is missing after a successful add")
 
+    async def update_nic(
+        self, vm_id: str, nic_id: str, *, mac: str | None = None, plugged: bool | None = None
+    ) -> t.Nic:
+        """Change a NIC's MAC and/or plug state (idempotent: the same update again is a no-op).
+
+        The engine refuses a MAC change of a NIC plugged into a running VM: unplug it,
+        change the MAC, plug it again (three calls).
+        """
+        what = f"update nic {nic_id} of vm {vm_id}"
+        body = sdk.Nic()
+        if mac is not None:
+            body.mac = sdk.Mac(address=mac)
+        if plugged is not None:
+            body.plugged = plugged
+        item = await self.call(
+            lambda c: _vms(c).vm_service(vm_id).nics_service().nic_service(nic_id).update(body),
+            what,
+        )
+        return (await self._nics([item]))[0]
+
+    async def rename_vm(self, vm_id: str, name: str) -> t.Vm:
+        """Give a VM a new name (idempotent)."""
+        body = sdk.Vm(name=name)
+        updated = await self.call(
+            lambda c: _vms(c).vm_service(vm_id).update(body), f"rename vm {vm_id} to {name!r}"
+        )
+        return convert.vm(updated)
+
     async def remove_vm(self, vm_id: str, *, detach_only: bool = False) -> None:
         """Remove a VM (with its disks unless ``detach_only``) and return once GET answers 404."""
         what = f"remove vm {vm_id}"

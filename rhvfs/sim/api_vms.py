@@ -639,18 +639,39 @@ def add_nic(e: Engine, req: Request, vm: str) -> Response:
 
 
 def update_nic(e: Engine, req: Request, vm: str, nic: str) -> Response:
+    """The engine's UpdateVmInterface rules: only while the VM is up or down; a new MAC
+    must be free; the MAC or the interface type of a NIC plugged into a running VM cannot
+    change (unplug it, update, plug it again: three updates)."""
     body = parse_body(req, types.Nic)
-    with e.state.lock:
-        v = get_or_404(e.state.vms, vm)
+    st = e.state
+    with st.lock:
+        v = get_or_404(st.vms, vm)
         n = _nic(v, nic)
+        if v.status not in ("up", "down"):
+            raise conflict(
+                f"Cannot edit Interface. The VM {v.name} is {v.status}; "
+                "interfaces can be changed only while the VM is Up or Down."
+            )
+        mac = body.mac.address if body.mac is not None and body.mac.address else n.mac
+        iface = body.interface.value if body.interface is not None else n.interface
+        plugged = n.plugged if body.plugged is None else bool(body.plugged)
+        if mac != n.mac and any(o.mac == mac for x in st.vms.values() for o in x.nics):
+            raise conflict(f"Cannot edit Interface. MAC Address {mac} is already in use.")
+        if body.name and body.name != n.name and any(o.name == body.name for o in v.nics):
+            raise conflict(f"Cannot edit Interface. Interface name {body.name} is already in use.")
+        if v.status == "up" and n.plugged and plugged and (mac != n.mac or iface != n.interface):
+            raise conflict(
+                "Cannot edit Interface. Updating some of the properties is not supported "
+                "while the interface is plugged into a running virtual machine. Please "
+                "un-plug the interface, update the properties, and then plug it back."
+            )
         if body.name:
             n.name = body.name
         if body.linked is not None:
             n.linked = bool(body.linked)
-        if body.plugged is not None:
-            n.plugged = bool(body.plugged)
-        if body.mac is not None and body.mac.address:
-            n.mac = body.mac.address
+        n.plugged = plugged
+        n.mac = mac
+        n.interface = iface
         e.save()
         return xml(xmlio.render(conv.nic(e, "vms", v.id, n)))
 

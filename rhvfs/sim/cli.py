@@ -139,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from rhvfs.sim import INSTALL_HINT, missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        print(
+            f"rhvfs sim: the simulator needs {', '.join(missing)} (not installed): {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return 1
     args = _parser().parse_args(argv)
     if args.command == "serve":
         from rhvfs.sim.serve import ServeOptions, serve

@@ -84,12 +84,15 @@ class Layout:
         *,
         owner_factory: OwnerFactory = LocalOwner,
         status_info: Callable[[], dict[str, Any]] | None = None,
+        restore_dir: bool = True,
     ) -> None:
+        """``restore_dir`` False leaves ``restore/`` out of the root (a read-only mount)."""
         self.inv = inventory
         self.backups = backups
         self.table = table
         self._owner_factory = owner_factory
         self._status_info = status_info or (lambda: {})
+        self.top_dirs = TOP_DIRS if restore_dir else tuple(d for d in TOP_DIRS if d != "restore")
 
     # -- node builders -------------------------------------------------------
 
@@ -169,7 +172,7 @@ class Layout:
             "vms": self._vms,
             "restore": self._restore,
         }
-        nodes = [self._dir(self._static(f"/{name}"), name, listers[name]) for name in TOP_DIRS]
+        nodes = [self._dir(self._static(f"/{name}"), name, listers[name]) for name in self.top_dirs]
         nodes.append(self._dir(self._static(f"/{CONTROL_DIR}"), CONTROL_DIR, self._control))
         return _by_name(nodes)
 

@@ -90,7 +90,9 @@ class ReadOnlyTree(Subtree):
         listing_ttl_s: float,
         owner_factory: OwnerFactory,
         status_info: Callable[[], dict[str, Any]] | None = None,
+        restore_dir: bool = True,
     ) -> None:
+        """``restore_dir`` False: the root has no ``restore/`` (a read-only mount)."""
         self.listing_ttl_s = listing_ttl_s
         self.inventory = Inventory(engine, ttl_s=listing_ttl_s)
         self.table = table
@@ -101,6 +103,7 @@ class ReadOnlyTree(Subtree):
             self.table,
             owner_factory=owner_factory,
             status_info=status_info,
+            restore_dir=restore_dir,
         )
         root = self.layout.root()
         root.parent_ino = ROOT_INODE

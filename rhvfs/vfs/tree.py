@@ -79,12 +79,14 @@ class Vfs:
         owner_factory: OwnerFactory = LocalOwner,
         status_info: Callable[[], dict[str, Any]] | None = None,
         restores: RestoreManager | None = None,
+        restore_dir: bool = True,
         uid: int | None = None,
         gid: int | None = None,
         umask: int = 0,
         restore_umask: int | None = None,
     ) -> None:
-        """``restores`` (running) makes ``restore/`` writable; without it it stays empty.
+        """``restores`` (running) makes ``restore/`` writable; without it it stays empty;
+        without ``restore_dir`` (a read-only mount) there is no ``restore/`` at all.
         ``uid``/``gid`` own every node without an owner of its own (default: this process's).
         ``umask`` is cleared from the read-only tree's modes (``read_only_bits``),
         ``restore_umask`` from those of ``restore/`` (default: ``umask | 0o022``)."""
@@ -101,10 +103,11 @@ class Vfs:
             listing_ttl_s=listing_ttl_s,
             owner_factory=owner_factory,
             status_info=status_info,
+            restore_dir=restore_dir,
         )
         self.inventory = self.readonly.inventory
         self.restore: RestoreTree | None = None
-        if restores is not None:
+        if restores is not None and restore_dir:
             root_ino = self.readonly.layout.top_ino("restore")
             self.restore = RestoreTree(restores, root_ino=root_ino, table=self.table)
         self._handles: dict[int, OpenFile | _OpenDir] = {}

@@ -38,6 +38,39 @@ async def test_ls_follows_links_in_the_path_and_never_opens_sets() -> None:
     assert backups.opened == []
 
 
+async def test_ls_json_entries_carry_type_size_time_and_link_target() -> None:
+    vfs = Vfs(inventory_engine(), FakeBackups(), listing_ttl_s=5.0)
+    out: list[str] = []
+    entries: list[dict[str, Any]] = []
+    await list_tree(
+        vfs, "/tags/bkup/myvm/@rhv", recursive=False, long=True, out=out, entries=entries
+    )
+    assert len(entries) == len(out) == 6
+    first = entries[0]
+    assert first == {
+        "path": "/tags/bkup/myvm/@rhv/vm.ovf",
+        "type": "file",
+        "size": 25,
+        "mtime": "2023-11-14T22:13:20Z",
+        "mtime_ns": 1_700_000_000_000_000_000,
+    }
+    assert entries[3]["size"] == DISK_SIZE and entries[3]["type"] == "file"
+    entries.clear()
+    await list_tree(vfs, "/tags/bkup", recursive=False, long=False, out=[], entries=entries)
+    assert [(e["path"], e["type"], e.get("target")) for e in entries] == [
+        ("/tags/bkup/myvm", "symlink", "../../vms/myvm"),
+        ("/tags/bkup/odd%2Fname", "symlink", "../../vms/odd%2Fname"),
+    ]
+    entries.clear()
+    await list_tree(vfs, "/vms/myvm", recursive=False, long=False, out=[], entries=entries)
+    assert [(e["path"], e["type"]) for e in entries] == [
+        ("/vms/myvm/@rhv", "directory"),
+        ("/vms/myvm/disks", "directory"),
+        ("/vms/myvm/vm.json", "file"),
+    ]
+    assert all("target" not in e for e in entries)
+
+
 async def test_ls_recursive_covers_the_tree() -> None:
     out, backups = await run_ls("/", recursive=True)
     assert "/vms/runvm/@rhv/manifest.json" in out

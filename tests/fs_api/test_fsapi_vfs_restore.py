@@ -165,3 +165,34 @@ async def test_without_restores_restore_is_read_only() -> None:
         await vfs.mkdir(restore.ino, "a")
     with pytest.raises(errors.ReadOnlyFilesystem):
         await vfs.mknod(restore.ino, "a")
+
+
+async def test_a_read_only_vfs_has_no_restore_tree_even_with_a_restore_manager(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """``-o ro``: ``restore/`` is not in the root, can't be looked up, and nothing is
+    writable anywhere (``access(W_OK)`` false, ``mkdir`` refused)."""
+    writable, _ = await make_vfs(nursery, tmp_path)
+    vfs = Vfs(
+        inventory_engine(),
+        FakeBackups(),
+        listing_ttl_s=5.0,
+        restores=writable.restore.manager if writable.restore is not None else None,
+        restore_dir=False,
+    )
+    assert vfs.restore is None
+    assert [n.name for n in await vfs.listdir(ROOT_INODE)] == [
+        ".rhvfs", "clusters", "datacenters", "hosts", "storagedomains", "tags", "templates", "vms",
+    ]  # fmt: skip
+    with pytest.raises(errors.NotFound):
+        await vfs.lookup(ROOT_INODE, "restore")
+    with pytest.raises(errors.NotFound):
+        await vfs.resolve("/restore")
+    assert not vfs.access(ROOT_INODE, os.W_OK)
+    with pytest.raises(errors.ReadOnlyFilesystem):
+        await vfs.mkdir(ROOT_INODE, "restore")
+    assert [n.name for n in await vfs.listdir((await vfs.resolve("/vms/myvm")).ino)] == [
+        "@rhv",
+        "disks",
+        "vm.json",
+    ]

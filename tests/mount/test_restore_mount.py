@@ -233,6 +233,7 @@ def test_option_vm_force_overwrite_replaces_a_down_vm(
     assert second["disks"][0]["alias"] == "myvm0_Disk1"
     vms, disks = engine_state(sim)
     assert first["id"] not in vms and first["disks"][0]["id"] not in disks
+    assert not [n for n in vms.values() if "-rhvfs-restore-" in n]  # built aside, renamed
 
 
 def template_disks(sim: Any, name: str) -> tuple[str, list[str]] | None:

@@ -758,8 +758,12 @@ class FakeEngine:
         return nic
 
     async def remove_vm(self, vm_id: str) -> None:
-        """The VM goes, with its disks and NICs."""
+        """The VM goes, with its disks and NICs (refused while it runs, like the engine)."""
         await self._call("remove_vm")
+        if vm_id not in self.vms:
+            raise NotFound(vm_id)
+        if self.vms[vm_id].status != "down":
+            raise Conflict(f"Cannot remove VM. VM {self.vms[vm_id].name} is running.")
         self.vms.pop(vm_id)
         self.nics.pop(vm_id, None)
         for att in self.attachments.pop(vm_id, []):
@@ -769,6 +773,37 @@ class FakeEngine:
         await self._call("start_vm")
         self.vms[vm_id] = dataclasses.replace(self.vms[vm_id], status="up")
         return self.vms[vm_id]
+
+    async def stop_vm(self, vm_id: str) -> Vm:
+        await self._call("stop_vm")
+        self.vms[vm_id] = dataclasses.replace(self.vms[vm_id], status="down")
+        return self.vms[vm_id]
+
+    async def rename_vm(self, vm_id: str, name: str) -> Vm:
+        await self._call("rename_vm")
+        if any(v.name == name and v.id != vm_id for v in self.vms.values()):
+            raise Conflict(f"vm name {name} exists")
+        self.vms[vm_id] = dataclasses.replace(self.vms[vm_id], name=name)
+        return self.vms[vm_id]
+
+    async def update_nic(
+        self, vm_id: str, nic_id: str, *, mac: str | None = None, plugged: bool | None = None
+    ) -> Nic:
+        """The engine's rules: a new MAC must be free, and cannot be set on a NIC plugged
+        into a running VM."""
+        await self._call("update_nic")
+        nics = self.nics[vm_id]
+        i = next(i for i, n in enumerate(nics) if n.id == nic_id)
+        n = nics[i]
+        new_mac = mac or n.mac
+        now_plugged = n.plugged if plugged is None else plugged
+        if new_mac != n.mac:
+            if any(o.mac == new_mac for owned in self.nics.values() for o in owned):
+                raise Conflict(f"MAC Address {new_mac} is already in use")
+            if self.vms[vm_id].status == "up" and n.plugged and now_plugged:
+                raise Conflict("the MAC of a NIC plugged into a running VM cannot change")
+        nics[i] = dataclasses.replace(n, mac=new_mac, plugged=now_plugged)
+        return nics[i]
 
     async def create_template(self, *, vm_id: str, name: str) -> Template:
         await self._call("create_template")

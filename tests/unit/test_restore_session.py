@@ -219,11 +219,16 @@ async def test_overwrite_replaces_down_vm_after_upload(
     status = await h.settle(again)
     assert status["phase"] == "done", status["error"]
     assert [v.name for v in engine.vms.values()] == ["myvm"]
-    assert status["vm_id"] == VM_ID  # the old one was removed first, so its id is free
+    # the old VM held its id until the new one was complete: the new one has a new id
+    assert status["vm_id"] != VM_ID and VM_ID not in engine.vms
+    assert any("keeps its new id" in line for line in status["log"])
     assert engine.calls.index("remove_vm") > max(
-        i for i, c in enumerate(engine.calls) if c == "finalize_transfer"
+        i for i, c in enumerate(engine.calls) if c in ("finalize_transfer", "attach_disk")
     )
-    check_restored(engine, s, "myvm")
+    assert engine.calls.index("remove_vm") < engine.calls.index("rename_vm")
+    vm = check_restored(engine, s, "myvm")
+    # auto MACs: the set's MAC was the old VM's; the new VM got it once the old one was gone
+    assert [(n.name, n.mac) for n in engine.nics[vm.id]] == [("nic1", "56:6f:00:00:00:01")]
 
 
 async def test_overwrite_refuses_running_vm(

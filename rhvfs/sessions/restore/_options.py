@@ -11,7 +11,9 @@ products)::
     vm_name            = NAME        name of the restored VM (default: the directory's name)
     cluster            = NAME|ID     target cluster (default: the set's cluster)
     storage_domain     = NAME        one for all disks, and/or per disk: ID:NAME, ID:NAME
-    vm_force_overwrite = yes|no      replace an existing VM of that name (only if it is down)
+    vm_force_overwrite = yes|no      replace an existing VM of that name (only if it is down);
+                                     it stays untouched until the new VM is complete (see
+                                     ``rhvfs.sessions.restore._overwrite``)
     vm_switchon        = yes|no      start the VM once restored
     disk_interface     = IFACE       virtio|virtio_scsi|sata|ide, for all and/or per disk ID:IFACE
     disk_active        = yes|no      for all and/or per disk ID:yes

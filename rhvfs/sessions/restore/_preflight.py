@@ -84,7 +84,7 @@ async def preflight(
                     f"VM {name!r} is {existing.status}; overwrite only replaces a VM that is down"
                 )
             overwrite = existing
-            note(f"will replace vm {name} ({existing.id}) once the disks are uploaded")
+            note(f"will replace vm {name} ({existing.id}) once the new one is complete")
     sds = await engine.list_storage_domains()
     need: dict[str, int] = {}
     for d in manifest.disks:

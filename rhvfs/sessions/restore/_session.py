@@ -20,22 +20,25 @@ the session dispatches each call to the part that owns it:
   set, or not reopened for ``close_grace_s``);
 - ``_chain``: a full set with its incrementals or one differential in one
   directory; disks are finalized only once the chain is settled;
-- ``_vm``: the VM or template made from the complete set;
+- ``_vm``: the VM or template made from the complete set (``_overwrite``:
+  replacing a VM without losing it);
 - ``_rollback``: removing what the restore created when it fails;
 - ``_status``: the ``.status`` document.
 
 **The set is complete** when ``manifest.json`` and ``vm.ovf`` were closed and
 parsed, and every selected disk (all, minus ``vm_exclude_disks``, or
 ``vm_disks``; ``vm_disks = none`` restores configuration only) finished its
-upload. Then, in the background: an overwritten VM is removed (only now, and
-only if down), the VM is created from the OVF (without its disk and NIC
-devices; ``regenerate_ids`` when the original id is still in use), the disks
+upload. Then, in the background: the VM is created from the OVF (without its
+disk and NIC devices; ``regenerate_ids`` when the original id is still in
+use; under a temporary name when it replaces a VM), the disks
 are attached (interface/bootable/active from the set or the options), the
 NICs added (MACs auto, original, new, or explicit), a template made from it
 if ``template_name`` asks (needs ``create_template`` on the engine facade;
 ``remove_base_vm`` then removes the VM), and the VM started if
-``vm_switchon``. A template set instead becomes a template imported from its
-OVF (``create_template_from_ovf``) whose disk references are rewritten to the
+``vm_switchon``; only then is a VM that ``vm_force_overwrite`` replaces
+removed, if it is still down and unchanged (``_overwrite``). A template set
+instead becomes a template imported from its OVF
+(``create_template_from_ovf``) whose disk references are rewritten to the
 uploaded disks (its name: ``template_name``, ``vm_name`` or the directory).
 Any failure rolls back what this restore created (transfers cancelled, disks,
 VM and template removed); so do ``rmdir restore/<name>`` of an unfinished

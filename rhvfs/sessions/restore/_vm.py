@@ -1,11 +1,15 @@
 """The last step of a restore: the VM (or template) made from a complete set.
 
-Owns the engine calls after every disk is uploaded: replacing an overwritten
-VM, importing the OVF without its devices, attaching the uploaded disks,
-adding NICs, making a template, powering on. It gets everything as a frozen
-``VmPlan``; what it creates goes into the ``Created`` ledger right after the
-engine call returns, so a failure can be rolled back, and the restored VM's
-id into ``Created.restored_vm``.
+Owns the engine calls after every disk is uploaded: importing the OVF without
+its devices, attaching the uploaded disks, adding NICs, making a template,
+powering on, and, for ``vm_force_overwrite``, replacing the original VM only
+once all of that succeeded (the protocol and its reasons are in
+``rhvfs.sessions.restore._overwrite``: the new VM is built under a temporary
+name with a new id, NICs owed a MAC the original holds get a pool MAC until
+it is removed). It gets everything as a frozen ``VmPlan``; what it creates
+goes into the ``Created`` ledger right after the engine call returns, so a
+failure can be rolled back, and the restored VM's id into
+``Created.restored_vm``.
 
 Must not: touch files or FUSE; decide when a set is complete (the session
 does); change the session's state.
@@ -27,8 +31,10 @@ from rhvfs.backupset import (
     synthesize_ovf,
 )
 from rhvfs.engine.types import Vm
-from rhvfs.errors import Conflict, NotFound, RestoreBusy, RestoreFailed, RestoreUnsupported
+from rhvfs.errors import Conflict, NotFound, RestoreFailed, RestoreUnsupported
+from rhvfs.sessions.restore import _overwrite as overwrite
 from rhvfs.sessions.restore._options import RestoreOptions
+from rhvfs.sessions.restore._overwrite import MacMove
 from rhvfs.sessions.restore._ports import RestoreEngine
 from rhvfs.sessions.restore._rollback import Created
 
@@ -103,11 +109,67 @@ async def import_template(
     created.disks.clear()  # they belong to the template now
 
 
+async def _add_nics(
+    engine: RestoreEngine,
+    vm_id: str,
+    plan: VmPlan,
+    *,
+    held: frozenset[str],
+    note: Callable[[str], None],
+) -> tuple[MacMove, ...]:
+    """Add the set's NICs with the MACs the options ask; a wanted MAC in ``held`` (the
+    VM an overwrite replaces holds it) gets a pool MAC now and a ``MacMove``."""
+    opts = plan.options
+    moves: list[MacMove] = []
+    for nic in plan.manifest.nics:
+        strict = opts.nics == "original"
+        if opts.nics == "new":
+            mac = None
+        elif opts.nics == "explicit":
+            explicit = opts.nic_macs.get(nic.name) or (
+                opts.nic_macs.get(nic.id) if nic.id else None
+            )
+            mac, strict = (explicit, True) if explicit else (nic.mac, False)
+        else:
+            mac = nic.mac
+        owed = mac if mac is not None and mac.lower() in held else None
+        if owed is not None:
+            mac = None
+        try:
+            added = await engine.add_nic(
+                vm_id,
+                name=nic.name,
+                interface=nic.interface or "virtio",
+                mac=mac,
+                vnic_profile_id=nic.vnic_profile_id,
+            )
+        except Conflict as e:
+            if strict or mac is None:
+                raise
+            note(f"nic {nic.name}: MAC {mac} is in use ({e.detail}); using a new one")
+            added = await engine.add_nic(
+                vm_id,
+                name=nic.name,
+                interface=nic.interface or "virtio",
+                mac=None,
+                vnic_profile_id=nic.vnic_profile_id,
+            )
+        if owed is not None:
+            moves.append(MacMove(added.id, nic.name, owed))
+            note(
+                f"nic {nic.name}: MAC {owed} is held by the replaced vm; "
+                f"{added.mac} until that vm is removed"
+            )
+    return tuple(moves)
+
+
 async def create_vm(
     engine: RestoreEngine, plan: VmPlan, *, created: Created, note: Callable[[str], None]
 ) -> None:
     """Create the VM of a complete set (see ``rhvfs.sessions.restore._session``), or its
-    template; on success ``created`` holds nothing to roll back any more."""
+    template; with an overwrite, replace the original only once the new VM is complete
+    (``rhvfs.sessions.restore._overwrite``). On success ``created`` holds nothing to roll
+    back any more."""
     m = plan.manifest
     opts = plan.options
     name = plan.name
@@ -116,12 +178,9 @@ async def create_vm(
         ovf = synthesize_ovf(m).encode()
         ovf_info = parse_ovf(ovf)
         note("vm.ovf is rhvfs's no-OVF placeholder: using one built from manifest.json")
+    original = None
     if plan.overwrite_vm is not None:
-        current = await engine.get_vm(plan.overwrite_vm.id)
-        if current.status != "down":
-            raise RestoreBusy(f"VM {name!r} is {current.status} now; not replacing it")
-        await engine.remove_vm(current.id)
-        note(f"removed the replaced vm {current.id}")
+        original = await overwrite.begin(engine, plan.overwrite_vm, name=name, note=note)
     cluster = opts.cluster or m.cluster_id or m.cluster_name
     clusters = await engine.list_clusters()
     if not any(cluster in (c.id, c.name) for c in clusters) and m.cluster_name:
@@ -137,12 +196,17 @@ async def create_vm(
             regenerate = True
         except NotFound:
             regenerate = False
-    vm_name = name
+    vm_name = overwrite.build_name(name) if original is not None else name
     vm = await engine.create_vm_from_ovf(
         ovf=strip_devices(ovf), cluster=cluster, name=vm_name, regenerate_ids=regenerate
     )
     created.vm = vm.id
     note(f"created vm {vm_name} ({vm.id}){' with new ids' if regenerate else ''}")
+    if original is not None:
+        note(
+            f"it replaces vm {name} ({original.id}) once complete; it keeps its new id "
+            f"{vm.id} (the replaced vm's id is in use until then)"
+        )
     for d in plan.disks:
         sdk = d.set_disk
         iface = opts.disk_interface.get(sdk.id, sdk.alias) or sdk.interface or "virtio_scsi"
@@ -155,36 +219,8 @@ async def create_vm(
             bootable=sdk.bootable if boot is None else boot,
             active=sdk.active if active is None else active,
         )
-    for nic in m.nics:
-        strict = opts.nics == "original"
-        if opts.nics == "new":
-            mac = None
-        elif opts.nics == "explicit":
-            explicit = opts.nic_macs.get(nic.name) or (
-                opts.nic_macs.get(nic.id) if nic.id else None
-            )
-            mac, strict = (explicit, True) if explicit else (nic.mac, False)
-        else:
-            mac = nic.mac
-        try:
-            await engine.add_nic(
-                vm.id,
-                name=nic.name,
-                interface=nic.interface or "virtio",
-                mac=mac,
-                vnic_profile_id=nic.vnic_profile_id,
-            )
-        except Conflict as e:
-            if strict or mac is None:
-                raise
-            note(f"nic {nic.name}: MAC {mac} is in use ({e.detail}); using a new one")
-            await engine.add_nic(
-                vm.id,
-                name=nic.name,
-                interface=nic.interface or "virtio",
-                mac=None,
-                vnic_profile_id=nic.vnic_profile_id,
-            )
+    held = original.macs if original is not None else frozenset()
+    moves = await _add_nics(engine, vm.id, plan, held=held, note=note)
     note(f"attached {len(plan.disks)} disk(s), added {len(m.nics)} nic(s)")
     if opts.template_name is not None:
         tname = opts.template_name
@@ -207,5 +243,15 @@ async def create_vm(
     if opts.vm_switchon and created.restored_vm is not None:
         await engine.start_vm(created.restored_vm)
         note(f"started vm {created.restored_vm}")
+    if original is not None:
+        await overwrite.replace(
+            engine,
+            original,
+            created=created,
+            vm_id=created.restored_vm,
+            temp_name=vm_name,
+            moves=moves,
+            note=note,
+        )
     created.vm = None  # success: nothing to roll back any more
     created.disks.clear()
