@@ -12,7 +12,10 @@ strategies feed the FS API tests (``tests/fs_api/test_restore_fuzz.py``).
 from __future__ import annotations
 
 import json
+import re
+import struct
 
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 
@@ -115,3 +118,68 @@ def test_the_undamaged_delta_parses() -> None:
         json.loads(c1[next(n for n in c1 if n.startswith("manifest--"))])["set_type"]
         == "incremental"
     )
+
+
+def test_crafted_delta_headers_are_refused_without_big_reads() -> None:
+    """The headers of the bug report and their kin: one clear error, no read over 64 KiB."""
+    _, c1, _ = tiny_chain()
+    valid = next(v for n, v in c1.items() if n.endswith(".qcow2"))
+    link = _link()
+
+    def crafted(*fields: tuple[int, str, int]) -> bytes:
+        data = bytearray(valid)
+        for offset, fmt, value in fields:
+            struct.pack_into(fmt, data, offset, value)
+        return bytes(data)
+
+    (bf_off,) = struct.unpack_from(">Q", valid, 8)
+    garbage = bytearray(valid)
+    garbage[bf_off : bf_off + 8] = b"\xff\xfe\x00\x1b[2J\x07"
+    cases = {
+        bytes(garbage): "backing file name is not UTF-8",
+        crafted((36, ">I", 0xFFFF_FFFF)): "larger than 32 MiB",
+        crafted((24, ">Q", 1 << 62)): "larger than qcow2 can address",
+        crafted((20, ">I", 30)): "bad cluster_bits 30",
+        crafted((16, ">I", 0xFFFF_FFFF)): "backing file name of 4294967295 bytes",
+        crafted((8, ">Q", 1 << 40)): "outside the first cluster",
+        crafted((100, ">I", 0xFFFF_FFF8)): "bad header_length",
+        crafted((108, ">I", 0xFFFF_FFFF)): "runs past the first cluster",
+        crafted((40, ">Q", 12345)): "L1 table offset 12345 is not a cluster",
+        crafted((36, ">I", 0)): "too small",
+    }
+    for data, message in cases.items():
+        biggest = 0
+
+        def read_at(offset: int, length: int, data: bytes = data) -> bytes:
+            nonlocal biggest
+            biggest = max(biggest, length)
+            return data[offset : offset + length]
+
+        with pytest.raises(ChainError, match=re.escape(message)):
+            check_delta(read_at, link)  # type: ignore[arg-type]
+            delta_end(read_at, link, file_size=len(data))  # type: ignore[arg-type]
+        assert biggest <= 64 * 1024, (message, biggest)
+
+
+def test_tables_that_reuse_clusters_cannot_make_the_parser_read_more_than_the_file() -> None:
+    """Every L2 entry of a 64 MiB disk naming the one data cluster of a 384 KiB file:
+    refused once the clusters add up to more than the file, after reading no more than it."""
+    _, c1, _ = tiny_chain()
+    data = bytearray(next(v for n, v in c1.items() if n.endswith(".qcow2")))
+    struct.pack_into(">Q", data, 24, 64 * 1024 * 1024)  # virtual size: 1024 clusters
+    (l1_off,) = struct.unpack_from(">Q", data, 40)
+    (l2_entry,) = struct.unpack_from(">Q", data, l1_off)
+    l2_off = l2_entry & 0x00FF_FFFF_FFFF_FE00
+    (data_entry,) = struct.unpack_from(">Q", data, l2_off + 8)  # guest cluster 1: data
+    for i in range(1024):
+        struct.pack_into(">Q", data, l2_off + i * 8, data_entry)
+    total = 0
+
+    def read_at(offset: int, length: int) -> bytes:
+        nonlocal total
+        total += length
+        return bytes(data[offset : offset + length])
+
+    with pytest.raises(ChainError, match="add up to more than the file"):
+        delta_end(read_at, _link(), file_size=len(data))  # type: ignore[arg-type]
+    assert total <= len(data) + 65536
