@@ -73,6 +73,12 @@ class Config:
     staging_dir: str | None = None
     staging_limit: int = 8 * 1024 * 1024 * 1024
     staging_memory: int = 256 * 1024 * 1024
+    # Restores. The call that completes a set (the last close, utimes or rename) waits up
+    # to outcome_timeout seconds for the VM or template (0: never waits); a set that still
+    # lacks a disk after partial_set_timeout seconds without directory activity, with
+    # everything else complete, ends (vm_missing_disks: skip or fail).
+    outcome_timeout: float = 600.0
+    partial_set_timeout: float = 300.0
     # Mount-level restore defaults (names as in other RHV backup products).
     restore_defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -110,6 +116,8 @@ _FLOAT_KEYS = {
     "grace_period",
     "read_idle_limit",
     "listing_ttl",
+    "outcome_timeout",
+    "partial_set_timeout",
 }
 _BOOL_KEYS = {"secure", "memory_state"}
 _STR_KEYS = {"engine_url", "username", "password", "cafile", "staging_dir"}
@@ -245,6 +253,9 @@ def load_config(
             raise ConfigError(f"{key} must be at least 1")
     if "staging_memory" in converted and converted["staging_memory"] < 64 * 1024 * 1024:
         raise ConfigError("staging_memory must be at least 64 MiB (32 MiB are kept for writes)")
-    if "read_idle_limit" in converted and converted["read_idle_limit"] <= 0:
-        raise ConfigError("read_idle_limit must be more than 0 seconds")
+    for key in ("read_idle_limit", "partial_set_timeout"):
+        if key in converted and converted[key] <= 0:
+            raise ConfigError(f"{key} must be more than 0 seconds")
+    if "outcome_timeout" in converted and converted["outcome_timeout"] < 0:
+        raise ConfigError("outcome_timeout must be 0 (do not wait) or more seconds")
     return Config(**converted, restore_defaults=restore)

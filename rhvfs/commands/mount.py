@@ -172,6 +172,18 @@ def _mount_parser() -> argparse.ArgumentParser:
         help="seconds a read of a set may pause and still get its one point in time "
         "(default 3600); past it, the read fails with ESTALE instead of mixing",
     )
+    p.add_argument(
+        "--outcome-timeout",
+        type=float,
+        help="seconds the call that completes a restore set waits for the VM or template "
+        "(default 600; 0: never); past it the call succeeds and .status tells the outcome",
+    )
+    p.add_argument(
+        "--partial-set-timeout",
+        type=float,
+        help="seconds without activity in a restore directory after which a set that lacks "
+        "a disk ends: without it (vm_missing_disks = skip) or failed (default 300)",
+    )
     p.add_argument("--memory-state", action="store_true", help="include memory state in snapshots")
     p.add_argument(
         "--log",
@@ -194,6 +206,10 @@ def cmd_mount(argv: Sequence[str]) -> int:
         extra["grace_period"] = args.grace_period
     if args.read_idle_limit is not None:
         extra["read_idle_limit"] = args.read_idle_limit
+    if args.outcome_timeout is not None:
+        extra["outcome_timeout"] = args.outcome_timeout
+    if args.partial_set_timeout is not None:
+        extra["partial_set_timeout"] = args.partial_set_timeout
     if args.memory_state:
         extra["memory_state"] = True
     # Logging first: warnings about the configuration go to the terminal (the daemon's

@@ -375,6 +375,8 @@ class RestoreTree(Subtree):
         mtime_ns: int | None = None,
     ) -> RestoreNode:
         node = self.node(ino)
+        if node.session is not None:
+            node.session.outcome.raise_failure()  # a failed restore's files take no changes
         if size is not None:
             if node.file is None or node.session is None:
                 raise GeneratedFile(f"{node.name} is read-only")

@@ -216,7 +216,10 @@ class BaculaRig:
         job_timeout_s: float = 300.0,
         volume_bytes: int = 256 * 1024 * 1024,
         debug_level: int = 0,
+        restore_check: Sequence[str] = (),
     ) -> None:
+        """``restore_check``: a command (argv, no quotes inside) the restore job runs on its
+        client after the restore (``RunScript``, ``FailJobOnError``): non-zero fails the job."""
         if fd_ports < 1:
             raise ValueError(f"fd_ports must be >= 1, not {fd_ports}")
         self.workdir = Path(workdir).resolve()
@@ -227,6 +230,7 @@ class BaculaRig:
         self.job_timeout_s = job_timeout_s
         self.volume_bytes = volume_bytes
         self.debug_level = debug_level
+        self.restore_check = tuple(restore_check)
         self.dir_port = 0
         self.sd_port = 0
         self.fd_ports: list[int] = []
@@ -764,7 +768,7 @@ Job {{
   Pool = {POOL_NAME}
   Messages = rig-messages
   Where = "{w}/restore"
-  Maximum Concurrent Jobs = 10
+  Maximum Concurrent Jobs = 10{self._restore_runscript()}
 }}
 {jobs}"""
         storage = f"""
@@ -839,6 +843,21 @@ Director {{
 }}
 """,
         )
+
+    def _restore_runscript(self) -> str:
+        if not self.restore_check:
+            return ""
+        command = " ".join(self.restore_check)
+        if '"' in command or "'" in command:
+            raise ValueError("restore_check arguments must not contain quotes")
+        return f"""
+  RunScript {{
+    RunsWhen = After
+    RunsOnClient = yes
+    RunsOnFailure = yes
+    FailJobOnError = yes
+    Command = "{command}"
+  }}"""
 
     @staticmethod
     def _write(path: Path, text: str) -> None:

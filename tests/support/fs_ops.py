@@ -32,8 +32,9 @@ CHUNK = 128 * 1024
 
 
 async def make_ops(
-    nursery: trio.Nursery, tmp_path: Path, engine: FakeEngine
+    nursery: trio.Nursery, tmp_path: Path, engine: FakeEngine, **settings: float
 ) -> tuple[Operations, RestoreManager]:
+    """``settings``: more ``RestoreManager`` timer settings (e.g. ``outcome_timeout_s``)."""
     cfg = Config(engine_url="http://fake.invalid", username="u", password="p")
     manager = RestoreManager(
         engine,
@@ -42,6 +43,7 @@ async def make_ops(
         opener=upload_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=1 << 30),
         close_grace_s=0.05,
+        **settings,  # type: ignore[arg-type]
     )
     await nursery.start(manager.run)
     vfs = Vfs(inventory_engine(), FakeBackups(), listing_ttl_s=5.0, restores=manager)

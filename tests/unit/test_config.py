@@ -52,6 +52,22 @@ def test_rhvfs_keys_are_typed(tmp_path: Path) -> None:
     assert dict(cfg.restore_defaults) == {"cluster": "Default"}
 
 
+def test_restore_timeouts(tmp_path: Path) -> None:
+    base = "[e]\nengine_url = http://e\nusername = u\npassword = p\nsecure = no\n"
+    cfg = load_config(section="e", config_file=write_conf(tmp_path, base))
+    assert (cfg.outcome_timeout, cfg.partial_set_timeout) == (600.0, 300.0)
+    conf = write_conf(tmp_path, base + "outcome_timeout = 0\npartial_set_timeout = 45\n")
+    cfg = load_config(section="e", config_file=conf)
+    assert (cfg.outcome_timeout, cfg.partial_set_timeout) == (0.0, 45.0)
+    assert cfg.restore_defaults == {}  # settings, not restore options
+    for body, message in (
+        ("outcome_timeout = -1\n", "outcome_timeout must be 0"),
+        ("partial_set_timeout = 0\n", "partial_set_timeout must be more than 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(section="e", config_file=write_conf(tmp_path, base + body))
+
+
 def test_password_file_wins_and_env_fallback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -88,6 +88,16 @@ def test_bad_values() -> None:
         build_options(defaults={"colour": "red"})
 
 
+def test_vm_missing_disks() -> None:
+    assert build_options(defaults={}).vm_missing_disks == "fail"
+    assert build_options(
+        defaults={}, file_values={"vm_missing_disks": "Skip"}
+    ).vm_missing_disks == ("skip")
+    assert build_options(defaults={"restore_vm_missing_disks": "skip"}).vm_missing_disks == "skip"
+    with pytest.raises(RestoreError, match="vm_missing_disks must be fail or skip"):
+        build_options(defaults={}, file_values={"vm_missing_disks": "ignore"})
+
+
 def test_unknown_disk_keys() -> None:
     opts = build_options(defaults={}, file_values={"disk_names": f"{D1}:new, nope:x"})
     assert unknown_disk_keys(opts, [D1, "a"]) == ["nope"]

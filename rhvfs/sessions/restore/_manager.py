@@ -6,7 +6,8 @@ and is the ``RestoreServices`` every session uses: the engine, the upload
 opener, the bounded staging area, the memory budget of configuration files
 (``_memory``), the nursery (``run`` owns it until
 cancelled; then every unfinished restore is rolled back, shielded), and the
-timer settings (seconds, on trio's clock).
+timer settings (seconds, on trio's clock; the outcome and partial-set timeouts
+come from the ``Config`` unless given).
 
 Must not: hold per-restore logic (``_session`` and its parts do); know about
 inodes or FUSE; carry errno values (``errno_for`` is the mount's table, given
@@ -61,8 +62,16 @@ class RestoreManager:
         close_grace_s: float = CLOSE_GRACE_S,
         truncated_after_s: float = TRUNCATED_AFTER_S,
         keepalive_s: float = KEEPALIVE_S,
+        outcome_timeout_s: float | None = None,
+        partial_set_timeout_s: float | None = None,
     ) -> None:
         self.close_grace_s = close_grace_s
+        self.outcome_timeout_s = (
+            config.outcome_timeout if outcome_timeout_s is None else outcome_timeout_s
+        )
+        self.partial_set_timeout_s = (
+            config.partial_set_timeout if partial_set_timeout_s is None else partial_set_timeout_s
+        )
         self.truncated_after_s = truncated_after_s
         self.keepalive_s = keepalive_s
         self.engine = engine

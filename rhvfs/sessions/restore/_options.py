@@ -25,6 +25,11 @@ products)::
                                      or explicit per NIC (by name or id; unlisted NICs: auto)
     vm_disks           = ID, …|all|none   restore only these disks; none = configuration only
     vm_exclude_disks   = ID, …       skip these disks
+    vm_missing_disks   = fail|skip   a selected disk whose image never arrives (a set saved
+                                     with the tool's exclude, not named in vm_exclude_disks):
+                                     once the directory was quiet for ``partial_set_timeout``
+                                     with everything else complete, fail naming it (default),
+                                     or restore without it (``rhvfs.sessions.restore._partial``)
     template_name      = NAME        template sets: the template's name; VM sets: also make a
                                      template of this name from the restored VM (the engine
                                      copies its disks; ``create_template`` waits until ok)
@@ -64,6 +69,7 @@ KEYS = frozenset(
         "nics",
         "vm_disks",
         "vm_exclude_disks",
+        "vm_missing_disks",
         "template_name",
         "remove_base_vm",
     }
@@ -119,6 +125,8 @@ class RestoreOptions:
     #: None = all disks; an empty set = none (configuration-only restore).
     vm_disks: frozenset[str] | None = None
     vm_exclude_disks: frozenset[str] = frozenset()
+    #: "fail" or "skip": what a selected disk that never arrived does to the restore.
+    vm_missing_disks: str = "fail"
     template_name: str | None = None
     remove_base_vm: bool | None = None
 
@@ -254,6 +262,11 @@ def build_options(
             kw[key] = None if v in ("", "all") else frozenset() if v == "none" else _disk_set(value)
         elif key == "vm_exclude_disks":
             kw[key] = _disk_set(value)
+        elif key == "vm_missing_disks":
+            v = value.strip().lower()
+            if v not in ("fail", "skip"):
+                raise RestoreError(f"option vm_missing_disks must be fail or skip, not {value!r}")
+            kw[key] = v
     opts = RestoreOptions(**kw)  # type: ignore[arg-type]
     _check_interfaces(opts.disk_interface)
     return opts

@@ -129,6 +129,10 @@ class RestoreServices(Protocol):
     truncated_after_s: float
     #: seconds between flushes of an idle upload
     keepalive_s: float
+    #: seconds the call that completes a set waits for its outcome (0: it does not wait)
+    outcome_timeout_s: float
+    #: seconds without directory activity after which a set lacking only disks ends
+    partial_set_timeout_s: float
 
     @property
     def restore_defaults(self) -> Mapping[str, str]:

@@ -23,7 +23,11 @@ the session dispatches each call to the part that owns it:
 - ``_vm``: the VM or template made from the complete set (``_overwrite``:
   replacing a VM without losing it);
 - ``_rollback``: removing what the restore created when it fails;
-- ``_status``: the ``.status`` document.
+- ``_status``: the ``.status`` document;
+- ``_outcome``: the call that completes the set (``flush``, ``set_times`` or
+  ``rename``) waits for the VM and fails with the restore's error;
+- ``_partial``: a set still lacking a disk after a quiet period ends
+  (without it, or failed), never hangs.
 
 **The set is complete** when ``manifest.json`` and ``vm.ovf`` were closed and
 parsed, and every selected disk (all, minus ``vm_exclude_disks``, or
@@ -99,6 +103,8 @@ from rhvfs.sessions.restore._files import (
 )
 from rhvfs.sessions.restore._images import ImageCompletion
 from rhvfs.sessions.restore._options import RestoreOptions
+from rhvfs.sessions.restore._outcome import OutcomeWait
+from rhvfs.sessions.restore._partial import PartialSetWatch
 from rhvfs.sessions.restore._ports import RestoreServices
 from rhvfs.sessions.restore._rollback import Created, roll_back
 from rhvfs.sessions.restore._state import DiskState, Phase
@@ -138,6 +144,8 @@ class RestoreSession:
             self, services, gate=self.chain, created=self.created, label=f"restore/{name}"
         )
         self.images = ImageCompletion(self, services, uploads=self.uploads, gate=self.chain)
+        self.outcome = OutcomeWait(self, services)
+        self.partial = PartialSetWatch(self, services)
 
     @property
     def options(self) -> RestoreOptions | None:
@@ -155,6 +163,22 @@ class RestoreSession:
     @property
     def template_id(self) -> str | None:
         return self.created.template
+
+    @property
+    def failure(self) -> RestoreError | None:
+        return self._failure
+
+    def config_read(self) -> bool:
+        return self.manifest is not None and self.config.ovf_info is not None
+
+    def ovf_missing(self) -> bool:
+        return not self.chain.active and self.config.ovf_info is None
+
+    def chain_waiting(self) -> bool:
+        return not self.chain.gate_open()
+
+    def building(self) -> bool:
+        return self._completion_started
 
     # -- status -------------------------------------------------------------
 
@@ -218,6 +242,7 @@ class RestoreSession:
         self.error = text
         self._failure = failure
         self.phase = Phase.FAILED
+        self.outcome.decided()
         self.note(f"failed: {text}")
         for f in self.files.values():
             f.release_memory()  # nothing will read them now: back to the mount's budget
@@ -243,7 +268,8 @@ class RestoreSession:
     # -- files ------------------------------------------------------------------
 
     def new_file(self, name: str) -> RestoreFile:
-        self._raise_if_failed()
+        if not (self.phase is Phase.DONE and is_config(name)):
+            self._raise_if_failed()  # a set's own configuration may follow its VM (vm.xml)
         f = RestoreFile(name, self.services.config_memory)
         self.touch()
         if not is_config(name):
@@ -255,6 +281,7 @@ class RestoreSession:
     def touch(self) -> None:
         """Directory activity (a chain is settled only after ``close_grace_s`` without it)."""
         self.chain.touch()
+        self.partial.touch()
 
     def open(self, f: RestoreFile) -> None:
         self.touch()
@@ -262,6 +289,9 @@ class RestoreSession:
         f.close_gen += 1  # reopened (restic writes a file in many opens): not complete yet
 
     async def rename(self, f: RestoreFile, new_name: str) -> None:
+        await self.outcome.around(lambda: self._rename(f, new_name))
+
+    async def _rename(self, f: RestoreFile, new_name: str) -> None:
         old = f.name
         f.name = new_name
         if f.disk is not None:
@@ -303,6 +333,12 @@ class RestoreSession:
             raise
 
     async def _write(self, f: RestoreFile, offset: int, data: bytes) -> int:
+        if self.phase is Phase.DONE and f.disk is None and f.mem is not None and is_config(f.name):
+            # the completing call waited for the VM, so a tool may still write the set's
+            # configuration the VM does not need (vm.xml after vm.ovf): kept, not used
+            f.write_config(offset, data)
+            f.size = max(f.size, offset + len(data))
+            return len(data)
         self._raise_if_failed()
         self.touch()
         n = len(data)
@@ -355,6 +391,9 @@ class RestoreSession:
                 raise
 
     async def flush(self, f: RestoreFile) -> None:
+        await self.outcome.around(lambda: self._flush(f))
+
+    async def _flush(self, f: RestoreFile) -> None:
         """``close(2)`` of a handle. On the last handle configuration is parsed here, so
         an error reaches the tool as the error of its ``close``; an image's queued data
         is sent (errors reach ``close`` too), its completion is decided later."""
@@ -389,15 +428,25 @@ class RestoreSession:
             self.fail(e)
 
     async def set_times(self, f: RestoreFile) -> None:
-        """``utimes``: tools set times once a file is written. On a closed image it is
-        complete now (no grace wait) and a failure of its upload is this call's error; on
-        an open one (cp sets them through the descriptor, then closes) the close completes it."""
+        await self.outcome.around(lambda: self._set_times(f))
+
+    async def _set_times(self, f: RestoreFile) -> None:
+        """``utimes``: tools set times once a file is written. On an image at its full size
+        it is complete now (no grace wait) and a failure of its upload is this call's
+        error, also through an open descriptor (cp -a and bacula-fd set times, then close:
+        bacula-fd ignores close errors, not those of futimes); on a shorter open one the
+        close decides. Data staged before the manifest keeps the mark: it completes once bound."""
         d = f.disk
-        if d is None or f.dropped or self.phase is Phase.DONE:
+        if f.dropped or self.phase is Phase.DONE:
+            return
+        if d is None:
+            if f.mem is None and f.size:
+                f.times_set = True
             return
         if f.opens > 0:
             f.times_set = True
-            return
+            if f.size != d.set_disk.size:
+                return
         await self._complete_and_wait(f)
 
     async def _complete_and_wait(self, f: RestoreFile) -> None:
@@ -437,6 +486,7 @@ class RestoreSession:
         if disks is None:
             return  # adopted already
         self.disks.update(disks)  # no await since the manifest was adopted: see the invariants
+        self.partial.start()
         for other in list(self.files.values()):
             identify(other, self.manifest, self.disks, self.files)
         for other in list(self.files.values()):
@@ -497,5 +547,6 @@ class RestoreSession:
             self.fail(e if isinstance(e, RhvfsError) else RestoreFailed(f"creating the vm: {e}"))
             return
         self.phase = Phase.DONE
+        self.outcome.decided()
         self.note(f"done: vm {self.vm_id}")
         self._finished.set()
