@@ -27,7 +27,8 @@ foreign exception type.
     │   │   └── SetFormatError     a backup set's file rhvfs cannot read (manifest, OVF)
     │   ├── RestoreNameClash       the name to restore to (VM, template, directory) is taken
     │   ├── RestoreNoSpace         a storage domain has no room for the disks to restore
-    │   │   └── StagingFull        the local staging area is full
+    │   │   ├── StagingFull        the local staging area is full
+    │   │   └── RestoreMemoryFull  configuration files in memory would pass staging_memory
     │   ├── RestoreTooLarge        data beyond the size of its disk or of a configuration file
     │   ├── RestoreBusy            the restore's state forbids the call now (retry later or not)
     │   ├── RestoreUnsupported     the engine facade cannot do what the options ask
@@ -225,6 +226,13 @@ class StagingFull(RestoreNoSpace):
     that arrived before ``manifest.json`` described it, or a chain's delta files)."""
 
     message = "restore staging full: {detail}"
+
+
+class RestoreMemoryFull(RestoreNoSpace):
+    """Raised when a write into a configuration file (held in memory) would take the
+    configuration files of all restores of the mount past ``staging_memory``."""
+
+    message = "restore memory full: {detail}"
 
 
 class RestoreTooLarge(RestoreError):

@@ -57,6 +57,7 @@ ERRNO: dict[type[BaseException], int] = {
     errors.RestoreInputError: errno.EINVAL,
     errors.RestoreNameClash: errno.EEXIST,
     errors.RestoreNoSpace: errno.ENOSPC,  # StagingFull too
+    errors.RestoreMemoryFull: errno.ENOSPC,
     errors.RestoreTooLarge: errno.EFBIG,
     errors.RestoreBusy: errno.EBUSY,
     errors.RestoreUnsupported: errno.ENOTSUP,

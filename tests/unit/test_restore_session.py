@@ -290,7 +290,7 @@ async def test_truncated_image_fails_and_rolls_back(autojump_clock: MockClock, h
     await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
     img = s.image_names()[1]
     f = await h.write_file(session, img, s.files[img][: 512 * 1024])  # dd count=...
-    await trio.sleep(240)  # short and closed is no evidence of anything: it waits (under partial_set_timeout)
+    await trio.sleep(240)  # short and closed is no evidence: it waits (< partial_set_timeout)
     assert session.phase == "uploading"
     assert session.disks[s.manifest["disks"][1]["id"]].state == "uploading"
     with pytest.raises(RestoreError, match="truncated"):

@@ -3,7 +3,8 @@
 ``RestoreManager`` maps ``restore/<name>`` directories to ``RestoreSession``s
 (``mkdir`` creates one, ``rmdir`` forgets it, rolling back an unfinished one)
 and is the ``RestoreServices`` every session uses: the engine, the upload
-opener, the bounded staging area, the nursery (``run`` owns it until
+opener, the bounded staging area, the memory budget of configuration files
+(``_memory``), the nursery (``run`` owns it until
 cancelled; then every unfinished restore is rolled back, shielded), and the
 timer settings (seconds, on trio's clock; the outcome and partial-set timeouts
 come from the ``Config`` unless given).
@@ -29,6 +30,7 @@ from rhvfs.errors import (
     RestoreInputError,
     RestoreNameClash,
 )
+from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._ports import RestoreEngine, UploadOpener, default_upload_opener
 from rhvfs.sessions.restore._session import RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
@@ -74,6 +76,7 @@ class RestoreManager:
         self._errno_for = errno_for
         self.opener = opener or default_upload_opener(config)
         self.staging = staging or StagingArea(config.staging_dir, limit_bytes=config.staging_limit)
+        self.config_memory = ConfigMemory(config.staging_memory)
         self.sessions: dict[str, RestoreSession] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -146,6 +149,8 @@ class RestoreManager:
         if session.phase in (Phase.RECEIVING, Phase.UPLOADING):
             session.fail(RestoreCancelled("cancelled: the restore directory was removed"))
         session.drop_staged()
+        for f in session.files.values():
+            f.release_memory()  # the directory is gone: its configuration files too
         del self.sessions[name]
 
     def status(self) -> dict[str, Any]:

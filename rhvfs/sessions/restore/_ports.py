@@ -26,6 +26,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
+from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sessions.restore._upload import UploadTarget
 
@@ -120,6 +121,8 @@ class RestoreServices(Protocol):
     engine: RestoreEngine
     opener: UploadOpener
     staging: StagingArea
+    #: the memory budget of every restore's configuration files (``staging_memory``)
+    config_memory: ConfigMemory
     #: seconds: an image complete by evidence is finalized once closed this long (and a
     #: chain settles after this long without directory activity)
     close_grace_s: float

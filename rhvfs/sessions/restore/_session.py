@@ -91,6 +91,7 @@ from rhvfs.errors import (
 )
 from rhvfs.sessions.restore._chain import ChainAssembly
 from rhvfs.sessions.restore._config import SetConfig, is_options_file
+from rhvfs.sessions.restore._containment import contained
 from rhvfs.sessions.restore._disks import DiskUploads
 from rhvfs.sessions.restore._files import (
     RestoreDisk,
@@ -124,6 +125,8 @@ class RestoreSession:
     """One ``restore/<name>/`` directory: files in, a VM out."""
 
     def __init__(self, services: RestoreServices, name: str) -> None:
+        # every background task of this restore fails this restore only (``_containment``)
+        services = contained(services, self.fail, label=f"restore/{name}")
         self.services = services
         self.name = name
         self.phase = Phase.RECEIVING
@@ -242,6 +245,8 @@ class RestoreSession:
         self.phase = Phase.FAILED
         self.outcome.decided()
         self.note(f"failed: {text}")
+        for f in self.files.values():
+            f.release_memory()  # nothing will read them now: back to the mount's budget
         self.chain.stop()
         for d in self.disks.values():
             d.abort = True
@@ -269,7 +274,7 @@ class RestoreSession:
     def new_file(self, name: str) -> RestoreFile:
         if not (self.phase is Phase.DONE and is_config(name)):
             self._raise_if_failed()  # a set's own configuration may follow its VM (vm.xml)
-        f = RestoreFile(name)
+        f = RestoreFile(name, self.services.config_memory)
         self.touch()
         if not is_config(name):
             f.mem = None  # anything but configuration is streamed or staged, never held in memory
@@ -480,7 +485,7 @@ class RestoreSession:
         if is_manifest(f.name):
             await self.chain.manifest_closed(f)
         elif self.config.is_ovf(f.name):
-            self.config.ovf_closed(f)
+            await self.config.ovf_closed(f)
         await self.check_complete()
 
     async def read_manifest(self, f: RestoreFile) -> None:
