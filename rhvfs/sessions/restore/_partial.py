@@ -64,6 +64,9 @@ class PartialHost(Protocol):
     def note(self, text: str) -> None: ...
     def fail(self, exc: BaseException | str) -> None: ...
     async def check_complete(self) -> None: ...
+    def images_changed(self) -> None:
+        """Disks waiting for the set's other images look again (one was skipped)."""
+        ...
 
 
 def _describe(d: RestoreDisk) -> str:
@@ -172,6 +175,7 @@ class PartialSetWatch:
                 f"(vm_missing_disks = skip, {quiet_s:g} s without activity): "
                 + ", ".join(_describe(d) for d in undelivered)
             )
+            h.images_changed()  # the delivered disks no longer wait for these
             await h.check_complete()
             return
         parts: list[str] = []

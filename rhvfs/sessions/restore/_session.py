@@ -510,6 +510,10 @@ class RestoreSession:
 
     # -- the disks' reports ----------------------------------------------------------
 
+    def images_changed(self) -> None:
+        """A disk left the set (skipped): the others' uploads stop waiting for it."""
+        self.uploads.wake()
+
     def uploads_started(self) -> None:
         if self.phase is Phase.RECEIVING:
             self.phase = Phase.UPLOADING
@@ -534,6 +538,20 @@ class RestoreSession:
         self.services.spawn(self._create_vm)
 
     async def _create_vm(self) -> None:
+        try:
+            await self._build_vm()
+        finally:
+            # also when cancelled (the mount stops): ``abandon``'s rollback waits for it
+            self._build_ended.set()
+        if self.phase.final:
+            return
+        self.phase = Phase.DONE
+        self.outcome.decided()
+        self.note(f"done: vm {self.vm_id}")
+        self._finished.set()
+
+    async def _build_vm(self) -> None:
+        """Make the VM or template; a failure fails the session."""
         config = self.config
         try:
             assert config.manifest is not None and config.options is not None
@@ -553,7 +571,6 @@ class RestoreSession:
             )
             await create_vm(self.services.engine, plan, created=self.created, note=self.note)
         except Exception as e:
-            self._build_ended.set()
             self.fail(e if isinstance(e, RhvfsError) else RestoreFailed(f"creating the vm: {e}"))
             return
         if self.phase.final:
@@ -561,10 +578,3 @@ class RestoreSession:
             # for ``_build_ended``, removes the VM and its disks too
             self.created.vm = self.created.restored_vm
             self.created.disks[:] = [d.disk_id for d in self.disks.values() if d.disk_id]
-        self._build_ended.set()
-        if self.phase.final:
-            return
-        self.phase = Phase.DONE
-        self.outcome.decided()
-        self.note(f"done: vm {self.vm_id}")
-        self._finished.set()
