@@ -68,6 +68,11 @@ class Config:
     prefetch_streams: int = 4
     readahead_kb: int = 4096
     listing_ttl: float = 5.0
+    # Engine load control (rhvfs.sessions.core._limits): at most max_sessions sessions
+    # (each one snapshot or engine backup) and max_transfers image transfers at once,
+    # mount-wide; more wait in a queue (0: unlimited).
+    max_sessions: int = 4
+    max_transfers: int = 16
     # Restore staging.
     staging_dir: str | None = None
     staging_limit: int = 8 * 1024 * 1024 * 1024
@@ -106,6 +111,8 @@ _INT_KEYS = {
     "prefetch_streams",
     "readahead_kb",
     "staging_limit",
+    "max_sessions",
+    "max_transfers",
 }
 _FLOAT_KEYS = {
     "system_interval",
@@ -248,6 +255,9 @@ def load_config(
     for key in ("system_tries", "prefetch_streams"):
         if key in converted and converted[key] < 1:
             raise ConfigError(f"{key} must be at least 1")
+    for key in ("max_sessions", "max_transfers"):
+        if key in converted and converted[key] < 0:
+            raise ConfigError(f"{key} must be 0 (unlimited) or more")
     for key in ("read_idle_limit", "partial_set_timeout"):
         if key in converted and converted[key] <= 0:
             raise ConfigError(f"{key} must be more than 0 seconds")
