@@ -169,11 +169,11 @@ class Limiter:
         self._reclaim()
 
     def _reclaim(self) -> None:
-        """While requests wait: ask idle holders (oldest first) to give way, enough for the
-        first waiting request."""
+        """While requests wait: ask idle holders (oldest first) to give way, enough for every
+        waiting request."""
         if not self._queue:
             return
-        needed = self._queue[0].count - self._free()
+        needed = sum(s.count for s in self._queue) - self._free()
         coming = sum(s.count for s in self._held.values() if s._asked)
         for slot in list(self._held.values()):
             if needed - coming <= 0:
@@ -225,8 +225,6 @@ class EngineLimits:
         """For ``status.json``: both limiters and, in order, what waits for them."""
         return {
             "limits": {"sessions": self.sessions.status(), "transfers": self.transfers.status()},
-            "queued": [
-                {"waits_for": "session", **q} for q in self.sessions.queued()
-            ]
+            "queued": [{"waits_for": "session", **q} for q in self.sessions.queued()]
             + [{"waits_for": "transfer", **q} for q in self.transfers.queued()],
         }

@@ -277,6 +277,14 @@ class BackupSession(SessionLifecycle):
         self.state = "ready"
         self.ready_at = time.time()
         self.ready.set()
+        if not self.handles:
+            # Whoever asked for it may have given up meanwhile (e.g. while it was queued):
+            # it ends as an unused one does; an open now cancels this.
+            cfg = self.deps.config
+            if self.read_id is None:
+                self.schedule_close(cfg.grace_period)
+            else:
+                self.schedule_close(cfg.read_idle_limit, park_after_s=cfg.grace_period)
         log.info(
             "session %s of %s %s ready: snapshot %s, %d disk(s), in %.2fs",
             self.session_id,
