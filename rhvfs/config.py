@@ -32,6 +32,7 @@ from typing import Any
 
 from rhvfs.errors import ConfigError
 from rhvfs.private import loose_secret_file, take_from_environ
+from rhvfs.selection import VmSelection
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,15 @@ class Config:
     # mount-wide; more wait in a queue (0: unlimited).
     max_sessions: int = 4
     max_transfers: int = 16
+    # Which VMs the tree shows (rhvfs.selection): a name regex and one to exclude (whole
+    # names), tags, clusters, data centers (names; comma-separated in a config file),
+    # and a shard "I/N" of the VMs by a stable hash of their ids.
+    vms: str | None = None
+    exclude_vms: str | None = None
+    tag: tuple[str, ...] = ()
+    cluster: tuple[str, ...] = ()
+    datacenter: tuple[str, ...] = ()
+    shard: str | None = None
     # Restore staging.
     staging_dir: str | None = None
     staging_limit: int = 8 * 1024 * 1024 * 1024
@@ -84,6 +94,18 @@ class Config:
     partial_set_timeout: float = 300.0
     # Mount-level restore defaults (names as in other RHV backup products).
     restore_defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def selection(self) -> VmSelection:
+        """The VMs this mount shows (validated when the config was loaded)."""
+        return VmSelection.build(
+            vms=self.vms,
+            exclude_vms=self.exclude_vms,
+            tag=self.tag,
+            cluster=self.cluster,
+            datacenter=self.datacenter,
+            shard=self.shard,
+        )
 
     @property
     def api_url(self) -> str:
@@ -125,6 +147,8 @@ _FLOAT_KEYS = {
 }
 _BOOL_KEYS = {"secure", "memory_state"}
 _STR_KEYS = {"engine_url", "username", "password", "cafile", "staging_dir"}
+#: names, comma-separated in a config file; a list (repeated options) from the command line
+_LIST_KEYS = {"tag", "cluster", "datacenter"}
 RESTORE_PREFIX = "restore_"
 
 
@@ -139,6 +163,9 @@ def _parse_size(text: str) -> int:
 def _convert(key: str, value: Any) -> Any:
     if value is None:
         return None
+    if key in _LIST_KEYS:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(n for n in (str(i).strip() for i in items) if n)
     if key in _BOOL_KEYS:
         if isinstance(value, bool):
             return value
@@ -263,4 +290,6 @@ def load_config(
             raise ConfigError(f"{key} must be more than 0 seconds")
     if "outcome_timeout" in converted and converted["outcome_timeout"] < 0:
         raise ConfigError("outcome_timeout must be 0 (do not wait) or more seconds")
-    return Config(**converted, restore_defaults=restore)
+    config = Config(**converted, restore_defaults=restore)
+    _ = config.selection  # raises ConfigError for a bad pattern or shard
+    return config

@@ -233,6 +233,7 @@ async def serve(
                     "open_files": vfs.open_handles,
                     "restores": back.restores.status() if back.restores is not None else {},
                     "stopping": stopping.is_set(),
+                    "selection": config.selection.describe(),
                 }
 
             vfs = Vfs(
@@ -247,6 +248,7 @@ async def serve(
                 gid=options.gid,
                 umask=options.umask,
                 restore_umask=options.restore_umask,
+                selection=config.selection,
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
