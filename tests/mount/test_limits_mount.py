@@ -24,13 +24,14 @@ import pytest
 
 from rhvfs.sim.scale import extra_vm_name
 from tests.support.mounts import SimMount
-from tests.support.sim import SimProcess
+from tests.support.sim import SimProcess, conf_with
 
 pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
 N_VMS = 20
 LIMIT = 4
 CHUNK = 1 * MiB
+SYSTEM_TIMEOUT_S = 5
 
 
 def read_set(set_dir: Path) -> dict[str, str]:
@@ -121,12 +122,15 @@ def test_twenty_vms_read_at_once_never_exceed_max_sessions(
     sim = sim_factory(serve_args=("--extra-vms", str(N_VMS + 4)))
     want = prepare_vms(sim)
     (tmp_path / "state").mkdir()
+    # Reads wait in line longer than system_timeout: waiting must not become EBUSY.
+    conf = conf_with(sim, tmp_path, system_timeout=SYSTEM_TIMEOUT_S)
     mount = SimMount(
         sim,
         tmp_path / "mnt",
         tmp_path / "state",
         "--max-sessions", str(LIMIT), "--grace-period", "1",
         "--vms", "vm-00(0[0-9]|1[0-9])",
+        config_file=conf,
     )  # fmt: skip
     try:
         vms = tmp_path / "mnt" / "vms"
@@ -158,6 +162,7 @@ def test_twenty_vms_read_at_once_never_exceed_max_sessions(
         assert watch.busy_polls > 0
         assert limits["peak"] <= LIMIT and limits["granted"] >= N_VMS
         assert limits["waited"] > 0  # 20 readers, 4 places: some waited
+        assert limits["longest_wait_s"] > SYSTEM_TIMEOUT_S  # and longer than system_timeout
         assert watch.queued, "no queued session ever showed in status.json"
         assert {q["waits_for"] for q in watch.queued} <= {"session", "transfer"}
         assert all(q["position"] >= 1 for q in watch.queued)

@@ -236,12 +236,13 @@ async def test_parallel_reads_of_many_vms_keep_to_max_sessions(
     await run_rig(rig, body)
     assert got == want
     assert rig.peak_snapshots == 2
-    assert {q["owner"]["name"] for q in seen_queued} >= {"vm07"}
     assert {q["waits_for"] for q in seen_queued} == {"session"}
     assert all(not eng.user_snapshots(vm.id) for vm in vms)
     limits = rig.manager.status()["limits"]["sessions"]
     assert (limits["peak"], limits["granted"], limits["in_use"]) == (2, 8, 0)
-    assert limits["waited"] >= 6
+    assert limits["waited"] >= 6  # 8 readers, 2 places
+    # every one that waited showed in status while it did (each waits a grace period at least)
+    assert len({q["owner"]["name"] for q in seen_queued}) == limits["waited"]
 
 
 async def test_a_disk_read_after_another_takes_the_transfer_the_first_left(

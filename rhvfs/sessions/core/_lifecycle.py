@@ -151,6 +151,7 @@ class SessionLifecycle(abc.ABC):
         slot = self._slot = self._limits.sessions.request(self._queue_label())
         if slot.state == "queued":
             self.state = "queued"
+            slot.on_grant = self._granted
             log.info(
                 "session %s queued at position %s (max_sessions %d)",
                 self._label(),
@@ -163,10 +164,16 @@ class SessionLifecycle(abc.ABC):
                     await slot.wait()
             self._queue_scope = None
             if slot.state != "held" or self._close_requested.is_set():
+                slot.release()  # out of the line now (nothing was created)
                 return False
             log.info("session %s got its place", self._label())
-            self.state = "starting"
         return True
+
+    def _granted(self) -> None:
+        # At the grant, not when the task wakes: status never shows a queued session
+        # that holds its place.
+        if self.state == "queued":
+            self.state = "starting"
 
     def _give_way(self) -> None:
         log.info("session %s gives its place to a queued session: it closes", self._label())

@@ -60,6 +60,8 @@ class Slot:
         self.granted_at: float | None = None
         self._give_way: Callable[[], None] | None = None
         self._asked = False
+        #: called (synchronously) when the places are granted, before any waiter wakes
+        self.on_grant: Callable[[], None] | None = None
 
     @property
     def position(self) -> int | None:
@@ -156,6 +158,8 @@ class Limiter:
             self.peak = max(self.peak, self.in_use)
             self.granted_total += 1
             slot.granted.set()
+            if slot.on_grant is not None:
+                slot.on_grant()
 
     def _release(self, slot: Slot) -> None:
         if slot.state == "queued":
