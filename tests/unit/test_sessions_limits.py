@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from rhvfs.backupset import DiskKey
-from rhvfs.errors import ConfigError
+from rhvfs.errors import ConfigError, PointInTimeLost
 from rhvfs.sessions import BackupManager, Journal, Owner
 from rhvfs.sessions.core import EngineLimits, Limiter
 from tests.support.configs import make_config
@@ -294,3 +294,30 @@ async def test_a_queued_session_closed_before_its_turn_creates_nothing(
 
     await run_rig(rig, body)
     assert eng.user_snapshots(first.id) == [] and eng.user_snapshots(second.id) == []
+
+
+async def test_a_session_idle_past_its_park_time_gives_its_place_to_a_waiting_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig = Rig(tmp_path, max_sessions=1, grace_period=10.0, read_idle_limit=3600.0)
+    eng = rig.engine
+    a, b = (eng.add_vm(n, disks=[("a", 1 * MiB)]) for n in ("a", "b"))
+    owner_a, owner_b = Owner("vm", a.id, "a"), Owner("vm", b.id, "b")
+    key_a, key_b = (DiskKey(eng.disk_ids(v.id)[0]).encode() for v in (a, b))
+
+    async def body() -> None:
+        # A read of a's set that never completes (a tool excluded a file): its session
+        # would live read_idle_limit; with b waiting it ends after grace_period.
+        h = await rig.manager.open(owner_a, key_a, read_id="read-a")
+        await rig.manager.read(h, 0, 4096)
+        await rig.manager.release(h)
+        started = trio.current_time()
+        hb = await rig.manager.open(owner_b, key_b)
+        waited = trio.current_time() - started
+        assert 10.0 <= waited < 60.0
+        assert eng.user_snapshots(a.id) == [] and len(eng.user_snapshots(b.id)) == 1
+        with pytest.raises(PointInTimeLost):  # a's point in time is gone, never mixed
+            await rig.manager.open(owner_a, key_a, read_id="read-a")
+        await rig.manager.release(hb)
+
+    await run_rig(rig, body)
