@@ -10,14 +10,18 @@ import pytest
 import trio
 import trio.testing
 
-from rhvfs.backupset import DiskKey
+from rhvfs.backupset import DiskKey, SetKind
 from rhvfs.errors import ConfigError, PointInTimeLost
 from rhvfs.sessions import BackupManager, Journal, Owner
+from rhvfs.sessions._router import SetRouter
 from rhvfs.sessions.core import EngineLimits, Limiter
+from rhvfs.sessions.incremental import IncrementalManager
 from tests.support.configs import make_config
 from tests.support.data import MiB, sha
 from tests.support.fake_dataplane import FakeDataPlane
 from tests.support.fake_engine import ENGINE_LIKE, FakeEngine
+from tests.support.incremental_rig import Rig as IncrementalRig
+from tests.support.incremental_rig import new_vm
 
 # -- the limiter ------------------------------------------------------------------------
 
@@ -321,3 +325,60 @@ async def test_a_session_idle_past_its_park_time_gives_its_place_to_a_waiting_on
         await rig.manager.release(hb)
 
     await run_rig(rig, body)
+
+
+async def test_engine_backup_sets_share_the_limits(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Incremental sets of three VMs listed at once under max_sessions 1, max_transfers 2:
+    one engine backup at a time, its two disks' transfers taken together."""
+    rig = IncrementalRig(tmp_path)
+    limits = EngineLimits(
+        sessions=Limiter(what="sessions", limit=1), transfers=Limiter(what="transfers", limit=2)
+    )
+    rig.manager = IncrementalManager(
+        rig.engine,
+        rig.config,
+        chain=rig.chain,
+        journal=rig.journal,
+        imageio_opener=rig.plane.opener,
+        reader_factory=rig.plane.reader_factory,
+        cleanup_on_start=False,
+        limits=limits,
+    )
+    rig.router = SetRouter(rig.full, rig.manager, config=rig.config)
+    owners = [new_vm(rig.engine) for _ in range(3)]
+    peaks = {"backups": 0, "transfers": 0}
+    start_backup, start_transfer = rig.engine.start_backup, rig.engine.start_transfer
+
+    async def counting_backup(*args: Any, **kw: Any) -> Any:
+        backup = await start_backup(*args, **kw)
+        live = [b for b in rig.engine.backups.values() if b.phase == "ready"]
+        peaks["backups"] = max(peaks["backups"], len(live))
+        return backup
+
+    async def counting_transfer(**kw: Any) -> Any:
+        t = await start_transfer(**kw)
+        peaks["transfers"] = max(peaks["transfers"], len(rig.engine.open_transfers()))
+        return t
+
+    rig.engine.start_backup = counting_backup  # type: ignore[method-assign]
+    rig.engine.start_transfer = counting_transfer  # type: ignore[method-assign]
+    read: dict[str, int] = {}
+
+    async def one(owner: Owner) -> None:
+        entries = await rig.read_set(owner, SetKind.INCREMENTAL)  # asserts every size
+        read[owner.id] = sum(e.size for e in entries if e.disk_id)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.manager.run)
+        async with trio.open_nursery() as readers:
+            for owner in owners:
+                readers.start_soon(one, owner)
+        nursery.cancel_scope.cancel()
+    assert sorted(read) == sorted(o.id for o in owners)
+    assert all(size > 0 for size in read.values())
+    assert peaks == {"backups": 1, "transfers": 2}
+    status = limits.status()["limits"]
+    assert (status["sessions"]["granted"], status["sessions"]["waited"]) == (3, 2)
+    assert (status["transfers"]["granted"], status["transfers"]["in_use"]) == (3, 0)
