@@ -32,6 +32,7 @@ from typing import Any
 
 from rhvfs.errors import ConfigError
 from rhvfs.private import loose_secret_file, take_from_environ
+from rhvfs.selection import VmSelection
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,20 @@ class Config:
     prefetch_streams: int = 4
     readahead_kb: int = 4096
     listing_ttl: float = 5.0
+    # Engine load control (rhvfs.sessions.core._limits): at most max_sessions sessions
+    # (each one snapshot or engine backup) and max_transfers image transfers at once,
+    # mount-wide; more wait in a queue (0: unlimited).
+    max_sessions: int = 4
+    max_transfers: int = 16
+    # Which VMs the tree shows (rhvfs.selection): a name regex and one to exclude (whole
+    # names), tags, clusters, data centers (names; comma-separated in a config file),
+    # and a shard "I/N" of the VMs by a stable hash of their ids.
+    vms: str | None = None
+    exclude_vms: str | None = None
+    tag: tuple[str, ...] = ()
+    cluster: tuple[str, ...] = ()
+    datacenter: tuple[str, ...] = ()
+    shard: str | None = None
     # Restore staging: data on local disk (staging_dir, at most staging_limit bytes), and
     # the configuration files of all restores held in memory (at most staging_memory bytes).
     staging_dir: str | None = None
@@ -81,6 +96,18 @@ class Config:
     partial_set_timeout: float = 300.0
     # Mount-level restore defaults (names as in other RHV backup products).
     restore_defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def selection(self) -> VmSelection:
+        """The VMs this mount shows (validated when the config was loaded)."""
+        return VmSelection.build(
+            vms=self.vms,
+            exclude_vms=self.exclude_vms,
+            tag=self.tag,
+            cluster=self.cluster,
+            datacenter=self.datacenter,
+            shard=self.shard,
+        )
 
     @property
     def api_url(self) -> str:
@@ -109,6 +136,8 @@ _INT_KEYS = {
     "readahead_kb",
     "staging_limit",
     "staging_memory",
+    "max_sessions",
+    "max_transfers",
 }
 _FLOAT_KEYS = {
     "system_interval",
@@ -121,6 +150,8 @@ _FLOAT_KEYS = {
 }
 _BOOL_KEYS = {"secure", "memory_state"}
 _STR_KEYS = {"engine_url", "username", "password", "cafile", "staging_dir"}
+#: names, comma-separated in a config file; a list (repeated options) from the command line
+_LIST_KEYS = {"tag", "cluster", "datacenter"}
 RESTORE_PREFIX = "restore_"
 
 
@@ -135,6 +166,9 @@ def _parse_size(text: str) -> int:
 def _convert(key: str, value: Any) -> Any:
     if value is None:
         return None
+    if key in _LIST_KEYS:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(n for n in (str(i).strip() for i in items) if n)
     if key in _BOOL_KEYS:
         if isinstance(value, bool):
             return value
@@ -253,9 +287,14 @@ def load_config(
             raise ConfigError(f"{key} must be at least 1")
     if "staging_memory" in converted and converted["staging_memory"] < 64 * 1024 * 1024:
         raise ConfigError("staging_memory must be at least 64 MiB (32 MiB are kept for writes)")
+    for key in ("max_sessions", "max_transfers"):
+        if key in converted and converted[key] < 0:
+            raise ConfigError(f"{key} must be 0 (unlimited) or more")
     for key in ("read_idle_limit", "partial_set_timeout"):
         if key in converted and converted[key] <= 0:
             raise ConfigError(f"{key} must be more than 0 seconds")
     if "outcome_timeout" in converted and converted["outcome_timeout"] < 0:
         raise ConfigError("outcome_timeout must be 0 (do not wait) or more seconds")
-    return Config(**converted, restore_defaults=restore)
+    config = Config(**converted, restore_defaults=restore)
+    _ = config.selection  # raises ConfigError for a bad pattern or shard
+    return config

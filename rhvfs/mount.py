@@ -90,16 +90,25 @@ async def open_backend(
     from rhvfs.engine import open_engine
     from rhvfs.sessions import BackupManager, Journal, Owner
     from rhvfs.sessions._router import SetRouter
+    from rhvfs.sessions.core import EngineLimits
     from rhvfs.sessions.incremental import IncrementalManager
     from rhvfs.sessions.incremental._chainstate import ChainState
     from rhvfs.sessions.restore import RestoreManager
 
     async with open_engine(config) as engine:
         journal = Journal.for_engine(config.engine_url, state_dir=options.state_dir)
-        manager = BackupManager(engine, config, journal=journal, gc_on_start=gc_on_start)
+        limits = EngineLimits.from_config(config)  # mount-wide: both managers share them
+        manager = BackupManager(
+            engine, config, journal=journal, gc_on_start=gc_on_start, limits=limits
+        )
         chain = ChainState.for_engine(config.engine_url, state_dir=options.state_dir)
         incremental = IncrementalManager(
-            engine, config, chain=chain, journal=journal, cleanup_on_start=gc_on_start
+            engine,
+            config,
+            chain=chain,
+            journal=journal,
+            cleanup_on_start=gc_on_start,
+            limits=limits,
         )
         restores = (
             None if options.read_only else RestoreManager(engine, config, errno_for=errno_for)
@@ -224,6 +233,7 @@ async def serve(
                     "open_files": vfs.open_handles,
                     "restores": back.restores.status() if back.restores is not None else {},
                     "stopping": stopping.is_set(),
+                    "selection": config.selection.describe(),
                 }
 
             vfs = Vfs(
@@ -238,6 +248,7 @@ async def serve(
                 gid=options.gid,
                 umask=options.umask,
                 restore_umask=options.restore_umask,
+                selection=config.selection,
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)

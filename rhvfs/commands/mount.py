@@ -185,6 +185,42 @@ def _mount_parser() -> argparse.ArgumentParser:
         "a disk ends: without it (vm_missing_disks = skip) or failed (default 300)",
     )
     p.add_argument("--memory-state", action="store_true", help="include memory state in snapshots")
+    load = p.add_argument_group(
+        "engine load", "mount-wide limits; more requests wait in line (status.json: queued)"
+    )
+    load.add_argument(
+        "--max-sessions",
+        type=int,
+        help="snapshots/engine backups at once (default 4; 0: unlimited)",
+    )
+    load.add_argument(
+        "--max-transfers", type=int, help="image transfers at once (default 16; 0: unlimited)"
+    )
+    sel = p.add_argument_group(
+        "selection",
+        "show only some VMs (all given criteria must hold; templates and restore/ are not limited)",
+    )
+    sel.add_argument("--vms", metavar="REGEX", help="VM names matching REGEX (whole name)")
+    sel.add_argument(
+        "--exclude-vms", metavar="REGEX", help="leave out VM names matching REGEX (whole name)"
+    )
+    sel.add_argument(
+        "--tag", action="append", metavar="TAG", help="VMs with this tag (repeatable: any of them)"
+    )
+    sel.add_argument(
+        "--cluster", action="append", metavar="NAME", help="VMs in this cluster (repeatable)"
+    )
+    sel.add_argument(
+        "--datacenter",
+        action="append",
+        metavar="NAME",
+        help="VMs in a cluster of this data center (repeatable)",
+    )
+    sel.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="shard I of N (by a stable hash of the VM id): N mounts 0/N..N-1/N split the VMs",
+    )
     p.add_argument(
         "--log",
         help="log file (default: stderr in the foreground, a file under the state dir otherwise)",
@@ -212,6 +248,18 @@ def cmd_mount(argv: Sequence[str]) -> int:
         extra["partial_set_timeout"] = args.partial_set_timeout
     if args.memory_state:
         extra["memory_state"] = True
+    for key in (
+        "max_sessions",
+        "max_transfers",
+        "vms",
+        "exclude_vms",
+        "tag",
+        "cluster",
+        "datacenter",
+        "shard",
+    ):
+        if getattr(args, key) is not None:
+            extra[key] = getattr(args, key)
     # Logging first: warnings about the configuration go to the terminal (the daemon's
     # parent) or to the mount's log (the foreground process).
     setup_logging(debug=args.debug, filename=args.log if args.foreground else None)

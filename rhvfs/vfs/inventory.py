@@ -5,6 +5,11 @@ listing costs at most one engine call per collection (``/vms`` is one
 ``list_vms``; ``/clusters/<c>/vms`` reuses it), however many entries it has.
 Concurrent requests for the same collection share one engine call.
 
+The mount's ``VmSelection`` (``rhvfs.selection``) is applied here, to every
+list of VMs the tree is built from (``vms``, ``vms_by_tag``): a VM outside it
+appears nowhere. It costs no call per VM: the clusters and data centers (when
+it names some) and one ``vms_by_tag`` per selected tag, all cached as above.
+
 Must not: know about file names, inodes or FUSE.
 """
 
@@ -28,6 +33,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
+from rhvfs.selection import VmSelection
 from rhvfs.vfs.backend import EngineInventory
 
 log = logging.getLogger(__name__)
@@ -47,9 +53,12 @@ class _Entry:
 class Inventory:
     """TTL cache in front of the engine's list calls (keyed by call and argument)."""
 
-    def __init__(self, engine: EngineInventory, *, ttl_s: float) -> None:
+    def __init__(
+        self, engine: EngineInventory, *, ttl_s: float, selection: VmSelection | None = None
+    ) -> None:
         self._engine = engine
         self._ttl_s = ttl_s
+        self.selection = selection or VmSelection()
         self._entries: dict[tuple[str, str], _Entry] = {}
         self.calls = 0  # engine calls made, for tests and status
 
@@ -84,13 +93,31 @@ class Inventory:
         return await self._get(("list_tags", ""), self._engine.list_tags)
 
     async def vms(self) -> list[Vm]:
-        return await self._get(("list_vms", ""), self._engine.list_vms)
+        """The selected VMs."""
+        return await self._selected(await self._get(("list_vms", ""), self._engine.list_vms))
 
     async def templates(self) -> list[Template]:
         return await self._get(("list_templates", ""), self._engine.list_templates)
 
     async def vms_by_tag(self, tag_id: str) -> list[Vm]:
+        """The selected VMs carrying the tag ``tag_id``."""
+        return await self._selected(await self._all_vms_by_tag(tag_id))
+
+    async def _all_vms_by_tag(self, tag_id: str) -> list[Vm]:
         return await self._get(("vms_by_tag", tag_id), lambda: self._engine.vms_by_tag(tag_id))
+
+    async def _selected(self, vms: list[Vm]) -> list[Vm]:
+        sel = self.selection
+        if sel.everything:
+            return vms
+        clusters = await self.clusters() if sel.needs_clusters else []
+        datacenters = await self.datacenters() if sel.datacenters else []
+        tagged: set[str] = set()
+        if sel.tags:
+            for tag in await self.tags():
+                if tag.name in sel.tags:
+                    tagged.update(vm.id for vm in await self._all_vms_by_tag(tag.id))
+        return sel.select(vms, clusters=clusters, datacenters=datacenters, tagged=tagged)
 
     async def disk_attachments(self, vm_id: str) -> list[DiskAttachment]:
         return await self._get(

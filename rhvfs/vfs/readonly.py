@@ -32,6 +32,7 @@ from typing import Any
 import trio
 
 from rhvfs.errors import IsADirectory, NotADirectory, NotARegularFile, NotFound, ReadOnlyFilesystem
+from rhvfs.selection import VmSelection
 from rhvfs.vfs.backend import BackupSets, EngineInventory, OwnerFactory
 from rhvfs.vfs.inventory import Inventory
 from rhvfs.vfs.layout import Layout
@@ -91,10 +92,12 @@ class ReadOnlyTree(Subtree):
         owner_factory: OwnerFactory,
         status_info: Callable[[], dict[str, Any]] | None = None,
         restore_dir: bool = True,
+        selection: VmSelection | None = None,
     ) -> None:
-        """``restore_dir`` False: the root has no ``restore/`` (a read-only mount)."""
+        """``restore_dir`` False: the root has no ``restore/`` (a read-only mount);
+        ``selection``: the VMs the tree shows (default: all)."""
         self.listing_ttl_s = listing_ttl_s
-        self.inventory = Inventory(engine, ttl_s=listing_ttl_s)
+        self.inventory = Inventory(engine, ttl_s=listing_ttl_s, selection=selection)
         self.table = table
         self.backups = backups
         self.layout = Layout(

@@ -40,6 +40,7 @@ from typing import Any
 import trio
 
 from rhvfs.errors import BadHandle, ReadOnlyFilesystem, SymlinkLoop, SymlinkOutsideTree
+from rhvfs.selection import VmSelection
 from rhvfs.sessions.restore import RestoreManager
 from rhvfs.vfs.backend import BackupSets, EngineInventory, LocalOwner, OwnerFactory
 from rhvfs.vfs.names import ROOT_INODE, InodeTable
@@ -84,12 +85,14 @@ class Vfs:
         gid: int | None = None,
         umask: int = 0,
         restore_umask: int | None = None,
+        selection: VmSelection | None = None,
     ) -> None:
         """``restores`` (running) makes ``restore/`` writable; without it it stays empty;
         without ``restore_dir`` (a read-only mount) there is no ``restore/`` at all.
         ``uid``/``gid`` own every node without an owner of its own (default: this process's).
         ``umask`` is cleared from the read-only tree's modes (``read_only_bits``),
-        ``restore_umask`` from those of ``restore/`` (default: ``umask | 0o022``)."""
+        ``restore_umask`` from those of ``restore/`` (default: ``umask | 0o022``).
+        ``selection``: the VMs the tree shows (default: all; ``rhvfs.selection``)."""
         self.listing_ttl_s = listing_ttl_s
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -104,6 +107,7 @@ class Vfs:
             owner_factory=owner_factory,
             status_info=status_info,
             restore_dir=restore_dir,
+            selection=selection,
         )
         self.inventory = self.readonly.inventory
         self.restore: RestoreTree | None = None

@@ -71,12 +71,13 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "rhvfs.intervals",
             "rhvfs.private",
             "rhvfs.redact",
+            "rhvfs.selection",
         ),
     ),
 ]
 LAYER_CHAIN = (
     "entry points -> mount -> fs -> vfs -> sessions -> backupset|cache -> imageio|engine "
-    "-> base (rhvfs, errors, config, retry, intervals, private, redact)"
+    "-> base (rhvfs, errors, config, retry, intervals, private, redact, selection)"
 )
 #: Rank of the parts of rhvfs.sessions (same idea, one level down).
 SESSION_PARTS: list[tuple[int, str, tuple[str, ...]]] = [

@@ -4,6 +4,16 @@ Must not import from ``full``, ``incremental`` or ``restore`` (they build on it)
 """
 
 from rhvfs.sessions.core._journal import Journal, JournalEntry, default_journal_path
+from rhvfs.sessions.core._limits import EngineLimits, Limiter, Slot
 from rhvfs.sessions.core._model import Owner, SetEntry
 
-__all__ = ["Journal", "JournalEntry", "Owner", "SetEntry", "default_journal_path"]
+__all__ = [
+    "EngineLimits",
+    "Journal",
+    "JournalEntry",
+    "Limiter",
+    "Owner",
+    "SetEntry",
+    "Slot",
+    "default_journal_path",
+]

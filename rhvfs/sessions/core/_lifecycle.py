@@ -12,7 +12,14 @@ which retries it in the background while the mount lives.
 unless a handle is opened meanwhile (``cancel_grace``). ``SessionServices`` is
 what every session gets from its manager.
 
-Invariants between awaits: ``state`` only moves forward (starting ->
+With mount-wide limits (``SessionServices.limits``, ``core._limits``) a session
+first waits in state ``queued`` for a place among ``max_sessions``: waiting
+never fails (a close request while queued ends it without creating
+anything); the place is held until the cleanup has ended what the session
+created. A session without an open handle past its park time offers its place
+to a queued one (``Slot.idle``): it then closes, and its read ends.
+
+Invariants between awaits: ``state`` only moves forward ([queued ->] starting ->
 ready|broken -> closing -> closed); ``ready`` and ``closed`` are set once the
 state is final for waiters (``closed`` only after the cleanup); at most one
 grace timer is armed.
@@ -33,6 +40,7 @@ import trio
 
 from rhvfs.config import Config
 from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._limits import EngineLimits, Slot
 from rhvfs.sessions.core._pending import CleanupStep, PendingCleanups, transfer_step
 from rhvfs.sessions.core._ports import EngineLike, ImageioOpener, ReaderFactory
 from rhvfs.sessions.core._procid import ProcessIdentity
@@ -55,6 +63,8 @@ class SessionServices:
     reader_factory: ReaderFactory
     #: where failed cleanups are retried (None: they are only noted; gc takes them later)
     cleanups: PendingCleanups | None = None
+    #: the mount's limits on sessions and transfers (None: unlimited)
+    limits: EngineLimits | None = None
 
 
 class SessionLifecycle(abc.ABC):
@@ -64,9 +74,18 @@ class SessionLifecycle(abc.ABC):
     session_id: str
     handles: Collection[int]
 
-    def __init__(self, *, config: Config, cleanups: PendingCleanups | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        cleanups: PendingCleanups | None = None,
+        limits: EngineLimits | None = None,
+    ) -> None:
         self._config = config
         self._cleanups = cleanups
+        self._limits = limits
+        self._slot: Slot | None = None
+        self._queue_scope: trio.CancelScope | None = None
         self.state = "starting"
         self.ready = trio.Event()
         self.closed = trio.Event()
@@ -116,13 +135,58 @@ class SessionLifecycle(abc.ABC):
 
     # -- task -----------------------------------------------------------------
 
+    @property
+    def queue_position(self) -> int | None:
+        """1 for the first session waiting for a place; None when not waiting."""
+        return self._slot.position if self._slot is not None else None
+
+    def _queue_label(self) -> dict[str, Any]:
+        """Who waits, for ``status.json`` (subclasses name the owner)."""
+        return {"session_id": self.session_id}
+
+    async def _take_place(self) -> bool:
+        """Wait for a place among the mount's sessions; False when closed while waiting."""
+        if self._limits is None:
+            return True
+        slot = self._slot = self._limits.sessions.request(self._queue_label())
+        if slot.state == "queued":
+            self.state = "queued"
+            slot.on_grant = self._granted
+            log.info(
+                "session %s queued at position %s (max_sessions %d)",
+                self._label(),
+                slot.position,
+                self._limits.sessions.limit,
+            )
+            with trio.CancelScope() as scope:
+                self._queue_scope = scope
+                if not self._close_requested.is_set():
+                    await slot.wait()
+            self._queue_scope = None
+            if slot.state != "held" or self._close_requested.is_set():
+                slot.release()  # out of the line now (nothing was created)
+                return False
+            log.info("session %s got its place", self._label())
+        return True
+
+    def _granted(self) -> None:
+        # At the grant, not when the task wakes: status never shows a queued session
+        # that holds its place.
+        if self.state == "queued":
+            self.state = "starting"
+
+    def _give_way(self) -> None:
+        log.info("session %s gives its place to a queued session: it closes", self._label())
+        self.request_close()
+
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
-                await self._start(nursery)
-                await self._close_requested.wait()
+                if await self._take_place():
+                    await self._start(nursery)
+                    await self._close_requested.wait()
                 nursery.cancel_scope.cancel()
         except Exception as e:
             if not self._crashed(e):
@@ -135,6 +199,8 @@ class SessionLifecycle(abc.ABC):
                 scope.deadline = trio.current_time() + max(self._config.system_timeout, 1.0)
                 await self._cleanup()
             self._hand_over_leftovers(timed_out=scope.cancelled_caught)
+            if self._slot is not None:
+                self._slot.release()
             self.state = "closed"
             self.ready.set()
             self.closed.set()
@@ -142,6 +208,8 @@ class SessionLifecycle(abc.ABC):
 
     def request_close(self) -> None:
         self._close_requested.set()
+        if self._queue_scope is not None:
+            self._queue_scope.cancel()
 
     def _hand_over_leftovers(self, *, timed_out: bool) -> None:
         """Give what the cleanup left to the manager's background retries (and say so)."""
@@ -194,6 +262,8 @@ class SessionLifecycle(abc.ABC):
         self._nursery.start_soon(self._grace_timer, scope, delay_s, park_after_s)
 
     def cancel_grace(self) -> None:
+        if self._slot is not None:
+            self._slot.busy()
         if self._grace_scope is not None:
             self._grace_scope.cancel()
             self._grace_scope = None
@@ -207,6 +277,8 @@ class SessionLifecycle(abc.ABC):
                 await trio.sleep(park_after_s)
                 if not self.handles:
                     await self._park()
+                    if self._slot is not None and not self.handles:
+                        self._slot.idle(self._give_way)
             await trio.sleep_until(start + delay_s)
             if not self.handles:
                 log.info("session %s: grace period over", self._label())

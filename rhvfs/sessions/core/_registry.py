@@ -260,7 +260,11 @@ class SessionRegistry(Generic[S]):
         self.handles.drop(lambda item: item[0] is session)
         read_id = session.read_id
         if read_id is not None and read_id not in self._ended_reads:
-            self.end_read(read_id, "its session ended (idle past read_idle_limit, or failed)")
+            self.end_read(
+                read_id,
+                "its session ended (idle past read_idle_limit, gave its place to a queued "
+                "session after grace_period, or failed)",
+            )
 
     async def aclose_all(self) -> None:
         """Ask every session to close and wait until they have."""

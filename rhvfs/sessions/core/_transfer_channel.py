@@ -12,11 +12,20 @@ reader, and on close finalizes the transfer (cancelling it when it is being
 replaced or does not finalize: ``_cleanup``) and clears it from the journal;
 ``close_channels`` closes a session's channels concurrently.
 
+Each transfer holds a place among the mount's ``max_transfers``
+(``core._limits``; ``deps.limits``): taken before the transfer starts (waiting in
+the queue if needed), kept while a ticket is replaced, given back when the
+transfer is parked or closed. A channel whose reader was dropped is ``idle``:
+while another transfer waits, it parks (its disk's next read starts a new
+transfer). A channel of an engine-backup set uses its session's places
+(``group_slot``) instead of its own.
+
 Subclasses say what the transfer downloads (``_transfer_target``), when the
 session no longer serves reads (``_check_serving``) and where errors go
 (``_note_error``).
 
-Invariants between awaits: ``generation`` changes only under ``_lock``;
+Invariants between awaits: ``generation`` changes only under ``_lock``; a
+channel with a transfer holds a place (its own ``_slot`` or ``group_slot``);
 ``client`` is set exactly while a transfer of the current generation is open;
 ``inflight`` counts the client reads in progress.
 
@@ -41,6 +50,7 @@ from rhvfs.engine.types import Disk, ImageTransfer
 from rhvfs.errors import EngineError, SessionClosed, TicketGone
 from rhvfs.sessions.core._cleanup import cancel_transfer, finish_transfer
 from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._limits import EngineLimits, Slot
 from rhvfs.sessions.core._ports import (
     BlockSource,
     EngineLike,
@@ -69,6 +79,8 @@ class ChannelDeps(Protocol):
     def imageio_opener(self) -> ImageioOpener: ...
     @property
     def reader_factory(self) -> ReaderFactory: ...
+    @property
+    def limits(self) -> EngineLimits | None: ...
 
 
 class TransferChannel(abc.ABC):
@@ -89,6 +101,11 @@ class TransferChannel(abc.ABC):
         self._keepalive_started = False
         self._stack: AsyncExitStack | None = None
         self._lock = trio.Lock()
+        #: the place among the mount's transfers this channel holds (None: none, or unlimited)
+        self._slot: Slot | None = None
+        #: places held by the session for all its disks (engine-backup sets); then no own slot
+        self.group_slot: Slot | None = None
+        self._nursery: trio.Nursery | None = None
 
     # -- hooks ----------------------------------------------------------------
 
@@ -149,6 +166,7 @@ class TransferChannel(abc.ABC):
             if self.generation != seen_generation:
                 return
             await self._end_transfer(cancel=True)
+            await self._take_slot()
             journal = self.deps.journal
             started = time.monotonic()
             tid = str(uuid.uuid4())
@@ -164,6 +182,7 @@ class TransferChannel(abc.ABC):
             except EngineError:
                 # The facade cancels a transfer that failed to start.
                 journal.remove_transfer(self.session_id, tid)
+                self._drop_slot()
                 raise
             if transfer.id != tid:  # the engine chose its own id
                 journal.add_transfer(self.session_id, transfer.id)
@@ -190,6 +209,56 @@ class TransferChannel(abc.ABC):
                 self.recreations += 1
             self.generation += 1
             self.last_activity = trio.current_time()
+
+    async def _take_slot(self) -> None:
+        """A place among the mount's transfers, waiting in line for it (never failing)."""
+        limits = self.deps.limits
+        if self.group_slot is not None or self._slot is not None or limits is None:
+            return
+        slot = limits.transfers.request({"session_id": self.session_id, "disk_id": self.disk.id})
+        if slot.state == "queued":
+            log.info(
+                "transfer of disk %s queued at position %s (max_transfers %d)",
+                self.disk.id,
+                slot.position,
+                limits.transfers.limit,
+            )
+            try:
+                await slot.wait()
+            except BaseException:
+                slot.release()
+                raise
+        self._slot = slot
+
+    def _drop_slot(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+    def idle(self) -> None:
+        """No reader uses the transfer now: park it when another transfer waits for a place."""
+        if self._slot is not None and self._nursery is not None:
+            self._slot.idle(self._give_way)
+
+    def busy(self) -> None:
+        """A reader is about to use the transfer again."""
+        if self._slot is not None:
+            self._slot.busy()
+
+    def _give_way(self) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._park_for_queue)
+
+    async def _park_for_queue(self) -> None:
+        # A keep-alive read in flight: let it finish (it is one 4 KiB read; no event marks
+        # its end, and a loop here is rare and short).
+        while self.inflight:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        log.info("transfer of disk %s gives its place to a queued transfer", self.disk.id)
+        try:
+            await self.park()
+        except Exception as e:
+            self._note_error(f"parking transfer of disk {self.disk.id}: {e}")
 
     async def _end_transfer(self, *, cancel: bool) -> None:
         """Close the client and end the transfer (finalize, or cancel when it is being replaced)."""
@@ -230,6 +299,7 @@ class TransferChannel(abc.ABC):
         """A prefetching reader over ``source`` with as many streams as the config and
         the transfer (OPTIONS ``max_readers``) allow; starts the keep-alive once."""
         assert self.client is not None
+        self._nursery = nursery
         max_readers = int(getattr(self.client.capabilities, "max_readers", 1) or 1)
         streams = max(1, min(self.deps.config.prefetch_streams, max_readers))
         reader = await self.deps.reader_factory(
@@ -278,10 +348,12 @@ class TransferChannel(abc.ABC):
         if self.reader is not None or self.inflight:
             return
         async with self._lock:
-            if self.transfer is None and self.client is None:
+            if self.reader is not None or self.inflight:
                 return
-            log.info("transfer of disk %s parked: no reader", self.disk.id)
-            await self._end_transfer(cancel=False)
+            if self.transfer is not None or self.client is not None:
+                log.info("transfer of disk %s parked: no reader", self.disk.id)
+                await self._end_transfer(cancel=False)
+            self._drop_slot()
 
     # -- close ----------------------------------------------------------------
 
@@ -294,7 +366,10 @@ class TransferChannel(abc.ABC):
             except Exception as e:
                 log.debug("closing reader of disk %s: %s", self.disk.id, e)
         async with self._lock:
-            await self._end_transfer(cancel=False)
+            try:
+                await self._end_transfer(cancel=False)
+            finally:
+                self._drop_slot()
 
 
 async def park_channels(channels: Iterable[TransferChannel]) -> None:

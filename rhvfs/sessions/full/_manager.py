@@ -74,6 +74,7 @@ from rhvfs.errors import (
 from rhvfs.sessions.core import _gc as gc_mod
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._limits import EngineLimits
 from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for
 from rhvfs.sessions.core._owner_data import OwnerDataSource, image_disks
 from rhvfs.sessions.core._pending import PendingCleanups
@@ -176,10 +177,13 @@ class BackupManager:
         imageio_opener: ImageioOpener | None = None,
         reader_factory: ReaderFactory | None = None,
         gc_on_start: bool = True,
+        limits: EngineLimits | None = None,
     ) -> None:
         self.engine = engine
         self._owner_data = OwnerDataSource(engine)
         self.config = config
+        #: the mount's limits on sessions and transfers, shared with the other manager
+        self.limits = limits if limits is not None else EngineLimits.from_config(config)
         self.journal = journal
         self._process = procid.current()
         self._opener, self._reader_factory = default_data_plane(
@@ -480,6 +484,7 @@ class BackupManager:
             imageio_opener=self._opener,
             reader_factory=self._reader_factory,
             cleanups=self.cleanups,
+            limits=self.limits,
             fetch_owner_data=self._owner_data,
             freeze=self._freeze,
             on_closed=self._session_closed,
@@ -541,6 +546,7 @@ class BackupManager:
                 "bytes_read": self._bytes_read_closed + sum(s.bytes_read for s in live),
             },
             "errors": self._sessions.notes.list(),
+            **self.limits.status(),
         }
 
     async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:

@@ -129,6 +129,7 @@ class BackupDiskChannel(TransferChannel):
         """The disk's reader, created on first use with ``budget()`` bytes of prefetch memory."""
         if self.reader is not None:
             return self.reader
+        self.busy()
         async with self._open_lock:
             if self.reader is not None:
                 return self.reader
@@ -151,12 +152,15 @@ class BackupDiskChannel(TransferChannel):
             return self.reader
 
     async def drop_reader(self) -> None:
-        """Free the reader's buffers (no handle reads this disk now); the transfer stays."""
+        """Free the reader's buffers (no handle reads this disk now); the transfer stays
+        (until another disk waits for a transfer: ``TransferChannel.idle``)."""
         reader, self.reader = self.reader, None
         self.memory_budget = 0
         if reader is not None:
             self.retired_stats.append(reader.statistics())
             await reader.aclose()
+        if self.reader is None:
+            self.idle()
 
     def statistics(self) -> dict[str, Any]:
         stats = list(self.retired_stats)
@@ -178,7 +182,7 @@ class BackupSession(SessionLifecycle):
     def __init__(
         self, owner: Owner, deps: BackupSessionDeps, *, read_id: str | None = None
     ) -> None:
-        super().__init__(config=deps.config, cleanups=deps.cleanups)
+        super().__init__(config=deps.config, cleanups=deps.cleanups, limits=deps.limits)
         self.owner = owner
         self.deps = deps
         #: the read of the set this session serves (``core._setread``), when the router binds it
@@ -227,6 +231,13 @@ class BackupSession(SessionLifecycle):
     def _label(self) -> str:
         return f"{self.session_id} of {self.owner.name}"
 
+    def _queue_label(self) -> dict[str, Any]:
+        return {
+            "owner": {"kind": self.owner.kind, "id": self.owner.id, "name": self.owner.name},
+            "session_id": self.session_id,
+            "read_id": self.read_id,
+        }
+
     async def _park(self) -> None:
         await park_channels(self.channels.values())
 
@@ -266,6 +277,14 @@ class BackupSession(SessionLifecycle):
         self.state = "ready"
         self.ready_at = time.time()
         self.ready.set()
+        if not self.handles:
+            # Whoever asked for it may have given up meanwhile (e.g. while it was queued):
+            # it ends as an unused one does; an open now cancels this.
+            cfg = self.deps.config
+            if self.read_id is None:
+                self.schedule_close(cfg.grace_period)
+            else:
+                self.schedule_close(cfg.read_idle_limit, park_after_s=cfg.grace_period)
         log.info(
             "session %s of %s %s ready: snapshot %s, %d disk(s), in %.2fs",
             self.session_id,
@@ -572,6 +591,7 @@ class BackupSession(SessionLifecycle):
             "session_id": self.session_id,
             "read_id": self.read_id,
             "state": self.state,
+            "queue_position": self.queue_position,
             "snapshot_id": self.snapshot.id if self.snapshot else None,
             "started": datetime.fromtimestamp(self.started_wall, UTC).isoformat(),
             "handles": len(self.handles),

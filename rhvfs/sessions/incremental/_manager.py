@@ -73,6 +73,7 @@ from rhvfs.errors import (
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._cleanup import finalize_backup
 from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._limits import EngineLimits
 from rhvfs.sessions.core._model import (
     Owner,
     SetEntry,
@@ -128,10 +129,13 @@ class IncrementalManager:
         imageio_opener: ImageioOpener | None = None,
         reader_factory: ReaderFactory | None = None,
         cleanup_on_start: bool = True,
+        limits: EngineLimits | None = None,
     ) -> None:
         self.engine = engine
         self._owner_data = OwnerDataSource(engine)
         self.config = config
+        #: the mount's limits on sessions and transfers, shared with the other manager
+        self.limits = limits if limits is not None else EngineLimits.from_config(config)
         self.chain = chain
         self.journal = journal
         self._process = procid.current()
@@ -266,6 +270,7 @@ class IncrementalManager:
             imageio_opener=self._opener,
             reader_factory=self._reader_factory,
             cleanups=self.cleanups,
+            limits=self.limits,
             on_closed=self._closed,
             on_note=self._note,
         )

@@ -66,6 +66,7 @@ from rhvfs.sessions.core._gather import gather
 from rhvfs.sessions.core._gc import artifact_description, snapshot_description
 from rhvfs.sessions.core._journal import session_entry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
+from rhvfs.sessions.core._limits import Slot
 from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for, clip_read
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher
 from rhvfs.sessions.core._pending import CleanupStep, backup_step, snapshot_step
@@ -131,7 +132,7 @@ class IncrementalSession(SessionLifecycle):
         announced: Sequence[SetEntry] = (),
         read_id: str | None = None,
     ) -> None:
-        super().__init__(config=deps.config, cleanups=deps.cleanups)
+        super().__init__(config=deps.config, cleanups=deps.cleanups, limits=deps.limits)
         self.owner = owner
         #: for a ``full`` set read through the router: the read (``core._setread``) it serves;
         #: the backup id and the set id are the read id, the configuration is the router's
@@ -173,6 +174,8 @@ class IncrementalSession(SessionLifecycle):
         self.bytes_read = 0
         self._journaled = False
         self._snapshot_images: dict[str, str] = {}
+        #: this set's places among the mount's transfers (one request for all its disks)
+        self._transfers: Slot | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -184,6 +187,14 @@ class IncrementalSession(SessionLifecycle):
 
     def _label(self) -> str:
         return f"{self.session_id} ({self.kind} set of {self.owner.name})"
+
+    def _queue_label(self) -> dict[str, Any]:
+        return {
+            "owner": {"kind": self.owner.kind, "id": self.owner.id, "name": self.owner.name},
+            "session_id": self.session_id,
+            "set_kind": str(self.kind),
+            "read_id": self.read_id,
+        }
 
     async def _park(self) -> None:
         await park_channels(self.channels.values())
@@ -338,6 +349,13 @@ class IncrementalSession(SessionLifecycle):
             )
             self.plans.append(plan)
 
+        limits = self.deps.limits
+        if limits is not None and self.plans:
+            # The backup opens every disk's transfer at once: one request for all of them
+            # (clamped to max_transfers), so two sets never hold part of what each needs.
+            self._transfers = await limits.transfers.acquire(
+                {**self._queue_label(), "disks": len(self.plans)}, count=len(self.plans)
+            )
         await gather(
             *(
                 functools.partial(
@@ -352,6 +370,7 @@ class IncrementalSession(SessionLifecycle):
         self, plan: SetDiskPlan, backing_format: str, nursery: trio.Nursery
     ) -> None:
         channel = IncrementalDiskChannel(self, plan)
+        channel.group_slot = self._transfers
         self.channels[plan.disk.id] = channel
         client = await channel.open()
         zero = await client.extents("zero")
@@ -654,6 +673,9 @@ class IncrementalSession(SessionLifecycle):
         channels = list(self.channels.values())
         self.channels = {}
         await close_channels(channels)
+        if self._transfers is not None:
+            self._transfers.release()
+            self._transfers = None
         finalized = True
         if self.backup_started:
             finalized = await self._finalize_backup()
@@ -795,6 +817,7 @@ class IncrementalSession(SessionLifecycle):
             "backup_id": self.backup_id if self.backup_started or self.backup else None,
             "from_checkpoint_id": self.base.checkpoint_id if self.base else None,
             "state": self.state,
+            "queue_position": self.queue_position,
             "handles": len(self.handles),
             "bytes_read": self.bytes_read,
             "complete": self.complete,
