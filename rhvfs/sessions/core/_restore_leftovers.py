@@ -69,9 +69,17 @@ def describe(entry: JournalEntry) -> str:
 
 
 async def remove_restore_leftovers(
-    engine: LeftoverEngine, entry: JournalEntry, *, config: Config, dry_run: bool = False
+    engine: LeftoverEngine,
+    entry: JournalEntry,
+    *,
+    config: Config,
+    dry_run: bool = False,
+    wait_busy: bool = True,
 ) -> LeftoverReport:
-    """End what ``entry`` names (see the module docstring); never raises ``EngineError``."""
+    """End what ``entry`` names (see the module docstring); never raises ``EngineError``.
+
+    ``wait_busy`` False: one try per object, no waiting for a busy engine (a live
+    restore's check after its rollback; what is left stays for gc)."""
     report = LeftoverReport()
     who = describe(entry)
     verb = "would remove" if dry_run else "removed"
@@ -138,12 +146,15 @@ async def remove_restore_leftovers(
             report.lines.append(line)
             return
         try:
-            await retry(
-                lambda _: remove(object_id),
-                policy=busy_policy(config),
-                what=f"removing {kind} {object_id} of {who}",
-                retry_on=retryable,
-            )
+            if wait_busy:
+                await retry(
+                    lambda _: remove(object_id),
+                    policy=busy_policy(config),
+                    what=f"removing {kind} {object_id} of {who}",
+                    retry_on=retryable,
+                )
+            else:
+                await remove(object_id)
         except NotFound:
             return
         except EngineError as e:

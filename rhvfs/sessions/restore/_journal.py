@@ -237,7 +237,9 @@ class RestoreJournal:
         entry = self._entry
         if entry is None:
             return
-        report = await remove_restore_leftovers(self._inner.engine, entry, config=self._config)
+        report = await remove_restore_leftovers(
+            self._inner.engine, entry, config=self._config, wait_busy=False
+        )
         for line in report.lines:
             self._note(f"rollback (journal): {line}")
         if not report.ok:

@@ -1,0 +1,298 @@
+"""Crash-safe restores: the journal entry of a restore, and gc of a killed restore's leftovers.
+
+Restores run on the fake engine with the restore rig (journaled in
+``tmp_path/state``). "Killing the mount" is done without killing anything: the
+restore is held at a phase (an engine call that never answers, or a tool
+that stops writing), the journal's entries are then made those of a dead
+mount (another boot id, the instance lock released), and gc runs as the next
+mount or ``rhvfs gc`` would, while the held restore stays frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from trio.testing import MockClock
+
+from rhvfs.engine.types import Template, Vm
+from rhvfs.sessions.core import Journal, JournalEntry
+from rhvfs.sessions.core import _procid as procid
+from rhvfs.sessions.core._gc import collect_garbage, parse_description
+from rhvfs.sessions.core._restore_leftovers import RESTORE_KIND, remove_restore_leftovers
+from rhvfs.sessions.restore import RestoreSession
+from tests.support.backup_sets import make_set
+from tests.support.configs import restore_config
+from tests.support.fake_engine import CLUSTER_ID, FakeEngine
+from tests.support.restore_rig import Harness, start
+
+CFG = restore_config()
+
+
+@pytest.fixture
+async def h(nursery: trio.Nursery, tmp_path: Path) -> Harness:
+    engine = FakeEngine()
+    # bystanders: a VM and a template nobody restored, one with a marker-like comment
+    engine.vms["other"] = Vm(id="other", name="other", status="down", cluster_id=CLUSTER_ID)
+    engine.templates["tpl-x"] = Template(id="tpl-x", name="tplx", status="ok", comment="hi")
+    return await start(nursery, engine, tmp_path, CFG)
+
+
+def journal_of(h: Harness) -> Journal:
+    journal = h.manager.journal
+    assert journal is not None
+    return journal
+
+
+def restore_entries(h: Harness) -> list[JournalEntry]:
+    return [e for e in journal_of(h).entries() if e.owner_kind == RESTORE_KIND]
+
+
+def kill_the_mount(h: Harness) -> Journal:
+    """The journal as the next mount sees it after a ``kill -9`` of this one."""
+    journal = journal_of(h)
+    for e in journal.entries():
+        journal.put(dataclasses.replace(e, process=dataclasses.replace(e.process, boot_id="gone")))
+    journal.installation.release()  # the dead mount's lock is gone
+    return Journal(journal.path)  # the next mount: same installation, another instance
+
+
+def hold_forever(engine: FakeEngine, name: str, *, after: bool = False) -> trio.Event:
+    """Make ``engine.<name>`` never answer (``after``: once it did its work); the event is
+    set when the call was made."""
+    original: Callable[..., Awaitable[Any]] = getattr(engine, name)
+    called = trio.Event()
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        if after:
+            await original(*args, **kwargs)
+        called.set()
+        await trio.sleep_forever()
+
+    setattr(engine, name, held)
+    return called
+
+
+def disks_of(engine: FakeEngine, vm_name: str) -> set[str]:
+    vm = next(v for v in engine.vms.values() if v.name == vm_name)
+    return {a.disk.id for a in engine.attachments[vm.id]}
+
+
+async def finished_restore(h: Harness) -> tuple[str, set[str]]:
+    """A restore that finished before the crash: its VM id and disk ids."""
+    s = make_set(name="kept")
+    session = h.manager.create("kept")
+    await h.copy(session, s)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    return status["vm_id"], disks_of(h.engine, "kept")
+
+
+def assert_only(h: Harness, kept_vm: str, kept_disks: set[str]) -> None:
+    """Nothing of the killed restore is left; the finished restore and the bystanders are."""
+    assert set(h.engine.vms) == {"other", kept_vm}
+    assert set(h.engine.disks) == kept_disks
+    assert set(h.engine.templates) == {"tpl-x"}
+    assert all(t.phase.startswith("finished") for t in h.engine.transfers.values()), (
+        h.engine.transfers
+    )
+
+
+async def write_all_but_last_close(h: Harness, session: RestoreSession, name: str) -> None:
+    """The whole set, but the last image's tool stops half-way (its handle stays open)."""
+    s = make_set(name=name)
+    images = s.image_names()
+    await h.copy(session, s, [n for n in s.files if n != images[-1]])
+    f = session.new_file(images[-1])
+    session.open(f)
+    await session.write(f, 0, s.files[images[-1]][: len(s.files[images[-1]]) // 2])
+
+
+@pytest.mark.parametrize("phase", ["uploading", "uploaded", "creating_vm", "vm_unrecorded"])
+async def test_gc_after_a_killed_restore_removes_exactly_its_objects(
+    autojump_clock: MockClock, h: Harness, phase: str
+) -> None:
+    kept_vm, kept_disks = await finished_restore(h)
+    s = make_set(name="killed")
+    session = h.manager.create("killed")
+    if phase == "uploading":  # a disk created, its transfer open, half its data sent
+        await write_all_but_last_close(h, session, "killed")
+        assert session.phase == "uploading"
+    else:
+        call, after = {
+            "uploaded": ("create_vm_from_ovf", False),  # disks complete, no VM yet
+            "creating_vm": ("add_nic", False),  # VM made, disks attached
+            "vm_unrecorded": ("create_vm_from_ovf", True),  # VM made, its id never came back
+        }[phase]
+        called = hold_forever(h.engine, call, after=after)
+        await h.copy(session, s)
+        with trio.fail_after(10):
+            await called.wait()
+        assert session.phase == "creating_vm"
+    entries = restore_entries(h)
+    assert [e.owner_name for e in entries] == ["killed"]
+    entry = entries[0]
+    assert len(entry.disk_ids) == 2 and set(entry.disk_ids) <= set(h.engine.disks)
+    if phase == "vm_unrecorded":
+        assert entry.pending == ("vm",) and entry.vm_ids == ()
+        assert [v.comment for v in h.engine.vms.values() if v.name == "killed"] == [entry.marker]
+    if phase == "creating_vm":
+        assert entry.vm_ids and disks_of(h.engine, "killed") == set(entry.disk_ids)
+
+    next_mount = kill_the_mount(h)
+    lines = await collect_garbage(h.engine, next_mount, config=CFG)
+
+    assert_only(h, kept_vm, kept_disks)
+    assert next_mount.entries() == []
+    assert any("killed" in line for line in lines), lines
+    assert not any("kept" in line or "other" in line for line in lines), lines
+
+
+async def test_entries_are_written_before_each_create_call(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    """Write-ahead: the id (or, for a VM, the intent and its marker) is in the journal when
+    the engine is asked to create the object."""
+    seen: dict[str, JournalEntry] = {}
+    for name in ("create_disk", "start_transfer", "create_vm_from_ovf"):
+        original = getattr(h.engine, name)
+
+        def spy(original: Any = original, name: str = name) -> Callable[..., Awaitable[Any]]:
+            async def call(**kwargs: Any) -> Any:
+                (entry,) = restore_entries(h)
+                seen.setdefault(name, entry)
+                if name == "create_disk":
+                    assert kwargs["disk_id"] in entry.disk_ids
+                if name == "start_transfer":
+                    assert kwargs["transfer_id"] in entry.transfer_ids
+                if name == "create_vm_from_ovf":
+                    assert "vm" in entry.pending and kwargs["comment"] == entry.marker
+                return await original(**kwargs)
+
+            return call
+
+        setattr(h.engine, name, spy())
+    session = h.manager.create("wal")
+    await h.copy(session, make_set(name="wal"))
+    assert (await h.settle(session))["phase"] == "done"
+    assert set(seen) == {"create_disk", "start_transfer", "create_vm_from_ovf"}
+    assert restore_entries(h) == []  # done: the VM and its disks are the user's
+
+
+async def test_restored_vm_carries_this_installation_and_the_entry_goes(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    vm_id, _ = await finished_restore(h)
+    info = parse_description(h.engine.vms[vm_id].comment)
+    assert info is not None and info.kind == "restore"
+    assert info.installation == journal_of(h).installation.id
+    assert info.instance == journal_of(h).installation.instance
+    assert journal_of(h).entries() == []
+    # gc of a later mount never touches it
+    next_mount = kill_the_mount(h)
+    assert await collect_garbage(h.engine, next_mount, config=CFG) == []
+    assert vm_id in h.engine.vms
+
+
+async def test_template_restore_killed_before_its_id_came_back(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    called = hold_forever(h.engine, "create_template_from_ovf", after=True)
+    session = h.manager.create("tplk")
+    await h.copy(session, make_set(kind="template", name="tplk"))
+    with trio.fail_after(10):
+        await called.wait()
+    (made,) = [t for t in h.engine.templates.values() if t.name == "tplk"]
+    await collect_garbage(h.engine, kill_the_mount(h), config=CFG)
+    assert made.id not in h.engine.templates and set(h.engine.templates) == {"tpl-x"}
+    assert h.engine.disks == {}
+
+
+async def test_template_made_from_the_restored_vm_stays_and_base_vm_goes(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    session = h.manager.create("base")
+    await h.write_file(
+        session, "rhvfs-restore.conf", b"template_name = golden\nremove_base_vm = yes\n"
+    )
+    await h.copy(session, make_set(name="base"))
+    assert (await h.settle(session))["phase"] == "done"
+    (golden,) = [t for t in h.engine.templates.values() if t.name == "golden"]
+    assert parse_description(golden.comment) is not None
+    assert restore_entries(h) == []
+
+
+async def test_failed_restore_is_rolled_back_and_leaves_no_entry(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    h.engine.fail_on.add("add_nic")
+    session = h.manager.create("boom")
+    await h.copy(session, make_set(name="boom"))
+    status = await h.settle(session)
+    assert status["phase"] == "failed"
+    assert set(h.engine.vms) == {"other"} and h.engine.disks == {}
+    assert restore_entries(h) == []
+
+
+async def test_a_rollback_that_cannot_remove_keeps_the_entry_for_gc(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    h.engine.fail_on |= {"add_nic", "remove_vm"}
+    session = h.manager.create("stuck")
+    await h.copy(session, make_set(name="stuck"))
+    status = await h.settle(session)
+    assert status["phase"] == "failed"
+    assert any(v.name == "stuck" for v in h.engine.vms.values())
+    (entry,) = restore_entries(h)
+    assert any("journal entry" in line for line in status["log"]), status["log"]
+    h.engine.fail_on.clear()  # the engine lets go; the next mount's gc removes it
+    await collect_garbage(h.engine, kill_the_mount(h), config=CFG)
+    assert set(h.engine.vms) == {"other"} and h.engine.disks == {}
+    assert restore_entries(h) == []
+
+
+async def test_live_restores_are_left_alone_by_gc(autojump_clock: MockClock, h: Harness) -> None:
+    session = h.manager.create("live")
+    await write_all_but_last_close(h, session, "live")
+    before = set(h.engine.disks)
+    assert await collect_garbage(h.engine, Journal(journal_of(h).path), config=CFG) == []
+    assert set(h.engine.disks) == before and len(restore_entries(h)) == 1
+
+
+async def test_leftovers_need_the_marker_and_the_entry(autojump_clock: MockClock) -> None:
+    """A VM or template the entry names whose comment is not the entry's marker is left
+    alone; a pending create finds only objects with the marker; dry runs change nothing."""
+    engine = FakeEngine()
+    marker = "rhvfs-session restore-1 host=h pid=1 inst=0123456789abcdef mount=0123456789abcdef"
+    engine.vms["a"] = Vm(id="a", name="a", status="down", comment=marker)
+    engine.vms["b"] = Vm(id="b", name="b", status="down", comment="taken over by a person")
+    engine.vms["c"] = Vm(id="c", name="c", status="down", comment=marker)  # id never recorded
+    engine.vms["d"] = Vm(id="d", name="d", status="down", comment="")
+    engine.add_disk("x", 4096, disk_id="disk-1")
+    entry = JournalEntry(
+        session_id="restore-1",
+        process=procid.current(),
+        owner_kind=RESTORE_KIND,
+        owner_id="",
+        owner_name="r",
+        started="",
+        vm_ids=("a", "b", "gone"),
+        disk_ids=("disk-1", "disk-gone"),
+        pending=("vm",),
+        marker=marker,
+    )
+    dry = await remove_restore_leftovers(engine, entry, config=CFG, dry_run=True)
+    assert set(engine.vms) == {"a", "b", "c", "d"} and "disk-1" in engine.disks
+    assert [line.split(" (")[0] for line in dry.lines if line.startswith("would")] == [
+        "would remove vm a",
+        "would remove vm c",
+        "would remove disk disk-1",
+    ]
+    report = await remove_restore_leftovers(engine, entry, config=CFG)
+    assert report.ok
+    assert set(engine.vms) == {"b", "d"} and engine.disks == {}
+    assert any(line.startswith("left alone: vm b") for line in report.lines)
