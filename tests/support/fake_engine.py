@@ -656,6 +656,10 @@ class FakeEngine:
         await self._call("get_transfer")
         return self._transfer(transfer_id)
 
+    async def list_transfers(self) -> list[ImageTransfer]:
+        await self._call("list_transfers")
+        return list(self.transfers.values())
+
     async def finalize_transfer(self, transfer_id: str) -> None:
         await self._call("finalize_transfer", delay_s=self.latency.transfer_s)
         t = self._transfer(transfer_id)

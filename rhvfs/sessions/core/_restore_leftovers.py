@@ -10,7 +10,8 @@ comment of every VM and template it creates. A finished restore's entry is
 gone: its VM, template and disks are the user's.
 
 ``remove_restore_leftovers`` ends them in dependency order: transfers
-cancelled (unless finished), VMs removed (with their disks), templates
+cancelled (unless finished; the entry's, and any transfer of one of its
+disks: the engine may choose a transfer's id itself), VMs removed (with their disks), templates
 removed (with theirs), then the disks left. A VM or template is removed only
 when it still carries the entry's marker: one whose comment says otherwise is
 left alone (and reported). Gone already counts as done; locked or busy (409)
@@ -43,6 +44,7 @@ class LeftoverEngine(Protocol):
     """The engine calls that find and remove a restore's leftovers."""
 
     async def get_transfer(self, transfer_id: str) -> ImageTransfer: ...
+    async def list_transfers(self) -> list[ImageTransfer]: ...
     async def finalize_transfer(self, transfer_id: str) -> None: ...
     async def cancel_transfer(self, transfer_id: str) -> None: ...
     async def list_vms(self) -> list[Vm]: ...
@@ -84,9 +86,20 @@ async def remove_restore_leftovers(
     who = describe(entry)
     verb = "would remove" if dry_run else "removed"
 
-    for tid in entry.transfer_ids:
+    transfers: dict[str, ImageTransfer | None] = dict.fromkeys(entry.transfer_ids)
+    if entry.disk_ids:
+        # Any transfer of a disk the restore made is the restore's, also one whose id the
+        # engine chose and never told (the mount died before the answer).
         try:
-            transfer = await engine.get_transfer(tid)
+            for t in await engine.list_transfers():
+                if t.disk_id in entry.disk_ids:
+                    transfers[t.id] = t
+        except EngineError as e:
+            report.lines.append(f"cannot list the transfers of {who}: {e}")
+            report.ok = False
+    for tid, known in transfers.items():
+        try:
+            transfer = known or await engine.get_transfer(tid)
         except NotFound:
             continue
         except EngineError as e:

@@ -5,7 +5,9 @@ ahead into the mount's ``Journal`` (one entry per restore, ``owner_kind``
 "restore", stamped with this installation and mount instance):
 
 - a disk's id and a transfer's id are chosen here and recorded *before* the
-  engine call that creates them (the engine takes client-chosen ids);
+  engine call that creates them (the engine takes a disk's; a transfer's own
+  id, when the engine chose another, replaces it once known: until then gc
+  finds the transfer by its disk);
 - a VM or template create call is recorded as ``pending`` before it is made,
   and the object gets the entry's ``marker`` (an ``artifact_description``
   with ``kind=restore``: marker, restore id, host, pid, installation, mount
@@ -152,6 +154,13 @@ class RestoreJournal:
         field = _FIELDS[kind]
         self._best_effort(
             lambda e: _drop(_add(e, field, object_id), "pending", kind), f"{kind} {object_id}"
+        )
+
+    def transfer_started(self, transfer_id: str, *, instead_of: str) -> None:
+        """The engine gave the transfer its own id (until then, gc finds it by its disk)."""
+        self._best_effort(
+            lambda e: _drop(_add(e, "transfer_ids", transfer_id), "transfer_ids", instead_of),
+            f"transfer {transfer_id}",
         )
 
     def transfer_ended(self, transfer_id: str) -> None:
@@ -319,7 +328,10 @@ class _JournalingEngine:
         transfer_id = kwargs.get("transfer_id") or str(uuid.uuid4())
         kwargs["transfer_id"] = transfer_id
         self._journal.intend_transfer(transfer_id)
-        return await self._inner.start_transfer(**kwargs)
+        transfer = await self._inner.start_transfer(**kwargs)
+        if transfer.id != transfer_id:  # the engine chose its own id
+            self._journal.transfer_started(transfer.id, instead_of=transfer_id)
+        return transfer
 
     async def finalize_transfer(self, transfer_id: str) -> None:
         self._journal.sync()
