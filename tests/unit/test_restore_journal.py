@@ -296,3 +296,36 @@ async def test_leftovers_need_the_marker_and_the_entry(autojump_clock: MockClock
     assert report.ok
     assert set(engine.vms) == {"b", "d"} and engine.disks == {}
     assert any(line.startswith("left alone: vm b") for line in report.lines)
+
+
+async def test_a_transfer_whose_id_the_engine_chose_is_found_by_its_disk(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    """The engine may ignore the client's transfer id; a mount killed before the answer
+    never learns it: gc cancels every live transfer of the restore's disks."""
+    original = h.engine.start_transfer
+    called = trio.Event()
+
+    async def own_id_then_hang(**kwargs: Any) -> Any:
+        kwargs["transfer_id"] = None
+        await original(**kwargs)
+        called.set()
+        await trio.sleep_forever()
+
+    h.engine.start_transfer = own_id_then_hang  # type: ignore[method-assign]
+    session = h.manager.create("tk")
+    s = make_set(name="tk")
+    await h.copy(session, s, [n for n in s.files if n not in s.image_names()])
+    f = session.new_file(s.image_names()[0])
+    session.open(f)
+    async with trio.open_nursery() as writing:
+        writing.start_soon(session.write, f, 0, b"\x01" * 4096)  # waits for its transfer
+        with trio.fail_after(10):
+            await called.wait()
+        (entry,) = restore_entries(h)
+        (live,) = [t for t in h.engine.transfers.values() if t.phase == "transferring"]
+        assert live.id not in entry.transfer_ids and live.disk_id in entry.disk_ids
+        await collect_garbage(h.engine, kill_the_mount(h), config=CFG)
+        assert h.engine.transfers[live.id].phase == "finished_failure"
+        assert h.engine.disks == {}
+        writing.cancel_scope.cancel()
