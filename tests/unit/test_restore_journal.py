@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,14 +21,17 @@ import trio
 from trio.testing import MockClock
 
 from rhvfs.engine.types import Template, Vm
+from rhvfs.errors import RestoreFailed
 from rhvfs.sessions.core import Journal, JournalEntry
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._gc import collect_garbage, parse_description
 from rhvfs.sessions.core._restore_leftovers import RESTORE_KIND, remove_restore_leftovers
 from rhvfs.sessions.restore import RestoreSession
+from rhvfs.sessions.restore._journal import RestoreJournal
+from rhvfs.sessions.restore._rollback import Created
 from tests.support.backup_sets import make_set
 from tests.support.configs import restore_config
-from tests.support.fake_engine import CLUSTER_ID, FakeEngine
+from tests.support.fake_engine import CLUSTER_ID, SD_ID, FakeEngine
 from tests.support.restore_rig import Harness, start
 
 CFG = restore_config()
@@ -329,3 +333,37 @@ async def test_a_transfer_whose_id_the_engine_chose_is_found_by_its_disk(
         assert h.engine.transfers[live.id].phase == "finished_failure"
         assert h.engine.disks == {}
         writing.cancel_scope.cancel()
+
+
+async def test_the_entry_follows_what_created_hands_over(tmp_path: Path) -> None:
+    """Ids are recorded before the create call; what ``Created`` stops naming (the restored
+    VM and its disks on success, a removed base VM) leaves the entry at the next engine
+    call; ``done`` removes the entry."""
+    journal = Journal(tmp_path / "state" / "j.json")
+    services: Any = SimpleNamespace(engine=FakeEngine(), journal=journal, config=CFG)
+    created = Created()
+    rj = RestoreJournal(services, "x", created, note=lambda text: None)
+    engine = rj.services.engine
+    assert journal.entries() == []  # nothing created, nothing written
+    disk = await engine.create_disk(
+        alias="a", provisioned_size=4096, format="raw", sparse=True, storage_domain=SD_ID
+    )
+    created.disks.append(disk.id)
+    vm = await engine.create_vm_from_ovf(
+        ovf="<x/>", cluster=CLUSTER_ID, name="v", regenerate_ids=True
+    )
+    created.vm = vm.id
+    (entry,) = journal.entries()
+    assert (entry.disk_ids, entry.vm_ids, entry.pending) == ((disk.id,), (vm.id,), ())
+    assert services.engine.vms[vm.id].comment == entry.marker == rj.marker
+    created.vm = None
+    created.disks.clear()  # handed over
+    await engine.list_clusters()  # any engine call syncs first
+    (entry,) = journal.entries()
+    assert (entry.disk_ids, entry.vm_ids) == ((), ())
+    rj.done()
+    assert journal.entries() == []
+    with pytest.raises(RestoreFailed):  # nothing is created once the restore ended
+        await engine.create_disk(
+            alias="b", provisioned_size=4096, format="raw", sparse=True, storage_domain=SD_ID
+        )

@@ -17,10 +17,13 @@ ahead into the mount's ``Journal`` (one entry per restore, ``owner_kind``
 - a transfer that was finalized or cancelled leaves the entry.
 
 The rest follows the session's ``Created`` ledger (the one record of what
-rollback removes), synced before every engine call and at the end: an object
-``Created`` stopped naming after it named it (handed over: the restored VM
-and its disks on success, a template's disks, a removed base VM) leaves the
-entry, and anything ``Created`` names that the entry lacks is added. So the
+rollback removes), synced before every engine call and at the end. The
+session puts what a create call returned into ``Created`` before its next
+await, so at a sync an object whose create answered and that ``Created``
+does not name (any more) was handed over (the restored VM and its disks on
+success, a template's disks, a removed base VM): it leaves the entry; one
+whose create never answered stays (it may exist); anything ``Created``
+names that the entry lacks is added. So the
 entry never names the VM an overwrite replaces (the restore never created
 it), nor anything the restore handed over.
 
@@ -81,7 +84,8 @@ class RestoreJournal:
         self._journal: Journal | None = services.journal
         self._config: Config = services.config
         self.session_id = f"restore-{uuid.uuid4().hex[:12]}"
-        #: per kind: object id -> whether ``Created`` named it already (adopted)
+        #: per kind: object id -> whether its create call answered (then ``Created`` names it
+        #: before the next engine call: the session's invariant)
         self._tracked: dict[str, dict[str, bool]] = {k: {} for k in _FIELDS}
         self._entry: JournalEntry | None = None  # as last written
         self._closed = False
@@ -150,7 +154,9 @@ class RestoreJournal:
 
     def made(self, kind: str, object_id: str) -> None:
         """The ``kind`` create call answered with ``object_id``."""
-        self._tracked[kind].setdefault(object_id, False)
+        self._tracked[kind][object_id] = True
+        if kind == "disk":
+            return  # recorded before the call
         field = _FIELDS[kind]
         self._best_effort(
             lambda e: _drop(_add(e, field, object_id), "pending", kind), f"{kind} {object_id}"
@@ -191,8 +197,10 @@ class RestoreJournal:
                 if object_id not in tracked:
                     add[kind].append(object_id)
                 tracked[object_id] = True
-            for object_id, adopted in list(tracked.items()):
-                if adopted and object_id not in named[kind]:
+            for object_id, answered in list(tracked.items()):
+                # answered and not named (any more): handed over. Not answered: the call
+                # failed or never returned; the object may exist, so it stays.
+                if answered and object_id not in named[kind]:
                     release[kind].append(object_id)
                     del tracked[object_id]
         if not any(add.values()) and not any(release.values()):
@@ -321,7 +329,9 @@ class _JournalingEngine:
         disk_id = kwargs.get("disk_id") or str(uuid.uuid4())
         kwargs["disk_id"] = disk_id
         self._journal.intend_disk(disk_id)
-        return await self._inner.create_disk(**kwargs)
+        disk = await self._inner.create_disk(**kwargs)
+        self._journal.made("disk", disk.id)
+        return disk
 
     async def start_transfer(self, **kwargs: Any) -> Any:
         self._journal.sync()
