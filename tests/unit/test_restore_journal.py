@@ -66,12 +66,14 @@ def kill_the_mount(h: Harness) -> Journal:
 
 
 def hold_forever(engine: FakeEngine, name: str, *, after: bool = False) -> trio.Event:
-    """Make ``engine.<name>`` never answer (``after``: once it did its work); the event is
-    set when the call was made."""
+    """Make the next ``engine.<name>`` call never answer (``after``: once it did its work);
+    the event is set when it was made. Later calls (a rollback's) answer."""
     original: Callable[..., Awaitable[Any]] = getattr(engine, name)
     called = trio.Event()
 
     async def held(*args: Any, **kwargs: Any) -> Any:
+        if called.is_set():
+            return await original(*args, **kwargs)
         if after:
             await original(*args, **kwargs)
         called.set()
@@ -367,3 +369,42 @@ async def test_the_entry_follows_what_created_hands_over(tmp_path: Path) -> None
         await engine.create_disk(
             alias="b", provisioned_size=4096, format="raw", sparse=True, storage_domain=SD_ID
         )
+
+
+@pytest.mark.parametrize("held", ["before", "after"])
+async def test_an_overwrite_killed_at_its_point_of_no_return_keeps_the_new_vm(
+    autojump_clock: MockClock, h: Harness, held: str
+) -> None:
+    """The journal hands everything over before the replaced VM's removal is sent: gc after
+    a crash there (removal sent or done) never removes the new VM, so one VM always stays."""
+    kept_vm, _ = await finished_restore(h)
+    called = hold_forever(h.engine, "remove_vm", after=held == "after")
+    session = h.manager.create("again")
+    await h.write_file(session, "rhvfs-restore.conf", b"vm_name = kept\nvm_force_overwrite = yes\n")
+    await h.copy(session, make_set(name="kept"))
+    with trio.fail_after(10):
+        await called.wait()
+    new_vm = session.created.vm or next(v for v in h.engine.vms if v not in ("other", kept_vm))
+    (entry,) = restore_entries(h)
+    assert (entry.vm_ids, entry.disk_ids) == ((), ())  # handed over before the removal
+    await collect_garbage(h.engine, kill_the_mount(h), config=CFG)
+    assert new_vm in h.engine.vms and len(h.engine.attachments[new_vm]) == 2
+    assert (kept_vm in h.engine.vms) == (held == "before")
+
+
+async def test_gc_stops_a_vm_the_killed_restore_started(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    called = hold_forever(h.engine, "start_vm", after=True)
+    session = h.manager.create("up")
+    await h.write_file(session, "rhvfs-restore.conf", b"vm_switchon = yes\n")
+    await h.copy(session, make_set(name="up"))
+    with trio.fail_after(10):
+        await called.wait()
+    (vm,) = [v for v in h.engine.vms.values() if v.name == "up"]
+    assert vm.status == "up"
+    lines = await collect_garbage(h.engine, kill_the_mount(h), config=CFG)
+    assert [line for line in lines if line.startswith("removed vm")] == [
+        f"removed vm {vm.id} (up) of {lines[0].split(' of ', 1)[1].split(',')[0]}, stopped first (up)"
+    ]
+    assert set(h.engine.vms) == {"other"} and h.engine.disks == {}

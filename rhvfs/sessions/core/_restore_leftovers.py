@@ -11,10 +11,11 @@ gone: its VM, template and disks are the user's.
 
 ``remove_restore_leftovers`` ends them in dependency order: transfers
 cancelled (unless finished; the entry's, and any transfer of one of its
-disks: the engine may choose a transfer's id itself), VMs removed (with their disks), templates
-removed (with theirs), then the disks left. A VM or template is removed only
-when it still carries the entry's marker: one whose comment says otherwise is
-left alone (and reported). Gone already counts as done; locked or busy (409)
+disks: the engine may choose a transfer's id itself), VMs removed (with their
+disks; one that runs is stopped first), templates removed (with theirs),
+then the disks left. A VM or template is removed only when it still carries
+the entry's marker: one whose comment says otherwise is left alone (and
+reported). Gone already counts as done; locked or busy (409)
 and transient errors are retried per ``_cleanup.busy_policy``.
 
 Must not: decide whose entry it is or whether its owner is dead (``_gc`` does:
@@ -50,6 +51,7 @@ class LeftoverEngine(Protocol):
     async def list_vms(self) -> list[Vm]: ...
     async def get_vm(self, vm_id: str) -> Vm: ...
     async def remove_vm(self, vm_id: str) -> None: ...
+    async def stop_vm(self, vm_id: str) -> Vm: ...
     async def list_templates(self) -> list[Template]: ...
     async def get_template(self, template_id: str) -> Template: ...
     async def remove_template(self, template_id: str) -> None: ...
@@ -154,11 +156,16 @@ async def remove_restore_leftovers(
             )
             return
         name = getattr(found, "name", None) or getattr(found, "alias", "")
+        running = isinstance(found, Vm) and found.status not in ("down", None)
         line = f"{verb} {kind} {object_id} ({name}) of {who}"
+        if running:  # started (vm_switchon) before the mount died: powered off first
+            line += f", stopped first ({found.status})"
         if dry_run:
             report.lines.append(line)
             return
         try:
+            if running:
+                await engine.stop_vm(object_id)
             if wait_busy:
                 await retry(
                     lambda _: remove(object_id),

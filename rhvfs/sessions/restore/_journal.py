@@ -23,7 +23,11 @@ await, so at a sync an object whose create answered and that ``Created``
 does not name (any more) was handed over (the restored VM and its disks on
 success, a template's disks, a removed base VM): it leaves the entry; one
 whose create never answered stays (it may exist); anything ``Created``
-names that the entry lacks is added. So the
+names that the entry lacks is added. Once ``Created.replaces`` is set (an
+overwrite asks for the removal of the VM it replaces: the point of no
+return) or ``committed``, everything is handed over, before that removal is
+sent: a crash then leaves the new VM, never neither VM (an overwrite that
+turns back, ``replaces`` cleared, gets its objects journaled again). So the
 entry never names the VM an overwrite replaces (the restore never created
 it), nor anything the restore handed over.
 
@@ -190,6 +194,10 @@ class RestoreJournal:
             "vm": {c.vm} if c.vm else set(),
             "template": {c.template} if c.template else set(),
         }
+        if c.replaces is not None or c.committed:
+            # An overwrite is removing the VM it replaces (or did): from now on what the
+            # restore built may be all that is left of that VM; it is the user's.
+            named = {k: set() for k in _FIELDS}
         add: dict[str, list[str]] = {k: [] for k in _FIELDS}
         release: dict[str, list[str]] = {k: [] for k in _FIELDS}
         for kind, tracked in self._tracked.items():
