@@ -408,3 +408,34 @@ async def test_gc_stops_a_vm_the_killed_restore_started(
         f"removed vm {vm.id} (up) of {lines[0].split(' of ', 1)[1].split(',')[0]}, stopped first (up)"
     ]
     assert set(h.engine.vms) == {"other"} and h.engine.disks == {}
+
+
+def test_every_report_line_has_a_beginning_rhvfs_gc_knows() -> None:
+    """``rhvfs gc`` sorts report lines by their beginning (actions, left alone, failures);
+    each line ``_restore_leftovers`` reports starts with one of those prefixes."""
+    import ast
+
+    from rhvfs.commands.gc import ACTION_PREFIXES, ERROR_PREFIXES, LEFT_ALONE_PREFIXES
+    from rhvfs.sessions.core import _restore_leftovers
+
+    tree = ast.parse(Path(_restore_leftovers.__file__).read_text())
+    starts: list[str] = []
+    for node in ast.walk(tree):
+        value: ast.expr | None = None
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "report.lines.append":
+            value = node.args[0]
+        elif isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "line":
+            value = node.value
+        if value is None or isinstance(value, ast.Name):
+            continue
+        assert isinstance(value, ast.JoinedStr), ast.unparse(value)
+        first = value.values[0]
+        if isinstance(first, ast.FormattedValue):  # f"{verb} ..."
+            assert ast.unparse(first.value) == "verb"
+            starts += ["removed ", "would remove "]
+        else:
+            assert isinstance(first, ast.Constant)
+            starts.append(str(first.value))
+    assert len(starts) >= 8
+    known = ACTION_PREFIXES + LEFT_ALONE_PREFIXES + ERROR_PREFIXES
+    assert [s for s in starts if not s.startswith(known)] == []

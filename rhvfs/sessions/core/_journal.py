@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -190,22 +190,6 @@ class Journal:
                 entry, transfer_ids=tuple(t for t in entry.transfer_ids if t != transfer_id)
             )
             self._store(data)
-
-    def update(
-        self, session_id: str, change: Callable[[JournalEntry], JournalEntry]
-    ) -> JournalEntry | None:
-        """Replace the entry of ``session_id`` by ``change(entry)`` (one locked read-modify-write);
-        the new entry, or None when there is no such entry (nothing is written then)."""
-        with self._locked():
-            data = self._load()
-            entry = data.get(session_id)
-            if entry is None:
-                return None
-            new = change(entry)
-            if new != entry:
-                data[session_id] = new
-                self._store(data)
-            return new
 
     def remove(self, session_id: str) -> None:
         with self._locked():

@@ -116,7 +116,7 @@ class RestoreJournal:
         assert journal is not None
         if self._entry is None:
             ownership = journal.installation.ownership()
-            self._entry = change(
+            first = change(
                 JournalEntry(
                     session_id=self.session_id,
                     process=procid.current(),
@@ -129,7 +129,8 @@ class RestoreJournal:
                     marker=self.marker,
                 )
             )
-            journal.put(self._entry)
+            journal.put(first)
+            self._entry = first
             return
         new = change(self._entry)
         if new != self._entry:
