@@ -130,7 +130,15 @@ def hold_at(sim: Any, m: SimMount, phase: str, name: str, set_dir: Path) -> list
         sim.admin.add_fault("engine-delay", method="POST", path=f"{API}/vms", delay=DELAY_S)
     else:  # creating_vm: the VM is made and its disk attached, its NIC is being added
         sim.admin.add_fault("engine-delay", method="POST", path=f"{API}/vms/*/nics", delay=DELAY_S)
-    subprocess.run(["cp", "-a", f"{set_dir}/.", str(target)], check=True)
+    # the completing close waits for the VM: cp is still running when the mount dies
+    tools.append(
+        subprocess.Popen(
+            ["cp", "-a", f"{set_dir}/.", str(target)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    )
     if phase == "uploaded":
         wait_for("the VM's intent", lambda: "vm" in journaled(sim, m, "pending"))
     else:
