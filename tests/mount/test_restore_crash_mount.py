@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,7 @@ def hold_at(sim: Any, m: SimMount, phase: str, name: str, set_dir: Path) -> list
         tools.append(tool)
         if phase == "transfer_starting":
             wait_for("the transfer's intent", lambda: journaled(sim, m, "transfer_ids"))
+            time.sleep(1)  # the request is sent right after the intent (the engine delays it)
         else:
             assert tool.stdout is not None and tool.stdout.readline() == "written\n"
             status = restore_status(m, name, timeout_s=0)
@@ -141,6 +143,7 @@ def hold_at(sim: Any, m: SimMount, phase: str, name: str, set_dir: Path) -> list
     )
     if phase == "uploaded":
         wait_for("the VM's intent", lambda: "vm" in journaled(sim, m, "pending"))
+        time.sleep(1)  # the request is sent right after the intent (the engine delays it)
     else:
         wait_for("the VM with its disk", lambda: (vm_details(sim, name) or {}).get("disks"))
     return tools
