@@ -111,7 +111,9 @@ async def open_backend(
             limits=limits,
         )
         restores = (
-            None if options.read_only else RestoreManager(engine, config, errno_for=errno_for)
+            None
+            if options.read_only
+            else RestoreManager(engine, config, errno_for=errno_for, journal=journal)
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)

@@ -2,7 +2,9 @@
 
 Delegates to ``BackupManager.collect_garbage``: snapshots of this installation
 (the state directory's id in their ``rhvfs.ARTIFACT_MARKER`` description) whose
-mount is gone, and what the journal of dead mounts names. Its report lines are
+mount is gone, and what the journal of dead mounts names (their backup
+sessions' transfers and snapshots, their unfinished restores' transfers, VMs,
+templates and disks). Its report lines are
 sorted here (``classify``) into what was (or would be) removed or cancelled,
 the rhvfs artifacts left alone, and failures. Output: actions and left-alone
 lines on stdout (``nothing to clean up`` when there are none), each failure as

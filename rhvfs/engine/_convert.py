@@ -123,6 +123,7 @@ def template(sdk: Any) -> t.Template:
         description=_text(sdk.description),
         memory=sdk.memory,
         creation_time=aware(sdk.creation_time),
+        comment=_text(sdk.comment),
     )
 
 

@@ -203,8 +203,11 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
         name: str | None = None,
         regenerate_ids: bool = False,
         ovf_type: str = "ovf",
+        comment: str = "",
     ) -> t.Vm:
-        """Import a VM from its OVF (cluster by id or name); disks the OVF names that exist are attached."""
+        """Import a VM from its OVF (cluster by id or name); disks the OVF names that exist are attached.
+
+        ``comment`` replaces the OVF's (restores mark what they create with it)."""
         body = sdk.Vm(
             cluster=_ref(sdk.Cluster, cluster),
             initialization=sdk.Initialization(
@@ -214,6 +217,8 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
         )
         if name:
             body.name = name
+        if comment:
+            body.comment = comment
         return await self._create_vm(body, f"create vm {name or '(from ovf)'} from ovf", name)
 
     async def create_vm(
@@ -410,8 +415,9 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
         cluster: str,
         name: str | None = None,
         ovf_type: str = "ovf",
+        comment: str = "",
     ) -> t.Template:
-        """Import a template from its OVF and return it once ``ok``."""
+        """Import a template from its OVF and return it once ``ok`` (``comment``: as for a VM)."""
         what = f"create template {name or '(from ovf)'} from ovf"
         body = sdk.Template(
             cluster=_ref(sdk.Cluster, cluster),
@@ -421,6 +427,8 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
         )
         if name:
             body.name = name
+        if comment:
+            body.comment = comment
 
         async def attempt(n: int) -> t.Template:
             if n > 0 and name:
@@ -442,7 +450,9 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
 
         return await self.wait(probe, f"wait for template {tpl.id} to be ok")
 
-    async def create_template(self, vm_id: str, *, name: str, description: str = "") -> t.Template:
+    async def create_template(
+        self, vm_id: str, *, name: str, description: str = "", comment: str = ""
+    ) -> t.Template:
         """Make template ``name`` from VM ``vm_id`` (which must be down); return it once ``ok``.
 
         A retry after a lost response first looks for a template of that name.
@@ -450,7 +460,9 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
         removed, best effort, and the error re-raised.
         """
         what = f"create template {name!r} from vm {vm_id}"
-        body = sdk.Template(name=name, description=description or None, vm=sdk.Vm(id=vm_id))
+        body = sdk.Template(
+            name=name, description=description or None, comment=comment or None, vm=sdk.Vm(id=vm_id)
+        )
 
         async def find() -> t.Template | None:
             return next((x for x in await self.list_templates() if x.name == name), None)

@@ -87,6 +87,7 @@ class Template:
     description: str = ""
     memory: int | None = None
     creation_time: datetime | None = None
+    comment: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

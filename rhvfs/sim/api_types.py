@@ -327,6 +327,7 @@ def template(e: Engine, t: Template) -> types.Template:
             id=t.id,
             name=t.name,
             description=t.description,
+            comment=t.comment,
             status=types.TemplateStatus(t.status),
             version=types.TemplateVersion(
                 version_number=1,

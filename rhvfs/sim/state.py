@@ -212,6 +212,7 @@ class Template:
     id: str
     name: str
     description: str = ""
+    comment: str = ""
     cluster_id: str | None = None
     status: str = "ok"
     memory_bytes: int = 1024**3

@@ -27,6 +27,7 @@ from rhvfs.engine import Engine, open_engine
 from rhvfs.errors import Conflict
 from rhvfs.fs import errno_for
 from rhvfs.retry import RetryPolicy
+from rhvfs.sessions.core import Journal
 from rhvfs.sessions.restore import RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 from tests.support.sim import live_transfers
@@ -98,6 +99,7 @@ async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[tuple[Engine, RestoreMa
             config,
             errno_for=errno_for,
             staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
+            journal=Journal(tmp_path / "state" / "journal.json"),
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)

@@ -22,6 +22,7 @@ from rhvfs.config import load_config
 from rhvfs.engine import Engine, open_engine
 from rhvfs.fs import errno_for
 from rhvfs.retry import RetryPolicy
+from rhvfs.sessions.core import Journal
 from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 
@@ -87,6 +88,7 @@ async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[tuple[Engine, RestoreMa
             config,
             errno_for=errno_for,
             staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
+            journal=Journal(tmp_path / "state" / "journal.json"),
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)

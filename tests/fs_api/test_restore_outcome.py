@@ -77,11 +77,17 @@ class SlowVmEngine(FakeEngine):
     vm_delay_s = 0.0
 
     async def create_vm_from_ovf(
-        self, *, ovf: str, cluster: str, name: str | None = None, regenerate_ids: bool = False
+        self,
+        *,
+        ovf: str,
+        cluster: str,
+        name: str | None = None,
+        regenerate_ids: bool = False,
+        comment: str = "",
     ) -> Vm:
         await trio.sleep(self.vm_delay_s)
         return await super().create_vm_from_ovf(
-            ovf=ovf, cluster=cluster, name=name, regenerate_ids=regenerate_ids
+            ovf=ovf, cluster=cluster, name=name, regenerate_ids=regenerate_ids, comment=comment
         )
 
 

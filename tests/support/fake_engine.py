@@ -656,6 +656,10 @@ class FakeEngine:
         await self._call("get_transfer")
         return self._transfer(transfer_id)
 
+    async def list_transfers(self) -> list[ImageTransfer]:
+        await self._call("list_transfers")
+        return list(self.transfers.values())
+
     async def finalize_transfer(self, transfer_id: str) -> None:
         await self._call("finalize_transfer", delay_s=self.latency.transfer_s)
         t = self._transfer(transfer_id)
@@ -714,7 +718,13 @@ class FakeEngine:
         self._drop_disk(disk_id)
 
     async def create_vm_from_ovf(
-        self, *, ovf: str, cluster: str, name: str | None = None, regenerate_ids: bool = False
+        self,
+        *,
+        ovf: str,
+        cluster: str,
+        name: str | None = None,
+        regenerate_ids: bool = False,
+        comment: str = "",
     ) -> Vm:
         await self._call("create_vm_from_ovf")
         vm_id = None if regenerate_ids else ovf_vm_id(ovf)
@@ -725,7 +735,7 @@ class FakeEngine:
             raise Conflict(f"vm name {name} exists")
         self.ovfs.append((ovf, name, regenerate_ids))
         cid = next(c.id for c in self.clusters if cluster in (c.id, c.name))
-        vm = Vm(id=vm_id, name=name or "x", status="down", cluster_id=cid)
+        vm = Vm(id=vm_id, name=name or "x", status="down", cluster_id=cid, comment=comment)
         self.vms[vm_id] = vm
         self.attachments[vm_id] = []
         self.nics[vm_id] = []
@@ -805,9 +815,9 @@ class FakeEngine:
         nics[i] = dataclasses.replace(n, mac=new_mac, plugged=now_plugged)
         return nics[i]
 
-    async def create_template(self, *, vm_id: str, name: str) -> Template:
+    async def create_template(self, *, vm_id: str, name: str, comment: str = "") -> Template:
         await self._call("create_template")
-        tpl = Template(id=str(uuid.uuid4()), name=name, status="ok")
+        tpl = Template(id=str(uuid.uuid4()), name=name, status="ok", comment=comment)
         self.templates[tpl.id] = tpl
         return tpl
 
@@ -819,11 +829,11 @@ class FakeEngine:
             self._drop_disk(att.disk.id)
 
     async def create_template_from_ovf(
-        self, *, ovf: str, cluster: str, name: str | None = None
+        self, *, ovf: str, cluster: str, name: str | None = None, comment: str = ""
     ) -> Template:
         """A template that takes every unattached disk the OVF names."""
         await self._call("create_template_from_ovf")
-        tpl = Template(id=str(uuid.uuid4()), name=name or "t", status="ok")
+        tpl = Template(id=str(uuid.uuid4()), name=name or "t", status="ok", comment=comment)
         self.templates[tpl.id] = tpl
         used = {a.disk.id for atts in self.attachments.values() for a in atts}
         self.attachments[tpl.id] = [

@@ -19,6 +19,7 @@ import trio
 
 from rhvfs.config import Config
 from rhvfs.fs import Operations, errno_for
+from rhvfs.sessions.core import Journal
 from rhvfs.sessions.restore import RestoreManager
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.vfs.names import ROOT_INODE
@@ -43,6 +44,7 @@ async def make_ops(
         opener=upload_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=1 << 30),
         close_grace_s=0.05,
+        journal=Journal(tmp_path / "state" / "journal.json"),
         **settings,  # type: ignore[arg-type]
     )
     await nursery.start(manager.run)

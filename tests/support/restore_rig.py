@@ -17,6 +17,7 @@ import trio
 
 from rhvfs.config import Config
 from rhvfs.fs import errno_for
+from rhvfs.sessions.core import Journal
 from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 from tests.support.backup_sets import SetFiles
@@ -74,8 +75,16 @@ class Harness:
 
 
 async def start(
-    nursery: trio.Nursery, engine: FakeEngine, tmp_path: Path, cfg: Config, limit: int = 64 * MiB
+    nursery: trio.Nursery,
+    engine: FakeEngine,
+    tmp_path: Path,
+    cfg: Config,
+    limit: int = 64 * MiB,
+    *,
+    journal: Journal | None = None,
 ) -> Harness:
+    """A running manager; its restores are journaled in ``journal`` (default: one in
+    ``tmp_path/state``, ``Harness.manager.journal``)."""
     manager = RestoreManager(
         engine,
         cfg,
@@ -83,6 +92,7 @@ async def start(
         opener=upload_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=limit),
         close_grace_s=0.01,
+        journal=journal or Journal(tmp_path / "state" / "journal.json"),
     )
     await nursery.start(manager.run)
     return Harness(engine, manager)

@@ -10,7 +10,9 @@ inst=<installation> mount=<instance> <time>`` (engine backups add
    whose owner is dead: its process is gone (pid gone, reused, or another boot)
    and its mount instance holds no lock (``Installation.instance_alive``).
    Their transfers are cancelled and their snapshot removed, then the entry is
-   dropped.
+   dropped. An entry of a restore that never finished (``_restore_leftovers``)
+   has its transfers cancelled and its VMs, templates and disks removed; a
+   finished restore has no entry, so its VM is never touched.
 2. Snapshots whose description parses as above with OUR installation id,
    created on THIS host by a process that is no longer alive, from a mount
    instance that holds no lock. A snapshot of another installation (even with
@@ -44,6 +46,7 @@ from rhvfs.sessions.core._cleanup import (
 from rhvfs.sessions.core._installation import ID_PATTERN, Installation, Ownership
 from rhvfs.sessions.core._journal import Journal, JournalEntry
 from rhvfs.sessions.core._ports import EngineLike
+from rhvfs.sessions.core._restore_leftovers import RESTORE_KIND, remove_restore_leftovers
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,12 @@ async def collect_garbage(
             continue
         alive = entry_owner_alive(entry, installation)
         if alive is None or alive:
+            continue
+        if entry.owner_kind == RESTORE_KIND:
+            report = await remove_restore_leftovers(engine, entry, config=config, dry_run=dry_run)
+            lines.extend(report.lines)
+            if report.ok and not dry_run:
+                journal.remove(entry.session_id)
             continue
         ok = await _clean_entry(
             engine,

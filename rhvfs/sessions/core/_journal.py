@@ -1,9 +1,11 @@
-"""The session journal: what live backup sessions created on the engine.
+"""The session journal: what live backup sessions and unfinished restores created on the engine.
 
 A small JSON file per engine (default ``$XDG_STATE_HOME/rhvfs/<host>_<port>.json``)
 recording, per session, the snapshot (its description before the engine call,
 its id after) and the transfer ids it created, so ``collect_garbage`` can find
-leftovers of a killed rhvfs -- transfers carry no description. Several mounts
+leftovers of a killed rhvfs -- transfers carry no description. A restore's
+entry (``owner_kind`` "restore") records its disks, transfers, VMs and
+templates instead, each before the engine call that creates it. Several mounts
 of the same engine may share the file: every update is a locked
 read-modify-write followed by an atomic rename. The file and its lock are
 0600 in a 0700 directory (``rhvfs.private``); it holds ids, never a ticket.
@@ -55,10 +57,20 @@ class JournalEntry:
     transfer_ids: tuple[str, ...] = ()
     installation: str | None = None
     instance: str | None = None
+    # A restore's entry (``owner_kind`` "restore", ``owner_name`` its directory; see
+    # ``_restore_leftovers``): what it created, each recorded before the engine call.
+    disk_ids: tuple[str, ...] = ()
+    vm_ids: tuple[str, ...] = ()
+    template_ids: tuple[str, ...] = ()
+    #: kinds ("vm", "template") whose create call was made but has not answered yet: the
+    #: object may exist without its id here; it carries ``marker`` in its comment
+    pending: tuple[str, ...] = ()
+    marker: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["transfer_ids"] = list(self.transfer_ids)
+        for name in _ID_TUPLES:
+            d[name] = list(getattr(self, name))
         return d
 
     @classmethod
@@ -75,7 +87,16 @@ class JournalEntry:
             transfer_ids=tuple(d.get("transfer_ids", ())),
             installation=d.get("installation"),
             instance=d.get("instance"),
+            disk_ids=tuple(d.get("disk_ids", ())),
+            vm_ids=tuple(d.get("vm_ids", ())),
+            template_ids=tuple(d.get("template_ids", ())),
+            pending=tuple(d.get("pending", ())),
+            marker=d.get("marker"),
         )
+
+
+#: The tuple fields of an entry (lists in JSON).
+_ID_TUPLES = ("transfer_ids", "disk_ids", "vm_ids", "template_ids", "pending")
 
 
 def session_entry(

@@ -5,9 +5,10 @@
 and is the ``RestoreServices`` every session uses: the engine, the upload
 opener, the bounded staging area, the memory budget of configuration files
 (``_memory``), the nursery (``run`` owns it until
-cancelled; then every unfinished restore is rolled back, shielded), and the
+cancelled; then every unfinished restore is rolled back, shielded), the
 timer settings (seconds, on trio's clock; the outcome and partial-set timeouts
-come from the ``Config`` unless given).
+come from the ``Config`` unless given), and the mount's journal, where each
+restore records what it creates until it ends (``_journal``).
 
 Must not: hold per-restore logic (``_session`` and its parts do); know about
 inodes or FUSE; carry errno values (``errno_for`` is the mount's table, given
@@ -30,6 +31,7 @@ from rhvfs.errors import (
     RestoreInputError,
     RestoreNameClash,
 )
+from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._ports import RestoreEngine, UploadOpener, default_upload_opener
 from rhvfs.sessions.restore._session import RestoreSession
@@ -62,6 +64,7 @@ class RestoreManager:
         keepalive_s: float = KEEPALIVE_S,
         outcome_timeout_s: float | None = None,
         partial_set_timeout_s: float | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.close_grace_s = close_grace_s
         self.outcome_timeout_s = (
@@ -73,6 +76,8 @@ class RestoreManager:
         self.keepalive_s = keepalive_s
         self.engine = engine
         self.config = config
+        #: the mount's journal (shared with the backup managers); None: restores are not journaled
+        self.journal = journal
         self._errno_for = errno_for
         self.opener = opener or default_upload_opener(config)
         self.staging = staging or StagingArea(config.staging_dir, limit_bytes=config.staging_limit)
@@ -82,6 +87,8 @@ class RestoreManager:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The service: owns the nursery of every upload and VM creation until cancelled."""
+        if self.journal is not None:
+            self.journal.installation.hold()  # gc leaves this mount's restore entries alone
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -93,6 +100,8 @@ class RestoreManager:
                 for session in self.sessions.values():
                     await session.abandon("rhvfs stopped before the restore finished")
             self.staging.close()
+            if self.journal is not None:
+                self.journal.installation.release()
 
     # -- RestoreServices ------------------------------------------------------------
 

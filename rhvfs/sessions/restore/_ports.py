@@ -26,6 +26,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
+from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sessions.restore._upload import UploadTarget
@@ -35,7 +36,9 @@ class RestoreEngine(Protocol):
     """The engine methods a restore uses (``rhvfs.engine.Engine`` satisfies it)."""
 
     async def find_vm(self, name: str) -> Vm | None: ...
+    async def list_vms(self) -> list[Vm]: ...
     async def get_vm(self, vm_id: str) -> Vm: ...
+    async def get_template(self, template_id: str) -> Template: ...
     async def get_disk(self, disk_id: str) -> Disk: ...
     async def list_clusters(self) -> list[Cluster]: ...
     async def list_storage_domains(self) -> list[StorageDomain]: ...
@@ -62,11 +65,20 @@ class RestoreEngine(Protocol):
         format: str = "raw",
         inactivity_timeout: int = 60,
         timeout_policy: str = "legacy",
+        transfer_id: str | None = None,
     ) -> ImageTransfer: ...
+    async def get_transfer(self, transfer_id: str) -> ImageTransfer: ...
+    async def list_transfers(self) -> list[ImageTransfer]: ...
     async def finalize_transfer(self, transfer_id: str) -> None: ...
     async def cancel_transfer(self, transfer_id: str) -> None: ...
     async def create_vm_from_ovf(
-        self, *, ovf: str, cluster: str, name: str | None = None, regenerate_ids: bool = False
+        self,
+        *,
+        ovf: str,
+        cluster: str,
+        name: str | None = None,
+        regenerate_ids: bool = False,
+        comment: str = "",
     ) -> Vm: ...
     async def attach_disk(
         self, vm_id: str, disk_id: str, *, interface: str, bootable: bool, active: bool
@@ -85,11 +97,12 @@ class RestoreEngine(Protocol):
     ) -> Nic: ...
     async def remove_template(self, template_id: str) -> None: ...
     async def create_template_from_ovf(
-        self, *, ovf: str, cluster: str, name: str | None = None
+        self, *, ovf: str, cluster: str, name: str | None = None, comment: str = ""
     ) -> Template: ...
     async def template_disk_attachments(self, template_id: str) -> list[DiskAttachment]: ...
 
-    # ``template_name`` on a VM set also needs ``create_template(vm_id, *, name) -> Template``
+    # ``template_name`` on a VM set also needs ``create_template(vm_id, *, name, comment="")
+    # -> Template``
     # (a template made from the restored VM, returned once ok; ``rhvfs.engine.Engine`` has
     # it). It is looked up at run time, so engines without it still restore VMs and refuse
     # that option (ENOTSUP) before changing anything.
@@ -123,6 +136,9 @@ class RestoreServices(Protocol):
     staging: StagingArea
     #: the memory budget of every restore's configuration files (``staging_memory``)
     config_memory: ConfigMemory
+    config: Config
+    #: the mount's journal: what unfinished restores created (None: not journaled)
+    journal: Journal | None
     #: seconds: an image complete by evidence is finalized once closed this long (and a
     #: chain settles after this long without directory activity)
     close_grace_s: float

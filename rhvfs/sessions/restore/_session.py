@@ -23,6 +23,8 @@ the session dispatches each call to the part that owns it:
 - ``_vm``: the VM or template made from the complete set (``_overwrite``:
   replacing a VM without losing it);
 - ``_rollback``: removing what the restore created when it fails;
+- ``_journal``: what it creates, in the mount's journal until it ends (a
+  killed mount's leftovers are removed by the next mount or ``rhvfs gc``);
 - ``_status``: the ``.status`` document;
 - ``_outcome``: the call that completes the set (``flush``, ``set_times`` or
   ``rename``) waits for the VM and fails with the restore's error;
@@ -102,6 +104,7 @@ from rhvfs.sessions.restore._files import (
     rsync_target,
 )
 from rhvfs.sessions.restore._images import ImageCompletion
+from rhvfs.sessions.restore._journal import RestoreJournal
 from rhvfs.sessions.restore._options import RestoreOptions
 from rhvfs.sessions.restore._outcome import OutcomeWait
 from rhvfs.sessions.restore._partial import PartialSetWatch
@@ -136,6 +139,9 @@ class RestoreSession:
         self.disks: dict[str, RestoreDisk] = {}  # by the set's disk id, once the manifest is read
         self.created = Created()
         self.notes = Notes(name)
+        # what this restore creates is journaled until it ends (crash safety: ``_journal``)
+        self.journal = RestoreJournal(services, name, self.created, note=self.note)
+        services = self.services = self.journal.services
         self._completion_started = False
         self._build_ended = trio.Event()  # the VM build task ended (set only once started)
         self._finished = trio.Event()
@@ -261,6 +267,7 @@ class RestoreSession:
             if self._completion_started:
                 await self._build_ended.wait()  # what it creates meanwhile is rolled back too
             await roll_back(self.services.engine, self.created, self.note)
+            await self.journal.rolled_back()
             self.drop_staged()
             self._finished.set()
 
@@ -546,6 +553,7 @@ class RestoreSession:
         if self.phase.final:
             return
         self.phase = Phase.DONE
+        self.journal.done()  # the VM is the user's before the tool hears of it
         self.outcome.decided()
         self.note(f"done: vm {self.vm_id}")
         self._finished.set()
