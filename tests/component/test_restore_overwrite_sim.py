@@ -24,7 +24,7 @@ import trio
 
 from rhvfs.config import load_config
 from rhvfs.engine import Engine, open_engine
-from rhvfs.errors import Conflict
+from rhvfs.errors import Conflict, RestoreError
 from rhvfs.fs import errno_for
 from rhvfs.retry import RetryPolicy
 from rhvfs.sessions.core import Journal
@@ -132,12 +132,19 @@ async def restore(
         await put(session, "rhvfs-restore.conf", options.encode())
     for name in ("vm.ovf", "manifest.json"):
         await put(session, name, files[name])
+    told: RestoreError | None = None
     for name, data in files.items():
         if name not in ("vm.ovf", "manifest.json"):
-            await put(session, name, data)
+            try:
+                await put(session, name, data)
+            except RestoreError as e:  # the completing call tells the tool the outcome
+                told = e
+                break
     with trio.fail_after(120):
         await session.wait_finished()
-    return session.status()
+    status = session.status()
+    assert (told is not None) == (status["phase"] == "failed"), (told, status["phase"])
+    return status
 
 
 async def picture(sim: Any, engine: Engine, vm_id: str) -> dict[str, Any]:

@@ -190,8 +190,13 @@ def test_write_after_finalize_is_refused_with_erofs_and_fails_the_restore(
     sim.admin.add_fault("engine-delay", method="POST", path="/ovirt-engine/api/vms", delay=8)
     try:
         target = start_restore(mnt, name)
-        copy_config(set_dir, target)
+        (target / "manifest.json").write_bytes((set_dir / "manifest.json").read_bytes())
         subprocess.run(["cp", "-a", str(set_dir / disk["file"]), str(target)], check=True)
+        # the OVF completes the set: its cp waits in its last call for the VM build (the
+        # kernel holds that file's inode meanwhile, not the image's): write then
+        cp = subprocess.Popen(
+            ["cp", "-a", str(set_dir / "vm.ovf"), str(target)], stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 60
         while status_now(mnt, name)["phase"] != "creating_vm" and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -200,6 +205,8 @@ def test_write_after_finalize_is_refused_with_erofs_and_fails_the_restore(
             f.write(b"late")
             f.flush()
         assert e.value.errno == errno.EROFS
+        _, cp_err = cp.communicate(timeout=120)
+        assert cp.returncode != 0 and b"Read-only file system" in cp_err, cp_err
         status = restore_status(mnt, name)
     finally:
         sim.admin.clear_faults()
