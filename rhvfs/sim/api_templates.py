@@ -45,6 +45,7 @@ def template_ovf(e: Engine, t: Template) -> str:
         cluster_id=t.cluster_id or next(iter(e.state.clusters)),
         active_snapshot_id="",
         description=t.description,
+        comment=t.comment,
         memory_bytes=t.memory_bytes,
         os_type=t.os_type,
         attachments=t.attachments,

@@ -473,6 +473,25 @@ async def test_an_overwrite_killed_at_its_point_of_no_return_keeps_the_new_vm(
     assert (kept_vm in h.engine.vms) == (held == "before")
 
 
+async def test_an_overwrite_that_fails_past_its_point_of_no_return_is_unmarked(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    """The new VM is kept (the replaced one is gone) although the restore failed: it is the
+    user's, so it gets its own comment and the set's descriptions back as after a done one."""
+    await finished_restore(h)
+    h.engine.fail_on.add("rename_vm")
+    session = h.manager.create("again")
+    await h.write_file(session, "rhvfs-restore.conf", b"vm_name = kept\nvm_force_overwrite = yes\n")
+    await h.copy(session, described_set("kept"))
+    status = await h.settle(session)
+    assert status["phase"] == "failed" and "kept" in status["error"]
+    (new_vm,) = [v for v in h.engine.vms.values() if v.id != "other"]
+    assert new_vm.comment == "ovf says hi"
+    descriptions = {h.engine.disks[a.disk.id].description for a in h.engine.attachments[new_vm.id]}
+    assert descriptions == {"the set's disk 0", "the set's disk 1"}
+    assert restore_entries(h) == []
+
+
 async def test_gc_stops_a_vm_the_killed_restore_started(
     autojump_clock: MockClock, h: Harness
 ) -> None:
