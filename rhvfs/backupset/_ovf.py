@@ -67,6 +67,8 @@ class OvfInfo:
     is_template: bool
     #: rhvfs's own marker for "the engine gave no OVF": the restore builds one from the manifest.
     placeholder: bool = False
+    #: the VM's or template's comment (what a restore gives back to the object it made)
+    comment: str = ""
 
 
 def _local(tag: str) -> str:
@@ -147,6 +149,7 @@ def parse_ovf(data: bytes) -> OvfInfo:
     xsi_type = content.get(f"{{{XSI_NS}}}type", "")
     is_template = "Template" in xsi_type
     name_el = next((el for el in content if _local(el.tag) == "Name"), None)
+    comment_el = next((el for el in content if _local(el.tag) == "Comment"), None)
     vm_id: str | None = None
     for section in content.iter():
         if _local(section.tag) == "Section" and section.get(f"{{{XSI_NS}}}type", "").endswith(
@@ -166,6 +169,7 @@ def parse_ovf(data: bytes) -> OvfInfo:
         name=name_el.text if name_el is not None else None,
         disk_ids=frozenset(disk_ids),
         is_template=is_template,
+        comment=(comment_el.text or "") if comment_el is not None else "",
     )
 
 

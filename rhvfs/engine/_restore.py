@@ -125,6 +125,15 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
                     log.info("%s: could not remove the disk: %s", what, exc)
             raise
 
+    async def update_disk_description(self, disk_id: str, description: str) -> t.Disk:
+        """Set a disk's description (idempotent: the same update again is a no-op)."""
+        body = sdk.Disk(description=description)
+        updated = await self.call(
+            lambda c: c.system_service().disks_service().disk_service(disk_id).update(body),
+            f"set the description of disk {disk_id}",
+        )
+        return convert.disk(updated)
+
     async def wait_disk_ok(self, disk_id: str) -> t.Disk:
         """Poll a disk until ``ok``; ``illegal`` or disappearance raise ``EngineError``."""
 
@@ -348,6 +357,14 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
         )
         return convert.vm(updated)
 
+    async def update_vm_comment(self, vm_id: str, comment: str) -> t.Vm:
+        """Set a VM's comment (idempotent)."""
+        body = sdk.Vm(comment=comment)
+        updated = await self.call(
+            lambda c: _vms(c).vm_service(vm_id).update(body), f"set the comment of vm {vm_id}"
+        )
+        return convert.vm(updated)
+
     async def remove_vm(self, vm_id: str, *, detach_only: bool = False) -> None:
         """Remove a VM (with its disks unless ``detach_only``) and return once GET answers 404."""
         what = f"remove vm {vm_id}"
@@ -501,6 +518,17 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
             raise
         log.info("%s: template %s is ok", what, done.id)
         return done
+
+    async def update_template_comment(self, template_id: str, comment: str) -> t.Template:
+        """Set a template's comment (idempotent)."""
+        body = sdk.Template(comment=comment)
+        updated = await self.call(
+            lambda c: (
+                c.system_service().templates_service().template_service(template_id).update(body)
+            ),
+            f"set the comment of template {template_id}",
+        )
+        return convert.template(updated)
 
     async def remove_template(self, template_id: str) -> None:
         """Remove a template and return once GET answers 404."""

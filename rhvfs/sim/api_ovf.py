@@ -221,6 +221,7 @@ class OvfVm:
     os_type: str | None
     disks: tuple[OvfDisk, ...]
     nics: tuple[OvfNic, ...]
+    comment: str = ""
 
 
 def _text(elem: ET.Element | None, path: str) -> str | None:
@@ -296,6 +297,7 @@ def parse_ovf(text: str) -> OvfVm:
         vm_id=vm_id,
         name=_text(content, "Name"),
         description=_text(content, "Description") or "",
+        comment=_text(content, "Comment") or "",
         memory_bytes=memory,
         cpu_sockets=sockets,
         cpu_cores=cores,

@@ -1,6 +1,6 @@
 """REST resources for templates: list/get (with the OVF under `all_content`),
-create from a VM, import from an OVF configuration, removal, and their disk
-attachments and NICs.
+create from a VM, import from an OVF configuration, edit (name, description,
+comment), removal, and their disk attachments and NICs.
 
 Owns `/templates`. The Blank template (all-zero id) always exists and cannot
 be removed. A template made from a VM (which must be down) gets copies of the
@@ -45,6 +45,7 @@ def template_ovf(e: Engine, t: Template) -> str:
         cluster_id=t.cluster_id or next(iter(e.state.clusters)),
         active_snapshot_id="",
         description=t.description,
+        comment=t.comment,
         memory_bytes=t.memory_bytes,
         os_type=t.os_type,
         attachments=t.attachments,
@@ -74,7 +75,7 @@ def _import(e: Engine, body: types.Template) -> Template:
         id=template_id or new_id(),
         name=name,
         description=body.description if body.description is not None else ovf.description,
-        comment=body.comment or "",
+        comment=body.comment if body.comment is not None else ovf.comment,
         cluster_id=cluster.id,
         memory_bytes=ovf.memory_bytes or 1024**3,
         os_type=ovf.os_type or "other_linux",
@@ -213,6 +214,26 @@ def add_template(e: Engine, req: Request) -> Response:
         raise bad_request("Template [vm|initialization.configuration] required for add")
 
 
+def update_template(e: Engine, req: Request, template: str) -> Response:
+    """Name, description and comment (the fields the engine's edit takes from a restore)."""
+    st = e.state
+    body = parse_body(req, types.Template)
+    with st.lock:
+        if template == ZERO_ID:
+            raise conflict("Cannot edit Template. The Blank template cannot be edited.")
+        t = get_or_404(st.templates, template)
+        if body.name and body.name != t.name:
+            if body.name == "Blank" or any(o.name == body.name for o in st.templates.values()):
+                raise conflict("Cannot edit Template. The Template name is already in use.")
+            t.name = body.name
+        if body.description is not None:
+            t.description = body.description
+        if body.comment is not None:
+            t.comment = body.comment
+        e.save()
+        return xml(xmlio.render(conv.template(e, t)))
+
+
 def remove_template(e: Engine, req: Request, template: str) -> Response:
     st = e.state
     with st.lock:
@@ -255,6 +276,7 @@ TEMPLATES: tuple[Route, ...] = (
     Route("GET", "/templates", list_templates),
     Route("POST", "/templates", add_template),
     Route("GET", "/templates/{template}", get_template),
+    Route("PUT", "/templates/{template}", update_template),
     Route("DELETE", "/templates/{template}", remove_template),
 )
 

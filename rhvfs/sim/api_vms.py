@@ -226,7 +226,8 @@ def _import_configuration(e: Engine, body: types.Vm, req: Request) -> Vm:
         cluster_id=cluster.id,
         vm_id=vm_id,
         description=body.description if body.description is not None else ovf.description,
-        comment=body.comment or "",  # the engine maps the request's fields over the OVF's
+        # the engine maps the request's fields over the OVF's
+        comment=body.comment if body.comment is not None else ovf.comment,
         memory_bytes=body.memory or ovf.memory_bytes or 1024**3,
         cpu_sockets=ovf.cpu_sockets or 1,
         cpu_cores=ovf.cpu_cores or 1,

@@ -54,6 +54,7 @@ def synth_set(name: str, sizes: list[int], seed: int) -> tuple[dict[str, bytes],
                 "bootable": i == 0,
                 "active": True,
                 "storage_domain": {"id": None, "name": "mydata"},
+                "description": f"disk {i} of {name}",
             }
         )
     manifest = {
@@ -69,6 +70,7 @@ def synth_set(name: str, sizes: list[int], seed: int) -> tuple[dict[str, bytes],
         '<ovf:Envelope xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1/" '
         'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
         f'<Content ovf:id="out" xsi:type="ovf:VirtualSystem_Type"><Name>{name}</Name>'
+        f"<Comment>comment of {name}</Comment>"
         f'<Section ovf:id="{vm_id}" xsi:type="ovf:OperatingSystemSection_Type">'
         "<Description>other_linux</Description></Section></Content></ovf:Envelope>\n"
     ).encode()
@@ -117,6 +119,8 @@ async def test_out_of_order_and_early_images_reach_the_engine_intact(
     engine, manager = rig
     files, images = synth_set("rs-ooo", [12 * MiB, 9 * MiB], seed=3)
     session = manager.create("rs-ooo")
+    marker = session.journal.marker
+    assert marker is not None
     block = 512 * 1024
     # the first image arrives before the configuration (staged), in reverse block order
     first = files[images[0]]
@@ -133,6 +137,11 @@ async def test_out_of_order_and_early_images_reach_the_engine_intact(
     f1 = await put(session, images[1], second, order, block)
     await trio.sleep(manager.close_grace_s + 1)
     assert session.phase == "uploading"
+    # while the restore runs, its disks carry its marker (the set's description comes later)
+    made = [d for d in session.disks.values() if d.disk_id]
+    assert len(made) == 2
+    for d in made:
+        assert d.disk_id is not None and (await engine.get_disk(d.disk_id)).description == marker
     for f in (f0, f1):
         await session.set_times(f)  # ... the tool says it is finished
     with trio.fail_after(120):
@@ -141,7 +150,12 @@ async def test_out_of_order_and_early_images_reach_the_engine_intact(
     assert status["phase"] == "done", status["error"]
     assert manager.staging.used_bytes == 0
     try:
+        # done: the VM has the OVF's comment, the disks the set's descriptions
+        assert (await engine.get_vm(status["vm_id"])).comment == "comment of rs-ooo"
         atts = {a.disk.alias: a for a in await engine.disk_attachments(status["vm_id"])}
+        assert {
+            alias: (await engine.get_disk(a.disk.id)).description for alias, a in atts.items()
+        } == {"rs-ooo-d0": "disk 0 of rs-ooo", "rs-ooo-d1": "disk 1 of rs-ooo"}
         for i, name in enumerate(images):
             att = atts[f"rs-ooo-d{i}"]
             assert att.disk.format == ("cow" if i else "raw")

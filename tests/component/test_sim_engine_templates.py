@@ -140,3 +140,47 @@ def test_template_from_a_running_vm_is_refused(sim: Any, conn: Any) -> None:
         wait_for("vm down", lambda: vs.get().status == types.VmStatus.DOWN)
     finally:
         _cleanup(conn, vm_id=vm.id)
+
+
+def test_a_template_takes_its_ovf_comment_and_can_be_edited(sim: Any, conn: Any) -> None:
+    """An import without a comment takes the OVF's (the engine's rule); `PUT` edits the
+    comment and description, refuses a name in use, and the Blank template."""
+    system = conn.system_service()
+    vm, _ = _make_vm(sim, conn, "tplsrc3")
+    tid = None
+    try:
+        t = system.templates_service().add(
+            types.Template(name="tpl-edit-src", vm=types.Vm(id=vm.id))
+        )
+        tid = t.id
+        ts = system.templates_service().template_service(t.id)
+        wait_for("template ok", lambda: ts.get().status == types.TemplateStatus.OK)
+        ts.update(types.Template(comment="ovf comment", description="d1"))
+        got = ts.get()
+        assert (got.comment, got.description, got.name) == ("ovf comment", "d1", "tpl-edit-src")
+        ovf = ts.get(query={"all_content": "true"}).initialization.configuration.data
+        assert "<Comment>ovf comment</Comment>" in ovf
+        with pytest.raises(sdk.Error) as err:
+            ts.update(types.Template(name="Blank"))
+        assert err.value.code == 409
+        with pytest.raises(sdk.Error) as err:
+            system.templates_service().template_service(
+                "0" * 8 + "-0000-0000-0000-" + "0" * 12
+            ).update(types.Template(comment="x"))
+        assert err.value.code == 409
+        # an import of that OVF without a comment of its own takes the OVF's
+        ts.remove()
+        tid = None
+        imported = system.templates_service().add(
+            types.Template(
+                name="tpl-edit-imported",
+                cluster=types.Cluster(name="Default"),
+                initialization=types.Initialization(
+                    configuration=types.Configuration(type=types.ConfigurationType.OVF, data=ovf)
+                ),
+            )
+        )
+        tid = imported.id
+        assert imported.comment == "ovf comment"
+    finally:
+        _cleanup(conn, vm_id=vm.id, template_id=tid)

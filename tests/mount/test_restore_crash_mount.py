@@ -14,6 +14,7 @@ never had its id recorded: gc finds it by the restore's marker.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from rhvfs.backupset import parse_ovf
 from rhvfs.sessions.core import Journal, JournalEntry
 from rhvfs.sessions.core._restore_leftovers import RESTORE_KIND
 from tests.support.mounts import RHVFS, SimMount, restore_status
@@ -53,10 +55,44 @@ def kept(sim: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
         assert status["phase"] == "done", status["error"]
     finally:
         m.umount()
+    # done: the VM has the OVF's comment back, its disks the set's descriptions
+    manifest = json.loads((set_dir / "manifest.json").read_bytes())
+    comment, descriptions = marks(sim, status["vm_id"])
+    assert comment == parse_ovf((set_dir / "vm.ovf").read_bytes()).comment
+    assert sorted(descriptions.values()) == sorted(d["description"] for d in manifest["disks"])
+    assert all(descriptions.values())  # the sample's disks have one: this says something
     try:
         yield set_dir, status["vm_id"]
     finally:
         remove_vm(sim, "kept")
+
+
+def marks(sim: Any, vm_id: str) -> tuple[str, dict[str, str]]:
+    """A VM's comment and its disks' descriptions (disk id -> description)."""
+    conn = sim.sdk_connection()
+    try:
+        vms = conn.system_service().vms_service()
+        disks = conn.system_service().disks_service()
+        comment = vms.vm_service(vm_id).get().comment or ""
+        atts = vms.vm_service(vm_id).disk_attachments_service().list()
+        return comment, {
+            a.disk.id: disks.disk_service(a.disk.id).get().description or "" for a in atts
+        }
+    finally:
+        conn.close()
+
+
+def disk_descriptions(sim: Any, disk_ids: tuple[str, ...]) -> dict[str, str]:
+    """The descriptions of those of ``disk_ids`` that exist."""
+    conn = sim.sdk_connection()
+    try:
+        return {
+            d.id: d.description or ""
+            for d in conn.system_service().disks_service().list()
+            if d.id in disk_ids
+        }
+    finally:
+        conn.close()
 
 
 def restore_entry(sim: Any, state_dir: Path) -> JournalEntry | None:
@@ -193,6 +229,9 @@ def test_leftovers_of_a_killed_restore_are_removed_and_nothing_else(
     sim.admin.clear_faults()
     vms_now, disks_now = engine_state(sim)
     assert set(disks_now) - set(disks_before), "the killed restore left nothing to clean up"
+    # what the killed restore made carries its marker (what gc checks before removing it)
+    left = disk_descriptions(sim, entry.disk_ids)
+    assert left and set(left.values()) == {entry.marker}, left
 
     if cleaner == "gc":
         gc = [

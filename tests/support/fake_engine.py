@@ -709,7 +709,15 @@ class FakeEngine:
             status="ok",
             storage_domain_id=storage_domain,
             backup=backup,
+            description=description,
         )
+
+    async def update_disk_description(self, disk_id: str, description: str) -> Disk:
+        await self._call("update_disk_description")
+        if disk_id not in self.disks:
+            raise NotFound(disk_id)
+        self.disks[disk_id] = dataclasses.replace(self.disks[disk_id], description=description)
+        return self.disks[disk_id]
 
     async def remove_disk(self, disk_id: str) -> None:
         await self._call("remove_disk")
@@ -789,6 +797,13 @@ class FakeEngine:
         self.vms[vm_id] = dataclasses.replace(self.vms[vm_id], status="down")
         return self.vms[vm_id]
 
+    async def update_vm_comment(self, vm_id: str, comment: str) -> Vm:
+        await self._call("update_vm_comment")
+        if vm_id not in self.vms:
+            raise NotFound(vm_id)
+        self.vms[vm_id] = dataclasses.replace(self.vms[vm_id], comment=comment)
+        return self.vms[vm_id]
+
     async def rename_vm(self, vm_id: str, name: str) -> Vm:
         await self._call("rename_vm")
         if any(v.name == name and v.id != vm_id for v in self.vms.values()):
@@ -820,6 +835,15 @@ class FakeEngine:
         tpl = Template(id=str(uuid.uuid4()), name=name, status="ok", comment=comment)
         self.templates[tpl.id] = tpl
         return tpl
+
+    async def update_template_comment(self, template_id: str, comment: str) -> Template:
+        await self._call("update_template_comment")
+        if template_id not in self.templates:
+            raise NotFound(template_id)
+        self.templates[template_id] = dataclasses.replace(
+            self.templates[template_id], comment=comment
+        )
+        return self.templates[template_id]
 
     async def remove_template(self, template_id: str) -> None:
         """The template goes, with its disks."""

@@ -11,6 +11,7 @@ mount or ``rhvfs gc`` would, while the held restore stays frozen.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +30,7 @@ from rhvfs.sessions.core._restore_leftovers import RESTORE_KIND, remove_restore_
 from rhvfs.sessions.restore import RestoreSession
 from rhvfs.sessions.restore._journal import RestoreJournal
 from rhvfs.sessions.restore._rollback import Created
-from tests.support.backup_sets import make_set
+from tests.support.backup_sets import SetFiles, make_set
 from tests.support.configs import restore_config
 from tests.support.fake_engine import CLUSTER_ID, SD_ID, FakeEngine
 from tests.support.restore_rig import Harness, start
@@ -143,6 +144,7 @@ async def test_gc_after_a_killed_restore_removes_exactly_its_objects(
     assert [e.owner_name for e in entries] == ["killed"]
     entry = entries[0]
     assert len(entry.disk_ids) == 2 and set(entry.disk_ids) <= set(h.engine.disks)
+    assert [h.engine.disks[d].description for d in entry.disk_ids] == [entry.marker] * 2
     if phase == "vm_unrecorded":
         assert entry.pending == ("vm",) and entry.vm_ids == ()
         assert [v.comment for v in h.engine.vms.values() if v.name == "killed"] == [entry.marker]
@@ -189,14 +191,72 @@ async def test_entries_are_written_before_each_create_call(
     assert restore_entries(h) == []  # done: the VM and its disks are the user's
 
 
-async def test_restored_vm_carries_this_installation_and_the_entry_goes(
+def described_set(name: str, *, kind: str = "vm") -> SetFiles:
+    """A set whose disks have descriptions and whose OVF has a comment."""
+    s = make_set(name=name, kind=kind)
+    for i, d in enumerate(s.manifest["disks"]):
+        d["description"] = f"the set's disk {i}"
+    s.files["manifest.json"] = json.dumps(s.manifest, indent=2).encode()
+    s.files["vm.ovf"] = s.files["vm.ovf"].replace(
+        f"<Name>{name}</Name>".encode(),
+        f"<Name>{name}</Name><Comment>ovf says hi</Comment>".encode(),
+    )
+    return s
+
+
+async def test_a_restore_marks_what_it_makes_until_done_then_gives_back_its_own(
     autojump_clock: MockClock, h: Harness
 ) -> None:
-    vm_id, _ = await finished_restore(h)
-    info = parse_description(h.engine.vms[vm_id].comment)
+    """While it runs, every object carries the marker (this installation, this mount); once
+    done, the VM has the OVF's comment and the disks the set's descriptions, after the entry
+    went (the calls that give them back come after the journal lost the restore)."""
+    seen: dict[str, list[str]] = {"disk": [], "vm": []}
+    order: list[str] = []
+    for name, kind, field in (
+        ("create_disk", "disk", "description"),
+        ("create_vm_from_ovf", "vm", "comment"),
+    ):
+        original = getattr(h.engine, name)
+
+        def spy(
+            original: Any = original, kind: str = kind, field: str = field
+        ) -> Callable[..., Awaitable[Any]]:
+            async def call(**kwargs: Any) -> Any:
+                seen[kind].append(kwargs[field])
+                return await original(**kwargs)
+
+            return call
+
+        setattr(h.engine, name, spy())
+    for name in ("update_disk_description", "update_vm_comment"):
+        original = getattr(h.engine, name)
+
+        def later(original: Any = original, name: str = name) -> Callable[..., Awaitable[Any]]:
+            async def call(*args: Any) -> Any:
+                order.append(f"{name} entries={len(restore_entries(h))}")
+                return await original(*args)
+
+            return call
+
+        setattr(h.engine, name, later())
+    session = h.manager.create("kept")
+    await h.copy(session, described_set("kept"))
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    vm_id = status["vm_id"]
+
+    (marker,) = set(seen["disk"]) | set(seen["vm"])  # one marker for all, no set description
+    assert len(seen["disk"]) == 2 and len(seen["vm"]) == 1
+    info = parse_description(marker)
     assert info is not None and info.kind == "restore"
     assert info.installation == journal_of(h).installation.id
     assert info.instance == journal_of(h).installation.instance
+    assert order == ["update_vm_comment entries=0"] + ["update_disk_description entries=0"] * 2
+    assert h.engine.vms[vm_id].comment == "ovf says hi"
+    by_alias = {
+        h.engine.disks[d].alias: h.engine.disks[d].description for d in disks_of(h.engine, "kept")
+    }
+    assert by_alias == {"disk0": "the set's disk 0", "disk1": "the set's disk 1"}
     assert journal_of(h).entries() == []
     # gc of a later mount never touches it
     next_mount = kill_the_mount(h)
@@ -218,6 +278,23 @@ async def test_template_restore_killed_before_its_id_came_back(
     assert h.engine.disks == {}
 
 
+async def test_a_restored_template_gets_its_ovf_comment_and_set_descriptions_back(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    session = h.manager.create("tpl")
+    await h.copy(session, described_set("tpl", kind="template"))
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    tpl = h.engine.templates[status["template_id"]]
+    assert tpl.comment == "ovf says hi"
+    disks = [h.engine.disks[a.disk.id] for a in h.engine.attachments[tpl.id]]
+    assert sorted((d.alias, d.description) for d in disks) == [
+        ("disk0", "the set's disk 0"),
+        ("disk1", "the set's disk 1"),
+    ]
+    assert restore_entries(h) == []
+
+
 async def test_template_made_from_the_restored_vm_stays_and_base_vm_goes(
     autojump_clock: MockClock, h: Harness
 ) -> None:
@@ -228,7 +305,7 @@ async def test_template_made_from_the_restored_vm_stays_and_base_vm_goes(
     await h.copy(session, make_set(name="base"))
     assert (await h.settle(session))["phase"] == "done"
     (golden,) = [t for t in h.engine.templates.values() if t.name == "golden"]
-    assert parse_description(golden.comment) is not None
+    assert golden.comment == ""  # the marker it was made with is gone (it asked for none)
     assert restore_entries(h) == []
 
 
@@ -271,14 +348,17 @@ async def test_live_restores_are_left_alone_by_gc(autojump_clock: MockClock, h: 
 
 async def test_leftovers_need_the_marker_and_the_entry(autojump_clock: MockClock) -> None:
     """A VM or template the entry names whose comment is not the entry's marker is left
-    alone; a pending create finds only objects with the marker; dry runs change nothing."""
+    alone, and so is a disk whose description is not; a pending create finds only objects
+    with the marker; dry runs change nothing."""
     engine = FakeEngine()
     marker = "rhvfs-session restore-1 host=h pid=1 inst=0123456789abcdef mount=0123456789abcdef"
     engine.vms["a"] = Vm(id="a", name="a", status="down", comment=marker)
     engine.vms["b"] = Vm(id="b", name="b", status="down", comment="taken over by a person")
     engine.vms["c"] = Vm(id="c", name="c", status="down", comment=marker)  # id never recorded
     engine.vms["d"] = Vm(id="d", name="d", status="down", comment="")
-    engine.add_disk("x", 4096, disk_id="disk-1")
+    engine.add_disk("x", 4096, disk_id="disk-1", description=marker)
+    engine.add_disk("y", 4096, disk_id="disk-2", description="the set's disk")  # handed over
+    engine.add_disk("z", 4096, disk_id="disk-3")  # no description at all
     entry = JournalEntry(
         session_id="restore-1",
         process=procid.current(),
@@ -287,12 +367,12 @@ async def test_leftovers_need_the_marker_and_the_entry(autojump_clock: MockClock
         owner_name="r",
         started="",
         vm_ids=("a", "b", "gone"),
-        disk_ids=("disk-1", "disk-gone"),
+        disk_ids=("disk-1", "disk-gone", "disk-2", "disk-3"),
         pending=("vm",),
         marker=marker,
     )
     dry = await remove_restore_leftovers(engine, entry, config=CFG, dry_run=True)
-    assert set(engine.vms) == {"a", "b", "c", "d"} and "disk-1" in engine.disks
+    assert set(engine.vms) == {"a", "b", "c", "d"} and len(engine.disks) == 3
     assert [line.split(" (")[0] for line in dry.lines if line.startswith("would")] == [
         "would remove vm a",
         "would remove vm c",
@@ -300,8 +380,9 @@ async def test_leftovers_need_the_marker_and_the_entry(autojump_clock: MockClock
     ]
     report = await remove_restore_leftovers(engine, entry, config=CFG)
     assert report.ok
-    assert set(engine.vms) == {"b", "d"} and engine.disks == {}
-    assert any(line.startswith("left alone: vm b") for line in report.lines)
+    assert set(engine.vms) == {"b", "d"} and set(engine.disks) == {"disk-2", "disk-3"}
+    left = sorted(line.split(" named")[0] for line in report.lines if "left alone" in line)
+    assert left == ["left alone: disk disk-2", "left alone: disk disk-3", "left alone: vm b"]
 
 
 async def test_a_transfer_whose_id_the_engine_chose_is_found_by_its_disk(
@@ -390,6 +471,25 @@ async def test_an_overwrite_killed_at_its_point_of_no_return_keeps_the_new_vm(
     await collect_garbage(h.engine, kill_the_mount(h), config=CFG)
     assert new_vm in h.engine.vms and len(h.engine.attachments[new_vm]) == 2
     assert (kept_vm in h.engine.vms) == (held == "before")
+
+
+async def test_an_overwrite_that_fails_past_its_point_of_no_return_is_unmarked(
+    autojump_clock: MockClock, h: Harness
+) -> None:
+    """The new VM is kept (the replaced one is gone) although the restore failed: it is the
+    user's, so it gets its own comment and the set's descriptions back as after a done one."""
+    await finished_restore(h)
+    h.engine.fail_on.add("rename_vm")
+    session = h.manager.create("again")
+    await h.write_file(session, "rhvfs-restore.conf", b"vm_name = kept\nvm_force_overwrite = yes\n")
+    await h.copy(session, described_set("kept"))
+    status = await h.settle(session)
+    assert status["phase"] == "failed" and "kept" in status["error"]
+    (new_vm,) = [v for v in h.engine.vms.values() if v.id != "other"]
+    assert new_vm.comment == "ovf says hi"
+    descriptions = {h.engine.disks[a.disk.id].description for a in h.engine.attachments[new_vm.id]}
+    assert descriptions == {"the set's disk 0", "the set's disk 1"}
+    assert restore_entries(h) == []
 
 
 async def test_gc_stops_a_vm_the_killed_restore_started(

@@ -6,16 +6,17 @@ recorded before the engine call that creates it: disks and transfers by the
 ids rhvfs chose for them, VMs and templates by id once the engine answered,
 and -- while a create call has not answered (``pending``) -- by ``marker``,
 the ``artifact_description`` (``kind=restore``) the restore puts into the
-comment of every VM and template it creates. A finished restore's entry is
-gone: its VM, template and disks are the user's.
+comment of every VM and template and the description of every disk it
+creates. A finished restore's entry is gone: its VM, template and disks are
+the user's (and get their own comment and description back).
 
 ``remove_restore_leftovers`` ends them in dependency order: transfers
 cancelled (unless finished; the entry's, and any transfer of one of its
 disks: the engine may choose a transfer's id itself), VMs removed (with their
 disks; one that runs is stopped first), templates removed (with theirs),
-then the disks left. A VM or template is removed only when it still carries
-the entry's marker: one whose comment says otherwise is left alone (and
-reported). Gone already counts as done; locked or busy (409)
+then the disks left. A VM or template is removed only when its comment is
+still the entry's marker, a disk only when its description is: anything else
+is left alone (and reported). Gone already counts as done; locked or busy (409)
 and transient errors are retried per ``_cleanup.busy_policy``.
 
 Must not: decide whose entry it is or whether its owner is dead (``_gc`` does:
@@ -148,11 +149,14 @@ async def remove_restore_leftovers(
             report.lines.append(f"cannot check {kind} {object_id} of {who}: {e}")
             report.ok = False
             return
-        comment = getattr(found, "comment", None)
-        if entry.marker and comment is not None and comment != entry.marker:
-            # not the object the restore made (or a person took it over): never ours to remove
+        field = "description" if isinstance(found, Disk) else "comment"
+        mark = getattr(found, field, None)
+        if entry.marker and mark is not None and mark != entry.marker:
+            # not the object the restore made (or a person took it over, or the restore
+            # handed it over and gave it its own description back): never ours to remove
             report.lines.append(
-                f"left alone: {kind} {object_id} named by {who} (its comment is not the restore's marker)"
+                f"left alone: {kind} {object_id} named by {who} (its {field} is not the "
+                "restore's marker)"
             )
             return
         name = getattr(found, "name", None) or getattr(found, "alias", "")

@@ -8,12 +8,16 @@ ahead into the mount's ``Journal`` (one entry per restore, ``owner_kind``
   engine call that creates them (the engine takes a disk's; a transfer's own
   id, when the engine chose another, replaces it once known: until then gc
   finds the transfer by its disk);
+- every object the restore creates carries the entry's ``marker`` (an
+  ``artifact_description`` with ``kind=restore``: marker, restore id, host,
+  pid, installation, mount instance, time; about 150 characters, the
+  engine takes 500 in a disk's description): a disk as its description
+  (the set's description is given back at the end), a VM or template as its
+  comment (the OVF's is given back). gc removes an object the entry names
+  only while it carries that marker;
 - a VM or template create call is recorded as ``pending`` before it is made,
-  and the object gets the entry's ``marker`` (an ``artifact_description``
-  with ``kind=restore``: marker, restore id, host, pid, installation, mount
-  instance, time) as its comment, so one whose id never came back is still
-  found; its id is recorded when the call answers. Restored VMs and
-  templates keep that comment: it says which installation made them;
+  so one whose id never came back is still found by its marker; its id is
+  recorded when the call answers;
 - a transfer that was finalized or cancelled leaves the entry.
 
 The rest follows the session's ``Created`` ledger (the one record of what
@@ -31,8 +35,13 @@ turns back, ``replaces`` cleared, gets its objects journaled again). So the
 entry never names the VM an overwrite replaces (the restore never created
 it), nor anything the restore handed over.
 
-The entry is removed when the restore is done (its objects are the user's)
-or rolled back; after a rollback ``_restore_leftovers`` checks the entry once
+The entry is removed when the restore is done (its objects are the user's);
+then ``unmark`` gives each object it made its own description or comment
+back (the set's, the OVF's), in that order: a crash in between leaves a
+marker on a user's object but no entry naming it, so no gc ever touches it
+(the other order could leave an entry naming unmarked objects: gc would
+leave those alone as well, but report them). The entry is also removed when
+the restore is rolled back; after a rollback ``_restore_leftovers`` checks the entry once
 more (removing what is still there) and keeps it when something could not
 be removed. A killed mount leaves the entry: the next mount's gc and
 ``rhvfs gc`` remove exactly what it names (``core._gc``).
@@ -55,8 +64,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from rhvfs.backupset import parse_ovf
 from rhvfs.config import Config
-from rhvfs.errors import RestoreFailed
+from rhvfs.errors import EngineError, NotFound, RestoreFailed, SetFormatError
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._gc import artifact_description
 from rhvfs.sessions.core._journal import Journal, JournalEntry
@@ -94,6 +104,10 @@ class RestoreJournal:
         self._entry: JournalEntry | None = None  # as last written
         self._closed = False
         self.marker: str | None = None
+        #: what the marker replaced, given back by ``unmark``: disk id -> (alias, description)
+        self._descriptions: dict[str, tuple[str, str]] = {}
+        #: (kind, id) of a VM or template -> the comment it asked for (or its OVF's)
+        self._comments: dict[tuple[str, str], str] = {}
         self.services: RestoreServices = services
         if self._journal is not None:
             owner = self._journal.installation.ownership()
@@ -253,6 +267,51 @@ class RestoreJournal:
             )
         self._entry = None
 
+    def marked_disk(self, disk_id: str, *, alias: str, description: str) -> None:
+        """Disk ``disk_id`` was made with the marker instead of ``description``."""
+        self._descriptions[disk_id] = (alias, description)
+
+    def marked(self, kind: str, object_id: str, comment: str) -> None:
+        """The ``kind`` object was made with the marker instead of ``comment``."""
+        self._comments[(kind, object_id)] = comment
+
+    async def unmark(self) -> None:
+        """After ``done`` (never before: see the module docstring): give what the restore
+        made its own description or comment back, where it still carries the marker.
+
+        Disks of a template made from the restored VM are copies of its disks (the
+        engine copies the marker with the description): they get the description of the
+        disk of the same alias. Best effort: what fails is noted, and keeps the marker
+        (harmless: no journal entry names it)."""
+        marker = self.marker
+        if marker is None:
+            return
+        engine = self._inner.engine
+        by_alias = dict(self._descriptions.values())
+        disks = {disk_id: desc for disk_id, (_, desc) in self._descriptions.items()}
+        for (kind, object_id), comment in self._comments.items():
+            try:
+                if kind == "vm":
+                    if (await engine.get_vm(object_id)).comment == marker:
+                        await engine.update_vm_comment(object_id, comment)
+                    continue
+                if (await engine.get_template(object_id)).comment == marker:
+                    await engine.update_template_comment(object_id, comment)
+                for att in await engine.template_disk_attachments(object_id):
+                    disks.setdefault(att.disk.id, by_alias.get(att.disk.alias, ""))
+            except NotFound:
+                continue  # removed (a template's base vm)
+            except EngineError as e:
+                self._note(f"cannot give {kind} {object_id} its comment back: {e}")
+        for disk_id, description in disks.items():
+            try:
+                if (await engine.get_disk(disk_id)).description == marker:
+                    await engine.update_disk_description(disk_id, description)
+            except NotFound:
+                continue  # removed with the base vm, or a template's disk the engine replaced
+            except EngineError as e:
+                self._note(f"cannot give disk {disk_id} its description back: {e}")
+
     async def rolled_back(self) -> None:
         """After the session's rollback: remove what the entry still names, then the entry
         (kept when something is left: the next mount's gc or ``rhvfs gc`` retries)."""
@@ -297,6 +356,16 @@ def _drop(entry: JournalEntry, field: str, value: str) -> JournalEntry:
     return dataclasses.replace(entry, **changes)
 
 
+def _ovf_comment(ovf: str | None) -> str:
+    """The comment an import without one would take from ``ovf`` (the engine's rule)."""
+    if not ovf:
+        return ""
+    try:
+        return parse_ovf(ovf.encode()).comment
+    except SetFormatError:
+        return ""
+
+
 class _Services:
     """The manager's services with this restore's journaling engine."""
 
@@ -337,9 +406,12 @@ class _JournalingEngine:
         self._journal.sync()
         disk_id = kwargs.get("disk_id") or str(uuid.uuid4())
         kwargs["disk_id"] = disk_id
+        description = kwargs.get("description") or ""
+        kwargs["description"] = self._journal.marker
         self._journal.intend_disk(disk_id)
         disk = await self._inner.create_disk(**kwargs)
         self._journal.made("disk", disk.id)
+        self._journal.marked_disk(disk.id, alias=disk.alias, description=description)
         return disk
 
     async def start_transfer(self, **kwargs: Any) -> Any:
@@ -365,9 +437,11 @@ class _JournalingEngine:
     async def _create(self, kind: str, call: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         self._journal.sync()
         self._journal.intend(kind)
+        comment = kwargs.get("comment") or _ovf_comment(kwargs.get("ovf"))
         kwargs["comment"] = self._journal.marker
         made = await call(**kwargs)
         self._journal.made(kind, made.id)
+        self._journal.marked(kind, made.id, comment)
         return made
 
     async def create_vm_from_ovf(self, **kwargs: Any) -> Any:

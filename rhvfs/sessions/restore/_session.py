@@ -268,6 +268,8 @@ class RestoreSession:
                 await self._build_ended.wait()  # what it creates meanwhile is rolled back too
             await roll_back(self.services.engine, self.created, self.note)
             await self.journal.rolled_back()
+            if self.created.committed:  # kept: the user's now, as after a done restore
+                await self.journal.unmark()
             self.drop_staged()
             self._finished.set()
 
@@ -554,9 +556,12 @@ class RestoreSession:
             return
         self.phase = Phase.DONE
         self.journal.done()  # the VM is the user's before the tool hears of it
-        self.outcome.decided()
-        self.note(f"done: vm {self.vm_id}")
-        self._finished.set()
+        try:
+            await self.journal.unmark()  # after the entry is gone (``_journal``)
+        finally:
+            self.outcome.decided()
+            self.note(f"done: vm {self.vm_id}")
+            self._finished.set()
 
     async def _build_vm(self) -> None:
         """Make the VM or template; a failure fails the session."""
