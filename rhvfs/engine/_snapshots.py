@@ -59,6 +59,7 @@ class SnapshotsMixin(EngineCore):
         ``disk_ids`` None = all disks; ``[]`` = configuration only.
         """
         what = f"create snapshot {description!r} of vm {vm_id}"
+        self.forget_listed(vm_id)
         body = sdk.Snapshot(description=description, persist_memorystate=persist_memorystate)
         if disk_ids is not None:
             body.disk_attachments = [sdk.DiskAttachment(disk=sdk.Disk(id=d)) for d in disk_ids]
@@ -116,6 +117,7 @@ class SnapshotsMixin(EngineCore):
     async def remove_snapshot(self, vm_id: str, snapshot_id: str) -> None:
         """Remove (merge) a snapshot and return once GET answers 404."""
         what = f"remove snapshot {snapshot_id} of vm {vm_id}"
+        self.forget_listed(vm_id)
 
         async def attempt(n: int) -> None:
             try:

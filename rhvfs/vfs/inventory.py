@@ -68,6 +68,17 @@ class Inventory:
     def invalidate(self) -> None:
         self._entries.clear()
 
+    def engine_calls(self) -> dict[str, Any]:
+        """For status.json: the engine's calls so far (``total``, ``by_kind``), when the
+        engine counts them, and the inventory fetches of this tree (``listings``)."""
+        doc: dict[str, Any] = {"listings": self.calls}
+        stats = getattr(self._engine, "statistics", None)
+        if stats is not None:
+            engine = stats()
+            doc["total"] = engine.get("requests", 0)
+            doc["by_kind"] = engine.get("requests_by_kind", {})
+        return doc
+
     async def datacenters(self) -> list[DataCenter]:
         return await self._get(("list_datacenters", ""), self._engine.list_datacenters)
 

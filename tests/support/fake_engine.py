@@ -307,9 +307,37 @@ class FakeEngine:
         await self._call("list_tags")
         return list(self.tags)
 
+    def _vm_now(self, vm_id: str) -> Vm:
+        """The VM as the engine shows it: its ``stop_time`` is the one its XML shows."""
+        vm = self.vms[vm_id]
+        stop = self.stop_times.get(vm_id)
+        return dataclasses.replace(vm, stop_time=datetime.fromisoformat(stop)) if stop else vm
+
+    def _inlined(self, owner: Any) -> Any:
+        return dataclasses.replace(
+            owner,
+            disk_attachments=tuple(self._live_attachments(owner.id)),
+            nics=tuple(self.nics.get(owner.id, [])),
+        )
+
     async def list_vms(self) -> list[Vm]:
         await self._call("list_vms")
-        return list(self.vms.values())
+        return [self._vm_now(vm_id) for vm_id in self.vms]
+
+    async def listed_vm(self, vm_id: str) -> Vm:
+        """The VM with its attachments and NICs, as one listing call would inline them."""
+        await self._call("listed_vm")
+        if vm_id not in self.vms:
+            raise NotFound(vm_id)
+        vm: Vm = self._inlined(self._vm_now(vm_id))
+        return vm
+
+    async def listed_template(self, template_id: str) -> Template:
+        await self._call("listed_template")
+        if template_id not in self.templates:
+            raise NotFound(template_id)
+        tpl: Template = self._inlined(self.templates[template_id])
+        return tpl
 
     async def vms_by_tag(self, tag_id: str) -> list[Vm]:
         await self._call("vms_by_tag")
@@ -332,10 +360,9 @@ class FakeEngine:
         seq = self.status_sequence.get(vm_id)
         if seq:
             self.vms[vm_id] = dataclasses.replace(self.vms[vm_id], status=seq.pop(0))
-        try:
-            return self.vms[vm_id]
-        except KeyError:
-            raise NotFound(vm_id) from None
+        if vm_id not in self.vms:
+            raise NotFound(vm_id)
+        return self._vm_now(vm_id)
 
     async def get_template(self, template_id: str) -> Template:
         await self._call("get_template")

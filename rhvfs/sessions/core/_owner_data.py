@@ -4,6 +4,10 @@
 NICs, OVF and API XML concurrently, plus the cluster and storage-domain names
 the manifest shows (cached for ``NAMES_TTL_S``), as one ``OwnerData``. The
 full-backup manager and session and the incremental session all use it.
+``summary`` is what listings use: the owner as the engine's latest listing
+has it (``Engine.listed_vm``; no call per owner while that is fresh), without
+OVF and XML (``OwnerData.ovf``/``xml`` empty): sizes and times of a set's
+files never need them (``rhvfs.backupset.config_size_bounds``).
 
 The OVF fallback (one rule for every set): when the engine has no OVF for the
 owner (it refuses with anything but 404 or a transient error), the set still
@@ -93,6 +97,37 @@ class OwnerDataSource:
             ovf=ovf.encode("utf-8") if ovf is not None else missing_ovf(owner.kind, owner.name),
             ovf_available=ovf is not None,
             xml=xml.encode("utf-8") if isinstance(xml, str) else bytes(xml),
+            cluster_names=names[0],
+            storage_domain_names=names[1],
+        )
+
+    async def summary(self, owner: Owner) -> OwnerData:
+        """The owner's data from the latest engine listing, without OVF and XML (empty)."""
+        engine = self.engine
+        entity: Vm | Template
+        if owner.kind == "vm":
+            entity, names = await gather(lambda: engine.listed_vm(owner.id), self._names_maps)
+        else:
+            entity, names = await gather(lambda: engine.listed_template(owner.id), self._names_maps)
+        atts, nics = entity.disk_attachments, entity.nics
+        if atts is None or nics is None:  # an engine without follow=: one call each
+            oid = owner.id
+            if owner.kind == "vm":
+                atts, nics = await gather(
+                    lambda: engine.disk_attachments(oid), lambda: engine.vm_nics(oid)
+                )
+            else:
+                atts, nics = await gather(
+                    lambda: engine.template_disk_attachments(oid),
+                    lambda: engine.template_nics(oid),
+                )
+        return OwnerData(
+            kind=owner.kind,
+            entity=entity,
+            attachments=tuple(atts),
+            nics=tuple(nics),
+            ovf=b"",
+            xml=b"",
             cluster_names=names[0],
             storage_domain_names=names[1],
         )
