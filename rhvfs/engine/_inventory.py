@@ -15,11 +15,14 @@ tag and the Blank template are filtered out.
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
 import ovirtsdk4
 import ovirtsdk4.http
+import ovirtsdk4.readers
+import ovirtsdk4.xml
 import trio
 
 from rhvfs.engine import _convert as convert
@@ -478,8 +481,34 @@ class InventoryMixin(EngineCore):
             lambda c: raw_get(c, f"/vms/{vm_id}", **all_content()), f"get xml of vm {vm_id}"
         )
 
+    async def vm_config(self, vm_id: str) -> tuple[str | None, bytes]:
+        """The VM's OVF (None when the engine has none) and API XML: one all-content GET
+        (the XML holds the OVF), where ``vm_ovf`` and ``vm_xml`` are one each."""
+        xml = await self.vm_xml(vm_id)
+        return _ovf_in(xml, ovirtsdk4.readers.VmReader, f"vm {vm_id}"), xml
+
+    async def template_config(self, template_id: str) -> tuple[str | None, bytes]:
+        """``vm_config`` for a template."""
+        xml = await self.template_xml(template_id)
+        return _ovf_in(xml, ovirtsdk4.readers.TemplateReader, f"template {template_id}"), xml
+
     async def template_xml(self, template_id: str) -> bytes:
         return await self.call(
             lambda c: raw_get(c, f"/templates/{template_id}", **all_content()),
             f"get xml of template {template_id}",
         )
+
+
+def _ovf_in(xml: bytes, reader: Any, what: str) -> str | None:
+    """The OVF inside an all-content API XML (``initialization.configuration.data``)."""
+    try:
+        source = ovirtsdk4.xml.XmlReader(io.BytesIO(xml))
+        try:
+            obj = reader.read_one(source)
+        finally:
+            source.close()
+    except Exception as exc:  # the SDK's parser raises plain errors on malformed XML
+        raise EngineError(f"{what}: cannot parse the engine's XML ({exc})") from exc
+    init = obj.initialization if obj is not None else None
+    conf = init.configuration if init is not None else None
+    return str(conf.data) if conf is not None and conf.data else None

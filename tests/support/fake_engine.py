@@ -52,7 +52,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
-from rhvfs.errors import Conflict, EngineError, NotFound
+from rhvfs.errors import Conflict, EngineError, NotFound, is_transient
 from tests.support.data import MiB, pattern
 
 CLUSTER_ID = "c1c1c1c1-0000-0000-0000-000000000001"
@@ -332,6 +332,20 @@ class FakeEngine:
         vm: Vm = self._inlined(self._vm_now(vm_id))
         return vm
 
+    async def get_vm_followed(self, vm_id: str) -> Vm:
+        """``get_vm`` with attachments and NICs inlined (made of the three calls it replaces)."""
+        vm = await self.get_vm(vm_id)
+        atts = await self.disk_attachments(vm_id)
+        return dataclasses.replace(
+            vm, disk_attachments=tuple(atts), nics=tuple(await self.vm_nics(vm_id))
+        )
+
+    async def get_template_followed(self, template_id: str) -> Template:
+        tpl = await self.get_template(template_id)
+        atts = await self.template_disk_attachments(template_id)
+        nics = await self.template_nics(template_id)
+        return dataclasses.replace(tpl, disk_attachments=tuple(atts), nics=tuple(nics))
+
     async def listed_template(self, template_id: str) -> Template:
         await self._call("listed_template")
         if template_id not in self.templates:
@@ -441,6 +455,16 @@ class FakeEngine:
             f"<stop_time>{self.stop_times[vm_id]}</stop_time>" if vm_id in self.stop_times else ""
         )
         return f"<?xml version='1.0' encoding='UTF-8'?>\n<vm id='{vm.id}'><name>{vm.name}</name><status>{vm.status}</status>{stop}</vm>\n".encode()
+
+    async def vm_config(self, vm_id: str) -> tuple[str | None, bytes]:
+        """(OVF, XML); the OVF None when ``vm_ovf`` refuses (not 404, not transient), as the
+        XML of an engine without an OVF for the VM carries none."""
+        return await _no_ovf_as_none(self.vm_ovf(vm_id)), await self.vm_xml(vm_id)
+
+    async def template_config(self, template_id: str) -> tuple[str | None, bytes]:
+        return await _no_ovf_as_none(self.template_ovf(template_id)), await self.template_xml(
+            template_id
+        )
 
     async def template_ovf(self, template_id: str) -> str:
         await self._call("template_ovf")
@@ -882,6 +906,18 @@ VMS = [
 TAGGED = {"tag-1": ["vm-1", "vm-3"], "tag-2": []}
 TEMPLATES = [Template(id="tpl-1", name="mytemplate", status="ok", creation_time=T0)]
 DISK_SIZE = 3 * 1024 * 1024 + 4096  # not a multiple of the read size: EOF handling matters
+
+
+async def _no_ovf_as_none(call: Any) -> str | None:
+    try:
+        ovf: str = await call
+    except NotFound:
+        raise
+    except EngineError as e:
+        if is_transient(e):
+            raise
+        return None
+    return ovf
 
 
 def inventory_disk(vm_id: str, n: int) -> Disk:
