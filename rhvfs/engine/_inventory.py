@@ -86,8 +86,9 @@ def raw_get(
 
 
 #: What ``list_vms`` / ``list_templates`` inline (one call instead of three per entity).
-VM_FOLLOW = "disk_attachments.disk,nics,tags"
-TEMPLATE_FOLLOW = "disk_attachments.disk,nics"
+#: NICs come with their vnic profile and its network, so naming them needs no call either.
+VM_FOLLOW = "disk_attachments.disk,nics.vnic_profile.network,tags"
+TEMPLATE_FOLLOW = "disk_attachments.disk,nics.vnic_profile.network"
 
 
 class _Listing:
@@ -423,8 +424,11 @@ class InventoryMixin(EngineCore):
         return await self.list_vnic_profiles()
 
     async def _nics(self, items: list[Any]) -> list[t.Nic]:
+        refs = [x.vnic_profile for x in items if x.vnic_profile is not None]
         profiles: dict[str, t.VnicProfile] = {}
-        if any(x.vnic_profile is not None for x in items):
+        if all(r.name and r.network is not None and r.network.name for r in refs):
+            profiles = {r.id: convert.vnic_profile(r) for r in refs}  # inlined by follow=
+        elif refs:
             profiles = {p.id: p for p in await self._cached_vnic_profiles()}
         return [convert.nic(x, profiles=profiles) for x in items]
 
