@@ -98,7 +98,7 @@ class _Listing:
 
     def __init__(self) -> None:
         self.by_id: dict[str, Any] = {}
-        self.taken = -1.0  # trio time; < 0: never listed
+        self.taken: float | None = None  # trio time; None: never listed (or invalidated)
         self.lock = trio.Lock()
 
 
@@ -200,20 +200,23 @@ class InventoryMixin(EngineCore):
 
     def invalidate_listings(self) -> None:
         """Forget the latest listings: the next ``listed_*`` lists again."""
-        self._vm_listing.taken = self._template_listing.taken = -1.0
+        self._vm_listing.taken = self._template_listing.taken = None
+
+    def _fresh(self, listing: _Listing) -> bool:
+        taken = listing.taken
+        return taken is not None and trio.current_time() - taken < self.config.listing_ttl
 
     async def _from_listing(
         self, listing: _Listing, entity_id: str, relist: Any, fetch: Any
     ) -> Any:
-        ttl = self.config.listing_ttl
-        if trio.current_time() - listing.taken >= ttl:
+        if not self._fresh(listing):
             async with listing.lock:  # concurrent callers share one list call
-                if trio.current_time() - listing.taken >= ttl:
+                if not self._fresh(listing):
                     await relist()
         item = listing.by_id.get(entity_id)
         if item is None or item.disk_attachments is None or entity_id in self.listed_stale:
             item = await fetch(entity_id)
-            if item.disk_attachments is not None and listing.taken >= 0:
+            if item.disk_attachments is not None and listing.taken is not None:
                 listing.by_id[entity_id] = item
                 self.listed_stale.discard(entity_id)
         return item

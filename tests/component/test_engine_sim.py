@@ -714,6 +714,14 @@ async def test_listings_inline_attachments_nics_and_tags(sim: Any, engine: Engin
     assert engine.requests == requests + 1
     assert await engine.listed_vm(web01.id) == web01
     assert engine.requests == requests + 1
+    # An old listing (here: dropped) is taken again, once for all concurrent callers.
+    engine.invalidate_listings()
+    before = dict(engine.calls_by_kind)
+    async with trio.open_nursery() as nursery:
+        for vm in vms:
+            nursery.start_soon(engine.listed_vm, vm.id)
+    made = {k: n - before.get(k, 0) for k, n in engine.calls_by_kind.items()}
+    assert {k: n for k, n in made.items() if n} == {"list vms": 1}
 
     # One all-content GET gives the OVF and the XML the two separate reads give.
     ovf, xml = await engine.vm_config(web01.id)
