@@ -200,6 +200,9 @@ class BackupManager:
         self._sessions: SessionRegistry[BackupSession] = SessionRegistry(what="the backup manager")
         self.cleanups = PendingCleanups(config, journal=journal)
         self._announced: dict[str, Announcement] = {}
+        # owner id -> (the listing data it was announced from, that announcement, its disks):
+        # listing @rhv/ and disks/ again from unchanged data announces nothing new.
+        self._listed: dict[str, tuple[Any, Announcement, list[Disk]]] = {}
         self._bytes_read_closed = 0
 
     # -- service --------------------------------------------------------------
@@ -238,7 +241,7 @@ class BackupManager:
         if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.entries)  # frozen: stable while the session lives
         data = await self._owner_data.summary(owner)
-        ann, disks = self._announce_listing(owner, data, full=False)
+        ann, disks = self._announce_summary(owner, data)
         return self._set_entries(ann, disks)
 
     async def list_disk_files(self, owner: Owner) -> list[SetEntry]:
@@ -247,8 +250,25 @@ class BackupManager:
         if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.disk_entries)
         data = await self._owner_data.summary(owner)
-        ann, disks = self._announce_listing(owner, data, full=False)
+        ann, disks = self._announce_summary(owner, data)
         return self._disk_entries(ann, disks)
+
+    def _announce_summary(self, owner: Owner, data: OwnerData) -> tuple[Announcement, list[Disk]]:
+        """``_announce_listing`` of a listing's summary, skipped when the summary equals the
+        one the current announcement came from (a running VM's time is kept either way)."""
+        key = (
+            data.entity,
+            data.attachments,
+            data.nics,
+            tuple(sorted(data.cluster_names.items())),
+            tuple(sorted(data.storage_domain_names.items())),
+        )
+        memo = self._listed.get(owner.id)
+        if memo is not None and memo[0] == key and self._announced.get(owner.id) is memo[1]:
+            return memo[1], memo[2]
+        ann, disks = self._announce_listing(owner, data, full=False)
+        self._listed[owner.id] = (key, ann, disks)
+        return ann, disks
 
     def _announce_listing(
         self, owner: Owner, data: OwnerData, *, full: bool
