@@ -8,6 +8,7 @@ engine calls of each command; status.json shows the mount's own count, by kind.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -65,5 +66,46 @@ def test_ls_lR_and_find_over_hundreds_of_vms_cost_a_bounded_number_of_calls(
         assert status["by_kind"]["list vms"] == 1
         assert status["total"] == sum(status["by_kind"].values())
         assert not [k for k in status["by_kind"] if "snapshot" in k and "list" not in k]
+    finally:
+        m.umount()
+
+
+def test_tools_that_keep_acls_and_xattrs_read_the_read_only_tree_quietly(
+    sim: SimProcess, tmp_path: Path
+) -> None:
+    """The read-only tree answers getxattr with "not supported" (so ``ls -l`` stops probing
+    every file): tools asked to keep ACLs and xattrs copy configuration files without a
+    complaint, and ``ls -l`` probes the mount at most once."""
+    m = SimMount(sim, tmp_path / "mnt", tmp_path / "state")
+    try:
+        rhv = m.mnt / "vms/myvm0/@rhv"
+        want = {n: (rhv / n).read_bytes() for n in ("vm.ovf", "manifest.json")}
+        out = tmp_path / "out"
+        out.mkdir()
+        commands = [
+            ["tar", "--acls", "--xattrs", "-cf", str(out / "c.tar"), "-C", str(rhv), *want],
+            ["rsync", "-aAX", str(rhv / "vm.ovf"), str(rhv / "manifest.json"), str(out) + "/"],
+            ["getfacl", "-p", str(rhv / "vm.ovf")],
+            ["getfattr", "-d", str(rhv / "vm.ovf")],
+        ]
+        for command in commands:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            assert (done.returncode, done.stderr) == (0, ""), command
+        # each copy is a new read: the same OVF, a manifest naming its own read
+        assert (out / "vm.ovf").read_bytes() == want["vm.ovf"]
+        copied = json.loads((out / "manifest.json").read_bytes())
+        original = json.loads(want["manifest.json"])
+        assert copied["vm"] == original["vm"] and copied["disks"] == original["disks"]
+        assert copied["point_in_time"]["read_id"] != original["point_in_time"]["read_id"]
+        listed = subprocess.run(
+            ["strace", "-f", "-e", "trace=getxattr,lgetxattr", "ls", "-lR", str(m.mnt / "vms")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert listed.returncode == 0
+        probes = [line for line in listed.stderr.splitlines() if "getxattr(" in line]
+        assert len(probes) <= 2, probes[:5]
+        assert all("ENOTSUP" in line or "EOPNOTSUPP" in line for line in probes), probes
     finally:
         m.umount()
