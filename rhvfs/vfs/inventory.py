@@ -3,7 +3,10 @@
 Every directory of the tree is computed from these cached collections, so a
 listing costs at most one engine call per collection (``/vms`` is one
 ``list_vms``; ``/clusters/<c>/vms`` reuses it), however many entries it has.
-Concurrent requests for the same collection share one engine call.
+``list_vms`` inlines each VM's disk attachments and NICs (``Vm.disk_attachments``,
+``Vm.nics``), so ``vm.json`` needs no call per VM; ``disk_attachments`` and
+``vm_nics`` here serve engines that refuse ``follow=``. Concurrent requests for
+the same collection share one engine call.
 
 Must not: know about file names, inodes or FUSE.
 """
