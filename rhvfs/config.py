@@ -68,9 +68,11 @@ class Config:
     prefetch_streams: int = 4
     readahead_kb: int = 4096
     listing_ttl: float = 5.0
-    # Restore staging.
+    # Restore staging: data on local disk (staging_dir, at most staging_limit bytes), and
+    # the configuration files of all restores held in memory (at most staging_memory bytes).
     staging_dir: str | None = None
     staging_limit: int = 8 * 1024 * 1024 * 1024
+    staging_memory: int = 256 * 1024 * 1024
     # Restores. The call that completes a set (the last close, utimes or rename) waits up
     # to outcome_timeout seconds for the VM or template (0: never waits); a set that still
     # lacks a disk after partial_set_timeout seconds without directory activity, with
@@ -106,6 +108,7 @@ _INT_KEYS = {
     "prefetch_streams",
     "readahead_kb",
     "staging_limit",
+    "staging_memory",
 }
 _FLOAT_KEYS = {
     "system_interval",
@@ -248,6 +251,8 @@ def load_config(
     for key in ("system_tries", "prefetch_streams"):
         if key in converted and converted[key] < 1:
             raise ConfigError(f"{key} must be at least 1")
+    if "staging_memory" in converted and converted["staging_memory"] < 64 * 1024 * 1024:
+        raise ConfigError("staging_memory must be at least 64 MiB (32 MiB are kept for writes)")
     for key in ("read_idle_limit", "partial_set_timeout"):
         if key in converted and converted[key] <= 0:
             raise ConfigError(f"{key} must be more than 0 seconds")

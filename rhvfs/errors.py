@@ -27,12 +27,14 @@ foreign exception type.
     │   │   └── SetFormatError     a backup set's file rhvfs cannot read (manifest, OVF)
     │   ├── RestoreNameClash       the name to restore to (VM, template, directory) is taken
     │   ├── RestoreNoSpace         a storage domain has no room for the disks to restore
-    │   │   └── StagingFull        the local staging area is full
+    │   │   ├── StagingFull        the local staging area is full
+    │   │   └── RestoreMemoryFull  configuration files in memory would pass staging_memory
     │   ├── RestoreTooLarge        data beyond the size of its disk or of a configuration file
     │   ├── RestoreBusy            the restore's state forbids the call now (retry later or not)
     │   ├── RestoreUnsupported     the engine facade cannot do what the options ask
     │   ├── RestoreWriteOnly       a file that was streamed to the engine is read back
     │   ├── RestoreFinished        the restore is done: nothing more can be written
+    │   ├── RestoreImageSealed     an image changed after its upload was finalized
     │   ├── RestoreCancelled       the restore was cancelled (rmdir, or rhvfs stopped)
     │   └── RestoreFailed          an upload or a step on the engine failed
     ├── DataIntegrityError         bytes did not match what the protocol promised (short
@@ -227,6 +229,13 @@ class StagingFull(RestoreNoSpace):
     message = "restore staging full: {detail}"
 
 
+class RestoreMemoryFull(RestoreNoSpace):
+    """Raised when a write into a configuration file (held in memory) would take the
+    configuration files of all restores of the mount past ``staging_memory``."""
+
+    message = "restore memory full: {detail}"
+
+
 class RestoreTooLarge(RestoreError):
     """Raised when data goes beyond what it may hold: a write or size past the end of its
     disk, an image longer than its disk, or a configuration or options file too large to
@@ -251,6 +260,11 @@ class RestoreWriteOnly(RestoreError):
 class RestoreFinished(RestoreError):
     """Raised when a file call reaches a restore that is done (its VM exists): the
     directory takes nothing more."""
+
+
+class RestoreImageSealed(RestoreError):
+    """Raised when a write or resize reaches a disk image whose upload was already
+    finalized: the change cannot be applied, so the restore fails (never lost silently)."""
 
 
 class RestoreCancelled(RestoreError):

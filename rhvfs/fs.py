@@ -57,11 +57,13 @@ ERRNO: dict[type[BaseException], int] = {
     errors.RestoreInputError: errno.EINVAL,
     errors.RestoreNameClash: errno.EEXIST,
     errors.RestoreNoSpace: errno.ENOSPC,  # StagingFull too
+    errors.RestoreMemoryFull: errno.ENOSPC,
     errors.RestoreTooLarge: errno.EFBIG,
     errors.RestoreBusy: errno.EBUSY,
     errors.RestoreUnsupported: errno.ENOTSUP,
     errors.RestoreWriteOnly: errno.EACCES,
     errors.RestoreFinished: errno.EROFS,
+    errors.RestoreImageSealed: errno.EROFS,
     errors.RestoreCancelled: errno.ECANCELED,
     errors.RestoreFailed: errno.EIO,
     # the VFS's own refusals

@@ -29,6 +29,10 @@
     Records of the setup and the test body fail the test; those of the
     fixtures' teardown make a teardown error.
 
+Hypothesis runs derandomized (the same examples on every run: CI is
+deterministic) and without an example database (nothing written next to the
+tests); ``HYPOTHESIS_PROFILE=explore`` draws new examples instead.
+
 The simulator helpers live in ``tests.support.sim``; fakes and other shared
 helpers in ``tests.support``.
 """
@@ -36,15 +40,21 @@ helpers in ``tests.support``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.logcheck import LogCheck
 from tests.support.sim import SimProcess, start_sim
 
 LOG_CHECK = pytest.StashKey[LogCheck]()
+
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -40,6 +40,7 @@ from rhvfs.backupset._chain import (
     disk_plan,
     flatten_manifest,
     link_from_manifest,
+    max_delta_size,
     order_chain,
 )
 from rhvfs.backupset._escape import NAME_MAX, escape, is_hashed, unescape
@@ -101,6 +102,7 @@ from rhvfs.backupset._qcow2 import (
     Qcow2Delta,
     Qcow2FormatError,
     Qcow2Header,
+    iter_allocation,
     read_allocation,
     read_header,
 )
@@ -166,7 +168,9 @@ __all__ = [
     "flatten_manifest",
     "image_file_name",
     "is_hashed",
+    "iter_allocation",
     "link_from_manifest",
+    "max_delta_size",
     "missing_ovf",
     "order_chain",
     "pad_to",

@@ -30,17 +30,20 @@ Must not: talk to the engine or imageio, decide restore options.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rhvfs.backupset._manifest import Manifest
 from rhvfs.backupset._names import SetType
 from rhvfs.backupset._qcow2 import (
     Allocation,
     Qcow2FormatError,
+    Qcow2Truncated,
     ReadAt,
-    read_allocation,
+    iter_allocation,
     read_header,
 )
 from rhvfs.errors import RestoreError
@@ -231,9 +234,18 @@ def flatten_manifest(newest: Manifest, chain: Sequence[SetLink]) -> Manifest:
     )
 
 
+#: ``await run_sync(fn, *args)``: where blocking work of ``apply_delta`` runs (a
+#: worker thread for a restore on an event loop; inline by default).
+RunSync = Callable[..., Awaitable[Any]]
+
+
+async def _inline(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
 def check_delta(path: str | os.PathLike[str] | ReadAt, link: DiskLink) -> None:
     """The staged ``path`` (or ``read_at(offset, length)`` callable) is the qcow2 delta
-    ``link`` describes (format, backing file, virtual size)."""
+    ``link`` describes (format, backing file, virtual size). Reads the first cluster only."""
     try:
         header = read_header(path)
     except Qcow2FormatError as e:
@@ -242,13 +254,26 @@ def check_delta(path: str | os.PathLike[str] | ReadAt, link: DiskLink) -> None:
         raise ChainError(f"{link.file}: {e.strerror}") from None
     if header.backing_file != link.backing_file:
         raise ChainError(
-            f"{link.file} names {header.backing_file!r} as its backing file, "
-            f"the manifest {link.backing_file!r}"
+            f"{link.file} names {_clip(header.backing_file)!r} as its backing file, "
+            f"the manifest {_clip(link.backing_file)!r}"
         )
     if header.virtual_size != link.size:
         raise ChainError(
             f"{link.file} is {header.virtual_size} bytes of disk, the manifest says {link.size}"
         )
+
+
+def _clip(text: str | None, limit: int = 80) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + "..."
+
+
+def max_delta_size(virtual_size: int) -> int:
+    """The largest file a qcow2 delta of a ``virtual_size`` disk can be: every cluster
+    allocated, plus its tables (L2 entries, refcounts and L1 for 512-byte clusters are
+    under 1/16 of the data) and a header; a bigger file is not such a delta."""
+    return virtual_size + virtual_size // 16 + 64 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,16 +282,27 @@ class DeltaStats:
     zero_bytes: int
 
 
-def delta_end(path: str | os.PathLike[str] | ReadAt, link: DiskLink) -> int:
+def delta_end(
+    path: str | os.PathLike[str] | ReadAt, link: DiskLink, *, file_size: int | None = None
+) -> int:
     """The file size the delta needs: the end of its last data cluster (a shorter copy is
-    truncated). ``ChainError`` when it does not parse."""
+    truncated). ``ChainError`` when it does not parse. Reads every L2 table of the file:
+    bounded by ``file_size`` (see ``iter_allocation``), blocking -- run it off the loop."""
     try:
-        allocation = read_allocation(path)
+        return max(
+            (
+                a.file_offset + a.length
+                for a in iter_allocation(path, file_size=file_size)
+                if a.file_offset is not None
+            ),
+            default=0,
+        )
+    except Qcow2Truncated as e:
+        raise ChainError(f"{link.file} is truncated ({e})") from None
     except Qcow2FormatError as e:
         raise ChainError(f"{link.file}: {e}") from None
-    return max(
-        (a.file_offset + a.length for a in allocation if a.file_offset is not None), default=0
-    )
+    except OSError as e:
+        raise ChainError(f"{link.file}: {e.strerror}") from None
 
 
 async def apply_delta(
@@ -275,19 +311,18 @@ async def apply_delta(
     write: Callable[[int, bytes], Awaitable[None]],
     zero: Callable[[int, int], Awaitable[None]],
     chunk_bytes: int = 8 * 1024 * 1024,
+    file_size: int | None = None,
+    run_sync: RunSync = _inline,
 ) -> DeltaStats:
     """Write the guest ranges a qcow2 delta overrides: data with ``write(offset, bytes)``
     (at most ``chunk_bytes`` each), zero clusters with ``zero(offset, length)``.
 
     ``path`` is a file or a ``read_at(offset, length)`` callable (a staged file's
-    ``read``). Local reads of the staged delta are small synchronous ``pread``s.
+    reader, with its ``file_size``). The tables are parsed as they are applied
+    (constant memory); every blocking step -- parsing a batch of tables, reading
+    a chunk of data -- goes through ``run_sync`` (a worker thread for a restore).
     """
     label = "delta" if callable(path) else Path(path).name
-    try:
-        allocation: list[Allocation] = read_allocation(path)
-    except Qcow2FormatError as e:
-        raise ChainError(f"{label}: {e}") from None
-    data_bytes = zero_bytes = 0
     if callable(path):
         read_at: ReadAt = path
         fd = -1
@@ -297,23 +332,36 @@ async def apply_delta(
         def read_at(offset: int, length: int) -> bytes:
             return os.pread(fd, length, offset)
 
+        if file_size is None:
+            file_size = os.fstat(fd).st_size
+    runs = iter_allocation(read_at, file_size=file_size)
+
+    def batch() -> list[Allocation]:
+        try:
+            return list(itertools.islice(runs, 1024))
+        except Qcow2FormatError as e:
+            raise ChainError(f"{label}: {e}") from None
+
+    data_bytes = zero_bytes = 0
     try:
-        for a in allocation:
-            if a.kind == "zero":
-                await zero(a.start, a.length)
-                zero_bytes += a.length
-                continue
-            assert a.file_offset is not None
-            pos = 0
-            while pos < a.length:
-                n = min(chunk_bytes, a.length - pos)
-                data = read_at(a.file_offset + pos, n)
-                if len(data) != n:
-                    raise ChainError(f"{label} is truncated at {a.file_offset + pos}")
-                await write(a.start + pos, data)
-                pos += n
-            data_bytes += a.length
+        while allocation := await run_sync(batch):
+            for a in allocation:
+                if a.kind == "zero":
+                    await zero(a.start, a.length)
+                    zero_bytes += a.length
+                    continue
+                assert a.file_offset is not None
+                pos = 0
+                while pos < a.length:
+                    n = min(chunk_bytes, a.length - pos)
+                    data = await run_sync(read_at, a.file_offset + pos, n)
+                    if len(data) != n:
+                        raise ChainError(f"{label} is truncated at {a.file_offset + pos}")
+                    await write(a.start + pos, data)
+                    pos += n
+                data_bytes += a.length
     finally:
+        runs.close()
         if fd >= 0:
             os.close(fd)
     return DeltaStats(data_bytes=data_bytes, zero_bytes=zero_bytes)

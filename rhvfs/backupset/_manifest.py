@@ -39,8 +39,18 @@ from rhvfs.errors import SetFormatError
 MANIFEST_FORMAT = "rhvfs-backup-set"
 #: The major version this release writes and the newest it reads.
 MANIFEST_VERSION = 1
-#: A manifest larger than this is not one (a set's is a few KiB per disk).
-MANIFEST_MAX_BYTES = 16 * 1024 * 1024
+#: A manifest larger than this is not one (a set's is a few KiB per disk). It bounds the
+#: memory a parse takes too (JSON's objects take up to ~20 times the text).
+MANIFEST_MAX_BYTES = 4 * 1024 * 1024
+#: More disks or NICs than this is not a VM (the engine allows far fewer).
+MANIFEST_MAX_DEVICES = 1024
+#: A disk larger than this is not one (qcow2 and the engine address 2**56 bytes at most).
+MANIFEST_MAX_DISK_SIZE = 1 << 56
+#: A string field longer than this is not one (names, ids, descriptions; ``.status``
+#: and engine requests quote them).
+MANIFEST_MAX_STRING = 64 * 1024
+#: A file name longer than this (bytes, UTF-8) cannot be a file of the set.
+_NAME_MAX = 255
 #: Engine disk formats (the image files are raw data or qcow2 deltas, see ``file_format``).
 DISK_FORMATS = ("raw", "cow")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -383,6 +393,12 @@ T = TypeVar("T")
 _Obj = dict[str, Any]
 
 
+def _short(value: Any) -> str:
+    """A value quoted in an error: its repr, at most 80 characters."""
+    text = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
 class _Reader:
     """Checks one parsed manifest document; every error names the file and the field."""
 
@@ -400,7 +416,18 @@ class _Reader:
     def typed(self, value: Any, kind: type[T], where: str) -> T:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(f"{where} has the wrong type ({type(value).__name__})")
+        if isinstance(value, str) and len(value) > MANIFEST_MAX_STRING:
+            raise self.fail(
+                f"{where} is {len(value)} characters long (at most {MANIFEST_MAX_STRING})"
+            )
         return value
+
+    def items(self, value: Any, where: str) -> list[Any]:
+        """A list of at most ``MANIFEST_MAX_DEVICES`` entries."""
+        items = self.typed(value, list, where)
+        if len(items) > MANIFEST_MAX_DEVICES:
+            raise self.fail(f"{where} has {len(items)} entries (at most {MANIFEST_MAX_DEVICES})")
+        return items
 
     def opt(self, doc: _Obj, key: str, kind: type[T], where: str) -> T | None:
         value = doc.get(key)
@@ -421,7 +448,7 @@ class _Reader:
         return value
 
     def strings(self, doc: _Obj, key: str, where: str) -> tuple[str, ...]:
-        items = self.typed(doc.get(key) or [], list, f"{where}.{key}")
+        items = self.items(doc.get(key) or [], f"{where}.{key}")
         return tuple(self.typed(x, str, f"{where}.{key}[{i}]") for i, x in enumerate(items))
 
     def manifest(self, doc: Any) -> Manifest:
@@ -432,18 +459,18 @@ class _Reader:
         version = doc.get("format_version")
         if not isinstance(version, int) or isinstance(version, bool) or version > MANIFEST_VERSION:
             raise SetFormatError(
-                f"{self.name} has format_version {version!r}; this rhvfs reads {MANIFEST_VERSION}"
+                f"{self.name} has format_version {_short(version)}; this rhvfs reads {MANIFEST_VERSION}"
             )
         kind = doc.get("kind")
         if kind not in ("vm", "template"):
-            raise self.fail(f"kind must be vm or template, not {kind!r}")
+            raise self.fail(f"kind must be vm or template, not {_short(kind)}")
         set_type = doc.get("set_type", "full")
         if set_type not in tuple(SetType):
-            raise self.fail(f"set_type must be {', '.join(SetType)}, not {set_type!r}")
+            raise self.fail(f"set_type must be {', '.join(SetType)}, not {_short(set_type)}")
         owner = self.owner(self.req(doc, kind, dict, "the set"), kind)
         disks = tuple(
             self.disk(d, f"disks[{i}]")
-            for i, d in enumerate(self.req(doc, "disks", list, "the set"))
+            for i, d in enumerate(self.items(self.req(doc, "disks", list, "the set"), "disks"))
         )
         seen: set[str] = set()
         for d in disks:
@@ -454,7 +481,7 @@ class _Reader:
             raise self.fail("two disks share one file name")
         nics = tuple(
             self.nic(n, f"nics[{i}]")
-            for i, n in enumerate(self.typed(doc.get("nics") or [], list, "the set.nics"))
+            for i, n in enumerate(self.items(doc.get("nics") or [], "the set.nics"))
         )
         cfg = self.obj(doc, "config_files", "the set")
         return Manifest(
@@ -516,20 +543,27 @@ class _Reader:
             raise self.fail(f"{where} is not an object")
         disk_id = self.req(d, "id", str, where)
         if not _UUID.match(disk_id):
-            raise self.fail(f"{where}.id {disk_id!r} is not a UUID")
+            raise self.fail(f"{where}.id {_short(disk_id)} is not a UUID")
         size = self.req(d, "size", int, where)
-        if size <= 0:
-            raise self.fail(f"{where}.size must be positive, not {size}")
+        if not 0 < size <= MANIFEST_MAX_DISK_SIZE:
+            raise self.fail(
+                f"{where}.size must be positive and at most {MANIFEST_MAX_DISK_SIZE}, not {size}"
+            )
         fmt = self.req(d, "format", str, where)
         if fmt not in DISK_FORMATS:
-            raise self.fail(f"{where}.format must be raw or cow, not {fmt!r}")
+            raise self.fail(f"{where}.format must be raw or cow, not {_short(fmt)}")
         file_name = self.req(d, "file", str, where)
-        if "/" in file_name or file_name in ("", ".", ".."):
-            raise self.fail(f"{where}.file {file_name!r} is not a file name")
+        if (
+            "/" in file_name
+            or "\0" in file_name
+            or file_name in ("", ".", "..")
+            or len(file_name.encode("utf-8", "surrogatepass")) > _NAME_MAX
+        ):
+            raise self.fail(f"{where}.file {file_name[:80]!r} is not a file name")
         sd = self.obj(d, "storage_domain", where)
         file_format = self.opt(d, "file_format", str, where)
         if file_format not in (None, "raw", "qcow2"):
-            raise self.fail(f"{where}.file_format must be raw or qcow2, not {file_format!r}")
+            raise self.fail(f"{where}.file_format must be raw or qcow2, not {_short(file_format)}")
         return ManifestDisk(
             id=disk_id,
             alias=self.opt(d, "alias", str, where) or disk_id,

@@ -8,15 +8,25 @@ whose OVF a file is (``parse_ovf``; a foreign or corrupt file is one clear
 manifest for a placeholder (``synthesize_ovf``), disks and NICs removed
 (``strip_devices``), disk flags replaced (``set_disk_flags``).
 
+Every OVF a restore receives is untrusted: ``_parse_xml`` is the one way this
+module parses XML, with ``defusedxml`` (no DTD, entities or external
+references), bounded in size (``OVF_MAX_BYTES``), element count
+(``OVF_MAX_ELEMENTS``) and depth (``OVF_MAX_DEPTH``), and any failure of the
+parser -- an unknown or multi-byte encoding, malformed text, a forbidden
+construct -- is one ``SetFormatError`` line.
+
 Must not: talk to the engine, decide what to restore (see restore options).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # building and writing trees only: parsing is _parse_xml's
+from typing import Any
 from xml.sax.saxutils import escape as _xml_escape
 from xml.sax.saxutils import quoteattr
+
+from defusedxml.ElementTree import DefusedXMLParser
 
 from rhvfs.backupset._manifest import Manifest
 from rhvfs.errors import RestoreError, SetFormatError
@@ -25,7 +35,11 @@ OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1/"
 XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
 #: An OVF larger than this is not one (the engine's are tens of KiB).
-OVF_MAX_BYTES = 16 * 1024 * 1024
+OVF_MAX_BYTES = 4 * 1024 * 1024
+#: An OVF with more elements than this is not one (a VM with 100 disks has a few thousand).
+OVF_MAX_ELEMENTS = 200_000
+#: An OVF nested deeper than this is not one (the engine's are about 6 levels deep).
+OVF_MAX_DEPTH = 64
 #: The comment ``missing_ovf`` writes into an empty envelope when the engine returned no OVF.
 PLACEHOLDER_MARK = b"rhvfs: the engine returned no OVF"
 
@@ -63,19 +77,66 @@ def _attr(el: ET.Element, name: str) -> str | None:
     return el.get(f"{{{OVF_NS}}}{name}")
 
 
+class _Limits(SetFormatError):
+    """An OVF past ``OVF_MAX_ELEMENTS`` or ``OVF_MAX_DEPTH`` (raised while parsing)."""
+
+
+class _BoundedBuilder(ET.TreeBuilder):
+    """A tree builder that stops a document with too many or too deeply nested elements
+    as it is parsed, before the tree takes the memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._count = 0
+        self._depth = 0
+
+    def start(self, tag: Any, attrs: Any) -> ET.Element:
+        self._count += 1
+        self._depth += 1
+        if self._count > OVF_MAX_ELEMENTS:
+            raise _Limits(f"more than {OVF_MAX_ELEMENTS} elements")
+        if self._depth > OVF_MAX_DEPTH:
+            raise _Limits(f"elements nested more than {OVF_MAX_DEPTH} deep")
+        return super().start(tag, attrs)
+
+    def end(self, tag: Any) -> ET.Element:
+        self._depth -= 1
+        return super().end(tag)
+
+
+def _clip(text: object, limit: int = 80) -> str:
+    s = str(text)
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def _parse_xml(data: bytes, what: str = "vm.ovf") -> ET.Element:
+    """The root element of an untrusted XML document; ``SetFormatError`` for anything the
+    parser refuses or fails on (see the module docstring)."""
+    if len(data) > OVF_MAX_BYTES:
+        raise SetFormatError(f"{what} is {len(data)} bytes, more than an OVF's {OVF_MAX_BYTES}")
+    try:
+        parser = DefusedXMLParser(
+            target=_BoundedBuilder(), forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
+        parser.feed(data)
+        root = parser.close()
+    except _Limits as e:
+        raise SetFormatError(f"{what} is not an OVF: {e.detail}") from None
+    except Exception as e:  # ParseError, defusedxml's refusals, LookupError/ValueError (encodings)
+        raise SetFormatError(
+            f"{what} is not well-formed XML ({_clip(e, 200)}); corrupt or truncated copy?"
+        ) from None
+    if not isinstance(root, ET.Element):
+        raise SetFormatError(f"{what} is not well-formed XML (no root element)")
+    return root
+
+
 def parse_ovf(data: bytes) -> OvfInfo:
     """Parse an oVirt OVF far enough to know whose it is; ``SetFormatError`` if it is not one."""
-    if len(data) > OVF_MAX_BYTES:
-        raise SetFormatError(f"vm.ovf is {len(data)} bytes, more than an OVF's {OVF_MAX_BYTES}")
-    text = data.rstrip()  # backup sets pad config files with trailing whitespace
-    try:
-        root = ET.fromstring(text)
-    except (ET.ParseError, LookupError, ValueError) as e:
-        raise SetFormatError(
-            f"vm.ovf is not well-formed XML ({e}); corrupt or truncated copy?"
-        ) from None
+    text = bytes(data).rstrip()  # backup sets pad config files with trailing whitespace
+    root = _parse_xml(text)
     if root.tag != f"{{{OVF_NS}}}Envelope":
-        raise SetFormatError(f"vm.ovf is not an OVF envelope (root element {root.tag!r})")
+        raise SetFormatError(f"vm.ovf is not an OVF envelope (root element {_clip(root.tag)!r})")
     if len(root) == 0 and PLACEHOLDER_MARK in text:
         return OvfInfo(
             vm_id=None, name=None, disk_ids=frozenset(), is_template=False, placeholder=True
@@ -202,7 +263,7 @@ def strip_devices(data: bytes) -> str:
     """
     for prefix, uri in _NS_PREFIXES.items():
         ET.register_namespace(prefix, uri)
-    root = ET.fromstring(data.rstrip())
+    root = _parse_xml(bytes(data).rstrip())
     for parent in list(root.iter()):
         for child in list(parent):
             tag = _local(child.tag)
@@ -224,7 +285,7 @@ def set_disk_flags(ovf: str, flags: dict[str, tuple[str, bool, bool]]) -> str:
     """
     for prefix, uri in _NS_PREFIXES.items():
         ET.register_namespace(prefix, uri)
-    root = ET.fromstring(ovf.encode("utf-8"))
+    root = _parse_xml(ovf.encode("utf-8"))
     for el in root.iter():
         tag = _local(el.tag)
         if tag == "Disk":

@@ -28,7 +28,7 @@ import dataclasses
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -41,9 +41,11 @@ __all__ = [
     "Qcow2Header",
     "Allocation",
     "Qcow2FormatError",
+    "Qcow2Truncated",
     "FetchData",
     "ReadAt",
     "read_header",
+    "iter_allocation",
     "read_allocation",
     "apply_allocation",
 ]
@@ -75,7 +77,11 @@ Kind = Literal["data", "zero"]
 class Qcow2FormatError(ValueError):
     """Raised by the parser when a file is not a qcow2 image this module can read
     (bad magic, unsupported version or feature, compressed or encrypted clusters,
-    truncated tables). The message says which."""
+    truncated tables, sizes or offsets out of bounds). The message says which."""
+
+
+class Qcow2Truncated(Qcow2FormatError):
+    """Raised by the parser when the file ends before a table or cluster it names."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,39 +434,91 @@ class Qcow2Delta:
 
 
 # ---- parsing ----------------------------------------------------------------
+#
+# The parser reads files a restore received: untrusted. Every size and offset it
+# takes from the file is checked before it is used (qcow2.txt, and qemu's own
+# limits), no single read is larger than ``_READ_CHUNK`` or a cluster, and the
+# total it reads is bounded by the file's size: L2 tables and data clusters
+# together cannot add up to more than the file (each cluster of a delta is used
+# once), so a crafted header cannot make it read, allocate or loop more than the
+# file it was given. ``iter_allocation`` streams, so memory stays constant.
+
+#: qemu's implementation limit on the active L1 table: 32 MiB.
+MAX_L1_BYTES = 32 * 1024 * 1024
+#: The largest virtual size the L1/L2 layout can populate (qcow2.txt: 56 bits).
+MAX_VIRTUAL_SIZE = 1 << 56
+#: qemu refuses a backing format name of 16 bytes or more.
+MAX_BACKING_FORMAT_BYTES = 15
+#: The L1 table is read in pieces of at most this many bytes.
+_READ_CHUNK = 1024 * 1024
+_L1_OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00  # bits 9-55 (L1 and standard L2 entries alike)
+_MAX_OFFSET = 1 << 56
 
 
-def _reader(source: str | os.PathLike[str] | ReadAt) -> tuple[ReadAt, Callable[[], None]]:
+def _reader(
+    source: str | os.PathLike[str] | ReadAt, file_size: int | None = None
+) -> tuple[ReadAt, int | None, Callable[[], None]]:
+    """``(read_at, size of the file or None, close)`` for a path or a ``read_at`` callable."""
     if callable(source):
-        return source, lambda: None
+        return source, file_size, lambda: None
     f = open(Path(source), "rb")  # noqa: SIM115 - closed by the returned closer
+    size = os.fstat(f.fileno()).st_size if file_size is None else file_size
 
     def read_at(offset: int, length: int) -> bytes:
         return os.pread(f.fileno(), length, offset)
 
-    return read_at, f.close
+    return read_at, size, f.close
 
 
 def _read_exact(read_at: ReadAt, offset: int, length: int, what: str) -> bytes:
+    if offset < 0 or length < 0 or offset + length > _MAX_OFFSET:
+        raise Qcow2FormatError(f"{what} at {offset} ({length} bytes) is outside any qcow2 file")
     data = read_at(offset, length)
     if len(data) != length:
-        raise Qcow2FormatError(f"truncated qcow2 file: {what} at {offset} needs {length} bytes")
+        raise Qcow2Truncated(f"truncated qcow2 file: {what} at {offset} needs {length} bytes")
     return data
 
 
+def _text(raw: bytes, what: str) -> str:
+    """A name stored in the header: UTF-8 without control characters."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Qcow2FormatError(f"the {what} is not UTF-8 text") from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise Qcow2FormatError(f"the {what} holds control characters")
+    return text
+
+
 def _parse_header(read_at: ReadAt) -> Qcow2Header:
-    raw = read_at(0, 4096)
+    raw = read_at(0, 104)
     if len(raw) < 72 or raw[:4] != MAGIC:
         raise Qcow2FormatError("not a qcow2 image (bad magic)")
     version, bf_off, bf_size, cluster_bits, vsize, crypt, l1_size, l1_off = struct.unpack_from(
         ">IQIIQIIQ", raw, 4
     )
+    rt_off, _rt_clusters, nb_snapshots, _snap_off = struct.unpack_from(">QIIQ", raw, 48)
     if version not in (2, 3):
         raise Qcow2FormatError(f"unsupported qcow2 version {version}")
     if crypt:
         raise Qcow2FormatError("encrypted qcow2 images are not supported")
     if not 9 <= cluster_bits <= 21:
-        raise Qcow2FormatError(f"bad cluster_bits {cluster_bits}")
+        raise Qcow2FormatError(f"bad cluster_bits {cluster_bits} (9 to 21)")
+    cs = 1 << cluster_bits
+    if vsize > MAX_VIRTUAL_SIZE:
+        raise Qcow2FormatError(f"virtual size {vsize} is larger than qcow2 can address")
+    l1_needed = _ceil_div(_ceil_div(vsize, cs), cs // 8)
+    if l1_size < l1_needed:
+        raise Qcow2FormatError(
+            f"L1 table of {l1_size} entries is too small for a {vsize}-byte disk"
+        )
+    if l1_size * 8 > MAX_L1_BYTES:
+        raise Qcow2FormatError(f"L1 table of {l1_size} entries is larger than 32 MiB")
+    if l1_off % cs or l1_off >= _MAX_OFFSET or (l1_size and not l1_off):
+        raise Qcow2FormatError(f"L1 table offset {l1_off} is not a cluster of the file")
+    if rt_off % cs or rt_off >= _MAX_OFFSET:
+        raise Qcow2FormatError(f"refcount table offset {rt_off} is not a cluster of the file")
+    header_length = 72
     backing_format = None
     if version == 3:
         if len(raw) < 104:
@@ -471,25 +529,60 @@ def _parse_header(read_at: ReadAt) -> Qcow2Header:
         # file, extended L2 entries, and anything newer
         if incompatible & ~0x9:
             raise Qcow2FormatError(f"unsupported incompatible features 0x{incompatible:x}")
-        (header_length,) = struct.unpack_from(">I", raw, 100)
-        pos = header_length
+        refcount_order, header_length = struct.unpack_from(">II", raw, 96)
+        if refcount_order > 6:
+            raise Qcow2FormatError(f"bad refcount_order {refcount_order} (at most 6)")
+        if header_length < 104 or header_length % 8 or header_length > cs:
+            raise Qcow2FormatError(f"bad header_length {header_length}")
+    # The header, its extensions and the backing file name live in the first cluster.
+    if bf_off or bf_size:
+        if bf_size > MAX_BACKING_NAME_BYTES:
+            raise Qcow2FormatError(
+                f"backing file name of {bf_size} bytes (at most {MAX_BACKING_NAME_BYTES})"
+            )
+        if bf_off < header_length or bf_off + bf_size > cs:
+            raise Qcow2FormatError(f"backing file name at {bf_off} is outside the first cluster")
+    if version == 3:
+        ext_end = bf_off if bf_off and bf_size else cs
+        area = read_at(header_length, max(0, ext_end - header_length))
+        short = len(area) < ext_end - header_length  # the file ends inside the first cluster
+        pos = 0
+        seen: set[int] = set()
         while True:
-            ext = read_at(pos, 8)
-            if len(ext) < 8:
-                raise Qcow2FormatError("truncated header extensions")
-            ext_type, ext_len = struct.unpack(">II", ext)
+            if pos + 8 > len(area):
+                raise (Qcow2Truncated if short else Qcow2FormatError)(
+                    "truncated qcow2 file: header extensions"
+                    if short
+                    else "header extensions run past the first cluster"
+                )
+            ext_type, ext_len = struct.unpack_from(">II", area, pos)
             if ext_type == EXT_END:
                 break
+            if ext_len > len(area) - pos - 8:
+                raise (Qcow2Truncated if short else Qcow2FormatError)(
+                    f"truncated qcow2 file: header extension 0x{ext_type:08x}"
+                    if short
+                    else f"header extension 0x{ext_type:08x} of {ext_len} bytes runs past "
+                    "the first cluster"
+                )
+            if ext_type in seen:
+                raise Qcow2FormatError(f"header extension 0x{ext_type:08x} appears twice")
+            seen.add(ext_type)
             if ext_type == EXT_BACKING_FORMAT:
-                backing_format = _read_exact(read_at, pos + 8, ext_len, "backing format").decode()
+                if ext_len > MAX_BACKING_FORMAT_BYTES:
+                    raise Qcow2FormatError(f"backing format name of {ext_len} bytes")
+                backing_format = _text(area[pos + 8 : pos + 8 + ext_len], "backing format")
             pos += 8 + ext_len + (-ext_len % 8)
     backing_file = None
     if bf_off and bf_size:
-        backing_file = _read_exact(read_at, bf_off, bf_size, "backing file name").decode()
+        backing_file = _text(
+            _read_exact(read_at, bf_off, bf_size, "backing file name"), "backing file name"
+        )
+    del nb_snapshots  # internal snapshots are ignored: only the active L1 table is read
     return Qcow2Header(
         version=version,
         virtual_size=vsize,
-        cluster_size=1 << cluster_bits,
+        cluster_size=cs,
         backing_file=backing_file,
         backing_format=backing_format,
         l1_size=l1_size,
@@ -499,65 +592,126 @@ def _parse_header(read_at: ReadAt) -> Qcow2Header:
 
 def read_header(source: str | os.PathLike[str] | ReadAt) -> Qcow2Header:
     """Parse the header of a qcow2 file (a path, or a ``read_at(offset, length)`` callable)."""
-    read_at, close = _reader(source)
+    read_at, _, close = _reader(source)
     try:
         return _parse_header(read_at)
     finally:
         close()
 
 
-def read_allocation(source: str | os.PathLike[str] | ReadAt) -> list[Allocation]:
-    """What a qcow2 layer overrides, as merged ascending guest ranges.
+def iter_allocation(
+    source: str | os.PathLike[str] | ReadAt, *, file_size: int | None = None
+) -> Generator[Allocation, None, None]:
+    """What a qcow2 layer overrides, as merged ascending guest ranges (a generator).
 
     Unallocated clusters (which fall through to the backing file) are not
     listed; "reads as zero" clusters are ``kind="zero"``; allocated clusters
     are ``kind="data"`` with their file offset (runs merged only while both
     guest and file offsets are contiguous). Ranges are clipped to the virtual
     size. Internal snapshots are ignored; compressed clusters are refused.
+
+    ``file_size`` (taken from the file for a path; pass it with a ``read_at``
+    callable) bounds the work: L1, L2 tables and data clusters must fit in it
+    together, else ``Qcow2FormatError``. Without it (a trusted caller's
+    callable) only the per-read and L1 limits apply.
     """
-    read_at, close = _reader(source)
+    read_at, size, close = _reader(source, file_size)
     try:
         header = _parse_header(read_at)
         cs = header.cluster_size
         n = cs // 8
-        l1_raw = _read_exact(read_at, header.l1_table_offset, header.l1_size * 8, "L1 table")
-        out: list[Allocation] = []
-        for l1_index, (l1_entry,) in enumerate(struct.iter_unpack(">Q", l1_raw)):
-            l2_off = l1_entry & OFFSET_MASK
-            if not l2_off:
-                continue
-            l2_raw = _read_exact(read_at, l2_off, cs, "L2 table")
-            for i, (entry,) in enumerate(struct.iter_unpack(">Q", l2_raw)):
-                guest = (l1_index * n + i) * cs
-                if guest >= header.virtual_size:
-                    break
-                length = min(cs, header.virtual_size - guest)
-                if entry & OFLAG_COMPRESSED:
-                    raise Qcow2FormatError(f"compressed cluster at guest offset {guest}")
-                host = entry & OFFSET_MASK
-                if header.version == 3 and entry & OFLAG_ZERO:
-                    kind: Kind = "zero"
-                    file_offset = None
-                elif host:
-                    kind, file_offset = "data", host
-                else:
+        guest_clusters = _ceil_div(header.virtual_size, cs)
+        l1_entries = _ceil_div(guest_clusters, n)  # entries past the disk's end map nothing
+        budget = size  # bytes of the file that tables and data clusters may still use
+        if size is not None and budget is not None:
+            if header.l1_table_offset + l1_entries * 8 > size:
+                raise Qcow2Truncated(
+                    f"truncated qcow2 file: the L1 table at {header.l1_table_offset} "
+                    f"needs {l1_entries * 8} bytes"
+                )
+            budget -= l1_entries * 8
+        last: Allocation | None = None
+        per_chunk = _READ_CHUNK // 8
+        for chunk_start in range(0, l1_entries, per_chunk):
+            count = min(per_chunk, l1_entries - chunk_start)
+            l1_raw = _read_exact(
+                read_at, header.l1_table_offset + chunk_start * 8, count * 8, "L1 table"
+            )
+            for j, (l1_entry,) in enumerate(struct.iter_unpack(">Q", l1_raw)):
+                l1_index = chunk_start + j
+                l2_off = l1_entry & _L1_OFFSET_MASK
+                if not l2_off:
                     continue
-                last = out[-1] if out else None
-                if (
-                    last is not None
-                    and last.kind == kind
-                    and last.start + last.length == guest
-                    and (
-                        kind == "zero"
-                        or (last.file_offset is not None and last.file_offset + last.length == host)
-                    )
-                ):
-                    out[-1] = dataclasses.replace(last, length=last.length + length)
-                else:
-                    out.append(Allocation(guest, length, kind, file_offset))
-        return out
+                if l2_off % cs:
+                    raise Qcow2FormatError(f"L2 table offset {l2_off} is not cluster aligned")
+                if size is not None and budget is not None:
+                    if l2_off + cs > size:
+                        raise Qcow2Truncated(
+                            f"truncated qcow2 file: L2 table at {l2_off} is past its end"
+                        )
+                    budget -= cs
+                    if budget < 0:
+                        raise Qcow2FormatError(
+                            "the L2 tables and data clusters add up to more than the file"
+                        )
+                l2_raw = _read_exact(read_at, l2_off, cs, "L2 table")
+                for i, (entry,) in enumerate(struct.iter_unpack(">Q", l2_raw)):
+                    guest = (l1_index * n + i) * cs
+                    if guest >= header.virtual_size:
+                        break
+                    length = min(cs, header.virtual_size - guest)
+                    if entry & OFLAG_COMPRESSED:
+                        raise Qcow2FormatError(f"compressed cluster at guest offset {guest}")
+                    host = entry & OFFSET_MASK
+                    if header.version == 3 and entry & OFLAG_ZERO:
+                        kind: Kind = "zero"
+                        file_offset = None
+                    elif host:
+                        if host % cs:
+                            raise Qcow2FormatError(
+                                f"data cluster offset {host} is not cluster aligned"
+                            )
+                        if size is not None and budget is not None:
+                            if host + length > size:
+                                raise Qcow2Truncated(
+                                    f"truncated qcow2 file: data cluster at {host} is past its end"
+                                )
+                            budget -= cs
+                            if budget < 0:
+                                raise Qcow2FormatError(
+                                    "the L2 tables and data clusters add up to more than the file"
+                                )
+                        kind, file_offset = "data", host
+                    else:
+                        continue
+                    if (
+                        last is not None
+                        and last.kind == kind
+                        and last.start + last.length == guest
+                        and (
+                            kind == "zero"
+                            or (
+                                last.file_offset is not None
+                                and last.file_offset + last.length == host
+                            )
+                        )
+                    ):
+                        last = dataclasses.replace(last, length=last.length + length)
+                    else:
+                        if last is not None:
+                            yield last
+                        last = Allocation(guest, length, kind, file_offset)
+        if last is not None:
+            yield last
     finally:
         close()
+
+
+def read_allocation(
+    source: str | os.PathLike[str] | ReadAt, *, file_size: int | None = None
+) -> list[Allocation]:
+    """``iter_allocation`` as a list (see there)."""
+    return list(iter_allocation(source, file_size=file_size))
 
 
 def apply_allocation(
@@ -574,7 +728,7 @@ def apply_allocation(
     Use with :func:`read_allocation` to roll a raw full image forward through
     a chain of deltas, oldest first.
     """
-    read_at, close = _reader(delta)
+    read_at, _, close = _reader(delta)
     total = 0
     try:
         for a in allocation:

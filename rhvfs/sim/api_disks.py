@@ -1,7 +1,8 @@
 """REST resources for disks: `/disks`, `/disks/{id}`, disk snapshots, reduce/sparsify.
 
 Owns disk creation (record + base volume, `locked` -> `ok` in a background
-step), update (alias, description, grow), removal with its 409 rules, and the
+step; a raw preallocated disk on a block domain starts with stale data, like
+an LV), update (alias, description, grow), removal with its 409 rules, and the
 disk-snapshot (volume) listings, as route tables of plain handler functions
 (`ROUTES`). `create_disk()` and `remove_disk()` are also used by disk
 attachments, storage domains and uploads.
@@ -28,7 +29,7 @@ from rhvfs.sim.api_base import (
     search,
 )
 from rhvfs.sim.httpd import Request, Response, Route, bad_request, conflict, xml
-from rhvfs.sim.state import Disk, Volume, new_id
+from rhvfs.sim.state import BLOCK_STORAGE_TYPES, Disk, Volume, new_id
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ def create_disk(e: Engine, body: types.Disk, *, vm_snapshot_id: str | None = Non
     if available < LOW_SPACE_BYTES or needed > available:
         raise conflict(f"Cannot add Virtual Disk. Low disk space on Storage Domain {sd.name}.")
     fmt = body.format.value
+    sparse = True if body.sparse is None else bool(body.sparse)
+    if fmt == "raw" and sparse and sd.storage_type in BLOCK_STORAGE_TYPES:
+        raise conflict(
+            "Cannot add Virtual Disk. Disk configuration (RAW Sparse) is incompatible with "
+            "the storage domain type."
+        )
     backup = body.backup.value if body.backup is not None else "none"
     if backup == "incremental" and fmt != "cow":
         raise conflict(
@@ -74,7 +81,7 @@ def create_disk(e: Engine, body: types.Disk, *, vm_snapshot_id: str | None = Non
         alias=alias,
         sd_id=sd.id,
         provisioned_size=size,
-        sparse=True if body.sparse is None else bool(body.sparse),
+        sparse=sparse,
         backup=backup,
         status="locked",
         description=body.description or "",
@@ -96,6 +103,7 @@ def _finish_create(e: Engine, disk_id: str) -> None:
         if disk is None:
             return
         vol = disk.active
+        sd = e.state.storage_domains.get(disk.sd_id)
         try:
             e.storage.create_volume(
                 disk.sd_id,
@@ -104,6 +112,8 @@ def _finish_create(e: Engine, disk_id: str) -> None:
                 fmt="cow" if vol.fmt == "cow" else "raw",
                 size=disk.provisioned_size,
                 sparse=disk.sparse,
+                # a new LV shows its extents' old contents (a file domain's file reads zeros)
+                stale=sd is not None and sd.storage_type in BLOCK_STORAGE_TYPES,
             )
             disk.status = "ok"
         except Exception:

@@ -1,7 +1,8 @@
 """The `--sample` inventory: names upstream scripts expect, real guest data in every disk.
 
 Owns the seed: 2 data centers, 3 clusters, 2 hosts (address localhost), 3
-storage domains (`mydata`, `bs-scsi-012`, `remote-data`), networks and vNIC
+storage domains (`mydata`, `remote-data`: NFS; `bs-scsi-012`: iSCSI, whose new raw
+preallocated disks start with stale data like an LV), networks and vNIC
 profiles (`ovirtmgmt`, `mynetwork`), tags `mytag` and `production`, the
 template `mytemplate`, and VMs in every interesting state: `myvm` (down, two
 qcow2 disks with incremental backup, one of them `mydisk`, snapshot `mysnap`),

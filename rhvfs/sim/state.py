@@ -83,12 +83,16 @@ class VnicProfile:
     network_id: str
 
 
+#: Storage types whose volumes are LVs: a new raw preallocated volume holds stale data.
+BLOCK_STORAGE_TYPES = frozenset({"iscsi", "fcp"})
+
+
 @dataclasses.dataclass
 class StorageDomain:
     id: str
     name: str
     dc_id: str
-    storage_type: str = "nfs"
+    storage_type: str = "nfs"  # file (nfs, glusterfs, posixfs, localfs) or block (iscsi, fcp)
     address: str = "localhost"
     path: str = "/exports/data"
     capacity_bytes: int = 100 * 1024**3

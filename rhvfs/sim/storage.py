@@ -216,12 +216,15 @@ class Storage:
         size: int,
         parent_vol_id: str | None = None,
         sparse: bool = True,
+        stale: bool = False,
     ) -> None:
         """Create a volume of ``size`` bytes (virtual).
 
         raw + sparse: an empty sparse file; raw + not sparse: fully allocated;
         cow: qcow2 v3 (preallocated metadata when not sparse); with a parent
-        (cow only): an overlay naming the parent by its volume id.
+        (cow only): an overlay naming the parent by its volume id. ``stale``
+        (raw, not sparse: a new LV on a block domain): the volume starts with
+        non-zero garbage, as an LV shows the old contents of its extents.
         """
         if fmt not in _QEMU_FMT:
             raise StorageError(f"unknown volume format {fmt!r}")
@@ -249,6 +252,8 @@ class Storage:
                     argv += ["-b", _safe(parent_vol_id), "-F", _QEMU_FMT[parent_fmt]]
             argv += [path.name, str(size)]
             self._run(argv, cwd=d)
+            if stale and fmt == "raw" and not sparse:
+                _fill_stale(path, size)
             self._write_meta(sd_id, disk_id, vol_id, fmt, sparse=sparse)
         log.info(
             "created volume %s/%s/%s fmt=%s size=%d parent=%s",
@@ -741,6 +746,18 @@ class Storage:
             [v for v, _ in run],
         )
         return overlay
+
+
+#: What a new "LV" of a block domain holds before anything is written (never zero).
+STALE_PATTERN = b"old LV extent data "
+
+
+def _fill_stale(path: Path, size: int) -> None:
+    """Fill ``path`` with ``STALE_PATTERN`` (a new LV's leftover contents)."""
+    chunk = (STALE_PATTERN * (_IO_CHUNK // len(STALE_PATTERN) + 1))[:_IO_CHUNK]
+    with open(path, "r+b") as f:
+        for pos in range(0, size, _IO_CHUNK):
+            f.write(chunk[: min(_IO_CHUNK, size - pos)])
 
 
 def _safe(name: str) -> str:

@@ -7,6 +7,7 @@ create their disk through the engine API, so each test removes what it made.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -14,11 +15,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import ovirtsdk4 as sdk
 import pytest
 from ovirtsdk4 import types
 
 from rhvfs.sim.guestdata import make_guest_image
 from tests.support.data import sha256_file
+from tests.support.waiting import wait_for
 
 MiB = 1024**2
 
@@ -78,5 +81,83 @@ def test_upload_disk_then_download_disk_round_trip(
         assert sha256_file(back) == expected
         ds.remove()
         assert disk_id not in {d.id for d in conn.system_service().disks_service().list()}
+    finally:
+        conn.close()
+
+
+def _zero_sha256(size: int) -> str:
+    h = hashlib.sha256()
+    for _ in range(size // MiB):
+        h.update(bytes(MiB))
+    return h.hexdigest()
+
+
+@pytest.mark.slow
+def test_block_domain_new_raw_disk_holds_stale_data_and_upload_disk_zeroes_it(
+    sim: Any, tmp_path: Path
+) -> None:
+    """bs-scsi-012 is iSCSI: a new raw preallocated disk reads its LV's old contents, not
+    zeros (the upstream SDK sees the domain as iscsi). ovirt-img zeroes what the image does
+    not hold (raw preallocated disk: its client does not assume zeros), so its upload
+    there still gives the source's bytes."""
+    size = 64 * MiB
+    conn = sim.sdk_connection()
+    try:
+        sds = {sd.name: sd for sd in conn.system_service().storage_domains_service().list()}
+        assert sds["bs-scsi-012"].storage.type == types.StorageType.ISCSI
+        assert sds["mydata"].storage.type == types.StorageType.NFS
+        disks = conn.system_service().disks_service()
+        fresh = disks.add(
+            types.Disk(
+                name="fresh-lv",
+                provisioned_size=size,
+                format=types.DiskFormat.RAW,
+                sparse=False,
+                storage_domains=[types.StorageDomain(name="bs-scsi-012")],
+            )
+        )
+        fresh_service = disks.disk_service(fresh.id)
+        wait_for("the new disk", lambda: fresh_service.get().status == types.DiskStatus.OK, 30)
+        assert sim.admin.disk_sha256(fresh.id) != _zero_sha256(size)  # stale, not zeros
+        fresh_service.remove()
+        with pytest.raises(sdk.Error, match="RAW Sparse"):  # an LV cannot be sparse raw
+            disks.add(
+                types.Disk(
+                    name="sparse-lv",
+                    provisioned_size=size,
+                    format=types.DiskFormat.RAW,
+                    sparse=True,
+                    storage_domains=[types.StorageDomain(name="bs-scsi-012")],
+                )
+            )
+
+        image = tmp_path / "sparse.raw"
+        with open(image, "wb") as f:
+            f.truncate(size)
+            for off in (0, 5 * MiB, 40 * MiB, size - MiB):
+                f.seek(off)
+                f.write(bytes([0x5A]) * 300 * 1024)
+        expected = sha256_file(image)
+        disk_id = str(uuid.uuid4())
+        _ovirt_img(
+            sim,
+            "upload-disk",
+            "-c",
+            "sim",
+            "-s",
+            "bs-scsi-012",
+            "-f",
+            "raw",
+            "--preallocated",
+            "--disk-id",
+            disk_id,
+            "--name",
+            "uploaded-block",
+            str(image),
+        )
+        disk = disks.disk_service(disk_id).get()
+        assert disk.format == types.DiskFormat.RAW and disk.sparse is False
+        assert sim.admin.disk_sha256(disk_id) == expected
+        disks.disk_service(disk_id).remove()
     finally:
         conn.close()

@@ -83,7 +83,6 @@ async def start(
         opener=upload_opener(engine),
         staging=StagingArea(tmp_path, limit_bytes=limit),
         close_grace_s=0.01,
-        truncated_after_s=0.05,
     )
     await nursery.start(manager.run)
     return Harness(engine, manager)

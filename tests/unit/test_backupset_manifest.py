@@ -313,7 +313,7 @@ def test_newer_versions_and_garbage_are_clear_errors() -> None:
 _text = st.text(max_size=12)
 _opt_text = st.none() | _text
 _opt_int = st.none() | st.integers(-(2**40), 2**62)
-_file = st.text(st.characters(blacklist_characters="/"), min_size=1, max_size=20).filter(
+_file = st.text(st.characters(blacklist_characters="/\0"), min_size=1, max_size=20).filter(
     lambda s: s not in (".", "..")
 )
 

@@ -289,7 +289,12 @@ async def test_truncated_image_fails_and_rolls_back(autojump_clock: MockClock, h
     await h.copy(session, s, ["vm.ovf", "manifest.json"])
     await h.write_file(session, s.image_names()[0], s.files[s.image_names()[0]])
     img = s.image_names()[1]
-    await h.write_file(session, img, s.files[img][: 512 * 1024])  # dd count=...: close succeeds
+    f = await h.write_file(session, img, s.files[img][: 512 * 1024])  # dd count=...
+    await trio.sleep(240)  # short and closed is no evidence: it waits (< partial_set_timeout)
+    assert session.phase == "uploading"
+    assert session.disks[s.manifest["disks"][1]["id"]].state == "uploading"
+    with pytest.raises(RestoreError, match="truncated"):
+        await session.set_times(f)  # the tool says it is finished: truncated
     status = await h.settle(session)
     assert status["phase"] == "failed" and "truncated" in status["error"]
     assert h.engine.disks == {} and h.engine.vms == {}
@@ -496,7 +501,9 @@ async def test_utimes_completes_at_once_and_carries_the_error(
     good, short = s.image_names()
     f = await h.write_file(session, good, s.files[good])
     await session.set_times(f)
-    assert session.disks[s.manifest["disks"][0]["id"]].state == "uploaded"
+    first = session.disks[s.manifest["disks"][0]["id"]]
+    assert first.finish.is_set()  # complete at once, no quiet period ...
+    assert first.state == "uploading"  # ... finalized only with the set's last image
     g = await h.write_file(session, short, s.files[short][:4096])
     with pytest.raises(RestoreError, match="truncated") as e:
         await session.set_times(g)
@@ -511,7 +518,6 @@ async def test_idle_upload_is_kept_alive_and_a_short_image_waits_for_reopen(
     engine = FakeEngine()
     h = await start(nursery, engine, tmp_path, restore_config())
     h.manager.keepalive_s = 0.02
-    h.manager.truncated_after_s = 0.3
     s = make_set()
     session = h.manager.create("pause")
     await h.copy(session, s, ["vm.ovf", "manifest.json"])
@@ -541,13 +547,15 @@ async def test_times_set_through_the_descriptor_complete_at_close(
     s = make_set()
     session = h.manager.create("cp-p")
     await h.copy(session, s, ["vm.ovf", "manifest.json"])
-    for name in s.image_names():
+    names = s.image_names()
+    for name in names:
         f = session.new_file(name)
         session.open(f)
         await session.write(f, 0, s.files[name])
         await session.set_times(f)
-        await session.flush(f)  # returns once the upload is finalized
-        assert f.disk is not None and f.disk.state == "uploaded"
+        await session.flush(f)  # the last image's returns once its upload is finalized
+        assert f.disk is not None and f.disk.finish.is_set()
+        assert f.disk.state == ("uploaded" if name == names[-1] else "uploading")
         await session.release(f)
     status = await h.settle(session)
     assert status["phase"] == "done", status["error"]

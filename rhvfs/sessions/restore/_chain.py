@@ -54,6 +54,14 @@ right after the session adopted the newest set (so a disk woken by it sees
 the final manifest), or by ``stop`` when the session fails; ``chain`` and
 ``steps`` are set only together with ``decided``.
 
+Untrusted input. Every file here came from the tool: manifests and the OVF
+are parsed by ``rhvfs.backupset``'s bounded parsers, deltas by its bounded
+qcow2 parser (a delta larger than ``max_delta_size`` of its disk is refused
+before it is read; the parser reads no more than the file holds); parsing
+and reading big files runs in worker threads (``_offload``), so the mount
+keeps answering. A file that changes while it is being checked is checked
+again later (the settle is retried, not decided on stale checks).
+
 Must not: talk to the engine (the session does), decide restore options.
 """
 
@@ -81,11 +89,13 @@ from rhvfs.backupset import (
     delta_end,
     disk_plan,
     link_from_manifest,
+    max_delta_size,
     order_chain,
     parse_ovf,
 )
 from rhvfs.errors import RestoreInputError, RhvfsError, SetFormatError
 from rhvfs.sessions.restore._files import RestoreDisk, RestoreFile
+from rhvfs.sessions.restore._offload import DELTA_OFFLOAD_BYTES, parse, parser_for
 from rhvfs.sessions.restore._ports import RestoreServices
 from rhvfs.sessions.restore._state import Phase
 from rhvfs.sessions.restore._upload import UploadStream
@@ -188,8 +198,11 @@ class ChainAssembly:
         manifest is recorded (the root one also starts the disks' uploads)."""
         s = self.host
         assert f.mem is not None
+        data = bytes(f.mem)
         try:
-            manifest: Manifest | None = Manifest.from_json(bytes(f.mem), name=f.name)
+            manifest: Manifest | None = await parse(
+                Manifest.from_json, data, name=f.name, size=len(data)
+            )
             error = None
         except SetFormatError as e:
             manifest, error = None, e
@@ -226,11 +239,12 @@ class ChainAssembly:
             if s.phase.final:
                 return
             try:
-                self._settle()
+                await self._settle()
             except RhvfsError as e:
                 s.fail(RestoreInputError(e.detail or str(e)))
                 return
-            await s.check_complete()
+            if self.decided.is_set():
+                await s.check_complete()
 
     def _inputs_ready(self) -> bool:
         s = self.host
@@ -240,9 +254,11 @@ class ChainAssembly:
             return False  # the root's checks are still running
         return all(d.finish.is_set() for d in s.disks.values() if d.selected)
 
-    def _settle(self) -> None:
-        """Order the chain and check every file it needs; sets ``decided`` or raises."""
+    async def _settle(self) -> None:
+        """Order the chain and check every file it needs; sets ``decided`` or raises. Leaves
+        ``decided`` unset (to be retried) when the directory changed during the checks."""
         s = self.host
+        activity = self._last_activity
         chain = order_chain([link for link, _ in self.links.values()])
         if s.manifest is None or chain[0].manifest != self.root:
             raise ChainError(f"the chain starts at {chain[0].manifest}, whose data is not here")
@@ -277,9 +293,8 @@ class ChainAssembly:
                         "is not in the directory"
                     )
                 if dl.file_format == "qcow2":
-                    check_delta(f.staged.read, dl)
-                    need = delta_end(f.staged.read, dl)
-                    if f.size < need or f.staged.end < need:
+                    need = await self._check_delta(f, dl)
+                    if f.staged is None or f.size < need or f.staged.end < need:
                         raise ChainError(
                             f"{dl.file} is truncated: {f.size} bytes, its data ends at {need}"
                         )
@@ -295,7 +310,9 @@ class ChainAssembly:
                 "is not in the directory"
             )
         ovf = bytes(ovf_file.mem)
-        info = parse_ovf(ovf)
+        info = await parse(parse_ovf, ovf, size=len(ovf))
+        if s.phase.final or self.decided.is_set() or self._last_activity != activity:
+            return  # failed meanwhile, or a file changed while it was checked: check again
         # the newest set describes the VM; the disks keep the root's file names
         root_files = {d.id: d.file for d in s.manifest.disks}
         manifest = dataclasses.replace(
@@ -318,6 +335,25 @@ class ChainAssembly:
         )
         self.decided.set()
 
+    async def _check_delta(self, f: RestoreFile, dl: DiskLink) -> int:
+        """Check the staged delta ``f`` against ``dl``; the file size its data needs."""
+        staged = f.staged
+        assert staged is not None
+        if f.size > max_delta_size(dl.size):
+            raise ChainError(
+                f"{dl.file} is {f.size} bytes: larger than any qcow2 delta of a {dl.size}-byte disk"
+            )
+        with staged.reading(f.size) as read_at:
+            check_delta(read_at, dl)  # the header: the first cluster only
+            return await parse(
+                delta_end,
+                read_at,
+                dl,
+                file_size=f.size,
+                size=f.size,
+                inline_below=DELTA_OFFLOAD_BYTES,
+            )
+
     # -- applying -----------------------------------------------------------------------
 
     async def apply(self, d: RestoreDisk, stream: UploadStream) -> None:
@@ -339,19 +375,26 @@ class ChainAssembly:
             if staged is None:
                 raise ChainError(f"{dl.file} was removed before it was applied")
             if dl.file_format == "qcow2":
-                stats = await apply_delta(
-                    staged.read, write=stream.write, zero=zero, chunk_bytes=_STEP_BYTES
-                )
+                with staged.reading(f.size) as read_at:
+                    stats = await apply_delta(
+                        read_at,
+                        write=stream.write,
+                        zero=zero,
+                        chunk_bytes=_STEP_BYTES,
+                        file_size=f.size,
+                        run_sync=parser_for(f.size),
+                    )
                 text = f"{stats.data_bytes} bytes of data, {stats.zero_bytes} zeroed"
             else:
                 pos = 0
-                for start, end in [*staged.ranges(), (dl.size, dl.size)]:
-                    end = min(end, dl.size)
-                    if start > pos:
-                        await zero(pos, start - pos)
-                    for p in range(start, end, _STEP_BYTES):
-                        await stream.write(p, staged.read(p, min(_STEP_BYTES, end - p)))
-                    pos = max(pos, end)
+                with staged.reading(dl.size) as read_at:
+                    for start, end in [*staged.ranges(), (dl.size, dl.size)]:
+                        end = min(end, dl.size)
+                        if start > pos:
+                            await zero(pos, start - pos)
+                        for p in range(start, end, _STEP_BYTES):
+                            await stream.write(p, read_at(p, min(_STEP_BYTES, end - p)))
+                        pos = max(pos, end)
                 text = "whole disk replaced"
             await stream.drain()
             self.host.note(f"applied {dl.file} to {d.set_disk.alias}: {text}")

@@ -14,6 +14,10 @@ Invariants (between awaits): ``options`` are set once and never change;
 checks passed, in the same step that makes the disk records), then only
 replaced by ``adopt_newest``.
 
+Every file it reads is untrusted: the options file is bounded
+(``OPTIONS_MAX_BYTES``), the manifest and OVF go through ``rhvfs.backupset``'s
+bounded parsers, off the event loop when they are big (``_offload``).
+
 Must not: change anything on the engine; touch files' data or uploads; know
 when the set is complete.
 """
@@ -35,6 +39,7 @@ from rhvfs.backupset import (
 from rhvfs.engine.types import Vm
 from rhvfs.errors import RestoreBusy, RestoreError, RestoreInputError, RestoreTooLarge
 from rhvfs.sessions.restore._files import RestoreDisk, RestoreFile
+from rhvfs.sessions.restore._offload import parse
 from rhvfs.sessions.restore._options import (
     OPTIONS_FILE,
     OPTIONS_MAX_BYTES,
@@ -49,6 +54,14 @@ from rhvfs.sessions.restore._state import DiskState
 
 def is_options_file(f: RestoreFile) -> bool:
     return f.name == OPTIONS_FILE and f.disk is None
+
+
+def _options_text(mem: bytearray) -> str:
+    """The options file as text; one larger than ``OPTIONS_MAX_BYTES`` (written under a
+    temporary name, then renamed) is refused before it is read."""
+    if len(mem) > OPTIONS_MAX_BYTES:
+        raise RestoreTooLarge(f"{OPTIONS_FILE} is larger than {OPTIONS_MAX_BYTES} bytes")
+    return bytes(mem).decode("utf-8", "replace")
 
 
 class SetConfig:
@@ -85,7 +98,7 @@ class SetConfig:
         assert f.mem is not None
         if self.options is not None:
             raise RestoreBusy(f"{OPTIONS_FILE} written after the set's data: too late")
-        parse_lines(bytes(f.mem).decode("utf-8", "replace"), source=OPTIONS_FILE)
+        parse_lines(_options_text(f.mem), source=OPTIONS_FILE)
 
     def freeze_options(self, files: Iterable[RestoreFile]) -> None:
         """Fix the options (idempotent): the first write of set data calls this."""
@@ -94,9 +107,7 @@ class SetConfig:
         file_values: dict[str, str] = {}
         for f in files:
             if is_options_file(f) and f.mem is not None:
-                file_values = parse_lines(
-                    bytes(f.mem).decode("utf-8", "replace"), source=OPTIONS_FILE
-                )
+                file_values = parse_lines(_options_text(f.mem), source=OPTIONS_FILE)
         try:
             self.options = build_options(
                 defaults=self._services.restore_defaults, file_values=file_values
@@ -110,15 +121,17 @@ class SetConfig:
     def is_ovf(self, name: str) -> bool:
         return name == (self.manifest.ovf_file if self.manifest else OVF_NAME)
 
-    def ovf_closed(self, f: RestoreFile) -> None:
+    async def ovf_closed(self, f: RestoreFile) -> None:
+        """The OVF was closed: parse it (off the loop when big) and check it."""
         assert f.mem is not None
-        self.ovf = bytes(f.mem)
+        ovf = bytes(f.mem)
         try:
-            self.ovf_info = parse_ovf(self.ovf)
+            info = await parse(parse_ovf, ovf, size=len(ovf))
             if self.manifest is not None:
-                check_consistent(self.manifest, self.ovf_info)
+                check_consistent(self.manifest, info)
         except RestoreError as e:
             raise RestoreInputError(e.detail) from None
+        self.ovf, self.ovf_info = ovf, info
         self._note(f"vm.ovf read: {self.ovf_info.name} ({self.ovf_info.vm_id})")
 
     # -- the manifest ----------------------------------------------------------------------
@@ -133,8 +146,9 @@ class SetConfig:
             if self.manifest is not None:
                 return None
             assert f.mem is not None
+            data = bytes(f.mem)
             try:
-                manifest = parse_manifest(bytes(f.mem))
+                manifest = await parse(parse_manifest, data, size=len(data))
                 if self.ovf_info is not None:
                     check_consistent(manifest, self.ovf_info)
             except RestoreError as e:

@@ -4,8 +4,13 @@ Owns, per disk of the set (``RestoreDisk``): the task that creates the
 engine disk (its original id unless taken), starts the upload transfer,
 runs the ``UploadStream``, keeps an idle transfer alive with a flush every
 ``keepalive_s`` (restic pauses between packs; the engine would time the
-transfer out), waits for the image to be complete and the chain gate open,
-applies the chain's files, and finalizes the transfer; and the data path
+transfer out), waits for the image to be complete, every other selected image of the set
+too (a late write to a complete image is applied until then), and the
+chain gate open,
+zeroes every range never written unless the new disk reads zeros
+(``_coverage.reads_zero``: qcow2, sparse, or file storage; a raw preallocated
+disk on block storage shows the LV's old contents), applies the chain's
+files, and finalizes the transfer; and the data path
 into it: writes of a bound file go to its stream, data that arrives before
 the manifest explains its file is staged locally (``StagingArea``, bounded)
 and replayed into the stream in offset order once the disk is known.
@@ -22,11 +27,13 @@ created (``_rollback``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import trio
 
 from rhvfs.errors import NotFound, RestoreError, RestoreFailed, RestoreTooLarge, RhvfsError
+from rhvfs.sessions.restore._coverage import reads_zero
 from rhvfs.sessions.restore._files import RestoreDisk, RestoreFile
 from rhvfs.sessions.restore._options import RestoreOptions
 from rhvfs.sessions.restore._ports import RestoreServices
@@ -57,6 +64,11 @@ class UploadHost(Protocol):
         """A disk's upload ended: start making the VM if the set is complete now."""
         ...
 
+    @property
+    def disks(self) -> Mapping[str, RestoreDisk]:
+        """The set's disks (empty until the manifest was read)."""
+        ...
+
 
 class ChainGate(Protocol):
     """The chain's say over when a disk may be finalized (``_chain.ChainAssembly``)."""
@@ -83,6 +95,24 @@ class DiskUploads:
         self._gate = gate
         self._created = created
         self._label = label  # "restore/<name>": staged files are named after it
+        self._images_changed = trio.Event()  # set (and replaced) when an image completes
+
+    # -- the set's images --------------------------------------------------------------
+
+    def images_complete(self) -> bool:
+        """True when every selected disk's image is complete (or the session failed): only
+        then is any disk finalized, so a late write to one image of the set is still applied
+        while another is being written."""
+        return all(
+            d.finish.is_set()
+            for d in self._host.disks.values()
+            if d.selected and d.state != DiskState.SKIPPED
+        )
+
+    def wake(self) -> None:
+        """An image was completed (or the session failed): disks waiting for the set look again."""
+        self._images_changed.set()
+        self._images_changed = trio.Event()
 
     # -- the data path -----------------------------------------------------------------
 
@@ -197,6 +227,9 @@ class DiskUploads:
             )
             d.disk_id = disk.id
             self._created.disks.append(disk.id)
+            zero_reads = reads_zero(
+                fmt=disk.format, sparse=disk.sparse, storage_type=sd.storage_type
+            )
             note(
                 f"created disk {alias} ({disk.id}, {sd_disk.size} bytes, {sd_disk.format}) on "
                 f"{sd.name} in {trio.current_time() - t0:.1f} s"
@@ -219,9 +252,12 @@ class DiskUploads:
                     started = True
                     task_status.started(stream)
                     await self._until_finish(d, stream)
+                    d.sealed = True  # no await since ``finish`` was seen: see ``_images``
                     try:
                         if d.abort:
                             raise RestoreFailed("upload aborted")
+                        if not zero_reads:
+                            await stream.zero_unwritten()
                         await self._gate.apply(d, stream)
                         d.state = DiskState.FINALIZING
                         stats = await stream.finish()
@@ -235,7 +271,9 @@ class DiskUploads:
             d.state = DiskState.UPLOADED
             note(
                 f"uploaded {alias}: {stats.bytes_received} bytes written, {stats.bytes_put} PUT "
-                f"in {stats.put_requests} requests, {stats.bytes_zeroed} zeroed"
+                f"in {stats.put_requests} requests, {stats.bytes_zeroed} zeroed "
+                f"({stats.holes_zeroed} of them never written, "
+                f"{'holes read as zero' if zero_reads else 'zeroed on the target'})"
             )
         except BaseException as raw:
             failed: BaseException = raw
@@ -263,15 +301,23 @@ class DiskUploads:
         await self._host.check_complete()
 
     async def _until_finish(self, d: RestoreDisk, stream: UploadStream) -> None:
-        """Wait until the image is complete (or aborted) and the chain lets it finish,
-        flushing an idle transfer every ``keepalive_s``."""
+        """Wait until the image is complete (or aborted), every other image of the set too,
+        and the chain lets it finish, flushing an idle transfer every ``keepalive_s``."""
         gate = self._gate
-        while not (d.finish.is_set() and (d.abort or gate.gate_open())):
+
+        def ready() -> bool:
+            if not d.finish.is_set():
+                return False
+            return d.abort or (gate.gate_open() and self.images_complete())
+
+        while not ready():
             keepalive_s = self._services.keepalive_s
             with trio.move_on_after(keepalive_s):
                 await d.finish.wait()
                 await gate.wait_gate()
-            if not (d.finish.is_set() and gate.gate_open()) and stream.idle_s() >= keepalive_s:
+                while not (d.abort or ready()):
+                    await self._images_changed.wait()
+            if not ready() and stream.idle_s() >= keepalive_s:
                 # the tool pauses (restic between packs): a flush keeps the
                 # transfer from the engine's inactivity timeout
                 await stream.keepalive()

@@ -33,12 +33,15 @@ from rhvfs.backupset import (
     rsync_target,
 )
 from rhvfs.errors import RestoreNameClash, RestoreTooLarge, RestoreWriteOnly
+from rhvfs.sessions.restore._coverage import ImageCoverage
+from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._options import OPTIONS_FILE
 from rhvfs.sessions.restore._staging import StagedFile
 from rhvfs.sessions.restore._state import DiskState
 from rhvfs.sessions.restore._upload import UploadStream
 
-#: Configuration files are held in memory up to this size (bytes).
+#: Configuration files are held in memory up to this size (bytes) each; all of them
+#: together up to ``staging_memory`` (``_memory``).
 CONFIG_MAX_BYTES = 16 * 1024 * 1024
 
 
@@ -59,9 +62,11 @@ class RestoreFile:
 
     _ids = itertools.count(1)
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, memory: ConfigMemory | None = None) -> None:
         self.id = next(self._ids)
         self.name = name
+        self.memory = memory  # the mount's budget for ``mem`` (None: unbounded, tests)
+        self.released = False  # the restore failed: ``mem`` was given back
         self.size = 0
         self.opens = 0
         self.mem: bytearray | None = bytearray()
@@ -70,7 +75,8 @@ class RestoreFile:
         self.dropped = False  # data of an excluded disk: accepted, not kept
         self.closed_done = False  # the "last close" processing ran since the last write
         self.close_gen = 0  # bumped by every open/close: a grace timer acts only if unchanged
-        self.times_set = False  # utimes while open and no write since: done at the close
+        self.times_set = False  # utimes while open (or unbound) and no write since
+        self.coverage = ImageCoverage()  # what each byte is: the evidence of completeness
         self.mtime_ns = time.time_ns()  # shown as the file's mtime (wall clock, not a timer)
 
     def read(self, offset: int, size: int) -> bytes:
@@ -80,6 +86,8 @@ class RestoreFile:
         if self.staged is not None:
             end = min(self.size, offset + size)
             return self.staged.read(offset, max(0, end - offset)).ljust(max(0, end - offset), b"\0")
+        if self.released:
+            raise RestoreWriteOnly(f"{self.name!r}: the restore failed; its files are not kept")
         raise RestoreWriteOnly(f"{self.name!r} was streamed to the engine; it cannot be read back")
 
     def write_config(self, offset: int, data: bytes) -> None:
@@ -90,9 +98,17 @@ class RestoreFile:
             raise RestoreTooLarge(
                 f"{self.name!r} is larger than {CONFIG_MAX_BYTES} bytes: not a configuration file"
             )
+        if self.memory is not None:
+            self.memory.charge(self, end)
         if len(self.mem) < offset:
             self.mem.extend(bytes(offset - len(self.mem)))
         self.mem[offset:end] = data
+
+    def release_memory(self) -> None:
+        """The restore failed or is forgotten: give the configuration bytes back."""
+        if self.mem is not None:
+            self.mem = None
+            self.released = True
 
     def drop_staged(self) -> None:
         """Forget what was staged for this file (its bytes go back to the budget)."""
@@ -115,7 +131,9 @@ class RestoreDisk:
     error: str | None = None
     bytes_written: int = 0
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
-    finish: trio.Event = dataclasses.field(default_factory=trio.Event)  # image complete
+    #: image complete (replaced by a fresh event when a write un-completes it)
+    finish: trio.Event = dataclasses.field(default_factory=trio.Event)
+    sealed: bool = False  # the upload task went past ``finish``: the image cannot change
     done: trio.Event = dataclasses.field(default_factory=trio.Event)  # upload task ended
     abort: bool = False
 

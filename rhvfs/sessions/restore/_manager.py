@@ -3,7 +3,8 @@
 ``RestoreManager`` maps ``restore/<name>`` directories to ``RestoreSession``s
 (``mkdir`` creates one, ``rmdir`` forgets it, rolling back an unfinished one)
 and is the ``RestoreServices`` every session uses: the engine, the upload
-opener, the bounded staging area, the nursery (``run`` owns it until
+opener, the bounded staging area, the memory budget of configuration files
+(``_memory``), the nursery (``run`` owns it until
 cancelled; then every unfinished restore is rolled back, shielded), and the
 timer settings (seconds, on trio's clock; the outcome and partial-set timeouts
 come from the ``Config`` unless given).
@@ -29,17 +30,17 @@ from rhvfs.errors import (
     RestoreInputError,
     RestoreNameClash,
 )
+from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._ports import RestoreEngine, UploadOpener, default_upload_opener
 from rhvfs.sessions.restore._session import RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sessions.restore._state import Phase
 
-#: An image closed with its full size and not reopened for this long is complete (seconds).
-#: Tools that set the file's times after writing it (tar, cp -a, rsync, restic, Bacula)
-#: complete it at once with that call; this wait is for the rest (dd, plain cp).
+#: An image whose every byte is accounted for (written, or a hole the tool made) is
+#: finalized once it stayed closed this long (seconds); tools that set the file's times
+#: after writing it (tar, cp -a, rsync, restic, Bacula) complete it at once with that call.
+#: A chain restore is settled after this long without directory activity.
 CLOSE_GRACE_S = 5.0
-#: A closed image shorter than its disk, not reopened for this long, is truncated (seconds).
-TRUNCATED_AFTER_S = 300.0
 #: An idle upload sends a flush this often, so the engine does not time the transfer out.
 KEEPALIVE_S = 20.0
 #: The engine's inactivity timeout of an upload transfer is at least this (seconds).
@@ -58,7 +59,6 @@ class RestoreManager:
         opener: UploadOpener | None = None,
         staging: StagingArea | None = None,
         close_grace_s: float = CLOSE_GRACE_S,
-        truncated_after_s: float = TRUNCATED_AFTER_S,
         keepalive_s: float = KEEPALIVE_S,
         outcome_timeout_s: float | None = None,
         partial_set_timeout_s: float | None = None,
@@ -70,13 +70,13 @@ class RestoreManager:
         self.partial_set_timeout_s = (
             config.partial_set_timeout if partial_set_timeout_s is None else partial_set_timeout_s
         )
-        self.truncated_after_s = truncated_after_s
         self.keepalive_s = keepalive_s
         self.engine = engine
         self.config = config
         self._errno_for = errno_for
         self.opener = opener or default_upload_opener(config)
         self.staging = staging or StagingArea(config.staging_dir, limit_bytes=config.staging_limit)
+        self.config_memory = ConfigMemory(config.staging_memory)
         self.sessions: dict[str, RestoreSession] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -149,6 +149,8 @@ class RestoreManager:
         if session.phase in (Phase.RECEIVING, Phase.UPLOADING):
             session.fail(RestoreCancelled("cancelled: the restore directory was removed"))
         session.drop_staged()
+        for f in session.files.values():
+            f.release_memory()  # the directory is gone: its configuration files too
         del self.sessions[name]
 
     def status(self) -> dict[str, Any]:

@@ -164,19 +164,26 @@ def parse_lines(text: str, *, source: str) -> dict[str, str]:
         if not sep:
             key, sep, value = line.partition(":")
         if not sep:
-            raise RestoreError(f"{source} line {lineno}: expected 'key = value', got {line!r}")
+            raise RestoreError(
+                f"{source} line {lineno}: expected 'key = value', got {_clip(line)!r}"
+            )
         key = key.strip().lower().removeprefix("restore_")
         if key not in KEYS:
-            raise RestoreError(f"{source} line {lineno}: unknown option {key!r}")
+            raise RestoreError(f"{source} line {lineno}: unknown option {_clip(key)!r}")
         out[key] = value.strip()
     return out
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """User text quoted in an error (``.status`` shows one line, not the whole file)."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _bool(key: str, value: str) -> bool:
     try:
         return _BOOL[value.strip().lower()]
     except KeyError:
-        raise RestoreError(f"option {key} must be yes or no, not {value!r}") from None
+        raise RestoreError(f"option {key} must be yes or no, not {_clip(value)!r}") from None
 
 
 def _items(value: str) -> list[str]:
@@ -195,7 +202,7 @@ def _per_disk(key: str, value: str, convert: type[str] | type[bool]) -> PerDisk[
             by_disk[left.strip()] = target
         else:
             if default is not None:
-                raise RestoreError(f"option {key} has two values for all disks: {value!r}")
+                raise RestoreError(f"option {key} has two values for all disks: {_clip(value)!r}")
             default = _bool(key, item) if convert is bool else item
     return PerDisk(default=default, by_disk=by_disk)
 
@@ -204,7 +211,7 @@ def _check_interfaces(p: PerDisk[str]) -> None:
     for v in ([p.default] if p.default else []) + list(p.by_disk.values()):
         if v not in INTERFACES:
             raise RestoreError(
-                f"option disk_interface: {v!r} is not one of {', '.join(sorted(INTERFACES))}"
+                f"option disk_interface: {_clip(v)!r} is not one of {', '.join(sorted(INTERFACES))}"
             )
 
 
@@ -223,7 +230,7 @@ def build_options(
         for key, value in values.items():
             k = key.lower().removeprefix("restore_")
             if k not in KEYS:
-                raise RestoreError(f"{source}: unknown restore option {key!r}")
+                raise RestoreError(f"{source}: unknown restore option {_clip(key)!r}")
             merged[k] = value
     kw: dict[str, object] = {}
     for key, value in merged.items():
@@ -245,7 +252,7 @@ def build_options(
                     name, sep, mac = item.partition(":")
                     if not sep or not _is_mac(mac.strip()):
                         raise RestoreError(
-                            f"option nics: expected auto, original, new or NIC:MAC, …; got {item!r}"
+                            f"option nics: expected auto, original, new or NIC:MAC, …; got {_clip(item)!r}"
                         )
                     macs[name.strip()] = mac.strip().lower()
                 kw["nics"] = "explicit"

@@ -26,6 +26,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
+from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sessions.restore._upload import UploadTarget
 
@@ -120,10 +121,11 @@ class RestoreServices(Protocol):
     engine: RestoreEngine
     opener: UploadOpener
     staging: StagingArea
-    #: seconds: an image closed at full size and not reopened for this long is complete
+    #: the memory budget of every restore's configuration files (``staging_memory``)
+    config_memory: ConfigMemory
+    #: seconds: an image complete by evidence is finalized once closed this long (and a
+    #: chain settles after this long without directory activity)
     close_grace_s: float
-    #: seconds: a closed image shorter than its disk, not reopened for this long, is truncated
-    truncated_after_s: float
     #: seconds between flushes of an idle upload
     keepalive_s: float
     #: seconds the call that completes a set waits for its outcome (0: it does not wait)

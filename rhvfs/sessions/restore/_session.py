@@ -16,8 +16,8 @@ the session dispatches each call to the part that owns it:
   its errno);
 - ``_disks``: each image's engine disk and upload stream, from its first
   write; data that arrives before the manifest explains it is staged;
-- ``_images``: when an image is complete (closed at its size with its times
-  set, or not reopened for ``close_grace_s``);
+- ``_images``: when an image is complete (by evidence: every byte written or
+  a hole the tool made, or its times set on the closed file; ``_coverage``);
 - ``_chain``: a full set with its incrementals or one differential in one
   directory; disks are finalized only once the chain is settled;
 - ``_vm``: the VM or template made from the complete set (``_overwrite``:
@@ -91,6 +91,7 @@ from rhvfs.errors import (
 )
 from rhvfs.sessions.restore._chain import ChainAssembly
 from rhvfs.sessions.restore._config import SetConfig, is_options_file
+from rhvfs.sessions.restore._containment import contained
 from rhvfs.sessions.restore._disks import DiskUploads
 from rhvfs.sessions.restore._files import (
     RestoreDisk,
@@ -124,6 +125,8 @@ class RestoreSession:
     """One ``restore/<name>/`` directory: files in, a VM out."""
 
     def __init__(self, services: RestoreServices, name: str) -> None:
+        # every background task of this restore fails this restore only (``_containment``)
+        services = contained(services, self.fail, label=f"restore/{name}")
         self.services = services
         self.name = name
         self.phase = Phase.RECEIVING
@@ -134,6 +137,7 @@ class RestoreSession:
         self.created = Created()
         self.notes = Notes(name)
         self._completion_started = False
+        self._build_ended = trio.Event()  # the VM build task ended (set only once started)
         self._finished = trio.Event()
         self.config = SetConfig(services, directory=name, note=self.note)
         self.chain = ChainAssembly(self, services)
@@ -241,16 +245,21 @@ class RestoreSession:
         self.phase = Phase.FAILED
         self.outcome.decided()
         self.note(f"failed: {text}")
+        for f in self.files.values():
+            f.release_memory()  # nothing will read them now: back to the mount's budget
         self.chain.stop()
         for d in self.disks.values():
             d.abort = True
             d.finish.set()
+        self.uploads.wake()
 
     async def _rollback(self) -> None:
         with trio.CancelScope(shield=True):
             for d in self.disks.values():
                 if d.state.busy:
                     await d.done.wait()
+            if self._completion_started:
+                await self._build_ended.wait()  # what it creates meanwhile is rolled back too
             await roll_back(self.services.engine, self.created, self.note)
             self.drop_staged()
             self._finished.set()
@@ -265,7 +274,7 @@ class RestoreSession:
     def new_file(self, name: str) -> RestoreFile:
         if not (self.phase is Phase.DONE and is_config(name)):
             self._raise_if_failed()  # a set's own configuration may follow its VM (vm.xml)
-        f = RestoreFile(name)
+        f = RestoreFile(name, self.services.config_memory)
         self.touch()
         if not is_config(name):
             f.mem = None  # anything but configuration is streamed or staged, never held in memory
@@ -343,11 +352,13 @@ class RestoreSession:
         else:
             self.config.freeze_options(self.files.values())
         if f.disk is not None:
+            self.images.reopen(f)  # a write after completion: applied, or refused
             await self.uploads.write(f, offset, data)
         elif f.mem is not None and is_config(f.name):
             f.write_config(offset, data)
         else:
             self.uploads.stage(f, offset, data)
+        f.coverage.write(offset, n)
         f.size = max(f.size, end)
         f.mtime_ns = time.time_ns()
         f.closed_done = False
@@ -372,6 +383,9 @@ class RestoreSession:
                 )
             )
             self._raise_if_failed()
+        if size != f.size:
+            self.images.reopen(f)
+        f.coverage.truncate(size)
         f.size = size
 
     async def fsync(self, f: RestoreFile) -> None:
@@ -436,7 +450,7 @@ class RestoreSession:
             return
         if d is None:
             if f.mem is None and f.size:
-                f.times_set = True
+                f.times_set = True  # unbound: the manifest's binding completes it
             return
         if f.opens > 0:
             f.times_set = True
@@ -471,7 +485,7 @@ class RestoreSession:
         if is_manifest(f.name):
             await self.chain.manifest_closed(f)
         elif self.config.is_ovf(f.name):
-            self.config.ovf_closed(f)
+            await self.config.ovf_closed(f)
         await self.check_complete()
 
     async def read_manifest(self, f: RestoreFile) -> None:
@@ -539,7 +553,16 @@ class RestoreSession:
             )
             await create_vm(self.services.engine, plan, created=self.created, note=self.note)
         except Exception as e:
+            self._build_ended.set()
             self.fail(e if isinstance(e, RhvfsError) else RestoreFailed(f"creating the vm: {e}"))
+            return
+        if self.phase.final:
+            # failed while it was built (a late write was refused): the rollback, waiting
+            # for ``_build_ended``, removes the VM and its disks too
+            self.created.vm = self.created.restored_vm
+            self.created.disks[:] = [d.disk_id for d in self.disks.values() if d.disk_id]
+        self._build_ended.set()
+        if self.phase.final:
             return
         self.phase = Phase.DONE
         self.outcome.decided()

@@ -9,14 +9,21 @@ write raises ``rhvfs.errors.StagingFull`` (the FUSE layer answers ENOSPC and
 ``.status`` says why). When the disk becomes known, the staged ranges are replayed into
 its upload stream in offset order and the file is deleted.
 
+Reads never reach past the staged bytes (a request for more is cut at the
+written end: a crafted size cannot make a read allocate gigabytes);
+``reading`` gives a reader that stays valid in a worker thread even if the
+file is closed meanwhile (it reads through its own descriptor).
+
 Must not: talk to the engine or imageio.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rhvfs.errors import RestoreFailed, StagingFull
@@ -97,9 +104,28 @@ class StagedFile:
         self._written.add(offset, end)
 
     def read(self, offset: int, size: int) -> bytes:
+        """Staged bytes ``[offset, offset+size)``, short at the written end (holes read as zero)."""
         if self._fd is None:
             raise RestoreFailed(f"{self.label}: staged file already closed")
-        return os.pread(self._fd, size, offset)
+        return _pread(self._fd, offset, size, self.end)
+
+    @contextlib.contextmanager
+    def reading(self, size: int) -> Iterator[Callable[[int, int], bytes]]:
+        """A ``read_at(offset, length)`` of the file as ``size`` bytes long (the tool's size:
+        past the written end it reads zeros), on a descriptor of its own, closed on exit."""
+        if self._fd is None:
+            raise RestoreFailed(f"{self.label}: staged file already closed")
+        fd = os.dup(self._fd)
+        end = min(self.end, size)
+
+        def read_at(offset: int, length: int) -> bytes:
+            want = max(0, min(length, size - offset))
+            return _pread(fd, offset, want, end).ljust(want, b"\0")
+
+        try:
+            yield read_at
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -107,3 +133,11 @@ class StagedFile:
             self._fd = None
             self._area.used_bytes -= self.charged_bytes
             self.charged_bytes = 0
+
+
+def _pread(fd: int, offset: int, size: int, end: int) -> bytes:
+    """``pread`` of at most the bytes before ``end`` (never a buffer larger than those)."""
+    size = max(0, min(size, end - offset))
+    if size == 0 or offset < 0:
+        return b""
+    return os.pread(fd, size, offset)

@@ -45,6 +45,8 @@ class Notes:
 
 def disk_status(d: RestoreDisk) -> dict[str, Any]:
     stats = d.stream.statistics() if d.stream is not None else None
+    f = d.file
+    size = d.set_disk.size
     return {
         "id": d.set_disk.id,
         "alias": d.set_disk.alias,
@@ -52,10 +54,15 @@ def disk_status(d: RestoreDisk) -> dict[str, Any]:
         "size": d.set_disk.size,
         "selected": d.selected,
         "state": d.state.value,
+        # the image is complete (every byte written or a hole the tool made, or times set)
+        "image_complete": d.finish.is_set() and not d.abort,
+        # bytes neither written nor a hole yet (preallocated, or beyond the file's end)
+        "bytes_owed": f.coverage.unaccounted(size).total if f is not None else size,
         "new_disk_id": d.disk_id,
         "bytes_written": d.bytes_written,
         "bytes_uploaded": stats.bytes_put if stats else 0,
         "bytes_zeroed": stats.bytes_zeroed if stats else 0,
+        "holes_zeroed": stats.holes_zeroed if stats else 0,  # never written, zeroed on the target
         "put_requests": stats.put_requests if stats else 0,
         "zero_requests": stats.zero_requests if stats else 0,
         "error": d.error,

@@ -15,7 +15,9 @@ order": when it lies below the buffered data and clear of every queued
 request and of the pending zero run, it is queued at once (restic writes
 files blob by blob in any order); otherwise the stream drains and then sends
 it directly. Ranges never written (holes left by sparse-aware tools) are not
-sent at all: the target disk is always freshly created and reads as zeroes.
+sent while data flows; the stream keeps every range written (``Intervals``),
+and ``zero_unwritten`` zeroes the rest when the disk's target does not read
+zeros (the caller decides, ``_coverage.reads_zero``).
 
 Errors: the first failed request breaks the stream; every later call raises
 ``RestoreFailed`` for it (the FUSE layer returns EIO). Transient imageio errors are retried.
@@ -34,6 +36,7 @@ from typing import Protocol
 import trio
 
 from rhvfs.errors import RestoreFailed, is_transient
+from rhvfs.intervals import Intervals
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ ZERO_BLOCK_BYTES = 4096
 #: Zero runs shorter than this between data are sent as data (fewer tiny requests).
 MIN_ZERO_RUN_BYTES = 64 * 1024
 _RETRIES = 4
+#: A hole is zeroed in requests of at most this many bytes (each is one PATCH).
+_MAX_ZERO_BYTES = 1024 * MiB
 
 
 class UploadTarget(Protocol):
@@ -65,6 +70,7 @@ class UploadStats:
     zero_requests: int
     out_of_order_writes: int
     end: int  # highest byte written + 1
+    holes_zeroed: int = 0  # bytes never written, zeroed by ``zero_unwritten``
 
 
 @functools.lru_cache(maxsize=8)
@@ -156,6 +162,8 @@ class UploadStream:
         self._zero_requests = 0
         self._ooo = 0
         self._end = 0
+        self._written = Intervals()
+        self._holes_zeroed = 0
         self._last_write = trio.current_time()
 
     # -- lifecycle --------------------------------------------------------------
@@ -180,6 +188,7 @@ class UploadStream:
             zero_requests=self._zero_requests,
             out_of_order_writes=self._ooo,
             end=self._end,
+            holes_zeroed=self._holes_zeroed,
         )
 
     def _check(self) -> None:
@@ -203,6 +212,7 @@ class UploadStream:
             )
         self._received += n
         self._end = max(self._end, offset + n)
+        self._written.add(offset, offset + n)
         if offset > self.position:
             # A hole (sparse-aware writer): never written, reads as zero on the new disk.
             await self._emit_buffer()
@@ -355,6 +365,21 @@ class UploadStream:
         await self._emit_zero()
         await self._idle.wait()
         self._check()
+
+    async def zero_unwritten(self) -> int:
+        """Zero every range of ``[0, size)`` never written (the target does not read zeros
+        there: a raw preallocated disk on block storage); returns the bytes zeroed. The
+        ranges count as written afterwards."""
+        await self.drain()
+        gaps = self._written.gaps(0, self.size)
+        for start, end in gaps:
+            for pos in range(start, end, _MAX_ZERO_BYTES):
+                length = min(_MAX_ZERO_BYTES, end - pos)
+                await self._queue(pos, length)
+                self._holes_zeroed += length
+            self._written.add(start, end)
+        await self.drain()
+        return sum(e - s for s, e in gaps)
 
     async def finish(self) -> UploadStats:
         """Drain, flush the target, stop the workers. The stream takes no writes afterwards."""
