@@ -49,6 +49,7 @@ foreign exception type.
         ├── SymlinkOutsideTree     path resolution met an absolute symlink
         ├── BadHandle              a file handle that is not open
         ├── NoSuchAttribute        an extended attribute that is not set
+        ├── AttributesUnsupported  getxattr outside ``restore/``: that tree has no xattrs
         ├── NameExists             the name is taken in that directory
         ├── DirectoryNotEmpty      rmdir of a directory that still has entries
         ├── GeneratedFile          write, truncate or rename of ``restore/<name>/.status``
@@ -348,6 +349,15 @@ class NoSuchAttribute(FilesystemError):
     ``restore/`` none ever is)."""
 
     message = "no such attribute: {detail}"
+
+
+class AttributesUnsupported(FilesystemError):
+    """Raised by getxattr outside ``restore/``: the read-only tree has no extended attributes
+    (listxattr lists none). "Not supported" rather than "not set" lets ``ls -l`` stop probing
+    every file for ACLs and security labels (it remembers the device), which would otherwise
+    double the requests of an ``ls -lR`` over thousands of files."""
+
+    message = "extended attributes are not supported here: {detail}"
 
 
 class NameExists(FilesystemError):

@@ -76,6 +76,7 @@ ERRNO: dict[type[BaseException], int] = {
     errors.SymlinkOutsideTree: errno.EXDEV,
     errors.BadHandle: errno.EBADF,
     errors.NoSuchAttribute: pyfuse3.ENOATTR,
+    errors.AttributesUnsupported: errno.ENOTSUP,  # never ENOSYS: the kernel would stop asking
     errors.NameExists: errno.EEXIST,
     errors.DirectoryNotEmpty: errno.ENOTEMPTY,
     errors.GeneratedFile: errno.EACCES,

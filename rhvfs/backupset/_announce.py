@@ -3,9 +3,11 @@
 Owns the padding rule that keeps the sizes announced for the configuration
 files before a session exact when the session's real content is served
 (``announced_size`` with headroom, ``pad_to`` with trailing whitespace, valid
-for JSON and XML), the placeholder ids of content made before a session, and
-the fingerprints that decide when an owner "visibly changed" (new sizes, new
-mtime) and the mtimes derived from them.
+for JSON and XML), the bounds that size ``vm.ovf`` and ``vm.xml`` from what
+a listing knows (``config_size_bounds``: fetching every owner's OVF to list a
+directory would cost one engine call per VM), the placeholder ids of content
+made before a session, and the fingerprints that decide when an owner
+"visibly changed" (new sizes, new mtime) and the mtimes derived from them.
 
 Must not: talk to the engine (callers pass the data in), serve reads.
 """
@@ -17,6 +19,7 @@ import re
 from datetime import datetime
 
 from rhvfs.backupset._manifest import OwnerData
+from rhvfs.backupset._names import OVF_NAME, XML_NAME
 from rhvfs.errors import DataIntegrityError
 
 PAD_ROUND_BYTES = 64 * 1024
@@ -34,6 +37,42 @@ def announced_size(content_len: int) -> int:
     later in a session (a new snapshot in the OVF, longer ids) still fits.
     """
     return -(-(content_len + PAD_HEADROOM_BYTES) // PAD_ROUND_BYTES) * PAD_ROUND_BYTES
+
+
+#: ``config_size_bounds``: an OVF without disks or NICs, and what each disk, NIC and
+#: character of the owner's own text (name, description, comment) may add to it. An
+#: engine's OVF of a VM with one disk and one NIC is 8-15 KiB; these are generous.
+OVF_BASE_BYTES = 32 * 1024
+OVF_PER_DISK_BYTES = 4 * 1024
+OVF_PER_NIC_BYTES = 2 * 1024
+#: Each character of the owner's text may be written several times and escaped.
+OVF_PER_TEXT_CHAR_BYTES = 12
+#: The API XML (all content) is the entity's representation plus the OVF, escaped.
+XML_BASE_BYTES = 16 * 1024
+
+
+def config_size_bounds(data: OwnerData) -> dict[str, int]:
+    """Upper bounds of the lengths of ``vm.ovf`` and ``vm.xml``, from what a listing knows
+    (the entity, its disks and NICs; ``data.ovf``/``xml`` are not looked at).
+
+    Listings announce ``announced_size`` of these (the headroom then holds what a session
+    adds), so a set's sizes and times never need its OVF. Content that outgrows them
+    when it is read is re-announced larger, as any content that grew.
+    """
+    entity = data.entity
+    text = sum(
+        len(x.encode("utf-8"))
+        for x in (entity.name, entity.description, getattr(entity, "comment", ""))
+    )
+    ovf = (
+        OVF_BASE_BYTES
+        + OVF_PER_DISK_BYTES * len(data.attachments)
+        + OVF_PER_NIC_BYTES * len(data.nics)
+        + OVF_PER_TEXT_CHAR_BYTES * text
+    )
+    # The XML holds the OVF with <, > and & escaped (up to 5 bytes for 1) plus the entity.
+    xml = XML_BASE_BYTES + 2 * ovf
+    return {OVF_NAME: ovf, XML_NAME: xml}
 
 
 def pad_to(content: bytes, size: int, *, what: str) -> bytes:
@@ -72,11 +111,19 @@ def shape_fingerprint(data: OwnerData) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def entity_stop_time(data: OwnerData) -> datetime | None:
+    """When the owner last stopped running, as the engine's listing of it says (None for
+    templates and VMs that never ran)."""
+    stop: datetime | None = getattr(data.entity, "stop_time", None)
+    return stop
+
+
 def data_fingerprint(data: OwnerData) -> str:
     """Changes when the owner's data may have changed while it was not running."""
     # stop_time moves whenever the guest ran: a preallocated disk's size and volume ids
-    # stay the same when it writes, so they alone cannot tell.
-    stop = xml_stop_time(data.xml)
+    # stay the same when it writes, so they alone cannot tell. The entity's, as listings
+    # have it (they have no XML).
+    stop = entity_stop_time(data)
     parts = [shape_fingerprint(data), str(data.entity.status), stop.isoformat() if stop else ""]
     parts += sorted(
         f"{a.disk.id}:{a.disk.image_id}:{a.disk.actual_size}:{a.disk.format}"

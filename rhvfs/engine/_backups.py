@@ -56,6 +56,7 @@ class BackupsMixin(EngineCore):
         bid = backup_id or str(uuid.uuid4())
         kind = f"incremental from {from_checkpoint_id}" if from_checkpoint_id else "full"
         what = f"start {kind} backup {bid} of vm {vm_id}"
+        self.forget_listed(vm_id)
         body = sdk.Backup(
             id=bid,
             disks=[sdk.Disk(id=d) for d in disk_ids],
@@ -120,6 +121,7 @@ class BackupsMixin(EngineCore):
     async def finalize_backup(self, vm_id: str, backup_id: str) -> None:
         """Finalize and wait for ``succeeded`` (404 afterwards also counts). ``Conflict`` while transfers run."""
         what = f"finalize backup {backup_id} of vm {vm_id}"
+        self.forget_listed(vm_id)
         try:
             await self.call(
                 lambda c: _vm(c, vm_id).backups_service().backup_service(backup_id).finalize(), what

@@ -92,7 +92,14 @@ def tag(sdk: Any) -> t.Tag:
     )
 
 
-def vm(sdk: Any, *, tag_ids: tuple[str, ...] = ()) -> t.Vm:
+def vm(
+    sdk: Any,
+    *,
+    tag_ids: tuple[str, ...] = (),
+    attachments: tuple[t.DiskAttachment, ...] | None = None,
+    nics: tuple[t.Nic, ...] | None = None,
+) -> t.Vm:
+    """``attachments``/``nics``: what a listing inlined (None: not fetched)."""
     topology = sdk.cpu.topology if sdk.cpu is not None else None
     return t.Vm(
         id=sdk.id,
@@ -111,10 +118,18 @@ def vm(sdk: Any, *, tag_ids: tuple[str, ...] = ()) -> t.Vm:
         type=enum_value(sdk.type),
         creation_time=aware(sdk.creation_time),
         tag_ids=tag_ids,
+        stop_time=aware(sdk.stop_time),
+        disk_attachments=attachments,
+        nics=nics,
     )
 
 
-def template(sdk: Any) -> t.Template:
+def template(
+    sdk: Any,
+    *,
+    attachments: tuple[t.DiskAttachment, ...] | None = None,
+    nics: tuple[t.Nic, ...] | None = None,
+) -> t.Template:
     return t.Template(
         id=sdk.id,
         name=sdk.name,
@@ -124,6 +139,8 @@ def template(sdk: Any) -> t.Template:
         memory=sdk.memory,
         creation_time=aware(sdk.creation_time),
         comment=_text(sdk.comment),
+        disk_attachments=attachments,
+        nics=nics,
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -29,6 +31,14 @@ T = TypeVar("T")
 LOGOUT_TIMEOUT_S = 10.0
 
 SdkCall = Callable[[ovirtsdk4.Connection], T]
+
+_ID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def call_kind(what: str) -> str:
+    """What a call is, without its ids and names: ``"get vm <id>"``, ``"find vm <name>"``."""
+    return _QUOTED.sub("<name>", _ID.sub("<id>", what))
 
 
 class EngineCore:
@@ -60,6 +70,11 @@ class EngineCore:
         self._pool = ConnectionPool(config, size=connections, request_timeout_s=timeout)
         self._limiter = trio.CapacityLimiter(connections)
         self.requests = 0  # statistics: SDK calls made
+        self.calls_by_kind: Counter[str] = Counter()  # statistics: the same, by ``call_kind``
+        # The latest VM/template listings (``InventoryMixin``) and the ids of entities rhvfs
+        # changed since they were taken (their entries are not answered from them).
+        self._listings: dict[str, Any] = {}
+        self.listed_stale: set[str] = set()
         # transfer id -> disk id, learned when transfers are created or read, so a
         # finalize that meets 404 can still check the disk.
         self.transfer_disks: dict[str, str] = {}
@@ -88,6 +103,7 @@ class EngineCore:
         its connection back and keeps its limiter token until then.
         """
         self.requests += 1
+        self.calls_by_kind[call_kind(what)] += 1
         if self.run_inline:
             await trio.lowlevel.checkpoint()
             return self._run(fn, what)
@@ -131,9 +147,14 @@ class EngineCore:
         if scope.cancelled_caught:
             log.warning("engine logout did not finish within %.0fs; leaving it", LOGOUT_TIMEOUT_S)
 
+    def forget_listed(self, entity_id: str) -> None:
+        """rhvfs changed this VM or template: the latest listing no longer answers for it."""
+        self.listed_stale.add(entity_id)
+
     def statistics(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
+            "requests_by_kind": dict(sorted(self.calls_by_kind.items())),
             "connections_opened": self._pool.created,
             "threads_busy": self._limiter.borrowed_tokens,
         }

@@ -1,17 +1,28 @@
 """Inventory reads: data centers, clusters, hosts, storage domains, tags, VMs, templates, disks, NICs.
 
 Bounded: one list call per collection, never one call per VM (per-disk GETs
-only for the disks of one VM or template). Read-only; all calls are retried on
-transient failures. The root tag and the Blank template are filtered out.
+only for the disks of one VM or template). ``list_vms`` and ``list_templates``
+inline each entity's disk attachments (with their disks), NICs and (VMs) tags
+with ``follow=`` (API 4.2+; an engine that refuses it gets plain lists), and
+keep that listing as "the latest listing": ``listed_vm``/``listed_template``
+answer from it while it is younger than ``config.listing_ttl`` (one list call
+refreshes it for every entity at once), so set listings cost no call per VM.
+An entity missing from it (created since), or one rhvfs changed since
+(``forget_listed``: snapshots and backups it creates or removes), is fetched
+by itself. Read-only; all calls are retried on transient failures. The root
+tag and the Blank template are filtered out.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
 import ovirtsdk4
 import ovirtsdk4.http
+import ovirtsdk4.readers
+import ovirtsdk4.xml
 import trio
 
 from rhvfs.engine import _convert as convert
@@ -74,8 +85,26 @@ def raw_get(
     raise err
 
 
+#: What ``list_vms`` / ``list_templates`` inline (one call instead of three per entity).
+#: NICs come with their vnic profile and its network, so naming them needs no call either.
+VM_FOLLOW = "disk_attachments.disk,nics.vnic_profile.network,tags"
+TEMPLATE_FOLLOW = "disk_attachments.disk,nics.vnic_profile.network"
+
+
+class _Listing:
+    """The latest listing of one collection: entities by id, and when it was taken."""
+
+    __slots__ = ("by_id", "lock", "taken")
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, Any] = {}
+        self.taken: float | None = None  # trio time; None: never listed (or invalidated)
+        self.lock = trio.Lock()
+
+
 class InventoryMixin(EngineCore):
     _profiles_cache: tuple[float, list[t.VnicProfile]] | None = None
+    _follow_refused: bool = False  # the engine answered 400 to follow=: plain lists
 
     async def list_datacenters(self) -> list[t.DataCenter]:
         items = await self.call(
@@ -110,9 +139,106 @@ class InventoryMixin(EngineCore):
         )
         return convert.tag(item)
 
+    async def _list_followed(self, service: Any, follow: str, what: str) -> tuple[list[Any], bool]:
+        """``service.list(follow=...)``; (items, True), or (plain items, False) on an engine
+        that refuses ``follow`` (400; remembered for the mount)."""
+        if not self._follow_refused:
+            try:
+                items = await self.call(lambda c: service(c).list(follow=follow), what)
+                return list(items), True
+            except EngineError as exc:
+                if exc.code != 400:
+                    raise
+                log.info("engine refused follow=%s (%s); listing without it", follow, exc)
+                self._follow_refused = True
+        return list(await self.call(lambda c: service(c).list(), what)), False
+
+    async def _inlined(self, x: Any) -> tuple[tuple[t.DiskAttachment, ...], tuple[t.Nic, ...]]:
+        """A followed entity's attachments (disks filled) and NICs, converted (no call but,
+        once per ``listing_ttl``, the vnic profiles)."""
+        atts = await self._attachments_with_disks(list(x.disk_attachments or ()))
+        nics = await self._nics(list(x.nics or ()))
+        return tuple(atts), tuple(nics)
+
+    async def _vm_followed(self, x: Any, followed: bool) -> t.Vm:
+        if not followed:
+            return convert.vm(x)
+        atts, nics = await self._inlined(x)
+        tags = tuple(tag.id for tag in (x.tags or ()) if tag.id and tag.id != ROOT_TAG_ID)
+        return convert.vm(x, tag_ids=tags, attachments=atts, nics=nics)
+
     async def list_vms(self) -> list[t.Vm]:
-        items = await self.call(lambda c: c.system_service().vms_service().list(), "list vms")
-        return [convert.vm(x) for x in items]
+        """Every VM with its attachments, NICs and tag ids inlined (one call); also taken as
+        the latest listing ``listed_vm`` answers from."""
+        items, followed = await self._list_followed(
+            lambda c: c.system_service().vms_service(), VM_FOLLOW, "list vms"
+        )
+        vms = [await self._vm_followed(x, followed) for x in items]
+        self._remember(self._vm_listing, vms, followed)
+        return vms
+
+    @property
+    def _vm_listing(self) -> _Listing:
+        return self._listing("vms")
+
+    @property
+    def _template_listing(self) -> _Listing:
+        return self._listing("templates")
+
+    def _listing(self, kind: str) -> _Listing:
+        listing: _Listing | None = self._listings.get(kind)
+        if listing is None:
+            listing = self._listings[kind] = _Listing()
+        return listing
+
+    def _remember(self, listing: _Listing, items: list[Any], followed: bool) -> None:
+        if not followed:
+            return  # without inlined collections a listing answers nothing per entity
+        listing.by_id = {x.id: x for x in items}
+        listing.taken = trio.current_time()
+        self.listed_stale.difference_update(listing.by_id)
+
+    def invalidate_listings(self) -> None:
+        """Forget the latest listings: the next ``listed_*`` lists again."""
+        self._vm_listing.taken = self._template_listing.taken = None
+
+    def _fresh(self, listing: _Listing) -> bool:
+        taken = listing.taken
+        return taken is not None and trio.current_time() - taken < self.config.listing_ttl
+
+    async def _from_listing(
+        self, listing: _Listing, entity_id: str, relist: Any, fetch: Any
+    ) -> Any:
+        if not self._fresh(listing):
+            async with listing.lock:  # concurrent callers share one list call
+                if not self._fresh(listing):
+                    await relist()
+        item = listing.by_id.get(entity_id)
+        if item is None or item.disk_attachments is None or entity_id in self.listed_stale:
+            item = await fetch(entity_id)
+            if item.disk_attachments is not None and listing.taken is not None:
+                listing.by_id[entity_id] = item
+                self.listed_stale.discard(entity_id)
+        return item
+
+    async def listed_vm(self, vm_id: str) -> t.Vm:
+        """The VM as the latest listing has it (attachments and NICs inlined), listing again
+        when it is older than ``listing_ttl``; a VM not in it, or changed by rhvfs since, is
+        fetched by itself (one GET with follow). ``NotFound`` if it is gone."""
+        vm: t.Vm = await self._from_listing(
+            self._vm_listing, vm_id, self.list_vms, self.get_vm_followed
+        )
+        return vm
+
+    async def get_vm_followed(self, vm_id: str) -> t.Vm:
+        """One VM with its attachments, NICs and tag ids inlined (one call)."""
+        if self._follow_refused:
+            return await self.get_vm(vm_id)
+        item = await self.call(
+            lambda c: c.system_service().vms_service().vm_service(vm_id).get(follow=VM_FOLLOW),
+            f"get vm {vm_id}",
+        )
+        return await self._vm_followed(item, True)
 
     async def get_vm(self, vm_id: str) -> t.Vm:
         item = await self.call(
@@ -163,11 +289,44 @@ class InventoryMixin(EngineCore):
         )
         return [convert.tag(x) for x in items]
 
+    async def _template_followed(self, x: Any, followed: bool) -> t.Template:
+        if not followed:
+            return convert.template(x)
+        atts, nics = await self._inlined(x)
+        return convert.template(x, attachments=atts, nics=nics)
+
     async def list_templates(self) -> list[t.Template]:
-        items = await self.call(
-            lambda c: c.system_service().templates_service().list(), "list templates"
+        """Every template (not Blank) with attachments and NICs inlined (one call); also
+        taken as the latest listing ``listed_template`` answers from."""
+        items, followed = await self._list_followed(
+            lambda c: c.system_service().templates_service(), TEMPLATE_FOLLOW, "list templates"
         )
-        return [convert.template(x) for x in items if x.id != BLANK_TEMPLATE_ID]
+        templates = [
+            await self._template_followed(x, followed) for x in items if x.id != BLANK_TEMPLATE_ID
+        ]
+        self._remember(self._template_listing, templates, followed)
+        return templates
+
+    async def listed_template(self, template_id: str) -> t.Template:
+        """``listed_vm`` for templates."""
+        tpl: t.Template = await self._from_listing(
+            self._template_listing, template_id, self.list_templates, self.get_template_followed
+        )
+        return tpl
+
+    async def get_template_followed(self, template_id: str) -> t.Template:
+        if self._follow_refused:
+            return await self.get_template(template_id)
+        item = await self.call(
+            lambda c: (
+                c.system_service()
+                .templates_service()
+                .template_service(template_id)
+                .get(follow=TEMPLATE_FOLLOW)
+            ),
+            f"get template {template_id}",
+        )
+        return await self._template_followed(item, True)
 
     async def get_template(self, template_id: str) -> t.Template:
         item = await self.call(
@@ -268,8 +427,11 @@ class InventoryMixin(EngineCore):
         return await self.list_vnic_profiles()
 
     async def _nics(self, items: list[Any]) -> list[t.Nic]:
+        refs = [x.vnic_profile for x in items if x.vnic_profile is not None]
         profiles: dict[str, t.VnicProfile] = {}
-        if any(x.vnic_profile is not None for x in items):
+        if all(r.name and r.network is not None and r.network.name for r in refs):
+            profiles = {r.id: convert.vnic_profile(r) for r in refs}  # inlined by follow=
+        elif refs:
             profiles = {p.id: p for p in await self._cached_vnic_profiles()}
         return [convert.nic(x, profiles=profiles) for x in items]
 
@@ -326,8 +488,34 @@ class InventoryMixin(EngineCore):
             lambda c: raw_get(c, f"/vms/{vm_id}", **all_content()), f"get xml of vm {vm_id}"
         )
 
+    async def vm_config(self, vm_id: str) -> tuple[str | None, bytes]:
+        """The VM's OVF (None when the engine has none) and API XML: one all-content GET
+        (the XML holds the OVF), where ``vm_ovf`` and ``vm_xml`` are one each."""
+        xml = await self.vm_xml(vm_id)
+        return _ovf_in(xml, ovirtsdk4.readers.VmReader, f"vm {vm_id}"), xml
+
+    async def template_config(self, template_id: str) -> tuple[str | None, bytes]:
+        """``vm_config`` for a template."""
+        xml = await self.template_xml(template_id)
+        return _ovf_in(xml, ovirtsdk4.readers.TemplateReader, f"template {template_id}"), xml
+
     async def template_xml(self, template_id: str) -> bytes:
         return await self.call(
             lambda c: raw_get(c, f"/templates/{template_id}", **all_content()),
             f"get xml of template {template_id}",
         )
+
+
+def _ovf_in(xml: bytes, reader: Any, what: str) -> str | None:
+    """The OVF inside an all-content API XML (``initialization.configuration.data``)."""
+    try:
+        source = ovirtsdk4.xml.XmlReader(io.BytesIO(xml))
+        try:
+            obj = reader.read_one(source)
+        finally:
+            source.close()
+    except Exception as exc:  # the SDK's parser raises plain errors on malformed XML
+        raise EngineError(f"{what}: cannot parse the engine's XML ({exc})") from exc
+    init = obj.initialization if obj is not None else None
+    conf = init.configuration if init is not None else None
+    return str(conf.data) if conf is not None and conf.data else None

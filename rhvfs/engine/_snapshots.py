@@ -59,6 +59,7 @@ class SnapshotsMixin(EngineCore):
         ``disk_ids`` None = all disks; ``[]`` = configuration only.
         """
         what = f"create snapshot {description!r} of vm {vm_id}"
+        self.forget_listed(vm_id)
         body = sdk.Snapshot(description=description, persist_memorystate=persist_memorystate)
         if disk_ids is not None:
             body.disk_attachments = [sdk.DiskAttachment(disk=sdk.Disk(id=d)) for d in disk_ids]
@@ -116,6 +117,7 @@ class SnapshotsMixin(EngineCore):
     async def remove_snapshot(self, vm_id: str, snapshot_id: str) -> None:
         """Remove (merge) a snapshot and return once GET answers 404."""
         what = f"remove snapshot {snapshot_id} of vm {vm_id}"
+        self.forget_listed(vm_id)
 
         async def attempt(n: int) -> None:
             try:
@@ -151,7 +153,22 @@ class SnapshotsMixin(EngineCore):
     async def list_all_snapshots_with_description_prefix(
         self, prefix: str
     ) -> list[tuple[str, t.Snapshot]]:
-        """``(vm_id, snapshot)`` for every snapshot whose description starts with ``prefix`` (one list per VM)."""
+        """``(vm_id, snapshot)`` for every snapshot whose description starts with ``prefix``:
+        one VM listing with the snapshots inlined (``follow=snapshots``); an engine that
+        refuses follow= gets one snapshot list per VM."""
+        what = "list vms with snapshots"
+        try:
+            vms = await self.call(
+                lambda c: c.system_service().vms_service().list(follow="snapshots"), what
+            )
+            pairs = [(vm.id, convert.snapshot(x, vm_id=vm.id)) for vm in vms for x in vm.snapshots]
+        except EngineError as exc:
+            if exc.code != 400:
+                raise
+            pairs = await self._snapshots_one_vm_at_a_time()
+        return [(v, s) for v, s in pairs if s.description.startswith(prefix) and s.type != "active"]
+
+    async def _snapshots_one_vm_at_a_time(self) -> list[tuple[str, t.Snapshot]]:
         result: list[tuple[str, t.Snapshot]] = []
         vms = await self.call(lambda c: c.system_service().vms_service().list(), "list vms")
         for vm in vms:
@@ -159,7 +176,5 @@ class SnapshotsMixin(EngineCore):
                 snaps = await self.list_snapshots(vm.id)
             except NotFound:
                 continue  # the VM went away meanwhile
-            result.extend(
-                (vm.id, s) for s in snaps if s.description.startswith(prefix) and s.type != "active"
-            )
+            result.extend((vm.id, s) for s in snaps)
         return result

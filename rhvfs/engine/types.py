@@ -76,6 +76,12 @@ class Vm:
     type: str | None = None  # server, desktop, high_performance
     creation_time: datetime | None = None
     tag_ids: tuple[str, ...] = ()
+    stop_time: datetime | None = None  # when it last stopped running (None: unknown/never)
+    #: Inlined by a listing (``list_vms``: ``follow=``); None when not fetched with the VM.
+    disk_attachments: tuple[DiskAttachment, ...] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+    nics: tuple[Nic, ...] | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +94,16 @@ class Template:
     memory: int | None = None
     creation_time: datetime | None = None
     comment: str = ""
+    #: Inlined by a listing (``list_templates``: ``follow=``); None when not fetched with it.
+    disk_attachments: tuple[DiskAttachment, ...] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+    nics: tuple[Nic, ...] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+
+#: Fields of ``Vm``/``Template`` that are collections fetched with them, not their own values
+#: (left out of equality and repr: a listed VM equals the same VM fetched alone).
+INLINED_FIELDS = ("disk_attachments", "nics")
 
 
 @dataclasses.dataclass(frozen=True)

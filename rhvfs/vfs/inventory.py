@@ -3,7 +3,10 @@
 Every directory of the tree is computed from these cached collections, so a
 listing costs at most one engine call per collection (``/vms`` is one
 ``list_vms``; ``/clusters/<c>/vms`` reuses it), however many entries it has.
-Concurrent requests for the same collection share one engine call.
+``list_vms`` inlines each VM's disk attachments and NICs (``Vm.disk_attachments``,
+``Vm.nics``), so ``vm.json`` needs no call per VM; ``disk_attachments`` and
+``vm_nics`` here serve engines that refuse ``follow=``. Concurrent requests for
+the same collection share one engine call.
 
 The mount's ``VmSelection`` (``rhvfs.selection``) is applied here, to every
 list of VMs the tree is built from (``vms``, ``vms_by_tag``): a VM outside it
@@ -76,6 +79,17 @@ class Inventory:
 
     def invalidate(self) -> None:
         self._entries.clear()
+
+    def engine_calls(self) -> dict[str, Any]:
+        """For status.json: the engine's calls so far (``total``, ``by_kind``), when the
+        engine counts them, and the inventory fetches of this tree (``listings``)."""
+        doc: dict[str, Any] = {"listings": self.calls}
+        stats = getattr(self._engine, "statistics", None)
+        if stats is not None:
+            engine = stats()
+            doc["total"] = engine.get("requests", 0)
+            doc["by_kind"] = engine.get("requests_by_kind", {})
+        return doc
 
     async def datacenters(self) -> list[DataCenter]:
         return await self._get(("list_datacenters", ""), self._engine.list_datacenters)

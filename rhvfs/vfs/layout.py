@@ -21,7 +21,16 @@ from typing import Any
 
 import rhvfs
 from rhvfs.backupset import SET_DIRS, SetKind
-from rhvfs.engine.types import Cluster, DataCenter, Host, StorageDomain, Tag, Template, Vm
+from rhvfs.engine.types import (
+    INLINED_FIELDS,
+    Cluster,
+    DataCenter,
+    Host,
+    StorageDomain,
+    Tag,
+    Template,
+    Vm,
+)
 from rhvfs.redact import redact
 from rhvfs.vfs.backend import BackupSets, LocalOwner, OwnerFactory, OwnerKind
 from rhvfs.vfs.inventory import Inventory
@@ -58,7 +67,11 @@ def unique_names(items: Iterable[tuple[str, str]], *, suffix: str = "") -> dict[
 
 
 def _asdict(value: Any) -> dict[str, Any]:
-    return dataclasses.asdict(value)
+    """An engine value's own fields (not the collections a listing inlined into it)."""
+    doc = dataclasses.asdict(value)
+    for name in INLINED_FIELDS:
+        doc.pop(name, None)
+    return doc
 
 
 def _by_name(nodes: Iterable[Node]) -> list[Node]:
@@ -192,7 +205,7 @@ class Layout:
         info: dict[str, Any] = {"rhvfs_version": rhvfs.__version__, "pid": os.getpid()}
         info.update(self._status_info())
         info["sessions"] = self.backups.status()
-        info["engine_calls"] = self.inv.calls
+        info["engine_calls"] = self.inv.engine_calls()
         return redact(render_json(info).decode()).encode()  # error texts may quote a URL
 
     # -- VMs --------------------------------------------------------------------
@@ -292,8 +305,13 @@ class Layout:
     async def _vm_json(self, vm: Vm) -> bytes:
         clusters = {c.id: c for c in await self.inv.clusters()}
         hosts = {h.id: h for h in await self.inv.hosts()}
-        attachments = await self.inv.disk_attachments(vm.id)
-        nics = await self.inv.vm_nics(vm.id)
+        # Inlined by the listing (no call per VM); fetched only from an engine without follow=.
+        attachments = (
+            vm.disk_attachments
+            if vm.disk_attachments is not None
+            else await self.inv.disk_attachments(vm.id)
+        )
+        nics = vm.nics if vm.nics is not None else await self.inv.vm_nics(vm.id)
         cluster = clusters.get(vm.cluster_id or "")
         host = hosts.get(vm.host_id or "")
         summary = {

@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import os
 
-from rhvfs.errors import NoSuchAttribute, NotASymlink, ReadOnlyFilesystem
+from rhvfs.errors import AttributesUnsupported, NotASymlink, ReadOnlyFilesystem
 from rhvfs.vfs.nodes import Kind, Node
 
 
@@ -91,8 +91,9 @@ class Subtree(abc.ABC):
         return not (mode & os.W_OK)
 
     async def getxattr(self, ino: int, name: bytes) -> bytes:
+        """No extended attributes by default (the read-only tree): not supported."""
         self.node(ino)
-        raise NoSuchAttribute(repr(name))
+        raise AttributesUnsupported(repr(name))
 
     async def listxattr(self, ino: int) -> list[bytes]:
         self.node(ino)

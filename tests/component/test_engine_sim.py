@@ -683,3 +683,47 @@ async def test_find_vm_with_a_name_that_needs_quoting(sim: Any, engine: Engine) 
         assert await engine.find_vm(name.upper()) is None  # exact match only
     finally:
         await engine.remove_vm(vm.id)
+
+
+async def test_listings_inline_attachments_nics_and_tags(sim: Any, engine: Engine) -> None:
+    """``list_vms``/``list_templates`` (one call each) give what the per-VM calls give."""
+    before = dict(engine.calls_by_kind)
+    vms = await engine.list_vms()
+    templates = await engine.list_templates()
+    made = {k: n - before.get(k, 0) for k, n in engine.calls_by_kind.items()}
+    assert {k: n for k, n in made.items() if n} == {"list vms": 1, "list templates": 1}
+    for vm in vms:
+        assert vm.disk_attachments is not None and vm.nics is not None
+        assert list(vm.disk_attachments) == await engine.disk_attachments(vm.id), vm.name
+        assert list(vm.nics) == await engine.vm_nics(vm.id), vm.name
+        assert sorted(vm.tag_ids) == sorted(t.id for t in await engine.vm_tags(vm.id)), vm.name
+    assert any(vm.tag_ids for vm in vms) and any(len(vm.disk_attachments or ()) > 1 for vm in vms)
+    for tpl in templates:
+        assert list(tpl.disk_attachments or ()) == await engine.template_disk_attachments(tpl.id)
+        assert list(tpl.nics or ()) == await engine.template_nics(tpl.id)
+
+    # listed_vm answers from the latest listing without a call (it is younger than the
+    # listing TTL); a VM rhvfs changed is fetched alone.
+    web01 = next(v for v in await engine.list_vms() if v.name == "web01")
+    requests = engine.requests
+    assert (await engine.listed_vm(web01.id)).disk_attachments == web01.disk_attachments
+    assert engine.requests == requests
+    engine.forget_listed(web01.id)
+    again = await engine.listed_vm(web01.id)
+    assert again == web01 and again.disk_attachments == web01.disk_attachments
+    assert engine.requests == requests + 1
+    assert await engine.listed_vm(web01.id) == web01
+    assert engine.requests == requests + 1
+    # An old listing (here: dropped) is taken again, once for all concurrent callers.
+    engine.invalidate_listings()
+    before = dict(engine.calls_by_kind)
+    async with trio.open_nursery() as nursery:
+        for vm in vms:
+            nursery.start_soon(engine.listed_vm, vm.id)
+    made = {k: n - before.get(k, 0) for k, n in engine.calls_by_kind.items()}
+    assert {k: n for k, n in made.items() if n} == {"list vms": 1}
+
+    # One all-content GET gives the OVF and the XML the two separate reads give.
+    ovf, xml = await engine.vm_config(web01.id)
+    assert ovf == await engine.vm_ovf(web01.id)
+    assert xml == await engine.vm_xml(web01.id)

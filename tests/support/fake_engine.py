@@ -52,7 +52,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
-from rhvfs.errors import Conflict, EngineError, NotFound
+from rhvfs.errors import Conflict, EngineError, NotFound, is_transient
 from tests.support.data import MiB, pattern
 
 CLUSTER_ID = "c1c1c1c1-0000-0000-0000-000000000001"
@@ -307,9 +307,51 @@ class FakeEngine:
         await self._call("list_tags")
         return list(self.tags)
 
+    def _vm_now(self, vm_id: str) -> Vm:
+        """The VM as the engine shows it: its ``stop_time`` is the one its XML shows."""
+        vm = self.vms[vm_id]
+        stop = self.stop_times.get(vm_id)
+        return dataclasses.replace(vm, stop_time=datetime.fromisoformat(stop)) if stop else vm
+
+    def _inlined(self, owner: Any) -> Any:
+        return dataclasses.replace(
+            owner,
+            disk_attachments=tuple(self._live_attachments(owner.id)),
+            nics=tuple(self.nics.get(owner.id, [])),
+        )
+
     async def list_vms(self) -> list[Vm]:
         await self._call("list_vms")
-        return list(self.vms.values())
+        return [self._vm_now(vm_id) for vm_id in self.vms]
+
+    async def listed_vm(self, vm_id: str) -> Vm:
+        """The VM with its attachments and NICs, as one listing call would inline them."""
+        await self._call("listed_vm")
+        if vm_id not in self.vms:
+            raise NotFound(vm_id)
+        vm: Vm = self._inlined(self._vm_now(vm_id))
+        return vm
+
+    async def get_vm_followed(self, vm_id: str) -> Vm:
+        """``get_vm`` with attachments and NICs inlined (made of the three calls it replaces)."""
+        vm = await self.get_vm(vm_id)
+        atts = await self.disk_attachments(vm_id)
+        return dataclasses.replace(
+            vm, disk_attachments=tuple(atts), nics=tuple(await self.vm_nics(vm_id))
+        )
+
+    async def get_template_followed(self, template_id: str) -> Template:
+        tpl = await self.get_template(template_id)
+        atts = await self.template_disk_attachments(template_id)
+        nics = await self.template_nics(template_id)
+        return dataclasses.replace(tpl, disk_attachments=tuple(atts), nics=tuple(nics))
+
+    async def listed_template(self, template_id: str) -> Template:
+        await self._call("listed_template")
+        if template_id not in self.templates:
+            raise NotFound(template_id)
+        tpl: Template = self._inlined(self.templates[template_id])
+        return tpl
 
     async def vms_by_tag(self, tag_id: str) -> list[Vm]:
         await self._call("vms_by_tag")
@@ -332,10 +374,9 @@ class FakeEngine:
         seq = self.status_sequence.get(vm_id)
         if seq:
             self.vms[vm_id] = dataclasses.replace(self.vms[vm_id], status=seq.pop(0))
-        try:
-            return self.vms[vm_id]
-        except KeyError:
-            raise NotFound(vm_id) from None
+        if vm_id not in self.vms:
+            raise NotFound(vm_id)
+        return self._vm_now(vm_id)
 
     async def get_template(self, template_id: str) -> Template:
         await self._call("get_template")
@@ -414,6 +455,16 @@ class FakeEngine:
             f"<stop_time>{self.stop_times[vm_id]}</stop_time>" if vm_id in self.stop_times else ""
         )
         return f"<?xml version='1.0' encoding='UTF-8'?>\n<vm id='{vm.id}'><name>{vm.name}</name><status>{vm.status}</status>{stop}</vm>\n".encode()
+
+    async def vm_config(self, vm_id: str) -> tuple[str | None, bytes]:
+        """(OVF, XML); the OVF None when ``vm_ovf`` refuses (not 404, not transient), as the
+        XML of an engine without an OVF for the VM carries none."""
+        return await _no_ovf_as_none(self.vm_ovf(vm_id)), await self.vm_xml(vm_id)
+
+    async def template_config(self, template_id: str) -> tuple[str | None, bytes]:
+        return await _no_ovf_as_none(self.template_ovf(template_id)), await self.template_xml(
+            template_id
+        )
 
     async def template_ovf(self, template_id: str) -> str:
         await self._call("template_ovf")
@@ -889,6 +940,18 @@ VMS = [
 TAGGED = {"tag-1": ["vm-1", "vm-3"], "tag-2": []}
 TEMPLATES = [Template(id="tpl-1", name="mytemplate", status="ok", creation_time=T0)]
 DISK_SIZE = 3 * 1024 * 1024 + 4096  # not a multiple of the read size: EOF handling matters
+
+
+async def _no_ovf_as_none(call: Any) -> str | None:
+    try:
+        ovf: str = await call
+    except NotFound:
+        raise
+    except EngineError as e:
+        if is_transient(e):
+            raise
+        return None
+    return ovf
 
 
 def inventory_disk(vm_id: str, n: int) -> Disk:

@@ -476,3 +476,74 @@ async def test_start_vm_retry_after_lost_response_accepts_conflict(
     vm = await engine.start_vm("V1")
     assert vm.status == "up"
     assert api.calls.count("vms.vm.start") == 2
+
+
+def _sdk_vm(vm_id: str, *, followed: bool) -> sdk.Vm:
+    disk = sdk.Disk(id=f"d-{vm_id}", alias=f"{vm_id}_os", provisioned_size=1 << 20)
+    profile = sdk.VnicProfile(id="p1", name="ovirtmgmt", network=sdk.Network(id="n1", name="net"))
+    return sdk.Vm(
+        id=vm_id,
+        name=f"vm-{vm_id}",
+        status=sdk.VmStatus.DOWN,
+        disk_attachments=[sdk.DiskAttachment(id=disk.id, disk=disk)] if followed else [],
+        nics=[sdk.Nic(id=f"n-{vm_id}", name="nic1", vnic_profile=profile)] if followed else [],
+        tags=[sdk.Tag(id="t1")] if followed else [],
+    )
+
+
+async def test_the_vm_listing_is_one_call_and_answers_listed_vm_until_its_ttl(
+    autojump_clock, engine_api
+) -> None:
+    """Issue 12: one ``list(follow=...)`` fills attachments, NICs (named from the inlined
+    profile) and tags; ``listed_vm`` answers from it for ``listing_ttl``, concurrent callers
+    share one new listing after that, and a VM rhvfs changed is fetched alone."""
+    engine, api = engine_api
+    lists: list[dict[str, Any]] = []
+
+    def vms_list(args: Any, kwargs: dict[str, Any]) -> list[sdk.Vm]:
+        lists.append(kwargs)
+        return [_sdk_vm(f"1111111{i}-0000-4000-8000-000000000000", followed=True) for i in range(3)]
+
+    api.on("vms.list", vms_list)
+    api.on("vms.vm.get", lambda a, kw: _sdk_vm(kw["_ids"][0], followed=True))
+    vms = await engine.list_vms()
+    assert [kw.get("follow") for kw in lists] == [
+        "disk_attachments.disk,nics.vnic_profile.network,tags"
+    ]
+    assert [(v.tag_ids, [a.disk.alias for a in v.disk_attachments or ()]) for v in vms] == [
+        (("t1",), [f"{v.id}_os"]) for v in vms
+    ]
+    assert [(n.vnic_profile_name, n.network_name) for n in vms[0].nics or ()] == [
+        ("ovirtmgmt", "net")
+    ]
+    assert api.calls == ["vms.list"]  # no vnic profile listing: they came inlined
+
+    assert await engine.listed_vm(vms[1].id) == vms[1]
+    assert api.calls == ["vms.list"]
+    engine.forget_listed(vms[1].id)
+    assert (await engine.listed_vm(vms[1].id)).disk_attachments == vms[1].disk_attachments
+    assert api.calls == ["vms.list", "vms.vm.get"]
+    await trio.sleep(engine.config.listing_ttl)
+    async with trio.open_nursery() as nursery:
+        for vm in vms:
+            nursery.start_soon(engine.listed_vm, vm.id)
+    assert api.calls == ["vms.list", "vms.vm.get", "vms.list"]
+    assert dict(engine.calls_by_kind) == {"get vm <id>": 1, "list vms": 2}
+
+
+async def test_an_engine_refusing_follow_gets_plain_lists(autojump_clock, engine_api) -> None:
+    engine, api = engine_api
+
+    def vms_list(args: Any, kwargs: dict[str, Any]) -> list[sdk.Vm]:
+        if kwargs.get("follow"):
+            raise _err(ovirtsdk4.Error, 400)
+        return [_sdk_vm("1", followed=False)]
+
+    api.on("vms.list", vms_list)
+    api.on("vms.vm.get", lambda a, kw: _sdk_vm(kw["_ids"][0], followed=False))
+    vms = await engine.list_vms()
+    assert [(v.id, v.disk_attachments, v.nics) for v in vms] == [("1", None, None)]
+    await engine.list_vms()
+    assert api.calls == ["vms.list", "vms.list", "vms.list"]  # refused once, then plain
+    vm = await engine.listed_vm("1")  # no listing to answer from: the VM alone, plain
+    assert vm.disk_attachments is None and api.calls[-1] == "vms.vm.get"

@@ -458,6 +458,40 @@ async def test_concurrent_first_opens_share_one_snapshot(
     assert rig.engine.user_snapshots(vm.id) == []
 
 
+async def test_listings_size_and_time_the_set_without_its_ovf(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Issue 12: listing @rhv/ and disks/ reads the engine's listing of the VM, never its OVF
+    or XML; the sizes announced from the bounds hold when the configuration is read."""
+    from rhvfs.backupset import announced_size, config_size_bounds
+    from rhvfs.engine.types import Snapshot
+
+    vm = rig.engine.add_vm("v1", disks=[("a", 1 * MiB), ("b", 1 * MiB)], status="down")
+    owner = Owner("vm", vm.id, vm.name)
+    rig.engine.stop_times[vm.id] = "2026-01-01T10:00:00.000+00:00"
+    # An OVF a few KiB long (snapshots make it grow): still inside its bound.
+    rig.engine.snapshots[vm.id] += [
+        Snapshot(id=f"s{i:05d}", description="y" * 100, type="regular", status="ok")
+        for i in range(40)
+    ]
+    rig.engine.calls.clear()
+    listed = {e.name: e for e in await rig.manager.list_set(owner)}
+    await rig.manager.list_disk_files(owner)
+    assert not [c for c in rig.engine.calls if c.endswith(("_ovf", "_xml"))], rig.engine.calls
+    assert "create_snapshot" not in rig.engine.calls
+    data = await rig.manager._owner_data.summary(owner)
+    bounds = config_size_bounds(data)
+    assert listed["vm.ovf"].size == announced_size(bounds["vm.ovf"])
+    assert listed["vm.xml"].size == announced_size(bounds["vm.xml"])
+    assert listed["vm.ovf"].mtime_ns // 1_000_000_000 == 1767261600  # the stop time
+
+    ovf = await rig.read_all(owner, ConfigKey("vm.ovf").encode())
+    assert len(ovf) == listed["vm.ovf"].size
+    assert ovf.rstrip() == (await rig.engine.vm_ovf(vm.id)).encode()
+    assert 4000 < len(ovf.rstrip()) < listed["vm.ovf"].size
+    assert {e.name: e for e in await rig.manager.list_set(owner)} == listed
+
+
 @pytest.mark.allow_log("rhvfs.sessions.full", "WARNING", match="refusing to truncate")
 async def test_config_that_outgrew_its_announced_size_fails_loudly(
     rig: Rig, autojump_clock: trio.testing.MockClock

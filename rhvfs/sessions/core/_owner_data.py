@@ -4,15 +4,19 @@
 NICs, OVF and API XML concurrently, plus the cluster and storage-domain names
 the manifest shows (cached for ``NAMES_TTL_S``), as one ``OwnerData``. The
 full-backup manager and session and the incremental session all use it.
+``summary`` is what listings use: the owner as the engine's latest listing
+has it (``Engine.listed_vm``; no call per owner while that is fresh), without
+OVF and XML (``OwnerData.ovf``/``xml`` empty): sizes and times of a set's
+files never need them (``rhvfs.backupset.config_size_bounds``).
 
 The OVF fallback (one rule for every set): when the engine has no OVF for the
-owner (it refuses with anything but 404 or a transient error), the set still
+owner (its all-content XML carries none), the set still
 gets a ``vm.ovf`` -- the placeholder ``rhvfs.backupset.missing_ovf``,
 a well-formed empty envelope that names ``vm.xml`` -- and ``ovf_available``
 is False, so the manifest says ``config_files.ovf: null``. That is what full
 sets have always done: an owner the engine produces no OVF for must stay
-backed up, and ``vm.xml`` carries its configuration. A 404 (the owner is gone) and transient errors
-still fail the fetch: those are not "no OVF".
+backed up, and ``vm.xml`` carries its configuration. A 404 (the owner is
+gone) and transient errors still fail the fetch: those are not "no OVF".
 
 Must not: create anything on the engine, decide which disks a set contains
 or what the files are called.
@@ -20,15 +24,15 @@ or what the files are called.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Protocol, TypeVar
 
 import trio
 
 from rhvfs.backupset import OwnerData, missing_ovf
-from rhvfs.engine.types import Disk, Template, Vm
-from rhvfs.errors import EngineError, NotFound, is_transient
+from rhvfs.engine.types import Disk, DiskAttachment, Nic, Template, Vm
 from rhvfs.sessions.core._gather import gather
 from rhvfs.sessions.core._model import Owner
 from rhvfs.sessions.core._ports import EngineLike
@@ -62,32 +66,30 @@ class OwnerDataSource:
         return await self.fetch(owner, entity)
 
     async def fetch(self, owner: Owner, entity: Vm | Template | None = None) -> OwnerData:
-        """The owner's data now; ``entity`` saves fetching the VM/template again."""
+        """The owner's data now; ``entity`` (fetched already) is the one the data shows.
+
+        Two engine calls: the entity with its attachments (disks) and NICs inlined
+        (``follow=``), and its all-content XML with the OVF in it (``vm_config``).
+        """
         engine = self.engine
         oid = owner.id
         if owner.kind == "vm":
-            ent, atts, nics, ovf, xml, names = await gather(
-                (lambda: _const(entity)) if entity is not None else (lambda: engine.get_vm(oid)),
-                lambda: engine.disk_attachments(oid),
-                lambda: engine.vm_nics(oid),
-                lambda: self._ovf_or_none(engine.vm_ovf(oid), owner),
-                lambda: engine.vm_xml(oid),
+            followed, config, names = await gather(
+                lambda: engine.get_vm_followed(oid),
+                lambda: self._config(engine.vm_config(oid), owner),
                 self._names_maps,
             )
         else:
-            ent, atts, nics, ovf, xml, names = await gather(
-                (lambda: _const(entity))
-                if entity is not None
-                else (lambda: engine.get_template(oid)),
-                lambda: engine.template_disk_attachments(oid),
-                lambda: engine.template_nics(oid),
-                lambda: self._ovf_or_none(engine.template_ovf(oid), owner),
-                lambda: engine.template_xml(oid),
+            followed, config, names = await gather(
+                lambda: engine.get_template_followed(oid),
+                lambda: self._config(engine.template_config(oid), owner),
                 self._names_maps,
             )
+        ovf, xml = config
+        atts, nics = await self._collections(owner, followed)
         return OwnerData(
             kind=owner.kind,
-            entity=ent,
+            entity=_bare(entity if entity is not None else followed),
             attachments=tuple(atts),
             nics=tuple(nics),
             ovf=ovf.encode("utf-8") if ovf is not None else missing_ovf(owner.kind, owner.name),
@@ -97,17 +99,54 @@ class OwnerDataSource:
             storage_domain_names=names[1],
         )
 
-    async def _ovf_or_none(self, call: Awaitable[str], owner: Owner) -> str | None:
-        """The OVF, or None when the engine has none (the set is still complete without it)."""
-        try:
-            return await call
-        except NotFound:
-            raise
-        except EngineError as e:
-            if is_transient(e):
-                raise
-            log.warning("no OVF for %s %s: %s", owner.kind, owner.name, e)
-            return None
+    async def _collections(
+        self, owner: Owner, entity: Vm | Template
+    ) -> tuple[Sequence[DiskAttachment], Sequence[Nic]]:
+        """The entity's attachments and NICs: inlined, or (an engine without follow=) one
+        call each."""
+        atts, nics = entity.disk_attachments, entity.nics
+        if atts is not None and nics is not None:
+            return atts, nics
+        engine, oid = self.engine, owner.id
+        if owner.kind == "vm":
+            atts, nics = await gather(
+                lambda: engine.disk_attachments(oid), lambda: engine.vm_nics(oid)
+            )
+        else:
+            atts, nics = await gather(
+                lambda: engine.template_disk_attachments(oid),
+                lambda: engine.template_nics(oid),
+            )
+        return atts, nics
+
+    async def summary(self, owner: Owner) -> OwnerData:
+        """The owner's data from the latest engine listing, without OVF and XML (empty)."""
+        engine = self.engine
+        entity: Vm | Template
+        if owner.kind == "vm":
+            entity, names = await gather(lambda: engine.listed_vm(owner.id), self._names_maps)
+        else:
+            entity, names = await gather(lambda: engine.listed_template(owner.id), self._names_maps)
+        atts, nics = await self._collections(owner, entity)
+        return OwnerData(
+            kind=owner.kind,
+            entity=_bare(entity),
+            attachments=tuple(atts),
+            nics=tuple(nics),
+            ovf=b"",
+            xml=b"",
+            cluster_names=names[0],
+            storage_domain_names=names[1],
+        )
+
+    async def _config(
+        self, call: Awaitable[tuple[str | None, bytes]], owner: Owner
+    ) -> tuple[str | None, bytes]:
+        """(OVF, XML); the OVF None when the engine has none (the set is complete without it)."""
+        ovf, xml = await call
+        if ovf is None:
+            log.warning("no OVF for %s %s: the engine returned none", owner.kind, owner.name)
+        return ovf, xml
 
     async def _names_maps(self) -> tuple[dict[str, str], dict[str, str]]:
         now = trio.current_time()
@@ -120,5 +159,8 @@ class OwnerDataSource:
         return c, s
 
 
-async def _const(value: T) -> T:
-    return value
+def _bare(entity: Vm | Template) -> Vm | Template:
+    """The entity without the collections a listing inlined (``OwnerData`` has its own)."""
+    if entity.disk_attachments is None and entity.nics is None:
+        return entity
+    return dataclasses.replace(entity, disk_attachments=None, nics=None)

@@ -56,13 +56,14 @@ from rhvfs.backupset import (
     SetLineage,
     announced_size,
     build_manifest,
+    config_size_bounds,
     data_fingerprint,
     disks_dir_names,
+    entity_stop_time,
     image_file_name,
     pad_to,
     shape_fingerprint,
     stable_mtime_ns,
-    xml_stop_time,
 )
 from rhvfs.config import Config
 from rhvfs.engine.types import Disk
@@ -126,6 +127,16 @@ def _disk_blocks(disk: Disk) -> int:
     if disk.provisioned_size <= 0:
         return 0
     return max(1, blocks_for(disk.actual_size or 0))
+
+
+def _needed_sizes(data: OwnerData, contents: Mapping[str, bytes], *, full: bool) -> dict[str, int]:
+    """The length each configuration file must be announced for: the manifest's own; the
+    OVF's and XML's bound from the listing (``config_size_bounds``), or their real length
+    when ``full`` data (with OVF and XML) was fetched and it is longer."""
+    needed = {n: len(c) for n, c in contents.items()}
+    for n, bound in config_size_bounds(data).items():
+        needed[n] = max(bound, needed[n]) if full else bound
+    return needed
 
 
 def _padded(
@@ -193,6 +204,9 @@ class BackupManager:
         self._sessions: SessionRegistry[BackupSession] = SessionRegistry(what="the backup manager")
         self.cleanups = PendingCleanups(config, journal=journal)
         self._announced: dict[str, Announcement] = {}
+        # owner id -> (the listing data it was announced from, that announcement, its disks):
+        # listing @rhv/ and disks/ again from unchanged data announces nothing new.
+        self._listed: dict[str, tuple[Any, Announcement, list[Disk]]] = {}
         self._bytes_read_closed = 0
 
     # -- service --------------------------------------------------------------
@@ -230,8 +244,8 @@ class BackupManager:
         session = self._sessions.get(owner.id)
         if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.entries)  # frozen: stable while the session lives
-        data = await self._owner_data.fetch(owner)
-        ann, disks = self._announce_listing(owner, data)
+        data = await self._owner_data.summary(owner)
+        ann, disks = self._announce_summary(owner, data)
         return self._set_entries(ann, disks)
 
     async def list_disk_files(self, owner: Owner) -> list[SetEntry]:
@@ -239,11 +253,32 @@ class BackupManager:
         session = self._sessions.get(owner.id)
         if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.disk_entries)
-        data = await self._owner_data.fetch(owner)
-        ann, disks = self._announce_listing(owner, data)
+        data = await self._owner_data.summary(owner)
+        ann, disks = self._announce_summary(owner, data)
         return self._disk_entries(ann, disks)
 
-    def _announce_listing(self, owner: Owner, data: OwnerData) -> tuple[Announcement, list[Disk]]:
+    def _announce_summary(self, owner: Owner, data: OwnerData) -> tuple[Announcement, list[Disk]]:
+        """``_announce_listing`` of a listing's summary, skipped when the summary equals the
+        one the current announcement came from (a running VM's time is kept either way)."""
+        key = (
+            data.entity,
+            data.attachments,
+            data.nics,
+            tuple(sorted(data.cluster_names.items())),
+            tuple(sorted(data.storage_domain_names.items())),
+        )
+        memo = self._listed.get(owner.id)
+        if memo is not None and memo[0] == key and self._announced.get(owner.id) is memo[1]:
+            return memo[1], memo[2]
+        ann, disks = self._announce_listing(owner, data, full=False)
+        self._listed[owner.id] = (key, ann, disks)
+        return ann, disks
+
+    def _announce_listing(
+        self, owner: Owner, data: OwnerData, *, full: bool
+    ) -> tuple[Announcement, list[Disk]]:
+        """Announce (or keep) the sizes and time of ``owner``'s set from ``data``: a listing's
+        summary (``full`` False: no OVF or XML; their bounds size them) or a read's data."""
         disks = image_disks(data)
         names = {d.id: image_file_name(d.alias, d.id) for d in disks}
         # As long as any read's manifest can be: the longest method, with a lineage.
@@ -256,14 +291,15 @@ class BackupManager:
             lineage=True,
         )
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
+        needed = _needed_sizes(data, contents, full=full)
         shape = shape_fingerprint(data)
         ann = self._announced.get(owner.id)
         if (
             ann is None
             or ann.shape != shape
-            or any(len(c) > ann.config_sizes.get(n, -1) for n, c in contents.items())
+            or any(n > ann.config_sizes.get(name, -1) for name, n in needed.items())
         ):
-            sizes = {n: announced_size(len(c)) for n, c in contents.items()}
+            sizes = {name: announced_size(n) for name, n in needed.items()}
             if ann is not None and ann.shape == shape:
                 sizes = {n: max(s, ann.config_sizes.get(n, 0)) for n, s in sizes.items()}
             ann = Announcement(
@@ -282,7 +318,7 @@ class BackupManager:
                 ann.mtime_ns = time.time_ns()
                 ann.running = True
         else:
-            base = xml_stop_time(data.xml) or data.entity.creation_time
+            base = entity_stop_time(data) or data.entity.creation_time
             ann.mtime_ns = stable_mtime_ns(base, data_fingerprint(data))
             ann.running = False
         return ann, disks
@@ -296,7 +332,7 @@ class BackupManager:
         (the manifest then carries the set's lineage: ``set_id`` = ``read_id``).
         """
         data = await self._owner_data.fetch(owner)
-        ann, disks = self._announce_listing(owner, data)
+        ann, disks = self._announce_listing(owner, data, full=True)
         method = "template" if owner.kind == "template" else "backup" if via_backup else "snapshot"
         names = {d.id: image_file_name(d.alias, d.id) for d in disks}
         manifest = self._view_manifest(
@@ -386,7 +422,10 @@ class BackupManager:
             # The owner changed between listing and open: announce anew (stat changes, visibly).
             ann = Announcement(
                 shape=shape,
-                config_sizes={n: announced_size(len(c)) for n, c in contents.items()},
+                config_sizes={
+                    n: announced_size(x)
+                    for n, x in _needed_sizes(data, contents, full=True).items()
+                },
                 blocks=dict(ann.blocks) if ann is not None else {},
                 mtime_ns=ann.mtime_ns if ann is not None and ann.mtime_ns else session.started_ns,
                 running=ann.running if ann is not None else True,
