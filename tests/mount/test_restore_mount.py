@@ -22,6 +22,13 @@ from typing import Any
 import pytest
 
 from tests.support.mounts import SimMount, restore_status
+from tests.support.restore_mounts import (
+    export_sets,
+    manifest_disks,
+    module_mount,
+    removing_vms,
+    start_restore,
+)
 from tests.support.sim import engine_state, remove_vm, vm_details
 
 pytestmark = pytest.mark.slow
@@ -30,44 +37,18 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def mnt(sim: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimMount]:
-    base = tmp_path_factory.mktemp("restore-mount")
-    (base / "state").mkdir()
-    m = SimMount(sim, base / "mnt", base / "state", "--grace-period", "1")
-    try:
-        yield m
-    finally:
-        m.umount()
+    yield from module_mount(sim, tmp_path_factory, "restore-mount", "--grace-period", "1")
 
 
 @pytest.fixture(scope="module")
 def sets(mnt: SimMount, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Backup sets of web01 (3 disks, running) and myvm0 (1 disk, down), taken through the mount."""
-    base = tmp_path_factory.mktemp("sets")
-    out = {}
-    for vm in ("web01", "myvm0"):
-        subprocess.run(["cp", "-a", str(mnt.mnt / "vms" / vm / "@rhv"), str(base / vm)], check=True)
-        out[vm] = base / vm
-    return out
+    return export_sets(mnt, tmp_path_factory.mktemp("sets"), ("web01", "myvm0"))
 
 
 @pytest.fixture
 def cleanup(sim: Any) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        remove_vm(sim, name)
-
-
-def manifest_disks(set_dir: Path) -> list[dict[str, Any]]:
-    return json.loads((set_dir / "manifest.json").read_bytes())["disks"]  # type: ignore[no-any-return]
-
-
-def start_restore(mnt: SimMount, name: str, options: str = "") -> Path:
-    target = mnt.mnt / "restore" / name
-    target.mkdir()
-    if options:
-        (target / "rhvfs-restore.conf").write_text(options)
-    return target
+    yield from removing_vms(sim)
 
 
 def check_same_vm(sim: Any, set_dir: Path, restored: dict[str, Any]) -> None:

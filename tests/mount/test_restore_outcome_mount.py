@@ -24,6 +24,11 @@ import pytest
 
 from tests.support.bacula import BaculaRig, FileSet
 from tests.support.mounts import SimMount, restore_status
+from tests.support.restore_mounts import (
+    export_sets,
+    module_mount,
+    start_restore,
+)
 from tests.support.sim import engine_state, remove_vm, vm_details
 
 pytestmark = pytest.mark.slow
@@ -33,26 +38,15 @@ VMS_PATH = "/ovirt-engine/api/vms"
 
 @pytest.fixture(scope="module")
 def mnt(sim: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimMount]:
-    base = tmp_path_factory.mktemp("outcome-mount")
-    (base / "state").mkdir()
-    m = SimMount(
-        sim, base / "mnt", base / "state", "--grace-period", "1",
-        "--partial-set-timeout", str(QUIET_S),
+    yield from module_mount(
+        sim, tmp_path_factory, "outcome-mount",
+        "--grace-period", "1", "--partial-set-timeout", str(QUIET_S),
     )  # fmt: skip
-    try:
-        yield m
-    finally:
-        m.umount()
 
 
 @pytest.fixture(scope="module")
 def sets(mnt: SimMount, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("outcome-sets")
-    out = {}
-    for vm in ("myvm0", "web01"):
-        subprocess.run(["cp", "-a", str(mnt.mnt / "vms" / vm / "@rhv"), str(base / vm)], check=True)
-        out[vm] = base / vm
-    return out
+    return export_sets(mnt, tmp_path_factory.mktemp("outcome-sets"), ("myvm0", "web01"))
 
 
 @pytest.fixture
@@ -68,14 +62,6 @@ def vm_fault(sim: Any) -> Iterator[None]:
 def disks_of(set_dir: Path) -> dict[str, dict[str, Any]]:
     doc = json.loads((set_dir / "manifest.json").read_bytes())
     return {d["alias"]: d for d in doc["disks"]}
-
-
-def start_restore(mnt: SimMount, name: str, options: str = "") -> Path:
-    target = mnt.mnt / "restore" / name
-    target.mkdir()
-    if options:
-        (target / "rhvfs-restore.conf").write_text(options)
-    return target
 
 
 def phase_now(mnt: SimMount, name: str) -> str:
