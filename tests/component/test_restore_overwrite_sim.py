@@ -22,18 +22,13 @@ from typing import Any
 import pytest
 import trio
 
-from rhvfs.config import load_config
-from rhvfs.engine import Engine, open_engine
+from rhvfs.engine import Engine
 from rhvfs.errors import Conflict, RestoreError
-from rhvfs.fs import errno_for
-from rhvfs.retry import RetryPolicy
-from rhvfs.sessions.core import Journal
 from rhvfs.sessions.restore import RestoreManager, RestoreSession
-from rhvfs.sessions.restore._staging import StagingArea
+from tests.support.restore_rig import sim_restore_manager
 from tests.support.sim import live_transfers
 
 MiB = 1024 * 1024
-FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.2, timeout_s=60.0)
 API = "/ovirt-engine/api"
 
 
@@ -88,26 +83,11 @@ def vm_set(name: str, vm_id: str, mac: str, seed: int) -> dict[str, bytes]:
 
 @pytest.fixture
 async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[tuple[Engine, RestoreManager]]:
-    config = load_config(
-        section=sim.section,
-        config_file=sim.conf_file,
-        overrides={"system_interval": 0.2, "system_timeout": 60.0},
-    )
-    async with open_engine(config, poll=FAST_POLL) as engine:
-        manager = RestoreManager(
-            engine,
-            config,
-            errno_for=errno_for,
-            staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
-            journal=Journal(tmp_path / "state" / "journal.json"),
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(manager.run)
-            try:
-                yield engine, manager
-            finally:
-                await trio.to_thread.run_sync(sim.admin.clear_faults)
-                nursery.cancel_scope.cancel()
+    async with sim_restore_manager(sim, tmp_path) as (engine, manager):
+        try:
+            yield engine, manager
+        finally:
+            await trio.to_thread.run_sync(sim.admin.clear_faults)
 
 
 async def put(session: RestoreSession, name: str, data: bytes) -> None:

@@ -18,16 +18,11 @@ from typing import Any
 import pytest
 import trio
 
-from rhvfs.config import load_config
-from rhvfs.engine import Engine, open_engine
-from rhvfs.fs import errno_for
-from rhvfs.retry import RetryPolicy
-from rhvfs.sessions.core import Journal
+from rhvfs.engine import Engine
 from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
-from rhvfs.sessions.restore._staging import StagingArea
+from tests.support.restore_rig import sim_restore_manager
 
 MiB = 1024 * 1024
-FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.2, timeout_s=60.0)
 
 
 def synth_set(name: str, sizes: list[int], seed: int) -> tuple[dict[str, bytes], list[str]]:
@@ -79,23 +74,8 @@ def synth_set(name: str, sizes: list[int], seed: int) -> tuple[dict[str, bytes],
 
 @pytest.fixture
 async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[tuple[Engine, RestoreManager]]:
-    config = load_config(
-        section=sim.section,
-        config_file=sim.conf_file,
-        overrides={"system_interval": 0.2, "system_timeout": 60.0},
-    )
-    async with open_engine(config, poll=FAST_POLL) as engine:
-        manager = RestoreManager(
-            engine,
-            config,
-            errno_for=errno_for,
-            staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
-            journal=Journal(tmp_path / "state" / "journal.json"),
-        )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(manager.run)
-            yield engine, manager
-            nursery.cancel_scope.cancel()
+    async with sim_restore_manager(sim, tmp_path) as (engine, manager):
+        yield engine, manager
 
 
 async def put(

@@ -9,14 +9,18 @@ Must not: assert anything about a restore (the tests do).
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from rhvfs.config import Config
+from rhvfs.config import Config, load_config
+from rhvfs.engine import Engine, open_engine
 from rhvfs.fs import errno_for
+from rhvfs.retry import RetryPolicy
 from rhvfs.sessions.core import Journal
 from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
@@ -102,3 +106,33 @@ def restored(engine: FakeEngine, vm_name: str) -> dict[str, str]:
     """disk alias -> sha256 of the disks of the VM called ``vm_name``."""
     vm = next(v for v in engine.vms.values() if v.name == vm_name)
     return {a.disk.alias: sha(engine.disk_bytes(a.disk.id)) for a in engine.attachments[vm.id]}
+
+
+#: Engine polling for restores against the simulator: fast, bounded.
+SIM_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.2, timeout_s=60.0)
+
+
+@contextlib.asynccontextmanager
+async def sim_restore_manager(
+    sim: Any, tmp_path: Path
+) -> AsyncIterator[tuple[Engine, RestoreManager]]:
+    """A running, journaled restore manager on the simulator's engine (the real facade)."""
+    config = load_config(
+        section=sim.section,
+        config_file=sim.conf_file,
+        overrides={"system_interval": 0.2, "system_timeout": 60.0},
+    )
+    async with open_engine(config, poll=SIM_POLL) as engine:
+        manager = RestoreManager(
+            engine,
+            config,
+            errno_for=errno_for,
+            staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
+            journal=Journal(tmp_path / "state" / "journal.json"),
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(manager.run)
+            try:
+                yield engine, manager
+            finally:
+                nursery.cancel_scope.cancel()
