@@ -50,6 +50,7 @@ from rhvfs.sessions.core._cleanup import (
 )
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._ports import EngineLike
+from rhvfs.sessions.core._registry import SessionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -354,3 +355,30 @@ class PendingCleanups:
                     }
                 )
         return out
+
+
+async def serve(
+    registry: SessionRegistry[Any],
+    *,
+    journal: Journal,
+    cleanups: PendingCleanups,
+    on_start: Callable[[], Awaitable[object]] | None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """A manager's service: hold the installation, serve ``registry`` with the pending
+    cleanups' retries (and ``on_start``, the leftovers of dead mounts) beside it until
+    cancelled; then every session ends, what their cleanups left gets one last try, and
+    the installation is released. One body for the full and incremental managers."""
+
+    async def background() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cleanups.run)
+            if on_start is not None:
+                nursery.start_soon(on_start)
+
+    journal.installation.hold()
+    try:
+        await registry.run(background=background, task_status=task_status)
+    finally:
+        await cleanups.flush()
+        journal.installation.release()

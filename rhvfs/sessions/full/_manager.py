@@ -78,7 +78,7 @@ from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._limits import EngineLimits
 from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for
 from rhvfs.sessions.core._owner_data import OwnerDataSource, image_disks
-from rhvfs.sessions.core._pending import PendingCleanups
+from rhvfs.sessions.core._pending import PendingCleanups, serve
 from rhvfs.sessions.core._ports import (
     EngineLike,
     ImageioOpener,
@@ -214,18 +214,13 @@ class BackupManager:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; on cancellation every session ends cleanly (shielded), and
         what their cleanups left gets one last try."""
-        self.journal.installation.hold()
-        try:
-            await self._sessions.run(background=self._background, task_status=task_status)
-        finally:
-            await self.cleanups.flush()
-            self.journal.installation.release()
-
-    async def _background(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.cleanups.run)
-            if self._gc_on_start:
-                nursery.start_soon(self._startup_gc)
+        await serve(
+            self._sessions,
+            journal=self.journal,
+            cleanups=self.cleanups,
+            on_start=self._startup_gc if self._gc_on_start else None,
+            task_status=task_status,
+        )
 
     async def _startup_gc(self) -> None:
         try:

@@ -79,7 +79,7 @@ from rhvfs.sessions.core._model import (
     SetEntry,
 )
 from rhvfs.sessions.core._owner_data import OwnerDataSource
-from rhvfs.sessions.core._pending import PendingCleanups
+from rhvfs.sessions.core._pending import PendingCleanups, serve
 from rhvfs.sessions.core._ports import (
     ImageioOpener,
     ReaderFactory,
@@ -152,18 +152,13 @@ class IncrementalManager:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; on cancellation every set ends (shielded), and what their
         cleanups left gets one last try."""
-        self.journal.installation.hold()
-        try:
-            await self._sessions.run(background=self._background, task_status=task_status)
-        finally:
-            await self.cleanups.flush()
-            self.journal.installation.release()
-
-    async def _background(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.cleanups.run)
-            if self._cleanup_on_start:
-                nursery.start_soon(self.finalize_leftovers)
+        await serve(
+            self._sessions,
+            journal=self.journal,
+            cleanups=self.cleanups,
+            on_start=self.finalize_leftovers if self._cleanup_on_start else None,
+            task_status=task_status,
+        )
 
     async def finalize_leftovers(self) -> list[str]:
         """Finalize engine backups started by dead mounts of this installation.
