@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from rhvfs.backupset._qcow2 import Change, Qcow2Delta
 from rhvfs.fs import Operations
+from rhvfs.sessions.restore._options import KEYS as OPTION_KEYS
 from tests.support.backup_sets import make_set
 from tests.support.fs_ops import CTX, fields
 
@@ -222,22 +223,7 @@ def manifest_inputs(draw: st.DrawFn) -> bytes:
     return json.dumps(doc, allow_nan=True).encode()
 
 
-_OPTION_KEYS = [
-    "vm_name",
-    "cluster",
-    "storage_domain",
-    "vm_force_overwrite",
-    "vm_switchon",
-    "disk_interface",
-    "disk_active",
-    "disk_boot",
-    "disk_names",
-    "nics",
-    "vm_disks",
-    "vm_exclude_disks",
-    "template_name",
-    "remove_base_vm",
-]
+_OPTION_KEYS = sorted(OPTION_KEYS)  # the parser's own list: a new key is fuzzed too
 
 
 @st.composite
