@@ -41,9 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         "set cafile in the config section.",
     )
     f.add_argument("-c", "--section", required=True, help="config section (as ovirt-img -c)")
-    f.add_argument(
-        "--config-file", help="config file (default $XDG_CONFIG_HOME/ovirt-img.conf)"
-    )
+    f.add_argument("--config-file", help="config file (default $XDG_CONFIG_HOME/ovirt-img.conf)")
     f.add_argument(
         "--output", help="where to write the CA (default: <section>-ca.pem beside the config file)"
     )

@@ -3,14 +3,17 @@
 The unit's own command lines, for instance ``sim`` (paths under /etc/rhvfs,
 /mnt/rhvfs and /var/lib/rhvfs moved into the test directory, ``rhvfs`` found in
 PATH as the console script ``pip install`` writes), with the password only in the
-``LoadCredential=`` file: ExecStartPre, ExecStart until READY=1.
+``LoadCredential=`` file: ExecStartPre, ExecStart until READY=1, each inside the
+unit's sandbox settings (capability bounding set, no new privileges, W^X memory,
+system call and address family filters: ``tests.support.sandbox``).
 
 - After a crash (the daemon SIGKILLed), systemd still runs ExecStop, with
   ``SERVICE_RESULT=signal EXIT_CODE=killed EXIT_STATUS=KILL`` and no ``$MAINPID``:
   the mount must stay visibly broken (listing it, and stat once the kernel's
   attribute cache expired, give ENOTCONN), not become an empty directory. The next start (Restart=on-failure) replaces it with a working mount.
 - A normal stop (``SERVICE_RESULT=success``, ``$MAINPID`` set) unmounts cleanly: the
-  daemon exits 0 and the mountpoint is an unmounted, empty directory.
+  daemon exits 0, the session's snapshot and transfer are gone, and the mountpoint
+  is an unmounted, empty directory.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from pathlib import Path
 import pytest
 
 from tests.support.mounts import REPO_ROOT
-from tests.support.sim import SimProcess, conf_without
+from tests.support.sim import SimProcess, conf_without, live_transfers, snapshot_ids
 from tests.support.systemd_unit import ServiceUnit, parse_unit
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
 UNIT = REPO_ROOT / "systemd" / "rhvfs@.service"
+CAP_SYS_ADMIN = 21
+VM = "myvm0"
+MiB = 1 << 20
 
 
 def console_script(bin_dir: Path) -> None:
@@ -52,6 +58,12 @@ def error_of(call: Callable[[Path], object], path: Path) -> int | None:
     except OSError as e:
         return e.errno
     return None
+
+
+def sandbox_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    return {k: fields[k].strip() for k in ("NoNewPrivs", "Seccomp", "CapBnd")}
 
 
 def mounted(mnt: Path) -> bool:
@@ -103,7 +115,12 @@ def test_a_crashed_daemon_stays_visibly_broken_and_a_stop_unmounts_a_healthy_one
     mnt = tmp_path / "mnt" / sim.section
     try:
         pid = unit.start(env)
-        assert mounted(mnt) and "myvm0" in os.listdir(mnt / "vms")
+        assert mounted(mnt) and VM in os.listdir(mnt / "vms")
+        assert sandbox_of(pid) == {
+            "NoNewPrivs": "1",
+            "Seccomp": "2",
+            "CapBnd": f"{1 << CAP_SYS_ADMIN:016x}",
+        }  # the daemon works inside the unit's hardening
 
         os.kill(pid, signal.SIGKILL)  # the crash
         assert unit.main is not None and unit.main.wait(timeout=60) == -signal.SIGKILL
@@ -116,13 +133,17 @@ def test_a_crashed_daemon_stays_visibly_broken_and_a_stop_unmounts_a_healthy_one
         assert wait_until(lambda: error_of(os.stat, mnt) == errno.ENOTCONN)
 
         pid = unit.start(env)  # Restart=on-failure: ExecStartPre replaces the broken mount
-        assert "myvm0" in os.listdir(mnt / "vms")
+        before = snapshot_ids(sim, VM)
+        with open(mnt / "vms" / VM / "disks" / f"{VM}_Disk1.raw", "rb") as f:
+            assert len(f.read(MiB)) == MiB  # a backup session, imageio, inside the sandbox
 
         stopping = {"SERVICE_RESULT": "success", "MAINPID": str(pid)}
         assert unit.stop({**env, **stopping}) == [0], unit.log
         assert unit.main.wait(timeout=60) == 0
         assert not mounted(mnt)
         assert os.listdir(mnt) == []
+        assert snapshot_ids(sim, VM) == before  # the stop ended the session
+        assert live_transfers(sim) == []
     finally:
         if unit.main is not None and unit.main.poll() is None:
             unit.main.kill()

@@ -11,7 +11,9 @@ prepares what systemd prepares (``StateDirectory=`` with its mode, the
 returns once it sent ``READY=1`` (``Type=notify``). ``stop(env)`` runs
 ``ExecStop=`` with the environment systemd gives it (``$SERVICE_RESULT``,
 ``$EXIT_CODE``, ``$EXIT_STATUS``, ``$MAINPID`` only while the main process
-lives: systemd.exec(5), systemd.service(5)).
+lives: systemd.exec(5), systemd.service(5)). Every command runs inside the unit's
+sandbox settings as far as ``tests.support.sandbox`` can apply them without systemd
+(capabilities, no-new-privileges, W^X memory, system call and socket filters).
 
 Command lines are split like a shell word list (``shlex``), which is what
 systemd's quoting amounts to for the lines of these units; ``$VAR`` is not
@@ -23,12 +25,13 @@ Must not: decide what a test checks; it only runs commands and reports results.
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import re
 import shlex
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,10 +41,12 @@ _PREFIXES = "-@:+!"
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    """One command line: its argv and whether a failure is ignored (``-``)."""
+    """One command line: its argv, whether a failure is ignored (``-``) and whether it runs
+    outside the sandbox (``+``)."""
 
     argv: tuple[str, ...]
     ignore_failure: bool
+    privileged: bool = False
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
@@ -90,6 +95,8 @@ class ServiceUnit:
     state_root: Path
     notify_path: Path
     main: subprocess.Popen[bytes] | None = None
+    #: Run the commands under the unit's sandbox settings (``tests.support.sandbox``).
+    sandboxed: bool = True
     log: list[str] = dataclasses.field(default_factory=list)
 
     @classmethod
@@ -121,7 +128,7 @@ class ServiceUnit:
             while i < len(value) and value[i] in _PREFIXES:
                 i += 1
             flags, rest = value[:i], value[i:]
-            out.append(Command(tuple(shlex.split(rest)), "-" in flags))
+            out.append(Command(tuple(shlex.split(rest)), "-" in flags, "+" in flags))
         return out
 
     def _prepare(self) -> dict[str, str]:
@@ -142,9 +149,16 @@ class ServiceUnit:
             env["CREDENTIALS_DIRECTORY"] = str(self.credentials_dir)
         return env
 
+    def argv(self, command: Command) -> list[str]:
+        """What is executed for ``command``: inside the sandbox unless ``+`` or unsandboxed."""
+        if command.privileged or not self.sandboxed:
+            return list(command.argv)
+        settings = json.dumps(self.settings)
+        return [sys.executable, "-m", "tests.support.sandbox", settings, "--", *command.argv]
+
     def run(self, command: Command, env: Mapping[str, str], timeout_s: float) -> int:
         result = subprocess.run(
-            command.argv,
+            self.argv(command),
             env=dict(env),
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -167,7 +181,7 @@ class ServiceUnit:
             notify.bind(str(self.notify_path))
             notify.settimeout(timeout_s)
             self.main = subprocess.Popen(
-                main.argv,
+                self.argv(main),
                 env={**env, "NOTIFY_SOCKET": str(self.notify_path)},
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,

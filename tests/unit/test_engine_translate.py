@@ -135,9 +135,7 @@ def test_a_certificate_that_does_not_verify_says_how_to_get_the_ca() -> None:
     """libcurl's "(60, 'SSL certificate ...')" becomes OpenSSL's reason and the way out."""
     import pycurl
 
-    text = (
-        "SSL certificate OpenSSL verify result: unable to get local issuer certificate (20)"
-    )
+    text = "SSL certificate OpenSSL verify result: unable to get local issuer certificate (20)"
     try:
         try:
             raise pycurl.error(60, text)
