@@ -24,6 +24,11 @@ wins, as with mount(8)); an unknown option is refused in one line that names
 the known ones. ``allow_other`` is refused without an explicit ``umask=``:
 letting other users in must say which of them may read.
 
+``mount`` on a mountpoint that holds the dead mount of a crashed rhvfs (the
+kernel answers ENOTCONN) replaces it: the old mount is detached only right before
+the new one is made, once the engine answered, so a restart that fails leaves
+the mount visibly broken, never an empty directory.
+
 ``umount --only-if-alive`` (systemd's ExecStop, which also runs after the
 daemon crashed) unmounts only a healthy mount: one whose verified rhvfs process
 answers. A mount whose process is gone is left as it is (exit 0): a crashed mount
@@ -43,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import functools
 import grp
 import json
@@ -278,7 +284,8 @@ def cmd_mount(argv: Sequence[str]) -> int:
     setup_logging(debug=args.debug, filename=args.log if args.foreground else None)
     prepare_state_dir(args.state_dir)
     config = config_from_args(args, **extra)  # validates and prompts before forking
-    if not os.path.isdir(args.mountpoint):
+    dead = dead_rhvfs_mount(args.mountpoint)
+    if dead is None and not os.path.isdir(args.mountpoint):
         raise ConfigError(f"mountpoint {args.mountpoint} is not a directory")
     if not args.foreground:
         return _spawn_daemon(list(argv), args, config.password)
@@ -298,7 +305,8 @@ def cmd_mount(argv: Sequence[str]) -> int:
             ready_fd = None
 
     try:
-        run_trio(functools.partial(serve, config, options, ready=ready))
+        replace = functools.partial(_replace_dead_mount, dead) if dead is not None else None
+        run_trio(functools.partial(serve, config, options, ready=ready, replace=replace))
     except BaseException as e:
         logging.getLogger(__name__).error("mount failed: %s", e, exc_info=args.debug)
         if ready_fd is not None:
@@ -374,6 +382,36 @@ def is_mounted(path: str) -> bool:
         return mount_at(canonical_mountpoint(path)) is not None
     except OSError:
         return os.path.ismount(path)
+
+
+def dead_rhvfs_mount(path: str) -> str | None:
+    """The canonical mountpoint when ``path`` holds an rhvfs mount whose process is gone
+    (the kernel answers ENOTCONN), else None. A hung mount is not dead: None."""
+    try:
+        mnt = canonical_mountpoint(path)
+        entry = mount_at(mnt)
+    except OSError:
+        return None
+    if entry is None or entry.fstype != RHVFS_FSTYPE:
+        return None
+    try:
+        _read_status(mnt)
+    except OSError as e:
+        return mnt if e.errno == errno.ENOTCONN else None
+    except TimeoutError:
+        return None
+    return None
+
+
+def _replace_dead_mount(mnt: str) -> None:
+    """Detach the dead rhvfs mount at ``mnt`` (checked again: it may have changed)."""
+    if dead_rhvfs_mount(mnt) != mnt:
+        raise ConfigError(f"{mnt} is no longer the dead rhvfs mount to replace")
+    command = ["fusermount3", "-u", "-z", mnt]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RhvfsError(f"{' '.join(command)}: {result.stderr.strip()}")
+    logging.getLogger(__name__).info("replacing the dead rhvfs mount on %s", mnt)
 
 
 def _daemon_mountpoint(args: Sequence[str]) -> str | None:

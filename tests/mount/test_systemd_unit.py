@@ -10,7 +10,11 @@ system call and address family filters: ``tests.support.sandbox``).
 - After a crash (the daemon SIGKILLed), systemd still runs ExecStop, with
   ``SERVICE_RESULT=signal EXIT_CODE=killed EXIT_STATUS=KILL`` and no ``$MAINPID``:
   the mount must stay visibly broken (listing it, and stat once the kernel's
-  attribute cache expired, give ENOTCONN), not become an empty directory. The next start (Restart=on-failure) replaces it with a working mount.
+  attribute cache expired, give ENOTCONN), not become an empty directory. The next
+  start (Restart=on-failure) keeps it broken through ExecStartPre; a start that
+  fails (engine unreachable) leaves it broken; one that reaches the engine replaces
+  it only when the new mount is made, and the new mount reads a disk (a backup
+  session through imageio).
 - A normal stop (``SERVICE_RESULT=success``, ``$MAINPID`` set) unmounts cleanly: the
   daemon exits 0, the session's snapshot and transfer are gone, and the mountpoint
   is an unmounted, empty directory.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,8 +34,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.mounts import REPO_ROOT
-from tests.support.sim import SimProcess, conf_without, live_transfers, snapshot_ids
-from tests.support.systemd_unit import ServiceUnit, parse_unit
+from tests.support.sim import (
+    SimProcess,
+    conf_without,
+    live_transfers,
+    set_options,
+    snapshot_ids,
+)
+from tests.support.systemd_unit import MainExited, ServiceUnit, parse_unit
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -58,6 +69,13 @@ def error_of(call: Callable[[Path], object], path: Path) -> int | None:
     except OSError as e:
         return e.errno
     return None
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, never listened, then released)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
 
 
 def sandbox_of(pid: int) -> dict[str, str]:
@@ -132,7 +150,20 @@ def test_a_crashed_daemon_stays_visibly_broken_and_a_stop_unmounts_a_healthy_one
         # stat of the root answers from the kernel's attribute cache until it expires
         assert wait_until(lambda: error_of(os.stat, mnt) == errno.ENOTCONN)
 
-        pid = unit.start(env)  # Restart=on-failure: ExecStartPre replaces the broken mount
+        conf = tmp_path / "etc" / "ovirt-img.conf"
+        good = conf.read_bytes()
+        set_options(conf, sim.section, engine_url=f"https://localhost:{closed_port()}")
+        set_options(conf, sim.section, system_tries=1)
+        unit.start_pre(env)  # Restart=on-failure, after RestartSec: the engine is away
+        with pytest.raises(MainExited):
+            unit.start_main(env)
+        assert error_of(os.listdir, mnt) == errno.ENOTCONN  # still visibly broken
+
+        conf.write_bytes(good)
+        unit.start_pre(env)  # the next restart: the engine is back
+        assert error_of(os.listdir, mnt) == errno.ENOTCONN
+        pid = unit.start_main(env)  # replaces the dead mount once it reached the engine
+        assert "replacing the dead rhvfs mount" in unit.journal.read_text()
         before = snapshot_ids(sim, VM)
         with open(mnt / "vms" / VM / "disks" / f"{VM}_Disk1.raw", "rb") as f:
             assert len(f.read(MiB)) == MiB  # a backup session, imageio, inside the sandbox

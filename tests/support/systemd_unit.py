@@ -32,11 +32,20 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 #: ExecXxx= prefixes systemd knows (systemd.service(5), "Command lines").
 _PREFIXES = "-@:+!"
+
+
+class MainExited(Exception):
+    """ExecStart='s process ended before READY=1 (systemd: the start failed)."""
+
+    def __init__(self, returncode: int) -> None:
+        super().__init__(f"the main process exited with {returncode} before READY=1")
+        self.returncode = returncode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,11 @@ class ServiceUnit:
     #: Run the commands under the unit's sandbox settings (``tests.support.sandbox``).
     sandboxed: bool = True
     log: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def journal(self) -> Path:
+        """What the main processes wrote on stdout/stderr (journald's part under systemd)."""
+        return self.notify_path.with_name("journal.log")
 
     @classmethod
     def load(
@@ -172,29 +186,45 @@ class ServiceUnit:
 
     def start(self, base_env: Mapping[str, str], *, timeout_s: float = 120.0) -> int:
         """ExecStartPre=, then ExecStart= until READY=1; the main process's pid."""
+        self.start_pre(base_env, timeout_s=timeout_s)
+        return self.start_main(base_env, timeout_s=timeout_s)
+
+    def start_pre(self, base_env: Mapping[str, str], *, timeout_s: float = 120.0) -> None:
+        """Every ExecStartPre= (with what systemd prepares first)."""
         env = {**base_env, **self._prepare()}
         for command in self.commands("ExecStartPre"):
             self.run(command, env, timeout_s)
+
+    def start_main(self, base_env: Mapping[str, str], *, timeout_s: float = 120.0) -> int:
+        """ExecStart= until it sends READY=1; the main process's pid."""
+        env = {**base_env, **self._prepare()}
         (main,) = self.commands("ExecStart")
         self.notify_path.unlink(missing_ok=True)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
+            open(self.journal, "ab") as journal,
+        ):
             notify.bind(str(self.notify_path))
-            notify.settimeout(timeout_s)
+            notify.settimeout(0.5)
             self.main = subprocess.Popen(
                 self.argv(main),
                 env={**env, "NOTIFY_SOCKET": str(self.notify_path)},
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=journal,
+                stderr=journal,
             )
-            while True:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
                 try:
                     message = notify.recv(4096).decode()
                 except TimeoutError:
-                    self.main.kill()
-                    raise AssertionError(f"no READY=1 within {timeout_s} s") from None
+                    if self.main.poll() is not None:
+                        raise MainExited(self.main.returncode) from None
+                    continue
                 if "READY=1" in message.splitlines():
                     return self.main.pid
+            self.main.kill()
+            raise AssertionError(f"no READY=1 within {timeout_s} s")
 
     def stop(self, base_env: Mapping[str, str], *, timeout_s: float = 300.0) -> list[int]:
         """ExecStop= with ``base_env`` (systemd's variables added by the caller); exit codes."""
