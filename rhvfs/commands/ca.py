@@ -110,6 +110,12 @@ def cmd_ca(argv: Sequence[str]) -> int:
 
     ca = fetch_engine_ca(engine_url)
     print(_describe(engine_url, ca), flush=True)
+    if section.get("secure", "yes").strip().lower() in ("no", "false", "off", "0"):
+        print(
+            f"note: [{args.section}] has secure = no: rhvfs verifies TLS with cafile only "
+            "once that line is gone",
+            flush=True,
+        )
 
     question = f"Trust it: write {output} and set cafile in [{args.section}] of {config_file}?"
     if not args.yes:

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 from tests.support.mounts import RHVFS
-from tests.support.sim import SimProcess, conf_without
+from tests.support.sim import SimProcess, conf_without, set_options
 
 
 def conf_without_ca(sim: SimProcess, directory: Path) -> Path:
@@ -77,6 +77,7 @@ def test_without_a_terminal_and_without_yes_nothing_is_written(
     sim: SimProcess, tmp_path: Path
 ) -> None:
     conf = conf_without_ca(sim, tmp_path)
+    set_options(conf, sim.section, secure="no")
     before = conf.read_bytes()
     output = tmp_path / "out" / "ca.pem"
     result = run(
@@ -84,6 +85,7 @@ def test_without_a_terminal_and_without_yes_nothing_is_written(
     )
     assert result.returncode == 1
     assert f"SHA-256 fingerprint: {sim_fingerprint(sim)}\n" in result.stdout  # to compare
+    assert "note: [sim] has secure = no: rhvfs verifies TLS with cafile only" in result.stdout
     assert result.stderr.splitlines() == [
         "rhvfs: configuration error: nothing written: no terminal to confirm the fingerprint "
         "on; compare it with the engine's and run again with --yes"
