@@ -176,8 +176,10 @@ def fuse_options(options: MountOptions) -> set[str]:
     return opts
 
 
-def _check_mountpoint(path: str) -> str:
+def _check_mountpoint(path: str, *, replacing: bool = False) -> str:
     mountpoint = os.path.abspath(path)
+    if replacing:  # a dead mount: stat fails (ENOTCONN) until it is detached
+        return mountpoint
     if not os.path.isdir(mountpoint):
         raise ConfigError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -212,9 +214,14 @@ async def serve(
     *,
     ready: Callable[[], None] | None = None,
     backend: BackendOpener = open_backend,
+    replace: Callable[[], None] | None = None,
 ) -> None:
-    """Mount, serve until unmounted or signalled, clean up; the whole life of a mount."""
-    mountpoint = _check_mountpoint(options.mountpoint)
+    """Mount, serve until unmounted or signalled, clean up; the whole life of a mount.
+
+    ``replace`` (given when the mountpoint holds the dead mount of a crashed rhvfs) is
+    called in a thread right before mounting, once the engine answered, to detach it:
+    until then the old mount stays visibly broken rather than an empty directory."""
+    mountpoint = _check_mountpoint(options.mountpoint, replacing=replace is not None)
     started = time.time()
     stopping = trio.Event()
     crashed = True
@@ -255,6 +262,8 @@ async def serve(
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
             ops = Operations(vfs)
+            if replace is not None:
+                await trio.to_thread.run_sync(replace)
             pyfuse3.init(ops, mountpoint, fuse_options(options))
             mounted = True
             log.info("rhvfs %s mounted %s on %s", rhvfs.__version__, config.engine_url, mountpoint)
