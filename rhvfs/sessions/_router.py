@@ -28,6 +28,11 @@ Invariants between awaits: every router handle of a full-view file belongs to
 exactly one ``SetRead`` and counts in it; a read's binding (view and target)
 exists from its beginning until it has ended and its session was told.
 
+Each read that started a session posts its start, its end and its failure to the
+engine's events (``core._events.EngineEvents``, when given): severity normal for a
+start and a complete read, warning for a read that ended before every file was
+read, error for a failure.
+
 Must not: hold sessions (the managers do) or talk to the engine itself.
 """
 
@@ -52,6 +57,7 @@ from rhvfs.backupset import (
 )
 from rhvfs.config import Config
 from rhvfs.errors import PointInTimeLost, RhvfsError, SetBusy
+from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._procid import reader_identity
 from rhvfs.sessions.core._registry import HandleTable, Notes
@@ -91,6 +97,7 @@ class _Binding:
     via_backup: bool
     names: dict[str, str]  # key -> file name, for status
     session_started: bool = False
+    failure_posted: bool = False
 
 
 @dataclasses.dataclass
@@ -117,8 +124,10 @@ class SetRouter:
         *,
         config: Config,
         full_sets_via_backup: bool = False,
+        events: EngineEvents | None = None,
     ) -> None:
         self.full = full
+        self.events = events
         self.incremental = incremental
         self.config = config
         #: serve the data of @rhv/ of VMs with incremental-enabled disks from a full engine
@@ -224,11 +233,16 @@ class SetRouter:
                     owner, disk_key, read_id=read.read_id, expect_images=binding.view.image_ids
                 )
         except BaseException as e:
+            if isinstance(e, Exception) and not binding.failure_posted:
+                binding.failure_posted = True
+                self._event(binding, read, f"failed: {e}", "error")
             if book.released(read, h):
                 self._ended(owner, read)
             if isinstance(e, PointInTimeLost):
                 self._lose(owner, book, read, str(e))
             raise
+        if not binding.session_started:
+            self._event(binding, read, f"started ({binding.view.method})", "normal")
         binding.session_started = True
         return self._handles.add(_Open(owner, key, target, inner, book, read, h))
 
@@ -343,10 +357,29 @@ class SetRouter:
         self.full.read_ended(owner)
         complete = read.state is ReadState.COMPLETE
         log.info("read %s of %s %s ended: %s", read.read_id, owner.kind, owner.name, read.reason)
+        if binding.session_started and not binding.failure_posted:
+            if complete:
+                self._event(binding, read, "finished: every file was read", "normal")
+            elif read.state is ReadState.LOST:
+                self._event(binding, read, f"failed: {read.reason}", "error")
+            else:
+                self._event(binding, read, f"ended incomplete: {read.reason}", "warning")
         if binding.via_backup:
             self.incremental.end_read(owner, read.read_id, reason=read.reason, complete=complete)
         else:
             self.full.end_read(owner, read.read_id, reason=read.reason)
+
+    def _event(self, binding: _Binding, read: SetRead, what: str, severity: str) -> None:
+        """Post ``what`` happened to the backup ``read`` to the engine's events."""
+        if self.events is None:
+            return
+        owner = binding.owner
+        self.events.post(
+            f"rhvfs: backup of {'VM' if owner.kind == 'vm' else owner.kind} {owner.name} "
+            f"{what} (read {read.read_id})",
+            severity=severity,
+            vm_id=owner.id if owner.kind == "vm" else None,
+        )
 
     # -- reporting --------------------------------------------------------------------
 
@@ -372,6 +405,8 @@ class SetRouter:
                     doc["files_complete"] = sorted(binding.names.get(k, k) for k in read.done)
                 reads.append(doc)
         status["reads"] = reads
+        if self.events is not None:
+            status["engine_events"] = self.events.status()
         status["errors"] = list(status.get("errors", [])) + self._notes.list()
         return status
 

@@ -9,7 +9,6 @@ interfaces and the sha256 of every restored disk against the set's images.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,38 +19,12 @@ import trio
 
 from rhvfs.engine import Engine
 from rhvfs.sessions.restore import RestoreManager
-from tests.support.backup_sets import SetFiles, make_set, ovf_for
+from tests.support.backup_sets import SetFiles, sim_set
 from tests.support.data import sha
 from tests.support.restore_rig import Harness, sim_restore_manager
 
 MAC1 = "56:6f:7a:00:00:01"
 MAC2 = "56:6f:7a:00:00:02"
-
-
-def two_nic_set(name: str) -> SetFiles:
-    """``make_set`` for the simulator: two NICs on no profile, a disk interface each
-    (virtio_scsi, sata), the simulator's storage domain and cluster by name."""
-    s = make_set(name=name, seed=7)
-    doc = s.manifest
-    doc["vm"]["id"] = str(uuid.uuid4())
-    doc["vm"]["cluster"] = {"id": None, "name": "Default"}
-    for d, iface in zip(doc["disks"], ("virtio_scsi", "sata"), strict=True):
-        d["storage_domain"] = {"id": None, "name": "mydata"}
-        d["interface"] = iface
-    # fresh disk ids: the simulator keeps disks of earlier restores
-    for d in doc["disks"]:
-        new_id = str(uuid.uuid4())
-        data = s.files.pop(d["file"])
-        d["id"], d["file"] = new_id, f"{d['alias']}--{new_id}.raw"
-        s.files[d["file"]] = data
-    doc["nics"] = [
-        {"name": "nic1", "interface": "virtio", "mac": MAC1},
-        {"name": "nic2", "interface": "virtio", "mac": MAC2},
-    ]
-    s.files["manifest.json"] = json.dumps(doc).encode()
-    disk_ids = [d["id"] for d in doc["disks"]]
-    s.files["vm.ovf"] = ovf_for(doc["vm"]["id"], name, disk_ids, [MAC1, MAC2])
-    return s
 
 
 @pytest.fixture
@@ -85,7 +58,7 @@ async def test_positional_nics_original_name_and_interfaces(
 ) -> None:
     engine, h = rig
     name = f"plug-{uuid.uuid4().hex[:6]}"
-    s = two_nic_set(name)
+    s = sim_set(name, macs=(MAC1, MAC2))
     options = (
         "# pasted from the plugin's restore options\n"
         "vm_name=original\n"
@@ -116,7 +89,7 @@ async def test_template_name_removes_the_base_vm_by_default(
 ) -> None:
     engine, h = rig
     name = f"plugt-{uuid.uuid4().hex[:6]}"
-    s = two_nic_set(name)
+    s = sim_set(name, macs=(MAC1, MAC2))
     options = f"template_name={name}-tpl\nnics=new,new\ndisk_interface=original,disk1:virtio\n"
     try:
         status = await restore(h, name, s, options)
