@@ -260,6 +260,8 @@ async def serve(
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
+            product = await vfs.inventory.engine_product()  # for status.json
+            log.info("engine: %s", product)
             ops = Operations(vfs)
             pyfuse3.init(ops, mountpoint, fuse_options(options))
             mounted = True

@@ -1,6 +1,6 @@
 """Engine-wide calls: the product version (the API root) and external events (the audit log).
 
-``product_version`` reads ``product_info.version.full_version`` of
+``product_info`` reads ``product_info`` (name, ``version.full_version``) of
 ``GET /ovirt-engine/api``. ``add_event`` posts one external event
 (``POST /ovirt-engine/api/events``): the engine requires ``origin`` (anything
 but ``oVirt``), ``custom_id`` (unique per origin), ``severity`` and
@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import ovirtsdk4.types as sdk
 
+from rhvfs.engine import types as t
 from rhvfs.engine._core import EngineCore
 
 SEVERITIES = frozenset({"normal", "warning", "error", "alert"})
 
 
 class SystemMixin(EngineCore):
-    async def product_version(self) -> str | None:
-        """The engine's version (``4.5.5-1.el8``), or None when it does not say."""
+    async def product_info(self) -> t.EngineProduct:
+        """The engine's product name and version (``4.5.5-1.el8``); None where it is silent."""
         api = await self.call(lambda c: c.system_service().get(), "get api")
         info = api.product_info
         version = info.version if info is not None else None
-        if version is None:
-            return None
-        if version.full_version:
-            return str(version.full_version)
-        parts = (version.major, version.minor, version.build, version.revision)
-        return ".".join(str(p) for p in parts if p is not None) or None
+        text = None
+        if version is not None:
+            parts = (version.major, version.minor, version.build, version.revision)
+            text = version.full_version or ".".join(str(p) for p in parts if p is not None)
+        return t.EngineProduct(name=info.name if info is not None else None, version=text or None)
 
     async def add_event(
         self,

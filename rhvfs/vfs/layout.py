@@ -204,6 +204,8 @@ class Layout:
     def _status_content(self) -> bytes:
         info: dict[str, Any] = {"rhvfs_version": rhvfs.__version__, "pid": os.getpid()}
         info.update(self._status_info())
+        product = self.inv.product
+        info["engine"] = dataclasses.asdict(product) if product is not None else None
         info["sessions"] = self.backups.status()
         info["engine_calls"] = self.inv.engine_calls()
         return redact(render_json(info).decode()).encode()  # error texts may quote a URL
