@@ -56,7 +56,7 @@ from rhvfs.backupset import (
     parse_key,
 )
 from rhvfs.config import Config
-from rhvfs.errors import PointInTimeLost, RhvfsError, SetBusy
+from rhvfs.errors import NotFound, PointInTimeLost, RhvfsError, SetBusy
 from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._procid import reader_identity
@@ -139,6 +139,7 @@ class SetRouter:
         self._bindings: dict[str, _Binding] = {}  # read id -> binding
         self._generations: dict[str, int] = {}  # owner id -> reads of its set that ended
         self._notes = Notes()
+        self._sets_started: set[str] = set()  # incremental set ids whose start was posted
 
     # -- listings ---------------------------------------------------------------
 
@@ -163,7 +164,18 @@ class SetRouter:
         self, owner: Owner, kind: SetKind, since: str | None = None
     ) -> list[SetEntry]:
         """Files of ``@rhv-<kind>/`` (or ``@rhv-since/<since>/``); starts the set's backup."""
-        return await self.incremental.list_set(owner, kind, since)
+        before = self.incremental.live_set(owner)
+        try:
+            entries = await self.incremental.list_set(owner, kind, since)
+        except RhvfsError as e:
+            if not isinstance(e, NotFound):  # a since-checkpoint rhvfs never recorded: no backup
+                self._post(owner, f"{kind} backup", f"failed: {e}", "error")
+            raise
+        after = self.incremental.live_set(owner)
+        if after is not None and after is not before:
+            self._sets_started.add(after.set_id)
+            self._post(owner, f"{kind} backup", f"started (set {after.set_id})", "normal")
+        return entries
 
     async def since_checkpoints(self, owner: Owner) -> list[str]:
         """Names under ``@rhv-since/``: checkpoints of completed sets rhvfs recorded."""
@@ -352,6 +364,14 @@ class SetRouter:
         last handle, and never serves again."""
         binding = self._bindings.pop(read.read_id, None)
         if binding is None:  # an incremental set: its session ends on its own
+            if read.read_id in self._sets_started and read.state.ended:
+                self._sets_started.discard(read.read_id)
+                what, severity = (
+                    ("finished: every file was read", "normal")
+                    if read.state is ReadState.COMPLETE
+                    else (f"ended incomplete: {read.reason}", "warning")
+                )
+                self._post(owner, "backup", f"{what} (set {read.read_id})", severity)
             return
         self._generations[owner.id] = self._generations.get(owner.id, 0) + 1
         self.full.read_ended(owner)
@@ -371,12 +391,13 @@ class SetRouter:
 
     def _event(self, binding: _Binding, read: SetRead, what: str, severity: str) -> None:
         """Post ``what`` happened to the backup ``read`` to the engine's events."""
+        self._post(binding.owner, "backup", f"{what} (read {read.read_id})", severity)
+
+    def _post(self, owner: Owner, backup: str, what: str, severity: str) -> None:
         if self.events is None:
             return
-        owner = binding.owner
         self.events.post(
-            f"rhvfs: backup of {'VM' if owner.kind == 'vm' else owner.kind} {owner.name} "
-            f"{what} (read {read.read_id})",
+            f"rhvfs: {backup} of {'VM' if owner.kind == 'vm' else owner.kind} {owner.name} {what}",
             severity=severity,
             vm_id=owner.id if owner.kind == "vm" else None,
         )

@@ -169,3 +169,23 @@ async def test_a_restore_posts_its_start_and_end_and_a_failed_one_an_error(
     finally:
         for name in (good, bad):
             await trio.to_thread.run_sync(remove_vm, sim, name)
+
+
+async def test_an_incremental_set_posts_its_start_and_end(sim: Any, tmp_path: Path) -> None:
+    vm_id, _ = await trio.to_thread.run_sync(vm_and_first_disk, sim, "myvm")
+    async with mounted(sim, tmp_path) as (ops, _):
+        listing = await ops.vfs.listdir((await walk(ops, "/vms/myvm/@rhv-incremental")).ino)
+        for node in listing:
+            await read_whole(ops, f"/vms/myvm/@rhv-incremental/{node.name}")
+        started = await wait_events(sim, "incremental backup of VM myvm started", 1)
+        set_id = started[-1][0].rsplit("(set ", 1)[1].rstrip(")")
+        assert set_id in listing[0].name
+        events = await wait_events(sim, f"set {set_id}", 2)
+        assert [(d, sev, vm) for d, sev, vm in events] == [
+            (f"rhvfs: incremental backup of VM myvm started (set {set_id})", "normal", vm_id),
+            (
+                f"rhvfs: backup of VM myvm finished: every file was read (set {set_id})",
+                "normal",
+                vm_id,
+            ),
+        ]
