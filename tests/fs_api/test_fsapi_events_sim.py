@@ -171,10 +171,38 @@ async def test_a_restore_posts_its_start_and_end_and_a_failed_one_an_error(
             await trio.to_thread.run_sync(remove_vm, sim, name)
 
 
+def checkpoints(sim: Any, vm_id: str) -> set[str]:
+    conn = sim.sdk_connection()
+    try:
+        service = conn.system_service().vms_service().vm_service(vm_id).checkpoints_service()
+        return {c.id for c in service.list()}
+    finally:
+        conn.close()
+
+
+def remove_checkpoints(sim: Any, vm_id: str, ids: set[str]) -> None:
+    conn = sim.sdk_connection()
+    try:
+        service = conn.system_service().vms_service().vm_service(vm_id).checkpoints_service()
+        for cp in ids:
+            service.checkpoint_service(cp).remove()
+    finally:
+        conn.close()
+
+
 async def test_an_incremental_set_posts_its_start_and_end(sim: Any, tmp_path: Path) -> None:
     vm_id, _ = await trio.to_thread.run_sync(vm_and_first_disk, sim, "myvm")
+    before = await trio.to_thread.run_sync(checkpoints, sim, vm_id)
+    try:
+        await _read_an_incremental_set(sim, tmp_path, vm_id)
+    finally:  # leave the shared simulator's VM without the checkpoint this set made
+        new = await trio.to_thread.run_sync(checkpoints, sim, vm_id) - before
+        await trio.to_thread.run_sync(remove_checkpoints, sim, vm_id, new)
+
+
+async def _read_an_incremental_set(sim: Any, tmp_path: Path, vm_id: str) -> None:
     async with mounted(sim, tmp_path) as (ops, _):
-        listing = await ops.vfs.listdir((await walk(ops, "/vms/myvm/@rhv-incremental")).ino)
+        listing = await ops.vfs.listdir((await walk(ops, "/vms/myvm/@rhv-incremental")).st_ino)
         for node in listing:
             await read_whole(ops, f"/vms/myvm/@rhv-incremental/{node.name}")
         started = await wait_events(sim, "incremental backup of VM myvm started", 1)
