@@ -111,6 +111,9 @@ class Config:
     partial_set_timeout: float = 300.0
     # Mount-level restore defaults (names as in other RHV backup products).
     restore_defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Backups and restores post their start, end and failure to the engine's events
+    # (origin "rhvfs"; rhvfs.sessions.core._events).
+    engine_events: bool = True
 
     @property
     def selection(self) -> VmSelection:
@@ -163,7 +166,7 @@ _FLOAT_KEYS = {
     "outcome_timeout",
     "partial_set_timeout",
 }
-_BOOL_KEYS = {"secure", "memory_state"}
+_BOOL_KEYS = {"secure", "memory_state", "engine_events"}
 _STR_KEYS = {"engine_url", "username", "password", "cafile", "staging_dir"}
 #: names, comma-separated in a config file; a list (repeated options) from the command line
 _LIST_KEYS = {"tag", "cluster", "datacenter"}

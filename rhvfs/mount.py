@@ -90,7 +90,7 @@ async def open_backend(
     from rhvfs.engine import open_engine
     from rhvfs.sessions import BackupManager, Journal, Owner
     from rhvfs.sessions._router import SetRouter
-    from rhvfs.sessions.core import EngineLimits
+    from rhvfs.sessions.core import EngineEvents, EngineLimits
     from rhvfs.sessions.incremental import IncrementalManager
     from rhvfs.sessions.incremental._chainstate import ChainState
     from rhvfs.sessions.restore import RestoreManager
@@ -110,12 +110,14 @@ async def open_backend(
             cleanup_on_start=gc_on_start,
             limits=limits,
         )
+        events = EngineEvents(engine, enabled=config.engine_events)
         restores = (
             None
             if options.read_only
-            else RestoreManager(engine, config, errno_for=errno_for, journal=journal)
+            else RestoreManager(engine, config, errno_for=errno_for, journal=journal, events=events)
         )
         async with trio.open_nursery() as nursery:
+            await nursery.start(events.run)
             await nursery.start(manager.run)
             await nursery.start(incremental.run)
             if restores is not None:
@@ -124,7 +126,11 @@ async def open_backend(
                 yield Backend(
                     engine=engine,
                     backups=SetRouter(
-                        manager, incremental, config=config, full_sets_via_backup=True
+                        manager,
+                        incremental,
+                        config=config,
+                        full_sets_via_backup=True,
+                        events=events,
                     ),
                     owner_factory=Owner,
                     restores=restores,
@@ -261,6 +267,8 @@ async def serve(
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
+            product = await vfs.inventory.engine_product()  # for status.json
+            log.info("engine: %s", product)
             ops = Operations(vfs)
             if replace is not None:
                 await trio.to_thread.run_sync(replace)
