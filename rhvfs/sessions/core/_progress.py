@@ -34,6 +34,21 @@ WINDOW_S = 5.0
 BUCKET_S = 0.25
 
 
+#: A session's ``state`` (``SessionLifecycle``) as the phase people see.
+PHASES = {
+    "queued": "queued",  # waiting for a place among max_sessions
+    "starting": "starting",  # snapshot or engine backup being made
+    "ready": "active",
+    "broken": "failed",
+    "closing": "cleanup",  # transfers finalized, snapshot removed / backup finalized
+    "closed": "closed",
+}
+
+
+def phase_of(state: str) -> str:
+    return PHASES.get(state, state)
+
+
 class RateMeter:
     """Bytes moved over time: the current (windowed) and the average rate, in bytes/s."""
 
