@@ -1,4 +1,4 @@
-"""``rhvfs mount``, ``rhvfs umount`` and ``rhvfs status``.
+"""``rhvfs mount`` and ``rhvfs umount`` (``rhvfs status``: ``rhvfs.commands.status``).
 
 ``mount`` without ``--foreground`` re-runs itself with ``--foreground`` in a
 new session (a daemon), hands it the password through a pipe (never argv,
@@ -449,26 +449,4 @@ def cmd_umount(argv: Sequence[str]) -> int:
             raise RhvfsError(f"{' '.join(command)}: {result.stderr.strip()}")
         if not _wait(lambda: not is_mounted(mnt), 10.0):
             raise RhvfsError(f"{mnt} is still mounted after {' '.join(command)}")
-    return 0
-
-
-def cmd_status(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="rhvfs status", description="Show a mount's sessions.")
-    p.add_argument("mountpoint")
-    p.add_argument("--json", action="store_true", help="print the raw status.json")
-    args = p.parse_args(list(argv))
-    try:
-        status = _read_status(args.mountpoint)
-    except OSError as e:
-        raise ConfigError(
-            f"{args.mountpoint} is not a live rhvfs mount: {e.strerror or e}"
-        ) from None
-    if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
-        return 0
-    print(
-        f"mountpoint: {status.get('mountpoint')}  engine: {status.get('engine_url')}  pid: {status.get('pid')}"
-    )
-    print(f"open files: {status.get('open_files')}  uptime: {status.get('uptime_s')} s")
-    print("sessions:", json.dumps(status.get("sessions"), indent=2, sort_keys=True))
     return 0

@@ -155,9 +155,14 @@ class SessionLifecycle(abc.ABC):
     def progress_status(self, files: Iterable[tuple[str, str, int]]) -> dict[str, Any]:
         """``phase``, ``progress`` and ``files`` for status.json; ``files`` are (key, name,
         size) of every file the session is expected to serve (shown ``waiting`` until read)."""
+        order = []
         for key, name, size in files:
             self.progress.expect(key, name, size)
-        return {"phase": phase_of(self.state), **self.progress.document(progress_now())}
+            order.append(key)
+        return {
+            "phase": phase_of(self.state),
+            **self.progress.document(progress_now(), order=order),
+        }
 
     # -- task -----------------------------------------------------------------
 

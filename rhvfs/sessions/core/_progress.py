@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from rhvfs.intervals import Intervals
@@ -167,11 +167,19 @@ class SetProgress:
         self.expect(key, name, size).add(now, offset, nbytes)
         self.meter.add(now, nbytes)
 
-    def document(self, now: float) -> dict[str, Any]:
-        """``{"progress": ..., "files": [{"name", "size", "state", "progress"}]}``."""
+    def document(self, now: float, *, order: Sequence[str] = ()) -> dict[str, Any]:
+        """``{"progress": ..., "files": [{"name", "size", "state", "progress"}]}``; files in
+        ``order`` (keys) first, in that order, then the others as they appeared."""
+        rank = {key: i for i, key in enumerate(order)}
+        keys = sorted(self._files, key=lambda k: rank.get(k, len(rank)))
         files = [
-            {"name": name, "size": fp.size, "state": fp.state, "progress": fp.document(now)}
-            for name, fp in self._files.values()
+            {
+                "name": self._files[k][0],
+                "size": self._files[k][1].size,
+                "state": self._files[k][1].state,
+                "progress": self._files[k][1].document(now),
+            }
+            for k in keys
         ]
         total = sum(fp.size for _, fp in self._files.values())
         done = sum(fp.done for _, fp in self._files.values())
