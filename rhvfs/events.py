@@ -50,9 +50,7 @@ class RecentErrors(logging.Handler):
             message = redact(record.getMessage())
         except Exception:  # a bad format string must not break logging
             message = redact(str(record.msg))
-        level = (
-            "error" if record.levelno >= logging.ERROR else "retry" if retry else "warning"
-        )
+        level = "error" if record.levelno >= logging.ERROR else "retry" if retry else "warning"
         what = getattr(record, "what", None) or record.name.removeprefix("rhvfs.")
         entry = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),

@@ -50,6 +50,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from rhvfs.commands._journal import LOG_FORMATS
 from rhvfs.commands._mounts import RHVFS_FSTYPE, canonical_mountpoint, mount_at, verify_daemon
 from rhvfs.commands.common import (
     add_connection_args,
@@ -225,6 +226,13 @@ def _mount_parser() -> argparse.ArgumentParser:
         "--log",
         help="log file (default: stderr in the foreground, a file under the state dir otherwise)",
     )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="journal: syslog priority prefixes and no timestamp, for systemd's journal "
+        "(auto: when stderr is the journal, JOURNAL_STREAM)",
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return p
 
@@ -262,7 +270,11 @@ def cmd_mount(argv: Sequence[str]) -> int:
             extra[key] = getattr(args, key)
     # Logging first: warnings about the configuration go to the terminal (the daemon's
     # parent) or to the mount's log (the foreground process).
-    setup_logging(debug=args.debug, filename=args.log if args.foreground else None)
+    setup_logging(
+        debug=args.debug,
+        filename=args.log if args.foreground else None,
+        log_format=args.log_format,
+    )
     prepare_state_dir(args.state_dir)
     config = config_from_args(args, **extra)  # validates and prompts before forking
     if not os.path.isdir(args.mountpoint):
