@@ -261,6 +261,12 @@ def render(status: Mapping[str, Any], *, width: int = 100, now: float | None = N
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         lines.append("recent errors" + (f" ({summary} since mount)" if summary else "") + ":")
         for e in errors[-ERRORS_SHOWN:]:
-            text = f"  {_clock(e.get('time'))} {e.get('level', 'error')} {e.get('what') or e.get('owner') or ''}: {e.get('message', '')}"
+            what = str(e.get("what") or e.get("owner") or "")
+            message = str(e.get("message", ""))
+            for prefix in (what, what.rpartition(" ")[2]):  # "fs lookup": "lookup: ..."
+                if prefix and message.startswith(f"{prefix}: "):
+                    message = message.removeprefix(f"{prefix}: ")  # said once is enough
+                    break
+            text = f"  {_clock(e.get('time'))} {e.get('level', 'error')} {what}: {message}"
             lines.append(text if len(text) <= width else text[: width - 1] + "~")
     return lines

@@ -103,7 +103,7 @@ def test_render_shows_bars_rates_eta_per_file_and_errors() -> None:
         in text
     )
     assert "recent errors (4 retry, 1 warning since mount):" in text
-    assert "warning fs opendir: opendir: engine unavailable -> EIO" in text
+    assert "warning fs opendir: engine unavailable -> EIO" in text
 
 
 def test_render_of_an_idle_mount() -> None:
