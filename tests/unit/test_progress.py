@@ -128,7 +128,10 @@ def test_set_progress_lists_waiting_files_and_sums_them() -> None:
     sp.add(1.0, "a", 0, 2 * MiB, name="a.raw", size=4 * MiB)
     sp.add(2.0, "a", 2 * MiB, 2 * MiB, name="a.raw", size=4 * MiB)
     doc = sp.document(2.0)
-    assert [(f["name"], f["state"]) for f in doc["files"]] == [("a.raw", "done"), ("b.raw", "waiting")]
+    assert [(f["name"], f["state"]) for f in doc["files"]] == [
+        ("a.raw", "done"),
+        ("b.raw", "waiting"),
+    ]
     assert doc["progress"]["size"] == 8 * MiB
     assert doc["progress"]["bytes_done"] == 4 * MiB
     assert doc["progress"]["percent"] == 50.0
@@ -154,7 +157,9 @@ def test_sum_progress_adds_sizes_bytes_and_rates() -> None:
         max_size=60,
     )
 )
-def test_current_rate_never_exceeds_what_moved_in_the_window(steps: list[tuple[float, int]]) -> None:
+def test_current_rate_never_exceeds_what_moved_in_the_window(
+    steps: list[tuple[float, int]],
+) -> None:
     meter = RateMeter(window_s=5.0, bucket_s=0.25)
     t = 0.0
     for dt, n in steps:
