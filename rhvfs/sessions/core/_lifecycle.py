@@ -159,8 +159,11 @@ class SessionLifecycle(abc.ABC):
         for key, name, size in files:
             self.progress.expect(key, name, size)
             order.append(key)
+        phase = phase_of(self.state)
+        if phase == "active" and not self.handles:
+            phase = "idle"  # ready, but no file open: waiting for the tool (or its end)
         return {
-            "phase": phase_of(self.state),
+            "phase": phase,
             **self.progress.document(progress_now(), order=order),
         }
 
