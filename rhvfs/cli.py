@@ -24,7 +24,7 @@ USAGE = """usage: rhvfs [--debug] COMMAND [ARGS...]
 commands:
   mount     mount an engine (rhvfs mount -c SECTION MOUNTPOINT)
   umount    finish a mount's sessions and unmount it
-  status    show a mount's sessions (rhvfs status MOUNTPOINT)
+  status    show a mount's progress (rhvfs status MOUNTPOINT [--watch] [--json])
   ls        print the tree without mounting (rhvfs ls -c SECTION [-R] [--json] [PATH])
   gc        remove leftovers of crashed rhvfs sessions (rhvfs gc -c SECTION [--dry-run] [--json])
   ca        fetch the engine's CA and set cafile (rhvfs ca fetch -c SECTION [--yes])
@@ -51,7 +51,7 @@ def _umount(argv: Sequence[str]) -> int:
 
 
 def _status(argv: Sequence[str]) -> int:
-    from rhvfs.commands.mount import cmd_status
+    from rhvfs.commands.status import cmd_status
 
     return cmd_status(argv)
 

@@ -34,6 +34,7 @@ import trio
 import rhvfs
 from rhvfs.config import Config
 from rhvfs.errors import ConfigError
+from rhvfs.events import RecentErrors
 from rhvfs.fs import Operations, errno_for
 from rhvfs.vfs.backend import BackupSets, EngineInventory, LocalOwner, OwnerFactory
 from rhvfs.vfs.tree import Vfs
@@ -234,6 +235,10 @@ async def serve(
     mounted = False
     try:
         async with AsyncExitStack() as stack:
+            # Errors, warnings and retries as they happen, for status.json's "errors".
+            recent = RecentErrors()
+            logging.getLogger("rhvfs").addHandler(recent)
+            stack.callback(logging.getLogger("rhvfs").removeHandler, recent)
             back = await stack.enter_async_context(backend(config, options))
             vfs: Vfs
 
@@ -249,6 +254,10 @@ async def serve(
                     "restores": back.restores.status() if back.restores is not None else {},
                     "stopping": stopping.is_set(),
                     "selection": config.selection.describe(),
+                    # the newest errors, warnings and retries of the whole mount (listings,
+                    # reads, cleanups), oldest first; error_counts: all seen since the start
+                    "errors": recent.list(),
+                    "error_counts": recent.counts(),
                 }
 
             vfs = Vfs(

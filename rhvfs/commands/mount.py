@@ -1,4 +1,4 @@
-"""``rhvfs mount``, ``rhvfs umount`` and ``rhvfs status``.
+"""``rhvfs mount`` and ``rhvfs umount`` (``rhvfs status``: ``rhvfs.commands.status``).
 
 ``mount`` without ``--foreground`` re-runs itself with ``--foreground`` in a
 new session (a daemon), hands it the password through a pipe (never argv,
@@ -63,6 +63,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from rhvfs.commands._journal import LOG_FORMATS
 from rhvfs.commands._mounts import (
     RHVFS_FSTYPE,
     MountEntry,
@@ -244,6 +245,13 @@ def _mount_parser() -> argparse.ArgumentParser:
         "--log",
         help="log file (default: stderr in the foreground, a file under the state dir otherwise)",
     )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="journal: syslog priority prefixes and no timestamp, for systemd's journal "
+        "(auto: when stderr is the journal, JOURNAL_STREAM)",
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return p
 
@@ -281,7 +289,11 @@ def cmd_mount(argv: Sequence[str]) -> int:
             extra[key] = getattr(args, key)
     # Logging first: warnings about the configuration go to the terminal (the daemon's
     # parent) or to the mount's log (the foreground process).
-    setup_logging(debug=args.debug, filename=args.log if args.foreground else None)
+    setup_logging(
+        debug=args.debug,
+        filename=args.log if args.foreground else None,
+        log_format=args.log_format,
+    )
     prepare_state_dir(args.state_dir)
     config = config_from_args(args, **extra)  # validates and prompts before forking
     dead = dead_rhvfs_mount(args.mountpoint)
@@ -538,26 +550,4 @@ def cmd_umount(argv: Sequence[str]) -> int:
             raise RhvfsError(f"{' '.join(command)}: {result.stderr.strip()}")
         if not _wait(lambda: not is_mounted(mnt), 10.0):
             raise RhvfsError(f"{mnt} is still mounted after {' '.join(command)}")
-    return 0
-
-
-def cmd_status(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="rhvfs status", description="Show a mount's sessions.")
-    p.add_argument("mountpoint")
-    p.add_argument("--json", action="store_true", help="print the raw status.json")
-    args = p.parse_args(list(argv))
-    try:
-        status = _read_status(args.mountpoint)
-    except OSError as e:
-        raise ConfigError(
-            f"{args.mountpoint} is not a live rhvfs mount: {e.strerror or e}"
-        ) from None
-    if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
-        return 0
-    print(
-        f"mountpoint: {status.get('mountpoint')}  engine: {status.get('engine_url')}  pid: {status.get('pid')}"
-    )
-    print(f"open files: {status.get('open_files')}  uptime: {status.get('uptime_s')} s")
-    print("sessions:", json.dumps(status.get("sessions"), indent=2, sort_keys=True))
     return 0

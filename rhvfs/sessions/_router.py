@@ -60,6 +60,7 @@ from rhvfs.errors import NotFound, PointInTimeLost, RhvfsError, SetBusy
 from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._procid import reader_identity
+from rhvfs.sessions.core._progress import sum_progress
 from rhvfs.sessions.core._registry import HandleTable, Notes
 from rhvfs.sessions.core._setread import ReaderId, ReadState, SetRead, SetReads, Verdict
 from rhvfs.sessions.full._manager import SetView
@@ -423,12 +424,19 @@ class SetRouter:
                         "name": binding.owner.name,
                     }
                     doc["method"] = binding.view.method
+                    doc["configuration_time"] = binding.view.configuration_time or None
                     doc["files_complete"] = sorted(binding.names.get(k, k) for k in read.done)
                 reads.append(doc)
         status["reads"] = reads
         if self.events is not None:
             status["engine_events"] = self.events.status()
         status["errors"] = list(status.get("errors", [])) + self._notes.list()
+        for doc in [*status.get("sessions", []), *incremental.get("sessions", [])]:
+            pit = doc.get("point_in_time")
+            binding = self._bindings.get(pit.get("read_id") or "") if pit else None
+            if pit is not None and binding is not None:
+                pit["configuration_time"] = binding.view.configuration_time or None
+        status["totals"] = _totals(status, incremental)
         return status
 
     async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
@@ -437,6 +445,24 @@ class SetRouter:
         if not dry_run:
             lines += await self.incremental.finalize_leftovers()
         return lines
+
+
+def _totals(full: Mapping[str, Any], incremental: Mapping[str, Any]) -> dict[str, Any]:
+    """The mount's backup totals: both managers' sessions (a VM that is up with an
+    incremental-enabled disk reads its ``@rhv/`` through an engine backup, so through the
+    incremental manager), with the progress of the live ones summed."""
+    ft, it = full.get("totals", {}), incremental.get("totals", {})
+    live = list(full.get("sessions", [])) + list(incremental.get("sessions", []))
+    return {
+        "sessions_active": len(live),
+        "sessions_started": int(ft.get("sessions_started", 0)) + int(it.get("sets_started", 0)),
+        "handles_open": int(ft.get("handles_open", 0)) + int(it.get("handles_open", 0)),
+        # every byte served since the mount began, by sessions live or closed
+        "bytes_read": int(ft.get("bytes_read", 0)) + int(it.get("bytes_read", 0)),
+        # the live sessions' bytes (the sum of ``bytes_read`` over the sessions listed)
+        "bytes_read_active": sum(int(s.get("bytes_read", 0)) for s in live),
+        "progress": sum_progress(s["progress"] for s in live if "progress" in s),
+    }
 
 
 def _disk_id(key: str) -> str:

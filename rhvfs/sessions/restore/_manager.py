@@ -166,7 +166,23 @@ class RestoreManager:
         del self.sessions[name]
 
     def status(self) -> dict[str, Any]:
-        return {
-            name: {"phase": s.phase.value, "vm_id": s.vm_id, "error": s.error}
-            for name, s in self.sessions.items()
-        }
+        out: dict[str, Any] = {}
+        for name, s in self.sessions.items():
+            doc = s.status()
+            out[name] = {
+                "phase": s.phase.value,
+                "vm_id": s.vm_id,
+                "error": s.error,
+                "progress": doc["progress"],
+                "disks": [
+                    {
+                        "alias": d["alias"],
+                        "file": d["file"],
+                        "state": d["state"],
+                        "progress": d["progress"],
+                    }
+                    for d in doc["disks"]
+                    if d["selected"]
+                ],
+            }
+        return out
