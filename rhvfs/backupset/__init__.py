@@ -86,10 +86,12 @@ from rhvfs.backupset._names import (
     rsync_target,
 )
 from rhvfs.backupset._ovf import (
+    BLANK_TEMPLATE_ID,
     PLACEHOLDER_MARK,
     OvfInfo,
     check_consistent,
     missing_ovf,
+    on_blank_template,
     parse_ovf,
     set_disk_flags,
     strip_devices,
@@ -108,6 +110,7 @@ from rhvfs.backupset._qcow2 import (
 )
 
 __all__ = [
+    "BLANK_TEMPLATE_ID",
     "CLUSTER_SIZE",
     "CONFIG_NAMES",
     "MANIFEST_FORMAT",
@@ -172,6 +175,7 @@ __all__ = [
     "link_from_manifest",
     "max_delta_size",
     "missing_ovf",
+    "on_blank_template",
     "order_chain",
     "pad_to",
     "parse_file_name",

@@ -45,12 +45,14 @@ from rhvfs.engine.types import (
     DiskAttachment,
     Host,
     ImageTransfer,
+    Network,
     Nic,
     Snapshot,
     StorageDomain,
     Tag,
     Template,
     Vm,
+    VnicProfile,
 )
 from rhvfs.errors import Conflict, EngineError, NotFound, is_transient
 from tests.support.data import MiB, pattern
@@ -110,6 +112,12 @@ class FakeEngine:
         self.sds = [
             StorageDomain(id=SD_ID, name="mydata", available=sd_available),
             StorageDomain(id=SD2_ID, name="other", available=sd_available),
+        ]
+        # every cluster has these networks; ``ovirtmgmt`` (profile ``vp1``, the sets of
+        # ``tests.support.backup_sets``) is the management network
+        self.networks = [Network(id="net1", name="ovirtmgmt", usages=("management", "vm"))]
+        self.vnic_profiles = [
+            VnicProfile(id="vp1", name="ovirtmgmt", network_id="net1", network_name="ovirtmgmt")
         ]
         self.tags: list[Tag] = []
         self.tagged: dict[str, list[str]] = {}  # tag id -> vm ids
@@ -302,6 +310,16 @@ class FakeEngine:
     async def list_storage_domains(self) -> list[StorageDomain]:
         await self._call("list_storage_domains")
         return list(self.sds)
+
+    async def list_vnic_profiles(self) -> list[VnicProfile]:
+        await self._call("list_vnic_profiles")
+        return list(self.vnic_profiles)
+
+    async def cluster_networks(self, cluster_id: str) -> list[Network]:
+        await self._call("cluster_networks")
+        if not any(c.id == cluster_id for c in self.clusters):
+            raise NotFound(f"cluster {cluster_id}")
+        return list(self.networks)
 
     async def list_tags(self) -> list[Tag]:
         await self._call("list_tags")
