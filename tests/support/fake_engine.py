@@ -15,6 +15,9 @@ incremental sessions (``EngineWithBackups``) and the restore sessions
   created (all bitmaps stay enabled), which the data plane reports as dirty;
 - a transfer exposes one volume (``transfer_volume``) until it finishes and
   dies after its inactivity timeout (see ``tests.support.fake_dataplane``);
+- every cluster has the networks ``networks`` (``ovirtmgmt`` manages) with the
+  profiles ``vnic_profiles``; importing an OVF that names a template the
+  engine lacks is refused, as the engine's ImportVmCommand does;
 - slow jobs take ``latency`` seconds of trio's clock (MockClock makes them
   instant); ``calls`` records every engine call by name, in order.
 
@@ -61,6 +64,7 @@ CLUSTER_ID = "c1c1c1c1-0000-0000-0000-000000000001"
 CLUSTER2_ID = "c2"
 SD_ID = "5d5d5d5d-0000-0000-0000-000000000001"
 SD2_ID = "5d5d5d5d-0000-0000-0000-000000000002"
+BLANK_ID = "00000000-0000-0000-0000-000000000000"
 #: Granularity of the dirty bitmaps of checkpoints (bytes).
 CLUSTER = 64 * 1024
 
@@ -95,6 +99,16 @@ def ovf_vm_id(ovf: str) -> str | None:
         ):
             return section.get(f"{{{_OVF_NS}}}id")
     return None
+
+
+def ovf_template_id(ovf: str) -> str | None:
+    """The ``<TemplateId>`` of an OVF (None when it names none)."""
+    try:
+        root = ET.fromstring(ovf)
+    except ET.ParseError:
+        return None
+    found = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "TemplateId"), None)
+    return (found.text or "").strip() or None if found is not None else None
 
 
 class FakeEngine:
@@ -810,6 +824,9 @@ class FakeEngine:
             raise Conflict(f"vm id {vm_id} exists")
         if any(v.name == name for v in self.vms.values()):
             raise Conflict(f"vm name {name} exists")
+        template_id = ovf_template_id(ovf)
+        if template_id not in (None, BLANK_ID) and template_id not in self.templates:
+            raise Conflict("Cannot import VM. The relevant Template doesn't exist.")
         self.ovfs.append((ovf, name, regenerate_ids))
         cid = next(c.id for c in self.clusters if cluster in (c.id, c.name))
         vm = Vm(id=vm_id, name=name or "x", status="down", cluster_id=cid, comment=comment)
