@@ -211,6 +211,11 @@ async def create_vm(
         note(f"cluster {target.name}: the set's cluster id is not on this engine; same name")
     cluster = target.id
     if m.kind == "template":
+        if opts.vnic_profile or opts.network_map:
+            note(
+                "warning: vnic_profile and network_map apply to vm sets; a template's nics "
+                "come from its OVF, where the engine matches them by network name"
+            )
         await import_template(engine, plan, ovf, ovf_info, cluster, created=created, note=note)
         return
     profiles = await nic_profiles(engine, m, opts, target) if m.nics else []
