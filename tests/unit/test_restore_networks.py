@@ -68,6 +68,7 @@ def test_network_map_pairs_and_auto() -> None:
     )
     opts = build_options(defaults={"network_map": "a:b"}, file_values={"vnic_profile": "prod"})
     assert (opts.network_map, opts.vnic_profile) == ((("a", "b"),), "prod")
+    assert parse_network_map("a:b,, c:d,") == (("a", "b"), ("c", "d"))  # as other lists
     assert build_options(defaults={}).network_map == ()
     assert build_options(defaults={}).vnic_profile is None
 
@@ -79,7 +80,7 @@ def test_network_map_pairs_and_auto() -> None:
         ("ovirtmgmt:", "got 'ovirtmgmt:'"),
         (":prod", "got ':prod'"),
         ("a:b:c", "got 'a:b:c'"),
-        ("a:b,,c:d", "got ''"),
+        (" , ,", "no SOURCE:TARGET pair"),
         ("auto, a:b", "got 'auto'"),
         ("a:b, a:c", "maps 'a' twice"),
     ],
@@ -312,3 +313,17 @@ async def test_cluster_and_storage_domain_missing_by_id_and_name_list_what_exist
         "engine (it has: Default, mycluster; set cluster in the options)"
     ) in status["error"]
     assert h.engine.disks == {} and h.engine.vms == {}
+
+
+def test_a_network_with_only_custom_profiles_gives_its_first_by_name() -> None:
+    lab = Network(id="n-lab", name="lab", usages=("vm",))
+    profiles = [
+        VnicProfile(id="p-z", name="z-jumbo", network_id=lab.id, network_name="lab"),
+        VnicProfile(id="p-a", name="a-plain", network_id=lab.id, network_name="lab"),
+    ]
+    chosen = choose_profiles(
+        [nic("a", "lab", "gone", "src")], vnic_profile=None, network_map=(), profiles=profiles,
+        networks=[lab], cluster="Default",
+    )  # fmt: skip
+    assert [(c.profile_id, c.warning) for c in chosen] == [("p-a", False)]
+    assert chosen[0].note == "nic a: lab/gone -> lab/a-plain (p-a) by name"

@@ -15,13 +15,13 @@ engine by name. Per NIC, the first that applies:
    when its id exists on the target cluster's networks (a restore into the
    same engine keeps exactly its profiles); else the target network of the
    same name, and of its profiles the one named like the set's profile, else
-   the one named like the network; else (with a warning line) the target
+   the one named like the network, else the first by name; else (with a warning line) the target
    cluster's management network's profile; else (warning) no network at all,
    as the engine's own import does with a network it does not have.
 
 A target named in the options is a profile id, a profile name (unique on
 the cluster's networks, or the one whose network has the same name), a
-network name (its profile of the same name, or its only one), or
+network name (its profile of the same name, else its first by name), or
 ``NETWORK/PROFILE``. One that does not exist, is ambiguous, or a
 ``network_map`` source that matches no NIC of the set is a
 ``RestoreInputError`` naming what exists, raised before anything is created.
@@ -50,7 +50,7 @@ def parse_network_map(value: str) -> NetworkMap:
     if not text or text.lower() == "auto":
         return ()
     pairs: list[tuple[str, str]] = []
-    for item in (p.strip() for p in text.split(",")):
+    for item in (p.strip() for p in text.split(",") if p.strip()):
         source, sep, target = (s.strip() for s in item.partition(":"))
         if not sep or not source or not target or ":" in target:
             raise RestoreError(
@@ -60,6 +60,8 @@ def parse_network_map(value: str) -> NetworkMap:
         if any(source == s for s, _ in pairs):
             raise RestoreError(f"option network_map maps {_clip(source)!r} twice")
         pairs.append((source, target))
+    if not pairs:
+        raise RestoreError(f"option network_map: no SOURCE:TARGET pair in {_clip(value)!r}")
     return tuple(pairs)
 
 
@@ -105,13 +107,13 @@ class _Target:
 
     def of_network(self, network: str, prefer: str | None = None) -> VnicProfile | None:
         """The profile of ``network`` named ``prefer``, else named like the network, else
-        its only one (None when the network has none here or several, none fitting)."""
-        mine = [p for p in self.usable if p.network_name == network]
+        the first by name (None when the network has no profile here)."""
+        mine = sorted((p for p in self.usable if p.network_name == network), key=_label)
         for name in (prefer, network):
             found = [p for p in mine if name is not None and p.name == name]
             if found:
                 return found[0]
-        return mine[0] if len(mine) == 1 else None
+        return mine[0] if mine else None
 
     def named(self, text: str, what: str) -> VnicProfile:
         """A profile named in the options (see the module docstring)."""
