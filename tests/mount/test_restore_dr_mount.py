@@ -151,10 +151,10 @@ def test_restore_into_another_engine_maps_nics_by_network_name(
     set_dir = sets["myvm0"]
     manifest_nics = {n["name"]: n for n in _manifest(set_dir)["nics"]}
     assert manifest_nics["nic2"]["network"] == "dmz"  # the set carries the names
-    status = restore(mnt_b, set_dir, "dr-m0")
+    status = restore(mnt_b, set_dir, "dr-m0", "vm_switchon = yes\n")
     assert status["phase"] == "done", status["error"]
     vm = vm_details(sim_b, "dr-m0")
-    assert vm is not None and vm["id"] == status["vm_id"]
+    assert vm is not None and vm["id"] == status["vm_id"] and vm["status"] == "up"
     b = inventory(sim_b)
     assert (vm["cluster"], vm["cluster_id"]) == ("Default", b["clusters"]["Default"])
     # nic1 on B's ovirtmgmt by name; dmz does not exist on B: the management network's
