@@ -27,6 +27,7 @@ commands:
   status    show a mount's sessions (rhvfs status MOUNTPOINT)
   ls        print the tree without mounting (rhvfs ls -c SECTION [-R] [--json] [PATH])
   gc        remove leftovers of crashed rhvfs sessions (rhvfs gc -c SECTION [--dry-run] [--json])
+  ca        fetch the engine's CA and set cafile (rhvfs ca fetch -c SECTION [--yes])
   sim       run the engine simulator (rhvfs sim --help)
 """
 
@@ -67,12 +68,19 @@ def _gc(argv: Sequence[str]) -> int:
     return cmd_gc(argv)
 
 
+def _ca(argv: Sequence[str]) -> int:
+    from rhvfs.commands.ca import cmd_ca
+
+    return cmd_ca(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "mount": _mount,
     "umount": _umount,
     "status": _status,
     "ls": _ls,
     "gc": _gc,
+    "ca": _ca,
     "sim": _sim,
 }
 
