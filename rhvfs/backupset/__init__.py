@@ -87,10 +87,12 @@ from rhvfs.backupset._names import (
     rsync_target,
 )
 from rhvfs.backupset._ovf import (
+    BLANK_TEMPLATE_ID,
     PLACEHOLDER_MARK,
     OvfInfo,
     check_consistent,
     missing_ovf,
+    on_blank_template,
     parse_ovf,
     set_disk_flags,
     strip_devices,
@@ -110,6 +112,7 @@ from rhvfs.backupset._qcow2 import (
 from rhvfs.backupset._support import disk_mode, set_support
 
 __all__ = [
+    "BLANK_TEMPLATE_ID",
     "disk_mode",
     "set_support",
     "CLUSTER_SIZE",
@@ -176,6 +179,7 @@ __all__ = [
     "link_from_manifest",
     "max_delta_size",
     "missing_ovf",
+    "on_blank_template",
     "order_chain",
     "pad_to",
     "parse_file_name",

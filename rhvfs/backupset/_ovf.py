@@ -6,7 +6,9 @@ whose OVF a file is (``parse_ovf``; a foreign or corrupt file is one clear
 ``SetFormatError`` line), the cross-check against the manifest
 (``check_consistent``), and the rewrites a restore needs: an OVF built from the
 manifest for a placeholder (``synthesize_ovf``), disks and NICs removed
-(``strip_devices``), disk flags replaced (``set_disk_flags``).
+(``strip_devices``), disk flags replaced (``set_disk_flags``), the template a
+VM was made from replaced by Blank (``on_blank_template``, for an engine
+without that template).
 
 Every OVF a restore receives is untrusted: ``_parse_xml`` is the one way this
 module parses XML, with ``defusedxml`` (no DTD, entities or external
@@ -69,6 +71,9 @@ class OvfInfo:
     placeholder: bool = False
     #: the VM's or template's comment (what a restore gives back to the object it made)
     comment: str = ""
+    #: the template a VM was made from (``<TemplateId>``; ``BLANK_TEMPLATE_ID``: none)
+    template_id: str | None = None
+    template_name: str | None = None
 
 
 def _local(tag: str) -> str:
@@ -150,6 +155,8 @@ def parse_ovf(data: bytes) -> OvfInfo:
     is_template = "Template" in xsi_type
     name_el = next((el for el in content if _local(el.tag) == "Name"), None)
     comment_el = next((el for el in content if _local(el.tag) == "Comment"), None)
+    template_el = next((el for el in content if _local(el.tag) == "TemplateId"), None)
+    template_name_el = next((el for el in content if _local(el.tag) == "TemplateName"), None)
     vm_id: str | None = None
     for section in content.iter():
         if _local(section.tag) == "Section" and section.get(f"{{{XSI_NS}}}type", "").endswith(
@@ -170,6 +177,8 @@ def parse_ovf(data: bytes) -> OvfInfo:
         disk_ids=frozenset(disk_ids),
         is_template=is_template,
         comment=(comment_el.text or "") if comment_el is not None else "",
+        template_id=((template_el.text or "").strip() or None) if template_el is not None else None,
+        template_name=template_name_el.text if template_name_el is not None else None,
     )
 
 
@@ -278,6 +287,25 @@ def strip_devices(data: bytes) -> str:
                 if rtype is not None and (rtype.text or "").strip() in _DEVICE_TYPES:
                     parent.remove(child)
     return ET.tostring(root, encoding="unicode")
+
+
+#: The id of the Blank template (a VM on no template).
+BLANK_TEMPLATE_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def on_blank_template(data: bytes) -> bytes:
+    """The OVF of a VM made independent of its template: ``<TemplateId>`` the Blank
+    template's, ``<TemplateName>`` ``Blank`` (what the engine writes for such a VM)."""
+    for prefix, uri in _NS_PREFIXES.items():
+        ET.register_namespace(prefix, uri)
+    root = _parse_xml(bytes(data).rstrip())
+    for el in root.iter():
+        tag = _local(el.tag)
+        if tag == "TemplateId":
+            el.text = BLANK_TEMPLATE_ID
+        elif tag == "TemplateName":
+            el.text = "Blank"
+    return ET.tostring(root, encoding="unicode").encode("utf-8")
 
 
 def set_disk_flags(ovf: str, flags: dict[str, tuple[str, bool, bool]]) -> str:

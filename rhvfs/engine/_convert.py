@@ -184,6 +184,11 @@ def disk_attachment(sdk: Any, full_disk: t.Disk | None = None) -> t.DiskAttachme
     )
 
 
+def network(sdk: Any) -> t.Network:
+    usages = tuple(str(u.value) for u in (sdk.usages or ()))
+    return t.Network(id=sdk.id, name=sdk.name, datacenter_id=ref_id(sdk.data_center), usages=usages)
+
+
 def vnic_profile(sdk: Any, *, network_names: dict[str, str] | None = None) -> t.VnicProfile:
     net_id = ref_id(sdk.network)
     net_name = None

@@ -405,6 +405,17 @@ class InventoryMixin(EngineCore):
         items = await self.call(lambda c: c.system_service().disks_service().list(), "list disks")
         return [convert.disk(x) for x in items]
 
+    async def cluster_networks(self, cluster_id: str) -> list[t.Network]:
+        """The networks attached to a cluster, with their usages there (``management``...)."""
+        items = await self.call(
+            lambda c: (
+                c.system_service().clusters_service().cluster_service(cluster_id)
+                .networks_service().list()
+            ),
+            f"list networks of cluster {cluster_id}",
+        )  # fmt: skip
+        return [convert.network(x) for x in items]
+
     async def list_vnic_profiles(self) -> list[t.VnicProfile]:
         profiles = await self.call(
             lambda c: c.system_service().vnic_profiles_service().list(), "list vnic profiles"

@@ -166,6 +166,17 @@ class VnicProfile:
 
 
 @dataclasses.dataclass(frozen=True)
+class Network:
+    """A logical network; listed under a cluster, ``usages`` say its roles there
+    (``management``, ``vm``, ``display``, ``migration``...)."""
+
+    id: str
+    name: str
+    datacenter_id: str | None = None
+    usages: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Snapshot:
     id: str
     description: str

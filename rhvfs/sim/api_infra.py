@@ -212,7 +212,9 @@ def list_cluster_networks(e: Engine, req: Request, cluster: str) -> Response:
     st = e.state
     with st.lock:
         c = get_or_404(st.clusters, cluster)
-        items = [conv.network(e, n) for n in st.networks.values() if n.dc_id == c.dc_id]
+        items = [
+            conv.network(e, n, in_cluster=True) for n in st.networks.values() if n.dc_id == c.dc_id
+        ]
         return xml(xmlio.render_list(items, "networks"))
 
 

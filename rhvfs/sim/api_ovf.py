@@ -222,6 +222,8 @@ class OvfVm:
     disks: tuple[OvfDisk, ...]
     nics: tuple[OvfNic, ...]
     comment: str = ""
+    #: the template the VM was made from (None: none named; the zero id: Blank)
+    template_id: str | None = None
 
 
 def _text(elem: ET.Element | None, path: str) -> str | None:
@@ -298,6 +300,7 @@ def parse_ovf(text: str) -> OvfVm:
         name=_text(content, "Name"),
         description=_text(content, "Description") or "",
         comment=_text(content, "Comment") or "",
+        template_id=_text(content, "TemplateId"),
         memory_bytes=memory,
         cpu_sockets=sockets,
         cpu_cores=cores,

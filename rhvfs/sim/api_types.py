@@ -101,11 +101,17 @@ def host(e: Engine, h: Host) -> types.Host:
     )
 
 
-def network(e: Engine, n: Network) -> types.Network:
+#: The network every cluster of a data center uses for management (the engine's default name).
+MANAGEMENT_NETWORK = "ovirtmgmt"
+
+
+def network(e: Engine, n: Network, *, in_cluster: bool = False) -> types.Network:
+    """A network; listed under a cluster, the management network also has usage ``management``."""
+    usages = [types.NetworkUsage.VM]
+    if in_cluster and n.name == MANAGEMENT_NETWORK:
+        usages = [types.NetworkUsage.MANAGEMENT, types.NetworkUsage.DISPLAY, *usages]
     return with_href(
-        types.Network(
-            id=n.id, name=n.name, data_center=ref_dc(n.dc_id), usages=[types.NetworkUsage.VM]
-        ),
+        types.Network(id=n.id, name=n.name, data_center=ref_dc(n.dc_id), usages=usages),
         href("networks", n.id),
     )
 

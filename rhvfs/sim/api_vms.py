@@ -220,11 +220,16 @@ def _import_configuration(e: Engine, body: types.Vm, req: Request) -> Vm:
     if any(v.name == name for v in st.vms.values()):
         raise conflict("Cannot add VM. The VM name is already in use.")
     cluster = by_id_or_name(st.clusters, body.cluster, "cluster")
+    # the engine's ImportVmCommand: a VM on a template this engine does not have is refused
+    template_id = ovf.template_id or ZERO_ID
+    if template_id != ZERO_ID and template_id not in st.templates:
+        raise conflict("Cannot import VM. The relevant Template doesn't exist.")
     vm = make_vm(
         e,
         name=name,
         cluster_id=cluster.id,
         vm_id=vm_id,
+        template_id=template_id,
         description=body.description if body.description is not None else ovf.description,
         # the engine maps the request's fields over the OVF's
         comment=body.comment if body.comment is not None else ovf.comment,
@@ -615,7 +620,15 @@ def add_nic(e: Engine, req: Request, vm: str) -> Response:
             raise conflict(f"Cannot add Interface. MAC Address {mac} is already in use.")
         profile_id = None
         if body.vnic_profile is not None and (body.vnic_profile.id or body.vnic_profile.name):
-            profile_id = by_id_or_name(st.vnic_profiles, body.vnic_profile, "vnic profile").id
+            profile = by_id_or_name(st.vnic_profiles, body.vnic_profile, "vnic profile")
+            network = st.networks.get(profile.network_id)
+            if network is None or network.dc_id != st.clusters[v.cluster_id].dc_id:
+                # the engine's VmNicValidator: the profile's network must be in the VM's cluster
+                raise conflict(
+                    "Cannot add Interface. The Network is not attached to the Cluster "
+                    "of the Virtual Machine."
+                )
+            profile_id = profile.id
         n = Nic(
             id=new_id(),
             name=body.name,

@@ -2,7 +2,7 @@
 
 Commands (the names are a contract that outside scripts use):
 
-``rhvfs sim serve --state-dir DIR [--sample [--extra-vms N]] [--port N] [--imageio-port N] [--delay SECONDS] [--password-file F] [--token-ttl SECONDS] [--token-lifetime SECONDS] [--latency-ms MS] [--imageio-latency-ms MS]``
+``rhvfs sim serve --state-dir DIR [--sample [--extra-vms N] [--engine-name NAME] [--extra-network NAME]...] [--port N] [--imageio-port N] [--delay SECONDS] [--password-file F] [--token-ttl SECONDS] [--token-lifetime SECONDS] [--latency-ms MS] [--imageio-latency-ms MS]``
     Run a simulated oVirt engine (REST API v4 + SSO over HTTPS, CA per state
     dir) with the real ovirt-imageio daemon as data plane, in the foreground
     until SIGINT/SIGTERM; then stop everything it started (daemon, every
@@ -32,7 +32,14 @@ Commands (the names are a contract that outside scripts use):
     ``vm-0000``... spread over the clusters ``Default``/``mycluster``/``remote``
     and the tags ``group0..2``/``even``, each with one or two empty thin disks
     and one or two NICs (``rhvfs.sim.scale`` has the exact shape); a thousand
-    take about a second. ``--latency-ms`` emulates a remote engine: every
+    take about a second. ``--engine-name NAME`` (with ``--sample``, on a fresh
+    DIR) gives every object of the sample (data centers, clusters, storage
+    domains, networks, vNIC profiles, VMs, disks...) other ids, fixed for that
+    name: two simulators with different names are two engines with the same
+    names and different ids, side by side (disaster recovery to another
+    engine). ``--extra-network NAME`` (repeatable, with ``--sample``) adds a
+    network of data center ``Default`` with a vNIC profile of the same name.
+    ``--latency-ms`` emulates a remote engine: every
     engine request (API, SSO) is answered that much later. ``--imageio-latency-ms``
     does the same for the data plane: each request the client sends on an
     imageio connection (and each TLS handshake step) is held back that long.
@@ -117,6 +124,18 @@ def _parser() -> argparse.ArgumentParser:
         help="with --sample: add N small VMs vm-0000... (fresh state dir only)",
     )
     s.add_argument(
+        "--engine-name",
+        default="",
+        help="with --sample: another engine's ids for the same inventory (fresh state dir only)",
+    )
+    s.add_argument(
+        "--extra-network",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --sample: one more network (and vNIC profile) NAME in data center Default",
+    )
+    s.add_argument(
         "--latency-ms",
         type=_non_negative_float,
         default=0.0,
@@ -195,6 +214,8 @@ def main(argv: list[str]) -> int:
     if args.command == "serve":
         if args.extra_vms and not args.sample:
             parser.error("--extra-vms needs --sample")
+        if (args.engine_name or args.extra_network) and not args.sample:
+            parser.error("--engine-name and --extra-network need --sample")
         from rhvfs.sim.serve import ServeOptions, serve
 
         opts = ServeOptions(
@@ -205,6 +226,8 @@ def main(argv: list[str]) -> int:
             delay_s=args.delay,
             password_file=args.password_file,
             extra_vms=args.extra_vms,
+            engine_name=args.engine_name,
+            extra_networks=tuple(args.extra_network),
             latency_s=args.latency_ms / 1000.0,
             imageio_latency_s=args.imageio_latency_ms / 1000.0,
         )

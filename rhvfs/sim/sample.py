@@ -11,13 +11,16 @@ qcow2 disks with incremental backup, one of them `mydisk`, snapshot `mysnap`),
 `mytemplate`), `remote01` (second data center), plus a floating disk. Every
 disk is a GPT + ext4 guest image from `guestdata.make_guest_image` with the
 VM name as hostname. Ids are fixed (uuid5 of the names), so two sample
-directories describe the same inventory. Used once, on a fresh state dir.
+directories describe the same inventory; an engine name (`serve --engine-name`)
+gives every object other fixed ids, so two simulators side by side are two
+engines with the same names (disaster recovery). Used once, on a fresh state dir.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import tempfile
 import time
@@ -53,9 +56,10 @@ GiB = 1024**3
 _NS = uuid.UUID("6d1f8f50-0c2b-4c56-9a55-1f0b7c8e9a10")
 
 
-def sid(*parts: str) -> str:
-    """The fixed id of a sample object (`sid("vm", "myvm")`)."""
-    return str(uuid.uuid5(_NS, "/".join(parts)))
+def sid(*parts: str, engine: str = "") -> str:
+    """The fixed id of a sample object (`sid("vm", "myvm")`); another `engine` name (the
+    `--engine-name` of `serve`) gives every object another id, the same on every run."""
+    return str(uuid.uuid5(_NS, "/".join((f"engine={engine}", *parts) if engine else parts)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,59 +107,70 @@ _VMS = {
 }
 
 
-def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
-    """Fill an empty state and storage with the sample inventory."""
+def build_sample(
+    state: State,
+    storage: Storage,
+    *,
+    workers: int = 2,
+    engine_name: str = "",
+    extra_networks: tuple[str, ...] = (),
+) -> None:
+    """Fill an empty state and storage with the sample inventory. With an `engine_name`
+    every id differs (another engine with the same names, for disaster-recovery tests);
+    `extra_networks` are more networks of `Default`, each with a vNIC profile of its name."""
     start = time.monotonic()
     st = state
-    dc1 = DataCenter(id=sid("dc", "Default"), name="Default", description="The default Data Center")
-    dc2 = DataCenter(id=sid("dc", "remote"), name="remote", description="A second site")
+
+    ids = functools.partial(sid, engine=engine_name)
+    dc1 = DataCenter(id=ids("dc", "Default"), name="Default", description="The default Data Center")
+    dc2 = DataCenter(id=ids("dc", "remote"), name="remote", description="A second site")
     for dc in (dc1, dc2):
         st.datacenters[dc.id] = dc
     clusters = {
         "Default": Cluster(
-            id=sid("cluster", "Default"),
+            id=ids("cluster", "Default"),
             name="Default",
             dc_id=dc1.id,
             description="The default server cluster",
         ),
-        "mycluster": Cluster(id=sid("cluster", "mycluster"), name="mycluster", dc_id=dc1.id),
-        "remote": Cluster(id=sid("cluster", "remote"), name="remote", dc_id=dc2.id),
+        "mycluster": Cluster(id=ids("cluster", "mycluster"), name="mycluster", dc_id=dc1.id),
+        "remote": Cluster(id=ids("cluster", "remote"), name="remote", dc_id=dc2.id),
     }
     for c in clusters.values():
         st.clusters[c.id] = c
     for h in (
         Host(
-            id=sid("host", "host1"),
+            id=ids("host", "host1"),
             name="host1",
             address="localhost",
             cluster_id=clusters["Default"].id,
         ),
         Host(
-            id=sid("host", "host2"),
+            id=ids("host", "host2"),
             name="host2",
             address="localhost",
             cluster_id=clusters["remote"].id,
         ),
     ):
         st.hosts[h.id] = h
-    for name in ("ovirtmgmt", "mynetwork"):
-        n = Network(id=sid("network", name), name=name, dc_id=dc1.id)
+    for name in ("ovirtmgmt", "mynetwork", *extra_networks):
+        n = Network(id=ids("network", name), name=name, dc_id=dc1.id)
         st.networks[n.id] = n
-        p = VnicProfile(id=sid("vnicprofile", name), name=name, network_id=n.id)
+        p = VnicProfile(id=ids("vnicprofile", name), name=name, network_id=n.id)
         st.vnic_profiles[p.id] = p
     sds = {
         "mydata": StorageDomain(
-            id=sid("sd", "mydata"), name="mydata", dc_id=dc1.id, master=True, path="/exports/mydata"
+            id=ids("sd", "mydata"), name="mydata", dc_id=dc1.id, master=True, path="/exports/mydata"
         ),
         "bs-scsi-012": StorageDomain(
-            id=sid("sd", "bs-scsi-012"),
+            id=ids("sd", "bs-scsi-012"),
             name="bs-scsi-012",
             dc_id=dc1.id,
             storage_type="iscsi",
             path="/dev/bs-scsi-012",
         ),
         "remote-data": StorageDomain(
-            id=sid("sd", "remote-data"),
+            id=ids("sd", "remote-data"),
             name="remote-data",
             dc_id=dc2.id,
             master=True,
@@ -165,20 +180,20 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
     for sd in sds.values():
         st.storage_domains[sd.id] = sd
     for name, desc in (("mytag", "My tag"), ("production", "Production VMs")):
-        t = Tag(id=sid("tag", name), name=name, description=desc)
+        t = Tag(id=ids("tag", name), name=name, description=desc)
         st.tags[t.id] = t
 
     template = Template(
-        id=sid("template", "mytemplate"),
+        id=ids("template", "mytemplate"),
         name="mytemplate",
         description="A small template",
         cluster_id=clusters["Default"].id,
         nics=[
             Nic(
-                id=sid("nic", "mytemplate", "nic1"),
+                id=ids("nic", "mytemplate", "nic1"),
                 name="nic1",
                 mac="",
-                vnic_profile_id=sid("vnicprofile", "ovirtmgmt"),
+                vnic_profile_id=ids("vnicprofile", "ovirtmgmt"),
             )
         ],
     )
@@ -187,8 +202,8 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
     vms: dict[str, Vm] = {}
     for i, (name, (status, cluster, tags)) in enumerate(_VMS.items()):
         active = Snapshot(
-            id=sid("snapshot", name, "active"),
-            vm_id=sid("vm", name),
+            id=ids("snapshot", name, "active"),
+            vm_id=ids("vm", name),
             description="Active VM",
             date=now_iso(),
             type="active",
@@ -196,7 +211,7 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
         st.snapshots[active.id] = active
         running = status in ("up", "paused")
         vm = Vm(
-            id=sid("vm", name),
+            id=ids("vm", name),
             name=name,
             cluster_id=clusters[cluster].id,
             active_snapshot_id=active.id,
@@ -206,17 +221,17 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
             memory_bytes=2 * GiB if name == "web01" else GiB,
             cpu_sockets=2 if name == "web01" else 1,
             os_type="rhel_9x64",
-            host_id=sid("host", "host1") if running else None,
+            host_id=ids("host", "host1") if running else None,
             creation_time=now_iso(),
             start_time=now_iso() if running else None,
-            tag_ids=[sid("tag", t) for t in tags],
+            tag_ids=[ids("tag", t) for t in tags],
             snapshot_ids=[active.id],
             nics=[
                 Nic(
-                    id=sid("nic", name, "nic1"),
+                    id=ids("nic", name, "nic1"),
                     name="nic1",
                     mac=f"56:6f:1a:2b:00:{i + 1:02x}",
-                    vnic_profile_id=sid(
+                    vnic_profile_id=ids(
                         "vnicprofile", "ovirtmgmt" if name != "web01" else "mynetwork"
                     ),
                 )
@@ -235,8 +250,8 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
     with tempfile.TemporaryDirectory(prefix=".sample-", dir=storage.root) as tmp:
 
         def make(index: int, spec: _DiskSpec) -> None:
-            disk_id = sid("disk", spec.vm, spec.alias)
-            vol_id = sid("volume", spec.vm, spec.alias, "base")
+            disk_id = ids("disk", spec.vm, spec.alias)
+            vol_id = ids("volume", spec.vm, spec.alias, "base")
             raw = Path(tmp) / f"{index}.raw"
             guestdata.make_guest_image(
                 raw,
@@ -260,7 +275,7 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
                 f.result()
 
     for spec in specs:
-        disk_id = sid("disk", spec.vm, spec.alias)
+        disk_id = ids("disk", spec.vm, spec.alias)
         owner = vms.get(spec.vm)
         disk = Disk(
             id=disk_id,
@@ -272,7 +287,7 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
             description=f"sample disk of {spec.vm}" if spec.vm else "a floating disk",
             volumes=[
                 Volume(
-                    id=sid("volume", spec.vm, spec.alias, "base"),
+                    id=ids("volume", spec.vm, spec.alias, "base"),
                     fmt=spec.fmt,
                     snapshot_id=owner.active_snapshot_id if owner else None,
                 )
@@ -288,14 +303,14 @@ def build_sample(state: State, storage: Storage, *, workers: int = 2) -> None:
     # myvm has one snapshot, `mysnap`, taken after the guest data was written.
     myvm = vms["myvm"]
     mysnap = Snapshot(
-        id=sid("snapshot", "myvm", "mysnap"), vm_id=myvm.id, description="mysnap", date=now_iso()
+        id=ids("snapshot", "myvm", "mysnap"), vm_id=myvm.id, description="mysnap", date=now_iso()
     )
     st.snapshots[mysnap.id] = mysnap
     myvm.snapshot_ids.insert(0, mysnap.id)
     for a in myvm.attachments:
         d = st.disks[a.disk_id]
         base = d.active
-        top_id = sid("volume", "myvm", d.alias, "after-mysnap")
+        top_id = ids("volume", "myvm", d.alias, "after-mysnap")
         storage.snapshot(d.sd_id, d.id, base.id, top_id)
         base.snapshot_id = mysnap.id
         d.volumes.append(

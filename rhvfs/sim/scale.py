@@ -22,6 +22,7 @@ same N describe the same inventory. It must run on a fresh sample state, once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -61,11 +62,13 @@ def extra_vm_tags(i: int) -> list[str]:
     return tags
 
 
-def add_extra_vms(state: State, storage: Storage, count: int) -> None:
-    """Add `count` extra VMs to a state that holds the sample inventory."""
+def add_extra_vms(state: State, storage: Storage, count: int, *, engine_name: str = "") -> None:
+    """Add `count` extra VMs to a state that holds the sample inventory (built with the
+    same `engine_name`: ids as `sample.sid`)."""
     if count <= 0:
         return
     start = time.monotonic()
+    ids = functools.partial(sid, engine=engine_name)
     st = state
     by_name = {c.name: c for c in st.clusters.values()}
     missing = [name for name in CLUSTERS if name not in by_name]
@@ -78,10 +81,10 @@ def add_extra_vms(state: State, storage: Storage, count: int) -> None:
         dc_hosts.setdefault(st.clusters[h.cluster_id].dc_id, h.id)
     tag_ids: dict[str, str] = {}
     for name in (*GROUP_TAGS, EVEN_TAG):
-        tag = Tag(id=sid("tag", name), name=name, description=f"extra VMs: {name}")
+        tag = Tag(id=ids("tag", name), name=name, description=f"extra VMs: {name}")
         st.tags.setdefault(tag.id, tag)
         tag_ids[name] = tag.id
-    mgmt, net = sid("vnicprofile", "ovirtmgmt"), sid("vnicprofile", "mynetwork")
+    mgmt, net = ids("vnicprofile", "ovirtmgmt"), ids("vnicprofile", "mynetwork")
     taken = {v.name for v in st.vms.values()}
     volumes: list[EmptyVolume] = []
     for i in range(count):
@@ -90,9 +93,9 @@ def add_extra_vms(state: State, storage: Storage, count: int) -> None:
             raise ValueError(f"a VM called {name} already exists")
         cluster = by_name[CLUSTERS[i % 3]]
         sd = masters[cluster.dc_id]
-        vm_id = sid("vm", name)
+        vm_id = ids("vm", name)
         active = Snapshot(
-            id=sid("snapshot", name, "active"),
+            id=ids("snapshot", name, "active"),
             vm_id=vm_id,
             description="Active VM",
             date=now_iso(),
@@ -100,10 +103,10 @@ def add_extra_vms(state: State, storage: Storage, count: int) -> None:
         )
         st.snapshots[active.id] = active
         up = i % 10 == 0
-        nics = [Nic(id=sid("nic", name, "nic1"), name="nic1", mac=_mac(i, 1), vnic_profile_id=mgmt)]
+        nics = [Nic(id=ids("nic", name, "nic1"), name="nic1", mac=_mac(i, 1), vnic_profile_id=mgmt)]
         if i % 3 == 0:
             nics.append(
-                Nic(id=sid("nic", name, "nic2"), name="nic2", mac=_mac(i, 2), vnic_profile_id=net)
+                Nic(id=ids("nic", name, "nic2"), name="nic2", mac=_mac(i, 2), vnic_profile_id=net)
             )
         vm = Vm(
             id=vm_id,
@@ -125,8 +128,8 @@ def add_extra_vms(state: State, storage: Storage, count: int) -> None:
         if i % 2 == 1:
             disks.append((f"{name}_Disk2", DISK2_SIZE, "raw", "none", False))
         for alias, size, fmt, backup, bootable in disks:
-            disk_id = sid("disk", name, alias)
-            vol_id = sid("volume", name, alias, "base")
+            disk_id = ids("disk", name, alias)
+            vol_id = ids("volume", name, alias, "base")
             st.disks[disk_id] = Disk(
                 id=disk_id,
                 alias=alias,

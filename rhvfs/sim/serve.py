@@ -1,7 +1,7 @@
 """The `rhvfs sim serve` lifecycle: one state dir, one engine, one data plane.
 
 Owns start-up (logging, password, PKI, storage, inventory load or `--sample`
-seed with `--extra-vms`, crash recovery of unfinished transfers, DataPlane with its FaultProxy,
+seed with `--extra-vms`, `--engine-name` and `--extra-network`, crash recovery of unfinished transfers, DataPlane with its FaultProxy,
 the HTTPS engine with its emulated latency, the data plane's latency, the
 background task thread), the readiness artefacts
 (`ovirt-img.conf` `[sim]`, `serve.json`, the one `rhvfs-sim ready:` line) and
@@ -73,6 +73,9 @@ class ServeOptions:
     token_lifetime_s: float = DEFAULT_TOKEN_LIFETIME_S
     # With `sample`: that many more VMs (`scale.add_extra_vms`), on a fresh state dir.
     extra_vms: int = 0
+    # With `sample`: the ids of another engine (`sample.sid`), and more networks.
+    engine_name: str = ""
+    extra_networks: tuple[str, ...] = ()
     # Added to every engine request / every imageio request (a remote engine).
     latency_s: float = 0.0
     imageio_latency_s: float = 0.0
@@ -184,8 +187,15 @@ class Simulator:
         else:
             state = State(engine_json)
             if self.opts.sample:
-                build_sample(state, storage)
-                add_extra_vms(state, storage, self.opts.extra_vms)
+                build_sample(
+                    state,
+                    storage,
+                    engine_name=self.opts.engine_name,
+                    extra_networks=self.opts.extra_networks,
+                )
+                add_extra_vms(
+                    state, storage, self.opts.extra_vms, engine_name=self.opts.engine_name
+                )
             state.save()
         self.dataplane = DataPlane(self.run_dir, port=self.opts.imageio_port, pki=pki, proxy=True)
         self.dataplane.start()

@@ -418,6 +418,19 @@ async def test_templates_nics_and_profiles(sim: Any, engine: Engine) -> None:
             assert nic.network_name == by_id[nic.vnic_profile_id].network_name
 
 
+async def test_cluster_networks_name_the_management_network(sim: Any, engine: Engine) -> None:
+    default = next(c for c in await engine.list_clusters() if c.name == "Default")
+    networks = {n.name: n for n in await engine.cluster_networks(default.id)}
+    assert set(networks) == {"ovirtmgmt", "mynetwork"}
+    assert "management" in networks["ovirtmgmt"].usages
+    assert "management" not in networks["mynetwork"].usages
+    assert {n.datacenter_id for n in networks.values()} == {default.datacenter_id}
+    remote = next(c for c in await engine.list_clusters() if c.name == "remote")
+    assert await engine.cluster_networks(remote.id) == []  # its data center has none
+    with pytest.raises(NotFound):
+        await engine.cluster_networks(str(uuid.uuid4()))
+
+
 async def test_plain_vm_with_disk_and_nic_start_stop_remove(sim: Any, engine: Engine) -> None:
     name = f"rhvfs-test-{uuid.uuid4().hex[:8]}"
     vm = await engine.create_vm(

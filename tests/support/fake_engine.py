@@ -15,6 +15,9 @@ incremental sessions (``EngineWithBackups``) and the restore sessions
   created (all bitmaps stay enabled), which the data plane reports as dirty;
 - a transfer exposes one volume (``transfer_volume``) until it finishes and
   dies after its inactivity timeout (see ``tests.support.fake_dataplane``);
+- every cluster has the networks ``networks`` (``ovirtmgmt`` manages) with the
+  profiles ``vnic_profiles``; importing an OVF that names a template the
+  engine lacks is refused, as the engine's ImportVmCommand does;
 - slow jobs take ``latency`` seconds of trio's clock (MockClock makes them
   instant); ``calls`` records every engine call by name, in order.
 
@@ -45,12 +48,14 @@ from rhvfs.engine.types import (
     DiskAttachment,
     Host,
     ImageTransfer,
+    Network,
     Nic,
     Snapshot,
     StorageDomain,
     Tag,
     Template,
     Vm,
+    VnicProfile,
 )
 from rhvfs.errors import Conflict, EngineError, NotFound, is_transient
 from tests.support.data import MiB, pattern
@@ -59,6 +64,7 @@ CLUSTER_ID = "c1c1c1c1-0000-0000-0000-000000000001"
 CLUSTER2_ID = "c2"
 SD_ID = "5d5d5d5d-0000-0000-0000-000000000001"
 SD2_ID = "5d5d5d5d-0000-0000-0000-000000000002"
+BLANK_ID = "00000000-0000-0000-0000-000000000000"
 #: Granularity of the dirty bitmaps of checkpoints (bytes).
 CLUSTER = 64 * 1024
 
@@ -95,6 +101,16 @@ def ovf_vm_id(ovf: str) -> str | None:
     return None
 
 
+def ovf_template_id(ovf: str) -> str | None:
+    """The ``<TemplateId>`` of an OVF (None when it names none)."""
+    try:
+        root = ET.fromstring(ovf)
+    except ET.ParseError:
+        return None
+    found = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "TemplateId"), None)
+    return (found.text or "").strip() or None if found is not None else None
+
+
 class FakeEngine:
     """An engine in memory; see the module docstring for its model."""
 
@@ -110,6 +126,12 @@ class FakeEngine:
         self.sds = [
             StorageDomain(id=SD_ID, name="mydata", available=sd_available),
             StorageDomain(id=SD2_ID, name="other", available=sd_available),
+        ]
+        # every cluster has these networks; ``ovirtmgmt`` (profile ``vp1``, the sets of
+        # ``tests.support.backup_sets``) is the management network
+        self.networks = [Network(id="net1", name="ovirtmgmt", usages=("management", "vm"))]
+        self.vnic_profiles = [
+            VnicProfile(id="vp1", name="ovirtmgmt", network_id="net1", network_name="ovirtmgmt")
         ]
         self.tags: list[Tag] = []
         self.tagged: dict[str, list[str]] = {}  # tag id -> vm ids
@@ -302,6 +324,16 @@ class FakeEngine:
     async def list_storage_domains(self) -> list[StorageDomain]:
         await self._call("list_storage_domains")
         return list(self.sds)
+
+    async def list_vnic_profiles(self) -> list[VnicProfile]:
+        await self._call("list_vnic_profiles")
+        return list(self.vnic_profiles)
+
+    async def cluster_networks(self, cluster_id: str) -> list[Network]:
+        await self._call("cluster_networks")
+        if not any(c.id == cluster_id for c in self.clusters):
+            raise NotFound(f"cluster {cluster_id}")
+        return list(self.networks)
 
     async def list_tags(self) -> list[Tag]:
         await self._call("list_tags")
@@ -792,6 +824,9 @@ class FakeEngine:
             raise Conflict(f"vm id {vm_id} exists")
         if any(v.name == name for v in self.vms.values()):
             raise Conflict(f"vm name {name} exists")
+        template_id = ovf_template_id(ovf)
+        if template_id not in (None, BLANK_ID) and template_id not in self.templates:
+            raise Conflict("Cannot import VM. The relevant Template doesn't exist.")
         self.ovfs.append((ovf, name, regenerate_ids))
         cid = next(c.id for c in self.clusters if cluster in (c.id, c.name))
         vm = Vm(id=vm_id, name=name or "x", status="down", cluster_id=cid, comment=comment)

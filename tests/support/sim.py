@@ -307,7 +307,8 @@ def engine_state(sim: SimProcess) -> tuple[dict[str, str], set[str]]:
 
 
 def vm_details(sim: SimProcess, name: str) -> dict[str, Any] | None:
-    """The VM called ``name`` as a restore test compares it: status, cluster, disks, NICs."""
+    """The VM called ``name`` as a restore test compares it: status, cluster, template,
+    disks, NICs (name and MAC; name and vNIC profile id)."""
     conn = sim.sdk_connection()
     try:
         system = conn.system_service()
@@ -337,14 +338,20 @@ def vm_details(sim: SimProcess, name: str) -> dict[str, Any] | None:
                     "sd": sd.name,
                 }
             )
-        nics = [(n.name, n.mac.address) for n in service.nics_service().list()]
+        listed = service.nics_service().list()
+        nics = [(n.name, n.mac.address) for n in listed]
         cluster = system.clusters_service().cluster_service(vm.cluster.id).get().name
         return {
             "id": vm.id,
             "status": vm.status.value,
             "cluster": cluster,
+            "cluster_id": vm.cluster.id,
+            "template_id": vm.template.id if vm.template is not None else None,
             "disks": sorted(disks, key=lambda d: d["alias"]),
             "nics": nics,
+            "nic_profiles": [
+                (n.name, n.vnic_profile.id if n.vnic_profile is not None else None) for n in listed
+            ],
         }
     finally:
         conn.close()

@@ -40,6 +40,11 @@ products)::
     remove_base_vm     = yes|no      VM sets with template_name: remove the restored VM (and
                                      its disks) once the template is made (default yes, as the
                                      plugin does)
+    vnic_profile       = PROFILE     one target vNIC profile for every NIC (another engine)
+    network_map        = auto|SRC:PROFILE, …   NICs on network or profile SRC get PROFILE;
+                                     the others (and auto, the default): the same profile if
+                                     its id exists, else by network name, else the cluster's
+                                     management network with a warning (``_networks``)
 
 A disk may be named by its id or its alias in every per-disk value, and
 ``original`` (for all disks, or ``ID:original``) keeps the set's value:
@@ -56,6 +61,7 @@ from collections.abc import Iterable, Mapping
 from typing import Generic, TypeVar
 
 from rhvfs.errors import RestoreError
+from rhvfs.sessions.restore._networks import NetworkMap, parse_network_map
 
 OPTIONS_FILE = "rhvfs-restore.conf"
 #: The ``vm_name`` value that means the name of the VM the set was read from.
@@ -82,6 +88,8 @@ KEYS = frozenset(
         "vm_missing_disks",
         "template_name",
         "remove_base_vm",
+        "vnic_profile",
+        "network_map",
     }
 )
 _BOOL = {
@@ -142,6 +150,9 @@ class RestoreOptions:
     #: Positional ``nics`` (the plugin's syntax): per NIC of the set, in order, a MAC or
     #: "original", "new" or "auto"; NICs past the list: auto.
     nic_positions: tuple[str, ...] = ()
+    vnic_profile: str | None = None
+    #: (source network or profile, target profile) pairs; () = auto
+    network_map: NetworkMap = ()
 
     def selects(self, disk_id: str, alias: str) -> bool:
         """True when the disk ``disk_id`` (alias ``alias``) is to be restored."""
@@ -251,7 +262,7 @@ def build_options(
             merged[k] = value
     kw: dict[str, object] = {}
     for key, value in merged.items():
-        if key in ("vm_name", "cluster", "template_name"):
+        if key in ("vm_name", "cluster", "template_name", "vnic_profile"):
             kw[key] = value.strip() or None
         elif key in ("vm_force_overwrite", "vm_switchon", "remove_base_vm"):
             kw[key] = _bool(key, value)
@@ -266,6 +277,8 @@ def build_options(
             kw[key] = None if v in ("", "all") else frozenset() if v == "none" else _disk_set(value)
         elif key == "vm_exclude_disks":
             kw[key] = _disk_set(value)
+        elif key == "network_map":
+            kw[key] = parse_network_map(value)
         elif key == "vm_missing_disks":
             v = value.strip().lower()
             if v not in ("fail", "skip"):

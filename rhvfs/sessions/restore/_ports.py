@@ -21,10 +21,12 @@ from rhvfs.engine.types import (
     Disk,
     DiskAttachment,
     ImageTransfer,
+    Network,
     Nic,
     StorageDomain,
     Template,
     Vm,
+    VnicProfile,
 )
 from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._journal import Journal
@@ -44,6 +46,8 @@ class RestoreEngine(Protocol):
     async def list_clusters(self) -> list[Cluster]: ...
     async def list_storage_domains(self) -> list[StorageDomain]: ...
     async def list_templates(self) -> list[Template]: ...
+    async def list_vnic_profiles(self) -> list[VnicProfile]: ...
+    async def cluster_networks(self, cluster_id: str) -> list[Network]: ...
     async def create_disk(
         self,
         *,

@@ -2,8 +2,10 @@
 
 Owns, once a set's manifest is parsed and the options frozen: the options
 checked against the set (they name only disks it has), the name to restore
-to (``target_name``), the target cluster and storage domains exist and the
-domains have room for the selected disks, the target name is free (or
+to (``target_name``), the target cluster (``target_cluster``: by id, else by
+name, for a set from another engine) and storage domains (likewise) exist,
+the domains have room for the selected disks, each NIC has a vNIC profile
+there (``nic_profiles``, ``_networks``), the target name is free (or
 ``vm_force_overwrite`` given and that VM down), and the engine facade can do
 what the options ask. Every refusal is a named ``RestoreError``
 (``RestoreInputError``, ``RestoreNameClash``, ``RestoreNoSpace``,
@@ -18,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from rhvfs.backupset import Manifest, ManifestDisk
-from rhvfs.engine.types import StorageDomain, Vm
+from rhvfs.engine.types import Cluster, StorageDomain, Vm
 from rhvfs.errors import (
     RestoreBusy,
     RestoreInputError,
@@ -26,6 +28,7 @@ from rhvfs.errors import (
     RestoreNoSpace,
     RestoreUnsupported,
 )
+from rhvfs.sessions.restore._networks import NicProfile, choose_profiles
 from rhvfs.sessions.restore._options import ORIGINAL, RestoreOptions, unknown_disk_keys
 from rhvfs.sessions.restore._ports import RestoreEngine
 
@@ -60,12 +63,7 @@ async def preflight(
     replaces (None when there is none)."""
     kind = manifest.kind
     overwrite: Vm | None = None
-    clusters = await engine.list_clusters()
-    wanted = opts.cluster or manifest.cluster_id or manifest.cluster_name
-    if not any(wanted in (c.id, c.name) for c in clusters):
-        alt = manifest.cluster_name if opts.cluster is None else None
-        if alt is None or not any(alt == c.name for c in clusters):
-            raise RestoreInputError(f"cluster {wanted!r} does not exist on the engine")
+    cluster = target_cluster(manifest, opts, await engine.list_clusters())
     if kind == "vm" and opts.template_name and getattr(engine, "create_template", None) is None:
         raise RestoreUnsupported(
             "this engine facade cannot make a template from a VM (no create_template): "
@@ -89,6 +87,8 @@ async def preflight(
                 )
             overwrite = existing
             note(f"will replace vm {name} ({existing.id}) once the new one is complete")
+    if kind == "vm" and manifest.nics:
+        await nic_profiles(engine, manifest, opts, cluster)
     sds = await engine.list_storage_domains()
     need: dict[str, int] = {}
     for d in manifest.disks:
@@ -120,5 +120,40 @@ def storage_domain_of(
                 return sd
     raise RestoreInputError(
         f"storage domain {candidates[0] or candidates[-1]!r} of disk {d.alias} does not exist "
-        "(set storage_domain in the options)"
+        f"on the engine (it has: {', '.join(sorted(sd.name for sd in sds)) or 'none'}; set "
+        "storage_domain in the options)"
+    )
+
+
+def target_cluster(
+    manifest: Manifest, opts: RestoreOptions, clusters: Sequence[Cluster]
+) -> Cluster:
+    """The cluster to restore into: the options' (id or name), else the set's by id, else
+    (another engine) the set's by name."""
+    if opts.cluster is not None:
+        wanted = [opts.cluster]
+    else:
+        wanted = [w for w in (manifest.cluster_id, manifest.cluster_name) if w]
+    for w in wanted:
+        for c in clusters:
+            if w in (c.id, c.name):
+                return c
+    names = ", ".join(sorted(c.name for c in clusters)) or "none"
+    what = " or ".join(repr(w) for w in wanted) or "(the set names none)"
+    raise RestoreInputError(
+        f"cluster {what} does not exist on the engine (it has: {names}; set cluster in the options)"
+    )
+
+
+async def nic_profiles(
+    engine: RestoreEngine, manifest: Manifest, opts: RestoreOptions, cluster: Cluster
+) -> list[NicProfile]:
+    """The vNIC profile of each NIC of the set on ``cluster`` (``_networks``)."""
+    return choose_profiles(
+        manifest.nics,
+        vnic_profile=opts.vnic_profile,
+        network_map=opts.network_map,
+        profiles=await engine.list_vnic_profiles(),
+        networks=await engine.cluster_networks(cluster.id),
+        cluster=cluster.name,
     )

@@ -1,7 +1,9 @@
 """The last step of a restore: the VM (or template) made from a complete set.
 
 Owns the engine calls after every disk is uploaded: importing the OVF without
-its devices, attaching the uploaded disks, adding NICs, making a template,
+its devices (on Blank when its template is not on the engine: a set from
+another engine), attaching the uploaded disks, adding NICs (each on the
+profile ``_networks`` chooses), making a template,
 powering on, and, for ``vm_force_overwrite``, replacing the original VM only
 once all of that succeeded (the protocol and its reasons are in
 ``rhvfs.sessions.restore._overwrite``: the new VM is built under a temporary
@@ -19,12 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from rhvfs.backupset import (
+    BLANK_TEMPLATE_ID,
     Manifest,
     ManifestDisk,
     OvfInfo,
+    on_blank_template,
     parse_ovf,
     set_disk_flags,
     strip_devices,
@@ -36,6 +40,7 @@ from rhvfs.sessions.restore import _overwrite as overwrite
 from rhvfs.sessions.restore._options import RestoreOptions, wanted_mac
 from rhvfs.sessions.restore._overwrite import MacMove
 from rhvfs.sessions.restore._ports import RestoreEngine
+from rhvfs.sessions.restore._preflight import nic_profiles, target_cluster
 from rhvfs.sessions.restore._rollback import Created
 
 
@@ -109,16 +114,36 @@ async def import_template(
     created.disks.clear()  # they belong to the template now
 
 
+async def _without_missing_template(
+    engine: RestoreEngine, ovf: bytes, ovf_info: OvfInfo, *, note: Callable[[str], None]
+) -> bytes:
+    """The OVF, on Blank when the template it names is not on this engine: the engine
+    refuses to import a VM on a template it does not have, and the restored disks hold
+    all their data (a thin VM's too), so the VM is independent of any template."""
+    tid = ovf_info.template_id
+    if tid is None or tid == BLANK_TEMPLATE_ID:
+        return ovf
+    if any(t.id == tid for t in await engine.list_templates()):
+        return ovf
+    note(
+        f"template {ovf_info.template_name or tid} ({tid}) is not on this engine: the vm is "
+        "restored independent of any template (Blank), with all its disks' data"
+    )
+    return on_blank_template(ovf)
+
+
 async def _add_nics(
     engine: RestoreEngine,
     vm_id: str,
     plan: VmPlan,
+    profiles: Mapping[str, str | None],
     *,
     held: frozenset[str],
     note: Callable[[str], None],
 ) -> tuple[MacMove, ...]:
-    """Add the set's NICs with the MACs the options ask; a wanted MAC in ``held`` (the
-    VM an overwrite replaces holds it) gets a pool MAC now and a ``MacMove``."""
+    """Add the set's NICs with the MACs the options ask, each on its profile in
+    ``profiles`` (by NIC name, ``_networks``); a wanted MAC in ``held`` (the VM an
+    overwrite replaces holds it) gets a pool MAC now and a ``MacMove``."""
     opts = plan.options
     moves: list[MacMove] = []
     for index, nic in enumerate(plan.manifest.nics):
@@ -132,7 +157,7 @@ async def _add_nics(
                 name=nic.name,
                 interface=nic.interface or "virtio",
                 mac=mac,
-                vnic_profile_id=nic.vnic_profile_id,
+                vnic_profile_id=profiles.get(nic.name),
             )
         except Conflict as e:
             if strict or mac is None:
@@ -143,7 +168,7 @@ async def _add_nics(
                 name=nic.name,
                 interface=nic.interface or "virtio",
                 mac=None,
-                vnic_profile_id=nic.vnic_profile_id,
+                vnic_profile_id=profiles.get(nic.name),
             )
         if owed is not None:
             moves.append(MacMove(added.id, nic.name, owed))
@@ -172,14 +197,23 @@ async def create_vm(
     original = None
     if plan.overwrite_vm is not None:
         original = await overwrite.begin(engine, plan.overwrite_vm, name=name, note=note)
-    cluster = opts.cluster or m.cluster_id or m.cluster_name
-    clusters = await engine.list_clusters()
-    if not any(cluster in (c.id, c.name) for c in clusters) and m.cluster_name:
-        cluster = m.cluster_name
-    assert cluster is not None
+    target = target_cluster(m, opts, await engine.list_clusters())
+    if opts.cluster is None and m.cluster_id is not None and target.id != m.cluster_id:
+        note(f"cluster {target.name}: the set's cluster id is not on this engine; same name")
+    cluster = target.id
     if m.kind == "template":
+        if opts.vnic_profile or opts.network_map:
+            note(
+                "warning: vnic_profile and network_map apply to vm sets; a template's nics "
+                "come from its OVF, where the engine matches them by network name"
+            )
         await import_template(engine, plan, ovf, ovf_info, cluster, created=created, note=note)
         return
+    profiles = await nic_profiles(engine, m, opts, target) if m.nics else []
+    for p in profiles:
+        if p.note is not None:
+            note(p.note)
+    ovf = await _without_missing_template(engine, ovf, ovf_info, note=note)
     regenerate = False
     if ovf_info.vm_id:
         try:
@@ -211,7 +245,9 @@ async def create_vm(
             active=sdk.active if active is None else active,
         )
     held = original.macs if original is not None else frozenset()
-    moves = await _add_nics(engine, vm.id, plan, held=held, note=note)
+    moves = await _add_nics(
+        engine, vm.id, plan, {p.nic: p.profile_id for p in profiles}, held=held, note=note
+    )
     note(f"attached {len(plan.disks)} disk(s), added {len(m.nics)} nic(s)")
     if opts.template_name is not None:
         tname = opts.template_name
