@@ -113,7 +113,7 @@ async def open_backend(
         restores = (
             None
             if options.read_only
-            else RestoreManager(engine, config, errno_for=errno_for, journal=journal)
+            else RestoreManager(engine, config, errno_for=errno_for, journal=journal, limits=limits)
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)

@@ -138,6 +138,7 @@ class FakeEngine:
         self.transfer_volume: dict[str, str] = {}
         self.transfer_last_use: dict[str, float] = {}
         self.transfer_backup: dict[str, tuple[str, str]] = {}  # transfer -> (backup, disk)
+        self.peak_open_transfers = 0  # most transfers in phase transferring at once
         self.flushes = 0  # imageio flush requests of all uploads
         # -- what restores imported
         self.ovfs: list[tuple[str, str | None, bool]] = []  # (ovf, name, regenerate_ids)
@@ -690,6 +691,7 @@ class FakeEngine:
             inactivity_timeout=inactivity_timeout,
         )
         self.transfers[tid] = t
+        self.peak_open_transfers = max(self.peak_open_transfers, len(self.open_transfers()))
         self.transfer_volume[tid] = vol
         self.transfer_last_use[tid] = trio.current_time()
         if backup_id is not None:
