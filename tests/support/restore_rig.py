@@ -117,9 +117,10 @@ SIM_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.2, timeout_
 
 @contextlib.asynccontextmanager
 async def sim_restore_manager(
-    sim: Any, tmp_path: Path
+    sim: Any, tmp_path: Path, *, limits: EngineLimits | None = None
 ) -> AsyncIterator[tuple[Engine, RestoreManager]]:
-    """A running, journaled restore manager on the simulator's engine (the real facade)."""
+    """A running, journaled restore manager on the simulator's engine (the real facade);
+    ``limits``: the mount's (default: from the config)."""
     config = load_config(
         section=sim.section,
         config_file=sim.conf_file,
@@ -132,6 +133,7 @@ async def sim_restore_manager(
             errno_for=errno_for,
             staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
             journal=Journal(tmp_path / "state" / "journal.json"),
+            limits=limits,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
