@@ -117,3 +117,59 @@ async def test_backup_reads_and_a_restore_share_max_transfers(
     assert limits.transfers.in_use == 0
     if max_transfers == 1:
         assert waited_for == {"restore", "backup"}  # both showed in status.json's queue
+
+
+async def test_a_paused_restore_gives_its_transfer_to_a_backup_read(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """max_transfers=1: a tool writes half an image and pauses with the file open; a backup
+    read of another VM gets the place (the upload is finalized), and the restore goes on
+    afterwards with a new transfer: both data sets are intact."""
+    engine = FakeEngine()
+    config = make_config(max_transfers=1)
+    limits = EngineLimits.from_config(config)
+    plane = FakeDataPlane(engine)
+    backups = BackupManager(
+        engine,
+        config,
+        journal=Journal(tmp_path / "journal.json"),
+        imageio_opener=plane.opener,
+        reader_factory=plane.reader_factory,
+        gc_on_start=False,
+        limits=limits,
+    )
+    vm = engine.add_vm("web01", disks=[("a", 2 * MiB)])
+    (disk_id,) = engine.disk_ids(vm.id)
+    want = sha(bytes(engine.volumes[engine.active[disk_id]]))
+    s = make_set(sizes=(4 * MiB,))
+    (image,) = s.image_names()
+    data = s.files[image]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backups.run)
+        h = await restore_rig.start(nursery, engine, tmp_path, config, limits=limits)
+        session = h.manager.create("myvm")
+        for name in ("vm.ovf", "manifest.json"):
+            await h.write_file(session, name, s.files[name])
+        f = session.new_file(image)
+        session.open(f)
+        half = len(data) // 2
+        await session.write(f, 0, data[:half])
+        assert limits.transfers.in_use == 1  # the restore's upload holds the place
+        # the tool pauses; a backup of another VM reads meanwhile
+        h_read = await backups.open(Owner("vm", vm.id, vm.name), DiskKey(disk_id).encode())
+        got = bytearray()
+        while chunk := await backups.read(h_read, len(got), 256 * 1024):
+            got += chunk
+        await backups.release(h_read)
+        assert sha(bytes(got)) == want
+        # the tool goes on: its upload waits for the place the read gives back
+        await session.write(f, half, data[half:])
+        await session.flush(f)
+        await session.release(f)
+        doc = await h.settle(session)
+        nursery.cancel_scope.cancel()
+    assert doc["phase"] == "done", doc["error"]
+    assert restore_rig.restored(engine, "myvm") == {"disk0": sha(data)}
+    uploads = [t for t in engine.transfers.values() if t.direction == "upload"]
+    assert len(uploads) >= 2 and {t.phase for t in uploads} == {"finished_success"}
+    assert engine.peak_open_transfers == 1
