@@ -655,6 +655,24 @@ class FakeEngine:
         await self._call("list_checkpoints")
         return list(self.checkpoints.get(vm_id, []))
 
+    async def remove_checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
+        """As oVirt: 409 while a backup of the VM runs or for any but the root (oldest)
+        checkpoint; its child becomes the root."""
+        await self._call("remove_checkpoint")
+        cps = self.checkpoints.get(vm_id, [])
+        if not any(c.id == checkpoint_id for c in cps):
+            raise NotFound(checkpoint_id)
+        if any(b.vm_id == vm_id and b.phase == "ready" for b in self.backups.values()):
+            raise Conflict(f"a backup of VM {vm_id} is in progress")
+        if cps[0].id != checkpoint_id:
+            raise Conflict(f"checkpoint {checkpoint_id} is not the root checkpoint of VM {vm_id}")
+        rest = cps[1:]
+        if rest:
+            rest[0] = dataclasses.replace(rest[0], parent_id=None)
+        self.checkpoints[vm_id] = rest
+        self.cp_disks.pop(checkpoint_id, None)
+        self.dirty.pop(checkpoint_id, None)
+
     # -- transfers --------------------------------------------------------------------------
 
     async def start_transfer(

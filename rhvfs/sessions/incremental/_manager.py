@@ -200,12 +200,13 @@ class IncrementalManager:
     # -- listings -------------------------------------------------------------
 
     def since_checkpoints(self, owner: Owner) -> list[str]:
-        """Checkpoints rhvfs recorded for ``owner`` (``@rhv-since/<id>/``), oldest first."""
+        """Checkpoints rhvfs recorded for ``owner`` (``@rhv-since/<id>/``), oldest first;
+        not those checkpoint retention removed."""
         if owner.kind != "vm":
             return []
         seen: list[str] = []
         for s in self.chain.sets(owner.id):
-            if s.checkpoint_id and s.checkpoint_id not in seen:
+            if s.checkpoint_id and not s.checkpoint_removed and s.checkpoint_id not in seen:
                 seen.append(s.checkpoint_id)
         return seen
 
