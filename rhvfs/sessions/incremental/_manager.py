@@ -40,6 +40,9 @@ new checkpoint; an incomplete set lives ``read_idle_limit`` after its last close
 read_id=R)``): backup id and set id are R, and the router serves the
 configuration files.
 
+After a set completed, its session removes the VM's old checkpoints that rhvfs
+created beyond the newest ``keep_checkpoints`` (``_retention``).
+
 Cleanups a set could not finish (transfers, the backup's finalization, the
 fallback snapshot) are retried in the background while the manager runs
 (``PendingCleanups``, ``status()["pending_cleanups"]``); ``finalize_leftovers``
