@@ -241,19 +241,25 @@ class ChainState:
             return
         with self._locked():
             state = self._load_all()
-            state.checkpoints[owner_id] = [
-                c for c in state.checkpoints.get(owner_id, []) if c not in checkpoint_ids
-            ]
-            if not state.checkpoints[owner_id]:
-                del state.checkpoints[owner_id]
+            made = state.checkpoints.get(owner_id, [])
+            kept = [c for c in made if c not in checkpoint_ids]
+            changed = len(kept) != len(made)
+            if kept:
+                state.checkpoints[owner_id] = kept
+            else:
+                state.checkpoints.pop(owner_id, None)
             if removed:
-                state.sets[owner_id] = [
+                sets = state.sets.get(owner_id, [])
+                marked = [
                     dataclasses.replace(s, checkpoint_removed=True)
-                    if s.checkpoint_id in checkpoint_ids
+                    if s.checkpoint_id in checkpoint_ids and not s.checkpoint_removed
                     else s
-                    for s in state.sets.get(owner_id, [])
+                    for s in sets
                 ]
-            self._store_all(state)
+                changed = changed or marked != sets
+                state.sets[owner_id] = marked
+            if changed:
+                self._store_all(state)
 
     # -- file handling --------------------------------------------------------
 
