@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from rhvfs.backupset import DiskKey
+from rhvfs.errors import RestoreError
 from rhvfs.sessions import BackupManager, Journal, Owner
 from rhvfs.sessions.core import EngineLimits
 from tests.support import restore_rig
@@ -173,3 +174,47 @@ async def test_a_paused_restore_gives_its_transfer_to_a_backup_read(
     uploads = [t for t in engine.transfers.values() if t.direction == "upload"]
     assert len(uploads) >= 2 and {t.phase for t in uploads} == {"finished_success"}
     assert engine.peak_open_transfers == 1
+
+
+async def test_a_restore_cancelled_while_waiting_for_a_place_rolls_back_at_once(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """max_transfers=1 held by a busy reader: the restore's upload waits in line; rmdir of
+    the restore fails it, the waiting write gives up, and the rollback does not wait for the
+    place (the disk it created is removed, nothing is left queued)."""
+    engine = FakeEngine()
+    config = make_config(max_transfers=1)
+    limits = EngineLimits.from_config(config)
+    busy = limits.transfers.request({"session_id": "a backup read in progress"})
+    assert busy.state == "held"
+    s = make_set(sizes=(1 * MiB,))
+    (image,) = s.image_names()
+    failures: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        h = await restore_rig.start(nursery, engine, tmp_path, config, limits=limits)
+        session = h.manager.create("myvm")
+        for name in ("vm.ovf", "manifest.json"):
+            await h.write_file(session, name, s.files[name])
+        f = session.new_file(image)
+        session.open(f)
+
+        async def write() -> None:
+            try:
+                await session.write(f, 0, s.files[image][: 128 * 1024])
+            except Exception as e:
+                failures.append(e)
+
+        nursery.start_soon(write)
+        with trio.fail_after(30):
+            while not limits.transfers.queued():  # noqa: ASYNC110 - no event to wait on
+                await trio.sleep(0.01)
+        assert limits.transfers.queued()[0]["restore"] == "restore/myvm"
+        h.manager.remove("myvm")
+        with trio.fail_after(30):
+            await session.wait_finished()
+        nursery.cancel_scope.cancel()
+    assert session.phase == "failed"
+    assert len(failures) == 1 and isinstance(failures[0], RestoreError)  # the write gave up
+    assert session.error is not None and "cancelled" in session.error
+    assert limits.transfers.queued() == [] and limits.transfers.in_use == 1  # the reader's
+    assert engine.disks == {} and not engine.transfers

@@ -100,6 +100,7 @@ class DiskUploads:
         self._created = created
         self._label = label  # "restore/<name>": staged files are named after it
         self._images_changed = trio.Event()  # set (and replaced) when an image completes
+        self._channels: dict[str, UploadChannel] = {}  # by set disk id, while its task runs
 
     # -- the set's images --------------------------------------------------------------
 
@@ -112,6 +113,12 @@ class DiskUploads:
             for d in self._host.disks.values()
             if d.selected and d.state != DiskState.SKIPPED
         )
+
+    def stop(self) -> None:
+        """The restore failed: uploads waiting for a transfer place give up at once (their
+        tasks then end, so the rollback need not wait for a place)."""
+        for channel in self._channels.values():
+            channel.stop()
 
     def wake(self) -> None:
         """An image was completed (or the session failed): disks waiting for the set look again."""
@@ -249,6 +256,9 @@ class DiskUploads:
                 on_transfer=functools.partial(setattr, d, "transfer_id"),
                 note=note,
             )
+            self._channels[sd_disk.id] = channel
+            if d.abort:
+                channel.stop()  # the restore failed while the disk was being created
             failure: RhvfsError | None = None
             async with trio.open_nursery() as nursery:
                 channel.start(nursery)
@@ -306,6 +316,7 @@ class DiskUploads:
                 raise failed from raw
             self._host.fail(failed)
         finally:
+            self._channels.pop(sd_disk.id, None)
             d.done.set()
         await self._host.check_complete()
 

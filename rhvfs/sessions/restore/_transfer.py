@@ -86,6 +86,7 @@ class UploadChannel:
         self._quiet.set()
         self._nursery: trio.Nursery | None = None
         self._parking: trio.CancelScope | None = None
+        self._waits: set[trio.CancelScope] = set()  # requests waiting for a place
         self._closed = False
         #: transfers started (1 + the times the channel was reopened after parking)
         self.transfers = 0
@@ -164,11 +165,19 @@ class UploadChannel:
                     f"disk {self.disk_id} waits for a transfer place (position {slot.position}, "
                     f"max_transfers {self._limits.transfers.limit})"
                 )
+                scope = trio.CancelScope()
+                self._waits.add(scope)
                 try:
-                    await slot.wait()
+                    with scope:
+                        await slot.wait()
                 except BaseException:
                     slot.release()
                     raise
+                finally:
+                    self._waits.discard(scope)
+                if scope.cancelled_caught:
+                    slot.release()
+                    raise RestoreFailed(f"the upload of disk {self.disk_id} has ended")
             self._slot = slot
         try:
             transfer = await self._engine.start_transfer(
@@ -268,10 +277,13 @@ class UploadChannel:
         self._on_transfer(None)
 
     def stop(self) -> None:
-        """No more requests and no more parking (the upload failed; ``aclose`` follows)."""
+        """No more requests, no more parking, and requests waiting for a place give up (the
+        restore failed or the upload ends; ``aclose`` follows)."""
         self._closed = True
         if self._parking is not None:
             self._parking.cancel()
+        for scope in self._waits:
+            scope.cancel()
 
     async def aclose(self, *, cancel: bool = False) -> None:
         """The disk's upload ends: finalize (or ``cancel``) the open transfer; no more requests."""
