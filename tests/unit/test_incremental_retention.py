@@ -8,6 +8,7 @@ MockClock: grace periods and engine waits run instantly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import trio.testing
 from rhvfs.engine.types import Checkpoint
 from rhvfs.errors import Conflict, NotFound
 from rhvfs.sessions.core._model import Owner
+from rhvfs.sessions.incremental._chainstate import ChainState
 from rhvfs.sessions.incremental._retention import oldest_first
 from tests.support.data import MiB, sha, sha256_image
 from tests.support.incremental_rig import Rig, image, manifest, new_vm
@@ -219,3 +221,27 @@ def test_checkpoints_are_ordered_along_their_parents() -> None:
     assert [x.id for x in oldest_first([c, a, b])] == ["a", "b", "c"]
     # a parent that is gone makes its child a root
     assert [x.id for x in oldest_first([c, b])] == ["b", "c"]
+
+
+def test_chain_files_without_checkpoint_records_own_their_sets_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """A chain file written before checkpoints were recorded: the completed sets' checkpoints
+    are rhvfs's; removal marks their sets, and the marks survive a reload."""
+    path = tmp_path / "chain.json"
+    sets = [
+        {"set_id": f"s{i}", "owner_id": "vm1", "set_type": t, "checkpoint_id": f"cp{i}"}
+        | {"from_checkpoint_id": None, "parent_set_id": None, "full_set_id": "s0"}
+        for i, t in enumerate(["full", "incremental"])
+    ]
+    path.write_text(json.dumps({"version": 1, "sets": {"vm1": sets}, "pending": {}}))
+    chain = ChainState(path)
+    assert chain.owned_checkpoints("vm1") == ["cp0", "cp1"]
+    chain.add_checkpoint("vm1", "cp2")  # an abandoned set's
+    assert chain.owned_checkpoints("vm1") == ["cp2", "cp0", "cp1"]
+    chain.forget_checkpoints("vm1", {"cp0", "cp2"}, removed=True)
+    again = ChainState(path)
+    assert again.owned_checkpoints("vm1") == ["cp1"]
+    assert [s.checkpoint_removed for s in again.sets("vm1")] == [True, False]
+    newest = again.newest("vm1")
+    assert newest is not None and newest.set_id == "s1"

@@ -716,7 +716,13 @@ class IncrementalSession(SessionLifecycle):
         keep = self.deps.config.keep_checkpoints
         if keep <= 0 or self.backup is None or not self.backup.to_checkpoint_id:
             return
-        with trio.move_on_after(max(self.deps.config.system_timeout, 1.0)) as scope:
+        # within the cleanup's own deadline, leaving it a second: a slow removal is retried
+        # after the next set, it must not make the cleanup look timed out
+        deadline = min(
+            trio.current_time() + max(self.deps.config.system_timeout, 1.0),
+            trio.current_effective_deadline() - 1.0,
+        )
+        with trio.move_on_at(deadline) as scope:
             removed = await prune_checkpoints(
                 self.deps.engine,
                 self.deps.chain,
