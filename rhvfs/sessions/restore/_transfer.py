@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from rhvfs.errors import EngineError, RestoreFailed
+from rhvfs.errors import EngineError, RestoreFailed, RhvfsError
 from rhvfs.sessions.core._limits import EngineLimits, Slot
 from rhvfs.sessions.restore._ports import RestoreEngine, UploadOpener
 from rhvfs.sessions.restore._upload import UploadTarget
@@ -243,7 +243,7 @@ class UploadChannel:
                 self.parks += 1
                 try:
                     await self._end(cancel=False)
-                except EngineError as e:
+                except RhvfsError as e:
                     self._note(f"parking the upload of disk {self.disk_id}: {e}")
                     raise RestoreFailed(
                         f"finalizing the parked upload of disk {self.disk_id} failed: {e}"
@@ -260,9 +260,11 @@ class UploadChannel:
         transfer_id, self.transfer_id = self.transfer_id, None
         try:
             if stack is not None:
-                if target is not None and not cancel:
-                    await target.flush()
-                await stack.aclose()
+                try:
+                    if target is not None and not cancel:
+                        await target.flush()  # nothing is finalized unflushed
+                finally:
+                    await stack.aclose()
             if transfer_id is not None:
                 if cancel:
                     await self._engine.cancel_transfer(transfer_id)
