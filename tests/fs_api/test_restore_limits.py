@@ -8,6 +8,7 @@ gives its place away runs instantly.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,27 @@ async def test_a_restore_cancelled_while_waiting_for_a_place_rolls_back_at_once(
     assert session.error is not None and "cancelled" in session.error
     assert limits.transfers.queued() == [] and limits.transfers.in_use == 1  # the reader's
     assert engine.disks == {} and not engine.transfers
+
+
+@pytest.mark.allow_log("rhvfs.sessions.restore", "WARNING", match="finaliz")
+async def test_a_parked_upload_that_does_not_finalize_fails_the_restore_cleanly(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """max_transfers=1: the first disk's upload gives way to the second, but the engine
+    refuses to finalize it: the restore fails and leaves no disk and no open transfer."""
+    engine = FakeEngine()
+    config = make_config(max_transfers=1)
+    limits = EngineLimits.from_config(config)
+    s = make_set(sizes=(1 * MiB, 1 * MiB))
+    engine.fail_on.add("finalize_transfer")
+    async with trio.open_nursery() as nursery:
+        h = await restore_rig.start(nursery, engine, tmp_path, config, limits=limits)
+        session = h.manager.create("myvm")
+        with contextlib.suppress(RestoreError):  # the tool sees the failure, or is done first
+            await h.copy(session, s)
+        doc = await h.settle(session)
+        nursery.cancel_scope.cancel()
+    assert doc["phase"] == "failed"
+    assert "finalizing the parked upload" in doc["error"]
+    assert engine.disks == {} and not engine.open_transfers()
+    assert limits.transfers.in_use == 0 and limits.transfers.queued() == []
