@@ -89,6 +89,10 @@ class Config:
     # mount-wide; more wait in a queue (0: unlimited).
     max_sessions: int = 4
     max_transfers: int = 16
+    # Checkpoint retention (rhvfs.sessions.incremental._retention): after a set of a VM
+    # completes, the checkpoints rhvfs created for it beyond the newest keep_checkpoints are
+    # removed, oldest first (0: keep all).
+    keep_checkpoints: int = 3
     # Which VMs the tree shows (rhvfs.selection): a name regex and one to exclude (whole
     # names), tags, clusters, data centers (names; comma-separated in a config file),
     # and a shard "I/N" of the VMs by a stable hash of their ids.
@@ -156,6 +160,7 @@ _INT_KEYS = {
     "staging_memory",
     "max_sessions",
     "max_transfers",
+    "keep_checkpoints",
 }
 _FLOAT_KEYS = {
     "system_interval",
@@ -380,6 +385,8 @@ def load_config(
     for key in ("max_sessions", "max_transfers"):
         if key in converted and converted[key] < 0:
             raise ConfigError(f"{key} must be 0 (unlimited) or more")
+    if "keep_checkpoints" in converted and converted["keep_checkpoints"] < 0:
+        raise ConfigError("keep_checkpoints must be 0 (keep all) or more")
     for key in ("read_idle_limit", "partial_set_timeout"):
         if key in converted and converted[key] <= 0:
             raise ConfigError(f"{key} must be more than 0 seconds")

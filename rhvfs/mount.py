@@ -115,7 +115,14 @@ async def open_backend(
         restores = (
             None
             if options.read_only
-            else RestoreManager(engine, config, errno_for=errno_for, journal=journal, events=events)
+            else RestoreManager(
+                engine,
+                config,
+                errno_for=errno_for,
+                journal=journal,
+                events=events,
+                limits=limits,
+            )
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(events.run)

@@ -216,6 +216,12 @@ def _mount_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--max-transfers", type=int, help="image transfers at once (default 16; 0: unlimited)"
     )
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        help="checkpoints rhvfs keeps per VM after a completed engine-backup set; older ones "
+        "it created are removed (default 3; 0: keep all)",
+    )
     sel = p.add_argument_group(
         "selection",
         "show only some VMs (all given criteria must hold; templates and restore/ are not limited)",
@@ -278,6 +284,7 @@ def cmd_mount(argv: Sequence[str]) -> int:
     for key in (
         "max_sessions",
         "max_transfers",
+        "keep_checkpoints",
         "vms",
         "exclude_vms",
         "tag",

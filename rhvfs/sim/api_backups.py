@@ -8,7 +8,8 @@ snapshot's volumes (see `api_transfers`). Finalize (409 while a transfer of
 it is unfinished) merges the snapshot away (`finalizing` -> `succeeded`); a failed backup
 (or one finalized before it was ready) also merges it away first
 (`finalizing` -> `failed`). A checkpoint is a bitmap of that name on the
-volumes of its disks.
+volumes of its disks; as in the engine, only a VM's root (oldest) checkpoint
+can be removed (409 for a newer one), and its child becomes the root.
 """
 
 from __future__ import annotations
@@ -293,6 +294,13 @@ def remove_checkpoint(e: Engine, vm: Vm, cp: Checkpoint) -> None:
         d = st.disks.get(disk_id)
         if d is not None and d.status == "locked":
             raise conflict(f"Cannot remove checkpoint. Disk {d.alias} is locked.")
+    parent = st.checkpoints.get(cp.parent_id or "")
+    if parent is not None and parent.vm_id == vm.id:
+        # As the engine: the chain is removed from its root; a newer checkpoint waits.
+        raise conflict(
+            f"Cannot remove checkpoint. Checkpoint {cp.id} of VM {vm.name} is not the root "
+            f"checkpoint; remove {parent.id} (and any older one) first."
+        )
     _drop_checkpoint_bitmaps(e, cp)
     for other in st.checkpoints.values():
         if other.parent_id == cp.id:

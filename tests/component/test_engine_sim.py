@@ -503,7 +503,9 @@ async def test_incremental_backup_after_a_guest_write(sim: Any, engine: Engine) 
         await engine.finalize_backup(vm.id, incr.id)
     checkpoints = {c.id: c for c in await engine.list_checkpoints(vm.id)}
     assert checkpoints[incr.to_checkpoint_id or ""].parent_id == base
-    for cp in (incr.to_checkpoint_id, base):
+    with pytest.raises(Conflict):  # only the root (oldest) checkpoint can be removed
+        await engine.remove_checkpoint(vm.id, incr.to_checkpoint_id or "")
+    for cp in (base, incr.to_checkpoint_id):
         await engine.remove_checkpoint(vm.id, cp or "")
     assert not {base, incr.to_checkpoint_id} & {c.id for c in await engine.list_checkpoints(vm.id)}
 

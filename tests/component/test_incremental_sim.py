@@ -8,6 +8,7 @@ of the disk at that point. Checkpoints the test created are removed again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,13 +42,13 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
 
 
 class Rig:
-    def __init__(self, sim: Any, engine: Engine, tmp: Path) -> None:
+    def __init__(self, sim: Any, engine: Engine, tmp: Path, **overrides: Any) -> None:
         self.sim = sim
         self.engine = engine
         self.config = load_config(
             section=sim.section,
             config_file=sim.conf_file,
-            overrides={"grace_period": 0.3, "listing_ttl": 0.0},
+            overrides={"grace_period": 0.3, "listing_ttl": 0.0, **overrides},
         )
         self.chain = ChainState(tmp / "state" / "chain.json")
         self.manager = IncrementalManager(
@@ -77,14 +78,18 @@ class Rig:
         return entries, json.loads((self.out / name).read_bytes())
 
 
-@pytest.fixture
-async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
+@contextlib.asynccontextmanager
+async def running_rig(
+    sim: Any, tmp_path: Path, vm_name: str, **overrides: Any
+) -> AsyncIterator[Rig]:
+    """A running rig on ``vm_name``; afterwards every checkpoint the VM gained is removed
+    (oldest first: the engine removes only the root)."""
     config = load_config(section=sim.section, config_file=sim.conf_file)
     async with open_engine(config, connections=2, poll=FAST_POLL) as engine:
-        vm = await engine.find_vm(VM)
+        vm = await engine.find_vm(vm_name)
         assert vm is not None
         before = {c.id for c in await engine.list_checkpoints(vm.id)}
-        r = Rig(sim, engine, tmp_path)
+        r = Rig(sim, engine, tmp_path, **overrides)
         async with trio.open_nursery() as nursery:
             await nursery.start(r.manager.run)
             try:
@@ -95,6 +100,12 @@ async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
         for c in await engine.list_checkpoints(vm.id):
             if c.id not in before:
                 await engine.remove_checkpoint(vm.id, c.id)
+
+
+@pytest.fixture
+async def rig(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with running_rig(sim, tmp_path, VM) as r:
+        yield r
 
 
 @pytest.mark.slow
@@ -154,22 +165,8 @@ async def test_full_incrementals_and_differential_against_the_sim(rig: Rig) -> N
 @pytest.fixture
 async def web01(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
     """A rig on the mixed VM web01 (raw disk, cow disk without backup, incremental cow disk)."""
-    config = load_config(section=sim.section, config_file=sim.conf_file)
-    async with open_engine(config, connections=2, poll=FAST_POLL) as engine:
-        vm = await engine.find_vm("web01")
-        assert vm is not None
-        before = {c.id for c in await engine.list_checkpoints(vm.id)}
-        r = Rig(sim, engine, tmp_path)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(r.manager.run)
-            try:
-                yield r
-            finally:
-                await r.manager.aclose_all()
-                nursery.cancel_scope.cancel()
-        for c in await engine.list_checkpoints(vm.id):
-            if c.id not in before:
-                await engine.remove_checkpoint(vm.id, c.id)
+    async with running_rig(sim, tmp_path, "web01") as r:
+        yield r
 
 
 @pytest.mark.slow
@@ -255,3 +252,47 @@ async def test_rhv_full_set_via_backup_then_incremental(rig: Rig) -> None:
     assert m1["parent_set"]["set_id"] == m["set_id"]
     assert sha256_image(rig.out / delta.name) == admin.disk_sha256(disk.id)
     await engine.stop_vm(vm.id)
+
+
+@pytest.mark.slow
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
+@pytest.mark.allow_log(
+    "rhvfs.sessions.incremental._retention", "WARNING", match="oldest checkpoint .* is not rhvfs's"
+)
+async def test_keep_checkpoints_on_the_sim(sim: Any, tmp_path: Path) -> None:
+    """keep_checkpoints=2: five sets leave rhvfs's two newest checkpoints on the engine;
+    another product's checkpoint survives; the next incremental still chains correctly."""
+    async with running_rig(sim, tmp_path, VM, keep_checkpoints="2") as rig:
+        engine, admin = rig.engine, rig.sim.admin
+        vm = await engine.find_vm(VM)
+        assert vm is not None
+        owner = Owner("vm", vm.id, vm.name)
+        disk = next(a.disk for a in await engine.disk_attachments(vm.id))
+        before = [c.id for c in await engine.list_checkpoints(vm.id)]
+        assert before == []  # the chain's root is rhvfs's: retention can reach it
+
+        async def one_set(n: int) -> dict[str, Any]:
+            admin.guest_write(vm=VM, disk=disk.id, offset=n * 7 * MiB, size=MiB, pattern=n)
+            _, m = await rig.read_set(owner, "incremental")
+            return m
+
+        sets = [await one_set(n) for n in range(1, 4)]
+        # another backup product backs the VM up in between
+        other = await engine.start_backup(vm.id, [disk.id], description="another product")
+        await engine.finalize_backup(vm.id, other.id)
+        foreign = other.to_checkpoint_id
+        assert foreign
+        sets += [await one_set(n) for n in range(4, 6)]
+        ours = [m["to_checkpoint_id"] for m in sets]
+        on_engine = [c.id for c in await engine.list_checkpoints(vm.id)]
+        assert on_engine == [foreign, *ours[-2:]]
+        assert [c for c in on_engine if c in ours] == ours[-2:]  # exactly two of rhvfs's
+
+        admin.guest_write(vm=VM, disk=disk.id, offset=220 * MiB, size=MiB, pattern=0x66)
+        entries, m = await rig.read_set(owner, "incremental")
+        assert (m["set_type"], m["from_checkpoint_id"]) == ("incremental", ours[-1])
+        top = next(e for e in entries if e.disk_id == disk.id)
+        assert sha256_image(rig.out / top.name) == admin.disk_sha256(disk.id)
+        # the foreign checkpoint is the root now: rhvfs removes nothing newer than it
+        on_engine = [c.id for c in await engine.list_checkpoints(vm.id)]
+        assert on_engine == [foreign, *ours[-2:], m["to_checkpoint_id"]]

@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 import trio
 
+from rhvfs.config import Config
 from rhvfs.engine import Engine
+from rhvfs.sessions.core import EngineLimits
 from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from tests.support.restore_rig import sim_restore_manager
 
@@ -146,3 +148,40 @@ async def test_out_of_order_and_early_images_reach_the_engine_intact(
         assert disk0["bytes_uploaded"] == 3 * MiB  # data only: holes and zeroes are not PUT
     finally:
         await engine.remove_vm(status["vm_id"])
+
+
+async def test_a_set_with_more_disks_than_max_transfers_restores_one_disk_at_a_time(
+    sim: Any, tmp_path: Path
+) -> None:
+    """max_transfers=1, three disks written one after the other: each disk's upload gives
+    its place to the next once idle (its transfer finalized, its data kept; on file storage
+    nothing is left to send, so it is not reopened); the engine's disks hold exactly the
+    images."""
+    limits = EngineLimits.from_config(
+        Config(engine_url="https://x", username="u", password="p", max_transfers=1)
+    )
+    files, images = synth_set("rs-lim", [6 * MiB, 5 * MiB, 3 * MiB], seed=7)
+    async with sim_restore_manager(sim, tmp_path, limits=limits) as (engine, manager):
+        session = manager.create("rs-lim")
+        for name in ("vm.ovf", "manifest.json"):
+            await put(session, name, files[name], [0], len(files[name]))
+        block = 1024 * 1024
+        for name in images:
+            await put(session, name, files[name], list(range(len(files[name]) // block)), block)
+        with trio.fail_after(120):
+            await session.wait_finished()
+        status = session.status()
+        assert status["phase"] == "done", status["error"]
+        try:
+            atts = {a.disk.alias: a for a in await engine.disk_attachments(status["vm_id"])}
+            for i, name in enumerate(images):
+                want = hashlib.sha256(files[name]).hexdigest()
+                disk_id = atts[f"rs-lim-d{i}"].disk.id
+                assert await trio.to_thread.run_sync(sim.admin.disk_sha256, disk_id) == want
+            stats = limits.transfers.status()
+            assert (stats["peak"], stats["in_use"]) == (1, 0)
+            # the second and third disk waited for the place the one before gave away
+            assert stats["waited"] >= 2
+            assert not [t for t in await engine.list_transfers() if t.phase == "transferring"]
+        finally:
+            await engine.remove_vm(status["vm_id"])

@@ -174,10 +174,14 @@ def test_abandoned_set_and_broken_chain(
     assert (s1.set_type, s1.from_checkpoint_id) == ("incremental", base.checkpoint_id)
 
     # the checkpoint of the newest set disappears on the engine: the next set is a full one
+    # (the engine removes only the oldest checkpoint: every one up to s1's goes, oldest first)
     conn = sim.sdk_connection()
     try:
         service = conn.system_service().vms_service().vm_service(vm_id)
-        service.checkpoints_service().checkpoint_service(s1.checkpoint_id).remove()
+        for c in service.checkpoints_service().list():
+            service.checkpoints_service().checkpoint_service(c.id).remove()
+            if c.id == s1.checkpoint_id:
+                break
         assert wait_until(
             lambda: s1.checkpoint_id not in {c.id for c in service.checkpoints_service().list()}
         )

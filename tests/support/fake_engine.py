@@ -160,6 +160,7 @@ class FakeEngine:
         self.transfer_volume: dict[str, str] = {}
         self.transfer_last_use: dict[str, float] = {}
         self.transfer_backup: dict[str, tuple[str, str]] = {}  # transfer -> (backup, disk)
+        self.peak_open_transfers = 0  # most transfers in phase transferring at once
         self.flushes = 0  # imageio flush requests of all uploads
         # -- what restores imported
         self.ovfs: list[tuple[str, str | None, bool]] = []  # (ovf, name, regenerate_ids)
@@ -686,6 +687,24 @@ class FakeEngine:
         await self._call("list_checkpoints")
         return list(self.checkpoints.get(vm_id, []))
 
+    async def remove_checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
+        """As oVirt: 409 while a backup of the VM runs or for any but the root (oldest)
+        checkpoint; its child becomes the root."""
+        await self._call("remove_checkpoint")
+        cps = self.checkpoints.get(vm_id, [])
+        if not any(c.id == checkpoint_id for c in cps):
+            raise NotFound(checkpoint_id)
+        if any(b.vm_id == vm_id and b.phase == "ready" for b in self.backups.values()):
+            raise Conflict(f"a backup of VM {vm_id} is in progress")
+        if cps[0].id != checkpoint_id:
+            raise Conflict(f"checkpoint {checkpoint_id} is not the root checkpoint of VM {vm_id}")
+        rest = cps[1:]
+        if rest:
+            rest[0] = dataclasses.replace(rest[0], parent_id=None)
+        self.checkpoints[vm_id] = rest
+        self.cp_disks.pop(checkpoint_id, None)
+        self.dirty.pop(checkpoint_id, None)
+
     # -- transfers --------------------------------------------------------------------------
 
     async def start_transfer(
@@ -722,6 +741,7 @@ class FakeEngine:
             inactivity_timeout=inactivity_timeout,
         )
         self.transfers[tid] = t
+        self.peak_open_transfers = max(self.peak_open_transfers, len(self.open_transfers()))
         self.transfer_volume[tid] = vol
         self.transfer_last_use[tid] = trio.current_time()
         if backup_id is not None:

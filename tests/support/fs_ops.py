@@ -19,7 +19,7 @@ import trio
 
 from rhvfs.config import Config
 from rhvfs.fs import Operations, errno_for
-from rhvfs.sessions.core import Journal
+from rhvfs.sessions.core import EngineLimits, Journal
 from rhvfs.sessions.restore import RestoreManager
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.vfs.names import ROOT_INODE
@@ -33,9 +33,15 @@ CHUNK = 128 * 1024
 
 
 async def make_ops(
-    nursery: trio.Nursery, tmp_path: Path, engine: FakeEngine, **settings: float
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    engine: FakeEngine,
+    *,
+    limits: EngineLimits | None = None,
+    **settings: float,
 ) -> tuple[Operations, RestoreManager]:
-    """``settings``: more ``RestoreManager`` timer settings (e.g. ``outcome_timeout_s``)."""
+    """``settings``: more ``RestoreManager`` timer settings (e.g. ``outcome_timeout_s``);
+    ``limits``: the mount's (default: from the default config)."""
     cfg = Config(engine_url="http://fake.invalid", username="u", password="p")
     manager = RestoreManager(
         engine,
@@ -45,6 +51,7 @@ async def make_ops(
         staging=StagingArea(tmp_path, limit_bytes=1 << 30),
         close_grace_s=0.05,
         journal=Journal(tmp_path / "state" / "journal.json"),
+        limits=limits,
         **settings,  # type: ignore[arg-type]
     )
     await nursery.start(manager.run)

@@ -85,16 +85,17 @@ class Full:
 
 
 class Rig:
-    """An IncrementalManager and a SetRouter (full sets: ``Full``) on a fake engine."""
+    """An IncrementalManager and a SetRouter (full sets: ``Full``) on a fake engine;
+    ``config``: settings over the rig's (``make_config``)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **config: Any) -> None:
         self.engine = FakeEngine(latency=ENGINE_LIKE)
         self.plane = FakeDataPlane(self.engine, client=DirtyClient)
         self.chain = ChainState(tmp_path / "state" / "chain.json")
         self.journal = Journal(tmp_path / "state" / "journal.json")
         # an incomplete set outlives its last close by read_idle_limit (transfers parked
         # after the grace period)
-        self.config = make_config(grace_period=5.0, read_idle_limit=20.0)
+        self.config = make_config(**{"grace_period": 5.0, "read_idle_limit": 20.0, **config})
         self.manager = IncrementalManager(
             self.engine,
             self.config,

@@ -21,7 +21,7 @@ from rhvfs.config import Config, load_config
 from rhvfs.engine import Engine, open_engine
 from rhvfs.fs import errno_for
 from rhvfs.retry import RetryPolicy
-from rhvfs.sessions.core import Journal
+from rhvfs.sessions.core import EngineLimits, Journal
 from rhvfs.sessions.restore import RestoreFile, RestoreManager, RestoreSession
 from rhvfs.sessions.restore._staging import StagingArea
 from tests.support.backup_sets import SetFiles
@@ -86,9 +86,11 @@ async def start(
     limit: int = 64 * MiB,
     *,
     journal: Journal | None = None,
+    limits: EngineLimits | None = None,
 ) -> Harness:
     """A running manager; its restores are journaled in ``journal`` (default: one in
-    ``tmp_path/state``, ``Harness.manager.journal``)."""
+    ``tmp_path/state``, ``Harness.manager.journal``); ``limits``: the mount's (default: from
+    ``cfg``)."""
     manager = RestoreManager(
         engine,
         cfg,
@@ -97,6 +99,7 @@ async def start(
         staging=StagingArea(tmp_path, limit_bytes=limit),
         close_grace_s=0.01,
         journal=journal or Journal(tmp_path / "state" / "journal.json"),
+        limits=limits,
     )
     await nursery.start(manager.run)
     return Harness(engine, manager)
@@ -114,9 +117,10 @@ SIM_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.2, timeout_
 
 @contextlib.asynccontextmanager
 async def sim_restore_manager(
-    sim: Any, tmp_path: Path
+    sim: Any, tmp_path: Path, *, limits: EngineLimits | None = None
 ) -> AsyncIterator[tuple[Engine, RestoreManager]]:
-    """A running, journaled restore manager on the simulator's engine (the real facade)."""
+    """A running, journaled restore manager on the simulator's engine (the real facade);
+    ``limits``: the mount's (default: from the config)."""
     config = load_config(
         section=sim.section,
         config_file=sim.conf_file,
@@ -129,6 +133,7 @@ async def sim_restore_manager(
             errno_for=errno_for,
             staging=StagingArea(tmp_path / "staging", limit_bytes=64 * MiB),
             journal=Journal(tmp_path / "state" / "journal.json"),
+            limits=limits,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)

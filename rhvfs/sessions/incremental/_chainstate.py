@@ -6,7 +6,11 @@ per VM, the completed sets (full, incremental, differential) oldest first with
 their checkpoint ids and per-disk file names, so the next incremental knows
 its ``from_checkpoint_id`` and which file each delta's backing file names; and
 the engine backups a live rhvfs process has started (``pending``), so a later
-mount can finalize the leftovers of a killed one.
+mount can finalize the leftovers of a killed one; and, per VM, every checkpoint
+a backup rhvfs started created (``checkpoints``, recorded as soon as the backup
+is ready, completed or not): the only checkpoints checkpoint retention
+(``_retention``) may remove. A checkpoint removed by retention stays named by
+its sets (``ChainSet.checkpoint_removed``): they can no longer be a base.
 
 A set is recorded only once every file of it was read to the end and closed
 and its engine backup was finalized: a tool that fails mid-set does not
@@ -77,6 +81,8 @@ class ChainSet:
     manifest_file: str
     completed: str  # ISO 8601 UTC
     disks: tuple[ChainDisk, ...] = ()
+    #: rhvfs removed the checkpoint (``keep_checkpoints``): no set can start from it
+    checkpoint_removed: bool = False
 
     def disk(self, disk_id: str) -> ChainDisk | None:
         return next((d for d in self.disks if d.disk_id == disk_id), None)
@@ -99,6 +105,7 @@ class ChainSet:
             manifest_file=str(d.get("manifest_file", "")),
             completed=str(d.get("completed", "")),
             disks=tuple(ChainDisk(**x) for x in d.get("disks", ())),
+            checkpoint_removed=bool(d.get("checkpoint_removed", False)),
         )
 
 
@@ -152,7 +159,7 @@ class ChainState:
     def sets(self, owner_id: str) -> list[ChainSet]:
         """Completed sets of ``owner_id``, oldest first."""
         with self._locked():
-            return list(self._load()[0].get(owner_id, []))
+            return list(self._load_all().sets.get(owner_id, []))
 
     def newest(self, owner_id: str) -> ChainSet | None:
         """The newest completed set that can be a base (it ends at a checkpoint)."""
@@ -170,18 +177,31 @@ class ChainState:
 
     def pending(self) -> list[PendingBackup]:
         with self._locked():
-            return list(self._load()[1].values())
+            return list(self._load_all().pending.values())
+
+    def owned_checkpoints(self, owner_id: str) -> list[str]:
+        """Checkpoints of ``owner_id`` that rhvfs created and has not removed, oldest first:
+        those recorded when their backup was ready, and (files written before they were
+        recorded) those of completed sets."""
+        with self._locked():
+            state = self._load_all()
+        made = list(state.checkpoints.get(owner_id, []))
+        for s in state.sets.get(owner_id, []):
+            if s.checkpoint_id and not s.checkpoint_removed and s.checkpoint_id not in made:
+                made.append(s.checkpoint_id)
+        return made
 
     # -- updates --------------------------------------------------------------
 
     def record(self, chain_set: ChainSet) -> None:
         """Append a completed set (replacing one with the same id)."""
         with self._locked():
-            sets, pending = self._load()
+            state = self._load_all()
+            sets = state.sets
             mine = [s for s in sets.get(chain_set.owner_id, []) if s.set_id != chain_set.set_id]
             mine.append(chain_set)
             sets[chain_set.owner_id] = mine[-MAX_SETS_PER_OWNER:]
-            self._store(sets, pending)
+            self._store_all(state)
         log.info(
             "chain of %s: %s set %s completed (checkpoint %s, parent %s)",
             chain_set.owner_id,
@@ -193,15 +213,53 @@ class ChainState:
 
     def add_pending(self, item: PendingBackup) -> None:
         with self._locked():
-            sets, pending = self._load()
-            pending[item.backup_id] = item
-            self._store(sets, pending)
+            state = self._load_all()
+            state.pending[item.backup_id] = item
+            self._store_all(state)
 
     def remove_pending(self, backup_id: str) -> None:
         with self._locked():
-            sets, pending = self._load()
-            if pending.pop(backup_id, None) is not None:
-                self._store(sets, pending)
+            state = self._load_all()
+            if state.pending.pop(backup_id, None) is not None:
+                self._store_all(state)
+
+    def add_checkpoint(self, owner_id: str, checkpoint_id: str) -> None:
+        """A backup rhvfs started created ``checkpoint_id`` (recorded once it is ready)."""
+        with self._locked():
+            state = self._load_all()
+            mine = state.checkpoints.setdefault(owner_id, [])
+            if checkpoint_id not in mine:
+                mine.append(checkpoint_id)
+                self._store_all(state)
+
+    def forget_checkpoints(self, owner_id: str, checkpoint_ids: set[str], *, removed: bool) -> None:
+        """``checkpoint_ids`` are gone from the engine: ``removed`` by rhvfs's retention (their
+        sets are marked, they can be no base), or found missing (failed backups' checkpoints,
+        which the engine drops; removed by someone else: the sets keep their ids, and a set
+        from them finds the chain broken)."""
+        if not checkpoint_ids:
+            return
+        with self._locked():
+            state = self._load_all()
+            made = state.checkpoints.get(owner_id, [])
+            kept = [c for c in made if c not in checkpoint_ids]
+            changed = len(kept) != len(made)
+            if kept:
+                state.checkpoints[owner_id] = kept
+            else:
+                state.checkpoints.pop(owner_id, None)
+            if removed:
+                sets = state.sets.get(owner_id, [])
+                marked = [
+                    dataclasses.replace(s, checkpoint_removed=True)
+                    if s.checkpoint_id in checkpoint_ids and not s.checkpoint_removed
+                    else s
+                    for s in sets
+                ]
+                changed = changed or marked != sets
+                state.sets[owner_id] = marked
+            if changed:
+                self._store_all(state)
 
     # -- file handling --------------------------------------------------------
 
@@ -216,11 +274,11 @@ class ChainState:
             finally:
                 os.close(fd)  # closing releases the flock
 
-    def _load(self) -> tuple[dict[str, list[ChainSet]], dict[str, PendingBackup]]:
+    def _load_all(self) -> _State:
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return {}, {}
+            return _State()
         try:
             raw = json.loads(text)
             sets = {
@@ -230,17 +288,31 @@ class ChainState:
             pending = {
                 bid: PendingBackup.from_json(d) for bid, d in dict(raw.get("pending", {})).items()
             }
-            return sets, pending
+            checkpoints = {
+                owner: [str(c) for c in items]
+                for owner, items in dict(raw.get("checkpoints", {})).items()
+            }
+            return _State(sets, pending, checkpoints)
         except (ValueError, TypeError, KeyError) as e:
             # Losing the chain only makes the next set a full one; keep a copy for a human.
             log.warning("chain state %s is unreadable (%s); starting a new one", self.path, e)
             os.replace(self.path, self.path.with_name(self.path.name + ".corrupt"))
-            return {}, {}
+            return _State()
 
-    def _store(self, sets: dict[str, list[ChainSet]], pending: dict[str, PendingBackup]) -> None:
+    def _store_all(self, state: _State) -> None:
         doc = {
             "version": _VERSION,
-            "sets": {o: [s.to_json() for s in items] for o, items in sets.items()},
-            "pending": {b: p.to_json() for b, p in pending.items()},
+            "sets": {o: [s.to_json() for s in items] for o, items in state.sets.items()},
+            "pending": {b: p.to_json() for b, p in state.pending.items()},
+            "checkpoints": {o: list(items) for o, items in state.checkpoints.items() if items},
         }
         write_private(self.path, json.dumps(doc, indent=1, sort_keys=True))
+
+
+@dataclasses.dataclass
+class _State:
+    """The file's content: completed sets, pending backups, checkpoints rhvfs created."""
+
+    sets: dict[str, list[ChainSet]] = dataclasses.field(default_factory=dict)
+    pending: dict[str, PendingBackup] = dataclasses.field(default_factory=dict)
+    checkpoints: dict[str, list[str]] = dataclasses.field(default_factory=dict)

@@ -40,6 +40,9 @@ new checkpoint; an incomplete set lives ``read_idle_limit`` after its last close
 read_id=R)``): backup id and set id are R, and the router serves the
 configuration files.
 
+After a set completed, its session removes the VM's old checkpoints that rhvfs
+created beyond the newest ``keep_checkpoints`` (``_retention``).
+
 Cleanups a set could not finish (transfers, the backup's finalization, the
 fallback snapshot) are retried in the background while the manager runs
 (``PendingCleanups``, ``status()["pending_cleanups"]``); ``finalize_leftovers``
@@ -201,12 +204,13 @@ class IncrementalManager:
     # -- listings -------------------------------------------------------------
 
     def since_checkpoints(self, owner: Owner) -> list[str]:
-        """Checkpoints rhvfs recorded for ``owner`` (``@rhv-since/<id>/``), oldest first."""
+        """Checkpoints rhvfs recorded for ``owner`` (``@rhv-since/<id>/``), oldest first;
+        not those checkpoint retention removed."""
         if owner.kind != "vm":
             return []
         seen: list[str] = []
         for s in self.chain.sets(owner.id):
-            if s.checkpoint_id and s.checkpoint_id not in seen:
+            if s.checkpoint_id and not s.checkpoint_removed and s.checkpoint_id not in seen:
                 seen.append(s.checkpoint_id)
         return seen
 

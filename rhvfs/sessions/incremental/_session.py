@@ -82,6 +82,7 @@ from rhvfs.sessions.incremental._chainstate import (
 )
 from rhvfs.sessions.incremental._channel import IncrementalDiskChannel, SetDiskPlan
 from rhvfs.sessions.incremental._delta import DeltaSource, changes_from_dirty, delta_file_extents
+from rhvfs.sessions.incremental._retention import prune_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class EngineWithBackups(EngineLike, Protocol):
     async def backup_disks(self, vm_id: str, backup_id: str) -> list[Disk]: ...
     async def finalize_backup(self, vm_id: str, backup_id: str) -> None: ...
     async def list_checkpoints(self, vm_id: str) -> list[Checkpoint]: ...
+    async def remove_checkpoint(self, vm_id: str, checkpoint_id: str) -> None: ...
 
 
 async def _no_fetch(guest: int, length: int) -> bytes:
@@ -261,9 +263,12 @@ class IncrementalSession(SessionLifecycle):
             return chain.newest_full(vm_id)
         assert self.since is not None
         found = chain.by_checkpoint(vm_id, self.since)
-        if found is None:
+        if found is None or found.checkpoint_removed:
             raise NotFound(
                 f"checkpoint {self.since} of VM {self.owner.name} was not recorded by rhvfs"
+                if found is None
+                else f"checkpoint {self.since} of VM {self.owner.name} was removed "
+                "(keep_checkpoints)"
             )
         return found
 
@@ -283,6 +288,12 @@ class IncrementalSession(SessionLifecycle):
                 f"no completed set of VM {vm.name} to start from: this {self.kind} set is a full one",
                 expected=True,
             )
+        if base is not None and base.checkpoint_removed:
+            self.warn(
+                f"checkpoint {base.checkpoint_id} of the base set {base.set_id} of VM {vm.name} "
+                f"was removed (keep_checkpoints); this {self.kind} set is a full one"
+            )
+            base = None
         if base is not None:
             checkpoints = {c.id: c for c in await engine.list_checkpoints(vm.id)}
             cp = checkpoints.get(base.checkpoint_id or "")
@@ -470,6 +481,9 @@ class IncrementalSession(SessionLifecycle):
             self.deps.chain.remove_pending(self.backup_id)
             self.backup_id = str(uuid.uuid4())
             return await self._begin_backup(vm_id, disks, None)
+        if backup.to_checkpoint_id:
+            # rhvfs's from now on, completed or not: retention may remove it (``_retention``)
+            self.deps.chain.add_checkpoint(vm_id, backup.to_checkpoint_id)
         log.info(
             "backup %s of VM %s (from checkpoint %s) ready in %.2fs, to checkpoint %s",
             backup.id,
@@ -695,6 +709,40 @@ class IncrementalSession(SessionLifecycle):
             )
         if self.complete and finalized and not self.recorded:
             self._record()
+            await self._retain_checkpoints()
+
+    async def _retain_checkpoints(self) -> None:
+        """The chain advanced: remove this VM's old rhvfs checkpoints (``_retention``), while
+        this session still holds the VM's backup slot; bounded, never failing the set."""
+        keep = self.deps.config.keep_checkpoints
+        if keep <= 0 or self.backup is None or not self.backup.to_checkpoint_id:
+            return
+        # within the cleanup's own deadline, leaving it a second: a slow removal is retried
+        # after the next set, it must not make the cleanup look timed out
+        deadline = min(
+            trio.current_time() + max(self.deps.config.system_timeout, 1.0),
+            trio.current_effective_deadline() - 1.0,
+        )
+        with trio.move_on_at(deadline) as scope:
+            removed = await prune_checkpoints(
+                self.deps.engine,
+                self.deps.chain,
+                self.owner.id,
+                keep=keep,
+                vm_name=self.owner.name,
+                warn=lambda message: self.note(message, error=False),
+            )
+            if removed:
+                log.info(
+                    "VM %s: removed %d old checkpoint(s) (keep_checkpoints %d)",
+                    self.owner.name,
+                    len(removed),
+                    keep,
+                )
+        if scope.cancelled_caught:
+            self.note(
+                f"checkpoint retention of VM {self.owner.name} timed out; next time", error=False
+            )
 
     def _record(self) -> None:
         base = self.base

@@ -1,8 +1,10 @@
 """The engine side of each disk image: disk creation, the upload stream, staging.
 
 Owns, per disk of the set (``RestoreDisk``): the task that creates the
-engine disk (its original id unless taken), starts the upload transfer,
-runs the ``UploadStream``, keeps an idle transfer alive with a flush every
+engine disk (its original id unless taken), opens its upload transfers
+(``_transfer.UploadChannel``: each under a place among the mount's
+``max_transfers``, given away while the upload is idle and another transfer
+waits), runs the ``UploadStream``, keeps an idle transfer alive with a flush every
 ``keepalive_s`` (restic pauses between packs; the engine would time the
 transfer out), waits for the image to be complete, every other selected image of the set
 too (a late write to a complete image is applied until then), and the
@@ -27,6 +29,7 @@ created (``_rollback``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -40,6 +43,7 @@ from rhvfs.sessions.restore._ports import RestoreServices
 from rhvfs.sessions.restore._preflight import storage_domain_of
 from rhvfs.sessions.restore._rollback import Created
 from rhvfs.sessions.restore._state import DiskState
+from rhvfs.sessions.restore._transfer import UploadChannel
 from rhvfs.sessions.restore._upload import UploadStream
 
 #: Staged data is replayed into a stream in pieces of this size (bytes).
@@ -96,6 +100,7 @@ class DiskUploads:
         self._created = created
         self._label = label  # "restore/<name>": staged files are named after it
         self._images_changed = trio.Event()  # set (and replaced) when an image completes
+        self._channels: dict[str, UploadChannel] = {}  # by set disk id, while its task runs
 
     # -- the set's images --------------------------------------------------------------
 
@@ -108,6 +113,12 @@ class DiskUploads:
             for d in self._host.disks.values()
             if d.selected and d.state != DiskState.SKIPPED
         )
+
+    def stop(self) -> None:
+        """The restore failed: uploads waiting for a transfer place give up at once (their
+        tasks then end, so the rollback need not wait for a place)."""
+        for channel in self._channels.values():
+            channel.stop()
 
     def wake(self) -> None:
         """An image was completed (or the session failed): disks waiting for the set look again."""
@@ -198,6 +209,7 @@ class DiskUploads:
         opts = self._host.options
         assert opts is not None
         started = False
+        channel: UploadChannel | None = None
         try:
             sds = await engine.list_storage_domains()
             sd = storage_domain_of(sd_disk, opts, sds)
@@ -234,40 +246,45 @@ class DiskUploads:
                 f"created disk {alias} ({disk.id}, {sd_disk.size} bytes, {sd_disk.format}) on "
                 f"{sd.name} in {trio.current_time() - t0:.1f} s"
             )
-            transfer = await engine.start_transfer(
+            channel = UploadChannel(
+                engine=engine,
+                opener=services.opener,
+                limits=services.limits,
                 disk_id=disk.id,
-                direction="upload",
-                format="raw",
-                inactivity_timeout=services.inactivity_timeout_s,
-                timeout_policy="cancel",
+                label={"restore": self._label, "disk_id": disk.id},
+                inactivity_timeout_s=services.inactivity_timeout_s,
+                on_transfer=functools.partial(setattr, d, "transfer_id"),
+                note=note,
             )
-            d.transfer_id = transfer.id
-            assert transfer.transfer_url is not None
+            self._channels[sd_disk.id] = channel
+            if d.abort:
+                channel.stop()  # the restore failed while the disk was being created
             failure: RhvfsError | None = None
-            async with services.opener(transfer.transfer_url, transfer.proxy_url) as target:
-                async with trio.open_nursery() as nursery:
-                    stream = UploadStream(target, size=sd_disk.size)
-                    stream.start(nursery)
-                    d.state = DiskState.UPLOADING
-                    started = True
-                    task_status.started(stream)
-                    await self._until_finish(d, stream)
-                    d.sealed = True  # no await since ``finish`` was seen: see ``_images``
-                    try:
-                        if d.abort:
-                            raise RestoreFailed("upload aborted")
-                        if not zero_reads:
-                            await stream.zero_unwritten()
-                        await self._gate.apply(d, stream)
-                        d.state = DiskState.FINALIZING
-                        stats = await stream.finish()
-                    except RhvfsError as e:
-                        await stream.abort()
-                        failure = e
+            async with trio.open_nursery() as nursery:
+                channel.start(nursery)
+                await channel.open()  # waits in line for a transfer place
+                stream = UploadStream(channel, size=sd_disk.size)
+                stream.start(nursery)
+                d.state = DiskState.UPLOADING
+                started = True
+                task_status.started(stream)
+                await self._until_finish(d, stream)
+                d.sealed = True  # no await since ``finish`` was seen: see ``_images``
+                try:
+                    if d.abort:
+                        raise RestoreFailed("upload aborted")
+                    if not zero_reads:
+                        await stream.zero_unwritten()
+                    await self._gate.apply(d, stream)
+                    d.state = DiskState.FINALIZING
+                    stats = await stream.finish()
+                    await channel.aclose()  # finalizes the transfer still open
+                except RhvfsError as e:
+                    await stream.abort()
+                    channel.stop()
+                    failure = e
             if failure is not None:
                 raise failure
-            await engine.finalize_transfer(transfer.id)
-            d.transfer_id = None
             d.state = DiskState.UPLOADED
             note(
                 f"uploaded {alias}: {stats.bytes_received} bytes written, {stats.bytes_put} PUT "
@@ -284,11 +301,13 @@ class DiskUploads:
             d.state = DiskState.FAILED
             d.error = str(failed)
             with trio.CancelScope(shield=True):
-                if d.transfer_id is not None:
-                    try:
+                try:
+                    if channel is not None:
+                        await channel.aclose(cancel=True)  # and gives its place back
+                    elif d.transfer_id is not None:
                         await engine.cancel_transfer(d.transfer_id)
-                    except Exception as ce:
-                        note(f"cancel transfer {d.transfer_id}: {ce}")
+                except Exception as ce:
+                    note(f"cancel transfer {d.transfer_id}: {ce}")
             if not isinstance(raw, Exception):
                 raise  # cancellation
             if not started:
@@ -297,6 +316,7 @@ class DiskUploads:
                 raise failed from raw
             self._host.fail(failed)
         finally:
+            self._channels.pop(sd_disk.id, None)
             d.done.set()
         await self._host.check_complete()
 

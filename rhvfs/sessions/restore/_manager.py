@@ -7,8 +7,10 @@ opener, the bounded staging area, the memory budget of configuration files
 (``_memory``), the nursery (``run`` owns it until
 cancelled; then every unfinished restore is rolled back, shielded), the
 timer settings (seconds, on trio's clock; the outcome and partial-set timeouts
-come from the ``Config`` unless given), and the mount's journal, where each
-restore records what it creates until it ends (``_journal``).
+come from the ``Config`` unless given), the mount's journal, where each
+restore records what it creates until it ends (``_journal``), and the mount's
+``EngineLimits`` (shared with the backup managers; each open upload transfer
+holds a place among ``max_transfers``, ``_transfer``).
 
 Must not: hold per-restore logic (``_session`` and its parts do); know about
 inodes or FUSE; carry errno values (``errno_for`` is the mount's table, given
@@ -33,6 +35,7 @@ from rhvfs.errors import (
 )
 from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._limits import EngineLimits
 from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._ports import RestoreEngine, UploadOpener, default_upload_opener
 from rhvfs.sessions.restore._session import RestoreSession
@@ -67,6 +70,7 @@ class RestoreManager:
         partial_set_timeout_s: float | None = None,
         journal: Journal | None = None,
         events: EngineEvents | None = None,
+        limits: EngineLimits | None = None,
     ) -> None:
         self.events = events
         self.close_grace_s = close_grace_s
@@ -81,6 +85,11 @@ class RestoreManager:
         self.config = config
         #: the mount's journal (shared with the backup managers); None: restores are not journaled
         self.journal = journal
+        #: the mount's limits (shared with the backup managers): each open upload transfer
+        #: takes a place among ``max_transfers`` (``_transfer``)
+        self.limits: EngineLimits | None = (
+            limits if limits is not None else EngineLimits.from_config(config)
+        )
         self._errno_for = errno_for
         self.opener = opener or default_upload_opener(config)
         self.staging = staging or StagingArea(config.staging_dir, limit_bytes=config.staging_limit)

@@ -30,6 +30,7 @@ from rhvfs.engine.types import (
 )
 from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._journal import Journal
+from rhvfs.sessions.core._limits import EngineLimits
 from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._staging import StagingArea
 from rhvfs.sessions.restore._upload import UploadTarget
@@ -147,6 +148,9 @@ class RestoreServices(Protocol):
     config: Config
     #: the mount's journal: what unfinished restores created (None: not journaled)
     journal: Journal | None
+    #: the mount's limits, shared with the backup sessions: each open upload transfer
+    #: holds one place among ``max_transfers`` (None: unlimited)
+    limits: EngineLimits | None
     #: seconds: an image complete by evidence is finalized once closed this long (and a
     #: chain settles after this long without directory activity)
     close_grace_s: float

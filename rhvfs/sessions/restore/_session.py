@@ -258,6 +258,7 @@ class RestoreSession:
         for d in self.disks.values():
             d.abort = True
             d.finish.set()
+        self.uploads.stop()
         self.uploads.wake()
 
     async def _rollback(self) -> None:
