@@ -8,6 +8,11 @@ its ``from_checkpoint_id`` and which file each delta's backing file names; and
 the engine backups a live rhvfs process has started (``pending``), so a later
 mount can finalize the leftovers of a killed one.
 
+Sets of the snapshot chain (VMs with disks that have no engine incremental
+backup) end at a VM snapshot instead of a checkpoint (``ChainSet.snapshot_id``):
+the newest such snapshot of a VM is *kept* on the engine on purpose, as the
+base of the next set (``kept_snapshots``), and gc must leave it alone.
+
 A set is recorded only once every file of it was read to the end and closed
 and its engine backup was finalized: a tool that fails mid-set does not
 advance the chain (the checkpoint it created stays on the engine, unused; the
@@ -65,7 +70,8 @@ class ChainDisk:
 @dataclasses.dataclass(frozen=True)
 class ChainSet:
     """A completed set. ``checkpoint_id`` is the engine checkpoint it ends at (None for
-    raw-only sets, which cannot be a base); ``full_set_id`` is the full set its chain starts at."""
+    sets without one); ``snapshot_id`` the VM snapshot it ends at and keeps on the engine
+    (snapshot-chain sets only); ``full_set_id`` is the full set its chain starts at."""
 
     set_id: str
     owner_id: str
@@ -77,6 +83,7 @@ class ChainSet:
     manifest_file: str
     completed: str  # ISO 8601 UTC
     disks: tuple[ChainDisk, ...] = ()
+    snapshot_id: str | None = None
 
     def disk(self, disk_id: str) -> ChainDisk | None:
         return next((d for d in self.disks if d.disk_id == disk_id), None)
@@ -99,6 +106,7 @@ class ChainSet:
             manifest_file=str(d.get("manifest_file", "")),
             completed=str(d.get("completed", "")),
             disks=tuple(ChainDisk(**x) for x in d.get("disks", ())),
+            snapshot_id=d.get("snapshot_id"),
         )
 
 
@@ -158,6 +166,24 @@ class ChainState:
         """The newest completed set that can be a base (it ends at a checkpoint)."""
         usable = [s for s in self.sets(owner_id) if s.checkpoint_id]
         return usable[-1] if usable else None
+
+    def newest_kept(self, owner_id: str) -> ChainSet | None:
+        """The newest completed snapshot-chain set (the base of the next one): its
+        ``snapshot_id`` is the snapshot kept on the engine for it."""
+        usable = [s for s in self.sets(owner_id) if s.snapshot_id]
+        return usable[-1] if usable else None
+
+    def kept_snapshots(self) -> dict[str, str]:
+        """VM id -> the snapshot kept on the engine as the base of its next set (gc must
+        not remove these; older sets' snapshots were merged away, or may be)."""
+        with self._locked():
+            sets = self._load()[0]
+        kept: dict[str, str] = {}
+        for owner, items in sets.items():
+            snaps = [s.snapshot_id for s in items if s.snapshot_id]
+            if snaps:
+                kept[owner] = snaps[-1]
+        return kept
 
     def newest_full(self, owner_id: str) -> ChainSet | None:
         fulls = [s for s in self.sets(owner_id) if s.set_type == "full" and s.checkpoint_id]

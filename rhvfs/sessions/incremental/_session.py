@@ -81,7 +81,13 @@ from rhvfs.sessions.incremental._chainstate import (
     PendingBackup,
 )
 from rhvfs.sessions.incremental._channel import IncrementalDiskChannel, SetDiskPlan
-from rhvfs.sessions.incremental._delta import DeltaSource, changes_from_dirty, delta_file_extents
+from rhvfs.sessions.incremental._delta import (
+    DeltaSource,
+    changes_from_dirty,
+    changes_from_layer,
+    delta_file_extents,
+    layer_cluster_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +180,10 @@ class IncrementalSession(SessionLifecycle):
         self.bytes_read = 0
         self._journaled = False
         self._snapshot_images: dict[str, str] = {}
+        #: a set of the snapshot chain: its snapshot is kept once the set is complete
+        self.snapshot_chain = False
+        #: the snapshot the chain kept before this set (removed once this one is kept)
+        self._superseded_snapshot: str | None = None
         #: this set's places among the mount's transfers (one request for all its disks)
         self._transfers: Slot | None = None
 
@@ -277,6 +287,14 @@ class IncrementalSession(SessionLifecycle):
         if not disks:
             raise SessionError(f"VM {vm.name} has no disks to back up")
 
+        capable = [d for d in disks if d.format == "cow" and d.backup == "incremental"]
+        others = [d for d in disks if d not in capable]
+        reasons = {d.id: ("raw disk" if d.format != "cow" else "backup mode none") for d in others}
+        if self.kind == "incremental" and others:
+            await self._start_snapshot_chain(vm.id, vm.name, disks, reasons)
+            await self._open_disks(data, nursery)
+            return
+
         base = self._base(vm.id)
         if base is None and self.kind not in ("since", "full"):
             self.warn(
@@ -294,9 +312,6 @@ class IncrementalSession(SessionLifecycle):
                 )
                 base = None
 
-        capable = [d for d in disks if d.format == "cow" and d.backup == "incremental"]
-        others = [d for d in disks if d not in capable]
-        reasons = {d.id: ("raw disk" if d.format != "cow" else "backup mode none") for d in others}
         backup_disks = disks if base is None else capable
         if base is not None and others:
             await self._snapshot_for(vm.id, others)
@@ -348,7 +363,87 @@ class IncrementalSession(SessionLifecycle):
                 snapshot_image_id=snap_image,
             )
             self.plans.append(plan)
+        await self._open_disks(data, nursery)
 
+    async def _start_snapshot_chain(
+        self, vm_id: str, vm_name: str, disks: list[Disk], reasons: dict[str, str]
+    ) -> None:
+        """Plan an incremental set of the snapshot chain (a VM with disks the engine cannot
+        back up incrementally): one snapshot of every disk, one point in time for all.
+
+        The base is the newest set whose snapshot is still kept on the engine. The volume
+        of the new snapshot is the layer written since the kept one: read alone (shallow),
+        its allocated ranges are the changes, served as a delta on the base set's file.
+        Disks without a layer over the kept snapshot (new, resized) and a set without a
+        usable base are read in full. The kept snapshot is replaced once the set completes.
+        """
+        engine = self.deps.engine
+        self.snapshot_chain = True
+        base = self.deps.chain.newest_kept(vm_id)
+        self._superseded_snapshot = base.snapshot_id if base is not None else None
+        prev_disks: dict[str, Disk] = {}
+        if base is None:
+            self.warn(
+                f"no completed snapshot-chain set of VM {vm_name} to start from: "
+                "this incremental set is a full one",
+                expected=True,
+            )
+        else:
+            snaps = {x.id: x for x in await engine.list_snapshots(vm_id)}
+            kept = snaps.get(base.snapshot_id or "")
+            if kept is None or (kept.status or "ok") != "ok":
+                why = "is gone from the engine" if kept is None else f"is {kept.status}"
+                self.warn(
+                    f"chain of VM {vm_name} is broken: its kept snapshot {base.snapshot_id} "
+                    f"{why}; this incremental set is a full one"
+                )
+                base = None
+            else:
+                prev_disks = {d.id: d for d in await engine.snapshot_disks(vm_id, kept.id)}
+        await self._snapshot_for(vm_id, disks)
+        assert self.snapshot is not None
+        self.base = base
+        self.set_type = SetType.FULL if base is None else SetType.INCREMENTAL
+        self.set_id = self.backup_id
+        for d in disks:
+            prev = base.disk(d.id) if base is not None else None
+            before = prev_disks.get(d.id)
+            reason: str | None = "full set"
+            if base is not None:
+                if prev is None or before is None:
+                    reason = "new since the base set"
+                elif before.provisioned_size != d.provisioned_size:
+                    reason = "resized since the base set"
+                else:
+                    reason = None
+            self.plans.append(
+                SetDiskPlan(
+                    disk=d,
+                    mode="full" if reason else "incremental",
+                    file="",
+                    key=self._key(DiskKey(d.id)),
+                    reason=reason,
+                    backing_file=prev.file if prev is not None and reason is None else None,
+                    snapshot_image_id=self._snapshot_images.get(d.id),
+                    shallow=reason is None,
+                )
+            )
+            if self._snapshot_images.get(d.id) is None:
+                raise EngineError(f"snapshot {self.snapshot.id} has no volume of disk {d.id}")
+        log.info(
+            "snapshot-chain set %s of VM %s: snapshot %s, base %s (kept snapshot %s); "
+            "disks without incremental backup: %s",
+            self.set_id,
+            vm_name,
+            self.snapshot.id,
+            base.set_id if base else None,
+            base.snapshot_id if base else None,
+            reasons,
+        )
+
+    async def _open_disks(self, data: OwnerData, nursery: trio.Nursery) -> None:
+        """Open every planned disk's transfer and reader, then freeze the set's listing."""
+        base = self.base
         limits = self.deps.limits
         if limits is not None and self.plans:
             # The backup opens every disk's transfer at once: one request for all of them
@@ -379,7 +474,21 @@ class IncrementalSession(SessionLifecycle):
             raise EngineError(
                 f"disk {plan.disk.id}: imageio reports {size} bytes, the engine {plan.disk.provisioned_size}"
             )
-        if plan.mode == "incremental":
+        if plan.mode == "incremental" and plan.shallow:
+            try:
+                cluster = layer_cluster_size(zero)
+            except ValueError as e:
+                raise EngineError(f"disk {plan.disk.id}: the snapshot layer: {e}") from e
+            changes = changes_from_layer(zero)
+            plan.dirty_bytes = sum(c.length for c in changes)
+            plan.delta = Qcow2Delta(
+                virtual_size=plan.disk.provisioned_size,
+                changes=changes,
+                backing_file=plan.backing_file,
+                backing_format=backing_format,
+                cluster_size=cluster,
+            )
+        elif plan.mode == "incremental":
             try:
                 dirty = await client.extents("dirty")
             except ImageioError as e:
@@ -412,7 +521,8 @@ class IncrementalSession(SessionLifecycle):
             )
 
     async def _snapshot_for(self, vm_id: str, disks: list[Disk]) -> None:
-        """A snapshot of the disks an incremental backup cannot include (read in full)."""
+        """A snapshot of ``disks``: those an incremental backup cannot include (read in
+        full), or every disk of a snapshot-chain set."""
         engine = self.deps.engine
         desc = snapshot_description(
             self.session_id,
@@ -679,6 +789,14 @@ class IncrementalSession(SessionLifecycle):
         finalized = True
         if self.backup_started:
             finalized = await self._finalize_backup()
+        if (
+            self.snapshot_chain
+            and self.complete
+            and finalized
+            and not self.recorded
+            and self.snapshot is not None
+        ):
+            await self._keep_snapshot()
         if self.snapshot_description is not None:
             await self._remove_snapshot()
         if self._journaled:
@@ -695,6 +813,35 @@ class IncrementalSession(SessionLifecycle):
         if self.complete and finalized and not self.recorded:
             self._record()
 
+    async def _keep_snapshot(self) -> None:
+        """A complete snapshot-chain set: record it with its snapshot, which from then on
+        is intentional state (gc leaves kept snapshots alone), drop the snapshot from the
+        journal (crash cleanup no longer removes it), then remove the snapshot it replaces."""
+        assert self.snapshot is not None
+        self._record()
+        journal = self.deps.journal
+        for entry in journal.entries():
+            if entry.session_id == self.session_id:
+                journal.put(dataclasses.replace(entry, snapshot_description=None, snapshot_id=None))
+        log.info(
+            "snapshot %s of VM %s kept as the base of its next incremental set",
+            self.snapshot.id,
+            self.owner.name,
+        )
+        self.snapshot = None
+        self.snapshot_description = None
+        if self._superseded_snapshot is not None:
+            await self._remove_superseded()
+
+    async def _remove_superseded(self) -> None:
+        snap_id = self._superseded_snapshot
+        try:
+            await remove_snapshot(self.deps.engine, self.owner.id, snap_id, config=self.deps.config)
+        except EngineError as e:
+            self.note(f"removing the previously kept snapshot {snap_id} failed: {e}", error=True)
+            return
+        self._superseded_snapshot = None
+
     def _record(self) -> None:
         base = self.base
         self.deps.chain.record(
@@ -708,6 +855,9 @@ class IncrementalSession(SessionLifecycle):
                 full_set_id=base.full_set_id if base else self.set_id,
                 manifest_file=self.manifest_name,
                 completed=datetime.now(UTC).isoformat(),
+                snapshot_id=(
+                    self.snapshot.id if self.snapshot_chain and self.snapshot is not None else None
+                ),
                 disks=tuple(
                     ChainDisk(
                         disk_id=p.disk.id,
@@ -765,6 +915,16 @@ class IncrementalSession(SessionLifecycle):
                     backup_id,
                     config=self.deps.config,
                     on_done=lambda: self.deps.chain.remove_pending(backup_id),
+                )
+            )
+        if self.snapshot_chain and self.recorded and self._superseded_snapshot is not None:
+            steps.append(
+                snapshot_step(
+                    self.deps.engine,
+                    self.owner.id,
+                    self._superseded_snapshot,
+                    description=None,
+                    config=self.deps.config,
                 )
             )
         if self.snapshot_description is not None:
