@@ -189,16 +189,32 @@ def layer_bytes(path: Path) -> int:
 
 
 @pytest.mark.slow
-async def test_snapshot_chain_incrementals_of_a_mixed_vm(web01: Rig) -> None:
-    """web01 (up): a raw preallocated disk, a qcow2 disk without backup, a qcow2 disk with
-    incremental backup. Its incremental sets come from one kept snapshot per VM (one point
-    in time for every disk): a full set, then two sets of qcow2 deltas, each only the layer
-    written since the previous set, backed by the previous set's files; the chain converts
-    to the disk at that set; one rhvfs snapshot stays on the VM between sets."""
+@pytest.mark.parametrize("status", ["down", "up"])
+async def test_snapshot_chain_incrementals_of_a_mixed_vm(web01: Rig, status: str) -> None:
+    """web01: a raw preallocated disk, a qcow2 disk without backup, a qcow2 disk with
+    incremental backup, the VM down or up. Its incremental sets come from one kept snapshot
+    per VM (one point in time for every disk): a full set, then two sets of qcow2 deltas,
+    each only the layer written since the previous set, backed by the previous set's
+    files; the chain converts to the disk at that set; one rhvfs snapshot stays on the VM
+    between sets."""
     rig = web01
-    engine, admin = rig.engine, rig.sim.admin
+    engine = rig.engine
     vm = await engine.find_vm("web01")
     assert vm is not None and vm.status == "up"
+    if status == "down":
+        await engine.stop_vm(vm.id)
+        try:
+            await _snapshot_chain_of_web01(rig, status)
+        finally:
+            await engine.start_vm(vm.id)
+    else:
+        await _snapshot_chain_of_web01(rig, status)
+
+
+async def _snapshot_chain_of_web01(rig: Rig, status: str) -> None:
+    engine, admin = rig.engine, rig.sim.admin
+    vm = await engine.find_vm("web01")
+    assert vm is not None and vm.status == status
     owner = Owner("vm", vm.id, vm.name)
     disks = {a.disk.alias: a.disk for a in await engine.disk_attachments(vm.id)}
     logs, os_disk, data = disks["web01_logs"], disks["web01_os"], disks["web01_data"]
