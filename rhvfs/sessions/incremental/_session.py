@@ -5,14 +5,25 @@ set's checkpoint), plans every disk (delta or full data, see
 ``incremental_channel``), freezes the set's listing and configuration files,
 serves reads while tracking which bytes of each file were read, and on close
 finalizes the transfers and the backup, removes the fallback snapshot and,
-for a set read completely, records it in the chain state. Its task, close
+for a set read completely, records it in the chain state.
+
+A VM with a disk the engine cannot back up incrementally gets its incremental
+sets from a snapshot chain instead (``_start_snapshot_chain``): no engine
+backup; one snapshot of every disk; each disk's volume of that snapshot (the
+layer written since the snapshot the chain kept) read alone with a shallow
+transfer, its allocated extents the delta's changes. A completed set records
+its snapshot in the chain (kept: no longer this session's to remove, and gone
+from the journal) and then removes the one it replaces; an incomplete one
+removes its own snapshot like any other. Its task, close
 request and grace timer are the shared ``SessionLifecycle``; what the cleanup
 leaves (``_leftovers``) the manager retries in the background.
 
 Invariants between awaits: ``entries`` never change once the session is ready;
 ``coverage`` only grows; ``complete`` is set only on a last release with every
 file read from its first to its last byte; the chain records a set only when
-it is complete and its backup finalized.
+it is complete and its backup finalized; a snapshot-chain set's snapshot is
+either removed or recorded as kept, never both, and the snapshot it replaces is
+removed only after it was recorded.
 
 Must not: know about inodes or pyfuse3, handle ids beyond counting them, or
 other VMs' sessions (the manager owns those).
