@@ -84,6 +84,9 @@ class ChainSet:
     completed: str  # ISO 8601 UTC
     disks: tuple[ChainDisk, ...] = ()
     snapshot_id: str | None = None
+    #: the VM's other snapshots when ``snapshot_id`` was taken: one taken after it (and
+    #: still there) splits the layer the next set reads, which must then be a full one
+    snapshots_before: tuple[str, ...] = ()
 
     def disk(self, disk_id: str) -> ChainDisk | None:
         return next((d for d in self.disks if d.disk_id == disk_id), None)
@@ -91,6 +94,7 @@ class ChainSet:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["disks"] = [dataclasses.asdict(x) for x in self.disks]
+        d["snapshots_before"] = list(self.snapshots_before)
         return d
 
     @classmethod
@@ -107,6 +111,7 @@ class ChainSet:
             completed=str(d.get("completed", "")),
             disks=tuple(ChainDisk(**x) for x in d.get("disks", ())),
             snapshot_id=d.get("snapshot_id"),
+            snapshots_before=tuple(str(x) for x in d.get("snapshots_before", ())),
         )
 
 

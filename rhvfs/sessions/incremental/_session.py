@@ -195,6 +195,8 @@ class IncrementalSession(SessionLifecycle):
         self.snapshot_chain = False
         #: the snapshot the chain kept before this set (removed once this one is kept)
         self._superseded_snapshot: str | None = None
+        #: the VM's other snapshots right after this set's was taken (for the chain)
+        self._snapshots_before: tuple[str, ...] = ()
         #: this set's places among the mount's transfers (one request for all its disks)
         self._transfers: Slot | None = None
 
@@ -413,6 +415,23 @@ class IncrementalSession(SessionLifecycle):
                 prev_disks = {d.id: d for d in await engine.snapshot_disks(vm_id, kept.id)}
         await self._snapshot_for(vm_id, disks)
         assert self.snapshot is not None
+        others = [
+            x.id
+            for x in await engine.list_snapshots(vm_id)
+            if x.id != self.snapshot.id and (x.type or "regular") != "active"
+        ]
+        self._snapshots_before = tuple(others)
+        if base is not None:
+            known = {base.snapshot_id, *base.snapshots_before}
+            later = [x for x in others if x not in known]
+            if later:
+                # Its volume holds what was written since it was taken: the new snapshot's
+                # own layer then lacks what came between the kept snapshot and that one.
+                self.warn(
+                    f"chain of VM {vm_name} is broken: snapshot {later[0]} was taken after "
+                    f"the kept snapshot {base.snapshot_id}; this incremental set is a full one"
+                )
+                base = None
         self.base = base
         self.set_type = SetType.FULL if base is None else SetType.INCREMENTAL
         self.set_id = self.backup_id
@@ -869,6 +888,7 @@ class IncrementalSession(SessionLifecycle):
                 snapshot_id=(
                     self.snapshot.id if self.snapshot_chain and self.snapshot is not None else None
                 ),
+                snapshots_before=self._snapshots_before if self.snapshot_chain else (),
                 disks=tuple(
                     ChainDisk(
                         disk_id=p.disk.id,
