@@ -6,12 +6,15 @@ with tar (a full one, then two with guest writes on every disk before them):
 the incremental sets hold only the written data of each disk (qcow2 deltas on
 the previous set's files), at most one rhvfs snapshot stays on the VM between
 sets, and the three sets restored together through ``restore/<name>/`` give a
-VM whose disks have the sha256 of the original disks at the last set.
+VM whose disks have the sha256 of the original disks at the last set. After
+the mount ended, ``rhvfs gc`` and the next mount leave the kept snapshot alone
+and the chain goes on.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,12 @@ import pytest
 
 from rhvfs import ARTIFACT_MARKER
 from rhvfs.backupset import read_allocation
+from tests.support.data import sha256_image
 from tests.support.mounts import IncrementalMount, extract, manifest_of, restore_status
 from tests.support.sim import SimProcess, remove_vm, running_sim, vm_details
 
 pytestmark = pytest.mark.slow
+RHVFS = [sys.executable, "-m", "rhvfs.cli"]
 MiB = 1024 * 1024
 VM = "web01"
 #: per set: disk alias -> (offset, size, pattern) of a guest write before the set
@@ -142,3 +147,50 @@ def test_the_chain_restores_the_disks_of_the_last_set(sets: Sets, tmp_path: Path
             assert s.sim.admin.disk_sha256(disk_id) == s.sha[-1][alias], alias
     finally:
         remove_vm(s.sim, "w")
+
+
+def test_gc_and_a_new_mount_keep_the_snapshot_and_continue_the_chain(sets: Sets) -> None:
+    """After the mount that took it ended, the kept snapshot is a dead mount's artifact:
+    ``rhvfs gc`` and the next mount's start-up cleanup must leave it alone (the chain
+    state names it), so the next set is still an incremental one."""
+    s = sets
+    [kept] = s.snapshots[-1]
+    s.mount.umount()
+    gc = subprocess.run(
+        [
+            *RHVFS,
+            "gc",
+            "-c",
+            s.sim.section,
+            "--config-file",
+            str(s.sim.conf_file),
+            "--state-dir",
+            str(s.mount.state_dir),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert gc.returncode == 0, gc.stderr
+    assert f"left alone: snapshot {kept} of VM {s.vm_id} (kept as the base" in gc.stdout
+    assert rhvfs_snapshots(s.sim, s.vm_id) == [kept]
+
+    mount = IncrementalMount(s.sim, s.mount.mnt, s.mount.state_dir, vm=VM)
+    try:
+        offset, size = 100 * MiB, MiB
+        disk = s.disks["web01_os"]
+        s.sim.admin.guest_write(vm=VM, disk=disk, offset=offset, size=size, pattern=0x75)
+        tar = s.out.parent / "set3.tar"
+        mount.tar_set("@rhv-incremental", tar, s.vm_id)
+        names = extract(tar, s.out)
+        m = manifest_of(names, s.out)
+        assert (m["set_type"], m["parent_set"]["set_id"]) == (
+            "incremental",
+            s.manifests[-1]["set_id"],
+        )
+        image = next(d["file"] for d in m["disks"] if d["id"] == disk)
+        assert sum(a.length for a in read_allocation(s.out / image) if a.kind == "data") == size
+        assert sha256_image(s.out / image) == s.sim.admin.disk_sha256(disk)
+        assert rhvfs_snapshots(s.sim, s.vm_id) == [m["snapshot_id"]] != [kept]
+    finally:
+        mount.umount()
