@@ -25,7 +25,13 @@ from rhvfs import ARTIFACT_MARKER
 from rhvfs.backupset import read_allocation
 from tests.support.data import sha256_image
 from tests.support.mounts import IncrementalMount, extract, manifest_of, restore_status
-from tests.support.sim import SimProcess, remove_vm, running_sim, vm_details
+from tests.support.sim import (
+    SimProcess,
+    marked_snapshot_ids,
+    remove_vm,
+    running_sim,
+    vm_details,
+)
 
 pytestmark = pytest.mark.slow
 RHVFS = [sys.executable, "-m", "rhvfs.cli"]
@@ -37,15 +43,6 @@ WRITES: list[dict[str, tuple[int, int, int]]] = [
     {"web01_os": (8 * MiB, 2 * MiB, 0x71), "web01_data": (MiB, 64 * 1024, 0x72)},
     {"web01_os": (40 * MiB, MiB, 0x73), "web01_logs": (3 * MiB, 3 * MiB, 0x74)},
 ]
-
-
-def rhvfs_snapshots(sim: SimProcess, vm_id: str) -> list[str]:
-    conn = sim.sdk_connection()
-    try:
-        snaps = conn.system_service().vms_service().vm_service(vm_id).snapshots_service().list()
-        return [s.id for s in snaps if (s.description or "").startswith(ARTIFACT_MARKER)]
-    finally:
-        conn.close()
 
 
 class Sets:
@@ -90,7 +87,7 @@ def sets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sets]:
                 s.sha.append({a: sim.admin.disk_sha256(d) for a, d in s.disks.items()})
                 s.names.append(extract(tar, s.out))
                 s.manifests.append(manifest_of(s.names[-1], s.out))
-                s.snapshots.append(rhvfs_snapshots(sim, s.vm_id))
+                s.snapshots.append(marked_snapshot_ids(sim, s.vm_id, ARTIFACT_MARKER))
             yield s
         finally:
             mount.umount()
@@ -173,7 +170,7 @@ def test_gc_and_a_new_mount_keep_the_snapshot_and_continue_the_chain(sets: Sets)
     )
     assert gc.returncode == 0, gc.stderr
     assert f"left alone: snapshot {kept} of VM {s.vm_id} (kept as the base" in gc.stdout
-    assert rhvfs_snapshots(s.sim, s.vm_id) == [kept]
+    assert marked_snapshot_ids(s.sim, s.vm_id, ARTIFACT_MARKER) == [kept]
 
     mount = IncrementalMount(s.sim, s.mount.mnt, s.mount.state_dir, vm=VM)
     try:
@@ -191,6 +188,6 @@ def test_gc_and_a_new_mount_keep_the_snapshot_and_continue_the_chain(sets: Sets)
         image = next(d["file"] for d in m["disks"] if d["id"] == disk)
         assert sum(a.length for a in read_allocation(s.out / image) if a.kind == "data") == size
         assert sha256_image(s.out / image) == s.sim.admin.disk_sha256(disk)
-        assert rhvfs_snapshots(s.sim, s.vm_id) == [m["snapshot_id"]] != [kept]
+        assert marked_snapshot_ids(s.sim, s.vm_id, ARTIFACT_MARKER) == [m["snapshot_id"]] != [kept]
     finally:
         mount.umount()
