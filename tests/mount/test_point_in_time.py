@@ -241,7 +241,9 @@ def guest_write(sim: SimProcess, mount: SimMount, **kw: Any) -> None:
 
 
 def tar_dir(directory: Path, tar: Path) -> None:
-    subprocess.run(["tar", "-cSf", str(tar), "-C", str(directory), "."], check=True, timeout=300)
+    # a hang guard, not a speed limit: -S reads a sparse image twice, and web01's snapshot
+    # chain starts with a full set (1 GiB) on a machine other test runs share
+    subprocess.run(["tar", "-cSf", str(tar), "-C", str(directory), "."], check=True, timeout=900)
 
 
 def test_back_to_back_incremental_sets_each_have_their_own_point_in_time(
