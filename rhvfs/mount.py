@@ -99,10 +99,15 @@ async def open_backend(
     async with open_engine(config) as engine:
         journal = Journal.for_engine(config.engine_url, state_dir=options.state_dir)
         limits = EngineLimits.from_config(config)  # mount-wide: both managers share them
-        manager = BackupManager(
-            engine, config, journal=journal, gc_on_start=gc_on_start, limits=limits
-        )
         chain = ChainState.for_engine(config.engine_url, state_dir=options.state_dir)
+        manager = BackupManager(
+            engine,
+            config,
+            journal=journal,
+            gc_on_start=gc_on_start,
+            limits=limits,
+            kept_snapshots=lambda: chain.kept_snapshots().values(),
+        )
         incremental = IncrementalManager(
             engine,
             config,

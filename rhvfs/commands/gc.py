@@ -4,7 +4,8 @@ Delegates to ``BackupManager.collect_garbage``: snapshots of this installation
 (the state directory's id in their ``rhvfs.ARTIFACT_MARKER`` description) whose
 mount is gone, and what the journal of dead mounts names (their backup
 sessions' transfers and snapshots, their unfinished restores' transfers, VMs,
-templates and disks). Its report lines are
+templates and disks), never the snapshot each VM's incremental chain keeps
+(the chain state's). Its report lines are
 sorted here (``classify``) into what was (or would be) removed or cancelled,
 the rhvfs artifacts left alone, and failures. Output: actions and left-alone
 lines on stdout (``nothing to clean up`` when there are none), each failure as
@@ -72,13 +73,21 @@ def cmd_gc(argv: Sequence[str]) -> int:
     async def run() -> list[str]:
         from rhvfs.engine import open_engine
         from rhvfs.sessions import BackupManager, Journal
+        from rhvfs.sessions.incremental import ChainState
 
         async with open_engine(config) as engine:
             # Unreachable engine or wrong credentials: one error (exit 1), before any
             # cleanup line could be mistaken for a report.
             await engine.list_datacenters()
             journal = Journal.for_engine(config.engine_url, state_dir=args.state_dir)
-            manager = BackupManager(engine, config, journal=journal, gc_on_start=False)
+            chain = ChainState.for_engine(config.engine_url, state_dir=args.state_dir)
+            manager = BackupManager(
+                engine,
+                config,
+                journal=journal,
+                gc_on_start=False,
+                kept_snapshots=lambda: chain.kept_snapshots().values(),
+            )
             return await manager.collect_garbage(dry_run=args.dry_run)
 
     report: dict[LineKind, list[str]] = {"action": [], "left_alone": [], "error": []}

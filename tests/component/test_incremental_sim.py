@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import trio
 
+from rhvfs import ARTIFACT_MARKER
 from rhvfs.backupset import SetKind, read_allocation, read_header
 from rhvfs.config import load_config
 from rhvfs.engine import Engine, open_engine
@@ -96,6 +97,8 @@ async def running_rig(
                 yield r
             finally:
                 await r.manager.aclose_all()
+                for snap_id in await rhvfs_snapshots(engine, vm.id):  # what the chain kept
+                    await engine.remove_snapshot(vm.id, snap_id)
                 nursery.cancel_scope.cancel()
         for c in await engine.list_checkpoints(vm.id):
             if c.id not in before:
@@ -169,36 +172,116 @@ async def web01(sim: Any, tmp_path: Path) -> AsyncIterator[Rig]:
         yield r
 
 
+async def rhvfs_snapshots(engine: Engine, vm_id: str) -> list[str]:
+    return [
+        s.id
+        for s in await engine.list_snapshots(vm_id)
+        if (s.description or "").startswith(ARTIFACT_MARKER)
+    ]
+
+
+def layer_bytes(path: Path) -> int:
+    """Guest bytes a delta file stores as data clusters."""
+    return sum(a.length for a in read_allocation(path) if a.kind == "data")
+
+
 @pytest.mark.slow
-@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
-async def test_disks_without_incremental_support_are_full_in_every_set(web01: Rig) -> None:
+@pytest.mark.parametrize("status", ["down", "up"])
+async def test_snapshot_chain_incrementals_of_a_mixed_vm(web01: Rig, status: str) -> None:
+    """web01: a raw preallocated disk, a qcow2 disk without backup, a qcow2 disk with
+    incremental backup, the VM down or up. Its incremental sets come from one kept snapshot
+    per VM (one point in time for every disk): a full set, then two sets of qcow2 deltas,
+    each only the layer written since the previous set, backed by the previous set's
+    files; the chain converts to the disk at that set; one rhvfs snapshot stays on the VM
+    between sets."""
+    rig = web01
+    engine = rig.engine
+    vm = await engine.find_vm("web01")
+    assert vm is not None and vm.status == "up"
+    if status == "down":
+        await engine.stop_vm(vm.id)
+        try:
+            await _snapshot_chain_of_web01(rig, status)
+        finally:
+            await engine.start_vm(vm.id)
+    else:
+        await _snapshot_chain_of_web01(rig, status)
+
+
+async def _snapshot_chain_of_web01(rig: Rig, status: str) -> None:
+    engine, admin = rig.engine, rig.sim.admin
+    vm = await engine.find_vm("web01")
+    assert vm is not None and vm.status == status
+    owner = Owner("vm", vm.id, vm.name)
+    disks = {a.disk.alias: a.disk for a in await engine.disk_attachments(vm.id)}
+    logs, os_disk, data = disks["web01_logs"], disks["web01_os"], disks["web01_data"]
+    assert (os_disk.format, os_disk.sparse) == ("raw", False)
+    assert (logs.format, logs.backup) == ("cow", "incremental")
+    assert await rhvfs_snapshots(engine, vm.id) == []
+
+    s0, m0 = await rig.read_set(owner, "incremental")
+    assert m0["set_type"] == "full"
+    files0 = {e.disk_id: e for e in s0 if e.disk_id}
+    for d in (logs, os_disk, data):
+        assert files0[d.id].size == d.provisioned_size
+        assert sha256_file(rig.out / files0[d.id].name) == admin.disk_sha256(d.id)
+    [kept0] = await rhvfs_snapshots(engine, vm.id)
+    assert rig.chain.kept_snapshots() == {vm.id: kept0} and m0["snapshot_id"] == kept0
+
+    files, previous = files0, m0
+    for writes in (
+        {os_disk: (MiB, MiB, 0x31), data: (3 * MiB, 64 * 1024, 0x32), logs: (0, MiB, 0x33)},
+        {os_disk: (9 * MiB, 2 * MiB, 0x41), logs: (5 * MiB, 128 * 1024, 0x42)},
+    ):
+        for d, (offset, size, pattern) in writes.items():
+            admin.guest_write(vm="web01", disk=d.id, offset=offset, size=size, pattern=pattern)
+        before = files
+        entries, m = await rig.read_set(owner, "incremental")
+        assert (m["set_type"], m["parent_set"]["set_id"]) == ("incremental", previous["set_id"])
+        modes = {d["id"]: (d["backup_mode"], d["file_format"]) for d in m["disks"]}
+        assert modes == {d.id: ("incremental", "qcow2") for d in (logs, os_disk, data)}
+        files = {e.disk_id: e for e in entries if e.disk_id}
+        for d in (logs, os_disk, data):
+            delta = rig.out / files[d.id].name
+            assert read_header(delta).backing_file == before[d.id].name
+            written = writes[d][1] if d in writes else 0
+            # only the layer since the previous set: the written clusters, no more
+            assert layer_bytes(delta) == written
+            assert files[d.id].size < written + MiB
+            assert sha256_image(delta) == admin.disk_sha256(d.id)
+        [kept] = await rhvfs_snapshots(engine, vm.id)
+        assert rig.chain.kept_snapshots() == {vm.id: kept} and m["snapshot_id"] == kept
+        assert kept != kept0
+        kept0, previous = kept, m
+    assert [s.set_type for s in rig.chain.sets(vm.id)] == ["full", "incremental", "incremental"]
+    assert rig.chain.pending() == []
+
+
+@pytest.mark.slow
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="chain of VM .* is broken")
+async def test_snapshot_chain_without_its_kept_snapshot_falls_back_to_a_full_set(
+    web01: Rig,
+) -> None:
     rig = web01
     engine, admin = rig.engine, rig.sim.admin
     vm = await engine.find_vm("web01")
     assert vm is not None
     owner = Owner("vm", vm.id, vm.name)
-    disks = {a.disk.alias: a.disk for a in await engine.disk_attachments(vm.id)}
-    logs, os_disk, data = disks["web01_logs"], disks["web01_os"], disks["web01_data"]
-    snaps_before = {s.id for s in await engine.list_snapshots(vm.id)}
-
-    s0, m0 = await rig.read_set(owner, "incremental")
-    assert m0["set_type"] == "full"
-    admin.guest_write(vm="web01", disk=logs.id, offset=MiB, size=MiB, pattern=0x31)
-    admin.guest_write(vm="web01", disk=data.id, offset=3 * MiB, size=64 * 1024, pattern=0x32)
-    s1, m1 = await rig.read_set(owner, "incremental")
-    modes = {d["id"]: (d["backup_mode"], d["file_format"], d["full_reason"]) for d in m1["disks"]}
-    assert modes == {
-        logs.id: ("incremental", "qcow2", None),
-        os_disk.id: ("full", "raw", "raw disk"),
-        data.id: ("full", "raw", "backup mode none"),
-    }
-    files = {e.disk_id: e for e in s1 if e.disk_id}
-    assert files[os_disk.id].size == os_disk.provisioned_size
-    assert sha256_image(rig.out / files[logs.id].name) == admin.disk_sha256(logs.id)
-    assert sha256_file(rig.out / files[data.id].name) == admin.disk_sha256(data.id)
-    assert sha256_file(rig.out / files[os_disk.id].name) == admin.disk_sha256(os_disk.id)
-    # the snapshot that served the full disks was removed again
-    assert {s.id for s in await engine.list_snapshots(vm.id)} == snaps_before
+    os_disk = next(
+        a.disk for a in await engine.disk_attachments(vm.id) if a.disk.alias == "web01_os"
+    )
+    await rig.read_set(owner, "incremental")
+    [kept] = await rhvfs_snapshots(engine, vm.id)
+    await engine.remove_snapshot(vm.id, kept)  # an admin removed it
+    admin.guest_write(vm="web01", disk=os_disk.id, offset=4 * MiB, size=MiB, pattern=0x51)
+    entries, m = await rig.read_set(owner, "incremental")
+    assert m["set_type"] == "full"
+    assert any(f"kept snapshot {kept} is gone" in w for w in m["warnings"])
+    image = next(e for e in entries if e.disk_id == os_disk.id)
+    assert image.name.endswith(".raw") and image.size == os_disk.provisioned_size
+    assert sha256_file(rig.out / image.name) == admin.disk_sha256(os_disk.id)
+    [new_kept] = await rhvfs_snapshots(engine, vm.id)
+    assert rig.chain.kept_snapshots() == {vm.id: new_kept}
 
 
 @pytest.mark.slow

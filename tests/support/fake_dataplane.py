@@ -3,8 +3,9 @@
 - ``FakeClient``: an imageio download client of one transfer (``fake://<id>``);
   403 (``TicketGone``) once the transfer is over, and an idle transfer dies
   after its inactivity timeout (trio's clock). One data extent.
-- ``DirtyClient``: the same, with per-64 KiB-cluster extents (``zero``) and
-  the ``dirty`` context of a backup's transfer.
+- ``DirtyClient``: the same, with per-64 KiB-cluster extents (``zero``;
+  ``hole`` for clusters outside the layer of a shallow transfer) and the
+  ``dirty`` context of a backup's transfer.
 - ``FakeDataPlane``: ``imageio_opener`` + ``reader_factory`` for the backup and
   incremental managers, recording the clients and readers it made.
 - ``FakeReader``: the block reader (``ReaderLike``) reading straight through.
@@ -54,6 +55,13 @@ class FakeClient:
     def _volume(self) -> bytearray:
         return self.engine.volumes[self.engine.transfer_volume[self.transfer_id]]
 
+    def _holes(self) -> set[int]:
+        """Clusters a shallow transfer does not expose (they read as zeroes, like a hole
+        of a qcow2 layer exported without its backing chain)."""
+        if self.transfer_id not in self.engine.transfer_shallow:
+            return set()
+        return self.engine.layer_holes(self.engine.transfer_volume[self.transfer_id]) or set()
+
     async def extents(self) -> list[Any]:
         await trio.lowlevel.checkpoint()
         self._check()
@@ -62,8 +70,12 @@ class FakeClient:
     async def read_into(self, offset: int, buf: memoryview) -> None:
         await trio.sleep(0.01)
         self._check()
-        data = self._volume()[offset : offset + len(buf)]
+        data = bytearray(self._volume()[offset : offset + len(buf)])
         assert len(data) == len(buf)
+        for c in self._holes():
+            start, end = max(offset, c * CLUSTER), min(offset + len(buf), (c + 1) * CLUSTER)
+            if start < end:
+                data[start - offset : end - offset] = bytes(end - start)
         buf[:] = data
         self.reads.append((offset, len(buf)))
 
@@ -102,13 +114,16 @@ class DirtyClient(FakeClient):
             if item is None or item[1] not in self.engine.backup_dirty[item[0]]:
                 raise ImageioError("Ticket does not support dirty extents", status=404)
             dirty = self.engine.backup_dirty[item[0]][item[1]]
+        holes = self._holes()
         for c in range(0, -(-len(vol) // CLUSTER)):
             chunk = vol[c * CLUSTER : (c + 1) * CLUSTER]
             zero = not any(chunk)
-            if dirty is None:
-                add(c * CLUSTER, len(chunk), zero=zero, dirty=False)
+            if c in holes:
+                add(c * CLUSTER, len(chunk), zero=True, dirty=False, hole=True)
+            elif dirty is None:
+                add(c * CLUSTER, len(chunk), zero=zero, dirty=False, hole=False)
             else:
-                add(c * CLUSTER, len(chunk), zero=zero, dirty=c in dirty)
+                add(c * CLUSTER, len(chunk), zero=zero, dirty=c in dirty, hole=False)
         return out
 
 

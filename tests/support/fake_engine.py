@@ -148,6 +148,9 @@ class FakeEngine:
         # -- snapshots
         self.snapshots: dict[str, list[Snapshot]] = {}
         self.snapshot_volumes: dict[str, dict[str, str]] = {}  # snapshot id -> disk -> volume
+        #: volume -> clusters written into it since it became active (the volume's own layer;
+        #: a volume not in here is a base volume, wholly allocated)
+        self.layer_written: dict[str, set[int]] = {}
         # -- backups and checkpoints
         self.backups: dict[str, Backup] = {}
         self.backup_modes: dict[str, dict[str, str]] = {}  # backup -> disk -> full|incremental
@@ -157,6 +160,7 @@ class FakeEngine:
         self.dirty: dict[str, dict[str, set[int]]] = {}  # checkpoint -> disk -> clusters
         # -- transfers
         self.transfers: dict[str, ImageTransfer] = {}
+        self.transfer_shallow: set[str] = set()  # transfers of one volume's own layer
         self.transfer_volume: dict[str, str] = {}
         self.transfer_last_use: dict[str, float] = {}
         self.transfer_backup: dict[str, tuple[str, str]] = {}  # transfer -> (backup, disk)
@@ -289,9 +293,20 @@ class FakeEngine:
         vol = self.volumes[self.active[disk_id]]
         vol[offset : offset + len(data)] = data
         first, last = offset // CLUSTER, (offset + len(data) - 1) // CLUSTER
+        if self.active[disk_id] in self.layer_written:
+            self.layer_written[self.active[disk_id]].update(range(first, last + 1))
         for per_disk in self.dirty.values():
             if disk_id in per_disk:
                 per_disk[disk_id].update(range(first, last + 1))
+
+    def layer_holes(self, volume_id: str) -> set[int] | None:
+        """Clusters of ``volume_id`` not allocated in its own layer (read from below it);
+        None for a base volume."""
+        written = self.layer_written.get(volume_id)
+        if written is None:
+            return None
+        clusters = -(-len(self.volumes[volume_id]) // CLUSTER)
+        return set(range(clusters)) - written
 
     def user_snapshots(self, vm_id: str) -> list[Snapshot]:
         return [s for s in self.snapshots[vm_id] if s.type != "active"]
@@ -538,6 +553,7 @@ class FakeEngine:
             old = self.active[att.disk.id]
             new = str(uuid.uuid4())
             self.volumes[new] = bytearray(self.volumes[old])
+            self.layer_written[new] = set()
             self.active[att.disk.id] = new
             mapping[att.disk.id] = old
         self.snapshots[vm_id].append(snap)
@@ -581,11 +597,27 @@ class FakeEngine:
         ]
         if busy:
             raise Conflict(f"disk locked by transfers {busy}")
-        # Backward merge: the old volume survives and becomes active again.
+        # Backward merge: the volume above the snapshot's (the next snapshot's, or the
+        # active one) is committed into it; the older volume survives and takes its role.
+        later = [s.id for s in snaps[snaps.index(snap) + 1 :]]
         for disk_id, old in self.snapshot_volumes.pop(snapshot_id, {}).items():
-            top = self.active[disk_id]
-            self.volumes[old] = self.volumes.pop(top)
-            self.active[disk_id] = old
+            above = [
+                self.snapshot_volumes[x][disk_id]
+                for x in later
+                if disk_id in self.snapshot_volumes.get(x, {})
+            ]
+            child = above[0] if above else self.active[disk_id]
+            self.volumes[old] = self.volumes.pop(child)
+            child_layer = self.layer_written.pop(child, set())
+            if old in self.layer_written:  # a base volume stays wholly allocated
+                self.layer_written[old] |= child_layer
+            if above:
+                owner = next(
+                    x for x in later if self.snapshot_volumes.get(x, {}).get(disk_id) == child
+                )
+                self.snapshot_volumes[owner][disk_id] = old
+            else:
+                self.active[disk_id] = old
         self.snapshots[vm_id] = [s for s in snaps if s.id != snapshot_id]
 
     async def list_all_snapshots_with_description_prefix(
@@ -743,6 +775,9 @@ class FakeEngine:
         self.transfers[tid] = t
         self.peak_open_transfers = max(self.peak_open_transfers, len(self.open_transfers()))
         self.transfer_volume[tid] = vol
+        if shallow:
+            assert snapshot_image_id is not None, "only a disk snapshot is read shallow"
+            self.transfer_shallow.add(tid)
         self.transfer_last_use[tid] = trio.current_time()
         if backup_id is not None:
             assert disk_id is not None

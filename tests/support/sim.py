@@ -253,6 +253,35 @@ def snapshot_ids(sim: SimProcess, vm_name: str) -> list[str]:
         conn.close()
 
 
+def marked_snapshot_ids(sim: SimProcess, vm_id: str, marker: str) -> list[str]:
+    """Ids of the VM's snapshots whose description starts with ``marker`` (pass
+    ``rhvfs.ARTIFACT_MARKER`` for the ones rhvfs made)."""
+    conn = sim.sdk_connection()
+    try:
+        snaps = conn.system_service().vms_service().vm_service(vm_id).snapshots_service().list()
+        return [s.id for s in snaps if (s.description or "").startswith(marker)]
+    finally:
+        conn.close()
+
+
+def remove_marked_snapshots(
+    sim: SimProcess, vm_id: str, marker: str, *, timeout_s: float = 120
+) -> None:
+    """Remove the VM's snapshots ``marked_snapshot_ids`` finds (say those a snapshot chain
+    keeps on purpose) and wait until they are gone, so later tests find the VM as before."""
+    conn = sim.sdk_connection()
+    try:
+        service = conn.system_service().vms_service().vm_service(vm_id).snapshots_service()
+        for snap_id in marked_snapshot_ids(sim, vm_id, marker):
+            service.snapshot_service(snap_id).remove()
+        deadline = time.monotonic() + timeout_s
+        while marked_snapshot_ids(sim, vm_id, marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not marked_snapshot_ids(sim, vm_id, marker)
+    finally:
+        conn.close()
+
+
 def engine_calls(sim: SimProcess) -> dict[tuple[str, str], int]:
     """Engine requests since the simulator started (or its counter was reset), by
     (method, path template): API routes relative to the API root, e.g.

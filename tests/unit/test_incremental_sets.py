@@ -205,26 +205,119 @@ async def test_engine_refusing_the_checkpoint_falls_back_to_full(
     assert rig.chain.newest(owner.id).set_type == "full"  # type: ignore[union-attr]
 
 
-@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="no completed set")
-async def test_raw_disk_gets_full_data_in_every_set(
+def vm_snapshots(rig: Rig, vm_id: str) -> list[str]:
+    return [s.id for s in rig.engine.user_snapshots(vm_id)]
+
+
+def data_bytes(path: Path) -> int:
+    return sum(a.length for a in read_allocation(path) if a.kind == "data")
+
+
+async def test_a_raw_disk_makes_incrementals_a_snapshot_chain(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """A VM with a raw disk: every disk of its incremental sets comes from one snapshot,
+    the set's newer layer as a delta on the previous set's file; the snapshot is kept
+    as the next set's base (one per VM) and the one before it removed."""
     eng = rig.engine
     owner = new_vm(eng, disks=[("root", 2 * MiB), ("scratch", 1 * MiB)])
     eng.set_disk(owner.id, "scratch", format="raw", backup="none")
     root, scratch = eng.disk(owner.id, "root").id, eng.disk(owner.id, "scratch").id
-    await rig.read_set(owner, "incremental")
+    s0 = await rig.read_set(owner, "incremental")
+    m0 = manifest(rig, s0)
+    assert m0["set_type"] == "full" and "start_backup" not in eng.calls
+    [kept0] = vm_snapshots(rig, owner.id)
+    assert rig.chain.kept_snapshots() == {owner.id: kept0} == {owner.id: m0["snapshot_id"]}
+    for d in (root, scratch):
+        assert sha((rig.out / image(s0, d).name).read_bytes()) == sha(eng.disk_bytes(d))
+
     eng.guest_write(root, 0, b"\x01" * 10)
-    eng.guest_write(scratch, 4096, b"\x02" * 10)
+    eng.guest_write(scratch, CLUSTER + 4096, b"\x02" * (CLUSTER + 10))  # 2 clusters
     s1 = await rig.read_set(owner, "incremental")
     m1 = manifest(rig, s1)
+    assert (m1["set_type"], m1["parent_set"]["set_id"]) == ("incremental", m0["set_id"])
     modes = {d["id"]: (d["backup_mode"], d["file_format"], d["full_reason"]) for d in m1["disks"]}
-    assert modes == {root: ("incremental", "qcow2", None), scratch: ("full", "raw", "raw disk")}
-    assert image(s1, scratch).size == MiB
-    assert sha((rig.out / image(s1, scratch).name).read_bytes()) == sha(eng.disk_bytes(scratch))
-    assert sha256_image(rig.out / image(s1, root).name) == sha(eng.disk_bytes(root))
-    # the raw disk came from a snapshot of just that disk, removed again
-    assert "create_snapshot" in eng.calls and eng.user_snapshots(owner.id) == []
+    assert modes == {root: ("incremental", "qcow2", None), scratch: ("incremental", "qcow2", None)}
+    for d, clusters in ((root, 1), (scratch, 2)):
+        delta = rig.out / image(s1, d).name
+        assert read_header(delta).backing_file == image(s0, d).name
+        assert data_bytes(delta) == clusters * CLUSTER
+        assert sha256_image(delta) == sha(eng.disk_bytes(d))
+    [kept1] = vm_snapshots(rig, owner.id)
+    assert kept1 != kept0 and rig.chain.kept_snapshots() == {owner.id: kept1}
+
+    eng.guest_write(scratch, 0, b"\x03" * 100)
+    s2 = await rig.read_set(owner, "incremental")
+    assert manifest(rig, s2)["parent_set"]["set_id"] == m1["set_id"]
+    assert data_bytes(rig.out / image(s2, root).name) == 0
+    assert data_bytes(rig.out / image(s2, scratch).name) == CLUSTER
+    for d in (root, scratch):
+        assert sha256_image(rig.out / image(s2, d).name) == sha(eng.disk_bytes(d))
+    assert len(vm_snapshots(rig, owner.id)) == 1
+    # every layer was read alone: the transfers of the deltas were shallow
+    assert len(eng.transfer_shallow) == 4
+    assert eng.backups == {}
+
+
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="chain of VM .* is broken")
+async def test_snapshot_chain_abandoned_set_and_lost_snapshot(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A set the tool did not finish keeps the previous snapshot and removes its own; a
+    kept snapshot someone removed makes the next set a full one, with a warning."""
+    eng = rig.engine
+    owner = new_vm(eng, disks=[("root", 2 * MiB)])
+    eng.set_disk(owner.id, "root", format="raw", backup="none")
+    root = eng.disk(owner.id, "root").id
+    s0 = await rig.read_set(owner, "incremental")
+    [kept] = vm_snapshots(rig, owner.id)
+    eng.guest_write(root, 0, b"\x55" * 200_000)
+    await rig.read_set(owner, "incremental", stop_after=64 * 1024)  # the tool died mid-file
+    assert vm_snapshots(rig, owner.id) == [kept]
+    assert [s.set_id for s in rig.chain.sets(owner.id)] == [manifest(rig, s0)["set_id"]]
+
+    s2 = await rig.read_set(owner, "incremental")
+    assert manifest(rig, s2)["parent_set"]["set_id"] == manifest(rig, s0)["set_id"]
+    delta = rig.out / image(s2, root).name
+    assert data_bytes(delta) == 4 * CLUSTER and sha256_image(delta) == sha(eng.disk_bytes(root))
+
+    [kept2] = vm_snapshots(rig, owner.id)
+    await eng.remove_snapshot(owner.id, kept2)  # an admin removed it
+    eng.guest_write(root, MiB, b"\x66" * 10)
+    s3 = await rig.read_set(owner, "incremental")
+    m3 = manifest(rig, s3)
+    assert m3["set_type"] == "full" and f"kept snapshot {kept2} is gone" in m3["warnings"][0]
+    assert image(s3, root).name.endswith(".raw")
+    assert sha((rig.out / image(s3, root).name).read_bytes()) == sha(eng.disk_bytes(root))
+    assert len(vm_snapshots(rig, owner.id)) == 1
+
+
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="chain of VM .* is broken")
+async def test_a_snapshot_taken_after_the_kept_one_makes_a_full_set(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An admin's snapshot between two sets splits the layer since the kept snapshot in
+    two: the new snapshot's own layer would miss what was written before the admin's, so
+    that set is a full one; the admin's snapshot is left alone and the next set is a delta."""
+    eng = rig.engine
+    owner = new_vm(eng, disks=[("root", 2 * MiB)])
+    eng.set_disk(owner.id, "root", format="raw", backup="none")
+    root = eng.disk(owner.id, "root").id
+    await rig.read_set(owner, "incremental")
+    eng.guest_write(root, 0, b"\x11" * 100)
+    admin = await eng.create_snapshot(owner.id, description="before upgrade")
+    eng.guest_write(root, MiB, b"\x22" * 100)
+    s1 = await rig.read_set(owner, "incremental")
+    m1 = manifest(rig, s1)
+    assert m1["set_type"] == "full"
+    assert f"snapshot {admin.id} was taken after the kept snapshot" in m1["warnings"][0]
+    assert sha((rig.out / image(s1, root).name).read_bytes()) == sha(eng.disk_bytes(root))
+    eng.guest_write(root, 3 * CLUSTER, b"\x33" * 100)
+    s2 = await rig.read_set(owner, "incremental")
+    assert manifest(rig, s2)["set_type"] == "incremental"
+    delta = rig.out / image(s2, root).name
+    assert data_bytes(delta) == CLUSTER and sha256_image(delta) == sha(eng.disk_bytes(root))
+    assert admin.id in vm_snapshots(rig, owner.id) and len(vm_snapshots(rig, owner.id)) == 2
 
 
 async def test_router_passes_full_sets_through(

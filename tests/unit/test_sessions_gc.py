@@ -291,3 +291,51 @@ async def test_gc_leaves_journal_entries_of_a_live_mount_or_another_installation
     assert f"removed snapshot {snap.id} of VM v1 (session c1 of pid {ghost.pid} (vm v1))" in lines
     assert eng.user_snapshots(vm.id) == []
     assert [e.session_id for e in journal.entries()] == ["x1"]
+
+
+async def test_gc_leaves_the_kept_snapshot_of_an_incremental_chain_alone(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The snapshot a snapshot-chain set keeps as the next set's base was made by a session
+    that is long gone (and may still be in a dead mount's journal entry): it is intentional
+    state, recorded in the chain state, and neither the journal nor the scan removes it;
+    the dead session's other leftovers still go."""
+    eng = FakeEngine(latency=ENGINE_LIKE)
+    vm = eng.add_vm("v1")
+    journal = Journal(tmp_path / "j.json")
+    dead_mount = Ownership(journal.installation.id, new_id())
+    gone = dead_pid()
+    kept = add_snapshot(eng, vm.id, owned("k1", dead_mount, pid=gone))
+    stale = add_snapshot(eng, vm.id, owned("k0", dead_mount, pid=gone))
+    me = procid.current()
+    journal.put(
+        JournalEntry(
+            session_id="k1",
+            process=me.__class__(me.host, me.boot_id, gone, 12345),
+            owner_kind="vm",
+            owner_id=vm.id,
+            owner_name="v1",
+            started=now_iso(),
+            snapshot_description=kept.description,
+            snapshot_id=kept.id,
+        )
+    )
+    cfg = make_config()
+
+    planned = await collect_garbage(
+        eng, journal, config=cfg, dry_run=True, kept_snapshot_ids={kept.id}
+    )
+    assert planned == [
+        f"left alone: snapshot {kept.id} of VM {vm.id} (kept as the base of the VM's next "
+        "incremental set)",
+        f"would remove snapshot {stale.id} of VM {vm.id} ({stale.description})",
+    ]
+    done = await collect_garbage(eng, journal, config=cfg, kept_snapshot_ids={kept.id})
+    assert f"removed snapshot {stale.id} of VM {vm.id} ({stale.description})" in done
+    assert [s.id for s in eng.user_snapshots(vm.id)] == [kept.id]
+    assert journal.entries() == []  # the entry is done with: its snapshot is not its to remove
+    # Without the chain's word, the same snapshot is a dead session's leftover.
+    assert await collect_garbage(eng, journal, config=cfg) == [
+        f"removed snapshot {kept.id} of VM {vm.id} ({kept.description})"
+    ]
+    assert eng.user_snapshots(vm.id) == []

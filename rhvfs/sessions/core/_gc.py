@@ -21,6 +21,10 @@ inst=<installation> mount=<instance> <time>`` (engine backups add
    can say it is ours) or with an unparsable description is left alone (and
    reported).
 
+Snapshots kept on purpose (``kept_snapshot_ids``: the base of each VM's next
+snapshot-chain incremental set, recorded in the chain state) are left alone by
+both, whoever created them.
+
 Removing and cancelling (and their retry rule) are ``_cleanup``'s.
 
 Must not: touch a snapshot without the marker and our installation id unless
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from rhvfs import ARTIFACT_MARKER
@@ -145,12 +150,14 @@ async def collect_garbage(
     dry_run: bool = False,
     live_session_ids: set[str] | frozenset[str] = frozenset(),
     installation: Installation | None = None,
+    kept_snapshot_ids: Collection[str] = frozenset(),
 ) -> list[str]:
     """Remove leftovers of dead mounts of ``installation`` (default: the journal's);
-    returns one line per action (or planned action) and per rhvfs artifact left alone."""
+    returns one line per action (or planned action) and per rhvfs artifact left alone.
+    Snapshots in ``kept_snapshot_ids`` are never removed."""
     lines: list[str] = []
     verb = "would remove" if dry_run else "removed"
-    handled_snapshots: set[str] = set()
+    handled_snapshots: set[str] = set(kept_snapshot_ids)
     installation = installation or journal.installation
     ours = installation.id
 
@@ -193,6 +200,12 @@ async def collect_garbage(
         lines.append(f"cannot list snapshots: {e}")
         return lines
     for vm_id, snap in found:
+        if snap.id in kept_snapshot_ids:
+            lines.append(
+                f"left alone: snapshot {snap.id} of VM {vm_id} (kept as the base of the "
+                "VM's next incremental set)"
+            )
+            continue
         if snap.id in handled_snapshots:
             continue
         info = parse_description(snap.description)
@@ -282,8 +295,8 @@ async def _clean_entry(
     except EngineError as e:
         lines.append(f"cannot list snapshots of VM {entry.owner_name}: {e}")
         return False
-    if snap is None:
-        return ok
+    if snap is None or snap.id in handled:
+        return ok  # gone, removed already, or kept on purpose
     handled.add(snap.id)
     if dry_run:
         lines.append(f"would remove snapshot {snap.id} of VM {entry.owner_name} ({who})")

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -191,8 +191,11 @@ class BackupManager:
         reader_factory: ReaderFactory | None = None,
         gc_on_start: bool = True,
         limits: EngineLimits | None = None,
+        kept_snapshots: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.engine = engine
+        #: the snapshots kept on purpose (the incremental chain's), which gc must not remove
+        self._kept_snapshots = kept_snapshots
         self._owner_data = OwnerDataSource(engine)
         self.config = config
         #: the mount's limits on sessions and transfers, shared with the other manager
@@ -599,4 +602,5 @@ class BackupManager:
             dry_run=dry_run,
             live_session_ids=live,
             installation=self.journal.installation,
+            kept_snapshot_ids=frozenset(self._kept_snapshots()) if self._kept_snapshots else (),
         )

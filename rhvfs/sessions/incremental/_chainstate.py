@@ -12,6 +12,11 @@ is ready, completed or not): the only checkpoints checkpoint retention
 (``_retention``) may remove. A checkpoint removed by retention stays named by
 its sets (``ChainSet.checkpoint_removed``): they can no longer be a base.
 
+Sets of the snapshot chain (VMs with disks that have no engine incremental
+backup) end at a VM snapshot instead of a checkpoint (``ChainSet.snapshot_id``):
+the newest such snapshot of a VM is *kept* on the engine on purpose, as the
+base of the next set (``kept_snapshots``), and gc must leave it alone.
+
 A set is recorded only once every file of it was read to the end and closed
 and its engine backup was finalized: a tool that fails mid-set does not
 advance the chain (the checkpoint it created stays on the engine, unused; the
@@ -69,7 +74,8 @@ class ChainDisk:
 @dataclasses.dataclass(frozen=True)
 class ChainSet:
     """A completed set. ``checkpoint_id`` is the engine checkpoint it ends at (None for
-    raw-only sets, which cannot be a base); ``full_set_id`` is the full set its chain starts at."""
+    sets without one); ``snapshot_id`` the VM snapshot it ends at and keeps on the engine
+    (snapshot-chain sets only); ``full_set_id`` is the full set its chain starts at."""
 
     set_id: str
     owner_id: str
@@ -83,6 +89,10 @@ class ChainSet:
     disks: tuple[ChainDisk, ...] = ()
     #: rhvfs removed the checkpoint (``keep_checkpoints``): no set can start from it
     checkpoint_removed: bool = False
+    snapshot_id: str | None = None
+    #: the VM's other snapshots when ``snapshot_id`` was taken: one taken after it (and
+    #: still there) splits the layer the next set reads, which must then be a full one
+    snapshots_before: tuple[str, ...] = ()
 
     def disk(self, disk_id: str) -> ChainDisk | None:
         return next((d for d in self.disks if d.disk_id == disk_id), None)
@@ -90,6 +100,7 @@ class ChainSet:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["disks"] = [dataclasses.asdict(x) for x in self.disks]
+        d["snapshots_before"] = list(self.snapshots_before)
         return d
 
     @classmethod
@@ -106,6 +117,8 @@ class ChainSet:
             completed=str(d.get("completed", "")),
             disks=tuple(ChainDisk(**x) for x in d.get("disks", ())),
             checkpoint_removed=bool(d.get("checkpoint_removed", False)),
+            snapshot_id=d.get("snapshot_id"),
+            snapshots_before=tuple(str(x) for x in d.get("snapshots_before", ())),
         )
 
 
@@ -165,6 +178,24 @@ class ChainState:
         """The newest completed set that can be a base (it ends at a checkpoint)."""
         usable = [s for s in self.sets(owner_id) if s.checkpoint_id]
         return usable[-1] if usable else None
+
+    def newest_kept(self, owner_id: str) -> ChainSet | None:
+        """The newest completed snapshot-chain set (the base of the next one): its
+        ``snapshot_id`` is the snapshot kept on the engine for it."""
+        usable = [s for s in self.sets(owner_id) if s.snapshot_id]
+        return usable[-1] if usable else None
+
+    def kept_snapshots(self) -> dict[str, str]:
+        """VM id -> the snapshot kept on the engine as the base of its next set (gc must
+        not remove these; older sets' snapshots were merged away, or may be)."""
+        with self._locked():
+            sets = self._load_all().sets
+        kept: dict[str, str] = {}
+        for owner, items in sets.items():
+            snaps = [s.snapshot_id for s in items if s.snapshot_id]
+            if snaps:
+                kept[owner] = snaps[-1]
+        return kept
 
     def newest_full(self, owner_id: str) -> ChainSet | None:
         fulls = [s for s in self.sets(owner_id) if s.set_type == "full" and s.checkpoint_id]

@@ -1,7 +1,8 @@
 """One disk of an incremental set: its plan and its image transfer.
 
 ``SetDiskPlan`` says how a disk appears in the set (delta or full data, file
-name, backing file, fallback snapshot volume); ``IncrementalDiskChannel`` is
+name, backing file, the snapshot volume it is read from, and whether only that
+volume's own layer is read); ``IncrementalDiskChannel`` is
 the disk's ``TransferChannel`` (shared with the full-backup session) plus what
 only an incremental set does: opening with retries of transient failures, and
 a reader over the disk or over its delta. It sees its session only through
@@ -72,7 +73,9 @@ class SetDiskPlan:
     reason: str | None = None  # why full
     delta: Qcow2Delta | None = None
     backing_file: str | None = None
-    snapshot_image_id: str | None = None  # read through the fallback snapshot
+    snapshot_image_id: str | None = None  # read through a snapshot's volume
+    #: read only that volume's own layer (a snapshot-chain delta), not the disk below it
+    shallow: bool = False
     dirty_bytes: int = 0
 
 
@@ -90,7 +93,10 @@ class IncrementalDiskChannel(TransferChannel):
 
     def _transfer_target(self) -> dict[str, Any]:
         if self.plan.snapshot_image_id:
-            return {"snapshot_image_id": self.plan.snapshot_image_id}
+            target: dict[str, Any] = {"snapshot_image_id": self.plan.snapshot_image_id}
+            if self.plan.shallow:
+                target["shallow"] = True
+            return target
         return {"disk_id": self.plan.disk.id, "backup_id": self.session.backup_id}
 
     def _transfer_label(self) -> str:

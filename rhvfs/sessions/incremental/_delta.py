@@ -1,6 +1,7 @@
 """Where a set's disk data comes from: dirty extents, delta extent maps, ``DeltaSource``.
 
-Pure mapping between a disk's dirty extents (imageio ``context=dirty``), the
+Pure mapping between a disk's dirty extents (imageio ``context=dirty``) or the
+allocated extents of a single snapshot layer (a shallow export), the
 qcow2 delta layout (``Qcow2Delta``) and the zero-context extent maps the block
 cache's reader works from, plus ``DeltaSource``, the ``BlockSource`` that
 serves delta-file offsets from guest offsets of a disk.
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rhvfs.backupset import Change, Qcow2Delta
+from rhvfs.backupset import CLUSTER_SIZE, Change, Qcow2Delta
 from rhvfs.imageio.types import Extent
 from rhvfs.intervals import Intervals
 from rhvfs.sessions.core._ports import BlockSource
@@ -22,6 +23,38 @@ from rhvfs.sessions.core._ports import BlockSource
 def changes_from_dirty(extents: Sequence[Any]) -> list[Change]:
     """The dirty extents of ``context=dirty`` as changes (dirty zero extents stay zero)."""
     return [Change(e.start, e.length, zero=bool(e.zero)) for e in extents if e.dirty]
+
+
+def changes_from_layer(extents: Sequence[Any]) -> list[Change]:
+    """The ranges allocated in a single layer (``context=zero`` of a shallow export: what
+    is not a hole was written after the layer's snapshot) as changes; ranges allocated as
+    zero stay zero, so they hide the backing file's data."""
+    return [Change(e.start, e.length, zero=bool(e.zero)) for e in extents if not e.hole]
+
+
+#: The smallest cluster a qcow2 image can have, bytes.
+MIN_CLUSTER_SIZE = 512
+
+
+def layer_cluster_size(extents: Sequence[Any], *, preferred: int = CLUSTER_SIZE) -> int:
+    """The delta cluster size for a layer's changes: ``preferred``, or smaller when the
+    layer's allocation is finer, so that no data cluster of the delta holds part of a hole.
+
+    A shallow export reads a hole as zeroes, not as the backing file's bytes: a delta
+    cluster that covered a hole partly would store zeroes over unchanged data. Hence the
+    largest power of two up to ``preferred`` dividing every boundary between allocated and
+    unallocated ranges (the disk's end excepted); ``ValueError`` below 512 bytes.
+    """
+    size = preferred
+    end = extents[-1].start + extents[-1].length if extents else 0
+    for prev, cur in zip(extents, extents[1:], strict=False):
+        if bool(prev.hole) == bool(cur.hole) or cur.start == end:
+            continue
+        while cur.start % size:
+            size //= 2
+    if size < MIN_CLUSTER_SIZE:
+        raise ValueError(f"layer allocation is not aligned to {MIN_CLUSTER_SIZE} bytes")
+    return size
 
 
 def reader_extents(

@@ -23,8 +23,12 @@ only then is it recorded in the chain. A missing or invalid base checkpoint
 makes the set a full one, with a warning in the log and status.
 
 Disks without incremental support in a set with a base cannot be part of an
-incremental engine backup (the engine refuses them), so they are read from a
-snapshot of just those disks, taken before the backup starts.
+incremental engine backup (the engine refuses them). In ``@rhv-incremental/``
+such a VM's sets form a snapshot chain instead (all its disks, one snapshot, see
+``incremental_session``): the snapshot of a completed set is kept on the engine
+as the next set's base, which reads only the newer layer. In the other set
+kinds those disks are read in full from a snapshot of just those disks, taken
+before the backup starts.
 
 Modules: ``rhvfs.backupset`` (kinds, keys, file names, manifest), ``incremental_delta``
 (extent maps, ``DeltaSource``), ``incremental_channel`` (a disk's plan and

@@ -5,14 +5,25 @@ set's checkpoint), plans every disk (delta or full data, see
 ``incremental_channel``), freezes the set's listing and configuration files,
 serves reads while tracking which bytes of each file were read, and on close
 finalizes the transfers and the backup, removes the fallback snapshot and,
-for a set read completely, records it in the chain state. Its task, close
+for a set read completely, records it in the chain state.
+
+A VM with a disk the engine cannot back up incrementally gets its incremental
+sets from a snapshot chain instead (``_start_snapshot_chain``): no engine
+backup; one snapshot of every disk; each disk's volume of that snapshot (the
+layer written since the snapshot the chain kept) read alone with a shallow
+transfer, its allocated extents the delta's changes. A completed set records
+its snapshot in the chain (kept: no longer this session's to remove, and gone
+from the journal) and then removes the one it replaces; an incomplete one
+removes its own snapshot like any other. Its task, close
 request and grace timer are the shared ``SessionLifecycle``; what the cleanup
 leaves (``_leftovers``) the manager retries in the background.
 
 Invariants between awaits: ``entries`` never change once the session is ready;
 ``coverage`` only grows; ``complete`` is set only on a last release with every
 file read from its first to its last byte; the chain records a set only when
-it is complete and its backup finalized.
+it is complete and its backup finalized; a snapshot-chain set's snapshot is
+either removed or recorded as kept, never both, and the snapshot it replaces is
+removed only after it was recorded.
 
 Must not: know about inodes or pyfuse3, handle ids beyond counting them, or
 other VMs' sessions (the manager owns those).
@@ -81,7 +92,13 @@ from rhvfs.sessions.incremental._chainstate import (
     PendingBackup,
 )
 from rhvfs.sessions.incremental._channel import IncrementalDiskChannel, SetDiskPlan
-from rhvfs.sessions.incremental._delta import DeltaSource, changes_from_dirty, delta_file_extents
+from rhvfs.sessions.incremental._delta import (
+    DeltaSource,
+    changes_from_dirty,
+    changes_from_layer,
+    delta_file_extents,
+    layer_cluster_size,
+)
 from rhvfs.sessions.incremental._retention import prune_checkpoints
 
 log = logging.getLogger(__name__)
@@ -176,6 +193,12 @@ class IncrementalSession(SessionLifecycle):
         self.bytes_read = 0
         self._journaled = False
         self._snapshot_images: dict[str, str] = {}
+        #: a set of the snapshot chain: its snapshot is kept once the set is complete
+        self.snapshot_chain = False
+        #: the snapshot the chain kept before this set (removed once this one is kept)
+        self._superseded_snapshot: str | None = None
+        #: the VM's other snapshots right after this set's was taken (for the chain)
+        self._snapshots_before: tuple[str, ...] = ()
         #: this set's places among the mount's transfers (one request for all its disks)
         self._transfers: Slot | None = None
 
@@ -282,6 +305,14 @@ class IncrementalSession(SessionLifecycle):
         if not disks:
             raise SessionError(f"VM {vm.name} has no disks to back up")
 
+        capable = [d for d in disks if d.format == "cow" and d.backup == "incremental"]
+        others = [d for d in disks if d not in capable]
+        reasons = {d.id: ("raw disk" if d.format != "cow" else "backup mode none") for d in others}
+        if self.kind == "incremental" and others:
+            await self._start_snapshot_chain(vm.id, vm.name, disks, reasons)
+            await self._open_disks(data, nursery)
+            return
+
         base = self._base(vm.id)
         if base is None and self.kind not in ("since", "full"):
             self.warn(
@@ -305,9 +336,6 @@ class IncrementalSession(SessionLifecycle):
                 )
                 base = None
 
-        capable = [d for d in disks if d.format == "cow" and d.backup == "incremental"]
-        others = [d for d in disks if d not in capable]
-        reasons = {d.id: ("raw disk" if d.format != "cow" else "backup mode none") for d in others}
         backup_disks = disks if base is None else capable
         if base is not None and others:
             await self._snapshot_for(vm.id, others)
@@ -359,7 +387,104 @@ class IncrementalSession(SessionLifecycle):
                 snapshot_image_id=snap_image,
             )
             self.plans.append(plan)
+        await self._open_disks(data, nursery)
 
+    async def _start_snapshot_chain(
+        self, vm_id: str, vm_name: str, disks: list[Disk], reasons: dict[str, str]
+    ) -> None:
+        """Plan an incremental set of the snapshot chain (a VM with disks the engine cannot
+        back up incrementally): one snapshot of every disk, one point in time for all.
+
+        The base is the newest set whose snapshot is still kept on the engine. The volume
+        of the new snapshot is the layer written since the kept one: read alone (shallow),
+        its allocated ranges are the changes, served as a delta on the base set's file.
+        Disks without a layer over the kept snapshot (new, resized) and a set without a
+        usable base are read in full. The kept snapshot is replaced once the set completes.
+        """
+        engine = self.deps.engine
+        self.snapshot_chain = True
+        base = self.deps.chain.newest_kept(vm_id)
+        self._superseded_snapshot = base.snapshot_id if base is not None else None
+        prev_disks: dict[str, Disk] = {}
+        if base is None:
+            self.warn(
+                f"no completed snapshot-chain set of VM {vm_name} to start from: "
+                "this incremental set is a full one",
+                expected=True,
+            )
+        else:
+            snaps = {x.id: x for x in await engine.list_snapshots(vm_id)}
+            kept = snaps.get(base.snapshot_id or "")
+            if kept is None or (kept.status or "ok") != "ok":
+                why = "is gone from the engine" if kept is None else f"is {kept.status}"
+                self.warn(
+                    f"chain of VM {vm_name} is broken: its kept snapshot {base.snapshot_id} "
+                    f"{why}; this incremental set is a full one"
+                )
+                base = None
+            else:
+                prev_disks = {d.id: d for d in await engine.snapshot_disks(vm_id, kept.id)}
+        await self._snapshot_for(vm_id, disks)
+        assert self.snapshot is not None
+        others = [
+            x.id
+            for x in await engine.list_snapshots(vm_id)
+            if x.id != self.snapshot.id and (x.type or "regular") != "active"
+        ]
+        self._snapshots_before = tuple(others)
+        if base is not None:
+            known = {base.snapshot_id, *base.snapshots_before}
+            later = [x for x in others if x not in known]
+            if later:
+                # Its volume holds what was written since it was taken: the new snapshot's
+                # own layer then lacks what came between the kept snapshot and that one.
+                self.warn(
+                    f"chain of VM {vm_name} is broken: snapshot {later[0]} was taken after "
+                    f"the kept snapshot {base.snapshot_id}; this incremental set is a full one"
+                )
+                base = None
+        self.base = base
+        self.set_type = SetType.FULL if base is None else SetType.INCREMENTAL
+        self.set_id = self.backup_id
+        for d in disks:
+            prev = base.disk(d.id) if base is not None else None
+            before = prev_disks.get(d.id)
+            reason: str | None = "full set"
+            if base is not None:
+                if prev is None or before is None:
+                    reason = "new since the base set"
+                elif before.provisioned_size != d.provisioned_size:
+                    reason = "resized since the base set"
+                else:
+                    reason = None
+            self.plans.append(
+                SetDiskPlan(
+                    disk=d,
+                    mode="full" if reason else "incremental",
+                    file="",
+                    key=self._key(DiskKey(d.id)),
+                    reason=reason,
+                    backing_file=prev.file if prev is not None and reason is None else None,
+                    snapshot_image_id=self._snapshot_images.get(d.id),
+                    shallow=reason is None,
+                )
+            )
+            if self._snapshot_images.get(d.id) is None:
+                raise EngineError(f"snapshot {self.snapshot.id} has no volume of disk {d.id}")
+        log.info(
+            "snapshot-chain set %s of VM %s: snapshot %s, base %s (kept snapshot %s); "
+            "disks without incremental backup: %s",
+            self.set_id,
+            vm_name,
+            self.snapshot.id,
+            base.set_id if base else None,
+            base.snapshot_id if base else None,
+            reasons,
+        )
+
+    async def _open_disks(self, data: OwnerData, nursery: trio.Nursery) -> None:
+        """Open every planned disk's transfer and reader, then freeze the set's listing."""
+        base = self.base
         limits = self.deps.limits
         if limits is not None and self.plans:
             # The backup opens every disk's transfer at once: one request for all of them
@@ -390,7 +515,21 @@ class IncrementalSession(SessionLifecycle):
             raise EngineError(
                 f"disk {plan.disk.id}: imageio reports {size} bytes, the engine {plan.disk.provisioned_size}"
             )
-        if plan.mode == "incremental":
+        if plan.mode == "incremental" and plan.shallow:
+            try:
+                cluster = layer_cluster_size(zero)
+            except ValueError as e:
+                raise EngineError(f"disk {plan.disk.id}: the snapshot layer: {e}") from e
+            changes = changes_from_layer(zero)
+            plan.dirty_bytes = sum(c.length for c in changes)
+            plan.delta = Qcow2Delta(
+                virtual_size=plan.disk.provisioned_size,
+                changes=changes,
+                backing_file=plan.backing_file,
+                backing_format=backing_format,
+                cluster_size=cluster,
+            )
+        elif plan.mode == "incremental":
             try:
                 dirty = await client.extents("dirty")
             except ImageioError as e:
@@ -423,7 +562,8 @@ class IncrementalSession(SessionLifecycle):
             )
 
     async def _snapshot_for(self, vm_id: str, disks: list[Disk]) -> None:
-        """A snapshot of the disks an incremental backup cannot include (read in full)."""
+        """A snapshot of ``disks``: those an incremental backup cannot include (read in
+        full), or every disk of a snapshot-chain set."""
         engine = self.deps.engine
         desc = snapshot_description(
             self.session_id,
@@ -694,6 +834,14 @@ class IncrementalSession(SessionLifecycle):
         finalized = True
         if self.backup_started:
             finalized = await self._finalize_backup()
+        if (
+            self.snapshot_chain
+            and self.complete
+            and finalized
+            and not self.recorded
+            and self.snapshot is not None
+        ):
+            await self._keep_snapshot()
         if self.snapshot_description is not None:
             await self._remove_snapshot()
         if self._journaled:
@@ -744,6 +892,35 @@ class IncrementalSession(SessionLifecycle):
                 f"checkpoint retention of VM {self.owner.name} timed out; next time", error=False
             )
 
+    async def _keep_snapshot(self) -> None:
+        """A complete snapshot-chain set: record it with its snapshot, which from then on
+        is intentional state (gc leaves kept snapshots alone), drop the snapshot from the
+        journal (crash cleanup no longer removes it), then remove the snapshot it replaces."""
+        assert self.snapshot is not None
+        self._record()
+        journal = self.deps.journal
+        for entry in journal.entries():
+            if entry.session_id == self.session_id:
+                journal.put(dataclasses.replace(entry, snapshot_description=None, snapshot_id=None))
+        log.info(
+            "snapshot %s of VM %s kept as the base of its next incremental set",
+            self.snapshot.id,
+            self.owner.name,
+        )
+        self.snapshot = None
+        self.snapshot_description = None
+        if self._superseded_snapshot is not None:
+            await self._remove_superseded()
+
+    async def _remove_superseded(self) -> None:
+        snap_id = self._superseded_snapshot
+        try:
+            await remove_snapshot(self.deps.engine, self.owner.id, snap_id, config=self.deps.config)
+        except EngineError as e:
+            self.note(f"removing the previously kept snapshot {snap_id} failed: {e}", error=True)
+            return
+        self._superseded_snapshot = None
+
     def _record(self) -> None:
         base = self.base
         self.deps.chain.record(
@@ -757,6 +934,10 @@ class IncrementalSession(SessionLifecycle):
                 full_set_id=base.full_set_id if base else self.set_id,
                 manifest_file=self.manifest_name,
                 completed=datetime.now(UTC).isoformat(),
+                snapshot_id=(
+                    self.snapshot.id if self.snapshot_chain and self.snapshot is not None else None
+                ),
+                snapshots_before=self._snapshots_before if self.snapshot_chain else (),
                 disks=tuple(
                     ChainDisk(
                         disk_id=p.disk.id,
@@ -814,6 +995,16 @@ class IncrementalSession(SessionLifecycle):
                     backup_id,
                     config=self.deps.config,
                     on_done=lambda: self.deps.chain.remove_pending(backup_id),
+                )
+            )
+        if self.snapshot_chain and self.recorded and self._superseded_snapshot is not None:
+            steps.append(
+                snapshot_step(
+                    self.deps.engine,
+                    self.owner.id,
+                    self._superseded_snapshot,
+                    description=None,
+                    config=self.deps.config,
                 )
             )
         if self.snapshot_description is not None:
