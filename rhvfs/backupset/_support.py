@@ -7,7 +7,9 @@ whether each set directory can be read and whether its sets hold only changes.
 The rules are those the backup sessions apply (``rhvfs.sessions.full`` reads
 ``@rhv/`` of VMs that are up, down or paused; ``rhvfs.sessions.incremental``
 makes engine backups of VMs that are up or down, incremental for qcow2 disks with
-incremental backup enabled); change them here together with the sessions.
+incremental backup enabled; ``@rhv-incremental/`` of a VM with any other disk is a
+snapshot chain instead, changes only for every disk); change them here together
+with the sessions.
 
 Pure: plain values in, a JSON-ready dict out.
 """
@@ -71,6 +73,15 @@ def set_support(
         reason = f"{full} disk(s) without incremental backup get full images" if full else None
     for kind in (SetKind.INCREMENTAL, SetKind.DIFFERENTIAL, SetKind.SINCE):
         out[SET_DIRS[kind]] = {"available": available, "changes_only": changes, "reason": reason}
+    if available and "full" in modes:
+        # the sessions' snapshot chain: every disk's changes since the snapshot kept
+        out[SET_DIRS[SetKind.INCREMENTAL]] = {
+            "available": True,
+            "changes_only": True,
+            "method": "snapshot-chain",
+            "reason": f"{modes.count('full')} disk(s) without incremental backup: sets come "
+            "from a snapshot chain (each set's snapshot is kept on the VM until the next set)",
+        }
     since = out[SET_DIRS[SetKind.SINCE]]
     if available and changes:
         since["reason"] = "lists the checkpoints of sets rhvfs completed" + (

@@ -256,17 +256,27 @@ async def test_vm_json_says_each_disks_backup_mode_and_which_sets_work() -> None
     assert sets["@rhv"] == {
         "available": True, "changes_only": False, "reason": None, "method": "snapshot",
     }  # fmt: skip
+    # disks without incremental backup: incremental sets come from a snapshot chain
+    # (changes only for every disk); differential sets give those disks full images
     assert sets["@rhv-incremental"]["available"] and sets["@rhv-incremental"]["changes_only"]
-    assert (
-        sets["@rhv-incremental"]["reason"] == "2 disk(s) without incremental backup get full images"
+    assert sets["@rhv-incremental"]["method"] == "snapshot-chain"
+    assert sets["@rhv-incremental"]["reason"].startswith(
+        "2 disk(s) without incremental backup: sets come from a snapshot chain"
     )
-    assert sets["@rhv-differential"] == sets["@rhv-incremental"]
+    assert sets["@rhv-differential"]["available"] and sets["@rhv-differential"]["changes_only"]
+    assert (
+        sets["@rhv-differential"]["reason"]
+        == "2 disk(s) without incremental backup get full images"
+    )
     assert sets["@rhv-since"]["available"] and "checkpoints" in sets["@rhv-since"]["reason"]
 
-    # no incremental-enabled disk: the sets work, with full images every time
+    # no incremental-enabled disk: incremental sets are a snapshot chain; differential
+    # sets work, with full images every time
     raw = json.loads(await read_all(vfs, "/vms/runvm/vm.json"))["sets"]
-    assert raw["@rhv-incremental"]["available"] and not raw["@rhv-incremental"]["changes_only"]
-    assert raw["@rhv-incremental"]["reason"].startswith("no disk has incremental backup enabled")
+    assert raw["@rhv-incremental"]["available"] and raw["@rhv-incremental"]["changes_only"]
+    assert raw["@rhv-incremental"]["method"] == "snapshot-chain"
+    assert raw["@rhv-differential"]["available"] and not raw["@rhv-differential"]["changes_only"]
+    assert raw["@rhv-differential"]["reason"].startswith("no disk has incremental backup enabled")
     # suspended: nothing but the configuration
     asleep = json.loads(await read_all(vfs, "/vms/sleepy/vm.json"))["sets"]
     assert not any(s["available"] for s in asleep.values())
