@@ -23,7 +23,7 @@ USAGE = """usage: rhvfs [--debug] COMMAND [ARGS...]
 
 commands:
   mount     mount an engine (rhvfs mount -c SECTION [OPTIONS] MOUNTPOINT)
-  umount    finish a mount's sessions and unmount it (rhvfs umount [--timeout S] [--only-if-alive] MOUNTPOINT)
+  umount    finish sessions and unmount (rhvfs umount [--timeout S] [--only-if-alive] MOUNTPOINT)
   status    show a mount's progress (rhvfs status [--watch] [--interval S] [--json] MOUNTPOINT)
   ls        print the tree without mounting (rhvfs ls -c SECTION [-R] [-l] [--json] [PATH])
   gc        remove leftovers of crashed rhvfs sessions (rhvfs gc -c SECTION [--dry-run] [--json])
@@ -32,6 +32,7 @@ commands:
 
 rhvfs COMMAND --help shows a command's options; python -m rhvfs is the same command.
 """
+
 
 def _sim(argv: Sequence[str]) -> int:
     from rhvfs.sim.cli import main as sim_main

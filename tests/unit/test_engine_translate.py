@@ -210,7 +210,9 @@ def test_a_connection_error_class_is_worded_the_same() -> None:
     exc = _transport_error(ovirtsdk4.ConnectionError, 7, "Could not connect", multi=False)
     with pytest.raises(EngineUnavailable) as info, translate_errors("list data centers", API):
         raise exc
-    assert str(info.value) == f"engine unavailable: list data centers: cannot connect (engine {API})"
+    assert (
+        str(info.value) == f"engine unavailable: list data centers: cannot connect (engine {API})"
+    )
     assert info.value.__cause__ is exc
 
 
