@@ -22,13 +22,15 @@ USAGE = """usage: rhvfs [--debug] COMMAND [ARGS...]
        rhvfs --version
 
 commands:
-  mount     mount an engine (rhvfs mount -c SECTION MOUNTPOINT)
-  umount    finish a mount's sessions and unmount it
-  status    show a mount's progress (rhvfs status MOUNTPOINT [--watch] [--json])
-  ls        print the tree without mounting (rhvfs ls -c SECTION [-R] [--json] [PATH])
+  mount     mount an engine (rhvfs mount -c SECTION [OPTIONS] MOUNTPOINT)
+  umount    finish sessions and unmount (rhvfs umount [--timeout S] [--only-if-alive] MOUNTPOINT)
+  status    show a mount's progress (rhvfs status [--watch] [--interval S] [--json] MOUNTPOINT)
+  ls        print the tree without mounting (rhvfs ls -c SECTION [-R] [-l] [--json] [PATH])
   gc        remove leftovers of crashed rhvfs sessions (rhvfs gc -c SECTION [--dry-run] [--json])
   ca        fetch the engine's CA and set cafile (rhvfs ca fetch -c SECTION [--yes])
-  sim       run the engine simulator (rhvfs sim --help)
+  sim       run the engine simulator (rhvfs sim serve|guest-write|fault ...)
+
+rhvfs COMMAND --help shows a command's options; python -m rhvfs is the same command.
 """
 
 

@@ -68,6 +68,7 @@ Retryable errors are exactly those deriving from ``Transient``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -422,3 +423,22 @@ class RenameAcrossSets(FilesystemError):
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the same request may succeed."""
     return isinstance(exc, Transient)
+
+
+def internal_error(exc: BaseException) -> str:
+    """One line for an exception rhvfs did not expect (a bug): ``internal error: KeyError:
+    'x'``, never the exception's repr; a group (a nursery's) names what it holds."""
+    leaves = list(_leaves(exc))[:3]
+    parts = []
+    for leaf in leaves:
+        text = " ".join(str(leaf).split())[:200]
+        parts.append(type(leaf).__name__ + (f": {text}" if text else ""))
+    return "internal error: " + "; ".join(parts)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc

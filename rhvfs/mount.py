@@ -129,27 +129,33 @@ async def open_backend(
                 limits=limits,
             )
         )
-        async with trio.open_nursery() as nursery:
-            await nursery.start(events.run)
-            await nursery.start(manager.run)
-            await nursery.start(incremental.run)
-            if restores is not None:
-                await nursery.start(restores.run)
+        # The events outlive the managers: what they post while stopping is posted too.
+        async with trio.open_nursery() as events_nursery:
+            await events_nursery.start(events.run)
             try:
-                yield Backend(
-                    engine=engine,
-                    backups=SetRouter(
-                        manager,
-                        incremental,
-                        config=config,
-                        full_sets_via_backup=True,
-                        events=events,
-                    ),
-                    owner_factory=Owner,
-                    restores=restores,
-                )
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(manager.run)
+                    await nursery.start(incremental.run)
+                    if restores is not None:
+                        await nursery.start(restores.run)
+                    try:
+                        yield Backend(
+                            engine=engine,
+                            backups=SetRouter(
+                                manager,
+                                incremental,
+                                config=config,
+                                full_sets_via_backup=True,
+                                events=events,
+                            ),
+                            owner_factory=Owner,
+                            restores=restores,
+                        )
+                    finally:
+                        nursery.cancel_scope.cancel()
             finally:
-                nursery.cancel_scope.cancel()
+                await events.drain()
+                events_nursery.cancel_scope.cancel()
 
 
 def sd_notify(message: str) -> bool:

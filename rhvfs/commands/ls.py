@@ -160,10 +160,12 @@ def cmd_ls(argv: Sequence[str]) -> int:
         prog="rhvfs ls", description="Print the rhvfs tree without mounting."
     )
     add_connection_args(p)
-    p.add_argument("-R", "--recursive", action="store_true")
-    p.add_argument("-l", "--long", action="store_true")
+    p.add_argument("-R", "--recursive", action="store_true", help="list the subdirectories too")
+    p.add_argument(
+        "-l", "--long", action="store_true", help="show type, size and time (UTC) of each entry"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document (for scripts)")
-    p.add_argument("path", nargs="?", default="/")
+    p.add_argument("path", nargs="?", default="/", help="what to list (default /)")
     args = p.parse_args(list(argv))
     setup_logging(debug=args.debug)
     if not args.debug:

@@ -85,10 +85,11 @@ class EngineCore:
     def _run(self, fn: SdkCall[T], what: str) -> T:
         """Worker-thread body: check out a connection, call, translate, check in."""
         broken = False
-        with translate_errors(what):
+        engine = self.config.api_url
+        with translate_errors(what, engine):
             conn = self._pool.acquire()
         try:
-            with translate_errors(what):
+            with translate_errors(what, engine):
                 return fn(conn)
         except EngineUnavailable:
             broken = True

@@ -16,6 +16,12 @@ The SDK raises:
 A TLS verification failure (libcurl 51, 60, 83) becomes ``UntrustedCertificate``,
 whose text gives OpenSSL's reason and says how to get the engine's CA, instead of
 libcurl's "(60, 'SSL certificate ...')".
+
+Every message is one line a user can act on, without SDK internals: a transport
+failure reads ``list vms: cannot connect (engine https://host/ovirt-engine/api)``
+instead of the SDK's ``Failed to read response: [(<pycurl.Curl object at 0x...>,
+7, '...')]``, an SSO refusal gives the engine's reason without the SDK's
+wrapping, and any ``<... object at 0x...>`` left in a text is removed.
 """
 
 from __future__ import annotations
@@ -97,15 +103,75 @@ def _verify_reason(exc: BaseException) -> str:
     return " ".join(text.split())[:300]
 
 
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:500]
+# What a libcurl error number means, said briefly; others show libcurl's own text.
+_CURL_PHRASES = {
+    5: "cannot resolve the proxy's host name",
+    6: "cannot resolve the host name",
+    7: "cannot connect",
+    28: "timed out",
+    35: "TLS handshake failed",
+    47: "too many redirects",
+    52: "empty reply",
+    55: "connection lost while sending",
+    56: "connection lost while receiving",
+}
+# The OS reasons worth keeping after "cannot connect" (libcurl 8 often gives none).
+_CONNECT_REASONS = ("connection refused", "no route to host", "network is unreachable")
+_OBJECT_REPR_RE = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>,?\s*")
+_MILLIS_RE = re.compile(r"\s+after \d+ (?:ms|milliseconds)\b")
+_SSO_RE = re.compile(r"^Error during SSO (?:authentication|revoke) (\S*) :(?: (.*))?$")
 
 
-def translate(exc: BaseException, what: str = "") -> EngineError:
-    """Return the rhvfs error for an SDK exception (``what`` names the request for messages)."""
-    text = _short(exc)
-    detail = f"{what}: {text}" if what else text
+def _one_line(text: str, limit: int = 500) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _curl_reason(exc: BaseException) -> str:
+    """libcurl's text behind an SDK transport error, without the SDK's wrapping."""
+    ctx = exc.__context__ or exc.__cause__
+    if ctx is not None and type(ctx).__name__ == "error" and len(ctx.args) > 1:
+        return _one_line(str(ctx.args[1]), 300)
+    match = _CURL_TEXT_RE.search(str(exc))
+    return _one_line(match.group(2), 300) if match else ""
+
+
+def _transport_text(code: int, reason: str) -> str:
+    """``cannot connect: connection refused``, ``timed out``, or libcurl's text and number."""
+    phrase = _CURL_PHRASES.get(code)
+    if phrase is None:
+        reason = _MILLIS_RE.sub("", reason)
+        return f"{reason} (libcurl error {code})" if reason else f"libcurl error {code}"
+    if code == 7:
+        lowered = reason.lower()
+        for os_reason in _CONNECT_REASONS:
+            if os_reason in lowered:
+                return f"{phrase}: {os_reason}"
+    return phrase
+
+
+def _message(exc: BaseException, text: str) -> str:
+    """One line saying what failed, without pycurl or SDK object reprs or wrapping."""
+    if text.lower().startswith(("error while sending http request", "failed to read response")):
+        code = _curl_code(exc)
+        if code is not None:
+            return _transport_text(code, _curl_reason(exc))
+    sso = _SSO_RE.match(text)
+    if sso:
+        kind, reason = sso.group(1), (sso.group(2) or "").strip().rstrip(".")
+        return reason or f"SSO {kind}"
+    return _OBJECT_REPR_RE.sub("", text) or type(exc).__name__
+
+
+def translate(exc: BaseException, what: str = "", engine: str = "") -> EngineError:
+    """Return the rhvfs error for an SDK exception.
+
+    ``what`` names the request and ``engine`` the API URL, for messages:
+    ``list vms: cannot connect (engine https://host/ovirt-engine/api)``.
+    """
+    text = _one_line(str(exc))
+    message = _message(exc, text)
+    where = f" (engine {engine})" if engine else ""
+    detail = (f"{what}: {message}" if what else message) + where
     code = getattr(exc, "code", None)
     if not isinstance(code, int):
         code = None
@@ -127,7 +193,7 @@ def translate(exc: BaseException, what: str = "") -> EngineError:
         lowered = text.lower()
         if curl in _VERIFY_CURL_CODES:
             reason = _verify_reason(exc)
-            err = UntrustedCertificate(f"{what}: {reason}" if what else reason)
+            err = UntrustedCertificate((f"{what}: {reason}" if what else reason) + where)
         elif curl in _PERMANENT_CURL_CODES:
             err = EngineError(detail)
         elif any(marker in lowered for marker in _TRANSIENT_TEXT):
@@ -144,11 +210,11 @@ def translate(exc: BaseException, what: str = "") -> EngineError:
 
 
 @contextlib.contextmanager
-def translate_errors(what: str = "") -> Iterator[None]:
+def translate_errors(what: str = "", engine: str = "") -> Iterator[None]:
     """Re-raise any ovirtsdk4 error (and stray socket errors) as an ``rhvfs.errors.EngineError``."""
     try:
         yield
     except ovirtsdk4.Error as exc:
-        raise translate(exc, what) from exc
+        raise translate(exc, what, engine) from exc
     except (ConnectionError, TimeoutError) as exc:
-        raise translate(exc, what) from exc
+        raise translate(exc, what, engine) from exc

@@ -104,12 +104,28 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+_STATE_DIR_HELP = "the simulator's state directory (created if missing)"
+_RUNNING_HELP = "the state directory of a running simulator (rhvfs sim serve)"
+_FAULT_HELP = {
+    "engine-error": "answer matching engine requests with an HTTP error status",
+    "engine-delay": "delay matching engine requests",
+    "drop-imageio": "drop imageio connections after some bytes",
+    "pause-transfer": "pause an image transfer, as the engine's system would",
+    "expire-ticket": "expire the imageio ticket of an image transfer",
+    "storage-domain": "set a storage domain's status or capacity",
+    "invalidate-checkpoint": "mark a checkpoint invalid",
+    "break-checkpoint": "remove a checkpoint's bitmaps, keeping its record",
+    "revoke-tokens": "revoke every SSO token",
+    "clear": "remove every injected fault",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rhvfs sim", description="oVirt engine simulator")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the simulator in the foreground")
-    s.add_argument("--state-dir", type=Path, required=True)
+    s.add_argument("--state-dir", type=Path, required=True, help=_STATE_DIR_HELP)
     s.add_argument(
         "--sample", action="store_true", help="seed a fresh state dir with the sample inventory"
     )
@@ -159,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     g = sub.add_parser("guest-write", help="write into a VM disk as its guest would")
-    g.add_argument("--state-dir", type=Path, required=True)
+    g.add_argument("--state-dir", type=Path, required=True, help=_RUNNING_HELP)
     g.add_argument("--vm", required=True)
     g.add_argument("--disk", required=True, help="disk alias or id")
     g.add_argument("--offset", type=int, required=True, help="bytes")
@@ -170,10 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--from-file", type=Path, help="write this file's bytes")
 
     f = sub.add_parser("fault", help="inject a fault into a running simulator")
-    f.add_argument("--state-dir", type=Path, required=True)
+    f.add_argument("--state-dir", type=Path, required=True, help=_RUNNING_HELP)
     kinds = f.add_subparsers(dest="kind", required=True)
     for kind in ("engine-error", "engine-delay"):
-        k = kinds.add_parser(kind)
+        k = kinds.add_parser(kind, help=_FAULT_HELP[kind])
         k.add_argument("--path", required=True, help="glob on the request path")
         k.add_argument("--method", default="*")
         k.add_argument("--times", type=int, default=1)
@@ -181,21 +197,21 @@ def _parser() -> argparse.ArgumentParser:
             k.add_argument("--status", type=int, default=500)
         else:
             k.add_argument("--seconds", type=float, required=True)
-    k = kinds.add_parser("drop-imageio")
+    k = kinds.add_parser("drop-imageio", help=_FAULT_HELP["drop-imageio"])
     k.add_argument("--after-bytes", type=int, default=0)
     k.add_argument("--times", type=int, default=1)
     for kind in ("pause-transfer", "expire-ticket"):
-        k = kinds.add_parser(kind)
+        k = kinds.add_parser(kind, help=_FAULT_HELP[kind])
         k.add_argument("--transfer", required=True)
-    k = kinds.add_parser("storage-domain")
+    k = kinds.add_parser("storage-domain", help=_FAULT_HELP["storage-domain"])
     k.add_argument("--name", required=True)
     k.add_argument("--status", choices=["active", "maintenance", "inactive"])
     k.add_argument("--capacity-bytes", type=int)
     for kind in ("invalidate-checkpoint", "break-checkpoint"):
-        k = kinds.add_parser(kind)
+        k = kinds.add_parser(kind, help=_FAULT_HELP[kind])
         k.add_argument("--checkpoint", required=True)
-    kinds.add_parser("revoke-tokens")
-    kinds.add_parser("clear")
+    kinds.add_parser("revoke-tokens", help=_FAULT_HELP["revoke-tokens"])
+    kinds.add_parser("clear", help=_FAULT_HELP["clear"])
     return p
 
 

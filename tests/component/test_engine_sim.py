@@ -309,6 +309,25 @@ async def test_unreachable_engine_is_unavailable_after_retries(sim: Any) -> None
         assert eng.requests == 2
 
 
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
+async def test_an_engine_that_stops_after_login_is_one_clear_line(sim_factory: Any) -> None:
+    """The SDK reports this through its multi handle (``Failed to read response:
+    [(<pycurl.Curl object at 0x...>, 7, ...)]``): users see the call, the failure
+    and the engine, nothing of pycurl."""
+    own = await trio.to_thread.run_sync(sim_factory)
+    retry = RetryPolicy(tries=1, interval_s=0.01, timeout_s=5)
+    async with open_engine(_config(own), retry=retry, request_timeout_s=5) as eng:
+        assert await eng.list_vms()
+        await trio.to_thread.run_sync(own.stop)
+        with pytest.raises(EngineUnavailable) as info:
+            await eng.list_vms()
+    assert "pycurl" in repr(info.value.__cause__)  # what the SDK said, kept as the cause
+    assert str(info.value) in (
+        f"engine unavailable: list vms: {failure} (engine {own.api_url})"
+        for failure in ("cannot connect", "cannot connect: connection refused")
+    )
+
+
 @pytest.fixture
 async def flaky_engine(sim: Any) -> AsyncIterator[Engine]:
     """An engine with fast retries; faults injected by a test are cleared afterwards."""

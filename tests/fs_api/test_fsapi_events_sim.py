@@ -171,6 +171,20 @@ async def test_a_restore_posts_its_start_and_end_and_a_failed_one_an_error(
             await trio.to_thread.run_sync(remove_vm, sim, name)
 
 
+async def test_an_event_queued_right_before_unmount_is_posted(sim: Any, tmp_path: Path) -> None:
+    """Leaving the backend (what unmount does) posts what is still queued before it ends."""
+    vm_id, _ = await trio.to_thread.run_sync(vm_and_first_disk, sim, "myvm0")
+    marker = f"rhvfs: backup of VM myvm0 finished (read unmount-{uuid.uuid4().hex[:8]})"
+    config = load_config(section=sim.section, config_file=sim.conf_file)
+    options = MountOptions(mountpoint="", state_dir=str(tmp_path))
+    async with open_backend(config, options, gc_on_start=False) as backend:
+        events = backend.backups.events
+        assert events is not None
+        events.post(marker, vm_id=vm_id)
+    found = await trio.to_thread.run_sync(rhvfs_events, sim, marker.rsplit("(read ", 1)[1])
+    assert found == [(marker, "normal", vm_id)]
+
+
 def checkpoints(sim: Any, vm_id: str) -> set[str]:
     conn = sim.sdk_connection()
     try:

@@ -160,3 +160,84 @@ def test_stray_socket_errors_are_transient() -> None:
 def test_other_exceptions_pass_through() -> None:
     with pytest.raises(ValueError), translate_errors("x"):
         raise ValueError("not ours")
+
+
+API = "https://engine.example/ovirt-engine/api"
+
+
+def _transport_error(cls: type[ovirtsdk4.Error], code: int, text: str, *, multi: bool) -> Exception:
+    """The error the SDK raises for a libcurl failure, built as the SDK builds it: from its
+    easy handle (``Error while sending HTTP request: (7, '...')`` raised while handling the
+    ``pycurl.error``) or from its multi handle (the list of failed handles, each shown with
+    its ``<pycurl.Curl object at 0x...>`` repr)."""
+    import pycurl
+
+    if multi:
+        return cls(f"Failed to read response: {[(pycurl.Curl(), code, text)]}")
+    try:
+        try:
+            raise pycurl.error(code, text)
+        except pycurl.error as e:
+            raise cls(f"Error while sending HTTP request: {e}") from None
+    except ovirtsdk4.Error as exc:
+        return exc
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["easy", "multi"])
+@pytest.mark.parametrize(
+    ("code", "text", "said"),
+    [
+        (7, "Failed to connect to engine port 443 after 0 ms: Could not connect to server", "cannot connect"),
+        (7, "Failed to connect to engine port 443: Connection refused", "cannot connect: connection refused"),
+        (7, "Failed to connect to engine port 443 after 3 ms: No route to host", "cannot connect: no route to host"),
+        (6, "Could not resolve host: engine", "cannot resolve the host name"),
+        (28, "Operation timed out after 120001 milliseconds with 0 bytes received", "timed out"),
+        (56, "Recv failure: Connection reset by peer", "connection lost while receiving"),
+        (52, "Empty reply from server", "empty reply"),
+        (18, "transfer closed with 12 bytes remaining to read", "transfer closed with 12 bytes remaining to read (libcurl error 18)"),
+    ],
+)  # fmt: skip
+def test_a_transport_failure_is_one_line_naming_the_call_and_the_engine(
+    code: int, text: str, said: str, multi: bool
+) -> None:
+    """No pycurl repr, no libcurl tuple, no SDK wrapping: what call, what failed, which engine."""
+    err = translate(_transport_error(ovirtsdk4.Error, code, text, multi=multi), "list vms", API)
+    assert type(err) is EngineUnavailable
+    assert str(err) == f"engine unavailable: list vms: {said} (engine {API})"
+
+
+def test_a_connection_error_class_is_worded_the_same() -> None:
+    exc = _transport_error(ovirtsdk4.ConnectionError, 7, "Could not connect", multi=False)
+    with pytest.raises(EngineUnavailable) as info, translate_errors("list data centers", API):
+        raise exc
+    assert (
+        str(info.value) == f"engine unavailable: list data centers: cannot connect (engine {API})"
+    )
+    assert info.value.__cause__ is exc
+
+
+def test_an_sso_refusal_gives_the_engines_reason_without_the_sdks_wrapping() -> None:
+    exc = ovirtsdk4.AuthError(
+        "Error during SSO authentication access_denied : Cannot authenticate user "
+        "'admin@internal': The username or password is incorrect.."
+    )
+    assert str(translate(exc, "list vms", API)) == (
+        "authentication failed: list vms: Cannot authenticate user 'admin@internal': "
+        f"The username or password is incorrect (engine {API})"
+    )
+    bare = ovirtsdk4.AuthError("Error during SSO authentication access_denied : ")
+    assert str(translate(bare, "list vms")) == "authentication failed: list vms: SSO access_denied"
+
+
+def test_an_object_repr_in_any_other_sdk_text_is_removed() -> None:
+    exc = ovirtsdk4.Error("Can't follow link <ovirtsdk4.types.Vm object at 0x7f12ab34cd56> here")
+    assert str(translate(exc, "get vm X")) == "engine error: get vm X: Can't follow link here"
+
+
+def test_a_tls_failure_names_the_engine_too() -> None:
+    exc = _transport_error(
+        ovirtsdk4.Error, 60, "SSL certificate problem: self-signed certificate", multi=False
+    )
+    assert str(translate(exc, "list vms", API)).startswith(
+        f"TLS verification of the engine failed: list vms: self-signed certificate (engine {API}); "
+    )

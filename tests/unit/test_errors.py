@@ -35,3 +35,12 @@ def test_every_error_documents_when_it_is_raised() -> None:
         obj = getattr(errors, name)
         if isinstance(obj, type) and issubclass(obj, errors.RhvfsError):
             assert obj.__doc__ and "Raised" in obj.__doc__ or obj is errors.RhvfsError, name
+
+
+def test_an_unexpected_exception_is_one_line_without_its_repr() -> None:
+    from rhvfs.errors import internal_error
+
+    assert internal_error(KeyError("disk")) == "internal error: KeyError: 'disk'"
+    assert internal_error(RuntimeError()) == "internal error: RuntimeError"
+    group = ExceptionGroup("Exceptions from Trio nursery", [ValueError("bad\nsize")])
+    assert internal_error(group) == "internal error: ValueError: bad size"

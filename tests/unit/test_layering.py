@@ -51,7 +51,7 @@ PACKAGE = ROOT / "rhvfs"
 
 #: (rank, layer name, module prefixes); a module belongs to the longest matching prefix.
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
-    (7, "entry points", ("rhvfs.cli", "rhvfs.commands")),
+    (7, "entry points", ("rhvfs.__main__", "rhvfs.cli", "rhvfs.commands")),
     (6, "mount", ("rhvfs.mount",)),
     (5, "fs", ("rhvfs.fs",)),
     (4, "vfs", ("rhvfs.vfs",)),

@@ -648,7 +648,14 @@ async def test_a_crashing_session_ends_alone_and_cleans_up(
     await trio.sleep(5)  # the bug strikes
     assert rig.engine.user_snapshots(vm.id) == [] and rig.engine.open_transfers() == []
     assert "crashed" in caplog.text
-    assert any("bug in a prefetch worker" in e["message"] for e in rig.manager.status()["errors"])
+    messages = [e["message"] for e in rig.manager.status()["errors"]]
+    assert any("bug in a prefetch worker" in m for m in messages)
+    # one line naming the failure, not the exception's repr (RuntimeError('...'))
+    assert (
+        "session broken: backup of v1 failed: internal error: RuntimeError: bug in a prefetch worker"
+        in messages
+    )
+    assert not any("Error('" in m for m in messages)
     # The manager and the other session live on; a new open starts a fresh session.
     assert len(await rig.manager.read(h2, 0, 100)) == 100
     assert (await rig.read_all(owner, key))[:MiB] == data

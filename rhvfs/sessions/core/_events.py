@@ -14,6 +14,11 @@ Posting never holds up a backup or restore: ``post`` only queues the event
 post is logged as a warning once (then at debug level) and counted in
 ``status()``: an engine that refuses events never fails a backup or restore.
 
+When the mount stops, ``drain`` posts what is still queued (the end of the
+last backups and restores), for at most ``DRAIN_TIMEOUT_S`` (a short bound: an
+unreachable engine must not hold up an unmount), then drops the rest with one
+warning saying how many; ``post`` after it drops the event.
+
 Must not: decide what a backup or restore is (the router and restore sessions
 call ``post``), or retry a post (a retried POST could log the event twice).
 """
@@ -31,6 +36,8 @@ log = logging.getLogger(__name__)
 ORIGIN = "rhvfs"
 #: Events waiting to be sent; more are dropped (with a warning) rather than waited for.
 QUEUE_SIZE = 256
+#: Seconds ``drain`` spends posting what is queued when the mount stops.
+DRAIN_TIMEOUT_S = 5.0
 _MAX_CUSTOM_ID = 2**31 - 1  # the engine's custom_id is a 32-bit signed integer
 
 
@@ -60,6 +67,10 @@ class EngineEvents:
         self.dropped = 0
         self.last_error: str | None = None
         self._warned = False
+        self._running = False
+        self._in_flight = False  # an event taken off the queue is being posted
+        self._interrupted = 0  # events whose post was cancelled (counted by ``drain``)
+        self._finished = trio.Event()  # ``run`` returned
 
     def post(self, description: str, *, severity: str = "normal", vm_id: str | None = None) -> None:
         """Queue one event (never waits; dropped when the queue is full)."""
@@ -70,12 +81,58 @@ class EngineEvents:
         except trio.WouldBlock:
             self.dropped += 1
             self._warn(f"engine events: queue full, dropped {description!r}")
+        except trio.ClosedResourceError:  # after ``drain``: the mount is stopping
+            self.dropped += 1
+            log.debug("engine events: mount stopping, dropped %r", description)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Send queued events until cancelled."""
+        """Send queued events until cancelled, or until ``drain`` emptied the queue."""
+        self._running = True
         task_status.started()
-        async for description, severity, vm_id in self._recv:
-            await self._send_one(description, severity, vm_id)
+        try:
+            async for description, severity, vm_id in self._recv:
+                self._in_flight = True
+                await self._send_one(description, severity, vm_id)
+                self._in_flight = False
+        finally:
+            if self._in_flight:  # cancelled while posting: not known to be posted
+                self._in_flight = False
+                self._interrupted += 1
+            self._running = False
+            self._finished.set()
+
+    async def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> int:
+        """Post what is queued (``run`` keeps sending) for at most ``timeout_s``; returns
+        how many were not posted: dropped, with one warning saying how many.
+
+        Call it once, after the last ``post`` that matters (when the mount stops): it
+        closes the queue. Shielded, so a cancelled mount still gets its events out;
+        the caller then cancels ``run`` (it returns by itself once the queue is empty).
+        """
+        self._send.close()
+        with trio.move_on_after(timeout_s, shield=True):
+            if self._running:
+                await self._finished.wait()
+            # ``run`` ended early (cancelled with the mount) or never ran: post here
+            while True:
+                try:
+                    description, severity, vm_id = self._recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                self._in_flight = True
+                await self._send_one(description, severity, vm_id)
+                self._in_flight = False
+        left = self._recv.statistics().current_buffer_used + self._interrupted
+        left += 1 if self._in_flight else 0
+        self._interrupted, self._in_flight = 0, False
+        if left:
+            self.dropped += left
+            log.warning(
+                "engine events: %d not posted within %gs of the mount stopping, dropped",
+                left,
+                timeout_s,
+            )
+        return left
 
     async def _send_one(self, description: str, severity: str, vm_id: str | None) -> None:
         custom_id = self._next_id

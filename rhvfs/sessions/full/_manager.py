@@ -71,6 +71,7 @@ from rhvfs.errors import (
     NotFound,
     PointInTimeLost,
     RhvfsError,
+    internal_error,
 )
 from rhvfs.sessions.core import _gc as gc_mod
 from rhvfs.sessions.core import _procid as procid
@@ -235,7 +236,7 @@ class BackupManager:
             self._note_error(None, f"cleanup of leftovers failed: {e}")
         except Exception as e:  # a bug in cleanup must not take the mount down
             log.exception("cleanup of leftovers failed")
-            self._note_error(None, f"cleanup of leftovers failed: {e!r}")
+            self._note_error(None, f"cleanup of leftovers failed: {internal_error(e)}")
 
     # -- listings ---------------------------------------------------------------
 

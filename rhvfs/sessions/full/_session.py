@@ -54,6 +54,7 @@ from rhvfs.errors import (
     SessionBroken,
     SessionClosed,
     VmStateError,
+    internal_error,
 )
 from rhvfs.retry import Backoff, RetryPolicy, poll
 from rhvfs.sessions.core._cleanup import busy_policy, find_snapshot, remove_snapshot, retryable
@@ -217,7 +218,7 @@ class BackupSession(SessionLifecycle):
     def _crashed(self, error: Exception) -> bool:
         # A bug in one session must not take the mount down: end this session only.
         log.exception("session %s of %s crashed", self.session_id, self.owner.name)
-        self.error = SessionBroken(f"backup of {self.owner.name} failed: {error!r}")
+        self.error = SessionBroken(f"backup of {self.owner.name} failed: {internal_error(error)}")
         self.state = "broken"
         self.note_error(str(self.error))
         return True
@@ -271,7 +272,7 @@ class BackupSession(SessionLifecycle):
         except Exception as e:  # a bug must not hang every reader
             log.exception("session %s of %s failed", self.session_id, self.owner.name)
             await self._cleanup()
-            self._fail(SessionBroken(f"backup of {self.owner.name} failed: {e!r}"))
+            self._fail(SessionBroken(f"backup of {self.owner.name} failed: {internal_error(e)}"))
             self.schedule_close(self.deps.config.grace_period)
             return
         self.state = "ready"
