@@ -70,6 +70,7 @@ from rhvfs.errors import (
     SessionClosed,
     SessionError,
     VmStateError,
+    internal_error,
 )
 from rhvfs.intervals import Intervals
 from rhvfs.sessions.core._cleanup import finalize_backup, remove_snapshot
@@ -251,7 +252,7 @@ class IncrementalSession(SessionLifecycle):
             return
         except Exception as e:  # a bug must not hang every reader
             log.exception("incremental session %s of %s failed", self.session_id, self.owner.name)
-            self._fail(SessionBroken(f"{self.kind} set of VM {self.owner.name} failed: {e!r}"))
+            self._fail(SessionBroken(f"{self.kind} set of VM {self.owner.name} failed: {internal_error(e)}"))
             self.schedule_close(0)
             return
         self.state = "ready"
