@@ -252,7 +252,11 @@ class IncrementalSession(SessionLifecycle):
             return
         except Exception as e:  # a bug must not hang every reader
             log.exception("incremental session %s of %s failed", self.session_id, self.owner.name)
-            self._fail(SessionBroken(f"{self.kind} set of VM {self.owner.name} failed: {internal_error(e)}"))
+            self._fail(
+                SessionBroken(
+                    f"{self.kind} set of VM {self.owner.name} failed: {internal_error(e)}"
+                )
+            )
             self.schedule_close(0)
             return
         self.state = "ready"
