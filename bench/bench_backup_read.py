@@ -400,13 +400,17 @@ def main() -> None:
                 )
 
     mbs = {
-        lat: {k: size * (len(disks) if k == "mount parallel" else 1) / median(v) / 1e6
-              for k, v in r.items()}
+        lat: {
+            k: size * (len(disks) if k == "mount parallel" else 1) / median(v) / 1e6
+            for k, v in r.items()
+        }
         for lat, r in results.items()
     }
     print(f"\nreads of a {size / MiB:.0f} MiB image, MB/s (median of {args.repeat}):")
-    print(f"  {'latency':>8s} {'mount':>8s} {'ovirt-img':>10s} {'curl x4':>8s}"
-          f" {'mount/curl':>11s} {'mount/ovirt-img':>16s}")
+    print(
+        f"  {'latency':>8s} {'mount':>8s} {'ovirt-img':>10s} {'curl x4':>8s}"
+        f" {'mount/curl':>11s} {'mount/ovirt-img':>16s}"
+    )
     for lat in latencies:
         m = mbs[lat]
         r = results[lat]
@@ -434,8 +438,11 @@ def main() -> None:
             )
     print(f"  mount peak RSS: {peak_rss / MiB:.0f} MiB   target <= 300 MiB")
     print(f"load average at end: {load_average()}")
-    print(json.dumps({"size": size, "seconds": {str(k): v for k, v in results.items()},
-                      "peak_rss": peak_rss}))
+    print(
+        json.dumps(
+            {"size": size, "seconds": {str(k): v for k, v in results.items()}, "peak_rss": peak_rss}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from typing import Protocol
 import trio
 
 from rhvfs.cache._extents import ExtentMap
+from rhvfs.cache._pace import Pacer, Window
 from rhvfs.errors import SessionClosed, TicketGone
 from rhvfs.imageio.types import Extent
 from rhvfs.retry import RetryPolicy, retry
@@ -94,6 +95,8 @@ class _Chunk:
         "read",
         "scope",
         "started",
+        "stalled",
+        "served",
     )
 
     def __init__(self, index: int, start: int, end: int) -> None:
@@ -108,12 +111,14 @@ class _Chunk:
         self.read = False  # served a read at least once
         self.scope = trio.CancelScope()
         self.started = False
+        self.stalled = False  # a sequential read had to wait for it
+        self.served = 0  # bytes copied out of it to reads (overlapping reads count twice)
 
 
 @dataclasses.dataclass
 class _Handle:
     next_offset: int
-    ahead: int = 0  # read-ahead window in chunks
+    window: Window  # read-ahead window (chunks); 0 while the handle reads at random
     last_used: int = 0
 
 
@@ -161,9 +166,11 @@ class ImageReader:
             raise ValueError("max_zero_fetch_ratio must be within [0, 1]")
         self._zero_ratio = max_zero_fetch_ratio
         self._limiter = trio.CapacityLimiter(streams)
-        # Read-ahead leaves room for the chunk being read and the next demand read.
+        # Read-ahead leaves room for the chunk being read and the next demand read; more
+        # than two chunks per stream would only wait for a stream.
         slots = memory_budget // chunk_size
         self._max_ahead = max(min(2 * streams, slots - 2), min(1, slots - 1))
+        self._pacer = Pacer(chunk_size=chunk_size, max_window=self._max_ahead)
         nchunks = -(-size // chunk_size)
         self._has_data = bytearray(nchunks)
         for s, e, zero in self._map.segments(0, size):
@@ -281,7 +288,8 @@ class ImageReader:
             await trio.lowlevel.checkpoint()
             return b""
         last = (end - 1) // self._chunk_size
-        ahead = self._track(handle_id, offset, end)
+        st = self._track(handle_id, offset, end)
+        ahead = st.window.chunks
 
         # Which cache entries this read needs (zero-only parts are served without them).
         needed = self._needed_keys(offset, end, random=ahead == 0)
@@ -289,17 +297,22 @@ class ImageReader:
             await trio.lowlevel.checkpoint()
             if ahead:
                 self._prefetch(last + 1, ahead)
+            self._pace(st, end - offset, stalled=False)
             return bytes(end - offset)
 
         if len(needed) == 1:
             chunk = await self._demand(needed[0])
             if ahead:
                 self._prefetch(last + 1, ahead)
+            stalled = self._stalls(chunk)
             chunk = await self._wait_ready(chunk)
+            self._pace(st, end - offset, stalled=stalled)
             if chunk.start <= offset and end <= chunk.end:
+                chunk.served += end - offset
                 return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
             out = bytearray(end - offset)
             s, e = max(offset, chunk.start), min(end, chunk.end)
+            chunk.served += e - s
             out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
             return bytes(out)
 
@@ -310,6 +323,7 @@ class ImageReader:
         pending = collections.deque(needed)
         started: collections.deque[_Chunk] = collections.deque()
         prefetched = False
+        stalled = False
         while pending or started:
             while pending:
                 chunk_or_none = self._demand_nowait(pending[0])
@@ -322,10 +336,27 @@ class ImageReader:
             if ahead and not prefetched:
                 prefetched = True
                 self._prefetch(last + 1, ahead)
+            stalled = self._stalls(started[0]) or stalled
             chunk = await self._wait_ready(started.popleft())
             s, e = max(offset, chunk.start), min(end, chunk.end)
+            chunk.served += e - s
             out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
+        self._pace(st, end - offset, stalled=stalled)
         return bytes(out)
+
+    @staticmethod
+    def _stalls(chunk: _Chunk) -> bool:
+        """True when this read is the first to wait for ``chunk`` (one stall per chunk:
+        the kernel's concurrent reads of one chunk are one late chunk, not several)."""
+        if chunk.done.is_set() or chunk.stalled:
+            return False
+        chunk.stalled = True
+        return True
+
+    def _pace(self, st: _Handle, nbytes: int, *, stalled: bool) -> None:
+        """Let the pacer size the handle's next read-ahead window from this read."""
+        if st.window.chunks:
+            self._pacer.advance(st.window, nbytes, trio.current_time(), waited=stalled)
 
     def _needed_keys(self, offset: int, end: int, *, random: bool) -> list[int]:
         """Keys of the entries holding the data of ``[offset, end)``; counts zero bytes served."""
@@ -352,34 +383,47 @@ class ImageReader:
                 keys.append(-(j + 1))
         return keys
 
-    def _track(self, handle_id: int, offset: int, end: int) -> int:
-        """Update ``handle_id``'s access pattern; return its read-ahead window in chunks."""
+    def _track(self, handle_id: int, offset: int, end: int) -> _Handle:
+        """Update ``handle_id``'s access pattern; its ``window`` is the read-ahead in chunks."""
         tick = next(self._tick)
         st = self._handles.get(handle_id)
         if st is None:
             if len(self._handles) >= _MAX_HANDLES:
                 oldest = min(self._handles, key=lambda h: self._handles[h].last_used)
                 del self._handles[oldest]
+            st = _Handle(next_offset=end, window=Window(), last_used=tick)
+            self._handles[handle_id] = st
             # A handle that starts at offset 0 is most likely a whole-image copy.
-            ahead = min(1, self._max_ahead) if offset == 0 else 0
-            self._handles[handle_id] = _Handle(next_offset=end, ahead=ahead, last_used=tick)
-            return ahead
+            if offset == 0 and self._max_ahead:
+                self._pacer.start(st.window, trio.current_time())
+            return st
         st.last_used = tick
+        cs = self._chunk_size
         # Kernel read-ahead and concurrent FUSE requests arrive slightly out of order.
-        if st.next_offset - self._chunk_size <= offset <= st.next_offset + self._chunk_size:
-            st.ahead = min(max(1, st.ahead * 2), self._max_ahead)
+        if st.next_offset - cs <= offset <= st.next_offset + cs:
+            if not st.window.chunks and self._max_ahead:
+                self._pacer.start(st.window, trio.current_time())
             done_until = min(offset, st.next_offset)
             st.next_offset = max(st.next_offset, end)
-            for i in range(
-                max(0, done_until // self._chunk_size - 2), done_until // self._chunk_size
-            ):
+            alone = len(self._handles) == 1
+            for i in range(max(0, done_until // cs - 2), done_until // cs):
                 chunk = self._chunks.get(i)
-                if chunk is not None and chunk.end <= done_until:
+                if chunk is None or chunk.end > done_until or not chunk.done.is_set():
+                    continue
+                through = chunk.served >= len(chunk.buf)
+                if alone and through:
+                    # Every byte served, to the only handle: free it now rather than when
+                    # the budget runs out, so memory follows the read-ahead window.
+                    del self._chunks[i]
+                    self._release(len(chunk.buf))
+                    self._evictions += 1
+                elif through or chunk.end + cs <= done_until:
+                    # Passed by a chunk's length (requests arrive a little out of order).
                     chunk.consumed = True
         else:
-            st.ahead = 0
+            self._pacer.stop(st.window)
             st.next_offset = end
-        return st.ahead
+        return st
 
     def _prefetch(self, start_index: int, ahead: int) -> None:
         """Start fetches of up to ``ahead`` data chunks from ``start_index``, as budget allows."""
@@ -567,7 +611,9 @@ class ImageReader:
         async def attempt(_n: int) -> None:
             async with self._limiter:
                 self._requests += 1
+                started = trio.current_time()
                 await self._source.read_into(offset, buf)
+                self._pacer.get_done(len(buf), trio.current_time() - started)
 
         def count_retry(_: BaseException) -> None:
             self._retries += 1
@@ -601,12 +647,16 @@ class ImageReader:
     def _evict_one(self, *, for_prefetch: bool) -> bool:
         """Drop one ready chunk: consumed first, then already read (LRU), then unread prefetches.
 
-        Read-ahead never evicts a prefetched chunk nobody has read yet (that
-        would throw away work to do more of the same); demand reads may.
+        Read-ahead evicts only chunks read through (consumed, or every byte served):
+        evicting a prefetched chunk nobody has read yet, or the one a sequential
+        handle is in the middle of, would throw away work to do more of the same.
+        Demand reads may evict any ready chunk.
         """
         victim: _Chunk | None = None
         for chunk in self._chunks.values():
-            if not chunk.done.is_set() or (for_prefetch and not chunk.read and not chunk.consumed):
+            if not chunk.done.is_set():
+                continue
+            if for_prefetch and not (chunk.consumed or chunk.served >= len(chunk.buf)):
                 continue
             if victim is None or _eviction_key(chunk) < _eviction_key(victim):
                 victim = chunk
