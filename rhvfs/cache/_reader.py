@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 _MAX_HANDLES = 4096
 _ZERO_SCAN_LIMIT = 256  # chunks of zeroes the prefetcher looks across for the next data
+_SPARE_BUFFERS = 2  # buffers of dropped chunks kept for reuse (within the budget)
 
 
 class BlockSource(Protocol):
@@ -76,6 +77,7 @@ class ReaderStats:
     retries: int
     failures: int  # chunk fetches that failed for good
     memory_reserved: int  # bytes held or being fetched right now
+    buffers_reused: int = 0  # chunks that got the buffer of a dropped chunk
 
 
 class _Aborted(Exception):
@@ -97,13 +99,17 @@ class _Chunk:
         "started",
         "stalled",
         "served",
+        "users",
+        "dropped",
+        "recycled",
     )
 
-    def __init__(self, index: int, start: int, end: int) -> None:
+    def __init__(self, index: int, start: int, end: int, buf: bytearray | None = None) -> None:
         self.index = index
         self.start = start
         self.end = end
-        self.buf = bytearray(end - start)
+        self.recycled = buf is not None  # holds another chunk's old bytes until filled
+        self.buf = buf if buf is not None else bytearray(end - start)
         self.done = trio.Event()
         self.error: BaseException | None = None
         self.last_used = 0
@@ -113,6 +119,8 @@ class _Chunk:
         self.started = False
         self.stalled = False  # a sequential read had to wait for it
         self.served = 0  # bytes copied out of it to reads (overlapping reads count twice)
+        self.users = 0  # reads (and borrowing fetches) holding it across an await
+        self.dropped = False  # left the cache; its buffer is recycled once users is 0
 
 
 @dataclasses.dataclass
@@ -184,6 +192,10 @@ class ImageReader:
         for i in range(nchunks - 1, -1, -1):
             self._next_data[i] = i if self._has_data[i] else self._next_data[i + 1]
         self._chunks: dict[int, _Chunk] = {}
+        # Buffers of dropped chunks, reused by new chunks: a fresh 8 MiB buffer costs
+        # 2048 page faults and the kernel zeroing it. Counted in ``_reserved``.
+        self._spare: list[bytearray] = []
+        self._zeros: bytes | None = None
         self._handles: dict[int, _Handle] = {}
         self._reserved = 0
         self._space = trio.Event()
@@ -202,6 +214,7 @@ class ImageReader:
         self._evictions = 0
         self._retries = 0
         self._failures = 0
+        self._reused = 0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -247,6 +260,7 @@ class ImageReader:
             self._own_scope.cancel()
         self._nursery = None
         self._chunks.clear()
+        self._spare.clear()
         self._reserved = 0
         self._handles.clear()
         self._space.set()
@@ -273,6 +287,7 @@ class ImageReader:
             retries=self._retries,
             failures=self._failures,
             memory_reserved=self._reserved,
+            buffers_reused=self._reused,
         )
 
     # -- reading ---------------------------------------------------------------------
@@ -301,20 +316,25 @@ class ImageReader:
             return bytes(end - offset)
 
         if len(needed) == 1:
-            chunk = await self._demand(needed[0])
-            if ahead:
-                self._prefetch(last + 1, ahead)
-            stalled = self._stalls(chunk)
-            chunk = await self._wait_ready(chunk)
-            self._pace(st, end - offset, stalled=stalled)
-            if chunk.start <= offset and end <= chunk.end:
-                chunk.served += end - offset
-                return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
-            out = bytearray(end - offset)
-            s, e = max(offset, chunk.start), min(end, chunk.end)
-            chunk.served += e - s
-            out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
-            return bytes(out)
+            chunk = self._pin(await self._demand(needed[0]))
+            try:
+                if ahead:
+                    self._prefetch(last + 1, ahead)
+                stalled = self._stalls(chunk)
+                chunk = await self._wait_ready(chunk)
+                self._pace(st, end - offset, stalled=stalled)
+                if chunk.start <= offset and end <= chunk.end:
+                    chunk.served += end - offset
+                    return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
+                out = bytearray(end - offset)
+                s, e = max(offset, chunk.start), min(end, chunk.end)
+                chunk.served += e - s
+                out[s - offset : e - offset] = memoryview(chunk.buf)[
+                    s - chunk.start : e - chunk.start
+                ]
+                return bytes(out)
+            finally:
+                self._unpin(chunk)
 
         # Several entries: start as many as the budget allows without waiting, then the
         # read-ahead; copy each out as it becomes ready, which frees room for the rest
@@ -324,25 +344,66 @@ class ImageReader:
         started: collections.deque[_Chunk] = collections.deque()
         prefetched = False
         stalled = False
-        while pending or started:
-            while pending:
-                chunk_or_none = self._demand_nowait(pending[0])
-                if chunk_or_none is None:
-                    break
-                pending.popleft()
-                started.append(chunk_or_none)
-            if not started:
-                started.append(await self._demand(pending.popleft()))
-            if ahead and not prefetched:
-                prefetched = True
-                self._prefetch(last + 1, ahead)
-            stalled = self._stalls(started[0]) or stalled
-            chunk = await self._wait_ready(started.popleft())
-            s, e = max(offset, chunk.start), min(end, chunk.end)
-            chunk.served += e - s
-            out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
+        try:
+            while pending or started:
+                while pending:
+                    chunk_or_none = self._demand_nowait(pending[0])
+                    if chunk_or_none is None:
+                        break
+                    pending.popleft()
+                    started.append(self._pin(chunk_or_none))
+                if not started:
+                    started.append(self._pin(await self._demand(pending.popleft())))
+                if ahead and not prefetched:
+                    prefetched = True
+                    self._prefetch(last + 1, ahead)
+                stalled = self._stalls(started[0]) or stalled
+                started[0] = await self._wait_ready(started[0])
+                chunk = started.popleft()
+                try:
+                    s, e = max(offset, chunk.start), min(end, chunk.end)
+                    chunk.served += e - s
+                    out[s - offset : e - offset] = memoryview(chunk.buf)[
+                        s - chunk.start : e - chunk.start
+                    ]
+                finally:
+                    self._unpin(chunk)
+        finally:
+            for chunk in started:
+                self._unpin(chunk)
         self._pace(st, end - offset, stalled=stalled)
         return bytes(out)
+
+    # -- buffers held across awaits ----------------------------------------------------
+
+    @staticmethod
+    def _pin(chunk: _Chunk) -> _Chunk:
+        """Hold ``chunk``'s buffer: it is not recycled while a read may still copy from it."""
+        chunk.users += 1
+        return chunk
+
+    def _unpin(self, chunk: _Chunk) -> None:
+        chunk.users -= 1
+        if chunk.users == 0 and chunk.dropped:
+            self._recycle(chunk)
+
+    def _drop(self, chunk: _Chunk) -> None:
+        """``chunk`` (ready, fetched in full) left the cache: keep its buffer as a spare
+        (its reservation stays, now the spare's) or give the reservation back."""
+        chunk.dropped = True
+        if chunk.users == 0:
+            self._recycle(chunk)
+
+    def _recycle(self, chunk: _Chunk) -> None:
+        buf = chunk.buf
+        chunk.buf = bytearray()  # a late copy from it would come out short, never wrong
+        if self._closed:
+            return  # aclose() gave every reservation back already
+        if len(buf) == self._chunk_size and len(self._spare) < _SPARE_BUFFERS:
+            self._spare.append(buf)
+            self._space.set()  # a reader waiting for memory may take it
+        else:
+            self._release(len(buf))
 
     @staticmethod
     def _stalls(chunk: _Chunk) -> bool:
@@ -415,7 +476,7 @@ class ImageReader:
                     # Every byte served, to the only handle: free it now rather than when
                     # the budget runs out, so memory follows the read-ahead window.
                     del self._chunks[i]
-                    self._release(len(chunk.buf))
+                    self._drop(chunk)
                     self._evictions += 1
                 elif through or chunk.end + cs <= done_until:
                     # Passed by a chunk's length (requests arrive a little out of order).
@@ -455,8 +516,14 @@ class ImageReader:
         return end - start
 
     def _insert(self, key: int) -> _Chunk:
+        """A new entry for ``key``, whose bytes the caller has reserved."""
         start, end = self._span(key)
-        chunk = _Chunk(key, start, end)
+        buf = None
+        if end - start == self._chunk_size and self._spare:
+            buf = self._spare.pop()
+            self._reserved -= len(buf)  # the spare's reservation; the caller made its own
+            self._reused += 1
+        chunk = _Chunk(key, start, end, buf)
         chunk.last_used = next(self._tick)
         self._chunks[key] = chunk
         return chunk
@@ -510,20 +577,36 @@ class ImageReader:
             return chunk
 
     async def _wait_ready(self, chunk: _Chunk) -> _Chunk:
-        while True:
-            if not chunk.started:
-                # No workers: the first reader of a chunk fetches it in its own task.
-                await self._fetch_task(chunk)
-            await chunk.done.wait()
-            if chunk.error is None:
-                chunk.read = True
-                return chunk
-            if isinstance(chunk.error, _Aborted):
-                if self._closed:
-                    raise SessionClosed("image reader is closed")
-                chunk = await self._demand(chunk.index)
-                continue
-            raise chunk.error
+        """``chunk`` once fetched (fetched again if its fetch was aborted).
+
+        The caller holds a pin on ``chunk``; it moves to the chunk returned. When this
+        raises, the caller's pin is still the one on ``chunk``.
+        """
+        original = chunk
+        try:
+            while True:
+                if not chunk.started:
+                    # No workers: the first reader of a chunk fetches it in its own task.
+                    await self._fetch_task(chunk)
+                await chunk.done.wait()
+                if chunk.error is None:
+                    chunk.read = True
+                    if chunk is not original:
+                        self._unpin(original)
+                    return chunk
+                if isinstance(chunk.error, _Aborted):
+                    if self._closed:
+                        raise SessionClosed("image reader is closed")
+                    fresh = self._pin(await self._demand(chunk.index))
+                    if chunk is not original:
+                        self._unpin(chunk)
+                    chunk = fresh
+                    continue
+                raise chunk.error
+        except BaseException:
+            if chunk is not original:
+                self._unpin(chunk)
+            raise
 
     def _spawn(self, chunk: _Chunk) -> None:
         assert self._nursery is not None
@@ -583,6 +666,13 @@ class ImageReader:
             )
         ]
         view = memoryview(chunk.buf)
+        if chunk.recycled and not (
+            not borrowed and len(ranges) == 1 and ranges[0] == (chunk.start, len(view))
+        ):
+            # Parts not fetched must read as zeroes, not as the old chunk's bytes.
+            if self._zeros is None:
+                self._zeros = bytes(self._chunk_size)
+            view[:] = self._zeros
         if len(ranges) == 1 and not borrowed:
             off, length = ranges[0]
             await self._get(off, view[off - chunk.start : off - chunk.start + length])
@@ -593,15 +683,19 @@ class ImageReader:
                     self._get, off, view[off - chunk.start : off - chunk.start + length]
                 )
             for block in borrowed:
-                nursery.start_soon(self._borrow, chunk, block)
+                nursery.start_soon(self._borrow, chunk, self._pin(block))
 
     async def _borrow(self, chunk: _Chunk, block: _Chunk) -> None:
-        """Copy ``block``'s bytes into ``chunk`` once it is ready; fetch them if it failed."""
-        await block.done.wait()
-        view = memoryview(chunk.buf)[block.start - chunk.start : block.end - chunk.start]
-        if block.error is None:
-            view[:] = block.buf
-            return
+        """Copy ``block``'s bytes into ``chunk`` once it is ready; fetch them if it failed.
+        Takes over the pin the caller put on ``block``."""
+        try:
+            await block.done.wait()
+            view = memoryview(chunk.buf)[block.start - chunk.start : block.end - chunk.start]
+            if block.error is None:
+                view[:] = block.buf
+                return
+        finally:
+            self._unpin(block)
         for off, length in self._map.fetch_ranges(
             block.start, block.end, max_length=self._chunk_size, max_zero_ratio=self._zero_ratio
         ):
@@ -652,6 +746,9 @@ class ImageReader:
         handle is in the middle of, would throw away work to do more of the same.
         Demand reads may evict any ready chunk.
         """
+        if self._spare:
+            self._reserved -= len(self._spare.pop())
+            return True
         victim: _Chunk | None = None
         for chunk in self._chunks.values():
             if not chunk.done.is_set():
@@ -663,7 +760,7 @@ class ImageReader:
         if victim is None:
             return False
         del self._chunks[victim.index]
-        self._reserved -= len(victim.buf)
+        self._drop(victim)
         self._evictions += 1
         return True
 
