@@ -44,6 +44,7 @@ import trio
 
 from rhvfs.cache._extents import ExtentMap
 from rhvfs.cache._pace import Pacer, Window
+from rhvfs.cache._shared import SharedBudget
 from rhvfs.errors import SessionClosed, TicketGone
 from rhvfs.imageio.types import Extent
 from rhvfs.retry import RetryPolicy, retry
@@ -145,12 +146,14 @@ class ImageReader:
         retry: RetryPolicy,
         max_zero_fetch_ratio: float = 0.05,
         random_read_size: int = 1 * MiB,
+        shared: SharedBudget | None = None,
     ) -> None:
         """``max_zero_fetch_ratio``: zero bytes a chunk may fetch over HTTP to bridge gaps
         between its data ranges (fewer GETs), as a fraction of its data bytes.
         ``random_read_size``: the aligned block a read of a handle in random mode
         fetches (capped at ``chunk_size``; when it does not divide ``chunk_size``, random
-        reads fetch whole chunks)."""
+        reads fetch whole chunks). ``shared``: the read-ahead budget of all the mount's
+        readers (this reader prefetches only within its fair share of it)."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         if memory_budget < chunk_size:
@@ -197,7 +200,10 @@ class ImageReader:
         self._spare: list[bytearray] = []
         self._zeros: bytes | None = None
         self._handles: dict[int, _Handle] = {}
-        self._reserved = 0
+        self._shared = shared
+        self._held = 0
+        if shared is not None:
+            shared.register()
         self._space = trio.Event()
         self._tick = itertools.count(1)
         self._nursery: trio.Nursery | None = None
@@ -215,6 +221,17 @@ class ImageReader:
         self._retries = 0
         self._failures = 0
         self._reused = 0
+
+    @property
+    def _reserved(self) -> int:
+        return self._held
+
+    @_reserved.setter
+    def _reserved(self, value: int) -> None:
+        # Every change of what this reader holds is also the shared budget's.
+        if self._shared is not None:
+            self._shared.add(value - self._held)
+        self._held = value
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -262,6 +279,9 @@ class ImageReader:
         self._chunks.clear()
         self._spare.clear()
         self._reserved = 0
+        if self._shared is not None:
+            self._shared.unregister(0)
+            self._shared = None
         self._handles.clear()
         self._space.set()
         await trio.lowlevel.checkpoint()
@@ -720,7 +740,11 @@ class ImageReader:
     # -- memory budget ---------------------------------------------------------------
 
     def _reserve_nowait(self, nbytes: int, *, for_prefetch: bool = False) -> bool:
-        while self._reserved + nbytes > self._budget:
+        while self._reserved + nbytes > self._budget or (
+            for_prefetch
+            and self._shared is not None
+            and not self._shared.may_prefetch(self._reserved, nbytes)
+        ):
             if not self._evict_one(for_prefetch=for_prefetch):
                 return False
         self._reserved += nbytes
