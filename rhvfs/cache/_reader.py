@@ -12,11 +12,21 @@ Design note — invariants that hold between ``await``s:
   (``done`` not set) or ready (``done`` set, ``buf`` complete). A failed or
   aborted chunk is removed from ``_chunks`` before ``done`` is set, so it is
   never served and the next reader starts a fresh fetch.
-- ``_reserved`` is the sum of the buffer sizes of the chunks in ``_chunks``
+- ``_reserved`` is the sum of the buffer sizes of the chunks in ``_chunks``, of
+  dropped chunks a read still holds (``users`` > 0) and of the spare buffers,
   and never exceeds ``memory_budget``: a reservation is taken before a chunk
-  is inserted and given back when it is evicted or fails. Only ready chunks
-  are evicted (consumed first, then least recently used); demand reads wait
-  for space, prefetches are skipped when there is none (backpressure).
+  is inserted and given back when it fails, or when its buffer is neither
+  pinned nor kept as a spare. Only ready chunks are evicted (spares first,
+  then consumed chunks, then least recently used); demand reads wait for
+  space, prefetches are skipped when there is none (backpressure) or when the
+  ``SharedBudget`` of all readers refuses (their total, this reader's share).
+- A dropped chunk's buffer is reused by a new chunk only once no read holds it
+  (``_pin``/``_unpin`` around every await between getting a chunk and copying
+  from it), so a late copy can never see another chunk's bytes; a reused buffer
+  is zeroed first unless one GET fills all of it. A chunk read through by the
+  only handle is dropped at once, so memory follows the read-ahead window.
+- The read-ahead window of a sequential handle is the ``Pacer``'s: measured
+  bandwidth x delay, doubled on stalls, capped by the budget (``_pace.py``).
 - Keys: ``i >= 0`` is the ``chunk_size`` chunk number ``i`` (sequential reads and
   read-ahead); ``-(j + 1)`` is the ``random_read_size`` block number ``j`` (reads
   of handles in random mode, so a random 4 KiB read does not cost a whole chunk).
@@ -26,7 +36,7 @@ Design note — invariants that hold between ``await``s:
   chunk wait on its ``done`` event.
 - Only data parts of a chunk go over HTTP (one ranged GET per data range, small
   zero gaps bridged within ``max_zero_fetch_ratio`` of the chunk's data bytes);
-  the rest of the buffer stays zero-filled. ``bytes_fetched`` counts exactly
+  the rest of the buffer reads as zero. ``bytes_fetched`` counts exactly
   the bytes of successful GETs.
 """
 
