@@ -732,12 +732,20 @@ class ImageReader:
             await self._get(off, view[off - block.start : off - block.start + length])
 
     async def _get(self, offset: int, buf: memoryview) -> None:
+        shared = self._shared.limiter() if self._shared is not None else None
+
         async def attempt(_n: int) -> None:
             async with self._limiter:
-                self._requests += 1
-                started = trio.current_time()
-                await self._source.read_into(offset, buf)
-                self._pacer.get_done(len(buf), trio.current_time() - started)
+                if shared is not None:
+                    await shared.acquire()
+                try:
+                    self._requests += 1
+                    started = trio.current_time()
+                    await self._source.read_into(offset, buf)
+                    self._pacer.get_done(len(buf), trio.current_time() - started)
+                finally:
+                    if shared is not None:
+                        shared.release()
 
         def count_retry(_: BaseException) -> None:
             self._retries += 1
@@ -750,11 +758,16 @@ class ImageReader:
     # -- memory budget ---------------------------------------------------------------
 
     def _reserve_nowait(self, nbytes: int, *, for_prefetch: bool = False) -> bool:
-        while self._reserved + nbytes > self._budget or (
-            for_prefetch
-            and self._shared is not None
-            and not self._shared.may_prefetch(self._reserved, nbytes)
-        ):
+        while True:
+            # A new chunk takes a spare buffer when there is one (``_insert``), whose
+            # reservation it inherits: then it needs no more memory.
+            need = 0 if nbytes == self._chunk_size and self._spare else nbytes
+            if self._reserved + need <= self._budget and (
+                not for_prefetch
+                or self._shared is None
+                or self._shared.may_prefetch(self._reserved, need)
+            ):
+                break
             if not self._evict_one(for_prefetch=for_prefetch):
                 return False
         self._reserved += nbytes

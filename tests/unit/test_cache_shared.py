@@ -96,3 +96,50 @@ async def test_a_reader_alone_may_use_the_whole_shared_budget(
         assert src.max_active == 4  # all streams busy
         await reader.aclose()
     assert shared.held == 0
+
+
+async def test_parallel_readers_share_the_get_slots(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    shared = SharedBudget(24 * CHUNK, streams=4)
+    images = [make_image([(24 * CHUNK, True)], seed=n) for n in range(3)]
+    sources = [FakeSource(data, extents, delay_s=0.01) for data, extents in images]
+    readers = [reader_on(src, shared) for src in sources]
+    active = peak = 0
+    served = [0, 0, 0]
+
+    def counting(src: FakeSource, n: int) -> None:
+        inner = src.read_into
+
+        async def read_into(offset: int, buf: memoryview) -> None:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            try:
+                await inner(offset, buf)
+                served[n] += 1
+            finally:
+                active -= 1
+
+        src.read_into = read_into  # type: ignore[method-assign]
+
+    for n, src in enumerate(sources):
+        counting(src, n)
+
+    async def copy(n: int) -> None:
+        data = images[n][0]
+        for off in range(0, len(data), 16 * KiB):
+            assert await readers[n].read(off, 16 * KiB, handle_id=1) == data[off : off + 16 * KiB]
+
+    async with trio.open_nursery() as nursery:
+        for r in readers:
+            await nursery.start(r.run)
+        async with trio.open_nursery() as copies:
+            for n in range(3):
+                copies.start_soon(copy, n)
+        for r in readers:
+            await r.aclose()
+    # three readers of 4 streams each, but never more than 4 GETs at once in all
+    assert peak == 4
+    assert served == [24, 24, 24]
+    assert max(s.max_active for s in sources) >= 2  # each still ran GETs in parallel
