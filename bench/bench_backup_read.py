@@ -1,22 +1,33 @@
 """Benchmark of backup reads through a real rhvfs mount of the simulator. Not a test.
 
-In one run, against one ``rhvfs sim serve`` (engine delays 0, the real
-ovirt-imageio daemon, TLS):
+In one run, against ``rhvfs sim serve`` (engine delays 0, the real
+ovirt-imageio daemon, TLS), with ``--images`` VMs ``benchvm0..`` each holding
+one qcow2 disk of ``--size-mib`` MiB of random data (written as the guest
+would):
 
-1. A VM ``benchvm`` with a raw disk of ``--size-gib`` GiB, filled with data
-   (guest writes) except its last 8 MiB. Its image is read sequentially
-   through ``MNT/vms/benchvm/@rhv/<image>`` (``dd bs=1M`` to /dev/null and to
-   a file) and downloaded with ``ovirt-img download-disk -f raw`` (to a file).
-   Before every timed run the page cache is dropped and the simulator's volume
-   read once, so both sides start equal. Prints times, MB/s and the ratio
-   ovirt-img time / rhvfs time (target >= 1.2).
-2. A mostly-empty sample disk (``myvm0``): bytes rhvfs fetched over HTTP
-   (status.json) vs the volume's allocated bytes (``qemu-img map``); target <= 1.05.
-3. Peak RSS of the rhvfs mount process (VmHWM); target <= 300 MiB.
-4. For reference, the same image read through ``BackupManager`` in this process
-   (128 KiB reads, no FUSE): what the sessions, cache and imageio layers cost.
+1. For each data-plane latency in ``--latencies`` (ms added per request by the
+   simulator's ``--imageio-latency-ms``; default 0, 5 and 20) the simulator is
+   restarted with that latency and benchvm0's image is read, every reader
+   writing a file:
 
-Run as root: ``.venv/bin/python bench/bench_backup_read.py [--size-gib 2] [--repeat 2]``.
+   - ``mount``: ``dd bs=1M`` of ``MNT/vms/benchvm0/@rhv/<image>``;
+   - ``ovirt-img``: ``ovirt-img download-disk -f raw``;
+   - ``curl x4``: 4 parallel ``curl`` range GETs of one download ticket
+     (each a quarter of the image, to its own part file).
+
+   Before every reader the page cache is dropped (``/proc/sys/vm/drop_caches``)
+   and the simulator's volumes are read once, so every reader starts with the
+   same cold output and warm storage.
+2. Without latency: the ``--images`` images read through the mount at once
+   (one ``dd`` each); total MB/s against the single-image mount reads.
+3. Peak RSS of the mount process (VmHWM) over all of it.
+
+Runs are repeated ``--repeat`` times; medians are printed with the targets
+of issue 15 (ratios are computed inside one run, so a loaded machine slows
+both sides alike).
+
+Run as root: ``.venv/bin/python bench/bench_backup_read.py [--size-mib 1024]
+[--repeat 3] [--latencies 0,5,20] [--images 3]``.
 """
 
 from __future__ import annotations
@@ -24,20 +35,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import SimProcess, start_sim  # noqa: E402
+from tests.support.sim import SimProcess, start_sim  # noqa: E402
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RHVFS = [sys.executable, "-m", "rhvfs.cli"]
+OVIRT_IMG = str(Path(sys.executable).parent / "ovirt-img")
+_WRITE_STEP = 32 * MiB
+CURL_STREAMS = 4
 
 
 def sh(*argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -52,14 +68,22 @@ def drop_caches() -> None:
         print(f"(cannot drop caches: {e})")
 
 
-def warm(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(8 * MiB):
-            pass
+def warm(paths: Sequence[Path]) -> None:
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(8 * MiB):
+                pass
 
 
-def make_bench_vm(sim: SimProcess, size: int) -> tuple[str, str]:
-    """Create benchvm with one raw disk filled with data; return (vm id, disk id)."""
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# -- the images ----------------------------------------------------------------------
+
+
+def make_bench_vm(sim: SimProcess, name: str, size: int) -> str:
+    """Create VM ``name`` with one qcow2 disk of ``size`` random bytes; return the disk id."""
     import ovirtsdk4.types as types
 
     conn = sim.sdk_connection()
@@ -67,7 +91,7 @@ def make_bench_vm(sim: SimProcess, size: int) -> tuple[str, str]:
         system = conn.system_service()
         vm = system.vms_service().add(
             types.Vm(
-                name="benchvm",
+                name=name,
                 cluster=types.Cluster(name="Default"),
                 template=types.Template(name="Blank"),
             )
@@ -75,8 +99,8 @@ def make_bench_vm(sim: SimProcess, size: int) -> tuple[str, str]:
         disks = system.disks_service()
         disk = disks.add(
             types.Disk(
-                name="benchdisk",
-                format=types.DiskFormat.RAW,
+                name=f"{name}-disk",
+                format=types.DiskFormat.COW,
                 provisioned_size=size,
                 sparse=True,
                 storage_domains=[types.StorageDomain(name="mydata")],
@@ -86,7 +110,7 @@ def make_bench_vm(sim: SimProcess, size: int) -> tuple[str, str]:
         deadline = time.monotonic() + 120
         while disk_service.get().status != types.DiskStatus.OK:
             if time.monotonic() > deadline:
-                raise RuntimeError("benchdisk did not become ok")
+                raise RuntimeError(f"{name}-disk did not become ok")
             time.sleep(0.2)
         system.vms_service().vm_service(vm.id).disk_attachments_service().add(
             types.DiskAttachment(
@@ -98,32 +122,25 @@ def make_bench_vm(sim: SimProcess, size: int) -> tuple[str, str]:
         )
     finally:
         conn.close()
-    step = 256 * MiB
-    end = size - 8 * MiB
-    for i, offset in enumerate(range(0, end, step)):
+    for offset in range(0, size, _WRITE_STEP):
         sim.admin.guest_write(
-            vm="benchvm",
-            disk=disk.id,
-            offset=offset,
-            size=min(step, end - offset),
-            pattern=(i % 250) + 1,
+            vm=name, disk=disk.id, offset=offset, data=os.urandom(min(_WRITE_STEP, size - offset))
         )
-    return vm.id, disk.id
+    return str(disk.id)
 
 
-def disk_volume(sim: SimProcess, disk_id: str) -> tuple[Path, int]:
-    """Path of the disk's active volume in the simulator's storage, and its allocated bytes."""
+def disk_volume(sim: SimProcess, disk_id: str) -> Path:
+    """Path of the disk's active volume in the simulator's storage."""
     conn = sim.sdk_connection()
     try:
-        disk = conn.system_service().disks_service().disk_service(disk_id).get()
-        image_id = disk.image_id
+        image_id = conn.system_service().disks_service().disk_service(disk_id).get().image_id
     finally:
         conn.close()
     (path,) = (sim.state_dir / "storage").glob(f"*/{disk_id}/{image_id}")
-    fmt = json.loads(sh("qemu-img", "info", "--output=json", str(path)).stdout)["format"]
-    extents = json.loads(sh("qemu-img", "map", "--output=json", "-f", fmt, str(path)).stdout)
-    allocated = sum(e["length"] for e in extents if e.get("data"))
-    return path, allocated
+    return path
+
+
+# -- readers -------------------------------------------------------------------------
 
 
 class Mount:
@@ -142,6 +159,9 @@ class Mount:
             str(state),
             "--grace-period",
             "1",
+            # The bench reads one file of a set: end its session soon after.
+            "--read-idle-limit",
+            "2",
             str(mnt),
             timeout=120,
         )
@@ -156,158 +176,273 @@ class Mount:
                 return int(line.split()[1]) * 1024
         return -1
 
-    def sessions(self) -> list[dict[str, Any]]:
-        info = self.status()["sessions"]
-        return list(info["sessions"] if isinstance(info, dict) else info)
+    def image(self, vm: str) -> Path:
+        (image,) = [p for p in (self.mnt / "vms" / vm / "@rhv").iterdir() if p.suffix == ".raw"]
+        return image
 
     def wait_idle(self) -> None:
         deadline = time.monotonic() + 60
-        while self.sessions():
+        while True:
+            info = self.status()["sessions"]
+            if not (info["sessions"] if isinstance(info, dict) else info):
+                return
             if time.monotonic() > deadline:
-                raise RuntimeError("session did not end")
+                raise RuntimeError("sessions did not end")
             time.sleep(0.2)
 
     def umount(self) -> None:
         subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=300)
 
 
-def read_in_process(sim: SimProcess, journal_dir: Path, read_size: int = 128 * 1024) -> float:
-    """Seconds to read benchvm's image through BackupManager directly (no FUSE), like the kernel."""
-    import trio
-
-    from rhvfs.config import load_config
-    from rhvfs.engine import open_engine
-    from rhvfs.sessions import BackupManager, Journal, Owner
-
-    async def run() -> float:
-        cfg = load_config(
-            section=sim.section, config_file=sim.conf_file, overrides={"grace_period": 0.1}
-        )
-        async with open_engine(cfg) as engine:
-            manager = BackupManager(
-                engine, cfg, journal=Journal(journal_dir / "j.json"), gc_on_start=False
-            )
-            async with trio.open_nursery() as nursery:
-                await nursery.start(manager.run)
-                vm = await engine.find_vm("benchvm")
-                assert vm is not None
-                owner = Owner("vm", vm.id, vm.name)
-                entry = next(e for e in await manager.list_set(owner) if e.disk_id)
-                start = time.monotonic()
-                handle = await manager.open(owner, entry.key)
-                offset = 0
-                while data := await manager.read(handle, offset, read_size):
-                    offset += len(data)
-                elapsed = time.monotonic() - start
-                assert offset == entry.size
-                await manager.release(handle)
-                nursery.cancel_scope.cancel()
-        return elapsed
-
-    return trio.run(run)
-
-
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+def run_all(argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> float:
+    """Seconds until all of ``argvs``, started together, have succeeded."""
     start = time.monotonic()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    return time.monotonic() - start
+    procs = [
+        subprocess.Popen(list(a), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        for a in argvs
+    ]
+    errors = []
+    for p in procs:
+        _, err = p.communicate()
+        if p.returncode:
+            errors.append(f"{p.args[0]} exited {p.returncode}: {err.decode()[-500:]}")
+    elapsed = time.monotonic() - start
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return elapsed
+
+
+def dd(src: Path, dst: Path) -> list[str]:
+    return ["dd", f"if={src}", f"of={dst}", "bs=1M"]
+
+
+class Ticket:
+    """A download transfer of one disk, for curl; finalized by ``close``."""
+
+    def __init__(self, sim: SimProcess, disk_id: str) -> None:
+        import ovirtsdk4.types as types
+
+        self._conn = sim.sdk_connection()
+        transfers = self._conn.system_service().image_transfers_service()
+        transfer = transfers.add(
+            types.ImageTransfer(
+                disk=types.Disk(id=disk_id),
+                direction=types.ImageTransferDirection.DOWNLOAD,
+                format=types.DiskFormat.RAW,
+            )
+        )
+        self._service = transfers.image_transfer_service(transfer.id)
+        deadline = time.monotonic() + 60
+        while transfer.phase == types.ImageTransferPhase.INITIALIZING:
+            if time.monotonic() > deadline:
+                raise RuntimeError("transfer did not start")
+            time.sleep(0.2)
+            transfer = self._service.get()
+        if transfer.phase != types.ImageTransferPhase.TRANSFERRING:
+            raise RuntimeError(f"transfer in phase {transfer.phase}")
+        self.url = str(transfer.transfer_url)
+
+    def close(self) -> None:
+        import ovirtsdk4.types as types
+
+        self._service.finalize()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            phase = self._service.get().phase
+            if phase in (
+                types.ImageTransferPhase.FINISHED_SUCCESS,
+                types.ImageTransferPhase.FINISHED_FAILURE,
+            ):
+                break
+            time.sleep(0.2)
+        self._conn.close()
+
+
+def curl_argvs(url: str, cafile: str, size: int, out: Path) -> list[list[str]]:
+    step = -(-size // CURL_STREAMS)
+    return [
+        [
+            "curl",
+            "-sS",
+            "--fail",
+            "--cacert",
+            cafile,
+            "-r",
+            f"{start}-{min(start + step, size) - 1}",
+            "-o",
+            f"{out}.{i}",
+            url,
+        ]
+        for i, start in enumerate(range(0, size, step))
+    ]
+
+
+# -- one phase: a simulator with one data-plane latency ------------------------------
+
+
+class Phase:
+    """A simulator (``latency_ms`` per data-plane request) and a mount of it."""
+
+    def __init__(self, state: Path, work: Path, latency_ms: int) -> None:
+        args = ["--imageio-latency-ms", str(latency_ms)] if latency_ms else []
+        self.sim = start_sim(state, sample=True, serve_args=args)
+        self.work = work
+        self.mount: Mount | None = None
+        self.peak_rss = 0
+        try:
+            self.mount = Mount(self.sim, work / "mnt", work / "mntstate")
+        except BaseException:
+            self.sim.stop()
+            raise
+
+    def close(self) -> None:
+        try:
+            if self.mount is not None:
+                self.peak_rss = self.mount.peak_rss()
+                self.mount.umount()
+        finally:
+            self.sim.stop()
+
+
+def prepare(mount: Mount, volumes: Sequence[Path], outs: Sequence[Path]) -> None:
+    mount.wait_idle()
+    for out in outs:
+        for p in out.parent.glob(out.name + "*"):
+            p.unlink()
+    drop_caches()
+    warm(volumes)
+
+
+def run_phase(
+    phase: Phase, disks: Sequence[str], volumes: Sequence[Path], size: int, *, parallel: bool
+) -> dict[str, float]:
+    """Seconds per reader of one repetition in ``phase``."""
+    assert phase.mount is not None
+    mount, sim, out = phase.mount, phase.sim, phase.work / "out.raw"
+    env = dict(os.environ, XDG_CONFIG_HOME=str(sim.conf_file.parent))
+    times: dict[str, float] = {}
+
+    prepare(mount, volumes[:1], [out])
+    times["mount"] = run_all([dd(mount.image("benchvm0"), out)])
+
+    prepare(mount, volumes[:1], [out])
+    argv = [OVIRT_IMG, "download-disk", "-c", sim.section, "-f", "raw", disks[0], str(out)]
+    times["ovirt-img"] = run_all([argv], env)
+
+    mount.wait_idle()
+    ticket = Ticket(sim, disks[0])
+    try:
+        prepare(mount, volumes[:1], [out])
+        times["curl x4"] = run_all(curl_argvs(ticket.url, sim.cafile, size, out))
+    finally:
+        ticket.close()
+
+    if parallel and len(disks) > 1:
+        outs = [phase.work / f"out{i}.raw" for i in range(len(disks))]
+        prepare(mount, volumes, outs)
+        times["mount parallel"] = run_all(
+            [dd(mount.image(f"benchvm{i}"), o) for i, o in enumerate(outs)]
+        )
+    prepare(mount, [], [out, *(phase.work / f"out{i}.raw" for i in range(len(disks)))])
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--size-gib", type=float, default=2.0)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--size-mib", type=int, default=1024, help="image size (default 1024)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--latencies", default="0,5,20", help="ms per data-plane request")
+    ap.add_argument("--images", type=int, default=3, help="images read in parallel")
+    ap.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     args = ap.parse_args()
-    size = int(args.size_gib * GiB)
-    with tempfile.TemporaryDirectory(prefix="rhvfs-bench-", dir="/var/tmp") as tmp:
+    size = args.size_mib * MiB
+    latencies = [int(x) for x in args.latencies.split(",") if x.strip()]
+    print(f"load average at start: {load_average()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="rhvfs-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
-        print(f"starting the simulator in {work} ...", flush=True)
-        sim = start_sim(work / "sim")
-        mount: Mount | None = None
+        state = work / "sim"
+        t0 = time.monotonic()
+        sim = start_sim(state, sample=True)
         try:
-            t0 = time.monotonic()
-            _, disk_id = make_bench_vm(sim, size)
-            volume, allocated = disk_volume(sim, disk_id)
-            print(
-                f"benchvm: {size / GiB:.1f} GiB raw disk, {allocated / MiB:.0f} MiB allocated (prepared in {time.monotonic() - t0:.1f}s)"
-            )
-            mount = Mount(sim, work / "mnt", work / "state")
-            set_dir = mount.mnt / "vms" / "benchvm" / "@rhv"
-            (image,) = [p for p in set_dir.iterdir() if p.suffix == ".raw"]
-            env = dict(os.environ, XDG_CONFIG_HOME=str(sim.conf_file.parent))
-            out = work / "out.raw"
-            results: dict[str, list[float]] = {
-                "rhvfs dd -> /dev/null": [],
-                "rhvfs dd -> file": [],
-                "ovirt-img download-disk -> file": [],
-                "sessions in-process (no FUSE)": [],
-            }
-            for _ in range(args.repeat):
-                for name, argv in (
-                    ("rhvfs dd -> /dev/null", ["dd", f"if={image}", "of=/dev/null", "bs=1M"]),
-                    ("rhvfs dd -> file", ["dd", f"if={image}", f"of={out}", "bs=1M"]),
-                    (
-                        "ovirt-img download-disk -> file",
-                        [
-                            str(Path(sys.executable).parent / "ovirt-img"),
-                            "download-disk",
-                            "-c",
-                            sim.section,
-                            "-f",
-                            "raw",
-                            disk_id,
-                            str(out),
-                        ],
-                    ),
-                ):
-                    mount.wait_idle()
-                    out.unlink(missing_ok=True)
-                    drop_caches()
-                    warm(volume)
-                    results[name].append(timed(argv, env))
-                mount.wait_idle()
-                drop_caches()
-                warm(volume)
-                results["sessions in-process (no FUSE)"].append(read_in_process(sim, work))
-            out.unlink(missing_ok=True)
-            print(f"\nsequential read of {size / GiB:.1f} GiB (best of {args.repeat}):")
-            best = {k: min(v) for k, v in results.items()}
-            for name, secs in best.items():
-                print(
-                    f"  {name:34s} {secs:7.2f} s  {size / secs / 1e6:7.0f} MB/s   runs: {', '.join(f'{s:.2f}' for s in results[name])}"
-                )
-            ratio_file = best["ovirt-img download-disk -> file"] / best["rhvfs dd -> file"]
-            ratio_null = best["ovirt-img download-disk -> file"] / best["rhvfs dd -> /dev/null"]
-            print(
-                f"  ratio ovirt-img / rhvfs: {ratio_file:.2f}x (both to a file), {ratio_null:.2f}x (rhvfs to /dev/null)   target >= 1.2"
-            )
-
-            mount.wait_idle()
-            sample_dir = mount.mnt / "vms" / "myvm0" / "@rhv"
-            manifest = json.loads((sample_dir / "manifest.json").read_bytes())
-            d = manifest["disks"][0]
-            _, sparse_alloc = disk_volume(sim, d["id"])
-            with open(sample_dir / d["file"], "rb") as f:
-                while f.read(4 * MiB):
-                    pass
-                sessions = mount.sessions()
-            fetched = sum(
-                x.get("bytes_fetched") or 0
-                for s in sessions
-                if s["owner"]["name"] == "myvm0"
-                for x in s["disks"]
-            )
-            print(
-                f"\nmostly-empty disk ({d['size'] / MiB:.0f} MiB, {sparse_alloc / MiB:.2f} MiB allocated):"
-            )
-            print(
-                f"  fetched over HTTP {fetched / MiB:.2f} MiB -> {fetched / max(sparse_alloc, 1):.3f}x allocated   target <= 1.05"
-            )
-            print(f"\nrhvfs peak RSS: {mount.peak_rss() / MiB:.0f} MiB   target <= 300 MiB")
+            disks = [make_bench_vm(sim, f"benchvm{i}", size) for i in range(max(1, args.images))]
+            volumes = [disk_volume(sim, d) for d in disks]
         finally:
-            if mount is not None:
-                mount.umount()
             sim.stop()
+        print(
+            f"{len(disks)} VMs with a {size / MiB:.0f} MiB qcow2 disk of random data "
+            f"(prepared in {time.monotonic() - t0:.0f}s)",
+            flush=True,
+        )
+        # results[latency][reader] = seconds per repetition
+        results: dict[int, dict[str, list[float]]] = {lat: {} for lat in latencies}
+        peak_rss = 0
+        for rep in range(args.repeat):
+            for lat in latencies:
+                phase = Phase(state, work, lat)
+                try:
+                    times = run_phase(
+                        phase, disks, volumes, size, parallel=lat == latencies[0] == 0
+                    )
+                finally:
+                    phase.close()
+                peak_rss = max(peak_rss, phase.peak_rss)
+                for name, secs in times.items():
+                    results[lat].setdefault(name, []).append(secs)
+                print(
+                    f"  run {rep + 1} latency {lat:2d} ms: "
+                    + ", ".join(f"{k} {v:.2f}s" for k, v in times.items())
+                    + f"  (load {load_average()})",
+                    flush=True,
+                )
+
+    mbs = {
+        lat: {
+            k: size * (len(disks) if k == "mount parallel" else 1) / median(v) / 1e6
+            for k, v in r.items()
+        }
+        for lat, r in results.items()
+    }
+    print(f"\nreads of a {size / MiB:.0f} MiB image, MB/s (median of {args.repeat}):")
+    print(
+        f"  {'latency':>8s} {'mount':>8s} {'ovirt-img':>10s} {'curl x4':>8s}"
+        f" {'mount/curl':>11s} {'mount/ovirt-img':>16s}"
+    )
+    for lat in latencies:
+        m = mbs[lat]
+        r = results[lat]
+        ratio_curl = median([c / t for c, t in zip(r["curl x4"], r["mount"], strict=True)])
+        ratio_img = median([c / t for c, t in zip(r["ovirt-img"], r["mount"], strict=True)])
+        print(
+            f"  {lat:6d}ms {m['mount']:8.0f} {m['ovirt-img']:10.0f} {m['curl x4']:8.0f}"
+            f" {ratio_curl:10.2f}x {ratio_img:15.2f}x"
+        )
+    print("  targets: mount/curl >= 0.8, mount/ovirt-img >= 1.5 (no latency)")
+    if 0 in mbs:
+        base = mbs[0]["mount"]
+        for lat in latencies:
+            if lat:
+                target = 0.5 if lat <= 5 else 0.25
+                print(
+                    f"  mount with {lat} ms: {mbs[lat]['mount'] / base:.0%} of no-latency"
+                    f"   target >= {target:.0%}"
+                )
+        if "mount parallel" in mbs[0]:
+            par = mbs[0]["mount parallel"]
+            print(
+                f"  {len(disks)} images in parallel: {par:.0f} MB/s total ="
+                f" {par / base:.2f}x one image   target >= 1.0"
+            )
+    print(f"  mount peak RSS: {peak_rss / MiB:.0f} MiB   target <= 300 MiB")
+    print(f"load average at end: {load_average()}")
+    print(
+        json.dumps(
+            {"size": size, "seconds": {str(k): v for k, v in results.items()}, "peak_rss": peak_rss}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ starting with an underscore are private.
 
 from rhvfs.cache._extents import ExtentMap
 from rhvfs.cache._reader import BlockSource, ImageReader, ReaderStats
+from rhvfs.cache._shared import SharedBudget
 
 # The reader's retry policy, re-exported so ``rhvfs.cache`` callers need one import.
 from rhvfs.retry import RetryPolicy
@@ -16,4 +17,5 @@ __all__ = [
     "ImageReader",
     "ReaderStats",
     "RetryPolicy",
+    "SharedBudget",
 ]

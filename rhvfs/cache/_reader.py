@@ -12,11 +12,21 @@ Design note — invariants that hold between ``await``s:
   (``done`` not set) or ready (``done`` set, ``buf`` complete). A failed or
   aborted chunk is removed from ``_chunks`` before ``done`` is set, so it is
   never served and the next reader starts a fresh fetch.
-- ``_reserved`` is the sum of the buffer sizes of the chunks in ``_chunks``
+- ``_reserved`` is the sum of the buffer sizes of the chunks in ``_chunks``, of
+  dropped chunks a read still holds (``users`` > 0) and of the spare buffers,
   and never exceeds ``memory_budget``: a reservation is taken before a chunk
-  is inserted and given back when it is evicted or fails. Only ready chunks
-  are evicted (consumed first, then least recently used); demand reads wait
-  for space, prefetches are skipped when there is none (backpressure).
+  is inserted and given back when it fails, or when its buffer is neither
+  pinned nor kept as a spare. Only ready chunks are evicted (spares first,
+  then consumed chunks, then least recently used); demand reads wait for
+  space, prefetches are skipped when there is none (backpressure) or when the
+  ``SharedBudget`` of all readers refuses (their total, this reader's share).
+- A dropped chunk's buffer is reused by a new chunk only once no read holds it
+  (``_pin``/``_unpin`` around every await between getting a chunk and copying
+  from it), so a late copy can never see another chunk's bytes; a reused buffer
+  is zeroed first unless one GET fills all of it. A chunk read through by the
+  only handle is dropped at once, so memory follows the read-ahead window.
+- The read-ahead window of a sequential handle is the ``Pacer``'s: measured
+  bandwidth x delay, doubled on stalls, capped by the budget (``_pace.py``).
 - Keys: ``i >= 0`` is the ``chunk_size`` chunk number ``i`` (sequential reads and
   read-ahead); ``-(j + 1)`` is the ``random_read_size`` block number ``j`` (reads
   of handles in random mode, so a random 4 KiB read does not cost a whole chunk).
@@ -26,7 +36,7 @@ Design note — invariants that hold between ``await``s:
   chunk wait on its ``done`` event.
 - Only data parts of a chunk go over HTTP (one ranged GET per data range, small
   zero gaps bridged within ``max_zero_fetch_ratio`` of the chunk's data bytes);
-  the rest of the buffer stays zero-filled. ``bytes_fetched`` counts exactly
+  the rest of the buffer reads as zero. ``bytes_fetched`` counts exactly
   the bytes of successful GETs.
 """
 
@@ -43,6 +53,8 @@ from typing import Protocol
 import trio
 
 from rhvfs.cache._extents import ExtentMap
+from rhvfs.cache._pace import Pacer, Window
+from rhvfs.cache._shared import SharedBudget
 from rhvfs.errors import SessionClosed, TicketGone
 from rhvfs.imageio.types import Extent
 from rhvfs.retry import RetryPolicy, retry
@@ -52,6 +64,7 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 _MAX_HANDLES = 4096
 _ZERO_SCAN_LIMIT = 256  # chunks of zeroes the prefetcher looks across for the next data
+_SPARE_BUFFERS = 2  # buffers of dropped chunks kept for reuse (within the budget)
 
 
 class BlockSource(Protocol):
@@ -75,6 +88,7 @@ class ReaderStats:
     retries: int
     failures: int  # chunk fetches that failed for good
     memory_reserved: int  # bytes held or being fetched right now
+    buffers_reused: int = 0  # chunks that got the buffer of a dropped chunk
 
 
 class _Aborted(Exception):
@@ -94,13 +108,19 @@ class _Chunk:
         "read",
         "scope",
         "started",
+        "stalled",
+        "served",
+        "users",
+        "dropped",
+        "recycled",
     )
 
-    def __init__(self, index: int, start: int, end: int) -> None:
+    def __init__(self, index: int, start: int, end: int, buf: bytearray | None = None) -> None:
         self.index = index
         self.start = start
         self.end = end
-        self.buf = bytearray(end - start)
+        self.recycled = buf is not None  # holds another chunk's old bytes until filled
+        self.buf = buf if buf is not None else bytearray(end - start)
         self.done = trio.Event()
         self.error: BaseException | None = None
         self.last_used = 0
@@ -108,12 +128,16 @@ class _Chunk:
         self.read = False  # served a read at least once
         self.scope = trio.CancelScope()
         self.started = False
+        self.stalled = False  # a sequential read had to wait for it
+        self.served = 0  # bytes copied out of it to reads (overlapping reads count twice)
+        self.users = 0  # reads (and borrowing fetches) holding it across an await
+        self.dropped = False  # left the cache; its buffer is recycled once users is 0
 
 
 @dataclasses.dataclass
 class _Handle:
     next_offset: int
-    ahead: int = 0  # read-ahead window in chunks
+    window: Window  # read-ahead window (chunks); 0 while the handle reads at random
     last_used: int = 0
 
 
@@ -132,12 +156,14 @@ class ImageReader:
         retry: RetryPolicy,
         max_zero_fetch_ratio: float = 0.05,
         random_read_size: int = 1 * MiB,
+        shared: SharedBudget | None = None,
     ) -> None:
         """``max_zero_fetch_ratio``: zero bytes a chunk may fetch over HTTP to bridge gaps
         between its data ranges (fewer GETs), as a fraction of its data bytes.
         ``random_read_size``: the aligned block a read of a handle in random mode
         fetches (capped at ``chunk_size``; when it does not divide ``chunk_size``, random
-        reads fetch whole chunks)."""
+        reads fetch whole chunks). ``shared``: the read-ahead budget of all the mount's
+        readers (this reader prefetches only within its fair share of it)."""
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         if memory_budget < chunk_size:
@@ -161,9 +187,11 @@ class ImageReader:
             raise ValueError("max_zero_fetch_ratio must be within [0, 1]")
         self._zero_ratio = max_zero_fetch_ratio
         self._limiter = trio.CapacityLimiter(streams)
-        # Read-ahead leaves room for the chunk being read and the next demand read.
+        # Read-ahead leaves room for the chunk being read and the next demand read; more
+        # than two chunks per stream would only wait for a stream.
         slots = memory_budget // chunk_size
         self._max_ahead = max(min(2 * streams, slots - 2), min(1, slots - 1))
+        self._pacer = Pacer(chunk_size=chunk_size, max_window=self._max_ahead)
         nchunks = -(-size // chunk_size)
         self._has_data = bytearray(nchunks)
         for s, e, zero in self._map.segments(0, size):
@@ -177,8 +205,15 @@ class ImageReader:
         for i in range(nchunks - 1, -1, -1):
             self._next_data[i] = i if self._has_data[i] else self._next_data[i + 1]
         self._chunks: dict[int, _Chunk] = {}
+        # Buffers of dropped chunks, reused by new chunks: a fresh 8 MiB buffer costs
+        # 2048 page faults and the kernel zeroing it. Counted in ``_reserved``.
+        self._spare: list[bytearray] = []
+        self._zeros: bytes | None = None
         self._handles: dict[int, _Handle] = {}
-        self._reserved = 0
+        self._shared = shared
+        self._held = 0
+        if shared is not None:
+            shared.register()
         self._space = trio.Event()
         self._tick = itertools.count(1)
         self._nursery: trio.Nursery | None = None
@@ -195,6 +230,18 @@ class ImageReader:
         self._evictions = 0
         self._retries = 0
         self._failures = 0
+        self._reused = 0
+
+    @property
+    def _reserved(self) -> int:
+        return self._held
+
+    @_reserved.setter
+    def _reserved(self, value: int) -> None:
+        # Every change of what this reader holds is also the shared budget's.
+        if self._shared is not None:
+            self._shared.add(value - self._held)
+        self._held = value
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -240,7 +287,11 @@ class ImageReader:
             self._own_scope.cancel()
         self._nursery = None
         self._chunks.clear()
+        self._spare.clear()
         self._reserved = 0
+        if self._shared is not None:
+            self._shared.unregister(0)
+            self._shared = None
         self._handles.clear()
         self._space.set()
         await trio.lowlevel.checkpoint()
@@ -266,6 +317,7 @@ class ImageReader:
             retries=self._retries,
             failures=self._failures,
             memory_reserved=self._reserved,
+            buffers_reused=self._reused,
         )
 
     # -- reading ---------------------------------------------------------------------
@@ -281,7 +333,8 @@ class ImageReader:
             await trio.lowlevel.checkpoint()
             return b""
         last = (end - 1) // self._chunk_size
-        ahead = self._track(handle_id, offset, end)
+        st = self._track(handle_id, offset, end)
+        ahead = st.window.chunks
 
         # Which cache entries this read needs (zero-only parts are served without them).
         needed = self._needed_keys(offset, end, random=ahead == 0)
@@ -289,19 +342,29 @@ class ImageReader:
             await trio.lowlevel.checkpoint()
             if ahead:
                 self._prefetch(last + 1, ahead)
+            self._pace(st, end - offset, stalled=False)
             return bytes(end - offset)
 
         if len(needed) == 1:
-            chunk = await self._demand(needed[0])
-            if ahead:
-                self._prefetch(last + 1, ahead)
-            chunk = await self._wait_ready(chunk)
-            if chunk.start <= offset and end <= chunk.end:
-                return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
-            out = bytearray(end - offset)
-            s, e = max(offset, chunk.start), min(end, chunk.end)
-            out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
-            return bytes(out)
+            chunk = self._pin(await self._demand(needed[0]))
+            try:
+                if ahead:
+                    self._prefetch(last + 1, ahead)
+                stalled = self._stalls(chunk)
+                chunk = await self._wait_ready(chunk)
+                self._pace(st, end - offset, stalled=stalled)
+                if chunk.start <= offset and end <= chunk.end:
+                    chunk.served += end - offset
+                    return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
+                out = bytearray(end - offset)
+                s, e = max(offset, chunk.start), min(end, chunk.end)
+                chunk.served += e - s
+                out[s - offset : e - offset] = memoryview(chunk.buf)[
+                    s - chunk.start : e - chunk.start
+                ]
+                return bytes(out)
+            finally:
+                self._unpin(chunk)
 
         # Several entries: start as many as the budget allows without waiting, then the
         # read-ahead; copy each out as it becomes ready, which frees room for the rest
@@ -310,22 +373,81 @@ class ImageReader:
         pending = collections.deque(needed)
         started: collections.deque[_Chunk] = collections.deque()
         prefetched = False
-        while pending or started:
-            while pending:
-                chunk_or_none = self._demand_nowait(pending[0])
-                if chunk_or_none is None:
-                    break
-                pending.popleft()
-                started.append(chunk_or_none)
-            if not started:
-                started.append(await self._demand(pending.popleft()))
-            if ahead and not prefetched:
-                prefetched = True
-                self._prefetch(last + 1, ahead)
-            chunk = await self._wait_ready(started.popleft())
-            s, e = max(offset, chunk.start), min(end, chunk.end)
-            out[s - offset : e - offset] = memoryview(chunk.buf)[s - chunk.start : e - chunk.start]
+        stalled = False
+        try:
+            while pending or started:
+                while pending:
+                    chunk_or_none = self._demand_nowait(pending[0])
+                    if chunk_or_none is None:
+                        break
+                    pending.popleft()
+                    started.append(self._pin(chunk_or_none))
+                if not started:
+                    started.append(self._pin(await self._demand(pending.popleft())))
+                if ahead and not prefetched:
+                    prefetched = True
+                    self._prefetch(last + 1, ahead)
+                stalled = self._stalls(started[0]) or stalled
+                started[0] = await self._wait_ready(started[0])
+                chunk = started.popleft()
+                try:
+                    s, e = max(offset, chunk.start), min(end, chunk.end)
+                    chunk.served += e - s
+                    out[s - offset : e - offset] = memoryview(chunk.buf)[
+                        s - chunk.start : e - chunk.start
+                    ]
+                finally:
+                    self._unpin(chunk)
+        finally:
+            for chunk in started:
+                self._unpin(chunk)
+        self._pace(st, end - offset, stalled=stalled)
         return bytes(out)
+
+    # -- buffers held across awaits ----------------------------------------------------
+
+    @staticmethod
+    def _pin(chunk: _Chunk) -> _Chunk:
+        """Hold ``chunk``'s buffer: it is not recycled while a read may still copy from it."""
+        chunk.users += 1
+        return chunk
+
+    def _unpin(self, chunk: _Chunk) -> None:
+        chunk.users -= 1
+        if chunk.users == 0 and chunk.dropped:
+            self._recycle(chunk)
+
+    def _drop(self, chunk: _Chunk) -> None:
+        """``chunk`` (ready, fetched in full) left the cache: keep its buffer as a spare
+        (its reservation stays, now the spare's) or give the reservation back."""
+        chunk.dropped = True
+        if chunk.users == 0:
+            self._recycle(chunk)
+
+    def _recycle(self, chunk: _Chunk) -> None:
+        buf = chunk.buf
+        chunk.buf = bytearray()  # a late copy from it would come out short, never wrong
+        if self._closed:
+            return  # aclose() gave every reservation back already
+        if len(buf) == self._chunk_size and len(self._spare) < _SPARE_BUFFERS:
+            self._spare.append(buf)
+            self._space.set()  # a reader waiting for memory may take it
+        else:
+            self._release(len(buf))
+
+    @staticmethod
+    def _stalls(chunk: _Chunk) -> bool:
+        """True when this read is the first to wait for ``chunk`` (one stall per chunk:
+        the kernel's concurrent reads of one chunk are one late chunk, not several)."""
+        if chunk.done.is_set() or chunk.stalled:
+            return False
+        chunk.stalled = True
+        return True
+
+    def _pace(self, st: _Handle, nbytes: int, *, stalled: bool) -> None:
+        """Let the pacer size the handle's next read-ahead window from this read."""
+        if st.window.chunks:
+            self._pacer.advance(st.window, nbytes, trio.current_time(), waited=stalled)
 
     def _needed_keys(self, offset: int, end: int, *, random: bool) -> list[int]:
         """Keys of the entries holding the data of ``[offset, end)``; counts zero bytes served."""
@@ -352,34 +474,47 @@ class ImageReader:
                 keys.append(-(j + 1))
         return keys
 
-    def _track(self, handle_id: int, offset: int, end: int) -> int:
-        """Update ``handle_id``'s access pattern; return its read-ahead window in chunks."""
+    def _track(self, handle_id: int, offset: int, end: int) -> _Handle:
+        """Update ``handle_id``'s access pattern; its ``window`` is the read-ahead in chunks."""
         tick = next(self._tick)
         st = self._handles.get(handle_id)
         if st is None:
             if len(self._handles) >= _MAX_HANDLES:
                 oldest = min(self._handles, key=lambda h: self._handles[h].last_used)
                 del self._handles[oldest]
+            st = _Handle(next_offset=end, window=Window(), last_used=tick)
+            self._handles[handle_id] = st
             # A handle that starts at offset 0 is most likely a whole-image copy.
-            ahead = min(1, self._max_ahead) if offset == 0 else 0
-            self._handles[handle_id] = _Handle(next_offset=end, ahead=ahead, last_used=tick)
-            return ahead
+            if offset == 0 and self._max_ahead:
+                self._pacer.start(st.window, trio.current_time())
+            return st
         st.last_used = tick
+        cs = self._chunk_size
         # Kernel read-ahead and concurrent FUSE requests arrive slightly out of order.
-        if st.next_offset - self._chunk_size <= offset <= st.next_offset + self._chunk_size:
-            st.ahead = min(max(1, st.ahead * 2), self._max_ahead)
+        if st.next_offset - cs <= offset <= st.next_offset + cs:
+            if not st.window.chunks and self._max_ahead:
+                self._pacer.start(st.window, trio.current_time())
             done_until = min(offset, st.next_offset)
             st.next_offset = max(st.next_offset, end)
-            for i in range(
-                max(0, done_until // self._chunk_size - 2), done_until // self._chunk_size
-            ):
+            alone = len(self._handles) == 1
+            for i in range(max(0, done_until // cs - 2), done_until // cs):
                 chunk = self._chunks.get(i)
-                if chunk is not None and chunk.end <= done_until:
+                if chunk is None or chunk.end > done_until or not chunk.done.is_set():
+                    continue
+                through = chunk.served >= len(chunk.buf)
+                if alone and through:
+                    # Every byte served, to the only handle: free it now rather than when
+                    # the budget runs out, so memory follows the read-ahead window.
+                    del self._chunks[i]
+                    self._drop(chunk)
+                    self._evictions += 1
+                elif through or chunk.end + cs <= done_until:
+                    # Passed by a chunk's length (requests arrive a little out of order).
                     chunk.consumed = True
         else:
-            st.ahead = 0
+            self._pacer.stop(st.window)
             st.next_offset = end
-        return st.ahead
+        return st
 
     def _prefetch(self, start_index: int, ahead: int) -> None:
         """Start fetches of up to ``ahead`` data chunks from ``start_index``, as budget allows."""
@@ -411,8 +546,14 @@ class ImageReader:
         return end - start
 
     def _insert(self, key: int) -> _Chunk:
+        """A new entry for ``key``, whose bytes the caller has reserved."""
         start, end = self._span(key)
-        chunk = _Chunk(key, start, end)
+        buf = None
+        if end - start == self._chunk_size and self._spare:
+            buf = self._spare.pop()
+            self._reserved -= len(buf)  # the spare's reservation; the caller made its own
+            self._reused += 1
+        chunk = _Chunk(key, start, end, buf)
         chunk.last_used = next(self._tick)
         self._chunks[key] = chunk
         return chunk
@@ -466,20 +607,36 @@ class ImageReader:
             return chunk
 
     async def _wait_ready(self, chunk: _Chunk) -> _Chunk:
-        while True:
-            if not chunk.started:
-                # No workers: the first reader of a chunk fetches it in its own task.
-                await self._fetch_task(chunk)
-            await chunk.done.wait()
-            if chunk.error is None:
-                chunk.read = True
-                return chunk
-            if isinstance(chunk.error, _Aborted):
-                if self._closed:
-                    raise SessionClosed("image reader is closed")
-                chunk = await self._demand(chunk.index)
-                continue
-            raise chunk.error
+        """``chunk`` once fetched (fetched again if its fetch was aborted).
+
+        The caller holds a pin on ``chunk``; it moves to the chunk returned. When this
+        raises, the caller's pin is still the one on ``chunk``.
+        """
+        original = chunk
+        try:
+            while True:
+                if not chunk.started:
+                    # No workers: the first reader of a chunk fetches it in its own task.
+                    await self._fetch_task(chunk)
+                await chunk.done.wait()
+                if chunk.error is None:
+                    chunk.read = True
+                    if chunk is not original:
+                        self._unpin(original)
+                    return chunk
+                if isinstance(chunk.error, _Aborted):
+                    if self._closed:
+                        raise SessionClosed("image reader is closed")
+                    fresh = self._pin(await self._demand(chunk.index))
+                    if chunk is not original:
+                        self._unpin(chunk)
+                    chunk = fresh
+                    continue
+                raise chunk.error
+        except BaseException:
+            if chunk is not original:
+                self._unpin(chunk)
+            raise
 
     def _spawn(self, chunk: _Chunk) -> None:
         assert self._nursery is not None
@@ -539,6 +696,13 @@ class ImageReader:
             )
         ]
         view = memoryview(chunk.buf)
+        if chunk.recycled and not (
+            not borrowed and len(ranges) == 1 and ranges[0] == (chunk.start, len(view))
+        ):
+            # Parts not fetched must read as zeroes, not as the old chunk's bytes.
+            if self._zeros is None:
+                self._zeros = bytes(self._chunk_size)
+            view[:] = self._zeros
         if len(ranges) == 1 and not borrowed:
             off, length = ranges[0]
             await self._get(off, view[off - chunk.start : off - chunk.start + length])
@@ -549,25 +713,39 @@ class ImageReader:
                     self._get, off, view[off - chunk.start : off - chunk.start + length]
                 )
             for block in borrowed:
-                nursery.start_soon(self._borrow, chunk, block)
+                nursery.start_soon(self._borrow, chunk, self._pin(block))
 
     async def _borrow(self, chunk: _Chunk, block: _Chunk) -> None:
-        """Copy ``block``'s bytes into ``chunk`` once it is ready; fetch them if it failed."""
-        await block.done.wait()
-        view = memoryview(chunk.buf)[block.start - chunk.start : block.end - chunk.start]
-        if block.error is None:
-            view[:] = block.buf
-            return
+        """Copy ``block``'s bytes into ``chunk`` once it is ready; fetch them if it failed.
+        Takes over the pin the caller put on ``block``."""
+        try:
+            await block.done.wait()
+            view = memoryview(chunk.buf)[block.start - chunk.start : block.end - chunk.start]
+            if block.error is None:
+                view[:] = block.buf
+                return
+        finally:
+            self._unpin(block)
         for off, length in self._map.fetch_ranges(
             block.start, block.end, max_length=self._chunk_size, max_zero_ratio=self._zero_ratio
         ):
             await self._get(off, view[off - block.start : off - block.start + length])
 
     async def _get(self, offset: int, buf: memoryview) -> None:
+        shared = self._shared.limiter() if self._shared is not None else None
+
         async def attempt(_n: int) -> None:
             async with self._limiter:
-                self._requests += 1
-                await self._source.read_into(offset, buf)
+                if shared is not None:
+                    await shared.acquire()
+                try:
+                    self._requests += 1
+                    started = trio.current_time()
+                    await self._source.read_into(offset, buf)
+                    self._pacer.get_done(len(buf), trio.current_time() - started)
+                finally:
+                    if shared is not None:
+                        shared.release()
 
         def count_retry(_: BaseException) -> None:
             self._retries += 1
@@ -580,7 +758,16 @@ class ImageReader:
     # -- memory budget ---------------------------------------------------------------
 
     def _reserve_nowait(self, nbytes: int, *, for_prefetch: bool = False) -> bool:
-        while self._reserved + nbytes > self._budget:
+        while True:
+            # A new chunk takes a spare buffer when there is one (``_insert``), whose
+            # reservation it inherits: then it needs no more memory.
+            need = 0 if nbytes == self._chunk_size and self._spare else nbytes
+            if self._reserved + need <= self._budget and (
+                not for_prefetch
+                or self._shared is None
+                or self._shared.may_prefetch(self._reserved, need)
+            ):
+                break
             if not self._evict_one(for_prefetch=for_prefetch):
                 return False
         self._reserved += nbytes
@@ -601,19 +788,26 @@ class ImageReader:
     def _evict_one(self, *, for_prefetch: bool) -> bool:
         """Drop one ready chunk: consumed first, then already read (LRU), then unread prefetches.
 
-        Read-ahead never evicts a prefetched chunk nobody has read yet (that
-        would throw away work to do more of the same); demand reads may.
+        Read-ahead evicts only chunks read through (consumed, or every byte served):
+        evicting a prefetched chunk nobody has read yet, or the one a sequential
+        handle is in the middle of, would throw away work to do more of the same.
+        Demand reads may evict any ready chunk.
         """
+        if self._spare:
+            self._reserved -= len(self._spare.pop())
+            return True
         victim: _Chunk | None = None
         for chunk in self._chunks.values():
-            if not chunk.done.is_set() or (for_prefetch and not chunk.read and not chunk.consumed):
+            if not chunk.done.is_set():
+                continue
+            if for_prefetch and not (chunk.consumed or chunk.served >= len(chunk.buf)):
                 continue
             if victim is None or _eviction_key(chunk) < _eviction_key(victim):
                 victim = chunk
         if victim is None:
             return False
         del self._chunks[victim.index]
-        self._reserved -= len(victim.buf)
+        self._drop(victim)
         self._evictions += 1
         return True
 

@@ -646,3 +646,25 @@ async def test_out_of_order_parallel_reads_still_count_as_sequential(
     stats = reader.statistics()
     assert stats.chunks_prefetched >= 24
     assert sorted(src.requests) == [(i * 64 * KiB, 64 * KiB) for i in range(32)]
+
+
+async def test_reused_buffers_read_as_zero_where_nothing_was_fetched(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Six data chunks, then chunks with data only in their first half: their buffers
+    # come from dropped chunks full of random bytes, and the zero half must read as zero.
+    chunk = 64 * KiB
+    layout = [(6 * chunk, True)] + [(chunk // 2, True), (chunk // 2, False)] * 6
+    data, extents = make_image(layout, seed=3)
+    src = FakeSource(data, extents, delay_s=0.001)
+    reader = make_reader(src, chunk_size=chunk, budget_chunks=8, streams=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reader.run)
+        step = 20 * KiB  # reads straddle the data/zero boundaries: copied from the buffer
+        for off in range(0, len(data), step):
+            assert await reader.read(off, step, handle_id=1) == data[off : off + step]
+        assert reader.statistics().memory_reserved <= 8 * chunk
+        await reader.aclose()
+    stats = reader.statistics()
+    assert stats.buffers_reused >= 4
+    assert src.max_reserved <= 8 * chunk

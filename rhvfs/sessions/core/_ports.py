@@ -148,6 +148,12 @@ def default_imageio_opener(config: Config) -> ImageioOpener:
 
 
 def default_reader_factory(config: Config) -> ReaderFactory:
+    from rhvfs.cache import SharedBudget
+
+    # The readers of one manager share ``prefetch_memory`` for read-ahead, and twice
+    # one reader's streams for GETs, fairly.
+    shared = SharedBudget(config.prefetch_memory, streams=2 * config.prefetch_streams)
+
     async def factory(
         source: BlockSource,
         *,
@@ -170,6 +176,7 @@ def default_reader_factory(config: Config) -> ReaderFactory:
                 interval_s=config.system_interval,
                 timeout_s=config.system_timeout,
             ),
+            shared=shared,
         )
         await reader.run(nursery)
         result: ReaderLike = reader
