@@ -471,13 +471,16 @@ def poll(e: Engine) -> None:
                     _last_renewal[t.ticket_id] = now
                 except Exception:
                     log.exception("transfer %s: renewing the ticket failed", t.id)
+            # the engine's rule (TransferDiskImageCommand): the daemon's ticket idle time
+            # (whole seconds since its last request ended, 0 while one runs; every request,
+            # a flush too, restarts it) *above* the timeout, and no request running
             idle = float(status.get("idle_time") or 0)
-            if t.inactivity_timeout > 0 and not t.active and idle >= t.inactivity_timeout:
+            if t.inactivity_timeout > 0 and not t.active and idle > t.inactivity_timeout:
                 policy = t.timeout_policy
                 if policy == "legacy":
                     policy = "cancel" if t.direction == "download" else "pause"
                 log.info(
-                    "transfer %s: idle %.1f s >= %d s, policy %s",
+                    "transfer %s: idle %.1f s > %d s, policy %s",
                     t.id,
                     idle,
                     t.inactivity_timeout,

@@ -218,6 +218,49 @@ def test_cow_download_is_the_volume_file_and_shallow_shows_holes(sim: Any, tmp_p
         conn.close()
 
 
+def test_flushes_keep_an_idle_upload_alive_like_imageio_tickets(sim: Any) -> None:
+    """The engine cancels an upload whose ticket's ``idle_time`` (imageio: seconds since the
+    last request ended) exceeds the inactivity timeout; every request resets it, a flush
+    that writes nothing too. So flushes alone keep it transferring past the timeout, and
+    once they stop the engine cancels it (policy cancel: the disk goes away)."""
+    conn = sim.sdk_connection()
+    try:
+        disks = conn.system_service().disks_service()
+        d = disks.add(
+            types.Disk(
+                name="keepalive",
+                format=types.DiskFormat.RAW,
+                provisioned_size=4 * MiB,
+                storage_domains=[types.StorageDomain(name="mydata")],
+            )
+        )
+        ds = disks.disk_service(d.id)
+        wait_for("disk ok", lambda: ds.get().status == types.DiskStatus.OK)
+        t = _start(
+            conn,
+            disk=types.Disk(id=d.id),
+            format=types.DiskFormat.RAW,
+            inactivity_timeout=4,
+            timeout_policy=types.ImageTransferTimeoutPolicy.CANCEL,
+        )
+        ts = _transfers(conn).image_transfer_service(t.id)
+        c = imageio.ImageioClient(t.transfer_url, cafile=sim.cafile)
+        try:
+            c.write(0, b"\x5a" * 65536)
+            c.flush()
+            end = time.monotonic() + 12  # three times the inactivity timeout
+            while time.monotonic() < end:
+                time.sleep(0.5)
+                c.flush()
+                assert ts.get().phase == P.TRANSFERRING
+        finally:
+            c.close()
+        wait_for("cancelled when idle", lambda: ts.get().phase == P.FINISHED_FAILURE, timeout_s=20)
+        wait_for("disk removed", lambda: d.id not in {x.id for x in disks.list()})
+    finally:
+        conn.close()
+
+
 @pytest.mark.slow
 def test_transfer_policies_and_faults(sim_factory: Callable[..., Any]) -> None:
     s = sim_factory()

@@ -59,10 +59,7 @@ class Sets:
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sets]:
     base = tmp_path_factory.mktemp("snapchain")
-    # inactivity_timeout: one restore upload of this 1 GiB chain went 60 s without a request
-    # while tar extracted the other images on a loaded machine (a restore-side matter, not
-    # what this test is about), and the engine cancelled it
-    with running_sim(base / "sim", listing_ttl=0.5, inactivity_timeout=600) as sim:
+    with running_sim(base / "sim", listing_ttl=0.5) as sim:
         (base / "state").mkdir()
         mount = IncrementalMount(sim, base / "mnt", base / "state", vm=VM)
         try:

@@ -10,7 +10,9 @@
   incremental managers, recording the clients and readers it made.
 - ``FakeReader``: the block reader (``ReaderLike``) reading straight through.
 - ``FakeUpload`` / ``upload_opener``: the restore side, writing into the
-  transfer's volume.
+  transfer's volume; like ``FakeClient``, 403 once the transfer is over, and
+  an idle upload dies after its inactivity timeout (every request, a flush
+  too, counts as activity, as imageio's ticket ``idle_time`` does).
 
 Must not: model the engine (``tests.support.fake_engine`` does).
 """
@@ -201,23 +203,26 @@ class FakeReader:
         self.closed = True
 
 
-class FakeUpload:
+class FakeUpload(FakeClient):
     """Upload target (``UploadTarget``) writing into the volume of one upload transfer."""
 
     def __init__(self, engine: FakeEngine, transfer_id: str) -> None:
+        super().__init__(engine, transfer_id)
         self.buf = engine.volumes[engine.transfer_volume[transfer_id]]
-        self.engine = engine
         self.put_bytes = 0
 
     async def write(self, offset: int, data: bytes, *, flush: bool = False) -> None:
         await trio.lowlevel.checkpoint()
+        self._check()
         self.buf[offset : offset + len(data)] = data
         self.put_bytes += len(data)
 
     async def zero(self, offset: int, size: int, *, flush: bool = False) -> None:
+        self._check()
         self.buf[offset : offset + size] = bytes(size)
 
     async def flush(self) -> None:
+        self._check()
         self.engine.flushes += 1
 
 

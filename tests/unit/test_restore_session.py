@@ -537,6 +537,44 @@ async def test_idle_upload_is_kept_alive_and_a_short_image_waits_for_reopen(
     check_restored(engine, s, "pause")
 
 
+async def test_uploads_outlive_the_inactivity_timeout_while_the_tool_writes_slowly(
+    autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The tool writes half of one image, then takes far longer than the engine's
+    inactivity timeout over the other image (a slow source: less than a chunk per
+    timeout, so the stream sends nothing while the writes keep coming), then finishes
+    the first one: both transfers are kept alive (the fake engine kills a transfer idle
+    longer than its inactivity timeout, as the engine does with imageio's idle time)."""
+    engine = FakeEngine()
+    h = await start(nursery, engine, tmp_path, restore_config())
+    s = make_set()
+    session = h.manager.create("slow")
+    await h.copy(session, s, ["vm.ovf", "manifest.json"])
+    first, second = s.image_names()
+    a = session.new_file(first)
+    session.open(a)
+    half = len(s.files[first]) // 2
+    await session.write(a, 0, s.files[first][:half])
+    timeout = h.manager.inactivity_timeout_s
+    b = session.new_file(second)
+    session.open(b)
+    data, piece = s.files[second], 16 * 1024
+    for off in range(0, len(data), piece):
+        await session.write(b, off, data[off : off + piece])
+        await trio.sleep(timeout / 20)
+    assert trio.current_time() > 3 * timeout  # many inactivity timeouts went by
+    assert session.phase == "uploading", session.error
+    await session.set_times(b)
+    await session.release(b)
+    await session.write(a, half, s.files[first][half:])
+    await session.set_times(a)
+    await session.release(a)
+    status = await h.settle(session)
+    assert status["phase"] == "done", status["error"]
+    check_restored(engine, s, "slow")
+    assert not engine.open_transfers()
+
+
 async def test_times_set_through_the_descriptor_complete_at_close(
     autojump_clock: MockClock, nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -4,9 +4,9 @@ Owns, per disk of the set (``RestoreDisk``): the task that creates the
 engine disk (its original id unless taken), opens its upload transfers
 (``_transfer.UploadChannel``: each under a place among the mount's
 ``max_transfers``, given away while the upload is idle and another transfer
-waits), runs the ``UploadStream``, keeps an idle transfer alive with a flush every
-``keepalive_s`` (restic pauses between packs; the engine would time the
-transfer out), waits for the image to be complete, every other selected image of the set
+waits; the channel also keeps every open transfer alive with a flush after
+``keepalive_s`` without a request, so the engine never times it out whatever
+this task waits for), runs the ``UploadStream``, waits for the image to be complete, every other selected image of the set
 too (a late write to a complete image is applied until then), and the
 chain gate open,
 zeroes every range never written unless the new disk reads zeros
@@ -255,6 +255,7 @@ class DiskUploads:
                 inactivity_timeout_s=services.inactivity_timeout_s,
                 on_transfer=functools.partial(setattr, d, "transfer_id"),
                 note=note,
+                keepalive_s=lambda: services.keepalive_s,
             )
             self._channels[sd_disk.id] = channel
             if d.abort:
@@ -268,7 +269,7 @@ class DiskUploads:
                 d.state = DiskState.UPLOADING
                 started = True
                 task_status.started(stream)
-                await self._until_finish(d, stream)
+                await self._until_finish(d)
                 d.sealed = True  # no await since ``finish`` was seen: see ``_images``
                 try:
                     if d.abort:
@@ -320,9 +321,9 @@ class DiskUploads:
             d.done.set()
         await self._host.check_complete()
 
-    async def _until_finish(self, d: RestoreDisk, stream: UploadStream) -> None:
+    async def _until_finish(self, d: RestoreDisk) -> None:
         """Wait until the image is complete (or aborted), every other image of the set too,
-        and the chain lets it finish, flushing an idle transfer every ``keepalive_s``."""
+        and the chain lets it finish (the channel keeps the transfer alive meanwhile)."""
         gate = self._gate
 
         def ready() -> bool:
@@ -331,13 +332,9 @@ class DiskUploads:
             return d.abort or (gate.gate_open() and self.images_complete())
 
         while not ready():
-            keepalive_s = self._services.keepalive_s
-            with trio.move_on_after(keepalive_s):
+            # looks again at least every ``keepalive_s`` (``reopen`` replaces ``finish``)
+            with trio.move_on_after(self._services.keepalive_s):
                 await d.finish.wait()
                 await gate.wait_gate()
                 while not (d.abort or ready()):
                     await self._images_changed.wait()
-            if not ready() and stream.idle_s() >= keepalive_s:
-                # the tool pauses (restic between packs): a flush keeps the
-                # transfer from the engine's inactivity timeout
-                await stream.keepalive()

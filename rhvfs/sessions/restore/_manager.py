@@ -47,7 +47,8 @@ from rhvfs.sessions.restore._state import Phase
 #: after writing it (tar, cp -a, rsync, restic, Bacula) complete it at once with that call.
 #: A chain restore is settled after this long without directory activity.
 CLOSE_GRACE_S = 5.0
-#: An idle upload sends a flush this often, so the engine does not time the transfer out.
+#: An open upload transfer without a request for this long gets a flush (the engine cancels
+#: one idle for its inactivity timeout; at most a third of it is used, ``_transfer``).
 KEEPALIVE_S = 20.0
 #: The engine's inactivity timeout of an upload transfer is at least this (seconds).
 MIN_INACTIVITY_TIMEOUT_S = 60

@@ -154,7 +154,7 @@ class RestoreServices(Protocol):
     #: seconds: an image complete by evidence is finalized once closed this long (and a
     #: chain settles after this long without directory activity)
     close_grace_s: float
-    #: seconds between flushes of an idle upload
+    #: seconds without a request after which an open upload transfer is flushed
     keepalive_s: float
     #: seconds the call that completes a set waits for its outcome (0: it does not wait)
     outcome_timeout_s: float

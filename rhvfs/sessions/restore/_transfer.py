@@ -13,6 +13,19 @@ it flushes, finalizes the transfer (the data written so far stays on the
 disk) and gives the place back. The next request of the disk takes a place
 again and starts a new upload transfer on the same disk.
 
+**Keep-alive.** The engine cancels an upload transfer whose imageio ticket
+saw no request for its ``inactivity_timeout`` (imageio's ``idle_time``: the
+seconds since the last request ended, 0 while one runs; any request, a flush
+too, resets it). The tool's writes are no evidence of requests: the stream
+holds up to a chunk, and zero runs, until more data comes. So the channel
+itself keeps every open transfer alive, whatever the disk's task is doing
+(the tool writing this or other images slowly, staging replay, a chain
+waiting to settle or applying its deltas, other disks finalizing): while a
+transfer is open and no request is in flight, a flush goes out once
+``keepalive_s`` (at most a third of the inactivity timeout) passed since the
+last request ended. A failed keep-alive is left to the next real request
+(which retries or fails the upload).
+
 So a restore holds places only while one of its disks' transfers is open:
 an image that is complete and waits for the rest of its set, or whose tool
 paused, gives way to the others (a set with more disks than
@@ -23,7 +36,9 @@ finalized when it parked), so keep-alive flushes never reopen a transfer.
 Invariants (between awaits; trio is single-threaded): a channel with an
 open transfer holds a place (``_slot``); ``_target`` is set exactly while a
 transfer is open; opening and parking run under ``_lock``; ``_users`` counts
-the requests in progress (they are not parked under).
+the requests in progress (they are not parked under); ``_io`` the requests
+sent to the open transfer and not answered yet, ``_last_io`` when the last one
+ended (or the transfer opened).
 
 Must not: decide what to write or when an image is complete (``_upload``,
 ``_images``); remove the disk (``_rollback``).
@@ -32,13 +47,13 @@ Must not: decide what to write or when an image is complete (``_upload``,
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import trio
 
-from rhvfs.errors import EngineError, RestoreFailed, RhvfsError
+from rhvfs.errors import EngineError, RestoreFailed, RhvfsError, is_transient
 from rhvfs.sessions.core._limits import EngineLimits, Slot
 from rhvfs.sessions.restore._ports import RestoreEngine, UploadOpener
 from rhvfs.sessions.restore._upload import UploadTarget
@@ -64,6 +79,7 @@ class UploadChannel:
         inactivity_timeout_s: int,
         on_transfer: Callable[[str | None], None],
         note: Callable[[str], None],
+        keepalive_s: Callable[[], float],
         quiet_s: float = QUIET_S,
     ) -> None:
         self._engine = engine
@@ -72,6 +88,7 @@ class UploadChannel:
         self.disk_id = disk_id
         self._label = label
         self._inactivity_timeout_s = inactivity_timeout_s
+        self._keepalive_s = keepalive_s  # read at each use (tests shorten it)
         self._on_transfer = on_transfer
         self._note = note
         self.quiet_s = quiet_s
@@ -88,13 +105,21 @@ class UploadChannel:
         self._parking: trio.CancelScope | None = None
         self._waits: set[trio.CancelScope] = set()  # requests waiting for a place
         self._closed = False
+        self._io = 0
+        self._last_io = trio.current_time()
+        self._keeper: trio.CancelScope | None = None
+        #: keep-alive flushes sent
+        self.keepalives = 0
         #: transfers started (1 + the times the channel was reopened after parking)
         self.transfers = 0
         self.parks = 0
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Where parking runs (the disk task's nursery)."""
+        """Where parking and the keep-alive run (the disk task's nursery)."""
         self._nursery = nursery
+        if self._keeper is None and not self._closed:
+            self._keeper = trio.CancelScope()
+            nursery.start_soon(self._keep_alive, self._keeper)
 
     async def open(self) -> None:
         """Open the first transfer now (waiting in line for a place)."""
@@ -110,12 +135,12 @@ class UploadChannel:
     async def write(self, offset: int, data: bytes, *, flush: bool = False) -> None:
         async with self._use() as target:
             assert target is not None
-            await target.write(offset, data, flush=flush)
+            await self._request(target.write(offset, data, flush=flush))
 
     async def zero(self, offset: int, size: int, *, flush: bool = False) -> None:
         async with self._use() as target:
             assert target is not None
-            await target.zero(offset, size, flush=flush)
+            await self._request(target.zero(offset, size, flush=flush))
 
     async def flush(self) -> None:
         """Flush the open transfer; a parked channel has nothing unflushed."""
@@ -123,7 +148,47 @@ class UploadChannel:
             return
         async with self._use(activity=False, reopen=False) as target:
             if target is not None:
-                await target.flush()
+                await self._request(target.flush())
+
+    async def _request(self, request: Awaitable[None]) -> None:
+        """One request to the open transfer; when it ends, the ticket's idle time restarts."""
+        self._io += 1
+        try:
+            await request
+        finally:
+            self._io -= 1
+            self._last_io = trio.current_time()
+
+    # -- keep-alive ------------------------------------------------------------------------
+
+    def keepalive_interval_s(self) -> float:
+        """Seconds without a request after which an open transfer is flushed."""
+        return max(0.001, min(self._keepalive_s(), self._inactivity_timeout_s / 3))
+
+    async def _keep_alive(self, scope: trio.CancelScope) -> None:
+        """Flush the open transfer whenever no request ended for ``keepalive_interval_s``."""
+        with scope:
+            while not self._closed:
+                interval = self.keepalive_interval_s()
+                due = self._last_io + interval - trio.current_time()
+                if due > 0:
+                    await trio.sleep(due)
+                    continue
+                if self._target is None or self._io:
+                    # parked (the next request opens a new transfer), or a request is in
+                    # flight (the ticket is active): look again an interval later
+                    await trio.sleep(interval)
+                    continue
+                try:
+                    await self.flush()
+                    self.keepalives += 1
+                except RhvfsError as e:
+                    if not is_transient(e):
+                        # the next request fails the upload (or retries) with this error
+                        log.warning("keep-alive of disk %s: %s", self.disk_id, e)
+                        return
+                    log.info("keep-alive of disk %s: %s; retrying", self.disk_id, e)
+                    self._last_io = trio.current_time()  # again an interval later
 
     # -- opening and parking ---------------------------------------------------------------
 
@@ -204,6 +269,7 @@ class UploadChannel:
             await stack.aclose()
             raise
         self._stack = stack
+        self._last_io = trio.current_time()  # opening it (OPTIONS) touched the ticket
         if self.transfers > 1:
             log.info("upload of disk %s reopened (transfer %s)", self.disk_id, transfer.id)
 
@@ -284,6 +350,8 @@ class UploadChannel:
         self._closed = True
         if self._parking is not None:
             self._parking.cancel()
+        if self._keeper is not None:
+            self._keeper.cancel()
         for scope in self._waits:
             scope.cancel()
 

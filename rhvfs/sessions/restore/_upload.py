@@ -164,7 +164,6 @@ class UploadStream:
         self._end = 0
         self._written = Intervals()
         self._holes_zeroed = 0
-        self._last_write = trio.current_time()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -205,7 +204,6 @@ class UploadStream:
         n = len(data)
         if n == 0:
             return
-        self._last_write = trio.current_time()
         if offset < 0 or offset + n > self.size:
             raise RestoreFailed(
                 f"write at {offset}+{n} is beyond the disk's size of {self.size} bytes"
@@ -348,16 +346,6 @@ class UploadStream:
                     raise
                 log.info("upload request at %d: %s; retrying", offset, e)
                 await trio.sleep(self._retry_interval_s * (2**attempt))
-
-    def idle_s(self) -> float:
-        """Seconds since the writer last handed data to the stream."""
-        return trio.current_time() - self._last_write
-
-    async def keepalive(self) -> None:
-        """A flush request: keeps an idle transfer alive (imageio counts it as activity)."""
-        if self._error is None and not self._finished:
-            await self._target.flush()
-            self._last_write = trio.current_time()
 
     async def drain(self) -> None:
         """Send everything accepted so far and wait for it; raises if a request failed."""
