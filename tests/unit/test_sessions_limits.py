@@ -368,8 +368,8 @@ async def test_a_read_that_gave_its_place_away_never_gets_a_second_snapshot(
                 await rig.manager.release(hb)
 
             nursery.start_soon(read_b)
-            while session.state != "closing":  # a's park time passed with b waiting
-                await trio.sleep(0.01)
+            await session._close_requested.wait()  # a's park time passed with b waiting
+            assert session.state == "closing"  # its cleanup runs: not closed yet
             with pytest.raises(PointInTimeLost, match="read-a"):
                 await rig.manager.open(owner_a, second, read_id="read-a")
         assert rig.manager.read_lost("read-a") is not None
