@@ -82,6 +82,7 @@ class FullSets(Protocol):
         expect_images: Mapping[str, str] | None = None,
     ) -> int: ...
     def end_read(self, owner: Any, read_id: str, *, reason: str) -> None: ...
+    def read_lost(self, read_id: str) -> str | None: ...
     def read_ended(self, owner: Any) -> None: ...
     async def settled(self, owner: Any) -> None: ...
     async def read(self, handle: int, offset: int, size: int) -> bytes: ...
@@ -354,6 +355,16 @@ class SetRouter:
     def _expire(self, owner: Owner, book: SetReads) -> None:
         for read in book.expire_idle():
             self._ended(owner, read)
+        # The live read's session may have ended without the router (it gave its place to
+        # a queued session, or broke): the read is lost. Its readers get STALE; anyone
+        # else begins a new read instead of joining one that can serve no data.
+        live = book.live
+        binding = self._bindings.get(live.read_id) if live is not None else None
+        if live is not None and binding is not None:
+            target = self.incremental if binding.via_backup else self.full
+            reason = target.read_lost(live.read_id)
+            if reason is not None:
+                self._lose(owner, book, live, reason)
 
     def _lose(self, owner: Owner, book: SetReads, read: SetRead, reason: str) -> None:
         book.lose(read, reason)

@@ -71,6 +71,9 @@ class Full:
     def read_ended(self, owner: Any) -> None:
         pass
 
+    def read_lost(self, read_id: str) -> str | None:
+        return None
+
     async def settled(self, owner: Any) -> None:
         pass
 

@@ -327,6 +327,130 @@ async def test_a_session_idle_past_its_park_time_gives_its_place_to_a_waiting_on
     await run_rig(rig, body)
 
 
+def _record_snapshots(rig: Rig) -> list[str]:
+    """The descriptions of the snapshots the engine creates from now on (they name the read)."""
+    made: list[str] = []
+    create = rig.engine.create_snapshot
+
+    async def recording(vm_id: str, **kw: Any) -> Any:
+        made.append(kw["description"])
+        return await create(vm_id, **kw)
+
+    rig.engine.create_snapshot = recording  # type: ignore[method-assign]
+    return made
+
+
+async def test_a_read_that_gave_its_place_away_never_gets_a_second_snapshot(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The next file of a read whose session is closing (it gave its place to a queued one)
+    is refused: a new session under the same read would be another point in time, mixed
+    into the read silently (it was, before: a second snapshot served the read)."""
+    rig = Rig(tmp_path, max_sessions=1, grace_period=10.0, read_idle_limit=3600.0)
+    eng = rig.engine
+    a = eng.add_vm("a", disks=[("a", 1 * MiB), ("b", 1 * MiB)])
+    b = eng.add_vm("b", disks=[("a", 1 * MiB)])
+    owner_a, owner_b = Owner("vm", a.id, "a"), Owner("vm", b.id, "b")
+    first, second = (DiskKey(d).encode() for d in eng.disk_ids(a.id))
+    key_b = DiskKey(eng.disk_ids(b.id)[0]).encode()
+    made = _record_snapshots(rig)
+
+    async def body() -> None:
+        h = await rig.manager.open(owner_a, first, read_id="read-a")
+        await rig.manager.read(h, 0, 4096)
+        await rig.manager.release(h)
+        session = rig.manager._sessions.get(a.id)
+        assert session is not None
+        async with trio.open_nursery() as nursery:
+
+            async def read_b() -> None:
+                hb = await rig.manager.open(owner_b, key_b)
+                await rig.manager.release(hb)
+
+            nursery.start_soon(read_b)
+            await session._close_requested.wait()  # a's park time passed with b waiting
+            assert session.state == "closing"  # its cleanup runs: not closed yet
+            with pytest.raises(PointInTimeLost, match="read-a"):
+                await rig.manager.open(owner_a, second, read_id="read-a")
+        assert rig.manager.read_lost("read-a") is not None
+
+    await run_rig(rig, body)
+    assert [d.split()[1] for d in made if "read-a" in d] == ["read-a"]  # one point in time
+    assert eng.user_snapshots(a.id) == [] and eng.user_snapshots(b.id) == []
+
+
+@pytest.mark.allow_log("rhvfs.sessions._router", "WARNING", match="refused .* run the backup again")
+async def test_after_a_read_gave_its_place_away_its_tool_gets_estale_and_the_next_run_a_new_read(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Through the router, with real reader processes: a tool that pauses between two images
+    longer than grace_period while another VM waits loses its read (README "Engine load"):
+    its next image is refused, never served from another point in time. Another process
+    reading the set afterwards is not that tool: it begins a new read and is served."""
+    import os
+
+    from rhvfs.sessions.incremental._chainstate import ChainState
+
+    rig = Rig(tmp_path, max_sessions=1, grace_period=10.0, read_idle_limit=3600.0)
+    eng = rig.engine
+    incremental = IncrementalManager(
+        eng,
+        rig.config,
+        chain=ChainState(tmp_path / "chain.json"),
+        journal=rig.manager.journal,
+        imageio_opener=rig.plane.opener,
+        reader_factory=rig.plane.reader_factory,
+        cleanup_on_start=False,
+        limits=rig.manager.limits,
+    )
+    router = SetRouter(rig.manager, incremental, config=rig.config)
+    a = eng.add_vm("a", disks=[("a", 1 * MiB), ("b", 1 * MiB)])
+    b = eng.add_vm("b", disks=[("a", 1 * MiB)])
+    owner_a, owner_b = Owner("vm", a.id, "a"), Owner("vm", b.id, "b")
+    tool, next_run = os.getpid(), os.getppid()  # two live processes
+    want = {d: sha(bytes(eng.volumes[eng.active[d]])) for d in eng.disk_ids(a.id)}
+    made = _record_snapshots(rig)
+
+    async def copy(owner: Owner, name: str, pid: int) -> str:
+        entries = {e.name: e for e in await router.list_set(owner)}
+        h = await router.open(owner, entries[name].key, reader_pid=pid)
+        data = bytearray()
+        while chunk := await router.read(h, len(data), 256 * 1024):
+            data += chunk
+        await router.release(h)
+        return sha(bytes(data))
+
+    async def body() -> None:
+        names = sorted(e.name for e in await router.list_set(owner_a) if e.disk_id)
+        b_names = [e.name for e in await router.list_set(owner_b) if e.disk_id]
+        got = {}
+        for name in ("vm.ovf", "vm.xml", "manifest.json"):
+            await copy(owner_a, name, tool)
+        got[names[0]] = await copy(owner_a, names[0], tool)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(copy, owner_b, b_names[0], next_run)  # waits for a's place
+            await trio.sleep(60)  # the tool pauses past grace_period: a gives way to b
+        assert eng.user_snapshots(a.id) == []
+        # Another process reading a's set now is the next run, not the paused tool: it
+        # begins a new read, also with a file the lost read never served (it joined the
+        # lost read before, and got ESTALE) ...
+        for name in reversed(names):
+            got[name] = await copy(owner_a, name, next_run)
+        for name in ("vm.ovf", "vm.xml", "manifest.json"):
+            await copy(owner_a, name, next_run)
+        entries = {e.name: e for e in await router.list_set(owner_a)}
+        assert {entries[n].disk_id: got[n] for n in names} == want
+        reads_of_a = [r for r in router.status()["reads"] if r["owner"]["name"] == "a"]
+        assert reads_of_a == []  # the new read completed: it ended with its last file
+        # ... and the paused tool's next image is refused: its point in time is gone.
+        with pytest.raises(PointInTimeLost, match="run the backup again"):
+            await copy(owner_a, names[1], tool)
+
+    await run_rig(rig, body)
+    assert eng.user_snapshots(a.id) == [] and eng.user_snapshots(b.id) == []
+    assert len(made) == 3  # a's first read, b, a's new read: never a second one for a read
+
+
 async def test_engine_backup_sets_share_the_limits(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:

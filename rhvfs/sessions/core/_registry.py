@@ -225,6 +225,10 @@ class SessionRegistry(Generic[S]):
         while len(self._ended_reads) > MAX_ENDED_READS:
             self._ended_reads.popitem(last=False)
 
+    def ended_read(self, read_id: str) -> str | None:
+        """Why read ``read_id`` has ended (its session will not serve it again), or None."""
+        return self._ended_reads.get(read_id)
+
     def check_read(self, read_id: str | None, owner: Owner) -> None:
         """``PointInTimeLost`` when ``read_id`` has ended (its point in time is gone)."""
         if read_id is not None and read_id in self._ended_reads:

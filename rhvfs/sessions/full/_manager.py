@@ -507,6 +507,11 @@ class BackupManager:
         if session is not None and session.read_id == read_id:
             self._sessions.retire(session)
 
+    def read_lost(self, read_id: str) -> str | None:
+        """Why read ``read_id`` can get no data any more (its session ended: it gave its
+        place to a queued session, broke, or the read was ended), or None."""
+        return self._sessions.ended_read(read_id)
+
     async def settled(self, owner: Owner) -> None:
         """Until the owner's ending session (if any) has cleaned up (see the registry)."""
         await self._sessions.settled(owner.id)
@@ -519,6 +524,10 @@ class BackupManager:
             ann.mtime_ns = time.time_ns()
 
     def _new_session(self, owner: Owner, read_id: str | None = None) -> BackupSession:
+        # A read whose session ended while this open waited for it to close (it gave its
+        # place to a queued session, or broke) never gets a second one: that would be
+        # another point in time under the same read, mixed silently.
+        self._sessions.check_read(read_id, owner)
         deps = BackupSessionDeps(
             engine=self.engine,
             config=self.config,

@@ -264,6 +264,7 @@ class IncrementalManager:
         announced: Sequence[SetEntry] = (),
         read_id: str | None = None,
     ) -> IncrementalSession:
+        self._sessions.check_read(read_id, owner)  # an ended read never gets a second backup
         deps = IncrementalSessionDeps(
             engine=self.engine,
             config=self.config,
@@ -349,6 +350,10 @@ class IncrementalManager:
         session.retiring = True
         if not session.handles:
             session.on_last_release()
+
+    def read_lost(self, read_id: str) -> str | None:
+        """Why read ``read_id`` of a VM's ``@rhv/`` can get no data any more, or None."""
+        return self._sessions.ended_read(read_id)
 
     async def settled(self, owner: Owner) -> None:
         """Until the owner's ending set (if any) has finalized its backup (see the registry)."""
