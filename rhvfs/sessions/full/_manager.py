@@ -57,13 +57,15 @@ from rhvfs.backupset import (
     announced_size,
     build_manifest,
     config_size_bounds,
+    config_fingerprint,
     data_fingerprint,
     disks_dir_names,
     entity_stop_time,
     image_file_name,
     pad_to,
+    set_second,
+    set_times_ns,
     shape_fingerprint,
-    stable_mtime_ns,
 )
 from rhvfs.config import Config
 from rhvfs.engine.types import Disk
@@ -89,6 +91,10 @@ from rhvfs.sessions.core._registry import SessionRegistry
 from rhvfs.sessions.full._session import BackupSession, BackupSessionDeps
 
 log = logging.getLogger(__name__)
+
+#: A running owner's configuration files are this much newer than its images (see
+#: ``set_times_ns``: borg caches only files older than the newest of a run).
+_CONFIG_AFTER_IMAGES_NS = 1000
 
 #: A placeholder read id as long as a real one (a uuid): listings announce sizes with it.
 _PLACEHOLDER_READ_ID = "0" * 8 + "-0000-0000-0000-" + "0" * 12
@@ -119,8 +125,48 @@ class Announcement:
     shape: str
     config_sizes: dict[str, int]
     blocks: dict[str, int]  # disk id -> st_blocks
-    mtime_ns: int
+    mtime_ns: int  # the images'; the configuration files' is ``config_time_ns``
     running: bool  # mtime is a session time (renewed after each session) vs. a stable one
+    #: A down owner's: the configuration files' mtime (newer than the images', same second).
+    config_mtime_ns: int = 0
+    #: A down owner's: the second its times rest on, the engine's date for its data
+    #: (stop or creation time) and the data fingerprint they were announced for.
+    second_s: int = 0
+    base_s: int = 0
+    data_fp: str = ""
+
+    @property
+    def config_time_ns(self) -> int:
+        """The configuration files' mtime: always newer than the images' (``set_times_ns``)."""
+        if not self.running and self.config_mtime_ns:
+            return self.config_mtime_ns
+        return self.mtime_ns + _CONFIG_AFTER_IMAGES_NS
+
+    def date_down(self, data: OwnerData, now_ns: int) -> None:
+        """Set a down VM's or template's times from ``data`` (see ``set_times_ns``).
+
+        They rest on the engine's date for its data: the stop time (a down VM's
+        disks change when it runs, and it gets a new stop time when it stops
+        again) or the creation time. A change that date does not show (the data
+        fingerprint moved, e.g. an upload into a disk, a snapshot operation) is
+        dated when this mount noticed it, a second before ``now_ns``, so it is
+        never in the future and always newer than what was announced before.
+        """
+        base_s = set_second(entity_stop_time(data) or data.entity.creation_time)
+        data_fp = data_fingerprint(data)
+        if self.running or not self.data_fp:
+            second = base_s
+        elif data_fp == self.data_fp and base_s == self.base_s:
+            second = self.second_s
+        elif base_s > self.base_s:
+            second = base_s
+        else:
+            second = max(self.second_s + 1, base_s, now_ns // 1_000_000_000 - 1)
+        self.second_s, self.base_s, self.data_fp = second, base_s, data_fp
+        self.mtime_ns, self.config_mtime_ns = set_times_ns(
+            second, data_fp, config_fingerprint(data)
+        )
+        self.running = False
 
 
 def _disk_blocks(disk: Disk) -> int:
@@ -297,13 +343,14 @@ class BackupManager:
             sizes = {name: announced_size(n) for name, n in needed.items()}
             if ann is not None and ann.shape == shape:
                 sizes = {n: max(s, ann.config_sizes.get(n, 0)) for n, s in sizes.items()}
-            ann = Announcement(
-                shape=shape,
-                config_sizes=sizes,
-                blocks=dict(ann.blocks) if ann is not None else {},
-                mtime_ns=ann.mtime_ns if ann is not None else 0,
-                running=ann.running if ann is not None else False,
-            )
+            if ann is None:
+                ann = Announcement(
+                    shape=shape, config_sizes=sizes, blocks={}, mtime_ns=0, running=False
+                )
+            else:  # its times go on from the old ones
+                ann = dataclasses.replace(
+                    ann, shape=shape, config_sizes=sizes, blocks=dict(ann.blocks)
+                )
             self._announced[owner.id] = ann
         for d in disks:
             ann.blocks.setdefault(d.id, _disk_blocks(d))
@@ -313,9 +360,7 @@ class BackupManager:
                 ann.mtime_ns = time.time_ns()
                 ann.running = True
         else:
-            base = entity_stop_time(data) or data.entity.creation_time
-            ann.mtime_ns = stable_mtime_ns(base, data_fingerprint(data))
-            ann.running = False
+            ann.date_down(data, time.time_ns())
         return ann, disks
 
     async def config_view(self, owner: Owner, *, read_id: str, via_backup: bool) -> SetView:
@@ -383,7 +428,7 @@ class BackupManager:
                 key=ConfigKey(n).encode(),
                 size=ann.config_sizes[n],
                 blocks=blocks_for(ann.config_sizes[n]),
-                mtime_ns=ann.mtime_ns,
+                mtime_ns=ann.config_time_ns,
             )
             for n in CONFIG_NAMES
         ]
@@ -415,16 +460,25 @@ class BackupManager:
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
         if ann is None or ann.shape != shape:
             # The owner changed between listing and open: announce anew (stat changes, visibly).
-            ann = Announcement(
-                shape=shape,
-                config_sizes={
-                    n: announced_size(x)
-                    for n, x in _needed_sizes(data, contents, full=True).items()
-                },
-                blocks=dict(ann.blocks) if ann is not None else {},
-                mtime_ns=ann.mtime_ns if ann is not None and ann.mtime_ns else session.started_ns,
-                running=ann.running if ann is not None else True,
-            )
+            sizes = {
+                n: announced_size(x) for n, x in _needed_sizes(data, contents, full=True).items()
+            }
+            if ann is None:
+                ann = Announcement(
+                    shape=shape,
+                    config_sizes=sizes,
+                    blocks={},
+                    mtime_ns=session.started_ns,
+                    running=True,
+                )
+            else:
+                ann = dataclasses.replace(
+                    ann,
+                    shape=shape,
+                    config_sizes=sizes,
+                    blocks=dict(ann.blocks),
+                    mtime_ns=ann.mtime_ns or session.started_ns,
+                )
             self._announced[owner.id] = ann
         if not ann.mtime_ns:
             ann.mtime_ns = session.started_ns
