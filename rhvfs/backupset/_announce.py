@@ -14,12 +14,14 @@ Must not: talk to the engine (callers pass the data in), serve reads.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from datetime import datetime
 
 from rhvfs.backupset._manifest import OwnerData
 from rhvfs.backupset._names import OVF_NAME, XML_NAME
+from rhvfs.engine.types import INLINED_FIELDS
 from rhvfs.errors import DataIntegrityError
 
 PAD_ROUND_BYTES = 64 * 1024
@@ -132,11 +134,21 @@ def data_fingerprint(data: OwnerData) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+def _field_text(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else repr(value)
+
+
 def config_fingerprint(data: OwnerData) -> str:
     """Changes when what the configuration files say may have changed (the owner's own
     settings, its disks' attachment and its NICs), from fields a listing and a fetch of
-    the owner both carry."""
-    parts = [data_fingerprint(data), repr(data.entity)]
+    the owner both carry (the owner's own fields, not the collections inlined with it)."""
+    entity = data.entity
+    parts = [data_fingerprint(data)]
+    parts += [
+        f"{f.name}={_field_text(getattr(entity, f.name))}"
+        for f in dataclasses.fields(entity)
+        if f.name not in INLINED_FIELDS
+    ]
     parts += sorted(
         f"{a.disk.id}:{a.interface}:{a.bootable}:{a.active}:{a.read_only}"
         for a in data.attachments

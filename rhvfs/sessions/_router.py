@@ -14,8 +14,9 @@ point in time per backup"): per owner one ``SetReads`` book covers ``@rhv/`` and
 ``disks/``. An open that begins a read takes the set's configuration
 (``BackupManager.config_view``) and nothing else: configuration files are
 served from that view, so reading only them creates nothing on the engine.
-The first image opened in the read starts its one snapshot or engine backup
-(id = the read id), checked against the view's volumes; a read that completes
+The first image read in the read starts its one snapshot or engine backup
+(id = the read id), checked against the view's volumes (an image opened and
+closed without a read -- borg opens every file to fstat it -- starts nothing); a read that completes
 ends its session at once, so the next tool run gets a new point in time; an
 open that would mix two points in time fails with ``PointInTimeLost``
 (ESTALE). A read that begins with a ``disks/`` file is snapshot-based (browsing
@@ -105,6 +106,19 @@ class _Open:
     read: SetRead
     book_handle: int
     content: bytes | RhvfsError | None = None
+    #: An image whose session is asked for at its first read, not at its open
+    #: (``_start``): tools that open every file to fstat it and then skip it (borg)
+    #: create nothing on the engine. None once started (or for configuration).
+    pending: _Pending | None = None
+
+
+@dataclasses.dataclass
+class _Pending:
+    """What an image handle's first read asks its manager for."""
+
+    disk_key: str
+    binding: _Binding
+    lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
 
 
 class SetRouter:
@@ -208,29 +222,49 @@ class SetRouter:
                 raise PointInTimeLost(f"{key} is not part of the set of {owner.name}")
             h = book.opened(read, key, reader)
             return self._handles.add(_Open(owner, key, None, 0, book, read, h, content))
-        disk_key = DiskKey(_disk_id(key)).encode()
-        # Counted in the read before the session is asked: the read cannot complete (and
-        # end its session) while this open waits for it.
+        # Counted in the read at once: the read cannot complete (and end its session)
+        # while this handle is open. Its session is asked for at its first read.
         h = book.opened(read, key, reader)
-        target: Any
-        try:
-            if binding.via_backup:
-                target = self.incremental
-                announced = list(binding.view.entries)
-                inner = await target.open_full(owner, disk_key, announced, read_id=read.read_id)
-            else:
-                target = self.full
-                inner = await target.open(
-                    owner, disk_key, read_id=read.read_id, expect_images=binding.view.image_ids
+        target = self.incremental if binding.via_backup else self.full
+        pending = _Pending(DiskKey(_disk_id(key)).encode(), binding)
+        return self._handles.add(_Open(owner, key, target, 0, book, read, h, pending=pending))
+
+    async def _start(self, item: _Open) -> None:
+        """An image handle's first read: start or join its read's session (one snapshot or
+        engine backup), checked against the read's view. A failure leaves the handle
+        open and not started (the tool gets the error on this read); a lost point in
+        time ends the read."""
+        pending = item.pending
+        assert pending is not None
+        async with pending.lock:
+            if item.pending is None:
+                return  # a concurrent read started it
+            owner, read, binding = item.owner, item.read, pending.binding
+            if read.state is not ReadState.LIVE:
+                # A newer read began (or this one ended) before this file was read: its
+                # session would retire the newer read's; refuse instead of mixing.
+                raise PointInTimeLost(
+                    f"read {read.read_id} of {owner.kind} {owner.name} is no longer live "
+                    f"({read.state.value}) and had not read {item.key} yet; run the backup again"
                 )
-        except BaseException as e:
-            if book.released(read, h):
-                self._ended(owner, read)
-            if isinstance(e, PointInTimeLost):
-                self._lose(owner, book, read, str(e))
-            raise
-        binding.session_started = True
-        return self._handles.add(_Open(owner, key, target, inner, book, read, h))
+            try:
+                if binding.via_backup:
+                    announced = list(binding.view.entries)
+                    inner = await self.incremental.open_full(
+                        owner, pending.disk_key, announced, read_id=read.read_id
+                    )
+                else:
+                    inner = await self.full.open(
+                        owner,
+                        pending.disk_key,
+                        read_id=read.read_id,
+                        expect_images=binding.view.image_ids,
+                    )
+            except PointInTimeLost as e:
+                self._lose(owner, item.book, read, str(e))
+                raise
+            item.inner, item.pending = inner, None
+            binding.session_started = True
 
     async def _begin(self, owner: Owner, book: SetReads, key: str) -> SetRead:
         """A new read of ``owner``'s set: take its configuration now, create nothing."""
@@ -307,6 +341,8 @@ class SetRouter:
             assert content is not None
             data = content[offset : offset + size] if size > 0 else b""
         else:
+            if item.pending is not None:
+                await self._start(item)
             data = await item.target.read(item.inner, offset, size)
         item.book.served(item.read, item.key, offset, offset + len(data))
         return data
@@ -316,7 +352,7 @@ class SetRouter:
         if item is None:
             return
         try:
-            if item.target is not None:
+            if item.target is not None and item.pending is None:
                 await item.target.release(item.inner)
         finally:
             if item.book.released(item.read, item.book_handle):

@@ -142,7 +142,7 @@ class Announcement:
             return self.config_mtime_ns
         return self.mtime_ns + _CONFIG_AFTER_IMAGES_NS
 
-    def date_down(self, data: OwnerData, now_ns: int) -> None:
+    def date_down(self, data: OwnerData, now_ns: int, *, settled: bool) -> None:
         """Set a down VM's or template's times from ``data`` (see ``set_times_ns``).
 
         They rest on the engine's date for its data: the stop time (a down VM's
@@ -151,7 +151,12 @@ class Announcement:
         fingerprint moved, e.g. an upload into a disk, a snapshot operation) is
         dated when this mount noticed it, a second before ``now_ns``, so it is
         never in the future and always newer than what was announced before.
+        Data that is not ``settled`` (a snapshot of this mount's own read is being
+        taken or removed, a disk is locked) keeps the times announced before: its
+        volumes and sizes are in flux and return to what they were.
         """
+        if not settled and self.data_fp:
+            return
         base_s = set_second(entity_stop_time(data) or data.entity.creation_time)
         data_fp = data_fingerprint(data)
         if self.running or not self.data_fp:
@@ -360,7 +365,10 @@ class BackupManager:
                 ann.mtime_ns = time.time_ns()
                 ann.running = True
         else:
-            ann.date_down(data, time.time_ns())
+            settled = self._sessions.get(owner.id) is None and all(
+                (a.disk.status or "ok") == "ok" for a in data.attachments
+            )
+            ann.date_down(data, time.time_ns(), settled=settled)
         return ann, disks
 
     async def config_view(self, owner: Owner, *, read_id: str, via_backup: bool) -> SetView:
