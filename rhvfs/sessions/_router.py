@@ -148,7 +148,10 @@ class SetRouter:
     # -- listings ---------------------------------------------------------------
 
     async def list_set(self, owner: Any) -> list[Any]:
-        """``@rhv/``: while a read lives, its frozen entries; else the manager's listing."""
+        """``@rhv/``: while a read that has started its session lives, its frozen entries;
+        else the manager's listing (a read of configuration alone, or whose images were
+        only opened, holds nothing on the engine, and its times must not hide a change
+        from the next run for the rest of ``read_idle_limit``)."""
         binding = self._live_binding(owner)
         if binding is not None:
             return list(binding.view.entries)
@@ -184,12 +187,14 @@ class SetRouter:
         return self._generations.get(owner.id, 0)
 
     def _live_binding(self, owner: Any) -> _Binding | None:
+        """The binding of the owner's live read, if that read started its session."""
         book = self._books.get(owner.id)
         if book is None:
             return None
         self._expire(owner, book)
         live = book.live
-        return self._bindings.get(live.read_id) if live is not None else None
+        binding = self._bindings.get(live.read_id) if live is not None else None
+        return binding if binding is not None and binding.session_started else None
 
     # -- handles ------------------------------------------------------------------
 
