@@ -20,14 +20,14 @@ names. Imports nothing from ``rhvfs.sessions``, ``rhvfs.vfs`` or ``rhvfs.fs``.
 from rhvfs.backupset._announce import (
     NO_ID,
     announced_size,
-    config_size_bounds,
     config_fingerprint,
+    config_size_bounds,
     data_fingerprint,
     entity_stop_time,
     pad_to,
-    shape_fingerprint,
     set_second,
     set_times_ns,
+    shape_fingerprint,
     xml_stop_time,
 )
 from rhvfs.backupset._chain import (
@@ -185,9 +185,9 @@ __all__ = [
     "read_header",
     "rsync_target",
     "set_disk_flags",
-    "shape_fingerprint",
     "set_second",
     "set_times_ns",
+    "shape_fingerprint",
     "strip_devices",
     "synthesize_ovf",
     "unescape",

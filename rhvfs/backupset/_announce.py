@@ -150,8 +150,7 @@ def config_fingerprint(data: OwnerData) -> str:
         if f.name not in INLINED_FIELDS
     ]
     parts += sorted(
-        f"{a.disk.id}:{a.interface}:{a.bootable}:{a.active}:{a.read_only}"
-        for a in data.attachments
+        f"{a.disk.id}:{a.interface}:{a.bootable}:{a.active}:{a.read_only}" for a in data.attachments
     )
     parts += sorted(f"{n.id}:{n.name}:{n.interface}:{n.mac}" for n in data.nics)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

@@ -194,13 +194,17 @@ def borg_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+#: The README's archive name, to the microsecond: two runs within a second must not clash.
+BORG_ARCHIVE = VM + "-{now:%Y-%m-%dT%H:%M:%S.%f}"
+
+
 def borg_create(
-    sim: SimProcess, archive: str, set_dir: Path, env: dict[str, str]
+    sim: SimProcess, set_dir: Path, env: dict[str, str]
 ) -> tuple[dict[str, str], EngineCalls]:
     """``borg create --list``: each file's status letter (A added, M modified, U unchanged)
     by name, and the engine calls the run made."""
     with counting_engine_calls(sim) as calls:
-        out = run(["borg", "create", "--list", f"::{archive}", str(set_dir)], env=env).stderr
+        out = run(["borg", "create", "--list", f"::{BORG_ARCHIVE}", str(set_dir)], env=env).stderr
     statuses = {}
     for line in out.splitlines():
         letter, _, path = line.partition(" ")
@@ -218,20 +222,21 @@ def test_borg_skips_an_unchanged_down_vm_and_reads_a_changed_one(
     run(["borg", "init", "--encryption=none"], env=env)
     set_dir = mount.mnt / "vms" / VM / "@rhv"
     image = image_of(mount, VM).name
-    first, _ = borg_create(sim, "first", set_dir, env)
+    first, _ = borg_create(sim, set_dir, env)
     assert first[image] == "A" and len(first) == 4, first
-    second, calls = borg_create(sim, "second", set_dir, env)
+    second, calls = borg_create(sim, set_dir, env)
     assert calls.of(*SNAPSHOTS) == 0, calls.counts  # no disk data read
     assert second[image] == "U", second
     want = write_into_down_vm(sim, mount, 140, b"borg sees this write ")
-    third, calls = borg_create(sim, "third", set_dir, env)
+    third, calls = borg_create(sim, set_dir, env)
     assert calls.of(*SNAPSHOTS) == 1, calls.counts
     assert third[image] == "M", third
-    fourth, calls = borg_create(sim, "fourth", set_dir, env)
+    third_name = sh(f"borg list --short --last 1 --glob-archives '{VM}-*'", env=env).stdout
+    fourth, calls = borg_create(sim, set_dir, env)
     assert calls.of(*SNAPSHOTS) == 0 and fourth[image] == "U", (fourth, calls.counts)
     target = tmp_path / "extracted"
     target.mkdir()
-    sh("borg extract --sparse ::third", env=env, cwd=target)
+    sh(f"borg extract --sparse ::{third_name.strip()}", env=env, cwd=target)
     assert set(set_shas(target / str(set_dir).lstrip("/")).values()) == {want}
 
 
@@ -278,3 +283,33 @@ def test_bacula_job_per_vm_accurate_incrementals_and_restore_into_restore_dir(
             assert [sim.admin.disk_sha256(d["id"]) for d in details["disks"]] == [want]
         finally:
             remove_vm(sim, name)
+
+
+def test_bacula_fileset_for_a_tag_lists_its_set_directories(
+    sim: SimProcess, mount: SimMount, tmp_path: Path
+) -> None:
+    """``File = tags/<tag>`` saves the symlinks only; a command the File Daemon runs when
+    the job starts (``\\|``) lists the set directories behind them, under ``vms/``."""
+    mnt = mount.mnt
+    links = FileSet([f"{mnt}/tags/{TAG}"], options={"signature": "SHA1", "sparse": "yes"})
+    listed = FileSet(
+        [f"\\|sh -c 'readlink -f {mnt}/tags/{TAG}/*/@rhv'"],
+        options={"signature": "SHA1", "sparse": "yes"},
+    )
+    with BaculaRig(tmp_path / "bacula") as rig:
+        only_links = rig.run_backup("tag-links", links)
+        assert only_links.ok, only_links.log
+        assert not [f for f in rig.list_files(only_links.jobid) if f.endswith(".raw")]
+        assert only_links.bytes == 0, only_links.describe()
+        job = rig.run_backup("tag-sets", listed)
+        assert job.ok, job.log
+        saved = rig.list_files(job.jobid)
+        images = [f for f in saved if f.endswith(".raw")]
+        assert {Path(f).parent.parent.name for f in images} == {"myvm", VM}, saved
+        assert all(f.startswith(f"{mnt}/vms/") for f in images), images
+        where = tmp_path / "where"
+        restored = rig.run_restore(job.jobid, where)
+        assert restored.ok, restored.log
+        for vm in ("myvm", VM):
+            shas = set_shas(where / str(mnt).lstrip("/") / "vms" / vm / "@rhv")
+            assert shas == {d: sim.admin.disk_sha256(d) for d in shas}, vm
