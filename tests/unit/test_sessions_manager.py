@@ -730,6 +730,31 @@ async def test_down_vm_configuration_is_newer_and_an_undated_change_is_dated_whe
     assert await rig.manager.list_set(owner) == changed  # and stays
 
 
+async def test_a_date_a_mount_gave_is_kept_for_the_next_mount(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An undated change keeps the date it got in the next mount; a change made while no
+    mount ran gets a later whole second than the last mount showed (Bacula sees it)."""
+    r = Rig(tmp_path)
+    vm = r.engine.add_vm("d1", status="down")
+    owner = Owner("vm", vm.id, vm.name)
+    r.engine.stop_times[vm.id] = "2026-01-01T10:00:00.000+00:00"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        await r.manager.list_set(owner)
+        _set_disk(r.engine, vm.id, actual_size=777)
+        changed = await r.manager.list_set(owner)
+        nursery.cancel_scope.cancel()  # the manager writes its dates when it stops
+    [image] = [e for e in changed if e.disk_id]
+    assert image.mtime_ns // 10**9 > 1767261600
+    again = BackupManager(r.engine, r.config, journal=r.journal, gc_on_start=False)
+    assert [e.mtime_ns for e in await again.list_set(owner)] == [e.mtime_ns for e in changed]
+    _set_disk(r.engine, vm.id, actual_size=888)  # while no mount runs
+    later = BackupManager(r.engine, r.config, journal=r.journal, gc_on_start=False)
+    [image2] = [e for e in await later.list_set(owner) if e.disk_id]
+    assert image2.mtime_ns // 10**9 > image.mtime_ns // 10**9
+
+
 @pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 @pytest.mark.allow_log(
     "rhvfs.sessions.full", "WARNING", match="removing snapshot .* failed|retrying in the background"

@@ -88,6 +88,7 @@ from rhvfs.sessions.core._ports import (
     default_data_plane,
 )
 from rhvfs.sessions.core._registry import SessionRegistry
+from rhvfs.sessions.full._dates import SetDate, SetDates
 from rhvfs.sessions.full._session import BackupSession, BackupSessionDeps
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,9 @@ class Announcement:
             return self.config_mtime_ns
         return self.mtime_ns + _CONFIG_AFTER_IMAGES_NS
 
-    def date_down(self, data: OwnerData, now_ns: int, *, settled: bool) -> None:
+    def date_down(
+        self, data: OwnerData, now_ns: int, *, settled: bool, last: SetDate | None = None
+    ) -> None:
         """Set a down VM's or template's times from ``data`` (see ``set_times_ns``).
 
         They rest on the engine's date for its data: the stop time (a down VM's
@@ -153,8 +156,17 @@ class Announcement:
         never in the future and always newer than what was announced before.
         Data that is not ``settled`` (a snapshot of this mount's own read is being
         taken or removed, a disk is locked) keeps the times announced before: its
-        volumes and sizes are in flux and return to what they were.
+        volumes and sizes are in flux and return to what they were. ``last``: what
+        the last mount showed (``SetDates``), where a mount that has not dated the
+        owner yet goes on from.
         """
+        if not self.running and not self.data_fp and last is not None:
+            self.data_fp, self.second_s, self.base_s = last.data_fp, last.second_s, last.base_s
+            if not settled:  # in flux: the last mount's date until it settles
+                self.mtime_ns, self.config_mtime_ns = set_times_ns(
+                    self.second_s, self.data_fp, config_fingerprint(data)
+                )
+                return
         if not settled and self.data_fp:
             return
         base_s = set_second(entity_stop_time(data) or data.entity.creation_time)
@@ -240,6 +252,7 @@ class BackupManager:
         reader_factory: ReaderFactory | None = None,
         gc_on_start: bool = True,
         limits: EngineLimits | None = None,
+        dates: SetDates | None = None,
     ) -> None:
         self.engine = engine
         self._owner_data = OwnerDataSource(engine)
@@ -259,19 +272,24 @@ class BackupManager:
         # listing @rhv/ and disks/ again from unchanged data announces nothing new.
         self._listed: dict[str, tuple[Any, Announcement, list[Disk]]] = {}
         self._bytes_read_closed = 0
+        #: down owners' dates, kept for the next mount (next to the journal)
+        self._dates = dates if dates is not None else SetDates.beside(journal.path)
 
     # -- service --------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; on cancellation every session ends cleanly (shielded), and
         what their cleanups left gets one last try."""
-        await serve(
-            self._sessions,
-            journal=self.journal,
-            cleanups=self.cleanups,
-            on_start=self._startup_gc if self._gc_on_start else None,
-            task_status=task_status,
-        )
+        try:
+            await serve(
+                self._sessions,
+                journal=self.journal,
+                cleanups=self.cleanups,
+                on_start=self._startup_gc if self._gc_on_start else None,
+                task_status=task_status,
+            )
+        finally:
+            self._dates.flush()
 
     async def _startup_gc(self) -> None:
         try:
@@ -368,7 +386,9 @@ class BackupManager:
             settled = self._sessions.get(owner.id) is None and all(
                 (a.disk.status or "ok") == "ok" for a in data.attachments
             )
-            ann.date_down(data, time.time_ns(), settled=settled)
+            ann.date_down(data, time.time_ns(), settled=settled, last=self._dates.get(owner.id))
+            if ann.data_fp:
+                self._dates.put(owner.id, SetDate(ann.data_fp, ann.second_s, ann.base_s))
         return ann, disks
 
     async def config_view(self, owner: Owner, *, read_id: str, via_backup: bool) -> SetView:
