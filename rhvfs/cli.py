@@ -24,9 +24,10 @@ USAGE = """usage: rhvfs [--debug] COMMAND [ARGS...]
 commands:
   mount     mount an engine (rhvfs mount -c SECTION MOUNTPOINT)
   umount    finish a mount's sessions and unmount it
-  status    show a mount's sessions (rhvfs status MOUNTPOINT)
+  status    show a mount's progress (rhvfs status MOUNTPOINT [--watch] [--json])
   ls        print the tree without mounting (rhvfs ls -c SECTION [-R] [--json] [PATH])
   gc        remove leftovers of crashed rhvfs sessions (rhvfs gc -c SECTION [--dry-run] [--json])
+  ca        fetch the engine's CA and set cafile (rhvfs ca fetch -c SECTION [--yes])
   sim       run the engine simulator (rhvfs sim --help)
 """
 
@@ -50,7 +51,7 @@ def _umount(argv: Sequence[str]) -> int:
 
 
 def _status(argv: Sequence[str]) -> int:
-    from rhvfs.commands.mount import cmd_status
+    from rhvfs.commands.status import cmd_status
 
     return cmd_status(argv)
 
@@ -67,12 +68,19 @@ def _gc(argv: Sequence[str]) -> int:
     return cmd_gc(argv)
 
 
+def _ca(argv: Sequence[str]) -> int:
+    from rhvfs.commands.ca import cmd_ca
+
+    return cmd_ca(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "mount": _mount,
     "umount": _umount,
     "status": _status,
     "ls": _ls,
     "gc": _gc,
+    "ca": _ca,
     "sim": _sim,
 }
 

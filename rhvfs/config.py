@@ -10,12 +10,18 @@ A section looks like the one ``ovirt-img`` reads (and ``rhvfs sim serve`` writes
     secure = yes               ; "no" disables TLS verification (not recommended)
 
 rhvfs-specific keys (all optional) tune the mount; see ``Config`` for units.
+The keys only ``ovirt-img`` uses (``OVIRT_IMG_KEYS``: ``disk_timeout``,
+``description``, ``log_file``, ``log_level``) are accepted and ignored, so one
+section serves both tools; ``ovirt-img`` in turn ignores ``password_file`` and the
+rhvfs keys. A ``password_file`` that starts with ``%d/`` names a systemd
+credential: the file of that name in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``).
 An ``http://`` engine_url is refused unless ``secure = no`` (``--insecure``):
 the password would cross the network in clear. ``$RHVFS_PASSWORD`` is taken
 out of the environment as soon as it is read (``rhvfs.private``), and a
 password file that group or others can read gets a warning.
-This module owns parsing and validation only: it never connects anywhere, and it
-never logs or prints the password.
+This module owns parsing and validation, and the one edit ``rhvfs ca fetch`` makes
+to a section (``set_option``): it never connects anywhere, and it never logs or
+prints the password.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import dataclasses
 import getpass
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +44,14 @@ from rhvfs.selection import VmSelection
 log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "RHVFS_PASSWORD"
+#: Keys of ovirt-img's own configuration (ovirt_imageio.client._options, ``config=True``)
+#: that rhvfs has no use for: accepted in a section and ignored. ``disk_timeout`` and
+#: ``description`` are about uploads of ``ovirt-img``; ``log_file``/``log_level`` are its
+#: logging (rhvfs logs with ``--log``/``--debug``, never into ovirt-img's file).
+OVIRT_IMG_KEYS = frozenset({"disk_timeout", "description", "log_file", "log_level"})
+#: ``password_file = %d/NAME``: the credential NAME of a systemd service.
+CREDENTIALS_PREFIX = "%d/"
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 
 
 def default_config_file() -> Path:
@@ -96,6 +111,9 @@ class Config:
     partial_set_timeout: float = 300.0
     # Mount-level restore defaults (names as in other RHV backup products).
     restore_defaults: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Backups and restores post their start, end and failure to the engine's events
+    # (origin "rhvfs"; rhvfs.sessions.core._events).
+    engine_events: bool = True
 
     @property
     def selection(self) -> VmSelection:
@@ -148,7 +166,7 @@ _FLOAT_KEYS = {
     "outcome_timeout",
     "partial_set_timeout",
 }
-_BOOL_KEYS = {"secure", "memory_state"}
+_BOOL_KEYS = {"secure", "memory_state", "engine_events"}
 _STR_KEYS = {"engine_url", "username", "password", "cafile", "staging_dir"}
 #: names, comma-separated in a config file; a list (repeated options) from the command line
 _LIST_KEYS = {"tag", "cluster", "datacenter"}
@@ -197,8 +215,22 @@ def _ini_error(path: Path, error: configparser.Error) -> str:
     return f"{path}: " + " ".join(str(error).split())
 
 
-def read_section(path: Path, section: str) -> dict[str, str]:
-    """Return the raw key/value pairs of ``section`` in the INI file ``path``."""
+def credential_path(path: str | os.PathLike[str]) -> str:
+    """``path``, with a leading ``%d/`` replaced by ``$CREDENTIALS_DIRECTORY`` (where systemd
+    puts a service's ``LoadCredential=`` files); ``ConfigError`` when that is not set."""
+    text = os.fspath(path)
+    if not text.startswith(CREDENTIALS_PREFIX):
+        return text
+    directory = os.environ.get(CREDENTIALS_ENV)
+    if not directory:
+        raise ConfigError(
+            f"password_file {text}: %d/ is the credentials directory of a systemd service "
+            f"(LoadCredential=), but ${CREDENTIALS_ENV} is not set"
+        )
+    return os.path.join(directory, text.removeprefix(CREDENTIALS_PREFIX))
+
+
+def _parser_for(path: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None)
     try:
         with open(path, encoding="utf-8") as f:
@@ -209,6 +241,60 @@ def read_section(path: Path, section: str) -> dict[str, str]:
         raise ConfigError(f"cannot read config file {_ini_error(path, e)}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
+    return parser
+
+
+def set_option(path: Path, section: str, key: str, value: str) -> None:
+    """Set ``key = value`` in ``section`` of the INI file ``path``, keeping every other line
+    (comments, order, the other sections) as it was: an existing ``key`` line of the
+    section is replaced, else the line goes right after the section header. The file is
+    replaced atomically and keeps its mode (it may hold a password)."""
+    if "\n" in value or "\r" in value:
+        raise ConfigError(f"{key}: a value must be one line")
+    parser = _parser_for(path)
+    if not parser.has_section(section):
+        raise ConfigError(f"no section [{section}] in {path}")
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    header = re.compile(r"^\[([^\]]+)\]")
+    key_line = re.compile(rf"^\s*{re.escape(key)}\s*[=:]", re.IGNORECASE)
+    new = f"{key} = {value}\n"
+    current: str | None = None
+    header_at: int | None = None
+    replaced = False
+    for i, line in enumerate(lines):
+        match = header.match(line)
+        if match:
+            current = match.group(1).strip()
+            if current == section and header_at is None:
+                header_at = i
+            continue
+        if current == section and key_line.match(line):
+            lines[i] = new
+            replaced = True
+            break
+    if not replaced:
+        assert header_at is not None  # configparser saw the section
+        if not lines[header_at].endswith("\n"):
+            lines[header_at] += "\n"
+        lines.insert(header_at + 1, new)
+    mode = path.stat().st_mode & 0o7777
+    tmp = path.with_name(f".{path.name}.rhvfs-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_section(path: Path, section: str) -> dict[str, str]:
+    """Return the raw key/value pairs of ``section`` in the INI file ``path``."""
+    parser = _parser_for(path)
     if not parser.has_section(section):
         raise ConfigError(f"no section [{section}] in {path}")
     return dict(parser.items(section))
@@ -234,7 +320,9 @@ def load_config(
     if section is not None:
         path = Path(config_file) if config_file else default_config_file()
         for key, raw in read_section(path, section).items():
-            if key.startswith(RESTORE_PREFIX):
+            if key in OVIRT_IMG_KEYS:
+                log.debug("ignoring ovirt-img's setting %s of [%s]", key, section)
+            elif key.startswith(RESTORE_PREFIX):
                 restore[key.removeprefix(RESTORE_PREFIX)] = raw
             else:
                 values[key] = raw
@@ -243,7 +331,9 @@ def load_config(
             values[key] = value
 
     pw_file = password_file or values.pop("password_file", None)
+    values.pop("password_file", None)
     if pw_file:
+        pw_file = credential_path(pw_file)
         loose = loose_secret_file(pw_file)
         if loose is not None:
             log.warning("password file %s", loose)

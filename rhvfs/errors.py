@@ -12,6 +12,7 @@ foreign exception type.
     │   ├── AuthenticationError    wrong credentials, expired token that could not be renewed
     │   ├── NotFound               the entity does not exist (HTTP 404)
     │   ├── Conflict               the engine refused because of state: locked, busy (HTTP 409)
+    │   ├── UntrustedCertificate   TLS verification of the engine failed (its CA is not trusted)
     │   └── EngineUnavailable      transient: connection refused/reset, 5xx, timeout (retryable)
     ├── ImageioError               the data plane (ovirt-imageio) failed a request
     │   ├── TicketGone             403: the transfer's ticket is gone/expired; recreate the transfer
@@ -119,6 +120,21 @@ class Conflict(EngineError):
     """Raised when the engine refuses because of the entity's state (HTTP 409): locked, busy."""
 
     message = "conflict: {detail}"
+
+
+#: What to do about a certificate rhvfs could not verify: one clause, added to the
+#: engine's and imageio's TLS verification errors.
+CA_HINT = (
+    "if the engine's CA is not trusted yet, get it with `rhvfs ca fetch -c SECTION` "
+    "(compare the fingerprint it shows) or set cafile"
+)
+
+
+class UntrustedCertificate(EngineError):
+    """Raised when TLS verification of the engine failed (unknown CA, wrong host name): a
+    configuration problem, never retried. ``detail`` is the reason, not libcurl's text."""
+
+    message = "TLS verification of the engine failed: {detail}; " + CA_HINT
 
 
 class EngineUnavailable(EngineError, Transient):

@@ -114,7 +114,9 @@ def _translate(fn: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine
             if isinstance(exc, _QUIET):
                 log.debug("%s: %s -> %s", fn.__name__, exc, name)
             elif isinstance(exc, errors.RhvfsError):
-                log.warning("%s: %s -> %s", fn.__name__, exc, name)
+                log.warning(
+                    "%s: %s -> %s", fn.__name__, exc, name, extra={"what": f"fs {fn.__name__}"}
+                )
             else:  # a bug: keep its traceback
                 log.exception("%s failed unexpectedly", fn.__name__)
             raise pyfuse3.FUSEError(number) from exc

@@ -34,6 +34,7 @@ import trio
 import rhvfs
 from rhvfs.config import Config
 from rhvfs.errors import ConfigError
+from rhvfs.events import RecentErrors
 from rhvfs.fs import Operations, errno_for
 from rhvfs.vfs.backend import BackupSets, EngineInventory, LocalOwner, OwnerFactory
 from rhvfs.vfs.tree import Vfs
@@ -90,7 +91,7 @@ async def open_backend(
     from rhvfs.engine import open_engine
     from rhvfs.sessions import BackupManager, Journal, Owner
     from rhvfs.sessions._router import SetRouter
-    from rhvfs.sessions.core import EngineLimits
+    from rhvfs.sessions.core import EngineEvents, EngineLimits
     from rhvfs.sessions.incremental import IncrementalManager
     from rhvfs.sessions.incremental._chainstate import ChainState
     from rhvfs.sessions.restore import RestoreManager
@@ -110,12 +111,14 @@ async def open_backend(
             cleanup_on_start=gc_on_start,
             limits=limits,
         )
+        events = EngineEvents(engine, enabled=config.engine_events)
         restores = (
             None
             if options.read_only
-            else RestoreManager(engine, config, errno_for=errno_for, journal=journal)
+            else RestoreManager(engine, config, errno_for=errno_for, journal=journal, events=events)
         )
         async with trio.open_nursery() as nursery:
+            await nursery.start(events.run)
             await nursery.start(manager.run)
             await nursery.start(incremental.run)
             if restores is not None:
@@ -124,7 +127,11 @@ async def open_backend(
                 yield Backend(
                     engine=engine,
                     backups=SetRouter(
-                        manager, incremental, config=config, full_sets_via_backup=True
+                        manager,
+                        incremental,
+                        config=config,
+                        full_sets_via_backup=True,
+                        events=events,
                     ),
                     owner_factory=Owner,
                     restores=restores,
@@ -176,8 +183,10 @@ def fuse_options(options: MountOptions) -> set[str]:
     return opts
 
 
-def _check_mountpoint(path: str) -> str:
+def _check_mountpoint(path: str, *, replacing: bool = False) -> str:
     mountpoint = os.path.abspath(path)
+    if replacing:  # a dead mount: stat fails (ENOTCONN) until it is detached
+        return mountpoint
     if not os.path.isdir(mountpoint):
         raise ConfigError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -212,15 +221,24 @@ async def serve(
     *,
     ready: Callable[[], None] | None = None,
     backend: BackendOpener = open_backend,
+    replace: Callable[[], None] | None = None,
 ) -> None:
-    """Mount, serve until unmounted or signalled, clean up; the whole life of a mount."""
-    mountpoint = _check_mountpoint(options.mountpoint)
+    """Mount, serve until unmounted or signalled, clean up; the whole life of a mount.
+
+    ``replace`` (given when the mountpoint holds the dead mount of a crashed rhvfs) is
+    called in a thread right before mounting, once the engine answered, to detach it:
+    until then the old mount stays visibly broken rather than an empty directory."""
+    mountpoint = _check_mountpoint(options.mountpoint, replacing=replace is not None)
     started = time.time()
     stopping = trio.Event()
     crashed = True
     mounted = False
     try:
         async with AsyncExitStack() as stack:
+            # Errors, warnings and retries as they happen, for status.json's "errors".
+            recent = RecentErrors()
+            logging.getLogger("rhvfs").addHandler(recent)
+            stack.callback(logging.getLogger("rhvfs").removeHandler, recent)
             back = await stack.enter_async_context(backend(config, options))
             vfs: Vfs
 
@@ -236,6 +254,10 @@ async def serve(
                     "restores": back.restores.status() if back.restores is not None else {},
                     "stopping": stopping.is_set(),
                     "selection": config.selection.describe(),
+                    # the newest errors, warnings and retries of the whole mount (listings,
+                    # reads, cleanups), oldest first; error_counts: all seen since the start
+                    "errors": recent.list(),
+                    "error_counts": recent.counts(),
                 }
 
             vfs = Vfs(
@@ -254,7 +276,11 @@ async def serve(
             )
             # Fail before mounting when the engine can't be reached or refuses us.
             await vfs.listdir((await vfs.resolve("/vms")).ino)
+            product = await vfs.inventory.engine_product()  # for status.json
+            log.info("engine: %s", product)
             ops = Operations(vfs)
+            if replace is not None:
+                await trio.to_thread.run_sync(replace)
             pyfuse3.init(ops, mountpoint, fuse_options(options))
             mounted = True
             log.info("rhvfs %s mounted %s on %s", rhvfs.__version__, config.engine_url, mountpoint)

@@ -38,6 +38,9 @@ __all__ = ["Backoff", "RetryPolicy", "poll", "retry"]
 
 log = logging.getLogger(__name__)
 
+#: ``extra=`` marking a log record as a retry (``rhvfs.events`` keeps those for status.json).
+RETRY_RECORD = {"rhvfs_retry": True}
+
 T = TypeVar("T")
 
 # Shared default source of jitter: good enough to spread clients apart, never used for secrets.
@@ -240,7 +243,13 @@ async def retry(
                 raise
             delay = backoff.next_delay_s()
             if delay is None:
-                log.warning("%s: giving up after %d tries: %s", what, attempt + 1, exc)
+                log.warning(
+                    "%s: giving up after %d tries: %s",
+                    what,
+                    attempt + 1,
+                    exc,
+                    extra={"what": what},
+                )
                 raise
             log.info(
                 "%s: %s (try %d/%s), retrying in %.2fs",
@@ -249,6 +258,7 @@ async def retry(
                 attempt + 1,
                 policy.tries if policy.tries is not None else "-",
                 delay,
+                extra={"what": what, **RETRY_RECORD},
             )
             if on_retry is not None:
                 on_retry(exc)

@@ -13,6 +13,7 @@ APT_PACKAGES=(
   fdisk e2fsprogs               # sfdisk + mke2fs -d: deterministic guest disks
   tar rsync restic              # the backup tools the tests drive
   procps psmisc
+  systemd libseccomp2           # systemd-analyze (unit checks), seccomp for the unit sandbox test
 )
 if [ "${RHVFS_GUESTFS:-0}" = 1 ]; then
   APT_PACKAGES+=(libguestfs-tools linux-image-amd64)

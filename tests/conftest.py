@@ -29,6 +29,10 @@
     Records of the setup and the test body fail the test; those of the
     fixtures' teardown make a teardown error.
 
+``root_logging``
+    Gives back the root logger's handlers and level and ``sys.excepthook``
+    after a test that called ``rhvfs.commands.common.setup_logging``.
+
 Hypothesis runs derandomized (the same examples on every run: CI is
 deterministic) and without an example database (nothing written next to the
 tests); ``HYPOTHESIS_PROFILE=explore`` draws new examples instead.
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 
@@ -129,3 +134,22 @@ def sim_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     finally:
         for s in started:
             s.stop()
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Give back the root logger and excepthook that ``setup_logging`` replaces."""
+    root = logging.getLogger()
+    handlers, level, hook = list(root.handlers), root.level, sys.excepthook
+    chatty = {name: logging.getLogger(name).level for name in ("httpx", "httpcore", "pyfuse3")}
+    try:
+        yield
+    finally:
+        for name, lv in chatty.items():
+            logging.getLogger(name).setLevel(lv)
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        sys.excepthook = hook

@@ -11,7 +11,8 @@ down once:
 - ``_manifest``: ``Manifest`` and its JSON form (``to_json``/``from_json``);
 - ``_ovf``: the OVF helpers (parse, check, synthesize, strip, placeholder);
 - ``_announce``: sizes and times announced before a session (padding, fingerprints);
-- ``_qcow2``: the qcow2 delta codec; ``_chain``: ordering and applying chains.
+- ``_qcow2``: the qcow2 delta codec; ``_chain``: ordering and applying chains;
+- ``_support``: which set directories work for a VM (``set_support``, ``disk_mode``).
 
 Pure: no engine, imageio or filesystem I/O beyond reading a delta file a caller
 names. Imports nothing from ``rhvfs.sessions``, ``rhvfs.vfs`` or ``rhvfs.fs``.
@@ -108,8 +109,11 @@ from rhvfs.backupset._qcow2 import (
     read_allocation,
     read_header,
 )
+from rhvfs.backupset._support import disk_mode, set_support
 
 __all__ = [
+    "disk_mode",
+    "set_support",
     "CLUSTER_SIZE",
     "CONFIG_NAMES",
     "MANIFEST_FORMAT",

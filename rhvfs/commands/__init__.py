@@ -1,1 +1,1 @@
-"""Subcommands of ``rhvfs`` (mount, umount, status, ls, gc); ``rhvfs.cli`` dispatches to them."""
+"""Subcommands of ``rhvfs`` (mount, umount, status, ls, gc, ca); ``rhvfs.cli`` dispatches to them."""

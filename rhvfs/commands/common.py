@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from rhvfs.commands._journal import JournalFormatter, use_journal_format
 from rhvfs.config import Config, load_config
 from rhvfs.errors import ConfigError
 from rhvfs.private import default_state_dir, open_private, private_dir
@@ -119,8 +120,10 @@ def check_log_file(filename: str) -> None:
         raise ConfigError(f"cannot open the log file {filename}: {e.strerror or e}") from None
 
 
-def setup_logging(*, debug: bool, filename: str | None = None) -> None:
-    """Log to ``filename`` (created 0600) or stderr, every record redacted (``rhvfs.redact``)."""
+def setup_logging(*, debug: bool, filename: str | None = None, log_format: str = "auto") -> None:
+    """Log to ``filename`` (created 0600) or stderr, every record redacted (``rhvfs.redact``);
+    to the systemd journal (``log_format``, ``rhvfs.commands._journal``) with syslog
+    priorities and without a timestamp of our own."""
     level = logging.DEBUG if debug else logging.INFO
     handler: logging.Handler
     if filename:
@@ -128,16 +131,24 @@ def setup_logging(*, debug: bool, filename: str | None = None) -> None:
         handler = logging.FileHandler(filename)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    journal = use_journal_format(log_format, to_stderr=not filename, stderr_fd=_fd_of(sys.stderr))
+    handler.setFormatter(JournalFormatter() if journal else logging.Formatter(LOG_FORMAT))
     handler.addFilter(RedactingFilter())
     sys.excepthook = excepthook
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    if not debug:
-        # The SDK and http stacks are chatty at INFO.
-        for name in ("httpx", "httpcore", "pyfuse3"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # The SDK and http stacks are chatty at INFO; --debug shows them.
+    for name in ("httpx", "httpcore", "pyfuse3"):
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)
+
+
+def _fd_of(stream: Any) -> int:
+    """The file descriptor under ``stream``; -1 when it has none (a test's StringIO)."""
+    try:
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return -1
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

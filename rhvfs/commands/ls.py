@@ -7,7 +7,10 @@ friends; name them as PATH to list them). Output, one entry per line (for script
 for files; ``-l`` adds size and mtime columns; ``-R`` recurses (not through
 symlinks). ``--json`` prints one JSON document instead: ``{"path", "entries",
 "errors"}``, each entry ``{"path", "type" (directory|file|symlink), "size",
-"mtime" (UTC, ISO 8601), "mtime_ns"}`` plus ``"target"`` for a symlink.
+"mtime" (UTC, ISO 8601), "mtime_ns"}`` plus ``"target"`` for a symlink, and
+``"engine": {"name", "version"}`` (the engine's product and version, null when
+it does not say). A plain listing of ``/`` starts with one comment line naming
+them: ``# engine: oVirt Engine 4.5.5-1.el8``.
 
 Exit status: 0 when everything listed, 1 when the engine can't be reached or
 refuses the credentials (checked first, with the same listing a mount makes
@@ -123,6 +126,7 @@ async def _run(
     out: list[str],
     errors: list[str],
     entries: list[dict[str, Any]],
+    engine: dict[str, Any],
 ) -> None:
     from rhvfs.mount import MountOptions, open_backend
 
@@ -137,6 +141,9 @@ async def _run(
         # The top of the tree is static: fail here, as a mount does, when the engine
         # can't be reached or refuses us, not with a listing that looks fine.
         await vfs.listdir((await vfs.resolve("/vms")).ino)
+        product = await vfs.inventory.engine_product()
+        engine.update(name=product.name if product else None)
+        engine.update(version=product.version if product else None)
         await list_tree(
             vfs,
             args.path,
@@ -166,12 +173,17 @@ def cmd_ls(argv: Sequence[str]) -> int:
     out: list[str] = []
     errors: list[str] = []
     entries: list[dict[str, Any]] = []
-    run_trio(_run, config, args, out, errors, entries)
+    engine: dict[str, Any] = {}
+    run_trio(_run, config, args, out, errors, entries, engine)
     errors = [redact(line) for line in errors]  # an engine error may quote a URL
     if args.json:
         doc = {"path": "/" + args.path.strip("/"), "entries": entries, "errors": errors}
+        doc["engine"] = engine or None
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
+        if engine and args.path.strip("/") == "" and not errors:
+            what = " ".join(str(v) for v in (engine["name"], engine["version"]) if v)
+            out.insert(0, f"# engine: {what or 'unknown'}")
         sys.stdout.write("".join(line + "\n" for line in out))
     sys.stderr.write("".join(f"rhvfs: {line}\n" for line in errors))
     return 1 if errors else 0

@@ -1,4 +1,4 @@
-"""``rhvfs mount``, ``rhvfs umount`` and ``rhvfs status``.
+"""``rhvfs mount`` and ``rhvfs umount`` (``rhvfs status``: ``rhvfs.commands.status``).
 
 ``mount`` without ``--foreground`` re-runs itself with ``--foreground`` in a
 new session (a daemon), hands it the password through a pipe (never argv,
@@ -24,6 +24,18 @@ wins, as with mount(8)); an unknown option is refused in one line that names
 the known ones. ``allow_other`` is refused without an explicit ``umask=``:
 letting other users in must say which of them may read.
 
+``mount`` on a mountpoint that holds the dead mount of a crashed rhvfs (the
+kernel answers ENOTCONN) replaces it: the old mount is detached only right before
+the new one is made, once the engine answered, so a restart that fails leaves
+the mount visibly broken, never an empty directory.
+
+``umount --only-if-alive`` (systemd's ExecStop, which also runs after the
+daemon crashed) unmounts only a healthy mount: one whose verified rhvfs process
+answers. A mount whose process is gone is left as it is (exit 0): a crashed mount
+stays visibly broken (ENOTCONN) instead of becoming an empty directory that a
+mirroring tool would take for "everything deleted"; a hung or unverified one is
+left too (exit 1). A mountpoint with nothing mounted is nothing to do (exit 0).
+
 ``umount`` exits non-zero with the reason on stderr whenever the mount is not
 gone at the end (not mounted, not rhvfs, the process still cleaning up after
 ``--timeout``, ``fusermount3`` failed or the mount stayed).
@@ -36,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import functools
 import grp
 import json
@@ -50,7 +63,14 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from rhvfs.commands._mounts import RHVFS_FSTYPE, canonical_mountpoint, mount_at, verify_daemon
+from rhvfs.commands._journal import LOG_FORMATS
+from rhvfs.commands._mounts import (
+    RHVFS_FSTYPE,
+    MountEntry,
+    canonical_mountpoint,
+    mount_at,
+    verify_daemon,
+)
 from rhvfs.commands.common import (
     add_connection_args,
     check_log_file,
@@ -225,6 +245,13 @@ def _mount_parser() -> argparse.ArgumentParser:
         "--log",
         help="log file (default: stderr in the foreground, a file under the state dir otherwise)",
     )
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="journal: syslog priority prefixes and no timestamp, for systemd's journal "
+        "(auto: when stderr is the journal, JOURNAL_STREAM)",
+    )
     p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     return p
 
@@ -262,10 +289,15 @@ def cmd_mount(argv: Sequence[str]) -> int:
             extra[key] = getattr(args, key)
     # Logging first: warnings about the configuration go to the terminal (the daemon's
     # parent) or to the mount's log (the foreground process).
-    setup_logging(debug=args.debug, filename=args.log if args.foreground else None)
+    setup_logging(
+        debug=args.debug,
+        filename=args.log if args.foreground else None,
+        log_format=args.log_format,
+    )
     prepare_state_dir(args.state_dir)
     config = config_from_args(args, **extra)  # validates and prompts before forking
-    if not os.path.isdir(args.mountpoint):
+    dead = dead_rhvfs_mount(args.mountpoint)
+    if dead is None and not os.path.isdir(args.mountpoint):
         raise ConfigError(f"mountpoint {args.mountpoint} is not a directory")
     if not args.foreground:
         return _spawn_daemon(list(argv), args, config.password)
@@ -285,7 +317,8 @@ def cmd_mount(argv: Sequence[str]) -> int:
             ready_fd = None
 
     try:
-        run_trio(functools.partial(serve, config, options, ready=ready))
+        replace = functools.partial(_replace_dead_mount, dead) if dead is not None else None
+        run_trio(functools.partial(serve, config, options, ready=ready, replace=replace))
     except BaseException as e:
         logging.getLogger(__name__).error("mount failed: %s", e, exc_info=args.debug)
         if ready_fd is not None:
@@ -363,6 +396,36 @@ def is_mounted(path: str) -> bool:
         return os.path.ismount(path)
 
 
+def dead_rhvfs_mount(path: str) -> str | None:
+    """The canonical mountpoint when ``path`` holds an rhvfs mount whose process is gone
+    (the kernel answers ENOTCONN), else None. A hung mount is not dead: None."""
+    try:
+        mnt = canonical_mountpoint(path)
+        entry = mount_at(mnt)
+    except OSError:
+        return None
+    if entry is None or entry.fstype != RHVFS_FSTYPE:
+        return None
+    try:
+        _read_status(mnt)
+    except OSError as e:
+        return mnt if e.errno == errno.ENOTCONN else None
+    except TimeoutError:
+        return None
+    return None
+
+
+def _replace_dead_mount(mnt: str) -> None:
+    """Detach the dead rhvfs mount at ``mnt`` (checked again: it may have changed)."""
+    if dead_rhvfs_mount(mnt) != mnt:
+        raise ConfigError(f"{mnt} is no longer the dead rhvfs mount to replace")
+    command = ["fusermount3", "-u", "-z", mnt]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RhvfsError(f"{' '.join(command)}: {result.stderr.strip()}")
+    logging.getLogger(__name__).info("replacing the dead rhvfs mount on %s", mnt)
+
+
 def _daemon_mountpoint(args: Sequence[str]) -> str | None:
     """The mountpoint that ``rhvfs mount ARGS`` mounts; None when ARGS don't parse."""
     parser = _mount_parser()
@@ -403,16 +466,44 @@ def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
+def _service_result() -> str:
+    """What systemd says about the service (``$SERVICE_RESULT`` etc., set for ExecStop)."""
+    names = ("SERVICE_RESULT", "EXIT_CODE", "EXIT_STATUS")
+    found = [f"{n}={os.environ[n]}" for n in names if os.environ.get(n)]
+    return f" (systemd: {' '.join(found)})" if found else ""
+
+
+def _unhealthy(pid: int | None, *, hung: bool, entry: MountEntry) -> tuple[int, str] | None:
+    """(exit code, reason) when the mount is not a healthy rhvfs mount to stop; None if it is."""
+    if hung:
+        return 1, "it does not answer (hung)"
+    if pid is None or not _alive(pid):
+        return 0, "its rhvfs process is gone, so it stays visibly broken (ENOTCONN)"
+    problem = verify_daemon(pid, entry, mountpoint_of=_daemon_mountpoint)
+    if problem is not None:
+        return 1, f"process {pid} is not verified as its rhvfs daemon ({problem})"
+    return None
+
+
 def cmd_umount(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="rhvfs umount", description="Finish sessions and unmount.")
     p.add_argument("mountpoint")
     p.add_argument(
         "--timeout", type=float, default=900.0, help="seconds to wait for sessions to clean up"
     )
+    p.add_argument(
+        "--only-if-alive",
+        action="store_true",
+        help="unmount only a healthy mount (its rhvfs process answers); leave a crashed "
+        "or hung one visibly broken (systemd's ExecStop, which also runs after a crash)",
+    )
     args = p.parse_args(list(argv))
     mnt = canonical_mountpoint(args.mountpoint)
     entry = mount_at(mnt)
     if entry is None:
+        if args.only_if_alive:
+            print(f"rhvfs: {mnt} is not mounted: nothing to stop", file=sys.stderr)
+            return 0
         raise ConfigError(f"{mnt} is not mounted")
     if entry.fstype != RHVFS_FSTYPE:
         raise ConfigError(f"{mnt} is not an rhvfs mount ({entry.fstype}): left alone")
@@ -424,6 +515,16 @@ def cmd_umount(argv: Sequence[str]) -> int:
         hung = True  # our own reader is stuck on the mount: only a lazy unmount can succeed
     except (OSError, ValueError, KeyError, TypeError):
         pid = None
+    if args.only_if_alive:
+        unhealthy = _unhealthy(pid, hung=hung, entry=entry)
+        if unhealthy is not None:
+            code, reason = unhealthy
+            print(
+                f"rhvfs: {mnt} left as it is: {reason}{_service_result()}; "
+                "`rhvfs umount` without --only-if-alive detaches it",
+                file=sys.stderr,
+            )
+            return code
     if pid is not None and _alive(pid):
         # The pid comes from the mount: signal it only once /proc confirms it serves it.
         problem = verify_daemon(pid, entry, mountpoint_of=_daemon_mountpoint)
@@ -449,26 +550,4 @@ def cmd_umount(argv: Sequence[str]) -> int:
             raise RhvfsError(f"{' '.join(command)}: {result.stderr.strip()}")
         if not _wait(lambda: not is_mounted(mnt), 10.0):
             raise RhvfsError(f"{mnt} is still mounted after {' '.join(command)}")
-    return 0
-
-
-def cmd_status(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="rhvfs status", description="Show a mount's sessions.")
-    p.add_argument("mountpoint")
-    p.add_argument("--json", action="store_true", help="print the raw status.json")
-    args = p.parse_args(list(argv))
-    try:
-        status = _read_status(args.mountpoint)
-    except OSError as e:
-        raise ConfigError(
-            f"{args.mountpoint} is not a live rhvfs mount: {e.strerror or e}"
-        ) from None
-    if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
-        return 0
-    print(
-        f"mountpoint: {status.get('mountpoint')}  engine: {status.get('engine_url')}  pid: {status.get('pid')}"
-    )
-    print(f"open files: {status.get('open_files')}  uptime: {status.get('uptime_s')} s")
-    print("sessions:", json.dumps(status.get("sessions"), indent=2, sort_keys=True))
     return 0

@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator
 from rhvfs.config import Config
 from rhvfs.engine._restore import RestoreMixin
 from rhvfs.engine._snapshots import SnapshotsMixin
+from rhvfs.engine._system import SystemMixin
 from rhvfs.engine._transfers import TransfersMixin
 from rhvfs.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
-class Engine(TransfersMixin, SnapshotsMixin, RestoreMixin):
+class Engine(TransfersMixin, SnapshotsMixin, RestoreMixin, SystemMixin):
     """Async access to one oVirt engine; every method returns ``rhvfs.engine.types`` values."""
 
 

@@ -12,6 +12,10 @@ The SDK raises:
   without a code for transport failures ("Error while sending HTTP request:
   (56, ...)", "Failed to read response: [...]") and non-XML error bodies
   (a proxy's or application server's HTML page: "isn't the expected XML").
+
+A TLS verification failure (libcurl 51, 60, 83) becomes ``UntrustedCertificate``,
+whose text gives OpenSSL's reason and says how to get the engine's CA, instead of
+libcurl's "(60, 'SSL certificate ...')".
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from rhvfs.errors import (
     EngineError,
     EngineUnavailable,
     NotFound,
+    UntrustedCertificate,
 )
 
 # libcurl error numbers that are permanent configuration problems rather than
@@ -43,6 +48,17 @@ _PERMANENT_CURL_CODES = frozenset(
         77,  # CURLE_SSL_CACERT_BADFILE
         83,  # CURLE_SSL_ISSUER_ERROR
     }
+)
+
+# libcurl error numbers of a certificate that did not verify (the CA or the host name).
+_VERIFY_CURL_CODES = frozenset({51, 60, 83})
+# libcurl's texts around OpenSSL's reason, e.g. "SSL certificate OpenSSL verify result:
+# unable to get local issuer certificate (20)" or "SSL certificate problem: ...".
+_CURL_TEXT_RE = re.compile(r"\(\s*(?:<[^>]*>\s*,\s*)?\d+\s*,\s*(['\"])(.*)\1\s*\)")
+_VERIFY_PREFIXES = (
+    "ssl certificate openssl verify result:",
+    "ssl certificate problem:",
+    "ssl:",
 )
 
 _CURL_CODE_RE = re.compile(r"\(\s*(?:<[^>]*>\s*,\s*)?(\d+)\s*,")
@@ -63,6 +79,22 @@ def _curl_code(exc: BaseException) -> int | None:
             return first
     match = _CURL_CODE_RE.search(str(exc))
     return int(match.group(1)) if match else None
+
+
+def _verify_reason(exc: BaseException) -> str:
+    """OpenSSL's reason for a failed verification, without libcurl's wrapping."""
+    ctx = exc.__context__ or exc.__cause__
+    text = ""
+    if ctx is not None and type(ctx).__name__ == "error" and len(ctx.args) > 1:
+        text = str(ctx.args[1])
+    if not text:
+        match = _CURL_TEXT_RE.search(str(exc))
+        text = match.group(2) if match else "certificate not verified"
+    for prefix in _VERIFY_PREFIXES:
+        if text.lower().startswith(prefix):
+            text = text[len(prefix) :]
+            break
+    return " ".join(text.split())[:300]
 
 
 def _short(exc: BaseException) -> str:
@@ -93,7 +125,10 @@ def translate(exc: BaseException, what: str = "") -> EngineError:
     elif isinstance(exc, ovirtsdk4.Error):
         curl = _curl_code(exc)
         lowered = text.lower()
-        if curl in _PERMANENT_CURL_CODES:
+        if curl in _VERIFY_CURL_CODES:
+            reason = _verify_reason(exc)
+            err = UntrustedCertificate(f"{what}: {reason}" if what else reason)
+        elif curl in _PERMANENT_CURL_CODES:
             err = EngineError(detail)
         elif any(marker in lowered for marker in _TRANSIENT_TEXT):
             err = EngineUnavailable(detail)

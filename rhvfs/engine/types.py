@@ -212,3 +212,11 @@ class Checkpoint:
     creation_date: datetime | None = None
     description: str = ""
     vm_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineProduct:
+    """What the engine says it is (``GET /ovirt-engine/api``: ``product_info``)."""
+
+    name: str | None  # "oVirt Engine", "Red Hat Virtualization Manager"
+    version: str | None  # "4.5.5-1.el8"

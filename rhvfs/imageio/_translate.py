@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import httpx
 import trio
 
-from rhvfs.errors import ImageioError, ImageioUnavailable, RhvfsError, TicketGone
+from rhvfs.errors import CA_HINT, ImageioError, ImageioUnavailable, RhvfsError, TicketGone
 
 
 class DirtyUnsupported(ImageioError):
@@ -54,7 +54,7 @@ def translate_errors(what: str) -> Iterator[None]:
         cert = _cert_error(exc)
         if cert is not None:
             raise ImageioError(
-                f"{what}: TLS verification failed: {cert.verify_message or cert}"
+                f"{what}: TLS verification failed: {cert.verify_message or cert}; {CA_HINT}"
             ) from exc
         if isinstance(exc, httpx.TimeoutException | trio.TooSlowError | TimeoutError):
             raise ImageioUnavailable(f"{what}: timed out") from exc

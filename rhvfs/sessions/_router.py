@@ -29,6 +29,11 @@ Invariants between awaits: every router handle of a full-view file belongs to
 exactly one ``SetRead`` and counts in it; a read's binding (view and target)
 exists from its beginning until it has ended and its session was told.
 
+Each read that started a session posts its start, its end and its failure to the
+engine's events (``core._events.EngineEvents``, when given): severity normal for a
+start and a complete read, warning for a read that ended before every file was
+read, error for a failure.
+
 Must not: hold sessions (the managers do) or talk to the engine itself.
 """
 
@@ -52,9 +57,11 @@ from rhvfs.backupset import (
     parse_key,
 )
 from rhvfs.config import Config
-from rhvfs.errors import PointInTimeLost, RhvfsError, SetBusy
+from rhvfs.errors import NotFound, PointInTimeLost, RhvfsError, SetBusy
+from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._procid import reader_identity
+from rhvfs.sessions.core._progress import sum_progress
 from rhvfs.sessions.core._registry import HandleTable, Notes
 from rhvfs.sessions.core._setread import ReaderId, ReadState, SetRead, SetReads, Verdict
 from rhvfs.sessions.full._manager import SetView
@@ -92,6 +99,7 @@ class _Binding:
     via_backup: bool
     names: dict[str, str]  # key -> file name, for status
     session_started: bool = False
+    failure_posted: bool = False
 
 
 @dataclasses.dataclass
@@ -131,8 +139,10 @@ class SetRouter:
         *,
         config: Config,
         full_sets_via_backup: bool = False,
+        events: EngineEvents | None = None,
     ) -> None:
         self.full = full
+        self.events = events
         self.incremental = incremental
         self.config = config
         #: serve the data of @rhv/ of VMs with incremental-enabled disks from a full engine
@@ -144,6 +154,7 @@ class SetRouter:
         self._bindings: dict[str, _Binding] = {}  # read id -> binding
         self._generations: dict[str, int] = {}  # owner id -> reads of its set that ended
         self._notes = Notes()
+        self._sets_started: set[str] = set()  # incremental set ids whose start was posted
 
     # -- listings ---------------------------------------------------------------
 
@@ -171,7 +182,18 @@ class SetRouter:
         self, owner: Owner, kind: SetKind, since: str | None = None
     ) -> list[SetEntry]:
         """Files of ``@rhv-<kind>/`` (or ``@rhv-since/<since>/``); starts the set's backup."""
-        return await self.incremental.list_set(owner, kind, since)
+        before = self.incremental.live_set(owner)
+        try:
+            entries = await self.incremental.list_set(owner, kind, since)
+        except RhvfsError as e:
+            if not isinstance(e, NotFound):  # a since-checkpoint rhvfs never recorded: no backup
+                self._post(owner, f"{kind} backup", f"failed: {e}", "error")
+            raise
+        after = self.incremental.live_set(owner)
+        if after is not None and after is not before:
+            self._sets_started.add(after.set_id)
+            self._post(owner, f"{kind} backup", f"started (set {after.set_id})", "normal")
+        return entries
 
     async def since_checkpoints(self, owner: Owner) -> list[str]:
         """Names under ``@rhv-since/``: checkpoints of completed sets rhvfs recorded."""
@@ -265,9 +287,15 @@ class SetRouter:
                         read_id=read.read_id,
                         expect_images=binding.view.image_ids,
                     )
-            except PointInTimeLost as e:
-                self._lose(owner, item.book, read, str(e))
+            except BaseException as e:
+                if isinstance(e, Exception) and not binding.failure_posted:
+                    binding.failure_posted = True
+                    self._event(binding, read, f"failed: {e}", "error")
+                if isinstance(e, PointInTimeLost):
+                    self._lose(owner, item.book, read, str(e))
                 raise
+            if not binding.session_started:
+                self._event(binding, read, f"started ({binding.view.method})", "normal")
             item.inner, item.pending = inner, None
             binding.session_started = True
 
@@ -379,15 +407,43 @@ class SetRouter:
         last handle, and never serves again."""
         binding = self._bindings.pop(read.read_id, None)
         if binding is None:  # an incremental set: its session ends on its own
+            if read.read_id in self._sets_started and read.state.ended:
+                self._sets_started.discard(read.read_id)
+                what, severity = (
+                    ("finished: every file was read", "normal")
+                    if read.state is ReadState.COMPLETE
+                    else (f"ended incomplete: {read.reason}", "warning")
+                )
+                self._post(owner, "backup", f"{what} (set {read.read_id})", severity)
             return
         self._generations[owner.id] = self._generations.get(owner.id, 0) + 1
         self.full.read_ended(owner)
         complete = read.state is ReadState.COMPLETE
         log.info("read %s of %s %s ended: %s", read.read_id, owner.kind, owner.name, read.reason)
+        if binding.session_started and not binding.failure_posted:
+            if complete:
+                self._event(binding, read, "finished: every file was read", "normal")
+            elif read.state is ReadState.LOST:
+                self._event(binding, read, f"failed: {read.reason}", "error")
+            else:
+                self._event(binding, read, f"ended incomplete: {read.reason}", "warning")
         if binding.via_backup:
             self.incremental.end_read(owner, read.read_id, reason=read.reason, complete=complete)
         else:
             self.full.end_read(owner, read.read_id, reason=read.reason)
+
+    def _event(self, binding: _Binding, read: SetRead, what: str, severity: str) -> None:
+        """Post ``what`` happened to the backup ``read`` to the engine's events."""
+        self._post(binding.owner, "backup", f"{what} (read {read.read_id})", severity)
+
+    def _post(self, owner: Owner, backup: str, what: str, severity: str) -> None:
+        if self.events is None:
+            return
+        self.events.post(
+            f"rhvfs: {backup} of {'VM' if owner.kind == 'vm' else owner.kind} {owner.name} {what}",
+            severity=severity,
+            vm_id=owner.id if owner.kind == "vm" else None,
+        )
 
     # -- reporting --------------------------------------------------------------------
 
@@ -410,10 +466,19 @@ class SetRouter:
                         "name": binding.owner.name,
                     }
                     doc["method"] = binding.view.method
+                    doc["configuration_time"] = binding.view.configuration_time or None
                     doc["files_complete"] = sorted(binding.names.get(k, k) for k in read.done)
                 reads.append(doc)
         status["reads"] = reads
+        if self.events is not None:
+            status["engine_events"] = self.events.status()
         status["errors"] = list(status.get("errors", [])) + self._notes.list()
+        for doc in [*status.get("sessions", []), *incremental.get("sessions", [])]:
+            pit = doc.get("point_in_time")
+            binding = self._bindings.get(pit.get("read_id") or "") if pit else None
+            if pit is not None and binding is not None:
+                pit["configuration_time"] = binding.view.configuration_time or None
+        status["totals"] = _totals(status, incremental)
         return status
 
     async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
@@ -422,6 +487,24 @@ class SetRouter:
         if not dry_run:
             lines += await self.incremental.finalize_leftovers()
         return lines
+
+
+def _totals(full: Mapping[str, Any], incremental: Mapping[str, Any]) -> dict[str, Any]:
+    """The mount's backup totals: both managers' sessions (a VM that is up with an
+    incremental-enabled disk reads its ``@rhv/`` through an engine backup, so through the
+    incremental manager), with the progress of the live ones summed."""
+    ft, it = full.get("totals", {}), incremental.get("totals", {})
+    live = list(full.get("sessions", [])) + list(incremental.get("sessions", []))
+    return {
+        "sessions_active": len(live),
+        "sessions_started": int(ft.get("sessions_started", 0)) + int(it.get("sets_started", 0)),
+        "handles_open": int(ft.get("handles_open", 0)) + int(it.get("handles_open", 0)),
+        # every byte served since the mount began, by sessions live or closed
+        "bytes_read": int(ft.get("bytes_read", 0)) + int(it.get("bytes_read", 0)),
+        # the live sessions' bytes (the sum of ``bytes_read`` over the sessions listed)
+        "bytes_read_active": sum(int(s.get("bytes_read", 0)) for s in live),
+        "progress": sum_progress(s["progress"] for s in live if "progress" in s),
+    }
 
 
 def _disk_id(key: str) -> str:

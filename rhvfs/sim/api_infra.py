@@ -11,6 +11,7 @@ here.
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 from ovirtsdk4 import types
 
@@ -474,57 +475,88 @@ TAGS: tuple[Route, ...] = (
 # /events and /jobs
 
 
+def _event_matches(ev: Any, search: str) -> bool:
+    """``origin=X`` / ``severity=X`` terms match exactly, other words the description."""
+    for term in search.split():
+        key, sep, value = term.partition("=")
+        if sep and key in ("origin", "severity"):
+            if str(getattr(ev, key)).lower() != value.lower():
+                return False
+        elif term.lower() not in ev.description.lower():
+            return False
+    return True
+
+
+def _event_out(ev: Any) -> types.Event:
+    return with_href(
+        types.Event(
+            id=str(ev.id),
+            code=ev.code,
+            description=ev.description,
+            severity=types.LogSeverity(ev.severity),
+            time=datetime.datetime.fromisoformat(ev.time),
+            origin=ev.origin,
+            custom_id=ev.custom_id if ev.custom_id is not None else -1,
+            vm=ref_vm(ev.vm_id) if ev.vm_id else None,
+        ),
+        href("events", str(ev.id)),
+    )
+
+
 def list_events(e: Engine, req: Request) -> Response:
+    """Newest first; ``search`` (origin=, severity=, words of the description), ``max``,
+    ``from`` (events with that id or newer)."""
     st = e.state
     with st.lock:
-        text = req.query.get("search", "").strip().lower()
-        events = [ev for ev in reversed(st.events) if not text or text in ev.description.lower()]
+        search = req.query.get("search", "").strip()
+        first = int(req.query.get("from", "0") or 0)
+        events = [
+            ev
+            for ev in reversed(st.events)
+            if ev.id >= first and (not search or _event_matches(ev, search))
+        ]
         limit = int(req.query.get("max", "0") or 0)
         if limit > 0:
             events = events[:limit]
-        items = [
-            with_href(
-                types.Event(
-                    id=str(ev.id),
-                    code=ev.code,
-                    description=ev.description,
-                    severity=types.LogSeverity(ev.severity),
-                    time=datetime.datetime.fromisoformat(ev.time),
-                    origin=ev.origin,
-                    custom_id=ev.custom_id,
-                    vm=ref_vm(ev.vm_id) if ev.vm_id else None,
-                ),
-                href("events", str(ev.id)),
-            )
-            for ev in events
-        ]
-        return xml(xmlio.render_list(items, "events"))
+        return xml(xmlio.render_list([_event_out(ev) for ev in events], "events"))
 
 
 def add_event(e: Engine, req: Request) -> Response:
+    """An external event, checked as the engine does: origin, severity, custom_id and
+    description are required; origin ``oVirt`` is the engine's own; (origin, custom_id)
+    is unique. Of a ``vm`` link only the id counts."""
     st = e.state
     body = parse_body(req, types.Event)
+    missing = [
+        name
+        for name, value in (
+            ("origin", body.origin),
+            ("severity", body.severity),
+            ("customId", body.custom_id),
+            ("description", body.description),
+        )
+        if value is None or value == ""
+    ]
+    if missing:
+        raise bad_request(f"Event [{', '.join(missing)}] required for add")
+    assert body.origin is not None and body.severity is not None
+    if body.origin.lower() == "ovirt":
+        raise conflict("Cannot add External Event. Illegal origin: oVirt")
     with st.lock:
+        if any(ev.origin == body.origin and ev.custom_id == body.custom_id for ev in st.events):
+            raise conflict(
+                "Cannot add External Event. An event with the same origin and custom id exists"
+            )
         ev = st.add_event(
             body.description or "",
             code=body.code or 0,
-            severity=body.severity.value if body.severity else "normal",
+            severity=body.severity.value,
             custom_id=body.custom_id,
-            origin=body.origin or "external",
+            origin=body.origin,
+            vm_id=body.vm.id if body.vm is not None and body.vm.id else None,
         )
         e.save()
-        out = with_href(
-            types.Event(
-                id=str(ev.id),
-                description=ev.description,
-                severity=types.LogSeverity(ev.severity),
-                time=datetime.datetime.fromisoformat(ev.time),
-                origin=ev.origin,
-                custom_id=ev.custom_id,
-            ),
-            href("events", str(ev.id)),
-        )
-        return xml(xmlio.render(out), status=201)
+        return xml(xmlio.render(_event_out(ev)), status=201)
 
 
 def list_jobs(e: Engine, req: Request) -> Response:

@@ -29,6 +29,7 @@ from rhvfs.engine.types import (
     DataCenter,
     Disk,
     DiskAttachment,
+    EngineProduct,
     Host,
     Nic,
     StorageDomain,
@@ -36,6 +37,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
+from rhvfs.errors import RhvfsError
 from rhvfs.selection import VmSelection
 from rhvfs.vfs.backend import EngineInventory
 
@@ -64,6 +66,7 @@ class Inventory:
         self.selection = selection or VmSelection()
         self._entries: dict[tuple[str, str], _Entry] = {}
         self.calls = 0  # engine calls made, for tests and status
+        self.product: EngineProduct | None = None  # once ``engine_product`` found it
 
     async def _get(self, key: tuple[str, str], fetch: Callable[[], Awaitable[T]]) -> T:
         entry = self._entries.setdefault(key, _Entry())
@@ -90,6 +93,17 @@ class Inventory:
             doc["total"] = engine.get("requests", 0)
             doc["by_kind"] = engine.get("requests_by_kind", {})
         return doc
+
+    async def engine_product(self) -> EngineProduct | None:
+        """The engine's product name and version, asked once (kept for the mount's life);
+        None from an engine facade that cannot say, or when the engine did not answer."""
+        fetch = getattr(self._engine, "product_info", None)
+        if self.product is None and fetch is not None:
+            try:
+                self.product = await fetch()
+            except RhvfsError as e:
+                log.debug("engine product version not known: %s", e)
+        return self.product
 
     async def datacenters(self) -> list[DataCenter]:
         return await self._get(("list_datacenters", ""), self._engine.list_datacenters)

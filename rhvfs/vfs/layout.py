@@ -20,11 +20,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import rhvfs
-from rhvfs.backupset import SET_DIRS, SetKind
+from rhvfs.backupset import SET_DIRS, SetKind, disk_mode, set_support
 from rhvfs.engine.types import (
     INLINED_FIELDS,
     Cluster,
     DataCenter,
+    DiskAttachment,
     Host,
     StorageDomain,
     Tag,
@@ -76,6 +77,11 @@ def _asdict(value: Any) -> dict[str, Any]:
 
 def _by_name(nodes: Iterable[Node]) -> list[Node]:
     return sorted(nodes, key=lambda n: n.name)
+
+
+def _mode(a: DiskAttachment) -> tuple[str, str | None]:
+    """What incremental sets hold of the attached disk (``rhvfs.backupset.disk_mode``)."""
+    return disk_mode(a.disk.format, a.disk.backup, shareable=a.disk.shareable)
 
 
 def _fixed_mtime(entity: Any) -> int:
@@ -204,6 +210,8 @@ class Layout:
     def _status_content(self) -> bytes:
         info: dict[str, Any] = {"rhvfs_version": rhvfs.__version__, "pid": os.getpid()}
         info.update(self._status_info())
+        product = self.inv.product
+        info["engine"] = dataclasses.asdict(product) if product is not None else None
         info["sessions"] = self.backups.status()
         info["engine_calls"] = self.inv.engine_calls()
         return redact(render_json(info).decode()).encode()  # error texts may quote a URL
@@ -341,10 +349,18 @@ class Layout:
                     "interface": a.interface,
                     "bootable": a.bootable,
                     "active": a.active,
+                    # the disk's incremental backup setting, and what incremental sets get
+                    "backup": a.disk.backup,
+                    "backup_mode": _mode(a)[0],
+                    "backup_mode_reason": _mode(a)[1],
                 }
                 for a in attachments
             ],
             "nics": [_asdict(nic) for nic in nics],
+            # which set directories work for this VM now, and why not
+            "sets": set_support(
+                vm.status, [(a.disk.format, a.disk.backup, a.disk.shareable) for a in attachments]
+            ),
         }
         return render_json(summary)
 
@@ -439,10 +455,45 @@ class Layout:
             return [
                 self._dir(("dc", dc.id, "clusters"), "clusters", self._dc_clusters_lister(dc)),
                 self._file(("dc", dc.id, "json"), "datacenter.json", render_json(_asdict(dc))),
+                self._dir(("dc", dc.id, "hosts"), "hosts", self._dc_links(dc, "hosts")),
                 self._dir(
                     ("dc", dc.id, "storagedomains"), "storagedomains", self._dc_sds_lister(dc)
                 ),
+                self._dir(("dc", dc.id, "templates"), "templates", self._dc_links(dc, "templates")),
+                self._dir(("dc", dc.id, "vms"), "vms", self._dc_links(dc, "vms")),
             ]
+
+        return lister
+
+    def _dc_links(self, dc: DataCenter, top: str) -> Lister:
+        """``datacenters/<dc>/<top>/``: symlinks to the ``/<top>/`` entries (hosts, templates,
+        VMs) of the data center's clusters, from the cached listings (no call per entry)."""
+
+        async def lister() -> list[Node]:
+            in_dc = {c.id for c in await self.inv.clusters() if c.datacenter_id == dc.id}
+            if top == "vms":
+                vms = [vm for vm in await self.inv.vms() if vm.cluster_id in in_dc]
+                return await self._vm_links(
+                    vms, up=3, ident_kind="vm-link", ident_sub=f"dc:{dc.id}"
+                )
+            entities: Sequence[Host | Template]
+            if top == "hosts":
+                entities = await self.inv.hosts()
+                mtime: Callable[[Any], int] = _fixed_mtime
+            else:
+                entities = await self.inv.templates()
+                mtime = _creation_mtime
+            names = unique_names((e.id, e.name) for e in entities)  # as /<top>/ names them
+            return _by_name(
+                self._link(
+                    (f"{top}-link", e.id, dc.id),
+                    names[e.id],
+                    f"../../../{top}/{names[e.id]}",
+                    mtime(e),
+                )
+                for e in entities
+                if e.cluster_id in in_dc
+            )
 
         return lister
 

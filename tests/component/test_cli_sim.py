@@ -144,6 +144,18 @@ def test_ls_json_lists_what_ls_long_lists(sim: Any, tmp_path: Path) -> None:
     assert failed(missing) == "rhvfs: not found: no-such-vm"
 
 
+def test_ls_of_the_root_names_the_engine_product_and_version(sim: Any, tmp_path: Path) -> None:
+    base = ["ls", *connection(sim.conf_file, tmp_path / "state")]
+    text = rhvfs(tmp_path, *base, "/")
+    assert (text.returncode, text.stderr) == (0, "")
+    lines = text.stdout.splitlines()
+    assert lines[0] == "# engine: oVirt Engine 4.5.5-1.el8"
+    assert "/vms/" in lines and "/datacenters/" in lines
+    doc = json.loads(rhvfs(tmp_path, *base, "--json", "/vms").stdout)
+    assert doc["engine"] == {"name": "oVirt Engine", "version": "4.5.5-1.el8"}
+    assert not rhvfs(tmp_path, *base, "/vms").stdout.startswith("#")  # only the root's listing
+
+
 def add_snapshot(sim: Any, description: str) -> str:
     conn = sim.sdk_connection()
     try:

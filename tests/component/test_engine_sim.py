@@ -20,7 +20,7 @@ import trio
 
 from rhvfs.config import Config, load_config
 from rhvfs.engine import Engine, open_engine
-from rhvfs.errors import AuthenticationError, EngineUnavailable, NotFound
+from rhvfs.errors import AuthenticationError, Conflict, EngineUnavailable, NotFound
 from rhvfs.retry import RetryPolicy
 
 FAST_POLL = RetryPolicy.for_polling(interval_s=0.05, max_interval_s=0.25, timeout_s=120.0)
@@ -727,3 +727,51 @@ async def test_listings_inline_attachments_nics_and_tags(sim: Any, engine: Engin
     ovf, xml = await engine.vm_config(web01.id)
     assert ovf == await engine.vm_ovf(web01.id)
     assert xml == await engine.vm_xml(web01.id)
+
+
+async def test_product_version_and_external_events(sim: Any, engine: Engine) -> None:
+    product = await engine.product_info()
+    assert (product.name, product.version) == ("oVirt Engine", "4.5.5-1.el8")
+    vm = await _vm_named(engine, "myvm")
+    custom_id = uuid.uuid4().int % (2**31 - 1) + 1
+    text = f"external event {uuid.uuid4()}"
+    await engine.add_event(description=text, severity="warning", custom_id=custom_id, vm_id=vm.id)
+    # the engine keeps (origin, custom_id) unique: a second event with them is refused
+    with pytest.raises(Conflict):
+        await engine.add_event(description=text, severity="normal", custom_id=custom_id)
+
+    def listed() -> list[Any]:
+        conn = sim.sdk_connection()
+        try:
+            return list(conn.system_service().events_service().list(search=f"origin=rhvfs {text}"))
+        finally:
+            conn.close()
+
+    (event,) = await trio.to_thread.run_sync(listed)
+    assert (event.description, event.severity.value, event.origin) == (text, "warning", "rhvfs")
+    assert (event.custom_id, event.vm.id) == (custom_id, vm.id)
+
+
+def test_the_simulator_refuses_external_events_without_origin_or_custom_id(sim: Any) -> None:
+    import ovirtsdk4 as sdk
+    import ovirtsdk4.types as types
+
+    conn = sim.sdk_connection()
+    try:
+        events = conn.system_service().events_service()
+        for event in (
+            types.Event(description="x", severity=types.LogSeverity.NORMAL, origin="rhvfs"),
+            types.Event(description="x", severity=types.LogSeverity.NORMAL, custom_id=7),
+        ):
+            with pytest.raises(sdk.Error) as err:
+                events.add(event)
+            assert err.value.code == 400
+        with pytest.raises(sdk.Error) as err:
+            events.add(
+                types.Event(
+                    description="x", severity=types.LogSeverity.NORMAL, origin="oVirt", custom_id=8
+                )
+            )
+        assert err.value.code == 409
+    finally:
+        conn.close()

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from rhvfs.engine.types import Vm
+from rhvfs.engine.types import DataCenter, Vm
 from rhvfs.errors import IsADirectory, NotADirectory, NotFound, VmStateError
 from rhvfs.vfs.names import ROOT_INODE
 from rhvfs.vfs.nodes import Kind
@@ -208,3 +208,85 @@ async def test_status_json_never_shows_a_ticket_or_token() -> None:
         "GET https://localhost:54322/images/<ticket> failed; Authorization: <token>"
     )
     assert status["mountpoint"] == "/x"
+
+
+async def test_a_datacenter_links_its_hosts_templates_and_vms() -> None:
+    vfs, engine, _ = make_vfs()
+    assert await names(vfs, "/datacenters/Default") == [
+        "clusters", "datacenter.json", "hosts", "storagedomains", "templates", "vms",
+    ]  # fmt: skip
+    assert await names(vfs, "/datacenters/Default/vms") == await names(vfs, "/vms")
+    cases = {
+        "/datacenters/Default/hosts/host1": ("../../../hosts/host1", "/hosts/host1"),
+        "/datacenters/Default/templates/mytemplate": (
+            "../../../templates/mytemplate",
+            "/templates/mytemplate",
+        ),
+        "/datacenters/Default/vms/odd%2Fname": ("../../../vms/odd%2Fname", "/vms/odd%2Fname"),
+    }
+    for path, (target, top) in cases.items():
+        link = await vfs.resolve(path, follow_last=False)
+        assert link.kind is Kind.LINK
+        assert await vfs.readlink(link.ino) == target
+        assert (await vfs.resolve(path)).ino == (await vfs.resolve(top)).ino
+    # a data center without clusters has none of them
+    engine.datacenters = [*engine.datacenters, DataCenter(id="dc-2", name="empty")]
+    vfs2 = Vfs(engine, FakeBackups(), listing_ttl_s=5.0)
+    for sub in ("hosts", "templates", "vms"):
+        assert await names(vfs2, f"/datacenters/empty/{sub}") == []
+
+
+async def test_vm_json_says_each_disks_backup_mode_and_which_sets_work() -> None:
+    from dataclasses import replace
+
+    vfs, engine, _ = make_vfs()
+    atts = engine.attachments["vm-1"]
+    atts[0] = replace(atts[0], disk=replace(atts[0].disk, format="cow", backup="incremental"))
+    atts[1] = replace(atts[1], disk=replace(atts[1].disk, format="cow", backup="none"))
+    doc = json.loads(await read_all(vfs, "/vms/myvm/vm.json"))
+    assert [(d["format"], d["backup"], d["backup_mode"]) for d in doc["disks"]] == [
+        ("cow", "incremental", "incremental"),
+        ("cow", "none", "full"),
+        ("raw", None, "full"),
+    ]
+    assert doc["disks"][0]["backup_mode_reason"] is None
+    assert "not enabled" in doc["disks"][1]["backup_mode_reason"]
+    assert "raw disk" in doc["disks"][2]["backup_mode_reason"]
+    sets = doc["sets"]
+    assert sets["@rhv"] == {
+        "available": True, "changes_only": False, "reason": None, "method": "snapshot",
+    }  # fmt: skip
+    assert sets["@rhv-incremental"]["available"] and sets["@rhv-incremental"]["changes_only"]
+    assert (
+        sets["@rhv-incremental"]["reason"] == "2 disk(s) without incremental backup get full images"
+    )
+    assert sets["@rhv-differential"] == sets["@rhv-incremental"]
+    assert sets["@rhv-since"]["available"] and "checkpoints" in sets["@rhv-since"]["reason"]
+
+    # no incremental-enabled disk: the sets work, with full images every time
+    raw = json.loads(await read_all(vfs, "/vms/runvm/vm.json"))["sets"]
+    assert raw["@rhv-incremental"]["available"] and not raw["@rhv-incremental"]["changes_only"]
+    assert raw["@rhv-incremental"]["reason"].startswith("no disk has incremental backup enabled")
+    # suspended: nothing but the configuration
+    asleep = json.loads(await read_all(vfs, "/vms/sleepy/vm.json"))["sets"]
+    assert not any(s["available"] for s in asleep.values())
+    assert asleep["@rhv"]["reason"] == "the VM is suspended: only its configuration can be read"
+
+
+async def test_status_json_names_the_engine_product_once_known() -> None:
+    from rhvfs.engine.types import EngineProduct
+
+    vfs, engine, _ = make_vfs()
+    assert json.loads(await read_all(vfs, "/.rhvfs/status.json"))["engine"] is None
+    asked: list[int] = []
+
+    async def product_info() -> EngineProduct:
+        asked.append(1)
+        return EngineProduct(name="oVirt Engine", version="4.5.5-1.el8")
+
+    engine.product_info = product_info  # type: ignore[attr-defined]
+    for _ in range(2):
+        assert await vfs.inventory.engine_product() == EngineProduct("oVirt Engine", "4.5.5-1.el8")
+    assert asked == [1]  # asked once
+    status = json.loads(await read_all(vfs, "/.rhvfs/status.json"))
+    assert status["engine"] == {"name": "oVirt Engine", "version": "4.5.5-1.el8"}

@@ -82,6 +82,23 @@ def test_tree_of_the_sample_inventory(mounted: SimMount) -> None:
     )
     doc = json.loads((mnt / "vms/web01/vm.json").read_bytes())
     assert (doc["name"], doc["status"], len(doc["disks"])) == ("web01", "up", 3)
+    # raw preallocated, qcow2 without and with incremental backup (the sample's web01)
+    modes = {d["alias"]: (d["format"], d["backup_mode"]) for d in doc["disks"]}
+    assert modes == {
+        "web01_os": ("raw", "full"),
+        "web01_data": ("cow", "full"),
+        "web01_logs": ("cow", "incremental"),
+    }
+    assert doc["sets"]["@rhv"]["method"] == "backup"
+    assert doc["sets"]["@rhv-incremental"]["changes_only"] is True
+    dc = mnt / "datacenters/Default"
+    assert os.path.realpath(dc / "vms/web01") == str(mnt / "vms/web01")
+    for sub in ("hosts", "templates", "vms"):
+        names = os.listdir(dc / sub)
+        assert names and set(names) <= set(os.listdir(mnt / sub)), sub
+        assert all(os.path.realpath(dc / sub / n) == str(mnt / sub / n) for n in names)
+    status = json.loads((mnt / ".rhvfs/status.json").read_bytes())
+    assert status["engine"] == {"name": "oVirt Engine", "version": "4.5.5-1.el8"}
     listing = os.listdir(mnt / "vms/web01/@rhv")
     assert listing[:3] == ["vm.ovf", "vm.xml", "manifest.json"]
     assert len(listing) == 6

@@ -105,11 +105,18 @@ def test_round_trip(
     original = vm_details(sim, "web01")
     assert original is not None and original["status"] == "up"  # the original is untouched
     assert restored["nics"][0][1] != original["nics"][0][1]  # auto: its MAC is in use, so new
-    assert mnt.status()["restores"][name] == {
+    summary = mnt.status()["restores"][name]
+    assert {k: summary[k] for k in ("phase", "vm_id", "error")} == {
         "phase": "done",
         "vm_id": status["vm_id"],
         "error": None,
     }
+    # progress: every selected disk done, the total is their sizes
+    size = sum(d["size"] for d in status["disks"] if d["selected"])
+    assert size > 0
+    assert summary["progress"]["size"] == summary["progress"]["bytes_done"] == size
+    assert summary["progress"]["percent"] == 100.0 and summary["progress"]["eta_s"] == 0.0
+    assert [d["progress"]["percent"] for d in summary["disks"]] == [100.0] * len(summary["disks"])
 
 
 # -- one test per option --------------------------------------------------------------------

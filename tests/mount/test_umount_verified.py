@@ -4,7 +4,8 @@ A FUSE file system that is not rhvfs is left alone; one that poses as rhvfs
 (``fuse.rhvfs`` in mountinfo) and names another process in its
 ``.rhvfs/status.json`` is only detached with ``fusermount3 -u``: that process
 survives. A real rhvfs mount (mounted with a relative path) is verified,
-stopped with SIGTERM and gone.
+stopped with SIGTERM and gone. With ``--only-if-alive`` (systemd's ExecStop) an
+unverified mount is not even detached, and an empty mountpoint is nothing to stop.
 """
 
 from __future__ import annotations
@@ -168,3 +169,28 @@ def test_the_verified_rhvfs_daemon_is_stopped(sim: Any, tmp_path: Path, state_di
         if mount_at(str(mnt)) is not None:
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
     assert wait_until(lambda: not alive(pid), 30)
+
+
+def test_only_if_alive_leaves_an_unverified_mount_mounted(
+    tmp_path: Path, victims: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """systemd's ExecStop (``--only-if-alive``) detaches nothing that is not a healthy,
+    verified rhvfs mount; a mountpoint without a mount is nothing to stop."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    command = [*RHVFS, "umount", "--only-if-alive", "--timeout", "20", str(mnt)]
+    empty = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert empty.returncode == 0
+    assert empty.stderr.splitlines() == [f"rhvfs: {mnt} is not mounted: nothing to stop"]
+
+    victim = victims("sleep", "300")
+    foreign = Foreign(mnt, "rhvfs", victim.pid)  # fuse.rhvfs, naming a process that is no daemon
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"rhvfs: {mnt} left as it is: process {victim.pid} is not verified")
+        assert mount_at(str(mnt)) is not None and foreign.proc.poll() is None
+        assert alive(victim.pid) and victim.poll() is None
+    finally:
+        foreign.close()

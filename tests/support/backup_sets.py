@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import random
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +127,29 @@ def make_set(
     files["vm.ovf"] = ovf_for(VM_ID, name, [str(d["id"]) for d in disks], ["56:6f:00:00:00:01"])
     files["vm.xml"] = b"<vm/>\n"
     return SetFiles(files=files, manifest=manifest)
+
+
+def sim_set(name: str, *, macs: tuple[str, ...] = ("56:6f:7a:00:00:01",)) -> SetFiles:
+    """``make_set`` for the simulator: fresh VM and disk ids, the simulator's cluster and
+    storage domain by name, disk interfaces virtio_scsi and sata, one NIC per MAC
+    (``nic1``, ``nic2``, ..., on no profile)."""
+    s = make_set(name=name, seed=7)
+    doc = s.manifest
+    doc["vm"]["id"] = str(uuid.uuid4())
+    doc["vm"]["cluster"] = {"id": None, "name": "Default"}
+    for d, iface in zip(doc["disks"], ("virtio_scsi", "sata"), strict=True):
+        new_id = str(uuid.uuid4())
+        data = s.files.pop(d["file"])
+        d["id"], d["file"] = new_id, f"{d['alias']}--{new_id}.raw"
+        s.files[d["file"]] = data
+        d["storage_domain"] = {"id": None, "name": "mydata"}
+        d["interface"] = iface
+    doc["nics"] = [
+        {"name": f"nic{i}", "interface": "virtio", "mac": mac} for i, mac in enumerate(macs, 1)
+    ]
+    s.files["manifest.json"] = json.dumps(doc).encode()
+    s.files["vm.ovf"] = ovf_for(doc["vm"]["id"], name, [d["id"] for d in doc["disks"]], list(macs))
+    return s
 
 
 @dataclass

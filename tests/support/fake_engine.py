@@ -938,7 +938,9 @@ VMS = [
     Vm(id="vm-4", name="sleepy", status="suspended", cluster_id="cl-1", creation_time=T0),
 ]
 TAGGED = {"tag-1": ["vm-1", "vm-3"], "tag-2": []}
-TEMPLATES = [Template(id="tpl-1", name="mytemplate", status="ok", creation_time=T0)]
+TEMPLATES = [
+    Template(id="tpl-1", name="mytemplate", status="ok", cluster_id="cl-1", creation_time=T0)
+]
 DISK_SIZE = 3 * 1024 * 1024 + 4096  # not a multiple of the read size: EOF handling matters
 
 

@@ -205,6 +205,20 @@ def set_options(conf_file: Path, section: str, **settings: object) -> None:
         parser.write(f)
 
 
+def conf_without(sim: SimProcess, directory: Path, *keys: str) -> Path:
+    """A copy (0600) of the simulator's ``ovirt-img.conf`` in ``directory`` without ``keys``
+    in its section (e.g. ``cafile``: as before the engine's CA is known)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(sim.conf_file)
+    for key in keys:
+        parser.remove_option(sim.section, key)
+    path = directory / "ovirt-img.conf"
+    with open(path, "w") as f:
+        parser.write(f)
+    path.chmod(0o600)
+    return path
+
+
 def conf_with(sim: SimProcess, directory: Path, **settings: object) -> Path:
     """A copy of the simulator's ``ovirt-img.conf`` in ``directory`` with ``settings`` added."""
     path = directory / "ovirt-img.conf"

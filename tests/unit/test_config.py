@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rhvfs.config import PASSWORD_ENV, Config, default_config_file, load_config
+from rhvfs.config import PASSWORD_ENV, Config, default_config_file, load_config, set_option
 from rhvfs.errors import ConfigError
 
 
@@ -175,3 +176,76 @@ def test_http_engine_url_is_refused_unless_insecure(tmp_path: Path) -> None:
     assert "\n" not in str(info.value)
     cfg = load_config(section="e", config_file=conf, overrides={"secure": False})
     assert cfg.engine_url == "http://e" and cfg.secure is False
+
+
+def test_ovirt_img_keys_are_accepted_and_ignored(tmp_path: Path) -> None:
+    """A section written for ovirt-img (its keys as ovirt_imageio.client._options reads them)
+    loads; its own keys change nothing in rhvfs."""
+    base = "[prod]\nengine_url = https://e\nusername = u\npassword = p\n"
+    plain = load_config(section="prod", config_file=write_conf(tmp_path, base))
+    conf = write_conf(
+        tmp_path,
+        base + "log_level = debug\nlog_file = /var/log/ovirt-img.log\ndisk_timeout = 120\n"
+        "description = Uploaded by ops\n",
+    )
+    cfg = load_config(section="prod", config_file=conf)
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(plain)
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\): log_levle"):
+        load_config(section="prod", config_file=write_conf(tmp_path, base + "log_levle = x\n"))
+
+
+def test_password_file_argument_beats_the_sections_password_file(tmp_path: Path) -> None:
+    """The systemd unit passes --password-file with a section that has its own password_file."""
+    (tmp_path / "section-pw").write_text("from-section\n")
+    (tmp_path / "arg-pw").write_text("from-argument\n")
+    for name in ("section-pw", "arg-pw"):
+        (tmp_path / name).chmod(0o600)
+    conf = write_conf(
+        tmp_path,
+        f"[e]\nengine_url = https://e\nusername = u\npassword_file = {tmp_path / 'section-pw'}\n",
+    )
+    assert load_config(section="e", config_file=conf).password == "from-section"
+    cfg = load_config(section="e", config_file=conf, password_file=tmp_path / "arg-pw")
+    assert cfg.password == "from-argument"
+
+
+def test_password_file_in_the_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``%d/NAME`` is systemd's credential NAME (LoadCredential=NAME:...)."""
+    creds = tmp_path / "creds"
+    creds.mkdir(mode=0o700)
+    (creds / "password").write_text("from-credential\n")
+    (creds / "password").chmod(0o400)
+    conf = write_conf(
+        tmp_path, "[e]\nengine_url = https://e\nusername = u\npassword_file = %d/password\n"
+    )
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError, match=r"\$CREDENTIALS_DIRECTORY is not set"):
+        load_config(section="e", config_file=conf, interactive=False)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert load_config(section="e", config_file=conf).password == "from-credential"
+    conf2 = write_conf(tmp_path, "[e]\nengine_url = https://e\nusername = u\n")
+    cfg = load_config(section="e", config_file=conf2, password_file="%d/password")
+    assert cfg.password == "from-credential"
+
+
+def test_set_option_edits_one_line_and_keeps_the_rest(tmp_path: Path) -> None:
+    text = (
+        "# engines\n[other]\ncafile = /keep/me.pem\n\n"
+        "[prod]  ; production\nengine_url = https://e\n; a comment\nusername = u\n"
+    )
+    conf = write_conf(tmp_path, text)
+    conf.chmod(0o640)
+    set_option(conf, "prod", "cafile", "/etc/rhvfs/prod-ca.pem")
+    assert conf.read_text() == text.replace(
+        "[prod]  ; production\n", "[prod]  ; production\ncafile = /etc/rhvfs/prod-ca.pem\n"
+    )
+    set_option(conf, "prod", "cafile", "/new.pem")
+    assert conf.read_text().count("cafile") == 2
+    assert "cafile = /new.pem\n" in conf.read_text()
+    assert "cafile = /keep/me.pem\n" in conf.read_text()
+    assert conf.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["ovirt-img.conf"]
+    with pytest.raises(ConfigError, match=r"no section \[nope\]"):
+        set_option(conf, "nope", "cafile", "/x")

@@ -35,6 +35,7 @@ def test_contract_methods_exist_and_are_async() -> None:
         "start_backup", "backup_disks", "finalize_backup", "list_backups", "list_checkpoints", "remove_checkpoint",
         "create_disk", "remove_disk", "create_vm_from_ovf", "create_vm", "attach_disk", "add_nic",
         "remove_vm", "start_vm", "stop_vm", "create_template_from_ovf",
+        "product_info", "add_event",
     ]  # fmt: skip
     for name in names:
         assert inspect.iscoroutinefunction(getattr(rhvfs.engine.Engine, name)), name

@@ -12,6 +12,7 @@ from rhvfs.errors import (
     EngineError,
     EngineUnavailable,
     NotFound,
+    UntrustedCertificate,
     is_transient,
 )
 
@@ -91,7 +92,7 @@ def _sdk_error(cls: type[ovirtsdk4.Error], msg: str, code: int | None) -> ovirts
             ovirtsdk4.Error,
             "Error while sending HTTP request: (60, 'SSL certificate problem: unable to get local issuer')",
             None,
-            EngineError,
+            UntrustedCertificate,
             False,
         ),
         (ovirtsdk4.Error, "The CA file '/nope.pem' doesn't exist", None, EngineError, False),
@@ -123,8 +124,32 @@ def test_pycurl_context_decides_permanent_tls_failure() -> None:
             raise ovirtsdk4.Error("Error while sending HTTP request: boom") from None
     except ovirtsdk4.Error as exc:
         err = translate(exc)
-    assert type(err) is EngineError
+    assert type(err) is UntrustedCertificate
     assert not is_transient(err)
+    assert str(err).startswith(
+        "TLS verification of the engine failed: SSL peer certificate or SSH remote key was not OK;"
+    )
+
+
+def test_a_certificate_that_does_not_verify_says_how_to_get_the_ca() -> None:
+    """libcurl's "(60, 'SSL certificate ...')" becomes OpenSSL's reason and the way out."""
+    import pycurl
+
+    text = "SSL certificate OpenSSL verify result: unable to get local issuer certificate (20)"
+    try:
+        try:
+            raise pycurl.error(60, text)
+        except pycurl.error as e:
+            raise ovirtsdk4.Error(f"Error while sending HTTP request: {e}") from None
+    except ovirtsdk4.Error as exc:
+        err = translate(exc, "list vms")
+    assert str(err) == (
+        "TLS verification of the engine failed: list vms: unable to get local issuer "
+        "certificate (20); if the engine's CA is not trusted yet, get it with "
+        "`rhvfs ca fetch -c SECTION` (compare the fingerprint it shows) or set cafile"
+    )
+    assert "\n" not in str(err) and "(60" not in str(err)
+    assert isinstance(err, EngineError) and not is_transient(err)
 
 
 def test_stray_socket_errors_are_transient() -> None:

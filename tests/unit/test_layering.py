@@ -72,6 +72,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
             "rhvfs.private",
             "rhvfs.redact",
             "rhvfs.selection",
+            "rhvfs.events",
         ),
     ),
 ]

@@ -10,6 +10,7 @@ from rhvfs.sessions.restore._options import (
     build_options,
     parse_lines,
     unknown_disk_keys,
+    wanted_mac,
 )
 
 D1 = "11111111-1111-1111-1111-111111111111"
@@ -117,3 +118,39 @@ def test_mount_defaults_come_from_the_config_section(tmp_path) -> None:  # type:
     assert opts.vm_switchon is True
     assert opts.storage_domain.default == "mydata"
     assert opts.nics == "original"  # the options file wins
+
+
+def test_positional_nics_in_the_plugins_syntax() -> None:
+    opts = build_options(defaults={}, file_values={"nics": "C0:FF:EE:00:00:01,original"})
+    assert opts.nics == "explicit" and dict(opts.nic_macs) == {}
+    assert opts.nic_positions == ("c0:ff:ee:00:00:01", "original")
+    mine = "56:6f:00:00:00:02"
+    first = wanted_mac(opts, 0, name="nic1", nic_id=None, set_mac=mine)
+    second = wanted_mac(opts, 1, name="nic2", nic_id=None, set_mac=mine)
+    third = wanted_mac(opts, 2, name="nic3", nic_id=None, set_mac=mine)
+    assert first == ("c0:ff:ee:00:00:01", True)
+    assert second == (mine, True)  # original: the set's MAC, or fail
+    assert third == (mine, False)  # past the list: auto
+    assert wanted_mac(
+        build_options(defaults={}, file_values={"nics": "new, nic2:C0:FF:EE:00:00:09"}),
+        1,
+        name="nic2",
+        nic_id=None,
+        set_mac=mine,
+    ) == ("c0:ff:ee:00:00:09", True)
+    one = build_options(defaults={}, file_values={"nics": "C0:FF:EE:00:00:01"})
+    assert one.nic_positions == ("c0:ff:ee:00:00:01",)
+    assert wanted_mac(one, 0, name="x", nic_id=None, set_mac=None) == ("c0:ff:ee:00:00:01", True)
+    with pytest.raises(RestoreError, match="in NIC order"):
+        build_options(defaults={}, file_values={"nics": "C0:FF:EE:00:00:01,bogus"})
+
+
+def test_original_keeps_the_sets_value_and_remove_base_vm_defaults_to_yes() -> None:
+    opts = build_options(
+        defaults={},
+        file_values={"disk_interface": "original, a:sata", "storage_domain": f"{D1}:original"},
+    )
+    assert opts.disk_interface == PerDisk(default=None, by_disk={"a": "sata"})
+    assert opts.storage_domain == PerDisk()
+    assert build_options(defaults={}).remove_base_vm is True
+    assert build_options(defaults={}, file_values={"remove_base_vm": "no"}).remove_base_vm is False

@@ -143,22 +143,6 @@ def test_filter_leaves_records_without_secrets_alone() -> None:
     assert record.args == ("d1", 5) and record.getMessage() == "disk d1: 5 bytes"
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """Give back the root logger and excepthook that ``setup_logging`` replaces."""
-    root = logging.getLogger()
-    handlers, level, hook = list(root.handlers), root.level, sys.excepthook
-    try:
-        yield
-    finally:
-        for h in root.handlers:
-            if h not in handlers:
-                h.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        sys.excepthook = hook
-
-
 def test_setup_logging_redacts_every_logger_into_a_0600_file(
     tmp_path: Path, root_logging: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

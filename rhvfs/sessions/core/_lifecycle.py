@@ -33,7 +33,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections.abc import Collection
+import time
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import trio
@@ -44,6 +45,7 @@ from rhvfs.sessions.core._limits import EngineLimits, Slot
 from rhvfs.sessions.core._pending import CleanupStep, PendingCleanups, transfer_step
 from rhvfs.sessions.core._ports import EngineLike, ImageioOpener, ReaderFactory
 from rhvfs.sessions.core._procid import ProcessIdentity
+from rhvfs.sessions.core._progress import SetProgress, phase_of
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,15 @@ class SessionServices:
     cleanups: PendingCleanups | None = None
     #: the mount's limits on sessions and transfers (None: unlimited)
     limits: EngineLimits | None = None
+
+
+def progress_now() -> float:
+    """The clock progress is measured on: trio's (a fake one in tests), or, outside trio
+    (a status taken by a test without a running loop), a monotonic one."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 class SessionLifecycle(abc.ABC):
@@ -92,6 +103,8 @@ class SessionLifecycle(abc.ABC):
         self._close_requested = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._grace_scope: trio.CancelScope | None = None
+        #: bytes served per file, for status.json (``core._progress``)
+        self.progress = SetProgress()
 
     # -- hooks ----------------------------------------------------------------
 
@@ -132,6 +145,27 @@ class SessionLifecycle(abc.ABC):
         """Nobody has read for a while: release what can be recreated on the next read
         (image transfers, and the disk locks the engine holds for them). Never raises."""
         return
+
+    # -- progress ---------------------------------------------------------------
+
+    def note_progress(self, key: str, offset: int, nbytes: int, *, name: str, size: int) -> None:
+        """``nbytes`` of file ``key`` (``name``, ``size`` bytes) were served at ``offset``."""
+        self.progress.add(progress_now(), key, offset, nbytes, name=name, size=size)
+
+    def progress_status(self, files: Iterable[tuple[str, str, int]]) -> dict[str, Any]:
+        """``phase``, ``progress`` and ``files`` for status.json; ``files`` are (key, name,
+        size) of every file the session is expected to serve (shown ``waiting`` until read)."""
+        order = []
+        for key, name, size in files:
+            self.progress.expect(key, name, size)
+            order.append(key)
+        phase = phase_of(self.state)
+        if phase == "active" and not self.handles:
+            phase = "idle"  # ready, but no file open: waiting for the tool (or its end)
+        return {
+            "phase": phase,
+            **self.progress.document(progress_now(), order=order),
+        }
 
     # -- task -----------------------------------------------------------------
 

@@ -48,6 +48,7 @@ import trio
 from rhvfs.config import Config
 from rhvfs.engine.types import Disk, ImageTransfer
 from rhvfs.errors import EngineError, SessionClosed, TicketGone
+from rhvfs.retry import RETRY_RECORD
 from rhvfs.sessions.core._cleanup import cancel_transfer, finish_transfer
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._limits import EngineLimits, Slot
@@ -152,6 +153,7 @@ class TransferChannel(abc.ABC):
                     self.transfer.id if self.transfer else None,
                     self.disk.id,
                     e,
+                    extra={"what": f"read of disk {self.disk.id}", **RETRY_RECORD},
                 )
                 await self._recreate(gen)
             finally:

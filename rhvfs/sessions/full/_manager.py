@@ -117,6 +117,8 @@ class SetView:
     contents: Mapping[str, bytes | RhvfsError]
     image_ids: Mapping[str, str]
     shape: str
+    #: when the configuration files were taken (ISO 8601, as the manifest's point_in_time)
+    configuration_time: str = ""
 
 
 @dataclasses.dataclass
@@ -353,6 +355,7 @@ class BackupManager:
             read_id=_PLACEHOLDER_READ_ID,
             method="snapshot",
             lineage=True,
+            now=datetime.now(UTC),
         )
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
         needed = _needed_sizes(data, contents, full=full)
@@ -403,8 +406,9 @@ class BackupManager:
         ann, disks = self._announce_listing(owner, data, full=True)
         method = "template" if owner.kind == "template" else "backup" if via_backup else "snapshot"
         names = {d.id: image_file_name(d.alias, d.id) for d in disks}
+        now = datetime.now(UTC)
         manifest = self._view_manifest(
-            data, disks, names, read_id=read_id, method=method, lineage=via_backup
+            data, disks, names, read_id=read_id, method=method, lineage=via_backup, now=now
         )
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
         padded = _padded(contents, ann, owner, lambda m: self._note_error(owner, m))
@@ -416,6 +420,7 @@ class BackupManager:
             contents=padded,
             image_ids={d.id: d.image_id for d in disks if d.image_id},
             shape=shape_fingerprint(data),
+            configuration_time=now.isoformat(),
         )
 
     def _view_manifest(
@@ -427,8 +432,8 @@ class BackupManager:
         read_id: str,
         method: str,
         lineage: bool,
+        now: datetime,
     ) -> bytes:
-        now = datetime.now(UTC)
         manifest = build_manifest(
             data,
             disks=disks,

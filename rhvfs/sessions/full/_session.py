@@ -494,6 +494,14 @@ class BackupSession(SessionLifecycle):
                     f"reader returned {len(data)} bytes for {size} at {offset} of disk {disk_id}"
                 )
         self.bytes_read += len(data)
+        entry = self.entries_by_key.get(key)
+        self.note_progress(
+            key,
+            offset,
+            len(data),
+            name=entry.name if entry is not None else key,
+            size=entry.size if entry is not None else offset + len(data),
+        )
         return data
 
     def add_handle(self, handle_id: int, key: str) -> None:
@@ -599,4 +607,20 @@ class BackupSession(SessionLifecycle):
             "rate_bytes_per_s": math.floor(self.bytes_read / elapsed),
             "disks": [ch.statistics() for ch in self.channels.values()],
             "last_error": self.last_error,
+            "point_in_time": {
+                "read_id": self.read_id,
+                "method": "template" if self.owner.kind == "template" else "snapshot",
+                "taken": (
+                    datetime.fromtimestamp(self.ready_at, UTC).isoformat()
+                    if self.ready_at
+                    else None
+                ),
+            },
+            # A read of the set expects each of its images (the router serves its
+            # configuration); other reads show what they read.
+            **self.progress_status(
+                (e.key, e.name, e.size)
+                for e in (self.entries if self.read_id else ())
+                if e.disk_id is not None
+            ),
         }

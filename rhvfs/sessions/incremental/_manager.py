@@ -147,6 +147,7 @@ class IncrementalManager:
             what="the incremental manager"
         )
         self._completed = 0
+        self._bytes_read_closed = 0  # bytes served by sessions that have closed
         self.cleanups = PendingCleanups(config, journal=journal)
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -273,6 +274,7 @@ class IncrementalManager:
 
     def _closed(self, session: IncrementalSession) -> None:
         self._sessions.forget(session)
+        self._bytes_read_closed += session.bytes_read
         if session.recorded:
             self._completed += 1
 
@@ -392,9 +394,16 @@ class IncrementalManager:
         await self._sessions.aclose_all()
 
     def status(self) -> dict[str, Any]:
+        live = self._sessions.sessions()
         return {
-            "sessions": [s.status() for s in self._sessions.sessions()],
-            "totals": {"sets_started": self._sessions.started, "sets_completed": self._completed},
+            "sessions": [s.status() for s in live],
+            "totals": {
+                "sets_started": self._sessions.started,
+                "sets_completed": self._completed,
+                "sessions_active": len(live),
+                "handles_open": len(self._sessions.handles),
+                "bytes_read": self._bytes_read_closed + sum(s.bytes_read for s in live),
+            },
             "pending_cleanups": self.cleanups.status(),
             "notes": self._sessions.notes.list(),
         }

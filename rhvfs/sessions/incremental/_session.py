@@ -635,6 +635,7 @@ class IncrementalSession(SessionLifecycle):
                 raise EngineError(f"read {len(data)} bytes for {size} at {offset} of {entry.name}")
         self.coverage[key].add(offset, offset + len(data))
         self.bytes_read += len(data)
+        self.note_progress(key, offset, len(data), name=entry.name, size=entry.size)
         return data
 
     def fully_read(self) -> bool:
@@ -823,6 +824,18 @@ class IncrementalSession(SessionLifecycle):
             "complete": self.complete,
             "warnings": list(self.warnings),
             "disks": [ch.statistics() for ch in self.channels.values()],
+            "point_in_time": {
+                "read_id": self.read_id,
+                "method": "backup",
+                "backup_id": self.backup_id if self.backup_started or self.backup else None,
+                "taken": datetime.fromtimestamp(self.started_wall, UTC).isoformat(),
+            },
+            # A read of @rhv/ gets its configuration from the router: only images here.
+            **self.progress_status(
+                (e.key, e.name, e.size)
+                for e in self.entries
+                if self.read_id is None or e.disk_id is not None
+            ),
         }
 
 

@@ -131,7 +131,7 @@ class DiskUploads:
             await self.replay_staged(f)
         assert d.stream is not None
         await d.stream.write(offset, data)
-        d.bytes_written += len(data)
+        d.wrote(len(data))
 
     def stage(self, f: RestoreFile, offset: int, data: bytes) -> None:
         """Data of a file no manifest explains (yet): kept in the staging area."""
@@ -154,7 +154,7 @@ class DiskUploads:
             await self.ensure(d)
             assert d.stream is not None
             await d.stream.write(0, data)
-            d.bytes_written += len(data)
+            d.wrote(len(data))
         f.mem = None
         if f.staged is None:
             return
@@ -167,7 +167,7 @@ class DiskUploads:
                 for pos in range(start, end, step):
                     data = staged.read(pos, min(step, end - pos))
                     await d.stream.write(pos, data)
-                    d.bytes_written += len(data)
+                    d.wrote(len(data))
             self._host.note(f"replayed {staged.charged_bytes} staged bytes of {f.name}")
         finally:
             staged.close()

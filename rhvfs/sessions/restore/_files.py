@@ -33,6 +33,7 @@ from rhvfs.backupset import (
     rsync_target,
 )
 from rhvfs.errors import RestoreNameClash, RestoreTooLarge, RestoreWriteOnly
+from rhvfs.sessions.core._progress import RateMeter
 from rhvfs.sessions.restore._coverage import ImageCoverage
 from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._options import OPTIONS_FILE
@@ -130,12 +131,19 @@ class RestoreDisk:
     file: RestoreFile | None = None
     error: str | None = None
     bytes_written: int = 0
+    #: bytes written over time, for the rates in ``.status`` and status.json
+    meter: RateMeter = dataclasses.field(default_factory=RateMeter)
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
     #: image complete (replaced by a fresh event when a write un-completes it)
     finish: trio.Event = dataclasses.field(default_factory=trio.Event)
     sealed: bool = False  # the upload task went past ``finish``: the image cannot change
     done: trio.Event = dataclasses.field(default_factory=trio.Event)  # upload task ended
     abort: bool = False
+
+    def wrote(self, nbytes: int) -> None:
+        """``nbytes`` of the image went into the disk's stream (now)."""
+        self.bytes_written += nbytes
+        self.meter.add(trio.current_time(), nbytes)
 
 
 def identify(

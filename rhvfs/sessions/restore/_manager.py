@@ -31,6 +31,7 @@ from rhvfs.errors import (
     RestoreInputError,
     RestoreNameClash,
 )
+from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._ports import RestoreEngine, UploadOpener, default_upload_opener
@@ -65,7 +66,9 @@ class RestoreManager:
         outcome_timeout_s: float | None = None,
         partial_set_timeout_s: float | None = None,
         journal: Journal | None = None,
+        events: EngineEvents | None = None,
     ) -> None:
+        self.events = events
         self.close_grace_s = close_grace_s
         self.outcome_timeout_s = (
             config.outcome_timeout if outcome_timeout_s is None else outcome_timeout_s
@@ -163,7 +166,23 @@ class RestoreManager:
         del self.sessions[name]
 
     def status(self) -> dict[str, Any]:
-        return {
-            name: {"phase": s.phase.value, "vm_id": s.vm_id, "error": s.error}
-            for name, s in self.sessions.items()
-        }
+        out: dict[str, Any] = {}
+        for name, s in self.sessions.items():
+            doc = s.status()
+            out[name] = {
+                "phase": s.phase.value,
+                "vm_id": s.vm_id,
+                "error": s.error,
+                "progress": doc["progress"],
+                "disks": [
+                    {
+                        "alias": d["alias"],
+                        "file": d["file"],
+                        "state": d["state"],
+                        "progress": d["progress"],
+                    }
+                    for d in doc["disks"]
+                    if d["selected"]
+                ],
+            }
+        return out

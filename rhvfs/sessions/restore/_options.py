@@ -8,7 +8,8 @@ It holds ``key = value`` lines; ``#`` and ``;`` start comments; an optional
 the file overrides them key by key. Keys (names as in other RHV backup
 products)::
 
-    vm_name            = NAME        name of the restored VM (default: the directory's name)
+    vm_name            = NAME        name of the restored VM (default: the directory's name);
+                                     ``original``: the name of the VM the set was read from
     cluster            = NAME|ID     target cluster (default: the set's cluster)
     storage_domain     = NAME        one for all disks, and/or per disk: ID:NAME, ID:NAME
     vm_force_overwrite = yes|no      replace an existing VM of that name (only if it is down);
@@ -22,7 +23,10 @@ products)::
     nics               = auto|original|new|NIC:MAC, …   MAC addresses: auto (default) = the set's
                                      unless in use (a copy next to the original), then new;
                                      original = the set's or fail; new = engine-allocated;
-                                     or explicit per NIC (by name or id; unlisted NICs: auto)
+                                     or explicit per NIC (by name or id; unlisted NICs: auto);
+                                     or positional, the plugin's syntax: MAC|original|new|auto, …
+                                     for the set's NICs in order (``C0:FF:EE:00:00:01,original``:
+                                     the first NIC gets that MAC, the second keeps its own)
     vm_disks           = ID, …|all|none   restore only these disks; none = configuration only
     vm_exclude_disks   = ID, …       skip these disks
     vm_missing_disks   = fail|skip   a selected disk whose image never arrives (a set saved
@@ -34,9 +38,12 @@ products)::
                                      template of this name from the restored VM (the engine
                                      copies its disks; ``create_template`` waits until ok)
     remove_base_vm     = yes|no      VM sets with template_name: remove the restored VM (and
-                                     its disks) once the template is made (default no)
+                                     its disks) once the template is made (default yes, as the
+                                     plugin does)
 
-A disk may be named by its id or its alias in every per-disk value. Options
+A disk may be named by its id or its alias in every per-disk value, and
+``original`` (for all disks, or ``ID:original``) keeps the set's value:
+``disk_interface = original`` is the default. Options
 are frozen when the set's first data arrives; see ``rhvfs.sessions.restore._session``.
 
 Must not: talk to the engine or touch files (callers pass text in).
@@ -51,6 +58,9 @@ from typing import Generic, TypeVar
 from rhvfs.errors import RestoreError
 
 OPTIONS_FILE = "rhvfs-restore.conf"
+#: The ``vm_name`` value that means the name of the VM the set was read from.
+ORIGINAL = "original"
+_NIC_MODES = frozenset({"auto", "original", "new"})
 #: Options file size limit (bytes); anything larger is not an options file.
 OPTIONS_MAX_BYTES = 64 * 1024
 
@@ -128,7 +138,10 @@ class RestoreOptions:
     #: "fail" or "skip": what a selected disk that never arrived does to the restore.
     vm_missing_disks: str = "fail"
     template_name: str | None = None
-    remove_base_vm: bool | None = None
+    remove_base_vm: bool = True
+    #: Positional ``nics`` (the plugin's syntax): per NIC of the set, in order, a MAC or
+    #: "original", "new" or "auto"; NICs past the list: auto.
+    nic_positions: tuple[str, ...] = ()
 
     def selects(self, disk_id: str, alias: str) -> bool:
         """True when the disk ``disk_id`` (alias ``alias``) is to be restored."""
@@ -194,7 +207,11 @@ def _per_disk(key: str, value: str, convert: type[str] | type[bool]) -> PerDisk[
     default: object | None = None
     by_disk: dict[str, object] = {}
     for item in _items(value):
+        if item.lower() == ORIGINAL:  # the plugin's "as in the set": nothing to override
+            continue
         left, sep, right = item.partition(":")
+        if sep and right.strip().lower() == ORIGINAL:
+            continue
         if sep and left.strip() and right.strip():
             target: object = right.strip()
             if convert is bool:
@@ -243,20 +260,7 @@ def build_options(
         elif key in ("disk_active", "disk_boot"):
             kw[key] = _per_disk(key, value, bool)
         elif key == "nics":
-            v = value.strip().lower()
-            if v in ("auto", "original", "new", ""):
-                kw["nics"] = v or "auto"
-            else:
-                macs: dict[str, str] = {}
-                for item in _items(value):
-                    name, sep, mac = item.partition(":")
-                    if not sep or not _is_mac(mac.strip()):
-                        raise RestoreError(
-                            f"option nics: expected auto, original, new or NIC:MAC, …; got {_clip(item)!r}"
-                        )
-                    macs[name.strip()] = mac.strip().lower()
-                kw["nics"] = "explicit"
-                kw["nic_macs"] = macs
+            kw.update(_nics(value))
         elif key == "vm_disks":
             v = value.strip().lower()
             kw[key] = None if v in ("", "all") else frozenset() if v == "none" else _disk_set(value)
@@ -270,6 +274,48 @@ def build_options(
     opts = RestoreOptions(**kw)  # type: ignore[arg-type]
     _check_interfaces(opts.disk_interface)
     return opts
+
+
+def _nics(value: str) -> dict[str, object]:
+    """``nics``: one mode, ``NIC:MAC`` pairs, and/or positional values (MAC or mode) for the
+    set's NICs in order; a bare MAC is positional, ``name:MAC`` is named."""
+    items = _items(value)
+    if len(items) <= 1 and (not items or items[0].lower() in _NIC_MODES):
+        return {"nics": items[0].lower() if items else "auto"}
+    macs: dict[str, str] = {}
+    positions: list[str] = []
+    for item in items:
+        if item.lower() in _NIC_MODES:
+            positions.append(item.lower())
+        elif _is_mac(item):
+            positions.append(item.lower())
+        else:
+            name, sep, mac = item.partition(":")
+            if not sep or not name.strip() or not _is_mac(mac.strip()):
+                raise RestoreError(
+                    "option nics: expected auto, original, new, NIC:MAC, … or MAC|original|new, "
+                    f"… in NIC order; got {_clip(item)!r}"
+                )
+            macs[name.strip()] = mac.strip().lower()
+    return {"nics": "explicit", "nic_macs": macs, "nic_positions": tuple(positions)}
+
+
+def wanted_mac(
+    opts: RestoreOptions, index: int, *, name: str, nic_id: str | None, set_mac: str | None
+) -> tuple[str | None, bool]:
+    """The MAC to ask for the set's NIC number ``index`` (0-based) and whether it is owed
+    (True: fail when taken; False: a taken MAC falls back to a new one). None: a new MAC."""
+    mode = opts.nics
+    if mode == "explicit":
+        named = opts.nic_macs.get(name) or (opts.nic_macs.get(nic_id) if nic_id else None)
+        if named:
+            return named, True
+        mode = opts.nic_positions[index] if index < len(opts.nic_positions) else "auto"
+        if mode not in _NIC_MODES:
+            return mode, True  # a positional MAC
+    if mode == "new":
+        return None, False
+    return set_mac, mode == "original"
 
 
 def _is_mac(text: str) -> bool:

@@ -26,6 +26,7 @@ from rhvfs.engine.types import (
     Template,
     Vm,
 )
+from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.restore._memory import ConfigMemory
 from rhvfs.sessions.restore._staging import StagingArea
@@ -151,6 +152,8 @@ class RestoreServices(Protocol):
     outcome_timeout_s: float
     #: seconds without directory activity after which a set lacking only disks ends
     partial_set_timeout_s: float
+    #: where restores post their start, end and failure (None: they post nothing)
+    events: EngineEvents | None
 
     @property
     def restore_defaults(self) -> Mapping[str, str]:

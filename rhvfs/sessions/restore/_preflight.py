@@ -26,7 +26,7 @@ from rhvfs.errors import (
     RestoreNoSpace,
     RestoreUnsupported,
 )
-from rhvfs.sessions.restore._options import RestoreOptions, unknown_disk_keys
+from rhvfs.sessions.restore._options import ORIGINAL, RestoreOptions, unknown_disk_keys
 from rhvfs.sessions.restore._ports import RestoreEngine
 
 
@@ -38,10 +38,14 @@ def check_options(manifest: Manifest, opts: RestoreOptions) -> None:
 
 
 def target_name(manifest: Manifest, opts: RestoreOptions, directory: str) -> str:
-    """The name of the VM (or template) to restore: from the options, else the directory."""
+    """The name of the VM (or template) to restore: from the options, else the directory;
+    ``vm_name = original`` is the name of the VM (or template) the set was read from."""
+    vm_name = opts.vm_name
+    if vm_name is not None and vm_name.lower() == ORIGINAL:
+        vm_name = manifest.owner_name
     if manifest.kind == "template":
-        return opts.template_name or opts.vm_name or directory
-    return opts.vm_name or directory
+        return opts.template_name or vm_name or directory
+    return vm_name or directory
 
 
 async def preflight(

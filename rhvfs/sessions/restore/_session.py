@@ -251,6 +251,7 @@ class RestoreSession:
         self.phase = Phase.FAILED
         self.outcome.decided()
         self.note(f"failed: {text}")
+        self._event(f"failed: {text}", "error")
         for f in self.files.values():
             f.release_memory()  # nothing will read them now: back to the mount's budget
         self.chain.stop()
@@ -504,6 +505,7 @@ class RestoreSession:
         if disks is None:
             return  # adopted already
         self.disks.update(disks)  # no await since the manifest was adopted: see the invariants
+        self._event("started", "normal")
         self.partial.start()
         for other in list(self.files.values()):
             identify(other, self.manifest, self.disks, self.files)
@@ -561,7 +563,27 @@ class RestoreSession:
         finally:
             self.outcome.decided()
             self.note(f"done: vm {self.vm_id}")
+            self._event(f"finished: {self._made()}", "normal")
             self._finished.set()
+
+    def _made(self) -> str:
+        if self.vm_id is not None:
+            return f"VM {self.config.target_name} ({self.vm_id}) created"
+        return f"template {self.config.target_name} ({self.template_id}) created"
+
+    def _event(self, what: str, severity: str) -> None:
+        """Post ``what`` happened to this restore to the engine's events (when enabled)."""
+        events = self.services.events
+        if events is None:
+            return
+        m = self.manifest
+        source = f" from the set of {m.kind} {m.owner_name}" if m is not None else ""
+        target = self.config.target_name or self.name
+        events.post(
+            f"rhvfs: restore of {target}{source} {what} (restore/{self.name})",
+            severity=severity,
+            vm_id=self.vm_id,
+        )
 
     async def _build_vm(self) -> None:
         """Make the VM or template; a failure fails the session."""

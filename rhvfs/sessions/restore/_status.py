@@ -19,6 +19,8 @@ from typing import Any
 
 from rhvfs.backupset import Manifest
 from rhvfs.redact import redact
+from rhvfs.sessions.core._lifecycle import progress_now
+from rhvfs.sessions.core._progress import progress_document, sum_progress
 from rhvfs.sessions.restore._files import RestoreDisk
 from rhvfs.sessions.restore._options import RestoreOptions
 from rhvfs.sessions.restore._state import Phase
@@ -41,6 +43,18 @@ class Notes:
         log.info("restore %s: %s", self.name, text)
         self.lines.append(f"{time.strftime('%H:%M:%S')} {text}")  # wall clock, for people
         del self.lines[:-NOTES_KEPT]
+
+
+def disk_progress(d: RestoreDisk, now: float) -> dict[str, Any]:
+    """The disk's ``progress``: bytes done are those written or known holes (owed no more)."""
+    size = d.set_disk.size
+    if d.finish.is_set() and not d.abort:
+        owed = 0
+    else:
+        owed = d.file.coverage.unaccounted(size).total if d.file is not None else size
+    return progress_document(
+        size=size, done=size - owed, current=d.meter.current(now), average=d.meter.average(now)
+    )
 
 
 def disk_status(d: RestoreDisk) -> dict[str, Any]:
@@ -66,6 +80,7 @@ def disk_status(d: RestoreDisk) -> dict[str, Any]:
         "put_requests": stats.put_requests if stats else 0,
         "zero_requests": stats.zero_requests if stats else 0,
         "error": d.error,
+        "progress": disk_progress(d, progress_now()),
     }
 
 
@@ -88,6 +103,7 @@ def status_document(
     notes: Notes,
 ) -> dict[str, Any]:
     """The ``.status`` object; ``errno_number`` 0 when the restore did not fail."""
+    disk_docs = [disk_status(d) for d in disks]
     return {
         "name": name,
         "phase": phase.value,
@@ -102,7 +118,9 @@ def status_document(
         "source": ({"id": manifest.owner_id, "name": manifest.owner_name} if manifest else None),
         "manifest": manifest is not None,
         "ovf": ovf_read,
-        "disks": [disk_status(d) for d in disks],
+        "disks": disk_docs,
+        # over the selected disks: bytes done (written or holes), rates of the writes, ETA
+        "progress": sum_progress(d["progress"] for d in disk_docs if d["selected"]),
         "options": options.as_dict() if options else None,
         "chain": chain,
         "staged_bytes": staged_bytes,

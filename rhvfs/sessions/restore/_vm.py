@@ -33,7 +33,7 @@ from rhvfs.backupset import (
 from rhvfs.engine.types import Vm
 from rhvfs.errors import Conflict, NotFound, RestoreFailed, RestoreUnsupported
 from rhvfs.sessions.restore import _overwrite as overwrite
-from rhvfs.sessions.restore._options import RestoreOptions
+from rhvfs.sessions.restore._options import RestoreOptions, wanted_mac
 from rhvfs.sessions.restore._overwrite import MacMove
 from rhvfs.sessions.restore._ports import RestoreEngine
 from rhvfs.sessions.restore._rollback import Created
@@ -121,17 +121,8 @@ async def _add_nics(
     VM an overwrite replaces holds it) gets a pool MAC now and a ``MacMove``."""
     opts = plan.options
     moves: list[MacMove] = []
-    for nic in plan.manifest.nics:
-        strict = opts.nics == "original"
-        if opts.nics == "new":
-            mac = None
-        elif opts.nics == "explicit":
-            explicit = opts.nic_macs.get(nic.name) or (
-                opts.nic_macs.get(nic.id) if nic.id else None
-            )
-            mac, strict = (explicit, True) if explicit else (nic.mac, False)
-        else:
-            mac = nic.mac
+    for index, nic in enumerate(plan.manifest.nics):
+        mac, strict = wanted_mac(opts, index, name=nic.name, nic_id=nic.id, set_mac=nic.mac)
         owed = mac if mac is not None and mac.lower() in held else None
         if owed is not None:
             mac = None
