@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.bacula import BaculaRig, FileSet
+from tests.support.data import sha256_file
 from tests.support.mounts import SimMount, restic_summary, restore_status, set_shas
 from tests.support.sim import (
     EngineCalls,
@@ -313,3 +314,34 @@ def test_bacula_fileset_for_a_tag_lists_its_set_directories(
         for vm in ("myvm", VM):
             shas = set_shas(where / str(mnt).lstrip("/") / "vms" / vm / "@rhv")
             assert shas == {d: sim.admin.disk_sha256(d) for d in shas}, vm
+
+
+def test_tar_configuration_only_creates_nothing_on_the_engine(
+    mount: SimMount, sim: SimProcess, tmp_path: Path
+) -> None:
+    set_dir = mount.mnt / "vms" / VM / "@rhv"
+    with counting_engine_calls(sim) as calls:
+        sh(f"tar -cf {tmp_path}/cfg.tar {set_dir}/vm.ovf {set_dir}/manifest.json")
+    assert calls.of(*SNAPSHOTS) == 0, calls.counts
+    names = run(["tar", "-tf", str(tmp_path / "cfg.tar")]).stdout.split()
+    assert [Path(n).name for n in names] == ["vm.ovf", "manifest.json"]
+
+
+def test_tar_skipping_a_disk(sim: SimProcess, mount: SimMount, tmp_path: Path) -> None:
+    """Last in the module: a set read without one of its disks never completes, so its
+    snapshot stays until ``read_idle_limit`` (or the unmount)."""
+    set_dir = mount.mnt / "vms/myvm/@rhv"
+    # alias -> (file name, disk id), from the listing alone (reading the manifest would begin
+    # a read of the set before tar's)
+    images = {
+        n.split("--")[0]: (n, n.removesuffix(".raw").split("--")[1])
+        for n in os.listdir(set_dir)
+        if n.endswith(".raw")
+    }
+    (_, skipped), (kept_name, kept) = images["myvm_Disk1"], images["mydisk"]
+    sh(f"tar -cSf {tmp_path}/db.tar --exclude='*--{skipped}.raw' -C {mount.mnt}/vms/myvm @rhv")
+    out = tmp_path / "out"
+    out.mkdir()
+    run(["tar", "-xSf", str(tmp_path / "db.tar"), "-C", str(out)])
+    assert sorted(p.name for p in (out / "@rhv").glob("*.raw")) == [kept_name]
+    assert sha256_file(out / "@rhv" / kept_name) == sim.admin.disk_sha256(kept)
