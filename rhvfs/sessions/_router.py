@@ -57,7 +57,7 @@ from rhvfs.backupset import (
     parse_key,
 )
 from rhvfs.config import Config
-from rhvfs.errors import NotFound, PointInTimeLost, RhvfsError, SetBusy
+from rhvfs.errors import NotFound, PointInTimeLost, RhvfsError, SetBusy, VmStateError
 from rhvfs.sessions.core._events import EngineEvents
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._procid import reader_identity
@@ -249,6 +249,10 @@ class SetRouter:
                 raise PointInTimeLost(f"{key} is not part of the set of {owner.name}")
             h = book.opened(read, key, reader)
             return self._handles.add(_Open(owner, key, None, 0, book, read, h, content))
+        if binding.view.refused is not None:
+            # A state no backup starts from (suspended): the open fails, not a later read.
+            self._notes.add(owner, binding.view.refused, level="error")
+            raise VmStateError(binding.view.refused)
         # Counted in the read at once: the read cannot complete (and end its session)
         # while this handle is open. Its session is asked for at its first read.
         h = book.opened(read, key, reader)

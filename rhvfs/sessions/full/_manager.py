@@ -89,7 +89,11 @@ from rhvfs.sessions.core._ports import (
 )
 from rhvfs.sessions.core._registry import SessionRegistry
 from rhvfs.sessions.full._dates import SetDate, SetDates
-from rhvfs.sessions.full._session import BackupSession, BackupSessionDeps
+from rhvfs.sessions.full._session import (
+    BACKUP_REFUSED_STATES,
+    BackupSession,
+    BackupSessionDeps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +123,9 @@ class SetView:
     shape: str
     #: when the configuration files were taken (ISO 8601, as the manifest's point_in_time)
     configuration_time: str = ""
+    #: Why the images cannot be read (a VM state no backup starts from, e.g. suspended),
+    #: so that opening one fails at once; None: they can.
+    refused: str | None = None
 
 
 @dataclasses.dataclass
@@ -421,6 +428,12 @@ class BackupManager:
             image_ids={d.id: d.image_id for d in disks if d.image_id},
             shape=shape_fingerprint(data),
             configuration_time=now.isoformat(),
+            refused=(
+                BACKUP_REFUSED_STATES[status].format(name=owner.name)
+                if owner.kind == "vm"
+                and (status := data.entity.status or "") in BACKUP_REFUSED_STATES
+                else None
+            ),
         )
 
     def _view_manifest(
