@@ -25,6 +25,18 @@ in every file name already binds a read to one engine backup; a file opened
 again after it was read completely ends that set (the next listing starts a
 new one) and is refused.
 
+With mount-wide limits (``core._limits``) the place among ``max_sessions`` that
+an image's session will hold is reserved at the image's open, not at its first
+read: a read waiting for a place inside a FUSE read would fill the kernel's
+background requests (read-ahead, capped) and starve the read-ahead of the
+sessions that hold the places. One reservation per read (``_Place``, shared by
+the images of the read opened before its session started, and shown in
+status.json as a queued session): the first image read hands the granted place
+to the session it starts (``slot=``); a read whose session already runs
+reserves nothing; the reservation is released when the last image handle
+counting on it closes without a read. A reserved place is busy while such a
+handle is open (an open handle means the tool is about to read).
+
 Invariants between awaits: every router handle of a full-view file belongs to
 exactly one ``SetRead`` and counts in it; a read's binding (view and target)
 exists from its beginning until it has ended and its session was told.
@@ -59,6 +71,7 @@ from rhvfs.backupset import (
 from rhvfs.config import Config
 from rhvfs.errors import NotFound, PointInTimeLost, RhvfsError, SetBusy, VmStateError
 from rhvfs.sessions.core._events import EngineEvents
+from rhvfs.sessions.core._limits import Limiter, Slot
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._procid import reader_identity
 from rhvfs.sessions.core._progress import sum_progress
@@ -81,6 +94,7 @@ class FullSets(Protocol):
         *,
         read_id: str | None = None,
         expect_images: Mapping[str, str] | None = None,
+        slot: Slot | None = None,
     ) -> int: ...
     def end_read(self, owner: Any, read_id: str, *, reason: str) -> None: ...
     def read_ended(self, owner: Any) -> None: ...
@@ -99,7 +113,22 @@ class _Binding:
     via_backup: bool
     names: dict[str, str]  # key -> file name, for status
     session_started: bool = False
+    #: an image read is starting the session now (an open meanwhile reserves nothing)
+    session_starting: bool = False
     failure_posted: bool = False
+    #: the place reserved for the session this read will start (``_reserve``)
+    place: _Place | None = None
+
+
+@dataclasses.dataclass
+class _Place:
+    """A place among the mount's sessions reserved for a read's session, at an image's
+    open; counted by the image handles (and opens waiting) that would start it."""
+
+    slot: Slot
+    users: int = 0
+    #: given to the session the read started (or to the manager that tried): not ours
+    handed: bool = False
 
 
 @dataclasses.dataclass
@@ -127,6 +156,8 @@ class _Pending:
     disk_key: str
     binding: _Binding
     lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
+    #: the reservation this handle counts on (None: none was needed)
+    place: _Place | None = None
 
 
 class SetRouter:
@@ -258,7 +289,75 @@ class SetRouter:
         h = book.opened(read, key, reader)
         target = self.incremental if binding.via_backup else self.full
         pending = _Pending(DiskKey(_disk_id(key)).encode(), binding)
+        try:
+            pending.place = await self._reserve(binding, read)
+        except BaseException:  # the wait was interrupted (the tool gave up): not opened
+            if book.released(read, h):
+                self._ended(owner, read)
+            raise
         return self._handles.add(_Open(owner, key, target, 0, book, read, h, pending=pending))
+
+    def _session_limiter(self, binding: _Binding) -> Limiter | None:
+        """The limiter of the manager that will serve ``binding``'s images (None: none)."""
+        limits = (
+            self.incremental.limits if binding.via_backup else getattr(self.full, "limits", None)
+        )
+        return limits.sessions if limits is not None else None
+
+    async def _reserve(self, binding: _Binding, read: SetRead) -> _Place | None:
+        """Wait for the place of the session ``read`` will start (shared by its images);
+        None when its session runs already or nothing limits sessions."""
+        limiter = self._session_limiter(binding)
+        if limiter is None or binding.session_started or binding.session_starting:
+            return None
+        place = binding.place
+        if place is None or place.handed:
+            owner = binding.owner
+            label: dict[str, Any] = {
+                "owner": {"kind": owner.kind, "id": owner.id, "name": owner.name},
+                "session_id": read.read_id,
+                "read_id": read.read_id,
+            }
+            if binding.via_backup:
+                label["set_kind"] = str(SetKind.FULL)
+            place = binding.place = _Place(limiter.request(label))
+            if place.slot.state == "queued":
+                log.info(
+                    "read %s of %s %s waits for a place (max_sessions %d), position %s",
+                    read.read_id,
+                    owner.kind,
+                    owner.name,
+                    limiter.limit,
+                    place.slot.position,
+                )
+        place.users += 1
+        try:
+            await place.slot.wait()
+        except BaseException:
+            self._unreserve(binding, place)
+            raise
+        return place
+
+    def _unreserve(self, binding: _Binding, place: _Place | None) -> None:
+        """A handle (or an open) that counted on ``place`` no longer does: the last one
+        releases it unless it went to a session."""
+        if place is None:
+            return
+        place.users -= 1
+        if place.users > 0 or place.handed:
+            return
+        place.slot.release()
+        if binding.place is place:
+            binding.place = None
+
+    def _hand_over(self, binding: _Binding) -> Slot | None:
+        """The read's granted reservation, for the session its first image read starts."""
+        place = binding.place
+        if place is None or place.handed or place.slot.state != "held":
+            return None
+        place.handed = True
+        binding.place = None
+        return place.slot
 
     async def _start(self, item: _Open) -> None:
         """An image handle's first read: start or join its read's session (one snapshot or
@@ -278,11 +377,17 @@ class SetRouter:
                     f"read {read.read_id} of {owner.kind} {owner.name} is no longer live "
                     f"({read.state.value}) and had not read {item.key} yet; run the backup again"
                 )
+            # A place reserved at the open goes to the manager (a session started there
+            # takes it; one joined means it is released): the read never waits for one.
+            slot = None if binding.session_started else self._hand_over(binding)
+            extra: dict[str, Any] = {"slot": slot} if slot is not None else {}
+            starting = not binding.session_starting
+            binding.session_starting = True
             try:
                 if binding.via_backup:
                     announced = list(binding.view.entries)
                     inner = await self.incremental.open_full(
-                        owner, pending.disk_key, announced, read_id=read.read_id
+                        owner, pending.disk_key, announced, read_id=read.read_id, **extra
                     )
                 else:
                     inner = await self.full.open(
@@ -290,8 +395,11 @@ class SetRouter:
                         pending.disk_key,
                         read_id=read.read_id,
                         expect_images=binding.view.image_ids,
+                        **extra,
                     )
             except BaseException as e:
+                if starting:
+                    binding.session_starting = False
                 if isinstance(e, Exception) and not binding.failure_posted:
                     binding.failure_posted = True
                     self._event(binding, read, f"failed: {e}", "error")
@@ -302,6 +410,7 @@ class SetRouter:
                 self._event(binding, read, f"started ({binding.view.method})", "normal")
             item.inner, item.pending = inner, None
             binding.session_started = True
+            self._unreserve(binding, pending.place)
 
     async def _begin(self, owner: Owner, book: SetReads, key: str) -> SetRead:
         """A new read of ``owner``'s set: take its configuration now, create nothing."""
@@ -391,6 +500,8 @@ class SetRouter:
         try:
             if item.target is not None and item.pending is None:
                 await item.target.release(item.inner)
+            elif item.pending is not None:
+                self._unreserve(item.pending.binding, item.pending.place)
         finally:
             if item.book.released(item.read, item.book_handle):
                 self._ended(item.owner, item.read)
@@ -483,7 +594,32 @@ class SetRouter:
             if pit is not None and binding is not None:
                 pit["configuration_time"] = binding.view.configuration_time or None
         status["totals"] = _totals(status, incremental)
+        # Reads waiting at an image's open for their session's place: queued sessions.
+        status["sessions"] = list(status.get("sessions", [])) + self._reserving()
         return status
+
+    def _reserving(self) -> list[dict[str, Any]]:
+        """status.json entries for the reads whose session's place is still queued."""
+        docs = []
+        for read_id, binding in self._bindings.items():
+            place = binding.place
+            if place is None or place.handed or place.slot.state != "queued":
+                continue
+            owner = binding.owner
+            docs.append(
+                {
+                    "owner": {"kind": owner.kind, "id": owner.id, "name": owner.name},
+                    "session_id": read_id,
+                    "read_id": read_id,
+                    "state": "queued",
+                    "phase": "queued",
+                    "queue_position": place.slot.position,
+                    "handles": place.users,
+                    "bytes_read": 0,
+                    "point_in_time": {"read_id": read_id, "method": binding.view.method},
+                }
+            )
+        return docs
 
     async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
         collect = getattr(self.full, "collect_garbage", None)

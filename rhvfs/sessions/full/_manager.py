@@ -77,7 +77,7 @@ from rhvfs.errors import (
 from rhvfs.sessions.core import _gc as gc_mod
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._journal import Journal
-from rhvfs.sessions.core._limits import EngineLimits
+from rhvfs.sessions.core._limits import EngineLimits, Slot
 from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for
 from rhvfs.sessions.core._owner_data import OwnerDataSource, image_disks
 from rhvfs.sessions.core._pending import PendingCleanups, serve
@@ -549,25 +549,39 @@ class BackupManager:
         *,
         read_id: str | None = None,
         expect_images: Mapping[str, str] | None = None,
+        slot: Slot | None = None,
     ) -> int:
         """Start or join ``owner``'s session; return a handle for ``key``.
 
         With ``read_id``, only that read's session serves (see the module docstring);
         ``expect_images`` (disk id -> volume id, from the read's ``SetView``) is checked
         against the session's snapshot once: another volume means the VM changed between
-        the read's configuration and its data, and the read is lost.
+        the read's configuration and its data, and the read is lost. ``slot``: a place
+        among the mount's sessions the caller reserved (granted); it is this call's now: a
+        session started here takes it, else (joined, or failed first) it is released.
         """
-        self._sessions.check_running()
-        self._sessions.check_read(read_id, owner)
-        if owner.id not in self._announced:
-            await self.list_set(owner)  # sizes and times are fixed by a listing first
-        # a closing session is waited for, then a fresh one starts
-        session = await self._sessions.acquire(
-            owner.id,
-            new=lambda: self._new_session(owner, read_id),
-            usable=lambda s: read_id is None or (s.read_id == read_id and not s.retiring),
-            make_way=self._sessions.retire,
-        )
+        taken = False
+
+        def new() -> BackupSession:
+            nonlocal taken
+            taken = True
+            return self._new_session(owner, read_id, slot=slot)
+
+        try:
+            self._sessions.check_running()
+            self._sessions.check_read(read_id, owner)
+            if owner.id not in self._announced:
+                await self.list_set(owner)  # sizes and times are fixed by a listing first
+            # a closing session is waited for, then a fresh one starts
+            session = await self._sessions.acquire(
+                owner.id,
+                new=new,
+                usable=lambda s: read_id is None or (s.read_id == read_id and not s.retiring),
+                make_way=self._sessions.retire,
+            )
+        finally:
+            if slot is not None and not taken:
+                slot.release()
         if read_id is not None and expect_images is not None and not session.verified:
             changed = [
                 f"disk {d.id}: volume {expect_images.get(d.id)} then {d.image_id}"
@@ -609,7 +623,9 @@ class BackupManager:
         if ann is not None and ann.running:
             ann.mtime_ns = time.time_ns()
 
-    def _new_session(self, owner: Owner, read_id: str | None = None) -> BackupSession:
+    def _new_session(
+        self, owner: Owner, read_id: str | None = None, *, slot: Slot | None = None
+    ) -> BackupSession:
         deps = BackupSessionDeps(
             engine=self.engine,
             config=self.config,
@@ -624,7 +640,7 @@ class BackupManager:
             on_closed=self._session_closed,
             on_error=self._note_error,
         )
-        session = BackupSession(owner, deps, read_id=read_id)
+        session = BackupSession(owner, deps, read_id=read_id, slot=slot)
         log.info("session %s of %s %s starting", session.session_id, owner.kind, owner.name)
         return session
 
