@@ -468,3 +468,31 @@ async def test_an_image_open_waits_for_its_place_and_an_unread_open_gives_it_bac
     limits = rig.manager.status()["limits"]["sessions"]
     assert limits["peak"] == 1
     assert limits["granted"] == 3  # a's unread open, b, a's two images together
+
+
+async def test_an_image_open_given_up_while_waiting_for_its_place_leaves_the_line(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The tool gives up an open that waits for a place (an interrupted FUSE open): its
+    reservation leaves the queue, and the place the other open holds is given back at its
+    close, without a read, so nothing waits and nothing was created."""
+    rig = Rig(tmp_path, max_sessions=1)
+    router = limited_router(rig, tmp_path)
+    eng = rig.engine
+    a, b = (eng.add_vm(n, disks=[("a", 1 * MiB)]) for n in ("a", "b"))
+    key_a, key_b = (DiskKey(eng.disk_ids(v.id)[0]).encode() for v in (a, b))
+    sessions = rig.manager.limits.sessions
+
+    async def body() -> None:
+        h = await router.open(Owner("vm", a.id, "a"), key_a)
+        with trio.move_on_after(5) as waiting:
+            await router.open(Owner("vm", b.id, "b"), key_b)
+        assert waiting.cancelled_caught
+        assert sessions.queued() == [] and sessions.in_use == 1
+        assert not [s for s in router.status()["sessions"] if s["state"] == "queued"]
+        await router.release(h)
+        assert (sessions.in_use, sessions.queued()) == (0, [])
+
+    await run_rig(rig, body)
+    assert eng.user_snapshots(a.id) == [] and eng.user_snapshots(b.id) == []
+    assert rig.manager.status()["limits"]["sessions"]["granted"] == 1
