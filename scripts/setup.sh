@@ -11,7 +11,7 @@ APT_PACKAGES=(
   libxml2-dev libcurl4-openssl-dev libssl-dev   # ovirt-engine-sdk-python (libxml2, pycurl)
   qemu-utils                    # qemu-img, qemu-nbd, qemu-io: the simulator's storage
   fdisk e2fsprogs               # sfdisk + mke2fs -d: deterministic guest disks
-  tar rsync restic              # the backup tools the tests drive
+  tar rsync restic borgbackup   # the backup tools the tests drive
   procps psmisc
   systemd libseccomp2           # systemd-analyze (unit checks), seccomp for the unit sandbox test
 )

@@ -14,12 +14,14 @@ Must not: talk to the engine (callers pass the data in), serve reads.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from datetime import datetime
 
 from rhvfs.backupset._manifest import OwnerData
 from rhvfs.backupset._names import OVF_NAME, XML_NAME
+from rhvfs.engine.types import INLINED_FIELDS
 from rhvfs.errors import DataIntegrityError
 
 PAD_ROUND_BYTES = 64 * 1024
@@ -132,12 +134,50 @@ def data_fingerprint(data: OwnerData) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def stable_mtime_ns(creation_time: datetime | None, fingerprint: str) -> int:
-    """An mtime that changes only with ``fingerprint``: the creation second plus hash-derived ns.
+def _field_text(value: object) -> str:
+    return value.isoformat() if isinstance(value, datetime) else repr(value)
 
-    Tools that key on mtime (restic, rsync's quick check) then see an unchanged
-    down VM or template as unchanged across runs and mounts, and a changed one
-    as changed, without showing a date in the future.
+
+def config_fingerprint(data: OwnerData) -> str:
+    """Changes when what the configuration files say may have changed (the owner's own
+    settings, its disks' attachment and its NICs), from fields a listing and a fetch of
+    the owner both carry (the owner's own fields, not the collections inlined with it)."""
+    entity = data.entity
+    parts = [data_fingerprint(data)]
+    parts += [
+        f"{f.name}={_field_text(getattr(entity, f.name))}"
+        for f in dataclasses.fields(entity)
+        if f.name not in INLINED_FIELDS
+    ]
+    parts += sorted(
+        f"{a.disk.id}:{a.interface}:{a.bootable}:{a.active}:{a.read_only}" for a in data.attachments
+    )
+    parts += sorted(f"{n.id}:{n.name}:{n.interface}:{n.mac}" for n in data.nics)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+#: Within a set's second, images' mtimes have fewer nanoseconds than this and the
+#: configuration files' at least this many: configuration is always the newest.
+CONFIG_NS_FLOOR = 500_000_000
+
+
+def set_second(when: datetime | None) -> int:
+    """The whole second (Unix time) a set's times rest on, from an engine timestamp."""
+    return int(when.timestamp()) if when is not None else _FALLBACK_EPOCH_S
+
+
+def set_times_ns(second_s: int, data_fp: str, config_fp: str) -> tuple[int, int]:
+    """(images' mtime, configuration files' mtime) of a set whose times rest on ``second_s``.
+
+    Both keep that second, so tools that compare whole seconds (Bacula) see the
+    date; the nanoseconds come from the fingerprints, so tools that compare
+    nanoseconds (restic, borg, rsync) also see changes the date does not show.
+    The configuration files are always newer than the images, by less than a
+    second: borg 1.2 keeps in its files cache only the files of a run that are
+    strictly older than the newest file it read in that run, so the images of a
+    set read alone are cached and a second run of an unchanged set skips them.
     """
-    base_s = int(creation_time.timestamp()) if creation_time is not None else _FALLBACK_EPOCH_S
-    return base_s * 1_000_000_000 + int(fingerprint[:15], 16) % 1_000_000_000
+    base = second_s * 1_000_000_000
+    image = base + int(data_fp[:15], 16) % CONFIG_NS_FLOOR
+    config = base + CONFIG_NS_FLOOR + int(config_fp[:15], 16) % CONFIG_NS_FLOOR
+    return image, config

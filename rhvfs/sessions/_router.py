@@ -14,8 +14,9 @@ point in time per backup"): per owner one ``SetReads`` book covers ``@rhv/`` and
 ``disks/``. An open that begins a read takes the set's configuration
 (``BackupManager.config_view``) and nothing else: configuration files are
 served from that view, so reading only them creates nothing on the engine.
-The first image opened in the read starts its one snapshot or engine backup
-(id = the read id), checked against the view's volumes; a read that completes
+The first image read in the read starts its one snapshot or engine backup
+(id = the read id), checked against the view's volumes (an image opened and
+closed without a read -- borg opens every file to fstat it -- starts nothing); a read that completes
 ends its session at once, so the next tool run gets a new point in time; an
 open that would mix two points in time fails with ``PointInTimeLost``
 (ESTALE). A read that begins with a ``disks/`` file is snapshot-based (browsing
@@ -23,6 +24,18 @@ a disk never creates a checkpoint). For incremental set directories the set id
 in every file name already binds a read to one engine backup; a file opened
 again after it was read completely ends that set (the next listing starts a
 new one) and is refused.
+
+With mount-wide limits (``core._limits``) the place among ``max_sessions`` that
+an image's session will hold is reserved at the image's open, not at its first
+read: a read waiting for a place inside a FUSE read would fill the kernel's
+background requests (read-ahead, capped) and starve the read-ahead of the
+sessions that hold the places. One reservation per read (``_Place``, shared by
+the images of the read opened before its session started, and shown in
+status.json as a queued session): the first image read hands the granted place
+to the session it starts (``slot=``); a read whose session already runs
+reserves nothing; the reservation is released when the last image handle
+counting on it closes without a read. A reserved place is busy while such a
+handle is open (an open handle means the tool is about to read).
 
 Invariants between awaits: every router handle of a full-view file belongs to
 exactly one ``SetRead`` and counts in it; a read's binding (view and target)
@@ -56,8 +69,9 @@ from rhvfs.backupset import (
     parse_key,
 )
 from rhvfs.config import Config
-from rhvfs.errors import NotFound, PointInTimeLost, RhvfsError, SetBusy
+from rhvfs.errors import NotFound, PointInTimeLost, RhvfsError, SetBusy, VmStateError
 from rhvfs.sessions.core._events import EngineEvents
+from rhvfs.sessions.core._limits import Limiter, Slot
 from rhvfs.sessions.core._model import Owner, SetEntry
 from rhvfs.sessions.core._procid import reader_identity
 from rhvfs.sessions.core._progress import sum_progress
@@ -80,6 +94,7 @@ class FullSets(Protocol):
         *,
         read_id: str | None = None,
         expect_images: Mapping[str, str] | None = None,
+        slot: Slot | None = None,
     ) -> int: ...
     def end_read(self, owner: Any, read_id: str, *, reason: str) -> None: ...
     def read_lost(self, read_id: str) -> str | None: ...
@@ -99,7 +114,22 @@ class _Binding:
     via_backup: bool
     names: dict[str, str]  # key -> file name, for status
     session_started: bool = False
+    #: an image read is starting the session now (an open meanwhile reserves nothing)
+    session_starting: bool = False
     failure_posted: bool = False
+    #: the place reserved for the session this read will start (``_reserve``)
+    place: _Place | None = None
+
+
+@dataclasses.dataclass
+class _Place:
+    """A place among the mount's sessions reserved for a read's session, at an image's
+    open; counted by the image handles (and opens waiting) that would start it."""
+
+    slot: Slot
+    users: int = 0
+    #: given to the session the read started (or to the manager that tried): not ours
+    handed: bool = False
 
 
 @dataclasses.dataclass
@@ -114,6 +144,21 @@ class _Open:
     read: SetRead
     book_handle: int
     content: bytes | RhvfsError | None = None
+    #: An image whose session is asked for at its first read, not at its open
+    #: (``_start``): tools that open every file to fstat it and then skip it (borg)
+    #: create nothing on the engine. None once started (or for configuration).
+    pending: _Pending | None = None
+
+
+@dataclasses.dataclass
+class _Pending:
+    """What an image handle's first read asks its manager for."""
+
+    disk_key: str
+    binding: _Binding
+    lock: trio.Lock = dataclasses.field(default_factory=trio.Lock)
+    #: the reservation this handle counts on (None: none was needed)
+    place: _Place | None = None
 
 
 class SetRouter:
@@ -146,7 +191,10 @@ class SetRouter:
     # -- listings ---------------------------------------------------------------
 
     async def list_set(self, owner: Any) -> list[Any]:
-        """``@rhv/``: while a read lives, its frozen entries; else the manager's listing."""
+        """``@rhv/``: while a read that has started its session lives, its frozen entries;
+        else the manager's listing (a read of configuration alone, or whose images were
+        only opened, holds nothing on the engine, and its times must not hide a change
+        from the next run for the rest of ``read_idle_limit``)."""
         binding = self._live_binding(owner)
         if binding is not None:
             return list(binding.view.entries)
@@ -193,12 +241,14 @@ class SetRouter:
         return self._generations.get(owner.id, 0)
 
     def _live_binding(self, owner: Any) -> _Binding | None:
+        """The binding of the owner's live read, if that read started its session."""
         book = self._books.get(owner.id)
         if book is None:
             return None
         self._expire(owner, book)
         live = book.live
-        return self._bindings.get(live.read_id) if live is not None else None
+        binding = self._bindings.get(live.read_id) if live is not None else None
+        return binding if binding is not None and binding.session_started else None
 
     # -- handles ------------------------------------------------------------------
 
@@ -231,34 +281,137 @@ class SetRouter:
                 raise PointInTimeLost(f"{key} is not part of the set of {owner.name}")
             h = book.opened(read, key, reader)
             return self._handles.add(_Open(owner, key, None, 0, book, read, h, content))
-        disk_key = DiskKey(_disk_id(key)).encode()
-        # Counted in the read before the session is asked: the read cannot complete (and
-        # end its session) while this open waits for it.
+        if binding.view.refused is not None:
+            # A state no backup starts from (suspended): the open fails, not a later read.
+            self._notes.add(owner, binding.view.refused, level="error")
+            raise VmStateError(binding.view.refused)
+        # Counted in the read at once: the read cannot complete (and end its session)
+        # while this handle is open. Its session is asked for at its first read.
         h = book.opened(read, key, reader)
-        target: Any
+        target = self.incremental if binding.via_backup else self.full
+        pending = _Pending(DiskKey(_disk_id(key)).encode(), binding)
         try:
-            if binding.via_backup:
-                target = self.incremental
-                announced = list(binding.view.entries)
-                inner = await target.open_full(owner, disk_key, announced, read_id=read.read_id)
-            else:
-                target = self.full
-                inner = await target.open(
-                    owner, disk_key, read_id=read.read_id, expect_images=binding.view.image_ids
-                )
-        except BaseException as e:
-            if isinstance(e, Exception) and not binding.failure_posted:
-                binding.failure_posted = True
-                self._event(binding, read, f"failed: {e}", "error")
+            pending.place = await self._reserve(binding, read)
+        except BaseException:  # the wait was interrupted (the tool gave up): not opened
             if book.released(read, h):
                 self._ended(owner, read)
-            if isinstance(e, PointInTimeLost):
-                self._lose(owner, book, read, str(e))
             raise
-        if not binding.session_started:
-            self._event(binding, read, f"started ({binding.view.method})", "normal")
-        binding.session_started = True
-        return self._handles.add(_Open(owner, key, target, inner, book, read, h))
+        return self._handles.add(_Open(owner, key, target, 0, book, read, h, pending=pending))
+
+    def _session_limiter(self, binding: _Binding) -> Limiter | None:
+        """The limiter of the manager that will serve ``binding``'s images (None: none)."""
+        limits = (
+            self.incremental.limits if binding.via_backup else getattr(self.full, "limits", None)
+        )
+        return limits.sessions if limits is not None else None
+
+    async def _reserve(self, binding: _Binding, read: SetRead) -> _Place | None:
+        """Wait for the place of the session ``read`` will start (shared by its images);
+        None when its session runs already or nothing limits sessions."""
+        limiter = self._session_limiter(binding)
+        if limiter is None or binding.session_started or binding.session_starting:
+            return None
+        place = binding.place
+        if place is None or place.handed:
+            owner = binding.owner
+            label: dict[str, Any] = {
+                "owner": {"kind": owner.kind, "id": owner.id, "name": owner.name},
+                "session_id": read.read_id,
+                "read_id": read.read_id,
+            }
+            if binding.via_backup:
+                label["set_kind"] = str(SetKind.FULL)
+            place = binding.place = _Place(limiter.request(label))
+            if place.slot.state == "queued":
+                log.info(
+                    "read %s of %s %s waits for a place (max_sessions %d), position %s",
+                    read.read_id,
+                    owner.kind,
+                    owner.name,
+                    limiter.limit,
+                    place.slot.position,
+                )
+        place.users += 1
+        try:
+            await place.slot.wait()
+        except BaseException:
+            self._unreserve(binding, place)
+            raise
+        return place
+
+    def _unreserve(self, binding: _Binding, place: _Place | None) -> None:
+        """A handle (or an open) that counted on ``place`` no longer does: the last one
+        releases it unless it went to a session."""
+        if place is None:
+            return
+        place.users -= 1
+        if place.users > 0 or place.handed:
+            return
+        place.slot.release()
+        if binding.place is place:
+            binding.place = None
+
+    def _hand_over(self, binding: _Binding) -> Slot | None:
+        """The read's granted reservation, for the session its first image read starts."""
+        place = binding.place
+        if place is None or place.handed or place.slot.state != "held":
+            return None
+        place.handed = True
+        binding.place = None
+        return place.slot
+
+    async def _start(self, item: _Open) -> None:
+        """An image handle's first read: start or join its read's session (one snapshot or
+        engine backup), checked against the read's view. A failure leaves the handle
+        open and not started (the tool gets the error on this read); a lost point in
+        time ends the read."""
+        pending = item.pending
+        assert pending is not None
+        async with pending.lock:
+            if item.pending is None:
+                return  # a concurrent read started it
+            owner, read, binding = item.owner, item.read, pending.binding
+            if read.state is not ReadState.LIVE:
+                # A newer read began (or this one ended) before this file was read: its
+                # session would retire the newer read's; refuse instead of mixing.
+                raise PointInTimeLost(
+                    f"read {read.read_id} of {owner.kind} {owner.name} is no longer live "
+                    f"({read.state.value}) and had not read {item.key} yet; run the backup again"
+                )
+            # A place reserved at the open goes to the manager (a session started there
+            # takes it; one joined means it is released): the read never waits for one.
+            slot = None if binding.session_started else self._hand_over(binding)
+            extra: dict[str, Any] = {"slot": slot} if slot is not None else {}
+            starting = not binding.session_starting
+            binding.session_starting = True
+            try:
+                if binding.via_backup:
+                    announced = list(binding.view.entries)
+                    inner = await self.incremental.open_full(
+                        owner, pending.disk_key, announced, read_id=read.read_id, **extra
+                    )
+                else:
+                    inner = await self.full.open(
+                        owner,
+                        pending.disk_key,
+                        read_id=read.read_id,
+                        expect_images=binding.view.image_ids,
+                        **extra,
+                    )
+            except BaseException as e:
+                if starting:
+                    binding.session_starting = False
+                if isinstance(e, Exception) and not binding.failure_posted:
+                    binding.failure_posted = True
+                    self._event(binding, read, f"failed: {e}", "error")
+                if isinstance(e, PointInTimeLost):
+                    self._lose(owner, item.book, read, str(e))
+                raise
+            if not binding.session_started:
+                self._event(binding, read, f"started ({binding.view.method})", "normal")
+            item.inner, item.pending = inner, None
+            binding.session_started = True
+            self._unreserve(binding, pending.place)
 
     async def _begin(self, owner: Owner, book: SetReads, key: str) -> SetRead:
         """A new read of ``owner``'s set: take its configuration now, create nothing."""
@@ -335,6 +488,8 @@ class SetRouter:
             assert content is not None
             data = content[offset : offset + size] if size > 0 else b""
         else:
+            if item.pending is not None:
+                await self._start(item)
             data = await item.target.read(item.inner, offset, size)
         item.book.served(item.read, item.key, offset, offset + len(data))
         return data
@@ -344,8 +499,10 @@ class SetRouter:
         if item is None:
             return
         try:
-            if item.target is not None:
+            if item.target is not None and item.pending is None:
                 await item.target.release(item.inner)
+            elif item.pending is not None:
+                self._unreserve(item.pending.binding, item.pending.place)
         finally:
             if item.book.released(item.read, item.book_handle):
                 self._ended(item.owner, item.read)
@@ -448,7 +605,32 @@ class SetRouter:
             if pit is not None and binding is not None:
                 pit["configuration_time"] = binding.view.configuration_time or None
         status["totals"] = _totals(status, incremental)
+        # Reads waiting at an image's open for their session's place: queued sessions.
+        status["sessions"] = list(status.get("sessions", [])) + self._reserving()
         return status
+
+    def _reserving(self) -> list[dict[str, Any]]:
+        """status.json entries for the reads whose session's place is still queued."""
+        docs = []
+        for read_id, binding in self._bindings.items():
+            place = binding.place
+            if place is None or place.handed or place.slot.state != "queued":
+                continue
+            owner = binding.owner
+            docs.append(
+                {
+                    "owner": {"kind": owner.kind, "id": owner.id, "name": owner.name},
+                    "session_id": read_id,
+                    "read_id": read_id,
+                    "state": "queued",
+                    "phase": "queued",
+                    "queue_position": place.slot.position,
+                    "handles": place.users,
+                    "bytes_read": 0,
+                    "point_in_time": {"read_id": read_id, "method": binding.view.method},
+                }
+            )
+        return docs
 
     async def collect_garbage(self, *, dry_run: bool = False) -> list[str]:
         collect = getattr(self.full, "collect_garbage", None)

@@ -6,7 +6,8 @@ sessions. Directory contents come from ``Layout`` listers, are cached for
 their inode numbers (derived from engine ids) across re-listings and across
 mounts. Generated files carry their content from the listing; an open
 ``ReadHandle`` keeps its own snapshot of it. A backup-set file's handle
-starts or joins its owner's session (``BackupSets.open``). Every modifying
+begins or joins a read of its owner's set (``BackupSets.open``; the
+router starts the read's session at an image's first read). Every modifying
 call raises ``ReadOnlyFilesystem`` (the ``Subtree`` defaults).
 
 Errors: a missing name or inode raises ``rhvfs.errors.NotFound``; using a
@@ -178,7 +179,7 @@ class ReadOnlyTree(Subtree):
     # -- files ------------------------------------------------------------
 
     async def open(self, ino: int, flags: int, *, reader_pid: int = 0) -> ReadHandle:
-        """Open a file for reading; a backup-set file starts or joins its owner's session."""
+        """Open a file for reading; a backup-set file begins or joins a read of its set."""
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise ReadOnlyFilesystem(f"inode {ino} opened for writing")
         node = self.node(ino)

@@ -24,7 +24,7 @@ import pytest
 from rhvfs import ARTIFACT_MARKER
 from tests.support.bacula import BaculaRig, FileSet
 from tests.support.data import sha256_file
-from tests.support.mounts import SimMount, extract, manifest_of, restore_status
+from tests.support.mounts import SimMount, extract, manifest_of, restore_status, set_shas
 from tests.support.sim import (
     SimProcess,
     remove_marked_snapshots,
@@ -92,12 +92,6 @@ def engine_artifacts(sim: SimProcess, name: str) -> tuple[list[str], list[str]]:
         return snaps, backups
     finally:
         conn.close()
-
-
-def set_shas(set_dir: Path) -> dict[str, str]:
-    """disk id -> sha256 of its image in a copied set"""
-    manifest = json.loads((set_dir / "manifest.json").read_bytes())
-    return {d["id"]: file_sha(set_dir / d["file"]) for d in manifest["disks"]}
 
 
 def tar_set(mnt: Path, vm: str, into: Path) -> Path:

@@ -10,6 +10,7 @@
   VM's set directory and waits until the chain recorded the set.
 - ``restore_status``: wait until ``restore/<name>/.status`` says settled.
 - ``extract``, ``manifest_of``: a tar of a set, unpacked; its manifest.
+- ``set_shas``: disk id -> sha256 of each image of a copied set.
 - ``restic_summary``: the summary of one ``restic backup``.
 
 Must not: assert what a test checks (only that a mount came up and went away).
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from rhvfs.sessions.incremental._chainstate import ChainSet, ChainState
+from tests.support.data import sha256_file
 from tests.support.waiting import wait_until
 
 RHVFS = [sys.executable, "-m", "rhvfs.cli"]
@@ -157,6 +159,12 @@ def manifest_of(names: list[str], into: Path) -> dict[str, Any]:
     name = next(n for n in names if n.startswith("manifest--"))
     doc: dict[str, Any] = json.loads((into / name).read_bytes())
     return doc
+
+
+def set_shas(set_dir: Path) -> dict[str, str]:
+    """disk id -> sha256 of its image in a copied set (files named by its manifest)."""
+    manifest = json.loads((set_dir / "manifest.json").read_bytes())
+    return {d["id"]: sha256_file(set_dir / d["file"]) for d in manifest["disks"]}
 
 
 def restic_summary(repo: Path, path: Path) -> dict[str, int]:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rhvfs.backupset import announced_size, pad_to, stable_mtime_ns, xml_stop_time
+from rhvfs.backupset import announced_size, pad_to, set_second, set_times_ns, xml_stop_time
 from rhvfs.errors import DataIntegrityError
 
 
@@ -31,13 +31,30 @@ def test_padding_keeps_json_and_xml_valid() -> None:
         pad_to(doc, len(doc) - 1, what="manifest.json")
 
 
-def test_stable_mtime_depends_only_on_inputs() -> None:
+def test_set_times_depend_only_on_inputs() -> None:
     t = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    a = stable_mtime_ns(t, "ab" * 32)
-    assert a == stable_mtime_ns(t, "ab" * 32)
-    assert a != stable_mtime_ns(t, "cd" * 32)
-    assert a // 1_000_000_000 == int(t.timestamp())
-    assert stable_mtime_ns(None, "ab" * 32) // 1_000_000_000 == 978307200
+    second = set_second(t)
+    assert second == int(t.timestamp())
+    a = set_times_ns(second, "ab" * 32, "12" * 32)
+    assert a == set_times_ns(second, "ab" * 32, "12" * 32)
+    assert a[0] != set_times_ns(second, "cd" * 32, "12" * 32)[0]  # data changed: images
+    assert a[1] != set_times_ns(second, "ab" * 32, "34" * 32)[1]  # configuration changed
+    assert set_second(None) == 978307200
+
+
+@given(
+    st.integers(min_value=0, max_value=2**33),
+    st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+)
+def test_configuration_is_newer_than_images_in_the_same_second(
+    second: int, data_fp: str, config_fp: str
+) -> None:
+    """borg 1.2 caches only files older than the newest one a run read: the configuration
+    must be that newest one. Bacula compares whole seconds: both keep the set's second."""
+    image, config = set_times_ns(second, data_fp, config_fp)
+    assert image < config
+    assert image // 1_000_000_000 == config // 1_000_000_000 == second
 
 
 def test_stop_time_from_api_xml() -> None:

@@ -332,6 +332,12 @@ async def test_router_passes_full_sets_through(
     router = SetRouter(rig.full, rig.manager, config=rig.config, full_sets_via_backup=True)
     [entry] = await router.list_disk_files(owner)
     h = await router.open(owner, entry.key)
+    assert rig.full.opened == ["disk:abc"]  # the session is asked for at the first read
+    assert await router.read(h, 0, 10) == b"full"
+    await router.release(h)
+    assert rig.full.opened == ["disk:abc", "disk:abc"] and not rig.engine.backups
+    # An image opened and closed without a read (borg's fstat of every file) opens nothing.
+    h = await router.open(owner, entry.key)
     await router.release(h)
     assert rig.full.opened == ["disk:abc", "disk:abc"] and not rig.engine.backups
     with pytest.raises(NotFound):

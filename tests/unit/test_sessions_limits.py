@@ -16,6 +16,7 @@ from rhvfs.sessions import BackupManager, Journal, Owner
 from rhvfs.sessions._router import SetRouter
 from rhvfs.sessions.core import EngineLimits, Limiter
 from rhvfs.sessions.incremental import IncrementalManager
+from rhvfs.sessions.incremental._chainstate import ChainState
 from tests.support.configs import make_config
 from tests.support.data import MiB, sha
 from tests.support.fake_dataplane import FakeDataPlane
@@ -506,3 +507,116 @@ async def test_engine_backup_sets_share_the_limits(
     status = limits.status()["limits"]
     assert (status["sessions"]["granted"], status["sessions"]["waited"]) == (3, 2)
     assert (status["transfers"]["granted"], status["transfers"]["in_use"]) == (3, 0)
+
+
+# -- a router: the place is taken at an image's open, the snapshot at its first read -----
+
+
+def limited_router(rig: Rig, tmp_path: Path) -> SetRouter:
+    """A ``SetRouter`` over ``rig``'s manager, both managers sharing its limits."""
+    incremental = IncrementalManager(
+        rig.engine,
+        rig.config,
+        chain=ChainState(tmp_path / "chain.json"),
+        journal=Journal(tmp_path / "incremental-journal.json"),
+        imageio_opener=rig.plane.opener,
+        reader_factory=rig.plane.reader_factory,
+        cleanup_on_start=False,
+        limits=rig.manager.limits,
+    )
+    return SetRouter(rig.manager, incremental, config=rig.config)
+
+
+async def test_an_image_open_waits_for_its_place_and_an_unread_open_gives_it_back(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """max_sessions 1, reads of two VMs' @rhv/ through the router: an image's open (not its
+    first read, which FUSE serves among capped background requests) waits for the place; the
+    images of one read share one place; an open closed without a read gives it back."""
+    rig = Rig(tmp_path, max_sessions=1, grace_period=2.0, read_idle_limit=3600.0)
+    router = limited_router(rig, tmp_path)
+    eng = rig.engine
+    a = eng.add_vm("a", disks=[("a1", 1 * MiB), ("a2", 1 * MiB)])
+    b = eng.add_vm("b", disks=[("b1", 1 * MiB)])
+    owner_a, owner_b = Owner("vm", a.id, "a"), Owner("vm", b.id, "b")
+    key_a1, key_a2 = (DiskKey(d).encode() for d in eng.disk_ids(a.id))
+    key_b = DiskKey(eng.disk_ids(b.id)[0]).encode()
+    sessions = rig.manager.limits.sessions
+    opened_b: list[int] = []
+
+    async def open_b() -> None:
+        opened_b.append(await router.open(owner_b, key_b))
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            # a's image opened and closed without a read (borg's fstat): the place was
+            # taken at the open, nothing was created, and the close gives the place back
+            h = await router.open(owner_a, key_a1)
+            assert (sessions.in_use, eng.user_snapshots(a.id)) == (1, [])
+            nursery.start_soon(open_b)
+            await trio.sleep(60)
+            assert opened_b == []  # b's open waits for the place a's open holds
+            queued = [s for s in router.status()["sessions"] if s["state"] == "queued"]
+            assert [(s["owner"]["name"], s["queue_position"]) for s in queued] == [("b", 1)]
+            assert [q["owner"]["name"] for q in router.status()["queued"]] == ["b"]
+            await router.release(h)
+            await trio.sleep(1)
+            assert len(opened_b) == 1 and sessions.in_use == 1  # b got it on a's close
+            assert eng.user_snapshots(a.id) == [] and eng.user_snapshots(b.id) == []
+            assert await router.read(opened_b[0], 0, 4096)  # b's first read: its snapshot
+            assert len(eng.user_snapshots(b.id)) == 1 and sessions.in_use == 1
+
+            # a's two images opened at once wait for one place, and share it
+            opened_a: list[int] = []
+
+            async def open_a(key: str) -> None:
+                opened_a.append(await router.open(owner_a, key))
+
+            nursery.start_soon(open_a, key_a1)
+            nursery.start_soon(open_a, key_a2)
+            await trio.sleep(1)
+            assert opened_a == [] and len(sessions.queued()) == 1
+            await router.release(opened_b[0])  # b idles past its park time: it gives way
+            await trio.sleep(60)  # past b's park time (grace_period)
+            assert len(opened_a) == 2
+            assert eng.user_snapshots(b.id) == [] and eng.user_snapshots(a.id) == []
+            assert (sessions.in_use, sessions.queued()) == (1, [])
+            for h in opened_a:  # both reads join one session, on the place the opens took
+                assert await router.read(h, 0, 4096)
+            assert len(eng.user_snapshots(a.id)) == 1 and sessions.in_use == 1
+            for h in opened_a:
+                await router.release(h)
+            nursery.cancel_scope.cancel()
+
+    await run_rig(rig, body)
+    limits = rig.manager.status()["limits"]["sessions"]
+    assert limits["peak"] == 1
+    assert limits["granted"] == 3  # a's unread open, b, a's two images together
+
+
+async def test_an_image_open_given_up_while_waiting_for_its_place_leaves_the_line(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The tool gives up an open that waits for a place (an interrupted FUSE open): its
+    reservation leaves the queue, and the place the other open holds is given back at its
+    close, without a read, so nothing waits and nothing was created."""
+    rig = Rig(tmp_path, max_sessions=1)
+    router = limited_router(rig, tmp_path)
+    eng = rig.engine
+    a, b = (eng.add_vm(n, disks=[("a", 1 * MiB)]) for n in ("a", "b"))
+    key_a, key_b = (DiskKey(eng.disk_ids(v.id)[0]).encode() for v in (a, b))
+    sessions = rig.manager.limits.sessions
+
+    async def body() -> None:
+        h = await router.open(Owner("vm", a.id, "a"), key_a)
+        with trio.move_on_after(5) as waiting:
+            await router.open(Owner("vm", b.id, "b"), key_b)
+        assert waiting.cancelled_caught
+        assert sessions.queued() == [] and sessions.in_use == 1
+        assert not [s for s in router.status()["sessions"] if s["state"] == "queued"]
+        await router.release(h)
+        assert (sessions.in_use, sessions.queued()) == (0, [])
+
+    await run_rig(rig, body)
+    assert eng.user_snapshots(a.id) == [] and eng.user_snapshots(b.id) == []
+    assert rig.manager.status()["limits"]["sessions"]["granted"] == 1

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -700,6 +701,65 @@ async def test_a_down_vm_that_ran_meanwhile_gets_a_new_mtime(
     assert [e.size for e in second] == [e.size for e in first]
     assert second[0].mtime_ns != first[0].mtime_ns
     assert second[0].mtime_ns // 1_000_000_000 == 1767261600 + 86400
+
+
+def _set_disk(engine: FakeEngine, vm_id: str, **changes: Any) -> None:
+    att = engine.attachments[vm_id][0]
+    engine.attachments[vm_id][0] = dataclasses.replace(
+        att, disk=dataclasses.replace(att.disk, **changes)
+    )
+
+
+async def test_down_vm_configuration_is_newer_and_an_undated_change_is_dated_when_seen(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Configuration newer than images in the same second (borg 1.2 caches the images);
+    a disk in flux keeps the times; a change the stop time does not show gets a later
+    second, not in the future (Bacula compares whole seconds with its last job's start)."""
+    vm = rig.engine.add_vm("v1", status="down")
+    owner = Owner("vm", vm.id, vm.name)
+    rig.engine.stop_times[vm.id] = "2026-01-01T10:00:00.000+00:00"
+    first = await rig.manager.list_set(owner)
+    [image] = [e for e in first if e.disk_id]
+    configs = [e for e in first if not e.disk_id]
+    assert len(configs) == 3
+    assert all(image.mtime_ns < c.mtime_ns for c in configs)
+    assert {c.mtime_ns // 10**9 for c in [image, *configs]} == {1767261600}
+    _set_disk(rig.engine, vm.id, status="locked", image_id="another-volume", actual_size=1)
+    assert await rig.manager.list_set(owner) == first  # in flux: nothing re-announced
+    _set_disk(rig.engine, vm.id, status="ok", image_id="v-2", actual_size=2)
+    seen_s = time.time_ns() // 10**9
+    changed = await rig.manager.list_set(owner)
+    [image2] = [e for e in changed if e.disk_id]
+    assert 1767261600 < image2.mtime_ns // 10**9 <= time.time_ns() // 10**9
+    assert image2.mtime_ns // 10**9 >= seen_s - 1
+    assert all(image2.mtime_ns < c.mtime_ns for c in changed if not c.disk_id)
+    assert await rig.manager.list_set(owner) == changed  # and stays
+
+
+async def test_a_date_a_mount_gave_is_kept_for_the_next_mount(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """An undated change keeps the date it got in the next mount; a change made while no
+    mount ran gets a later whole second than the last mount showed (Bacula sees it)."""
+    r = Rig(tmp_path)
+    vm = r.engine.add_vm("d1", status="down")
+    owner = Owner("vm", vm.id, vm.name)
+    r.engine.stop_times[vm.id] = "2026-01-01T10:00:00.000+00:00"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.manager.run)
+        await r.manager.list_set(owner)
+        _set_disk(r.engine, vm.id, actual_size=777)
+        changed = await r.manager.list_set(owner)
+        nursery.cancel_scope.cancel()  # the manager writes its dates when it stops
+    [image] = [e for e in changed if e.disk_id]
+    assert image.mtime_ns // 10**9 > 1767261600
+    again = BackupManager(r.engine, r.config, journal=r.journal, gc_on_start=False)
+    assert [e.mtime_ns for e in await again.list_set(owner)] == [e.mtime_ns for e in changed]
+    _set_disk(r.engine, vm.id, actual_size=888)  # while no mount runs
+    later = BackupManager(r.engine, r.config, journal=r.journal, gc_on_start=False)
+    [image2] = [e for e in await later.list_set(owner) if e.disk_id]
+    assert image2.mtime_ns // 10**9 > image.mtime_ns // 10**9
 
 
 @pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")

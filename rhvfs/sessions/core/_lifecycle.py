@@ -13,7 +13,8 @@ unless a handle is opened meanwhile (``cancel_grace``). ``SessionServices`` is
 what every session gets from its manager.
 
 With mount-wide limits (``SessionServices.limits``, ``core._limits``) a session
-first waits in state ``queued`` for a place among ``max_sessions``: waiting
+first waits in state ``queued`` for a place among ``max_sessions`` (unless
+it was given one its caller reserved and was granted: ``slot``); waiting
 never fails (a close request while queued ends it without creating
 anything); the place is held until the cleanup has ended what the session
 created. A session without an open handle past its park time offers its place
@@ -91,11 +92,14 @@ class SessionLifecycle(abc.ABC):
         config: Config,
         cleanups: PendingCleanups | None = None,
         limits: EngineLimits | None = None,
+        slot: Slot | None = None,
     ) -> None:
         self._config = config
         self._cleanups = cleanups
         self._limits = limits
-        self._slot: Slot | None = None
+        #: a place its caller reserved (the router, at a file's open): taken instead of
+        #: asking for one; released with the session's cleanup like one asked for here
+        self._slot: Slot | None = slot
         self._queue_scope: trio.CancelScope | None = None
         self.state = "starting"
         self.ready = trio.Event()
@@ -180,6 +184,13 @@ class SessionLifecycle(abc.ABC):
 
     async def _take_place(self) -> bool:
         """Wait for a place among the mount's sessions; False when closed while waiting."""
+        reserved = self._slot
+        if reserved is not None:
+            if reserved.state == "held":
+                log.info("session %s takes the place reserved at open", self._label())
+                return True
+            reserved.release()  # not granted (cannot happen through the router): ask anew
+            self._slot = None
         if self._limits is None:
             return True
         slot = self._slot = self._limits.sessions.request(self._queue_label())

@@ -56,14 +56,16 @@ from rhvfs.backupset import (
     SetLineage,
     announced_size,
     build_manifest,
+    config_fingerprint,
     config_size_bounds,
     data_fingerprint,
     disks_dir_names,
     entity_stop_time,
     image_file_name,
     pad_to,
+    set_second,
+    set_times_ns,
     shape_fingerprint,
-    stable_mtime_ns,
 )
 from rhvfs.config import Config
 from rhvfs.engine.types import Disk
@@ -76,7 +78,7 @@ from rhvfs.errors import (
 from rhvfs.sessions.core import _gc as gc_mod
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._journal import Journal
-from rhvfs.sessions.core._limits import EngineLimits
+from rhvfs.sessions.core._limits import EngineLimits, Slot
 from rhvfs.sessions.core._model import Owner, SetEntry, blocks_for
 from rhvfs.sessions.core._owner_data import OwnerDataSource, image_disks
 from rhvfs.sessions.core._pending import PendingCleanups, serve
@@ -87,9 +89,18 @@ from rhvfs.sessions.core._ports import (
     default_data_plane,
 )
 from rhvfs.sessions.core._registry import SessionRegistry
-from rhvfs.sessions.full._session import BackupSession, BackupSessionDeps
+from rhvfs.sessions.full._dates import SetDate, SetDates
+from rhvfs.sessions.full._session import (
+    BACKUP_REFUSED_STATES,
+    BackupSession,
+    BackupSessionDeps,
+)
 
 log = logging.getLogger(__name__)
+
+#: A running owner's configuration files are this much newer than its images (see
+#: ``set_times_ns``: borg caches only files older than the newest of a run).
+_CONFIG_AFTER_IMAGES_NS = 1000
 
 #: A placeholder read id as long as a real one (a uuid): listings announce sizes with it.
 _PLACEHOLDER_READ_ID = "0" * 8 + "-0000-0000-0000-" + "0" * 12
@@ -113,6 +124,9 @@ class SetView:
     shape: str
     #: when the configuration files were taken (ISO 8601, as the manifest's point_in_time)
     configuration_time: str = ""
+    #: Why the images cannot be read (a VM state no backup starts from, e.g. suspended),
+    #: so that opening one fails at once; None: they can.
+    refused: str | None = None
 
 
 @dataclasses.dataclass
@@ -122,8 +136,64 @@ class Announcement:
     shape: str
     config_sizes: dict[str, int]
     blocks: dict[str, int]  # disk id -> st_blocks
-    mtime_ns: int
+    mtime_ns: int  # the images'; the configuration files' is ``config_time_ns``
     running: bool  # mtime is a session time (renewed after each session) vs. a stable one
+    #: A down owner's: the configuration files' mtime (newer than the images', same second).
+    config_mtime_ns: int = 0
+    #: A down owner's: the second its times rest on, the engine's date for its data
+    #: (stop or creation time) and the data fingerprint they were announced for.
+    second_s: int = 0
+    base_s: int = 0
+    data_fp: str = ""
+
+    @property
+    def config_time_ns(self) -> int:
+        """The configuration files' mtime: always newer than the images' (``set_times_ns``)."""
+        if not self.running and self.config_mtime_ns:
+            return self.config_mtime_ns
+        return self.mtime_ns + _CONFIG_AFTER_IMAGES_NS
+
+    def date_down(
+        self, data: OwnerData, now_ns: int, *, settled: bool, last: SetDate | None = None
+    ) -> None:
+        """Set a down VM's or template's times from ``data`` (see ``set_times_ns``).
+
+        They rest on the engine's date for its data: the stop time (a down VM's
+        disks change when it runs, and it gets a new stop time when it stops
+        again) or the creation time. A change that date does not show (the data
+        fingerprint moved, e.g. an upload into a disk, a snapshot operation) is
+        dated when this mount noticed it, a second before ``now_ns``, so it is
+        never in the future and always newer than what was announced before.
+        Data that is not ``settled`` (a snapshot of this mount's own read is being
+        taken or removed, a disk is locked) keeps the times announced before: its
+        volumes and sizes are in flux and return to what they were. ``last``: what
+        the last mount showed (``SetDates``), where a mount that has not dated the
+        owner yet goes on from.
+        """
+        if not self.running and not self.data_fp and last is not None:
+            self.data_fp, self.second_s, self.base_s = last.data_fp, last.second_s, last.base_s
+            if not settled:  # in flux: the last mount's date until it settles
+                self.mtime_ns, self.config_mtime_ns = set_times_ns(
+                    self.second_s, self.data_fp, config_fingerprint(data)
+                )
+                return
+        if not settled and self.data_fp:
+            return
+        base_s = set_second(entity_stop_time(data) or data.entity.creation_time)
+        data_fp = data_fingerprint(data)
+        if self.running or not self.data_fp:
+            second = base_s
+        elif data_fp == self.data_fp and base_s == self.base_s:
+            second = self.second_s
+        elif base_s > self.base_s:
+            second = base_s
+        else:
+            second = max(self.second_s + 1, base_s, now_ns // 1_000_000_000 - 1)
+        self.second_s, self.base_s, self.data_fp = second, base_s, data_fp
+        self.mtime_ns, self.config_mtime_ns = set_times_ns(
+            second, data_fp, config_fingerprint(data)
+        )
+        self.running = False
 
 
 def _disk_blocks(disk: Disk) -> int:
@@ -193,6 +263,7 @@ class BackupManager:
         gc_on_start: bool = True,
         limits: EngineLimits | None = None,
         kept_snapshots: Callable[[], Collection[str]] | None = None,
+        dates: SetDates | None = None,
     ) -> None:
         self.engine = engine
         #: the snapshots kept on purpose (the incremental chain's), which gc must not remove
@@ -214,19 +285,24 @@ class BackupManager:
         # listing @rhv/ and disks/ again from unchanged data announces nothing new.
         self._listed: dict[str, tuple[Any, Announcement, list[Disk]]] = {}
         self._bytes_read_closed = 0
+        #: down owners' dates, kept for the next mount (next to the journal)
+        self._dates = dates if dates is not None else SetDates.beside(journal.path)
 
     # -- service --------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; on cancellation every session ends cleanly (shielded), and
         what their cleanups left gets one last try."""
-        await serve(
-            self._sessions,
-            journal=self.journal,
-            cleanups=self.cleanups,
-            on_start=self._startup_gc if self._gc_on_start else None,
-            task_status=task_status,
-        )
+        try:
+            await serve(
+                self._sessions,
+                journal=self.journal,
+                cleanups=self.cleanups,
+                on_start=self._startup_gc if self._gc_on_start else None,
+                task_status=task_status,
+            )
+        finally:
+            self._dates.flush()
 
     async def _startup_gc(self) -> None:
         try:
@@ -304,13 +380,14 @@ class BackupManager:
             sizes = {name: announced_size(n) for name, n in needed.items()}
             if ann is not None and ann.shape == shape:
                 sizes = {n: max(s, ann.config_sizes.get(n, 0)) for n, s in sizes.items()}
-            ann = Announcement(
-                shape=shape,
-                config_sizes=sizes,
-                blocks=dict(ann.blocks) if ann is not None else {},
-                mtime_ns=ann.mtime_ns if ann is not None else 0,
-                running=ann.running if ann is not None else False,
-            )
+            if ann is None:
+                ann = Announcement(
+                    shape=shape, config_sizes=sizes, blocks={}, mtime_ns=0, running=False
+                )
+            else:  # its times go on from the old ones
+                ann = dataclasses.replace(
+                    ann, shape=shape, config_sizes=sizes, blocks=dict(ann.blocks)
+                )
             self._announced[owner.id] = ann
         for d in disks:
             ann.blocks.setdefault(d.id, _disk_blocks(d))
@@ -320,9 +397,12 @@ class BackupManager:
                 ann.mtime_ns = time.time_ns()
                 ann.running = True
         else:
-            base = entity_stop_time(data) or data.entity.creation_time
-            ann.mtime_ns = stable_mtime_ns(base, data_fingerprint(data))
-            ann.running = False
+            settled = self._sessions.get(owner.id) is None and all(
+                (a.disk.status or "ok") == "ok" for a in data.attachments
+            )
+            ann.date_down(data, time.time_ns(), settled=settled, last=self._dates.get(owner.id))
+            if ann.data_fp:
+                self._dates.put(owner.id, SetDate(ann.data_fp, ann.second_s, ann.base_s))
         return ann, disks
 
     async def config_view(self, owner: Owner, *, read_id: str, via_backup: bool) -> SetView:
@@ -352,6 +432,12 @@ class BackupManager:
             image_ids={d.id: d.image_id for d in disks if d.image_id},
             shape=shape_fingerprint(data),
             configuration_time=now.isoformat(),
+            refused=(
+                BACKUP_REFUSED_STATES[status].format(name=owner.name)
+                if owner.kind == "vm"
+                and (status := data.entity.status or "") in BACKUP_REFUSED_STATES
+                else None
+            ),
         )
 
     def _view_manifest(
@@ -392,7 +478,7 @@ class BackupManager:
                 key=ConfigKey(n).encode(),
                 size=ann.config_sizes[n],
                 blocks=blocks_for(ann.config_sizes[n]),
-                mtime_ns=ann.mtime_ns,
+                mtime_ns=ann.config_time_ns,
             )
             for n in CONFIG_NAMES
         ]
@@ -424,16 +510,25 @@ class BackupManager:
         contents = {OVF_NAME: data.ovf, XML_NAME: data.xml, MANIFEST_NAME: manifest}
         if ann is None or ann.shape != shape:
             # The owner changed between listing and open: announce anew (stat changes, visibly).
-            ann = Announcement(
-                shape=shape,
-                config_sizes={
-                    n: announced_size(x)
-                    for n, x in _needed_sizes(data, contents, full=True).items()
-                },
-                blocks=dict(ann.blocks) if ann is not None else {},
-                mtime_ns=ann.mtime_ns if ann is not None and ann.mtime_ns else session.started_ns,
-                running=ann.running if ann is not None else True,
-            )
+            sizes = {
+                n: announced_size(x) for n, x in _needed_sizes(data, contents, full=True).items()
+            }
+            if ann is None:
+                ann = Announcement(
+                    shape=shape,
+                    config_sizes=sizes,
+                    blocks={},
+                    mtime_ns=session.started_ns,
+                    running=True,
+                )
+            else:
+                ann = dataclasses.replace(
+                    ann,
+                    shape=shape,
+                    config_sizes=sizes,
+                    blocks=dict(ann.blocks),
+                    mtime_ns=ann.mtime_ns or session.started_ns,
+                )
             self._announced[owner.id] = ann
         if not ann.mtime_ns:
             ann.mtime_ns = session.started_ns
@@ -458,25 +553,40 @@ class BackupManager:
         *,
         read_id: str | None = None,
         expect_images: Mapping[str, str] | None = None,
+        slot: Slot | None = None,
     ) -> int:
         """Start or join ``owner``'s session; return a handle for ``key``.
 
         With ``read_id``, only that read's session serves (see the module docstring);
         ``expect_images`` (disk id -> volume id, from the read's ``SetView``) is checked
         against the session's snapshot once: another volume means the VM changed between
-        the read's configuration and its data, and the read is lost.
+        the read's configuration and its data, and the read is lost. ``slot``: a place
+        among the mount's sessions the caller reserved (granted); it is this call's now: a
+        session started here takes it, else (joined, or failed first) it is released.
         """
-        self._sessions.check_running()
-        self._sessions.check_read(read_id, owner)
-        if owner.id not in self._announced:
-            await self.list_set(owner)  # sizes and times are fixed by a listing first
-        # a closing session is waited for, then a fresh one starts
-        session = await self._sessions.acquire(
-            owner.id,
-            new=lambda: self._new_session(owner, read_id),
-            usable=lambda s: read_id is None or (s.read_id == read_id and not s.retiring),
-            make_way=self._sessions.retire,
-        )
+        taken = False
+
+        def new() -> BackupSession:
+            nonlocal taken
+            session = self._new_session(owner, read_id, slot=slot)  # may refuse (ended read)
+            taken = True
+            return session
+
+        try:
+            self._sessions.check_running()
+            self._sessions.check_read(read_id, owner)
+            if owner.id not in self._announced:
+                await self.list_set(owner)  # sizes and times are fixed by a listing first
+            # a closing session is waited for, then a fresh one starts
+            session = await self._sessions.acquire(
+                owner.id,
+                new=new,
+                usable=lambda s: read_id is None or (s.read_id == read_id and not s.retiring),
+                make_way=self._sessions.retire,
+            )
+        finally:
+            if slot is not None and not taken:
+                slot.release()
         if read_id is not None and expect_images is not None and not session.verified:
             changed = [
                 f"disk {d.id}: volume {expect_images.get(d.id)} then {d.image_id}"
@@ -523,7 +633,9 @@ class BackupManager:
         if ann is not None and ann.running:
             ann.mtime_ns = time.time_ns()
 
-    def _new_session(self, owner: Owner, read_id: str | None = None) -> BackupSession:
+    def _new_session(
+        self, owner: Owner, read_id: str | None = None, *, slot: Slot | None = None
+    ) -> BackupSession:
         # A read whose session ended while this open waited for it to close (it gave its
         # place to a queued session, or broke) never gets a second one: that would be
         # another point in time under the same read, mixed silently.
@@ -542,7 +654,7 @@ class BackupManager:
             on_closed=self._session_closed,
             on_error=self._note_error,
         )
-        session = BackupSession(owner, deps, read_id=read_id)
+        session = BackupSession(owner, deps, read_id=read_id, slot=slot)
         log.info("session %s of %s %s starting", session.session_id, owner.kind, owner.name)
         return session
 

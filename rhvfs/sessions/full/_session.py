@@ -61,6 +61,7 @@ from rhvfs.sessions.core._cleanup import busy_policy, find_snapshot, remove_snap
 from rhvfs.sessions.core._gc import snapshot_description
 from rhvfs.sessions.core._journal import session_entry
 from rhvfs.sessions.core._lifecycle import SessionLifecycle, SessionServices
+from rhvfs.sessions.core._limits import Slot
 from rhvfs.sessions.core._model import Owner, SetEntry, clip_read
 from rhvfs.sessions.core._owner_data import OwnerDataFetcher, image_disks
 from rhvfs.sessions.core._pending import CleanupStep, snapshot_step
@@ -181,9 +182,14 @@ class BackupSession(SessionLifecycle):
     """A point-in-time view of one owner's disks and configuration."""
 
     def __init__(
-        self, owner: Owner, deps: BackupSessionDeps, *, read_id: str | None = None
+        self,
+        owner: Owner,
+        deps: BackupSessionDeps,
+        *,
+        read_id: str | None = None,
+        slot: Slot | None = None,
     ) -> None:
-        super().__init__(config=deps.config, cleanups=deps.cleanups, limits=deps.limits)
+        super().__init__(config=deps.config, cleanups=deps.cleanups, limits=deps.limits, slot=slot)
         self.owner = owner
         self.deps = deps
         #: the read of the set this session serves (``core._setread``), when the router binds it

@@ -64,7 +64,7 @@ and journal entries.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -80,7 +80,7 @@ from rhvfs.errors import (
 from rhvfs.sessions.core import _procid as procid
 from rhvfs.sessions.core._cleanup import finalize_backup
 from rhvfs.sessions.core._journal import Journal
-from rhvfs.sessions.core._limits import EngineLimits
+from rhvfs.sessions.core._limits import EngineLimits, Slot
 from rhvfs.sessions.core._model import (
     Owner,
     SetEntry,
@@ -232,6 +232,32 @@ class IncrementalManager:
         since: str | None,
         announced: Sequence[SetEntry] = (),
         read_id: str | None = None,
+        slot: Slot | None = None,
+    ) -> IncrementalSession:
+        """``slot``: a granted place the caller reserved; it is this call's now: a session
+        started here takes it, else it is released."""
+        taken = False
+
+        def new() -> IncrementalSession:
+            nonlocal taken
+            # may refuse (an ended read): the slot is then still this call's to release
+            session = self._new_session(owner, kind, since, announced, read_id, slot=slot)
+            taken = True
+            return session
+
+        try:
+            return await self._acquire(owner, kind, since, read_id, new)
+        finally:
+            if slot is not None and not taken:
+                slot.release()
+
+    async def _acquire(
+        self,
+        owner: Owner,
+        kind: SetKind,
+        since: str | None,
+        read_id: str | None,
+        new: Callable[[], IncrementalSession],
     ) -> IncrementalSession:
         if owner.kind != "vm":
             raise NotFound(f"templates have no {kind} sets")
@@ -242,7 +268,7 @@ class IncrementalManager:
         # Another kind of set (or a closing one) holds the VM's only backup: wait for it.
         session = await self._sessions.acquire(
             owner.id,
-            new=lambda: self._new_session(owner, kind, since, announced, read_id),
+            new=new,
             usable=lambda s: (
                 (s.kind, s.since, s.read_id) == (kind, since, read_id) and not s.retiring
             ),
@@ -263,6 +289,8 @@ class IncrementalManager:
         since: str | None,
         announced: Sequence[SetEntry] = (),
         read_id: str | None = None,
+        *,
+        slot: Slot | None = None,
     ) -> IncrementalSession:
         self._sessions.check_read(read_id, owner)  # an ended read never gets a second backup
         deps = IncrementalSessionDeps(
@@ -279,7 +307,9 @@ class IncrementalManager:
             on_closed=self._closed,
             on_note=self._note,
         )
-        return IncrementalSession(owner, kind, since, deps, announced=announced, read_id=read_id)
+        return IncrementalSession(
+            owner, kind, since, deps, announced=announced, read_id=read_id, slot=slot
+        )
 
     def _closed(self, session: IncrementalSession) -> None:
         self._sessions.forget(session)
@@ -316,6 +346,7 @@ class IncrementalManager:
         announced: Sequence[SetEntry],
         *,
         read_id: str | None = None,
+        slot: Slot | None = None,
     ) -> int:
         """Open ``key`` of ``owner``'s ``@rhv/`` served by a full engine backup.
 
@@ -323,9 +354,16 @@ class IncrementalManager:
         the same names, keys and sizes, with the checkpoint in its manifest, and
         once read completely it is the full set later incrementals start from.
         With ``read_id`` the set belongs to that read of the ``SetRouter`` (see the
-        module docstring): an ended read is refused with ``PointInTimeLost``.
+        module docstring): an ended read is refused with ``PointInTimeLost``. ``slot``: a
+        granted place among the mount's sessions the caller reserved; a set started here
+        takes it, else it is released.
         """
-        self._sessions.check_read(read_id, owner)
+        try:
+            self._sessions.check_read(read_id, owner)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
         session = self._sessions.get(owner.id)
         if (
             session is None
@@ -334,7 +372,10 @@ class IncrementalManager:
             or session.read_id != read_id
             or session.retiring
         ):
-            session = await self._session(owner, SetKind.FULL, None, announced, read_id)
+            # the slot is _session's now (taken by a set started there, or released)
+            await self._session(owner, SetKind.FULL, None, announced, read_id, slot)
+        elif slot is not None:
+            slot.release()  # joined the read's set: it holds a place already
         return await self.open(owner, key)
 
     def end_read(self, owner: Owner, read_id: str, *, reason: str, complete: bool) -> None:

@@ -151,8 +151,9 @@ class IncrementalSession(SessionLifecycle):
         *,
         announced: Sequence[SetEntry] = (),
         read_id: str | None = None,
+        slot: Slot | None = None,
     ) -> None:
-        super().__init__(config=deps.config, cleanups=deps.cleanups, limits=deps.limits)
+        super().__init__(config=deps.config, cleanups=deps.cleanups, limits=deps.limits, slot=slot)
         self.owner = owner
         #: for a ``full`` set read through the router: the read (``core._setread``) it serves;
         #: the backup id and the set id are the read id, the configuration is the router's
