@@ -37,6 +37,13 @@ Hypothesis runs derandomized (the same examples on every run: CI is
 deterministic) and without an example database (nothing written next to the
 tests); ``HYPOTHESIS_PROFILE=explore`` draws new examples instead.
 
+``scratch_sweep`` (autouse, per test and per module)
+    A full run writes tens of GB of images, tar files and simulator storage
+    under pytest's base temp. What a passed test (or a module without failures)
+    created there is removed at its end, so the run's peak stays a few GB; what
+    failed keeps its files for a look. The session ``sim`` is never swept, nor a
+    directory that still has a mount in it.
+
 The simulator helpers live in ``tests.support.sim``; fakes and other shared
 helpers in ``tests.support``.
 """
@@ -45,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
@@ -56,6 +64,10 @@ from tests.support.logcheck import LogCheck
 from tests.support.sim import SimProcess, start_sim
 
 LOG_CHECK = pytest.StashKey[LogCheck]()
+FAILED = pytest.StashKey[bool]()
+# Scratch directories that outlive a module (the session simulator's).
+_KEEP: set[Path] = set()
+_FAILED_MODULES: set[Path] = set()
 
 settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile("explore", database=None)
@@ -100,9 +112,55 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     return result
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        item.stash[FAILED] = True
+        _FAILED_MODULES.add(item.path)
+    return report
+
+
+def _sweep(base: Path, before: set[Path]) -> None:
+    """Remove what appeared under ``base`` since ``before``, but kept or mounted paths."""
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split()[1].replace("\\040", " ") for line in f]
+    for path in set(base.iterdir()) - before - _KEEP:
+        prefix = f"{path}/"
+        if any(m == str(path) or m.startswith(prefix) for m in mounts):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def scratch_sweep_module(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.path not in _FAILED_MODULES:
+        _sweep(base, before)
+
+
+@pytest.fixture(autouse=True)
+def scratch_sweep(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if not request.node.stash.get(FAILED, False):
+        _sweep(base, before)
+
+
 @pytest.fixture(scope="session")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimProcess]:
-    s = start_sim(tmp_path_factory.mktemp("sim"), sample=True, delay_s=0.0)
+    state_dir = tmp_path_factory.mktemp("sim")
+    _KEEP.add(state_dir)
+    s = start_sim(state_dir, sample=True, delay_s=0.0)
     try:
         yield s
     finally:
