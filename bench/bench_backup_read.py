@@ -19,7 +19,10 @@ would):
    and the simulator's volumes are read once, so every reader starts with the
    same cold output and warm storage.
 2. Without latency: the ``--images`` images read through the mount at once
-   (one ``dd`` each); total MB/s against the single-image mount reads.
+   (one ``dd`` each); total MB/s against the single-image mount reads. For
+   reference, the same images read at once straight from the data plane
+   (``curl x4`` on one ticket per image, all at once): what the machine and
+   the imageio daemon give several images together.
 3. Peak RSS of the mount process (VmHWM) over all of it.
 
 Runs are repeated ``--repeat`` times; medians are printed with the targets
@@ -343,6 +346,22 @@ def run_phase(
         times["mount parallel"] = run_all(
             [dd(mount.image(f"benchvm{i}"), o) for i, o in enumerate(outs)]
         )
+        mount.wait_idle()
+        tickets: list[Ticket] = []
+        try:
+            for d in disks:
+                tickets.append(Ticket(sim, d))
+            prepare(mount, volumes, outs)
+            times["curl parallel"] = run_all(
+                [
+                    argv
+                    for t, o in zip(tickets, outs, strict=True)
+                    for argv in curl_argvs(t.url, sim.cafile, size, o)
+                ]
+            )
+        finally:
+            for t in tickets:
+                t.close()
     prepare(mount, [], [out, *(phase.work / f"out{i}.raw" for i in range(len(disks)))])
     return times
 
@@ -401,7 +420,7 @@ def main() -> None:
 
     mbs = {
         lat: {
-            k: size * (len(disks) if k == "mount parallel" else 1) / median(v) / 1e6
+            k: size * (len(disks) if k.endswith(" parallel") else 1) / median(v) / 1e6
             for k, v in r.items()
         }
         for lat, r in results.items()
@@ -436,6 +455,13 @@ def main() -> None:
                 f"  {len(disks)} images in parallel: {par:.0f} MB/s total ="
                 f" {par / base:.2f}x one image   target >= 1.0"
             )
+            if "curl parallel" in mbs[0]:
+                cpar, cone = mbs[0]["curl parallel"], mbs[0]["curl x4"]
+                print(
+                    f"  (the data plane alone: {len(disks)} tickets by curl x4 at once"
+                    f" {cpar:.0f} MB/s = {cpar / cone:.2f}x one ticket;"
+                    f" mount parallel / curl parallel {par / cpar:.2f}x)"
+                )
     print(f"  mount peak RSS: {peak_rss / MiB:.0f} MiB   target <= 300 MiB")
     print(f"load average at end: {load_average()}")
     print(

@@ -101,6 +101,20 @@ async def test_idle_holders_give_way_to_a_waiter_once_oldest_first() -> None:
     assert asked == ["a", "b"]
 
 
+async def test_a_kept_holder_no_longer_counts_as_giving_way() -> None:
+    lim = Limiter(what="sessions", limit=2)
+    a, b = lim.request({"n": "a"}), lim.request({"n": "b"})
+    asked: list[str] = []
+    a.idle(lambda: asked.append("a"))
+    c = lim.request({"n": "c"})
+    b.idle(lambda: asked.append("b"))
+    assert asked == ["a"]  # a's place is coming: b is not asked yet
+    a.keep()  # a closed, but what it created stays on the engine a while: it keeps its place
+    assert asked == ["a", "b"]
+    b.release()
+    assert c.state == "held" and a.state == "held"
+
+
 async def test_engine_limits_come_from_the_config() -> None:
     limits = EngineLimits.from_config(make_config(max_sessions=3, max_transfers=0))
     assert (limits.sessions.limit, limits.transfers.limit) == (3, 0)
@@ -620,3 +634,42 @@ async def test_an_image_open_given_up_while_waiting_for_its_place_leaves_the_lin
     await run_rig(rig, body)
     assert eng.user_snapshots(a.id) == [] and eng.user_snapshots(b.id) == []
     assert rig.manager.status()["limits"]["sessions"]["granted"] == 1
+
+
+@pytest.mark.allow_log("rhvfs", "WARNING", match="remove_snapshot|cleanup")
+async def test_a_snapshot_left_to_the_background_cleanup_keeps_its_place(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # max_sessions bounds the snapshots on the engine, not the sessions alive in rhvfs: a
+    # session whose snapshot could not be removed holds its place until the background
+    # retries remove it.
+    rig = Rig(tmp_path, max_sessions=1, grace_period=1.0)
+    eng = rig.engine
+    a, b = (eng.add_vm(n, disks=[("a", 1 * MiB)]) for n in ("a", "b"))
+    want_b = {d: sha(bytes(eng.volumes[eng.active[d]])) for d in eng.disk_ids(b.id)}
+    got_b: dict[str, str] = {}
+
+    async def body() -> None:
+        eng.fail_on.add("remove_snapshot")
+        await rig.read_disks(Owner("vm", a.id, "a"), eng.disk_ids(a.id))
+        await trio.sleep(60)  # a's session closes; its cleanup fails and goes to the background
+        assert len(eng.user_snapshots(a.id)) == 1
+        assert [p["kind"] for p in rig.manager.status()["pending_cleanups"]] == ["snapshot"]
+
+        async def read_b() -> None:
+            got_b.update(await rig.read_disks(Owner("vm", b.id, "b"), eng.disk_ids(b.id)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_b)
+            await trio.sleep(300)  # many background tries, all refused: b waits its turn
+            status = rig.manager.status()
+            assert eng.user_snapshots(b.id) == [] and not got_b
+            assert status["limits"]["sessions"]["in_use"] == 1
+            assert [q["owner"]["name"] for q in status["queued"]] == ["b"]
+            eng.fail_on.discard("remove_snapshot")  # the engine lets go: a's snapshot goes
+        assert eng.user_snapshots(a.id) == []
+
+    await run_rig(rig, body)
+    assert got_b == want_b
+    assert rig.peak_snapshots == 1
+    assert rig.manager.status()["limits"]["sessions"]["in_use"] == 0

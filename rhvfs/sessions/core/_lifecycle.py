@@ -17,7 +17,8 @@ first waits in state ``queued`` for a place among ``max_sessions`` (unless
 it was given one its caller reserved and was granted: ``slot``); waiting
 never fails (a close request while queued ends it without creating
 anything); the place is held until the cleanup has ended what the session
-created. A session without an open handle past its park time offers its place
+created (when the cleanup leaves something, until ``PendingCleanups`` has
+ended it). A session without an open handle past its park time offers its place
 to a queued one (``Slot.idle``): it then closes, and its read ends.
 
 Invariants between awaits: ``state`` only moves forward ([queued ->] starting ->
@@ -35,7 +36,7 @@ import abc
 import dataclasses
 import logging
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import trio
@@ -49,6 +50,10 @@ from rhvfs.sessions.core._procid import ProcessIdentity
 from rhvfs.sessions.core._progress import SetProgress, phase_of
 
 log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -243,9 +248,13 @@ class SessionLifecycle(abc.ABC):
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + max(self._config.system_timeout, 1.0)
                 await self._cleanup()
-            self._hand_over_leftovers(timed_out=scope.cancelled_caught)
+            # The place is given back when nothing the session created is left on the
+            # engine: now, or when the background retries end it.
+            release = _nothing
             if self._slot is not None:
-                self._slot.release()
+                self._slot.keep()
+                release = self._slot.release
+            self._hand_over_leftovers(timed_out=scope.cancelled_caught, release=release)
             self.state = "closed"
             self.ready.set()
             self.closed.set()
@@ -256,8 +265,9 @@ class SessionLifecycle(abc.ABC):
         if self._queue_scope is not None:
             self._queue_scope.cancel()
 
-    def _hand_over_leftovers(self, *, timed_out: bool) -> None:
-        """Give what the cleanup left to the manager's background retries (and say so)."""
+    def _hand_over_leftovers(self, *, timed_out: bool, release: Callable[[], None]) -> None:
+        """Give what the cleanup left to the manager's background retries (and say so);
+        ``release`` (the session's place) goes with it, or is called now."""
         try:
             steps = self._leftovers()
         except Exception:  # a bug here must not keep the session from closing
@@ -265,16 +275,18 @@ class SessionLifecycle(abc.ABC):
             steps = []
         why = "cleanup timed out" if timed_out else "cleanup failed"
         if not steps:
+            release()
             if timed_out:
                 self._note_cleanup_error(why)
             return
         what = ", ".join(step.label for step in steps)
         if self._cleanups is None:
+            release()
             self._note_cleanup_error(
                 f"{why}; left {what} (the next mount or `rhvfs gc` removes it)"
             )
             return
-        self._cleanups.add(self.session_id, self._label(), steps, error=why)
+        self._cleanups.add(self.session_id, self._label(), steps, error=why, release=release)
         self._note_cleanup_error(f"{why}; retrying in the background: {what}")
 
     def _journaled_transfer_steps(self, services: SessionServices) -> list[CleanupStep]:

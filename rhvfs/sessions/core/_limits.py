@@ -85,6 +85,15 @@ class Slot:
         """The holder uses its places again: not to be asked to give way."""
         self._give_way = None
 
+    def keep(self) -> None:
+        """The holder still needs its places though nothing reads through them (what it
+        created waits for a background cleanup): never ask it to give way, and ask other
+        idle holders instead if it was asked."""
+        self._give_way = None
+        if self._asked:
+            self._asked = False
+            self.limiter._reclaim()
+
     def release(self) -> None:
         """Give the places back (or leave the queue). Idempotent."""
         self.limiter._release(self)

@@ -11,7 +11,10 @@ is done. Meanwhile ``status()`` lists them (``sessions.pending_cleanups`` in
 status.json) and the journal keeps them, so a crash of the mount leaves them
 to the next mount's gc. A step's ``on_done`` updates the journal (a transfer)
 or the chain state (a backup); when all are done the session's journal entry
-is removed.
+is removed. A session's place among ``max_sessions`` (``release``, given
+with its steps) is held until its steps are done: a snapshot or backup still on
+the engine counts against the limit until it is gone (or the retries gave
+up, or the mount ends).
 
 At the end of the mount (``flush``) every pending cleanup gets one more try
 under a short deadline; what still fails is logged and stays in the journal
@@ -172,6 +175,12 @@ class PendingCleanup:
     attempts: int = 0  # background tries so far
     last_error: str | None = None
     next_attempt_at: float | None = None  # trio time
+    release: Callable[[], None] | None = None  # gives back the session's place, once
+
+    def release_place(self) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release()
 
     def remaining(self) -> list[CleanupStep]:
         return [s for s in self.steps if not s.done]
@@ -211,14 +220,37 @@ class PendingCleanups:
             self._nursery = None
 
     def add(
-        self, session_id: str, label: str, steps: list[CleanupStep], *, error: str | None = None
+        self,
+        session_id: str,
+        label: str,
+        steps: list[CleanupStep],
+        *,
+        error: str | None = None,
+        release: Callable[[], None] | None = None,
     ) -> None:
-        """A session's cleanup left ``steps`` (``error``: why): retry them in the background."""
+        """A session's cleanup left ``steps`` (``error``: why): retry them in the background.
+
+        ``release`` (the session's place) is called once, when the steps are done, the
+        retries give up or the mount ends.
+        """
         if not steps:
+            if release is not None:
+                release()
             return
         item = self._items.get(session_id)
         if item is not None:  # never expected: a session closes once
             item.steps.extend(steps)
+            if release is not None:
+                earlier = item.release
+                if earlier is None:
+                    item.release = release
+                else:
+
+                    def both() -> None:
+                        earlier()
+                        release()
+
+                    item.release = both
             return
         item = PendingCleanup(
             session_id=session_id,
@@ -226,6 +258,7 @@ class PendingCleanups:
             steps=list(steps),
             since=datetime.now(UTC).isoformat(),
             last_error=error,
+            release=release,
         )
         self._items[session_id] = item
         if self._nursery is not None:
@@ -260,6 +293,7 @@ class PendingCleanups:
             item.attempts,
             item.last_error,
         )
+        item.release_place()
 
     async def _attempt(self, item: PendingCleanup, *, timeout_s: float) -> bool:
         """One try of ``item``'s remaining steps, in order; True when all are done."""
@@ -279,6 +313,7 @@ class PendingCleanups:
             item.last_error = f"{item.remaining()[0].label}: no answer within {timeout_s:g}s"
             return False
         self._items.pop(item.session_id, None)
+        item.release_place()
         try:
             self.journal.remove(item.session_id)
         except OSError as e:
@@ -317,6 +352,7 @@ class PendingCleanups:
         item.attempts += 1
         if await self._attempt(item, timeout_s=timeout_s):
             return
+        item.release_place()
         log.warning(
             "cleanup of session %s not finished when the mount ended (%s): left %s; "
             "the next mount or `rhvfs gc` removes it",
