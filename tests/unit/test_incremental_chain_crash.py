@@ -175,7 +175,9 @@ async def test_crash_after_the_new_snapshot_was_taken_before_the_chain_recorded_
                 crash.at(first.chain, "record")
             await first.copy_set(owner, "incremental")
             await trio.sleep_forever()
-    assert crash.where == ("after create_snapshot" if window == "snapshot-created" else "before record")
+    assert crash.where == (
+        "after create_snapshot" if window == "snapshot-created" else "before record"
+    )
     m0 = manifest(first, sets["s0"])
     kept0 = m0["snapshot_id"]
     [new] = [s for s in snapshot_ids(eng, owner.id) if s not in (*not_ours, kept0)]
