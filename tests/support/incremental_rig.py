@@ -5,13 +5,17 @@
 and copies every file into ``Rig.out`` (random-sized chunks), then waits until
 the session closed. ``new_vm`` adds a VM whose disks have incremental backup
 enabled. MockClock tests: the engine's latency and the grace periods run instantly.
+A rig is one mount: ``Rig(tmp_path, engine=..., state=...)`` is a later mount of
+the same engine and state directory, and with ``crash`` (``tests.support.crash``)
+the mount's process can die at a chosen call; ``mounted`` runs its manager.
 Must not: assert anything about the sets (the tests do).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from rhvfs.sessions.full._manager import SetView
 from rhvfs.sessions.incremental._chainstate import ChainState
 from rhvfs.sessions.incremental._manager import IncrementalManager
 from tests.support.configs import make_config
+from tests.support.crash import Crash
 from tests.support.data import MiB
 from tests.support.fake_dataplane import DirtyClient, FakeDataPlane
 from tests.support.fake_engine import ENGINE_LIKE, FakeEngine
@@ -89,18 +94,30 @@ class Full:
 
 class Rig:
     """An IncrementalManager and a SetRouter (full sets: ``Full``) on a fake engine;
-    ``config``: settings over the rig's (``make_config``)."""
+    ``config``: settings over the rig's (``make_config``). ``engine``: an engine an
+    earlier rig made; ``state``: the state directory (default ``tmp_path/state``);
+    ``crash``: the mount's process, which dies where the test says (its artifacts
+    name a dead process)."""
 
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
-        self.engine = FakeEngine(latency=ENGINE_LIKE)
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        engine: FakeEngine | None = None,
+        state: Path | None = None,
+        crash: Crash | None = None,
+        **config: Any,
+    ) -> None:
+        self.engine = engine or FakeEngine(latency=ENGINE_LIKE)
         self.plane = FakeDataPlane(self.engine, client=DirtyClient)
-        self.chain = ChainState(tmp_path / "state" / "chain.json")
-        self.journal = Journal(tmp_path / "state" / "journal.json")
+        self.state = state or tmp_path / "state"
+        self.chain = ChainState(self.state / "chain.json")
+        self.journal = Journal(self.state / "journal.json")
         # an incomplete set outlives its last close by read_idle_limit (transfers parked
         # after the grace period)
         self.config = make_config(**{"grace_period": 5.0, "read_idle_limit": 20.0, **config})
         self.manager = IncrementalManager(
-            self.engine,
+            crash.engine(self.engine) if crash is not None else self.engine,
             self.config,
             chain=self.chain,
             journal=self.journal,
@@ -108,10 +125,12 @@ class Rig:
             reader_factory=self.plane.reader_factory,
             cleanup_on_start=False,
         )
+        if crash is not None:
+            self.manager._process = crash.process
         self.full = Full()
         self.router = SetRouter(self.full, self.manager, config=self.config)
-        self.out = tmp_path / "out"
-        self.out.mkdir()
+        self.out = tmp_path / "out"  # a later mount's sets go next to the earlier ones
+        self.out.mkdir(exist_ok=True)
 
     async def read_set(
         self,
@@ -122,6 +141,20 @@ class Rig:
         stop_after: int | None = None,
     ) -> list[SetEntry]:
         """List the set, copy every file into ``out`` (random-sized chunks), wait for the close."""
+        entries = await self.copy_set(owner, kind, since, stop_after=stop_after)
+        await trio.sleep(self.config.grace_period + 30)
+        assert owner.id not in self.manager._sessions
+        return entries
+
+    async def copy_set(
+        self,
+        owner: Owner,
+        kind: SetKind,
+        since: str | None = None,
+        *,
+        stop_after: int | None = None,
+    ) -> list[SetEntry]:
+        """List the set and copy every file into ``out``; the set closes after that."""
         entries = await self.router.list_incremental(owner, kind, since)
         for i, e in enumerate(entries):
             h = await self.router.open(owner, e.key)
@@ -142,9 +175,17 @@ class Rig:
             (self.out / e.name).write_bytes(data)
             if stop_after is None:
                 assert len(data) == e.size
-        await trio.sleep(self.config.grace_period + 30)
-        assert owner.id not in self.manager._sessions
         return entries
+
+
+@asynccontextmanager
+async def mounted(rig: Rig) -> AsyncIterator[Rig]:
+    """``rig``'s manager runs (the mount is up) for the body; then every set ends."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.manager.run)
+        yield rig
+        await rig.manager.aclose_all()
+        nursery.cancel_scope.cancel()
 
 
 def manifest(rig: Rig, entries: list[SetEntry]) -> dict[str, Any]:

@@ -176,6 +176,36 @@ async def test_broken_chain_gives_a_full_set_with_a_warning(
     )
 
 
+@pytest.mark.allow_log("rhvfs.sessions.incremental", "WARNING", match="chain of VM web01 is broken")
+@pytest.mark.parametrize("chain", ["checkpoint", "snapshot"])
+@pytest.mark.parametrize("state", [None, "invalid"])
+async def test_a_base_gone_or_unusable_on_the_engine_is_named_in_the_warning(
+    rig: Rig, autojump_clock: trio.testing.MockClock, chain: str, state: str | None
+) -> None:
+    """The base set's checkpoint (or, for a snapshot chain, its kept snapshot) is gone or
+    in a state it cannot serve from: the warning says which, and why; the set is full."""
+    eng = rig.engine
+    owner = new_vm(eng, disks=[("root", 1 * MiB)])
+    if chain == "snapshot":
+        eng.set_disk(owner.id, "root", format="raw", backup="none")
+    m0 = manifest(rig, await rig.read_set(owner, "incremental"))
+    found = eng.checkpoints if chain == "checkpoint" else eng.snapshots
+    base = m0["to_checkpoint_id"] if chain == "checkpoint" else m0["snapshot_id"]
+    field = "state" if chain == "checkpoint" else "status"
+    found[owner.id] = [
+        x if x.id != base else dataclasses.replace(x, **{field: state})
+        for x in found[owner.id]
+        if x.id != base or state is not None
+    ]
+    m1 = manifest(rig, await rig.read_set(owner, "incremental"))
+    what = f"checkpoint {base}" if chain == "checkpoint" else f"its kept snapshot {base}"
+    why = "is gone from the engine" if state is None else f"is {state}"
+    assert m1["set_type"] == "full"
+    assert m1["warnings"] == [
+        f"chain of VM web01 is broken: {what} {why}; this incremental set is a full one"
+    ]
+
+
 @pytest.mark.allow_log(
     "rhvfs.sessions.incremental", "WARNING", match="no completed set|chain of VM web01 is broken"
 )

@@ -334,12 +334,12 @@ class IncrementalSession(SessionLifecycle):
         if base is not None:
             checkpoints = {c.id: c for c in await engine.list_checkpoints(vm.id)}
             cp = checkpoints.get(base.checkpoint_id or "")
-            if cp is None or (cp.state or "created") != "created":
-                why = "is gone from the engine" if cp is None else f"is {cp.state}"
-                self.warn(
-                    f"chain of VM {vm.name} is broken: checkpoint {base.checkpoint_id} {why}; "
-                    f"this {self.kind} set is a full one"
-                )
+            if not self._base_intact(
+                vm.name,
+                f"checkpoint {base.checkpoint_id}",
+                None if cp is None else cp.state or "created",
+                usable="created",
+            ):
                 base = None
 
         backup_disks = disks if base is None else capable
@@ -395,6 +395,18 @@ class IncrementalSession(SessionLifecycle):
             self.plans.append(plan)
         await self._open_disks(data, nursery)
 
+    def _base_intact(self, vm_name: str, what: str, state: str | None, *, usable: str) -> bool:
+        """Whether the base set's artifact on the engine (``what``: its checkpoint, or its
+        kept snapshot) is there (``state`` None: gone) and ``usable``; if not, warn that the
+        VM's chain is broken: this set is a full one."""
+        if state == usable:
+            return True
+        why = "is gone from the engine" if state is None else f"is {state}"
+        self.warn(
+            f"chain of VM {vm_name} is broken: {what} {why}; this {self.kind} set is a full one"
+        )
+        return False
+
     async def _start_snapshot_chain(
         self, vm_id: str, vm_name: str, disks: list[Disk], reasons: dict[str, str]
     ) -> None:
@@ -421,14 +433,15 @@ class IncrementalSession(SessionLifecycle):
         else:
             snaps = {x.id: x for x in await engine.list_snapshots(vm_id)}
             kept = snaps.get(base.snapshot_id or "")
-            if kept is None or (kept.status or "ok") != "ok":
-                why = "is gone from the engine" if kept is None else f"is {kept.status}"
-                self.warn(
-                    f"chain of VM {vm_name} is broken: its kept snapshot {base.snapshot_id} "
-                    f"{why}; this incremental set is a full one"
-                )
+            if not self._base_intact(
+                vm_name,
+                f"its kept snapshot {base.snapshot_id}",
+                None if kept is None else kept.status or "ok",
+                usable="ok",
+            ):
                 base = None
             else:
+                assert kept is not None  # it is there: its state is "ok"
                 prev_disks = {d.id: d for d in await engine.snapshot_disks(vm_id, kept.id)}
         await self._snapshot_for(vm_id, disks)
         assert self.snapshot is not None
