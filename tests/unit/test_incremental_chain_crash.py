@@ -21,6 +21,7 @@ whether gc ran before it or only after. Fake engine, MockClock.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,6 +84,28 @@ def removed(lines: list[str], snapshot_id: str) -> bool:
     return any(line.startswith(f"removed snapshot {snapshot_id} of VM ") for line in lines)
 
 
+async def second_set_dies(
+    tmp_path: Path, arm: Callable[[Crash, Rig], None]
+) -> tuple[Crash, Rig, Owner, str, str, list[str], dict[str, list[SetEntry]]]:
+    """A first mount reads set s0 of a ``mixed_vm``, the guest writes (one cluster of
+    root, two of scratch), ``arm`` sets where the process dies, and the mount copies
+    the next set (``sets["s1"]`` when the copy returned) until it dies."""
+    crash = Crash(tmp_path / "state", tmp_path / "state-at-crash")
+    first = Rig(tmp_path, crash=crash)
+    eng = first.engine
+    owner, root, scratch, not_ours = await mixed_vm(eng)
+    sets: dict[str, list[SetEntry]] = {}
+    with pytest.RaisesGroup(ProcessDied, flatten_subgroups=True):
+        async with mounted(first):
+            sets["s0"] = await first.read_set(owner, "incremental")
+            eng.guest_write(root, 0, b"\x01" * 10)
+            eng.guest_write(scratch, CLUSTER + 4096, b"\x02" * (CLUSTER + 10))  # 2 clusters
+            arm(crash, first)
+            sets["s1"] = await first.copy_set(owner, "incremental")
+            await trio.sleep_forever()  # the set's cleanup (or its record) kills the process
+    return crash, first, owner, root, scratch, not_ours, sets
+
+
 def check_images(rig: Rig, entries: list[SetEntry], disks: list[str]) -> None:
     """Each disk's image of the set (with the files it backs onto) is the disk now."""
     for d in disks:
@@ -94,22 +117,14 @@ def check_images(rig: Rig, entries: list[SetEntry], disks: list[str]) -> None:
 async def test_crash_after_the_new_snapshot_is_kept_before_the_old_one_is_removed(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, window: str, gc_first: bool
 ) -> None:
-    crash = Crash(tmp_path / "state", tmp_path / "state-at-crash")
-    first = Rig(tmp_path, crash=crash)
+    def arm(crash: Crash, first: Rig) -> None:
+        if window == "recorded":  # the journal still names the new snapshot
+            crash.at(first.chain, "record", after=True)
+        else:  # the set is recorded and out of the journal: the old snapshot goes next
+            crash.at(first.manager.engine, "remove_snapshot")
+
+    crash, first, owner, root, scratch, not_ours, sets = await second_set_dies(tmp_path, arm)
     eng = first.engine
-    owner, root, scratch, not_ours = await mixed_vm(eng)
-    sets: dict[str, list[SetEntry]] = {}
-    with pytest.RaisesGroup(ProcessDied, flatten_subgroups=True):
-        async with mounted(first):
-            sets["s0"] = await first.read_set(owner, "incremental")
-            eng.guest_write(root, 0, b"\x01" * 10)
-            eng.guest_write(scratch, CLUSTER + 4096, b"\x02" * (CLUSTER + 10))  # 2 clusters
-            if window == "recorded":  # the journal still names the new snapshot
-                crash.at(first.chain, "record", after=True)
-            else:  # the set is recorded and out of the journal: the old snapshot goes next
-                crash.at(first.manager.engine, "remove_snapshot")
-            sets["s1"] = await first.copy_set(owner, "incremental")
-            await trio.sleep_forever()  # the set's cleanup kills the process
     assert crash.where == ("after record" if window == "recorded" else "before remove_snapshot")
     m0, m1 = manifest(first, sets["s0"]), manifest(first, sets["s1"])
     kept0, kept1 = m0["snapshot_id"], m1["snapshot_id"]
@@ -159,22 +174,14 @@ async def test_crash_after_the_new_snapshot_is_kept_before_the_old_one_is_remove
 async def test_crash_after_the_new_snapshot_was_taken_before_the_chain_recorded_it(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, window: str, gc_first: bool
 ) -> None:
-    crash = Crash(tmp_path / "state", tmp_path / "state-at-crash")
-    first = Rig(tmp_path, crash=crash)
+    def arm(crash: Crash, first: Rig) -> None:
+        if window == "snapshot-created":  # the journal has its description, not its id
+            crash.at(first.manager.engine, "create_snapshot", after=True)
+        else:  # read completely, about to be recorded
+            crash.at(first.chain, "record")
+
+    crash, first, owner, root, scratch, not_ours, sets = await second_set_dies(tmp_path, arm)
     eng = first.engine
-    owner, root, scratch, not_ours = await mixed_vm(eng)
-    sets: dict[str, list[SetEntry]] = {}
-    with pytest.RaisesGroup(ProcessDied, flatten_subgroups=True):
-        async with mounted(first):
-            sets["s0"] = await first.read_set(owner, "incremental")
-            eng.guest_write(root, 0, b"\x01" * 10)
-            eng.guest_write(scratch, CLUSTER + 4096, b"\x02" * (CLUSTER + 10))
-            if window == "snapshot-created":  # the journal has its description, not its id
-                crash.at(first.manager.engine, "create_snapshot", after=True)
-            else:  # read completely, about to be recorded
-                crash.at(first.chain, "record")
-            await first.copy_set(owner, "incremental")
-            await trio.sleep_forever()
     assert crash.where == (
         "after create_snapshot" if window == "snapshot-created" else "before record"
     )
