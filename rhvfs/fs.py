@@ -293,7 +293,12 @@ class Operations(pyfuse3.Operations):
         return self._file_info(fh), self.attributes(node)
 
     @_translate
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 takes any buffer (its stub says bytes)
+        self, fh: int, off: int, size: int
+    ) -> bytes | memoryview:
+        # A view of a cache buffer is handed to pyfuse3 as it is (no copy): its read
+        # handler replies with it (PyObject_GetBuffer, fuse_reply_buf) before anything
+        # else runs.
         return await self.vfs.read(fh, off, size)
 
     @_translate

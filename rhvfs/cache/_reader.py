@@ -25,6 +25,11 @@ Design note — invariants that hold between ``await``s:
   from it), so a late copy can never see another chunk's bytes; a reused buffer
   is zeroed first unless one GET fills all of it. A chunk read through by the
   only handle is dropped at once, so memory follows the read-ahead window.
+- A read inside one ready chunk returns a read-only view of the chunk's buffer,
+  not a copy (the FUSE reply copies it to the kernel before anything else runs).
+  Before that buffer is reused, every view handed out is released: a caller that
+  kept one across an ``await`` gets ``ValueError`` on use, never another chunk's
+  bytes; a buffer whose view is still exported (held by C code) is not reused.
 - The read-ahead window of a sequential handle is the ``Pacer``'s: measured
   bandwidth x delay, doubled on stalls, capped by the budget (``_pace.py``).
 - Keys: ``i >= 0`` is the ``chunk_size`` chunk number ``i`` (sequential reads and
@@ -113,6 +118,7 @@ class _Chunk:
         "users",
         "dropped",
         "recycled",
+        "views",
     )
 
     def __init__(self, index: int, start: int, end: int, buf: bytearray | None = None) -> None:
@@ -132,6 +138,7 @@ class _Chunk:
         self.served = 0  # bytes copied out of it to reads (overlapping reads count twice)
         self.users = 0  # reads (and borrowing fetches) holding it across an await
         self.dropped = False  # left the cache; its buffer is recycled once users is 0
+        self.views: list[memoryview] = []  # views of ``buf`` returned by reads (zero-copy)
 
 
 @dataclasses.dataclass
@@ -322,8 +329,13 @@ class ImageReader:
 
     # -- reading ---------------------------------------------------------------------
 
-    async def read(self, offset: int, size: int, *, handle_id: int) -> bytes:
-        """The bytes at ``[offset, offset+size)``; short only at the end of the image."""
+    async def read(self, offset: int, size: int, *, handle_id: int) -> bytes | memoryview:
+        """The bytes at ``[offset, offset+size)``; short only at the end of the image.
+
+        Often a read-only view of a cache buffer (no copy): use it (copy it, hand it to
+        the kernel) before the next ``await``; later it may be released (see the
+        module docstring), never changed.
+        """
         if self._closed:
             raise SessionClosed("image reader is closed")
         if offset < 0 or size < 0:
@@ -343,7 +355,7 @@ class ImageReader:
             if ahead:
                 self._prefetch(last + 1, ahead)
             self._pace(st, end - offset, stalled=False)
-            return bytes(end - offset)
+            return self._zero_view(end - offset)
 
         if len(needed) == 1:
             chunk = self._pin(await self._demand(needed[0]))
@@ -355,14 +367,20 @@ class ImageReader:
                 self._pace(st, end - offset, stalled=stalled)
                 if chunk.start <= offset and end <= chunk.end:
                     chunk.served += end - offset
-                    return bytes(memoryview(chunk.buf)[offset - chunk.start : end - chunk.start])
+                    view = memoryview(chunk.buf).toreadonly()[
+                        offset - chunk.start : end - chunk.start
+                    ]
+                    if chunk.dropped:  # recycled by the unpin below: a copy it is
+                        return bytes(view)
+                    chunk.views.append(view)
+                    return view
                 out = bytearray(end - offset)
                 s, e = max(offset, chunk.start), min(end, chunk.end)
                 chunk.served += e - s
                 out[s - offset : e - offset] = memoryview(chunk.buf)[
                     s - chunk.start : e - chunk.start
                 ]
-                return bytes(out)
+                return memoryview(out).toreadonly()
             finally:
                 self._unpin(chunk)
 
@@ -402,7 +420,15 @@ class ImageReader:
             for chunk in started:
                 self._unpin(chunk)
         self._pace(st, end - offset, stalled=stalled)
-        return bytes(out)
+        return memoryview(out).toreadonly()
+
+    def _zero_view(self, n: int) -> bytes | memoryview:
+        """``n`` zero bytes, from one immutable buffer when it is large enough."""
+        if n > self._chunk_size:
+            return bytes(n)
+        if self._zeros is None:
+            self._zeros = bytes(self._chunk_size)
+        return memoryview(self._zeros)[:n]
 
     # -- buffers held across awaits ----------------------------------------------------
 
@@ -427,9 +453,10 @@ class ImageReader:
     def _recycle(self, chunk: _Chunk) -> None:
         buf = chunk.buf
         chunk.buf = bytearray()  # a late copy from it would come out short, never wrong
+        reusable = _revoke(chunk.views)
         if self._closed:
             return  # aclose() gave every reservation back already
-        if len(buf) == self._chunk_size and len(self._spare) < _SPARE_BUFFERS:
+        if reusable and len(buf) == self._chunk_size and len(self._spare) < _SPARE_BUFFERS:
             self._spare.append(buf)
             self._space.set()  # a reader waiting for memory may take it
         else:
@@ -810,6 +837,19 @@ class ImageReader:
         self._drop(victim)
         self._evictions += 1
         return True
+
+
+def _revoke(views: list[memoryview]) -> bool:
+    """Release the views reads returned of a buffer about to be reused; False when one is
+    still exported (C code holds it: the buffer must not be reused)."""
+    free = True
+    for view in views:
+        try:
+            view.release()
+        except BufferError:
+            free = False
+    views.clear()
+    return free
 
 
 def _eviction_key(chunk: _Chunk) -> tuple[bool, bool, int]:

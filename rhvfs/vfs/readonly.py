@@ -69,7 +69,7 @@ class ReadHandle(OpenFile):
         # Volatile files (status.json) bypass the page cache: their size changes.
         self.direct_io = node.volatile
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         if self.backup_handle is not None:
             return await self._backups.read(self.backup_handle, offset, size)
         content = self.content or b""

@@ -93,7 +93,7 @@ class RestoreHandle(OpenFile):
         self.content = content
         self.direct_io = node.file is None  # generated: its size changes between reads
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         if self.content is not None:
             return self.content[offset : offset + size]
         node = self.rnode

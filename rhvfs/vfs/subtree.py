@@ -34,7 +34,7 @@ class OpenFile(abc.ABC):
         self.node = node
 
     @abc.abstractmethod
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         """Up to ``size`` bytes at ``offset`` (fewer only at the end of the file)."""
 
     async def write(self, offset: int, data: bytes) -> int:

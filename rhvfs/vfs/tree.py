@@ -276,7 +276,7 @@ class Vfs:
         """The open file bypasses the page cache (its content changes between reads)."""
         return self._file(fh).direct_io
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         return await self._file(fh).read(offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:

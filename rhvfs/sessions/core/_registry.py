@@ -69,7 +69,9 @@ class Session(Protocol):
 
     def request_close(self) -> None: ...
     async def run(self, *, task_status: Any = ...) -> None: ...
-    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes: ...
+    async def read(
+        self, key: str, offset: int, size: int, *, handle_id: int
+    ) -> bytes | memoryview: ...
 
 
 S = TypeVar("S", bound=Session)
@@ -252,7 +254,7 @@ class SessionRegistry(Generic[S]):
         if not session.handles:
             session.request_close()
 
-    async def read(self, handle: int, offset: int, size: int) -> bytes:
+    async def read(self, handle: int, offset: int, size: int) -> bytes | memoryview:
         """Read through an open handle (``SessionClosed`` when it is not open)."""
         session, key = self.handles.get(handle)
         return await session.read(key, offset, size, handle_id=handle)

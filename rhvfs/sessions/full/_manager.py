@@ -658,7 +658,7 @@ class BackupManager:
         log.info("session %s of %s %s starting", session.session_id, owner.kind, owner.name)
         return session
 
-    async def read(self, handle: int, offset: int, size: int) -> bytes:
+    async def read(self, handle: int, offset: int, size: int) -> bytes | memoryview:
         """Exactly the bytes at ``offset``; short only at EOF; raises on final failure."""
         return await self._sessions.read(handle, offset, size)
 

@@ -458,7 +458,7 @@ class BackupSession(SessionLifecycle):
 
     # -- reads ----------------------------------------------------------------
 
-    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes:
+    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes | memoryview:
         if self.state != "ready":
             if self.error is not None:
                 raise self.error
@@ -472,6 +472,7 @@ class BackupSession(SessionLifecycle):
         )
         if not size:
             return b""
+        data: bytes | memoryview
         disk_id = disk_id_of_key(key)
         if disk_id is None:
             content = self.contents.get(key)

@@ -428,7 +428,7 @@ class IncrementalManager:
         session.handles.add(handle)
         return handle
 
-    async def read(self, handle: int, offset: int, size: int) -> bytes:
+    async def read(self, handle: int, offset: int, size: int) -> bytes | memoryview:
         return await self._sessions.read(handle, offset, size)
 
     async def release(self, handle: int) -> None:

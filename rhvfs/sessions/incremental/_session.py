@@ -762,7 +762,8 @@ class IncrementalSession(SessionLifecycle):
 
     # -- reads ----------------------------------------------------------------
 
-    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes:
+    async def read(self, key: str, offset: int, size: int, *, handle_id: int) -> bytes | memoryview:
+        """Often a view of a cache buffer: use it before the next await (``rhvfs.cache``)."""
         if self.state != "ready":
             if self.error is not None:
                 raise self.error
@@ -773,6 +774,7 @@ class IncrementalSession(SessionLifecycle):
             return b""
         assert entry is not None
         content = self.contents.get(key)
+        data: bytes | memoryview
         if content is not None:
             data = content[offset : offset + size]
         else:
@@ -789,7 +791,7 @@ class IncrementalSession(SessionLifecycle):
                     # metadata from memory; data clusters through the reader in file
                     # offsets, so sequential reads of the delta prefetch its scattered
                     # guest ranges ahead
-                    parts = []
+                    parts: list[bytes | memoryview] = []
                     meta_end = min(offset + size, delta.metadata_size)
                     if offset < meta_end:
                         parts.append(await delta.read(offset, meta_end - offset, _no_fetch))
