@@ -668,3 +668,37 @@ async def test_reused_buffers_read_as_zero_where_nothing_was_fetched(
     stats = reader.statistics()
     assert stats.buffers_reused >= 4
     assert src.max_reserved <= 8 * chunk
+
+
+async def test_a_view_kept_past_its_buffers_reuse_fails_and_never_shows_other_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Reads inside one chunk return views of the cache buffer (no copy). A caller that
+    # keeps one while the reader moves on (the buffer goes to another chunk) must get an
+    # error on use, never the bytes of the chunk that reuses the buffer.
+    chunk = 64 * KiB
+    data, extents = make_image([(12 * chunk, True)], seed=5)
+    src = FakeSource(data, extents, delay_s=0.001)
+    reader = make_reader(src, chunk_size=chunk, budget_chunks=4, streams=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reader.run)
+        kept = await reader.read(0, 4096, handle_id=1)
+        assert isinstance(kept, memoryview) and kept.readonly
+        assert kept == data[:4096]  # used before the next await: the right bytes
+        for off in range(4096, len(data), 16 * KiB):
+            got = await reader.read(off, 16 * KiB, handle_id=1)
+            assert got == data[off : off + 16 * KiB]
+        assert reader.statistics().buffers_reused >= 1
+        with pytest.raises(ValueError, match="released"):
+            bytes(kept)
+        await reader.aclose()
+
+
+async def test_zero_reads_share_one_immutable_buffer() -> None:
+    data, extents = make_image([(64 * KiB, False), (64 * KiB, True)])
+    src = FakeSource(data, extents)
+    reader = make_reader(src, chunk_size=64 * KiB)
+    a = await reader.read(0, 4096, handle_id=1)
+    b = await reader.read(8192, 8192, handle_id=1)
+    assert a == bytes(4096) and b == bytes(8192) and src.requests == []
+    assert isinstance(a, memoryview) and a.readonly and a.obj is getattr(b, "obj", None)
