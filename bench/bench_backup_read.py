@@ -22,7 +22,10 @@ would):
    (one ``dd`` each); total MB/s against the single-image mount reads. For
    reference, the same images read at once straight from the data plane
    (``curl x4`` on one ticket per image, all at once): what the machine and
-   the imageio daemon give several images together.
+   the imageio daemon give several images together. And one image, then all
+   of them at once, read through the mount to ``/dev/null``: the same reads
+   without gigabytes of new output files (page cache, writeback) competing
+   for the machine.
 3. Peak RSS of the mount process (VmHWM) over all of it.
 
 Runs are repeated ``--repeat`` times; medians are printed with the targets
@@ -346,6 +349,15 @@ def run_phase(
         times["mount parallel"] = run_all(
             [dd(mount.image(f"benchvm{i}"), o) for i, o in enumerate(outs)]
         )
+        # The same reads with the output thrown away: what the mount gives several
+        # images when no reader also writes gigabytes of new files (page cache,
+        # writeback) on the same two cores.
+        prepare(mount, volumes[:1], [])
+        times["mount to null"] = run_all([dd(mount.image("benchvm0"), Path("/dev/null"))])
+        prepare(mount, volumes, [])
+        times["mount parallel to null"] = run_all(
+            [dd(mount.image(f"benchvm{i}"), Path("/dev/null")) for i in range(len(disks))]
+        )
         mount.wait_idle()
         tickets: list[Ticket] = []
         try:
@@ -420,7 +432,7 @@ def main() -> None:
 
     mbs = {
         lat: {
-            k: size * (len(disks) if k.endswith(" parallel") else 1) / median(v) / 1e6
+            k: size * (len(disks) if " parallel" in k else 1) / median(v) / 1e6
             for k, v in r.items()
         }
         for lat, r in results.items()
@@ -455,6 +467,12 @@ def main() -> None:
                 f"  {len(disks)} images in parallel: {par:.0f} MB/s total ="
                 f" {par / base:.2f}x one image   target >= 1.0"
             )
+            if "mount parallel to null" in mbs[0]:
+                pnull, onull = mbs[0]["mount parallel to null"], mbs[0]["mount to null"]
+                print(
+                    f"  (output to /dev/null: one image {onull:.0f} MB/s, {len(disks)} in parallel"
+                    f" {pnull:.0f} MB/s = {pnull / onull:.2f}x)"
+                )
             if "curl parallel" in mbs[0]:
                 cpar, cone = mbs[0]["curl parallel"], mbs[0]["curl x4"]
                 print(
