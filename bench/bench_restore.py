@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -154,6 +155,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     size = args.size_mib * MiB
+    own_work = args.workdir is None  # a directory of our own goes when the bench ends
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-restore-"))
     work.mkdir(parents=True, exist_ok=True)
     state, mnt = work / "sim", work / "mnt"
@@ -204,6 +206,8 @@ def main() -> int:
             subprocess.run([*RHVFS, "umount", str(mnt)], check=False, timeout=300)
         sim.terminate()
         sim.wait(timeout=60)
+        if own_work and not os.path.ismount(mnt):
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

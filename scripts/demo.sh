@@ -71,4 +71,4 @@ tar -C "$WORK/extract" -xSf "$ARCHIVE"
 
 echo "== unmounting (sessions clean up their snapshots and transfers)"
 $RHVFS umount "$MNT"
-echo "demo finished: $WORK"
+echo "demo finished: $WORK holds the archive and the simulator's state ($(du -sh "$WORK" | cut -f1)); remove it when done"
