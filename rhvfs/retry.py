@@ -244,16 +244,16 @@ async def retry(
             delay = backoff.next_delay_s()
             if delay is None:
                 log.warning(
-                    "%s: giving up after %d tries: %s",
-                    what,
+                    "%sgiving up after %d tries: %s",
+                    _prefix(what, exc),
                     attempt + 1,
                     exc,
                     extra={"what": what},
                 )
                 raise
             log.info(
-                "%s: %s (try %d/%s), retrying in %.2fs",
-                what,
+                "%s%s (try %d/%s), retrying in %.2fs",
+                _prefix(what, exc),
                 exc,
                 attempt + 1,
                 policy.tries if policy.tries is not None else "-",
@@ -263,6 +263,12 @@ async def retry(
             if on_retry is not None:
                 on_retry(exc)
     raise AssertionError("unreachable: a retry loop ends by returning or raising")
+
+
+def _prefix(what: str, exc: BaseException) -> str:
+    """``what: `` before an error's text, unless the text names it already (most of
+    rhvfs's errors do: "engine unavailable: list vms: cannot connect ...")."""
+    return "" if f"{what}:" in str(exc) else f"{what}: "
 
 
 async def poll(

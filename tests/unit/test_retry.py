@@ -495,3 +495,28 @@ def test_retry_sits_at_the_bottom_layer() -> None:
         "trio",
         "typing",
     }
+
+
+# -- the lines a retry logs ------------------------------------------------------------
+
+
+async def test_a_retry_line_names_the_call_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error whose text names the call already gets no second prefix; others get one."""
+    caplog.set_level("INFO", logger="rhvfs.retry")
+    fn = Flaky(
+        [
+            EngineUnavailable("list vms: cannot connect"),
+            EngineUnavailable("connection refused"),
+            EngineUnavailable("list vms: cannot connect"),
+        ]
+    )
+    with pytest.raises(EngineUnavailable):
+        await retry(fn, policy=RetryPolicy(tries=3, interval_s=1.0), what="list vms")
+    lines = [r.getMessage() for r in caplog.records if r.name == "rhvfs.retry"]
+    assert lines == [
+        "engine unavailable: list vms: cannot connect (try 1/3), retrying in 1.00s",
+        "list vms: engine unavailable: connection refused (try 2/3), retrying in 2.00s",
+        "giving up after 3 tries: engine unavailable: list vms: cannot connect",
+    ]
