@@ -137,3 +137,81 @@ def test_a_turn_is_a_change_of_speaker() -> None:
     assert turns.speaks(False)  # the answer
     assert not turns.speaks(False)
     assert turns.speaks(True)  # the next request
+
+
+def _big_server(payload: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A server that sends ``payload`` to its first connection and then closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                conn.sendall(payload)
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return server, t
+
+
+def test_a_slow_reader_gets_every_byte_of_a_large_answer() -> None:
+    """Backpressure: the client first reads 4 KiB at a time with pauses while
+    the server pushes 24 MiB, more than the sockets and the proxy's pipe hold;
+    the kernel-side forwarding must neither lose nor reorder bytes while the
+    client's window is full."""
+    payload = random.Random(2).randbytes(24 * 1024 * 1024)
+    server, t = _big_server(payload)
+    p = FaultProxy(
+        host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.getsockname()[1]
+    )
+    p.start()
+    try:
+        got = bytearray()
+        with socket.create_connection(("127.0.0.1", p.port), timeout=30) as s:
+            while True:
+                data = s.recv(4096 if len(got) < 1024 * 1024 else 1024 * 1024)
+                if not data:
+                    break
+                got += data
+                if len(got) < 1024 * 1024 and len(got) % (256 * 1024) < 4096:
+                    time.sleep(0.05)  # a pause while the proxy's pipe and buffers fill
+        assert bytes(got) == payload
+    finally:
+        p.close()
+        server.close()
+        t.join(timeout=5)
+
+
+def test_close_ends_connections_blocked_in_forwarding() -> None:
+    """A client that stops reading leaves the pump blocked writing to it; close()
+    must still cut the connection and end its threads."""
+    payload = random.Random(3).randbytes(16 * 1024 * 1024)
+    server, t = _big_server(payload)
+    p = FaultProxy(
+        host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.getsockname()[1]
+    )
+    p.start()
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    try:
+        assert s.recv(1024)  # the forwarding has started, then the client stalls
+        time.sleep(0.2)
+        p.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(
+            th.name.startswith("faultproxy") for th in threading.enumerate()
+        ):
+            time.sleep(0.05)
+        assert not [th.name for th in threading.enumerate() if th.name.startswith("faultproxy")]
+        with pytest.raises((ConnectionResetError, TimeoutError)):
+            while s.recv(1024 * 1024):  # what was in flight, then the cut
+                pass
+            raise TimeoutError("closed cleanly instead of cut")
+    finally:
+        s.close()
+        server.close()
+        t.join(timeout=5)
