@@ -29,6 +29,10 @@ would):
    without gigabytes of new output files (page cache, writeback) competing
    for the machine.
 3. Peak RSS of the mount process (VmHWM) over all of it.
+4. For each reader at the first latency: how busy the host's CPUs were while
+   it ran (``/proc/stat``: everything, the data plane and the kernel included)
+   and what that makes per GiB read. Near 100% busy, a reader is bound by the
+   host, and its speed against another's is the inverse of their costs.
 
 Runs are repeated ``--repeat`` times; medians are printed with the targets
 of issue 15 (ratios are computed inside one run, so a loaded machine slows
@@ -85,6 +89,26 @@ def warm(paths: Sequence[Path]) -> None:
 
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def host_cpu() -> tuple[int, int, int]:
+    """Jiffies of all CPUs since boot: (total, idle + iowait, steal), from /proc/stat."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(v[:8]), v[3] + v[4], v[7]
+
+
+class HostBusy:
+    """How much of the host's CPU a span of time used (all processes, the kernel's too)."""
+
+    def __init__(self) -> None:
+        self._start = host_cpu()
+
+    def stop(self) -> tuple[float, float]:
+        """(busy fraction, steal fraction) since the start: busy counts steal as busy,
+        time another guest of the hypervisor took from this one."""
+        total, idle, steal = (b - a for a, b in zip(self._start, host_cpu(), strict=True))
+        total = max(1, total)
+        return 1 - idle / total, steal / total
 
 
 # -- the images ----------------------------------------------------------------------
@@ -323,49 +347,53 @@ def prepare(mount: Mount, volumes: Sequence[Path], outs: Sequence[Path]) -> None
 
 def run_phase(
     phase: Phase, disks: Sequence[str], volumes: Sequence[Path], size: int, *, parallel: bool
-) -> dict[str, float]:
-    """Seconds per reader of one repetition in ``phase``."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per reader of one repetition in ``phase``, and the host's busy
+    fraction while each ran."""
     assert phase.mount is not None
     mount, sim, out = phase.mount, phase.sim, phase.work / "out.raw"
     env = dict(os.environ, XDG_CONFIG_HOME=str(sim.conf_file.parent))
     times: dict[str, float] = {}
+    busy: dict[str, float] = {}
+
+    def timed(name: str, argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> None:
+        span = HostBusy()
+        times[name] = run_all(argvs, env)
+        busy[name] = span.stop()[0]
 
     prepare(mount, volumes[:1], [out])
-    times["mount"] = run_all([dd(mount.image("benchvm0"), out)])
+    timed("mount", [dd(mount.image("benchvm0"), out)])
 
     prepare(mount, volumes[:1], [out])
     argv = [OVIRT_IMG, "download-disk", "-c", sim.section, "-f", "raw", disks[0], str(out)]
-    times["ovirt-img"] = run_all([argv], env)
+    timed("ovirt-img", [argv], env)
 
     # Time to the first MiB of a new read (its snapshot and image transfer included,
     # which the mount's figure above includes and curl's does not).
     prepare(mount, volumes[:1], [])
-    times["mount first MiB"] = run_all(
-        [[*dd(mount.image("benchvm0"), Path("/dev/null")), "count=1"]]
-    )
+    timed("mount first MiB", [[*dd(mount.image("benchvm0"), Path("/dev/null")), "count=1"]])
 
     mount.wait_idle()
     ticket = Ticket(sim, disks[0])
     try:
         prepare(mount, volumes[:1], [out])
-        times["curl x4"] = run_all(curl_argvs(ticket.url, sim.cafile, size, out))
+        timed("curl x4", curl_argvs(ticket.url, sim.cafile, size, out))
     finally:
         ticket.close()
 
     if parallel and len(disks) > 1:
         outs = [phase.work / f"out{i}.raw" for i in range(len(disks))]
         prepare(mount, volumes, outs)
-        times["mount parallel"] = run_all(
-            [dd(mount.image(f"benchvm{i}"), o) for i, o in enumerate(outs)]
-        )
+        timed("mount parallel", [dd(mount.image(f"benchvm{i}"), o) for i, o in enumerate(outs)])
         # The same reads with the output thrown away: what the mount gives several
         # images when no reader also writes gigabytes of new files (page cache,
         # writeback) on the same two cores.
         prepare(mount, volumes[:1], [])
-        times["mount to null"] = run_all([dd(mount.image("benchvm0"), Path("/dev/null"))])
+        timed("mount to null", [dd(mount.image("benchvm0"), Path("/dev/null"))])
         prepare(mount, volumes, [])
-        times["mount parallel to null"] = run_all(
-            [dd(mount.image(f"benchvm{i}"), Path("/dev/null")) for i in range(len(disks))]
+        timed(
+            "mount parallel to null",
+            [dd(mount.image(f"benchvm{i}"), Path("/dev/null")) for i in range(len(disks))],
         )
         mount.wait_idle()
         tickets: list[Ticket] = []
@@ -373,18 +401,19 @@ def run_phase(
             for d in disks:
                 tickets.append(Ticket(sim, d))
             prepare(mount, volumes, outs)
-            times["curl parallel"] = run_all(
+            timed(
+                "curl parallel",
                 [
                     argv
                     for t, o in zip(tickets, outs, strict=True)
                     for argv in curl_argvs(t.url, sim.cafile, size, o)
-                ]
+                ],
             )
         finally:
             for t in tickets:
                 t.close()
     prepare(mount, [], [out, *(phase.work / f"out{i}.raw" for i in range(len(disks)))])
-    return times
+    return times, busy
 
 
 def median(values: Sequence[float]) -> float:
@@ -417,14 +446,15 @@ def main() -> None:
             f"(prepared in {time.monotonic() - t0:.0f}s)",
             flush=True,
         )
-        # results[latency][reader] = seconds per repetition
+        # results[latency][reader] = seconds per repetition; busy: the host's busy fraction
         results: dict[int, dict[str, list[float]]] = {lat: {} for lat in latencies}
+        busy: dict[int, dict[str, list[float]]] = {lat: {} for lat in latencies}
         peak_rss = 0
         for rep in range(args.repeat):
             for lat in latencies:
                 phase = Phase(state, work, lat)
                 try:
-                    times = run_phase(
+                    times, busy_by = run_phase(
                         phase, disks, volumes, size, parallel=lat == latencies[0] == 0
                     )
                 finally:
@@ -432,6 +462,7 @@ def main() -> None:
                 peak_rss = max(peak_rss, phase.peak_rss)
                 for name, secs in times.items():
                     results[lat].setdefault(name, []).append(secs)
+                    busy[lat].setdefault(name, []).append(busy_by[name])
                 print(
                     f"  run {rep + 1} latency {lat:2d} ms: "
                     + ", ".join(f"{k} {v:.2f}s" for k, v in times.items())
@@ -497,10 +528,29 @@ def main() -> None:
                     f" mount parallel / curl parallel {par / cpar:.2f}x)"
                 )
     print(f"  mount peak RSS: {peak_rss / MiB:.0f} MiB   target <= 300 MiB")
+    # On a host whose cores also run the data plane (imageio, qemu-nbd) a reader near
+    # 100% busy is bound by the CPU: there a ratio of speeds is the inverse ratio of
+    # what each whole pipeline costs per GiB, the tool, the kernel and the data plane.
+    ncpu, lat0 = os.cpu_count() or 1, latencies[0]
+    print(
+        f"host CPU while each reader ran, {lat0} ms latency ({ncpu} CPUs; median of {args.repeat}):"
+    )
+    for name, runs in results[lat0].items():
+        if name == "mount first MiB":
+            continue
+        frac = median(busy[lat0][name])
+        gib = size * (len(disks) if " parallel" in name else 1) / GiB
+        cost = median([b * ncpu * t / gib for b, t in zip(busy[lat0][name], runs, strict=True)])
+        print(f"  {name:24s} busy {frac:4.0%}   {cost:5.1f} CPU-seconds per GiB read")
     print(f"load average at end: {load_average()}")
     print(
         json.dumps(
-            {"size": size, "seconds": {str(k): v for k, v in results.items()}, "peak_rss": peak_rss}
+            {
+                "size": size,
+                "seconds": {str(k): v for k, v in results.items()},
+                "host_busy": {str(k): v for k, v in busy.items()},
+                "peak_rss": peak_rss,
+            }
         )
     )
 
