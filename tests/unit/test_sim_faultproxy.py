@@ -15,37 +15,52 @@ from rhvfs.sim.faultproxy import FaultProxy, _Turns
 PAYLOAD = random.Random(1).randbytes(300_000)
 
 
-@pytest.fixture
-def proxy() -> Iterator[FaultProxy]:
-    """A proxy in front of a server that answers every connection with PAYLOAD after a request."""
-    server = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+class _PayloadServer:
+    """Answers every connection with ``payload`` (after the client's first bytes when
+    ``after_request``), then closes it."""
 
-    def serve() -> None:
-        while not stop.is_set():
+    def __init__(self, payload: bytes, *, after_request: bool) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._payload = payload
+        self._after_request = after_request
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
             try:
-                conn, _ = server.accept()
+                conn, _ = self.sock.accept()
             except OSError:
                 return
             with conn:
-                conn.recv(100)
+                if self._after_request:
+                    conn.recv(100)
                 try:
-                    conn.sendall(PAYLOAD)
+                    conn.sendall(self._payload)
                 except OSError:
                     pass
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    p = FaultProxy(
-        host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.getsockname()[1]
-    )
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def proxy() -> Iterator[FaultProxy]:
+    """A proxy in front of a server that answers every connection with PAYLOAD after a request."""
+    server = _PayloadServer(PAYLOAD, after_request=True)
+    p = FaultProxy(host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.port)
     p.start()
     yield p
     p.close()
-    stop.set()
-    server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
     server.close()
-    t.join(timeout=5)
 
 
 def _fetch(port: int) -> tuple[bytes, float]:
@@ -139,36 +154,14 @@ def test_a_turn_is_a_change_of_speaker() -> None:
     assert turns.speaks(True)  # the next request
 
 
-def _big_server(payload: bytes) -> tuple[socket.socket, threading.Thread]:
-    """A server that sends ``payload`` to its first connection and then closes."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        try:
-            conn, _ = server.accept()
-        except OSError:
-            return
-        with conn:
-            try:
-                conn.sendall(payload)
-            except OSError:
-                pass
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    return server, t
-
-
 def test_a_slow_reader_gets_every_byte_of_a_large_answer() -> None:
     """Backpressure: the client first reads 4 KiB at a time with pauses while
     the server pushes 24 MiB, more than the sockets and the proxy's pipe hold;
     the kernel-side forwarding must neither lose nor reorder bytes while the
     client's window is full."""
     payload = random.Random(2).randbytes(24 * 1024 * 1024)
-    server, t = _big_server(payload)
-    p = FaultProxy(
-        host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.getsockname()[1]
-    )
+    server = _PayloadServer(payload, after_request=False)
+    p = FaultProxy(host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.port)
     p.start()
     try:
         got = bytearray()
@@ -184,17 +177,14 @@ def test_a_slow_reader_gets_every_byte_of_a_large_answer() -> None:
     finally:
         p.close()
         server.close()
-        t.join(timeout=5)
 
 
 def test_close_ends_connections_blocked_in_forwarding() -> None:
     """A client that stops reading leaves the pump blocked writing to it; close()
     must still cut the connection and end its threads."""
     payload = random.Random(3).randbytes(16 * 1024 * 1024)
-    server, t = _big_server(payload)
-    p = FaultProxy(
-        host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.getsockname()[1]
-    )
+    server = _PayloadServer(payload, after_request=False)
+    p = FaultProxy(host="127.0.0.1", port=0, target_host="127.0.0.1", target_port=server.port)
     p.start()
     s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
     try:
@@ -214,4 +204,3 @@ def test_close_ends_connections_blocked_in_forwarding() -> None:
     finally:
         s.close()
         server.close()
-        t.join(timeout=5)
