@@ -25,7 +25,7 @@ import pyfuse3
 
 from rhvfs import errors
 from rhvfs.vfs.names import NAME_MAX
-from rhvfs.vfs.nodes import READ_BLOCK_SIZE, Node
+from rhvfs.vfs.nodes import IO_BLOCK_SIZE, Node
 from rhvfs.vfs.tree import Vfs
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ class Operations(pyfuse3.Operations):
     @_translate
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
-        data.f_bsize = READ_BLOCK_SIZE
+        data.f_bsize = IO_BLOCK_SIZE
         data.f_frsize = 512
         data.f_blocks = 0
         data.f_bfree = 0

@@ -87,8 +87,12 @@ DEFAULT_PERM = {Kind.DIR: 0o555, Kind.FILE: 0o444, Kind.LINK: 0o777}
 #: Cleared from ``restore/`` and below when the mount has no ``restore_umask`` of its own:
 #: only the owner may start a restore unless the mount asks for more.
 RESTORE_UMASK_FLOOR = 0o022
-#: st_blksize of every node: what cp/tar size their reads by.
-READ_BLOCK_SIZE = 128 * 1024
+#: st_blksize of every node: the size cp, cat and other tools that ask give each read
+#: and write. 1 MiB is the most libfuse and the kernel pass in one FUSE request by
+#: default (256 pages), and NFS's usual wsize. A restore copied in with cp then arrives
+#: in 1 MiB WRITEs, eight times fewer round trips than at 128 KiB
+#: (bench/bench_restore.py went from about 1.2x to 1.5x ``ovirt-img upload-disk``).
+IO_BLOCK_SIZE = 1024 * 1024
 
 
 def read_only_bits(kind: Kind, umask: int) -> int:

@@ -46,7 +46,7 @@ from rhvfs.vfs.backend import BackupSets, EngineInventory, LocalOwner, OwnerFact
 from rhvfs.vfs.names import ROOT_INODE, InodeTable
 from rhvfs.vfs.nodes import (
     DEFAULT_PERM,
-    READ_BLOCK_SIZE,
+    IO_BLOCK_SIZE,
     RESTORE_UMASK_FLOOR,
     Attributes,
     Kind,
@@ -219,7 +219,7 @@ class Vfs:
             gid=node.gid or self.gid,
             size=node.size,
             blocks=node.blocks,
-            blksize=READ_BLOCK_SIZE,
+            blksize=IO_BLOCK_SIZE,
             mtime_ns=node.mtime_ns,
             entry_timeout_s=0.0 if node.volatile else ttl,
             attr_timeout_s=0.0 if node.volatile or generated or self._fresh_attrs(node) else ttl,

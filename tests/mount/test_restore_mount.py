@@ -81,6 +81,9 @@ def test_round_trip(
             ["tar", "-xf", str(archive), "-C", str(target), "--strip-components=1"], check=True
         )
     elif tool == "cp":
+        (target / "vm.ovf").write_bytes((set_dir / "vm.ovf").read_bytes())
+        # cp sizes its writes by st_blksize: 1 MiB, one whole FUSE WRITE each
+        assert os.stat(target / "vm.ovf").st_blksize == 1 << 20
         subprocess.run(["cp", "-a", f"{set_dir}/.", str(target)], check=True)
     elif tool == "rsync":
         subprocess.run(["rsync", "-a", f"{set_dir}/", f"{target}/"], check=True)
