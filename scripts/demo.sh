@@ -52,7 +52,7 @@ tar -C "$WORK/extract" -xSf "$ARCHIVE"
 {
   echo "== restoring the set as ${VM}-restored"
   mkdir "$MNT/restore/${VM}-restored"
-  tar -C "$MNT/restore/${VM}-restored" --strip-components=1 -xSf "$ARCHIVE"
+  tar -C "$MNT/restore/${VM}-restored" --strip-components=1 -b 2048 -xSf "$ARCHIVE"
   for _ in $(seq 1 120); do
     phase=$(.venv/bin/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["phase"])' "$MNT/restore/${VM}-restored/.status")
     [ "$phase" = done ] || [ "$phase" = failed ] && break
