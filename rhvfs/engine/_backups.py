@@ -19,7 +19,7 @@ from rhvfs.engine import _convert as convert
 from rhvfs.engine import types as t
 from rhvfs.engine._core import EngineCore
 from rhvfs.engine._transfers import CLEANUP_TIMEOUT_S
-from rhvfs.errors import Conflict, EngineError, NotFound
+from rhvfs.errors import EngineError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -164,28 +164,14 @@ class BackupsMixin(EngineCore):
 
     async def remove_checkpoint(self, vm_id: str, checkpoint_id: str) -> None:
         """Remove a checkpoint and return once GET answers 404."""
-        what = f"remove checkpoint {checkpoint_id} of vm {vm_id}"
 
         def service(c: Any) -> Any:
             return _vm(c, vm_id).checkpoints_service().checkpoint_service(checkpoint_id)
 
-        async def attempt(n: int) -> None:
-            try:
-                await self.call_once(lambda c: service(c).remove(), what)
-            except NotFound:
-                return
-            except Conflict:
-                if n == 0:
-                    raise
-                log.info("%s: conflict on retry, assuming the removal is under way", what)
-
-        await self.retried(attempt, what)
-
-        async def probe() -> bool | None:
-            try:
-                await self.call(lambda c: service(c).get(), f"get checkpoint {checkpoint_id}")
-            except NotFound:
-                return True
-            return None
-
-        await self.wait(probe, f"wait for checkpoint {checkpoint_id} to be removed")
+        await self.remove_retried(
+            lambda c: service(c).remove(), f"remove checkpoint {checkpoint_id} of vm {vm_id}"
+        )
+        await self.wait_gone(
+            lambda: self.call(lambda c: service(c).get(), f"get checkpoint {checkpoint_id}"),
+            f"checkpoint {checkpoint_id}",
+        )

@@ -21,7 +21,7 @@ import trio
 from rhvfs.config import Config
 from rhvfs.engine._pool import ConnectionPool
 from rhvfs.engine._translate import translate_errors
-from rhvfs.errors import EngineUnavailable
+from rhvfs.errors import Conflict, EngineUnavailable, NotFound
 from rhvfs.retry import RetryPolicy, poll, retry
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,34 @@ class EngineCore:
     async def retried(self, fn: Callable[[int], Awaitable[T]], what: str) -> T:
         """Retry an async ``fn(attempt)`` built from several calls (idempotent creates)."""
         return await retry(fn, policy=self.retry_policy, what=what)
+
+    async def remove_retried(self, fn: SdkCall[Any], what: str) -> None:
+        """A DELETE with retries: absent already is fine, and 409 on a retry means an
+        earlier try took effect (the engine is removing it)."""
+
+        async def attempt(n: int) -> None:
+            try:
+                await self.call_once(fn, what)
+            except NotFound:
+                return
+            except Conflict:
+                if n == 0:
+                    raise
+                log.info("%s: conflict on retry, assuming the removal is under way", what)
+
+        await self.retried(attempt, what)
+
+    async def wait_gone(self, get: Callable[[], Awaitable[object]], label: str) -> None:
+        """Poll ``get`` until it answers 404."""
+
+        async def probe() -> bool | None:
+            try:
+                await get()
+            except NotFound:
+                return True
+            return None
+
+        await self.wait(probe, f"wait for {label} to be removed")
 
     async def wait(
         self, probe: Callable[[], Awaitable[T | None]], what: str, *, timeout_s: float | None = None

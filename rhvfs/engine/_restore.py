@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ovirtsdk4.types as sdk
@@ -20,7 +19,6 @@ import trio
 from rhvfs.engine import _convert as convert
 from rhvfs.engine import types as t
 from rhvfs.engine._backups import BackupsMixin
-from rhvfs.engine._core import SdkCall
 from rhvfs.engine._inventory import InventoryMixin
 from rhvfs.engine._transfers import CLEANUP_TIMEOUT_S
 from rhvfs.errors import Conflict, EngineError, NotFound
@@ -154,38 +152,11 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
 
     async def remove_disk(self, disk_id: str) -> None:
         """Remove a disk and return once GET answers 404 (absent already is fine)."""
-        await self._remove_retried(
+        await self.remove_retried(
             lambda c: c.system_service().disks_service().disk_service(disk_id).remove(),
             f"remove disk {disk_id}",
         )
-        await self._wait_gone(lambda: self.get_disk(disk_id), f"disk {disk_id}")
-
-    async def _remove_retried(self, fn: SdkCall[Any], what: str) -> None:
-        """A DELETE with retries: absent already is fine, and 409 on a retry means an
-        earlier try took effect (the engine is removing it)."""
-
-        async def attempt(n: int) -> None:
-            try:
-                await self.call_once(fn, what)
-            except NotFound:
-                return
-            except Conflict:
-                if n == 0:
-                    raise
-
-        await self.retried(attempt, what)
-
-    async def _wait_gone(self, get: Callable[[], Awaitable[object]], label: str) -> None:
-        """Poll ``get`` until it answers 404."""
-
-        async def probe() -> bool | None:
-            try:
-                await get()
-            except NotFound:
-                return True
-            return None
-
-        await self.wait(probe, f"wait for {label} to be removed")
+        await self.wait_gone(lambda: self.get_disk(disk_id), f"disk {disk_id}")
 
     # -- VMs ------------------------------------------------------------------
 
@@ -377,11 +348,11 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
 
     async def remove_vm(self, vm_id: str, *, detach_only: bool = False) -> None:
         """Remove a VM (with its disks unless ``detach_only``) and return once GET answers 404."""
-        await self._remove_retried(
+        await self.remove_retried(
             lambda c: _vms(c).vm_service(vm_id).remove(detach_only=detach_only or None),
             f"remove vm {vm_id}",
         )
-        await self._wait_gone(lambda: self.get_vm(vm_id), f"vm {vm_id}")
+        await self.wait_gone(lambda: self.get_vm(vm_id), f"vm {vm_id}")
 
     async def _power_action(self, vm_id: str, action: str, done: frozenset[str]) -> None:
         """POST a power action; a retry that meets 409 is fine when the first try took effect."""
@@ -533,4 +504,4 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
             )
         except NotFound:
             return
-        await self._wait_gone(lambda: self.get_template(template_id), f"template {template_id}")
+        await self.wait_gone(lambda: self.get_template(template_id), f"template {template_id}")

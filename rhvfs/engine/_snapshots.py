@@ -17,7 +17,7 @@ from rhvfs.engine import _convert as convert
 from rhvfs.engine import types as t
 from rhvfs.engine._core import EngineCore
 from rhvfs.engine._inventory import all_content
-from rhvfs.errors import Conflict, EngineError, NotFound
+from rhvfs.errors import EngineError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -119,21 +119,9 @@ class SnapshotsMixin(EngineCore):
         what = f"remove snapshot {snapshot_id} of vm {vm_id}"
         self.forget_listed(vm_id)
 
-        async def attempt(n: int) -> None:
-            try:
-                await self.call_once(
-                    lambda c: _snapshots_service(c, vm_id).snapshot_service(snapshot_id).remove(),
-                    what,
-                )
-            except NotFound:
-                return
-            except Conflict:
-                if n == 0:
-                    raise
-                # Our earlier DELETE probably went through and locked it.
-                log.info("%s: conflict on retry, assuming the removal is under way", what)
-
-        await self.retried(attempt, what)
+        await self.remove_retried(
+            lambda c: _snapshots_service(c, vm_id).snapshot_service(snapshot_id).remove(), what
+        )
         seen_locked = False
 
         async def probe() -> bool | None:
