@@ -91,10 +91,10 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def host_cpu() -> tuple[int, int, int]:
-    """Jiffies of all CPUs since boot: (total, idle + iowait, steal), from /proc/stat."""
+def host_cpu() -> tuple[int, int]:
+    """Jiffies of all CPUs since boot: (total, idle + iowait), from /proc/stat."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(v[:8]), v[3] + v[4], v[7]
+    return sum(v[:8]), v[3] + v[4]
 
 
 class HostBusy:
@@ -103,12 +103,11 @@ class HostBusy:
     def __init__(self) -> None:
         self._start = host_cpu()
 
-    def stop(self) -> tuple[float, float]:
-        """(busy fraction, steal fraction) since the start: busy counts steal as busy,
-        time another guest of the hypervisor took from this one."""
-        total, idle, steal = (b - a for a, b in zip(self._start, host_cpu(), strict=True))
-        total = max(1, total)
-        return 1 - idle / total, steal / total
+    def stop(self) -> float:
+        """The busy fraction since the start (time another guest of the hypervisor
+        stole counts as busy: this guest could not use it)."""
+        total, idle = (b - a for a, b in zip(self._start, host_cpu(), strict=True))
+        return 1 - idle / max(1, total)
 
 
 # -- the images ----------------------------------------------------------------------
@@ -359,7 +358,7 @@ def run_phase(
     def timed(name: str, argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> None:
         span = HostBusy()
         times[name] = run_all(argvs, env)
-        busy[name] = span.stop()[0]
+        busy[name] = span.stop()
 
     prepare(mount, volumes[:1], [out])
     timed("mount", [dd(mount.image("benchvm0"), out)])
