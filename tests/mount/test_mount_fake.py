@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -130,6 +131,43 @@ def test_tar_cp_rsync_give_exact_images(mount: FakeMount, tmp_path: Path) -> Non
         assert os.stat(copy / "vm.ovf").st_mtime_ns == os.stat(src / "vm.ovf").st_mtime_ns
     mount.umount()
     assert mount.counts["opened"] > 0 and mount.counts["opened"] == mount.counts["released"]
+
+
+def test_o_direct_reads_give_exact_bytes(mount: FakeMount, tmp_path: Path) -> None:
+    """Readers that bypass the page cache: ``dd iflag=direct`` (the README's way to copy
+    several images at once), ``qemu-img convert -T none``, and O_DIRECT preads at odd
+    offsets and sizes, mixed with a buffered reader of the same image."""
+    image = mount.mnt / "vms/runvm/@rhv/data--vm-2-d2.raw"
+    want = image_bytes("vm-2", "disk:vm-2-d2", DISK_SIZE)
+    assert DISK_SIZE % (1 << 20), "the tail must be a partial MiB"
+    # bs=4M: the kernel splits each read into 1 MiB FUSE READs sent at once.
+    for bs in ("4M", "1M", "1000"):
+        out = tmp_path / f"dd-{bs}.raw"
+        subprocess.run(
+            ["dd", f"if={image}", f"of={out}", f"bs={bs}", "iflag=direct", "status=none"],
+            check=True,
+        )
+        assert sha(out.read_bytes()) == sha(want), bs
+    out = tmp_path / "qemu.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-T", "none", "-f", "raw", "-O", "raw", str(image), str(out)],
+        check=True,
+    )
+    assert sha(out.read_bytes()) == sha(want)
+    buf = mmap.mmap(-1, 3 << 20)  # page-aligned, as O_DIRECT callers use
+    fd = os.open(image, os.O_RDONLY | os.O_DIRECT)
+    try:
+        with open(image, "rb") as buffered:
+            for offset, size in ((513, 70_000), (DISK_SIZE - 4096 - 7, 1 << 20), (0, 3 << 20)):
+                n = os.preadv(fd, [memoryview(buf)[:size]], offset)
+                assert n == min(size, DISK_SIZE - offset)
+                assert buf[:n] == want[offset : offset + n], (offset, size)
+                buffered.seek(offset)
+                assert buffered.read(size) == want[offset : offset + size]
+            assert os.preadv(fd, [memoryview(buf)[:4096]], DISK_SIZE) == 0  # EOF
+    finally:
+        os.close(fd)
+        buf.close()
 
 
 def test_attributes_are_stable_across_mounts(tmp_path: Path) -> None:
