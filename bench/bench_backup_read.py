@@ -28,7 +28,9 @@ would):
    of them at once, read through the mount to ``/dev/null``: the same reads
    without gigabytes of new output files (page cache, writeback) competing
    for the machine. And the same single and parallel reads with ``dd
-   iflag=direct``, which bypasses the mount's page cache.
+   iflag=direct``, which bypasses the mount's page cache. For each parallel
+   mount read: when the first image was done, against the last (a fair share
+   ends them together).
 3. Peak RSS of the mount process (VmHWM) over all of it.
 4. For each reader at the first latency: how busy the host's CPUs were while
    it ran (``/proc/stat``: everything, the data plane and the kernel included)
@@ -46,6 +48,7 @@ Run as root: ``.venv/bin/python bench/bench_backup_read.py [--size-mib 1024]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -226,22 +229,30 @@ class Mount:
         subprocess.run([*RHVFS, "umount", str(self.mnt)], check=True, timeout=300)
 
 
-def run_all(argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> float:
-    """Seconds until all of ``argvs``, started together, have succeeded."""
+def run_all(argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> list[float]:
+    """Seconds from their common start until each of ``argvs`` ended; raises if one failed."""
     start = time.monotonic()
-    procs = [
-        subprocess.Popen(list(a), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        for a in argvs
-    ]
-    errors = []
-    for p in procs:
-        _, err = p.communicate()
-        if p.returncode:
-            errors.append(f"{p.args[0]} exited {p.returncode}: {err.decode()[-500:]}")
-    elapsed = time.monotonic() - start
+    with contextlib.ExitStack() as stack:
+        errs = [stack.enter_context(tempfile.TemporaryFile()) for _ in argvs]
+        procs = [
+            subprocess.Popen(list(a), stdout=subprocess.DEVNULL, stderr=e, env=env)
+            for a, e in zip(argvs, errs, strict=True)
+        ]
+        ended: dict[int, float] = {}
+        while len(ended) < len(procs):
+            for i, p in enumerate(procs):
+                if i not in ended and p.poll() is not None:
+                    ended[i] = time.monotonic() - start
+            time.sleep(0.005)
+        errors = []
+        for p, e in zip(procs, errs, strict=True):
+            if p.returncode:
+                e.seek(0)
+                tail = e.read().decode(errors="replace")[-500:]
+                errors.append(f"{p.args[0]} exited {p.returncode}: {tail}")
     if errors:
         raise RuntimeError("; ".join(errors))
-    return elapsed
+    return [ended[i] for i in range(len(procs))]
 
 
 def dd(src: Path, dst: Path) -> list[str]:
@@ -347,18 +358,20 @@ def prepare(mount: Mount, volumes: Sequence[Path], outs: Sequence[Path]) -> None
 
 def run_phase(
     phase: Phase, disks: Sequence[str], volumes: Sequence[Path], size: int, *, parallel: bool
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Seconds per reader of one repetition in ``phase``, and the host's busy
-    fraction while each ran."""
+) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """Seconds per reader of one repetition in ``phase``, the host's busy
+    fraction while each ran, and when each process of each reader ended."""
     assert phase.mount is not None
     mount, sim, out = phase.mount, phase.sim, phase.work / "out.raw"
     env = dict(os.environ, XDG_CONFIG_HOME=str(sim.conf_file.parent))
     times: dict[str, float] = {}
     busy: dict[str, float] = {}
+    ends: dict[str, list[float]] = {}
 
     def timed(name: str, argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> None:
         span = HostBusy()
-        times[name] = run_all(argvs, env)
+        ends[name] = run_all(argvs, env)
+        times[name] = max(ends[name])
         busy[name] = span.stop()
 
     prepare(mount, volumes[:1], [out])
@@ -423,7 +436,7 @@ def run_phase(
             for t in tickets:
                 t.close()
     prepare(mount, [], [out, *(phase.work / f"out{i}.raw" for i in range(len(disks)))])
-    return times, busy
+    return times, busy, ends
 
 
 def median(values: Sequence[float]) -> float:
@@ -459,12 +472,15 @@ def main() -> None:
         # results[latency][reader] = seconds per repetition; busy: the host's busy fraction
         results: dict[int, dict[str, list[float]]] = {lat: {} for lat in latencies}
         busy: dict[int, dict[str, list[float]]] = {lat: {} for lat in latencies}
+        # fair[reader]: per repetition, when the first of the parallel images was done,
+        # as a fraction of when the last one was (1.0: all ended together)
+        fair: dict[str, list[float]] = {}
         peak_rss = 0
         for rep in range(args.repeat):
             for lat in latencies:
                 phase = Phase(state, work, lat)
                 try:
-                    times, busy_by = run_phase(
+                    times, busy_by, ends = run_phase(
                         phase, disks, volumes, size, parallel=lat == latencies[0] == 0
                     )
                 finally:
@@ -473,6 +489,8 @@ def main() -> None:
                 for name, secs in times.items():
                     results[lat].setdefault(name, []).append(secs)
                     busy[lat].setdefault(name, []).append(busy_by[name])
+                    if name.startswith("mount parallel"):
+                        fair.setdefault(name, []).append(min(ends[name]) / max(ends[name]))
                 print(
                     f"  run {rep + 1} latency {lat:2d} ms: "
                     + ", ".join(f"{k} {v:.2f}s" for k, v in times.items())
@@ -544,6 +562,11 @@ def main() -> None:
                     f" {cpar:.0f} MB/s = {cpar / cone:.2f}x one ticket;"
                     f" mount parallel / curl parallel {par / cpar:.2f}x)"
                 )
+    for name, fractions in fair.items():
+        print(
+            f"  {name}: the first image done at {median(fractions):.0%} of the last one's time"
+            f" (median; worst {min(fractions):.0%})"
+        )
     print(f"  mount peak RSS: {peak_rss / MiB:.0f} MiB   target <= 300 MiB")
     # On a host whose cores also run the data plane (imageio, qemu-nbd) a reader near
     # 100% busy is bound by the CPU: there a ratio of speeds is the inverse ratio of
