@@ -542,11 +542,14 @@ def main() -> None:
                 f"  {len(disks)} images in parallel: {par:.0f} MB/s total ="
                 f" {par / base:.2f}x one image   target >= 1.0"
             )
-            for label, one_key in (
-                ("dd iflag=direct, no page cache on the mount", "mount direct"),
-                ("output to /dev/null", "mount to null"),
+            for label, one_key, par_key in (
+                (
+                    "dd iflag=direct, no page cache on the mount",
+                    "mount direct",
+                    "mount parallel direct",
+                ),
+                ("output to /dev/null", "mount to null", "mount parallel to null"),
             ):
-                par_key = one_key.replace("mount", "mount parallel")
                 if par_key in mbs[0]:
                     pk, ok = mbs[0][par_key], mbs[0][one_key]
                     print(
