@@ -56,57 +56,57 @@ class BackupsMixin(EngineCore):
         bid = backup_id or str(uuid.uuid4())
         kind = f"incremental from {from_checkpoint_id}" if from_checkpoint_id else "full"
         what = f"start {kind} backup {bid} of vm {vm_id}"
-        self.forget_listed(vm_id)
-        body = sdk.Backup(
-            id=bid,
-            disks=[sdk.Disk(id=d) for d in disk_ids],
-            from_checkpoint_id=from_checkpoint_id,
-            description=description or None,
-        )
-        query = {"require_consistency": True} if require_consistency else {}
-
-        async def attempt(n: int) -> t.Backup:
-            if n > 0:
-                try:
-                    return await self.get_backup(vm_id, bid)
-                except NotFound:
-                    pass
-            created = await self.call_once(
-                lambda c: _vm(c, vm_id).backups_service().add(body, **query), what
+        with self.changing(vm_id):
+            body = sdk.Backup(
+                id=bid,
+                disks=[sdk.Disk(id=d) for d in disk_ids],
+                from_checkpoint_id=from_checkpoint_id,
+                description=description or None,
             )
-            return convert.backup(created, vm_id=vm_id)
+            query = {"require_consistency": True} if require_consistency else {}
 
-        backup = await self.retried(attempt, what)
-        log.info("%s: created in phase %s", what, backup.phase)
+            async def attempt(n: int) -> t.Backup:
+                if n > 0:
+                    try:
+                        return await self.get_backup(vm_id, bid)
+                    except NotFound:
+                        pass
+                created = await self.call_once(
+                    lambda c: _vm(c, vm_id).backups_service().add(body, **query), what
+                )
+                return convert.backup(created, vm_id=vm_id)
 
-        async def probe() -> t.Backup | None:
-            try:
-                current = await self.get_backup(vm_id, backup.id)
-            except NotFound:
-                raise EngineError(
-                    f"{what}: backup disappeared before it was ready (failed)"
-                ) from None
-            if current.phase == "ready":
-                return current
-            if current.phase in ("initializing", "starting", None):
-                return None
-            raise EngineError(f"{what}: backup is {current.phase}, not ready")
+            backup = await self.retried(attempt, what)
+            log.info("%s: created in phase %s", what, backup.phase)
 
-        try:
-            return await self.wait(probe, f"wait for backup {backup.id} to be ready")
-        except BaseException:
-            with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
-                scope.shield = True
+            async def probe() -> t.Backup | None:
                 try:
-                    await self.call_once(
-                        lambda c: (
-                            _vm(c, vm_id).backups_service().backup_service(backup.id).finalize()
-                        ),
-                        f"stop backup {backup.id} after a failed start",
-                    )
-                except EngineError as exc:
-                    log.info("could not stop backup %s: %s", backup.id, exc)
-            raise
+                    current = await self.get_backup(vm_id, backup.id)
+                except NotFound:
+                    raise EngineError(
+                        f"{what}: backup disappeared before it was ready (failed)"
+                    ) from None
+                if current.phase == "ready":
+                    return current
+                if current.phase in ("initializing", "starting", None):
+                    return None
+                raise EngineError(f"{what}: backup is {current.phase}, not ready")
+
+            try:
+                return await self.wait(probe, f"wait for backup {backup.id} to be ready")
+            except BaseException:
+                with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
+                    scope.shield = True
+                    try:
+                        await self.call_once(
+                            lambda c: (
+                                _vm(c, vm_id).backups_service().backup_service(backup.id).finalize()
+                            ),
+                            f"stop backup {backup.id} after a failed start",
+                        )
+                    except EngineError as exc:
+                        log.info("could not stop backup %s: %s", backup.id, exc)
+                raise
 
     async def backup_disks(self, vm_id: str, backup_id: str) -> list[t.Disk]:
         """Disks of the backup with ``backup_mode`` (``full`` or ``incremental``)."""
@@ -121,27 +121,28 @@ class BackupsMixin(EngineCore):
     async def finalize_backup(self, vm_id: str, backup_id: str) -> None:
         """Finalize and wait for ``succeeded`` (404 afterwards also counts). ``Conflict`` while transfers run."""
         what = f"finalize backup {backup_id} of vm {vm_id}"
-        self.forget_listed(vm_id)
-        try:
-            await self.call(
-                lambda c: _vm(c, vm_id).backups_service().backup_service(backup_id).finalize(), what
-            )
-        except NotFound:
-            log.info("%s: backup already gone", what)
-            return
-
-        async def probe() -> bool | None:
+        with self.changing(vm_id):
             try:
-                current = await self.get_backup(vm_id, backup_id)
+                await self.call(
+                    lambda c: _vm(c, vm_id).backups_service().backup_service(backup_id).finalize(),
+                    what,
+                )
             except NotFound:
-                return True
-            if current.phase == "succeeded":
-                return True
-            if current.phase == "failed":
-                raise EngineError(f"{what}: backup ended in phase failed")
-            return None
+                log.info("%s: backup already gone", what)
+                return
 
-        await self.wait(probe, f"wait for backup {backup_id} to succeed")
+            async def probe() -> bool | None:
+                try:
+                    current = await self.get_backup(vm_id, backup_id)
+                except NotFound:
+                    return True
+                if current.phase == "succeeded":
+                    return True
+                if current.phase == "failed":
+                    raise EngineError(f"{what}: backup ended in phase failed")
+                return None
+
+            await self.wait(probe, f"wait for backup {backup_id} to succeed")
 
     async def list_checkpoints(self, vm_id: str) -> list[t.Checkpoint]:
         items = await self.call(

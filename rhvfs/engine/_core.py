@@ -8,11 +8,12 @@ or SDK exceptions directly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import ovirtsdk4
@@ -75,6 +76,11 @@ class EngineCore:
         # changed since they were taken (their entries are not answered from them).
         self._listings: dict[str, Any] = {}
         self.listed_stale: set[str] = set()
+        # ``changing``: the entities rhvfs is changing now, and for each entity it changed the
+        # change count (``_change_epoch``) when a change of it last began or ended.
+        self._changing: Counter[str] = Counter()
+        self._change_epoch = 0
+        self._changed_at: dict[str, int] = {}
         # transfer id -> disk id, learned when transfers are created or read, so a
         # finalize that meets 404 can still check the disk.
         self.transfer_disks: dict[str, str] = {}
@@ -178,7 +184,35 @@ class EngineCore:
 
     def forget_listed(self, entity_id: str) -> None:
         """rhvfs changed this VM or template: the latest listing no longer answers for it."""
+        self._change_epoch += 1
+        self._changed_at[entity_id] = self._change_epoch
         self.listed_stale.add(entity_id)
+
+    @contextlib.contextmanager
+    def changing(self, entity_id: str) -> Iterator[None]:
+        """rhvfs changes this VM or template inside the block (a snapshot or backup of it
+        begins or ends, its volumes change): no answer about it taken from the block's
+        start to its end is kept as the latest listing's, even one whose call began
+        before the block and returned after it (``keeps_answer``)."""
+        self.forget_listed(entity_id)
+        self._changing[entity_id] += 1
+        try:
+            yield
+        finally:
+            self._changing[entity_id] -= 1
+            if self._changing[entity_id] <= 0:
+                del self._changing[entity_id]
+            self.forget_listed(entity_id)
+
+    @property
+    def change_epoch(self) -> int:
+        """Taken before a call whose answer may be kept: see ``keeps_answer``."""
+        return self._change_epoch
+
+    def keeps_answer(self, entity_id: str, since_epoch: int) -> bool:
+        """Whether an answer about ``entity_id`` from a call begun at ``since_epoch`` may be
+        kept: rhvfs is not changing the entity, and no change of it began or ended since."""
+        return entity_id not in self._changing and self._changed_at.get(entity_id, 0) <= since_epoch
 
     def statistics(self) -> dict[str, Any]:
         return {

@@ -170,11 +170,12 @@ class InventoryMixin(EngineCore):
     async def list_vms(self) -> list[t.Vm]:
         """Every VM with its attachments, NICs and tag ids inlined (one call); also taken as
         the latest listing ``listed_vm`` answers from."""
+        since = self.change_epoch
         items, followed = await self._list_followed(
             lambda c: c.system_service().vms_service(), VM_FOLLOW, "list vms"
         )
         vms = [await self._vm_followed(x, followed) for x in items]
-        self._remember(self._vm_listing, vms, followed)
+        self._remember(self._vm_listing, vms, followed, since)
         return vms
 
     @property
@@ -191,12 +192,18 @@ class InventoryMixin(EngineCore):
             listing = self._listings[kind] = _Listing()
         return listing
 
-    def _remember(self, listing: _Listing, items: list[Any], followed: bool) -> None:
+    def _remember(self, listing: _Listing, items: list[Any], followed: bool, since: int) -> None:
+        """Keep a listing begun at change epoch ``since``; an entity rhvfs changed meanwhile
+        (or is changing) stays stale: its entry may show it in the middle of the change."""
         if not followed:
             return  # without inlined collections a listing answers nothing per entity
         listing.by_id = {x.id: x for x in items}
         listing.taken = trio.current_time()
-        self.listed_stale.difference_update(listing.by_id)
+        for entity_id in listing.by_id:
+            if self.keeps_answer(entity_id, since):
+                self.listed_stale.discard(entity_id)
+            else:
+                self.listed_stale.add(entity_id)
 
     def invalidate_listings(self) -> None:
         """Forget the latest listings: the next ``listed_*`` lists again."""
@@ -215,8 +222,13 @@ class InventoryMixin(EngineCore):
                     await relist()
         item = listing.by_id.get(entity_id)
         if item is None or item.disk_attachments is None or entity_id in self.listed_stale:
+            since = self.change_epoch
             item = await fetch(entity_id)
-            if item.disk_attachments is not None and listing.taken is not None:
+            if (
+                item.disk_attachments is not None
+                and listing.taken is not None
+                and self.keeps_answer(entity_id, since)
+            ):
                 listing.by_id[entity_id] = item
                 self.listed_stale.discard(entity_id)
         return item
@@ -298,13 +310,14 @@ class InventoryMixin(EngineCore):
     async def list_templates(self) -> list[t.Template]:
         """Every template (not Blank) with attachments and NICs inlined (one call); also
         taken as the latest listing ``listed_template`` answers from."""
+        since = self.change_epoch
         items, followed = await self._list_followed(
             lambda c: c.system_service().templates_service(), TEMPLATE_FOLLOW, "list templates"
         )
         templates = [
             await self._template_followed(x, followed) for x in items if x.id != BLANK_TEMPLATE_ID
         ]
-        self._remember(self._template_listing, templates, followed)
+        self._remember(self._template_listing, templates, followed, since)
         return templates
 
     async def listed_template(self, template_id: str) -> t.Template:

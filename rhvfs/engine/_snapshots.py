@@ -59,38 +59,40 @@ class SnapshotsMixin(EngineCore):
         ``disk_ids`` None = all disks; ``[]`` = configuration only.
         """
         what = f"create snapshot {description!r} of vm {vm_id}"
-        self.forget_listed(vm_id)
-        body = sdk.Snapshot(description=description, persist_memorystate=persist_memorystate)
-        if disk_ids is not None:
-            body.disk_attachments = [sdk.DiskAttachment(disk=sdk.Disk(id=d)) for d in disk_ids]
+        with self.changing(vm_id):
+            body = sdk.Snapshot(description=description, persist_memorystate=persist_memorystate)
+            if disk_ids is not None:
+                body.disk_attachments = [sdk.DiskAttachment(disk=sdk.Disk(id=d)) for d in disk_ids]
 
-        async def attempt(n: int) -> str:
-            if n > 0:
-                # The previous POST may have succeeded with its answer lost.
-                found = await self._find_snapshot(vm_id, description)
-                if found is not None:
-                    log.info("%s: found it after a lost response: %s", what, found.id)
-                    return found.id
-            created = await self.call_once(lambda c: _snapshots_service(c, vm_id).add(body), what)
-            return str(created.id)
+            async def attempt(n: int) -> str:
+                if n > 0:
+                    # The previous POST may have succeeded with its answer lost.
+                    found = await self._find_snapshot(vm_id, description)
+                    if found is not None:
+                        log.info("%s: found it after a lost response: %s", what, found.id)
+                        return found.id
+                created = await self.call_once(
+                    lambda c: _snapshots_service(c, vm_id).add(body), what
+                )
+                return str(created.id)
 
-        snapshot_id = await self.retried(attempt, what)
-        log.info("%s: snapshot %s created, waiting for ok", what, snapshot_id)
+            snapshot_id = await self.retried(attempt, what)
+            log.info("%s: snapshot %s created, waiting for ok", what, snapshot_id)
 
-        async def probe() -> t.Snapshot | None:
-            try:
-                snap = await self.get_snapshot(vm_id, snapshot_id)
-            except NotFound:
-                raise EngineError(
-                    f"{what}: snapshot {snapshot_id} disappeared (creation failed)"
-                ) from None
-            if snap.status == "ok":
-                return snap
-            if snap.status not in (None, "locked"):
-                raise EngineError(f"{what}: snapshot {snapshot_id} is {snap.status}")
-            return None
+            async def probe() -> t.Snapshot | None:
+                try:
+                    snap = await self.get_snapshot(vm_id, snapshot_id)
+                except NotFound:
+                    raise EngineError(
+                        f"{what}: snapshot {snapshot_id} disappeared (creation failed)"
+                    ) from None
+                if snap.status == "ok":
+                    return snap
+                if snap.status not in (None, "locked"):
+                    raise EngineError(f"{what}: snapshot {snapshot_id} is {snap.status}")
+                return None
 
-        return await self.wait(probe, f"wait for snapshot {snapshot_id} of vm {vm_id} to be ok")
+            return await self.wait(probe, f"wait for snapshot {snapshot_id} of vm {vm_id} to be ok")
 
     async def snapshot_disks(self, vm_id: str, snapshot_id: str) -> list[t.Disk]:
         """Disks as of the snapshot; ``image_id`` is the snapshot's own volume."""
@@ -117,26 +119,25 @@ class SnapshotsMixin(EngineCore):
     async def remove_snapshot(self, vm_id: str, snapshot_id: str) -> None:
         """Remove (merge) a snapshot and return once GET answers 404."""
         what = f"remove snapshot {snapshot_id} of vm {vm_id}"
-        self.forget_listed(vm_id)
+        with self.changing(vm_id):
+            await self.remove_retried(
+                lambda c: _snapshots_service(c, vm_id).snapshot_service(snapshot_id).remove(), what
+            )
+            seen_locked = False
 
-        await self.remove_retried(
-            lambda c: _snapshots_service(c, vm_id).snapshot_service(snapshot_id).remove(), what
-        )
-        seen_locked = False
+            async def probe() -> bool | None:
+                nonlocal seen_locked
+                try:
+                    snap = await self.get_snapshot(vm_id, snapshot_id)
+                except NotFound:
+                    return True
+                if snap.status == "locked":
+                    seen_locked = True
+                elif seen_locked and snap.status == "ok":
+                    raise EngineError(f"{what}: the engine failed to remove it (back to ok)")
+                return None
 
-        async def probe() -> bool | None:
-            nonlocal seen_locked
-            try:
-                snap = await self.get_snapshot(vm_id, snapshot_id)
-            except NotFound:
-                return True
-            if snap.status == "locked":
-                seen_locked = True
-            elif seen_locked and snap.status == "ok":
-                raise EngineError(f"{what}: the engine failed to remove it (back to ok)")
-            return None
-
-        await self.wait(probe, f"wait for snapshot {snapshot_id} of vm {vm_id} to be removed")
+            await self.wait(probe, f"wait for snapshot {snapshot_id} of vm {vm_id} to be removed")
 
     async def list_all_snapshots_with_description_prefix(
         self, prefix: str

@@ -7,6 +7,7 @@ Time is a MockClock: polls and backoffs cost nothing.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -529,6 +530,79 @@ async def test_the_vm_listing_is_one_call_and_answers_listed_vm_until_its_ttl(
             nursery.start_soon(engine.listed_vm, vm.id)
     assert api.calls == ["vms.list", "vms.vm.get", "vms.list"]
     assert dict(engine.calls_by_kind) == {"get vm <id>": 1, "list vms": 2}
+
+
+def _serve_vm_and_a_snapshot_removal(api: FakeApi, vm_id: str) -> list[sdk.Vm]:
+    """``vms.list``/``vms.vm.get`` answer ``vm_id``; ``remove_snapshot("S1")`` is accepted and
+    the snapshot is locked for two polls, then gone. Returns the VMs the engine answered."""
+    answered: list[sdk.Vm] = []
+    polls = [sdk.Snapshot(id="S1", snapshot_status=sdk.SnapshotStatus.LOCKED)] * 2
+
+    def vm(*_: Any) -> sdk.Vm:
+        answered.append(_sdk_vm(vm_id, followed=True))
+        return answered[-1]
+
+    def snapshot_get(*_: Any) -> sdk.Snapshot:
+        if polls:
+            return polls.pop()
+        raise not_found()
+
+    api.on("vms.list", lambda a, kw: [vm()])
+    api.on("vms.vm.get", vm)
+    api.on("vms.vm.snapshots.snapshot.remove", lambda a, kw: None)
+    api.on("vms.vm.snapshots.snapshot.get", snapshot_get)
+    return answered
+
+
+async def test_answers_taken_while_rhvfs_changes_a_vm_are_not_kept(
+    autojump_clock, engine_api
+) -> None:
+    """A listing or fetch of a VM taken while rhvfs removes its snapshot may show it in the
+    middle of the merge (the snapshot's volume still active, the disk unlocked): its caller
+    gets it, but ``listed_vm`` asks the engine again once the removal ended."""
+    engine, api = engine_api
+    vm_id = "11111110-0000-4000-8000-000000000000"
+    _serve_vm_and_a_snapshot_removal(api, vm_id)
+    await engine.list_vms()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.remove_snapshot, vm_id, "S1")
+        await trio.sleep(0.05)  # the removal waits for the snapshot to go
+        assert "vms.vm.snapshots.snapshot.remove" in api.calls
+        await engine.list_vms()  # a listing while the snapshot is being removed
+        await engine.listed_vm(vm_id)  # and a fetch of the VM alone
+    api.calls.clear()
+    await engine.listed_vm(vm_id)
+    await engine.listed_vm(vm_id)
+    assert api.calls == ["vms.vm.get"]  # asked again after the removal, then kept
+
+
+async def test_a_listing_in_flight_when_rhvfs_changes_a_vm_is_not_kept(engine_api) -> None:
+    """A listing that began before a snapshot removal and returned after it ended may show
+    the VM from before or from the middle of the removal: it is not kept for that VM."""
+    engine, api = engine_api
+    engine.run_inline = False  # SDK calls in worker threads: the listing waits in one
+    vm_id = "11111110-0000-4000-8000-000000000000"
+    _serve_vm_and_a_snapshot_removal(api, vm_id)
+    listing, release = threading.Event(), threading.Event()
+    serve_list = api.handlers["vms.list"]
+
+    def slow_list(a: Any, kw: Any) -> Any:
+        listing.set()
+        assert release.wait(10)
+        return serve_list(a, kw)
+
+    api.on("vms.list", slow_list)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.list_vms)
+        await trio.to_thread.run_sync(listing.wait)
+        with trio.fail_after(10):
+            await engine.remove_snapshot(vm_id, "S1")
+        release.set()
+    api.calls.clear()
+    await engine.listed_vm(vm_id)
+    assert api.calls == ["vms.vm.get"]
+    other = "22222220-0000-4000-8000-000000000000"
+    assert engine.keeps_answer(other, engine.change_epoch)  # other VMs' answers are kept
 
 
 async def test_an_engine_refusing_follow_gets_plain_lists(autojump_clock, engine_api) -> None:

@@ -762,6 +762,79 @@ async def test_a_date_a_mount_gave_is_kept_for_the_next_mount(
     assert image2.mtime_ns // 10**9 > image.mtime_ns // 10**9
 
 
+async def test_a_listing_answered_while_a_read_lived_keeps_the_date_of_the_set(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A listing that began before a read of the down VM and whose engine answer was taken
+    while the read's snapshot existed (the disk unlocked, the snapshot's volume active)
+    returns after the read ended: it keeps the set's date, and so does the next listing
+    (restic and rsync must find the unchanged VM unchanged right after a backup)."""
+    vm = rig.engine.add_vm("v1", status="down")
+    owner = Owner("vm", vm.id, vm.name)
+    first = await rig.manager.list_set(owner)
+    [image] = [e for e in first if e.disk_id]
+    [volume] = [a.disk.image_id for a in (await rig.engine.listed_vm(vm.id)).disk_attachments]
+    reading, answered, read_over = trio.Event(), trio.Event(), trio.Event()
+    listed_vm = rig.engine.listed_vm
+    answers = []
+
+    async def answer_during_the_read(vm_id: str) -> Any:
+        await reading.wait()
+        answers.append(await listed_vm(vm_id))
+        answered.set()
+        await read_over.wait()
+        return answers[-1]
+
+    listings = []
+
+    async def list_once() -> None:
+        listings.append(await rig.manager.list_set(owner))
+
+    rig.engine.listed_vm = answer_during_the_read  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(list_once)
+        await trio.sleep(1)
+        handle = await rig.manager.open(owner, image.key)
+        reading.set()
+        await answered.wait()
+        await rig.manager.release(handle)
+        await trio.sleep(rig.config.grace_period + 60)
+        assert rig.manager.status()["sessions"] == [] and rig.engine.user_snapshots(vm.id) == []
+        read_over.set()
+    rig.engine.listed_vm = listed_vm  # type: ignore[method-assign]
+    [disk] = [a.disk for a in answers[0].disk_attachments]
+    assert (disk.status or "ok") == "ok" and disk.image_id != volume  # the read's snapshot
+    assert listings == [first]
+    assert await rig.manager.list_set(owner) == first
+
+
+@pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
+@pytest.mark.allow_log(
+    "rhvfs.sessions.full", "WARNING", match="removing snapshot .* failed|retrying in the background"
+)
+async def test_a_pending_snapshot_removal_keeps_the_date_of_the_set(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """While a read's snapshot waits for its removal in the background, the down VM's disk
+    shows the snapshot's volume: the set keeps its date, before and after the removal."""
+    vm = rig.engine.add_vm("v1", status="down")
+    owner = Owner("vm", vm.id, vm.name)
+    first = await rig.manager.list_set(owner)
+    [image] = [e for e in first if e.disk_id]
+    before = (await rig.engine.listed_vm(vm.id)).disk_attachments
+    rig.engine.fail_on.add("remove_snapshot")  # the engine keeps it locked (409)
+    await rig.read_all(owner, image.key)
+    await trio.sleep(rig.config.grace_period + rig.config.system_timeout + 5)
+    assert rig.manager.status()["sessions"] == [] and rig.manager.status()["pending_cleanups"]
+    assert (await rig.engine.listed_vm(vm.id)).disk_attachments != before  # in the middle
+    assert await rig.manager.list_set(owner) == first
+    rig.engine.fail_on.clear()
+    await trio.sleep(700)  # the longest pause between tries is 10 minutes
+    assert rig.manager.status()["pending_cleanups"] == []
+    assert (await rig.engine.listed_vm(vm.id)).disk_attachments == before
+    assert await rig.manager.list_set(owner) == first
+
+
 @pytest.mark.allow_log("rhvfs.retry", "WARNING", match="giving up")
 @pytest.mark.allow_log(
     "rhvfs.sessions.full", "WARNING", match="removing snapshot .* failed|retrying in the background"

@@ -267,6 +267,11 @@ class PendingCleanups:
     def __len__(self) -> int:
         return len(self._items)
 
+    def involves(self, vm_id: str) -> bool:
+        """Whether a step still to end belongs to VM ``vm_id`` (a snapshot or backup of a
+        closed session is still on the engine)."""
+        return any(s.vm_id == vm_id for item in self._items.values() for s in item.remaining())
+
     async def _retry(self, item: PendingCleanup) -> None:
         backoff = Backoff(self.policy, rng=self._rng)
         async for attempt in backoff:

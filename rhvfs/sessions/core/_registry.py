@@ -138,6 +138,7 @@ class SessionRegistry(Generic[S]):
         self.handles: HandleTable[tuple[S, str]] = HandleTable()
         self.notes = Notes()
         self.started = 0  # sessions started since the mount began
+        self._started_by_owner: collections.Counter[str] = collections.Counter()
         self._sessions: dict[str, S] = {}
         self._nursery: trio.Nursery | None = None
         self._ended_reads: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -172,6 +173,13 @@ class SessionRegistry(Generic[S]):
         """The owner's session that is not closed yet (ready, starting, broken or closing)."""
         return self._sessions.get(owner_id)
 
+    def activity(self, owner_id: str) -> int | None:
+        """None while the owner has a session (not closed); otherwise how many it has had.
+        Equal answers before and after an await: no session of the owner lived meanwhile."""
+        if owner_id in self._sessions:
+            return None
+        return self._started_by_owner[owner_id]
+
     def __contains__(self, owner_id: object) -> bool:
         return owner_id in self._sessions
 
@@ -203,6 +211,7 @@ class SessionRegistry(Generic[S]):
                 session = new()
                 self._sessions[owner_id] = session
                 self.started += 1
+                self._started_by_owner[owner_id] += 1
                 await self._nursery.start(session.run)
             await session.ready.wait()
             if usable(session):

@@ -196,6 +196,16 @@ class Announcement:
         self.running = False
 
 
+def _data_summary(data: OwnerData) -> str:
+    """What a down owner's date rests on, for the log: status, stop time, each disk's volume,
+    allocation and state."""
+    disks = ", ".join(
+        f"{a.disk.alias}: volume {a.disk.image_id} {a.disk.actual_size} bytes {a.disk.status}"
+        for a in data.attachments
+    )
+    return f"{data.entity.status}, stopped {entity_stop_time(data)}; {disks}"
+
+
 def _disk_blocks(disk: Disk) -> int:
     if disk.provisioned_size <= 0:
         return 0
@@ -321,8 +331,7 @@ class BackupManager:
         session = self._sessions.get(owner.id)
         if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.entries)  # frozen: stable while the session lives
-        data = await self._owner_data.summary(owner)
-        ann, disks = self._announce_summary(owner, data)
+        ann, disks = await self._listing_summary(owner)
         return self._set_entries(ann, disks)
 
     async def list_disk_files(self, owner: Owner) -> list[SetEntry]:
@@ -330,13 +339,34 @@ class BackupManager:
         session = self._sessions.get(owner.id)
         if session is not None and session.entries and session.state in ("ready", "closing"):
             return list(session.disk_entries)
-        data = await self._owner_data.summary(owner)
-        ann, disks = self._announce_summary(owner, data)
+        ann, disks = await self._listing_summary(owner)
         return self._disk_entries(ann, disks)
 
-    def _announce_summary(self, owner: Owner, data: OwnerData) -> tuple[Announcement, list[Disk]]:
+    def _quiet(self, owner_id: str) -> int | None:
+        """None while this mount acts on the owner (a session of it lives, or a cleanup of one
+        is pending: its snapshot or backup is still on the engine); otherwise how many sessions
+        it has had. Equal answers before and after an await: nothing of this mount's touched
+        the owner's volumes in between."""
+        if self.cleanups.involves(owner_id):
+            return None
+        return self._sessions.activity(owner_id)
+
+    async def _listing_summary(self, owner: Owner) -> tuple[Announcement, list[Disk]]:
+        """``_announce_summary`` of the owner's listing summary. The summary is settled data
+        only when this mount left the owner alone while it was taken: one taken while a read's
+        snapshot existed (or was merged away) shows the disks in the middle of it."""
+        before = self._quiet(owner.id)
+        data = await self._owner_data.summary(owner)
+        quiet = before is not None and before == self._quiet(owner.id)
+        return self._announce_summary(owner, data, quiet=quiet)
+
+    def _announce_summary(
+        self, owner: Owner, data: OwnerData, *, quiet: bool
+    ) -> tuple[Announcement, list[Disk]]:
         """``_announce_listing`` of a listing's summary, skipped when the summary equals the
-        one the current announcement came from (a running VM's time is kept either way)."""
+        one the current announcement came from (a running VM's time is kept either way).
+        Only a summary taken while the mount left the owner alone (``quiet``) is remembered
+        as that one: the same data seen settled later must still date the set."""
         key = (
             data.entity,
             data.attachments,
@@ -347,15 +377,19 @@ class BackupManager:
         memo = self._listed.get(owner.id)
         if memo is not None and memo[0] == key and self._announced.get(owner.id) is memo[1]:
             return memo[1], memo[2]
-        ann, disks = self._announce_listing(owner, data, full=False)
-        self._listed[owner.id] = (key, ann, disks)
+        ann, disks = self._announce_listing(owner, data, full=False, quiet=quiet)
+        if quiet:
+            self._listed[owner.id] = (key, ann, disks)
+        else:
+            self._listed.pop(owner.id, None)
         return ann, disks
 
     def _announce_listing(
-        self, owner: Owner, data: OwnerData, *, full: bool
+        self, owner: Owner, data: OwnerData, *, full: bool, quiet: bool
     ) -> tuple[Announcement, list[Disk]]:
         """Announce (or keep) the sizes and time of ``owner``'s set from ``data``: a listing's
-        summary (``full`` False: no OVF or XML; their bounds size them) or a read's data."""
+        summary (``full`` False: no OVF or XML; their bounds size them) or a read's data.
+        ``quiet``: the mount left the owner alone while ``data`` was taken (``_quiet``)."""
         disks = image_disks(data)
         names = {d.id: image_file_name(d.alias, d.id) for d in disks}
         # As long as any read's manifest can be: the longest method, with a lineage.
@@ -397,10 +431,18 @@ class BackupManager:
                 ann.mtime_ns = time.time_ns()
                 ann.running = True
         else:
-            settled = self._sessions.get(owner.id) is None and all(
-                (a.disk.status or "ok") == "ok" for a in data.attachments
-            )
+            settled = quiet and all((a.disk.status or "ok") == "ok" for a in data.attachments)
+            before = (ann.data_fp, ann.second_s)
             ann.date_down(data, time.time_ns(), settled=settled, last=self._dates.get(owner.id))
+            if before[0] and ann.data_fp != before[0]:
+                log.info(
+                    "%s %s: its data changed (%s), its set is dated %s now (was %s)",
+                    owner.kind,
+                    owner.name,
+                    _data_summary(data),
+                    ann.second_s,
+                    before[1],
+                )
             if ann.data_fp:
                 self._dates.put(owner.id, SetDate(ann.data_fp, ann.second_s, ann.base_s))
         return ann, disks
@@ -414,7 +456,7 @@ class BackupManager:
         (the manifest then carries the set's lineage: ``set_id`` = ``read_id``).
         """
         data = await self._owner_data.fetch(owner)
-        ann, disks = self._announce_listing(owner, data, full=True)
+        ann, disks = self._announce_listing(owner, data, full=True, quiet=False)
         method = "template" if owner.kind == "template" else "backup" if via_backup else "snapshot"
         names = {d.id: image_file_name(d.alias, d.id) for d in disks}
         now = datetime.now(UTC)
