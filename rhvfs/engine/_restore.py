@@ -493,15 +493,9 @@ class RestoreMixin(InventoryMixin, BackupsMixin):
         return convert.template(updated)
 
     async def remove_template(self, template_id: str) -> None:
-        """Remove a template and return once GET answers 404."""
-        what = f"remove template {template_id}"
-        try:
-            await self.call(
-                lambda c: (
-                    c.system_service().templates_service().template_service(template_id).remove()
-                ),
-                what,
-            )
-        except NotFound:
-            return
+        """Remove a template and return once GET answers 404 (absent already is fine)."""
+        await self.remove_retried(
+            lambda c: c.system_service().templates_service().template_service(template_id).remove(),
+            f"remove template {template_id}",
+        )
         await self.wait_gone(lambda: self.get_template(template_id), f"template {template_id}")

@@ -19,7 +19,7 @@ import trio.testing
 
 from rhvfs.config import Config
 from rhvfs.engine import Engine
-from rhvfs.errors import EngineError, EngineUnavailable
+from rhvfs.errors import Conflict, EngineError, EngineUnavailable
 from rhvfs.retry import RetryPolicy
 
 
@@ -291,6 +291,62 @@ async def test_remove_snapshot_waits_for_404(autojump_clock, engine_api) -> None
     api.on("vms.vm.snapshots.snapshot.get", get)
     await engine.remove_snapshot("V1", "S1")
     assert answers == []
+
+
+REMOVALS = {
+    # what, the service's key, an answer of a GET while the removal runs
+    "vm": ("vms.vm", lambda: sdk.Vm(id="X1", name="x", status=sdk.VmStatus.IMAGE_LOCKED)),
+    "disk": ("disks.disk", lambda: sdk.Disk(id="X1", alias="x", status=sdk.DiskStatus.LOCKED)),
+    "template": (
+        "templates.template",
+        lambda: sdk.Template(id="X1", name="x", status=sdk.TemplateStatus.LOCKED),
+    ),
+}
+
+
+def _remove(engine: Engine, kind: str) -> Any:
+    return {"vm": engine.remove_vm, "disk": engine.remove_disk, "template": engine.remove_template}[
+        kind
+    ]("X1")
+
+
+@pytest.mark.parametrize("kind", sorted(REMOVALS))
+async def test_a_removal_whose_answer_was_lost_is_not_failed_by_the_retrys_409(
+    autojump_clock, engine_api, kind: str
+) -> None:
+    """The engine began removing it but its answer never arrived; the retry meets 409 (the
+    removal is under way): that is success once the object is gone, not an error."""
+    engine, api = engine_api
+    service, answer = REMOVALS[kind]
+    deletes: list[int] = []
+    gets = [answer(), answer()]
+
+    def delete(*_: Any) -> None:
+        deletes.append(1)
+        raise lost() if len(deletes) == 1 else _err(ovirtsdk4.Error, 409)
+
+    def get(*_: Any) -> Any:
+        if gets:
+            return gets.pop()
+        raise not_found()
+
+    api.on(f"{service}.remove", delete)
+    api.on(f"{service}.get", get)
+    await _remove(engine, kind)
+    assert len(deletes) == 2 and gets == []
+
+
+@pytest.mark.parametrize("kind", sorted(REMOVALS))
+async def test_a_removal_the_engine_refuses_at_once_fails(
+    autojump_clock, engine_api, kind: str
+) -> None:
+    """409 on the first try is the engine refusing (locked, in use): the caller learns it."""
+    engine, api = engine_api
+    service, _ = REMOVALS[kind]
+    api.on(f"{service}.remove", lambda *_: (_ for _ in ()).throw(_err(ovirtsdk4.Error, 409)))
+    with pytest.raises(Conflict):
+        await _remove(engine, kind)
+    assert api.calls == [f"{service}.remove"]
 
 
 async def test_start_backup_failing_is_stopped(autojump_clock, engine_api) -> None:
