@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from rhvfs.errors import RhvfsError, SessionBroken, SessionClosed, SessionError
+from rhvfs.errors import SessionBroken, SessionClosed, SessionError
 from rhvfs.sessions.core._lifecycle import SessionLifecycle
 from rhvfs.sessions.core._model import Owner
 from rhvfs.sessions.core._registry import MAX_NOTES, HandleTable, Notes, SessionRegistry
@@ -21,15 +21,11 @@ class Fake(SessionLifecycle):
     """Starts in 1 s (or breaks), cleans up in 2 s; tells the registry when it has closed."""
 
     def __init__(self, registry: SessionRegistry[Fake], kind: str, *, broken: bool = False):
-        super().__init__(config=make_config())
+        super().__init__(OWNER, config=make_config())
         self.registry = registry
-        self.owner = OWNER
         self.kind = kind
         self.session_id = kind
-        self.read_id: str | None = None
-        self.retiring = False
         self.handles: set[int] = set()
-        self.error: RhvfsError | None = None
         self.broken = broken
         self.cleaned = False
 

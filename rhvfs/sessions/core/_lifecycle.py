@@ -42,8 +42,10 @@ from typing import Any
 import trio
 
 from rhvfs.config import Config
+from rhvfs.errors import RhvfsError
 from rhvfs.sessions.core._journal import Journal
 from rhvfs.sessions.core._limits import EngineLimits, Slot
+from rhvfs.sessions.core._model import Owner
 from rhvfs.sessions.core._pending import CleanupStep, PendingCleanups, transfer_step
 from rhvfs.sessions.core._ports import EngineLike, ImageioOpener, ReaderFactory
 from rhvfs.sessions.core._procid import ProcessIdentity
@@ -93,12 +95,24 @@ class SessionLifecycle(abc.ABC):
 
     def __init__(
         self,
+        owner: Owner,
         *,
         config: Config,
+        read_id: str | None = None,
         cleanups: PendingCleanups | None = None,
         limits: EngineLimits | None = None,
         slot: Slot | None = None,
     ) -> None:
+        self.owner = owner
+        #: the read of the owner's set this session serves (``core._setread``), if bound to one
+        self.read_id = read_id
+        #: a newer read began: close when the last handle goes, take no new reader
+        self.retiring = False
+        #: why the session broke (``state`` "broken"), for its readers
+        self.error: RhvfsError | None = None
+        self.started_wall = time.time()
+        self.started_ns = time.time_ns()
+        self.bytes_read = 0
         self._config = config
         self._cleanups = cleanups
         self._limits = limits

@@ -189,20 +189,19 @@ class BackupSession(SessionLifecycle):
         read_id: str | None = None,
         slot: Slot | None = None,
     ) -> None:
-        super().__init__(config=deps.config, cleanups=deps.cleanups, limits=deps.limits, slot=slot)
-        self.owner = owner
+        super().__init__(
+            owner,
+            config=deps.config,
+            read_id=read_id,
+            cleanups=deps.cleanups,
+            limits=deps.limits,
+            slot=slot,
+        )
         self.deps = deps
-        #: the read of the set this session serves (``core._setread``), when the router binds it
-        self.read_id = read_id
-        #: a newer read began: close when the last handle goes, take no new reader
-        self.retiring = False
         #: the router's check that the data is the configuration's point in time passed
         self.verified = False
         self.session_id = read_id or uuid.uuid4().hex[:12]
-        self.error: RhvfsError | None = None
         self.last_error: str | None = None
-        self.started_wall = time.time()
-        self.started_ns = time.time_ns()
         self.ready_at: float | None = None
         self.snapshot: Snapshot | None = None
         self.snapshot_description: str | None = None
@@ -216,7 +215,6 @@ class BackupSession(SessionLifecycle):
         self.contents: dict[str, bytes | RhvfsError] = {}
         self.channels: dict[str, BackupDiskChannel] = {}
         self.handles: dict[int, str] = {}  # handle id -> key
-        self.bytes_read = 0
         self._journaled = False
 
     # -- task (SessionLifecycle hooks) ------------------------------------------

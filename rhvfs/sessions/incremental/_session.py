@@ -153,13 +153,16 @@ class IncrementalSession(SessionLifecycle):
         read_id: str | None = None,
         slot: Slot | None = None,
     ) -> None:
-        super().__init__(config=deps.config, cleanups=deps.cleanups, limits=deps.limits, slot=slot)
-        self.owner = owner
-        #: for a ``full`` set read through the router: the read (``core._setread``) it serves;
-        #: the backup id and the set id are the read id, the configuration is the router's
-        self.read_id = read_id
-        #: a newer read began: close when the last handle goes, take no new reader
-        self.retiring = False
+        # ``read_id``: for a ``full`` set read through the router, the read it serves; the
+        # backup id and the set id are the read id, the configuration is the router's.
+        super().__init__(
+            owner,
+            config=deps.config,
+            read_id=read_id,
+            cleanups=deps.cleanups,
+            limits=deps.limits,
+            slot=slot,
+        )
         #: a handle was opened at least once (a listing alone ends after the grace period)
         self.ever_opened = False
         #: the router read the set's configuration files completely (read-bound sets)
@@ -171,9 +174,6 @@ class IncrementalSession(SessionLifecycle):
         self.deps = deps
         self.session_id = uuid.uuid4().hex[:12]
         self.backup_id = read_id or str(uuid.uuid4())
-        self.error: RhvfsError | None = None
-        self.started_wall = time.time()
-        self.started_ns = time.time_ns()
         self.set_id = ""
         self.set_type = SetType.FULL
         self.base: ChainSet | None = None
@@ -192,7 +192,6 @@ class IncrementalSession(SessionLifecycle):
         self.complete = False
         self.recorded = False
         self.warnings: list[str] = []
-        self.bytes_read = 0
         self._journaled = False
         self._snapshot_images: dict[str, str] = {}
         #: a set of the snapshot chain: its snapshot is kept once the set is complete
