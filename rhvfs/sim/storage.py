@@ -126,6 +126,37 @@ class Storage:
         with lock:
             yield
 
+    @contextmanager
+    def _disk_change(self, sd_id: str, disk_id: str) -> Iterator[None]:
+        """``_disk_lock`` for an operation that writes the disk's volumes: when it ends,
+        every volume is written through (``_settle``), as vdsm's operations leave them."""
+        with self._disk_lock(sd_id, disk_id):
+            try:
+                yield
+            finally:
+                self._settle(self.disk_dir(sd_id, disk_id))
+
+    @staticmethod
+    def _settle(disk_dir: Path) -> None:
+        """fsync every file of a disk, so that its allocation (``st_blocks``, which the
+        engine reports as ``actual_size``) is final when the operation returns. vdsm writes
+        images with O_DIRECT (``qemu-img -t none``); the qemu tools here write through the
+        page cache, and the filesystem would otherwise allocate (e.g. ext4's extent blocks)
+        seconds later, changing a down VM's disk with no operation on it."""
+        try:
+            names = os.listdir(disk_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            try:
+                fd = os.open(disk_dir / name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     # --- metadata ----------------------------------------------------------
 
     def _write_meta(
@@ -230,7 +261,7 @@ class Storage:
             raise StorageError(f"unknown volume format {fmt!r}")
         if size < 0:
             raise StorageError(f"negative size {size}")
-        with self._disk_lock(sd_id, disk_id):
+        with self._disk_change(sd_id, disk_id):
             if self.volume_exists(sd_id, disk_id, vol_id):
                 raise StorageError(f"volume {sd_id}/{disk_id}/{vol_id} already exists")
             d = self.disk_dir(sd_id, disk_id)
@@ -291,7 +322,7 @@ class Storage:
                         self._run([*argv, str(path), str(v.size)])
                         templates[v.size], sizes[v.size] = _nonzero_blocks(path)
                     blocks, length = templates[v.size], sizes[v.size]
-                with self._disk_lock(v.sd_id, v.disk_id):
+                with self._disk_change(v.sd_id, v.disk_id):
                     if self.volume_exists(v.sd_id, v.disk_id, v.vol_id):
                         raise StorageError(
                             f"volume {v.sd_id}/{v.disk_id}/{v.vol_id} already exists"
@@ -320,7 +351,7 @@ class Storage:
         """Create a base volume holding the bytes of the raw image ``src`` (holes stay holes)."""
         if fmt not in _QEMU_FMT:
             raise StorageError(f"unknown volume format {fmt!r}")
-        with self._disk_lock(sd_id, disk_id):
+        with self._disk_change(sd_id, disk_id):
             if self.volume_exists(sd_id, disk_id, vol_id):
                 raise StorageError(f"volume {sd_id}/{disk_id}/{vol_id} already exists")
             d = self.disk_dir(sd_id, disk_id)
@@ -377,7 +408,7 @@ class Storage:
 
     def resize(self, sd_id: str, disk_id: str, vol_id: str, new_size: int) -> None:
         """Grow the volume's virtual size to ``new_size`` bytes (shrinking is refused)."""
-        with self._disk_lock(sd_id, disk_id):
+        with self._disk_change(sd_id, disk_id):
             path, fmt = self._existing(sd_id, disk_id, vol_id)
             current = self.volume_info(sd_id, disk_id, vol_id).virtual_size
             if new_size < current:
@@ -398,7 +429,7 @@ class Storage:
         The overlay gets empty bitmaps with the names, granularity and enabled
         state of every bitmap on ``top_vol_id``.
         """
-        with self._disk_lock(sd_id, disk_id):
+        with self._disk_change(sd_id, disk_id):
             size = self.volume_info(sd_id, disk_id, top_vol_id).virtual_size
             bitmaps = self.list_bitmaps(sd_id, disk_id, top_vol_id)
             self.create_volume(
@@ -429,7 +460,7 @@ class Storage:
         Bitmaps of the top are added to the base if missing and merged into it;
         children of the top are rebased (unsafe, same data) onto the base.
         """
-        with self._disk_lock(sd_id, disk_id):
+        with self._disk_change(sd_id, disk_id):
             top_path, top_fmt = self._existing(sd_id, disk_id, top_vol_id)
             base_path, base_fmt = self._existing(sd_id, disk_id, base_vol_id)
             top_info = self.volume_info(sd_id, disk_id, top_vol_id)
@@ -518,7 +549,7 @@ class Storage:
         self, sd_id: str, disk_id: str, vol_id: str, name: str, *, granularity: int | None = None
     ) -> None:
         """Add an enabled persistent bitmap ``name`` to a qcow2 volume."""
-        with self._disk_lock(sd_id, disk_id):
+        with self._disk_change(sd_id, disk_id):
             path, fmt = self._existing(sd_id, disk_id, vol_id)
             if fmt != "cow":
                 raise BitmapError(f"volume {vol_id} is raw: bitmaps need qcow2")
@@ -535,7 +566,7 @@ class Storage:
 
     def remove_bitmap(self, sd_id: str, disk_id: str, vol_id: str, name: str) -> None:
         """Remove bitmap ``name`` from a volume; a missing bitmap is not an error."""
-        with self._disk_lock(sd_id, disk_id):
+        with self._disk_change(sd_id, disk_id):
             path, fmt = self._existing(sd_id, disk_id, vol_id)
             if fmt != "cow":
                 return
@@ -585,7 +616,7 @@ class Storage:
             raise StorageError("guest_write needs exactly one of data or pattern")
         if offset < 0:
             raise StorageError(f"negative offset {offset}")
-        with self._disk_lock(sd_id, disk_id):
+        with self._disk_change(sd_id, disk_id):
             path, fmt = self._existing(sd_id, disk_id, vol_id)
             vsize = self.volume_info(sd_id, disk_id, vol_id).virtual_size
             length = len(data) if data is not None else size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -41,6 +42,32 @@ def test_empty_volumes_in_bulk_are_what_create_volume_makes(tmp_path: Path) -> N
     assert s.content_sha256(SD, "d3", "v3") == sha(bytes(64 * MiB))
     with pytest.raises(StorageError):
         s.create_empty_volumes([EmptyVolume(SD, "d1", "v1", "cow", MiB)])
+
+
+def test_operations_leave_their_volumes_written_through(tmp_path: Path) -> None:
+    """vdsm writes images with O_DIRECT, so a disk's allocation (the engine's ``actual_size``)
+    is final when an operation returns, and a down VM's disk does not change by itself.
+    Through the page cache, ext4 allocates extent blocks at writeback, seconds later, which
+    changed a listed disk's ``actual_size`` under load and re-dated an unchanged set: every
+    operation writes its volumes through before it returns."""
+    src = tmp_path / "scattered.raw"
+    with open(src, "wb") as f:
+        f.truncate(256 * MiB)
+        for i in range(2000):  # 2000 extents: more than the inode holds, an extent tree
+            f.seek(i * 128 * 1024)
+            f.write(b"x" * 4096)
+    os.sync()
+    s = Storage(tmp_path / "storage")
+    s.import_raw(SD, DISK, "base", src, fmt="raw")
+    path = s.volume_path(SD, DISK, "base")
+    imported = path.stat().st_blocks
+    os.sync()
+    assert path.stat().st_blocks == imported
+    for i in range(8):
+        s.guest_write(SD, DISK, "base", offset=(i * 128 + 64) * 1024, pattern=0xCD, size=4096)
+    written = path.stat().st_blocks
+    os.sync()
+    assert path.stat().st_blocks == written > imported
 
 
 @pytest.fixture

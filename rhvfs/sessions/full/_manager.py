@@ -145,6 +145,8 @@ class Announcement:
     second_s: int = 0
     base_s: int = 0
     data_fp: str = ""
+    #: what the data the date rests on looked like (``_data_summary``), for the log
+    data_seen: str = ""
 
     @property
     def config_time_ns(self) -> int:
@@ -436,13 +438,16 @@ class BackupManager:
             ann.date_down(data, time.time_ns(), settled=settled, last=self._dates.get(owner.id))
             if before[0] and ann.data_fp != before[0]:
                 log.info(
-                    "%s %s: its data changed (%s), its set is dated %s now (was %s)",
+                    "%s %s: its data changed (now %s; was %s), its set is dated %s now (was %s)",
                     owner.kind,
                     owner.name,
                     _data_summary(data),
+                    ann.data_seen or "from the last mount",
                     ann.second_s,
                     before[1],
                 )
+            if ann.data_fp != before[0] or not ann.data_seen:
+                ann.data_seen = _data_summary(data)
             if ann.data_fp:
                 self._dates.put(owner.id, SetDate(ann.data_fp, ann.second_s, ann.base_s))
         return ann, disks
