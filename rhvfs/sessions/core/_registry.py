@@ -137,7 +137,7 @@ class SessionRegistry(Generic[S]):
         self.what = what  # "the backup manager": for "... is not running"
         self.handles: HandleTable[tuple[S, str]] = HandleTable()
         self.notes = Notes()
-        self.started = 0  # sessions started since the mount began
+        #: sessions started per owner since the mount began (``activity``, ``started``)
         self._started_by_owner: collections.Counter[str] = collections.Counter()
         self._sessions: dict[str, S] = {}
         self._nursery: trio.Nursery | None = None
@@ -172,6 +172,11 @@ class SessionRegistry(Generic[S]):
     def get(self, owner_id: str) -> S | None:
         """The owner's session that is not closed yet (ready, starting, broken or closing)."""
         return self._sessions.get(owner_id)
+
+    @property
+    def started(self) -> int:
+        """Sessions started since the mount began."""
+        return self._started_by_owner.total()
 
     def activity(self, owner_id: str) -> int | None:
         """None while the owner has a session (not closed); otherwise how many it has had.
@@ -210,7 +215,6 @@ class SessionRegistry(Generic[S]):
                 assert self._nursery is not None
                 session = new()
                 self._sessions[owner_id] = session
-                self.started += 1
                 self._started_by_owner[owner_id] += 1
                 await self._nursery.start(session.run)
             await session.ready.wait()

@@ -436,18 +436,20 @@ class BackupManager:
             settled = quiet and all((a.disk.status or "ok") == "ok" for a in data.attachments)
             before = (ann.data_fp, ann.second_s)
             ann.date_down(data, time.time_ns(), settled=settled, last=self._dates.get(owner.id))
-            if before[0] and ann.data_fp != before[0]:
-                log.info(
-                    "%s %s: its data changed (now %s; was %s), its set is dated %s now (was %s)",
-                    owner.kind,
-                    owner.name,
-                    _data_summary(data),
-                    ann.data_seen or "from the last mount",
-                    ann.second_s,
-                    before[1],
-                )
             if ann.data_fp != before[0] or not ann.data_seen:
-                ann.data_seen = _data_summary(data)
+                seen = _data_summary(data)
+                if before[0] and ann.data_fp != before[0]:
+                    log.info(
+                        "%s %s: its data changed (now %s; was %s), its set is dated %s now "
+                        "(was %s)",
+                        owner.kind,
+                        owner.name,
+                        seen,
+                        ann.data_seen or "from the last mount",
+                        ann.second_s,
+                        before[1],
+                    )
+                ann.data_seen = seen
             if ann.data_fp:
                 self._dates.put(owner.id, SetDate(ann.data_fp, ann.second_s, ann.base_s))
         return ann, disks
