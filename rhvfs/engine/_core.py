@@ -72,10 +72,9 @@ class EngineCore:
         self._limiter = trio.CapacityLimiter(connections)
         self.requests = 0  # statistics: SDK calls made
         self.calls_by_kind: Counter[str] = Counter()  # statistics: the same, by ``call_kind``
-        # The latest VM/template listings (``InventoryMixin``) and the ids of entities rhvfs
-        # changed since they were taken (their entries are not answered from them).
+        # The latest VM/template listings (``InventoryMixin``; an entry answers only while
+        # ``keeps_answer`` holds for the epoch its call began at).
         self._listings: dict[str, Any] = {}
-        self.listed_stale: set[str] = set()
         # ``changing``: the entities rhvfs is changing now, and for each entity it changed the
         # change count (``_change_epoch``) when a change of it last began or ended.
         self._changing: Counter[str] = Counter()
@@ -183,10 +182,10 @@ class EngineCore:
             log.warning("engine logout did not finish within %.0fs; leaving it", LOGOUT_TIMEOUT_S)
 
     def forget_listed(self, entity_id: str) -> None:
-        """rhvfs changed this VM or template: the latest listing no longer answers for it."""
+        """rhvfs changed this VM or template: no answer about it taken before (the latest
+        listing's entry included) is kept or answered from."""
         self._change_epoch += 1
         self._changed_at[entity_id] = self._change_epoch
-        self.listed_stale.add(entity_id)
 
     @contextlib.contextmanager
     def changing(self, entity_id: str) -> Iterator[None]:

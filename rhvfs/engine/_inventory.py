@@ -7,9 +7,9 @@ with ``follow=`` (API 4.2+; an engine that refuses it gets plain lists), and
 keep that listing as "the latest listing": ``listed_vm``/``listed_template``
 answer from it while it is younger than ``config.listing_ttl`` (one list call
 refreshes it for every entity at once), so set listings cost no call per VM.
-An entity missing from it (created since), or one rhvfs changed since
-(``forget_listed``: snapshots and backups it creates or removes), is fetched
-by itself. Read-only; all calls are retried on transient failures. The root
+An entity missing from it (created since), or one rhvfs changed since its
+entry was asked for (``forget_listed``/``changing``: snapshots and backups it
+creates or removes; ``keeps_answer``), is fetched by itself. Read-only; all calls are retried on transient failures. The root
 tag and the Blank template are filtered out.
 """
 
@@ -92,12 +92,14 @@ TEMPLATE_FOLLOW = "disk_attachments.disk,nics.vnic_profile.network"
 
 
 class _Listing:
-    """The latest listing of one collection: entities by id, and when it was taken."""
+    """The latest listing of one collection: entities by id, each with the change epoch its
+    call began at (``EngineCore.keeps_answer`` tells whether it still answers), and when
+    the listing was taken."""
 
     __slots__ = ("by_id", "lock", "taken")
 
     def __init__(self) -> None:
-        self.by_id: dict[str, Any] = {}
+        self.by_id: dict[str, tuple[Any, int]] = {}
         self.taken: float | None = None  # trio time; None: never listed (or invalidated)
         self.lock = trio.Lock()
 
@@ -193,17 +195,13 @@ class InventoryMixin(EngineCore):
         return listing
 
     def _remember(self, listing: _Listing, items: list[Any], followed: bool, since: int) -> None:
-        """Keep a listing begun at change epoch ``since``; an entity rhvfs changed meanwhile
-        (or is changing) stays stale: its entry may show it in the middle of the change."""
+        """Keep a listing begun at change epoch ``since``; the entry of an entity rhvfs
+        changed meanwhile (or is changing) does not answer (``keeps_answer``): it may show
+        the entity in the middle of the change."""
         if not followed:
             return  # without inlined collections a listing answers nothing per entity
-        listing.by_id = {x.id: x for x in items}
+        listing.by_id = {x.id: (x, since) for x in items}
         listing.taken = trio.current_time()
-        for entity_id in listing.by_id:
-            if self.keeps_answer(entity_id, since):
-                self.listed_stale.discard(entity_id)
-            else:
-                self.listed_stale.add(entity_id)
 
     def invalidate_listings(self) -> None:
         """Forget the latest listings: the next ``listed_*`` lists again."""
@@ -220,17 +218,17 @@ class InventoryMixin(EngineCore):
             async with listing.lock:  # concurrent callers share one list call
                 if not self._fresh(listing):
                     await relist()
-        item = listing.by_id.get(entity_id)
-        if item is None or item.disk_attachments is None or entity_id in self.listed_stale:
-            since = self.change_epoch
-            item = await fetch(entity_id)
-            if (
-                item.disk_attachments is not None
-                and listing.taken is not None
-                and self.keeps_answer(entity_id, since)
-            ):
-                listing.by_id[entity_id] = item
-                self.listed_stale.discard(entity_id)
+        entry = listing.by_id.get(entity_id)
+        if (
+            entry is not None
+            and entry[0].disk_attachments is not None
+            and self.keeps_answer(entity_id, entry[1])
+        ):
+            return entry[0]
+        since = self.change_epoch
+        item = await fetch(entity_id)
+        if item.disk_attachments is not None and listing.taken is not None:
+            listing.by_id[entity_id] = (item, since)
         return item
 
     async def listed_vm(self, vm_id: str) -> t.Vm:
