@@ -36,6 +36,12 @@ would):
    it ran (``/proc/stat``: everything, the data plane and the kernel included)
    and what that makes per GiB read. Near 100% busy, a reader is bound by the
    host, and its speed against another's is the inverse of their costs.
+5. Where those CPU-seconds went, per GiB and per group of processes (user +
+   system, the system part apart): the reader's own processes, the mount, the
+   ``ovirt-imageio`` daemon, its ``qemu-nbd`` exports, the rest of the
+   simulator, and the rest of the host's busy time (kernel threads such as
+   writeback). A FUSE reader pays in its own process for the mount's page
+   cache and the copy out of it, which curl does not.
 
 Runs are repeated ``--repeat`` times; medians are printed with the targets
 of issue 15 (ratios are computed inside one run, so a loaded machine slows
@@ -51,10 +57,12 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +120,94 @@ class HostBusy:
         stole counts as busy: this guest could not use it)."""
         total, idle = (b - a for a, b in zip(self._start, host_cpu(), strict=True))
         return 1 - idle / max(1, total)
+
+
+_CLK = os.sysconf("SC_CLK_TCK")
+_GROUPS = ("reader", "mount", "imageio", "qemu-nbd", "engine sim", "rest")
+
+
+def proc_cpu(pid: int) -> tuple[float, float] | None:
+    """(user, system) CPU seconds of a live process, from /proc/<pid>/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) / _CLK, int(fields[12]) / _CLK
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(x) for x in children.read_text().split())
+    return found
+
+
+class ProcessCpu:
+    """CPU seconds (user, system) per group of processes over a span of time: the reader
+    processes (``dd``, ``curl``, ``ovirt-img``: this process's waited children), the mount,
+    the simulator's ``ovirt-imageio`` daemon and ``qemu-nbd`` exports, the rest of the
+    simulator, and what is left of the host's busy time (kernel threads such as writeback,
+    this benchmark). Processes are sampled every 0.1 s, so one that ends between samples
+    loses at most its last 0.1 s."""
+
+    def __init__(self, sim_pid: int, mount_pid: int) -> None:
+        self._sim_pid, self._mount_pid = sim_pid, mount_pid
+        self._first: dict[int, tuple[float, float]] = {}
+        self._last: dict[int, tuple[str, float, float]] = {}
+        self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._host = host_cpu()
+        self._sample(first=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _group(self, pid: int) -> str:
+        if pid == self._mount_pid:
+            return "mount"
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return "engine sim"
+        return {"ovirt-imageio": "imageio", "qemu-nbd": "qemu-nbd"}.get(comm, "engine sim")
+
+    def _sample(self, first: bool = False) -> None:
+        for pid in [self._mount_pid, *descendants(self._sim_pid)]:
+            cpu = proc_cpu(pid)
+            if cpu is None:
+                continue
+            if first:
+                self._first[pid] = cpu
+            group = self._last[pid][0] if pid in self._last else self._group(pid)
+            self._last[pid] = (group, *cpu)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def stop(self) -> dict[str, tuple[float, float]]:
+        """(user, system) seconds per group (``_GROUPS``) since the start."""
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        used = {g: [0.0, 0.0] for g in _GROUPS}
+        for pid, (group, user, system) in self._last.items():
+            u0, s0 = self._first.get(pid, (0.0, 0.0))
+            used[group][0] += user - u0
+            used[group][1] += system - s0
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        used["reader"] = [
+            children.ru_utime - self._children.ru_utime,
+            children.ru_stime - self._children.ru_stime,
+        ]
+        total, idle = (b - a for a, b in zip(self._host, host_cpu(), strict=True))
+        busy_s = (total - idle) / _CLK
+        used["rest"] = [0.0, max(0.0, busy_s - sum(u + s for u, s in used.values()))]
+        return {g: (u, s) for g, (u, s) in used.items()}
 
 
 # -- the images ----------------------------------------------------------------------
@@ -245,11 +341,11 @@ def run_all(argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None) -
                     ended[i] = time.monotonic() - start
             time.sleep(0.005)
         errors = []
-        for p, e in zip(procs, errs, strict=True):
+        for argv, p, e in zip(argvs, procs, errs, strict=True):
             if p.returncode:
                 e.seek(0)
                 tail = e.read().decode(errors="replace")[-500:]
-                errors.append(f"{p.args[0]} exited {p.returncode}: {tail}")
+                errors.append(f"{argv[0]} exited {p.returncode}: {tail}")
     if errors:
         raise RuntimeError("; ".join(errors))
     return [ended[i] for i in range(len(procs))]
@@ -358,20 +454,29 @@ def prepare(mount: Mount, volumes: Sequence[Path], outs: Sequence[Path]) -> None
 
 def run_phase(
     phase: Phase, disks: Sequence[str], volumes: Sequence[Path], size: int, *, parallel: bool
-) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+) -> tuple[
+    dict[str, float],
+    dict[str, float],
+    dict[str, list[float]],
+    dict[str, dict[str, tuple[float, float]]],
+]:
     """Seconds per reader of one repetition in ``phase``, the host's busy
-    fraction while each ran, and when each process of each reader ended."""
+    fraction while each ran, when each process of each reader ended, and the
+    CPU seconds (user, system) each group of processes used while it ran."""
     assert phase.mount is not None
     mount, sim, out = phase.mount, phase.sim, phase.work / "out.raw"
     env = dict(os.environ, XDG_CONFIG_HOME=str(sim.conf_file.parent))
     times: dict[str, float] = {}
     busy: dict[str, float] = {}
     ends: dict[str, list[float]] = {}
+    cpu: dict[str, dict[str, tuple[float, float]]] = {}
 
     def timed(name: str, argvs: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> None:
         span = HostBusy()
+        groups = ProcessCpu(sim.proc.pid, mount.pid)
         ends[name] = run_all(argvs, env)
         times[name] = max(ends[name])
+        cpu[name] = groups.stop()
         busy[name] = span.stop()
 
     prepare(mount, volumes[:1], [out])
@@ -436,7 +541,7 @@ def run_phase(
             for t in tickets:
                 t.close()
     prepare(mount, [], [out, *(phase.work / f"out{i}.raw" for i in range(len(disks)))])
-    return times, busy, ends
+    return times, busy, ends, cpu
 
 
 def median(values: Sequence[float]) -> float:
@@ -475,18 +580,22 @@ def main() -> None:
         # fair[reader]: per repetition, when the first of the parallel images was done,
         # as a fraction of when the last one was (1.0: all ended together)
         fair: dict[str, list[float]] = {}
+        # cpu_runs[reader]: per repetition at the first latency, CPU seconds per group
+        cpu_runs: dict[str, list[dict[str, tuple[float, float]]]] = {}
         peak_rss = 0
         for rep in range(args.repeat):
             for lat in latencies:
                 phase = Phase(state, work, lat)
                 try:
-                    times, busy_by, ends = run_phase(
+                    times, busy_by, ends, cpu_by = run_phase(
                         phase, disks, volumes, size, parallel=lat == latencies[0] == 0
                     )
                 finally:
                     phase.close()
                 peak_rss = max(peak_rss, phase.peak_rss)
                 for name, secs in times.items():
+                    if lat == latencies[0]:
+                        cpu_runs.setdefault(name, []).append(cpu_by[name])
                     results[lat].setdefault(name, []).append(secs)
                     busy[lat].setdefault(name, []).append(busy_by[name])
                     if name.startswith("mount parallel"):
@@ -583,6 +692,20 @@ def main() -> None:
         gib = size * (len(disks) if " parallel" in name else 1) / GiB
         cost = median([b * ncpu * t / gib for b, t in zip(busy[lat0][name], runs, strict=True)])
         print(f"  {name:24s} busy {frac:4.0%}   {cost:5.1f} CPU-seconds per GiB read")
+    # Where those CPU-seconds went: per group of processes, user + system (the kernel's
+    # share in brackets: page cache, copies, sockets, FUSE).
+    print(f"CPU-seconds per GiB read by group, {lat0} ms latency (user+system [system]; median):")
+    print("  " + " " * 24 + "".join(f"{g:>15s}" for g in _GROUPS))
+    for name, samples in cpu_runs.items():
+        if name == "mount first MiB":
+            continue
+        gib = size * (len(disks) if " parallel" in name else 1) / GiB
+        cells = []
+        for g in _GROUPS:
+            total = median([sum(r[g]) / gib for r in samples])
+            system = median([r[g][1] / gib for r in samples])
+            cells.append(f"{total:6.2f} [{system:4.2f}]")
+        print(f"  {name:24s}" + "".join(f"{c:>15s}" for c in cells))
     print(f"load average at end: {load_average()}")
     print(
         json.dumps(
@@ -591,6 +714,7 @@ def main() -> None:
                 "seconds": {str(k): v for k, v in results.items()},
                 "host_busy": {str(k): v for k, v in busy.items()},
                 "peak_rss": peak_rss,
+                "cpu_seconds": cpu_runs,
             }
         )
     )

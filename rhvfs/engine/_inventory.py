@@ -9,8 +9,9 @@ answer from it while it is younger than ``config.listing_ttl`` (one list call
 refreshes it for every entity at once), so set listings cost no call per VM.
 An entity missing from it (created since), or one rhvfs changed since its
 entry was asked for (``forget_listed``/``changing``: snapshots and backups it
-creates or removes; ``keeps_answer``), is fetched by itself. Read-only; all calls are retried on transient failures. The root
-tag and the Blank template are filtered out.
+creates or removes; ``keeps_answer``), is fetched by itself. Read-only; all
+calls are retried on transient failures. The root tag and the Blank template
+are filtered out.
 """
 
 from __future__ import annotations
