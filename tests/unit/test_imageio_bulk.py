@@ -43,6 +43,26 @@ def error(status: int, text: str, *, close: bool = False) -> Responder:
     return respond
 
 
+class Requests:
+    """The GETs a client sends on one connection, read one at a time."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._buf = b""
+
+    async def next_range(self) -> tuple[int, int] | None:
+        """The (first, last) byte of the next GET's Range header; None once the client closed."""
+        while b"\r\n\r\n" not in self._buf:
+            data = await self._stream.receive_some(65536)
+            if not data:
+                return None
+            self._buf += data
+        head, _, self._buf = self._buf.partition(b"\r\n\r\n")
+        rng = next(x for x in head.decode().split("\r\n") if x.lower().startswith("range:"))
+        first, last = (int(x) for x in rng.split("=")[1].split("-"))
+        return first, last
+
+
 @dataclasses.dataclass
 class FakeServer:
     script: list[tuple[Responder, bool]]  # per request: responder, close the connection after it
@@ -52,21 +72,10 @@ class FakeServer:
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
-        buf = b""
+        requests = Requests(stream)
         try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                rng = next(
-                    line
-                    for line in head.decode().split("\r\n")
-                    if line.lower().startswith("range:")
-                )
-                first, last = (int(x) for x in rng.split("=")[1].split("-"))
+            while asked := await requests.next_range():
+                first, last = asked
                 responder, close = self.script[min(self.requests, len(self.script) - 1)]
                 self.requests += 1
                 await stream.send_all(responder(first, last))
@@ -292,17 +301,10 @@ class StallingServer:
         self.requests = 0
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        buf = b""
+        requests = Requests(stream)
         try:
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    buf += data
-                head, _, buf = buf.partition(b"\r\n\r\n")
-                rng = next(x for x in head.decode().split("\r\n") if x.lower().startswith("range:"))
-                first, last = (int(x) for x in rng.split("=")[1].split("-"))
+            while asked := await requests.next_range():
+                first, last = asked
                 self.requests += 1
                 response = good(first, last)
                 if self.requests > 1:
