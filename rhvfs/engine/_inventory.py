@@ -93,9 +93,9 @@ TEMPLATE_FOLLOW = "disk_attachments.disk,nics.vnic_profile.network"
 
 
 class _Listing:
-    """The latest listing of one collection: entities by id, each with the change epoch its
-    call began at (``EngineCore.keeps_answer`` tells whether it still answers), and when
-    the listing was taken."""
+    """The latest listing of one collection: entities by id (only with their collections
+    inlined), each with the change epoch its call began at (``EngineCore.keeps_answer``
+    tells whether it still answers), and when the listing was taken."""
 
     __slots__ = ("by_id", "lock", "taken")
 
@@ -219,13 +219,10 @@ class InventoryMixin(EngineCore):
             async with listing.lock:  # concurrent callers share one list call
                 if not self._fresh(listing):
                     await relist()
-        entry = listing.by_id.get(entity_id)
-        if (
-            entry is not None
-            and entry[0].disk_attachments is not None
-            and self.keeps_answer(entity_id, entry[1])
-        ):
-            return entry[0]
+        if entity_id in listing.by_id:
+            item, asked_at = listing.by_id[entity_id]
+            if self.keeps_answer(entity_id, asked_at):
+                return item
         since = self.change_epoch
         item = await fetch(entity_id)
         if item.disk_attachments is not None and listing.taken is not None:
