@@ -68,7 +68,6 @@ class FakeServer:
     script: list[tuple[Responder, bool]]  # per request: responder, close the connection after it
     connections: int = 0
     requests: int = 0
-    port: int = 0
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
@@ -149,12 +148,6 @@ async def serve(
     return f"{transport.scheme}://127.0.0.1:{port}/images/ticket-1"
 
 
-async def start(nursery: trio.Nursery, server: FakeServer, transport: Transport) -> str:
-    url = await serve(nursery, transport, server.handle)
-    server.port = int(url.split(":")[2].split("/")[0])
-    return url
-
-
 async def read(
     url: str,
     offset: int,
@@ -178,7 +171,7 @@ async def read(
 async def test_ranged_reads_fill_the_buffer_and_reuse_the_connection(transport: Transport) -> None:
     server = FakeServer([(good, False)])
     async with trio.open_nursery() as nursery:
-        url = await start(nursery, server, transport)
+        url = await serve(nursery, transport, server.handle)
         pool = new_pool(url, transport, connections=2)
         for offset, size in [(0, 1), (100, 100_000), (len(IMAGE) - 7, 7)]:
             assert await read(url, offset, size, pool=pool) == IMAGE[offset : offset + size]
@@ -235,7 +228,7 @@ async def test_protocol_violations_and_statuses(
 ) -> None:
     server = FakeServer([(responder, close)])
     async with trio.open_nursery() as nursery:
-        url = await start(nursery, server, transport)
+        url = await serve(nursery, transport, server.handle)
         with pytest.raises(exc) as info:
             await read(url, 1000, 5000, transport=transport)
         nursery.cancel_scope.cancel()
@@ -248,7 +241,7 @@ async def test_protocol_violations_and_statuses(
 async def test_error_response_keeps_the_connection_usable(transport: Transport) -> None:
     server = FakeServer([(error(416, "out of range"), False), (good, False)])
     async with trio.open_nursery() as nursery:
-        url = await start(nursery, server, transport)
+        url = await serve(nursery, transport, server.handle)
         pool = new_pool(url, transport, connections=1)
         with pytest.raises(ImageioError):
             await read(url, 0, 10, pool=pool)
@@ -263,7 +256,7 @@ async def test_stale_keep_alive_connection_is_replaced_transparently(transport: 
     # The server silently closes after each response (like imageio's inactivity timeout).
     server = FakeServer([(good, True)])
     async with trio.open_nursery() as nursery:
-        url = await start(nursery, server, transport)
+        url = await serve(nursery, transport, server.handle)
         pool = new_pool(url, transport, connections=1)
         for i in range(3):
             assert await read(url, i * 10, 10, pool=pool) == IMAGE[i * 10 : i * 10 + 10]
