@@ -78,6 +78,7 @@ RHVFS = [sys.executable, "-m", "rhvfs.cli"]
 OVIRT_IMG = str(Path(sys.executable).parent / "ovirt-img")
 _WRITE_STEP = 32 * MiB
 CURL_STREAMS = 4
+_CLK = os.sysconf("SC_CLK_TCK")
 
 
 def sh(*argv: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -114,15 +115,16 @@ class HostBusy:
 
     def __init__(self) -> None:
         self._start = host_cpu()
+        self.busy_s = 0.0  # after ``stop``: busy CPU-seconds of all CPUs together
 
     def stop(self) -> float:
         """The busy fraction since the start (time another guest of the hypervisor
         stole counts as busy: this guest could not use it)."""
         total, idle = (b - a for a, b in zip(self._start, host_cpu(), strict=True))
+        self.busy_s = (total - idle) / _CLK
         return 1 - idle / max(1, total)
 
 
-_CLK = os.sysconf("SC_CLK_TCK")
 _GROUPS = ("reader", "mount", "imageio", "qemu-nbd", "engine sim", "rest")
 
 
@@ -151,28 +153,29 @@ class ProcessCpu:
     """CPU seconds (user, system) per group of processes over a span of time: the reader
     processes (``dd``, ``curl``, ``ovirt-img``: this process's waited children), the mount,
     the simulator's ``ovirt-imageio`` daemon and ``qemu-nbd`` exports, the rest of the
-    simulator, and what is left of the host's busy time (kernel threads such as writeback,
-    this benchmark). Processes are sampled every 0.1 s, so one that ends between samples
-    loses at most its last 0.1 s."""
+    simulator, and what is left of the host's busy time over the same span (``HostBusy``:
+    kernel threads such as writeback, this benchmark). Processes are sampled every 0.1 s,
+    so one that ends between samples loses at most its last 0.1 s."""
 
     def __init__(self, sim_pid: int, mount_pid: int) -> None:
         self._sim_pid, self._mount_pid = sim_pid, mount_pid
         self._first: dict[int, tuple[float, float]] = {}
         self._last: dict[int, tuple[str, float, float]] = {}
         self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self._host = host_cpu()
         self._sample(first=True)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
 
-    def _group(self, pid: int) -> str:
+    def _group(self, pid: int) -> str | None:
+        """The group of ``pid`` now (a child of the simulator may not have exec'd its
+        program yet); None when it is gone."""
         if pid == self._mount_pid:
             return "mount"
         try:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
-            return "engine sim"
+            return None
         return {"ovirt-imageio": "imageio", "qemu-nbd": "qemu-nbd"}.get(comm, "engine sim")
 
     def _sample(self, first: bool = False) -> None:
@@ -182,15 +185,16 @@ class ProcessCpu:
                 continue
             if first:
                 self._first[pid] = cpu
-            group = self._last[pid][0] if pid in self._last else self._group(pid)
-            self._last[pid] = (group, *cpu)
+            group = self._group(pid) or (self._last[pid][0] if pid in self._last else None)
+            self._last[pid] = (group or "engine sim", *cpu)
 
     def _poll(self) -> None:
         while not self._stop.wait(0.1):
             self._sample()
 
-    def stop(self) -> dict[str, tuple[float, float]]:
-        """(user, system) seconds per group (``_GROUPS``) since the start."""
+    def stop(self, host_busy_s: float) -> dict[str, tuple[float, float]]:
+        """(user, system) seconds per group (``_GROUPS``) since the start; ``host_busy_s``:
+        the host's busy CPU-seconds over the span, whose unclaimed part is "rest"."""
         self._stop.set()
         self._thread.join()
         self._sample()
@@ -204,9 +208,7 @@ class ProcessCpu:
             children.ru_utime - self._children.ru_utime,
             children.ru_stime - self._children.ru_stime,
         ]
-        total, idle = (b - a for a, b in zip(self._host, host_cpu(), strict=True))
-        busy_s = (total - idle) / _CLK
-        used["rest"] = [0.0, max(0.0, busy_s - sum(u + s for u, s in used.values()))]
+        used["rest"] = [0.0, max(0.0, host_busy_s - sum(u + s for u, s in used.values()))]
         return {g: (u, s) for g, (u, s) in used.items()}
 
 
@@ -476,8 +478,8 @@ def run_phase(
         groups = ProcessCpu(sim.proc.pid, mount.pid)
         ends[name] = run_all(argvs, env)
         times[name] = max(ends[name])
-        cpu[name] = groups.stop()
         busy[name] = span.stop()
+        cpu[name] = groups.stop(span.busy_s)
 
     prepare(mount, volumes[:1], [out])
     timed("mount", [dd(mount.image("benchvm0"), out)])
@@ -607,12 +609,11 @@ def main() -> None:
                     flush=True,
                 )
 
+    def bytes_read(reader: str) -> int:
+        return size * (len(disks) if " parallel" in reader else 1)
+
     mbs = {
-        lat: {
-            k: size * (len(disks) if " parallel" in k else 1) / median(v) / 1e6
-            for k, v in r.items()
-            if k != "mount first MiB"
-        }
+        lat: {k: bytes_read(k) / median(v) / 1e6 for k, v in r.items() if k != "mount first MiB"}
         for lat, r in results.items()
     }
     print(f"\nreads of a {size / MiB:.0f} MiB image, MB/s (median of {args.repeat}):")
@@ -689,7 +690,7 @@ def main() -> None:
         if name == "mount first MiB":
             continue
         frac = median(busy[lat0][name])
-        gib = size * (len(disks) if " parallel" in name else 1) / GiB
+        gib = bytes_read(name) / GiB
         cost = median([b * ncpu * t / gib for b, t in zip(busy[lat0][name], runs, strict=True)])
         print(f"  {name:24s} busy {frac:4.0%}   {cost:5.1f} CPU-seconds per GiB read")
     # Where those CPU-seconds went: per group of processes, user + system (the kernel's
@@ -699,7 +700,7 @@ def main() -> None:
     for name, samples in cpu_runs.items():
         if name == "mount first MiB":
             continue
-        gib = size * (len(disks) if " parallel" in name else 1) / GiB
+        gib = bytes_read(name) / GiB
         cells = []
         for g in _GROUPS:
             total = median([sum(r[g]) / gib for r in samples])
