@@ -352,3 +352,35 @@ async def test_a_read_that_finally_fails_raises_and_the_session_recovers(rig: Ri
     await rig.manager.release(h)
     await rig.wait_session_end(owner)
     assert rig.open_transfers() == []
+
+
+async def test_status_tells_reads_that_waited_for_the_data_plane_from_reads_served(
+    rig: Rig,
+) -> None:
+    # Two tools read the same range at once: the first starts the chunk's fetch, the
+    # second waits for it (the data plane is behind); a read in the fetched chunk is
+    # served at once.
+    owner = await rig.owner("myvm0")
+    entries = await rig.manager.list_set(owner)
+    disk = next(e for e in entries if e.disk_id)
+    expected = os.urandom(2 * MiB)
+    rig.sim.admin.guest_write(disk=disk.disk_id, offset=0, data=expected)
+    h1 = await rig.manager.open(owner, disk.key)
+    h2 = await rig.manager.open(owner, disk.key)
+    got: dict[int, bytes] = {}
+
+    async def read(h: int) -> None:
+        got[h] = bytes(await rig.manager.read(h, 0, MiB))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read, h1)
+        nursery.start_soon(read, h2)
+    assert got == {h1: expected[:MiB], h2: expected[:MiB]}
+    (d,) = rig.manager.status()["sessions"][0]["disks"]
+    assert (d["cache_hits"], d["cache_waits"]) == (0, 1)
+    assert bytes(await rig.manager.read(h1, MiB, MiB)) == expected[MiB:]
+    (d,) = rig.manager.status()["sessions"][0]["disks"]
+    assert (d["cache_hits"], d["cache_waits"]) == (1, 1)
+    for h in (h1, h2):
+        await rig.manager.release(h)
+    await rig.wait_session_end(owner)

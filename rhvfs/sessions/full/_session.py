@@ -175,6 +175,9 @@ class BackupDiskChannel(TransferChannel):
             "keepalives": self.keepalives,
             "bytes_fetched": sum(getattr(x, "bytes_fetched", 0) for x in stats),
             "requests": sum(getattr(x, "requests", 0) for x in stats),
+            # reads whose chunk was ready / still being fetched (the tool outran the data plane)
+            "cache_hits": sum(getattr(x, "cache_hits", 0) for x in stats),
+            "cache_waits": sum(getattr(x, "cache_waits", 0) for x in stats),
         }
 
 

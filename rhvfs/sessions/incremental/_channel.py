@@ -148,5 +148,7 @@ class IncrementalDiskChannel(TransferChannel):
             "transfer_id": self.transfer.id if self.transfer else None,
             "dirty_bytes": self.plan.dirty_bytes,
             "bytes_fetched": getattr(stats, "bytes_fetched", None),
+            "cache_hits": getattr(stats, "cache_hits", None),
+            "cache_waits": getattr(stats, "cache_waits", None),
             "keepalives": self.keepalives,
         }
