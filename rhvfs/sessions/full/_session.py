@@ -72,6 +72,9 @@ from rhvfs.sessions.core._transfer_channel import TransferChannel, close_channel
 
 log = logging.getLogger(__name__)
 
+# Reader counters a disk's status adds up over all its readers, retired ones included.
+_SUMMED_STATISTICS = ("bytes_fetched", "requests", "cache_hits", "cache_waits")
+
 #: VM states a backup can start from.
 BACKUP_OK_STATES = frozenset({"up", "down", "paused"})
 #: States that never resolve by waiting: error out at once.
@@ -173,11 +176,8 @@ class BackupDiskChannel(TransferChannel):
             "transfer_id": self.transfer.id if self.transfer else None,
             "recreated": self.recreations,
             "keepalives": self.keepalives,
-            "bytes_fetched": sum(getattr(x, "bytes_fetched", 0) for x in stats),
-            "requests": sum(getattr(x, "requests", 0) for x in stats),
-            # reads whose chunk was ready / still being fetched (the tool outran the data plane)
-            "cache_hits": sum(getattr(x, "cache_hits", 0) for x in stats),
-            "cache_waits": sum(getattr(x, "cache_waits", 0) for x in stats),
+            # cache_hits / cache_waits: reads whose chunk was ready / still being fetched
+            **{k: sum(getattr(x, k, 0) for x in stats) for k in _SUMMED_STATISTICS},
         }
 
 
