@@ -381,6 +381,15 @@ async def test_status_tells_reads_that_waited_for_the_data_plane_from_reads_serv
     assert bytes(await rig.manager.read(h1, MiB, MiB)) == expected[MiB:]
     (d,) = rig.manager.status()["sessions"][0]["disks"]
     assert (d["cache_hits"], d["cache_waits"]) == (1, 1)
+    fetched = d["bytes_fetched"]
     for h in (h1, h2):
         await rig.manager.release(h)
+    # Reopened: a new reader fetches again (its first read counts as neither); the counts
+    # of the closed reader stay in the disk's status.
+    h3 = await rig.manager.open(owner, disk.key)
+    assert bytes(await rig.manager.read(h3, 0, MiB)) == expected[:MiB]
+    (d,) = rig.manager.status()["sessions"][0]["disks"]
+    assert (d["cache_hits"], d["cache_waits"]) == (1, 1)
+    assert d["bytes_fetched"] >= fetched + MiB  # the new reader's fetch, added to the old
+    await rig.manager.release(h3)
     await rig.wait_session_end(owner)
